@@ -1,0 +1,26 @@
+# firelane: multi-stage build, static-ish binary on a distroless non-root runtime.
+# Build: docker build -t firelane .
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY config ./config
+COPY benches ./benches
+RUN cargo build --release --locked --bin firelane \
+ && strip target/release/firelane
+
+# distroless/cc has glibc, CA certificates and a nonroot user, and nothing else.
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /src/target/release/firelane /usr/local/bin/firelane
+COPY config/firelens.toml /etc/firelane/firelane.toml
+# Forward (TCP), HTTP events, admin (/health /ready /metrics).
+EXPOSE 24224 8080 2020
+# Disk buffers. Mount a volume here (ECS: a bind mount or EFS) for durability across tasks.
+VOLUME ["/var/lib/firelane"]
+# The FireLens socket directory /var/run is bind-mounted by the ECS agent and chowned to
+# the container's user; run as root there (`"user": "0"`) only if your agent is older.
+USER nonroot:nonroot
+HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
+  CMD ["/usr/local/bin/firelane", "healthcheck"]
+ENTRYPOINT ["/usr/local/bin/firelane"]
+CMD ["run"]

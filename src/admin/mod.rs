@@ -1,0 +1,185 @@
+//! Admin endpoints: `/health` (liveness, with per-output delivery status in the body),
+//! `/ready` (every listener bound and every output started, and not shutting down) and
+//! `/metrics` (Prometheus text).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
+
+/// Readiness: ready once every registered component has checked in, until shutdown starts.
+#[derive(Default)]
+pub struct Readiness {
+    pending: AtomicUsize,
+    registered: AtomicBool,
+    shutting_down: AtomicBool,
+}
+
+impl Readiness {
+    /// Declares `n` components that must report ready.
+    pub fn expect(&self, n: usize) {
+        self.pending.fetch_add(n, Ordering::SeqCst);
+        self.registered.store(true, Ordering::SeqCst);
+    }
+    pub fn component_ready(&self) {
+        let _ = self
+            .pending
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| p.checked_sub(1));
+    }
+    pub fn shutting_down(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+    pub fn is_ready(&self) -> bool {
+        self.registered.load(Ordering::SeqCst)
+            && self.pending.load(Ordering::SeqCst) == 0
+            && !self.shutting_down.load(Ordering::SeqCst)
+    }
+}
+
+/// Something that can describe its health as a JSON value for `/health`.
+pub trait HealthReport: Send + Sync {
+    fn name(&self) -> &str;
+    fn report(&self) -> serde_json::Value;
+}
+
+pub struct AdminState {
+    pub readiness: Arc<Readiness>,
+    pub prometheus: PrometheusHandle,
+    pub outputs: Vec<Arc<dyn HealthReport>>,
+}
+
+/// Installs the global metrics recorder (once per process) and returns its handle.
+pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    let buckets = [
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("firelane_output_request_seconds".into()),
+            &buckets,
+        )?
+        .install_recorder()?;
+    metrics::gauge!("firelane_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    Ok(handle)
+}
+
+pub async fn spawn(
+    listen: SocketAddr,
+    state: Arc<AdminState>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("admin: cannot listen on {listen}: {e}"))?;
+    let upkeep = state.prometheus.clone();
+    tokio::spawn(async move {
+        // Histograms are summarised lazily; run upkeep so memory stays flat between scrapes.
+        let mut t = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            t.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    let app = Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics_text))
+        .with_state(state);
+    tracing::info!(%listen, "admin listening (/health /ready /metrics)");
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+        {
+            tracing::error!("admin server stopped: {e}");
+        }
+    }))
+}
+
+async fn health(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
+    let outputs: serde_json::Map<String, serde_json::Value> = s
+        .outputs
+        .iter()
+        .map(|o| (o.name().to_string(), o.report()))
+        .collect();
+    let body =
+        serde_json::json!({ "status": "ok", "ready": s.readiness.is_ready(), "outputs": outputs });
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+}
+
+async fn ready(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
+    if s.readiness.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+async fn metrics_text(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.prometheus.render(),
+    )
+}
+
+/// `firelane healthcheck`: exit status for ECS container health checks in images without curl.
+pub fn healthcheck(url: &str, timeout: Duration) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| anyhow::anyhow!("only http:// URLs are supported, got {url:?}"))?;
+    let (hostport, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(hostport)?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("cannot resolve {hostport}"))?;
+    let mut conn = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    conn.set_read_timeout(Some(timeout))?;
+    conn.set_write_timeout(Some(timeout))?;
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut resp = Vec::new();
+    conn.read_to_end(&mut resp)?;
+    let head = String::from_utf8_lossy(&resp[..resp.len().min(64)]);
+    let status = head.split_whitespace().nth(1).unwrap_or("");
+    if status == "200" {
+        Ok(())
+    } else {
+        anyhow::bail!("{url} answered {:?}", head.lines().next().unwrap_or(""))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_latch() {
+        let r = Readiness::default();
+        assert!(!r.is_ready());
+        r.expect(2);
+        r.component_ready();
+        assert!(!r.is_ready());
+        r.component_ready();
+        assert!(r.is_ready());
+        r.shutting_down();
+        assert!(!r.is_ready());
+    }
+}

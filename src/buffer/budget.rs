@@ -1,0 +1,138 @@
+//! One process-wide byte budget covering decoded frames, queues and open batches.
+//!
+//! Everything that holds records in memory reserves bytes here first. When the budget is
+//! spent, reservations wait, and the waiting is what pushes back on clients: the forward
+//! input stops reading its socket and the HTTP input answers 503. The sidecar therefore
+//! never grows until ECS OOM-kills the task (and the essential app container with it).
+
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Permits are counted in KiB so a `u32` permit count covers budgets up to 4 TiB.
+const UNIT: usize = 1024;
+
+#[derive(Clone, Debug)]
+pub struct MemoryBudget {
+    sem: Arc<Semaphore>,
+    limit_units: u32,
+}
+
+/// Bytes held against the budget; returned when dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    _permit: Option<OwnedSemaphorePermit>,
+    bytes: usize,
+}
+
+impl Reservation {
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+    /// A reservation that holds nothing (for paths that do not count against the budget).
+    pub fn empty() -> Self {
+        Reservation {
+            _permit: None,
+            bytes: 0,
+        }
+    }
+    /// Folds another reservation into this one.
+    pub fn merge(&mut self, other: Reservation) {
+        self.bytes += other.bytes;
+        match (&mut self._permit, other._permit) {
+            (Some(a), Some(b)) => a.merge(b),
+            (slot @ None, Some(b)) => *slot = Some(b),
+            _ => {}
+        }
+    }
+}
+
+impl MemoryBudget {
+    pub fn new(limit_bytes: usize) -> Self {
+        let limit_units = (limit_bytes / UNIT).clamp(1, u32::MAX as usize >> 3) as u32;
+        MemoryBudget {
+            sem: Arc::new(Semaphore::new(limit_units as usize)),
+            limit_units,
+        }
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit_units as usize * UNIT
+    }
+
+    pub fn available(&self) -> usize {
+        self.sem.available_permits() * UNIT
+    }
+
+    pub fn used(&self) -> usize {
+        self.limit().saturating_sub(self.available())
+    }
+
+    fn units(&self, bytes: usize) -> u32 {
+        // A request larger than the whole budget is clamped so a single huge record
+        // still passes once everything else has drained, instead of waiting forever.
+        (bytes.div_ceil(UNIT) as u64).clamp(1, self.limit_units as u64) as u32
+    }
+
+    /// Waits until `bytes` are available.
+    pub async fn acquire(&self, bytes: usize) -> Reservation {
+        let units = self.units(bytes);
+        match self.sem.clone().acquire_many_owned(units).await {
+            Ok(p) => Reservation {
+                _permit: Some(p),
+                bytes,
+            },
+            // The semaphore is never closed; an empty reservation is the safe answer.
+            Err(_) => Reservation::empty(),
+        }
+    }
+
+    /// Takes `bytes` now or returns `None` when the budget is spent.
+    pub fn try_acquire(&self, bytes: usize) -> Option<Reservation> {
+        let units = self.units(bytes);
+        self.sem
+            .clone()
+            .try_acquire_many_owned(units)
+            .ok()
+            .map(|p| Reservation {
+                _permit: Some(p),
+                bytes,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reservations_return_on_drop() {
+        let b = MemoryBudget::new(10 * UNIT);
+        let r = b.acquire(4 * UNIT).await;
+        assert_eq!(b.used(), 4 * UNIT);
+        assert!(b.try_acquire(7 * UNIT).is_none());
+        drop(r);
+        assert_eq!(b.used(), 0);
+        assert!(b.try_acquire(7 * UNIT).is_some());
+    }
+
+    #[tokio::test]
+    async fn oversized_request_is_clamped_not_stuck() {
+        let b = MemoryBudget::new(8 * UNIT);
+        let r = b.acquire(100 * UNIT).await;
+        assert_eq!(b.available(), 0);
+        drop(r);
+        assert_eq!(b.available(), 8 * UNIT);
+    }
+
+    #[tokio::test]
+    async fn merge_keeps_both_permits() {
+        let b = MemoryBudget::new(8 * UNIT);
+        let mut r = b.acquire(2 * UNIT).await;
+        r.merge(b.acquire(3 * UNIT).await);
+        assert_eq!(r.bytes(), 5 * UNIT);
+        assert_eq!(b.used(), 5 * UNIT);
+        drop(r);
+        assert_eq!(b.used(), 0);
+    }
+}

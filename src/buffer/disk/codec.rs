@@ -1,0 +1,150 @@
+//! Record payload codec for disk segments.
+//!
+//! Layout: `[u8 version][u32 LE tag length][tag bytes][i64 LE time_ns][fields as JSON]`.
+//! The fields go through serde_json with `arbitrary_precision` and `preserve_order`, so numbers
+//! keep their literal text and keys keep their order: a record read back equals the one written.
+//! Decoding never trusts a length from the file; every error is a value, never a panic.
+
+use crate::event::{Fields, Record};
+
+const VERSION: u8 = 1;
+/// version + tag length + time.
+const FIXED: usize = 1 + 4 + 8;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("payload too short ({0} bytes)")]
+    Short(usize),
+    #[error("unknown payload version {0}")]
+    Version(u8),
+    #[error("tag length {0} exceeds payload")]
+    TagLength(u32),
+    #[error("tag is not valid UTF-8")]
+    TagUtf8,
+    #[error("fields are not a JSON object: {0}")]
+    Fields(String),
+}
+
+/// Appends the encoded record to `out`.
+pub fn encode(record: &Record, out: &mut Vec<u8>) {
+    let tag = record.tag.as_bytes();
+    out.reserve(FIXED + tag.len() + record.approx_size());
+    out.push(VERSION);
+    // A tag longer than 4 GiB cannot come through any input; clamp instead of panicking.
+    let tag = &tag[..tag.len().min(u32::MAX as usize)];
+    out.extend_from_slice(&(tag.len() as u32).to_le_bytes());
+    out.extend_from_slice(tag);
+    out.extend_from_slice(&record.time_ns.to_le_bytes());
+    // Serialising a Map<String, Value> into a Vec cannot fail (no I/O, string keys only).
+    if serde_json::to_writer(&mut *out, &record.fields).is_err() {
+        out.extend_from_slice(b"{}");
+    }
+}
+
+pub fn decode(payload: &[u8]) -> Result<Record, DecodeError> {
+    if payload.len() < FIXED {
+        return Err(DecodeError::Short(payload.len()));
+    }
+    if payload[0] != VERSION {
+        return Err(DecodeError::Version(payload[0]));
+    }
+    let tag_len = u32::from_le_bytes([payload[1], payload[2], payload[3], payload[4]]);
+    let rest = &payload[5..];
+    let tag_end = tag_len as usize;
+    if rest.len() < tag_end.saturating_add(8) {
+        return Err(DecodeError::TagLength(tag_len));
+    }
+    let tag = std::str::from_utf8(&rest[..tag_end]).map_err(|_| DecodeError::TagUtf8)?;
+    let mut time = [0u8; 8];
+    time.copy_from_slice(&rest[tag_end..tag_end + 8]);
+    let fields: Fields = serde_json::from_slice(&rest[tag_end + 8..])
+        .map_err(|e| DecodeError::Fields(e.to_string()))?;
+    Ok(Record::new(tag, i64::from_le_bytes(time), fields))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn record(fields: serde_json::Value) -> Record {
+        let serde_json::Value::Object(map) = fields else {
+            unreachable!("test input is an object")
+        };
+        Record::new("app-firelens-1234", -5, map)
+    }
+
+    fn round_trip(r: &Record) -> Record {
+        let mut buf = Vec::new();
+        encode(r, &mut buf);
+        decode(&buf).unwrap()
+    }
+
+    #[test]
+    fn round_trip_keeps_numbers_order_and_unicode() {
+        let text = r#"{"z":1,"a":18446744073709551616123,"f":1.10,"e":1e400,"s":"héllo \u0000 ✓","n":null,"o":{"b":[1,2.50,{"c":true}]}}"#;
+        let fields: Fields = serde_json::from_str(text).unwrap();
+        let r = Record::new("t", i64::MAX, fields);
+        let back = round_trip(&r);
+        assert_eq!(back, r);
+        // Literal number text survives (arbitrary_precision), key order too (preserve_order).
+        assert_eq!(
+            serde_json::to_string(&back.fields).unwrap(),
+            serde_json::to_string(&r.fields).unwrap()
+        );
+        assert!(
+            serde_json::to_string(&back.fields)
+                .unwrap()
+                .contains("2.50")
+        );
+        let keys: Vec<_> = back.fields.keys().cloned().collect();
+        assert_eq!(keys, ["z", "a", "f", "e", "s", "n", "o"]);
+    }
+
+    #[test]
+    fn empty_tag_and_fields() {
+        let r = Record::new("", 0, Fields::new());
+        assert_eq!(round_trip(&r), r);
+        let r = record(json!({"log": "x"}));
+        assert_eq!(round_trip(&r), r);
+    }
+
+    #[test]
+    fn corrupt_payloads_are_errors() {
+        let mut buf = Vec::new();
+        encode(&record(json!({"log": "hello"})), &mut buf);
+        assert_eq!(decode(&[]), Err(DecodeError::Short(0)));
+        assert_eq!(decode(&buf[..5]), Err(DecodeError::Short(5)));
+        let mut v = buf.clone();
+        v[0] = 9;
+        assert_eq!(decode(&v), Err(DecodeError::Version(9)));
+        let mut v = buf.clone();
+        v[1..5].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(decode(&v), Err(DecodeError::TagLength(u32::MAX)));
+        let mut v = buf.clone();
+        v[5] = 0xff;
+        assert_eq!(decode(&v), Err(DecodeError::TagUtf8));
+        assert!(matches!(
+            decode(&buf[..buf.len() - 1]),
+            Err(DecodeError::Fields(_))
+        ));
+        let mut v = buf[..FIXED + 17].to_vec();
+        v.extend_from_slice(b"[1,2]");
+        assert!(matches!(decode(&v), Err(DecodeError::Fields(_))));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            let _ = decode(&bytes);
+        }
+
+        #[test]
+        fn round_trip_strings(tag in ".{0,20}", key in ".{0,10}", val in ".{0,40}", t in proptest::prelude::any::<i64>()) {
+            let mut f = Fields::new();
+            f.insert(key, serde_json::Value::String(val));
+            let r = Record::new(tag, t, f);
+            proptest::prop_assert_eq!(round_trip(&r), r);
+        }
+    }
+}

@@ -1,0 +1,1208 @@
+//! Disk buffer: an append-only log of checksummed segments, one writer thread per buffer.
+//!
+//! Layout under `dir` (`data_dir/buffers/<output>`):
+//! - `<16-digit first seq>.seg`: records `first_seq, first_seq + 1, …` (see [`segment`]);
+//! - `acks`: the persisted low watermark: every seq below it is delivered (see [`ledger`]);
+//! - `lock`: `flock`ed while open, so two processes never share a buffer;
+//! - `quarantine/`: damaged files and tails found at start-up, for a human to look at.
+//!
+//! Write path: `push` encodes frames on the caller's task, reserves space against `max_size`
+//! and queues a request. The writer thread takes every queued request at once, writes them,
+//! and issues one `fdatasync` for the whole group (with `FsyncPolicy::Always`) before
+//! completing them: many concurrent small pushes share one sync.
+//!
+//! Read path: the reader streams frames straight from the segment files, at most one
+//! `recv` worth (≤ `max_records`, ≤ [`READ_MAX_BYTES`]) at a time, so a buffer holding
+//! gigabytes costs a few MiB of RAM. It only reads records the writer has committed.
+//!
+//! Acks mark seqs done in the ledger; the watermark is persisted at most every
+//! [`PERSIST_EVERY`] (sooner when pushers wait for space) and on shutdown, and whole
+//! segments below the persisted watermark are deleted. Invariant: every record at or above
+//! the persisted watermark is still on disk, so a crash can duplicate but never lose.
+//!
+//! Start-up never fails because of what is in the directory: torn or corrupt frames end a
+//! segment's valid prefix, the rest is moved to `quarantine/` and counted; a corrupt ack
+//! file means "replay everything"; unknown files are left alone with a warning.
+
+pub mod codec;
+pub mod ledger;
+pub mod segment;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::{Condvar, Mutex};
+use tokio::sync::{Notify, oneshot};
+
+use super::{
+    BufferError, BufferSettings, BufferStats, Entry, FsyncPolicy, Gauges, OpenReport, PushReport,
+    WhenFull,
+};
+use crate::event::Record;
+use ledger::Ledger;
+
+/// Upper bound on payload bytes one `recv` reads from disk.
+pub const READ_MAX_BYTES: usize = 4 << 20;
+/// How often an advanced watermark is written to the ack file.
+pub const PERSIST_EVERY: Duration = Duration::from_millis(100);
+/// Damaged files kept in `quarantine/`; older ones are deleted so a crash loop cannot
+/// fill the disk with evidence.
+const QUARANTINE_KEEP: usize = 32;
+const QUARANTINE_DIR: &str = "quarantine";
+const LOCK_FILE: &str = "lock";
+const MIN_SEGMENT_SIZE: u64 = 4096;
+const READ_BUF: usize = 64 << 10;
+
+#[derive(Clone, Copy, Debug)]
+struct SegMeta {
+    /// One past the last committed seq in this segment (== first seq when empty).
+    end: u64,
+    /// File bytes: header plus committed frames.
+    bytes: u64,
+}
+
+struct WriteReq {
+    frames: Vec<u8>,
+    count: u64,
+    done: oneshot::Sender<Result<(), BufferError>>,
+}
+
+struct State {
+    requests: Vec<WriteReq>,
+    /// The writer thread holds requests it took from `requests` and has not completed.
+    writing: bool,
+    closed: bool,
+    shutdown: bool,
+    /// Bytes of live segment files.
+    disk_bytes: u64,
+    /// Bytes admitted by `push` and not yet written.
+    reserved: u64,
+    space_waiters: usize,
+    segments: BTreeMap<u64, SegMeta>,
+    ledger: Ledger,
+    /// Committed records not yet acked.
+    live_records: u64,
+    /// The reader's position: seqs below it have been handed out (or skipped).
+    read_seq: u64,
+}
+
+struct Core {
+    output: String,
+    dir: PathBuf,
+    max_size: u64,
+    segment_size: u64,
+    when_full: WhenFull,
+    fsync: FsyncPolicy,
+    state: Mutex<State>,
+    wake_writer: Condvar,
+    /// Wakes the reader (`notify_one` keeps a permit).
+    data: Notify,
+    /// Wakes pushers waiting for space.
+    space: Notify,
+    gauges: Gauges,
+    syncs: AtomicU64,
+    _lock: File,
+}
+
+impl Core {
+    fn seg_path(&self, first_seq: u64) -> PathBuf {
+        self.dir.join(segment::file_name(first_seq))
+    }
+
+    fn publish(&self, st: &State) {
+        self.gauges.set(BufferStats {
+            bytes: st.disk_bytes,
+            records: st.live_records,
+        });
+    }
+}
+
+/// Owned by every handle; the last one to go stops the writer thread, which persists the
+/// watermark one last time.
+struct Guard {
+    core: Arc<Core>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.core.state.lock().shutdown = true;
+        self.core.wake_writer.notify_all();
+        if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
+        }
+    }
+}
+
+// === open ===
+
+pub(super) fn open(
+    output: &str,
+    settings: &BufferSettings,
+) -> Result<(Writer, Reader, OpenReport), BufferError> {
+    let dir = settings.dir.clone();
+    fs::create_dir_all(dir.join(QUARANTINE_DIR)).map_err(|e| {
+        BufferError::io(
+            format!("cannot create buffer directory {}", dir.display()),
+            e,
+        )
+    })?;
+    let lock = lock_dir(&dir)?;
+    let (recovered, mut report) = recover(output, &dir);
+
+    let max_size = settings.max_size.max(1);
+    let segment_size = settings
+        .segment_size
+        .min(max_size / 4)
+        .max(MIN_SEGMENT_SIZE);
+    let disk_bytes = recovered.segments.values().map(|s| s.bytes).sum();
+    report.replayed_records = recovered.live_records;
+    let core = Arc::new(Core {
+        output: output.to_string(),
+        dir,
+        max_size,
+        segment_size,
+        when_full: settings.when_full,
+        fsync: settings.fsync,
+        state: Mutex::new(State {
+            requests: Vec::new(),
+            writing: false,
+            closed: false,
+            shutdown: false,
+            disk_bytes,
+            reserved: 0,
+            space_waiters: 0,
+            segments: recovered.segments,
+            ledger: Ledger::new(recovered.start_seq),
+            live_records: recovered.live_records,
+            read_seq: recovered.start_seq,
+        }),
+        wake_writer: Condvar::new(),
+        data: Notify::new(),
+        space: Notify::new(),
+        gauges: Gauges::new(output),
+        syncs: AtomicU64::new(0),
+        _lock: lock,
+    });
+    core.publish(&core.state.lock());
+
+    let mut thread = WriterThread {
+        core: core.clone(),
+        active: None,
+        next_seq: recovered.next_seq,
+        unsynced: false,
+        dir_dirty: false,
+        last_sync: Instant::now(),
+        last_persist: Instant::now(),
+        persisted: recovered.persisted,
+    };
+    let handle = std::thread::Builder::new()
+        .name(format!("buf-{output}"))
+        .spawn(move || thread.run())
+        .map_err(|e| BufferError::io("cannot start disk buffer writer thread", e))?;
+    let guard = Arc::new(Guard {
+        core,
+        thread: Mutex::new(Some(handle)),
+    });
+    let reader = Reader {
+        guard: guard.clone(),
+        state: Arc::new(Mutex::new(ReadState {
+            next_seq: recovered.start_seq,
+            cur: None,
+            stash: VecDeque::new(),
+            payload: Vec::new(),
+        })),
+        pending: None,
+    };
+    Ok((Writer { guard }, reader, report))
+}
+
+fn lock_dir(dir: &Path) -> Result<File, BufferError> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| BufferError::io(format!("cannot open {}", path.display()), e))?;
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let err = io::Error::last_os_error();
+        return Err(match err.kind() {
+            io::ErrorKind::WouldBlock => BufferError::Locked(dir.to_path_buf()),
+            _ => BufferError::io(format!("cannot lock {}", path.display()), err),
+        });
+    }
+    Ok(file)
+}
+
+struct Recovered {
+    segments: BTreeMap<u64, SegMeta>,
+    /// First seq the reader delivers (everything below is done).
+    start_seq: u64,
+    /// First seq the writer assigns.
+    next_seq: u64,
+    persisted: u64,
+    live_records: u64,
+}
+
+/// Scans the directory, quarantines damage and deletes what the watermark covers.
+/// Infallible by design: anything it cannot use is skipped with a warning.
+fn recover(output: &str, dir: &Path) -> (Recovered, OpenReport) {
+    let mut report = OpenReport::default();
+    let persisted = match ledger::load(dir) {
+        Ok(wm) => wm,
+        Err(reason) => {
+            tracing::warn!(output, dir = %dir.display(), %reason,
+                "disk buffer: ack file unusable; replaying every record on disk (expect duplicates)");
+            report.ack_state_lost = true;
+            None
+        }
+    };
+    let watermark = persisted.unwrap_or(0);
+
+    let mut names: Vec<(u64, String)> = Vec::new();
+    match fs::read_dir(dir) {
+        Ok(entries) => {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if let Some(seq) = segment::parse_file_name(&name) {
+                    names.push((seq, name));
+                } else if name != QUARANTINE_DIR && name != LOCK_FILE && !ledger::is_ack_file(&name)
+                {
+                    tracing::warn!(output, file = %dir.join(&name).display(), "disk buffer: ignoring unknown file");
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(output, dir = %dir.display(), error = %e, "disk buffer: cannot list directory")
+        }
+    }
+    names.sort();
+
+    let mut segments = BTreeMap::new();
+    let mut prev_end = 0u64;
+    for (i, (seq, name)) in names.iter().enumerate() {
+        let path = dir.join(name);
+        // Wholly below the watermark (the next segment starts at or below it): delivered.
+        if names.get(i + 1).is_some_and(|(next, _)| *next <= watermark) {
+            remove_file_logged(output, &path);
+            continue;
+        }
+        let scan = match segment::scan(&path) {
+            Ok(s) => s,
+            Err(segment::HeaderError::Io(e)) => {
+                tracing::warn!(output, file = %path.display(), error = %e, "disk buffer: cannot read segment; skipping it");
+                continue;
+            }
+            Err(e) => {
+                let bytes = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                quarantine_file(output, dir, &path, name, &e.to_string(), bytes, &mut report);
+                continue;
+            }
+        };
+        if scan.first_seq != *seq || scan.first_seq < prev_end {
+            let reason = format!(
+                "header seq {} does not fit file name / previous segment",
+                scan.first_seq
+            );
+            quarantine_file(
+                output,
+                dir,
+                &path,
+                name,
+                &reason,
+                scan.file_len,
+                &mut report,
+            );
+            continue;
+        }
+        if let Some(damage) = &scan.damage {
+            if scan.records == 0 {
+                quarantine_file(
+                    output,
+                    dir,
+                    &path,
+                    name,
+                    &damage.to_string(),
+                    scan.file_len,
+                    &mut report,
+                );
+                continue;
+            }
+            quarantine_tail(
+                output,
+                dir,
+                &path,
+                name,
+                &scan,
+                &damage.to_string(),
+                &mut report,
+            );
+        }
+        let end = scan.first_seq + scan.records;
+        if scan.records == 0 || end <= watermark {
+            remove_file_logged(output, &path);
+            continue;
+        }
+        prev_end = end;
+        segments.insert(
+            scan.first_seq,
+            SegMeta {
+                end,
+                bytes: scan.valid_len,
+            },
+        );
+    }
+
+    if report.quarantined_segments > 0 {
+        metrics::counter!("firelane_buffer_quarantined_total", "output" => output.to_string())
+            .increment(report.quarantined_segments);
+        prune_quarantine(output, &dir.join(QUARANTINE_DIR));
+    }
+    let start_seq = segments
+        .keys()
+        .next()
+        .map_or(watermark, |&first| first.max(watermark));
+    let next_seq = segments
+        .values()
+        .next_back()
+        .map_or(start_seq, |s| s.end.max(start_seq));
+    let mut live_records = 0;
+    for (&first, meta) in &segments {
+        live_records += meta.end - first.max(start_seq);
+        report.replayed_bytes += meta.bytes;
+    }
+    if live_records > 0 {
+        tracing::info!(
+            output,
+            records = live_records,
+            bytes = report.replayed_bytes,
+            from_seq = start_seq,
+            "disk buffer: replaying undelivered records"
+        );
+    }
+    (
+        Recovered {
+            segments,
+            start_seq,
+            next_seq,
+            persisted: watermark,
+            live_records,
+        },
+        report,
+    )
+}
+
+fn remove_file_logged(output: &str, path: &Path) {
+    if let Err(e) = fs::remove_file(path)
+        && e.kind() != io::ErrorKind::NotFound
+    {
+        tracing::warn!(output, file = %path.display(), error = %e, "disk buffer: cannot delete segment");
+    }
+}
+
+fn quarantine_name(dir: &Path, name: &str, suffix: &str) -> PathBuf {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let qdir = dir.join(QUARANTINE_DIR);
+    let mut candidate = qdir.join(format!("{secs:012}-{name}.{suffix}"));
+    let mut n = 1;
+    while candidate.exists() {
+        candidate = qdir.join(format!("{secs:012}-{name}.{n}.{suffix}"));
+        n += 1;
+    }
+    candidate
+}
+
+fn quarantine_file(
+    output: &str,
+    dir: &Path,
+    path: &Path,
+    name: &str,
+    reason: &str,
+    bytes: u64,
+    report: &mut OpenReport,
+) {
+    let target = quarantine_name(dir, name, "bad");
+    report.quarantined_segments += 1;
+    report.quarantined_bytes += bytes;
+    match fs::rename(path, &target) {
+        Ok(()) => {
+            tracing::warn!(output, file = %path.display(), moved_to = %target.display(), bytes, reason,
+            "disk buffer: unusable segment quarantined; its records are not replayed")
+        }
+        Err(e) => {
+            tracing::warn!(output, file = %path.display(), error = %e, reason,
+                "disk buffer: unusable segment could not be moved to quarantine; deleting it");
+            remove_file_logged(output, path);
+        }
+    }
+}
+
+/// Copies the damaged remainder to quarantine, then cuts the segment back to its valid prefix.
+fn quarantine_tail(
+    output: &str,
+    dir: &Path,
+    path: &Path,
+    name: &str,
+    scan: &segment::Scan,
+    reason: &str,
+    report: &mut OpenReport,
+) {
+    let target = quarantine_name(dir, name, "tail");
+    let tail = scan.file_len.saturating_sub(scan.valid_len);
+    report.quarantined_segments += 1;
+    report.quarantined_bytes += tail;
+    let copied = (|| -> io::Result<()> {
+        let mut src = File::open(path)?;
+        src.seek(SeekFrom::Start(scan.valid_len))?;
+        let mut dst = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&target)?;
+        io::copy(&mut src.take(tail), &mut dst)?;
+        dst.sync_data()
+    })();
+    let cut = (|| -> io::Result<()> {
+        let f = OpenOptions::new().write(true).open(path)?;
+        f.set_len(scan.valid_len)?;
+        f.sync_all()
+    })();
+    match (&copied, &cut) {
+        (Ok(()), Ok(())) => {
+            tracing::warn!(output, file = %path.display(), moved_to = %target.display(),
+            valid_records = scan.records, quarantined_bytes = tail, reason,
+            "disk buffer: damaged segment tail quarantined (torn write or corruption); the valid prefix is kept")
+        }
+        _ => {
+            tracing::warn!(output, file = %path.display(), valid_records = scan.records, quarantined_bytes = tail, reason,
+            copy_error = ?copied.err(), truncate_error = ?cut.err(),
+            "disk buffer: damaged segment tail found; could not fully quarantine it, only the valid prefix is used")
+        }
+    }
+}
+
+fn prune_quarantine(output: &str, qdir: &Path) {
+    let Ok(entries) = fs::read_dir(qdir) else {
+        return;
+    };
+    let mut names: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    if names.len() <= QUARANTINE_KEEP {
+        return;
+    }
+    names.sort();
+    let excess = names.len() - QUARANTINE_KEEP;
+    tracing::warn!(
+        output,
+        deleted = excess,
+        keep = QUARANTINE_KEEP,
+        "disk buffer: deleting oldest quarantined files"
+    );
+    for p in &names[..excess] {
+        let _ = fs::remove_file(p);
+    }
+}
+
+// === writer thread ===
+
+struct Active {
+    first_seq: u64,
+    file: File,
+    /// Bytes written (committed or not).
+    len: u64,
+}
+
+struct WriterThread {
+    core: Arc<Core>,
+    active: Option<Active>,
+    next_seq: u64,
+    unsynced: bool,
+    dir_dirty: bool,
+    last_sync: Instant,
+    last_persist: Instant,
+    persisted: u64,
+}
+
+/// Requests written to the active segment and waiting for one commit (sync + publish).
+#[derive(Default)]
+struct Batch {
+    reqs: Vec<(oneshot::Sender<Result<(), BufferError>>, u64)>,
+    records: u64,
+    bytes: u64,
+}
+
+impl WriterThread {
+    fn tick(&self) -> Duration {
+        match self.core.fsync {
+            FsyncPolicy::Interval(d) => d.clamp(Duration::from_millis(1), PERSIST_EVERY),
+            _ => PERSIST_EVERY,
+        }
+    }
+
+    fn run(&mut self) {
+        loop {
+            let (reqs, shutdown) = {
+                let mut st = self.core.state.lock();
+                if st.requests.is_empty() && !st.shutdown {
+                    self.core.wake_writer.wait_for(&mut st, self.tick());
+                }
+                let reqs = std::mem::take(&mut st.requests);
+                st.writing = !reqs.is_empty();
+                (reqs, st.shutdown)
+            };
+            if !reqs.is_empty() {
+                self.write_group(reqs);
+            }
+            self.housekeeping(shutdown);
+            if shutdown {
+                return;
+            }
+        }
+    }
+
+    fn sync_file(&mut self, which: &File) -> io::Result<()> {
+        self.core.syncs.fetch_add(1, Ordering::Relaxed);
+        which.sync_data()
+    }
+
+    fn write_group(&mut self, reqs: Vec<WriteReq>) {
+        let mut batch = Batch::default();
+        for req in reqs {
+            let needs_roll = self
+                .active
+                .as_ref()
+                .is_none_or(|a| a.len >= self.core.segment_size);
+            if needs_roll {
+                self.commit(&mut batch);
+                if let Err(e) = self.roll() {
+                    self.release(req.frames.len() as u64);
+                    let _ = req
+                        .done
+                        .send(Err(BufferError::io("cannot create buffer segment", e)));
+                    continue;
+                }
+            }
+            let Some(active) = self.active.as_mut() else {
+                continue;
+            };
+            match active.file.write_all(&req.frames) {
+                Ok(()) => {
+                    active.len += req.frames.len() as u64;
+                    self.next_seq += req.count;
+                    batch.reqs.push((req.done, req.count));
+                    batch.records += req.count;
+                    batch.bytes += req.frames.len() as u64;
+                }
+                Err(e) => {
+                    crate::warn_limited!(
+                        "buffer_write",
+                        "disk buffer {}: write failed: {}",
+                        self.core.output,
+                        e
+                    );
+                    // Part of the request may be in the file. Bytes in a segment are never
+                    // rewritten (the reader may have buffered them), so retire the segment
+                    // after committing what precedes, and never reuse the seqs it may hold.
+                    self.commit(&mut batch);
+                    self.next_seq += req.count;
+                    self.active = None;
+                    self.release(req.frames.len() as u64);
+                    let _ = req
+                        .done
+                        .send(Err(BufferError::io("cannot write buffer segment", e)));
+                }
+            }
+        }
+        self.commit(&mut batch);
+        self.core.state.lock().writing = false;
+        self.core.data.notify_one();
+    }
+
+    fn release(&self, bytes: u64) {
+        let mut st = self.core.state.lock();
+        st.reserved = st.reserved.saturating_sub(bytes);
+        drop(st);
+        self.core.space.notify_waiters();
+    }
+
+    /// Makes `batch` durable per the policy, then visible to the reader, then completes it.
+    fn commit(&mut self, batch: &mut Batch) {
+        if batch.reqs.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(batch);
+        let Some(active) = self.active.take() else {
+            return;
+        };
+        let synced = match self.core.fsync {
+            FsyncPolicy::Always => {
+                let r = self.sync_file(&active.file);
+                if r.is_ok() && self.dir_dirty {
+                    self.dir_dirty = false;
+                    ledger::sync_dir(&self.core.dir).map(|_| ())
+                } else {
+                    r
+                }
+            }
+            _ => {
+                self.unsynced = true;
+                Ok(())
+            }
+        };
+        let first = active.first_seq;
+        match synced {
+            Ok(()) => {
+                self.active = Some(active);
+                let mut st = self.core.state.lock();
+                if let Some(seg) = st.segments.get_mut(&first) {
+                    seg.end += batch.records;
+                    seg.bytes += batch.bytes;
+                }
+                st.disk_bytes += batch.bytes;
+                st.reserved = st.reserved.saturating_sub(batch.bytes);
+                st.live_records += batch.records;
+                self.core.publish(&st);
+                drop(st);
+                self.core.data.notify_one();
+                for (done, _) in batch.reqs {
+                    let _ = done.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                // After a failed fsync the page cache state is unknown: retire the segment
+                // (its committed prefix stays readable) and start a fresh one.
+                tracing::error!(output = %self.core.output, error = %e,
+                    "disk buffer: fsync failed; failing the pushes of this group and starting a new segment");
+                let mut st = self.core.state.lock();
+                st.reserved = st.reserved.saturating_sub(batch.bytes);
+                st.disk_bytes += batch.bytes;
+                if let Some(seg) = st.segments.get_mut(&first) {
+                    seg.bytes += batch.bytes;
+                }
+                drop(st);
+                self.core.space.notify_waiters();
+                for (done, _) in batch.reqs {
+                    let _ = done.send(Err(BufferError::io(
+                        "cannot sync buffer segment",
+                        io::Error::new(e.kind(), e.to_string()),
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Seals the active segment and starts a new one at `next_seq`.
+    fn roll(&mut self) -> io::Result<()> {
+        if let Some(old) = self.active.take()
+            && self.unsynced
+            && self.core.fsync != FsyncPolicy::Never
+        {
+            if let Err(e) = self.sync_file(&old.file) {
+                crate::warn_limited!(
+                    "buffer_sync",
+                    "disk buffer {}: fsync on seal failed: {}",
+                    self.core.output,
+                    e
+                );
+            }
+            self.unsynced = false;
+        }
+        let first = self.next_seq;
+        let path = self.core.seg_path(first);
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        let created = file.write_all(&segment::header(first));
+        if let Err(e) = created {
+            drop(file);
+            let _ = fs::remove_file(&path);
+            return Err(e);
+        }
+        self.dir_dirty = true;
+        let mut st = self.core.state.lock();
+        st.segments.insert(
+            first,
+            SegMeta {
+                end: first,
+                bytes: segment::HEADER_LEN,
+            },
+        );
+        st.disk_bytes += segment::HEADER_LEN;
+        drop(st);
+        self.active = Some(Active {
+            first_seq: first,
+            file,
+            len: segment::HEADER_LEN,
+        });
+        Ok(())
+    }
+
+    fn housekeeping(&mut self, shutdown: bool) {
+        if self.unsynced
+            && let FsyncPolicy::Interval(every) = self.core.fsync
+            && (shutdown || self.last_sync.elapsed() >= every)
+        {
+            if let Some(a) = self.active.take() {
+                if let Err(e) = self.sync_file(&a.file) {
+                    crate::warn_limited!(
+                        "buffer_sync",
+                        "disk buffer {}: periodic fsync failed: {}",
+                        self.core.output,
+                        e
+                    );
+                }
+                self.active = Some(a);
+            }
+            if self.dir_dirty && ledger::sync_dir(&self.core.dir).is_ok() {
+                self.dir_dirty = false;
+            }
+            self.unsynced = false;
+            self.last_sync = Instant::now();
+        }
+
+        let (watermark, urgent) = {
+            let st = self.core.state.lock();
+            let wm = st.ledger.watermark();
+            let freeable = st.segments.iter().next().is_some_and(|(_, s)| s.end <= wm);
+            (wm, st.space_waiters > 0 && freeable)
+        };
+        if watermark > self.persisted
+            && (shutdown || urgent || self.last_persist.elapsed() >= PERSIST_EVERY)
+        {
+            match ledger::persist(
+                &self.core.dir,
+                watermark,
+                self.core.fsync != FsyncPolicy::Never,
+            ) {
+                Ok(()) => self.persisted = watermark,
+                Err(e) => crate::warn_limited!(
+                    "buffer_ack_persist",
+                    "disk buffer {}: cannot write ack file: {}",
+                    self.core.output,
+                    e
+                ),
+            }
+            self.last_persist = Instant::now();
+        }
+        self.collect_garbage();
+    }
+
+    /// Deletes segments whose records are all below the persisted watermark.
+    fn collect_garbage(&mut self) {
+        let active_first = self.active.as_ref().map(|a| a.first_seq);
+        let mut doomed = Vec::new();
+        {
+            let mut st = self.core.state.lock();
+            let waiting = st.space_waiters > 0;
+            while let Some((&first, &meta)) = st.segments.iter().next() {
+                if meta.end > self.persisted {
+                    break;
+                }
+                if Some(first) == active_first {
+                    // The open segment goes only when pushers wait for its space and every
+                    // record in it is acked; the next push starts a new one.
+                    if !waiting || meta.end != self.next_seq || meta.end == first {
+                        break;
+                    }
+                    self.active = None;
+                    self.unsynced = false;
+                }
+                st.segments.remove(&first);
+                st.disk_bytes = st.disk_bytes.saturating_sub(meta.bytes);
+                doomed.push(first);
+            }
+            if !doomed.is_empty() {
+                self.core.publish(&st);
+            }
+        }
+        if doomed.is_empty() {
+            return;
+        }
+        for first in doomed {
+            remove_file_logged(&self.core.output, &self.core.seg_path(first));
+        }
+        self.core.space.notify_waiters();
+    }
+}
+
+// === impl Writer ===
+
+#[derive(Clone)]
+pub struct Writer {
+    guard: Arc<Guard>,
+}
+
+/// Keeps `space_waiters` right even when a waiting push is cancelled.
+struct Waiting<'a>(&'a Core);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.state.lock().space_waiters -= 1;
+    }
+}
+
+impl Writer {
+    pub async fn push(&self, records: Vec<Record>) -> Result<PushReport, BufferError> {
+        let core = &*self.guard.core;
+        let mut report = PushReport::default();
+        // Frames of all records back to back; `ends[i]` is where record i's frame ends.
+        let mut frames = Vec::with_capacity(records.len() * 256);
+        let mut ends = Vec::with_capacity(records.len());
+        for record in &records {
+            if segment::append_frame(&mut frames, |out| codec::encode(record, out)).is_some() {
+                ends.push(frames.len());
+            } else {
+                report.dropped += 1;
+                crate::warn_limited!(
+                    "buffer_oversized",
+                    "disk buffer {}: record larger than {} bytes dropped",
+                    core.output,
+                    segment::MAX_PAYLOAD
+                );
+            }
+        }
+        drop(records);
+
+        let mut done_bytes = 0usize; // frames before this offset are queued
+        let mut done_records = 0usize;
+        while done_records < ends.len() {
+            let rx = loop {
+                let mut notified = pin!(core.space.notified());
+                notified.as_mut().enable();
+                let waiting = {
+                    let mut st = core.state.lock();
+                    if st.closed {
+                        return Err(BufferError::Closed);
+                    }
+                    let used = st.disk_bytes + st.reserved;
+                    let empty = st.live_records == 0 && st.reserved == 0;
+                    let mut n = 0;
+                    let mut chunk_end = done_bytes;
+                    for &end in &ends[done_records..] {
+                        let size = (end - done_bytes) as u64;
+                        if used + size > core.max_size && !(empty && n == 0) {
+                            break;
+                        }
+                        chunk_end = end;
+                        n += 1;
+                    }
+                    if n > 0 {
+                        let bytes = chunk_end - done_bytes;
+                        let chunk = if done_bytes == 0 && n == ends.len() {
+                            std::mem::take(&mut frames)
+                        } else {
+                            frames[done_bytes..chunk_end].to_vec()
+                        };
+                        let (tx, rx) = oneshot::channel();
+                        st.reserved += bytes as u64;
+                        st.requests.push(WriteReq {
+                            frames: chunk,
+                            count: n as u64,
+                            done: tx,
+                        });
+                        done_bytes = chunk_end;
+                        done_records += n;
+                        break (rx, n);
+                    }
+                    if core.when_full == WhenFull::DropNewest {
+                        report.dropped += ends.len() - done_records;
+                        return Ok(report);
+                    }
+                    st.space_waiters += 1;
+                    Waiting(core)
+                };
+                // Acks may already have freed whole segments that wait for the next tick.
+                core.wake_writer.notify_one();
+                notified.await;
+                drop(waiting);
+            };
+            core.wake_writer.notify_one();
+            match rx.0.await {
+                Ok(Ok(())) => report.accepted += rx.1,
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(BufferError::Closed),
+            }
+        }
+        Ok(report)
+    }
+
+    pub fn close(&self) {
+        let core = &self.guard.core;
+        core.state.lock().closed = true;
+        core.data.notify_one();
+        core.space.notify_waiters();
+        core.wake_writer.notify_one();
+    }
+
+    pub fn stats(&self) -> BufferStats {
+        let st = self.guard.core.state.lock();
+        BufferStats {
+            bytes: st.disk_bytes,
+            records: st.live_records,
+        }
+    }
+
+    #[cfg(test)]
+    fn syncs(&self) -> u64 {
+        self.guard.core.syncs.load(Ordering::Relaxed)
+    }
+}
+
+// === impl Reader ===
+
+struct OpenSegment {
+    first_seq: u64,
+    file: BufReader<File>,
+}
+
+struct ReadState {
+    next_seq: u64,
+    cur: Option<OpenSegment>,
+    /// Records read from disk and not yet returned (only when a `recv` was cancelled, or
+    /// `max_records` shrank between calls). Bounded by one read.
+    stash: VecDeque<Entry>,
+    payload: Vec<u8>,
+}
+
+pub struct Reader {
+    guard: Arc<Guard>,
+    state: Arc<Mutex<ReadState>>,
+    /// A disk read in progress. Kept across cancellation so its records land in `stash`.
+    pending: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Reader {
+    pub async fn recv(&mut self, max_records: usize) -> Option<Vec<Entry>> {
+        let max_records = max_records.max(1);
+        loop {
+            if let Some(h) = self.pending.as_mut() {
+                let _ = h.await;
+                self.pending = None;
+            }
+            {
+                let mut rs = self.state.lock();
+                if !rs.stash.is_empty() {
+                    let n = max_records.min(rs.stash.len());
+                    return Some(rs.stash.drain(..n).collect());
+                }
+            }
+            let core = &self.guard.core;
+            loop {
+                let notified = core.data.notified();
+                let next_seq = self.state.lock().next_seq;
+                {
+                    let st = core.state.lock();
+                    if st
+                        .segments
+                        .values()
+                        .next_back()
+                        .is_some_and(|s| s.end > next_seq)
+                    {
+                        break;
+                    }
+                    if st.closed && st.requests.is_empty() && !st.writing {
+                        return None;
+                    }
+                }
+                notified.await;
+            }
+            let core = self.guard.core.clone();
+            let state = self.state.clone();
+            self.pending = Some(tokio::task::spawn_blocking(move || {
+                fill(&core, &mut state.lock(), max_records);
+            }));
+        }
+    }
+
+    pub fn acker(&self) -> Acker {
+        Acker {
+            guard: self.guard.clone(),
+        }
+    }
+
+    /// Bytes the reader holds besides what `recv` returned: the stash and the file buffer.
+    /// The bounded-memory claim, measurable.
+    pub fn resident_bytes(&self) -> usize {
+        let rs = self.state.lock();
+        let stash: usize = rs.stash.iter().map(|e| e.record.approx_size()).sum();
+        stash + rs.payload.capacity() + rs.cur.as_ref().map_or(0, |c| c.file.capacity())
+    }
+}
+
+/// Marks `[from, to)` done because it can never be delivered (gap or unreadable data).
+/// `records`: whether the range held real records (they leave the live count).
+fn skip(core: &Core, from: u64, to: u64, records: bool) {
+    let mut st = core.state.lock();
+    let newly = st.ledger.mark(from, to);
+    if records {
+        st.live_records = st.live_records.saturating_sub(newly);
+        core.publish(&st);
+    }
+    if st.read_seq < to {
+        st.read_seq = to;
+    }
+}
+
+/// Blocking: reads up to `max_records` committed records into the stash.
+fn fill(core: &Core, rs: &mut ReadState, max_records: usize) {
+    let mut bytes = 0usize;
+    while rs.stash.len() < max_records && bytes < READ_MAX_BYTES {
+        let target = {
+            let st = core.state.lock();
+            let containing = st
+                .segments
+                .range(..=rs.next_seq)
+                .next_back()
+                .filter(|(_, s)| s.end > rs.next_seq);
+            containing
+                .or_else(|| st.segments.range(rs.next_seq..).find(|(f, s)| s.end > **f))
+                .map(|(&first, s)| (first, s.end))
+        };
+        let Some((first, end)) = target else { break };
+        if first > rs.next_seq {
+            // Seqs that hold nothing: quarantined tails, seqs retired after a write error.
+            skip(core, rs.next_seq, first, false);
+            rs.next_seq = first;
+        }
+        if rs.cur.as_ref().is_none_or(|c| c.first_seq != first) {
+            rs.cur = None;
+            match open_at(core, first, rs.next_seq) {
+                Ok(file) => {
+                    rs.cur = Some(OpenSegment {
+                        first_seq: first,
+                        file,
+                    })
+                }
+                Err(e) => {
+                    crate::warn_limited!(
+                        "buffer_read",
+                        "disk buffer {}: cannot read segment {}: {}; skipping {} records",
+                        core.output,
+                        segment::file_name(first),
+                        e,
+                        end - rs.next_seq
+                    );
+                    skip(core, rs.next_seq, end, true);
+                    rs.next_seq = end;
+                    continue;
+                }
+            }
+        }
+        let Some(cur) = rs.cur.as_mut() else { break };
+        let mut read_to = rs.next_seq;
+        while read_to < end && rs.stash.len() < max_records && bytes < READ_MAX_BYTES {
+            match segment::read_frame(&mut cur.file, &mut rs.payload) {
+                Ok(true) => {
+                    bytes += rs.payload.len();
+                    match codec::decode(&rs.payload) {
+                        Ok(record) => rs.stash.push_back(Entry {
+                            seq: read_to,
+                            record,
+                        }),
+                        Err(e) => {
+                            crate::warn_limited!(
+                                "buffer_decode",
+                                "disk buffer {}: undecodable record {} dropped: {}",
+                                core.output,
+                                read_to,
+                                e
+                            );
+                            skip(core, read_to, read_to + 1, true);
+                        }
+                    }
+                    read_to += 1;
+                }
+                other => {
+                    // Checked at start-up or written by us: damage now means the disk changed
+                    // under us. Give up on the rest of this segment rather than loop on it.
+                    let why = match other {
+                        Ok(_) => "unexpected end of file".to_string(),
+                        Err(e) => e.to_string(),
+                    };
+                    crate::warn_limited!(
+                        "buffer_read",
+                        "disk buffer {}: segment {} unreadable at seq {}: {}; skipping {} records",
+                        core.output,
+                        segment::file_name(first),
+                        read_to,
+                        why,
+                        end - read_to
+                    );
+                    skip(core, read_to, end, true);
+                    read_to = end;
+                    rs.cur = None;
+                    break;
+                }
+            }
+        }
+        rs.next_seq = read_to;
+        let mut st = core.state.lock();
+        if st.read_seq < read_to {
+            st.read_seq = read_to;
+        }
+    }
+    // Do not hold a large payload buffer between reads.
+    if rs.payload.capacity() > READ_BUF {
+        rs.payload = Vec::new();
+    }
+}
+
+fn open_at(core: &Core, first: u64, seq: u64) -> Result<BufReader<File>, segment::FrameError> {
+    let file = File::open(core.seg_path(first)).map_err(segment::FrameError::Io)?;
+    let mut r = BufReader::with_capacity(READ_BUF, file);
+    match segment::read_header(&mut r) {
+        Ok(h) if h == first => {}
+        Ok(_) | Err(_) => return Err(segment::FrameError::Torn),
+    }
+    for _ in first..seq {
+        segment::skip_frame(&mut r)?;
+    }
+    Ok(r)
+}
+
+// === impl Acker ===
+
+#[derive(Clone)]
+pub struct Acker {
+    guard: Arc<Guard>,
+}
+
+impl Acker {
+    pub fn ack(&self, seqs: &[u64]) {
+        let core = &*self.guard.core;
+        let mut st = core.state.lock();
+        // Only seqs the reader handed out can be acked; anything else would let the
+        // watermark jump over records not delivered yet.
+        let limit = st.read_seq;
+        let before = st.ledger.watermark();
+        let newly = if seqs.iter().all(|&s| s < limit) {
+            st.ledger.mark_seqs(seqs)
+        } else {
+            let valid: Vec<u64> = seqs.iter().copied().filter(|&s| s < limit).collect();
+            st.ledger.mark_seqs(&valid)
+        };
+        st.live_records = st.live_records.saturating_sub(newly);
+        core.publish(&st);
+        let wake = st.space_waiters > 0 && st.ledger.watermark() > before;
+        drop(st);
+        if wake {
+            core.wake_writer.notify_one();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

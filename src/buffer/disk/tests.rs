@@ -1,0 +1,154 @@
+//! Tests that look inside the disk buffer (sync counts, segment files). Behaviour through
+//! the public API is tested in `tests/buffer_disk.rs`.
+
+use super::*;
+use crate::event::Fields;
+
+fn rec(i: usize, pad: usize) -> Record {
+    let mut f = Fields::new();
+    f.insert("i".into(), serde_json::Value::from(i));
+    f.insert("log".into(), serde_json::Value::String("x".repeat(pad)));
+    Record::new("t", i as i64, f)
+}
+
+fn settings(dir: &Path, max_size: u64, segment_size: u64) -> BufferSettings {
+    let mut s = BufferSettings::disk(dir, max_size, WhenFull::Block);
+    s.segment_size = segment_size;
+    s
+}
+
+fn seg_files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".seg"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_pushes_share_fsyncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (w, mut r, _) = open("gc1", &settings(dir.path(), 1 << 30, 64 << 20)).unwrap();
+    let pushers = 64;
+    let rounds = 10;
+    let mut tasks = Vec::new();
+    for p in 0..pushers {
+        let w = w.clone();
+        tasks.push(tokio::spawn(async move {
+            for k in 0..rounds {
+                w.push(vec![rec(p * 1000 + k, 100)]).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let syncs = w.syncs();
+    let pushes = (pushers * rounds) as u64;
+    eprintln!("group commit: {pushes} pushes, {syncs} fdatasync calls");
+    assert!(syncs >= 1);
+    assert!(
+        syncs < pushes,
+        "expected pushes to share syncs: {syncs} syncs for {pushes} pushes"
+    );
+    // Per pusher, order is kept.
+    let mut seen: Vec<Vec<usize>> = vec![Vec::new(); pushers];
+    let mut got = 0;
+    while got < pushes as usize {
+        for e in r.recv(1000).await.unwrap() {
+            let i = e.record.time_ns as usize;
+            seen[i / 1000].push(i % 1000);
+            got += 1;
+        }
+    }
+    for s in seen {
+        assert_eq!(s, (0..rounds).collect::<Vec<_>>());
+    }
+}
+
+#[tokio::test]
+async fn segments_roll_and_are_deleted_after_acks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (w, mut r, _) = open("roll", &settings(dir.path(), 1 << 20, 4096)).unwrap();
+    for i in 0..200 {
+        w.push(vec![rec(i, 100)]).await.unwrap();
+    }
+    let files = seg_files(dir.path());
+    assert!(files.len() >= 5, "expected several segments, got {files:?}");
+    assert_eq!(files[0], segment::file_name(0));
+    let bytes_before = w.stats().bytes;
+    let on_disk: u64 = files
+        .iter()
+        .map(|f| fs::metadata(dir.path().join(f)).unwrap().len())
+        .sum();
+    assert_eq!(bytes_before, on_disk, "byte accounting matches the files");
+
+    let mut seqs = Vec::new();
+    while seqs.len() < 200 {
+        seqs.extend(r.recv(64).await.unwrap().into_iter().map(|e| e.seq));
+    }
+    assert_eq!(seqs, (0..200).collect::<Vec<_>>());
+    let a = r.acker();
+    a.ack(&seqs[..150]);
+    // Deletion follows the next persist (≤ 100 ms).
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while seg_files(dir.path()).len() == files.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = seg_files(dir.path());
+    assert!(left.len() < files.len());
+    // Every remaining segment still holds an unacked record.
+    let firsts: Vec<u64> = left
+        .iter()
+        .map(|n| segment::parse_file_name(n).unwrap())
+        .collect();
+    let last_deleted_end = firsts[0];
+    assert!(
+        last_deleted_end <= 150,
+        "segment starting at {last_deleted_end} would hold acked-only records"
+    );
+    assert!(w.stats().bytes < bytes_before);
+    assert_eq!(w.stats().records, 50);
+    assert_eq!(ledger::load(dir.path()).unwrap(), Some(150));
+}
+
+#[tokio::test]
+async fn fully_acked_active_segment_is_freed_for_a_blocked_push() {
+    let dir = tempfile::tempdir().unwrap();
+    // max 4 KiB = one segment: only deleting the open segment can make room.
+    let (w, mut r, _) = open("active", &settings(dir.path(), 4096, 4096)).unwrap();
+    let batch: Vec<Record> = (0..20).map(|i| rec(i, 100)).collect();
+    assert_eq!(w.push(batch.clone()).await.unwrap().accepted, 20);
+    let w2 = w.clone();
+    let blocked = tokio::spawn(async move { w2.push(batch).await });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(!blocked.is_finished(), "second push must wait for space");
+    assert_eq!(seg_files(dir.path()).len(), 1);
+    let mut seqs = Vec::new();
+    while !blocked.is_finished() {
+        if let Ok(Some(got)) = tokio::time::timeout(Duration::from_millis(50), r.recv(1000)).await {
+            let s: Vec<u64> = got.into_iter().map(|e| e.seq).collect();
+            r.acker().ack(&s);
+            seqs.extend(s);
+        }
+    }
+    let rep = blocked.await.unwrap().unwrap();
+    assert_eq!(rep.accepted, 20);
+    while seqs.len() < 40 {
+        seqs.extend(r.recv(1000).await.unwrap().into_iter().map(|e| e.seq));
+    }
+    assert_eq!(seqs, (0..40).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn second_open_of_same_dir_is_refused_until_the_first_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = settings(dir.path(), 1 << 20, 4096);
+    let first = open("lock", &s).unwrap();
+    assert!(matches!(open("lock", &s), Err(BufferError::Locked(_))));
+    drop(first);
+    assert!(open("lock", &s).is_ok());
+}

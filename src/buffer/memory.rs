@@ -1,0 +1,518 @@
+//! In-memory buffer: a queue of records with byte accounting against both the buffer's own
+//! `max_size` and the process-wide [`MemoryBudget`].
+//!
+//! Bytes are released on ack, not on `recv`: records handed to the delivery loop are still
+//! in memory (in batches, in retries) until they are delivered or dead-lettered.
+//! A push's budget reservation is held as one piece and returned when the last record of
+//! that push is acked: the budget counts in KiB units, so per-record reservations would
+//! overcount small records several times over.
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::pin;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use super::budget::{MemoryBudget, Reservation};
+use super::{BufferError, BufferSettings, BufferStats, Entry, Gauges, PushReport, WhenFull};
+use crate::event::Record;
+
+struct Queued {
+    seq: u64,
+    record: Record,
+    size: u64,
+    group: u64,
+}
+
+struct Group {
+    remaining: usize,
+    _reservation: Reservation,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Queued>,
+    /// seq -> (size, group) of records handed to the reader and not yet acked.
+    in_flight: HashMap<u64, (u64, u64)>,
+    groups: HashMap<u64, Group>,
+    next_seq: u64,
+    next_group: u64,
+    /// Bytes of queued + in-flight records, plus bytes reserved by pushes in progress.
+    bytes: u64,
+    records: u64,
+    closed: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the single reader (`notify_one` keeps a permit if it is not waiting yet).
+    data: Notify,
+    /// Wakes pushers waiting for space.
+    space: Notify,
+    max_size: u64,
+    when_full: WhenFull,
+    budget: MemoryBudget,
+    gauges: Gauges,
+}
+
+impl Shared {
+    fn publish(&self, st: &State) {
+        self.gauges.set(BufferStats {
+            bytes: st.bytes,
+            records: st.records,
+        });
+    }
+}
+
+pub(super) fn open(
+    output: &str,
+    settings: &BufferSettings,
+    budget: MemoryBudget,
+) -> (Writer, Reader) {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State::default()),
+        data: Notify::new(),
+        space: Notify::new(),
+        max_size: settings.max_size.max(1),
+        when_full: settings.when_full,
+        budget,
+        gauges: Gauges::new(output),
+    });
+    shared.publish(&shared.state.lock());
+    (
+        Writer {
+            shared: shared.clone(),
+        },
+        Reader { shared },
+    )
+}
+
+/// How many of `sizes` fit into the free space; at least one when the buffer is empty, so
+/// a record larger than `max_size` still passes once everything else has drained.
+fn fitting(sizes: &[u64], used: u64, max: u64) -> (usize, u64) {
+    let mut total = 0u64;
+    let mut n = 0;
+    for &s in sizes {
+        let fits = used + total + s <= max || (used == 0 && n == 0);
+        if !fits {
+            break;
+        }
+        total += s;
+        n += 1;
+    }
+    (n, total)
+}
+
+/// Local bytes reserved by a push in progress; returned if the push is cancelled.
+struct Pending<'a> {
+    shared: &'a Shared,
+    bytes: u64,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.shared.state.lock().bytes -= self.bytes;
+            self.shared.space.notify_waiters();
+        }
+    }
+}
+
+// === impl Writer ===
+
+#[derive(Clone)]
+pub struct Writer {
+    shared: Arc<Shared>,
+}
+
+impl Writer {
+    pub async fn push(&self, records: Vec<Record>) -> Result<PushReport, BufferError> {
+        let sh = &*self.shared;
+        let mut sizes: VecDeque<u64> = records.iter().map(|r| r.approx_size() as u64).collect();
+        let mut records: VecDeque<Record> = records.into();
+        let mut report = PushReport::default();
+        while !records.is_empty() {
+            let mut pending = Pending {
+                shared: sh,
+                bytes: 0,
+            };
+            let (n, reservation) = match sh.when_full {
+                WhenFull::DropNewest => {
+                    let st = sh.state.lock();
+                    if st.closed {
+                        return Err(BufferError::Closed);
+                    }
+                    let (mut n, _) = fitting(sizes.make_contiguous(), st.bytes, sh.max_size);
+                    let mut reservation = None;
+                    while n > 0 {
+                        let bytes: u64 = sizes.iter().take(n).sum();
+                        if let Some(r) = sh.budget.try_acquire(bytes as usize) {
+                            reservation = Some(r);
+                            break;
+                        }
+                        n /= 2;
+                    }
+                    let Some(reservation) = reservation else {
+                        report.dropped += records.len();
+                        return Ok(report);
+                    };
+                    report.dropped += records.len() - n;
+                    records.truncate(n);
+                    sizes.truncate(n);
+                    drop(st);
+                    (n, reservation)
+                }
+                WhenFull::Block => {
+                    let (n, bytes) = loop {
+                        let mut notified = pin!(sh.space.notified());
+                        notified.as_mut().enable();
+                        {
+                            let mut st = sh.state.lock();
+                            if st.closed {
+                                return Err(BufferError::Closed);
+                            }
+                            let (n, bytes) =
+                                fitting(sizes.make_contiguous(), st.bytes, sh.max_size);
+                            if n > 0 {
+                                st.bytes += bytes;
+                                break (n, bytes);
+                            }
+                        }
+                        notified.await;
+                    };
+                    pending.bytes = bytes;
+                    (n, sh.budget.acquire(bytes as usize).await)
+                }
+            };
+            let mut st = sh.state.lock();
+            if st.closed {
+                return Err(BufferError::Closed);
+            }
+            let group = st.next_group;
+            st.next_group += 1;
+            st.groups.insert(
+                group,
+                Group {
+                    remaining: n,
+                    _reservation: reservation,
+                },
+            );
+            let mut chunk_bytes = 0;
+            for (record, size) in records.drain(..n).zip(sizes.drain(..n)) {
+                let seq = st.next_seq;
+                st.next_seq += 1;
+                chunk_bytes += size;
+                st.queue.push_back(Queued {
+                    seq,
+                    record,
+                    size,
+                    group,
+                });
+            }
+            // `pending` held the Block reservation; ownership moves to the queued records.
+            if pending.bytes == 0 {
+                st.bytes += chunk_bytes;
+            }
+            pending.bytes = 0;
+            st.records += n as u64;
+            report.accepted += n;
+            sh.publish(&st);
+            drop(st);
+            sh.data.notify_one();
+        }
+        Ok(report)
+    }
+
+    pub fn close(&self) {
+        self.shared.state.lock().closed = true;
+        self.shared.data.notify_one();
+        self.shared.space.notify_waiters();
+    }
+
+    pub fn stats(&self) -> BufferStats {
+        let st = self.shared.state.lock();
+        BufferStats {
+            bytes: st.bytes,
+            records: st.records,
+        }
+    }
+}
+
+// === impl Reader ===
+
+pub struct Reader {
+    shared: Arc<Shared>,
+}
+
+impl Reader {
+    pub async fn recv(&mut self, max_records: usize) -> Option<Vec<Entry>> {
+        let max_records = max_records.max(1);
+        loop {
+            {
+                let mut st = self.shared.state.lock();
+                if !st.queue.is_empty() {
+                    let n = max_records.min(st.queue.len());
+                    let mut out = Vec::with_capacity(n);
+                    for q in st.queue.drain(..n).collect::<Vec<_>>() {
+                        st.in_flight.insert(q.seq, (q.size, q.group));
+                        out.push(Entry {
+                            seq: q.seq,
+                            record: q.record,
+                        });
+                    }
+                    return Some(out);
+                }
+                if st.closed {
+                    return None;
+                }
+            }
+            self.shared.data.notified().await;
+        }
+    }
+
+    pub fn acker(&self) -> Acker {
+        Acker {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+// === impl Acker ===
+
+#[derive(Clone)]
+pub struct Acker {
+    shared: Arc<Shared>,
+}
+
+impl Acker {
+    pub fn ack(&self, seqs: &[u64]) {
+        let sh = &*self.shared;
+        let mut st = sh.state.lock();
+        let mut freed = false;
+        for seq in seqs {
+            let Some((size, group)) = st.in_flight.remove(seq) else {
+                continue;
+            };
+            st.bytes -= size;
+            st.records -= 1;
+            freed = true;
+            if let Some(g) = st.groups.get_mut(&group) {
+                g.remaining -= 1;
+                if g.remaining == 0 {
+                    st.groups.remove(&group);
+                }
+            }
+        }
+        if freed {
+            sh.publish(&st);
+            drop(st);
+            sh.space.notify_waiters();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn rec(i: usize) -> Record {
+        let mut f = crate::event::Fields::new();
+        f.insert(
+            "log".into(),
+            serde_json::Value::String(format!("line {i:04} {}", "x".repeat(100))),
+        );
+        Record::new("t", i as i64, f)
+    }
+
+    fn recs(range: std::ops::Range<usize>) -> Vec<Record> {
+        range.map(rec).collect()
+    }
+
+    fn size() -> u64 {
+        rec(0).approx_size() as u64
+    }
+
+    #[tokio::test]
+    async fn fifo_round_trip_and_release_on_ack() {
+        let budget = MemoryBudget::new(1 << 20);
+        let (w, mut r) = open(
+            "m1",
+            &BufferSettings::memory(1 << 20, WhenFull::Block),
+            budget.clone(),
+        );
+        assert_eq!(
+            w.push(recs(0..10)).await.unwrap(),
+            PushReport {
+                accepted: 10,
+                dropped: 0
+            }
+        );
+        let got = r.recv(4).await.unwrap();
+        assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), [0, 1, 2, 3]);
+        assert_eq!(got[2].record, rec(2));
+        let rest = r.recv(100).await.unwrap();
+        assert_eq!(rest.len(), 6);
+        // Received but not acked: still counted.
+        assert_eq!(w.stats().records, 10);
+        assert!(budget.used() > 0);
+        let a = r.acker();
+        a.ack(&[9, 0, 1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(w.stats().records, 1);
+        assert!(
+            budget.used() > 0,
+            "group held until its last record is acked"
+        );
+        a.ack(&[8, 8, 8]);
+        assert_eq!(
+            w.stats(),
+            BufferStats {
+                bytes: 0,
+                records: 0
+            }
+        );
+        assert_eq!(budget.used(), 0);
+        w.close();
+        assert!(r.recv(1).await.is_none());
+        assert!(matches!(w.push(recs(0..1)).await, Err(BufferError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn drop_newest_keeps_prefix_and_reports_rest() {
+        let (w, mut r) = open(
+            "m2",
+            &BufferSettings::memory(size() * 5, WhenFull::DropNewest),
+            MemoryBudget::new(1 << 20),
+        );
+        assert_eq!(
+            w.push(recs(0..3)).await.unwrap(),
+            PushReport {
+                accepted: 3,
+                dropped: 0
+            }
+        );
+        assert_eq!(
+            w.push(recs(3..8)).await.unwrap(),
+            PushReport {
+                accepted: 2,
+                dropped: 3
+            }
+        );
+        assert_eq!(
+            w.push(recs(8..9)).await.unwrap(),
+            PushReport {
+                accepted: 0,
+                dropped: 1
+            }
+        );
+        let got = r.recv(100).await.unwrap();
+        assert_eq!(
+            got.iter().map(|e| e.record.time_ns).collect::<Vec<_>>(),
+            [0, 1, 2, 3, 4]
+        );
+        r.acker().ack(&[0, 1]);
+        assert_eq!(
+            w.push(recs(9..12)).await.unwrap(),
+            PushReport {
+                accepted: 2,
+                dropped: 1
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn drop_newest_respects_global_budget() {
+        // Budget of 2 KiB; each record is ~200 B but a reservation rounds up to 1 KiB.
+        let budget = MemoryBudget::new(2048);
+        let (w, _r) = open(
+            "m3",
+            &BufferSettings::memory(1 << 20, WhenFull::DropNewest),
+            budget.clone(),
+        );
+        let held = budget.try_acquire(2048).unwrap();
+        assert_eq!(
+            w.push(recs(0..4)).await.unwrap(),
+            PushReport {
+                accepted: 0,
+                dropped: 4
+            }
+        );
+        drop(held);
+        assert_eq!(w.push(recs(0..4)).await.unwrap().accepted, 4);
+    }
+
+    #[tokio::test]
+    async fn block_waits_for_ack_then_resumes() {
+        let (w, mut r) = open(
+            "m4",
+            &BufferSettings::memory(size() * 4, WhenFull::Block),
+            MemoryBudget::new(1 << 20),
+        );
+        w.push(recs(0..4)).await.unwrap();
+        let w2 = w.clone();
+        let pusher = tokio::spawn(async move { w2.push(recs(4..6)).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!pusher.is_finished(), "push must wait while full");
+        let got = r.recv(2).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!pusher.is_finished(), "recv alone frees nothing");
+        r.acker()
+            .ack(&got.iter().map(|e| e.seq).collect::<Vec<_>>());
+        let rep = tokio::time::timeout(Duration::from_secs(2), pusher)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            rep,
+            PushReport {
+                accepted: 2,
+                dropped: 0
+            }
+        );
+        let rest = r.recv(10).await.unwrap();
+        assert_eq!(rest.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3, 4, 5]);
+    }
+
+    #[tokio::test]
+    async fn block_waits_for_global_budget_and_cancel_returns_space() {
+        let budget = MemoryBudget::new(4096);
+        let (w, _r) = open(
+            "m5",
+            &BufferSettings::memory(1 << 20, WhenFull::Block),
+            budget.clone(),
+        );
+        let held = budget.try_acquire(4096).unwrap();
+        let fut = w.push(recs(0..2));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), fut)
+                .await
+                .is_err()
+        );
+        assert_eq!(
+            w.stats().bytes,
+            0,
+            "cancelled push released its local reservation"
+        );
+        drop(held);
+        assert_eq!(w.push(recs(0..2)).await.unwrap().accepted, 2);
+    }
+
+    #[tokio::test]
+    async fn oversized_record_passes_when_empty_and_close_wakes_blocked() {
+        let (w, mut r) = open(
+            "m6",
+            &BufferSettings::memory(10, WhenFull::Block),
+            MemoryBudget::new(1 << 20),
+        );
+        assert_eq!(w.push(recs(0..1)).await.unwrap().accepted, 1);
+        let w2 = w.clone();
+        let pusher = tokio::spawn(async move { w2.push(recs(1..2)).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        w.close();
+        assert!(matches!(pusher.await.unwrap(), Err(BufferError::Closed)));
+        assert_eq!(r.recv(10).await.unwrap().len(), 1);
+        assert!(r.recv(10).await.is_none());
+    }
+}

@@ -1,0 +1,300 @@
+//! Per-output buffers between the router and an output's delivery loop.
+//!
+//! Every output has one buffer, in memory or on disk (`buffer = { type, max_size, when_full }`).
+//! Inputs push through [`BufferWriter`] (cloned per input) and are acknowledged to their
+//! clients only after `push` resolves; the output's delivery loop takes records from the
+//! single [`BufferReader`] and releases them with the [`Acker`] once they are delivered or
+//! dead-lettered. A record stays in the buffer, counted against `max_size`, until acked,
+//! so an output that cannot deliver stops the inputs (`block`) or sheds with a count
+//! (`drop_newest`) instead of growing.
+//!
+//! Disk buffers (see [`disk`]) add at-least-once delivery across crashes: records pushed
+//! (and synced per [`FsyncPolicy`]) are replayed after a restart until acked.
+
+pub mod budget;
+pub mod disk;
+pub mod memory;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::event::Record;
+use budget::MemoryBudget;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BufferKind {
+    Memory,
+    Disk,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WhenFull {
+    /// `push` waits until acks free space: inputs stop reading.
+    Block,
+    /// `push` accepts what fits and reports the rest as dropped.
+    DropNewest,
+}
+
+/// When disk writes are made durable. Only meaningful for disk buffers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum FsyncPolicy {
+    /// `push` resolves after `fdatasync`; concurrent pushes share one sync (group commit).
+    /// Records acked to clients survive power loss.
+    #[default]
+    Always,
+    /// `push` resolves after `write(2)`; a background `fdatasync` runs every interval.
+    /// Survives a process crash (`kill -9`), may lose up to one interval on power loss.
+    Interval(Duration),
+    /// Never sync; the kernel writes back when it likes. Survives a process crash only.
+    Never,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct BufferSettings {
+    pub kind: BufferKind,
+    /// Memory: bytes by `Record::approx_size`. Disk: bytes of live segment files.
+    pub max_size: u64,
+    pub when_full: WhenFull,
+    pub fsync: FsyncPolicy,
+    /// `data_dir/buffers/<output name>`; disk only.
+    pub dir: PathBuf,
+    /// Target size of one disk segment file. Clamped to at most a quarter of `max_size`,
+    /// so acks can free space in steps smaller than the buffer.
+    pub segment_size: u64,
+}
+
+impl BufferSettings {
+    pub const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
+
+    pub fn memory(max_size: u64, when_full: WhenFull) -> Self {
+        BufferSettings {
+            kind: BufferKind::Memory,
+            max_size,
+            when_full,
+            fsync: FsyncPolicy::Always,
+            dir: PathBuf::new(),
+            segment_size: Self::DEFAULT_SEGMENT_SIZE,
+        }
+    }
+
+    pub fn disk(dir: impl Into<PathBuf>, max_size: u64, when_full: WhenFull) -> Self {
+        BufferSettings {
+            kind: BufferKind::Disk,
+            max_size,
+            when_full,
+            fsync: FsyncPolicy::Always,
+            dir: dir.into(),
+            segment_size: Self::DEFAULT_SEGMENT_SIZE,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BufferError {
+    #[error("buffer is closed")]
+    Closed,
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("buffer directory {0} is in use by another firelane process")]
+    Locked(PathBuf),
+}
+
+impl BufferError {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        BufferError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// What `open` found on disk. All zero for memory buffers and fresh disk buffers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// Records found on disk from the persisted watermark on; they will be delivered again.
+    pub replayed_records: u64,
+    pub replayed_bytes: u64,
+    /// Segment files (or damaged tails of them) moved to `<dir>/quarantine/`.
+    pub quarantined_segments: u64,
+    pub quarantined_bytes: u64,
+    /// The ack file was missing while segments existed, or corrupt: everything on disk is
+    /// replayed, so `replayed_records` may include records delivered before.
+    pub ack_state_lost: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PushReport {
+    pub accepted: usize,
+    /// Records not buffered (`drop_newest` on a full buffer, or a record too large to
+    /// store). The caller counts them in `firelane_output_records_total{result="dropped"}`.
+    pub dropped: usize,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BufferStats {
+    /// Memory: approx bytes of records not yet acked. Disk: bytes of live segment files.
+    pub bytes: u64,
+    /// Records pushed and not yet acked (including those handed to the reader).
+    pub records: u64,
+}
+
+#[derive(Debug)]
+pub struct Entry {
+    pub seq: u64,
+    pub record: Record,
+}
+
+/// Opens the buffer of `output`. Disk: creates the directory, recovers what is there
+/// (quarantining damage), and starts the writer thread. Errors only for an unusable
+/// directory (cannot create, lock held by another process), never for its contents.
+pub fn open(
+    output: &str,
+    settings: &BufferSettings,
+    budget: MemoryBudget,
+) -> Result<(BufferWriter, BufferReader, OpenReport), BufferError> {
+    match settings.kind {
+        BufferKind::Memory => {
+            let (w, r) = memory::open(output, settings, budget);
+            Ok((
+                BufferWriter(WriterImpl::Memory(w)),
+                BufferReader(ReaderImpl::Memory(r)),
+                OpenReport::default(),
+            ))
+        }
+        BufferKind::Disk => {
+            let (w, r, report) = disk::open(output, settings)?;
+            Ok((
+                BufferWriter(WriterImpl::Disk(w)),
+                BufferReader(ReaderImpl::Disk(r)),
+                report,
+            ))
+        }
+    }
+}
+
+// === impl BufferWriter ===
+
+/// Push side; clone one per input. All clones share the buffer.
+#[derive(Clone)]
+pub struct BufferWriter(WriterImpl);
+
+#[derive(Clone)]
+enum WriterImpl {
+    Memory(memory::Writer),
+    Disk(disk::Writer),
+}
+
+impl BufferWriter {
+    /// Resolves once the records are accepted (disk: written and synced per the fsync
+    /// policy), so the caller may acknowledge its client. `Block`: waits while full.
+    /// `DropNewest`: keeps what fits, in order, and reports the rest as dropped.
+    /// Cancel-safe: dropping the future may leave a prefix buffered, never corrupts state.
+    pub async fn push(&self, records: Vec<Record>) -> Result<PushReport, BufferError> {
+        match &self.0 {
+            WriterImpl::Memory(w) => w.push(records).await,
+            WriterImpl::Disk(w) => w.push(records).await,
+        }
+    }
+
+    /// No more pushes (they fail with `Closed`, waiting ones too); the reader drains what
+    /// is buffered and then gets `None`.
+    pub fn close(&self) {
+        match &self.0 {
+            WriterImpl::Memory(w) => w.close(),
+            WriterImpl::Disk(w) => w.close(),
+        }
+    }
+
+    pub fn stats(&self) -> BufferStats {
+        match &self.0 {
+            WriterImpl::Memory(w) => w.stats(),
+            WriterImpl::Disk(w) => w.stats(),
+        }
+    }
+}
+
+// === impl BufferReader ===
+
+/// Read side; exactly one, owned by the output's delivery loop.
+pub struct BufferReader(ReaderImpl);
+
+enum ReaderImpl {
+    Memory(memory::Reader),
+    Disk(disk::Reader),
+}
+
+impl BufferReader {
+    /// Waits for at least one record and returns up to `max_records` (disk: also at most
+    /// about 4 MiB of payload per call). `None` once closed and drained. Cancel-safe:
+    /// records are never lost when the future is dropped (use it in `select!`).
+    pub async fn recv(&mut self, max_records: usize) -> Option<Vec<Entry>> {
+        match &mut self.0 {
+            ReaderImpl::Memory(r) => r.recv(max_records).await,
+            ReaderImpl::Disk(r) => r.recv(max_records).await,
+        }
+    }
+
+    /// Bytes the reader holds in memory besides what `recv` returned (disk: read buffer and
+    /// any records read but not yet returned; memory: 0, the queue is the buffer itself).
+    pub fn resident_bytes(&self) -> usize {
+        match &self.0 {
+            ReaderImpl::Memory(_) => 0,
+            ReaderImpl::Disk(r) => r.resident_bytes(),
+        }
+    }
+
+    pub fn acker(&self) -> Acker {
+        match &self.0 {
+            ReaderImpl::Memory(r) => Acker(AckerImpl::Memory(r.acker())),
+            ReaderImpl::Disk(r) => Acker(AckerImpl::Disk(r.acker())),
+        }
+    }
+}
+
+// === impl Acker ===
+
+/// Releases records for good: delivered, or finally dropped / dead-lettered. Acks may come
+/// in any order and from any thread; acking a seq twice is harmless.
+#[derive(Clone)]
+pub struct Acker(AckerImpl);
+
+#[derive(Clone)]
+enum AckerImpl {
+    Memory(memory::Acker),
+    Disk(disk::Acker),
+}
+
+impl Acker {
+    pub fn ack(&self, seqs: &[u64]) {
+        match &self.0 {
+            AckerImpl::Memory(a) => a.ack(seqs),
+            AckerImpl::Disk(a) => a.ack(seqs),
+        }
+    }
+}
+
+/// Gauges for one buffer, updated by the buffer itself.
+#[derive(Clone)]
+pub(crate) struct Gauges {
+    bytes: metrics::Gauge,
+    records: metrics::Gauge,
+}
+
+impl Gauges {
+    pub(crate) fn new(output: &str) -> Self {
+        let output = output.to_string();
+        Gauges {
+            bytes: metrics::gauge!("firelane_buffer_bytes", "output" => output.clone()),
+            records: metrics::gauge!("firelane_buffer_records", "output" => output),
+        }
+    }
+
+    pub(crate) fn set(&self, stats: BufferStats) {
+        self.bytes.set(stats.bytes as f64);
+        self.records.set(stats.records as f64);
+    }
+}

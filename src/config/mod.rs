@@ -1,0 +1,1314 @@
+//! Configuration: TOML text → validated [`Config`], or every problem at once.
+//!
+//! Two stages, as in ripgrep's flags: [`reader`] walks the spanned TOML tree with typed
+//! getters (unknown keys and wrong types become located errors), then this module checks
+//! what spans tables (dangling route targets, dead-letter cycles, outputs nobody feeds).
+//! Components receive plain structs; none of them sees TOML.
+
+pub mod reader;
+pub mod units;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use crate::input::http::{BodyFormat, HttpAuth, HttpInputConfig};
+use crate::route::pattern::Pattern;
+use crate::route::tag::TagGlob;
+use reader::{Diagnostics, Table};
+
+/// The configuration used when no file is given or found (PRODUCT.md).
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/default.toml");
+
+/// Where `run` looks when `-c` and `$FIRELANE_CONFIG` are absent.
+pub const SYSTEM_PATH: &str = "/etc/firelane/firelane.toml";
+
+#[derive(Debug)]
+pub struct Config {
+    pub admin: AdminSettings,
+    pub runtime: RuntimeSettings,
+    pub inputs: Vec<InputSpec>,
+    pub routes: Vec<RouteSpec>,
+    pub outputs: Vec<OutputSpec>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct RuntimeSettings {
+    /// Budget from SIGTERM to exit. ECS sends SIGKILL `stopTimeout` (default 30 s) after
+    /// SIGTERM, so the default leaves 5 s of margin.
+    pub shutdown_grace: Duration,
+    pub data_dir: PathBuf,
+    /// Process-wide byte budget for records held in memory.
+    pub memory_limit: u64,
+    pub log_level: String,
+    pub log_json: bool,
+}
+
+impl RuntimeSettings {
+    pub const DEFAULT_GRACE: Duration = Duration::from_secs(25);
+    pub const DEFAULT_MEMORY_LIMIT: u64 = 128 * 1024 * 1024;
+}
+
+#[derive(Debug)]
+pub struct InputSpec {
+    pub name: String,
+    pub kind: InputKind,
+}
+
+#[derive(Debug)]
+pub enum InputKind {
+    Forward(ForwardSpec),
+    Http(HttpInputConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct ForwardSpec {
+    /// `tcp://HOST:PORT` or `unix:///PATH`, already syntax-checked.
+    pub listen: Vec<String>,
+    pub shared_key: Option<String>,
+    pub max_frame_bytes: Option<u64>,
+    pub max_decompressed_bytes: Option<u64>,
+    pub socket_mode: Option<u32>,
+}
+
+#[derive(Debug)]
+pub struct RouteSpec {
+    pub name: String,
+    /// Input names; empty = every input.
+    pub from: Vec<String>,
+    pub tags: Vec<TagGlob>,
+    pub pattern: Option<Pattern>,
+    /// The pattern as compact JSON, for `firelane check` and `firelane route`.
+    pub pattern_json: Option<String>,
+    pub to: Vec<String>,
+    pub is_final: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct BatchSpec {
+    pub max_records: Option<u64>,
+    pub max_bytes: Option<u64>,
+    pub max_age: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BufferType {
+    Memory,
+    Disk,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenFullSpec {
+    Block,
+    DropNewest,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncSpec {
+    Always,
+    Interval(Duration),
+    Never,
+}
+
+#[derive(Debug, Clone)]
+pub struct BufferSpec {
+    pub kind: BufferType,
+    pub max_size: Option<u64>,
+    pub when_full: WhenFullSpec,
+    pub fsync: FsyncSpec,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RetrySpec {
+    pub max_elapsed: Option<Duration>,
+    pub initial_backoff: Option<Duration>,
+    pub max_backoff: Option<Duration>,
+    pub max_retries: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AwsSpec {
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub role_arn: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+#[derive(Debug, Clone)]
+pub enum OutputKind {
+    Stdout,
+    Null,
+    File {
+        path: PathBuf,
+    },
+    Http {
+        url: String,
+        method: String,
+        headers: Vec<(String, String)>,
+        compression: Compression,
+        timeout: Duration,
+    },
+    S3 {
+        bucket: String,
+        key: String,
+        compression: Compression,
+        storage_class: Option<String>,
+        content_type: Option<String>,
+        acl: Option<String>,
+        log_key: Option<String>,
+        align: Option<Duration>,
+        force_path_style: bool,
+        aws: AwsSpec,
+    },
+    Firehose {
+        delivery_stream: String,
+        aggregate: bool,
+        oversize: String,
+        log_key: Option<String>,
+        aws: AwsSpec,
+    },
+    CloudWatchLogs {
+        log_group: String,
+        log_stream: String,
+        auto_create: bool,
+        retention_days: Option<u32>,
+        tags: Vec<(String, String)>,
+        log_key: Option<String>,
+        aws: AwsSpec,
+    },
+}
+
+impl OutputKind {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            OutputKind::Stdout => "stdout",
+            OutputKind::Null => "null",
+            OutputKind::File { .. } => "file",
+            OutputKind::Http { .. } => "http",
+            OutputKind::S3 { .. } => "s3",
+            OutputKind::Firehose { .. } => "firehose",
+            OutputKind::CloudWatchLogs { .. } => "cloudwatch_logs",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct OutputSpec {
+    pub name: String,
+    pub kind: OutputKind,
+    pub batch: BatchSpec,
+    pub buffer: BufferSpec,
+    pub retry: RetrySpec,
+    pub dead_letter: Option<String>,
+    pub tag_key: Option<String>,
+    pub time_key: Option<String>,
+    /// Requests in flight at once (different keys / streams / batches).
+    pub concurrency: Option<usize>,
+}
+
+/// A config that failed: every error, rendered `file:line:col: message`.
+#[derive(Debug)]
+pub struct ConfigErrors {
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for e in &self.errors {
+            writeln!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// A loaded config plus its warnings.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<String>,
+}
+
+/// Parses and validates `text` (named `file` in messages), reading `${VAR}` from `env`.
+pub fn parse(
+    text: &str,
+    file: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Loaded, ConfigErrors> {
+    let mut d = Diagnostics::new(file, text);
+    let root = match DeTable::parse(text) {
+        Ok(t) => t,
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            d.error(span, format!("invalid TOML: {}", e.message().trim()));
+            return Err(ConfigErrors {
+                errors: d.rendered_errors(),
+                warnings: vec![],
+            });
+        }
+    };
+    let mut top = Table::new(root.get_ref(), root.span(), "", env);
+    let config = read_config(&mut top, &mut d);
+    top.finish_expecting(&mut d, &["admin", "runtime", "inputs", "routes", "outputs"]);
+    if !d.errors.is_empty() {
+        return Err(ConfigErrors {
+            errors: d.rendered_errors(),
+            warnings: d.rendered_warnings(),
+        });
+    }
+    Ok(Loaded {
+        config,
+        warnings: d.rendered_warnings(),
+    })
+}
+
+/// Reads a config file from disk.
+pub fn load_file(path: &std::path::Path) -> Result<Loaded, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+        errors: vec![format!("{}: cannot read config: {e}", path.display())],
+        warnings: vec![],
+    })?;
+    let env = |k: &str| std::env::var(k).ok();
+    let base = path.parent().map(PathBuf::from);
+    with_base_dir(base, || parse(&text, &path.display().to_string(), &env))
+}
+
+thread_local! {
+    static BASE_DIR: std::cell::RefCell<Option<PathBuf>> = const { std::cell::RefCell::new(None) };
+}
+
+/// `pattern_file` paths are relative to the config file's directory.
+fn with_base_dir<T>(dir: Option<PathBuf>, f: impl FnOnce() -> T) -> T {
+    BASE_DIR.with(|b| *b.borrow_mut() = dir);
+    let out = f();
+    BASE_DIR.with(|b| *b.borrow_mut() = None);
+    out
+}
+
+fn resolve_path(p: &str) -> PathBuf {
+    let path = PathBuf::from(p);
+    if path.is_absolute() {
+        return path;
+    }
+    BASE_DIR
+        .with(|b| b.borrow().as_ref().map(|d| d.join(&path)))
+        .unwrap_or(path)
+}
+
+fn read_config(top: &mut Table<'_, '_>, d: &mut Diagnostics) -> Config {
+    let admin = read_admin(top, d);
+    let runtime = read_runtime(top, d);
+    let mut inputs = Vec::new();
+    if let Some(mut t) = top.opt_table(d, "inputs") {
+        for (name, mut it) in t.subtables(d) {
+            check_name(d, &name, "input");
+            if let Some(kind) = read_input(&name, &mut it, d) {
+                inputs.push(InputSpec {
+                    name: name.get_ref().clone(),
+                    kind,
+                });
+            }
+        }
+        t.finish(d);
+    }
+    let mut outputs = Vec::new();
+    let mut output_spans = Vec::new();
+    if let Some(mut t) = top.opt_table(d, "outputs") {
+        for (name, mut ot) in t.subtables(d) {
+            check_name(d, &name, "output");
+            if let Some(o) = read_output(&name, &mut ot, d) {
+                output_spans.push(name.span());
+                outputs.push(o);
+            }
+        }
+        t.finish(d);
+    }
+    let mut routes = Vec::new();
+    let mut route_refs = Vec::new();
+    if let Some(mut t) = top.opt_table(d, "routes") {
+        for (name, mut rt) in t.subtables(d) {
+            check_name(d, &name, "route");
+            if let Some((r, refs)) = read_route(&name, &mut rt, d) {
+                routes.push(r);
+                route_refs.push(refs);
+            }
+        }
+        t.finish(d);
+    }
+    if inputs.is_empty() && top.contains("inputs") {
+        d.warn(
+            top.value_span("inputs"),
+            "no inputs are configured: nothing will be received",
+        );
+    }
+    cross_check(
+        d,
+        top,
+        &inputs,
+        &outputs,
+        &output_spans,
+        &routes,
+        &route_refs,
+    );
+    Config {
+        admin,
+        runtime,
+        inputs,
+        routes,
+        outputs,
+    }
+}
+
+fn check_name(d: &mut Diagnostics, name: &Spanned<String>, what: &str) {
+    let ok = !name.get_ref().is_empty()
+        && name
+            .get_ref()
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !ok {
+        d.error(
+            name.span(),
+            format!(
+                "{what} name {:?} must use only letters, digits, `_` and `-`",
+                name.get_ref()
+            ),
+        );
+    }
+}
+
+fn read_admin(top: &mut Table<'_, '_>, d: &mut Diagnostics) -> AdminSettings {
+    let default: SocketAddr = ([127, 0, 0, 1], 2020).into();
+    let Some(mut t) = top.opt_table(d, "admin") else {
+        return AdminSettings { listen: default };
+    };
+    let listen = t
+        .opt_string(d, "listen")
+        .and_then(|s| match s.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                d.error(
+                    t.value_span("listen"),
+                    format!("admin.listen: {s:?} is not HOST:PORT (e.g. \"0.0.0.0:2020\")"),
+                );
+                None
+            }
+        })
+        .unwrap_or(default);
+    t.finish_expecting(d, &["listen"]);
+    AdminSettings { listen }
+}
+
+fn read_runtime(top: &mut Table<'_, '_>, d: &mut Diagnostics) -> RuntimeSettings {
+    let mut rt = RuntimeSettings {
+        shutdown_grace: RuntimeSettings::DEFAULT_GRACE,
+        data_dir: PathBuf::from("/var/lib/firelane"),
+        memory_limit: RuntimeSettings::DEFAULT_MEMORY_LIMIT,
+        log_level: "info".into(),
+        log_json: false,
+    };
+    let Some(mut t) = top.opt_table(d, "runtime") else {
+        return rt;
+    };
+    if let Some(g) = t.opt_duration(d, "shutdown_grace") {
+        rt.shutdown_grace = g;
+    }
+    if let Some(p) = t.opt_string(d, "data_dir") {
+        rt.data_dir = PathBuf::from(p);
+    }
+    if let Some(m) = t.opt_size(d, "memory_limit") {
+        if m < 4 * 1024 * 1024 {
+            d.error(
+                t.value_span("memory_limit"),
+                "runtime.memory_limit: must be at least 4MiB",
+            );
+        } else {
+            rt.memory_limit = m;
+        }
+    }
+    if let Some(l) = t.opt_string(d, "log_level") {
+        if ["error", "warn", "info", "debug", "trace"].contains(&l.as_str()) {
+            rt.log_level = l;
+        } else {
+            d.error(
+                t.value_span("log_level"),
+                "runtime.log_level: expected error, warn, info, debug or trace",
+            );
+        }
+    }
+    if let Some(f) = t.opt_string(d, "log_format") {
+        match f.as_str() {
+            "text" => rt.log_json = false,
+            "json" => rt.log_json = true,
+            _ => d.error(
+                t.value_span("log_format"),
+                "runtime.log_format: expected \"text\" or \"json\"",
+            ),
+        }
+    }
+    t.finish_expecting(
+        d,
+        &[
+            "shutdown_grace",
+            "data_dir",
+            "memory_limit",
+            "log_level",
+            "log_format",
+        ],
+    );
+    rt
+}
+
+fn read_input(
+    name: &Spanned<String>,
+    t: &mut Table<'_, '_>,
+    d: &mut Diagnostics,
+) -> Option<InputKind> {
+    let ty = t.string(d, "type");
+    let kind = match ty.as_deref() {
+        Some("forward") => {
+            let listen = match t.opt_string_list(d, "listen") {
+                Some(l) if !l.is_empty() => l,
+                Some(_) => {
+                    d.error(
+                        t.value_span("listen"),
+                        format!("{}.listen: needs at least one address", t.path()),
+                    );
+                    vec![]
+                }
+                None => vec![Spanned::new(0..0, "tcp://127.0.0.1:24224".to_string())],
+            };
+            let mut addrs = Vec::new();
+            for l in listen {
+                match check_listen_addr(l.get_ref()) {
+                    Ok(()) => addrs.push(l.get_ref().clone()),
+                    Err(e) => d.error(l.span(), format!("{}.listen: {e}", t.path())),
+                }
+            }
+            let spec = ForwardSpec {
+                listen: addrs,
+                shared_key: t.opt_string(d, "shared_key"),
+                max_frame_bytes: t.opt_size(d, "max_frame"),
+                max_decompressed_bytes: t.opt_size(d, "max_decompressed"),
+                socket_mode: t.opt_string(d, "socket_mode").and_then(|m| {
+                    u32::from_str_radix(m.trim_start_matches("0o"), 8)
+                        .ok()
+                        .or_else(|| {
+                            d.error(
+                                t.value_span("socket_mode"),
+                                format!("{}.socket_mode: expected octal like \"0666\"", t.path()),
+                            );
+                            None
+                        })
+                }),
+            };
+            t.finish_expecting(
+                d,
+                &[
+                    "type",
+                    "listen",
+                    "shared_key",
+                    "max_frame",
+                    "max_decompressed",
+                    "socket_mode",
+                ],
+            );
+            InputKind::Forward(spec)
+        }
+        Some("http") => {
+            let listen = t
+                .opt_string(d, "listen")
+                .unwrap_or_else(|| "127.0.0.1:8888".into());
+            if listen.parse::<SocketAddr>().is_err() {
+                d.error(
+                    t.value_span("listen"),
+                    format!("{}.listen: {listen:?} is not HOST:PORT", t.path()),
+                );
+            }
+            let mut cfg = HttpInputConfig::new(name.get_ref(), &listen);
+            if let Some(mut a) = t.opt_table(d, "auth") {
+                cfg.auth = read_auth(&mut a, d);
+            }
+            if let Some(m) = t.opt_size(d, "max_body") {
+                cfg.max_body = m as usize;
+            }
+            if let Some(f) = t.opt_string(d, "format") {
+                cfg.format = match f.as_str() {
+                    "auto" => BodyFormat::Auto,
+                    "json" => BodyFormat::Json,
+                    "ndjson" => BodyFormat::Ndjson,
+                    _ => {
+                        d.error(
+                            t.value_span("format"),
+                            format!("{}.format: expected auto, json or ndjson", t.path()),
+                        );
+                        BodyFormat::Auto
+                    }
+                };
+            }
+            cfg.tag = t.opt_string(d, "tag");
+            if let Some(to) = t.opt_duration(d, "accept_timeout") {
+                cfg.accept_timeout = to;
+            }
+            t.finish_expecting(
+                d,
+                &[
+                    "type",
+                    "listen",
+                    "auth",
+                    "max_body",
+                    "format",
+                    "tag",
+                    "accept_timeout",
+                ],
+            );
+            InputKind::Http(cfg)
+        }
+        Some("sqs") => {
+            d.error(
+                t.value_span("type"),
+                format!(
+                    "{}.type: the sqs input is not available in this version yet",
+                    t.path()
+                ),
+            );
+            return None;
+        }
+        Some(other) => {
+            d.error(
+                t.value_span("type"),
+                format!(
+                    "{}.type: unknown input type {other:?} (expected forward or http)",
+                    t.path()
+                ),
+            );
+            return None;
+        }
+        None => return None,
+    };
+    Some(kind)
+}
+
+fn check_listen_addr(s: &str) -> Result<(), String> {
+    if let Some(hp) = s.strip_prefix("tcp://") {
+        hp.parse::<SocketAddr>()
+            .map(|_| ())
+            .map_err(|_| format!("{s:?}: expected tcp://HOST:PORT with a numeric host"))
+    } else if let Some(p) = s.strip_prefix("unix://") {
+        if !p.starts_with('/') {
+            return Err(format!(
+                "{s:?}: unix socket path must be absolute (unix:///var/run/fluent.sock)"
+            ));
+        }
+        if p.len() > 107 {
+            return Err(format!("{s:?}: unix socket paths are limited to 107 bytes"));
+        }
+        Ok(())
+    } else {
+        Err(format!("{s:?}: expected tcp://HOST:PORT or unix:///PATH"))
+    }
+}
+
+fn read_auth(a: &mut Table<'_, '_>, d: &mut Diagnostics) -> HttpAuth {
+    let ty = a.string(d, "type");
+    let auth = match ty.as_deref() {
+        Some("none") => HttpAuth::None,
+        Some("api_key") => HttpAuth::ApiKey {
+            header: a
+                .opt_string(d, "header")
+                .unwrap_or_else(|| "x-api-key".into())
+                .to_ascii_lowercase(),
+            value: a.string(d, "value").unwrap_or_default(),
+        },
+        Some("bearer") => HttpAuth::Bearer {
+            token: a.string(d, "token").unwrap_or_default(),
+        },
+        Some("basic") => HttpAuth::Basic {
+            username: a.string(d, "username").unwrap_or_default(),
+            password: a.string(d, "password").unwrap_or_default(),
+        },
+        Some(o) => {
+            d.error(
+                a.value_span("type"),
+                format!(
+                    "{}.type: unknown auth type {o:?} (api_key, bearer, basic, none)",
+                    a.path()
+                ),
+            );
+            HttpAuth::None
+        }
+        None => HttpAuth::None,
+    };
+    let secret_empty = match &auth {
+        HttpAuth::ApiKey { value, .. } => value.is_empty(),
+        HttpAuth::Bearer { token } => token.is_empty(),
+        HttpAuth::Basic { password, .. } => password.is_empty(),
+        HttpAuth::None => false,
+    };
+    if secret_empty && d.errors.is_empty() {
+        d.error(a.span(), format!("{}: the secret is empty (an unset ${{VAR:-}}?); refusing to accept any credentials", a.path()));
+    }
+    a.finish_expecting(
+        d,
+        &["type", "header", "value", "token", "username", "password"],
+    );
+    auth
+}
+
+/// Output names a route refers to, with spans, for the cross-table checks.
+struct RouteRefs {
+    from: Vec<Spanned<String>>,
+    to: Vec<Spanned<String>>,
+    name_span: std::ops::Range<usize>,
+    catch_all: bool,
+}
+
+fn read_route(
+    name: &Spanned<String>,
+    t: &mut Table<'_, '_>,
+    d: &mut Diagnostics,
+) -> Option<(RouteSpec, RouteRefs)> {
+    let from = t.opt_string_list(d, "from").unwrap_or_default();
+    let mut tags = Vec::new();
+    for g in t.opt_string_list(d, "tag").unwrap_or_default() {
+        match TagGlob::new(g.get_ref()) {
+            Ok(glob) => tags.push(glob),
+            Err(e) => d.error(g.span(), format!("{}.tag: {e}", t.path())),
+        }
+    }
+    let mut pattern = None;
+    if let Some(v) = t.get("pattern") {
+        let json = match v.get_ref() {
+            DeValue::String(s) => {
+                // JSON text as pasted from EventBridge or Terraform `jsonencode`.
+                Some(PatternText::Text(s.to_string()))
+            }
+            DeValue::Table(_) => match reader::to_json(v.get_ref()) {
+                Ok(j) => Some(PatternText::Value(j)),
+                Err(e) => {
+                    d.error(v.span(), format!("{}.pattern: {e}", t.path()));
+                    None
+                }
+            },
+            other => {
+                d.error(
+                    v.span(),
+                    format!(
+                        "{}.pattern: expected a table or JSON text, found {}",
+                        t.path(),
+                        reader::type_name(other)
+                    ),
+                );
+                None
+            }
+        };
+        if let Some(p) = json {
+            pattern = compile_pattern(p, v.span(), t.path(), d);
+        }
+    }
+    if let Some(file) = t.opt_string(d, "pattern_file") {
+        let span = t.value_span("pattern_file");
+        if pattern.is_some() {
+            d.error(
+                span.clone(),
+                format!("{}: use either pattern or pattern_file, not both", t.path()),
+            );
+        }
+        let path = resolve_path(&file);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => pattern = compile_pattern(PatternText::Text(text), span, t.path(), d),
+            Err(e) => d.error(
+                span,
+                format!(
+                    "{}.pattern_file: cannot read {}: {e}",
+                    t.path(),
+                    path.display()
+                ),
+            ),
+        }
+    }
+    let to = match t.opt_string_list(d, "to") {
+        Some(to) if !to.is_empty() => to,
+        Some(_) => {
+            d.error(
+                t.value_span("to"),
+                format!("{}.to: needs at least one output", t.path()),
+            );
+            vec![]
+        }
+        None => {
+            t.missing(d, "to");
+            vec![]
+        }
+    };
+    let is_final = t.opt_bool(d, "final").unwrap_or(false);
+    t.finish_expecting(
+        d,
+        &["from", "tag", "pattern", "pattern_file", "to", "final"],
+    );
+    let catch_all = tags.is_empty() && pattern.is_none();
+    let (pattern, pattern_json) = match pattern {
+        Some((p, json)) => (Some(p), Some(json)),
+        None => (None, None),
+    };
+    let spec = RouteSpec {
+        name: name.get_ref().clone(),
+        from: from.iter().map(|s| s.get_ref().clone()).collect(),
+        tags,
+        pattern,
+        pattern_json,
+        to: to.iter().map(|s| s.get_ref().clone()).collect(),
+        is_final,
+    };
+    Some((
+        spec,
+        RouteRefs {
+            from,
+            to,
+            name_span: name.span(),
+            catch_all,
+        },
+    ))
+}
+
+enum PatternText {
+    Text(String),
+    Value(serde_json::Value),
+}
+
+fn compile_pattern(
+    p: PatternText,
+    span: std::ops::Range<usize>,
+    path: &str,
+    d: &mut Diagnostics,
+) -> Option<(Pattern, String)> {
+    let (compiled, json) = match p {
+        PatternText::Text(s) => {
+            let json = serde_json::from_str::<serde_json::Value>(&s)
+                .map_or_else(|_| s.trim().to_string(), |v| v.to_string());
+            (Pattern::parse(&s), json)
+        }
+        PatternText::Value(v) => (Pattern::from_value(&v), v.to_string()),
+    };
+    match compiled {
+        Ok(p) => {
+            for w in crate::route::pattern::lint(&p) {
+                d.warn(span.clone(), format!("{path}.pattern: {w}"));
+            }
+            Some((p, json))
+        }
+        Err(e) => {
+            d.error(span, format!("{path}.pattern: invalid event pattern: {e}"));
+            None
+        }
+    }
+}
+
+const OUTPUT_COMMON: &[&str] = &[
+    "type",
+    "batch",
+    "buffer",
+    "retry",
+    "dead_letter",
+    "tag_key",
+    "time_key",
+    "concurrency",
+];
+
+fn read_output(
+    name: &Spanned<String>,
+    t: &mut Table<'_, '_>,
+    d: &mut Diagnostics,
+) -> Option<OutputSpec> {
+    let ty = t.string(d, "type")?;
+    let mut batch = BatchSpec::default();
+    if let Some(mut b) = t.opt_table(d, "batch") {
+        batch.max_records = b.opt_u64(d, "max_records");
+        batch.max_bytes = b.opt_size(d, "max_bytes");
+        batch.max_age = b.opt_duration(d, "max_age");
+        if batch.max_records == Some(0) || batch.max_bytes == Some(0) {
+            d.error(
+                b.span(),
+                format!(
+                    "{}: max_records and max_bytes must be greater than 0",
+                    b.path()
+                ),
+            );
+        }
+        b.finish_expecting(d, &["max_records", "max_bytes", "max_age"]);
+    }
+    let mut buffer = BufferSpec {
+        kind: BufferType::Memory,
+        max_size: None,
+        when_full: WhenFullSpec::Block,
+        fsync: FsyncSpec::Always,
+    };
+    if let Some(mut b) = t.opt_table(d, "buffer") {
+        match b.opt_string(d, "type").as_deref() {
+            None | Some("memory") => {}
+            Some("disk") => buffer.kind = BufferType::Disk,
+            Some(o) => d.error(
+                b.value_span("type"),
+                format!("{}.type: expected memory or disk, found {o:?}", b.path()),
+            ),
+        }
+        buffer.max_size = b.opt_size(d, "max_size");
+        match b.opt_string(d, "when_full").as_deref() {
+            None | Some("block") => {}
+            Some("drop_newest") => buffer.when_full = WhenFullSpec::DropNewest,
+            Some(o) => d.error(
+                b.value_span("when_full"),
+                format!(
+                    "{}.when_full: expected block or drop_newest, found {o:?}",
+                    b.path()
+                ),
+            ),
+        }
+        match b.opt_string(d, "fsync").as_deref() {
+            None | Some("always") => {}
+            Some("never") => buffer.fsync = FsyncSpec::Never,
+            Some(other) => match units::parse_duration(other) {
+                Ok(i) => buffer.fsync = FsyncSpec::Interval(i),
+                Err(_) => d.error(
+                    b.value_span("fsync"),
+                    format!(
+                        "{}.fsync: expected \"always\", \"never\" or an interval like \"1s\"",
+                        b.path()
+                    ),
+                ),
+            },
+        }
+        if buffer.kind == BufferType::Memory && b.contains("fsync") {
+            d.warn(
+                b.value_span("fsync"),
+                format!("{}.fsync only applies to disk buffers", b.path()),
+            );
+        }
+        b.finish_expecting(d, &["type", "max_size", "when_full", "fsync"]);
+    }
+    let mut retry = RetrySpec::default();
+    if let Some(mut r) = t.opt_table(d, "retry") {
+        retry.max_elapsed = r.opt_duration(d, "max_elapsed");
+        retry.initial_backoff = r.opt_duration(d, "initial_backoff");
+        retry.max_backoff = r.opt_duration(d, "max_backoff");
+        retry.max_retries = r
+            .opt_u64(d, "max_retries")
+            .map(|n| n.min(u32::MAX as u64) as u32);
+        if let (Some(i), Some(m)) = (retry.initial_backoff, retry.max_backoff)
+            && m < i
+        {
+            d.error(
+                r.span(),
+                format!(
+                    "{}: max_backoff must not be less than initial_backoff",
+                    r.path()
+                ),
+            );
+        }
+        r.finish_expecting(
+            d,
+            &[
+                "max_elapsed",
+                "initial_backoff",
+                "max_backoff",
+                "max_retries",
+            ],
+        );
+    }
+    let dead_letter = t.opt_string(d, "dead_letter");
+    let tag_key = t.opt_string(d, "tag_key");
+    let time_key = t.opt_string(d, "time_key");
+    let concurrency = t
+        .opt_u64(d, "concurrency")
+        .map(|c| c.clamp(1, 256) as usize);
+
+    let path = t.path().to_string();
+    let kind = match ty.as_str() {
+        "stdout" => {
+            finish_with(t, d, &[]);
+            OutputKind::Stdout
+        }
+        "null" => {
+            finish_with(t, d, &[]);
+            OutputKind::Null
+        }
+        "file" => {
+            let p = t.string(d, "path").unwrap_or_default();
+            finish_with(t, d, &["path"]);
+            OutputKind::File {
+                path: PathBuf::from(p),
+            }
+        }
+        "http" => {
+            let url = t.string(d, "url").unwrap_or_default();
+            if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+                d.error(
+                    t.value_span("url"),
+                    format!("{path}.url: expected an http:// or https:// URL"),
+                );
+            }
+            let method = t
+                .opt_string(d, "method")
+                .unwrap_or_else(|| "POST".into())
+                .to_ascii_uppercase();
+            if !["POST", "PUT", "PATCH"].contains(&method.as_str()) {
+                d.error(
+                    t.value_span("method"),
+                    format!("{path}.method: expected POST, PUT or PATCH"),
+                );
+            }
+            let headers = t.opt_string_map(d, "headers").unwrap_or_default();
+            let compression = read_compression(t, d, false);
+            let timeout = t
+                .opt_duration(d, "timeout")
+                .unwrap_or(Duration::from_secs(30));
+            finish_with(
+                t,
+                d,
+                &["url", "method", "headers", "compression", "timeout"],
+            );
+            OutputKind::Http {
+                url,
+                method,
+                headers,
+                compression,
+                timeout,
+            }
+        }
+        "s3" => {
+            let bucket = t.string(d, "bucket").unwrap_or_default();
+            let key = t
+                .opt_string(d, "key")
+                .unwrap_or_else(|| "firelane/{tag}/%Y/%m/%d/%H/%M%S-{uuid}.log".into());
+            let compression = read_compression(t, d, true);
+            let storage_class = t.opt_string(d, "storage_class");
+            let content_type = t.opt_string(d, "content_type");
+            let acl = t.opt_string(d, "acl");
+            let log_key = t.opt_string(d, "log_key");
+            let align = t.opt_duration(d, "align");
+            if let Some(a) = align
+                && (a.as_secs() == 0 || 86400 % a.as_secs() != 0)
+            {
+                d.error(
+                    t.value_span("align"),
+                    format!("{path}.align: must divide a day evenly (e.g. \"5m\", \"1h\")"),
+                );
+            }
+            let force_path_style = t.opt_bool(d, "force_path_style").unwrap_or(false);
+            let aws = read_aws(t, d);
+            finish_with(
+                t,
+                d,
+                &[
+                    "bucket",
+                    "key",
+                    "compression",
+                    "storage_class",
+                    "content_type",
+                    "acl",
+                    "log_key",
+                    "align",
+                    "force_path_style",
+                    "region",
+                    "endpoint_url",
+                    "role_arn",
+                ],
+            );
+            OutputKind::S3 {
+                bucket,
+                key,
+                compression,
+                storage_class,
+                content_type,
+                acl,
+                log_key,
+                align,
+                force_path_style,
+                aws,
+            }
+        }
+        "firehose" => {
+            let delivery_stream = t.string(d, "delivery_stream").unwrap_or_default();
+            let aggregate = t.opt_bool(d, "aggregate").unwrap_or(false);
+            let oversize = t
+                .opt_string(d, "oversize")
+                .unwrap_or_else(|| "split".into());
+            if !["split", "truncate", "drop"].contains(&oversize.as_str()) {
+                d.error(
+                    t.value_span("oversize"),
+                    format!("{path}.oversize: expected split, truncate or drop"),
+                );
+            }
+            let log_key = t.opt_string(d, "log_key");
+            let aws = read_aws(t, d);
+            finish_with(
+                t,
+                d,
+                &[
+                    "delivery_stream",
+                    "aggregate",
+                    "oversize",
+                    "log_key",
+                    "region",
+                    "endpoint_url",
+                    "role_arn",
+                ],
+            );
+            OutputKind::Firehose {
+                delivery_stream,
+                aggregate,
+                oversize,
+                log_key,
+                aws,
+            }
+        }
+        "cloudwatch_logs" => {
+            let log_group = t.string(d, "log_group").unwrap_or_default();
+            let log_stream = t
+                .opt_string(d, "log_stream")
+                .unwrap_or_else(|| "{tag}".into());
+            let auto_create = t.opt_bool(d, "auto_create").unwrap_or(true);
+            let retention_days = t
+                .opt_u64(d, "retention_days")
+                .map(|n| n.min(u32::MAX as u64) as u32);
+            const RETENTION: &[u32] = &[
+                1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192,
+                2557, 2922, 3288, 3653,
+            ];
+            if let Some(r) = retention_days
+                && !RETENTION.contains(&r)
+            {
+                d.error(t.value_span("retention_days"), format!("{path}.retention_days: {r} is not a value CloudWatch Logs accepts ({RETENTION:?})"));
+            }
+            let tags = t.opt_string_map(d, "tags").unwrap_or_default();
+            let log_key = t.opt_string(d, "log_key");
+            let aws = read_aws(t, d);
+            finish_with(
+                t,
+                d,
+                &[
+                    "log_group",
+                    "log_stream",
+                    "auto_create",
+                    "retention_days",
+                    "tags",
+                    "log_key",
+                    "region",
+                    "endpoint_url",
+                    "role_arn",
+                ],
+            );
+            OutputKind::CloudWatchLogs {
+                log_group,
+                log_stream,
+                auto_create,
+                retention_days,
+                tags,
+                log_key,
+                aws,
+            }
+        }
+        "slack" | "sns" => {
+            d.error(
+                t.value_span("type"),
+                format!("{path}.type: the {ty} output is not available in this version yet"),
+            );
+            return None;
+        }
+        other => {
+            let known = [
+                "stdout",
+                "null",
+                "file",
+                "http",
+                "s3",
+                "firehose",
+                "cloudwatch_logs",
+            ];
+            let hint = reader::closest(other, &known)
+                .map(|c| format!(" (did you mean {c:?}?)"))
+                .unwrap_or_default();
+            d.error(
+                t.value_span("type"),
+                format!(
+                    "{path}.type: unknown output type {other:?}{hint}; expected one of {known:?}"
+                ),
+            );
+            return None;
+        }
+    };
+    Some(OutputSpec {
+        name: name.get_ref().clone(),
+        kind,
+        batch,
+        buffer,
+        retry,
+        dead_letter,
+        tag_key,
+        time_key,
+        concurrency,
+    })
+}
+
+fn finish_with(t: &mut Table<'_, '_>, d: &mut Diagnostics, specific: &[&str]) {
+    let all: Vec<&str> = OUTPUT_COMMON.iter().chain(specific).copied().collect();
+    t.finish_expecting(d, &all);
+}
+
+fn read_compression(t: &mut Table<'_, '_>, d: &mut Diagnostics, allow_zstd: bool) -> Compression {
+    match t.opt_string(d, "compression").as_deref() {
+        None | Some("none") => Compression::None,
+        Some("gzip") => Compression::Gzip,
+        Some("zstd") if allow_zstd => Compression::Zstd,
+        Some(o) => {
+            let expected = if allow_zstd {
+                "none, gzip or zstd"
+            } else {
+                "none or gzip"
+            };
+            d.error(
+                t.value_span("compression"),
+                format!("{}.compression: expected {expected}, found {o:?}", t.path()),
+            );
+            Compression::None
+        }
+    }
+}
+
+fn read_aws(t: &mut Table<'_, '_>, d: &mut Diagnostics) -> AwsSpec {
+    let endpoint_url = t.opt_string(d, "endpoint_url");
+    if let Some(u) = &endpoint_url
+        && !(u.starts_with("http://") || u.starts_with("https://"))
+    {
+        d.error(
+            t.value_span("endpoint_url"),
+            format!(
+                "{}.endpoint_url: expected an http:// or https:// URL",
+                t.path()
+            ),
+        );
+    }
+    AwsSpec {
+        region: t.opt_string(d, "region"),
+        endpoint_url,
+        role_arn: t.opt_string(d, "role_arn"),
+    }
+}
+
+fn cross_check(
+    d: &mut Diagnostics,
+    top: &Table<'_, '_>,
+    inputs: &[InputSpec],
+    outputs: &[OutputSpec],
+    output_spans: &[std::ops::Range<usize>],
+    routes: &[RouteSpec],
+    refs: &[RouteRefs],
+) {
+    let input_names: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
+    let output_names: Vec<&str> = outputs.iter().map(|o| o.name.as_str()).collect();
+    let mut fed = vec![false; outputs.len()];
+    for r in refs {
+        for f in &r.from {
+            if !input_names.contains(&f.get_ref().as_str()) {
+                let hint = reader::closest(f.get_ref(), &input_names)
+                    .map(|c| format!(" (did you mean {c:?}?)"))
+                    .unwrap_or_default();
+                d.error(
+                    f.span(),
+                    format!("route refers to unknown input {:?}{hint}", f.get_ref()),
+                );
+            }
+        }
+        for o in &r.to {
+            match output_names.iter().position(|n| n == o.get_ref()) {
+                Some(i) => fed[i] = true,
+                None => {
+                    let hint = reader::closest(o.get_ref(), &output_names)
+                        .map(|c| format!(" (did you mean {c:?}?)"))
+                        .unwrap_or_default();
+                    d.error(
+                        o.span(),
+                        format!("route refers to unknown output {:?}{hint}", o.get_ref()),
+                    );
+                }
+            }
+        }
+    }
+    // Dead letters: the target must exist, and chains must not loop.
+    for (i, o) in outputs.iter().enumerate() {
+        let Some(dl) = &o.dead_letter else { continue };
+        let Some(j) = output_names.iter().position(|n| n == dl) else {
+            d.error(
+                output_spans[i].clone(),
+                format!("outputs.{}.dead_letter: unknown output {dl:?}", o.name),
+            );
+            continue;
+        };
+        fed[j] = true;
+        let mut seen = vec![i];
+        let mut cur = j;
+        loop {
+            if seen.contains(&cur) {
+                d.error(
+                    output_spans[i].clone(),
+                    format!(
+                        "outputs.{}.dead_letter: dead-letter chain loops back to {:?}",
+                        o.name, outputs[cur].name
+                    ),
+                );
+                break;
+            }
+            seen.push(cur);
+            match outputs[cur]
+                .dead_letter
+                .as_ref()
+                .and_then(|n| output_names.iter().position(|x| x == n))
+            {
+                Some(next) => cur = next,
+                None => break,
+            }
+        }
+    }
+    for (i, o) in outputs.iter().enumerate() {
+        if !fed[i] {
+            d.warn(
+                output_spans[i].clone(),
+                format!("output {:?} receives nothing: no route sends to it", o.name),
+            );
+        }
+    }
+    // A route after a catch-all final route can never see a record from the same inputs.
+    for (i, r) in refs.iter().enumerate() {
+        if r.catch_all && routes[i].is_final && routes[i].from.is_empty() && i + 1 < routes.len() {
+            d.warn(
+                refs[i + 1].name_span.clone(),
+                format!(
+                    "route {:?} is unreachable: route {:?} takes every record and is final",
+                    routes[i + 1].name,
+                    routes[i].name
+                ),
+            );
+        }
+    }
+    if !inputs.is_empty() && !refs.iter().any(|r| r.catch_all) {
+        d.warn(top.value_span("routes"), "records that no route takes are counted in firelane_unrouted_records_total and dropped (add a route with no tag/pattern to catch them)");
+    }
+}
+
+#[cfg(test)]
+mod tests;

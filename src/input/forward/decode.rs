@@ -1,0 +1,1548 @@
+//! One complete forward request (a msgpack object cut by [`super::frame`]) → records.
+//!
+//! Decoding works on borrowed bytes with a small cursor instead of building a generic msgpack
+//! value tree first: the only allocations are the resulting JSON values themselves.
+
+use std::borrow::Cow;
+use std::io::Read;
+use std::ops::Range;
+use std::sync::Arc;
+
+use rmp::Marker;
+use serde_json::{Map, Number, Value};
+
+use super::frame::object_len;
+use super::metrics::ErrorKind;
+use crate::event::{Fields, Record};
+
+/// Nesting limit for record values (the record map itself is level 1). Deeper records are
+/// dropped (`bad_record`) rather than risking deep recursion on hostile input.
+pub const MAX_DEPTH: usize = 64;
+
+/// zstd window limit (2^23 = 8 MiB). A frame header may ask for a window of up to 2 GiB,
+/// which the decoder would allocate up front; real senders use far smaller windows.
+const ZSTD_WINDOW_LOG_MAX: u32 = 23;
+
+/// A request that must be refused. Records decoded before the error are kept by the caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind}: {detail}")]
+pub struct DecodeError {
+    pub kind: ErrorKind,
+    pub detail: String,
+}
+
+impl DecodeError {
+    fn new(kind: ErrorKind, detail: impl Into<String>) -> Self {
+        DecodeError {
+            kind,
+            detail: detail.into(),
+        }
+    }
+}
+
+fn bad_request(detail: impl Into<String>) -> DecodeError {
+    DecodeError::new(ErrorKind::BadRequest, detail)
+}
+
+fn truncated() -> DecodeError {
+    DecodeError::new(ErrorKind::MalformedMsgpack, "truncated or invalid msgpack")
+}
+
+/// Counts of things that did not stop the request.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Stats {
+    /// Records (or tags) that contained non-UTF-8 strings, kept with U+FFFD.
+    pub invalid_utf8: u64,
+    /// Records dropped: non-string keys or nesting beyond [`MAX_DEPTH`].
+    pub bad_records: u64,
+    /// Fluent Bit group start/end markers skipped.
+    pub markers: u64,
+    /// Why the last dropped record was dropped (for the log line).
+    pub bad_record_reason: Option<&'static str>,
+}
+
+/// What the request asked for besides its records.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// A `nil` heartbeat: nothing to ingest, nothing to answer.
+    pub heartbeat: bool,
+    /// Byte range (within the frame) of the `chunk` option value, in its original msgpack
+    /// encoding, so the ack can echo it byte for byte.
+    pub chunk: Option<Range<usize>>,
+    /// `fluent_signal` of a skipped metrics/traces request.
+    pub skipped_signal: Option<i64>,
+    /// Records appended to the output vector.
+    pub records: usize,
+}
+
+/// Decoding limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_decompressed_bytes: usize,
+}
+
+/// Decodes one request, appending its records to `out`.
+///
+/// On error, the records of entries decoded before the bad one stay in `out` (Fluent Bit
+/// keeps them too); the caller ingests them but must not ack the request. `now_ns` replaces
+/// a time of 0.
+pub fn decode_request(
+    frame: &[u8],
+    limits: &Limits,
+    now_ns: i64,
+    out: &mut Vec<Record>,
+    stats: &mut Stats,
+) -> Result<Request, DecodeError> {
+    let start_len = out.len();
+    let mut cur = Cursor::new(frame);
+    let len = match cur.next()? {
+        Item::Nil => {
+            return Ok(Request {
+                heartbeat: true,
+                ..Request::default()
+            });
+        }
+        Item::Array(n) => n,
+        other => {
+            return Err(bad_request(format!(
+                "request is {}, not an array",
+                other.name()
+            )));
+        }
+    };
+    if !(2..=4).contains(&len) {
+        return Err(bad_request(format!(
+            "request array has {len} elements, expected 2 to 4"
+        )));
+    }
+    let tag: Arc<str> = match cur.next()? {
+        Item::Str(b) => {
+            let mut utf8_errors = 0;
+            let tag = lossy(b, &mut utf8_errors);
+            stats.invalid_utf8 += utf8_errors.min(1);
+            tag.into()
+        }
+        other => {
+            return Err(bad_request(format!(
+                "tag is {}, not a string",
+                other.name()
+            )));
+        }
+    };
+    let second = cur.pos;
+    let mode = Mode::of(cur.peek()?)?;
+    let elements_before_option = match mode {
+        Mode::Message => 3,
+        Mode::Forward | Mode::Packed => 2,
+    };
+    if len < elements_before_option || len > elements_before_option + 1 {
+        return Err(bad_request(format!(
+            "{} mode request with {len} elements",
+            mode.name()
+        )));
+    }
+
+    // The option map comes last but decides how to read what precedes it (compression,
+    // signal), so read it first by skipping over the body.
+    let options = if len > elements_before_option {
+        for _ in 2..elements_before_option {
+            cur.skip()?;
+        }
+        read_options(&mut cur)?
+    } else {
+        Options::default()
+    };
+    let mut request = Request {
+        chunk: options.chunk.clone(),
+        ..Request::default()
+    };
+    if options.signal != 0 {
+        request.skipped_signal = Some(options.signal);
+        return Ok(request);
+    }
+
+    cur.pos = second;
+    let mut sink = Sink {
+        tag,
+        now_ns,
+        out,
+        stats,
+    };
+    match mode {
+        Mode::Message => {
+            let time = read_time(&mut cur, now_ns)?;
+            sink.entry(time, &mut cur)?;
+        }
+        Mode::Forward => {
+            let Item::Array(n) = cur.next()? else {
+                return Err(bad_request("forward entries are not an array"));
+            };
+            for _ in 0..n {
+                sink.array_entry(&mut cur)?;
+            }
+        }
+        Mode::Packed => {
+            let payload = match cur.next()? {
+                Item::Str(b) | Item::Bin(b) => b,
+                _ => return Err(bad_request("packed entries are not str or bin")),
+            };
+            let entries = inflate(payload, limits)?;
+            let mut inner = Cursor::new(&entries);
+            while inner.pos < entries.len() {
+                sink.array_entry(&mut inner)?;
+            }
+        }
+    }
+    request.records = out.len() - start_len;
+    Ok(request)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Message,
+    Forward,
+    Packed,
+}
+
+impl Mode {
+    /// The spec decides the mode by the type of the second element.
+    fn of(byte: u8) -> Result<Mode, DecodeError> {
+        Ok(match Marker::from_u8(byte) {
+            Marker::FixPos(_)
+            | Marker::FixNeg(_)
+            | Marker::U8
+            | Marker::U16
+            | Marker::U32
+            | Marker::U64
+            | Marker::I8
+            | Marker::I16
+            | Marker::I32
+            | Marker::I64
+            | Marker::F32
+            | Marker::F64
+            | Marker::FixExt8
+            | Marker::Ext8 => Mode::Message,
+            Marker::FixArray(_) | Marker::Array16 | Marker::Array32 => Mode::Forward,
+            Marker::FixStr(_)
+            | Marker::Str8
+            | Marker::Str16
+            | Marker::Str32
+            | Marker::Bin8
+            | Marker::Bin16
+            | Marker::Bin32 => Mode::Packed,
+            _ => {
+                return Err(bad_request(
+                    "second element is neither a time, entries nor a payload",
+                ));
+            }
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Message => "Message",
+            Mode::Forward => "Forward",
+            Mode::Packed => "PackedForward",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Options {
+    chunk: Option<Range<usize>>,
+    signal: i64,
+}
+
+fn read_options(cur: &mut Cursor<'_>) -> Result<Options, DecodeError> {
+    let mut options = Options::default();
+    let n = match cur.next()? {
+        Item::Nil => return Ok(options),
+        Item::Map(n) => n,
+        other => {
+            return Err(bad_request(format!(
+                "option is {}, not a map",
+                other.name()
+            )));
+        }
+    };
+    for _ in 0..n {
+        let key_start = cur.pos;
+        let key = match cur.next()? {
+            Item::Str(k) => k,
+            _ => {
+                cur.pos = key_start;
+                cur.skip()?;
+                cur.skip()?;
+                continue;
+            }
+        };
+        match key {
+            b"chunk" => {
+                let start = cur.pos;
+                match cur.next()? {
+                    Item::Str(_) | Item::Bin(_) => options.chunk = Some(start..cur.pos),
+                    other => {
+                        return Err(bad_request(format!(
+                            "chunk is {}, not a string",
+                            other.name()
+                        )));
+                    }
+                }
+            }
+            // Advisory only: the payload's magic bytes decide (see `inflate`).
+            b"compressed" => match cur.next()? {
+                Item::Str(_) => {}
+                other => {
+                    return Err(bad_request(format!(
+                        "compressed is {}, not a string",
+                        other.name()
+                    )));
+                }
+            },
+            b"fluent_signal" => match cur.next()? {
+                Item::UInt(v) => options.signal = i64::try_from(v).unwrap_or(i64::MAX),
+                Item::Int(v) => options.signal = v,
+                other => {
+                    return Err(bad_request(format!(
+                        "fluent_signal is {}, not an integer",
+                        other.name()
+                    )));
+                }
+            },
+            _ => cur.skip()?,
+        }
+    }
+    Ok(options)
+}
+
+/// Decompresses a PackedForward payload as its magic bytes say, whatever the `compressed`
+/// option claims (Fluent Bit does the same). No magic means uncompressed: an uncompressed
+/// payload starts with an entry array marker, which can never be taken for either magic.
+fn inflate<'a>(payload: &'a [u8], limits: &Limits) -> Result<Cow<'a, [u8]>, DecodeError> {
+    let cap = limits.max_decompressed_bytes;
+    if payload.starts_with(&[0x1f, 0x8b]) {
+        // Multi-member: fluentd may concatenate several gzip members in one payload.
+        read_capped(flate2::read::MultiGzDecoder::new(payload), cap, "gzip").map(Cow::Owned)
+    } else if payload.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        let mut decoder = zstd::stream::read::Decoder::with_buffer(payload)
+            .map_err(|e| DecodeError::new(ErrorKind::DecompressFailed, format!("zstd: {e}")))?;
+        decoder
+            .window_log_max(ZSTD_WINDOW_LOG_MAX)
+            .map_err(|e| DecodeError::new(ErrorKind::DecompressFailed, format!("zstd: {e}")))?;
+        read_capped(decoder, cap, "zstd").map(Cow::Owned)
+    } else {
+        Ok(Cow::Borrowed(payload))
+    }
+}
+
+/// Reads everything from `reader`, failing as soon as the output would exceed `cap`. The
+/// output vector never grows beyond `cap`, so a decompression bomb costs at most `cap` bytes
+/// and the time to inflate them.
+fn read_capped(mut reader: impl Read, cap: usize, what: &str) -> Result<Vec<u8>, DecodeError> {
+    const STEP: usize = 64 * 1024;
+    let mut out = Vec::new();
+    let mut chunk = vec![0u8; STEP];
+    loop {
+        let n = match reader.read(&mut chunk) {
+            Ok(0) => return Ok(out),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(DecodeError::new(
+                    ErrorKind::DecompressFailed,
+                    format!("{what}: {e}"),
+                ));
+            }
+        };
+        let needed = out.len() + n;
+        if needed > cap {
+            return Err(DecodeError::new(
+                ErrorKind::DecompressedTooLarge,
+                format!("{what} payload inflates beyond {cap} bytes"),
+            ));
+        }
+        if needed > out.capacity() {
+            let grow_to = (out.capacity() * 2).max(needed).min(cap);
+            out.reserve_exact(grow_to - out.len());
+        }
+        out.extend_from_slice(&chunk[..n]);
+    }
+}
+
+enum Time {
+    Ns(i64),
+    /// Fluent Bit group start/end marker: internal, not a log event.
+    Marker,
+}
+
+/// Fluent Bit writes group markers as EventTime seconds -1 / -2 (as u32).
+const GROUP_MARKERS: [u32; 2] = [0xFFFF_FFFF, 0xFFFF_FFFE];
+
+fn secs_to_ns(secs: u64, nanos: u64, now_ns: i64) -> Result<Time, DecodeError> {
+    if secs == 0 && nanos == 0 {
+        return Ok(Time::Ns(now_ns));
+    }
+    secs.checked_mul(1_000_000_000)
+        .and_then(|ns| ns.checked_add(nanos))
+        .and_then(|ns| i64::try_from(ns).ok())
+        .map(Time::Ns)
+        .ok_or_else(|| bad_request(format!("time {secs}s is out of range")))
+}
+
+fn read_time(cur: &mut Cursor<'_>, now_ns: i64) -> Result<Time, DecodeError> {
+    match cur.next()? {
+        Item::UInt(s) => secs_to_ns(s, 0, now_ns),
+        Item::Int(-1 | -2) => Ok(Time::Marker),
+        Item::Int(s) if s >= 0 => secs_to_ns(s as u64, 0, now_ns),
+        Item::Float(f) if f.is_finite() && f >= 0.0 => {
+            if f == 0.0 {
+                return Ok(Time::Ns(now_ns));
+            }
+            let ns = f * 1e9;
+            if ns >= i64::MAX as f64 {
+                return Err(bad_request(format!("time {f} is out of range")));
+            }
+            Ok(Time::Ns(ns as i64))
+        }
+        Item::Ext(0, b) if b.len() == 8 => {
+            let secs = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+            let nanos = u32::from_be_bytes([b[4], b[5], b[6], b[7]]);
+            if GROUP_MARKERS.contains(&secs) {
+                return Ok(Time::Marker);
+            }
+            secs_to_ns(u64::from(secs), u64::from(nanos), now_ns)
+        }
+        Item::Int(s) => Err(bad_request(format!("negative time {s}"))),
+        Item::Float(f) => Err(bad_request(format!("invalid time {f}"))),
+        Item::Ext(t, b) => Err(bad_request(format!(
+            "time is ext type {t} of {} bytes, not EventTime",
+            b.len()
+        ))),
+        other => Err(bad_request(format!("time is {}, not a time", other.name()))),
+    }
+}
+
+/// Where decoded entries go.
+struct Sink<'o> {
+    tag: Arc<str>,
+    now_ns: i64,
+    out: &'o mut Vec<Record>,
+    stats: &'o mut Stats,
+}
+
+impl Sink<'_> {
+    /// `[time, record]` or Fluent Bit's `[[time, metadata], record]`.
+    fn array_entry(&mut self, cur: &mut Cursor<'_>) -> Result<(), DecodeError> {
+        match cur.next()? {
+            Item::Array(2) => {}
+            other => {
+                return Err(bad_request(format!(
+                    "entry is {}, not [time, record]",
+                    other.name()
+                )));
+            }
+        }
+        let time = match Marker::from_u8(cur.peek()?) {
+            Marker::FixArray(2) => {
+                cur.next()?;
+                let time = read_time(cur, self.now_ns)?;
+                // The metadata map carries Fluent Bit internals; firelane keeps only the record.
+                match Marker::from_u8(cur.peek()?) {
+                    Marker::FixMap(_) | Marker::Map16 | Marker::Map32 | Marker::Null => {
+                        cur.skip()?
+                    }
+                    _ => return Err(bad_request("event metadata is not a map")),
+                }
+                time
+            }
+            _ => read_time(cur, self.now_ns)?,
+        };
+        self.entry(time, cur)
+    }
+
+    fn entry(&mut self, time: Time, cur: &mut Cursor<'_>) -> Result<(), DecodeError> {
+        let ns = match time {
+            Time::Ns(ns) => ns,
+            Time::Marker => {
+                self.stats.markers += 1;
+                return cur.skip();
+            }
+        };
+        if let Some(fields) = read_record(cur, self.stats)? {
+            self.out.push(Record {
+                tag: self.tag.clone(),
+                time_ns: ns,
+                fields,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Why a value could not be converted.
+enum ValueError {
+    /// Drop this record, keep going.
+    Reject(&'static str),
+    Fatal(DecodeError),
+}
+
+impl From<DecodeError> for ValueError {
+    fn from(e: DecodeError) -> Self {
+        ValueError::Fatal(e)
+    }
+}
+
+/// A record map → fields. `Ok(None)` when the record was dropped as `bad_record`.
+fn read_record(cur: &mut Cursor<'_>, stats: &mut Stats) -> Result<Option<Fields>, DecodeError> {
+    let start = cur.pos;
+    let n = match cur.next()? {
+        Item::Map(n) => n,
+        other => {
+            return Err(bad_request(format!(
+                "record is {}, not a map",
+                other.name()
+            )));
+        }
+    };
+    let mut utf8_errors = 0;
+    match read_map(cur, n, 1, &mut utf8_errors) {
+        Ok(fields) => {
+            stats.invalid_utf8 += utf8_errors.min(1);
+            Ok(Some(fields))
+        }
+        Err(ValueError::Reject(reason)) => {
+            stats.bad_records += 1;
+            stats.bad_record_reason = Some(reason);
+            cur.pos = start;
+            cur.skip()?;
+            Ok(None)
+        }
+        Err(ValueError::Fatal(e)) => Err(e),
+    }
+}
+
+fn read_map(
+    cur: &mut Cursor<'_>,
+    n: u32,
+    depth: usize,
+    utf8_errors: &mut u64,
+) -> Result<Map<String, Value>, ValueError> {
+    // Each pair takes at least two bytes: a hostile count cannot make us over-allocate.
+    let mut map = Map::with_capacity((n as usize).min(cur.remaining() / 2));
+    for _ in 0..n {
+        let key = match cur.next()? {
+            Item::Str(b) | Item::Bin(b) => lossy(b, utf8_errors),
+            Item::UInt(i) => i.to_string(),
+            Item::Int(i) => i.to_string(),
+            _ => return Err(ValueError::Reject("map key is not a string or integer")),
+        };
+        let value = read_value(cur, depth, utf8_errors)?;
+        map.insert(key, value);
+    }
+    Ok(map)
+}
+
+fn read_value(
+    cur: &mut Cursor<'_>,
+    depth: usize,
+    utf8_errors: &mut u64,
+) -> Result<Value, ValueError> {
+    Ok(match cur.next()? {
+        Item::Nil => Value::Null,
+        Item::Bool(b) => Value::Bool(b),
+        Item::UInt(u) => Value::Number(u.into()),
+        Item::Int(i) => Value::Number(i.into()),
+        Item::Float(f) => Number::from_f64(f).map_or(Value::Null, Value::Number),
+        Item::Str(b) | Item::Bin(b) => Value::String(lossy(b, utf8_errors)),
+        Item::Ext(..) => Value::Null,
+        Item::Array(n) => {
+            if depth >= MAX_DEPTH {
+                return Err(ValueError::Reject("record nested too deeply"));
+            }
+            let mut items = Vec::with_capacity((n as usize).min(cur.remaining()));
+            for _ in 0..n {
+                items.push(read_value(cur, depth + 1, utf8_errors)?);
+            }
+            Value::Array(items)
+        }
+        Item::Map(n) => {
+            if depth >= MAX_DEPTH {
+                return Err(ValueError::Reject("record nested too deeply"));
+            }
+            Value::Object(read_map(cur, n, depth + 1, utf8_errors)?)
+        }
+    })
+}
+
+/// Docker writes log lines as msgpack str whatever their encoding; keep the line, replace
+/// invalid sequences with U+FFFD and count it.
+fn lossy(bytes: &[u8], utf8_errors: &mut u64) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.to_owned(),
+        Err(_) => {
+            *utf8_errors += 1;
+            String::from_utf8_lossy(bytes).into_owned()
+        }
+    }
+}
+
+/// One msgpack item; containers only report their length, their children follow.
+#[derive(Debug, Clone, Copy)]
+enum Item<'a> {
+    Nil,
+    Bool(bool),
+    UInt(u64),
+    Int(i64),
+    Float(f64),
+    Str(&'a [u8]),
+    Bin(&'a [u8]),
+    Array(u32),
+    Map(u32),
+    Ext(i8, &'a [u8]),
+}
+
+impl Item<'_> {
+    fn name(&self) -> &'static str {
+        match self {
+            Item::Nil => "nil",
+            Item::Bool(_) => "a boolean",
+            Item::UInt(_) | Item::Int(_) => "an integer",
+            Item::Float(_) => "a float",
+            Item::Str(_) => "a string",
+            Item::Bin(_) => "binary",
+            Item::Array(_) => "an array",
+            Item::Map(_) => "a map",
+            Item::Ext(..) => "an ext value",
+        }
+    }
+}
+
+struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Cursor { buf, pos: 0 }
+    }
+
+    fn remaining(&self) -> usize {
+        self.buf.len().saturating_sub(self.pos)
+    }
+
+    fn peek(&self) -> Result<u8, DecodeError> {
+        self.buf.get(self.pos).copied().ok_or_else(truncated)
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|e| *e <= self.buf.len())
+            .ok_or_else(truncated)?;
+        let s = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+
+    fn be(&mut self, n: usize) -> Result<u64, DecodeError> {
+        Ok(self
+            .take(n)?
+            .iter()
+            .fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
+    }
+
+    fn len_field(&mut self, n: usize) -> Result<usize, DecodeError> {
+        usize::try_from(self.be(n)?).map_err(|_| truncated())
+    }
+
+    /// Skips one whole object, containers included.
+    fn skip(&mut self) -> Result<(), DecodeError> {
+        let n = object_len(&self.buf[self.pos.min(self.buf.len())..]).ok_or_else(truncated)?;
+        self.pos += n;
+        Ok(())
+    }
+
+    fn ext(&mut self, len: usize) -> Result<Item<'a>, DecodeError> {
+        let ty = self.take(1)?[0] as i8;
+        Ok(Item::Ext(ty, self.take(len)?))
+    }
+
+    fn next(&mut self) -> Result<Item<'a>, DecodeError> {
+        let byte = self.take(1)?[0];
+        Ok(match Marker::from_u8(byte) {
+            Marker::FixPos(n) => Item::UInt(u64::from(n)),
+            Marker::FixNeg(n) => Item::Int(i64::from(n)),
+            Marker::Null => Item::Nil,
+            Marker::True => Item::Bool(true),
+            Marker::False => Item::Bool(false),
+            Marker::U8 => Item::UInt(self.be(1)?),
+            Marker::U16 => Item::UInt(self.be(2)?),
+            Marker::U32 => Item::UInt(self.be(4)?),
+            Marker::U64 => Item::UInt(self.be(8)?),
+            Marker::I8 => Item::Int(i64::from(self.be(1)? as u8 as i8)),
+            Marker::I16 => Item::Int(i64::from(self.be(2)? as u16 as i16)),
+            Marker::I32 => Item::Int(i64::from(self.be(4)? as u32 as i32)),
+            Marker::I64 => Item::Int(self.be(8)? as i64),
+            Marker::F32 => Item::Float(f64::from(f32::from_bits(self.be(4)? as u32))),
+            Marker::F64 => Item::Float(f64::from_bits(self.be(8)?)),
+            Marker::FixStr(n) => Item::Str(self.take(usize::from(n))?),
+            Marker::Str8 => {
+                let n = self.len_field(1)?;
+                Item::Str(self.take(n)?)
+            }
+            Marker::Str16 => {
+                let n = self.len_field(2)?;
+                Item::Str(self.take(n)?)
+            }
+            Marker::Str32 => {
+                let n = self.len_field(4)?;
+                Item::Str(self.take(n)?)
+            }
+            Marker::Bin8 => {
+                let n = self.len_field(1)?;
+                Item::Bin(self.take(n)?)
+            }
+            Marker::Bin16 => {
+                let n = self.len_field(2)?;
+                Item::Bin(self.take(n)?)
+            }
+            Marker::Bin32 => {
+                let n = self.len_field(4)?;
+                Item::Bin(self.take(n)?)
+            }
+            Marker::FixArray(n) => Item::Array(u32::from(n)),
+            Marker::Array16 => Item::Array(self.be(2)? as u32),
+            Marker::Array32 => Item::Array(self.be(4)? as u32),
+            Marker::FixMap(n) => Item::Map(u32::from(n)),
+            Marker::Map16 => Item::Map(self.be(2)? as u32),
+            Marker::Map32 => Item::Map(self.be(4)? as u32),
+            Marker::FixExt1 => self.ext(1)?,
+            Marker::FixExt2 => self.ext(2)?,
+            Marker::FixExt4 => self.ext(4)?,
+            Marker::FixExt8 => self.ext(8)?,
+            Marker::FixExt16 => self.ext(16)?,
+            Marker::Ext8 => {
+                let n = self.len_field(1)?;
+                self.ext(n)?
+            }
+            Marker::Ext16 => {
+                let n = self.len_field(2)?;
+                self.ext(n)?
+            }
+            Marker::Ext32 => {
+                let n = self.len_field(4)?;
+                self.ext(n)?
+            }
+            Marker::Reserved => return Err(truncated()),
+        })
+    }
+}
+
+/// A small owned msgpack tree, for the handshake and ack messages (never for records).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Plain {
+    Nil,
+    Bool(bool),
+    Int(i128),
+    Float(f64),
+    Str(Vec<u8>),
+    Bin(Vec<u8>),
+    Array(Vec<Plain>),
+    Map(Vec<(Plain, Plain)>),
+    Ext(i8, Vec<u8>),
+}
+
+impl Plain {
+    /// Parses one complete msgpack object (nesting up to [`MAX_DEPTH`]).
+    pub fn parse(bytes: &[u8]) -> Result<Plain, DecodeError> {
+        let mut cur = Cursor::new(bytes);
+        Plain::read(&mut cur, 0)
+    }
+
+    fn read(cur: &mut Cursor<'_>, depth: usize) -> Result<Plain, DecodeError> {
+        if depth > MAX_DEPTH {
+            return Err(bad_request("message nested too deeply"));
+        }
+        Ok(match cur.next()? {
+            Item::Nil => Plain::Nil,
+            Item::Bool(b) => Plain::Bool(b),
+            Item::UInt(u) => Plain::Int(i128::from(u)),
+            Item::Int(i) => Plain::Int(i128::from(i)),
+            Item::Float(f) => Plain::Float(f),
+            Item::Str(s) => Plain::Str(s.to_vec()),
+            Item::Bin(b) => Plain::Bin(b.to_vec()),
+            Item::Ext(t, b) => Plain::Ext(t, b.to_vec()),
+            Item::Array(n) => {
+                let mut v = Vec::with_capacity((n as usize).min(cur.remaining()));
+                for _ in 0..n {
+                    v.push(Plain::read(cur, depth + 1)?);
+                }
+                Plain::Array(v)
+            }
+            Item::Map(n) => {
+                let mut v = Vec::with_capacity((n as usize).min(cur.remaining() / 2));
+                for _ in 0..n {
+                    let k = Plain::read(cur, depth + 1)?;
+                    v.push((k, Plain::read(cur, depth + 1)?));
+                }
+                Plain::Map(v)
+            }
+        })
+    }
+
+    pub fn as_str(&self) -> Option<&[u8]> {
+        match self {
+            Plain::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Value of a string key in a map.
+    pub fn get(&self, key: &str) -> Option<&Plain> {
+        match self {
+            Plain::Map(pairs) => pairs
+                .iter()
+                .find(|(k, _)| k.as_str() == Some(key.as_bytes()))
+                .map(|(_, v)| v),
+            _ => None,
+        }
+    }
+}
+
+/// True when `frame` is a PackedForward request whose payload starts with gzip or zstd magic.
+/// A cheap look at the headers, so the server can reserve memory before inflating.
+pub fn is_compressed(frame: &[u8]) -> bool {
+    let mut cur = Cursor::new(frame);
+    let shape = (cur.next(), cur.next(), cur.next());
+    match shape {
+        (Ok(Item::Array(_)), Ok(Item::Str(_)), Ok(Item::Str(p) | Item::Bin(p))) => {
+            p.starts_with(&[0x1f, 0x8b]) || p.starts_with(&[0x28, 0xb5, 0x2f, 0xfd])
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use rmp::encode as enc;
+    use serde_json::json;
+
+    use super::*;
+    use crate::input::forward::client::{self, Compression, Entry, EventTime};
+
+    const NOW: i64 = 1_000_000_000_000_000_000;
+    const LIMITS: Limits = Limits {
+        max_decompressed_bytes: 64 << 20,
+    };
+
+    fn decode(frame: &[u8]) -> (Vec<Record>, Stats, Result<Request, DecodeError>) {
+        let mut out = Vec::new();
+        let mut stats = Stats::default();
+        let r = decode_request(frame, &LIMITS, NOW, &mut out, &mut stats);
+        (out, stats, r)
+    }
+
+    fn ok(frame: &[u8]) -> (Vec<Record>, Stats, Request) {
+        let (out, stats, r) = decode(frame);
+        (out, stats, r.unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    fn kind(frame: &[u8]) -> ErrorKind {
+        decode(frame).2.expect_err("should fail").kind
+    }
+
+    fn record(log: &str) -> Vec<u8> {
+        let mut b = Vec::new();
+        client::encode_record(&mut b, &[("log", log)]);
+        b
+    }
+
+    /// `[tag, <time written by f>, {"log": "x"}, option?]`
+    fn message_with_time(f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+        let mut b = Vec::new();
+        enc::write_array_len(&mut b, 3).unwrap();
+        enc::write_str(&mut b, "t").unwrap();
+        f(&mut b);
+        b.extend(record("x"));
+        b
+    }
+
+    fn ext_time(b: &mut Vec<u8>, secs: u32, nanos: u32, ext8: bool) {
+        if ext8 {
+            b.extend([0xc7, 8, 0]);
+        } else {
+            b.extend([0xd7, 0]);
+        }
+        b.extend(secs.to_be_bytes());
+        b.extend(nanos.to_be_bytes());
+    }
+
+    #[test]
+    fn message_mode_with_every_time_form() {
+        let cases: Vec<(Vec<u8>, i64)> = vec![
+            (
+                message_with_time(|b| drop(enc::write_uint(b, 1_700_000_000))),
+                1_700_000_000_000_000_000,
+            ),
+            (
+                message_with_time(|b| drop(enc::write_u64(b, 5))),
+                5_000_000_000,
+            ),
+            (
+                message_with_time(|b| drop(enc::write_i32(b, 7))),
+                7_000_000_000,
+            ),
+            (message_with_time(|b| drop(enc::write_uint(b, 0))), NOW),
+            (
+                message_with_time(|b| drop(enc::write_f64(b, 1.5))),
+                1_500_000_000,
+            ),
+            (
+                message_with_time(|b| drop(enc::write_f32(b, 2.0))),
+                2_000_000_000,
+            ),
+            (message_with_time(|b| drop(enc::write_f64(b, 0.0))), NOW),
+            (
+                message_with_time(|b| ext_time(b, 1_700_000_000, 123, false)),
+                1_700_000_000_000_000_123,
+            ),
+            (
+                message_with_time(|b| ext_time(b, 1_700_000_000, 999_999_999, true)),
+                1_700_000_000_999_999_999,
+            ),
+            (message_with_time(|b| ext_time(b, 0, 0, false)), NOW),
+        ];
+        for (i, (frame, ns)) in cases.iter().enumerate() {
+            let (out, _, req) = ok(frame);
+            assert_eq!(req.records, 1, "case {i}");
+            assert_eq!(out[0].time_ns, *ns, "case {i}");
+            assert_eq!(&*out[0].tag, "t");
+            assert_eq!(
+                out[0].fields,
+                json!({"log": "x"}).as_object().unwrap().clone()
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_times_are_bad_requests() {
+        for frame in [
+            message_with_time(|b| drop(enc::write_sint(b, -5))),
+            message_with_time(|b| drop(enc::write_f64(b, f64::NAN))),
+            message_with_time(|b| drop(enc::write_f64(b, -1.0))),
+            message_with_time(|b| drop(enc::write_f64(b, 1e300))),
+            message_with_time(|b| drop(enc::write_u64(b, u64::MAX))),
+            message_with_time(|b| {
+                enc::write_ext_meta(b, 8, 1).unwrap();
+                b.extend([0; 8]);
+            }),
+            message_with_time(|b| {
+                enc::write_ext_meta(b, 4, 0).unwrap();
+                b.extend([0; 4]);
+            }),
+        ] {
+            assert_eq!(kind(&frame), ErrorKind::BadRequest, "{frame:02x?}");
+        }
+    }
+
+    #[test]
+    fn group_markers_are_skipped() {
+        for secs in [0xFFFF_FFFF, 0xFFFF_FFFE] {
+            let (out, stats, req) = ok(&message_with_time(|b| ext_time(b, secs, 0, false)));
+            assert!(out.is_empty());
+            assert_eq!(req.records, 0);
+            assert_eq!(stats.markers, 1);
+        }
+        let (out, stats, _) = ok(&message_with_time(|b| drop(enc::write_sint(b, -1))));
+        assert!(out.is_empty());
+        assert_eq!(stats.markers, 1);
+
+        // In a Forward frame: start marker, record, end marker.
+        let mut b = Vec::new();
+        enc::write_array_len(&mut b, 2).unwrap();
+        enc::write_str(&mut b, "t").unwrap();
+        enc::write_array_len(&mut b, 3).unwrap();
+        for secs in [0xFFFF_FFFF, 10, 0xFFFF_FFFE] {
+            enc::write_array_len(&mut b, 2).unwrap();
+            enc::write_array_len(&mut b, 2).unwrap();
+            ext_time(&mut b, secs, 0, false);
+            enc::write_map_len(&mut b, 0).unwrap();
+            b.extend(record("r"));
+        }
+        let (out, stats, _) = ok(&b);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].time_ns, 10_000_000_000);
+        assert_eq!(stats.markers, 2);
+    }
+
+    fn entries(n: usize) -> (Vec<Vec<u8>>, Vec<EventTime>) {
+        let records = (0..n).map(|i| record(&format!("line {i}"))).collect();
+        let times = (0..n)
+            .map(|i| EventTime {
+                secs: 100 + i as u32,
+                nanos: i as u32,
+            })
+            .collect();
+        (records, times)
+    }
+
+    fn as_entries<'a>(r: &'a [Vec<u8>], t: &[EventTime]) -> Vec<Entry<'a>> {
+        r.iter()
+            .zip(t)
+            .map(|(record, time)| Entry {
+                time: *time,
+                record,
+            })
+            .collect()
+    }
+
+    fn check_lines(out: &[Record], n: usize) {
+        assert_eq!(out.len(), n);
+        for (i, r) in out.iter().enumerate() {
+            assert_eq!(r.fields["log"], json!(format!("line {i}")));
+            assert_eq!(r.time_ns, (100 + i as i64) * 1_000_000_000 + i as i64);
+            assert_eq!(&*r.tag, "app-firelens-1");
+        }
+    }
+
+    #[test]
+    fn forward_packed_and_compressed_modes() {
+        let (r, t) = entries(50);
+        let e = as_entries(&r, &t);
+        let mut frames = Vec::new();
+        let mut b = Vec::new();
+        client::encode_forward(&mut b, "app-firelens-1", &e, None);
+        frames.push(("forward", b));
+        let mut b = Vec::new();
+        client::encode_packed(&mut b, "app-firelens-1", &e, Some("c1"));
+        frames.push(("packed bin", b));
+        let payload = client::encode_entries(&e);
+        let mut b = Vec::new();
+        client::encode_packed_payload(&mut b, "app-firelens-1", &payload, true, None, None, None);
+        frames.push(("packed str (fluentd)", b));
+        let mut b = Vec::new();
+        client::encode_packed_payload(
+            &mut b,
+            "app-firelens-1",
+            &payload,
+            true,
+            None,
+            Some("text"),
+            None,
+        );
+        frames.push(("compressed=text", b));
+        for c in [Compression::Gzip, Compression::Zstd] {
+            let mut b = Vec::new();
+            client::encode_compressed(&mut b, "app-firelens-1", &e, c, None).unwrap();
+            assert!(is_compressed(&b));
+            frames.push((c.option_value(), b));
+        }
+        // Magic wins over the option, both ways.
+        let gz = client::compress(&payload, Compression::Gzip).unwrap();
+        let mut b = Vec::new();
+        client::encode_packed_payload(
+            &mut b,
+            "app-firelens-1",
+            &gz,
+            false,
+            None,
+            Some("zstd"),
+            None,
+        );
+        frames.push(("gzip labelled zstd", b));
+        let mut b = Vec::new();
+        client::encode_packed_payload(&mut b, "app-firelens-1", &gz, true, None, None, None);
+        frames.push(("gzip without option, as str", b));
+        let mut b = Vec::new();
+        client::encode_packed_payload(
+            &mut b,
+            "app-firelens-1",
+            &payload,
+            false,
+            None,
+            Some("gzip"),
+            None,
+        );
+        frames.push(("plain labelled gzip", b));
+        // Several gzip members, as fluentd appends them.
+        let half = client::encode_entries(&e[..20]);
+        let rest = client::encode_entries(&e[20..]);
+        let multi = [
+            client::compress(&half, Compression::Gzip).unwrap(),
+            client::compress(&rest, Compression::Gzip).unwrap(),
+        ]
+        .concat();
+        let mut b = Vec::new();
+        client::encode_packed_payload(
+            &mut b,
+            "app-firelens-1",
+            &multi,
+            true,
+            Some(50),
+            Some("gzip"),
+            None,
+        );
+        frames.push(("two gzip members", b));
+        let zmulti = [
+            client::compress(&half, Compression::Zstd).unwrap(),
+            client::compress(&rest, Compression::Zstd).unwrap(),
+        ]
+        .concat();
+        let mut b = Vec::new();
+        client::encode_packed_payload(
+            &mut b,
+            "app-firelens-1",
+            &zmulti,
+            false,
+            None,
+            Some("zstd"),
+            None,
+        );
+        frames.push(("two zstd frames", b));
+
+        for (name, frame) in frames {
+            let (out, _, req) = decode(&frame);
+            let req = req.unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(req.records, 50, "{name}");
+            check_lines(&out, 50);
+        }
+    }
+
+    #[test]
+    fn fluent_bit_metadata_entries() {
+        let mut b = Vec::new();
+        enc::write_array_len(&mut b, 2).unwrap();
+        enc::write_str(&mut b, "t").unwrap();
+        enc::write_array_len(&mut b, 2).unwrap();
+        enc::write_array_len(&mut b, 2).unwrap();
+        enc::write_array_len(&mut b, 2).unwrap();
+        ext_time(&mut b, 9, 9, false);
+        enc::write_map_len(&mut b, 1).unwrap();
+        enc::write_str(&mut b, "otel").unwrap();
+        enc::write_map_len(&mut b, 0).unwrap();
+        b.extend(record("a"));
+        enc::write_array_len(&mut b, 2).unwrap();
+        enc::write_array_len(&mut b, 2).unwrap();
+        enc::write_uint(&mut b, 8).unwrap();
+        enc::write_nil(&mut b).unwrap();
+        b.extend(record("b"));
+        let (out, _, _) = ok(&b);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].time_ns, 9_000_000_009);
+        assert_eq!(out[0].fields["log"], "a");
+        assert_eq!(out[1].time_ns, 8_000_000_000);
+
+        // Metadata that is not a map.
+        let mut b = Vec::new();
+        enc::write_array_len(&mut b, 2).unwrap();
+        enc::write_str(&mut b, "t").unwrap();
+        enc::write_array_len(&mut b, 1).unwrap();
+        enc::write_array_len(&mut b, 2).unwrap();
+        enc::write_array_len(&mut b, 2).unwrap();
+        enc::write_uint(&mut b, 8).unwrap();
+        enc::write_str(&mut b, "meta").unwrap();
+        b.extend(record("b"));
+        assert_eq!(kind(&b), ErrorKind::BadRequest);
+    }
+
+    fn message_with_option(f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+        let mut b = Vec::new();
+        enc::write_array_len(&mut b, 4).unwrap();
+        enc::write_str(&mut b, "t").unwrap();
+        enc::write_uint(&mut b, 1).unwrap();
+        b.extend(record("x"));
+        f(&mut b);
+        b
+    }
+
+    #[test]
+    fn option_forms() {
+        // Absent, nil (old Docker), empty map (Go logger), unknown keys.
+        let (out, _, req) = ok(&message_with_time(|b| drop(enc::write_uint(b, 1))));
+        assert_eq!((out.len(), req.chunk), (1, None));
+        let (out, _, req) = ok(&message_with_option(|b| drop(enc::write_nil(b))));
+        assert_eq!((out.len(), req.chunk), (1, None));
+        let (out, _, _) = ok(&message_with_option(|b| drop(enc::write_map_len(b, 0))));
+        assert_eq!(out.len(), 1);
+        let frame = message_with_option(|b| {
+            enc::write_map_len(b, 4).unwrap();
+            enc::write_str(b, "size").unwrap();
+            enc::write_uint(b, 1).unwrap();
+            enc::write_uint(b, 7).unwrap(); // non-string key: ignored
+            enc::write_array_len(b, 1).unwrap();
+            enc::write_nil(b).unwrap();
+            enc::write_array_len(b, 0).unwrap(); // container key: ignored
+            enc::write_nil(b).unwrap();
+            enc::write_str(b, "metadata").unwrap();
+            enc::write_map_len(b, 1).unwrap();
+            enc::write_str(b, "k").unwrap();
+            enc::write_str(b, "v").unwrap();
+        });
+        assert_eq!(ok(&frame).0.len(), 1);
+        // Not a map.
+        assert_eq!(
+            kind(&message_with_option(|b| drop(enc::write_uint(b, 3)))),
+            ErrorKind::BadRequest
+        );
+    }
+
+    #[test]
+    fn chunk_range_is_the_raw_encoding() {
+        let chunk = "p8n9gmxTQVC8/nh2wlKKeQ==\n";
+        let mut str_frame = Vec::new();
+        client::encode_message(
+            &mut str_frame,
+            "t",
+            EventTime { secs: 1, nanos: 0 },
+            &record("x"),
+            Some(chunk),
+        );
+        let (_, _, req) = ok(&str_frame);
+        let range = req.chunk.unwrap();
+        let mut expected = Vec::new();
+        enc::write_str(&mut expected, chunk).unwrap();
+        assert_eq!(&str_frame[range], &expected[..]);
+
+        // bin chunk, written with a wasteful str32-like bin32 header: echoed as is.
+        let bin_frame = message_with_option(|b| {
+            enc::write_map_len(b, 1).unwrap();
+            enc::write_str(b, "chunk").unwrap();
+            b.extend([0xc6, 0, 0, 0, 3, 1, 2, 3]);
+        });
+        let (_, _, req) = ok(&bin_frame);
+        assert_eq!(&bin_frame[req.chunk.unwrap()], &[0xc6, 0, 0, 0, 3, 1, 2, 3]);
+
+        let int_chunk = message_with_option(|b| {
+            enc::write_map_len(b, 1).unwrap();
+            enc::write_str(b, "chunk").unwrap();
+            enc::write_uint(b, 5).unwrap();
+        });
+        assert_eq!(kind(&int_chunk), ErrorKind::BadRequest);
+        let int_compressed = message_with_option(|b| {
+            enc::write_map_len(b, 1).unwrap();
+            enc::write_str(b, "compressed").unwrap();
+            enc::write_uint(b, 5).unwrap();
+        });
+        assert_eq!(kind(&int_compressed), ErrorKind::BadRequest);
+    }
+
+    #[test]
+    fn non_log_signals_are_skipped_but_keep_their_chunk() {
+        let frame = message_with_option(|b| {
+            enc::write_map_len(b, 2).unwrap();
+            enc::write_str(b, "fluent_signal").unwrap();
+            enc::write_uint(b, 1).unwrap();
+            enc::write_str(b, "chunk").unwrap();
+            enc::write_str(b, "abc").unwrap();
+        });
+        let (out, _, req) = ok(&frame);
+        assert!(out.is_empty());
+        assert_eq!(req.skipped_signal, Some(1));
+        assert!(req.chunk.is_some());
+        let logs = message_with_option(|b| {
+            enc::write_map_len(b, 1).unwrap();
+            enc::write_str(b, "fluent_signal").unwrap();
+            enc::write_uint(b, 0).unwrap();
+        });
+        assert_eq!(ok(&logs).0.len(), 1);
+    }
+
+    #[test]
+    fn nil_is_a_heartbeat() {
+        let (out, _, req) = ok(&[0xc0]);
+        assert!(req.heartbeat);
+        assert!(out.is_empty());
+    }
+
+    fn message_with_record(f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+        let mut b = Vec::new();
+        enc::write_array_len(&mut b, 3).unwrap();
+        enc::write_str(&mut b, "t").unwrap();
+        enc::write_uint(&mut b, 1).unwrap();
+        f(&mut b);
+        b
+    }
+
+    #[test]
+    fn value_conversion() {
+        let frame = message_with_record(|b| {
+            enc::write_map_len(b, 12).unwrap();
+            enc::write_str(b, "z_first").unwrap();
+            enc::write_nil(b).unwrap();
+            enc::write_str(b, "bool").unwrap();
+            enc::write_bool(b, true).unwrap();
+            enc::write_str(b, "u64").unwrap();
+            enc::write_u64(b, u64::MAX).unwrap();
+            enc::write_str(b, "i64").unwrap();
+            enc::write_i64(b, i64::MIN).unwrap();
+            enc::write_str(b, "float").unwrap();
+            enc::write_f64(b, 0.25).unwrap();
+            enc::write_str(b, "nan").unwrap();
+            enc::write_f64(b, f64::NAN).unwrap();
+            enc::write_str(b, "inf").unwrap();
+            enc::write_f32(b, f32::INFINITY).unwrap();
+            enc::write_str(b, "bin").unwrap();
+            enc::write_bin(b, b"bytes").unwrap();
+            enc::write_str(b, "ext").unwrap();
+            enc::write_ext_meta(b, 1, 9).unwrap();
+            b.push(1);
+            enc::write_uint(b, 42).unwrap(); // integer key
+            enc::write_str(b, "int key").unwrap();
+            enc::write_str(b, "nested").unwrap();
+            enc::write_array_len(b, 2).unwrap();
+            enc::write_map_len(b, 1).unwrap();
+            enc::write_sint(b, -3).unwrap();
+            enc::write_array_len(b, 0).unwrap();
+            enc::write_str(b, "s").unwrap();
+            enc::write_str(b, "a_last").unwrap();
+            enc::write_str(b, "ü").unwrap();
+        });
+        let (out, stats, _) = ok(&frame);
+        assert_eq!(stats, Stats::default());
+        let expected = json!({
+            "z_first": null, "bool": true, "u64": u64::MAX, "i64": i64::MIN, "float": 0.25,
+            "nan": null, "inf": null, "bin": "bytes", "ext": null, "42": "int key",
+            "nested": [{"-3": []}, "s"], "a_last": "ü"
+        });
+        assert_eq!(serde_json::Value::Object(out[0].fields.clone()), expected);
+        // Order is the sender's, not sorted.
+        let keys: Vec<_> = out[0].fields.keys().cloned().collect();
+        assert_eq!(keys.first().map(String::as_str), Some("z_first"));
+        assert_eq!(keys.last().map(String::as_str), Some("a_last"));
+    }
+
+    #[test]
+    fn invalid_utf8_is_replaced_and_counted_but_kept() {
+        let frame = message_with_record(|b| {
+            enc::write_map_len(b, 2).unwrap();
+            enc::write_str(b, "log").unwrap();
+            b.extend([0xa4, b'o', 0xff, b'k', 0xfe]);
+            enc::write_str(b, "bin").unwrap();
+            enc::write_bin(b, &[0xc3]).unwrap();
+        });
+        let (out, stats, _) = ok(&frame);
+        assert_eq!(out[0].fields["log"], "o\u{fffd}k\u{fffd}");
+        assert_eq!(out[0].fields["bin"], "\u{fffd}");
+        assert_eq!(stats.invalid_utf8, 1, "counted once per record");
+    }
+
+    #[test]
+    fn records_with_bad_keys_are_dropped_alone() {
+        let mut b = Vec::new();
+        enc::write_array_len(&mut b, 2).unwrap();
+        enc::write_str(&mut b, "t").unwrap();
+        enc::write_array_len(&mut b, 3).unwrap();
+        for i in 0..3 {
+            enc::write_array_len(&mut b, 2).unwrap();
+            enc::write_uint(&mut b, 1).unwrap();
+            enc::write_map_len(&mut b, 2).unwrap();
+            enc::write_str(&mut b, "n").unwrap();
+            enc::write_uint(&mut b, i).unwrap();
+            if i == 1 {
+                enc::write_map_len(&mut b, 1).unwrap(); // nested map with a bool key
+                enc::write_bool(&mut b, true).unwrap();
+                enc::write_nil(&mut b).unwrap();
+            } else {
+                enc::write_str(&mut b, "k").unwrap();
+            }
+            enc::write_nil(&mut b).unwrap();
+        }
+        let (out, stats, req) = ok(&b);
+        assert_eq!(req.records, 2);
+        assert_eq!(out[0].fields["n"], 0);
+        assert_eq!(out[1].fields["n"], 2);
+        assert_eq!(stats.bad_records, 1);
+        assert!(stats.bad_record_reason.is_some());
+    }
+
+    fn nested(depth: usize) -> Vec<u8> {
+        message_with_record(|b| {
+            enc::write_map_len(b, 1).unwrap();
+            enc::write_str(b, "deep").unwrap();
+            for _ in 1..depth {
+                enc::write_array_len(b, 1).unwrap();
+            }
+            enc::write_nil(b).unwrap();
+        })
+    }
+
+    #[test]
+    fn nesting_cap() {
+        let (out, stats, _) = ok(&nested(MAX_DEPTH));
+        assert_eq!((out.len(), stats.bad_records), (1, 0));
+        let (out, stats, _) = ok(&nested(MAX_DEPTH + 1));
+        assert_eq!((out.len(), stats.bad_records), (0, 1));
+        // Far deeper than the stack would like: still just a dropped record.
+        let (out, stats, _) = ok(&nested(100_000));
+        assert_eq!((out.len(), stats.bad_records), (0, 1));
+    }
+
+    #[test]
+    fn bad_shapes() {
+        let mut map_root = Vec::new();
+        enc::write_map_len(&mut map_root, 0).unwrap();
+        let mut one = Vec::new();
+        enc::write_array_len(&mut one, 1).unwrap();
+        enc::write_str(&mut one, "t").unwrap();
+        let mut five = message_with_option(|b| drop(enc::write_nil(b)));
+        five[0] = 0x95;
+        five.push(0xc0);
+        let mut int_tag = Vec::new();
+        enc::write_array_len(&mut int_tag, 3).unwrap();
+        enc::write_uint(&mut int_tag, 1).unwrap();
+        enc::write_uint(&mut int_tag, 1).unwrap();
+        int_tag.extend(record("x"));
+        let non_map = message_with_record(|b| drop(enc::write_str(b, "not a map")));
+        let mut bool_second = Vec::new();
+        enc::write_array_len(&mut bool_second, 2).unwrap();
+        enc::write_str(&mut bool_second, "t").unwrap();
+        enc::write_bool(&mut bool_second, true).unwrap();
+        let mut forward_with_4 = Vec::new();
+        enc::write_array_len(&mut forward_with_4, 4).unwrap();
+        enc::write_str(&mut forward_with_4, "t").unwrap();
+        enc::write_array_len(&mut forward_with_4, 0).unwrap();
+        enc::write_nil(&mut forward_with_4).unwrap();
+        enc::write_nil(&mut forward_with_4).unwrap();
+        let mut message_with_2 = Vec::new();
+        enc::write_array_len(&mut message_with_2, 2).unwrap();
+        enc::write_str(&mut message_with_2, "t").unwrap();
+        enc::write_uint(&mut message_with_2, 1).unwrap();
+        for (name, frame) in [
+            ("map root", map_root),
+            ("int root", vec![0x05]),
+            ("one element", one),
+            ("five elements", five),
+            ("int tag", int_tag),
+            ("non-map record", non_map),
+            ("bool second element", bool_second),
+            ("forward with 4 elements", forward_with_4),
+            ("message with 2 elements", message_with_2),
+        ] {
+            assert_eq!(kind(&frame), ErrorKind::BadRequest, "{name}");
+        }
+    }
+
+    #[test]
+    fn entries_before_a_bad_entry_are_kept() {
+        let (r, t) = entries(3);
+        let e = as_entries(&r, &t);
+        let mut b = Vec::new();
+        enc::write_array_len(&mut b, 3).unwrap();
+        enc::write_str(&mut b, "app-firelens-1").unwrap();
+        enc::write_array_len(&mut b, 4).unwrap();
+        for entry in &e[..2] {
+            enc::write_array_len(&mut b, 2).unwrap();
+            client::write_event_time(&mut b, entry.time);
+            b.extend_from_slice(entry.record);
+        }
+        enc::write_array_len(&mut b, 2).unwrap();
+        enc::write_uint(&mut b, 1).unwrap();
+        enc::write_str(&mut b, "not a map").unwrap();
+        enc::write_array_len(&mut b, 2).unwrap();
+        client::write_event_time(&mut b, e[2].time);
+        b.extend_from_slice(e[2].record);
+        enc::write_map_len(&mut b, 1).unwrap();
+        enc::write_str(&mut b, "chunk").unwrap();
+        enc::write_str(&mut b, "c").unwrap();
+        let (out, _, r) = decode(&b);
+        assert_eq!(r.unwrap_err().kind, ErrorKind::BadRequest);
+        check_lines(&out, 2);
+
+        // Truncated packed payload: the complete entries survive, the rest is malformed.
+        let mut payload = client::encode_entries(&e);
+        payload.truncate(payload.len() - 3);
+        let mut b = Vec::new();
+        client::encode_packed_payload(&mut b, "app-firelens-1", &payload, false, None, None, None);
+        let (out, _, r) = decode(&b);
+        assert_eq!(r.unwrap_err().kind, ErrorKind::MalformedMsgpack);
+        check_lines(&out, 2);
+    }
+
+    #[test]
+    fn broken_compression_fails() {
+        for payload in [
+            vec![0x1f, 0x8b, 0x08, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+            vec![0x28, 0xb5, 0x2f, 0xfd, 0xff, 0xff, 0xff],
+        ] {
+            let mut b = Vec::new();
+            client::encode_packed_payload(&mut b, "t", &payload, false, None, Some("gzip"), None);
+            assert_eq!(kind(&b), ErrorKind::DecompressFailed, "{payload:02x?}");
+        }
+        // A valid gzip member followed by garbage.
+        let (r, t) = entries(1);
+        let mut gz = client::compress(
+            &client::encode_entries(&as_entries(&r, &t)),
+            Compression::Gzip,
+        )
+        .unwrap();
+        gz.extend([1, 2, 3]);
+        let mut b = Vec::new();
+        client::encode_packed_payload(&mut b, "t", &gz, false, None, Some("gzip"), None);
+        assert_eq!(kind(&b), ErrorKind::DecompressFailed);
+    }
+
+    /// 1 GiB of zeros as 1024 concatenated members of 1 MiB each: about 1 MB on the wire.
+    fn bomb(c: Compression) -> Vec<u8> {
+        let member = client::compress(&vec![0u8; 1 << 20], c).unwrap();
+        let payload = member.repeat(1024);
+        assert!(payload.len() < 2_000_000, "{} bytes", payload.len());
+        let mut b = Vec::new();
+        client::encode_packed_payload(
+            &mut b,
+            "t",
+            &payload,
+            false,
+            None,
+            Some(c.option_value()),
+            None,
+        );
+        b
+    }
+
+    #[test]
+    fn decompression_bombs_stop_at_the_cap() {
+        for c in [Compression::Gzip, Compression::Zstd] {
+            let frame = bomb(c);
+            let started = Instant::now();
+            let (out, _, r) = decode(&frame);
+            let e = r.unwrap_err();
+            assert_eq!(e.kind, ErrorKind::DecompressedTooLarge, "{e}");
+            assert!(out.is_empty());
+            let took = started.elapsed();
+            assert!(took.as_secs() < 20, "{:?} took {took:?}", c);
+
+            // A small cap fails even faster.
+            let mut out = Vec::new();
+            let small = Limits {
+                max_decompressed_bytes: 1 << 20,
+            };
+            let e =
+                decode_request(&frame, &small, NOW, &mut out, &mut Stats::default()).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::DecompressedTooLarge);
+        }
+    }
+
+    #[test]
+    fn read_capped_never_grows_past_the_cap() {
+        let data = vec![7u8; 300_000];
+        let out = read_capped(&data[..], 300_000, "t").unwrap();
+        assert_eq!(out.len(), 300_000);
+        assert!(out.capacity() <= 300_000);
+        assert_eq!(
+            read_capped(&data[..], 299_999, "t").unwrap_err().kind,
+            ErrorKind::DecompressedTooLarge
+        );
+    }
+
+    #[test]
+    fn plain_parses_small_messages() {
+        let ack = client::expected_ack("x\n");
+        let p = Plain::parse(&ack).unwrap();
+        assert_eq!(p.get("ack"), Some(&Plain::Str(b"x\n".to_vec())));
+        assert!(Plain::parse(&[0x92, 0x01]).is_err());
+    }
+}

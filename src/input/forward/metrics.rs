@@ -1,0 +1,146 @@
+//! Counters of the forward input, created once per input and cloned into connections so
+//! the hot path never looks a metric up by name.
+
+use std::sync::Arc;
+
+use metrics::Counter;
+
+/// Values of the `kind` label of `firelane_input_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Bytes that are not msgpack (reserved marker, truncated object inside a payload).
+    MalformedMsgpack,
+    /// A request larger than `max_frame_bytes`.
+    FrameTooLarge,
+    /// A compressed payload that does not decompress.
+    DecompressFailed,
+    /// A compressed payload that inflates beyond `max_decompressed_bytes`.
+    DecompressedTooLarge,
+    /// Valid msgpack with the wrong shape: not an array, tag not a string, time not a time,
+    /// record not a map, bad option types.
+    BadRequest,
+    /// One record dropped (non-string map key, nesting deeper than 64); the rest of the
+    /// request is kept.
+    BadRecord,
+    /// Wrong shared key or malformed PING.
+    AuthFailed,
+    /// A string that is not UTF-8; the record is kept with U+FFFD replacements.
+    InvalidUtf8,
+    /// A request with `fluent_signal` metrics or traces; skipped.
+    UnsupportedSignal,
+    /// The connection closed in the middle of a request.
+    TruncatedFrame,
+    /// The router refused the records (shutting down); the connection is closed unacked.
+    IngestFailed,
+    /// Socket read or write failure.
+    Io,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 12] = [
+        ErrorKind::MalformedMsgpack,
+        ErrorKind::FrameTooLarge,
+        ErrorKind::DecompressFailed,
+        ErrorKind::DecompressedTooLarge,
+        ErrorKind::BadRequest,
+        ErrorKind::BadRecord,
+        ErrorKind::AuthFailed,
+        ErrorKind::InvalidUtf8,
+        ErrorKind::UnsupportedSignal,
+        ErrorKind::TruncatedFrame,
+        ErrorKind::IngestFailed,
+        ErrorKind::Io,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::MalformedMsgpack => "malformed_msgpack",
+            ErrorKind::FrameTooLarge => "frame_too_large",
+            ErrorKind::DecompressFailed => "decompress_failed",
+            ErrorKind::DecompressedTooLarge => "decompressed_too_large",
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::BadRecord => "bad_record",
+            ErrorKind::AuthFailed => "auth_failed",
+            ErrorKind::InvalidUtf8 => "invalid_utf8",
+            ErrorKind::UnsupportedSignal => "unsupported_signal",
+            ErrorKind::TruncatedFrame => "truncated_frame",
+            ErrorKind::IngestFailed => "ingest_failed",
+            ErrorKind::Io => "io",
+        }
+    }
+
+    /// Rate-limit key for `warn_limited!`: one budget of log lines per kind.
+    pub(crate) fn log_key(self) -> &'static str {
+        match self {
+            ErrorKind::MalformedMsgpack => "forward_malformed_msgpack",
+            ErrorKind::FrameTooLarge => "forward_frame_too_large",
+            ErrorKind::DecompressFailed => "forward_decompress_failed",
+            ErrorKind::DecompressedTooLarge => "forward_decompressed_too_large",
+            ErrorKind::BadRequest => "forward_bad_request",
+            ErrorKind::BadRecord => "forward_bad_record",
+            ErrorKind::AuthFailed => "forward_auth_failed",
+            ErrorKind::InvalidUtf8 => "forward_invalid_utf8",
+            ErrorKind::UnsupportedSignal => "forward_unsupported_signal",
+            ErrorKind::TruncatedFrame => "forward_truncated_frame",
+            ErrorKind::IngestFailed => "forward_ingest_failed",
+            ErrorKind::Io => "forward_io",
+        }
+    }
+
+    fn index(self) -> usize {
+        Self::ALL.iter().position(|k| *k == self).unwrap_or(0)
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Handles for one input's counters.
+#[derive(Clone)]
+pub struct InputMetrics {
+    records: Counter,
+    bytes: Counter,
+    errors: Arc<[Counter]>,
+}
+
+impl InputMetrics {
+    /// Registers the counters with the current recorder (all error kinds up front, so they
+    /// show as 0 in `/metrics` before the first error).
+    pub fn new(input: &str) -> Self {
+        let records =
+            metrics::counter!("firelane_input_records_total", "input" => input.to_owned());
+        let bytes = metrics::counter!("firelane_input_bytes_total", "input" => input.to_owned());
+        let errors = ErrorKind::ALL
+            .iter()
+            .map(|k| {
+                metrics::counter!(
+                    "firelane_input_errors_total",
+                    "input" => input.to_owned(),
+                    "kind" => k.as_str()
+                )
+            })
+            .collect();
+        InputMetrics {
+            records,
+            bytes,
+            errors,
+        }
+    }
+
+    pub fn records(&self, n: u64) {
+        self.records.increment(n);
+    }
+
+    pub fn bytes(&self, n: u64) {
+        self.bytes.increment(n);
+    }
+
+    pub fn error(&self, kind: ErrorKind, n: u64) {
+        if let Some(c) = self.errors.get(kind.index()) {
+            c.increment(n);
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! Fluent forward protocol v1 input: what Docker's `fluentd` log driver (FireLens), Fluent Bit,
+//! fluentd and the Fluent logger libraries send.
+//!
+//! - Modes: Message, Forward, PackedForward, CompressedPackedForward (gzip, including several
+//!   concatenated members, and zstd; the payload's magic bytes win over the `compressed` option).
+//! - Times: integer seconds, float seconds, EventTime (fixext8 / ext8); Fluent Bit's
+//!   `[[time, metadata], record]` entries; Fluent Bit group markers are skipped; time 0 = now.
+//! - Acks: a request with a `chunk` option is answered `{"ack": chunk}` once its records were
+//!   accepted by the router (for disk buffers: persisted), never before.
+//! - Optional shared-key handshake.
+//! - Back-pressure: a connection does not read its next request until the previous one was
+//!   ingested, so a full buffer stops the socket instead of growing memory.
+//!
+//! Bad input closes that connection only, with a `firelane_input_errors_total{input,kind}`
+//! increment and a rate-limited warning.
+
+pub mod client;
+pub mod decode;
+pub mod frame;
+pub mod handshake;
+pub mod metrics;
+mod server;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use server::spawn;
+
+/// Configuration of one `type = "forward"` input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardConfig {
+    /// Input name: the `input` label of the metrics and the route `from` name.
+    pub name: String,
+    /// Listeners, `tcp://HOST:PORT` or `unix:///PATH`. Default: `tcp://127.0.0.1:24224`.
+    /// FireLens app containers write to `unix:///var/run/fluent.sock`.
+    pub listen: Vec<ListenAddr>,
+    /// When set, clients must pass the shared-key handshake before sending records.
+    /// Default: none (FireLens never configures one).
+    pub shared_key: Option<String>,
+    /// Largest accepted request on the wire, in bytes. A larger request closes the
+    /// connection (`kind = "frame_too_large"`). Default: 16 MiB.
+    pub max_frame_bytes: usize,
+    /// Largest decompressed CompressedPackedForward payload, in bytes. Beyond it the request
+    /// is refused (`kind = "decompressed_too_large"`), without ever holding more than this
+    /// many bytes. Default: 64 MiB.
+    pub max_decompressed_bytes: usize,
+    /// Permissions of unix sockets. Default: 0o666, so dockerd and containers running as
+    /// other users can connect.
+    pub socket_mode: u32,
+    /// On shutdown, an open connection is read until the client closes it or sends nothing
+    /// for this long, so lines already in flight are not lost. Default: 500 ms.
+    pub drain_idle: Duration,
+}
+
+impl Default for ForwardConfig {
+    fn default() -> Self {
+        ForwardConfig {
+            name: "forward".to_owned(),
+            listen: vec![ListenAddr::Tcp("127.0.0.1:24224".to_owned())],
+            shared_key: None,
+            max_frame_bytes: 16 << 20,
+            max_decompressed_bytes: 64 << 20,
+            socket_mode: 0o666,
+            drain_idle: Duration::from_millis(500),
+        }
+    }
+}
+
+impl ForwardConfig {
+    /// The settings of `[inputs.NAME]` with `type = "forward"`; absent keys keep the
+    /// documented defaults.
+    pub fn from_spec(
+        name: &str,
+        spec: &crate::config::ForwardSpec,
+    ) -> Result<ForwardConfig, String> {
+        let defaults = ForwardConfig::default();
+        let listen = if spec.listen.is_empty() {
+            defaults.listen
+        } else {
+            spec.listen
+                .iter()
+                .map(|s| ListenAddr::parse(s))
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        let size = |v: Option<u64>, default: usize| {
+            v.map_or(Ok(default), |n| {
+                usize::try_from(n).map_err(|e| e.to_string())
+            })
+        };
+        Ok(ForwardConfig {
+            name: name.to_owned(),
+            listen,
+            shared_key: spec.shared_key.clone(),
+            max_frame_bytes: size(spec.max_frame_bytes, defaults.max_frame_bytes)?,
+            max_decompressed_bytes: size(
+                spec.max_decompressed_bytes,
+                defaults.max_decompressed_bytes,
+            )?,
+            socket_mode: spec.socket_mode.unwrap_or(defaults.socket_mode),
+            drain_idle: defaults.drain_idle,
+        })
+    }
+}
+
+/// Where a forward input listens.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ListenAddr {
+    /// `host:port`, e.g. `0.0.0.0:24224` or `[::1]:24224`.
+    Tcp(String),
+    /// Filesystem path of a unix stream socket.
+    Unix(PathBuf),
+}
+
+impl ListenAddr {
+    /// Parses `tcp://HOST:PORT` or `unix:///ABSOLUTE/PATH`.
+    pub fn parse(s: &str) -> Result<ListenAddr, String> {
+        if let Some(rest) = s.strip_prefix("tcp://") {
+            let (host, port) = rest
+                .rsplit_once(':')
+                .ok_or_else(|| format!("`{s}`: expected tcp://HOST:PORT"))?;
+            if host.is_empty() {
+                return Err(format!(
+                    "`{s}`: missing host (use 0.0.0.0 for all interfaces)"
+                ));
+            }
+            port.parse::<u16>()
+                .map_err(|_| format!("`{s}`: invalid port `{port}`"))?;
+            Ok(ListenAddr::Tcp(rest.to_owned()))
+        } else if let Some(path) = s.strip_prefix("unix://") {
+            if !path.starts_with('/') {
+                return Err(format!("`{s}`: expected an absolute path, unix:///PATH"));
+            }
+            if path.len() > 107 {
+                return Err(format!("`{s}`: unix socket paths are limited to 107 bytes"));
+            }
+            Ok(ListenAddr::Unix(PathBuf::from(path)))
+        } else {
+            Err(format!("`{s}`: expected tcp://HOST:PORT or unix:///PATH"))
+        }
+    }
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "tcp://{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix://{}", p.display()),
+        }
+    }
+}
+
+impl std::str::FromStr for ListenAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        ListenAddr::parse(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses_parse() {
+        assert_eq!(
+            ListenAddr::parse("tcp://0.0.0.0:24224"),
+            Ok(ListenAddr::Tcp("0.0.0.0:24224".into()))
+        );
+        assert_eq!(
+            ListenAddr::parse("tcp://[::1]:1"),
+            Ok(ListenAddr::Tcp("[::1]:1".into()))
+        );
+        assert_eq!(
+            ListenAddr::parse("unix:///var/run/fluent.sock"),
+            Ok(ListenAddr::Unix("/var/run/fluent.sock".into()))
+        );
+        for bad in [
+            "0.0.0.0:24224",
+            "tcp://0.0.0.0",
+            "tcp://:24224",
+            "tcp://h:99999",
+            "unix://relative.sock",
+            "udp://x:1",
+        ] {
+            assert!(ListenAddr::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            ListenAddr::parse("unix:///a/b").map(|a| a.to_string()),
+            Ok("unix:///a/b".into())
+        );
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = ForwardConfig::default();
+        assert_eq!(c.max_frame_bytes, 16 * 1024 * 1024);
+        assert_eq!(c.max_decompressed_bytes, 64 * 1024 * 1024);
+        assert_eq!(c.socket_mode, 0o666);
+        assert_eq!(c.drain_idle, Duration::from_millis(500));
+        assert_eq!(c.listen, vec![ListenAddr::Tcp("127.0.0.1:24224".into())]);
+    }
+}

@@ -1,0 +1,17 @@
+//! firelane: a log and event router for Amazon ECS.
+//!
+//! The data's path is the module tree: `input` (forward, HTTP) → `pipeline` (routing by
+//! `route`) → `buffer` (one per output) → `output` (batching, retries, sinks). `config`
+//! reads the TOML, `topology` wires and runs it, `admin` serves health and metrics.
+
+pub mod admin;
+pub mod buffer;
+pub mod config;
+pub mod event;
+pub mod input;
+pub mod loadgen;
+pub mod output;
+pub mod pipeline;
+pub mod route;
+pub mod telemetry;
+pub mod topology;

@@ -1,0 +1,277 @@
+//! The `firelane` command line.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use firelane::config::{self, Loaded};
+
+#[derive(Parser)]
+#[command(
+    name = "firelane",
+    version,
+    about = "Log and event router for Amazon ECS"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the router.
+    Run {
+        /// Config file (default: $FIRELANE_CONFIG, then /etc/firelane/firelane.toml, then the embedded default).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config and print the plan: inputs → routes → outputs.
+    Check {
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Test an EventBridge event pattern against an event (like `aws events test-event-pattern`).
+    TestPattern {
+        /// Pattern as JSON text or @file.
+        #[arg(long, required_unless_present = "batch")]
+        pattern: Option<String>,
+        /// Event as JSON text or @file.
+        #[arg(long, required_unless_present = "batch")]
+        event: Option<String>,
+        /// Read JSON lines {"pattern": …, "event": …} on stdin; print true / false / invalid: reason per line.
+        #[arg(long, conflicts_with_all = ["pattern", "event"])]
+        batch: bool,
+    },
+    /// Dry run: which routes a record matches and which outputs it would reach.
+    Route {
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// The record body (JSON object) as text or @file.
+        #[arg(long)]
+        event: String,
+        /// The record's tag (default: detail-type for EventBridge events, else empty).
+        #[arg(long)]
+        tag: Option<String>,
+        /// The input it arrives on (default: every input, one line each).
+        #[arg(long)]
+        input: Option<String>,
+    },
+    /// Exit 0 when the admin /health endpoint answers; for ECS container health checks.
+    Healthcheck {
+        #[arg(long, default_value = "http://127.0.0.1:2020/health")]
+        url: String,
+        #[arg(long, default_value = "3")]
+        timeout_secs: u64,
+    },
+    /// Forward-protocol load generator for sizing and benchmarks.
+    Loadgen(firelane::loadgen::LoadgenArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config } => run(config),
+        Command::Check { config } => check(config),
+        Command::TestPattern {
+            pattern,
+            event,
+            batch,
+        } => test_pattern(pattern, event, batch),
+        Command::Route {
+            config,
+            event,
+            tag,
+            input,
+        } => route(config, event, tag, input),
+        Command::Healthcheck { url, timeout_secs } => {
+            match firelane::admin::healthcheck(&url, Duration::from_secs(timeout_secs)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("unhealthy: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Loadgen(args) => match firelane::loadgen::run(args) {
+            Ok(report) => {
+                println!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("loadgen: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// Finds and loads the config: `-c`, `$FIRELANE_CONFIG`, the system path, or the embedded default.
+fn load(explicit: Option<PathBuf>) -> Result<(String, Loaded), config::ConfigErrors> {
+    let path = explicit
+        .or_else(|| std::env::var_os("FIRELANE_CONFIG").map(PathBuf::from))
+        .or_else(|| {
+            let p = PathBuf::from(config::SYSTEM_PATH);
+            p.exists().then_some(p)
+        });
+    match path {
+        Some(p) => config::load_file(&p).map(|l| (p.display().to_string(), l)),
+        None => {
+            let env = |k: &str| std::env::var(k).ok();
+            config::parse(config::EMBEDDED_DEFAULT, "<embedded default>", &env)
+                .map(|l| ("<embedded default>".to_string(), l))
+        }
+    }
+}
+
+fn print_errors(e: &config::ConfigErrors) {
+    for w in &e.warnings {
+        eprintln!("{w}");
+    }
+    for err in &e.errors {
+        eprintln!("{err}");
+    }
+    eprintln!("config invalid: {} error(s)", e.errors.len());
+}
+
+fn run(config: Option<PathBuf>) -> ExitCode {
+    let (source, loaded) = match load(config) {
+        Ok(l) => l,
+        Err(e) => {
+            print_errors(&e);
+            return ExitCode::from(78); // EX_CONFIG
+        }
+    };
+    firelane::telemetry::init(
+        &loaded.config.runtime.log_level,
+        loaded.config.runtime.log_json,
+    );
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    tracing::info!(config = %source, version = env!("CARGO_PKG_VERSION"), "starting firelane");
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("firelane")
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(firelane::topology::run(loaded.config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("firelane: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(config: Option<PathBuf>) -> ExitCode {
+    match load(config) {
+        Ok((source, loaded)) => {
+            println!("{source}: config is valid\n");
+            print!("{}", firelane::topology::plan(&loaded.config));
+            if !loaded.warnings.is_empty() {
+                println!();
+                for w in &loaded.warnings {
+                    println!("{w}");
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            print_errors(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn read_arg(arg: &str) -> Result<String, String> {
+    match arg.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}")),
+        None => Ok(arg.to_string()),
+    }
+}
+
+fn test_pattern(pattern: Option<String>, event: Option<String>, batch: bool) -> ExitCode {
+    use firelane::route::pattern;
+    if batch {
+        let stdin = std::io::stdin();
+        let stdout = std::io::stdout();
+        return match pattern::run_batch(stdin.lock(), stdout.lock()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("test-pattern: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let (Some(p), Some(e)) = (pattern, event) else {
+        eprintln!("test-pattern: --pattern and --event are required without --batch");
+        return ExitCode::from(2);
+    };
+    let (p, e) = match (read_arg(&p), read_arg(&e)) {
+        (Ok(p), Ok(e)) => (p, e),
+        (Err(err), _) | (_, Err(err)) => {
+            eprintln!("test-pattern: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    match pattern::test_pattern_cli(&p, &e) {
+        Ok(true) => {
+            println!("match");
+            ExitCode::SUCCESS
+        }
+        Ok(false) => {
+            println!("no match");
+            ExitCode::from(1)
+        }
+        Err(reason) => {
+            println!("invalid: {reason}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn route(
+    config: Option<PathBuf>,
+    event: String,
+    tag: Option<String>,
+    input: Option<String>,
+) -> ExitCode {
+    let loaded = match load(config) {
+        Ok((_, l)) => l,
+        Err(e) => {
+            print_errors(&e);
+            return ExitCode::from(2);
+        }
+    };
+    let text = match read_arg(&event) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("route: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match firelane::topology::dry_run(&loaded.config, &text, tag.as_deref(), input.as_deref()) {
+        Ok(out) => {
+            print!("{out}");
+            if std::io::stdout().is_terminal() {
+                println!();
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("route: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

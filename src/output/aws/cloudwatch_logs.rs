@@ -1,0 +1,777 @@
+//! CloudWatch Logs output (`PutLogEvents`, no sequence tokens).
+//!
+//! Batch limits, by construction: ≤ 10,000 events; ≤ 1,048,576 bytes counted as UTF-8
+//! message bytes + 26 per event; time span (newest − oldest, ms) < 24 h; events sorted by
+//! time (stable, so equal timestamps keep arrival order) when the batch is finished.
+//! Messages above [`MAX_MESSAGE_BYTES`] (1,000,000 bytes, the per-event cap Fluent Bit
+//! uses under AWS's 1 MB event limit) are cut at a character boundary and end with
+//! `…[truncated by firelane]` (counted by the core as truncated). Empty messages, which
+//! the API refuses, are rejected with reason `empty_message`.
+//!
+//! Group and stream come from templates (`/ecs/{ecs_cluster}/{container_name}`,
+//! `{ecs_task_id}`); characters CloudWatch does not accept are replaced by `_` (groups:
+//! anything outside `[.-_/#A-Za-z0-9]`; streams: `:` and `*`) and names are cut to 512
+//! characters, so a record field never makes a batch unsendable. `{uuid}` is one random
+//! value per process (a stream per router instance); `{index}` is refused.
+//!
+//! `auto_create` defaults to true: FireLens templates name groups and streams per cluster,
+//! container and task, which nobody can create ahead of time (Fluent Bit's default of
+//! false is a well-known cause of lost logs). Nothing is described or created per batch:
+//! only when `PutLogEvents` answers `ResourceNotFoundException` does the sink call
+//! `CreateLogStream`, and `CreateLogGroup` (with `tags`, then `PutRetentionPolicy` for
+//! `retention_days`) only if the group is missing too; `ResourceAlreadyExistsException`
+//! is success (another task won the race). Then the put is retried once. A group that
+//! already existed keeps its retention. No cache is kept: since creation happens only on
+//! `ResourceNotFound`, an existing stream costs no extra call, and a stream deleted behind
+//! our back is recreated.
+//!
+//! `rejectedLogEventsInfo` (too old, too new, expired) becomes permanent per-event
+//! failures `too_old` / `too_new` / `expired`: counted as dropped, never retried.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_cloudwatchlogs::types::InputLogEvent;
+
+use super::{
+    AwsSettings, BuildError, RecordFormat, classify, floor_char_boundary, require_region,
+    sdk_config,
+};
+use crate::event::Record;
+use crate::output::sink::{BatchBuilder, BatchSettings, Failure, Push, SendResult, Sink};
+use crate::output::template::{Dynamic, Template};
+
+pub const MAX_EVENTS: usize = 10_000;
+pub const MAX_BATCH_BYTES: usize = 1_048_576;
+pub const EVENT_OVERHEAD: usize = 26;
+pub const MAX_MESSAGE_BYTES: usize = 1_000_000;
+pub const MAX_SPAN_MS: i64 = 24 * 3600 * 1000;
+pub const MAX_NAME_CHARS: usize = 512;
+pub const TRUNCATION_MARKER: &str = "…[truncated by firelane]";
+/// Values `PutRetentionPolicy` accepts.
+pub const RETENTION_DAYS: &[i32] = &[
+    1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922,
+    3288, 3653,
+];
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct CloudWatchLogsConfig {
+    /// The output's name (`[outputs.NAME]`), for log lines.
+    pub name: String,
+    pub log_group: String,
+    pub log_stream: String,
+    pub auto_create: bool,
+    pub retention_days: Option<i32>,
+    /// Tags for groups this output creates.
+    pub tags: HashMap<String, String>,
+    pub format: RecordFormat,
+    pub aws: AwsSettings,
+    pub batch: BatchSettings,
+}
+
+/// Suggested defaults when the user gives no `batch` table.
+pub fn default_batch() -> BatchSettings {
+    BatchSettings {
+        max_records: MAX_EVENTS,
+        max_bytes: MAX_BATCH_BYTES,
+        max_age: Duration::from_secs(5),
+    }
+}
+
+struct Limits {
+    max_events: usize,
+    max_bytes: usize,
+}
+
+pub struct CloudWatchLogsSink {
+    name: String,
+    client: aws_sdk_cloudwatchlogs::Client,
+    group: Template,
+    stream: Template,
+    process_uuid: String,
+    auto_create: bool,
+    retention_days: Option<i32>,
+    tags: HashMap<String, String>,
+    format: Arc<RecordFormat>,
+    limits: Arc<Limits>,
+}
+
+pub async fn build(cfg: CloudWatchLogsConfig) -> Result<CloudWatchLogsSink, BuildError> {
+    let conf = sdk_config(&cfg.aws).await;
+    require_region(&conf, &cfg.name)?;
+    let mut b = aws_sdk_cloudwatchlogs::config::Builder::from(&conf);
+    if let Some(url) = &cfg.aws.endpoint_url {
+        b = b.endpoint_url(url);
+    }
+    build_with_client(cfg, aws_sdk_cloudwatchlogs::Client::from_conf(b.build()))
+}
+
+pub fn build_with_client(
+    cfg: CloudWatchLogsConfig,
+    client: aws_sdk_cloudwatchlogs::Client,
+) -> Result<CloudWatchLogsSink, BuildError> {
+    let parse = |key: &'static str, text: &str| {
+        let t = Template::parse(text).map_err(|source| BuildError::Template {
+            output: cfg.name.clone(),
+            key,
+            source,
+        })?;
+        if text.is_empty() || t.has_index() {
+            return Err(BuildError::Invalid {
+                output: cfg.name.clone(),
+                key,
+                value: text.to_string(),
+                reason: "must be non-empty and cannot use {index}".into(),
+            });
+        }
+        Ok(t)
+    };
+    let group = parse("log_group", &cfg.log_group)?;
+    let stream = parse("log_stream", &cfg.log_stream)?;
+    if let Some(days) = cfg.retention_days
+        && !RETENTION_DAYS.contains(&days)
+    {
+        return Err(BuildError::Invalid {
+            output: cfg.name,
+            key: "retention_days",
+            value: days.to_string(),
+            reason: format!("expected one of {RETENTION_DAYS:?}"),
+        });
+    }
+    Ok(CloudWatchLogsSink {
+        name: cfg.name,
+        client,
+        group,
+        stream,
+        process_uuid: uuid::Uuid::new_v4().to_string(),
+        auto_create: cfg.auto_create,
+        retention_days: cfg.retention_days,
+        tags: cfg.tags,
+        format: Arc::new(cfg.format),
+        limits: Arc::new(Limits {
+            max_events: cfg.batch.max_records.clamp(1, MAX_EVENTS),
+            max_bytes: cfg.batch.max_bytes.clamp(1, MAX_BATCH_BYTES),
+        }),
+    })
+}
+
+/// Cuts `s` to `max` characters (all sanitized group names are ASCII).
+fn cut_chars(s: &mut String, max: usize) {
+    if let Some((i, _)) = s.char_indices().nth(max) {
+        s.truncate(i);
+    }
+}
+
+fn sanitize_group(name: &mut String) {
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-/#".contains(&b))
+    {
+        *name = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "._-/#".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+    }
+    cut_chars(name, MAX_NAME_CHARS);
+}
+
+fn sanitize_stream(name: &mut String) {
+    if name.contains([':', '*']) {
+        *name = name.replace([':', '*'], "_");
+    }
+    cut_chars(name, MAX_NAME_CHARS);
+}
+
+pub struct CloudWatchLogsBuilder {
+    format: Arc<RecordFormat>,
+    limits: Arc<Limits>,
+    events: Vec<(i64, String)>,
+    bytes: usize,
+    min_ts: i64,
+    max_ts: i64,
+    line: Vec<u8>,
+}
+
+/// One `PutLogEvents` request: events in time order, and for each the item number it had
+/// when pushed.
+#[derive(Debug)]
+pub struct CloudWatchLogsBatch {
+    pub events: Vec<(i64, String)>,
+    pub items: Vec<usize>,
+}
+
+impl BatchBuilder for CloudWatchLogsBuilder {
+    type Batch = CloudWatchLogsBatch;
+
+    fn push(&mut self, record: &Record) -> Push {
+        if self.events.len() >= self.limits.max_events {
+            return Push::Full;
+        }
+        self.line.clear();
+        self.format.write_line(record, &mut self.line);
+        if self.line.last() == Some(&b'\n') {
+            self.line.pop();
+        }
+        let mut message = match std::str::from_utf8(&self.line) {
+            Ok(s) => s.to_string(),
+            Err(_) => String::from_utf8_lossy(&self.line).into_owned(),
+        };
+        if message.is_empty() {
+            return Push::Rejected("empty_message");
+        }
+        let truncated = message.len() > MAX_MESSAGE_BYTES;
+        if truncated {
+            let keep = floor_char_boundary(&message, MAX_MESSAGE_BYTES - TRUNCATION_MARKER.len());
+            message.truncate(keep);
+            message.push_str(TRUNCATION_MARKER);
+        }
+        let size = message.len() + EVENT_OVERHEAD;
+        let ts = (record.time_ns.div_euclid(1_000_000)).max(0);
+        if !self.events.is_empty() {
+            if self.bytes + size > self.limits.max_bytes {
+                return Push::Full;
+            }
+            if self.max_ts.max(ts) - self.min_ts.min(ts) >= MAX_SPAN_MS {
+                return Push::Full;
+            }
+            self.min_ts = self.min_ts.min(ts);
+            self.max_ts = self.max_ts.max(ts);
+        } else {
+            self.min_ts = ts;
+            self.max_ts = ts;
+        }
+        self.bytes += size;
+        self.events.push((ts, message));
+        if self.line.capacity() > 2 * MAX_MESSAGE_BYTES {
+            self.line = Vec::new();
+        }
+        if truncated {
+            Push::Truncated
+        } else {
+            Push::Added
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    fn finish(self) -> CloudWatchLogsBatch {
+        let mut tagged: Vec<(usize, (i64, String))> = self.events.into_iter().enumerate().collect();
+        // Stable: equal timestamps keep arrival order.
+        tagged.sort_by_key(|(_, (ts, _))| *ts);
+        let (items, events) = tagged.into_iter().unzip();
+        CloudWatchLogsBatch { events, items }
+    }
+}
+
+/// Maps `rejectedLogEventsInfo` (indexes into the sorted batch) to per-item failures.
+pub fn rejected_outcome(
+    items: &[usize],
+    too_new_start: Option<i32>,
+    too_old_end: Option<i32>,
+    expired_end: Option<i32>,
+) -> SendResult {
+    let n = items.len();
+    let idx = |v: Option<i32>| v.map(|i| (i.max(0) as usize).min(n));
+    let (too_new, too_old, expired) = (idx(too_new_start), idx(too_old_end), idx(expired_end));
+    let mut failed = Vec::new();
+    for (pos, &item) in items.iter().enumerate() {
+        let reason = if expired.is_some_and(|e| pos < e) {
+            "expired"
+        } else if too_old.is_some_and(|e| pos < e) {
+            "too_old"
+        } else if too_new.is_some_and(|s| pos >= s) {
+            "too_new"
+        } else {
+            continue;
+        };
+        let message = match reason {
+            "expired" => "event older than the log group's retention",
+            "too_old" => "event more than 14 days old",
+            _ => "event more than 2 hours in the future",
+        };
+        failed.push((item, Failure::permanent(reason, message)));
+    }
+    if failed.is_empty() {
+        return SendResult::Delivered;
+    }
+    failed.sort_by_key(|(i, _)| *i);
+    SendResult::Partial(failed)
+}
+
+enum PutError {
+    NotFound(Failure),
+    Other(Failure),
+}
+
+impl CloudWatchLogsSink {
+    async fn put(
+        &self,
+        group: &str,
+        stream: &str,
+        batch: &CloudWatchLogsBatch,
+    ) -> Result<SendResult, PutError> {
+        let mut events = Vec::with_capacity(batch.events.len());
+        for (ts, msg) in &batch.events {
+            let e = InputLogEvent::builder()
+                .timestamp(*ts)
+                .message(msg.clone())
+                .build();
+            match e {
+                Ok(e) => events.push(e),
+                Err(e) => {
+                    return Err(PutError::Other(Failure::permanent(
+                        "invalid_request",
+                        e.to_string(),
+                    )));
+                }
+            }
+        }
+        let result = self
+            .client
+            .put_log_events()
+            .log_group_name(group)
+            .log_stream_name(stream)
+            .set_log_events(Some(events))
+            .send()
+            .await;
+        match result {
+            Ok(out) => {
+                let Some(info) = out.rejected_log_events_info() else {
+                    return Ok(SendResult::Delivered);
+                };
+                let r = rejected_outcome(
+                    &batch.items,
+                    info.too_new_log_event_start_index(),
+                    info.too_old_log_event_end_index(),
+                    info.expired_log_event_end_index(),
+                );
+                if let SendResult::Partial(f) = &r {
+                    crate::warn_limited!(
+                        "cloudwatch_rejected",
+                        "output {}: {group}/{stream} rejected {} of {} events as too old, too new or expired (dropped)",
+                        self.name,
+                        f.len(),
+                        batch.events.len()
+                    );
+                }
+                Ok(r)
+            }
+            Err(e) => {
+                let mut f = classify(&e);
+                f.message = format!("PutLogEvents {group} {stream}: {}", f.message);
+                let not_found = e
+                    .as_service_error()
+                    .is_some_and(|e| e.is_resource_not_found_exception());
+                Err(if not_found {
+                    PutError::NotFound(f)
+                } else {
+                    PutError::Other(f)
+                })
+            }
+        }
+    }
+
+    async fn create_group(&self, group: &str) -> Result<(), Failure> {
+        let tags = (!self.tags.is_empty()).then(|| self.tags.clone());
+        match self
+            .client
+            .create_log_group()
+            .log_group_name(group)
+            .set_tags(tags)
+            .send()
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(output = %self.name, "created log group {group}");
+                if let Some(days) = self.retention_days {
+                    let r = self
+                        .client
+                        .put_retention_policy()
+                        .log_group_name(group)
+                        .retention_in_days(days)
+                        .send()
+                        .await;
+                    if let Err(e) = r {
+                        // The group exists and logs can flow; a missing retention is not worth
+                        // holding data back for.
+                        crate::warn_limited!(
+                            "cloudwatch_retention",
+                            "output {}: could not set retention {days} d on {group}: {}",
+                            self.name,
+                            classify(&e).message
+                        );
+                    }
+                }
+                Ok(())
+            }
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_resource_already_exists_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => {
+                let mut f = classify(&e);
+                f.message = format!("CreateLogGroup {group}: {}", f.message);
+                Err(f)
+            }
+        }
+    }
+
+    async fn create_stream(&self, group: &str, stream: &str) -> Result<bool, Failure> {
+        match self
+            .client
+            .create_log_stream()
+            .log_group_name(group)
+            .log_stream_name(stream)
+            .send()
+            .await
+        {
+            Ok(_) => {
+                tracing::debug!(output = %self.name, "created log stream {group} {stream}");
+                Ok(true)
+            }
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_resource_already_exists_exception()) =>
+            {
+                Ok(true)
+            }
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_resource_not_found_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => {
+                let mut f = classify(&e);
+                f.message = format!("CreateLogStream {group} {stream}: {}", f.message);
+                Err(f)
+            }
+        }
+    }
+
+    async fn ensure_stream(&self, group: &str, stream: &str) -> Result<(), Failure> {
+        if self.create_stream(group, stream).await? {
+            return Ok(());
+        }
+        self.create_group(group).await?;
+        if self.create_stream(group, stream).await? {
+            return Ok(());
+        }
+        Err(Failure::permanent(
+            "resource_not_found",
+            format!(
+                "CreateLogStream {group} {stream}: the log group is still missing after it was created"
+            ),
+        ))
+    }
+}
+
+impl Sink for CloudWatchLogsSink {
+    type Builder = CloudWatchLogsBuilder;
+
+    fn partition(&self, record: &Record) -> Result<String, &'static str> {
+        let dynamic = Dynamic {
+            uuid: Some(&self.process_uuid),
+            index: None,
+        };
+        let mut group = self.group.render_to_string(record, dynamic);
+        sanitize_group(&mut group);
+        let mut stream = self.stream.render_to_string(record, dynamic);
+        sanitize_stream(&mut stream);
+        if group.is_empty() {
+            return Err("invalid_log_group");
+        }
+        if stream.is_empty() {
+            return Err("invalid_log_stream");
+        }
+        // Groups cannot contain ':', so the first one separates the two names.
+        group.push(':');
+        group.push_str(&stream);
+        Ok(group)
+    }
+
+    fn new_batch(&self, _partition: &str) -> CloudWatchLogsBuilder {
+        CloudWatchLogsBuilder {
+            format: Arc::clone(&self.format),
+            limits: Arc::clone(&self.limits),
+            events: Vec::new(),
+            bytes: 0,
+            min_ts: 0,
+            max_ts: 0,
+            line: Vec::new(),
+        }
+    }
+
+    async fn send(&self, partition: &str, batch: &CloudWatchLogsBatch) -> SendResult {
+        let Some((group, stream)) = partition.split_once(':') else {
+            return SendResult::Failed(Failure::permanent(
+                "invalid_partition",
+                format!("not a group:stream partition: {partition:?}"),
+            ));
+        };
+        if batch.events.is_empty() {
+            return SendResult::Delivered;
+        }
+        match self.put(group, stream, batch).await {
+            Ok(r) => r,
+            Err(PutError::Other(f)) => SendResult::Failed(f),
+            Err(PutError::NotFound(f)) if !self.auto_create => SendResult::Failed(Failure {
+                message: format!("{} (auto_create is off)", f.message),
+                ..f
+            }),
+            Err(PutError::NotFound(_)) => {
+                if let Err(f) = self.ensure_stream(group, stream).await {
+                    return SendResult::Failed(f);
+                }
+                match self.put(group, stream, batch).await {
+                    Ok(r) => r,
+                    Err(PutError::Other(f) | PutError::NotFound(f)) => SendResult::Failed(f),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sink(group: &str, stream: &str) -> CloudWatchLogsSink {
+        let conf = aws_sdk_cloudwatchlogs::Config::builder()
+            .region(aws_sdk_cloudwatchlogs::config::Region::new("us-east-1"))
+            .build();
+        build_with_client(
+            CloudWatchLogsConfig {
+                name: "t".into(),
+                log_group: group.into(),
+                log_stream: stream.into(),
+                auto_create: true,
+                retention_days: None,
+                tags: HashMap::new(),
+                format: RecordFormat {
+                    log_key: Some("log".into()),
+                    ..Default::default()
+                },
+                aws: AwsSettings::default(),
+                batch: default_batch(),
+            },
+            aws_sdk_cloudwatchlogs::Client::from_conf(conf),
+        )
+        .unwrap()
+    }
+
+    /// A record whose message is exactly `len` bytes.
+    fn rec(len: usize, time_ms: i64) -> Record {
+        let serde_json::Value::Object(m) = json!({"log": "m".repeat(len)}) else {
+            unreachable!()
+        };
+        Record::new("t", time_ms * 1_000_000, m)
+    }
+
+    fn builder() -> CloudWatchLogsBuilder {
+        sink("g", "s").new_batch("g:s")
+    }
+
+    #[test]
+    fn at_most_10_000_events() {
+        let mut b = builder();
+        for i in 0..10_000 {
+            assert_eq!(b.push(&rec(1, 1_000 + i)), Push::Added);
+        }
+        assert_eq!(b.push(&rec(1, 1_000)), Push::Full);
+        assert_eq!(b.len(), 10_000);
+        assert_eq!(b.bytes(), 10_000 * 27);
+    }
+
+    #[test]
+    fn byte_limit_counts_26_bytes_per_event() {
+        // 1,048,576 = 4 × (262,118 + 26): four such events fill a batch exactly.
+        let mut b = builder();
+        for _ in 0..4 {
+            assert_eq!(b.push(&rec(262_118, 5)), Push::Added);
+        }
+        assert_eq!(b.bytes(), MAX_BATCH_BYTES);
+        assert_eq!(b.push(&rec(1, 5)), Push::Full);
+
+        // One byte over: 3 events + (262,119 + 26) = 1,048,577.
+        let mut b = builder();
+        for _ in 0..3 {
+            b.push(&rec(262_118, 5));
+        }
+        assert_eq!(b.push(&rec(262_119, 5)), Push::Full);
+        assert_eq!(b.push(&rec(262_118, 5)), Push::Added);
+
+        // Without the overhead, 10,000 events of 104 bytes would fit (1,040,000); with it
+        // (130 each) only 8,065 do.
+        let mut b = builder();
+        let mut n = 0;
+        while b.push(&rec(104, 5)) == Push::Added {
+            n += 1;
+        }
+        assert_eq!(n, MAX_BATCH_BYTES / 130);
+    }
+
+    #[test]
+    fn span_stays_under_24_hours() {
+        let h = 3_600_000;
+        let mut b = builder();
+        assert_eq!(b.push(&rec(1, 10 * h)), Push::Added);
+        assert_eq!(b.push(&rec(1, 34 * h - 1)), Push::Added);
+        assert_eq!(b.push(&rec(1, 34 * h)), Push::Full, "exactly 24 h");
+        assert_eq!(b.push(&rec(1, 35 * h)), Push::Full, "25 h");
+        // Older events widen the span too.
+        assert_eq!(b.push(&rec(1, 10 * h - 1)), Push::Full);
+        assert_eq!(b.push(&rec(1, 10 * h + 1)), Push::Added);
+    }
+
+    #[test]
+    fn oversized_event_is_truncated_with_marker() {
+        let mut b = builder();
+        let serde_json::Value::Object(m) = json!({"log": "ü".repeat(550_000)}) else {
+            unreachable!()
+        };
+        assert_eq!(b.push(&Record::new("t", 0, m)), Push::Truncated);
+        assert_eq!(b.push(&rec(MAX_MESSAGE_BYTES, 0)), Push::Full);
+        let batch = b.finish();
+        let mut b = builder();
+        assert_eq!(b.push(&rec(MAX_MESSAGE_BYTES, 0)), Push::Added);
+        let at_limit = b.finish();
+        let msg = &batch.events[0].1;
+        assert!(msg.len() <= MAX_MESSAGE_BYTES && msg.len() > MAX_MESSAGE_BYTES - 30);
+        assert!(msg.ends_with(TRUNCATION_MARKER));
+        assert_eq!(at_limit.events[0].1.len(), MAX_MESSAGE_BYTES);
+        // 1.1 MB message
+        let mut b = builder();
+        assert_eq!(b.push(&rec(1_100_000, 0)), Push::Truncated);
+        assert_eq!(b.bytes(), MAX_MESSAGE_BYTES + EVENT_OVERHEAD);
+        let mut b = builder();
+        assert_eq!(b.push(&rec(0, 0)), Push::Rejected("empty_message"));
+    }
+
+    #[test]
+    fn finish_sorts_stably_and_remembers_items() {
+        let mut b = builder();
+        let serde_json::Value::Object(m) = json!({"log": "x", "seq": 1}) else {
+            unreachable!()
+        };
+        for (i, t) in [30, 10, 20, 10, 5].into_iter().enumerate() {
+            let mut r = rec(1, t);
+            r.fields = m.clone();
+            r.fields.insert("log".into(), json!(format!("e{i}")));
+            b.push(&r);
+        }
+        let batch = b.finish();
+        let ts: Vec<i64> = batch.events.iter().map(|e| e.0).collect();
+        assert_eq!(ts, vec![5, 10, 10, 20, 30]);
+        assert_eq!(batch.items, vec![4, 1, 3, 2, 0]);
+        assert_eq!(batch.events[1].1, "e1");
+        assert_eq!(batch.events[2].1, "e3");
+    }
+
+    #[test]
+    fn rejected_events_become_permanent_item_failures() {
+        let items = vec![4, 1, 3, 2, 0];
+        let SendResult::Partial(f) = rejected_outcome(&items, Some(4), Some(2), Some(1)) else {
+            panic!()
+        };
+        let got: Vec<(usize, &str, bool)> = f
+            .iter()
+            .map(|(i, f)| (*i, f.reason.as_str(), f.retryable))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (0, "too_new", false),
+                (1, "too_old", false),
+                (4, "expired", false)
+            ]
+        );
+        assert_eq!(
+            rejected_outcome(&items, None, None, None),
+            SendResult::Delivered
+        );
+        assert_eq!(
+            rejected_outcome(&items, Some(5), Some(0), None),
+            SendResult::Delivered
+        );
+        // Out-of-range indexes from the server are clamped, not trusted.
+        let SendResult::Partial(f) = rejected_outcome(&items, Some(-3), None, Some(99)) else {
+            panic!()
+        };
+        assert_eq!(f.len(), 5);
+        assert!(f.iter().all(|(_, f)| f.reason == "expired"));
+    }
+
+    #[test]
+    fn partitions_from_templates_are_sanitized() {
+        let s = sink("/ecs/{ecs_cluster}/{container_name}", "{ecs_task_id}");
+        let serde_json::Value::Object(m) = json!({
+            "ecs_cluster": "my cluster", "container_name": "/ecs-demo-1-app",
+            "ecs_task_arn": "arn:aws:ecs:us-east-1:1:task/my/abc123"})
+        else {
+            unreachable!()
+        };
+        let r = Record::new("t", 0, m);
+        assert_eq!(
+            s.partition(&r).unwrap(),
+            "/ecs/my_cluster//ecs-demo-1-app:abc123"
+        );
+        let s = sink("g", "{tag}:{x}*");
+        let p = s
+            .partition(&Record::new("a:b", 0, Default::default()))
+            .unwrap();
+        assert_eq!(p, "g:a_b_-_");
+        let s = sink("{long}", "s");
+        let serde_json::Value::Object(m) = json!({"long": "y".repeat(600)}) else {
+            unreachable!()
+        };
+        assert_eq!(s.partition(&Record::new("t", 0, m)).unwrap().len(), 512 + 2);
+        let s = sink("g", "{uuid}");
+        let a = s.partition(&rec(1, 0)).unwrap();
+        assert_eq!(a, s.partition(&rec(1, 1)).unwrap());
+        assert_eq!(a.len(), 2 + 36);
+    }
+
+    #[test]
+    fn config_errors() {
+        let conf = aws_sdk_cloudwatchlogs::Config::builder().build();
+        let mut cfg = CloudWatchLogsConfig {
+            name: "t".into(),
+            log_group: "g".into(),
+            log_stream: "{index}".into(),
+            auto_create: true,
+            retention_days: None,
+            tags: HashMap::new(),
+            format: RecordFormat::default(),
+            aws: AwsSettings::default(),
+            batch: default_batch(),
+        };
+        let c = aws_sdk_cloudwatchlogs::Client::from_conf(conf);
+        assert!(build_with_client(cfg.clone(), c.clone()).is_err());
+        cfg.log_stream = "s".into();
+        cfg.retention_days = Some(8);
+        let e = build_with_client(cfg.clone(), c.clone())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("retention_days"), "{e}");
+        cfg.retention_days = Some(30);
+        assert!(build_with_client(cfg, c).is_ok());
+    }
+}

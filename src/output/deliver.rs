@@ -1,0 +1,503 @@
+//! The fate of records once they are in a batch: send, retry, retry only what failed,
+//! dead-letter, count, acknowledge. Every record leaves through exactly one of
+//! [`Shared::delivered`], [`Shared::give_up`] or the undelivered count at the deadline.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use metrics::{Counter, Histogram};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::core::{DeadLetter, OutputHealth, OutputSummary};
+use super::retry::RetryPolicy;
+use super::sink::{BatchBuilder, Failure, Push, SendResult, Sink};
+use crate::buffer::{Acker, Entry};
+
+pub(crate) type BatchOf<S> = <<S as Sink>::Builder as BatchBuilder>::Batch;
+
+/// Field added to dead-lettered records.
+pub const ERROR_FIELD: &str = "firelane_error";
+
+/// A closed batch and the original records in it, in builder item order.
+pub(crate) struct Job<B> {
+    pub partition: String,
+    pub batch: B,
+    pub entries: Vec<Entry>,
+    pub bytes: usize,
+    /// Send attempts these records have already been through.
+    pub attempts: u32,
+}
+
+/// Whether records given up on were refused up front (dropped) or failed in sending.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GiveUp {
+    Rejected,
+    Failed,
+}
+
+/// Test hook recording every acknowledged sequence number.
+pub(crate) type AckProbe = Arc<Mutex<Vec<u64>>>;
+
+pub(crate) struct Acks {
+    pub acker: Acker,
+    pub probe: Option<AckProbe>,
+}
+
+impl Acks {
+    fn ack(&self, entries: &[Entry]) {
+        if entries.is_empty() {
+            return;
+        }
+        let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
+        if let Some(p) = &self.probe {
+            p.lock().extend_from_slice(&seqs);
+        }
+        self.acker.ack(&seqs);
+    }
+}
+
+pub(crate) struct OutputMetrics {
+    sent: Counter,
+    retried: Counter,
+    failed: Counter,
+    dropped: Counter,
+    dead_lettered: Counter,
+    bytes: Counter,
+    batches: Counter,
+    request_seconds: Histogram,
+}
+
+impl OutputMetrics {
+    pub fn new(output: &str) -> Self {
+        let result = |r: &'static str| metrics::counter!("firelane_output_records_total", "output" => output.to_owned(), "result" => r);
+        OutputMetrics {
+            sent: result("sent"),
+            retried: result("retried"),
+            failed: result("failed"),
+            dropped: result("dropped"),
+            dead_lettered: result("dead_lettered"),
+            bytes: metrics::counter!("firelane_output_bytes_total", "output" => output.to_owned()),
+            batches: metrics::counter!("firelane_output_batches_total", "output" => output.to_owned()),
+            request_seconds: metrics::histogram!("firelane_output_request_seconds", "output" => output.to_owned()),
+        }
+    }
+}
+
+/// Everything a delivery task needs, shared by all of one output's tasks.
+pub(crate) struct Shared<S> {
+    pub name: String,
+    pub sink: Arc<S>,
+    pub retry: RetryPolicy,
+    pub dead_letter: Option<DeadLetter>,
+    pub acks: Acks,
+    pub deadline: CancellationToken,
+    pub health: Arc<OutputHealth>,
+    pub metrics: OutputMetrics,
+}
+
+impl<S: Sink> Shared<S> {
+    /// Records that reached the destination.
+    pub fn delivered(&self, entries: &[Entry]) -> u64 {
+        self.metrics.sent.increment(entries.len() as u64);
+        self.acks.ack(entries);
+        entries.len() as u64
+    }
+
+    /// Final handling of records that will not be delivered: dead letter if configured,
+    /// else count them (`dropped` for refused records, `failed` for failed sends). Either
+    /// way they are acknowledged, except when the shutdown deadline interrupts the
+    /// dead-letter push (then they stay unacknowledged and count as undelivered).
+    pub async fn give_up(
+        &self,
+        items: Vec<(Entry, Failure)>,
+        attempts: u32,
+        kind: GiveUp,
+    ) -> OutputSummary {
+        let mut tally = OutputSummary::default();
+        // One log line and one dead-letter push per distinct reason.
+        let mut groups: Vec<(Failure, Vec<Entry>)> = Vec::new();
+        for (entry, failure) in items {
+            match groups.iter_mut().find(|(f, _)| f.reason == failure.reason) {
+                Some((_, v)) => v.push(entry),
+                None => groups.push((failure, vec![entry])),
+            }
+        }
+        for (failure, entries) in groups {
+            tally += self.give_up_group(entries, &failure, attempts, kind).await;
+        }
+        tally
+    }
+
+    async fn give_up_group(
+        &self,
+        entries: Vec<Entry>,
+        failure: &Failure,
+        attempts: u32,
+        kind: GiveUp,
+    ) -> OutputSummary {
+        let mut tally = OutputSummary::default();
+        let n = entries.len() as u64;
+        if n == 0 {
+            return tally;
+        }
+        if kind == GiveUp::Rejected {
+            metrics::counter!("firelane_output_drops_total", "output" => self.name.clone(), "reason" => failure.reason.clone())
+                .increment(n);
+        }
+        let mut lost = n;
+        let mut fate = String::from(match kind {
+            GiveUp::Rejected => "dropped (no dead letter output)",
+            GiveUp::Failed => "failed (no dead letter output)",
+        });
+        if let Some(dl) = &self.dead_letter {
+            let records = entries
+                .iter()
+                .map(|e| with_error(e, &self.name, failure, attempts))
+                .collect();
+            let pushed = tokio::select! {
+                biased;
+                _ = self.deadline.cancelled() => {
+                    tally.undelivered = n;
+                    return tally;
+                }
+                r = dl.writer.push(records) => r,
+            };
+            match pushed {
+                Ok(report) => {
+                    let accepted = (report.accepted as u64).min(n);
+                    tally.dead_lettered = accepted;
+                    self.metrics.dead_lettered.increment(accepted);
+                    lost = n - accepted;
+                    fate = if lost == 0 {
+                        format!("dead-lettered to '{}'", dl.name)
+                    } else {
+                        format!(
+                            "{accepted} dead-lettered to '{}', {lost} refused by its full buffer",
+                            dl.name
+                        )
+                    };
+                }
+                Err(e) => {
+                    let verb = if kind == GiveUp::Rejected {
+                        "dropped"
+                    } else {
+                        "failed"
+                    };
+                    fate = format!(
+                        "{verb} (dead letter output '{}' refused them: {e})",
+                        dl.name
+                    );
+                }
+            }
+        }
+        if lost > 0 {
+            match kind {
+                GiveUp::Rejected => {
+                    tally.dropped = lost;
+                    self.metrics.dropped.increment(lost);
+                }
+                GiveUp::Failed => {
+                    tally.failed = lost;
+                    self.metrics.failed.increment(lost);
+                }
+            }
+        }
+        self.acks.ack(&entries);
+        let what = match kind {
+            GiveUp::Rejected => "record refused",
+            GiveUp::Failed if failure.retryable => "giving up after retries,",
+            GiveUp::Failed => "permanent error",
+        };
+        crate::warn_limited!(
+            log_key(&self.name, &failure.reason),
+            "output {}: {} {}: {}; {} records {} (attempts: {})",
+            self.name,
+            what,
+            failure.reason,
+            failure.message,
+            n,
+            fate,
+            attempts
+        );
+        tally
+    }
+}
+
+/// The record as it goes to the dead letter output: unchanged, plus why it got there.
+fn with_error(
+    entry: &Entry,
+    output: &str,
+    failure: &Failure,
+    attempts: u32,
+) -> crate::event::Record {
+    let mut record = entry.record.clone();
+    record.fields.insert(
+        ERROR_FIELD.to_owned(),
+        json!({
+            "output": output,
+            "reason": failure.reason,
+            "message": failure.message,
+            "attempts": Value::from(attempts),
+        }),
+    );
+    record
+}
+
+/// `warn_limited!` keys must be `&'static str`; one leaked key per (output, reason) pair
+/// gives "once per reason per interval". Capped so a sink inventing reasons cannot leak.
+fn log_key(output: &str, reason: &str) -> &'static str {
+    const MAX_KEYS: usize = 512;
+    static KEYS: OnceLock<Mutex<HashMap<(String, String), &'static str>>> = OnceLock::new();
+    let mut keys = KEYS.get_or_init(Default::default).lock();
+    if let Some(k) = keys.get(&(output.to_owned(), reason.to_owned())) {
+        return k;
+    }
+    if keys.len() >= MAX_KEYS {
+        return "output_give_up_other";
+    }
+    let key: &'static str = Box::leak(format!("output_give_up:{output}:{reason}").into_boxed_str());
+    keys.insert((output.to_owned(), reason.to_owned()), key);
+    key
+}
+
+/// Sleeps `d`; `false` if the deadline came first.
+async fn pause(deadline: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        biased;
+        _ = deadline.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
+    }
+}
+
+/// Outcome of offering one record to an open batch.
+pub(crate) struct Offered<B> {
+    /// The batch was full: this is it, closed; the record went into a fresh builder.
+    pub sealed: Option<(B, Vec<Entry>, usize)>,
+    /// The record was refused.
+    pub refused: Option<(Entry, &'static str)>,
+}
+
+/// Offers `entry` to `builder` (whose items are `entries`), rotating to a fresh builder
+/// on `Full`. A fresh builder answering `Full` would loop forever, so it counts as
+/// `too_large`.
+pub(crate) fn offer<S: Sink>(
+    sink: &S,
+    partition: &str,
+    builder: &mut S::Builder,
+    entries: &mut Vec<Entry>,
+    entry: Entry,
+) -> Offered<BatchOf<S>> {
+    let mut out = Offered {
+        sealed: None,
+        refused: None,
+    };
+    match builder.push(&entry.record) {
+        Push::Added | Push::Truncated => entries.push(entry),
+        Push::Rejected(reason) => out.refused = Some((entry, reason)),
+        Push::Full if builder.is_empty() => out.refused = Some((entry, "too_large")),
+        Push::Full => {
+            let old = std::mem::replace(builder, sink.new_batch(partition));
+            let bytes = old.bytes();
+            out.sealed = Some((old.finish(), std::mem::take(entries), bytes));
+            match builder.push(&entry.record) {
+                Push::Added | Push::Truncated => entries.push(entry),
+                Push::Rejected(reason) => out.refused = Some((entry, reason)),
+                Push::Full => out.refused = Some((entry, "too_large")),
+            }
+        }
+    }
+    out
+}
+
+pub(crate) fn refused_failure(reason: &'static str) -> Failure {
+    Failure::permanent(
+        reason,
+        format!("the sink cannot send this record ({reason})"),
+    )
+}
+
+/// Delivers one batch to the end: until every record is delivered, given up on, or the
+/// shutdown deadline passes.
+pub(crate) async fn deliver<S: Sink>(
+    shared: Arc<Shared<S>>,
+    job: Job<BatchOf<S>>,
+) -> OutputSummary {
+    let mut tally = OutputSummary::default();
+    let mut retry = shared.retry.start();
+    let mut queue = VecDeque::from([job]);
+    while let Some(mut job) = queue.pop_front() {
+        loop {
+            if shared.deadline.is_cancelled() {
+                tally.undelivered += job.entries.len() as u64;
+                tally.undelivered += queue.iter().map(|j| j.entries.len() as u64).sum::<u64>();
+                return tally;
+            }
+            job.attempts = job.attempts.saturating_add(1);
+            let started = Instant::now();
+            let result = tokio::select! {
+                biased;
+                _ = shared.deadline.cancelled() => None,
+                r = shared.sink.send(&job.partition, &job.batch) => Some(r),
+            };
+            let Some(result) = result else { continue };
+            shared
+                .metrics
+                .request_seconds
+                .record(started.elapsed().as_secs_f64());
+            match result {
+                SendResult::Delivered => {
+                    shared.metrics.batches.increment(1);
+                    shared.metrics.bytes.increment(job.bytes as u64);
+                    shared.health.success();
+                    tally.sent += shared.delivered(&job.entries);
+                    break;
+                }
+                SendResult::Failed(failure) => {
+                    shared.health.failure(&failure.reason);
+                    match retry.next(&failure) {
+                        Some(delay) => {
+                            shared.metrics.retried.increment(job.entries.len() as u64);
+                            tracing::debug!(output = %shared.name, reason = %failure.reason, ?delay,
+                                "retrying {} records: {}", job.entries.len(), failure.message);
+                            if !pause(&shared.deadline, delay).await {
+                                continue; // the deadline branch at the top counts them
+                            }
+                        }
+                        None => {
+                            let items = job
+                                .entries
+                                .into_iter()
+                                .map(|e| (e, failure.clone()))
+                                .collect();
+                            tally += shared.give_up(items, job.attempts, GiveUp::Failed).await;
+                            break;
+                        }
+                    }
+                }
+                SendResult::Partial(failures) => {
+                    shared.metrics.batches.increment(1);
+                    shared.metrics.bytes.increment(job.bytes as u64);
+                    let n = job.entries.len();
+                    let mut per_item: Vec<Option<Failure>> = vec![None; n];
+                    for (i, f) in failures {
+                        match per_item.get_mut(i) {
+                            Some(slot) => *slot = Some(f),
+                            None => crate::warn_limited!(
+                                "output_partial_bad_index",
+                                "output {}: sink reported a failure for item {} of a {}-item batch; ignored",
+                                shared.name,
+                                i,
+                                n
+                            ),
+                        }
+                    }
+                    let mut ok = Vec::new();
+                    let mut permanent = Vec::new();
+                    let mut retryable = Vec::new();
+                    for (entry, failure) in job.entries.into_iter().zip(per_item) {
+                        match failure {
+                            None => ok.push(entry),
+                            Some(f) if f.retryable => retryable.push((entry, f)),
+                            Some(f) => permanent.push((entry, f)),
+                        }
+                    }
+                    if ok.is_empty() {
+                        let reason = retryable
+                            .first()
+                            .or(permanent.first())
+                            .map(|(_, f)| f.reason.as_str());
+                        shared.health.failure(reason.unwrap_or("partial"));
+                    } else {
+                        shared.health.success();
+                    }
+                    tally.sent += shared.delivered(&ok);
+                    tally += shared
+                        .give_up(permanent, job.attempts, GiveUp::Failed)
+                        .await;
+                    if retryable.is_empty() {
+                        break;
+                    }
+                    // The longest server hint among the failed items governs the pause.
+                    let governing = retryable
+                        .iter()
+                        .map(|(_, f)| f)
+                        .max_by_key(|f| f.retry_after)
+                        .cloned()
+                        .unwrap_or_else(|| Failure::retryable("partial", "partial failure"));
+                    let Some(delay) = retry.next(&governing) else {
+                        tally += shared
+                            .give_up(retryable, job.attempts, GiveUp::Failed)
+                            .await;
+                        break;
+                    };
+                    shared.metrics.retried.increment(retryable.len() as u64);
+                    tracing::debug!(output = %shared.name, reason = %governing.reason, ?delay,
+                        "retrying {} of {} records after a partial failure", retryable.len(), n);
+                    let entries: Vec<Entry> = retryable.into_iter().map(|(e, _)| e).collect();
+                    if !pause(&shared.deadline, delay).await {
+                        tally.undelivered += entries.len() as u64;
+                        tally.undelivered +=
+                            queue.iter().map(|j| j.entries.len() as u64).sum::<u64>();
+                        return tally;
+                    }
+                    let (rebuilt, refused) =
+                        rebuild(&*shared.sink, &job.partition, entries, job.attempts);
+                    tally += shared
+                        .give_up(refused, job.attempts, GiveUp::Rejected)
+                        .await;
+                    for j in rebuilt.into_iter().rev() {
+                        queue.push_front(j);
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    tally
+}
+
+/// Records a sink refused, with why.
+type Refused = Vec<(Entry, Failure)>;
+
+/// Packs `entries` into as few fresh batches as the sink allows, in order.
+fn rebuild<S: Sink>(
+    sink: &S,
+    partition: &str,
+    entries: Vec<Entry>,
+    attempts: u32,
+) -> (Vec<Job<BatchOf<S>>>, Refused) {
+    let mut jobs = Vec::new();
+    let mut refused = Vec::new();
+    let mut builder = sink.new_batch(partition);
+    let mut current = Vec::new();
+    for entry in entries {
+        let o = offer(sink, partition, &mut builder, &mut current, entry);
+        if let Some((batch, entries, bytes)) = o.sealed {
+            jobs.push(Job {
+                partition: partition.to_owned(),
+                batch,
+                entries,
+                bytes,
+                attempts,
+            });
+        }
+        if let Some((entry, reason)) = o.refused {
+            refused.push((entry, refused_failure(reason)));
+        }
+    }
+    if !current.is_empty() {
+        let bytes = builder.bytes();
+        jobs.push(Job {
+            partition: partition.to_owned(),
+            batch: builder.finish(),
+            entries: current,
+            bytes,
+            attempts,
+        });
+    }
+    (jobs, refused)
+}

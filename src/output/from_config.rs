@@ -1,0 +1,315 @@
+//! Turns a validated `[outputs.NAME]` table into a running output: its buffer settings,
+//! its delivery context and its sink. Defaults that the config leaves open live here.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::task::JoinHandle;
+
+use super::aws::{AwsSettings, RecordFormat, cloudwatch_logs, firehose, s3};
+use super::core::{DeadLetter, OutputContext, OutputHealth, OutputShutdown, OutputSummary};
+use super::encode::Encoding;
+use super::retry::RetryPolicy;
+use super::sink::{BatchSettings, Sink};
+use super::{file, http, null, stdout};
+use crate::admin::HealthReport;
+use crate::buffer::{
+    BufferKind, BufferReader, BufferSettings, BufferWriter, FsyncPolicy, WhenFull,
+};
+use crate::config::{
+    AwsSpec, BufferSpec, BufferType, Compression, FsyncSpec, OutputKind, OutputSpec, WhenFullSpec,
+};
+
+/// Memory buffers hold decoded records and count against `runtime.memory_limit`.
+pub const DEFAULT_MEMORY_BUFFER: u64 = 32 << 20;
+pub const DEFAULT_DISK_BUFFER: u64 = 1 << 30;
+
+/// Buffer settings of one output; `dir` is `data_dir/buffers/NAME`.
+pub fn buffer_settings(spec: &BufferSpec, dir: PathBuf) -> BufferSettings {
+    let when_full = match spec.when_full {
+        WhenFullSpec::Block => WhenFull::Block,
+        WhenFullSpec::DropNewest => WhenFull::DropNewest,
+    };
+    let mut settings = match spec.kind {
+        BufferType::Memory => {
+            BufferSettings::memory(spec.max_size.unwrap_or(DEFAULT_MEMORY_BUFFER), when_full)
+        }
+        BufferType::Disk => {
+            BufferSettings::disk(dir, spec.max_size.unwrap_or(DEFAULT_DISK_BUFFER), when_full)
+        }
+    };
+    settings.fsync = match spec.fsync {
+        FsyncSpec::Always => FsyncPolicy::Always,
+        FsyncSpec::Interval(d) => FsyncPolicy::Interval(d),
+        FsyncSpec::Never => FsyncPolicy::Never,
+    };
+    settings
+}
+
+/// Batch limits: the sink's defaults, overridden key by key by `batch = { ... }`.
+pub fn batch_settings(o: &OutputSpec) -> BatchSettings {
+    let defaults = match &o.kind {
+        // Local sinks: small, frequent writes keep `tail -f` and tests responsive.
+        OutputKind::Stdout | OutputKind::File { .. } => BatchSettings {
+            max_records: 1024,
+            max_bytes: 1 << 20,
+            max_age: Duration::from_millis(200),
+        },
+        OutputKind::Null => BatchSettings {
+            max_records: 4096,
+            max_bytes: 4 << 20,
+            max_age: Duration::from_millis(200),
+        },
+        OutputKind::Http { .. } => BatchSettings {
+            max_records: 1000,
+            max_bytes: 1 << 20,
+            max_age: Duration::from_secs(1),
+        },
+        OutputKind::S3 { .. } => s3::default_batch(),
+        OutputKind::Firehose { .. } => firehose::default_batch(),
+        OutputKind::CloudWatchLogs { .. } => cloudwatch_logs::default_batch(),
+    };
+    BatchSettings {
+        max_records: o
+            .batch
+            .max_records
+            .map_or(defaults.max_records, |n| n as usize),
+        max_bytes: o.batch.max_bytes.map_or(defaults.max_bytes, |n| n as usize),
+        max_age: o.batch.max_age.unwrap_or(defaults.max_age),
+    }
+}
+
+pub fn retry_policy(o: &OutputSpec) -> RetryPolicy {
+    let d = RetryPolicy::default();
+    RetryPolicy {
+        initial_backoff: o.retry.initial_backoff.unwrap_or(d.initial_backoff),
+        max_backoff: o.retry.max_backoff.unwrap_or(d.max_backoff),
+        max_elapsed: o.retry.max_elapsed.or(d.max_elapsed),
+        max_retries: o.retry.max_retries.or(d.max_retries),
+    }
+}
+
+/// The delivery context of `o`. `dead_letter` is the writer of the output named in
+/// `dead_letter = "..."`, if any.
+pub fn context_for(
+    o: &OutputSpec,
+    dead_letter: Option<BufferWriter>,
+    shutdown: OutputShutdown,
+) -> OutputContext {
+    let mut ctx = OutputContext::new(&o.name, batch_settings(o));
+    ctx.retry = retry_policy(o);
+    // Local sinks write in order; remote ones overlap requests for different keys/streams.
+    let default_concurrency = match o.kind {
+        OutputKind::Stdout | OutputKind::File { .. } | OutputKind::Null => 1,
+        _ => 4,
+    };
+    ctx.concurrency = o.concurrency.unwrap_or(default_concurrency).max(1);
+    ctx.dead_letter = dead_letter
+        .zip(o.dead_letter.clone())
+        .map(|(writer, name)| DeadLetter { name, writer });
+    ctx.shutdown = shutdown;
+    ctx.buffer = match o.buffer.kind {
+        BufferType::Memory => BufferKind::Memory,
+        BufferType::Disk => BufferKind::Disk,
+    };
+    ctx
+}
+
+fn encoding_for(o: &OutputSpec) -> Encoding {
+    Encoding {
+        tag_key: o.tag_key.clone(),
+        time_key: o.time_key.clone(),
+    }
+}
+
+fn format_for(o: &OutputSpec, log_key: &Option<String>) -> RecordFormat {
+    RecordFormat {
+        log_key: log_key.clone(),
+        tag_key: o.tag_key.clone(),
+        time_key: o.time_key.clone(),
+    }
+}
+
+fn aws_settings(a: &AwsSpec) -> AwsSettings {
+    AwsSettings {
+        region: a.region.clone(),
+        endpoint_url: a.endpoint_url.clone(),
+        role_arn: a.role_arn.clone(),
+    }
+}
+
+fn s3_compression(c: Compression) -> s3::Compression {
+    match c {
+        Compression::None => s3::Compression::None,
+        Compression::Gzip => s3::Compression::Gzip,
+        Compression::Zstd => s3::Compression::Zstd,
+    }
+}
+
+/// `/health` view of one output.
+struct HealthView {
+    name: String,
+    health: Arc<OutputHealth>,
+}
+
+impl HealthReport for HealthView {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn report(&self) -> serde_json::Value {
+        let last_success = self
+            .health
+            .last_success()
+            .map(|t| chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339());
+        serde_json::json!({
+            "last_success": last_success,
+            "consecutive_failures": self.health.consecutive_failures(),
+            "last_failure": self.health.last_failure_reason(),
+        })
+    }
+}
+
+/// Builds the sink of `o` (checking credentials-free settings, opening files) and starts
+/// its delivery loop on the buffer `reader`.
+pub async fn start(
+    o: &OutputSpec,
+    ctx: OutputContext,
+    reader: BufferReader,
+) -> anyhow::Result<(JoinHandle<OutputSummary>, Arc<dyn HealthReport>)> {
+    fn spawn<S: Sink>(
+        ctx: OutputContext,
+        sink: S,
+        reader: BufferReader,
+    ) -> (JoinHandle<OutputSummary>, Arc<dyn HealthReport>) {
+        let health: Arc<dyn HealthReport> = Arc::new(HealthView {
+            name: ctx.name.clone(),
+            health: ctx.health.clone(),
+        });
+        (
+            tokio::spawn(super::core::run(ctx, Arc::new(sink), reader)),
+            health,
+        )
+    }
+    let batch = ctx.batch.clone();
+    Ok(match &o.kind {
+        OutputKind::Stdout => spawn(
+            ctx,
+            stdout::StdoutSink::new(&stdout::StdoutConfig {}, encoding_for(o), &batch),
+            reader,
+        ),
+        OutputKind::Null => spawn(ctx, null::NullSink::new(&batch), reader),
+        OutputKind::File { path } => {
+            let config = file::FileConfig { path: path.clone() };
+            spawn(
+                ctx,
+                file::FileSink::new(&config, encoding_for(o), &batch),
+                reader,
+            )
+        }
+        OutputKind::Http {
+            url,
+            method,
+            headers,
+            compression,
+            timeout,
+        } => {
+            let compression = match compression {
+                Compression::None => http::HttpCompression::None,
+                Compression::Gzip => http::HttpCompression::Gzip,
+                Compression::Zstd => anyhow::bail!("http outputs support compression none or gzip"),
+            };
+            let config = http::HttpConfig {
+                url: url.clone(),
+                method: method.clone(),
+                headers: headers.clone(),
+                compression,
+                timeout: *timeout,
+            };
+            spawn(
+                ctx,
+                http::HttpSink::new(&config, encoding_for(o), &batch)?,
+                reader,
+            )
+        }
+        OutputKind::S3 {
+            bucket,
+            key,
+            compression,
+            storage_class,
+            content_type,
+            acl,
+            log_key,
+            align,
+            force_path_style,
+            aws,
+        } => {
+            let cfg = s3::S3Config {
+                name: o.name.clone(),
+                bucket: bucket.clone(),
+                key: key.clone(),
+                compression: s3_compression(*compression),
+                storage_class: storage_class.clone(),
+                content_type: content_type.clone(),
+                acl: acl.clone(),
+                format: format_for(o, log_key),
+                align: *align,
+                force_path_style: *force_path_style,
+                aws: aws_settings(aws),
+                batch,
+            };
+            spawn(ctx, s3::build(cfg).await?, reader)
+        }
+        OutputKind::Firehose {
+            delivery_stream,
+            aggregate,
+            oversize,
+            log_key,
+            aws,
+        } => {
+            let oversize = match oversize.as_str() {
+                "truncate" => firehose::Oversize::Truncate,
+                "drop" => firehose::Oversize::Drop,
+                "split" => firehose::Oversize::Split,
+                other => anyhow::bail!("oversize = {other:?}: expected split, truncate or drop"),
+            };
+            let cfg = firehose::FirehoseConfig {
+                name: o.name.clone(),
+                delivery_stream: delivery_stream.clone(),
+                aggregate: *aggregate,
+                oversize,
+                format: format_for(o, log_key),
+                aws: aws_settings(aws),
+                batch,
+            };
+            spawn(ctx, firehose::build(cfg).await?, reader)
+        }
+        OutputKind::CloudWatchLogs {
+            log_group,
+            log_stream,
+            auto_create,
+            retention_days,
+            tags,
+            log_key,
+            aws,
+        } => {
+            let retention_days = retention_days
+                .map(|d| i32::try_from(d).context("retention_days is too large"))
+                .transpose()?;
+            let cfg = cloudwatch_logs::CloudWatchLogsConfig {
+                name: o.name.clone(),
+                log_group: log_group.clone(),
+                log_stream: log_stream.clone(),
+                auto_create: *auto_create,
+                retention_days,
+                tags: tags.iter().cloned().collect(),
+                format: format_for(o, log_key),
+                aws: aws_settings(aws),
+                batch,
+            };
+            spawn(ctx, cloudwatch_logs::build(cfg).await?, reader)
+        }
+    })
+}

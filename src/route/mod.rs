@@ -1,0 +1,160 @@
+//! Routing: which outputs a record reaches.
+//!
+//! Routes are tried in file order. A route takes a record when every condition it has
+//! holds: `from` (input names), `tag` (globs, any of them) and `pattern` (an EventBridge
+//! event pattern over the record body). Every matching route receives the record (fan-out)
+//! until one with `final = true` matches. A record that reaches the same output through
+//! several routes is delivered to that output once.
+
+pub mod pattern;
+pub mod tag;
+
+use crate::event::Record;
+use pattern::Pattern;
+use tag::TagGlob;
+
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    /// Input indices this route accepts; `None` = every input.
+    pub from: Option<Vec<usize>>,
+    /// Any glob may match; empty = every tag.
+    pub tags: Vec<TagGlob>,
+    pub pattern: Option<Pattern>,
+    /// Output indices.
+    pub to: Vec<usize>,
+    pub is_final: bool,
+}
+
+impl Route {
+    pub fn accepts(&self, input: usize, record: &Record) -> bool {
+        if let Some(from) = &self.from
+            && !from.contains(&input)
+        {
+            return false;
+        }
+        if !self.tags.is_empty() && !self.tags.iter().any(|g| g.matches(&record.tag)) {
+            return false;
+        }
+        match &self.pattern {
+            Some(p) => p.matches_fields(&record.fields),
+            None => true,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Router {
+    routes: Vec<Route>,
+}
+
+/// The routes and outputs one record reaches.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Decision {
+    pub routes: Vec<usize>,
+    /// Distinct output indices, in first-reached order.
+    pub outputs: Vec<usize>,
+}
+
+impl Decision {
+    pub fn clear(&mut self) {
+        self.routes.clear();
+        self.outputs.clear();
+    }
+}
+
+impl Router {
+    pub fn new(routes: Vec<Route>) -> Self {
+        Router { routes }
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// Fills `out` with the routes and outputs `record` from `input` reaches.
+    /// `out` is reused by callers so routing allocates nothing per record.
+    pub fn decide(&self, input: usize, record: &Record, out: &mut Decision) {
+        out.clear();
+        for (i, route) in self.routes.iter().enumerate() {
+            if !route.accepts(input, record) {
+                continue;
+            }
+            out.routes.push(i);
+            for &o in &route.to {
+                if !out.outputs.contains(&o) {
+                    out.outputs.push(o);
+                }
+            }
+            if route.is_final {
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rec(tag: &str, body: serde_json::Value) -> Record {
+        let serde_json::Value::Object(m) = body else {
+            panic!("test body must be an object")
+        };
+        Record::new(tag, 0, m)
+    }
+
+    fn route(
+        name: &str,
+        from: Option<Vec<usize>>,
+        tags: &[&str],
+        pat: Option<&str>,
+        to: &[usize],
+        fin: bool,
+    ) -> Route {
+        Route {
+            name: name.into(),
+            from,
+            tags: tags.iter().map(|t| TagGlob::new(t).unwrap()).collect(),
+            pattern: pat.map(|p| Pattern::parse(p).unwrap()),
+            to: to.to_vec(),
+            is_final: fin,
+        }
+    }
+
+    #[test]
+    fn fan_out_until_final_and_dedupe_outputs() {
+        let r = Router::new(vec![
+            route(
+                "access",
+                Some(vec![0]),
+                &["*-firelens-*"],
+                Some(r#"{"log":[{"prefix":"GET "}]}"#),
+                &[0, 1],
+                true,
+            ),
+            route("all_app", Some(vec![0]), &[], None, &[1], false),
+            route("copy", None, &[], None, &[1, 2], false),
+        ]);
+        let mut d = Decision::default();
+        r.decide(0, &rec("web-firelens-abc", json!({"log": "GET /"})), &mut d);
+        assert_eq!(d.routes, vec![0]);
+        assert_eq!(d.outputs, vec![0, 1]);
+
+        r.decide(0, &rec("web-firelens-abc", json!({"log": "error"})), &mut d);
+        assert_eq!(d.routes, vec![1, 2]);
+        assert_eq!(d.outputs, vec![1, 2]);
+
+        r.decide(1, &rec("events", json!({"log": "GET /"})), &mut d);
+        assert_eq!(d.routes, vec![2]);
+    }
+
+    #[test]
+    fn unrouted_when_nothing_matches() {
+        let r = Router::new(vec![route("only_tag", None, &["app.*"], None, &[0], false)]);
+        let mut d = Decision::default();
+        r.decide(0, &rec("other", json!({})), &mut d);
+        assert!(d.routes.is_empty() && d.outputs.is_empty());
+    }
+}

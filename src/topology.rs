@@ -1,0 +1,454 @@
+//! Builds the running router from a [`Config`] and takes it down in order.
+//!
+//! Start-up: buffers (replaying what a previous run left on disk), outputs, router, inputs,
+//! then readiness. Shutdown (SIGTERM/SIGINT), within `runtime.shutdown_grace`:
+//! 1. not ready; inputs stop accepting and drain what clients already sent;
+//! 2. buffers are closed and every output flushes its open batches at once (no waiting for
+//!    `max_age`), delivering with retries; dead-letter targets close after their sources;
+//! 3. at the deadline outputs give up: disk buffers keep the rest for the next start,
+//!    memory buffers report it as lost in one log line; then exit 0.
+//!
+//! A second signal exits at once.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, AdminState, HealthReport, Readiness};
+use crate::buffer::budget::MemoryBudget;
+use crate::buffer::{self, BufferReader, BufferSettings, BufferWriter};
+use crate::config::{self, Config, InputKind, OutputKind, OutputSpec};
+use crate::event::Record;
+use crate::output;
+use crate::output::core::{OutputShutdown, OutputSummary};
+use crate::pipeline::{OutputPort, Pipeline};
+use crate::route::{Decision, Route, Router};
+
+/// Builds the router for `config` (index-resolved names).
+pub fn build_router(config: &Config) -> Router {
+    let input_idx = |n: &str| config.inputs.iter().position(|i| i.name == n);
+    let output_idx = |n: &str| config.outputs.iter().position(|o| o.name == n);
+    let routes = config
+        .routes
+        .iter()
+        .map(|r| Route {
+            name: r.name.clone(),
+            from: if r.from.is_empty() {
+                None
+            } else {
+                Some(r.from.iter().filter_map(|f| input_idx(f)).collect())
+            },
+            tags: r.tags.clone(),
+            pattern: r.pattern.clone(),
+            to: r.to.iter().filter_map(|t| output_idx(t)).collect(),
+            is_final: r.is_final,
+        })
+        .collect();
+    Router::new(routes)
+}
+
+/// Human-readable plan for `firelane check`.
+pub fn plan(config: &Config) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "inputs:");
+    for i in &config.inputs {
+        match &i.kind {
+            InputKind::Forward(f) => {
+                let _ = writeln!(s, "  {} (forward): {}", i.name, f.listen.join(", "));
+            }
+            InputKind::Http(h) => {
+                let auth = match &h.auth {
+                    crate::input::http::HttpAuth::None => "no auth",
+                    crate::input::http::HttpAuth::ApiKey { .. } => "api_key auth",
+                    crate::input::http::HttpAuth::Bearer { .. } => "bearer auth",
+                    crate::input::http::HttpAuth::Basic { .. } => "basic auth",
+                };
+                let _ = writeln!(s, "  {} (http): {} ({auth})", i.name, h.listen);
+            }
+        }
+    }
+    let _ = writeln!(
+        s,
+        "routes (in file order; every match receives the record until a final one):"
+    );
+    for r in &config.routes {
+        let from = if r.from.is_empty() {
+            "every input".to_string()
+        } else {
+            r.from.join(", ")
+        };
+        let mut cond = Vec::new();
+        if !r.tags.is_empty() {
+            cond.push(format!(
+                "tag {}",
+                r.tags
+                    .iter()
+                    .map(|t| t.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            ));
+        }
+        if let Some(p) = &r.pattern_json {
+            cond.push(format!("pattern {p}"));
+        }
+        let cond = if cond.is_empty() {
+            "every record".to_string()
+        } else {
+            cond.join(" and ")
+        };
+        let fin = if r.is_final { " (final)" } else { "" };
+        let _ = writeln!(
+            s,
+            "  {}: from {from}, {cond} → {}{fin}",
+            r.name,
+            r.to.join(", ")
+        );
+    }
+    let _ = writeln!(s, "outputs:");
+    for o in &config.outputs {
+        let buf = match o.buffer.kind {
+            config::BufferType::Memory => "memory buffer".to_string(),
+            config::BufferType::Disk => {
+                format!(
+                    "disk buffer in {}",
+                    config
+                        .runtime
+                        .data_dir
+                        .join("buffers")
+                        .join(&o.name)
+                        .display()
+                )
+            }
+        };
+        let dl = o
+            .dead_letter
+            .as_ref()
+            .map(|d| format!(", dead letters → {d}"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "  {} ({}): {}{buf}{dl}",
+            o.name,
+            o.kind.type_name(),
+            describe(&o.kind)
+        );
+    }
+    s
+}
+
+fn describe(kind: &OutputKind) -> String {
+    match kind {
+        OutputKind::Stdout | OutputKind::Null => String::new(),
+        OutputKind::File { path } => format!("{}, ", path.display()),
+        OutputKind::Http { url, .. } => format!("{url}, "),
+        OutputKind::S3 { bucket, key, .. } => format!("s3://{bucket}/{key}, "),
+        OutputKind::Firehose {
+            delivery_stream, ..
+        } => format!("{delivery_stream}, "),
+        OutputKind::CloudWatchLogs {
+            log_group,
+            log_stream,
+            ..
+        } => format!("{log_group} / {log_stream}, "),
+    }
+}
+
+/// `firelane route`: which routes and outputs a record would reach.
+pub fn dry_run(
+    config: &Config,
+    event: &str,
+    tag: Option<&str>,
+    input: Option<&str>,
+) -> Result<String, String> {
+    let fields = match serde_json::from_str::<serde_json::Value>(event) {
+        Ok(serde_json::Value::Object(m)) => m,
+        Ok(_) => return Err("the event must be a JSON object".into()),
+        Err(e) => return Err(format!("invalid event JSON: {e}")),
+    };
+    let tag = tag
+        .map(str::to_string)
+        .unwrap_or_else(|| match fields.get("detail-type") {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            _ => String::new(),
+        });
+    let record = Record::new(tag.as_str(), crate::event::now_ns(), fields);
+    let router = build_router(config);
+    let inputs: Vec<(usize, &str)> = match input {
+        Some(name) => match config.inputs.iter().position(|i| i.name == name) {
+            Some(i) => vec![(i, name)],
+            None => return Err(format!("no input named {name:?}")),
+        },
+        None => config
+            .inputs
+            .iter()
+            .enumerate()
+            .map(|(i, x)| (i, x.name.as_str()))
+            .collect(),
+    };
+    let mut out = String::new();
+    let mut d = Decision::default();
+    let _ = writeln!(out, "tag: {tag:?}");
+    for (i, name) in inputs {
+        router.decide(i, &record, &mut d);
+        if d.routes.is_empty() {
+            let _ = writeln!(
+                out,
+                "from input {name}: no route matches (record would be counted as unrouted and dropped)"
+            );
+            continue;
+        }
+        let routes: Vec<&str> = d
+            .routes
+            .iter()
+            .map(|&r| router.routes()[r].name.as_str())
+            .collect();
+        let outputs: Vec<&str> = d
+            .outputs
+            .iter()
+            .map(|&o| config.outputs[o].name.as_str())
+            .collect();
+        let _ = writeln!(
+            out,
+            "from input {name}: routes {} → outputs {}",
+            routes.join(", "),
+            outputs.join(", ")
+        );
+    }
+    Ok(out)
+}
+
+struct RunningOutput {
+    name: String,
+    writer: BufferWriter,
+    handle: JoinHandle<OutputSummary>,
+}
+
+/// Runs until SIGTERM/SIGINT, then shuts down within the grace period.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let prometheus = admin::install_metrics()?;
+    let budget = MemoryBudget::new(config.runtime.memory_limit as usize);
+    let readiness = Arc::new(Readiness::default());
+    readiness.expect(config.inputs.len() + config.outputs.len());
+
+    let flush = CancellationToken::new();
+    let deadline = CancellationToken::new();
+
+    // Buffers first, so a restart replays what is left before new records arrive.
+    let mut writers = Vec::new();
+    let mut readers: Vec<Option<BufferReader>> = Vec::new();
+    for o in &config.outputs {
+        let settings = buffer_settings(&config, o);
+        let (w, r, report) = buffer::open(&o.name, &settings, budget.clone())
+            .with_context(|| format!("output {}: cannot open its buffer", o.name))?;
+        if report.replayed_records > 0 || report.quarantined_segments > 0 {
+            tracing::info!(
+                output = %o.name,
+                replayed = report.replayed_records,
+                quarantined_segments = report.quarantined_segments,
+                "disk buffer reopened: undelivered records will be sent again"
+            );
+        }
+        writers.push(w);
+        readers.push(Some(r));
+    }
+
+    let mut running = Vec::new();
+    let mut health: Vec<Arc<dyn HealthReport>> = Vec::new();
+    for (i, o) in config.outputs.iter().enumerate() {
+        let reader = readers[i].take().context("buffer reader used twice")?;
+        let dead_letter = o
+            .dead_letter
+            .as_ref()
+            .and_then(|n| config.outputs.iter().position(|x| &x.name == n))
+            .map(|j| writers[j].clone());
+        let ctx = output::from_config::context_for(
+            o,
+            dead_letter,
+            OutputShutdown {
+                flush: flush.clone(),
+                deadline: deadline.clone(),
+            },
+        );
+        let (handle, h) = output::from_config::start(o, ctx, reader)
+            .await
+            .with_context(|| format!("output {}: cannot start", o.name))?;
+        health.push(h);
+        running.push(RunningOutput {
+            name: o.name.clone(),
+            writer: writers[i].clone(),
+            handle,
+        });
+        readiness.component_ready();
+    }
+
+    let ports = config
+        .outputs
+        .iter()
+        .zip(&writers)
+        .map(|(o, w)| OutputPort::new(&o.name, w.clone()))
+        .collect();
+    let pipeline = Pipeline::new(build_router(&config), ports);
+
+    let inputs_stop = CancellationToken::new();
+    let mut input_tasks: Vec<JoinHandle<()>> = Vec::new();
+    for (i, spec) in config.inputs.iter().enumerate() {
+        let ingest = pipeline.port(i, &spec.name);
+        match &spec.kind {
+            InputKind::Forward(f) => {
+                let cfg = crate::input::forward::ForwardConfig::from_spec(&spec.name, f)
+                    .map_err(|e| anyhow::anyhow!("input {}: {e}", spec.name))?;
+                let tasks =
+                    crate::input::forward::spawn(cfg, ingest, budget.clone(), inputs_stop.clone())
+                        .await
+                        .with_context(|| format!("input {}", spec.name))?;
+                input_tasks.extend(tasks);
+            }
+            InputKind::Http(h) => {
+                let t = crate::input::http::spawn(
+                    h.clone(),
+                    ingest,
+                    budget.clone(),
+                    inputs_stop.clone(),
+                )
+                .await
+                .with_context(|| format!("input {}", spec.name))?;
+                input_tasks.push(t);
+            }
+        }
+        readiness.component_ready();
+    }
+
+    let admin_stop = CancellationToken::new();
+    let state = Arc::new(AdminState {
+        readiness: readiness.clone(),
+        prometheus,
+        outputs: health,
+    });
+    let admin_task = admin::spawn(config.admin.listen, state, admin_stop.clone()).await?;
+    tracing::info!(
+        inputs = config.inputs.len(),
+        routes = config.routes.len(),
+        outputs = config.outputs.len(),
+        "firelane is ready"
+    );
+
+    let signal = wait_for_signal().await;
+    let started = tokio::time::Instant::now();
+    let grace = config.runtime.shutdown_grace;
+    tracing::info!(
+        signal,
+        grace_secs = grace.as_secs_f64(),
+        "shutting down: draining inputs, flushing outputs"
+    );
+    tokio::spawn(async {
+        let second = wait_for_signal().await;
+        eprintln!("firelane: second {second}, exiting now");
+        std::process::exit(130);
+    });
+    readiness.shutting_down();
+
+    // 1. Inputs: stop accepting, let connections drain what they already sent.
+    inputs_stop.cancel();
+    let input_budget = (grace / 4).min(Duration::from_secs(5));
+    let _ = tokio::time::timeout(input_budget, futures::future::join_all(input_tasks)).await;
+
+    // 2. Outputs: flush now; close buffers so readers end once drained; dead-letter
+    //    targets last, after every output that may still dead-letter into them.
+    flush.cancel();
+    let hard_stop = started + grace.saturating_sub(Duration::from_millis(500));
+    let summaries = drain_outputs(&config.outputs, running, hard_stop, &deadline).await;
+
+    let mut lost = 0u64;
+    for (name, s) in &summaries {
+        lost += s.undelivered;
+        tracing::info!(output = %name, sent = s.sent, dropped = s.dropped, dead_lettered = s.dead_lettered, failed = s.failed, undelivered = s.undelivered, "output stopped");
+    }
+    if lost > 0 {
+        tracing::warn!(
+            records = lost,
+            "shutdown finished with undelivered records (disk buffers keep theirs for the next start)"
+        );
+    }
+    admin_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_millis(200), admin_task).await;
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "firelane stopped"
+    );
+    Ok(())
+}
+
+async fn drain_outputs(
+    outputs: &[OutputSpec],
+    running: Vec<RunningOutput>,
+    hard_stop: tokio::time::Instant,
+    deadline: &CancellationToken,
+) -> Vec<(String, OutputSummary)> {
+    let n = running.len();
+    let sources_of = |j: usize| -> Vec<usize> {
+        (0..n)
+            .filter(|&i| outputs[i].dead_letter.as_deref() == Some(outputs[j].name.as_str()))
+            .collect()
+    };
+    let mut slots: Vec<Option<RunningOutput>> = running.into_iter().map(Some).collect();
+    let mut done = vec![false; n];
+    let mut summaries = Vec::new();
+    while done.iter().any(|d| !d) {
+        let wave: Vec<usize> = (0..n)
+            .filter(|&j| !done[j] && sources_of(j).iter().all(|&s| done[s]))
+            .collect();
+        // A cycle is rejected by config validation; close everything if one slipped through.
+        let wave = if wave.is_empty() {
+            (0..n).filter(|&j| !done[j]).collect()
+        } else {
+            wave
+        };
+        let mut handles = Vec::new();
+        for &j in &wave {
+            if let Some(r) = slots[j].take() {
+                r.writer.close();
+                handles.push((j, r.name, r.handle));
+            }
+        }
+        for (j, name, mut handle) in handles {
+            let summary = tokio::select! {
+                res = &mut handle => res.ok(),
+                _ = tokio::time::sleep_until(hard_stop) => {
+                    deadline.cancel();
+                    tokio::time::timeout(Duration::from_millis(400), handle).await.ok().and_then(|r| r.ok())
+                }
+            };
+            done[j] = true;
+            summaries.push((name, summary.unwrap_or_default()));
+        }
+    }
+    summaries
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers we can only wait for ctrl-c.
+        let _ = tokio::signal::ctrl_c().await;
+        return "SIGINT";
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+fn buffer_settings(config: &Config, o: &OutputSpec) -> BufferSettings {
+    output::from_config::buffer_settings(
+        &o.buffer,
+        config.runtime.data_dir.join("buffers").join(&o.name),
+    )
+}
