@@ -7,12 +7,15 @@ COPY src ./src
 COPY config ./config
 COPY benches ./benches
 RUN cargo build --release --locked --bin firelane \
- && strip target/release/firelane
+ && strip target/release/firelane \
+ && mkdir -p /out/var/lib/firelane
 
 # distroless/cc has glibc, CA certificates and a nonroot user, and nothing else.
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/firelane /usr/local/bin/firelane
 COPY config/firelens.toml /etc/firelane/firelane.toml
+# distroless has no shell to mkdir/chown: bring the data directory over owned by nonroot.
+COPY --from=build --chown=65532:65532 /out/var/lib/firelane /var/lib/firelane
 # Forward (TCP), HTTP events, admin (/health /ready /metrics).
 EXPOSE 24224 8080 2020
 # Disk buffers. Mount a volume here (ECS: a bind mount or EFS) for durability across tasks.

@@ -111,7 +111,12 @@ fn main() -> ExitCode {
 /// Finds and loads the config: `-c`, `$FIRELANE_CONFIG`, the system path, or the embedded default.
 fn load(explicit: Option<PathBuf>) -> Result<(String, Loaded), config::ConfigErrors> {
     let path = explicit
-        .or_else(|| std::env::var_os("FIRELANE_CONFIG").map(PathBuf::from))
+        // An empty FIRELANE_CONFIG (a task definition's placeholder) counts as unset.
+        .or_else(|| {
+            std::env::var_os("FIRELANE_CONFIG")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
         .or_else(|| {
             let p = PathBuf::from(config::SYSTEM_PATH);
             p.exists().then_some(p)
@@ -166,8 +171,8 @@ fn run(config: Option<PathBuf>) -> ExitCode {
     match runtime.block_on(firelane::topology::run(loaded.config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("firelane: {e:#}");
+            // The logger writes to stderr already; one line, not two.
+            tracing::error!("firelane stopped: {e:#}");
             ExitCode::FAILURE
         }
     }

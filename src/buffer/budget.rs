@@ -87,6 +87,21 @@ impl MemoryBudget {
         }
     }
 
+    /// Like [`try_acquire`](Self::try_acquire), but only while a quarter of the budget
+    /// would stay free afterwards. For buffers that shed load (`drop_newest`): a stalled
+    /// output that drops when full must not take the whole budget, or every output that
+    /// waits for memory (and the inputs decoding frames) would stall behind it, though
+    /// it promised to drop rather than push back. The check and the take are not one
+    /// atomic step: concurrent callers may dip into the reserve by one request each.
+    pub fn try_acquire_shedding(&self, bytes: usize) -> Option<Reservation> {
+        let units = self.units(bytes) as usize;
+        let reserve = (self.limit_units / 4) as usize;
+        if self.sem.available_permits() < units + reserve {
+            return None;
+        }
+        self.try_acquire(bytes)
+    }
+
     /// Takes `bytes` now or returns `None` when the budget is spent.
     pub fn try_acquire(&self, bytes: usize) -> Option<Reservation> {
         let units = self.units(bytes);
@@ -123,6 +138,24 @@ mod tests {
         assert_eq!(b.available(), 0);
         drop(r);
         assert_eq!(b.available(), 8 * UNIT);
+    }
+
+    #[tokio::test]
+    async fn shedding_leaves_a_quarter_free() {
+        let b = MemoryBudget::new(8 * UNIT);
+        let r = b
+            .try_acquire_shedding(6 * UNIT)
+            .expect("fits above the reserve");
+        assert!(
+            b.try_acquire_shedding(UNIT).is_none(),
+            "would dip into the reserve"
+        );
+        assert!(
+            b.try_acquire(2 * UNIT).is_some(),
+            "the reserve is there for others"
+        );
+        drop(r);
+        assert!(b.try_acquire_shedding(7 * UNIT).is_none());
     }
 
     #[tokio::test]

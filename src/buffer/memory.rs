@@ -147,7 +147,9 @@ impl Writer {
                     let mut reservation = None;
                     while n > 0 {
                         let bytes: u64 = sizes.iter().take(n).sum();
-                        if let Some(r) = sh.budget.try_acquire(bytes as usize) {
+                        // Never the budget's last quarter: a stalled output that drops
+                        // when full must not starve the outputs that wait for memory.
+                        if let Some(r) = sh.budget.try_acquire_shedding(bytes as usize) {
                             reservation = Some(r);
                             break;
                         }

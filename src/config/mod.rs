@@ -314,15 +314,19 @@ fn resolve_path(p: &str) -> PathBuf {
 fn read_config(top: &mut Table<'_, '_>, d: &mut Diagnostics) -> Config {
     let admin = read_admin(top, d);
     let runtime = read_runtime(top, d);
+    // Inputs and outputs that exist but failed to read: their own errors are reported, so
+    // routes naming them must not add "unknown input/output" noise on top.
+    let mut broken: Vec<String> = Vec::new();
     let mut inputs = Vec::new();
     if let Some(mut t) = top.opt_table(d, "inputs") {
         for (name, mut it) in t.subtables(d) {
             check_name(d, &name, "input");
-            if let Some(kind) = read_input(&name, &mut it, d) {
-                inputs.push(InputSpec {
+            match read_input(&name, &mut it, d) {
+                Some(kind) => inputs.push(InputSpec {
                     name: name.get_ref().clone(),
                     kind,
-                });
+                }),
+                None => broken.push(name.get_ref().clone()),
             }
         }
         t.finish(d);
@@ -332,9 +336,12 @@ fn read_config(top: &mut Table<'_, '_>, d: &mut Diagnostics) -> Config {
     if let Some(mut t) = top.opt_table(d, "outputs") {
         for (name, mut ot) in t.subtables(d) {
             check_name(d, &name, "output");
-            if let Some(o) = read_output(&name, &mut ot, d) {
-                output_spans.push(name.span());
-                outputs.push(o);
+            match read_output(&name, &mut ot, d) {
+                Some(o) => {
+                    output_spans.push(name.span());
+                    outputs.push(o);
+                }
+                None => broken.push(name.get_ref().clone()),
             }
         }
         t.finish(d);
@@ -365,6 +372,7 @@ fn read_config(top: &mut Table<'_, '_>, d: &mut Diagnostics) -> Config {
         &output_spans,
         &routes,
         &route_refs,
+        &broken,
     );
     Config {
         admin,
@@ -625,16 +633,32 @@ fn check_listen_addr(s: &str) -> Result<(), String> {
 }
 
 fn read_auth(a: &mut Table<'_, '_>, d: &mut Diagnostics) -> HttpAuth {
+    // Errors reported before this table must not hide an empty secret here (every error
+    // at once); only a secret that failed to read (and was reported) is not empty-checked.
+    let errors_before = d.errors.len();
     let ty = a.string(d, "type");
     let auth = match ty.as_deref() {
         Some("none") => HttpAuth::None,
-        Some("api_key") => HttpAuth::ApiKey {
-            header: a
+        Some("api_key") => {
+            let header = a
                 .opt_string(d, "header")
                 .unwrap_or_else(|| "x-api-key".into())
-                .to_ascii_lowercase(),
-            value: a.string(d, "value").unwrap_or_default(),
-        },
+                .to_ascii_lowercase();
+            // A name no request can carry would lock every client out without a word.
+            if axum::http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                d.error(
+                    a.value_span("header"),
+                    format!(
+                        "{}.header: {header:?} is not a valid HTTP header name",
+                        a.path()
+                    ),
+                );
+            }
+            HttpAuth::ApiKey {
+                header,
+                value: a.string(d, "value").unwrap_or_default(),
+            }
+        }
         Some("bearer") => HttpAuth::Bearer {
             token: a.string(d, "token").unwrap_or_default(),
         },
@@ -660,7 +684,7 @@ fn read_auth(a: &mut Table<'_, '_>, d: &mut Diagnostics) -> HttpAuth {
         HttpAuth::Basic { password, .. } => password.is_empty(),
         HttpAuth::None => false,
     };
-    if secret_empty && d.errors.is_empty() {
+    if secret_empty && d.errors.len() == errors_before {
         d.error(a.span(), format!("{}: the secret is empty (an unset ${{VAR:-}}?); refusing to accept any credentials", a.path()));
     }
     a.finish_expecting(
@@ -717,6 +741,16 @@ fn read_route(
                 None
             }
         };
+        // "Any string may use ${VAR}" holds for patterns too (a cluster ARN, an account id):
+        // string values are expanded after parsing, so a value cannot break the JSON and
+        // keys such as `$or` are left alone.
+        let json = json.and_then(|p| match interpolate_pattern(p, t.env()) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                d.error(v.span(), format!("{}.pattern: {e}", t.path()));
+                None
+            }
+        });
         if let Some(p) = json {
             pattern = compile_pattern(p, v.span(), t.path(), d);
         }
@@ -789,6 +823,47 @@ fn read_route(
 enum PatternText {
     Text(String),
     Value(serde_json::Value),
+}
+
+/// Expands `${VAR}` in the pattern's string values. Text that is not JSON is left for
+/// [`compile_pattern`] to report.
+fn interpolate_pattern(
+    p: PatternText,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<PatternText, String> {
+    fn walk(v: &mut serde_json::Value, env: &dyn Fn(&str) -> Option<String>) -> Result<(), String> {
+        match v {
+            serde_json::Value::String(s) => *s = reader::interpolate(s, env)?,
+            serde_json::Value::Array(items) => {
+                for i in items {
+                    walk(i, env)?;
+                }
+            }
+            serde_json::Value::Object(m) => {
+                for (_, x) in m.iter_mut() {
+                    walk(x, env)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+    match p {
+        PatternText::Text(s) if s.contains('$') => {
+            match serde_json::from_str::<serde_json::Value>(&s) {
+                Ok(mut v) => {
+                    walk(&mut v, env)?;
+                    Ok(PatternText::Value(v))
+                }
+                Err(_) => Ok(PatternText::Text(s)),
+            }
+        }
+        PatternText::Value(mut v) => {
+            walk(&mut v, env)?;
+            Ok(PatternText::Value(v))
+        }
+        text => Ok(text),
+    }
 }
 
 fn compile_pattern(
@@ -1210,6 +1285,8 @@ fn read_aws(t: &mut Table<'_, '_>, d: &mut Diagnostics) -> AwsSpec {
     }
 }
 
+// Every argument is one of read_config's collections; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 fn cross_check(
     d: &mut Diagnostics,
     top: &Table<'_, '_>,
@@ -1218,13 +1295,14 @@ fn cross_check(
     output_spans: &[std::ops::Range<usize>],
     routes: &[RouteSpec],
     refs: &[RouteRefs],
+    broken: &[String],
 ) {
     let input_names: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
     let output_names: Vec<&str> = outputs.iter().map(|o| o.name.as_str()).collect();
     let mut fed = vec![false; outputs.len()];
     for r in refs {
         for f in &r.from {
-            if !input_names.contains(&f.get_ref().as_str()) {
+            if !input_names.contains(&f.get_ref().as_str()) && !broken.contains(f.get_ref()) {
                 let hint = reader::closest(f.get_ref(), &input_names)
                     .map(|c| format!(" (did you mean {c:?}?)"))
                     .unwrap_or_default();
@@ -1237,6 +1315,7 @@ fn cross_check(
         for o in &r.to {
             match output_names.iter().position(|n| n == o.get_ref()) {
                 Some(i) => fed[i] = true,
+                None if broken.contains(o.get_ref()) => {}
                 None => {
                     let hint = reader::closest(o.get_ref(), &output_names)
                         .map(|c| format!(" (did you mean {c:?}?)"))
@@ -1253,6 +1332,9 @@ fn cross_check(
     for (i, o) in outputs.iter().enumerate() {
         let Some(dl) = &o.dead_letter else { continue };
         let Some(j) = output_names.iter().position(|n| n == dl) else {
+            if broken.contains(dl) {
+                continue;
+            }
             d.error(
                 output_spans[i].clone(),
                 format!("outputs.{}.dead_letter: unknown output {dl:?}", o.name),

@@ -25,6 +25,7 @@ pub struct Diag {
 /// Collected errors and warnings for one config file.
 pub struct Diagnostics {
     file: String,
+    text: String,
     line_starts: Vec<usize>,
     pub errors: Vec<Diag>,
     pub warnings: Vec<Diag>,
@@ -36,6 +37,7 @@ impl Diagnostics {
         line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
         Diagnostics {
             file: file.to_string(),
+            text: text.to_string(),
             line_starts,
             errors: Vec::new(),
             warnings: Vec::new(),
@@ -56,14 +58,21 @@ impl Diagnostics {
         });
     }
 
-    /// 1-based line and column (in characters would need the text; bytes are what editors
-    /// accept for `file:line:col` jumps on ASCII configs, and TOML keys are mostly ASCII).
+    /// 1-based line and column, the column counted in characters (as rustc does), so a
+    /// `é` or `→` earlier on the line does not push the column past the error.
     pub fn line_col(&self, offset: usize) -> (usize, usize) {
         let line = match self.line_starts.binary_search(&offset) {
             Ok(i) => i,
             Err(i) => i.saturating_sub(1),
         };
-        (line + 1, offset - self.line_starts[line] + 1)
+        let start = self.line_starts[line];
+        let end = offset.min(self.text.len()).max(start);
+        let col = match self.text.get(start..end) {
+            Some(prefix) => prefix.chars().count(),
+            // Not on a char boundary (cannot happen with spans from the TOML parser).
+            None => end - start,
+        };
+        (line + 1, col + 1)
     }
 
     pub fn render(&self, d: &Diag) -> String {
@@ -124,6 +133,12 @@ pub fn interpolate(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Stri
                 Some((n, d)) => (n, Some(d)),
                 None => (expr, None),
             };
+            // `${A:-${B}}` would otherwise end at the first `}` and leave a stray one behind.
+            if default.is_some_and(|d| d.contains("${")) {
+                return Err(format!(
+                    "nested ${{…}} in the default of ${{{name}}} is not supported"
+                ));
+            }
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(format!("invalid environment variable name {name:?}"));
             }
@@ -591,6 +606,11 @@ mod tests {
         );
         assert!(interpolate("${KEY", &env).is_err());
         assert!(interpolate("${BAD NAME}", &env).is_err());
+        assert!(
+            interpolate("${NOPE:-/tmp/${KEY}}", &env)
+                .unwrap_err()
+                .contains("nested")
+        );
     }
 
     #[test]
@@ -598,6 +618,10 @@ mod tests {
         let d = Diagnostics::new("f.toml", "ab\ncd\n");
         assert_eq!(d.line_col(0), (1, 1));
         assert_eq!(d.line_col(4), (2, 2));
+        let d = Diagnostics::new("f.toml", "a = \"été\"\nb = 1 x\n");
+        // `x` is the 7th character of line 2; `"` after `été` is the 9th of line 1.
+        assert_eq!(d.line_col("a = \"été\"\nb = 1 ".len()), (2, 7));
+        assert_eq!(d.line_col("a = \"été".len()), (1, 9));
     }
 
     #[test]

@@ -220,3 +220,111 @@ type = "null"
         l.warnings
     );
 }
+
+#[test]
+fn patterns_read_the_environment_in_values_only() {
+    let text = r#"
+[inputs.e]
+type = "http"
+[routes.json]
+pattern = '{"detail":{"key":["${EVENTS_KEY}"]},"$or":[{"a":["x"]},{"b":["${NOPE:-dflt}"]}]}'
+to = "o"
+[routes.table]
+pattern = { detail = { key = ["${EVENTS_KEY}", "$$literal"] } }
+to = "o"
+[outputs.o]
+type = "null"
+"#;
+    let l = parse(text, "t.toml", &env).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        l.config.routes[0].pattern_json.as_deref(),
+        Some(r#"{"detail":{"key":["k"]},"$or":[{"a":["x"]},{"b":["dflt"]}]}"#)
+    );
+    assert_eq!(
+        l.config.routes[1].pattern_json.as_deref(),
+        Some(r#"{"detail":{"key":["k","$literal"]}}"#)
+    );
+    let e = errors(&text.replace("${EVENTS_KEY}\"]},\"$or", "${MISSING_KEY}\"]},\"$or"));
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("t.toml:5:11: routes.json.pattern:")
+                && m.contains("MISSING_KEY is not set")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn an_empty_secret_is_reported_along_with_other_errors() {
+    let text = r#"
+[admin]
+bogus = 1
+[inputs.e]
+type = "http"
+auth = { type = "bearer", token = "${NOPE:-}" }
+"#;
+    let e = errors(text);
+    assert!(e.iter().any(|m| m.starts_with("t.toml:3:1:")), "{e:?}");
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("t.toml:6:8: inputs.e.auth: the secret is empty")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn api_key_header_must_be_a_header_name() {
+    let e = errors(
+        "[inputs.e]\ntype = \"http\"\nauth = { type = \"api_key\", header = \"x api key\", value = \"v\" }\n",
+    );
+    assert!(
+        e.iter()
+            .any(|m| m
+                .starts_with("t.toml:3:37: inputs.e.auth.header: \"x api key\" is not a valid")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn columns_count_characters() {
+    let e =
+        errors("[outputs.o]\ntype = \"null\"\nbatch = { max_age = \"é\", max_records = \"x\" }\n");
+    // `"x"` is character 40 of line 3 (byte 41: `é` takes two bytes).
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("t.toml:3:40: outputs.o.batch.max_records")),
+        "{e:?}"
+    );
+    let e = errors("[admin]\n\"clé\" = 1\n[inputs.\"é\"]\nx = \"é\" # é\ntype = \"http\"\n");
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("t.toml:2:1: admin: unknown key `clé`")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("t.toml:3:9: input name \"é\"")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("t.toml:4:1: inputs.é: unknown key `x`")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn a_broken_output_is_reported_once_not_again_by_its_routes() {
+    let e = errors(
+        "[routes.r]\nto = [\"o\", \"gone\"]\n[outputs.o]\ntype = \"nope\"\ndead_letter = \"x\"\n[outputs.p]\ntype = \"null\"\ndead_letter = \"o\"\n",
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("t.toml:4:8: outputs.o.type: unknown output type")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter().any(|m| m.contains("unknown output \"gone\"")),
+        "{e:?}"
+    );
+    assert_eq!(e.len(), 2, "{e:?}");
+}

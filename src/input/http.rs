@@ -111,16 +111,14 @@ pub async fn spawn(
     budget: MemoryBudget,
     shutdown: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let addr: SocketAddr = cfg.listen.parse().map_err(|e| {
-        anyhow::anyhow!(
-            "input {}: invalid listen address {:?}: {e}",
-            cfg.name,
-            cfg.listen
-        )
-    })?;
+    // The caller adds "input NAME" as context; these messages say what went wrong.
+    let addr: SocketAddr = cfg
+        .listen
+        .parse()
+        .map_err(|e| anyhow::anyhow!("invalid listen address {:?}: {e}", cfg.listen))?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| anyhow::anyhow!("input {}: cannot listen on {addr}: {e}", cfg.name))?;
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let name = cfg.name.clone();
     let shared = Arc::new(Shared {
         records: metrics::counter!("firelane_input_records_total", "input" => name.clone()),

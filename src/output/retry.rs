@@ -18,10 +18,16 @@ use super::sink::Failure;
 pub const MIN_DELAY: Duration = Duration::from_millis(10);
 
 /// A server may ask for a longer pause than `max_backoff` (e.g. `Retry-After: 120` during
-/// maintenance). We honour it up to this multiple of `max_backoff` (60 s by default): long
-/// enough to stop hammering a throttling API, short enough that a bogus hint of hours does
-/// not park a batch until the shutdown deadline.
+/// maintenance). We honour it up to this multiple of `max_backoff` (60 s by default), and
+/// never less than [`RETRY_AFTER_MIN_CAP`]: long enough to stop hammering a throttling API,
+/// short enough that a bogus hint of hours does not park a batch until the shutdown deadline.
 pub const RETRY_AFTER_CAP_FACTOR: u32 = 2;
+
+/// A `Retry-After` up to this long is always honoured, whatever `max_backoff` says: a small
+/// `max_backoff` tunes our own backoff, it is not a licence to retry a throttling server
+/// sooner than it asked (`503` + `Retry-After: 1` with `max_backoff = "300ms"` would
+/// otherwise be retried after 600 ms).
+pub const RETRY_AFTER_MIN_CAP: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("invalid backoff: {0}")]
@@ -165,7 +171,11 @@ impl RetryState {
         let delay = match failure.retry_after {
             // The server knows its own recovery time better than our jitter does.
             Some(hint) if !hint.is_zero() => {
-                let cap = self.backoff.max().saturating_mul(RETRY_AFTER_CAP_FACTOR);
+                let cap = self
+                    .backoff
+                    .max()
+                    .saturating_mul(RETRY_AFTER_CAP_FACTOR)
+                    .max(RETRY_AFTER_MIN_CAP);
                 hint.min(cap).max(MIN_DELAY)
             }
             _ => jittered,
@@ -281,6 +291,17 @@ mod tests {
         f.retry_after = Some(Duration::from_secs(3600));
         assert_eq!(st.next(&f), Some(Duration::from_secs(60)));
         // Zero means "no hint": falls back to jittered backoff, still never a tight loop.
+        // A small max_backoff does not cut a server's hint short (up to RETRY_AFTER_MIN_CAP).
+        let mut st = RetryPolicy {
+            initial_backoff: ms(5),
+            max_backoff: ms(10),
+            ..RetryPolicy::default()
+        }
+        .start();
+        f.retry_after = Some(Duration::from_secs(1));
+        assert_eq!(st.next(&f), Some(Duration::from_secs(1)));
+        f.retry_after = Some(Duration::from_secs(3600));
+        assert_eq!(st.next(&f), Some(RETRY_AFTER_MIN_CAP));
         f.retry_after = Some(Duration::ZERO);
         let d = st.next(&f).unwrap();
         assert!(d >= MIN_DELAY);

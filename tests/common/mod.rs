@@ -9,7 +9,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 pub struct Router {
@@ -31,20 +34,43 @@ impl Router {
         Self::start_with(dir, config, admin, &[])
     }
 
-    pub fn start_with(dir: tempfile::TempDir, config: &str, admin: u16, env: &[(&str, &str)]) -> Router {
-        let text = config.replace("{dir}", &dir.path().display().to_string()).replace("{admin}", &admin.to_string());
-        let text = if text.contains("[admin]") { text } else { format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n{text}") };
+    pub fn start_with(
+        dir: tempfile::TempDir,
+        config: &str,
+        admin: u16,
+        env: &[(&str, &str)],
+    ) -> Router {
+        let text = config
+            .replace("{dir}", &dir.path().display().to_string())
+            .replace("{admin}", &admin.to_string());
+        let text = if text.contains("[admin]") {
+            text
+        } else {
+            format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n{text}")
+        };
         let config_path = dir.path().join("firelane.toml");
         std::fs::write(&config_path, text).expect("write config");
-        let stderr_path = dir.path().join(format!("router-{}.log", Instant::now().elapsed().as_nanos()));
+        let stderr_path = dir.path().join(format!(
+            "router-{}.log",
+            Instant::now().elapsed().as_nanos()
+        ));
         let stderr = std::fs::File::create(&stderr_path).expect("log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_firelane"));
-        cmd.args(["run", "-c"]).arg(&config_path).stdout(Stdio::piped()).stderr(stderr);
+        cmd.args(["run", "-c"])
+            .arg(&config_path)
+            .stdout(Stdio::piped())
+            .stderr(stderr);
         for (k, v) in env {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn firelane");
-        let mut r = Router { child: Some(child), dir, admin, config_path, stderr_path };
+        let mut r = Router {
+            child: Some(child),
+            dir,
+            admin,
+            config_path,
+            stderr_path,
+        };
         r.wait_ready(Duration::from_secs(30));
         r
     }
@@ -78,7 +104,9 @@ impl Router {
     }
 
     pub fn metrics(&self) -> String {
-        http_get(&format!("http://127.0.0.1:{}/metrics", self.admin)).map(|r| r.1).unwrap_or_default()
+        http_get(&format!("http://127.0.0.1:{}/metrics", self.admin))
+            .map(|r| r.1)
+            .unwrap_or_default()
     }
 
     /// Sum of every sample of `name` whose labels contain all of `labels` (`k="v"` strings).
@@ -136,8 +164,7 @@ impl Router {
     /// Stops the process and hands back its temp dir (to restart on the same data dir).
     pub fn into_dir(mut self) -> tempfile::TempDir {
         self.kill9();
-        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
-        dir
+        std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"))
     }
 
     pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
@@ -158,7 +185,10 @@ impl Drop for Router {
 }
 
 fn unsafe_kill(pid: u32, sig: i32) {
-    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
 }
 
 pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
@@ -178,21 +208,36 @@ pub fn http_get(url: &str) -> std::io::Result<(u16, String)> {
     let rest = url.strip_prefix("http://").unwrap_or(url);
     let (hostport, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let path = if path.is_empty() { "/" } else { path };
-    let mut s = std::net::TcpStream::connect_timeout(&hostport.parse().map_err(std::io::Error::other)?, Duration::from_secs(2))?;
+    let mut s = std::net::TcpStream::connect_timeout(
+        &hostport.parse().map_err(std::io::Error::other)?,
+        Duration::from_secs(2),
+    )?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     use std::io::Write;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
     let text = String::from_utf8_lossy(&buf).to_string();
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
 /// Reads a JSON-lines file (missing file = no lines).
 pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
-    let Ok(f) = std::fs::File::open(path) else { return vec![] };
+    let Ok(f) = std::fs::File::open(path) else {
+        return vec![];
+    };
     std::io::BufReader::new(f)
         .lines()
         .map_while(Result::ok)

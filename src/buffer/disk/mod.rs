@@ -383,6 +383,9 @@ fn recover(output: &str, dir: &Path) -> (Recovered, OpenReport) {
         report.replayed_bytes += meta.bytes;
     }
     if live_records > 0 {
+        // Counted so a restart's replay (and the duplicates it may bring) is visible.
+        metrics::counter!("firelane_buffer_replayed_records_total", "output" => output.to_string())
+            .increment(live_records);
         tracing::info!(
             output,
             records = live_records,

@@ -302,12 +302,29 @@ impl ForwardClient {
     pub fn connect(addr: &ListenAddr, timeout: Duration) -> io::Result<Self> {
         let stream = match addr {
             ListenAddr::Tcp(a) => {
-                let sock = std::net::ToSocketAddrs::to_socket_addrs(a)?
-                    .next()
-                    .ok_or_else(|| {
-                        io::Error::new(io::ErrorKind::InvalidInput, format!("cannot resolve {a}"))
-                    })?;
-                let s = TcpStream::connect_timeout(&sock, timeout)?;
+                // Every resolved address in turn: `localhost` often resolves to ::1 first
+                // while the router listens on 127.0.0.1 only.
+                let mut last_error = None;
+                let mut connected = None;
+                for sock in std::net::ToSocketAddrs::to_socket_addrs(a)? {
+                    match TcpStream::connect_timeout(&sock, timeout) {
+                        Ok(s) => {
+                            connected = Some(s);
+                            break;
+                        }
+                        Err(e) => last_error = Some(e),
+                    }
+                }
+                let s = match (connected, last_error) {
+                    (Some(s), _) => s,
+                    (None, Some(e)) => return Err(e),
+                    (None, None) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            format!("cannot resolve {a}"),
+                        ));
+                    }
+                };
                 s.set_nodelay(true)?;
                 s.set_read_timeout(Some(timeout))?;
                 s.set_write_timeout(Some(timeout))?;

@@ -398,11 +398,14 @@ fn read_time(cur: &mut Cursor<'_>, now_ns: i64) -> Result<Time, DecodeError> {
             if f == 0.0 {
                 return Ok(Time::Ns(now_ns));
             }
-            let ns = f * 1e9;
-            if ns >= i64::MAX as f64 {
+            if f * 1e9 >= i64::MAX as f64 {
                 return Err(bad_request(format!("time {f} is out of range")));
             }
-            Ok(Time::Ns(ns as i64))
+            // Seconds and fraction apart: `f * 1e9` rounds to a multiple of 256 ns for
+            // present-day times, so 1700000000.25 would become ...249999872 ns.
+            let secs = f.trunc();
+            let nanos = ((f - secs) * 1e9).round().min(999_999_999.0);
+            secs_to_ns(secs as u64, nanos as u64, now_ns)
         }
         Item::Ext(0, b) if b.len() == 8 => {
             let secs = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
@@ -906,6 +909,16 @@ mod tests {
                 2_000_000_000,
             ),
             (message_with_time(|b| drop(enc::write_f64(b, 0.0))), NOW),
+            // Present-day float times keep their fraction: `f * 1e9` would round it to
+            // a multiple of 256 ns (…249_999_872).
+            (
+                message_with_time(|b| drop(enc::write_f64(b, 1_700_000_000.25))),
+                1_700_000_000_250_000_000,
+            ),
+            (
+                message_with_time(|b| drop(enc::write_f64(b, 1_700_000_000.123))),
+                1_700_000_000_122_999_907,
+            ),
             (
                 message_with_time(|b| ext_time(b, 1_700_000_000, 123, false)),
                 1_700_000_000_000_000_123,

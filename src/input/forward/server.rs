@@ -256,7 +256,8 @@ struct Conn<S> {
     shutdown: CancellationToken,
     draining: bool,
     buf: BytesMut,
-    /// Budget held for the current batch (and a big partial frame); released after ingest.
+    /// Budget held while reading and decoding the current batch (and a big partial frame);
+    /// released when the batch is handed to `ingest`.
     held: Reservation,
 }
 
@@ -495,9 +496,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
     /// are ingested too, but that request is not acked.
     async fn commit(&mut self, batch: Batch) -> Result<(), DecodeError> {
         let n = batch.records.len() as u64;
+        // The buffers reserve budget for these records themselves while `ingest` waits.
+        // Holding the decoding reservation across that wait would count the batch twice,
+        // and a batch needing more than half of `memory_limit` would wait forever for
+        // budget that only it holds. The connection reads nothing more until ingest
+        // returns, so at most this one batch per connection is in memory uncounted.
+        self.held = Reservation::empty();
         if n > 0 {
             if let Err(e) = self.sh.ingest.ingest(batch.records).await {
-                self.held = Reservation::empty();
                 return Err(err(
                     ErrorKind::IngestFailed,
                     format!("{n} record(s) not accepted: {e}"),
@@ -506,7 +512,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             self.sh.metrics.records(n);
         }
         self.sh.metrics.bytes(batch.wire_bytes);
-        self.held = Reservation::empty();
         if !batch.acks.is_empty() {
             self.write(&batch.acks).await?;
         }

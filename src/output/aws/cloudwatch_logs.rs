@@ -5,7 +5,8 @@
 //! time (stable, so equal timestamps keep arrival order) when the batch is finished.
 //! Messages above [`MAX_MESSAGE_BYTES`] (1,000,000 bytes, the per-event cap Fluent Bit
 //! uses under AWS's 1 MB event limit) are cut at a character boundary and end with
-//! `…[truncated by firelane]` (counted by the core as truncated). Empty messages, which
+//! `…[truncated by firelane]` (counted in
+//! `firelane_output_oversize_records_total{output, action="truncated"}`). Empty messages, which
 //! the API refuses, are rejected with reason `empty_message`.
 //!
 //! Group and stream come from templates (`/ecs/{ecs_cluster}/{container_name}`,
@@ -20,7 +21,8 @@
 //! only when `PutLogEvents` answers `ResourceNotFoundException` does the sink call
 //! `CreateLogStream`, and `CreateLogGroup` (with `tags`, then `PutRetentionPolicy` for
 //! `retention_days`) only if the group is missing too; `ResourceAlreadyExistsException`
-//! is success (another task won the race). Then the put is retried once. A group that
+//! is success (another task won the race). Creation is serialized within the output, so
+//! concurrent batches for a new stream create its group once. Then the put is retried once. A group that
 //! already existed keeps its retention. No cache is kept: since creation happens only on
 //! `ResourceNotFound`, an existing stream costs no extra call, and a stream deleted behind
 //! our back is recreated.
@@ -35,8 +37,8 @@ use std::time::Duration;
 use aws_sdk_cloudwatchlogs::types::InputLogEvent;
 
 use super::{
-    AwsSettings, BuildError, RecordFormat, classify, floor_char_boundary, require_region,
-    sdk_config,
+    AwsSettings, BuildError, RecordFormat, classify, floor_char_boundary, oversize_counter,
+    require_region, sdk_config,
 };
 use crate::event::Record;
 use crate::output::sink::{BatchBuilder, BatchSettings, Failure, Push, SendResult, Sink};
@@ -80,6 +82,7 @@ pub fn default_batch() -> BatchSettings {
 }
 
 struct Limits {
+    truncated: metrics::Counter,
     max_events: usize,
     max_bytes: usize,
 }
@@ -95,6 +98,10 @@ pub struct CloudWatchLogsSink {
     tags: HashMap<String, String>,
     format: Arc<RecordFormat>,
     limits: Arc<Limits>,
+    /// Serializes group/stream creation: concurrent batches for a new stream all get
+    /// `ResourceNotFound`; the first creates group and stream, the others then find the
+    /// stream there (`ResourceAlreadyExists`) instead of each creating the group again.
+    create_lock: tokio::sync::Mutex<()>,
 }
 
 pub async fn build(cfg: CloudWatchLogsConfig) -> Result<CloudWatchLogsSink, BuildError> {
@@ -140,7 +147,7 @@ pub fn build_with_client(
         });
     }
     Ok(CloudWatchLogsSink {
-        name: cfg.name,
+        name: cfg.name.clone(),
         client,
         group,
         stream,
@@ -149,7 +156,9 @@ pub fn build_with_client(
         retention_days: cfg.retention_days,
         tags: cfg.tags,
         format: Arc::new(cfg.format),
+        create_lock: tokio::sync::Mutex::new(()),
         limits: Arc::new(Limits {
+            truncated: oversize_counter(&cfg.name, "truncated"),
             max_events: cfg.batch.max_records.clamp(1, MAX_EVENTS),
             max_bytes: cfg.batch.max_bytes.clamp(1, MAX_BATCH_BYTES),
         }),
@@ -253,6 +262,7 @@ impl BatchBuilder for CloudWatchLogsBuilder {
             self.line = Vec::new();
         }
         if truncated {
+            self.limits.truncated.increment(1);
             Push::Truncated
         } else {
             Push::Added
@@ -535,7 +545,11 @@ impl Sink for CloudWatchLogsSink {
                 ..f
             }),
             Err(PutError::NotFound(_)) => {
-                if let Err(f) = self.ensure_stream(group, stream).await {
+                let created = {
+                    let _one_at_a_time = self.create_lock.lock().await;
+                    self.ensure_stream(group, stream).await
+                };
+                if let Err(f) = created {
                     return SendResult::Failed(f);
                 }
                 match self.put(group, stream, batch).await {
@@ -716,6 +730,35 @@ mod tests {
         };
         assert_eq!(f.len(), 5);
         assert!(f.iter().all(|(_, f)| f.reason == "expired"));
+    }
+
+    /// A real `PutLogEvents` answer with `rejectedLogEventsInfo`, parsed by the SDK: the
+    /// indexes (into the time-sorted batch) map back to the items as pushed.
+    #[tokio::test]
+    async fn send_maps_rejected_log_events_info_from_the_wire() {
+        let url = crate::output::aws::canned::serve(
+            200,
+            r#"{"nextSequenceToken":"1","rejectedLogEventsInfo":
+                {"tooOldLogEventEndIndex":1,"tooNewLogEventStartIndex":2}}"#,
+        );
+        let conf = crate::output::aws::canned::sdk_config(&url);
+        let s = CloudWatchLogsSink {
+            client: aws_sdk_cloudwatchlogs::Client::new(&conf),
+            ..sink("g", "s")
+        };
+        let mut b = s.new_batch("g:s");
+        // Items 0, 1, 2 at times 30, 10, 20: sorted, item 1 comes first and item 0 last.
+        for t in [30, 10, 20] {
+            assert_eq!(b.push(&rec(5, t)), Push::Added);
+        }
+        let SendResult::Partial(failed) = s.send("g:s", &b.finish()).await else {
+            panic!("expected a partial result")
+        };
+        let got: Vec<(usize, &str, bool)> = failed
+            .iter()
+            .map(|(i, f)| (*i, f.reason.as_str(), f.retryable))
+            .collect();
+        assert_eq!(got, vec![(0, "too_new", false), (1, "too_old", false)]);
     }
 
     #[test]

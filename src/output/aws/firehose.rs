@@ -7,14 +7,16 @@
 //! per 5 KB record unit).
 //!
 //! A record above 1,000 KiB follows `oversize`:
-//! - `truncate` (default): cut at a UTF-8 boundary, `…[truncated by firelane]` and `\n`
-//!   appended; counted by the core as truncated. The first 1,000 KiB stay searchable.
-//! - `split`: sent as consecutive Firehose records of ≤ 1,000 KiB (only the last ends with
-//!   `\n`) in one call, so an S3 destination, which concatenates records, receives the line
-//!   whole. Records above 4 MiB are truncated to 4 MiB first. Caveat: if Firehose rejects
-//!   only some pieces, the core resends the whole record, so the destination can hold a
-//!   duplicated fragment.
-//! - `drop`: rejected with reason `record_too_large` (dead-lettered when configured).
+//! - `split` (default): sent as consecutive Firehose records of ≤ 1,000 KiB (only the last
+//!   ends with `\n`) in one call, so an S3 destination, which concatenates records, receives
+//!   the line whole. Records above 4 MiB are truncated to 4 MiB first. Caveat: if Firehose
+//!   rejects only some pieces, the core resends the whole record, so the destination can
+//!   hold a duplicated fragment. Counted in
+//!   `firelane_output_oversize_records_total{output, action="split"}`.
+//! - `truncate`: cut at a UTF-8 boundary, `…[truncated by firelane]` and `\n` appended;
+//!   the first 1,000 KiB stay searchable. Counted with `action="truncated"`.
+//! - `drop`: rejected with reason `record_too_large` (dead-lettered when configured,
+//!   counted as dropped or dead-lettered by the core).
 //!
 //! Partial failures (`FailedPutCount > 0`) become [`SendResult::Partial`] listing only the
 //! items inside failed Firehose records, so only those are resent: no duplicates of
@@ -27,7 +29,9 @@ use std::time::Duration;
 
 use aws_sdk_firehose::primitives::Blob;
 
-use super::{AwsSettings, BuildError, RecordFormat, classify, require_region, sdk_config};
+use super::{
+    AwsSettings, BuildError, RecordFormat, classify, oversize_counter, require_region, sdk_config,
+};
 use crate::event::Record;
 use crate::output::sink::{BatchBuilder, BatchSettings, Failure, Push, SendResult, Sink};
 
@@ -38,9 +42,10 @@ pub const TRUNCATION_MARKER: &str = "…[truncated by firelane]";
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Oversize {
+    /// The config's default (`oversize` unset).
     #[default]
-    Truncate,
     Split,
+    Truncate,
     Drop,
 }
 
@@ -66,6 +71,9 @@ pub fn default_batch() -> BatchSettings {
 }
 
 struct Limits {
+    /// `firelane_output_oversize_records_total{output, action}`.
+    truncated: metrics::Counter,
+    split: metrics::Counter,
     aggregate: bool,
     oversize: Oversize,
     max_items: usize,
@@ -103,11 +111,13 @@ pub fn build_with_client(
         });
     }
     Ok(FirehoseSink {
-        name: cfg.name,
+        name: cfg.name.clone(),
         client,
         stream: cfg.delivery_stream,
         format: Arc::new(cfg.format),
         limits: Arc::new(Limits {
+            truncated: oversize_counter(&cfg.name, "truncated"),
+            split: oversize_counter(&cfg.name, "split"),
             aggregate: cfg.aggregate,
             oversize: cfg.oversize,
             max_items: cfg.batch.max_records.max(1),
@@ -219,7 +229,11 @@ impl BatchBuilder for FirehoseBuilder {
         if self.line.capacity() > 2 * MAX_RECORD_BYTES {
             self.line = Vec::new();
         }
+        if split {
+            self.limits.split.increment(1);
+        }
         if truncated {
+            self.limits.truncated.increment(1);
             Push::Truncated
         } else {
             Push::Added
@@ -549,6 +563,63 @@ mod tests {
         assert!(failed[0].1.message.contains("Slow down."));
         assert_eq!(outcome(&owners, 0, &[]), SendResult::Delivered);
         assert!(matches!(outcome(&owners, 1, &entries[..2]), SendResult::Failed(f) if f.retryable));
+    }
+
+    /// A real `PutRecordBatch` answer with `FailedPutCount` 1, parsed by the SDK: only the
+    /// rejected record comes back, with its error code as the reason.
+    #[tokio::test]
+    async fn send_reports_a_partial_failure_from_the_wire() {
+        let url = crate::output::aws::canned::serve(
+            200,
+            r#"{"FailedPutCount":1,"Encrypted":false,"RequestResponses":[
+                {"RecordId":"a"},
+                {"ErrorCode":"ServiceUnavailableException","ErrorMessage":"Slow down."},
+                {"RecordId":"c"}]}"#,
+        );
+        let conf = crate::output::aws::canned::sdk_config(&url);
+        let s = build_with_client(
+            FirehoseConfig {
+                name: "t".into(),
+                delivery_stream: "s".into(),
+                aggregate: false,
+                oversize: Oversize::Split,
+                format: RecordFormat::default(),
+                aws: AwsSettings::default(),
+                batch: default_batch(),
+            },
+            aws_sdk_firehose::Client::new(&conf),
+        )
+        .unwrap();
+        let mut b = s.new_batch("");
+        for n in 10..13 {
+            assert_eq!(b.push(&rec(n)), Push::Added);
+        }
+        let SendResult::Partial(failed) = s.send("", &b.finish()).await else {
+            panic!("expected a partial failure")
+        };
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].0, 1);
+        assert!(failed[0].1.retryable);
+        assert_eq!(failed[0].1.reason, "service_unavailable");
+        assert!(failed[0].1.message.contains("Slow down."));
+
+        // A whole-call ServiceUnavailableException is a retryable failure of everything.
+        let url = crate::output::aws::canned::serve(
+            400,
+            r#"{"__type":"ServiceUnavailableException","message":"busy"}"#,
+        );
+        let conf = crate::output::aws::canned::sdk_config(&url);
+        let s = FirehoseSink {
+            client: aws_sdk_firehose::Client::new(&conf),
+            ..s
+        };
+        let mut b = s.new_batch("");
+        b.push(&rec(10));
+        let SendResult::Failed(f) = s.send("", &b.finish()).await else {
+            panic!("expected a failure")
+        };
+        assert!(f.retryable, "{f:?}");
+        assert_eq!(f.reason, "service_unavailable");
     }
 
     #[test]

@@ -200,6 +200,18 @@ impl RecordFormat {
     }
 }
 
+/// Counts records that were above a per-record limit and were still sent, shortened
+/// (`action="truncated"`) or in pieces (`"split"`):
+/// `firelane_output_oversize_records_total{output, action}`. Records a sink refuses are
+/// counted by the core (dropped or dead-lettered) instead.
+pub(crate) fn oversize_counter(output: &str, action: &'static str) -> metrics::Counter {
+    metrics::counter!(
+        "firelane_output_oversize_records_total",
+        "output" => output.to_owned(),
+        "action" => action
+    )
+}
+
 /// Largest prefix of `s` no longer than `max` bytes that ends on a character boundary.
 pub(crate) fn floor_char_boundary(s: &str, max: usize) -> usize {
     if max >= s.len() {
@@ -367,6 +379,60 @@ pub(crate) fn classify_parts(
         Some(s) if (400..500).contains(&s) => permanent("client_error"),
         // An unparseable or status-less answer: more likely a proxy or server hiccup.
         _ => Failure::retryable("bad_response", message),
+    }
+}
+
+/// A loopback HTTP server that answers every request with one canned JSON response, so
+/// unit tests can drive a sink's `send` through the real SDK client and response parsing.
+#[cfg(test)]
+pub(crate) mod canned {
+    use std::io::{BufRead, BufReader, Read, Write};
+
+    /// Returns the endpoint URL. The server thread lives until the test process exits.
+    pub fn serve(status: u16, body: &'static str) -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+                let mut len = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some((k, v)) = line.split_once(':')
+                        && k.eq_ignore_ascii_case("content-length")
+                    {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut req = vec![0u8; len];
+                let _ = reader.read_exact(&mut req);
+                let mut out = conn;
+                let _ = write!(
+                    out,
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/x-amz-json-1.1\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        url
+    }
+
+    /// SDK settings for a client pointed at `url` with static test credentials.
+    pub fn sdk_config(url: &str) -> aws_config::SdkConfig {
+        aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(url)
+            .http_client(super::http_client())
+            .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(
+                aws_sdk_s3::config::Credentials::new("test", "test", None, None, "static"),
+            ))
+            .build()
     }
 }
 

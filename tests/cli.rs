@@ -1,0 +1,922 @@
+//! The command line end to end: `check`, `route`, `test-pattern`, `healthcheck`, `run` on
+//! the embedded default and with `$FIRELANE_CONFIG`, config errors, and shutdown on SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Router, free_port, http_get, read_jsonl};
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_firelane");
+
+fn firelane(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_remove("FIRELANE_CONFIG")
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run firelane")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+fn assert_no_panic(o: &Output) {
+    let all = format!("{}{}", text(&o.stdout), text(&o.stderr));
+    assert!(!all.contains("panicked"), "firelane panicked:\n{all}");
+}
+
+fn write(dir: &Path, name: &str, body: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, body).expect("write file");
+    p.display().to_string()
+}
+
+const PLAN_CONFIG: &str = r#"[admin]
+listen = "127.0.0.1:2999"
+
+[inputs.events]
+type = "http"
+listen = "127.0.0.1:18080"
+auth = { type = "bearer", token = "t" }
+
+[inputs.app]
+type = "forward"
+listen = ["tcp://127.0.0.1:24299"]
+
+[routes.fails]
+from = ["events"]
+pattern = '{"source":["aws.ecs"],"detail":{"containers":{"exitCode":["1"]}}}'
+to = ["archive", "alerts"]
+final = true
+
+[routes.access]
+from = ["app"]
+tag = ["*-firelens-*"]
+pattern = { log = [{ prefix = "GET " }] }
+to = "archive"
+
+[outputs.archive]
+type = "file"
+path = "/tmp/firelane-cli-test/archive.jsonl"
+
+[outputs.alerts]
+type = "null"
+
+[outputs.orphan]
+type = "stdout"
+"#;
+
+#[test]
+fn check_prints_the_plan_and_warnings() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(dir.path(), "plan.toml", PLAN_CONFIG);
+    let o = firelane(&["check", "-c", &path], &[]);
+    assert_no_panic(&o);
+    let out = text(&o.stdout);
+    assert_eq!(code(&o), 0, "{out}\n{}", text(&o.stderr));
+    assert!(out.contains("config is valid"), "{out}");
+    // inputs → routes → outputs, in that order.
+    let pos = |s: &str| {
+        out.find(s)
+            .unwrap_or_else(|| panic!("missing {s:?} in:\n{out}"))
+    };
+    let (i, r, op) = (pos("inputs:"), pos("routes"), pos("outputs:"));
+    assert!(i < r && r < op, "{out}");
+    pos("events (http): 127.0.0.1:18080 (bearer auth)");
+    pos("app (forward): tcp://127.0.0.1:24299");
+    pos("fails: from events, pattern {\"source\":[\"aws.ecs\"]");
+    pos("→ archive, alerts (final)");
+    pos("access: from app, tag *-firelens-* and pattern");
+    pos("archive (file): /tmp/firelane-cli-test/archive.jsonl");
+    pos("orphan (stdout)");
+    // Warnings, located: a string compared to a number ECS sends, an output nobody feeds,
+    // records no route takes.
+    let warn_lines: Vec<&str> = out.lines().filter(|l| l.ends_with("(warning)")).collect();
+    let has = |prefix: &str, needle: &str| {
+        warn_lines
+            .iter()
+            .any(|l| l.starts_with(&format!("{path}:{prefix}")) && l.contains(needle))
+    };
+    assert!(has("15:11: ", "exitCode"), "{warn_lines:#?}");
+    assert!(
+        has("32:10: ", "\"orphan\" receives nothing"),
+        "{warn_lines:#?}"
+    );
+    assert!(
+        warn_lines
+            .iter()
+            .any(|l| l.contains("firelane_unrouted_records_total")),
+        "{warn_lines:#?}"
+    );
+    assert_eq!(warn_lines.len(), 3, "{warn_lines:#?}");
+}
+
+#[test]
+fn check_accepts_every_shipped_config() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&root).expect("config dir") {
+        let p = entry.expect("entry").path();
+        if p.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        n += 1;
+        let o = firelane(
+            &["check", "-c", &p.display().to_string()],
+            &[("EVENTS_KEY", "k"), ("LOG_BUCKET", "b")],
+        );
+        assert_no_panic(&o);
+        assert_eq!(
+            code(&o),
+            0,
+            "{}:\n{}{}",
+            p.display(),
+            text(&o.stdout),
+            text(&o.stderr)
+        );
+    }
+    assert!(n >= 3, "found {n} configs");
+}
+
+#[test]
+fn config_errors_are_all_reported_with_locations() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Line numbers matter: each error below is asserted at its line and column.
+    let bad = r#"[admin]
+listen = "127.0.0.1:2020"
+bogus = 1
+
+[runtime]
+shutdown_grace = "25 parsecs"
+memory_limit = "12XB"
+
+[inputs.web]
+type = "http"
+listen = "127.0.0.1:8080"
+max_body = true
+auth = { type = "api_key", header = "x-api-key", value = "${FIRELANE_TEST_SURELY_UNSET}" }
+
+[inputs.hook]
+type = "http"
+listen = "127.0.0.1:8081"
+auth = { type = "bearer", token = "${FIRELANE_TEST_SURELY_UNSET:-}" }
+
+[routes.r1]
+to = ["missing_out"]
+pattern = { "detail-type" = ["x"] }
+
+[outputs.f]
+type = "file"
+path = 42
+batch = { max_age = "soon", max_bytes = "lots" }
+colour = "blue"
+"#;
+    let path = write(dir.path(), "bad.toml", bad);
+    let expected = [
+        ("3:1", "admin: unknown key `bogus`"),
+        ("6:18", "runtime.shutdown_grace:"),
+        ("7:16", "runtime.memory_limit:"),
+        ("12:12", "inputs.web.max_body: expected a size"),
+        ("13:58", "FIRELANE_TEST_SURELY_UNSET is not set"),
+        ("18:8", "inputs.hook.auth: the secret is empty"),
+        ("21:7", "unknown output \"missing_out\""),
+        (
+            "26:8",
+            "outputs.f.path: expected a string, found an integer",
+        ),
+        (
+            "27:21",
+            "outputs.f.batch.max_age: invalid duration \"soon\"",
+        ),
+        ("27:41", "outputs.f.batch.max_bytes: invalid size \"lots\""),
+        ("28:1", "outputs.f: unknown key `colour`"),
+    ];
+    for args in [vec!["check", "-c", &path], vec!["run", "-c", &path]] {
+        let o = firelane(&args, &[]);
+        assert_no_panic(&o);
+        let err = text(&o.stderr);
+        let want_code = if args[0] == "check" { 1 } else { 78 };
+        assert_eq!(code(&o), want_code, "{args:?}:\n{err}");
+        let errors: Vec<&str> = err
+            .lines()
+            .filter(|l| l.starts_with(&format!("{path}:")) && !l.ends_with("(warning)"))
+            .collect();
+        for (at, msg) in expected {
+            let prefix = format!("{path}:{at}: ");
+            assert!(
+                errors
+                    .iter()
+                    .any(|l| l.starts_with(&prefix) && l.contains(msg)),
+                "{args:?}: no error `{prefix}…{msg}…` in:\n{err}"
+            );
+        }
+        assert_eq!(errors.len(), expected.len(), "{args:?}:\n{err}");
+        assert!(
+            err.contains(&format!("{} error(s)", expected.len())),
+            "{err}"
+        );
+    }
+
+    // Broken TOML syntax: one located error, exit 1, no panic.
+    let path = write(
+        dir.path(),
+        "syntax.toml",
+        "[admin]\nlisten = \"x\"\n[inputs.a\ntype = 1\n",
+    );
+    let o = firelane(&["check", "-c", &path], &[]);
+    assert_no_panic(&o);
+    assert_eq!(code(&o), 1);
+    assert!(
+        text(&o.stderr).starts_with(&format!("{path}:3:")),
+        "{}",
+        text(&o.stderr)
+    );
+
+    // Not UTF-8, missing file, a directory: a message, exit 1, no panic.
+    let path = dir.path().join("latin1.toml");
+    std::fs::write(&path, b"[admin]\nlisten = \"caf\xe9\"\n").expect("write");
+    for p in [
+        path.display().to_string(),
+        "/nonexistent/firelane.toml".into(),
+        dir.path().display().to_string(),
+    ] {
+        let o = firelane(&["check", "-c", &p], &[]);
+        assert_no_panic(&o);
+        assert_eq!(code(&o), 1, "{p}");
+        assert!(text(&o.stderr).contains(&p), "{p}: {}", text(&o.stderr));
+    }
+}
+
+#[test]
+fn environment_interpolation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = r#"[admin]
+listen = "${FL_T_ADMIN:-127.0.0.1:2998}"
+
+[inputs.web]
+type = "http"
+listen = "${FL_T_LISTEN}"
+
+[routes.all]
+to = ["out"]
+
+[outputs.out]
+type = "file"
+path = "${FL_T_DIR:-/tmp/fl-default}/${FL_T_NAME}-$${literal}.jsonl"
+"#;
+    let path = write(dir.path(), "env.toml", cfg);
+    let o = firelane(
+        &["check", "-c", &path],
+        &[("FL_T_LISTEN", "127.0.0.1:18181"), ("FL_T_NAME", "records")],
+    );
+    assert_eq!(code(&o), 0, "{}{}", text(&o.stdout), text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(out.contains("web (http): 127.0.0.1:18181"), "{out}");
+    assert!(
+        out.contains("out (file): /tmp/fl-default/records-${literal}.jsonl"),
+        "{out}"
+    );
+
+    // Set variables win over defaults; an empty one takes the default.
+    let o = firelane(
+        &["check", "-c", &path],
+        &[
+            ("FL_T_LISTEN", "127.0.0.1:18182"),
+            ("FL_T_NAME", "r"),
+            ("FL_T_DIR", "/srv/x"),
+        ],
+    );
+    assert!(
+        text(&o.stdout).contains("out (file): /srv/x/r-${literal}.jsonl"),
+        "{}",
+        text(&o.stdout)
+    );
+    let o = firelane(
+        &["check", "-c", &path],
+        &[
+            ("FL_T_LISTEN", "127.0.0.1:18182"),
+            ("FL_T_NAME", "r"),
+            ("FL_T_DIR", ""),
+        ],
+    );
+    assert!(
+        text(&o.stdout).contains("out (file): /tmp/fl-default/r-${literal}.jsonl"),
+        "{}",
+        text(&o.stdout)
+    );
+
+    // Unset without default: both are reported, at their values.
+    let o = firelane(&["check", "-c", &path], &[]);
+    assert_eq!(code(&o), 1);
+    let err = text(&o.stderr);
+    assert!(
+        err.contains(&format!(
+            "{path}:6:10: inputs.web.listen: environment variable FL_T_LISTEN is not set"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{path}:13:8: outputs.out.path: environment variable FL_T_NAME is not set"
+        )),
+        "{err}"
+    );
+
+    // A malformed reference is an error, not a literal.
+    let path2 = write(
+        dir.path(),
+        "env2.toml",
+        "[admin]\nlisten = \"${FL_T_ADMIN\"\n",
+    );
+    let o = firelane(&["check", "-c", &path2], &[]);
+    assert_no_panic(&o);
+    assert_eq!(code(&o), 1);
+    assert!(
+        text(&o.stderr).contains(&format!("{path2}:2:10: admin.listen: unterminated")),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+#[test]
+fn test_pattern_exit_codes_and_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pattern =
+        r#"{"source":["aws.ecs"],"detail":{"containers":{"exitCode":[{"anything-but":0}]}}}"#;
+    let failed =
+        r#"{"source":"aws.ecs","detail":{"containers":[{"exitCode":0},{"exitCode":137}]}}"#;
+    let clean = r#"{"source":"aws.ecs","detail":{"containers":[{"exitCode":0}]}}"#;
+    let tp = |p: &str, e: &str| firelane(&["test-pattern", "--pattern", p, "--event", e], &[]);
+
+    let o = tp(pattern, failed);
+    assert_eq!(
+        (code(&o), text(&o.stdout).trim().to_string()),
+        (0, "match".into())
+    );
+    let o = tp(pattern, clean);
+    assert_eq!(
+        (code(&o), text(&o.stdout).trim().to_string()),
+        (1, "no match".into())
+    );
+    let o = tp(r#"{"source":"aws.ecs"}"#, clean);
+    assert_eq!(code(&o), 2);
+    assert!(
+        text(&o.stdout).starts_with("invalid: "),
+        "{}",
+        text(&o.stdout)
+    );
+    let o = tp("{not json", clean);
+    assert_eq!(code(&o), 2);
+    assert!(text(&o.stdout).starts_with("invalid: "));
+
+    // @file forms, for either or both.
+    let pf = write(dir.path(), "p.json", pattern);
+    let ef = write(dir.path(), "e.json", failed);
+    let o = tp(&format!("@{pf}"), &format!("@{ef}"));
+    assert_eq!(
+        (code(&o), text(&o.stdout).trim().to_string()),
+        (0, "match".into())
+    );
+    let o = tp(&format!("@{pf}"), clean);
+    assert_eq!(code(&o), 1);
+    let o = tp(pattern, &format!("@{ef}"));
+    assert_eq!(code(&o), 0);
+    let o = tp(&format!("@{}/missing.json", dir.path().display()), clean);
+    assert_eq!(code(&o), 2);
+    assert_no_panic(&o);
+    assert!(
+        text(&o.stderr).contains("missing.json"),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+#[test]
+fn test_pattern_batch_streams_in_order() {
+    let lines = [
+        json!({"pattern": {"a": ["x"]}, "event": {"a": "x"}}).to_string(),
+        json!({"pattern": {"a": ["x"]}, "event": {"a": "y"}}).to_string(),
+        "this is not json".to_string(),
+        json!({"pattern": {"a": "x"}, "event": {}}).to_string(),
+        json!({"pattern": {"n": [{"numeric": [">", 1]}]}, "event": {"n": 2}}).to_string(),
+        json!({"event": {"a": 1}}).to_string(),
+        json!({"pattern": {"n": [{"numeric": [">", 1]}]}, "event": {"n": 1}}).to_string(),
+    ];
+    let mut child = Command::new(BIN)
+        .args(["test-pattern", "--batch"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    // Streaming: the answer to the first line arrives before the second line is written.
+    writeln!(stdin, "{}", lines[0]).expect("write");
+    stdin.flush().expect("flush");
+    let mut first = String::new();
+    stdout.read_line(&mut first).expect("read first answer");
+    assert_eq!(first.trim(), "true");
+    for l in &lines[1..] {
+        writeln!(stdin, "{l}").expect("write");
+    }
+    drop(stdin);
+    let rest: Vec<String> = stdout.lines().map_while(Result::ok).collect();
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{status}");
+    assert_eq!(rest.len(), 6, "{rest:#?}");
+    assert_eq!(rest[0], "false");
+    assert!(rest[1].starts_with("invalid: "), "{rest:#?}");
+    assert!(rest[2].starts_with("invalid: "), "{rest:#?}");
+    assert_eq!(rest[3], "true");
+    assert!(rest[4].starts_with("invalid: "), "{rest:#?}");
+    assert_eq!(rest[5], "false");
+}
+
+#[test]
+fn route_dry_run_names_routes_and_outputs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(dir.path(), "plan.toml", PLAN_CONFIG);
+    let ev = r#"{"source":"aws.ecs","detail-type":"ECS Task State Change","detail":{"containers":[{"exitCode":"1"}]}}"#;
+    let o = firelane(&["route", "-c", &path, "--event", ev], &[]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(out.contains("tag: \"ECS Task State Change\""), "{out}");
+    assert!(
+        out.contains("from input events: routes fails → outputs archive, alerts"),
+        "{out}"
+    );
+    assert!(out.contains("from input app: no route matches"), "{out}");
+
+    let log = r#"{"log":"GET /index.html 200"}"#;
+    let ef = write(dir.path(), "log.json", log);
+    let o = firelane(
+        &[
+            "route",
+            "-c",
+            &path,
+            "--event",
+            &format!("@{ef}"),
+            "--tag",
+            "web-firelens-abc123",
+        ],
+        &[],
+    );
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(out.contains("tag: \"web-firelens-abc123\""), "{out}");
+    assert!(
+        out.contains("from input app: routes access → outputs archive"),
+        "{out}"
+    );
+    assert!(out.contains("from input events: no route matches"), "{out}");
+
+    let o = firelane(
+        &["route", "-c", &path, "--event", log, "--tag", "other"],
+        &[],
+    );
+    assert!(
+        text(&o.stdout).contains("from input app: no route matches"),
+        "{}",
+        text(&o.stdout)
+    );
+
+    for bad in ["[1,2]", "{oops"] {
+        let o = firelane(&["route", "-c", &path, "--event", bad], &[]);
+        assert_no_panic(&o);
+        assert_ne!(code(&o), 0, "{bad}");
+        assert!(!text(&o.stderr).is_empty());
+    }
+}
+
+#[test]
+fn healthcheck_and_admin_endpoints() {
+    let r = Router::start(
+        r#"
+[inputs.web]
+type = "http"
+listen = "127.0.0.1:0"
+
+[routes.all]
+to = ["n"]
+
+[outputs.n]
+type = "null"
+"#,
+    );
+    let base = format!("http://127.0.0.1:{}", r.admin);
+    let o = firelane(&["healthcheck", "--url", &format!("{base}/health")], &[]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let dead = format!("http://127.0.0.1:{}/health", free_port());
+    let o = firelane(&["healthcheck", "--url", &dead, "--timeout-secs", "2"], &[]);
+    assert_ne!(code(&o), 0);
+    assert!(text(&o.stderr).contains("unhealthy"), "{}", text(&o.stderr));
+    let o = firelane(&["healthcheck", "--url", &format!("{base}/nope")], &[]);
+    assert_ne!(code(&o), 0, "a 404 is not healthy");
+
+    let (s, body) = http_get(&format!("{base}/health")).expect("health");
+    assert_eq!(s, 200);
+    let v: Value = serde_json::from_str(&body).expect("health JSON");
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["ready"], true);
+    assert!(v["outputs"]["n"].is_object(), "{v}");
+    let (s, body) = http_get(&format!("{base}/ready")).expect("ready");
+    assert_eq!((s, body.trim()), (200, "ready"));
+    let (s, body) = http_get(&format!("{base}/metrics")).expect("metrics");
+    assert_eq!(s, 200);
+    assert!(body.contains("firelane_build_info{version=\""), "{body}");
+}
+
+/// Polls `f` until it returns Some or the timeout passes.
+fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn port_busy(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_err()
+}
+
+#[test]
+fn run_without_any_config_uses_the_embedded_default() {
+    if Path::new("/etc/firelane/firelane.toml").exists() {
+        eprintln!(
+            "SKIPPED: /etc/firelane/firelane.toml exists, so the embedded default is not used"
+        );
+        return;
+    }
+    let busy: Vec<u16> = [24224, 8888, 2020]
+        .into_iter()
+        .filter(|p| port_busy(*p))
+        .collect();
+    if !busy.is_empty() {
+        eprintln!(
+            "\n!!!!! SKIPPED run_without_any_config_uses_the_embedded_default: ports {busy:?} are busy !!!!!\n"
+        );
+        return;
+    }
+    let cwd = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(BIN)
+        .arg("run")
+        // Empty counts as unset.
+        .env("FIRELANE_CONFIG", "")
+        .env_remove("RUST_LOG")
+        .current_dir(cwd.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let guard = KillOnDrop(Some(child.id()));
+    let ready = poll(Duration::from_secs(30), || {
+        if let Ok(Some(s)) = child.try_wait() {
+            panic!("exited early: {s}");
+        }
+        http_get("http://127.0.0.1:2020/ready")
+            .ok()
+            .filter(|r| r.0 == 200)
+    });
+    assert!(
+        ready.is_some(),
+        "embedded default never became ready on 127.0.0.1:2020"
+    );
+    assert!(
+        TcpStream::connect("127.0.0.1:24224").is_ok(),
+        "forward input on 24224"
+    );
+    let resp = reqwest::blocking::Client::new()
+        .post("http://127.0.0.1:8888/tag/from.test")
+        .body(r#"{"hello":"default"}"#)
+        .send()
+        .expect("post to 8888");
+    assert_eq!(resp.status().as_u16(), 200);
+    // Everything goes to stdout as JSON lines with tag and time.
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("a JSON line on stdout within 20 s");
+    let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    assert_eq!(v["hello"], "default");
+    assert_eq!(v["tag"], "from.test");
+    assert!(v["time"].is_string(), "{v}");
+    unsafe_kill(child.id(), 15);
+    let status = poll(Duration::from_secs(30), || child.try_wait().ok().flatten());
+    drop(guard);
+    let status = status.expect("exit after SIGTERM");
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn run_reads_firelane_config_from_the_environment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let admin = free_port();
+    let cfg = format!(
+        "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[inputs.web]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\n[routes.all]\nto = [\"n\"]\n[outputs.n]\ntype = \"null\"\n"
+    );
+    let path = write(dir.path(), "via-env.toml", &cfg);
+    let mut child = Command::new(BIN)
+        .arg("run")
+        .env("FIRELANE_CONFIG", &path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let guard = KillOnDrop(Some(child.id()));
+    let ready = poll(Duration::from_secs(30), || {
+        http_get(&format!("http://127.0.0.1:{admin}/ready"))
+            .ok()
+            .filter(|r| r.0 == 200)
+    });
+    assert!(ready.is_some(), "$FIRELANE_CONFIG not used");
+    unsafe_kill(child.id(), 15);
+    let status = poll(Duration::from_secs(30), || child.try_wait().ok().flatten());
+    drop(guard);
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+}
+
+struct KillOnDrop(Option<u32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.take()
+            && std::thread::panicking()
+        {
+            unsafe_kill(pid, 9);
+        }
+    }
+}
+
+fn unsafe_kill(pid: u32, sig: i32) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+#[test]
+fn sigterm_flushes_every_acknowledged_record() {
+    let port = free_port();
+    let mut r = Router::start(&format!(
+        r#"
+[runtime]
+shutdown_grace = "60s"
+
+[inputs.web]
+type = "http"
+listen = "127.0.0.1:{port}"
+max_body = "4MiB"
+
+[routes.all]
+to = ["out"]
+
+[outputs.out]
+type = "file"
+path = "{{dir}}/out.jsonl"
+tag_key = "tag"
+batch = {{ max_records = 1000000, max_bytes = "1GiB", max_age = "10m" }}
+"#
+    ));
+    let out = r.path("out.jsonl");
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    const REQUESTS: usize = 50;
+    const PER: usize = 1000;
+    for q in 0..REQUESTS {
+        let body: String = (0..PER)
+            .map(|i| format!("{{\"seq\":{},\"msg\":\"record {q}/{i}\"}}\n", q * PER + i))
+            .collect();
+        let resp = client
+            .post(format!("http://127.0.0.1:{port}/tag/bulk"))
+            .body(body)
+            .send()
+            .expect("post");
+        assert_eq!(resp.status().as_u16(), 200, "request {q}");
+    }
+    let before = read_jsonl(&out).len();
+    assert!(
+        before < REQUESTS * PER,
+        "records should still sit in the open batch, {before} written"
+    );
+    let started = Instant::now();
+    let status = r.terminate(Duration::from_secs(90));
+    let took = started.elapsed();
+    assert_eq!(status.code(), Some(0), "{}", r.logs());
+    let lines = read_jsonl(&out);
+    assert_eq!(
+        lines.len(),
+        REQUESTS * PER,
+        "every acknowledged record is written before exit"
+    );
+    let mut seen = vec![false; REQUESTS * PER];
+    for l in &lines {
+        let seq = l["seq"].as_u64().expect("seq") as usize;
+        assert!(!seen[seq], "duplicate {seq}");
+        seen[seq] = true;
+        assert_eq!(l["tag"], "bulk");
+        assert_eq!(l["msg"], format!("record {}/{}", seq / PER, seq % PER));
+    }
+    eprintln!(
+        "SIGTERM with {} records in flight: exit 0 after {took:?} (before: {before} on disk)",
+        REQUESTS * PER
+    );
+}
+
+#[test]
+fn second_sigterm_during_a_slow_shutdown_exits_at_once() {
+    // An http output whose peer never answers keeps the shutdown busy for the whole grace.
+    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent_addr = silent.local_addr().expect("addr");
+    let port = free_port();
+    let mut r = Router::start(&format!(
+        r#"
+[runtime]
+shutdown_grace = "90s"
+
+[inputs.web]
+type = "http"
+listen = "127.0.0.1:{port}"
+
+[routes.all]
+to = ["stuck"]
+
+[outputs.stuck]
+type = "http"
+url = "http://{silent_addr}/ingest"
+timeout = "10m"
+batch = {{ max_age = "100ms" }}
+"#
+    ));
+    let resp = reqwest::blocking::Client::new()
+        .post(format!("http://127.0.0.1:{port}/"))
+        .body(r#"{"a":1}"#)
+        .send()
+        .expect("post");
+    assert_eq!(resp.status().as_u16(), 200);
+    r.signal(15);
+    let shutting = poll(Duration::from_secs(20), || {
+        r.logs().contains("shutting down").then_some(())
+    });
+    assert!(shutting.is_some(), "{}", r.logs());
+    // Still busy flushing into the silent peer.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        r.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None))),
+        "the first SIGTERM should wait for the stuck output:\n{}",
+        r.logs()
+    );
+    let started = Instant::now();
+    r.signal(15);
+    let status = r.wait_exit(Duration::from_secs(15));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(status.code(), Some(130), "{}", r.logs());
+    drop(silent);
+}
+
+#[test]
+fn sigterm_while_clients_are_posting_loses_no_acknowledged_record() {
+    let port = free_port();
+    let mut r = Router::start(&format!(
+        r#"
+[runtime]
+shutdown_grace = "60s"
+
+[inputs.web]
+type = "http"
+listen = "127.0.0.1:{port}"
+
+[routes.all]
+to = ["out"]
+
+[outputs.out]
+type = "file"
+path = "{{dir}}/out.jsonl"
+batch = {{ max_records = 1000000, max_bytes = "1GiB", max_age = "10m" }}
+"#
+    ));
+    let out = r.path("out.jsonl");
+    const PER: usize = 200;
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let posters: Vec<_> = (0..4)
+        .map(|t| {
+            let acked = acked.clone();
+            std::thread::spawn(move || {
+                let client = reqwest::blocking::Client::builder()
+                    .timeout(Duration::from_secs(30))
+                    .build()
+                    .expect("client");
+                let mut mine = Vec::new();
+                for q in 0.. {
+                    let base = (t * 1_000_000) + q * PER;
+                    let body: String = (0..PER)
+                        .map(|i| format!("{{\"seq\":{}}}\n", base + i))
+                        .collect();
+                    match client
+                        .post(format!("http://127.0.0.1:{port}/"))
+                        .body(body)
+                        .send()
+                    {
+                        Ok(resp) if resp.status().as_u16() == 200 => {
+                            mine.extend(base..base + PER);
+                            acked.fetch_add(PER, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        // 503 while shutting down, or the listener is gone: stop.
+                        Ok(resp) => {
+                            assert_eq!(resp.status().as_u16(), 503, "only 503 while shutting down");
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                mine
+            })
+        })
+        .collect();
+    let enough = poll(Duration::from_secs(60), || {
+        (acked.load(std::sync::atomic::Ordering::SeqCst) >= 20_000).then_some(())
+    });
+    assert!(enough.is_some(), "posters too slow");
+    let status = r.terminate(Duration::from_secs(90));
+    assert_eq!(status.code(), Some(0), "{}", r.logs());
+    let mut want: Vec<usize> = posters
+        .into_iter()
+        .flat_map(|p| p.join().expect("poster"))
+        .collect();
+    want.sort_unstable();
+    let mut got: Vec<usize> = read_jsonl(&out)
+        .iter()
+        .map(|l| l["seq"].as_u64().expect("seq") as usize)
+        .collect();
+    got.sort_unstable();
+    got.dedup();
+    let missing: Vec<&usize> = want
+        .iter()
+        .filter(|s| got.binary_search(s).is_err())
+        .take(10)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged, {} written; missing e.g. {missing:?}",
+        want.len(),
+        got.len()
+    );
+    eprintln!(
+        "SIGTERM under load: {} acknowledged records, all written",
+        want.len()
+    );
+}
+
+#[test]
+fn run_exits_with_one_clear_line_when_a_port_is_taken() {
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = format!(
+        "[admin]\nlisten = \"127.0.0.1:{}\"\n[inputs.web]\ntype = \"http\"\nlisten = \"127.0.0.1:{port}\"\n[routes.all]\nto = [\"n\"]\n[outputs.n]\ntype = \"null\"\n",
+        free_port()
+    );
+    let path = write(dir.path(), "busy.toml", &cfg);
+    let mut cmd = Command::new(BIN);
+    cmd.args(["run", "-c", &path])
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::null());
+    let o = cmd.output().expect("run");
+    assert_no_panic(&o);
+    assert_eq!(code(&o), 1);
+    let err = text(&o.stderr);
+    let want = format!("input web: cannot listen on 127.0.0.1:{port}");
+    assert_eq!(err.matches(&want).count(), 1, "{err}");
+    assert!(err.contains("in use"), "{err}");
+    drop(taken);
+}

@@ -1,0 +1,1548 @@
+//! Durability guarantees, end to end against the real binary on loopback: a record firelane
+//! acknowledged (forward `chunk` ack) is delivered at least once across `kill -9`, torn
+//! segments, throttling and shutdown; memory stays bounded; a stalled output does not hold
+//! up another one; what cannot be delivered is counted (dropped, dead-lettered, lost).
+//!
+//! The destination of `type = "http"` outputs is [`Dest`], a small scriptable HTTP/1.1
+//! server in this file. Records carry an integer field `i` so that deliveries can be
+//! checked against what was acknowledged, record by record.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Router, free_port, read_jsonl, wait_lines};
+use firelane::input::forward::ListenAddr;
+use firelane::input::forward::client::{self, EventTime, ForwardClient};
+
+// === scriptable destination ===
+
+/// How the destination answers a request.
+#[derive(Clone, Debug, PartialEq)]
+enum Reply {
+    /// 200 OK, records counted as delivered.
+    Ok,
+    /// This status, with an optional `Retry-After` value; records not delivered.
+    Status(u16, Option<&'static str>),
+    /// Reads the request and never answers (until the server is dropped).
+    Stall,
+    /// 200 OK after this many milliseconds.
+    Slow(u64),
+}
+
+#[derive(Debug)]
+struct Seen {
+    at: Instant,
+    status: u16,
+    ids: Vec<u64>,
+}
+
+#[derive(Default)]
+struct DestState {
+    /// Answers for the next requests, in order; then `default`.
+    script: VecDeque<Reply>,
+    default: Option<Reply>,
+    seen: Vec<Seen>,
+    /// TCP connections accepted.
+    connections: usize,
+    /// Every record line of every request answered 200, parsed.
+    delivered: Vec<serde_json::Value>,
+}
+
+struct Dest {
+    port: u16,
+    state: Arc<Mutex<DestState>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Dest {
+    /// Starts on a free port.
+    fn start(default: Reply) -> Dest {
+        Self::start_on(free_port(), default)
+    }
+
+    /// Starts on `port` (a port handed out earlier while the destination was "down").
+    fn start_on(port: u16, default: Reply) -> Dest {
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind destination");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let state = Arc::new(Mutex::new(DestState {
+            default: Some(default),
+            ..DestState::default()
+        }));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (st, sp) = (state.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !sp.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((sock, _)) => {
+                        st.lock().unwrap().connections += 1;
+                        let (st, sp) = (st.clone(), sp.clone());
+                        std::thread::spawn(move || serve_conn(sock, st, sp));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Dest { port, state, stop }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/ingest", self.port)
+    }
+
+    fn script(&self, replies: &[Reply]) {
+        self.state
+            .lock()
+            .unwrap()
+            .script
+            .extend(replies.iter().cloned());
+    }
+
+    fn requests(&self) -> usize {
+        self.state.lock().unwrap().seen.len()
+    }
+
+    /// `i` of every delivered record, with how often each arrived.
+    fn delivered_ids(&self) -> BTreeMap<u64, usize> {
+        let mut m = BTreeMap::new();
+        for v in &self.state.lock().unwrap().delivered {
+            *m.entry(v["i"].as_u64().expect("record has i")).or_insert(0) += 1;
+        }
+        m
+    }
+
+    /// Waits until every id in `want` has been delivered at least once.
+    fn wait_ids(&self, want: &BTreeSet<u64>, timeout: Duration) -> BTreeMap<u64, usize> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.delivered_ids();
+            if want.iter().all(|i| got.contains_key(i)) || Instant::now() > deadline {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Dest {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One keep-alive connection: reads requests (Content-Length bodies), answers per script.
+fn serve_conn(sock: TcpStream, state: Arc<Mutex<DestState>>, stop: Arc<AtomicBool>) {
+    let _ = sock.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut w = match sock.try_clone() {
+        Ok(w) => w,
+        Err(_) => return,
+    };
+    let mut r = BufReader::new(sock);
+    loop {
+        // Request line and headers.
+        let mut content_length = 0usize;
+        let mut first = true;
+        loop {
+            let mut line = String::new();
+            match r.read_line(&mut line) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    if line.is_empty() {
+                        continue;
+                    }
+                    // A partial line: keep reading it.
+                    let mut rest = String::new();
+                    while !rest.ends_with('\n') {
+                        match r.read_line(&mut rest) {
+                            Ok(0) => return,
+                            Ok(_) => {}
+                            Err(_) if !stop.load(Ordering::Relaxed) => {}
+                            Err(_) => return,
+                        }
+                    }
+                    line.push_str(&rest);
+                }
+                Err(_) => return,
+            }
+            if first {
+                first = false;
+                if line.trim().is_empty() {
+                    first = true;
+                    continue;
+                }
+            }
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                content_length = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0u8; content_length];
+        let mut got = 0;
+        while got < content_length {
+            match r.read(&mut body[got..]) {
+                Ok(0) => return,
+                Ok(n) => got += n,
+                Err(_) if !stop.load(Ordering::Relaxed) => {}
+                Err(_) => return,
+            }
+        }
+        let text = String::from_utf8_lossy(&body).into_owned();
+        let records: Vec<serde_json::Value> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad NDJSON line {l:?}: {e}"))
+            })
+            .collect();
+        let ids = records.iter().filter_map(|v| v["i"].as_u64()).collect();
+        let reply = {
+            let mut st = state.lock().unwrap();
+            let reply = st
+                .script
+                .pop_front()
+                .or_else(|| st.default.clone())
+                .unwrap_or(Reply::Ok);
+            let status = match &reply {
+                Reply::Ok => 200,
+                Reply::Status(s, _) => *s,
+                Reply::Stall => 0,
+                Reply::Slow(_) => 200,
+            };
+            st.seen.push(Seen {
+                at: Instant::now(),
+                status,
+                ids,
+            });
+            if matches!(reply, Reply::Ok | Reply::Slow(_)) {
+                st.delivered.extend(records);
+            }
+            reply
+        };
+        let response = match reply {
+            Reply::Slow(ms) => {
+                std::thread::sleep(Duration::from_millis(ms));
+                "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_string()
+            }
+            // A small body, as most webhook receivers send: the client must read it to
+            // reuse the connection.
+            Reply::Ok => "HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n{\"ok\":true}\n".to_string(),
+            Reply::Status(code, retry_after) => {
+                let ra = retry_after
+                    .map(|v| format!("retry-after: {v}\r\n"))
+                    .unwrap_or_default();
+                format!("HTTP/1.1 {code} Scripted\r\n{ra}content-length: 7\r\n\r\nnot now")
+            }
+            Reply::Stall => {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                return;
+            }
+        };
+        if w.write_all(response.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+// === forward client ===
+
+struct Sender {
+    client: ForwardClient,
+    tag: String,
+    pad: String,
+}
+
+impl Sender {
+    fn connect(port: u16, timeout: Duration) -> Sender {
+        let addr = ListenAddr::Tcp(format!("127.0.0.1:{port}"));
+        Sender {
+            client: ForwardClient::connect(&addr, timeout).expect("connect forward input"),
+            tag: "app-firelens-1".into(),
+            pad: "x".repeat(100),
+        }
+    }
+
+    fn with_pad(mut self, bytes: usize) -> Sender {
+        self.pad = "p".repeat(bytes);
+        self
+    }
+
+    /// Sends records `ids` as one Forward-mode request with a chunk; does not wait.
+    fn send(&mut self, ids: std::ops::Range<u64>) -> String {
+        let recs: Vec<Vec<u8>> = ids
+            .map(|i| {
+                let mut m = serde_json::Map::new();
+                m.insert("i".into(), i.into());
+                m.insert("log".into(), self.pad.clone().into());
+                let mut b = Vec::new();
+                client::encode_json_record(&mut b, &m);
+                b
+            })
+            .collect();
+        let time = EventTime::now();
+        let entries: Vec<client::Entry<'_>> = recs
+            .iter()
+            .map(|r| client::Entry { time, record: r })
+            .collect();
+        let chunk = client::new_chunk_id();
+        let mut buf = Vec::new();
+        client::encode_forward(&mut buf, &self.tag, &entries, Some(&chunk));
+        self.client.send(&buf).expect("send forward request");
+        chunk
+    }
+
+    /// Sends and waits for the ack: after this, firelane owes us these records.
+    fn send_acked(&mut self, ids: std::ops::Range<u64>) {
+        let chunk = self.send(ids.clone());
+        self.client
+            .read_ack(&chunk)
+            .unwrap_or_else(|e| panic!("no ack for records {ids:?}: {e}"));
+    }
+}
+
+fn ids(r: std::ops::Range<u64>) -> BTreeSet<u64> {
+    r.collect()
+}
+
+/// Pushes `ids` in acked requests of `per` records.
+fn send_all(s: &mut Sender, n: u64, per: u64) {
+    send_range(s, 0, n, per);
+}
+
+/// Pushes records `from..n` in acked requests of `per` records.
+fn send_range(s: &mut Sender, from: u64, n: u64, per: u64) {
+    let mut i = from;
+    while i < n {
+        let end = (i + per).min(n);
+        s.send_acked(i..end);
+        i = end;
+    }
+}
+
+fn vm_hwm_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM line")
+}
+
+fn pid(r: &Router) -> u32 {
+    r.child.as_ref().expect("running").id()
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// A forward input and one `http` output named `web` with the given extra keys.
+fn http_config(fwd: u16, url: &str, extra: &str) -> String {
+    format!(
+        r#"
+[runtime]
+data_dir = "{{dir}}/data"
+shutdown_grace = "10s"
+log_level = "info"
+
+[inputs.app]
+type = "forward"
+listen = ["tcp://127.0.0.1:{fwd}"]
+
+[routes.all]
+to = ["web"]
+
+[outputs.web]
+type = "http"
+url = "{url}"
+timeout = "5s"
+retry = {{ initial_backoff = "50ms", max_backoff = "300ms" }}
+{extra}
+"#
+    )
+}
+
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+
+// === tests ===
+
+/// kill -9 while acked records wait in a disk buffer for a destination that is down; on
+/// restart (destination healthy) every acked record is delivered.
+#[test]
+fn kill9_with_destination_down_then_restart_delivers_every_acked_record() {
+    for fsync in ["always", "1s", "never"] {
+        kill9_then_restart(fsync);
+    }
+}
+
+fn kill9_then_restart(fsync: &str) {
+    eprintln!("fsync = {fsync:?}");
+    let fwd = free_port();
+    let dest_port = free_port(); // nobody listens yet: connection refused
+    let url = format!("http://127.0.0.1:{dest_port}/ingest");
+    let cfg = http_config(
+        fwd,
+        &url,
+        &format!(
+            r#"buffer = {{ type = "disk", fsync = "{fsync}" }}
+batch = {{ max_records = 500, max_age = "100ms" }}"#
+        ),
+    );
+    let router = Router::start(&cfg);
+    let mut s = Sender::connect(fwd, SECS(10));
+    const N: u64 = 3000;
+    send_all(&mut s, N, 100);
+    // The output has tried and failed at least once: the records are not delivered yet.
+    let retried = router.wait_metric(
+        "firelane_output_records_total",
+        &[r#"output="web""#, r#"result="retried""#],
+        1.0,
+        SECS(10),
+    );
+    assert!(retried >= 1.0, "no retry while the destination is down");
+    assert_eq!(
+        router.metric(
+            "firelane_output_records_total",
+            &[r#"output="web""#, r#"result="sent""#]
+        ),
+        0.0
+    );
+    assert_eq!(
+        router.metric("firelane_buffer_records", &[r#"output="web""#]),
+        N as f64
+    );
+    let dir = router.into_dir(); // kill -9
+
+    let dest = Dest::start_on(dest_port, Reply::Ok);
+    let router = Router::start_in(dir, &cfg);
+    assert_eq!(
+        router.metric(
+            "firelane_buffer_replayed_records_total",
+            &[r#"output="web""#]
+        ),
+        N as f64,
+        "replay counted"
+    );
+    let got = dest.wait_ids(&ids(0..N), SECS(30));
+    let missing: Vec<u64> = (0..N).filter(|i| !got.contains_key(i)).collect();
+    assert!(
+        missing.is_empty(),
+        "acked records lost after kill -9: {} missing, first {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    let dups: usize = got.values().map(|c| c - 1).sum();
+    eprintln!(
+        "kill9 replay: {N} acked, {} delivered, {dups} duplicates",
+        got.len()
+    );
+    assert!(got.keys().all(|i| *i < N), "unexpected ids");
+    let sent = router.wait_metric(
+        "firelane_output_records_total",
+        &[r#"output="web""#, r#"result="sent""#],
+        N as f64,
+        SECS(5),
+    );
+    assert_eq!(sent as usize, got.values().sum::<usize>());
+    assert!(
+        router.logs().contains("replaying undelivered records"),
+        "{}",
+        router.logs()
+    );
+    // Delivered records leave the buffer.
+    let deadline = Instant::now() + SECS(10);
+    while router.metric("firelane_buffer_records", &[r#"output="web""#]) > 0.0
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        router.metric("firelane_buffer_records", &[r#"output="web""#]),
+        0.0
+    );
+}
+
+/// A torn newest segment: the valid prefix is delivered, the damaged tail quarantined and
+/// counted, start-up continues.
+#[test]
+fn torn_last_segment_is_quarantined_and_the_valid_prefix_delivered() {
+    // (damage, records of the 1000 that survive it)
+    for (damage, survive) in [("truncate", 999), ("zeros", 1000), ("bitflip", 999)] {
+        torn_case(damage, survive);
+    }
+}
+
+fn torn_case(damage: &str, survive: u64) {
+    eprintln!("damage: {damage}");
+    let fwd = free_port();
+    let dest_port = free_port();
+    let url = format!("http://127.0.0.1:{dest_port}/ingest");
+    let cfg = http_config(fwd, &url, r#"buffer = { type = "disk" }"#);
+    let router = Router::start(&cfg);
+    let mut s = Sender::connect(fwd, SECS(10));
+    const N: u64 = 1000;
+    send_all(&mut s, N, 100);
+    let dir = router.into_dir();
+
+    let bufdir = dir.path().join("data/buffers/web");
+    let segs = segments(&bufdir);
+    assert!(!segs.is_empty(), "no segment in {}", bufdir.display());
+    let newest = segs.last().expect("segment");
+    let len = std::fs::metadata(newest).expect("segment metadata").len();
+    match damage {
+        // Cut 10 bytes into the last record: a write torn by the crash.
+        "truncate" => std::fs::OpenOptions::new()
+            .write(true)
+            .open(newest)
+            .and_then(|f| f.set_len(len - 10))
+            .expect("truncate"),
+        // Zero-filled blocks after the last record (delayed allocation after a crash).
+        "zeros" => std::fs::OpenOptions::new()
+            .append(true)
+            .open(newest)
+            .and_then(|mut f| f.write_all(&[0u8; 4096]))
+            .expect("append zeros"),
+        // One flipped bit in the last record's payload: the checksum catches it.
+        _ => {
+            let mut bytes = std::fs::read(newest).expect("read segment");
+            let at = bytes.len() - 5;
+            bytes[at] ^= 0x01;
+            std::fs::write(newest, bytes).expect("write segment");
+        }
+    }
+
+    let dest = Dest::start_on(dest_port, Reply::Ok);
+    let router = Router::start_in(dir, &cfg);
+    let got = dest.wait_ids(&ids(0..survive), SECS(30));
+    let missing: Vec<u64> = (0..survive).filter(|i| !got.contains_key(i)).collect();
+    assert!(
+        missing.is_empty(),
+        "valid prefix not delivered: missing {missing:?}"
+    );
+    assert!(
+        got.keys().all(|&i| i < survive),
+        "a damaged record was delivered: {:?}",
+        got.keys().filter(|&&i| i >= survive).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        router.metric("firelane_buffer_quarantined_total", &[r#"output="web""#]),
+        1.0
+    );
+    assert_eq!(
+        router.metric(
+            "firelane_buffer_replayed_records_total",
+            &[r#"output="web""#]
+        ),
+        survive as f64
+    );
+    let logs = router.logs();
+    assert!(logs.contains("damaged segment tail quarantined"), "{logs}");
+    let q: Vec<_> = std::fs::read_dir(bufdir.join("quarantine"))
+        .expect("quarantine dir")
+        .flatten()
+        .collect();
+    assert_eq!(q.len(), 1, "one quarantined tail");
+    assert!(q[0].file_name().to_string_lossy().ends_with(".tail"));
+    assert!(q[0].metadata().expect("meta").len() > 0);
+    // Start-up went on: new records flow too.
+    s = Sender::connect(fwd, SECS(10));
+    s.send_acked(5000..5010);
+    let got = dest.wait_ids(&ids(5000..5010), SECS(10));
+    assert!((5000..5010).all(|i| got.contains_key(&i)));
+}
+
+/// 503 then 429, both with `Retry-After: 1`, then healthy: nothing lost, each retry waits
+/// about a second, and there is no tight loop.
+#[test]
+fn retry_after_is_honoured_on_503_and_429() {
+    let fwd = free_port();
+    let dest = Dest::start(Reply::Ok);
+    dest.script(&[Reply::Status(503, Some("1")), Reply::Status(429, Some("1"))]);
+    let cfg = http_config(
+        fwd,
+        &dest.url(),
+        r#"batch = { max_records = 1000, max_age = "100ms" }"#,
+    );
+    let router = Router::start(&cfg);
+    let mut s = Sender::connect(fwd, SECS(10));
+    s.send_acked(0..50);
+    let got = dest.wait_ids(&ids(0..50), SECS(20));
+    assert_eq!(got.len(), 50);
+    assert!(got.values().all(|&c| c == 1), "delivered once each");
+    let st = dest.state.lock().unwrap();
+    let statuses: Vec<u16> = st.seen.iter().map(|x| x.status).collect();
+    assert_eq!(
+        statuses,
+        vec![503, 429, 200],
+        "one request per answer, no tight loop"
+    );
+    for pair in st.seen.windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        assert!(
+            gap >= Duration::from_millis(950) && gap < SECS(5),
+            "retry after {gap:?}, Retry-After said 1 s"
+        );
+        assert_eq!(pair[0].ids, pair[1].ids, "the same batch is retried");
+    }
+    drop(st);
+    assert_eq!(
+        router.wait_metric(
+            "firelane_output_records_total",
+            &[r#"output="web""#, r#"result="sent""#],
+            50.0,
+            SECS(5)
+        ),
+        50.0
+    );
+    assert_eq!(
+        router.metric(
+            "firelane_output_records_total",
+            &[r#"output="web""#, r#"result="retried""#]
+        ),
+        100.0
+    );
+    // Keep-alive: more batches go over the same connection(s), not one connection each.
+    for k in 0..10u64 {
+        s.send_acked(1000 + k * 10..1000 + k * 10 + 10);
+        dest.wait_ids(&ids(1000 + k * 10..1000 + k * 10 + 10), SECS(10));
+    }
+    let st = dest.state.lock().unwrap();
+    assert!(st.seen.len() >= 13);
+    assert!(
+        st.connections <= 3,
+        "{} connections for {} requests: responses not read to the end, so never reused",
+        st.connections,
+        st.seen.len()
+    );
+}
+
+/// One output stalled (never answers, or always 503) while a file output on the same route
+/// keeps delivering everything promptly.
+#[test]
+fn stalled_output_does_not_hold_up_the_file_output() {
+    for stall in [Reply::Stall, Reply::Status(503, None)] {
+        let fwd = free_port();
+        let dest = Dest::start(stall.clone());
+        let cfg = format!(
+            r#"
+[runtime]
+shutdown_grace = "2s"
+
+[inputs.app]
+type = "forward"
+listen = ["tcp://127.0.0.1:{fwd}"]
+
+[routes.all]
+to = ["stuck", "local"]
+
+[outputs.stuck]
+type = "http"
+url = "{}"
+timeout = "60s"
+
+[outputs.local]
+type = "file"
+path = "{{dir}}/local.jsonl"
+"#,
+            dest.url()
+        );
+        let router = Router::start(&cfg);
+        let mut s = Sender::connect(fwd, SECS(10));
+        const N: u64 = 20_000;
+        let t0 = Instant::now();
+        send_all(&mut s, N, 500);
+        let acked = t0.elapsed();
+        let lines = wait_lines(&router.path("local.jsonl"), N as usize, SECS(30));
+        let all = t0.elapsed();
+        eprintln!("{stall:?}: {N} records acked in {acked:?}, all in the file after {all:?}");
+        assert_eq!(lines.len(), N as usize, "file output held up by {stall:?}");
+        let got: BTreeSet<u64> = lines.iter().map(|v| v["i"].as_u64().expect("i")).collect();
+        assert_eq!(got, ids(0..N));
+        assert!(dest.requests() >= 1, "the stuck output did try");
+        assert!(dest.delivered_ids().is_empty());
+        assert_eq!(
+            router.metric(
+                "firelane_output_records_total",
+                &[r#"output="stuck""#, r#"result="sent""#]
+            ),
+            0.0
+        );
+    }
+}
+
+/// SIGTERM with 100,000 records in an open batch (long max_age): delivered before exit,
+/// within shutdown_grace, exit 0.
+#[test]
+fn sigterm_flushes_a_large_open_batch() {
+    let fwd = free_port();
+    let cfg = format!(
+        r#"
+[runtime]
+shutdown_grace = "25s"
+
+[inputs.app]
+type = "forward"
+listen = ["tcp://127.0.0.1:{fwd}"]
+
+[routes.all]
+to = ["local"]
+
+[outputs.local]
+type = "file"
+path = "{{dir}}/local.jsonl"
+batch = {{ max_records = 200000, max_bytes = "256MiB", max_age = "10m" }}
+buffer = {{ max_size = "100MiB" }}
+"#
+    );
+    let mut router = Router::start(&cfg);
+    let mut s = Sender::connect(fwd, SECS(20)).with_pad(20);
+    const N: u64 = 100_000;
+    send_all(&mut s, N, 2000);
+    // Nothing is written while the batch is open.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        read_jsonl(&router.path("local.jsonl")).is_empty(),
+        "batch closed before max_age"
+    );
+    let t0 = Instant::now();
+    let status = router.terminate(SECS(30));
+    let took = t0.elapsed();
+    assert!(status.success(), "exit status {status}\n{}", router.logs());
+    assert!(took < SECS(25), "shutdown took {took:?}, grace is 25 s");
+    let lines = read_jsonl(&router.path("local.jsonl"));
+    let got: BTreeSet<u64> = lines.iter().map(|v| v["i"].as_u64().expect("i")).collect();
+    assert_eq!(lines.len(), N as usize);
+    assert_eq!(got, ids(0..N));
+    eprintln!("SIGTERM flushed {N} records in {took:?}");
+}
+
+/// SIGTERM while the destination stays down: a disk buffer keeps the records for the next
+/// start (which delivers them); a memory buffer counts them as lost in a clear log line.
+#[test]
+fn sigterm_with_destination_down_disk_keeps_memory_reports_lost() {
+    // Disk.
+    let fwd = free_port();
+    let dest_port = free_port();
+    let url = format!("http://127.0.0.1:{dest_port}/ingest");
+    let cfg = http_config(fwd, &url, r#"buffer = { type = "disk" }"#)
+        .replace(r#"shutdown_grace = "10s""#, r#"shutdown_grace = "3s""#);
+    let mut router = Router::start(&cfg);
+    let mut s = Sender::connect(fwd, SECS(10));
+    const N: u64 = 2000;
+    send_all(&mut s, N, 200);
+    let t0 = Instant::now();
+    let status = router.terminate(SECS(15));
+    assert!(status.success(), "exit status {status}\n{}", router.logs());
+    assert!(
+        t0.elapsed() < SECS(6),
+        "shutdown took {:?} with a 3 s grace",
+        t0.elapsed()
+    );
+    let logs = router.logs();
+    assert!(logs.contains("disk buffer: kept for next start"), "{logs}");
+    let dir = router.into_dir();
+    let dest = Dest::start_on(dest_port, Reply::Ok);
+    let router = Router::start_in(dir, &cfg);
+    let got = dest.wait_ids(&ids(0..N), SECS(30));
+    let missing = (0..N).filter(|i| !got.contains_key(i)).count();
+    assert_eq!(
+        missing, 0,
+        "records kept on disk at SIGTERM were not delivered after restart"
+    );
+    drop(router);
+
+    // Memory.
+    let fwd = free_port();
+    let dest_port = free_port();
+    let url = format!("http://127.0.0.1:{dest_port}/ingest");
+    let cfg =
+        http_config(fwd, &url, "").replace(r#"shutdown_grace = "10s""#, r#"shutdown_grace = "3s""#);
+    let mut router = Router::start(&cfg);
+    let mut s = Sender::connect(fwd, SECS(10));
+    send_all(&mut s, N, 200);
+    let status = router.terminate(SECS(15));
+    assert!(status.success(), "exit status {status}\n{}", router.logs());
+    let logs = router.logs();
+    let want =
+        format!("output web: {N} records undelivered at shutdown deadline (memory buffer: lost)");
+    assert!(
+        logs.contains(&want),
+        "no clear loss line {want:?} in:\n{logs}"
+    );
+}
+
+/// A full disk buffer with `when_full = "block"` stops acks; once the destination recovers,
+/// the client goes on and nothing acked is lost.
+#[test]
+fn full_disk_buffer_blocks_then_recovers_without_loss() {
+    let fwd = free_port();
+    let dest_port = free_port();
+    let url = format!("http://127.0.0.1:{dest_port}/ingest");
+    let cfg = http_config(
+        fwd,
+        &url,
+        r#"buffer = { type = "disk", max_size = "256KiB", when_full = "block" }"#,
+    );
+    let router = Router::start(&cfg);
+    let mut s = Sender::connect(fwd, SECS(3));
+    // ~150 bytes per record on disk: 256 KiB hold ~1700 records. Offer 5000.
+    const N: u64 = 5000;
+    let mut acked = 0u64;
+    let mut blocked_at = None;
+    while acked < N {
+        let chunk = s.send(acked..acked + 100);
+        match s.client.read_ack(&chunk) {
+            Ok(()) => acked += 100,
+            Err(e) => {
+                assert!(
+                    matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ),
+                    "{e}"
+                );
+                blocked_at = Some((acked, chunk));
+                break;
+            }
+        }
+    }
+    let (acked_before, chunk) = blocked_at.expect("a full buffer must stop the acks");
+    assert!(
+        (1000..N).contains(&acked_before),
+        "blocked after {acked_before} records"
+    );
+    assert!(router.metric("firelane_buffer_bytes", &[r#"output="web""#]) <= 256.0 * 1024.0);
+    assert_eq!(
+        router.metric(
+            "firelane_output_records_total",
+            &[r#"output="web""#, r#"result="dropped""#]
+        ),
+        0.0
+    );
+
+    let dest = Dest::start_on(dest_port, Reply::Ok);
+    // The pending request is acked once space frees up.
+    let deadline = Instant::now() + SECS(30);
+    loop {
+        match s.client.read_ack(&chunk) {
+            Ok(()) => break,
+            Err(e)
+                if Instant::now() < deadline
+                    && matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+            Err(e) => panic!("ack never came after recovery: {e}"),
+        }
+    }
+    let mut acked = acked_before + 100;
+    while acked < N {
+        s.send_acked(acked..acked + 100);
+        acked += 100;
+    }
+    let got = dest.wait_ids(&ids(0..N), SECS(30));
+    let missing: Vec<u64> = (0..N).filter(|i| !got.contains_key(i)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} acked records lost, first {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    eprintln!("block: acks stopped after {acked_before} records; all {N} delivered after recovery");
+}
+
+/// `when_full = "drop_newest"`: drops are counted, everything accepted is delivered.
+#[test]
+fn full_disk_buffer_drop_newest_counts_drops_and_delivers_the_rest() {
+    let fwd = free_port();
+    let dest_port = free_port();
+    let url = format!("http://127.0.0.1:{dest_port}/ingest");
+    let cfg = http_config(
+        fwd,
+        &url,
+        r#"buffer = { type = "disk", max_size = "256KiB", when_full = "drop_newest" }"#,
+    );
+    let router = Router::start(&cfg);
+    let mut s = Sender::connect(fwd, SECS(10));
+    const N: u64 = 5000;
+    send_all(&mut s, N, 100); // every request is acked, full buffer or not
+    let dropped = router.metric(
+        "firelane_output_records_total",
+        &[r#"output="web""#, r#"result="dropped""#],
+    );
+    assert!(dropped > 0.0 && dropped < N as f64, "dropped {dropped}");
+    let accepted = N - dropped as u64;
+    let dest = Dest::start_on(dest_port, Reply::Ok);
+    let sent = router.wait_metric(
+        "firelane_output_records_total",
+        &[r#"output="web""#, r#"result="sent""#],
+        accepted as f64,
+        SECS(30),
+    );
+    assert_eq!(sent as u64, accepted);
+    let got = dest.delivered_ids();
+    assert_eq!(
+        got.len() as u64,
+        accepted,
+        "every accepted record delivered once"
+    );
+    // The oldest records were kept: drop_newest drops what arrives after the buffer filled.
+    assert!((0..1000).all(|i| got.contains_key(&i)));
+    assert!(router.logs().contains("buffer full"), "drop not logged");
+    eprintln!("drop_newest: {N} offered, {dropped} dropped, {accepted} delivered");
+}
+
+/// Memory stays bounded while a stalled output's buffer is full: records are offered
+/// through forward (drop_newest, so the whole volume passes through the decoder) and the
+/// router's peak RSS stays under memory_limit + a fixed overhead.
+#[test]
+fn memory_stays_bounded_with_a_stalled_output() {
+    const LIMIT_MIB: u64 = 64;
+    /// Allocator slack, thread stacks, code and the decode buffers of one connection.
+    const OVERHEAD_MIB: u64 = 96;
+    // 1 GiB by default (about 10 s in debug); FIRELANE_TEST_OFFER_MIB changes it.
+    let total_mib: u64 = std::env::var("FIRELANE_TEST_OFFER_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let fwd = free_port();
+    let dest = Dest::start(Reply::Stall);
+    let cfg = format!(
+        r#"
+[runtime]
+memory_limit = "{LIMIT_MIB}MiB"
+shutdown_grace = "2s"
+
+[inputs.app]
+type = "forward"
+listen = ["tcp://127.0.0.1:{fwd}"]
+
+[routes.all]
+to = ["stuck"]
+
+[outputs.stuck]
+type = "http"
+url = "{}"
+timeout = "120s"
+buffer = {{ max_size = "48MiB", when_full = "drop_newest" }}
+"#,
+        dest.url()
+    );
+    let router = Router::start(&cfg);
+    let base = vm_hwm_kib(pid(&router));
+    let mut s = Sender::connect(fwd, SECS(30)).with_pad(1000);
+    const PER: u64 = 1000; // ~1 MiB per request
+    let requests = total_mib; // one MiB each
+    let t0 = Instant::now();
+    for r in 0..requests {
+        s.send_acked(r * PER..(r + 1) * PER);
+    }
+    let hwm = vm_hwm_kib(pid(&router));
+    let dropped = router.metric(
+        "firelane_output_records_total",
+        &[r#"output="stuck""#, r#"result="dropped""#],
+    );
+    let buffered = router.metric("firelane_buffer_bytes", &[r#"output="stuck""#]);
+    eprintln!(
+        "memory: offered {total_mib} MiB in {:?}; VmHWM {} MiB (at start {} MiB); buffer {} MiB; dropped {dropped} records",
+        t0.elapsed(),
+        hwm / 1024,
+        base / 1024,
+        buffered / 1048576.0
+    );
+    assert!(dropped > 0.0, "the buffer never filled");
+    assert!(buffered <= 48.0 * 1048576.0 + 1048576.0);
+    assert!(
+        hwm / 1024 <= LIMIT_MIB + OVERHEAD_MIB,
+        "peak RSS {} MiB above {LIMIT_MIB} + {OVERHEAD_MIB} MiB",
+        hwm / 1024
+    );
+}
+
+/// A permanently failing output (HTTP 400) sends its records to the dead letter output
+/// with the error attached, counted as dead_lettered.
+#[test]
+fn permanent_failures_go_to_the_dead_letter_output() {
+    let fwd = free_port();
+    let dest = Dest::start(Reply::Status(400, None));
+    let cfg = format!(
+        r#"
+[inputs.app]
+type = "forward"
+listen = ["tcp://127.0.0.1:{fwd}"]
+
+[routes.all]
+to = ["web"]
+
+[outputs.web]
+type = "http"
+url = "{}"
+dead_letter = "dlq"
+batch = {{ max_age = "100ms" }}
+
+[outputs.dlq]
+type = "file"
+path = "{{dir}}/dlq.jsonl"
+"#,
+        dest.url()
+    );
+    let router = Router::start(&cfg);
+    let mut s = Sender::connect(fwd, SECS(10));
+    s.send_acked(0..50);
+    let lines = wait_lines(&router.path("dlq.jsonl"), 50, SECS(15));
+    assert_eq!(lines.len(), 50);
+    let got: BTreeSet<u64> = lines.iter().map(|v| v["i"].as_u64().expect("i")).collect();
+    assert_eq!(got, ids(0..50));
+    for v in &lines {
+        assert_eq!(
+            v["log"].as_str().map(str::len),
+            Some(100),
+            "original fields kept: {v}"
+        );
+        let e = &v["firelane_error"];
+        assert_eq!(e["output"], "web", "{v}");
+        assert_eq!(e["reason"], "client_error", "{v}");
+        assert!(
+            e["message"].as_str().is_some_and(|m| m.contains("400")),
+            "{v}"
+        );
+        assert_eq!(e["attempts"], 1, "a 400 is not retried: {v}");
+    }
+    assert_eq!(dest.requests(), 1, "permanent error retried");
+    assert_eq!(
+        router.wait_metric(
+            "firelane_output_records_total",
+            &[r#"output="web""#, r#"result="dead_lettered""#],
+            50.0,
+            SECS(5)
+        ),
+        50.0
+    );
+    assert_eq!(
+        router.metric(
+            "firelane_output_records_total",
+            &[r#"output="web""#, r#"result="failed""#]
+        ),
+        0.0
+    );
+    assert_eq!(
+        router.wait_metric(
+            "firelane_output_records_total",
+            &[r#"output="dlq""#, r#"result="sent""#],
+            50.0,
+            SECS(5)
+        ),
+        50.0
+    );
+}
+
+/// Part of the records delivered, the rest waiting over several segments when kill -9
+/// comes: after restart every acked record is delivered, delivered segments are gone, and
+/// few records come twice (the ack watermark is persisted every 100 ms).
+#[test]
+fn kill9_after_partial_delivery_over_several_segments() {
+    let fwd = free_port();
+    let dest = Dest::start(Reply::Ok);
+    // 4 MiB buffer: 1 MiB segments of ~6000 records.
+    let cfg = http_config(
+        fwd,
+        &dest.url(),
+        r#"buffer = { type = "disk", max_size = "4MiB" }
+batch = { max_records = 200, max_age = "50ms" }"#,
+    );
+    let router = Router::start(&cfg);
+    let mut s = Sender::connect(fwd, SECS(10));
+    const DONE: u64 = 8000;
+    send_range(&mut s, 0, DONE, 100);
+    let got = dest.wait_ids(&ids(0..DONE), SECS(30));
+    assert_eq!(got.len() as u64, DONE);
+    // The watermark reaches the ack file within 100 ms; wait for the buffer to empty.
+    let deadline = Instant::now() + SECS(10);
+    while router.metric("firelane_buffer_records", &[r#"output="web""#]) > 0.0
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    dest.state.lock().unwrap().default = Some(Reply::Status(503, None));
+    const N: u64 = 20_000;
+    send_range(&mut s, DONE, N, 100);
+    let bufdir = router.path("data/buffers/web");
+    let before = segments(&bufdir);
+    assert!(
+        before.len() >= 2,
+        "expected several segments, got {before:?}"
+    );
+    let dir = router.into_dir();
+
+    dest.state.lock().unwrap().default = Some(Reply::Ok);
+    let router = Router::start_in(dir, &cfg);
+    let replayed = router.metric(
+        "firelane_buffer_replayed_records_total",
+        &[r#"output="web""#],
+    );
+    let got = dest.wait_ids(&ids(0..N), SECS(60));
+    let missing: Vec<u64> = (0..N).filter(|i| !got.contains_key(i)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} acked records lost, first {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    let dups: usize = got.values().map(|c| c - 1).sum();
+    eprintln!(
+        "partial kill9: {N} acked, replayed {replayed}, {dups} duplicates; segments before kill {}",
+        before.len()
+    );
+    assert!(replayed >= (N - DONE) as f64, "replayed {replayed}");
+    // The first 8000 were delivered and acked long before the kill: not replayed.
+    assert!(
+        replayed < (N - DONE) as f64 + 1000.0,
+        "replayed {replayed}: delivered records came back"
+    );
+    let deadline = Instant::now() + SECS(10);
+    while router.metric("firelane_buffer_records", &[r#"output="web""#]) > 0.0
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        segments(&router.path("data/buffers/web")).len() <= 1,
+        "delivered segments not deleted"
+    );
+}
+
+/// After a clean shutdown (everything delivered), a restart replays nothing.
+#[test]
+fn clean_shutdown_leaves_nothing_to_replay() {
+    let fwd = free_port();
+    let dest = Dest::start(Reply::Ok);
+    let cfg = http_config(
+        fwd,
+        &dest.url(),
+        r#"buffer = { type = "disk" }
+batch = { max_age = "50ms" }"#,
+    );
+    let mut router = Router::start(&cfg);
+    let mut s = Sender::connect(fwd, SECS(10));
+    const N: u64 = 3000;
+    send_all(&mut s, N, 100);
+    drop(s);
+    let got = dest.wait_ids(&ids(0..N), SECS(20));
+    assert_eq!(got.len() as u64, N);
+    // SIGTERM right away: the last acks are at most a few ms old.
+    assert!(router.terminate(SECS(15)).success());
+    let dir = router.into_dir();
+    let before = dest.requests();
+    let router = Router::start_in(dir, &cfg);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        router.metric(
+            "firelane_buffer_replayed_records_total",
+            &[r#"output="web""#]
+        ),
+        0.0,
+        "{}",
+        router.logs()
+    );
+    assert_eq!(
+        dest.requests(),
+        before,
+        "records delivered before a clean shutdown were sent again"
+    );
+}
+
+/// The HTTP input answers 503 with Retry-After (never 4xx) while a disk buffer is full, and
+/// accepts again once the destination recovers; every record answered 200 is delivered.
+#[test]
+fn http_input_answers_503_while_the_buffer_is_full() {
+    let http = free_port();
+    let dest_port = free_port();
+    let cfg = format!(
+        r#"
+[runtime]
+data_dir = "{{dir}}/data"
+
+[inputs.events]
+type = "http"
+listen = "127.0.0.1:{http}"
+accept_timeout = "500ms"
+
+[routes.all]
+to = ["web"]
+
+[outputs.web]
+type = "http"
+url = "http://127.0.0.1:{dest_port}/ingest"
+retry = {{ initial_backoff = "50ms", max_backoff = "300ms" }}
+buffer = {{ type = "disk", max_size = "128KiB", when_full = "block" }}
+"#
+    );
+    let _router = Router::start(&cfg);
+    let client = reqwest::blocking::Client::builder()
+        .timeout(SECS(10))
+        .build()
+        .expect("client");
+    let post = |from: u64| {
+        let body: String = (from..from + 50)
+            .map(|i| format!("{{\"i\":{i},\"log\":\"{}\"}}\n", "y".repeat(100)))
+            .collect();
+        client
+            .post(format!("http://127.0.0.1:{http}/tag/app"))
+            .body(body)
+            .send()
+            .expect("post")
+    };
+    let mut accepted = BTreeSet::new();
+    let mut next = 0u64;
+    let refused = loop {
+        assert!(next < 10_000, "the buffer never filled");
+        let r = post(next);
+        match r.status().as_u16() {
+            200 => accepted.extend(next..next + 50),
+            503 => break r,
+            other => panic!("status {other} for a full buffer"),
+        }
+        next += 50;
+    };
+    let retry_after = refused
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    assert!(
+        retry_after
+            .as_deref()
+            .is_some_and(|v| v.parse::<u64>().is_ok()),
+        "503 without Retry-After: {retry_after:?}"
+    );
+    let dest = Dest::start_on(dest_port, Reply::Ok);
+    // Once the destination drains the buffer, requests are accepted again.
+    let deadline = Instant::now() + SECS(30);
+    let resent = next;
+    loop {
+        let r = post(resent);
+        if r.status().as_u16() == 200 {
+            accepted.extend(resent..resent + 50);
+            break;
+        }
+        assert_eq!(r.status().as_u16(), 503);
+        assert!(Instant::now() < deadline, "still 503 after recovery");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let got = dest.wait_ids(&accepted, SECS(30));
+    let missing: Vec<&u64> = accepted.iter().filter(|i| !got.contains_key(i)).collect();
+    assert!(
+        missing.is_empty(),
+        "records answered 200 were lost: {missing:?}"
+    );
+    eprintln!(
+        "http input: {} records accepted before 503 (Retry-After {retry_after:?})",
+        next
+    );
+}
+
+/// `when_full = "block"` with several clients and a stalled output: inputs stop reading,
+/// and the router's peak RSS stays under memory_limit + overhead.
+#[test]
+fn memory_stays_bounded_when_blocking() {
+    const LIMIT_MIB: u64 = 64;
+    const OVERHEAD_MIB: u64 = 96;
+    let fwd = free_port();
+    let dest = Dest::start(Reply::Stall);
+    let cfg = format!(
+        r#"
+[runtime]
+memory_limit = "{LIMIT_MIB}MiB"
+shutdown_grace = "2s"
+
+[inputs.app]
+type = "forward"
+listen = ["tcp://127.0.0.1:{fwd}"]
+
+[routes.all]
+to = ["stuck"]
+
+[outputs.stuck]
+type = "http"
+url = "{}"
+timeout = "120s"
+buffer = {{ max_size = "256MiB", when_full = "block" }}
+"#,
+        dest.url()
+    );
+    let router = Router::start(&cfg);
+    // Four clients send 1 MiB requests until an ack takes longer than 3 s.
+    let clients: Vec<_> = (0..4u64)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let mut s = Sender::connect(fwd, SECS(3)).with_pad(1000);
+                let mut sent = 0u64;
+                loop {
+                    let base = c * 1_000_000 + sent;
+                    let chunk = s.send(base..base + 1000);
+                    if s.client.read_ack(&chunk).is_err() {
+                        return sent;
+                    }
+                    sent += 1000;
+                    if sent > 400_000 {
+                        return sent;
+                    }
+                }
+            })
+        })
+        .collect();
+    let acked: u64 = clients.into_iter().map(|h| h.join().expect("client")).sum();
+    let hwm = vm_hwm_kib(pid(&router)) / 1024;
+    let buffered = router.metric("firelane_buffer_bytes", &[r#"output="stuck""#]) / 1048576.0;
+    eprintln!(
+        "block: {acked} records acked before the inputs stopped; buffer {buffered:.1} MiB; VmHWM {hwm} MiB"
+    );
+    assert!(acked < 1_600_000, "inputs never pushed back");
+    // The buffer's own max_size (256 MiB) is above memory_limit: the process budget wins.
+    // (The gauge also counts pushes admitted by the buffer and still waiting for the
+    // budget: at most one 1 MiB request per client.)
+    assert!(
+        buffered <= (LIMIT_MIB + 4) as f64,
+        "buffer {buffered} MiB above memory_limit"
+    );
+    assert!(
+        hwm <= LIMIT_MIB + OVERHEAD_MIB,
+        "peak RSS {hwm} MiB above {LIMIT_MIB} + {OVERHEAD_MIB} MiB"
+    );
+    assert_eq!(
+        router.metric(
+            "firelane_output_records_total",
+            &[r#"output="stuck""#, r#"result="dropped""#]
+        ),
+        0.0
+    );
+}
+
+/// A stalled `drop_newest` output whose buffer could take the whole memory budget must
+/// shed its own records, not starve the other outputs of the same route.
+#[test]
+fn stalled_drop_newest_output_does_not_starve_others_of_memory() {
+    let fwd = free_port();
+    let dest = Dest::start(Reply::Stall);
+    let cfg = format!(
+        r#"
+[runtime]
+memory_limit = "32MiB"
+shutdown_grace = "2s"
+
+[inputs.app]
+type = "forward"
+listen = ["tcp://127.0.0.1:{fwd}"]
+
+[routes.all]
+to = ["stuck", "local"]
+
+[outputs.stuck]
+type = "http"
+url = "{}"
+timeout = "120s"
+buffer = {{ max_size = "64MiB", when_full = "drop_newest" }}
+
+[outputs.local]
+type = "file"
+path = "{{dir}}/local.jsonl"
+"#,
+        dest.url()
+    );
+    let router = Router::start(&cfg);
+    let mut s = Sender::connect(fwd, SECS(20)).with_pad(1000);
+    const N: u64 = 100_000; // ~100 MiB
+    send_all(&mut s, N, 1000);
+    let lines = wait_lines(&router.path("local.jsonl"), N as usize, SECS(60));
+    assert_eq!(lines.len(), N as usize);
+    let dropped = router.metric(
+        "firelane_output_records_total",
+        &[r#"output="stuck""#, r#"result="dropped""#],
+    );
+    assert!(dropped > 0.0, "the stuck buffer never filled");
+    eprintln!("starve: {N} records through, stuck output dropped {dropped}");
+}
+
+/// kill -9 in the middle of steady delivery (acks out of order from 4 concurrent requests,
+/// segments rolling): every acked record is delivered after restart.
+#[test]
+fn kill9_during_steady_delivery_loses_nothing() {
+    let fwd = free_port();
+    // 4 requests of 200 records per 100 ms: ~8,000 records/s, slower than the client, so
+    // a backlog is on disk when the kill comes.
+    let dest = Dest::start(Reply::Slow(100));
+    let cfg = http_config(
+        fwd,
+        &dest.url(),
+        r#"buffer = { type = "disk", max_size = "16MiB" }
+batch = { max_records = 200, max_age = "20ms" }
+concurrency = 4"#,
+    );
+    let router = Router::start(&cfg);
+    let mut s = Sender::connect(fwd, SECS(10)).with_pad(400);
+    const N: u64 = 20_000; // ~10 MiB: three 4 MiB segments
+    send_all(&mut s, N, 100);
+    let sent_before = router.metric(
+        "firelane_output_records_total",
+        &[r#"output="web""#, r#"result="sent""#],
+    );
+    let dir = router.into_dir();
+    let delivered_before = dest.delivered_ids().len();
+    let router = Router::start_in(dir, &cfg);
+    let got = dest.wait_ids(&ids(0..N), SECS(60));
+    let missing: Vec<u64> = (0..N).filter(|i| !got.contains_key(i)).collect();
+    let dups: usize = got.values().map(|c| c - 1).sum();
+    let replayed = router.metric(
+        "firelane_buffer_replayed_records_total",
+        &[r#"output="web""#],
+    );
+    eprintln!(
+        "steady kill9: {N} acked, {delivered_before} delivered before the kill (sent metric {sent_before}), replayed {replayed}, {dups} duplicates"
+    );
+    assert!(
+        missing.is_empty(),
+        "{} acked records lost, first {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert!(
+        delivered_before < N as usize,
+        "everything was delivered before the kill: the test proved nothing"
+    );
+}
+
+/// Retries exhausted (`max_retries`) on a 503: dead-lettered with the attempts made; with
+/// no dead letter output the records are counted as failed with a log line.
+#[test]
+fn exhausted_retries_are_dead_lettered_or_counted_failed() {
+    let fwd = free_port();
+    let dest = Dest::start(Reply::Status(503, None));
+    let cfg = format!(
+        r#"
+[inputs.app]
+type = "forward"
+listen = ["tcp://127.0.0.1:{fwd}"]
+
+[routes.all]
+to = ["web", "bare"]
+
+[outputs.web]
+type = "http"
+url = "{url}"
+dead_letter = "dlq"
+batch = {{ max_age = "50ms" }}
+retry = {{ initial_backoff = "10ms", max_backoff = "20ms", max_retries = 2 }}
+
+[outputs.bare]
+type = "http"
+url = "{url}"
+batch = {{ max_age = "50ms" }}
+retry = {{ initial_backoff = "10ms", max_backoff = "20ms", max_retries = 2 }}
+
+[outputs.dlq]
+type = "file"
+path = "{{dir}}/dlq.jsonl"
+"#,
+        url = dest.url()
+    );
+    let router = Router::start(&cfg);
+    let mut s = Sender::connect(fwd, SECS(10));
+    s.send_acked(0..20);
+    let lines = wait_lines(&router.path("dlq.jsonl"), 20, SECS(15));
+    assert_eq!(lines.len(), 20);
+    for v in &lines {
+        let e = &v["firelane_error"];
+        assert_eq!(e["output"], "web", "{v}");
+        assert_eq!(e["reason"], "server_error", "{v}");
+        assert_eq!(e["attempts"], 3, "1 attempt + 2 retries: {v}");
+    }
+    let failed = router.wait_metric(
+        "firelane_output_records_total",
+        &[r#"output="bare""#, r#"result="failed""#],
+        20.0,
+        SECS(10),
+    );
+    assert_eq!(failed, 20.0);
+    assert_eq!(
+        router.metric(
+            "firelane_output_records_total",
+            &[r#"output="web""#, r#"result="dead_lettered""#]
+        ),
+        20.0
+    );
+    // Three requests per output, no more.
+    assert_eq!(dest.requests(), 6);
+    let logs = router.logs();
+    assert!(
+        logs.contains("output bare: giving up after retries, server_error"),
+        "{logs}"
+    );
+}
+
+/// SIGTERM while a client is held back by a full disk buffer (destination down): exit 0
+/// within the grace period; every acked record is delivered after the restart.
+#[test]
+fn sigterm_while_blocked_on_a_full_disk_buffer() {
+    let fwd = free_port();
+    let dest_port = free_port();
+    let url = format!("http://127.0.0.1:{dest_port}/ingest");
+    let cfg = http_config(
+        fwd,
+        &url,
+        r#"buffer = { type = "disk", max_size = "256KiB", when_full = "block" }"#,
+    )
+    .replace(r#"shutdown_grace = "10s""#, r#"shutdown_grace = "4s""#);
+    let mut router = Router::start(&cfg);
+    let mut s = Sender::connect(fwd, SECS(2));
+    let mut acked = 0u64;
+    loop {
+        let chunk = s.send(acked..acked + 100);
+        if s.client.read_ack(&chunk).is_err() {
+            break;
+        }
+        acked += 100;
+        assert!(acked < 20_000, "the buffer never filled");
+    }
+    let t0 = Instant::now();
+    let status = router.terminate(SECS(15));
+    assert!(status.success(), "exit {status}\n{}", router.logs());
+    assert!(t0.elapsed() < SECS(7), "shutdown took {:?}", t0.elapsed());
+    let dir = router.into_dir();
+    let dest = Dest::start_on(dest_port, Reply::Ok);
+    let _router = Router::start_in(dir, &cfg);
+    let got = dest.wait_ids(&ids(0..acked), SECS(30));
+    let missing = (0..acked).filter(|i| !got.contains_key(i)).count();
+    assert_eq!(missing, 0, "{missing} of {acked} acked records lost");
+}

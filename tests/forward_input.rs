@@ -1,0 +1,1915 @@
+//! The Fluent forward input end to end: the real `firelane` binary listening on TCP and a
+//! unix socket, records landing in a `file` output, checked field by field.
+//!
+//! Covers every request mode and time encoding, acks, heartbeats, the shared-key handshake,
+//! a third-party client (the `fluent-logger` PyPI package, via `$FIRELANE_TEST_PYTHON`;
+//! skipped with a loud message without it), hostile input next to well-behaved clients,
+//! unix socket housekeeping, lenient cases, SIGTERM draining, the memory budget, a stalled
+//! output pushing back on the socket, and `firelane loadgen`.
+//!
+//! Run with `scripts/test.sh --test forward_input`.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Router, free_port, http_get, read_jsonl, wait_lines};
+use firelane::input::forward::ListenAddr;
+use firelane::input::forward::client::{self, Compression, Entry, EventTime, ForwardClient};
+use serde_json::{Value, json};
+
+/// 2023-11-14T22:13:20Z: every record of the mode tests is stamped near it.
+const BASE: u32 = 1_700_000_000;
+const TIMEOUT: Duration = Duration::from_secs(30);
+const INPUT: &str = "input=\"fwd\"";
+
+/// A forward input on TCP and a unix socket in a directory that does not exist yet, routed
+/// to a JSON-lines file with the tag and time added.
+fn config(port: u16, input_extra: &str, output: &str) -> String {
+    format!(
+        r#"
+[runtime]
+data_dir = "{{dir}}/data"
+
+[inputs.fwd]
+type = "forward"
+listen = ["tcp://127.0.0.1:{port}", "unix://{{dir}}/run/sub/fluent.sock"]
+{input_extra}
+
+[routes.all]
+from = ["fwd"]
+to = ["out"]
+
+{output}
+"#
+    )
+}
+
+const FILE_OUTPUT: &str = r#"
+[outputs.out]
+type = "file"
+path = "{dir}/out.jsonl"
+tag_key = "_tag"
+time_key = "_time"
+batch = { max_records = 500, max_age = "50ms" }
+"#;
+
+fn tcp(port: u16) -> ListenAddr {
+    ListenAddr::Tcp(format!("127.0.0.1:{port}"))
+}
+
+fn unix(r: &Router) -> ListenAddr {
+    ListenAddr::Unix(r.path("run/sub/fluent.sock"))
+}
+
+fn out_path(r: &Router) -> std::path::PathBuf {
+    r.path("out.jsonl")
+}
+
+fn connect(addr: &ListenAddr) -> ForwardClient {
+    ForwardClient::connect(addr, TIMEOUT).unwrap_or_else(|e| panic!("connect {addr}: {e}"))
+}
+
+// ---------------------------------------------------------------------------------------
+// Raw msgpack, built here rather than with the crate's encoders, for shapes those encoders
+// never produce (integer/float/ext8 times, Fluent Bit entries, markers, nil options).
+
+/// The ways a sender may write an event time.
+#[derive(Debug, Clone, Copy)]
+enum T {
+    /// Integer seconds (fluent-logger without nanosecond precision, old fluentd).
+    Int(u32),
+    /// Float seconds.
+    Float(f64),
+    /// EventTime as fixext8 (Docker, Fluent Bit).
+    Fix(u32, u32),
+    /// EventTime as ext8 with length 8 (some msgpack libraries never use fixext).
+    Ext8(u32, u32),
+}
+
+impl T {
+    fn write(self, b: &mut Vec<u8>) {
+        match self {
+            T::Int(s) => {
+                rmp::encode::write_uint(b, u64::from(s)).unwrap();
+            }
+            T::Float(f) => rmp::encode::write_f64(b, f).unwrap(),
+            T::Fix(s, n) => {
+                b.extend([0xd7, 0x00]);
+                b.extend(s.to_be_bytes());
+                b.extend(n.to_be_bytes());
+            }
+            T::Ext8(s, n) => {
+                b.extend([0xc7, 0x08, 0x00]);
+                b.extend(s.to_be_bytes());
+                b.extend(n.to_be_bytes());
+            }
+        }
+    }
+
+    /// The RFC 3339 text the file output must show, computed with chrono (not with the
+    /// formatter under test).
+    fn rfc3339(self) -> String {
+        let (secs, nanos) = match self {
+            T::Int(s) => (i64::from(s), 0),
+            // Only values exact in binary are used (x.5, x.25).
+            T::Float(f) => (f.trunc() as i64, (f.fract() * 1e9).round() as u32),
+            T::Fix(s, n) | T::Ext8(s, n) => (i64::from(s), n),
+        };
+        rfc3339(secs, nanos)
+    }
+}
+
+fn rfc3339(secs: i64, nanos: u32) -> String {
+    chrono::DateTime::from_timestamp(secs, nanos)
+        .expect("valid time")
+        .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+/// A record with strings, unicode, numbers, nesting, booleans and nil.
+fn record(seq: u64, mode: &str) -> Vec<u8> {
+    let mut b = Vec::new();
+    rmp::encode::write_map_len(&mut b, 4).unwrap();
+    rmp::encode::write_str(&mut b, "seq").unwrap();
+    rmp::encode::write_uint(&mut b, seq).unwrap();
+    rmp::encode::write_str(&mut b, "mode").unwrap();
+    rmp::encode::write_str(&mut b, mode).unwrap();
+    rmp::encode::write_str(&mut b, "msg").unwrap();
+    rmp::encode::write_str(&mut b, &format!("line {seq} \"é\" ✓\n")).unwrap();
+    rmp::encode::write_str(&mut b, "nested").unwrap();
+    rmp::encode::write_map_len(&mut b, 2).unwrap();
+    rmp::encode::write_str(&mut b, "a").unwrap();
+    rmp::encode::write_array_len(&mut b, 4).unwrap();
+    rmp::encode::write_uint(&mut b, 1).unwrap();
+    rmp::encode::write_f64(&mut b, 2.5).unwrap();
+    rmp::encode::write_bool(&mut b, true).unwrap();
+    rmp::encode::write_nil(&mut b).unwrap();
+    rmp::encode::write_str(&mut b, "neg").unwrap();
+    rmp::encode::write_sint(&mut b, -7).unwrap();
+    b
+}
+
+fn expected_line(tag: &str, time: &str, seq: u64, mode: &str) -> Value {
+    json!({
+        "_time": time,
+        "_tag": tag,
+        "seq": seq,
+        "mode": mode,
+        "msg": format!("line {seq} \"é\" ✓\n"),
+        "nested": {"a": [1, 2.5, true, null], "neg": -7},
+    })
+}
+
+/// How an entry is framed.
+#[derive(Debug, Clone, Copy)]
+enum Form {
+    /// `[time, record]`
+    Plain,
+    /// Fluent Bit 2.x+: `[[time, {metadata}], record]`
+    FbMap,
+    /// Fluent Bit with nil metadata: `[[time, nil], record]`
+    FbNil,
+}
+
+fn write_entry(b: &mut Vec<u8>, form: Form, t: T, record: &[u8]) {
+    rmp::encode::write_array_len(b, 2).unwrap();
+    match form {
+        Form::Plain => t.write(b),
+        Form::FbMap => {
+            rmp::encode::write_array_len(b, 2).unwrap();
+            t.write(b);
+            rmp::encode::write_map_len(b, 1).unwrap();
+            rmp::encode::write_str(b, "otlp").unwrap();
+            rmp::encode::write_map_len(b, 0).unwrap();
+        }
+        Form::FbNil => {
+            rmp::encode::write_array_len(b, 2).unwrap();
+            t.write(b);
+            rmp::encode::write_nil(b).unwrap();
+        }
+    }
+    b.extend_from_slice(record);
+}
+
+/// Fluent Bit group start (-1) or end (-2) marker: `[[EventTime(-n), {}], {}]`.
+fn write_group_marker(b: &mut Vec<u8>, end: bool) {
+    let secs = if end { 0xFFFF_FFFE } else { 0xFFFF_FFFF };
+    rmp::encode::write_array_len(b, 2).unwrap();
+    rmp::encode::write_array_len(b, 2).unwrap();
+    T::Fix(secs, 0).write(b);
+    rmp::encode::write_map_len(b, 1).unwrap();
+    rmp::encode::write_str(b, "schema").unwrap();
+    rmp::encode::write_str(b, "otlp").unwrap();
+    rmp::encode::write_map_len(b, 0).unwrap();
+}
+
+/// The option element.
+#[derive(Debug, Clone, Copy)]
+enum Opt<'a> {
+    Absent,
+    Nil,
+    /// A map, with `size`, `compressed` and `chunk` when given.
+    Map {
+        size: Option<usize>,
+        compressed: Option<&'a str>,
+        chunk: Option<&'a str>,
+    },
+}
+
+impl Opt<'_> {
+    fn present(&self) -> bool {
+        !matches!(self, Opt::Absent)
+    }
+
+    fn write(&self, b: &mut Vec<u8>) {
+        match *self {
+            Opt::Absent => {}
+            Opt::Nil => rmp::encode::write_nil(b).unwrap(),
+            Opt::Map {
+                size,
+                compressed,
+                chunk,
+            } => {
+                let n = usize::from(size.is_some())
+                    + usize::from(compressed.is_some())
+                    + usize::from(chunk.is_some());
+                rmp::encode::write_map_len(b, n as u32).unwrap();
+                if let Some(s) = size {
+                    rmp::encode::write_str(b, "size").unwrap();
+                    rmp::encode::write_uint(b, s as u64).unwrap();
+                }
+                if let Some(c) = compressed {
+                    rmp::encode::write_str(b, "compressed").unwrap();
+                    rmp::encode::write_str(b, c).unwrap();
+                }
+                if let Some(c) = chunk {
+                    rmp::encode::write_str(b, "chunk").unwrap();
+                    rmp::encode::write_str(b, c).unwrap();
+                }
+            }
+        }
+    }
+}
+
+fn opt_chunk(chunk: Option<&str>) -> Opt<'_> {
+    Opt::Map {
+        size: None,
+        compressed: None,
+        chunk,
+    }
+}
+
+fn raw_message(tag: &str, t: T, record: &[u8], opt: Opt<'_>) -> Vec<u8> {
+    let mut b = Vec::new();
+    rmp::encode::write_array_len(&mut b, 3 + u32::from(opt.present())).unwrap();
+    rmp::encode::write_str(&mut b, tag).unwrap();
+    t.write(&mut b);
+    b.extend_from_slice(record);
+    opt.write(&mut b);
+    b
+}
+
+fn raw_forward(tag: &str, entries: &[u8], count: u32, opt: Opt<'_>) -> Vec<u8> {
+    let mut b = Vec::new();
+    rmp::encode::write_array_len(&mut b, 2 + u32::from(opt.present())).unwrap();
+    rmp::encode::write_str(&mut b, tag).unwrap();
+    rmp::encode::write_array_len(&mut b, count).unwrap();
+    b.extend_from_slice(entries);
+    opt.write(&mut b);
+    b
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    client::compress(data, Compression::Gzip).unwrap()
+}
+
+fn zstd(data: &[u8]) -> Vec<u8> {
+    client::compress(data, Compression::Zstd).unwrap()
+}
+
+/// Reads from a raw socket until the peer closes it (EOF or reset). Returns false if the
+/// connection is still open after `timeout`.
+fn closed_by_peer(s: &mut dyn Read, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return true, // reset: closed with unread data
+        }
+    }
+    false
+}
+
+// ---------------------------------------------------------------------------------------
+// Every mode, time encoding, option shape and ack, over TCP and the unix socket.
+
+/// Collects what was sent and what must come out.
+struct Expect {
+    /// (tag, seq) → expected line.
+    lines: BTreeMap<(String, u64), Value>,
+    next_seq: u64,
+}
+
+impl Expect {
+    fn add(&mut self, tag: &str, t: T, mode: &str) -> Vec<u8> {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let line = expected_line(tag, &t.rfc3339(), seq, mode);
+        assert!(self.lines.insert((tag.to_owned(), seq), line).is_none());
+        record(seq, mode)
+    }
+}
+
+/// A varied set of entries: every time encoding, both Fluent Bit forms and group markers.
+fn varied_entries(ex: &mut Expect, tag: &str, mode: &str, base: u32) -> (Vec<u8>, u32) {
+    let cases = [
+        (Form::Plain, T::Int(base)),
+        (Form::Plain, T::Float(f64::from(base) + 0.5)),
+        (Form::Plain, T::Fix(base + 1, 123_456_789)),
+        (Form::Plain, T::Ext8(base + 2, 1)),
+        (Form::FbMap, T::Fix(base + 3, 999_999_999)),
+        (Form::FbNil, T::Ext8(base + 4, 42)),
+        (Form::FbMap, T::Int(base + 5)),
+        (Form::FbNil, T::Float(f64::from(base) + 6.25)),
+    ];
+    let mut b = Vec::new();
+    write_group_marker(&mut b, false);
+    for (form, t) in cases {
+        let rec = ex.add(tag, t, mode);
+        write_entry(&mut b, form, t, &rec);
+    }
+    write_group_marker(&mut b, true);
+    (b, cases.len() as u32 + 2)
+}
+
+/// Sends one request; with a chunk, waits for its ack and checks that the records were
+/// counted as accepted by the time the ack arrived.
+fn send_acked(r: &Router, c: &mut ForwardClient, bytes: &[u8], chunk: Option<&str>, ex: &Expect) {
+    c.send(bytes).unwrap();
+    if let Some(chunk) = chunk {
+        c.read_ack(chunk).unwrap_or_else(|e| panic!("ack: {e}"));
+        let accepted = r.metric("firelane_input_records_total", &[INPUT]);
+        assert!(
+            accepted >= ex.lines.len() as f64,
+            "acked before the records were accepted: {accepted} < {}",
+            ex.lines.len()
+        );
+    }
+}
+
+fn run_modes(r: &Router, addr: &ListenAddr, transport: &str, ack: bool, ex: &mut Expect) {
+    let mut c = connect(addr);
+    let base = BASE + if ack { 100 } else { 0 } + if transport == "unix" { 1000 } else { 0 };
+    let chunk = |name: &str| ack.then(|| format!("{transport}-{name}-{}", client::new_chunk_id()));
+    let tag = |mode: &str| format!("{transport}.{}.{mode}", if ack { "ack" } else { "noack" });
+
+    // Message: one request per time encoding. Without acks they go out in one write, with
+    // heartbeats between them, and with the option absent, nil or a map without chunk.
+    let mode = "message";
+    let t = tag(mode);
+    let mut batch = Vec::new();
+    let times = [
+        T::Int(base),
+        T::Float(f64::from(base) + 0.25),
+        T::Fix(base, 7),
+        T::Ext8(base, 999_999_999),
+    ];
+    let opts = [
+        Opt::Absent,
+        Opt::Nil,
+        Opt::Map {
+            size: Some(1),
+            compressed: None,
+            chunk: None,
+        },
+        Opt::Absent,
+    ];
+    for (t_enc, opt) in times.into_iter().zip(opts) {
+        let rec = ex.add(&t, t_enc, mode);
+        let ch = chunk(mode);
+        let opt = if ack { opt_chunk(ch.as_deref()) } else { opt };
+        let req = raw_message(&t, t_enc, &rec, opt);
+        if ack {
+            c.send(&[0xc0]).unwrap(); // heartbeat: must not be answered
+            send_acked(r, &mut c, &req, ch.as_deref(), ex);
+        } else {
+            batch.push(0xc0);
+            batch.extend(req);
+        }
+    }
+    c.send(&batch).unwrap();
+    // The crate's own encoder (fixext8 EventTime).
+    let now = EventTime {
+        secs: base + 10,
+        nanos: 5,
+    };
+    let rec = ex.add(&t, T::Fix(now.secs, now.nanos), mode);
+    let ch = chunk(mode);
+    let mut req = Vec::new();
+    client::encode_message(&mut req, &t, now, &rec, ch.as_deref());
+    send_acked(r, &mut c, &req, ch.as_deref(), ex);
+    if ack {
+        // A bin chunk is echoed in its original encoding.
+        let rec = ex.add(&t, T::Int(base + 11), mode);
+        let mut req = raw_message(&t, T::Int(base + 11), &rec, Opt::Absent);
+        req[0] += 1;
+        rmp::encode::write_map_len(&mut req, 1).unwrap();
+        rmp::encode::write_str(&mut req, "chunk").unwrap();
+        rmp::encode::write_bin(&mut req, &[0, 159, 255, 10]).unwrap();
+        c.send(&req).unwrap();
+        let got = c.read_message().unwrap();
+        assert_eq!(
+            got,
+            [0x81, 0xa3, b'a', b'c', b'k', 0xc4, 4, 0, 159, 255, 10]
+        );
+    }
+
+    // Forward: varied entries; option absent / nil / map, and with acks three requests
+    // pipelined in one write, acked in order.
+    let mode = "forward";
+    let t = tag(mode);
+    if ack {
+        let mut pipelined = Vec::new();
+        let mut chunks = Vec::new();
+        for i in 0..3 {
+            let (entries, n) = varied_entries(ex, &t, mode, base + 20 * i);
+            let ch = chunk(mode);
+            let opt = if i == 1 {
+                Opt::Map {
+                    size: Some(8),
+                    compressed: None,
+                    chunk: ch.as_deref(),
+                }
+            } else {
+                opt_chunk(ch.as_deref())
+            };
+            pipelined.extend(raw_forward(&t, &entries, n, opt));
+            chunks.push(ch);
+        }
+        c.send(&pipelined).unwrap();
+        for ch in &chunks {
+            c.read_ack(ch.as_deref().unwrap()).unwrap();
+        }
+    } else {
+        for (i, opt) in [Opt::Absent, Opt::Nil, opt_chunk(None)]
+            .into_iter()
+            .enumerate()
+        {
+            let (entries, n) = varied_entries(ex, &t, mode, base + 20 * i as u32);
+            c.send(&raw_forward(&t, &entries, n, opt)).unwrap();
+        }
+    }
+    // The crate's Forward encoder.
+    let recs: Vec<Vec<u8>> = (0..3u32)
+        .map(|i| ex.add(&t, T::Fix(base + 70 + i, i), mode))
+        .collect();
+    let entries: Vec<Entry<'_>> = recs
+        .iter()
+        .enumerate()
+        .map(|(i, rec)| Entry {
+            time: EventTime {
+                secs: base + 70 + i as u32,
+                nanos: i as u32,
+            },
+            record: rec,
+        })
+        .collect();
+    let ch = chunk(mode);
+    let mut req = Vec::new();
+    client::encode_forward(&mut req, &t, &entries, ch.as_deref());
+    send_acked(r, &mut c, &req, ch.as_deref(), ex);
+
+    // PackedForward, payload as bin and as str, with the crate's encoders.
+    for (mode, as_str) in [("packed_bin", false), ("packed_str", true)] {
+        let t = tag(mode);
+        let (payload, _) = varied_entries(ex, &t, mode, base + 100);
+        let ch = chunk(mode);
+        let mut req = Vec::new();
+        client::encode_packed_payload(&mut req, &t, &payload, as_str, None, None, ch.as_deref());
+        send_acked(r, &mut c, &req, ch.as_deref(), ex);
+        // Packed with the option absent entirely: `[tag, payload]`.
+        if !ack {
+            let (payload, _) = varied_entries(ex, &t, mode, base + 110);
+            let mut req = Vec::new();
+            rmp::encode::write_array_len(&mut req, 2).unwrap();
+            rmp::encode::write_str(&mut req, &t).unwrap();
+            if as_str {
+                rmp::encode::write_str_len(&mut req, payload.len() as u32).unwrap();
+                req.extend(&payload);
+            } else {
+                rmp::encode::write_bin(&mut req, &payload).unwrap();
+            }
+            c.send(&req).unwrap();
+        }
+    }
+    let mode = "packed_bin";
+    let t = tag(mode);
+    let rec = ex.add(&t, T::Fix(base + 120, 1), mode);
+    let ch = chunk(mode);
+    let mut req = Vec::new();
+    let e = [Entry {
+        time: EventTime {
+            secs: base + 120,
+            nanos: 1,
+        },
+        record: &rec,
+    }];
+    client::encode_packed(&mut req, &t, &e, ch.as_deref());
+    send_acked(r, &mut c, &req, ch.as_deref(), ex);
+
+    // CompressedPackedForward: gzip as several concatenated members (fluentd appends one
+    // member per write), zstd as two frames and through the crate's encoder, and
+    // `compressed = "text"` (uncompressed payload announced as such).
+    let mode = "gzip";
+    let t = tag(mode);
+    let mut payload = Vec::new();
+    for i in 0..3 {
+        let (entries, _) = varied_entries(ex, &t, mode, base + 200 + 20 * i);
+        payload.extend(gzip(&entries));
+    }
+    let ch = chunk(mode);
+    let mut req = Vec::new();
+    client::encode_packed_payload(
+        &mut req,
+        &t,
+        &payload,
+        false,
+        None,
+        Some("gzip"),
+        ch.as_deref(),
+    );
+    send_acked(r, &mut c, &req, ch.as_deref(), ex);
+
+    let mode = "zstd";
+    let t = tag(mode);
+    let mut payload = Vec::new();
+    for i in 0..2 {
+        let (entries, _) = varied_entries(ex, &t, mode, base + 300 + 20 * i);
+        payload.extend(zstd(&entries));
+    }
+    let ch = chunk(mode);
+    let mut req = Vec::new();
+    client::encode_packed_payload(
+        &mut req,
+        &t,
+        &payload,
+        false,
+        None,
+        Some("zstd"),
+        ch.as_deref(),
+    );
+    send_acked(r, &mut c, &req, ch.as_deref(), ex);
+    for (compression, mode) in [(Compression::Zstd, "zstd"), (Compression::Gzip, "gzip")] {
+        let t = tag(mode);
+        let rec = ex.add(&t, T::Fix(base + 350, 3), mode);
+        let e = [Entry {
+            time: EventTime {
+                secs: base + 350,
+                nanos: 3,
+            },
+            record: &rec,
+        }];
+        let ch = chunk(mode);
+        let mut req = Vec::new();
+        client::encode_compressed(&mut req, &t, &e, compression, ch.as_deref()).unwrap();
+        send_acked(r, &mut c, &req, ch.as_deref(), ex);
+    }
+
+    let mode = "text";
+    let t = tag(mode);
+    let (payload, n) = varied_entries(ex, &t, mode, base + 400);
+    let ch = chunk(mode);
+    let mut req = Vec::new();
+    client::encode_packed_payload(
+        &mut req,
+        &t,
+        &payload,
+        false,
+        Some(n as usize),
+        Some("text"),
+        ch.as_deref(),
+    );
+    send_acked(r, &mut c, &req, ch.as_deref(), ex);
+
+    // Nothing unasked for was sent back: the next message on the socket is this ack.
+    let last = client::new_chunk_id();
+    let rec = ex.add(&tag("message"), T::Int(base + 500), "message");
+    c.send(&raw_message(
+        &tag("message"),
+        T::Int(base + 500),
+        &rec,
+        opt_chunk(Some(&last)),
+    ))
+    .unwrap();
+    c.read_ack(&last).unwrap();
+    c.finish().unwrap();
+    assert!(c.read_message().is_err(), "server sent more than the acks");
+}
+
+#[test]
+fn every_mode_time_and_option_over_tcp_and_unix() {
+    let port = free_port();
+    let r = Router::start(&config(port, "", FILE_OUTPUT));
+    let mut ex = Expect {
+        lines: BTreeMap::new(),
+        next_seq: 0,
+    };
+    for (transport, addr) in [("tcp", tcp(port)), ("unix", unix(&r))] {
+        for ack in [false, true] {
+            run_modes(&r, &addr, transport, ack, &mut ex);
+        }
+    }
+    let want = ex.lines.len();
+    let lines = wait_lines(&out_path(&r), want, TIMEOUT);
+    let mut got: BTreeMap<(String, u64), Value> = BTreeMap::new();
+    for l in lines {
+        let tag = l["_tag"].as_str().expect("tag").to_owned();
+        let seq = l["seq"].as_u64().unwrap_or_else(|| panic!("no seq in {l}"));
+        assert!(got.insert((tag, seq), l.clone()).is_none(), "duplicate {l}");
+    }
+    for (key, want_line) in &ex.lines {
+        let line = got
+            .get(key)
+            .unwrap_or_else(|| panic!("missing {key:?}; got {} of {want} lines", got.len()));
+        for (field, v) in want_line.as_object().unwrap() {
+            assert_eq!(&line[field], v, "{key:?} field {field}: {line}");
+        }
+        assert_eq!(line, want_line, "{key:?}");
+    }
+    assert_eq!(got.len(), want, "extra lines (markers must be skipped)");
+    assert_eq!(
+        r.metric("firelane_input_records_total", &[INPUT]),
+        want as f64
+    );
+    let errors = r.metric("firelane_input_errors_total", &[INPUT]);
+    assert_eq!(errors, 0.0, "{}", r.metrics());
+}
+
+// ---------------------------------------------------------------------------------------
+// Shared-key handshake.
+
+#[test]
+fn shared_key_handshake() {
+    let port = free_port();
+    let r = Router::start(&config(port, "shared_key = \"s3cret-key\"", FILE_OUTPUT));
+    let auth = ["kind=\"auth_failed\"", INPUT];
+
+    // Right key, over both transports: records pass.
+    for (i, addr) in [tcp(port), unix(&r)].iter().enumerate() {
+        let mut c = connect(addr);
+        c.handshake("s3cret-key", "app-host").unwrap();
+        let chunk = client::new_chunk_id();
+        let mut req = Vec::new();
+        client::encode_message(
+            &mut req,
+            "secure",
+            EventTime {
+                secs: BASE,
+                nanos: i as u32,
+            },
+            &record(i as u64, "secure"),
+            Some(&chunk),
+        );
+        c.send(&req).unwrap();
+        c.read_ack(&chunk).unwrap();
+    }
+
+    // Wrong key: PONG false, then the connection is closed and nothing is accepted.
+    let mut c = connect(&tcp(port));
+    let e = c.handshake("wrong", "app-host").unwrap_err();
+    assert!(e.to_string().contains("shared_key mismatch"), "{e}");
+    let mut req = Vec::new();
+    client::encode_message(
+        &mut req,
+        "intruder",
+        EventTime::now(),
+        &record(99, "x"),
+        None,
+    );
+    let _ = c.send(&req);
+    assert!(c.read_message().is_err(), "connection must be closed");
+    assert!(r.wait_metric("firelane_input_errors_total", &auth, 1.0, TIMEOUT) >= 1.0);
+
+    // No handshake at all: a request where the PING should be.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    s.write_all(&req).unwrap();
+    assert!(closed_by_peer(&mut s, TIMEOUT), "connection must be closed");
+    assert!(r.wait_metric("firelane_input_errors_total", &auth, 2.0, TIMEOUT) >= 2.0);
+
+    let lines = wait_lines(&out_path(&r), 2, TIMEOUT);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["_tag"], "secure");
+        assert_eq!(l["seq"], i as u64);
+        assert_eq!(l["_time"], rfc3339(i64::from(BASE), i as u32));
+    }
+    // Give a late intruder record a chance to show up before concluding it was refused.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(read_jsonl(&out_path(&r)).len(), 2);
+    assert_eq!(
+        http_get(&format!("http://127.0.0.1:{}/health", r.admin))
+            .unwrap()
+            .0,
+        200
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// A third-party client: fluent-logger (Python).
+
+fn python() -> Option<String> {
+    if let Ok(p) = std::env::var("FIRELANE_TEST_PYTHON")
+        && !p.is_empty()
+    {
+        return Some(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    if venv.exists() {
+        return Some(venv.display().to_string());
+    }
+    let _ = std::io::stderr().write_all(
+        b"\n*** SKIPPED: FIRELANE_TEST_PYTHON is not set (run scripts/test.sh); fluent-logger was NOT tested ***\n",
+    );
+    None
+}
+
+const PY_SENDER: &str = r#"
+import sys, time
+from fluent import sender
+from fluent.sender import EventTime
+host, port, n, ns, prefix = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5]
+s = sender.FluentSender(prefix, host=host, port=port, nanosecond_precision=ns, timeout=10)
+for i in range(n):
+    t = EventTime(1700000000 + i, i * 1000 + 7) if ns else 1700000000 + i
+    rec = {"seq": i, "msg": "hello %d ü\t\"q\"" % i, "f": 1.5, "list": [1, "a", None], "ok": True}
+    if not s.emit_with_time("ev", t, rec):
+        print("emit failed:", s.last_error, file=sys.stderr)
+        sys.exit(1)
+if not s.emit("now", {"seq": n}):
+    print("emit failed:", s.last_error, file=sys.stderr)
+    sys.exit(1)
+s.close()
+if s.last_error is not None:
+    print("error:", s.last_error, file=sys.stderr)
+    sys.exit(1)
+print("sent", n + 1)
+"#;
+
+#[test]
+fn fluent_logger_python_client() {
+    let Some(py) = python() else { return };
+    let port = free_port();
+    let r = Router::start(&config(port, "", FILE_OUTPUT));
+    const N: u64 = 500;
+    let unix_host = format!("unix://{}", r.path("run/sub/fluent.sock").display());
+    let runs = [
+        ("127.0.0.1".to_owned(), false),
+        (unix_host.clone(), true),
+        ("127.0.0.1".to_owned(), true),
+    ];
+    for (run, (host, ns)) in runs.iter().enumerate() {
+        let out = Command::new(&py)
+            .args(["-c", PY_SENDER, host, &port.to_string(), &N.to_string()])
+            .arg(if *ns { "1" } else { "0" })
+            .arg(format!("py{run}"))
+            .output()
+            .expect("run python");
+        assert!(
+            out.status.success(),
+            "fluent-logger failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let total = runs.len() * (N as usize + 1);
+    let lines = wait_lines(&out_path(&r), total, TIMEOUT);
+    assert_eq!(lines.len(), total);
+    let now = chrono::Utc::now();
+    let mut by_tag: HashMap<String, BTreeMap<u64, Value>> = HashMap::new();
+    for l in lines {
+        let tag = l["_tag"].as_str().expect("tag").to_owned();
+        let seq = l["seq"].as_u64().expect("seq");
+        assert!(
+            by_tag
+                .entry(tag)
+                .or_default()
+                .insert(seq, l.clone())
+                .is_none(),
+            "duplicate {l}"
+        );
+    }
+    for (run, (_, ns)) in runs.iter().enumerate() {
+        let records = by_tag.remove(&format!("py{run}.ev")).unwrap_or_default();
+        assert_eq!(records.len(), N as usize, "run {run}");
+        for (i, l) in records {
+            let time = if *ns {
+                rfc3339(i64::from(BASE) + i as i64, (i * 1000 + 7) as u32)
+            } else {
+                rfc3339(i64::from(BASE) + i as i64, 0)
+            };
+            let want = json!({
+                "_time": time, "_tag": format!("py{run}.ev"), "seq": i,
+                "msg": format!("hello {i} ü\t\"q\""), "f": 1.5,
+                "list": [1, "a", null], "ok": true,
+            });
+            assert_eq!(l, want, "run {run} record {i}");
+        }
+        let last = by_tag
+            .remove(&format!("py{run}.now"))
+            .expect("emit() record");
+        assert_eq!(last.len(), 1);
+        let last = &last[&N];
+        let t: chrono::DateTime<chrono::Utc> = last["_time"].as_str().unwrap().parse().unwrap();
+        assert!(
+            (now - t).num_seconds().abs() < 600,
+            "emit() time {t} vs now {now}"
+        );
+        if !ns {
+            assert_eq!(t.timestamp_subsec_nanos(), 0, "integer seconds");
+        }
+    }
+    assert!(by_tag.is_empty(), "unexpected tags {:?}", by_tag.keys());
+    assert_eq!(r.metric("firelane_input_errors_total", &[INPUT]), 0.0);
+}
+
+// ---------------------------------------------------------------------------------------
+// Hostile input next to well-behaved clients.
+
+/// Sends Forward requests of 5 records with acks until told to stop; returns how many
+/// records were acked. Panics (failing the test) on any error.
+fn good_client(addr: ListenAddr, tag: String, stop: Arc<AtomicBool>) -> u64 {
+    let mut c = connect(&addr);
+    let mut seq = 0u64;
+    while !stop.load(Ordering::Relaxed) || seq < 50 {
+        let recs: Vec<Vec<u8>> = (seq..seq + 5).map(|s| record(s, "good")).collect();
+        let entries: Vec<Entry<'_>> = recs
+            .iter()
+            .enumerate()
+            .map(|(i, rec)| Entry {
+                time: EventTime {
+                    secs: BASE + (seq as u32 + i as u32),
+                    nanos: 11,
+                },
+                record: rec,
+            })
+            .collect();
+        let chunk = client::new_chunk_id();
+        let mut req = Vec::new();
+        client::encode_forward(&mut req, &tag, &entries, Some(&chunk));
+        c.send(&req)
+            .unwrap_or_else(|e| panic!("{tag}: send at {seq}: {e}"));
+        c.read_ack(&chunk)
+            .unwrap_or_else(|e| panic!("{tag}: ack at {seq}: {e}"));
+        seq += 5;
+    }
+    c.finish().ok();
+    seq
+}
+
+enum Via {
+    Tcp,
+    Unix,
+}
+
+fn raw_connect(r: &Router, port: u16, via: &Via) -> Box<dyn RawConn> {
+    match via {
+        Via::Tcp => {
+            let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+            Box::new(s)
+        }
+        Via::Unix => {
+            let s = UnixStream::connect(r.path("run/sub/fluent.sock")).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+            Box::new(s)
+        }
+    }
+}
+
+trait RawConn: Read + Write {
+    fn shutdown_write(&self);
+}
+
+impl RawConn for TcpStream {
+    fn shutdown_write(&self) {
+        let _ = self.shutdown(Shutdown::Write);
+    }
+}
+
+impl RawConn for UnixStream {
+    fn shutdown_write(&self) {
+        let _ = self.shutdown(Shutdown::Write);
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so a failure can be replayed.
+fn noise(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn hostile_cases() -> Vec<(&'static str, Vec<u8>, Option<&'static str>, bool)> {
+    // (name, bytes, expected kind (None: any), half-close after sending)
+    let mut cases: Vec<(&'static str, Vec<u8>, Option<&'static str>, bool)> = Vec::new();
+    cases.push(("random bytes", noise(7, 64 * 1024), None, true));
+    cases.push((
+        "random bytes after an array header",
+        {
+            let mut b = vec![0x93];
+            b.extend(noise(11, 4096));
+            b
+        },
+        None,
+        true,
+    ));
+    cases.push((
+        "reserved marker",
+        vec![0x93, 0xa1, b't', 0xc1],
+        Some("malformed_msgpack"),
+        false,
+    ));
+    cases.push((
+        "top-level str32 of 4 GiB",
+        vec![0xdb, 0xff, 0xff, 0xff, 0xff, b'a'],
+        Some("bad_request"),
+        false,
+    ));
+    let mut tag_str32 = vec![0x93, 0xdb, 0xff, 0xff, 0xff, 0xff];
+    tag_str32.extend(vec![b'a'; 4096]);
+    cases.push((
+        "tag str32 of 4 GiB",
+        tag_str32,
+        Some("frame_too_large"),
+        false,
+    ));
+    cases.push((
+        "payload bin32 of 4 GiB",
+        vec![0x92, 0xa1, b't', 0xc6, 0xff, 0xff, 0xff, 0xff, 0],
+        Some("frame_too_large"),
+        false,
+    ));
+    cases.push((
+        "array32 of 4G elements",
+        vec![0xdd, 0xff, 0xff, 0xff, 0xff, 0xc0],
+        Some("frame_too_large"),
+        false,
+    ));
+    cases.push((
+        "entries array32 of 4G",
+        vec![0x92, 0xa1, b't', 0xdd, 0xff, 0xff, 0xff, 0xff],
+        Some("frame_too_large"),
+        false,
+    ));
+    let mut truncated = raw_forward(
+        "hostile",
+        &{
+            let mut e = Vec::new();
+            for i in 0..20 {
+                write_entry(&mut e, Form::Plain, T::Int(BASE), &record(i, "hostile"));
+            }
+            e
+        },
+        20,
+        Opt::Absent,
+    );
+    truncated.truncate(truncated.len() / 2);
+    cases.push((
+        "truncated frame then close",
+        truncated,
+        Some("truncated_frame"),
+        true,
+    ));
+    // 8 MiB of zeros in one gzip member (a few KB on the wire), limit 1 MiB.
+    let bomb = gzip(&vec![0u8; 8 << 20]);
+    let mut req = Vec::new();
+    client::encode_packed_payload(
+        &mut req,
+        "hostile",
+        &bomb,
+        false,
+        None,
+        Some("gzip"),
+        Some("c1"),
+    );
+    cases.push(("gzip bomb", req, Some("decompressed_too_large"), false));
+    let bomb = zstd(&vec![0u8; 8 << 20]);
+    let mut req = Vec::new();
+    client::encode_packed_payload(
+        &mut req,
+        "hostile",
+        &bomb,
+        false,
+        None,
+        Some("zstd"),
+        Some("c2"),
+    );
+    cases.push(("zstd bomb", req, Some("decompressed_too_large"), false));
+    let mut broken_gzip = gzip(&record(1, "hostile"));
+    let len = broken_gzip.len();
+    broken_gzip[len / 2] ^= 0xff;
+    let mut req = Vec::new();
+    client::encode_packed_payload(
+        &mut req,
+        "hostile",
+        &broken_gzip,
+        false,
+        None,
+        Some("gzip"),
+        None,
+    );
+    cases.push(("corrupt gzip", req, Some("decompress_failed"), false));
+    // Wrong element types.
+    let mut b = Vec::new();
+    rmp::encode::write_array_len(&mut b, 3).unwrap();
+    rmp::encode::write_uint(&mut b, 5).unwrap();
+    T::Int(BASE).write(&mut b);
+    b.extend(record(0, "hostile"));
+    cases.push(("tag not a string", b, Some("bad_request"), false));
+    let mut b = Vec::new();
+    rmp::encode::write_array_len(&mut b, 2).unwrap();
+    rmp::encode::write_str(&mut b, "hostile").unwrap();
+    rmp::encode::write_map_len(&mut b, 0).unwrap();
+    cases.push(("entries not an array", b, Some("bad_request"), false));
+    let mut b = Vec::new();
+    rmp::encode::write_array_len(&mut b, 2).unwrap();
+    rmp::encode::write_str(&mut b, "hostile").unwrap();
+    rmp::encode::write_array_len(&mut b, 1).unwrap();
+    rmp::encode::write_uint(&mut b, 5).unwrap();
+    cases.push(("entry not an array", b, Some("bad_request"), false));
+    let mut b = Vec::new();
+    rmp::encode::write_array_len(&mut b, 2).unwrap();
+    rmp::encode::write_str(&mut b, "hostile").unwrap();
+    rmp::encode::write_array_len(&mut b, 1).unwrap();
+    rmp::encode::write_array_len(&mut b, 2).unwrap();
+    T::Int(BASE).write(&mut b);
+    rmp::encode::write_array_len(&mut b, 1).unwrap();
+    rmp::encode::write_str(&mut b, "not a map").unwrap();
+    cases.push(("forward record not a map", b, Some("bad_request"), false));
+    let mut b = Vec::new();
+    rmp::encode::write_array_len(&mut b, 3).unwrap();
+    rmp::encode::write_str(&mut b, "hostile").unwrap();
+    T::Int(BASE).write(&mut b);
+    rmp::encode::write_str(&mut b, "a bare string").unwrap();
+    cases.push(("message record not a map", b, Some("bad_request"), false));
+    let mut b = Vec::new();
+    rmp::encode::write_array_len(&mut b, 2).unwrap();
+    rmp::encode::write_str(&mut b, "hostile").unwrap();
+    rmp::encode::write_array_len(&mut b, 1).unwrap();
+    rmp::encode::write_array_len(&mut b, 2).unwrap();
+    rmp::encode::write_str(&mut b, "yesterday").unwrap();
+    b.extend(record(0, "hostile"));
+    cases.push(("time is a string", b, Some("bad_request"), false));
+    // A PackedForward payload that is no sequence of entries.
+    let mut b = Vec::new();
+    client::encode_packed_payload(&mut b, "hostile", &[0x05, 0x06], false, None, None, None);
+    cases.push(("packed payload of integers", b, Some("bad_request"), false));
+    let mut b = Vec::new();
+    client::encode_packed_payload(&mut b, "hostile", &[0x92, 0x01], false, None, None, None);
+    cases.push((
+        "packed payload cut short",
+        b,
+        Some("malformed_msgpack"),
+        false,
+    ));
+    cases
+}
+
+#[test]
+fn hostile_input_closes_only_that_connection() {
+    let port = free_port();
+    let mut r = Router::start(&config(port, "max_decompressed = \"1MiB\"", FILE_OUTPUT));
+    let stop = Arc::new(AtomicBool::new(false));
+    let goods: Vec<_> = [("good-tcp", tcp(port)), ("good-unix", unix(&r))]
+        .into_iter()
+        .map(|(tag, addr)| {
+            let stop = stop.clone();
+            let tag = tag.to_owned();
+            std::thread::spawn(move || (tag.clone(), good_client(addr, tag, stop)))
+        })
+        .collect();
+
+    let mut expected_errors = 0.0;
+    for (i, (name, bytes, kind, half_close)) in hostile_cases().into_iter().enumerate() {
+        let via = if i % 2 == 0 { Via::Tcp } else { Via::Unix };
+        let kind_label = kind.map(|k| format!("kind=\"{k}\""));
+        let labels: Vec<&str> = match &kind_label {
+            Some(k) => vec![INPUT, k.as_str()],
+            None => vec![INPUT],
+        };
+        let before = r.metric("firelane_input_errors_total", &labels);
+        let mut s = raw_connect(&r, port, &via);
+        // The server may close before everything was written: that is the point.
+        let _ = s.write_all(&bytes);
+        if half_close {
+            s.shutdown_write();
+        }
+        assert!(
+            closed_by_peer(&mut *s, TIMEOUT),
+            "{name}: connection still open"
+        );
+        let after = r.wait_metric(
+            "firelane_input_errors_total",
+            &labels,
+            before + 1.0,
+            TIMEOUT,
+        );
+        assert_eq!(after, before + 1.0, "{name}: {labels:?}\n{}", r.metrics());
+        expected_errors += 1.0;
+        let health = http_get(&format!("http://127.0.0.1:{}/health", r.admin)).unwrap();
+        assert_eq!(health.0, 200, "{name}: /health {health:?}");
+    }
+
+    // Invalid UTF-8 in the tag and in values is kept with U+FFFD, counted, and acked; the
+    // connection stays usable.
+    let utf8_before = r.metric(
+        "firelane_input_errors_total",
+        &[INPUT, "kind=\"invalid_utf8\""],
+    );
+    let mut c = connect(&tcp(port));
+    for round in 0..2u32 {
+        let chunk = client::new_chunk_id();
+        let mut b = Vec::new();
+        rmp::encode::write_array_len(&mut b, 4).unwrap();
+        b.extend([0xa7, b'b', b'a', b'd', 0xff, b't', b'a', b'g']);
+        T::Fix(BASE, round).write(&mut b);
+        rmp::encode::write_map_len(&mut b, 3).unwrap();
+        rmp::encode::write_str(&mut b, "log").unwrap();
+        b.extend([0xa5, b'o', 0xc3, 0x28, b'k', 0xfe]);
+        rmp::encode::write_str(&mut b, "round").unwrap();
+        rmp::encode::write_uint(&mut b, u64::from(round)).unwrap();
+        b.extend([0xa2, 0xe2, 0x82]); // a key that is a truncated UTF-8 sequence
+        rmp::encode::write_str(&mut b, "v").unwrap();
+        rmp::encode::write_map_len(&mut b, 1).unwrap();
+        rmp::encode::write_str(&mut b, "chunk").unwrap();
+        rmp::encode::write_str(&mut b, &chunk).unwrap();
+        c.send(&b).unwrap();
+        c.read_ack(&chunk).unwrap();
+    }
+    drop(c);
+    let utf8_after = r.wait_metric(
+        "firelane_input_errors_total",
+        &[INPUT, "kind=\"invalid_utf8\""],
+        utf8_before + 2.0,
+        TIMEOUT,
+    );
+    assert!(
+        utf8_after >= utf8_before + 2.0,
+        "invalid_utf8 {utf8_before} → {utf8_after}"
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    let mut sent = HashMap::new();
+    for g in goods {
+        let (tag, n) = g.join().expect("good client failed");
+        sent.insert(tag, n);
+    }
+    let total: u64 = sent.values().sum::<u64>() + 2;
+    let lines = wait_lines(&out_path(&r), total as usize, TIMEOUT);
+    let mut seen: HashMap<String, Vec<u64>> = HashMap::new();
+    for l in &lines {
+        let tag = l["_tag"].as_str().unwrap().to_owned();
+        match tag.as_str() {
+            "good-tcp" | "good-unix" => {
+                let seq = l["seq"].as_u64().unwrap();
+                let want = expected_line(
+                    &tag,
+                    &rfc3339(i64::from(BASE) + seq as i64, 11),
+                    seq,
+                    "good",
+                );
+                assert_eq!(l, &want);
+                seen.entry(tag).or_default().push(seq);
+            }
+            "bad\u{fffd}tag" => {
+                let round = l["round"].as_u64().unwrap();
+                assert_eq!(l["log"], "o\u{fffd}(k\u{fffd}");
+                assert_eq!(l["\u{fffd}"], "v");
+                assert_eq!(l["_time"], rfc3339(i64::from(BASE), round as u32));
+            }
+            other => panic!("unexpected record with tag {other:?}: {l}"),
+        }
+    }
+    for (tag, n) in &sent {
+        let mut seqs = seen.remove(tag).unwrap_or_default();
+        seqs.sort_unstable();
+        assert_eq!(
+            seqs,
+            (0..*n).collect::<Vec<_>>(),
+            "{tag}: lost or duplicated records"
+        );
+    }
+    assert_eq!(lines.len() as u64, total);
+    let alive = r.child.as_mut().map(|c| c.try_wait().map(|s| s.is_none()));
+    assert!(
+        matches!(alive, Some(Ok(true))),
+        "firelane exited: {alive:?}"
+    );
+    assert_eq!(
+        http_get(&format!("http://127.0.0.1:{}/health", r.admin))
+            .unwrap()
+            .0,
+        200
+    );
+    // Errors were counted once per bad connection, nothing else went wrong.
+    let kinds_total = r.metric("firelane_input_errors_total", &[INPUT]);
+    assert_eq!(
+        kinds_total,
+        expected_errors + (utf8_after - utf8_before),
+        "{}",
+        r.metrics()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Unix socket housekeeping.
+
+#[test]
+fn unix_socket_dir_stale_file_and_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let stale = dir.path().join("stale/fluent.sock");
+    std::fs::create_dir_all(stale.parent().unwrap()).unwrap();
+    // A socket file left behind by a crashed process: bound once, nobody listening.
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    assert!(
+        std::fs::symlink_metadata(&stale)
+            .unwrap()
+            .file_type()
+            .is_socket()
+    );
+    assert!(UnixStream::connect(&stale).is_err());
+
+    let port = free_port();
+    let cfg = format!(
+        r#"
+[inputs.fwd]
+type = "forward"
+listen = ["tcp://127.0.0.1:{port}", "unix://{{dir}}/stale/fluent.sock", "unix://{{dir}}/new/a/b/fluent.sock"]
+
+[routes.all]
+to = ["out"]
+{FILE_OUTPUT}
+"#
+    );
+    let r = Router::start_in(dir, &cfg);
+    let fresh = r.path("new/a/b/fluent.sock");
+    for (i, path) in [r.path("stale/fluent.sock"), fresh.clone()]
+        .iter()
+        .enumerate()
+    {
+        let meta = std::fs::symlink_metadata(path).unwrap();
+        assert!(meta.file_type().is_socket(), "{}", path.display());
+        assert_eq!(
+            meta.permissions().mode() & 0o777,
+            0o666,
+            "{}",
+            path.display()
+        );
+        let mut c = connect(&ListenAddr::Unix(path.clone()));
+        let chunk = client::new_chunk_id();
+        let mut req = Vec::new();
+        client::encode_message(
+            &mut req,
+            "sock",
+            EventTime {
+                secs: BASE,
+                nanos: i as u32,
+            },
+            &record(i as u64, "sock"),
+            Some(&chunk),
+        );
+        c.send(&req).unwrap();
+        c.read_ack(&chunk).unwrap();
+    }
+    let lines = wait_lines(&out_path(&r), 2, TIMEOUT);
+    assert_eq!(lines.len(), 2);
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(
+            l,
+            &expected_line(
+                "sock",
+                &rfc3339(i64::from(BASE), i as u32),
+                i as u64,
+                "sock"
+            )
+        );
+    }
+    // A second router on the same live socket must refuse rather than steal it.
+    let second_cfg = r.path("second.toml");
+    std::fs::write(
+        &second_cfg,
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:{}\"\n[inputs.fwd]\ntype = \"forward\"\nlisten = [\"unix://{}\"]\n[routes.all]\nto = [\"out\"]\n[outputs.out]\ntype = \"null\"\n",
+            free_port(),
+            fresh.display()
+        ),
+    )
+    .unwrap();
+    let second = Command::new(env!("CARGO_BIN_EXE_firelane"))
+        .args(["run", "-c"])
+        .arg(&second_cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_output(second, TIMEOUT);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("another process is listening"), "{stderr}");
+    assert!(fresh.exists(), "the live socket must not be removed");
+    let mut c = connect(&ListenAddr::Unix(fresh));
+    let chunk = client::new_chunk_id();
+    let mut req = Vec::new();
+    let t = EventTime {
+        secs: BASE,
+        nanos: 2,
+    };
+    client::encode_message(&mut req, "sock", t, &record(2, "sock"), Some(&chunk));
+    c.send(&req).unwrap();
+    c.read_ack(&chunk).unwrap();
+}
+
+/// Waits for a child with a deadline (killing it on timeout) and collects its output.
+fn wait_output(mut child: std::process::Child, timeout: Duration) -> std::process::Output {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// firelane loadgen against the binary.
+
+fn loadgen(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_firelane"))
+        .arg("loadgen")
+        .args(args)
+        .output()
+        .expect("run loadgen");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "loadgen {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The number after `label` in the report.
+fn report_value(report: &str, label: &str) -> f64 {
+    report
+        .lines()
+        .find_map(|l| l.strip_prefix(label))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {label:?} in report:\n{report}"))
+}
+
+#[test]
+fn loadgen_counts_every_record() {
+    let port = free_port();
+    let output = r#"
+[outputs.out]
+type = "null"
+"#;
+    let r = Router::start(&config(port, "", output));
+    let addr = format!("tcp://127.0.0.1:{port}");
+    const N: u64 = 20_000;
+    let report = loadgen(&[
+        "--addr",
+        &addr,
+        "--mode",
+        "forward",
+        "--records",
+        &N.to_string(),
+        "--ack",
+        "--connections",
+        "2",
+        "--batch",
+        "100",
+    ]);
+    assert!(
+        report.contains(&format!(
+            "records sent: {N} in 200 requests over 2 connection(s), 200 acks received"
+        )),
+        "{report}"
+    );
+    assert!(report_value(&report, "records/s:") > 0.0, "{report}");
+    assert!(report_value(&report, "MB/s:") > 0.0, "{report}");
+    // Acked means accepted: counted before loadgen returned.
+    assert_eq!(r.metric("firelane_input_records_total", &[INPUT]), N as f64);
+    let sent = r.wait_metric(
+        "firelane_output_records_total",
+        &["output=\"out\"", "result=\"sent\""],
+        N as f64,
+        TIMEOUT,
+    );
+    assert_eq!(sent, N as f64, "{}", r.metrics());
+
+    // Every mode, with and without acks, over both transports.
+    let unix_addr = format!("unix://{}", r.path("run/sub/fluent.sock").display());
+    let mut total = N;
+    let runs: &[(&str, &[&str])] = &[
+        ("message", &[]),
+        ("message", &["--ack"]),
+        ("forward", &[]),
+        ("packed", &[]),
+        ("packed", &["--ack"]),
+        ("compressed", &[]),
+        ("compressed", &["--ack", "--compression", "zstd"]),
+        (
+            "compressed",
+            &["--compression", "zstd", "--connections", "3"],
+        ),
+    ];
+    for (i, (mode, extra)) in runs.iter().enumerate() {
+        let a = if i % 2 == 0 { &addr } else { &unix_addr };
+        let mut args = vec![
+            "--addr",
+            a.as_str(),
+            "--mode",
+            mode,
+            "--records",
+            "1500",
+            "--batch",
+            "50",
+        ];
+        args.extend_from_slice(extra);
+        let report = loadgen(&args);
+        assert!(report.contains("records sent: 1500 "), "{args:?}: {report}");
+        assert!(report_value(&report, "MB/s:") > 0.0);
+        total += 1500;
+        let got = r.wait_metric(
+            "firelane_input_records_total",
+            &[INPUT],
+            total as f64,
+            TIMEOUT,
+        );
+        assert_eq!(got, total as f64, "{args:?}");
+    }
+    let sent = r.wait_metric(
+        "firelane_output_records_total",
+        &["output=\"out\"", "result=\"sent\""],
+        total as f64,
+        TIMEOUT,
+    );
+    assert_eq!(sent, total as f64);
+    assert_eq!(
+        r.metric("firelane_input_errors_total", &[INPUT]),
+        0.0,
+        "{}",
+        r.metrics()
+    );
+}
+
+#[test]
+fn loadgen_with_shared_key() {
+    let port = free_port();
+    let r = Router::start(&config(
+        port,
+        "shared_key = \"k3y\"",
+        "[outputs.out]\ntype = \"null\"\n",
+    ));
+    let addr = format!("tcp://127.0.0.1:{port}");
+    let report = loadgen(&[
+        "--addr",
+        &addr,
+        "--mode",
+        "packed",
+        "--records",
+        "1000",
+        "--ack",
+        "--shared-key",
+        "k3y",
+    ]);
+    assert!(report.contains("records sent: 1000 "), "{report}");
+    assert_eq!(r.metric("firelane_input_records_total", &[INPUT]), 1000.0);
+    // The wrong key fails loudly instead of reporting records that were never accepted.
+    let out = Command::new(env!("CARGO_BIN_EXE_firelane"))
+        .args([
+            "loadgen",
+            "--addr",
+            &addr,
+            "--records",
+            "10",
+            "--shared-key",
+            "nope",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("shared_key mismatch"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Memory budget: a request that takes most of `memory_limit` must still be accepted.
+
+#[test]
+fn big_requests_under_a_small_memory_limit_are_acked() {
+    let port = free_port();
+    let cfg = config(port, "", FILE_OUTPUT)
+        .replace("[runtime]\n", "[runtime]\nmemory_limit = \"4MiB\"\n");
+    let r = Router::start(&cfg);
+    let pad = "x".repeat(1000);
+    let mut seq = 0u64;
+    let mut c = ForwardClient::connect(&tcp(port), Duration::from_secs(15)).unwrap();
+    // ~2 MiB per request, plain and gzip-compressed (decoding reserves a multiple of it).
+    for compressed in [false, true] {
+        let recs: Vec<Vec<u8>> = (seq..seq + 2000)
+            .map(|s| {
+                let mut b = Vec::new();
+                client::encode_record(&mut b, &[("seq", &s.to_string()), ("pad", &pad)]);
+                b
+            })
+            .collect();
+        let t = EventTime {
+            secs: BASE,
+            nanos: 0,
+        };
+        let entries: Vec<Entry<'_>> = recs
+            .iter()
+            .map(|rec| Entry {
+                time: t,
+                record: rec,
+            })
+            .collect();
+        let chunk = client::new_chunk_id();
+        let mut req = Vec::new();
+        if compressed {
+            client::encode_compressed(&mut req, "big", &entries, Compression::Gzip, Some(&chunk))
+                .unwrap();
+        } else {
+            client::encode_forward(&mut req, "big", &entries, Some(&chunk));
+        }
+        c.send(&req).unwrap();
+        c.read_ack(&chunk)
+            .unwrap_or_else(|e| panic!("compressed={compressed}: no ack: {e}\n{}", r.metrics()));
+        seq += 2000;
+    }
+    let lines = wait_lines(&out_path(&r), seq as usize, TIMEOUT);
+    assert_eq!(lines.len(), seq as usize);
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["seq"], i.to_string());
+        assert_eq!(l["pad"], pad.as_str());
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Lenient handling: what is kept, skipped or dropped alone, without closing the connection.
+
+#[test]
+fn zero_time_signals_and_bad_records_keep_the_connection() {
+    let port = free_port();
+    let r = Router::start(&config(port, "", FILE_OUTPUT));
+    let mut c = connect(&tcp(port));
+    let errors = |kind: &str| {
+        r.metric(
+            "firelane_input_errors_total",
+            &[INPUT, &format!("kind=\"{kind}\"")],
+        )
+    };
+
+    // Time 0 means "now".
+    let before = chrono::Utc::now();
+    let chunk = client::new_chunk_id();
+    c.send(&raw_message(
+        "zero",
+        T::Int(0),
+        &record(0, "zero"),
+        opt_chunk(Some(&chunk)),
+    ))
+    .unwrap();
+    c.read_ack(&chunk).unwrap();
+
+    // A metrics/traces request (fluent_signal != 0) is skipped, counted, and still acked.
+    let chunk = client::new_chunk_id();
+    let mut req = raw_message("signal", T::Int(BASE), &record(1, "signal"), Opt::Absent);
+    req[0] += 1;
+    rmp::encode::write_map_len(&mut req, 2).unwrap();
+    rmp::encode::write_str(&mut req, "fluent_signal").unwrap();
+    rmp::encode::write_uint(&mut req, 2).unwrap();
+    rmp::encode::write_str(&mut req, "chunk").unwrap();
+    rmp::encode::write_str(&mut req, &chunk).unwrap();
+    c.send(&req).unwrap();
+    c.read_ack(&chunk).unwrap();
+
+    // A record with a non-string key, and one nested 100 levels deep, are dropped alone;
+    // their neighbours, unknown option keys and a payload announced as gzip but sent plain
+    // are fine.
+    let mut entries = Vec::new();
+    write_entry(&mut entries, Form::Plain, T::Int(BASE), &record(2, "kept"));
+    let mut bad = Vec::new();
+    rmp::encode::write_map_len(&mut bad, 1).unwrap();
+    rmp::encode::write_bool(&mut bad, true).unwrap();
+    rmp::encode::write_nil(&mut bad).unwrap();
+    write_entry(&mut entries, Form::Plain, T::Int(BASE), &bad);
+    let mut deep = Vec::new();
+    rmp::encode::write_map_len(&mut deep, 1).unwrap();
+    rmp::encode::write_str(&mut deep, "deep").unwrap();
+    for _ in 0..100 {
+        rmp::encode::write_array_len(&mut deep, 1).unwrap();
+    }
+    rmp::encode::write_nil(&mut deep).unwrap();
+    write_entry(&mut entries, Form::Plain, T::Int(BASE), &deep);
+    write_entry(
+        &mut entries,
+        Form::Plain,
+        T::Int(BASE + 1),
+        &record(3, "kept"),
+    );
+    let chunk = client::new_chunk_id();
+    let mut req = Vec::new();
+    rmp::encode::write_array_len(&mut req, 3).unwrap();
+    rmp::encode::write_str(&mut req, "lenient").unwrap();
+    rmp::encode::write_bin(&mut req, &entries).unwrap();
+    rmp::encode::write_map_len(&mut req, 4).unwrap();
+    rmp::encode::write_str(&mut req, "compressed").unwrap();
+    rmp::encode::write_str(&mut req, "gzip").unwrap();
+    rmp::encode::write_str(&mut req, "size").unwrap();
+    rmp::encode::write_str(&mut req, "four").unwrap();
+    rmp::encode::write_uint(&mut req, 7).unwrap();
+    rmp::encode::write_str(&mut req, "integer key").unwrap();
+    rmp::encode::write_str(&mut req, "chunk").unwrap();
+    rmp::encode::write_str(&mut req, &chunk).unwrap();
+    c.send(&req).unwrap();
+    c.read_ack(&chunk).unwrap();
+
+    let lines = wait_lines(&out_path(&r), 3, TIMEOUT);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let after = chrono::Utc::now();
+    let t: chrono::DateTime<chrono::Utc> = lines[0]["_time"].as_str().unwrap().parse().unwrap();
+    assert!(
+        t >= before - chrono::Duration::seconds(1) && t <= after,
+        "time 0 → {t}, not now"
+    );
+    let mut zero = lines[0].clone();
+    zero["_time"] = json!("now");
+    assert_eq!(zero, expected_line("zero", "now", 0, "zero"));
+    assert_eq!(
+        lines[1],
+        expected_line("lenient", &rfc3339(i64::from(BASE), 0), 2, "kept")
+    );
+    assert_eq!(
+        lines[2],
+        expected_line("lenient", &rfc3339(i64::from(BASE) + 1, 0), 3, "kept")
+    );
+    assert_eq!(errors("unsupported_signal"), 1.0);
+    assert_eq!(errors("bad_record"), 2.0);
+    assert_eq!(
+        r.metric("firelane_input_errors_total", &[INPUT]),
+        3.0,
+        "{}",
+        r.metrics()
+    );
+    assert_eq!(r.metric("firelane_input_records_total", &[INPUT]), 3.0);
+}
+
+// ---------------------------------------------------------------------------------------
+// SIGTERM: what was written before it is read, ingested and flushed; idle clients do not
+// hold the exit up; the unix socket file is removed.
+
+#[test]
+fn sigterm_drains_open_connections() {
+    let port = free_port();
+    let mut r = Router::start(&config(port, "", FILE_OUTPUT));
+    let sock = r.path("run/sub/fluent.sock");
+    let mut idle = connect(&ListenAddr::Unix(sock.clone()));
+    let mut c = connect(&tcp(port));
+    // An acked request first, so the connection is surely accepted before the signal.
+    let chunk = client::new_chunk_id();
+    c.send(&raw_message(
+        "drain",
+        T::Int(BASE),
+        &record(0, "drain"),
+        opt_chunk(Some(&chunk)),
+    ))
+    .unwrap();
+    c.read_ack(&chunk).unwrap();
+    let recs: Vec<Vec<u8>> = (1..=1000).map(|s| record(s, "drain")).collect();
+    for part in recs.chunks(100) {
+        let entries: Vec<Entry<'_>> = part
+            .iter()
+            .map(|rec| Entry {
+                time: EventTime {
+                    secs: BASE,
+                    nanos: 0,
+                },
+                record: rec,
+            })
+            .collect();
+        let mut req = Vec::new();
+        client::encode_forward(&mut req, "drain", &entries, None);
+        c.send(&req).unwrap();
+    }
+    let status = r.terminate(TIMEOUT);
+    assert!(status.success(), "{status}");
+    let lines = read_jsonl(&out_path(&r));
+    let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (0..=1000).collect::<Vec<_>>());
+    for l in &lines {
+        let seq = l["seq"].as_u64().unwrap();
+        assert_eq!(
+            l,
+            &expected_line("drain", &rfc3339(i64::from(BASE), 0), seq, "drain")
+        );
+    }
+    assert!(!sock.exists(), "unix socket left behind");
+    // Both connections were closed by the router.
+    assert!(idle.read_message().is_err());
+    assert!(c.read_message().is_err());
+}
+
+// ---------------------------------------------------------------------------------------
+// Back-pressure: a stalled output with a small buffer stops the forward input from reading
+// (acks stop coming), memory stays bounded, and nothing is lost once the output recovers.
+
+/// Serves HTTP/1.1 with keep-alive: answers every request 200 and keeps its body lines.
+fn serve_http(listener: std::net::TcpListener, bodies: Arc<std::sync::Mutex<Vec<String>>>) {
+    for conn in listener.incoming() {
+        let Ok(mut s) = conn else { return };
+        let bodies = bodies.clone();
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 64 * 1024];
+            loop {
+                let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    continue;
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                while buf.len() < head_end + 4 + len {
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let body: Vec<u8> = buf.drain(..head_end + 4 + len).skip(head_end + 4).collect();
+                bodies
+                    .lock()
+                    .unwrap()
+                    .push(String::from_utf8(body).expect("UTF-8 body"));
+                if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+#[test]
+fn stalled_output_stops_reading_and_recovers() {
+    // Bound but not accepting yet: the output's requests connect and then hang.
+    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let http_port = http.local_addr().unwrap().port();
+    let port = free_port();
+    let output = format!(
+        r#"
+[outputs.out]
+type = "http"
+url = "http://127.0.0.1:{http_port}/ingest"
+timeout = "120s"
+tag_key = "_tag"
+batch = {{ max_records = 100, max_age = "50ms" }}
+buffer = {{ max_size = "64KiB" }}
+"#
+    );
+    let r = Router::start(&config(port, "", &output));
+    const TOTAL: u64 = 3000;
+    let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sender = {
+        let acked = acked.clone();
+        let addr = tcp(port);
+        std::thread::spawn(move || {
+            let mut c = ForwardClient::connect(&addr, Duration::from_secs(120)).unwrap();
+            let pad = "p".repeat(200);
+            for start in (0..TOTAL).step_by(50) {
+                let recs: Vec<Vec<u8>> = (start..start + 50)
+                    .map(|s| {
+                        let mut b = Vec::new();
+                        client::encode_record(&mut b, &[("seq", &s.to_string()), ("pad", &pad)]);
+                        b
+                    })
+                    .collect();
+                let t = EventTime {
+                    secs: BASE,
+                    nanos: 0,
+                };
+                let entries: Vec<Entry<'_>> = recs
+                    .iter()
+                    .map(|rec| Entry {
+                        time: t,
+                        record: rec,
+                    })
+                    .collect();
+                let chunk = client::new_chunk_id();
+                let mut req = Vec::new();
+                client::encode_forward(&mut req, "bp", &entries, Some(&chunk));
+                c.send(&req).unwrap();
+                c.read_ack(&chunk).unwrap();
+                acked.store(start + 50, Ordering::SeqCst);
+            }
+        })
+    };
+
+    // Wait until acks stop: the buffer is full and the input no longer reads.
+    let deadline = Instant::now() + TIMEOUT;
+    let mut last = (acked.load(Ordering::SeqCst), Instant::now());
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = acked.load(Ordering::SeqCst);
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if now > 0 && last.1.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "acks never stalled ({now} acked)"
+        );
+    }
+    let stalled_at = last.0;
+    // ~270 bytes a record: the 64 KiB buffer plus batches in flight hold a few hundred.
+    assert!(
+        stalled_at < TOTAL / 2,
+        "{stalled_at} of {TOTAL} records acked with the output stalled"
+    );
+    let buffered = r.metric("firelane_buffer_bytes", &["output=\"out\""]);
+    assert!(buffered <= 64.0 * 1024.0, "buffer holds {buffered} bytes");
+    let health = http_get(&format!("http://127.0.0.1:{}/health", r.admin)).unwrap();
+    assert_eq!(health.0, 200, "{health:?}");
+
+    // The output recovers: everything goes through, once.
+    let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    {
+        let bodies = bodies.clone();
+        std::thread::spawn(move || serve_http(http, bodies));
+    }
+    sender.join().expect("sender failed");
+    let sent = r.wait_metric(
+        "firelane_output_records_total",
+        &["output=\"out\"", "result=\"sent\""],
+        TOTAL as f64,
+        TIMEOUT,
+    );
+    assert_eq!(sent, TOTAL as f64, "{}", r.metrics());
+    let mut seqs: Vec<u64> = bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|b| b.lines().map(str::to_owned).collect::<Vec<_>>())
+        .map(|l| {
+            let v: Value = serde_json::from_str(&l).unwrap();
+            assert_eq!(v["_tag"], "bp");
+            v["seq"].as_str().unwrap().parse().unwrap()
+        })
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (0..TOTAL).collect::<Vec<_>>());
+}

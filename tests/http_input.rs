@@ -1,0 +1,597 @@
+//! HTTP input end to end: the real binary, `POST /` and `POST /tag/<tag>` into a file output.
+//! Every answer the input documents (200, 400, 401, 413, 415, 503 + Retry-After), the
+//! all-or-nothing rule for a request, and the error counters.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use common::{Router, free_port, wait_lines};
+use reqwest::blocking::{Client, Response};
+use serde_json::{Value, json};
+
+fn client() -> Client {
+    Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("http client")
+}
+
+fn post(url: &str, body: impl Into<reqwest::blocking::Body>, headers: &[(&str, &str)]) -> Response {
+    let mut req = client().post(url).body(body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send().unwrap_or_else(|e| panic!("POST {url}: {e}"))
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).expect("gzip");
+    e.finish().expect("gzip")
+}
+
+/// One http input (no auth unless `input_extra` sets it) → route `all` → file output `out`.
+fn start(input_extra: &str, output_extra: &str) -> (Router, String) {
+    let port = free_port();
+    let config = format!(
+        r#"
+[inputs.web]
+type = "http"
+listen = "127.0.0.1:{port}"
+{input_extra}
+
+[routes.all]
+to = ["out"]
+
+[outputs.out]
+type = "file"
+path = "{{dir}}/out.jsonl"
+tag_key = "tag"
+time_key = "time"
+batch = {{ max_age = "100ms" }}
+{output_extra}
+"#
+    );
+    let r = Router::start(&config);
+    (r, format!("http://127.0.0.1:{port}"))
+}
+
+type Headers = &'static [(&'static str, &'static str)];
+/// (what, input URL, request headers)
+type AuthCase<'a> = (&'static str, &'a String, Vec<(&'static str, String)>);
+
+fn json_body(resp: Response) -> (u16, Value) {
+    let status = resp.status().as_u16();
+    let text = resp.text().unwrap_or_default();
+    let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, v)
+}
+
+#[test]
+fn accepted_shapes_land_field_by_field() {
+    let (r, base) = start("", "");
+    let out = r.path("out.jsonl");
+
+    let (s, b) = json_body(post(&format!("{base}/"), r#"{"msg":"one","n":1}"#, &[]));
+    assert_eq!((s, b), (200, json!({"accepted": 1})));
+
+    let (s, b) = json_body(post(
+        &format!("{base}/tag/app.web"),
+        r#"[{"msg":"two","n":2},{"msg":"three","nested":{"a":[1,2]}}]"#,
+        &[("content-type", "application/json")],
+    ));
+    assert_eq!((s, b), (200, json!({"accepted": 2})));
+
+    let ndjson = "{\"msg\":\"four\"}\n\n{\"msg\":\"five\",\"ok\":true}\n";
+    let (s, b) = json_body(post(
+        &format!("{base}/tag/nd"),
+        ndjson,
+        &[("content-type", "application/x-ndjson")],
+    ));
+    assert_eq!((s, b), (200, json!({"accepted": 2})));
+
+    let gz = gzip(b"{\"msg\":\"six\"}\n{\"msg\":\"seven\",\"u\":\"\xc3\xa9t\xc3\xa9\"}\n");
+    let (s, b) = json_body(post(
+        &format!("{base}/tag/gz"),
+        gz,
+        &[("content-encoding", "gzip")],
+    ));
+    assert_eq!((s, b), (200, json!({"accepted": 2})));
+
+    // EventBridge events posted to `/` are tagged with their detail-type; an explicit
+    // `/tag/<tag>` wins.
+    let ev = json!({"version":"0","id":"e1","source":"aws.ecs","detail-type":"ECS Task State Change",
+                    "account":"111122223333","region":"us-east-1","time":"2024-01-01T00:00:00Z",
+                    "resources":[],"detail":{"lastStatus":"STOPPED"}});
+    let (s, _) = json_body(post(&format!("{base}/"), ev.to_string(), &[]));
+    assert_eq!(s, 200);
+    let mut ev2 = ev.clone();
+    ev2["id"] = json!("e2");
+    let (s, _) = json_body(post(&format!("{base}/tag/explicit"), ev2.to_string(), &[]));
+    assert_eq!(s, 200);
+
+    // An empty body is accepted as zero records.
+    let (s, b) = json_body(post(&format!("{base}/"), "", &[]));
+    assert_eq!((s, b), (200, json!({"accepted": 0})));
+
+    let lines = wait_lines(&out, 9, Duration::from_secs(20));
+    assert_eq!(lines.len(), 9, "{lines:#?}\n{}", r.logs());
+    let by_msg = |m: &str| -> &Value {
+        lines
+            .iter()
+            .find(|l| l["msg"] == m)
+            .unwrap_or_else(|| panic!("no record {m}: {lines:#?}"))
+    };
+    let one = by_msg("one");
+    assert_eq!(one["n"], 1);
+    assert_eq!(one["tag"], "web", "default tag is the input name");
+    let t = one["time"].as_str().expect("time_key is a string");
+    assert!(
+        t.ends_with('Z') && t.len() >= 20,
+        "RFC 3339 UTC time, got {t}"
+    );
+    assert_eq!(by_msg("two")["tag"], "app.web");
+    assert_eq!(by_msg("two")["n"], 2);
+    assert_eq!(by_msg("three")["nested"], json!({"a": [1, 2]}));
+    assert_eq!(by_msg("four")["tag"], "nd");
+    assert_eq!(by_msg("five")["ok"], true);
+    assert_eq!(by_msg("six")["tag"], "gz");
+    assert_eq!(by_msg("seven")["u"], "été");
+    let e1 = lines.iter().find(|l| l["id"] == "e1").expect("event e1");
+    assert_eq!(e1["tag"], "ECS Task State Change");
+    assert_eq!(e1["detail"]["lastStatus"], "STOPPED");
+    assert_eq!(e1["detail-type"], "ECS Task State Change");
+    let e2 = lines.iter().find(|l| l["id"] == "e2").expect("event e2");
+    assert_eq!(e2["tag"], "explicit");
+    // Exactly the fields that were posted, plus tag and time.
+    let mut keys: Vec<&str> = one
+        .as_object()
+        .map(|o| o.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    keys.sort_unstable();
+    assert_eq!(keys, ["msg", "n", "tag", "time"]);
+
+    let v = r.wait_metric(
+        "firelane_input_records_total",
+        &["input=\"web\""],
+        9.0,
+        Duration::from_secs(5),
+    );
+    assert_eq!(v, 9.0, "firelane_input_records_total{{input=\"web\"}}");
+    assert!(r.metric("firelane_input_bytes_total", &["input=\"web\""]) > 0.0);
+}
+
+#[test]
+fn bad_bodies_are_rejected_whole() {
+    let (r, base) = start("", "");
+    let out = r.path("out.jsonl");
+    let url = format!("{base}/tag/bad");
+    let cases: Vec<(&str, Vec<u8>, Headers)> = vec![
+        ("malformed JSON", b"{\"a\":".to_vec(), &[]),
+        ("trailing garbage", b"{\"a\":1} nope".to_vec(), &[]),
+        (
+            "NDJSON with one bad line",
+            b"{\"keep\":1}\n{\"keep\":2}\n{bad}\n{\"keep\":3}\n".to_vec(),
+            &[],
+        ),
+        ("bare number", b"42".to_vec(), &[]),
+        ("bare string", b"\"hello\"".to_vec(), &[]),
+        (
+            "array containing a number",
+            b"[{\"keep\":4}, 5]".to_vec(),
+            &[],
+        ),
+        (
+            "NDJSON with a non-object line",
+            b"{\"keep\":6}\n[1]\n".to_vec(),
+            &[],
+        ),
+        ("null", b"null".to_vec(), &[]),
+        ("invalid UTF-8", b"{\"keep\":\"\xff\xfe\"}".to_vec(), &[]),
+        (
+            "invalid UTF-8 in NDJSON",
+            b"{\"keep\":7}\n{\"x\":\"\xc3\x28\"}\n".to_vec(),
+            &[],
+        ),
+        (
+            "corrupt gzip",
+            b"\x1f\x8b\x08\x00garbage".to_vec(),
+            &[("content-encoding", "gzip")],
+        ),
+        (
+            "gzip of a bad body",
+            gzip(b"{\"keep\":8}\n{oops\n"),
+            &[("content-encoding", "gzip")],
+        ),
+    ];
+    for (what, body, headers) in &cases {
+        let resp = post(&url, body.clone(), headers);
+        let (s, b) = json_body(resp);
+        assert_eq!(s, 400, "{what}: {b}");
+        assert!(
+            b["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{what}: error message, got {b}"
+        );
+    }
+    // Unsupported Content-Encoding: 415, nothing ingested.
+    let (s, b) = json_body(post(&url, r#"{"keep":9}"#, &[("content-encoding", "br")]));
+    assert_eq!(s, 415, "{b}");
+
+    // The process lives on and the next good request goes through, alone.
+    let (s, _) = json_body(post(&url, r#"{"marker":true}"#, &[]));
+    assert_eq!(s, 200);
+    let lines = wait_lines(&out, 1, Duration::from_secs(20));
+    // Give a stray record from a rejected request the same chance to land.
+    std::thread::sleep(Duration::from_millis(500));
+    let lines_after = common::read_jsonl(&out);
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert_eq!(
+        lines_after.len(),
+        1,
+        "nothing from a rejected request: {lines_after:#?}"
+    );
+    assert_eq!(lines_after[0]["marker"], true);
+    assert_eq!(lines_after[0]["tag"], "bad");
+
+    let bad = r.metric(
+        "firelane_input_errors_total",
+        &["input=\"web\"", "kind=\"bad_body\""],
+    );
+    assert_eq!(bad, cases.len() as f64, "{}", r.metrics());
+    let enc = r.metric(
+        "firelane_input_errors_total",
+        &["input=\"web\"", "kind=\"bad_encoding\""],
+    );
+    assert_eq!(enc, 1.0);
+    assert_eq!(
+        r.metric("firelane_input_records_total", &["input=\"web\""]),
+        1.0
+    );
+}
+
+#[test]
+fn body_limits_and_gzip_bombs() {
+    let (r, base) = start("max_body = \"4KiB\"", "");
+    let out = r.path("out.jsonl");
+    let url = format!("{base}/");
+
+    // Just under the limit: accepted.
+    let filler = "x".repeat(4096 - 20);
+    let ok = format!("{{\"fill\":\"{filler}\"}}");
+    assert!(ok.len() <= 4096);
+    let (s, b) = json_body(post(&url, ok.clone(), &[]));
+    assert_eq!(s, 200, "{b}");
+
+    // Declared length over the limit.
+    let big = format!("{{\"fill\":\"{}\"}}", "y".repeat(5000));
+    let (s, _) = json_body(post(&url, big.clone(), &[]));
+    assert_eq!(s, 413);
+
+    // Chunked (no Content-Length): the limit applies while reading.
+    let reader = ChunkReader {
+        chunks: big.as_bytes().chunks(1000).map(<[u8]>::to_vec).collect(),
+        pos: 0,
+    };
+    let resp = client()
+        .post(&url)
+        .body(reqwest::blocking::Body::new(reader))
+        .send()
+        .expect("chunked post");
+    assert_eq!(resp.status().as_u16(), 413);
+
+    // A gzip bomb: 2 MiB of JSON that compresses to a few KiB.
+    let bomb_json = format!("{{\"fill\":\"{}\"}}", " ".repeat(2 << 20));
+    let bomb = gzip(bomb_json.as_bytes());
+    assert!(bomb.len() < 4096, "bomb is {} bytes compressed", bomb.len());
+    let (s, b) = json_body(post(&url, bomb, &[("content-encoding", "gzip")]));
+    assert_eq!(s, 413, "{b}");
+
+    let too_large = r.metric(
+        "firelane_input_errors_total",
+        &["input=\"web\"", "kind=\"too_large\""],
+    );
+    assert_eq!(too_large, 3.0, "{}", r.metrics());
+
+    let lines = wait_lines(&out, 1, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(400));
+    let lines = if lines.len() == 1 {
+        common::read_jsonl(&out)
+    } else {
+        lines
+    };
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["fill"].as_str().map(str::len), Some(filler.len()));
+}
+
+/// A body with no known length, so reqwest sends it chunked.
+struct ChunkReader {
+    chunks: Vec<Vec<u8>>,
+    pos: usize,
+}
+
+impl std::io::Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let Some(c) = self.chunks.get(self.pos) else {
+            return Ok(0);
+        };
+        let n = c.len().min(buf.len());
+        buf[..n].copy_from_slice(&c[..n]);
+        if n == c.len() {
+            self.pos += 1;
+        } else {
+            self.chunks[self.pos] = c[n..].to_vec();
+        }
+        Ok(n)
+    }
+}
+
+#[test]
+fn every_auth_type_answers_401_to_wrong_credentials() {
+    let (pk, pb, pa, pn) = (free_port(), free_port(), free_port(), free_port());
+    let config = format!(
+        r#"
+[inputs.key]
+type = "http"
+listen = "127.0.0.1:{pk}"
+auth = {{ type = "api_key", header = "X-Api-Key", value = "${{TEST_EVENTS_KEY}}" }}
+
+[inputs.bear]
+type = "http"
+listen = "127.0.0.1:{pb}"
+auth = {{ type = "bearer", token = "tok-123" }}
+
+[inputs.bas]
+type = "http"
+listen = "127.0.0.1:{pa}"
+auth = {{ type = "basic", username = "alice", password = "s3cr:et" }}
+
+[inputs.open]
+type = "http"
+listen = "127.0.0.1:{pn}"
+auth = {{ type = "none" }}
+
+[routes.all]
+to = ["out"]
+
+[outputs.out]
+type = "file"
+path = "{{dir}}/out.jsonl"
+tag_key = "tag"
+batch = {{ max_age = "100ms" }}
+"#
+    );
+    let r = Router::start_with(
+        tempfile::tempdir().expect("tempdir"),
+        &config,
+        free_port(),
+        &[("TEST_EVENTS_KEY", "k-from-env")],
+    );
+    let out = r.path("out.jsonl");
+    let body = |who: &str| format!("{{\"who\":\"{who}\"}}");
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+
+    let key = format!("http://127.0.0.1:{pk}/");
+    let bearer = format!("http://127.0.0.1:{pb}/");
+    let basic = format!("http://127.0.0.1:{pa}/");
+    let open = format!("http://127.0.0.1:{pn}/");
+    let denied: Vec<AuthCase> = vec![
+        ("api_key missing", &key, vec![]),
+        (
+            "api_key wrong",
+            &key,
+            vec![("x-api-key", "k-from-envX".into())],
+        ),
+        (
+            "api_key in another header",
+            &key,
+            vec![("authorization", "k-from-env".into())],
+        ),
+        (
+            "api_key unexpanded",
+            &key,
+            vec![("x-api-key", "${TEST_EVENTS_KEY}".into())],
+        ),
+        ("bearer missing", &bearer, vec![]),
+        (
+            "bearer wrong",
+            &bearer,
+            vec![("authorization", "Bearer tok-124".into())],
+        ),
+        (
+            "bearer empty",
+            &bearer,
+            vec![("authorization", "Bearer ".into())],
+        ),
+        (
+            "bearer as basic",
+            &bearer,
+            vec![("authorization", format!("Basic {}", b64("tok-123")))],
+        ),
+        ("basic missing", &basic, vec![]),
+        (
+            "basic wrong password",
+            &basic,
+            vec![("authorization", format!("Basic {}", b64("alice:s3cr")))],
+        ),
+        (
+            "basic wrong user",
+            &basic,
+            vec![("authorization", format!("Basic {}", b64("bob:s3cr:et")))],
+        ),
+        (
+            "basic not base64",
+            &basic,
+            vec![("authorization", "Basic !!!".into())],
+        ),
+        (
+            "basic as bearer",
+            &basic,
+            vec![("authorization", "Bearer alice:s3cr:et".into())],
+        ),
+    ];
+    for (what, url, headers) in &denied {
+        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let resp = post(url, body(what), &h);
+        let status = resp.status().as_u16();
+        let www = resp
+            .headers()
+            .get("www-authenticate")
+            .map(|v| v.to_str().unwrap_or("").to_string());
+        assert_eq!(status, 401, "{what}");
+        if url.as_str() == basic.as_str() {
+            assert!(
+                www.is_some_and(|w| w.starts_with("Basic")),
+                "{what}: WWW-Authenticate"
+            );
+        }
+    }
+    let allowed: Vec<AuthCase> = vec![
+        ("api_key ok", &key, vec![("x-api-key", "k-from-env".into())]),
+        (
+            "bearer ok",
+            &bearer,
+            vec![("authorization", "Bearer tok-123".into())],
+        ),
+        (
+            "basic ok",
+            &basic,
+            vec![("authorization", format!("Basic {}", b64("alice:s3cr:et")))],
+        ),
+        ("none ok", &open, vec![]),
+    ];
+    for (what, url, headers) in &allowed {
+        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (s, b) = json_body(post(url, body(what), &h));
+        assert_eq!(s, 200, "{what}: {b}");
+    }
+    let lines = wait_lines(&out, 4, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(300));
+    let lines = if lines.len() == 4 {
+        common::read_jsonl(&out)
+    } else {
+        lines
+    };
+    let mut who: Vec<(String, String)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["who"].as_str().unwrap_or("?").to_string(),
+                l["tag"].as_str().unwrap_or("?").to_string(),
+            )
+        })
+        .collect();
+    who.sort();
+    assert_eq!(
+        who,
+        vec![
+            ("api_key ok".to_string(), "key".to_string()),
+            ("basic ok".into(), "bas".into()),
+            ("bearer ok".into(), "bear".into()),
+            ("none ok".into(), "open".into()),
+        ]
+    );
+    let unauth = |input: &str| {
+        r.metric(
+            "firelane_input_errors_total",
+            &[&format!("input=\"{input}\""), "kind=\"unauthorized\""],
+        )
+    };
+    assert_eq!(
+        (unauth("key"), unauth("bear"), unauth("bas")),
+        (4.0, 4.0, 5.0),
+        "{}",
+        r.metrics()
+    );
+    assert!(
+        !r.logs().contains("k-from-env"),
+        "the api key must not be logged"
+    );
+}
+
+#[test]
+fn full_buffer_answers_503_with_retry_after() {
+    // An http output whose peer accepts connections (the kernel backlog does) but never
+    // answers: nothing is ever delivered, so the small buffer fills and stays full.
+    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent_addr = silent.local_addr().expect("addr");
+    let port = free_port();
+    let config = format!(
+        r#"
+[inputs.web]
+type = "http"
+listen = "127.0.0.1:{port}"
+accept_timeout = "300ms"
+
+[routes.all]
+to = ["stuck"]
+
+[outputs.stuck]
+type = "http"
+url = "http://{silent_addr}/ingest"
+timeout = "10m"
+batch = {{ max_records = 5, max_age = "100ms" }}
+buffer = {{ type = "memory", max_size = "32KiB", when_full = "block" }}
+concurrency = 1
+"#
+    );
+    let mut r = Router::start(&config);
+    let url = format!("http://127.0.0.1:{port}/");
+    let record = format!("{{\"pad\":\"{}\"}}", "p".repeat(900));
+    let batch: String = (0..4).map(|_| format!("{record}\n")).collect();
+    let started = Instant::now();
+    let mut accepted = 0;
+    let full = loop {
+        let resp = post(&url, batch.clone(), &[]);
+        match resp.status().as_u16() {
+            200 => accepted += 4,
+            503 => break resp,
+            other => panic!(
+                "unexpected status {other} after {accepted} records: {:?}",
+                resp.text()
+            ),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60) && accepted < 2000,
+            "the buffer never filled ({accepted} records accepted)"
+        );
+    };
+    assert!(accepted > 0, "the first requests fit in the buffer");
+    let retry_after = full
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(
+        retry_after.is_some_and(|s| s >= 1),
+        "Retry-After: {:?}",
+        full.headers()
+    );
+    // Still full: later requests get 503 too, never 429 or another 4xx.
+    for _ in 0..3 {
+        let resp = post(&url, record.clone(), &[]);
+        assert_eq!(resp.status().as_u16(), 503);
+        assert!(resp.headers().contains_key("retry-after"));
+    }
+    let full_count = r.metric(
+        "firelane_input_errors_total",
+        &["input=\"web\"", "kind=\"full\""],
+    );
+    assert!(
+        full_count >= 4.0,
+        "kind=\"full\" counted, got {full_count}: {}",
+        r.metrics()
+    );
+    assert_eq!(
+        r.metric("firelane_input_records_total", &["input=\"web\""]),
+        accepted as f64
+    );
+    // Admin endpoints stay responsive while the input pushes back.
+    let (s, _) = common::http_get(&format!("http://127.0.0.1:{}/health", r.admin)).expect("health");
+    assert_eq!(s, 200);
+    r.kill9();
+    drop(silent);
+}
