@@ -88,7 +88,7 @@ batch = {{ max_age = "50ms" }}
     router.wait_ready(Duration::from_secs(20));
 
     let line = |i: u32| {
-        let level = if i % 5 == 0 { "error" } else { "info" };
+        let level = if i.is_multiple_of(5) { "error" } else { "info" };
         format!(
             "{{\"i\":{i},\"level\":\"{level}\",\"log\":\"{}\"}}\n",
             "x".repeat(100)
