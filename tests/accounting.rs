@@ -4,28 +4,9 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Router, free_port, metric_sum};
-
-/// Accepts connections and never answers, so an output pointed here never delivers.
-fn stalled_listener() -> (u16, std::thread::JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind stalled listener");
-    let port = listener.local_addr().expect("addr").port();
-    let handle = std::thread::spawn(move || {
-        let mut held = Vec::new();
-        let _ = listener.set_nonblocking(true);
-        let until = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < until {
-            match listener.accept() {
-                Ok((s, _)) => held.push(s),
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        }
-    });
-    (port, handle)
-}
 
 fn post(port: u16, tag: &str, body: String) -> u16 {
     let client = reqwest::blocking::Client::new();
@@ -53,7 +34,7 @@ fn output_fates(text: &str, output: &str) -> (f64, f64) {
 #[test]
 fn counters_add_up_per_input_route_and_output() {
     let http = free_port();
-    let (stalled, _stalled_thread) = stalled_listener();
+    let (_silent, stalled) = common::silent_peer();
     let cfg = format!(
         r#"
 [inputs.web]
@@ -75,7 +56,7 @@ batch = {{ max_age = "50ms" }}
 
 [outputs.shed]
 type = "http"
-url = "http://127.0.0.1:{stalled}/"
+url = "http://{stalled}/"
 timeout = "60s"
 buffer = {{ max_size = "16KiB", when_full = "drop_newest" }}
 

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use common::moto::{endpoint, unique};
 use common::{Router, free_port};
 use firelane::event::now_ns;
 use firelane::input::forward::ListenAddr;
@@ -31,21 +32,6 @@ use serde_json::{Value, json};
 // ---------------------------------------------------------------------------------------
 // Environment
 
-fn endpoint() -> Option<String> {
-    match std::env::var("FIRELANE_TEST_AWS_ENDPOINT") {
-        Ok(e) if !e.is_empty() => Some(e),
-        _ => {
-            static ONCE: std::sync::Once = std::sync::Once::new();
-            ONCE.call_once(|| {
-                let _ = std::io::stderr().write_all(
-                    b"\n*** SKIPPED: FIRELANE_TEST_AWS_ENDPOINT is not set; the binary was NOT tested against moto (use scripts/test.sh) ***\n",
-                );
-            });
-            None
-        }
-    }
-}
-
 fn rt() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RT.get_or_init(|| {
@@ -55,13 +41,6 @@ fn rt() -> &'static tokio::runtime::Runtime {
             .build()
             .expect("tokio runtime")
     })
-}
-
-fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..10]
-    )
 }
 
 /// SDK clients talking straight to moto (not through a proxy), for setup and checks.

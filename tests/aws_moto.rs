@@ -11,6 +11,9 @@
 //! `src/output/aws/` cover those); these tests prove what lands: every record, once, in
 //! order, under the right names.
 
+mod common;
+
+use common::moto::{endpoint, unique};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::time::{Duration, Instant};
@@ -23,42 +26,12 @@ use firelane::output::aws::{AwsSettings, RecordFormat, sdk_config};
 use firelane::output::sink::{BatchBuilder, BatchSettings, Push, SendResult, Sink};
 use serde_json::json;
 
-fn endpoint() -> Option<String> {
-    match std::env::var("FIRELANE_TEST_AWS_ENDPOINT") {
-        Ok(e) if !e.is_empty() => {
-            assert!(
-                std::env::var("AWS_ACCESS_KEY_ID").is_ok(),
-                "set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (any values) and AWS_EC2_METADATA_DISABLED=true for moto"
-            );
-            Some(e)
-        }
-        _ => {
-            // Written to the stderr handle, not with eprintln!, so the harness cannot hide it.
-            static ONCE: std::sync::Once = std::sync::Once::new();
-            ONCE.call_once(|| {
-                use std::io::Write;
-                let _ = std::io::stderr().write_all(
-                    b"\n*** SKIPPED: FIRELANE_TEST_AWS_ENDPOINT is not set; AWS sinks were NOT tested against moto ***\n",
-                );
-            });
-            None
-        }
-    }
-}
-
 fn settings(ep: &str) -> AwsSettings {
     AwsSettings {
         region: Some("us-east-1".into()),
         endpoint_url: Some(ep.into()),
         role_arn: None,
     }
-}
-
-fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    )
 }
 
 async fn s3_client(ep: &str) -> aws_sdk_s3::Client {

@@ -754,8 +754,7 @@ batch = {{ max_records = 1000000, max_bytes = "1GiB", max_age = "10m" }}
 #[test]
 fn second_sigterm_during_a_slow_shutdown_exits_at_once() {
     // An http output whose peer never answers keeps the shutdown busy for the whole grace.
-    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let silent_addr = silent.local_addr().expect("addr");
+    let (silent, silent_addr) = common::silent_peer();
     let port = free_port();
     let mut r = Router::start(&format!(
         r#"

@@ -922,22 +922,16 @@ fn full_disk_buffer_drop_newest_counts_drops_and_delivers_the_rest() {
     eprintln!("drop_newest: {N} offered, {dropped} dropped, {accepted} delivered");
 }
 
-/// Memory stays bounded while a stalled output's buffer is full: records are offered
-/// through forward (drop_newest, so the whole volume passes through the decoder) and the
-/// router's peak RSS stays under memory_limit + a fixed overhead.
-#[test]
-fn memory_stays_bounded_with_a_stalled_output() {
-    const LIMIT_MIB: u64 = 64;
-    /// Allocator slack, thread stacks, code and the decode buffers of one connection.
-    const OVERHEAD_MIB: u64 = 96;
-    // 1 GiB by default (about 10 s in debug); FIRELANE_TEST_OFFER_MIB changes it.
-    let total_mib: u64 = std::env::var("FIRELANE_TEST_OFFER_MIB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1024);
-    let fwd = free_port();
-    let dest = Dest::start(Reply::Stall);
-    let cfg = format!(
+/// `runtime.memory_limit` of the memory-bound tests.
+const LIMIT_MIB: u64 = 64;
+/// Allowed peak RSS above it: allocator slack, thread stacks, code and the decode buffers
+/// of the connections.
+const OVERHEAD_MIB: u64 = 96;
+
+/// Forward input → output `stuck`, an http output to `dest` (which stalls), with
+/// `buffer` (a TOML inline table) under a `LIMIT_MIB` memory limit.
+fn stalled_output_config(fwd: u16, dest: &Dest, buffer: &str) -> String {
+    format!(
         r#"
 [runtime]
 memory_limit = "{LIMIT_MIB}MiB"
@@ -954,9 +948,28 @@ to = ["stuck"]
 type = "http"
 url = "{}"
 timeout = "120s"
-buffer = {{ max_size = "48MiB", when_full = "drop_newest" }}
+buffer = {buffer}
 "#,
         dest.url()
+    )
+}
+
+/// Memory stays bounded while a stalled output's buffer is full: records are offered
+/// through forward (drop_newest, so the whole volume passes through the decoder) and the
+/// router's peak RSS stays under memory_limit + a fixed overhead.
+#[test]
+fn memory_stays_bounded_with_a_stalled_output() {
+    // 1 GiB by default (about 10 s in debug); FIRELANE_TEST_OFFER_MIB changes it.
+    let total_mib: u64 = std::env::var("FIRELANE_TEST_OFFER_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let fwd = free_port();
+    let dest = Dest::start(Reply::Stall);
+    let cfg = stalled_output_config(
+        fwd,
+        &dest,
+        r#"{ max_size = "48MiB", when_full = "drop_newest" }"#,
     );
     let router = Router::start(&cfg);
     let base = vm_hwm_kib(pid(&router));
@@ -1277,30 +1290,12 @@ buffer = {{ type = "disk", max_size = "128KiB", when_full = "block" }}
 /// and the router's peak RSS stays under memory_limit + overhead.
 #[test]
 fn memory_stays_bounded_when_blocking() {
-    const LIMIT_MIB: u64 = 64;
-    const OVERHEAD_MIB: u64 = 96;
     let fwd = free_port();
     let dest = Dest::start(Reply::Stall);
-    let cfg = format!(
-        r#"
-[runtime]
-memory_limit = "{LIMIT_MIB}MiB"
-shutdown_grace = "2s"
-
-[inputs.app]
-type = "forward"
-listen = ["tcp://127.0.0.1:{fwd}"]
-
-[routes.all]
-to = ["stuck"]
-
-[outputs.stuck]
-type = "http"
-url = "{}"
-timeout = "120s"
-buffer = {{ max_size = "256MiB", when_full = "block" }}
-"#,
-        dest.url()
+    let cfg = stalled_output_config(
+        fwd,
+        &dest,
+        r#"{ max_size = "256MiB", when_full = "block" }"#,
     );
     let router = Router::start(&cfg);
     // Four clients send 1 MiB requests until an ack takes longer than 3 s.

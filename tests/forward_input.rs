@@ -1806,8 +1806,8 @@ fn serve_http(listener: std::net::TcpListener, bodies: Arc<std::sync::Mutex<Vec<
 #[test]
 fn stalled_output_stops_reading_and_recovers() {
     // Bound but not accepting yet: the output's requests connect and then hang.
-    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let http_port = http.local_addr().unwrap().port();
+    let (http, http_addr) = common::silent_peer();
+    let http_port = http_addr.port();
     let port = free_port();
     let output = format!(
         r#"

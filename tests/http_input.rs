@@ -5,7 +5,6 @@
 mod common;
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use common::{Router, free_port, wait_lines};
@@ -516,8 +515,7 @@ batch = {{ max_age = "100ms" }}
 fn full_buffer_answers_503_with_retry_after() {
     // An http output whose peer accepts connections (the kernel backlog does) but never
     // answers: nothing is ever delivered, so the small buffer fills and stays full.
-    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let silent_addr = silent.local_addr().expect("addr");
+    let (silent, silent_addr) = common::silent_peer();
     let port = free_port();
     let config = format!(
         r#"

@@ -248,7 +248,7 @@ pub(crate) async fn run_inner<S: Sink>(
                         // A panicking sink: its records are neither delivered nor acknowledged.
                         let n = in_flight.remove(&e.id()).unwrap_or(0) as u64;
                         tracing::error!(output = %shared.name, "delivery task failed: {e}; {n} records not delivered");
-                        shared.metrics_failed(n);
+                        shared.metrics.failed.increment(n);
                         tally.failed += n;
                     }
                 }
@@ -281,6 +281,9 @@ pub(crate) async fn run_inner<S: Sink>(
                         ready.push_back(Job { partition: partition.clone(), batch, entries, bytes, attempts: 0 });
                         slot.due = Instant::now() + max_age;
                     }
+                    if o.truncated {
+                        shared.metrics.truncated.increment(1);
+                    }
                     if let Some((entry, reason)) = o.refused {
                         refused.push((entry, refused_failure(reason)));
                     }
@@ -306,13 +309,6 @@ pub(crate) async fn run_inner<S: Sink>(
     // The reader task has ended (it closed the channel); nothing is left in it.
     let _ = reader_task.await;
     tally
-}
-
-impl<S: Sink> Shared<S> {
-    fn metrics_failed(&self, n: u64) {
-        metrics::counter!("firelane_output_records_total", "output" => self.name.clone(), "result" => "failed")
-            .increment(n);
-    }
 }
 
 fn new_open<S: Sink>(sink: &S, partition: &str, max_age: Duration) -> Open<S::Builder> {
@@ -444,7 +440,7 @@ async fn abandon<S: Sink>(
         }
     }
     tally.undelivered += left as u64;
-    shared.metrics_failed(tally.undelivered);
+    shared.metrics.failed.increment(tally.undelivered);
     if tally.undelivered > 0 {
         let fate = match kind {
             BufferKind::Memory => "memory buffer: lost",

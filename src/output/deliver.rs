@@ -60,15 +60,28 @@ impl Acks {
     }
 }
 
+/// `firelane_output_oversize_records_total{output, action}`: records above a per-record
+/// limit that were still sent, shortened (`"truncated"`, counted here for every sink that
+/// answers [`Push::Truncated`]) or in pieces (`"split"`, counted by the sink that splits).
+/// Records a sink refuses are counted as dropped or dead-lettered instead.
+pub(crate) fn oversize_counter(output: &str, action: &'static str) -> Counter {
+    metrics::counter!(
+        "firelane_output_oversize_records_total",
+        "output" => output.to_owned(),
+        "action" => action
+    )
+}
+
 pub(crate) struct OutputMetrics {
     sent: Counter,
     retried: Counter,
-    failed: Counter,
+    pub failed: Counter,
     dropped: Counter,
     dead_lettered: Counter,
     bytes: Counter,
     batches: Counter,
     request_seconds: Histogram,
+    pub truncated: Counter,
 }
 
 impl OutputMetrics {
@@ -83,6 +96,7 @@ impl OutputMetrics {
             bytes: metrics::counter!("firelane_output_bytes_total", "output" => output.to_owned()),
             batches: metrics::counter!("firelane_output_batches_total", "output" => output.to_owned()),
             request_seconds: metrics::histogram!("firelane_output_request_seconds", "output" => output.to_owned()),
+            truncated: oversize_counter(output, "truncated"),
         }
     }
 }
@@ -279,6 +293,8 @@ pub(crate) struct Offered<B> {
     pub sealed: Option<(B, Vec<Entry>, usize)>,
     /// The record was refused.
     pub refused: Option<(Entry, &'static str)>,
+    /// The record went in shortened to fit a per-record limit.
+    pub truncated: bool,
 }
 
 /// Offers `entry` to `builder` (whose items are `entries`), rotating to a fresh builder
@@ -294,9 +310,14 @@ pub(crate) fn offer<S: Sink>(
     let mut out = Offered {
         sealed: None,
         refused: None,
+        truncated: false,
     };
     match builder.push(&entry.record) {
-        Push::Added | Push::Truncated => entries.push(entry),
+        Push::Added => entries.push(entry),
+        Push::Truncated => {
+            out.truncated = true;
+            entries.push(entry);
+        }
         Push::Rejected(reason) => out.refused = Some((entry, reason)),
         Push::Full if builder.is_empty() => out.refused = Some((entry, "too_large")),
         Push::Full => {
@@ -304,7 +325,11 @@ pub(crate) fn offer<S: Sink>(
             let bytes = old.bytes();
             out.sealed = Some((old.finish(), std::mem::take(entries), bytes));
             match builder.push(&entry.record) {
-                Push::Added | Push::Truncated => entries.push(entry),
+                Push::Added => entries.push(entry),
+                Push::Truncated => {
+                    out.truncated = true;
+                    entries.push(entry);
+                }
                 Push::Rejected(reason) => out.refused = Some((entry, reason)),
                 Push::Full => out.refused = Some((entry, "too_large")),
             }

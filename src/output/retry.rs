@@ -290,7 +290,6 @@ mod tests {
         assert_eq!(st.next(&f), Some(Duration::from_secs(7)));
         f.retry_after = Some(Duration::from_secs(3600));
         assert_eq!(st.next(&f), Some(Duration::from_secs(60)));
-        // Zero means "no hint": falls back to jittered backoff, still never a tight loop.
         // A small max_backoff does not cut a server's hint short (up to RETRY_AFTER_MIN_CAP).
         let mut st = RetryPolicy {
             initial_backoff: ms(5),
@@ -302,6 +301,7 @@ mod tests {
         assert_eq!(st.next(&f), Some(Duration::from_secs(1)));
         f.retry_after = Some(Duration::from_secs(3600));
         assert_eq!(st.next(&f), Some(RETRY_AFTER_MIN_CAP));
+        // Zero means "no hint": falls back to jittered backoff, still never a tight loop.
         f.retry_after = Some(Duration::ZERO);
         let d = st.next(&f).unwrap();
         assert!(d >= MIN_DELAY);

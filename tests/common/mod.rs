@@ -2,6 +2,8 @@
 //! with a config written to a temp dir, waits for `/ready`, and stops it when dropped.
 #![allow(dead_code)]
 
+pub mod moto;
+
 use std::io::{BufRead, Read};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -28,6 +30,15 @@ pub fn free_port() -> u16 {
         }
     }
     panic!("no free port in {FIRST}..{}", FIRST + SPAN)
+}
+
+/// A peer that takes connections (the kernel's listen backlog accepts them) and never
+/// answers: an output pointed at it never delivers. Keep the listener alive as long as the
+/// peer should stay silent; `accept` on it later to let the output recover.
+pub fn silent_peer() -> (TcpListener, std::net::SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind silent peer");
+    let addr = listener.local_addr().expect("silent peer address");
+    (listener, addr)
 }
 
 pub struct Router {

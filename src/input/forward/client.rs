@@ -304,27 +304,17 @@ impl ForwardClient {
             ListenAddr::Tcp(a) => {
                 // Every resolved address in turn: `localhost` often resolves to ::1 first
                 // while the router listens on 127.0.0.1 only.
-                let mut last_error = None;
-                let mut connected = None;
+                let mut result = Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("cannot resolve {a}"),
+                ));
                 for sock in std::net::ToSocketAddrs::to_socket_addrs(a)? {
-                    match TcpStream::connect_timeout(&sock, timeout) {
-                        Ok(s) => {
-                            connected = Some(s);
-                            break;
-                        }
-                        Err(e) => last_error = Some(e),
+                    result = TcpStream::connect_timeout(&sock, timeout);
+                    if result.is_ok() {
+                        break;
                     }
                 }
-                let s = match (connected, last_error) {
-                    (Some(s), _) => s,
-                    (None, Some(e)) => return Err(e),
-                    (None, None) => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidInput,
-                            format!("cannot resolve {a}"),
-                        ));
-                    }
-                };
+                let s = result?;
                 s.set_nodelay(true)?;
                 s.set_read_timeout(Some(timeout))?;
                 s.set_write_timeout(Some(timeout))?;

@@ -5,7 +5,7 @@
 //! time (stable, so equal timestamps keep arrival order) when the batch is finished.
 //! Messages above [`MAX_MESSAGE_BYTES`] (1,000,000 bytes, the per-event cap Fluent Bit
 //! uses under AWS's 1 MB event limit) are cut at a character boundary and end with
-//! `…[truncated by firelane]` (counted in
+//! `…[truncated by firelane]` (the core counts them in
 //! `firelane_output_oversize_records_total{output, action="truncated"}`). Empty messages, which
 //! the API refuses, are rejected with reason `empty_message`.
 //!
@@ -37,7 +37,7 @@ use std::time::Duration;
 use aws_sdk_cloudwatchlogs::types::InputLogEvent;
 
 use super::{
-    AwsSettings, BuildError, RecordFormat, classify, floor_char_boundary, oversize_counter,
+    AwsSettings, BuildError, RecordFormat, TRUNCATION_MARKER, classify, floor_char_boundary,
     require_region, sdk_config,
 };
 use crate::event::Record;
@@ -50,7 +50,6 @@ pub const EVENT_OVERHEAD: usize = 26;
 pub const MAX_MESSAGE_BYTES: usize = 1_000_000;
 pub const MAX_SPAN_MS: i64 = 24 * 3600 * 1000;
 pub const MAX_NAME_CHARS: usize = 512;
-pub const TRUNCATION_MARKER: &str = "…[truncated by firelane]";
 /// Values `PutRetentionPolicy` accepts.
 pub const RETENTION_DAYS: &[i32] = &[
     1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922,
@@ -82,7 +81,6 @@ pub fn default_batch() -> BatchSettings {
 }
 
 struct Limits {
-    truncated: metrics::Counter,
     max_events: usize,
     max_bytes: usize,
 }
@@ -158,7 +156,6 @@ pub fn build_with_client(
         format: Arc::new(cfg.format),
         create_lock: tokio::sync::Mutex::new(()),
         limits: Arc::new(Limits {
-            truncated: oversize_counter(&cfg.name, "truncated"),
             max_events: cfg.batch.max_records.clamp(1, MAX_EVENTS),
             max_bytes: cfg.batch.max_bytes.clamp(1, MAX_BATCH_BYTES),
         }),
@@ -262,7 +259,6 @@ impl BatchBuilder for CloudWatchLogsBuilder {
             self.line = Vec::new();
         }
         if truncated {
-            self.limits.truncated.increment(1);
             Push::Truncated
         } else {
             Push::Added

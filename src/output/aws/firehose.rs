@@ -30,15 +30,15 @@ use std::time::Duration;
 use aws_sdk_firehose::primitives::Blob;
 
 use super::{
-    AwsSettings, BuildError, RecordFormat, classify, oversize_counter, require_region, sdk_config,
+    AwsSettings, BuildError, RecordFormat, TRUNCATION_MARKER, classify, require_region, sdk_config,
 };
 use crate::event::Record;
+use crate::output::deliver::oversize_counter;
 use crate::output::sink::{BatchBuilder, BatchSettings, Failure, Push, SendResult, Sink};
 
 pub const MAX_RECORDS_PER_CALL: usize = 500;
 pub const MAX_BYTES_PER_CALL: usize = 4 * 1024 * 1024;
 pub const MAX_RECORD_BYTES: usize = 1_024_000;
-pub const TRUNCATION_MARKER: &str = "…[truncated by firelane]";
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Oversize {
@@ -71,8 +71,8 @@ pub fn default_batch() -> BatchSettings {
 }
 
 struct Limits {
-    /// `firelane_output_oversize_records_total{output, action}`.
-    truncated: metrics::Counter,
+    /// `firelane_output_oversize_records_total{output, action="split"}`; truncation is
+    /// counted by the core.
     split: metrics::Counter,
     aggregate: bool,
     oversize: Oversize,
@@ -116,7 +116,6 @@ pub fn build_with_client(
         stream: cfg.delivery_stream,
         format: Arc::new(cfg.format),
         limits: Arc::new(Limits {
-            truncated: oversize_counter(&cfg.name, "truncated"),
             split: oversize_counter(&cfg.name, "split"),
             aggregate: cfg.aggregate,
             oversize: cfg.oversize,
@@ -233,7 +232,6 @@ impl BatchBuilder for FirehoseBuilder {
             self.limits.split.increment(1);
         }
         if truncated {
-            self.limits.truncated.increment(1);
             Push::Truncated
         } else {
             Push::Added

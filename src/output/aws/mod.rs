@@ -200,17 +200,8 @@ impl RecordFormat {
     }
 }
 
-/// Counts records that were above a per-record limit and were still sent, shortened
-/// (`action="truncated"`) or in pieces (`"split"`):
-/// `firelane_output_oversize_records_total{output, action}`. Records a sink refuses are
-/// counted by the core (dropped or dead-lettered) instead.
-pub(crate) fn oversize_counter(output: &str, action: &'static str) -> metrics::Counter {
-    metrics::counter!(
-        "firelane_output_oversize_records_total",
-        "output" => output.to_owned(),
-        "action" => action
-    )
-}
+/// Ends a record cut to fit a per-record limit, so readers see it was cut.
+pub const TRUNCATION_MARKER: &str = "…[truncated by firelane]";
 
 /// Largest prefix of `s` no longer than `max` bytes that ends on a character boundary.
 pub(crate) fn floor_char_boundary(s: &str, max: usize) -> usize {
