@@ -534,45 +534,30 @@ fn run_modes(r: &Router, addr: &ListenAddr, transport: &str, ack: bool, ex: &mut
     // CompressedPackedForward: gzip as several concatenated members (fluentd appends one
     // member per write), zstd as two frames and through the crate's encoder, and
     // `compressed = "text"` (uncompressed payload announced as such).
-    let mode = "gzip";
-    let t = tag(mode);
-    let mut payload = Vec::new();
-    for i in 0..3 {
-        let (entries, _) = varied_entries(ex, &t, mode, base + 200 + 20 * i);
-        payload.extend(gzip(&entries));
+    for (mode, members, offset) in [("gzip", 3, 200), ("zstd", 2, 300)] {
+        let t = tag(mode);
+        let mut payload = Vec::new();
+        for i in 0..members {
+            let (entries, _) = varied_entries(ex, &t, mode, base + offset + 20 * i);
+            payload.extend(if mode == "gzip" {
+                gzip(&entries)
+            } else {
+                zstd(&entries)
+            });
+        }
+        let ch = chunk(mode);
+        let mut req = Vec::new();
+        client::encode_packed_payload(
+            &mut req,
+            &t,
+            &payload,
+            false,
+            None,
+            Some(mode),
+            ch.as_deref(),
+        );
+        send_acked(r, &mut c, &req, ch.as_deref(), ex);
     }
-    let ch = chunk(mode);
-    let mut req = Vec::new();
-    client::encode_packed_payload(
-        &mut req,
-        &t,
-        &payload,
-        false,
-        None,
-        Some("gzip"),
-        ch.as_deref(),
-    );
-    send_acked(r, &mut c, &req, ch.as_deref(), ex);
-
-    let mode = "zstd";
-    let t = tag(mode);
-    let mut payload = Vec::new();
-    for i in 0..2 {
-        let (entries, _) = varied_entries(ex, &t, mode, base + 300 + 20 * i);
-        payload.extend(zstd(&entries));
-    }
-    let ch = chunk(mode);
-    let mut req = Vec::new();
-    client::encode_packed_payload(
-        &mut req,
-        &t,
-        &payload,
-        false,
-        None,
-        Some("zstd"),
-        ch.as_deref(),
-    );
-    send_acked(r, &mut c, &req, ch.as_deref(), ex);
     for (compression, mode) in [(Compression::Zstd, "zstd"), (Compression::Gzip, "gzip")] {
         let t = tag(mode);
         let rec = ex.add(&t, T::Fix(base + 350, 3), mode);
