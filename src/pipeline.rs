@@ -118,7 +118,20 @@ impl Pipeline {
                         "output {}: buffer refused records: {e}",
                         port.name
                     );
-                    result = Err(IngestError::ShuttingDown);
+                    result = Err(match e {
+                        crate::buffer::BufferError::Closed => IngestError::ShuttingDown,
+                        crate::buffer::BufferError::Io { ref source, .. }
+                            if source.raw_os_error() == Some(libc::ENOSPC) =>
+                        {
+                            IngestError::DiskFull {
+                                output: port.name.clone(),
+                            }
+                        }
+                        other => IngestError::Buffer {
+                            output: port.name.clone(),
+                            reason: other.to_string(),
+                        },
+                    });
                 }
             }
         }

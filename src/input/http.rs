@@ -299,6 +299,14 @@ async fn handle(s: Arc<Shared>, tag: Option<String>, headers: HeaderMap, body: B
             s.error("full");
             unavailable("buffers are full, retry later")
         }
+        Ok(Err(e @ IngestError::TooLarge { .. })) => {
+            s.error(e.kind());
+            (StatusCode::PAYLOAD_TOO_LARGE, e.to_string()).into_response()
+        }
+        Ok(Err(e)) => {
+            s.error(e.kind());
+            unavailable(&e.to_string())
+        }
     }
 }
 

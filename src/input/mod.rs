@@ -17,10 +17,48 @@ pub trait Ingest: Send + Sync + 'static {
     async fn ingest(&self, records: Vec<Record>) -> Result<(), IngestError>;
 }
 
+/// Why records could not be taken. Inputs map each kind to their protocol's answer (HTTP:
+/// 503 + `Retry-After` for the transient kinds, 413 for [`IngestError::TooLarge`]; forward:
+/// no ack) and count it with a `kind` label.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum IngestError {
+    /// Back-pressure: the buffers did not accept in time. Transient; the client retries.
     #[error("buffers are full")]
     Full,
+    /// The router is stopping and takes no more records. Transient for the client: another
+    /// replica, or this one after its restart, takes the retry.
     #[error("router is shutting down")]
     ShuttingDown,
+    /// A record no configured output can ever take (larger than every limit that applies).
+    /// Refused before the acknowledgement, never dropped after it.
+    #[error("record of {bytes} bytes is larger than output {output} can take ({limit} bytes)")]
+    TooLarge {
+        bytes: usize,
+        limit: usize,
+        output: String,
+    },
+    /// A disk buffer's filesystem is full. Transient: space returns as outputs deliver.
+    #[error("disk full: output {output}'s buffer cannot write")]
+    DiskFull { output: String },
+    /// A buffer failed for another reason (I/O error); the message says which and why.
+    #[error("output {output}'s buffer failed: {reason}")]
+    Buffer { output: String, reason: String },
+}
+
+impl IngestError {
+    /// Short `snake_case` label for metrics (`kind="..."`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            IngestError::Full => "full",
+            IngestError::ShuttingDown => "shutting_down",
+            IngestError::TooLarge { .. } => "too_large",
+            IngestError::DiskFull { .. } => "disk_full",
+            IngestError::Buffer { .. } => "buffer_error",
+        }
+    }
+
+    /// Whether the client should retry the same request later.
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, IngestError::TooLarge { .. })
+    }
 }
