@@ -589,3 +589,103 @@ async fn cloudwatch_too_old_events_are_dropped_not_retried() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Values from records cannot shape S3 key paths: an empty tag part renders `-` (no `//`),
+/// `/` inside a field is percent-encoded (`../../etc` stays one segment), a `..` value
+/// becomes `%2E%2E`. The keys land in S3 exactly as documented.
+#[tokio::test]
+async fn s3_keys_from_record_values_stay_inside_their_segment() {
+    let Some(ep) = endpoint() else { return };
+    let c = s3_client(&ep).await;
+    let bucket = unique("fl-enc");
+    c.create_bucket().bucket(&bucket).send().await.unwrap();
+    let key = "enc/{tag[0]}/{tag[1]}/{tag[2]}/{path}/{empty}/{uuid}.json";
+    let sink = s3::build(s3_config(&ep, &bucket, key, Compression::None, 1 << 20))
+        .await
+        .unwrap();
+    let records = [
+        rec(
+            "a..b",
+            0,
+            json!({"path": "../../etc", "empty": "", "seq": 0}),
+        ),
+        rec("a..b", 0, json!({"path": "..", "seq": 1})),
+        rec("a..b", 0, json!({"path": "x/y", "empty": "%", "seq": 2})),
+    ];
+    assert_eq!(deliver(&sink, &records).await, 3);
+    let objects = get_objects(&c, &bucket, "enc/").await;
+    let mut got: Vec<(String, i64)> = objects
+        .iter()
+        .map(|(key, _, body)| {
+            let text = String::from_utf8_lossy(body);
+            let v: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+            // Drop the random `{uuid}.json` part.
+            let (prefix, uuid) = key.rsplit_once('/').unwrap();
+            assert_eq!(uuid.len(), 36 + ".json".len(), "{key}");
+            (prefix.to_string(), v["seq"].as_i64().unwrap())
+        })
+        .collect();
+    got.sort_by_key(|(_, seq)| *seq);
+    assert_eq!(
+        got,
+        vec![
+            ("enc/a/-/b/..%2F..%2Fetc/-".to_string(), 0),
+            ("enc/a/-/b/%2E%2E/-".to_string(), 1),
+            ("enc/a/-/b/x%2Fy/%25".to_string(), 2),
+        ]
+    );
+}
+
+/// Values that the old sanitising merged (`a:b`, `a*b` and `a_b` were all `a_b`; `my cluster`
+/// and `my_cluster` one group) now land in their own streams and groups.
+#[tokio::test]
+async fn cloudwatch_values_that_used_to_collide_get_their_own_streams() {
+    let Some(ep) = endpoint() else { return };
+    let c = logs_client(&ep).await;
+    let run = unique("run");
+    let sink = cloudwatch_logs::build(cwl_config(
+        &ep,
+        &format!("/fl/{run}/{{ecs_cluster}}"),
+        "{task}",
+        true,
+    ))
+    .await
+    .unwrap();
+    let base = now_ns() - 60_000_000_000;
+    let mut records = Vec::new();
+    let combos = [
+        ("my cluster", "a:b"),
+        ("my cluster", "a*b"),
+        ("my cluster", "a_b"),
+        ("my_cluster", "a:b"),
+    ];
+    for (i, (cluster, task)) in combos.iter().enumerate() {
+        for k in 0..3i64 {
+            records.push(rec(
+                "t",
+                base + k * 1_000_000,
+                json!({"log": format!("{i}-{k}"), "ecs_cluster": cluster, "task": task}),
+            ));
+        }
+    }
+    assert_eq!(deliver(&sink, &records).await, 4);
+    let expect = [
+        ("my#20cluster", "a%3Ab", 0),
+        ("my#20cluster", "a%2Ab", 1),
+        ("my#20cluster", "a_b", 2),
+        ("my_cluster", "a%3Ab", 3),
+    ];
+    for (group, stream, i) in expect {
+        let group = format!("/fl/{run}/{group}");
+        let got: Vec<String> = read_stream(&c, &group, stream)
+            .await
+            .into_iter()
+            .map(|(_, m)| m)
+            .collect();
+        assert_eq!(
+            got,
+            ["0", "1", "2"].map(|k| format!("{i}-{k}")),
+            "{group} {stream}"
+        );
+    }
+}

@@ -4,25 +4,110 @@
 //! - `{tag}`: the record's tag; `{tag[N]}`: the N-th part (0-based) of the tag split on `.` and
 //!   `-`. Both delimiters are used because FireLens tags are `<container>-firelens-<task id>`
 //!   while Fluent Bit tags use dots; note that a container named `my-app` then yields
-//!   `{tag[0]}` = `my`. A part that does not exist renders as `-`.
+//!   `{tag[0]}` = `my`. A part that does not exist, or is empty (`a..b`), renders as `-`.
 //! - `{uuid}`, `{index}`: per object (S3) values, supplied by the caller at render time;
 //!   omitted when the caller supplies none (that is how partitions are rendered).
 //! - `{hostname}`: the host name, read once at parse time.
 //! - `{ecs_task_id}`: the field `ecs_task_id`, else the last `/` part of `ecs_task_arn`.
 //! - `{FIELD}`: any other top-level record field. Strings render as they are, numbers and
-//!   booleans as their JSON text. A missing, `null`, object or array field renders as `-`,
-//!   so a record without ECS metadata still lands (under a visible `-`) instead of being
-//!   dropped; destinations sanitize what they cannot accept.
+//!   booleans as their JSON text. A missing, `null`, empty, object or array field renders as
+//!   `-`, so a record without ECS metadata still lands (under a visible `-`) instead of being
+//!   dropped.
 //! - `%Y %m %d %H %M %S` from the record's time in UTC, `%%` for a literal `%`.
 //! - `${VAR}` / `${VAR:-default}`: the environment, read once at parse time.
 //! - `{{` and `}}` for literal braces.
+//!
+//! Values from record data (`{tag}`, `{tag[N]}`, `{ecs_task_id}`, `{FIELD}`) are written
+//! through the destination's [`ValueEncoding`]; text from the config (literals, `${VAR}`,
+//! `{hostname}`) is written as it is, so a `/` the user wrote stays a path separator while a
+//! `/` inside a field value cannot create one. Every encoding is injective: two different
+//! values never render the same name.
 
 use std::fmt::Write as _;
 
 use crate::event::Record;
 
-/// What a missing or non-scalar field renders as.
+/// What a missing, empty or non-scalar value renders as.
 pub const MISSING: &str = "-";
+
+/// How values taken from record data are written into a rendered name, per destination.
+/// Literal template text is never encoded. Each encoding escapes its own escape character,
+/// so it is injective (different values never collide) and reversible.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ValueEncoding {
+    /// Values as they are.
+    #[default]
+    Verbatim,
+    /// S3 object keys: `%`, `/`, `\` and control characters are percent-encoded (`%25`,
+    /// `%2F`, `%5C`, `%0A`…), so a value cannot add or climb path segments. After rendering,
+    /// any `.` or `..` path segment of the key is written `%2E` / `%2E%2E`, because tools
+    /// that copy a bucket to disk (`aws s3 sync`) would resolve them.
+    S3Key,
+    /// CloudWatch Logs group names (`[\.\-_/#A-Za-z0-9]+`, CreateLogGroup): every byte of
+    /// the value's UTF-8 outside `[._\-/A-Za-z0-9]` is written `#XX` (hex, upper case);
+    /// `#` itself is `#23`. `%` is not allowed in group names, hence `#`.
+    LogGroup,
+    /// CloudWatch Logs stream names (no `:` or `*`, CreateLogStream): `%`, `:` and `*` are
+    /// percent-encoded (`%25`, `%3A`, `%2A`); everything else is kept.
+    LogStream,
+}
+
+impl ValueEncoding {
+    /// Appends `value` to `out` encoded for this destination; an empty value renders as
+    /// [`MISSING`] so it never leaves an empty path segment (`a//b`) or an empty name.
+    pub fn push(self, value: &str, out: &mut String) {
+        if value.is_empty() {
+            out.push_str(MISSING);
+            return;
+        }
+        match self {
+            ValueEncoding::Verbatim => out.push_str(value),
+            ValueEncoding::S3Key => {
+                for c in value.chars() {
+                    if matches!(c, '%' | '/' | '\\') || c.is_ascii_control() {
+                        let _ = write!(out, "%{:02X}", c as u32);
+                    } else {
+                        out.push(c);
+                    }
+                }
+            }
+            ValueEncoding::LogGroup => {
+                for b in value.bytes() {
+                    if b.is_ascii_alphanumeric() || b"._-/".contains(&b) {
+                        out.push(b as char);
+                    } else {
+                        let _ = write!(out, "#{b:02X}");
+                    }
+                }
+            }
+            ValueEncoding::LogStream => {
+                for c in value.chars() {
+                    if matches!(c, '%' | ':' | '*') {
+                        let _ = write!(out, "%{:02X}", c as u32);
+                    } else {
+                        out.push(c);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Rewrites every `.` or `..` path segment of an S3 key as `%2E` / `%2E%2E`.
+fn encode_dot_segments(key: &str) -> Option<String> {
+    if !key.split('/').any(|seg| seg == "." || seg == "..") {
+        return None;
+    }
+    let parts: Vec<&str> = key
+        .split('/')
+        .map(|seg| match seg {
+            "." => "%2E",
+            ".." => "%2E%2E",
+            other => other,
+        })
+        .collect();
+    Some(parts.join("/"))
+}
 
 /// A parse error, with the 1-based character column where it was found.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -60,15 +145,33 @@ enum Segment {
 pub struct Dynamic<'a> {
     pub uuid: Option<&'a str>,
     pub index: Option<u64>,
+    /// Write `{uuid}` and `{index}` as these placeholders instead (for `firelane route`,
+    /// which shows where a record would go without creating an object).
+    pub preview: bool,
 }
 
+impl Dynamic<'_> {
+    /// Renders `{uuid}` and `{index}` as the placeholders themselves.
+    pub fn preview() -> Dynamic<'static> {
+        Dynamic {
+            uuid: None,
+            index: None,
+            preview: true,
+        }
+    }
+}
+
+/// A parsed template; [`Template::render`] writes the name for one record.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Template {
     source: String,
     segments: Vec<Segment>,
+    encoding: ValueEncoding,
 }
 
 impl Template {
+    /// Parses `text` (see the module docs); values are written [`ValueEncoding::Verbatim`]
+    /// until [`Template::with_encoding`] says otherwise.
     pub fn parse(text: &str) -> Result<Template, TemplateError> {
         Self::parse_with_env(text, &|name| std::env::var(name).ok())
     }
@@ -189,6 +292,22 @@ impl Template {
         Ok(Template {
             source: text.to_string(),
             segments,
+            encoding: ValueEncoding::Verbatim,
+        })
+    }
+
+    /// The same template, writing record values with `encoding`.
+    pub fn with_encoding(mut self, encoding: ValueEncoding) -> Template {
+        self.encoding = encoding;
+        self
+    }
+
+    /// The text that comes from the config rather than from records (literals, `${VAR}`,
+    /// `{hostname}`), for destinations that validate it once at start-up.
+    pub fn literals(&self) -> impl Iterator<Item = &str> {
+        self.segments.iter().filter_map(|s| match s {
+            Segment::Literal(l) => Some(l.as_str()),
+            _ => None,
         })
     }
 
@@ -213,29 +332,41 @@ impl Template {
     }
 
     /// Appends the rendering for `record` to `out`; `{uuid}`/`{index}` come from `dynamic`
-    /// and are left out when it has none. Allocates nothing beyond `out`'s growth.
+    /// and are left out when it has none. Record values go through the template's
+    /// [`ValueEncoding`]. Allocates nothing beyond `out`'s growth, except for number fields
+    /// and the rare S3 key with a `.`/`..` segment.
     pub fn render(&self, record: &Record, dynamic: Dynamic<'_>, out: &mut String) {
+        let start = out.len();
+        let enc = self.encoding;
         for seg in &self.segments {
             match seg {
                 Segment::Literal(s) => out.push_str(s),
-                Segment::Tag => out.push_str(&record.tag),
+                Segment::Tag => enc.push(&record.tag, out),
                 Segment::TagPart(n) => {
-                    out.push_str(record.tag.split(['.', '-']).nth(*n).unwrap_or(MISSING))
+                    enc.push(record.tag.split(['.', '-']).nth(*n).unwrap_or(""), out)
                 }
+                Segment::Uuid if dynamic.preview => out.push_str("{uuid}"),
                 Segment::Uuid => {
                     if let Some(u) = dynamic.uuid {
                         out.push_str(u);
                     }
                 }
+                Segment::Index if dynamic.preview => out.push_str("{index}"),
                 Segment::Index => {
                     if let Some(i) = dynamic.index {
                         let _ = write!(out, "{i}");
                     }
                 }
-                Segment::EcsTaskId => render_task_id(record, out),
-                Segment::Field(name) => render_value(record.fields.get(name.as_str()), out),
+                Segment::EcsTaskId => render_task_id(record, enc, out),
+                Segment::Field(name) => render_value(record.fields.get(name.as_str()), enc, out),
                 Segment::Time(f) => render_time(record.time_ns, *f, out),
             }
+        }
+        if enc == ValueEncoding::S3Key
+            && let Some(fixed) = encode_dot_segments(&out[start..])
+        {
+            out.truncate(start);
+            out.push_str(&fixed);
         }
     }
 
@@ -273,24 +404,22 @@ fn parse_placeholder(name: &str) -> Result<Option<Segment>, String> {
     Ok(Some(seg))
 }
 
-fn render_value(v: Option<&serde_json::Value>, out: &mut String) {
+fn render_value(v: Option<&serde_json::Value>, enc: ValueEncoding, out: &mut String) {
     use serde_json::Value;
     match v {
-        Some(Value::String(s)) => out.push_str(s),
-        Some(Value::Number(n)) => {
-            let _ = write!(out, "{n}");
-        }
-        Some(Value::Bool(b)) => out.push_str(if *b { "true" } else { "false" }),
+        Some(Value::String(s)) => enc.push(s, out),
+        Some(Value::Number(n)) => enc.push(&n.to_string(), out),
+        Some(Value::Bool(b)) => enc.push(if *b { "true" } else { "false" }, out),
         _ => out.push_str(MISSING),
     }
 }
 
-fn render_task_id(record: &Record, out: &mut String) {
+fn render_task_id(record: &Record, enc: ValueEncoding, out: &mut String) {
     match record.fields.get("ecs_task_id") {
-        Some(serde_json::Value::String(s)) => out.push_str(s),
+        Some(serde_json::Value::String(s)) => enc.push(s, out),
         _ => match record.fields.get("ecs_task_arn") {
             Some(serde_json::Value::String(arn)) => {
-                out.push_str(arn.rsplit('/').next().unwrap_or(MISSING))
+                enc.push(arn.rsplit('/').next().unwrap_or(""), out)
             }
             _ => out.push_str(MISSING),
         },
@@ -352,6 +481,7 @@ mod tests {
             Dynamic {
                 uuid: Some("U"),
                 index: Some(7),
+                preview: false,
             },
         );
         assert_eq!(
@@ -407,6 +537,119 @@ mod tests {
         assert!(parse("{tag[x]}").is_err());
         assert!(parse("{}").is_err());
         assert!(parse("50%").is_err());
+    }
+
+    fn encoded(t: &str, enc: ValueEncoding, r: &Record) -> String {
+        parse(t)
+            .unwrap()
+            .with_encoding(enc)
+            .render_to_string(r, Dynamic::default())
+    }
+
+    #[test]
+    fn empty_and_missing_values_render_as_dash() {
+        let r = rec(
+            "a..b",
+            json!({"empty": "", "ecs_task_arn": "arn:aws:ecs:us-east-1:1:task/c/"}),
+        );
+        for enc in [
+            ValueEncoding::Verbatim,
+            ValueEncoding::S3Key,
+            ValueEncoding::LogGroup,
+            ValueEncoding::LogStream,
+        ] {
+            // Tag part 1 of `a..b` is empty, part 7 does not exist.
+            assert_eq!(
+                encoded(
+                    "k/{tag[0]}/{tag[1]}/{tag[2]}/{tag[7]}/{empty}/{nope}/{ecs_task_id}",
+                    enc,
+                    &r
+                ),
+                "k/a/-/b/-/-/-/-",
+                "{enc:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn s3_values_cannot_make_path_segments() {
+        let r = rec(
+            "a..b",
+            json!({"up": "../../etc", "dot": ".", "dots": "..", "slash": "a/b",
+                   "pct": "a%2Fb", "ctl": "x\ny\\z", "sp": "a b+c", "n": 1.5}),
+        );
+        let t = "logs/{tag}/{up}/{dot}/{dots}/{slash}/{pct}/{ctl}/{sp}/{n}/{dot}{dot}/./x";
+        assert_eq!(
+            encoded(t, ValueEncoding::S3Key, &r),
+            "logs/a..b/..%2F..%2Fetc/%2E/%2E%2E/a%2Fb/a%252Fb/x%0Ay%5Cz/a b+c/1.5/%2E%2E/%2E/x"
+        );
+        // The config's own `/` stays a separator; the value's `/` is inside one segment.
+        assert_eq!(encoded(t, ValueEncoding::S3Key, &r).split('/').count(), 13);
+        assert_eq!(encoded("{dots}", ValueEncoding::S3Key, &r), "%2E%2E");
+        assert_eq!(encoded("{up}", ValueEncoding::Verbatim, &r), "../../etc");
+    }
+
+    #[test]
+    fn cloudwatch_encodings_are_injective_and_valid() {
+        let values = [
+            "my cluster",
+            "my_cluster",
+            "my#cluster",
+            "my#20cluster",
+            "my:cluster",
+            "my*cluster",
+            "my%cluster",
+            "my%3Acluster",
+            "é",
+            "#C3#A9",
+            "a/b",
+            "-",
+            "x.y",
+        ];
+        let render = |enc: ValueEncoding, v: &str| {
+            let r = rec("t", json!({ "v": v }));
+            encoded("{v}", enc, &r)
+        };
+        let groups: Vec<String> = values
+            .iter()
+            .map(|v| render(ValueEncoding::LogGroup, v))
+            .collect();
+        let streams: Vec<String> = values
+            .iter()
+            .map(|v| render(ValueEncoding::LogStream, v))
+            .collect();
+        for names in [&groups, &streams] {
+            let distinct: std::collections::HashSet<&String> = names.iter().collect();
+            assert_eq!(distinct.len(), values.len(), "{names:?}");
+        }
+        assert!(
+            groups
+                .iter()
+                .flat_map(|g| g.chars())
+                .all(|c| c.is_ascii_alphanumeric() || "._-/#".contains(c)),
+            "{groups:?}"
+        );
+        assert!(
+            streams.iter().all(|s| !s.contains([':', '*'])),
+            "{streams:?}"
+        );
+        assert_eq!(groups[0], "my#20cluster");
+        assert_eq!(groups[2], "my#23cluster");
+        assert_eq!(groups[8], "#C3#A9");
+        assert_eq!(groups[10], "a/b");
+        assert_eq!(streams[0], "my cluster");
+        assert_eq!(streams[4], "my%3Acluster");
+        assert_eq!(streams[5], "my%2Acluster");
+        assert_eq!(streams[7], "my%253Acluster");
+    }
+
+    #[test]
+    fn preview_shows_uuid_and_index_placeholders() {
+        let t = parse("k/{tag}/{uuid}-{index}").unwrap();
+        assert_eq!(
+            t.render_to_string(&rec("t", json!({})), Dynamic::preview()),
+            "k/t/{uuid}-{index}"
+        );
     }
 
     #[test]

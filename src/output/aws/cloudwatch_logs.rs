@@ -10,10 +10,19 @@
 //! the API refuses, are rejected with reason `empty_message`.
 //!
 //! Group and stream come from templates (`/ecs/{ecs_cluster}/{container_name}`,
-//! `{ecs_task_id}`); characters CloudWatch does not accept are replaced by `_` (groups:
-//! anything outside `[.-_/#A-Za-z0-9]`; streams: `:` and `*`) and names are cut to 512
-//! characters, so a record field never makes a batch unsendable. `{uuid}` is one random
-//! value per process (a stream per router instance); `{index}` is refused.
+//! `{ecs_task_id}`). Values from record data are encoded, never replaced, so two different
+//! values always give two different names (CreateLogGroup / CreateLogStream rules):
+//! - group ([`ValueEncoding::LogGroup`]): bytes outside `[._-/A-Za-z0-9]` become `#XX`
+//!   (`my cluster` → `my#20cluster`, `#` → `#23`);
+//! - stream ([`ValueEncoding::LogStream`]): `%`, `:`, `*` become `%25`, `%3A`, `%2A`;
+//! - an empty or missing value renders as `-`;
+//! - a name longer than 512 characters keeps its first 495 and ends with `-` and 16 hex
+//!   digits of a hash (FNV-1a 64) of the whole name, so long names stay distinct.
+//!
+//! Text written in the config itself (literals, `${VAR}`) must already be valid: a group
+//! template with a character outside `[.-_/#A-Za-z0-9]`, or a stream template with `:` or
+//! `*`, is refused at start-up. `{uuid}` is one random value per process (a stream per
+//! router instance); `{index}` is refused.
 //!
 //! `auto_create` defaults to true: FireLens templates name groups and streams per cluster,
 //! container and task, which nobody can create ahead of time (Fluent Bit's default of
@@ -31,6 +40,7 @@
 //! failures `too_old` / `too_new` / `expired`: counted as dropped, never retried.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,7 +52,7 @@ use super::{
 };
 use crate::event::Record;
 use crate::output::sink::{BatchBuilder, BatchSettings, Failure, Push, SendResult, Sink};
-use crate::output::template::{Dynamic, Template};
+use crate::output::template::{Dynamic, Template, ValueEncoding};
 
 pub const MAX_EVENTS: usize = 10_000;
 pub const MAX_BATCH_BYTES: usize = 1_048_576;
@@ -116,24 +126,39 @@ pub fn build_with_client(
     cfg: CloudWatchLogsConfig,
     client: aws_sdk_cloudwatchlogs::Client,
 ) -> Result<CloudWatchLogsSink, BuildError> {
-    let parse = |key: &'static str, text: &str| {
+    let parse = |key: &'static str, text: &str, encoding: ValueEncoding| {
         let t = Template::parse(text).map_err(|source| BuildError::Template {
             output: cfg.name.clone(),
             key,
             source,
         })?;
+        let invalid = |reason: String| BuildError::Invalid {
+            output: cfg.name.clone(),
+            key,
+            value: text.to_string(),
+            reason,
+        };
         if text.is_empty() || t.has_index() {
-            return Err(BuildError::Invalid {
-                output: cfg.name.clone(),
-                key,
-                value: text.to_string(),
-                reason: "must be non-empty and cannot use {index}".into(),
-            });
+            return Err(invalid("must be non-empty and cannot use {index}".into()));
         }
-        Ok(t)
+        // Record values are encoded at render time; the config's own text is checked once.
+        let bad = t.literals().flat_map(str::chars).find(|&c| match encoding {
+            ValueEncoding::LogGroup => !(c.is_ascii_alphanumeric() || "._-/#".contains(c)),
+            _ => c == ':' || c == '*',
+        });
+        if let Some(c) = bad {
+            let allowed = match encoding {
+                ValueEncoding::LogGroup => "log group names allow only A-Z a-z 0-9 . _ - / #",
+                _ => "log stream names cannot contain : or *",
+            };
+            return Err(invalid(format!(
+                "{c:?} is not allowed ({allowed}; values from records are encoded, the template's own text is not)"
+            )));
+        }
+        Ok(t.with_encoding(encoding))
     };
-    let group = parse("log_group", &cfg.log_group)?;
-    let stream = parse("log_stream", &cfg.log_stream)?;
+    let group = parse("log_group", &cfg.log_group, ValueEncoding::LogGroup)?;
+    let stream = parse("log_stream", &cfg.log_stream, ValueEncoding::LogStream)?;
     if let Some(days) = cfg.retention_days
         && !RETENTION_DAYS.contains(&days)
     {
@@ -162,37 +187,22 @@ pub fn build_with_client(
     })
 }
 
-/// Cuts `s` to `max` characters (all sanitized group names are ASCII).
-fn cut_chars(s: &mut String, max: usize) {
-    if let Some((i, _)) = s.char_indices().nth(max) {
-        s.truncate(i);
+/// Keeps a rendered name within [`MAX_NAME_CHARS`] without merging two long names into
+/// one: a longer name keeps its first 495 characters and ends with `-` and the 16 hex
+/// digits of the FNV-1a 64 hash of the whole name (stable across processes and versions,
+/// so a restarted router writes to the same stream).
+fn fit_name(name: &mut String) {
+    const HASH_SUFFIX: usize = 17;
+    if name.chars().nth(MAX_NAME_CHARS).is_none() {
+        return;
     }
-}
-
-fn sanitize_group(name: &mut String) {
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"._-/#".contains(&b))
-    {
-        *name = name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || "._-/#".contains(c) {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    if let Some((keep, _)) = name.char_indices().nth(MAX_NAME_CHARS - HASH_SUFFIX) {
+        name.truncate(keep);
     }
-    cut_chars(name, MAX_NAME_CHARS);
-}
-
-fn sanitize_stream(name: &mut String) {
-    if name.contains([':', '*']) {
-        *name = name.replace([':', '*'], "_");
-    }
-    cut_chars(name, MAX_NAME_CHARS);
+    let _ = write!(name, "-{hash:016x}");
 }
 
 pub struct CloudWatchLogsBuilder {
@@ -487,24 +497,37 @@ impl CloudWatchLogsSink {
     }
 }
 
-impl Sink for CloudWatchLogsSink {
-    type Builder = CloudWatchLogsBuilder;
-
-    fn partition(&self, record: &Record) -> Result<String, &'static str> {
-        let dynamic = Dynamic {
-            uuid: Some(&self.process_uuid),
-            index: None,
-        };
+impl CloudWatchLogsSink {
+    /// The log group and stream `record` goes to: rendered, encoded and cut to 512
+    /// characters. `Err` is the drop reason for a name that cannot be sent.
+    fn names(
+        &self,
+        record: &Record,
+        dynamic: Dynamic<'_>,
+    ) -> Result<(String, String), &'static str> {
         let mut group = self.group.render_to_string(record, dynamic);
-        sanitize_group(&mut group);
+        fit_name(&mut group);
         let mut stream = self.stream.render_to_string(record, dynamic);
-        sanitize_stream(&mut stream);
+        fit_name(&mut stream);
         if group.is_empty() {
             return Err("invalid_log_group");
         }
         if stream.is_empty() {
             return Err("invalid_log_stream");
         }
+        Ok((group, stream))
+    }
+}
+
+impl Sink for CloudWatchLogsSink {
+    type Builder = CloudWatchLogsBuilder;
+
+    fn partition(&self, record: &Record) -> Result<String, &'static str> {
+        let dynamic = Dynamic {
+            uuid: Some(&self.process_uuid),
+            ..Dynamic::default()
+        };
+        let (mut group, stream) = self.names(record, dynamic)?;
         // Groups cannot contain ':', so the first one separates the two names.
         group.push(':');
         group.push_str(&stream);
@@ -757,30 +780,52 @@ mod tests {
         assert_eq!(got, vec![(0, "too_new", false), (1, "too_old", false)]);
     }
 
-    #[test]
-    fn partitions_from_templates_are_sanitized() {
-        let s = sink("/ecs/{ecs_cluster}/{container_name}", "{ecs_task_id}");
-        let serde_json::Value::Object(m) = json!({
-            "ecs_cluster": "my cluster", "container_name": "/ecs-demo-1-app",
-            "ecs_task_arn": "arn:aws:ecs:us-east-1:1:task/my/abc123"})
-        else {
+    fn fields(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+        let serde_json::Value::Object(m) = v else {
             unreachable!()
         };
-        let r = Record::new("t", 0, m);
+        m
+    }
+
+    #[test]
+    fn partitions_from_templates_are_encoded() {
+        let s = sink("/ecs/{ecs_cluster}/{container_name}", "{ecs_task_id}");
+        let r = Record::new(
+            "t",
+            0,
+            fields(json!({
+            "ecs_cluster": "my cluster", "container_name": "/ecs-demo-1-app",
+            "ecs_task_arn": "arn:aws:ecs:us-east-1:1:task/my/abc123"})),
+        );
         assert_eq!(
             s.partition(&r).unwrap(),
-            "/ecs/my_cluster//ecs-demo-1-app:abc123"
+            "/ecs/my#20cluster//ecs-demo-1-app:abc123"
         );
-        let s = sink("g", "{tag}:{x}*");
-        let p = s
-            .partition(&Record::new("a:b", 0, Default::default()))
-            .unwrap();
-        assert_eq!(p, "g:a_b_-_");
-        let s = sink("{long}", "s");
-        let serde_json::Value::Object(m) = json!({"long": "y".repeat(600)}) else {
-            unreachable!()
+        // `a:b` and `a_b` were both `a_b` when `:` was replaced: now two streams.
+        let s = sink("g", "{tag}-{x}");
+        let p = |tag: &str| {
+            s.partition(&Record::new(tag, 0, Default::default()))
+                .unwrap()
         };
-        assert_eq!(s.partition(&Record::new("t", 0, m)).unwrap().len(), 512 + 2);
+        assert_eq!(p("a:b"), "g:a%3Ab--");
+        assert_eq!(p("a_b"), "g:a_b--");
+        assert_eq!(p("a*b"), "g:a%2Ab--");
+        let s = sink("{long}", "s");
+        let long = |c: &str| {
+            s.partition(&Record::new("t", 0, fields(json!({"long": c.repeat(600)}))))
+                .unwrap()
+        };
+        let (y, z) = (long("y"), long("z"));
+        assert_eq!(y.len(), 512 + 2);
+        assert!(y.starts_with(&"y".repeat(495)), "{y}");
+        assert_ne!(y, z);
+        // Over the limit only by encoding: still cut and still distinct.
+        let s = sink("{v}", "{v}");
+        let a = s
+            .partition(&Record::new("t", 0, fields(json!({"v": " ".repeat(200)}))))
+            .unwrap();
+        let (g, st) = a.split_once(':').unwrap();
+        assert_eq!((g.len(), st.len()), (512, 200));
         let s = sink("g", "{uuid}");
         let a = s.partition(&rec(1, 0)).unwrap();
         assert_eq!(a, s.partition(&rec(1, 1)).unwrap());
@@ -811,6 +856,24 @@ mod tests {
             .to_string();
         assert!(e.contains("retention_days"), "{e}");
         cfg.retention_days = Some(30);
+        assert!(build_with_client(cfg.clone(), c.clone()).is_ok());
+        // The config's own text must be valid as it is; only record values are encoded.
+        for (group, stream, bad) in [
+            ("/ecs/my app/{x}", "s", "log_group"),
+            ("/ecs/${FIRELANE_TEST_UNSET_VAR:-a:b}", "s", "log_group"),
+            ("g", "{tag}:{x}", "log_stream"),
+            ("g", "*", "log_stream"),
+        ] {
+            cfg.log_group = group.into();
+            cfg.log_stream = stream.into();
+            let e = build_with_client(cfg.clone(), c.clone())
+                .err()
+                .unwrap_or_else(|| panic!("{group} {stream} accepted"))
+                .to_string();
+            assert!(e.contains(bad) && e.contains("not allowed"), "{e}");
+        }
+        cfg.log_group = "/aws/ecs/#team-a/{x}".into();
+        cfg.log_stream = "{tag} %Y-%m-%d #1".into();
         assert!(build_with_client(cfg, c).is_ok());
     }
 }

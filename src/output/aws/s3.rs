@@ -17,6 +17,10 @@
 //!   and restarts at 0 when the process restarts (not persisted), so use it with `{uuid}`
 //!   or time fields. Both are fixed when the object's first record arrives, so a retried
 //!   send rewrites the same key (no duplicate objects).
+//! - Values from record data cannot shape the key's path ([`ValueEncoding::S3Key`]): an
+//!   empty or missing value renders as `-` (no `//`), `%`, `/`, `\` and control characters
+//!   inside a value are percent-encoded (`a/b` → `a%2Fb`), and a `.` or `..` path segment
+//!   becomes `%2E` / `%2E%2E`. The text the config wrote is kept as it is.
 //! - `align = "1h"`: an object is closed at the end of the wall-clock window (multiples of
 //!   `align` since the Unix epoch, UTC) in which it was opened, and never mixes records
 //!   from two windows of record time.
@@ -38,7 +42,7 @@ use futures::StreamExt;
 use super::{AwsSettings, BuildError, RecordFormat, classify, require_region, sdk_config};
 use crate::event::Record;
 use crate::output::sink::{BatchBuilder, BatchSettings, Failure, Push, SendResult, Sink};
-use crate::output::template::{Dynamic, Template};
+use crate::output::template::{Dynamic, Template, ValueEncoding};
 
 /// Objects larger than this go as multipart uploads.
 pub const MULTIPART_THRESHOLD: usize = 16 * 1024 * 1024;
@@ -164,7 +168,8 @@ pub fn build_with_client(cfg: S3Config, client: aws_sdk_s3::Client) -> Result<S3
         parsed
     } else {
         Template::parse(&with_uuid(&cfg.key)).map_err(template_err)?
-    };
+    }
+    .with_encoding(ValueEncoding::S3Key);
     if key.has_index() && !key.has_uuid() {
         tracing::warn!(
             output = %cfg.name,
@@ -378,6 +383,7 @@ impl S3Builder {
             Dynamic {
                 uuid: Some(uuid),
                 index,
+                preview: false,
             },
         );
         key.push_str(s.extension);
@@ -873,6 +879,21 @@ mod tests {
             1 << 20,
         );
         assert_eq!(sink(long).partition(&r), Err("s3_key_too_long"));
+
+        // Record values are encoded in partitions and object keys alike.
+        let s = sink(cfg("k/{tag[1]}/{p}/{uuid}", Compression::Gzip, 1 << 20));
+        let serde_json::Value::Object(m) = json!({"p": "../../etc"}) else {
+            unreachable!()
+        };
+        let r = Record::new("a..b", 0, m);
+        assert_eq!(s.partition(&r).unwrap(), "k/-/..%2F..%2Fetc/");
+        let mut b = s.new_batch("");
+        b.push(&r);
+        let key = b.finish().key;
+        assert!(
+            key.starts_with("k/-/..%2F..%2Fetc/") && key.ends_with(".gz"),
+            "{key}"
+        );
     }
 
     #[test]
