@@ -1519,3 +1519,217 @@ fn cloudwatch_span_and_oversized_event() {
         ) == 0.0
     );
 }
+
+/// A CloudWatch Logs endpoint that answers `PutLogEvents` the way AWS does today: events
+/// more than 14 days old or 2 hours in the future are rejected individually and reported
+/// in `rejectedLogEventsInfo` (`tooOldLogEventEndIndex` exclusive, `tooNewLogEventStartIndex`
+/// inclusive), the rest is accepted. moto 5.2.5 reports those indexes off by one, hence
+/// this stand-in. Returns its URL and the messages it accepted.
+fn fake_cloudwatch_logs() -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind fake CloudWatch Logs");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let acc = accepted.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let acc = acc.clone();
+            std::thread::spawn(move || -> std::io::Result<()> {
+                conn.set_read_timeout(Some(Duration::from_secs(60)))?;
+                let mut input = BufReader::new(conn.try_clone()?);
+                let mut out = conn;
+                while let Some(head) = read_head(&mut input)? {
+                    let (_, body, _) = read_body(&mut input, &head, Unframed::Empty)?;
+                    let target = head.get("x-amz-target").unwrap_or("").to_string();
+                    let answer = if target.ends_with(".PutLogEvents") {
+                        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                        let now_ms = now_ns() / MS;
+                        let (oldest, newest) = (now_ms - 14 * 86_400_000, now_ms + 2 * 3_600_000);
+                        let events = v["logEvents"].as_array().cloned().unwrap_or_default();
+                        let mut info = serde_json::Map::new();
+                        let mut too_old_end = 0;
+                        for (i, e) in events.iter().enumerate() {
+                            let ts = e["timestamp"].as_i64().unwrap_or(0);
+                            if ts < oldest {
+                                too_old_end = i + 1;
+                            } else if ts > newest {
+                                info.entry("tooNewLogEventStartIndex").or_insert(json!(i));
+                            } else {
+                                let msg = e["message"].as_str().unwrap_or("").to_string();
+                                acc.lock().expect("accepted").push(msg);
+                            }
+                        }
+                        if too_old_end > 0 {
+                            info.insert("tooOldLogEventEndIndex".into(), json!(too_old_end));
+                        }
+                        let mut resp = json!({"nextSequenceToken": "1"});
+                        if !info.is_empty() {
+                            resp["rejectedLogEventsInfo"] = Value::Object(info);
+                        }
+                        resp.to_string()
+                    } else {
+                        "{}".to_string()
+                    };
+                    write!(
+                        out,
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/x-amz-json-1.1\r\n\
+                         content-length: {}\r\n\r\n{answer}",
+                        answer.len()
+                    )?;
+                    out.flush()?;
+                }
+                Ok(())
+            });
+        }
+    });
+    (url, accepted)
+}
+
+/// Events CloudWatch rejects as too old / too new are counted exactly as the log line says:
+/// `failed` without a dead-letter output, `dead_lettered` with one, never "dropped"; the
+/// accepted events of the same batches count as sent. Needs no moto.
+#[test]
+fn cloudwatch_rejected_events_log_and_count_the_same_fate() {
+    let (url, accepted) = fake_cloudwatch_logs();
+    let fwd = free_port();
+    let outputs = format!(
+        r#"[routes.all]
+to = ["cwl_failed", "cwl_dl"]
+
+[outputs.cwl_failed]
+type = "cloudwatch_logs"
+log_group = "/fl/rejected"
+log_stream = "failed"
+log_key = "log"
+region = "us-east-1"
+endpoint_url = "{url}"
+batch = {{ max_age = "1s" }}
+
+[outputs.cwl_dl]
+type = "cloudwatch_logs"
+log_group = "/fl/rejected"
+log_stream = "dl"
+log_key = "log"
+region = "us-east-1"
+endpoint_url = "{url}"
+batch = {{ max_age = "1s" }}
+dead_letter = "dl"
+
+[outputs.dl]
+type = "file"
+path = "{{dir}}/dead.jsonl"
+"#
+    );
+    let r = Router::start_with(
+        tempfile::tempdir().expect("tempdir"),
+        &router_config(fwd, &outputs),
+        free_port(),
+        &[
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ],
+    );
+    let now = now_ns();
+    let day = 86_400 * SEC;
+    let mut records = Vec::new();
+    for i in 0..3 {
+        records.push((now - i * SEC, json!({"log": format!("fresh{i}")})));
+    }
+    for i in 0..2 {
+        records.push((now - 20 * day + i * SEC, json!({"log": format!("old{i}")})));
+    }
+    for i in 0..2 {
+        records.push((
+            now + 5 * 3600 * SEC + i * SEC,
+            json!({"log": format!("new{i}")}),
+        ));
+    }
+    send_forward(fwd, "app", &records);
+    let records_total = |o: &str, result: &str| {
+        r.metric(
+            "firelane_output_records_total",
+            &[&format!("output=\"{o}\""), &format!("result=\"{result}\"")],
+        )
+    };
+    let t = Duration::from_secs(60);
+    r.wait_metric(
+        "firelane_output_records_total",
+        &["output=\"cwl_failed\"", "result=\"failed\""],
+        4.0,
+        t,
+    );
+    r.wait_metric(
+        "firelane_output_records_total",
+        &["output=\"cwl_dl\"", "result=\"dead_lettered\""],
+        4.0,
+        t,
+    );
+    wait_sent(&r, "cwl_failed", 3, t);
+    wait_sent(&r, "cwl_dl", 3, t);
+    for o in ["cwl_failed", "cwl_dl"] {
+        assert_eq!(records_total(o, "dropped"), 0.0, "{o}\n{}", r.metrics());
+        assert_eq!(
+            records_total(o, "retried"),
+            0.0,
+            "{o}: rejections are permanent"
+        );
+    }
+    assert_eq!(records_total("cwl_dl", "failed"), 0.0, "{}", r.metrics());
+    let mut got = accepted.lock().expect("accepted").clone();
+    got.sort();
+    assert_eq!(
+        got,
+        ["fresh0", "fresh0", "fresh1", "fresh1", "fresh2", "fresh2"]
+    );
+
+    // The dead letters say why, and where they were going.
+    let dead = common::wait_lines(&r.path("dead.jsonl"), 4, t);
+    let mut reasons: Vec<(String, String)> = dead
+        .iter()
+        .map(|v| {
+            let err = &v["firelane_error"];
+            assert!(
+                err["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("PutLogEvents /fl/rejected dl")),
+                "{v}"
+            );
+            (
+                err["reason"].as_str().unwrap_or("").to_string(),
+                v["log"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        [
+            ("too_new".to_string(), "new0".to_string()),
+            ("too_new".into(), "new1".into()),
+            ("too_old".into(), "old0".into()),
+            ("too_old".into(), "old1".into()),
+        ]
+    );
+
+    // The log lines name the same fate as the metric, per output and reason.
+    let logs = r.logs();
+    for line in logs.lines().filter(|l| l.contains("cwl_")) {
+        assert!(
+            !line.contains("dropped"),
+            "log says dropped, metric says otherwise: {line}"
+        );
+    }
+    for reason in ["too_old", "too_new"] {
+        let has = |o: &str, fate: &str| {
+            logs.lines().any(|l| {
+                l.contains(&format!("output {o}:"))
+                    && l.contains(reason)
+                    && l.contains("PutLogEvents /fl/rejected")
+                    && l.contains(fate)
+            })
+        };
+        assert!(has("cwl_failed", "records failed"), "{reason}:\n{logs}");
+        assert!(has("cwl_dl", "dead-lettered to 'dl'"), "{reason}:\n{logs}");
+    }
+}

@@ -37,7 +37,10 @@
 //! our back is recreated.
 //!
 //! `rejectedLogEventsInfo` (too old, too new, expired) becomes permanent per-event
-//! failures `too_old` / `too_new` / `expired`: counted as dropped, never retried.
+//! failures `too_old` / `too_new` / `expired`, never retried: the rest of the batch counts
+//! as sent, the rejected events go to the dead-letter output if one is configured
+//! (`result="dead_lettered"`), else count as `result="failed"`; the core's log line
+//! (`permanent error too_old: PutLogEvents GROUP STREAM: …; N records failed`) says the same.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -374,16 +377,17 @@ impl CloudWatchLogsSink {
                     info.too_old_log_event_end_index(),
                     info.expired_log_event_end_index(),
                 );
-                if let SendResult::Partial(f) = &r {
-                    crate::warn_limited!(
-                        "cloudwatch_rejected",
-                        "output {}: {group}/{stream} rejected {} of {} events as too old, too new or expired (dropped)",
-                        self.name,
-                        f.len(),
-                        batch.events.len()
-                    );
-                }
-                Ok(r)
+                // No log line here: the core logs each reason once with the records' real
+                // fate (failed, or dead-lettered), the same words as the metric it counts.
+                Ok(match r {
+                    SendResult::Partial(mut failed) => {
+                        for (_, f) in &mut failed {
+                            f.message = format!("PutLogEvents {group} {stream}: {}", f.message);
+                        }
+                        SendResult::Partial(failed)
+                    }
+                    other => other,
+                })
             }
             Err(e) => {
                 let mut f = classify(&e);
@@ -778,6 +782,13 @@ mod tests {
             .map(|(i, f)| (*i, f.reason.as_str(), f.retryable))
             .collect();
         assert_eq!(got, vec![(0, "too_new", false), (1, "too_old", false)]);
+        // The core logs and dead-letters this message: it names where the events were going.
+        assert!(
+            failed
+                .iter()
+                .all(|(_, f)| f.message.starts_with("PutLogEvents g s: event more than")),
+            "{failed:?}"
+        );
     }
 
     fn fields(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
