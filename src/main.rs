@@ -269,6 +269,10 @@ fn route(
     match firelane::topology::dry_run(&loaded.config, &text, tag.as_deref(), input.as_deref()) {
         Ok(out) => {
             print!("{out}");
+            print!(
+                "{}",
+                destinations(&loaded.config, &text, tag.as_deref(), input.as_deref())
+            );
             if std::io::stdout().is_terminal() {
                 println!();
             }
@@ -279,4 +283,105 @@ fn route(
             ExitCode::from(2)
         }
     }
+}
+
+/// `route`, second part: for each output the record reaches (from the inputs considered),
+/// where it would land, rendered by that output's own code without sending anything and
+/// without AWS calls. The record gets the current time, which `%Y`… in templates use.
+fn destinations(
+    config: &config::Config,
+    event: &str,
+    tag: Option<&str>,
+    input: Option<&str>,
+) -> String {
+    use firelane::config::OutputKind;
+    use std::fmt::Write as _;
+    // `dry_run` has already refused anything that is not a JSON object.
+    let Ok(serde_json::Value::Object(fields)) = serde_json::from_str(event) else {
+        return String::new();
+    };
+    // The same default tag as the routing dry run: an EventBridge event's detail-type.
+    let tag = tag
+        .map(str::to_string)
+        .unwrap_or_else(|| match fields.get("detail-type") {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            _ => String::new(),
+        });
+    let record = firelane::event::Record::new(tag.as_str(), firelane::event::now_ns(), fields);
+    let router = firelane::topology::build_router(config);
+    let mut decision = firelane::route::Decision::default();
+    let mut reached: Vec<usize> = Vec::new();
+    for (i, spec) in config.inputs.iter().enumerate() {
+        if input.is_some_and(|name| name != spec.name) {
+            continue;
+        }
+        router.decide(i, &record, &mut decision);
+        for &o in &decision.outputs {
+            if !reached.contains(&o) {
+                reached.push(o);
+            }
+        }
+    }
+    if reached.is_empty() {
+        return String::new();
+    }
+    let time = chrono::DateTime::from_timestamp_nanos(record.time_ns)
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut out = format!("destinations (record time {time}):\n");
+    for o in reached {
+        let spec = &config.outputs[o];
+        let dest = match firelane::output::aws::preview_destination(&spec.name, &spec.kind, &record)
+        {
+            Some(Ok(d)) => d,
+            Some(Err(e)) => e,
+            None => match &spec.kind {
+                OutputKind::Http { url, method, .. } => format!("{method} {}", redact_url(url)),
+                OutputKind::File { path } => path.display().to_string(),
+                OutputKind::Stdout => "standard output".to_string(),
+                OutputKind::Null => "discarded (counted as sent)".to_string(),
+                other => other.type_name().to_string(),
+            },
+        };
+        let _ = writeln!(out, "  {} ({}): {dest}", spec.name, spec.kind.type_name());
+    }
+    out
+}
+
+/// The URL with its password and the values of query parameters that look like secrets
+/// (`token`, `key`, `sig`, `code`…) replaced by `***`: `${ENV}` in the config may have put
+/// a secret there, and `route` output gets pasted into tickets.
+fn redact_url(text: &str) -> String {
+    const SECRET_WORDS: &[&str] = &[
+        "token",
+        "key",
+        "secret",
+        "pass",
+        "sig",
+        "auth",
+        "code",
+        "credential",
+        "session",
+    ];
+    let Ok(mut url) = reqwest::Url::parse(text) else {
+        return "(a URL that does not parse)".to_string();
+    };
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
+    }
+    if url.query().is_some() {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let lower = k.to_ascii_lowercase();
+                let v = if SECRET_WORDS.iter().any(|w| lower.contains(w)) {
+                    "***".to_string()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string()
 }

@@ -523,6 +523,16 @@ impl CloudWatchLogsSink {
     }
 }
 
+impl CloudWatchLogsSink {
+    /// Where `record` would be written, without calling AWS: `log group G, log stream S`,
+    /// rendered, encoded and cut as the sink does; `{uuid}` (one per process) is shown as the
+    /// placeholder. `Err` is the reason the sink would refuse the record.
+    pub fn destination(&self, record: &Record) -> Result<String, &'static str> {
+        let (group, stream) = self.names(record, Dynamic::preview())?;
+        Ok(format!("log group {group}, log stream {stream}"))
+    }
+}
+
 impl Sink for CloudWatchLogsSink {
     type Builder = CloudWatchLogsBuilder;
 

@@ -125,6 +125,14 @@ pub fn build_with_client(
     })
 }
 
+impl FirehoseSink {
+    /// Where every record of this output goes: `delivery stream NAME` (the name is fixed
+    /// in the config; no AWS call).
+    pub fn destination(&self) -> String {
+        format!("delivery stream {}", self.stream)
+    }
+}
+
 pub struct FirehoseBuilder {
     format: Arc<RecordFormat>,
     limits: Arc<Limits>,

@@ -200,6 +200,108 @@ impl RecordFormat {
     }
 }
 
+/// Where `record` would go in the AWS output `name` of kind `kind`, rendered by the sink's
+/// own code (for `firelane route`). The sink is built around an SDK client that is never
+/// used: no credentials are resolved and no AWS call is made. `None` for non-AWS outputs;
+/// `Err` when the output would not start (a template or setting error) or would refuse the
+/// record (the drop reason).
+pub fn preview_destination(
+    name: &str,
+    kind: &crate::config::OutputKind,
+    record: &crate::event::Record,
+) -> Option<Result<String, String>> {
+    use crate::config::{self, OutputKind};
+    let region = |aws: &config::AwsSpec| {
+        aws_config::Region::new(aws.region.clone().unwrap_or_else(|| "us-east-1".into()))
+    };
+    let refused =
+        |reason: &str| format!("refused ({reason}): dropped, or dead-lettered if configured");
+    let rendered = match kind {
+        OutputKind::S3 {
+            bucket,
+            key,
+            compression,
+            aws,
+            ..
+        } => {
+            let cfg = s3::S3Config {
+                name: name.to_string(),
+                bucket: bucket.clone(),
+                key: key.clone(),
+                compression: match compression {
+                    config::Compression::None => s3::Compression::None,
+                    config::Compression::Gzip => s3::Compression::Gzip,
+                    config::Compression::Zstd => s3::Compression::Zstd,
+                },
+                storage_class: None,
+                content_type: None,
+                acl: None,
+                format: RecordFormat::default(),
+                align: None,
+                force_path_style: true,
+                aws: AwsSettings::default(),
+                batch: s3::default_batch(),
+            };
+            let conf = aws_sdk_s3::Config::builder()
+                .behavior_version(BehaviorVersion::latest())
+                .region(region(aws))
+                .build();
+            s3::build_with_client(cfg, aws_sdk_s3::Client::from_conf(conf))
+                .map_err(|e| format!("would not start: {e}"))
+                .and_then(|sink| sink.destination(record).map_err(refused))
+        }
+        OutputKind::CloudWatchLogs {
+            log_group,
+            log_stream,
+            aws,
+            ..
+        } => {
+            let cfg = cloudwatch_logs::CloudWatchLogsConfig {
+                name: name.to_string(),
+                log_group: log_group.clone(),
+                log_stream: log_stream.clone(),
+                auto_create: false,
+                retention_days: None,
+                tags: Default::default(),
+                format: RecordFormat::default(),
+                aws: AwsSettings::default(),
+                batch: cloudwatch_logs::default_batch(),
+            };
+            let conf = aws_sdk_cloudwatchlogs::Config::builder()
+                .behavior_version(BehaviorVersion::latest())
+                .region(region(aws))
+                .build();
+            cloudwatch_logs::build_with_client(cfg, aws_sdk_cloudwatchlogs::Client::from_conf(conf))
+                .map_err(|e| format!("would not start: {e}"))
+                .and_then(|sink| sink.destination(record).map_err(refused))
+        }
+        OutputKind::Firehose {
+            delivery_stream,
+            aws,
+            ..
+        } => {
+            let cfg = firehose::FirehoseConfig {
+                name: name.to_string(),
+                delivery_stream: delivery_stream.clone(),
+                aggregate: false,
+                oversize: firehose::Oversize::default(),
+                format: RecordFormat::default(),
+                aws: AwsSettings::default(),
+                batch: firehose::default_batch(),
+            };
+            let conf = aws_sdk_firehose::Config::builder()
+                .behavior_version(BehaviorVersion::latest())
+                .region(region(aws))
+                .build();
+            firehose::build_with_client(cfg, aws_sdk_firehose::Client::from_conf(conf))
+                .map(|sink| sink.destination())
+                .map_err(|e| format!("would not start: {e}"))
+        }
+        _ => return None,
+    };
+    Some(rendered)
+}
+
 /// Ends a record cut to fit a per-record limit, so readers see it was cut.
 pub const TRUNCATION_MARKER: &str = "…[truncated by firelane]";
 

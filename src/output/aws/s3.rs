@@ -546,6 +546,19 @@ impl Sink for S3Sink {
     }
 }
 
+impl S3Sink {
+    /// Where `record` would be written, without writing it: `s3://BUCKET/KEY`, rendered and
+    /// encoded exactly as the sink does, with `{uuid}` / `{index}` shown as placeholders (they
+    /// are chosen per object). `Err` is the reason the sink would refuse the record.
+    pub fn destination(&self, record: &Record) -> Result<String, &'static str> {
+        self.partition(record)?;
+        let s = &self.shared;
+        let mut key = s.key.render_to_string(record, Dynamic::preview());
+        key.push_str(s.extension);
+        Ok(format!("s3://{}/{key}", s.bucket))
+    }
+}
+
 fn with_context(mut f: Failure, what: &str, bucket: &str, key: &str) -> Failure {
     f.message = format!("{what} s3://{bucket}/{key}: {}", f.message);
     f
