@@ -909,6 +909,34 @@ mod tests {
         );
     }
 
+    /// `{tag[N]}` past the last part, an empty part, and fields that are missing, `null`,
+    /// empty, objects or arrays all render as `-` (documented in the README and
+    /// config/reference.toml), in the partition and the object key alike.
+    #[test]
+    fn out_of_range_tag_parts_and_missing_fields_render_as_dash() {
+        let s = sink(cfg(
+            "k/{tag[0]}/{tag[1]}/{tag[3]}/{tag[99]}/{missing}/{null}/{empty}/{obj}/{arr}/{ecs_task_id}/{n}/{uuid}",
+            Compression::None,
+            1 << 20,
+        ));
+        let serde_json::Value::Object(m) =
+            json!({"null": null, "empty": "", "obj": {"a": 1}, "arr": [1], "n": 0})
+        else {
+            unreachable!()
+        };
+        let r = Record::new("app..x", 0, m);
+        assert_eq!(s.partition(&r).unwrap(), "k/app/-/-/-/-/-/-/-/-/-/0/");
+        let mut b = s.new_batch("");
+        b.push(&r);
+        let key = b.finish().key;
+        assert!(key.starts_with("k/app/-/-/-/-/-/-/-/-/-/0/"), "{key}");
+        assert_eq!(key.len(), "k/app/-/-/-/-/-/-/-/-/-/0/".len() + 36, "{key}");
+        assert_eq!(
+            s.destination(&r).unwrap(),
+            "s3://b/k/app/-/-/-/-/-/-/-/-/-/0/{uuid}"
+        );
+    }
+
     #[test]
     fn config_errors() {
         let mut c = cfg("{tag", Compression::None, 1);
