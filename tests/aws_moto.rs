@@ -545,7 +545,7 @@ async fn cloudwatch_many_small_and_large_events_in_order() {
 }
 
 #[tokio::test]
-async fn cloudwatch_too_old_events_are_dropped_not_retried() {
+async fn cloudwatch_too_old_events_fail_permanently_not_retried() {
     let Some(ep) = endpoint() else { return };
     let group = unique("/fl/old");
     let sink = cloudwatch_logs::build(cwl_config(&ep, &group, "s", true))
