@@ -79,7 +79,8 @@ async fn segments_roll_and_are_deleted_after_acks() {
     let files = seg_files(dir.path());
     assert!(files.len() >= 5, "expected several segments, got {files:?}");
     assert_eq!(files[0], segment::file_name(0));
-    let bytes_before = w.stats().bytes;
+    let bytes_before = w.disk_bytes();
+    let live_before = w.stats().bytes;
     let on_disk: u64 = files
         .iter()
         .map(|f| fs::metadata(dir.path().join(f)).unwrap().len())
@@ -110,9 +111,14 @@ async fn segments_roll_and_are_deleted_after_acks() {
         last_deleted_end <= 150,
         "segment starting at {last_deleted_end} would hold acked-only records"
     );
-    assert!(w.stats().bytes < bytes_before);
+    assert!(w.disk_bytes() < bytes_before);
+    assert!(
+        w.stats().bytes < live_before / 3,
+        "only 50 of 200 records are undelivered"
+    );
     assert_eq!(w.stats().records, 50);
-    assert_eq!(ledger::load(dir.path()).unwrap(), Some(150));
+    let persisted = ledger::load(dir.path()).unwrap().unwrap().state;
+    assert_eq!(persisted.watermark, 150);
 }
 
 #[tokio::test]
@@ -151,4 +157,57 @@ async fn second_open_of_same_dir_is_refused_until_the_first_is_dropped() {
     assert!(matches!(open("lock", &s), Err(BufferError::Locked(_))));
     drop(first);
     assert!(open("lock", &s).is_ok());
+}
+
+/// One record held back (a quiet partition's open batch) while everything after it is
+/// acked: pushes never wait although far more than `max_size` passes through, the
+/// acked segments behind the held record are deleted, and a reopen replays only it.
+#[tokio::test]
+async fn a_held_back_record_does_not_fill_the_buffer_or_come_back_with_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let max_size = 16 << 10;
+    let s = settings(dir.path(), max_size, 4096);
+    {
+        let (w, mut r, _) = open("held", &s).unwrap();
+        w.push(vec![rec(0, 100)]).await.unwrap();
+        let first = r.recv(10).await.unwrap();
+        assert_eq!(first.len(), 1);
+        let acker = r.acker();
+        // ~190 bytes per frame: 600 records are about 7 × max_size.
+        for i in 1..600 {
+            let pushed = tokio::time::timeout(Duration::from_secs(5), w.push(vec![rec(i, 100)]))
+                .await
+                .unwrap_or_else(|_| panic!("push {i} blocked: {} live bytes", w.stats().bytes))
+                .unwrap();
+            assert_eq!(pushed.accepted, 1);
+            let got = r.recv(100).await.unwrap();
+            let seqs: Vec<u64> = got.iter().map(|e| e.seq).collect();
+            assert!(!seqs.contains(&0));
+            acker.ack(&seqs);
+            assert!(w.stats().bytes <= max_size);
+            assert!(
+                w.disk_bytes() <= DISK_CAP_FACTOR * max_size,
+                "segment files {} over the cap",
+                w.disk_bytes()
+            );
+        }
+        assert_eq!(w.stats().records, 1);
+        assert!(w.stats().bytes < 300, "only the held record is undelivered");
+        // Files: the held record's segment plus the open one, not the 600 records.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while seg_files(dir.path()).len() > 2 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let files = seg_files(dir.path());
+        assert!(files.len() <= 2, "acked segments kept: {files:?}");
+        assert_eq!(files[0], segment::file_name(0));
+        w.close();
+    }
+    let (_w, mut r, report) = open("held", &s).unwrap();
+    assert_eq!(report.replayed_records, 1, "{report:?}");
+    let got = r.recv(1000).await.unwrap();
+    assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), [0]);
+    assert_eq!(got[0].record.time_ns, 0);
+    let more = tokio::time::timeout(Duration::from_millis(200), r.recv(1000)).await;
+    assert!(more.is_err(), "acked records replayed: {more:?}");
 }
