@@ -1123,7 +1123,9 @@ impl Writer {
                     for &end in &ends[done_records..] {
                         let size = (end - done_bytes) as u64;
                         let fits = live + size <= core.max_size && disk + size <= core.disk_cap;
-                        if !fits && !(empty && n == 0) {
+                        // An empty buffer takes one record whatever its size.
+                        let first_of_empty = empty && n == 0;
+                        if !fits && !first_of_empty {
                             break;
                         }
                         chunk_end = end;
