@@ -1541,3 +1541,230 @@ fn sigterm_while_blocked_on_a_full_disk_buffer() {
     let missing = (0..acked).filter(|i| !got.contains_key(i)).count();
     assert_eq!(missing, 0, "{missing} of {acked} acked records lost");
 }
+
+// === full filesystem ===
+
+/// A tmpfs of a fixed size, mounted on a fresh directory and unmounted on drop, so a disk
+/// buffer can fill its filesystem for real. Needs root (or CAP_SYS_ADMIN).
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// `None` (test skipped, with a message) when mounting is not permitted here; with
+    /// `CI` set, a failed mount fails the test instead, so CI never skips it silently.
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output();
+        let why = match out {
+            Ok(o) if o.status.success() => return Some(Tmpfs { dir }),
+            Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "cannot mount a {size} tmpfs for the full-disk test ({why}); this test needs root \
+             or CAP_SYS_ADMIN (e.g. a privileged container) in CI"
+        );
+        eprintln!("SKIPPED: cannot mount a tmpfs ({why}); run as root to test a full disk");
+        None
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let umount = |lazy: bool| {
+            let mut c = std::process::Command::new("umount");
+            if lazy {
+                c.arg("-l");
+            }
+            c.arg(self.dir.path()).status().is_ok_and(|s| s.success())
+        };
+        if !umount(false) {
+            // Still busy (a process that did not exit yet): detach it anyway.
+            let _ = umount(true);
+        }
+    }
+}
+
+/// The issue's scenario: `data_dir` on a 20 MiB filesystem, a down `http` output with a disk
+/// buffer whose `max_size` is far beyond the free space, HTTP requests acked until refused.
+/// While full: 503 saying "disk full", `/ready` 503 and `/health` naming the output, the
+/// refusals counted. Once the output is up: every acked record is delivered once, new
+/// requests are accepted again without a restart, and a restart replays nothing.
+#[test]
+fn a_disk_buffer_that_fills_its_filesystem_recovers_without_restart() {
+    let Some(fs) = Tmpfs::mount("20m") else {
+        return;
+    };
+    let http = free_port();
+    let dest_port = free_port();
+    let cfg = format!(
+        r#"
+[runtime]
+data_dir = "{data}"
+shutdown_grace = "5s"
+
+[inputs.events]
+type = "http"
+listen = "127.0.0.1:{http}"
+accept_timeout = "2s"
+
+[routes.all]
+to = ["web"]
+
+[outputs.web]
+type = "http"
+url = "http://127.0.0.1:{dest_port}/ingest"
+retry = {{ initial_backoff = "50ms", max_backoff = "300ms" }}
+batch = {{ max_records = 500, max_age = "50ms" }}
+buffer = {{ type = "disk", max_size = "1GiB", when_full = "block" }}
+"#,
+        data = fs.path().display()
+    );
+    let router = Router::start(&cfg);
+    let client = reqwest::blocking::Client::builder()
+        .timeout(SECS(10))
+        .build()
+        .expect("client");
+    const PER: u64 = 50;
+    let post = |from: u64| {
+        let body: String = (from..from + PER)
+            .map(|i| format!("{{\"i\":{i},\"log\":\"{}\"}}\n", "d".repeat(1000)))
+            .collect();
+        let r = client
+            .post(format!("http://127.0.0.1:{http}/tag/app"))
+            .body(body)
+            .send()
+            .expect("post");
+        let status = r.status().as_u16();
+        (status, r.text().unwrap_or_default())
+    };
+    let admin = |path: &str| {
+        common::http_get(&format!("http://127.0.0.1:{}{path}", router.admin)).expect("admin")
+    };
+
+    // ~52 KiB per request: the 20 MiB fill after about 400.
+    let mut acked = BTreeSet::new();
+    let mut next = 0u64;
+    let refusal = loop {
+        assert!(next < 100_000, "the filesystem never filled");
+        let (status, body) = post(next);
+        match status {
+            200 => acked.extend(next..next + PER),
+            503 => break body,
+            other => panic!("status {other} ({body}) while filling the disk"),
+        }
+        next += PER;
+    };
+    assert!(
+        refusal.contains("disk full"),
+        "503 body does not say disk full: {refusal:?}"
+    );
+    assert!(
+        acked.len() > 10_000,
+        "only {} records fit in 20 MiB",
+        acked.len()
+    );
+    let (ready, ready_body) = admin("/ready");
+    assert_eq!(ready, 503, "/ready while the disk is full: {ready_body}");
+    assert!(ready_body.contains("disk full"), "{ready_body}");
+    let (health, health_body) = admin("/health");
+    assert_eq!(health, 200, "liveness stays up: {health_body}");
+    let h: serde_json::Value = serde_json::from_str(&health_body).expect("health JSON");
+    assert_eq!(h["status"], "disk_full", "{health_body}");
+    assert!(h["disk_full"]["web"]["error"].is_string(), "{health_body}");
+    assert!(
+        router.metric(
+            "firelane_input_errors_total",
+            &[r#"input="events""#, r#"kind="disk_full""#]
+        ) >= 1.0
+    );
+    assert_eq!(
+        router.metric("firelane_buffer_disk_full", &[r#"output="web""#]),
+        1.0
+    );
+    // Still full a moment later: refused again, with the same answer.
+    let (status, body) = post(next);
+    assert_eq!((status, body.contains("disk full")), (503, true), "{body}");
+
+    let dest = Dest::start_on(dest_port, Reply::Ok);
+    let got = dest.wait_ids(&acked, SECS(60));
+    let missing = acked.iter().filter(|i| !got.contains_key(i)).count();
+    assert_eq!(
+        missing,
+        0,
+        "{missing} of {} acked records lost",
+        acked.len()
+    );
+    let twice: Vec<u64> = got
+        .iter()
+        .filter(|&(_, &n)| n > 1)
+        .map(|(&i, _)| i)
+        .collect();
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+
+    // Accepted again without a restart, once deliveries freed the space.
+    let deadline = Instant::now() + SECS(30);
+    loop {
+        let (status, body) = post(next);
+        if status == 200 {
+            acked.extend(next..next + PER);
+            next += PER;
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            Instant::now() < deadline,
+            "still refused 30 s after every record was delivered: {body}\n{}",
+            router.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for _ in 0..20 {
+        let (status, body) = post(next);
+        assert_eq!(status, 200, "{body}");
+        acked.extend(next..next + PER);
+        next += PER;
+    }
+    assert_eq!(admin("/ready").0, 200);
+    let h: serde_json::Value = serde_json::from_str(&admin("/health").1).expect("health JSON");
+    assert_eq!(h["status"], "ok", "{h}");
+    assert_eq!(
+        router.metric("firelane_buffer_disk_full", &[r#"output="web""#]),
+        0.0
+    );
+    let got = dest.wait_ids(&acked, SECS(30));
+    assert!(acked.iter().all(|i| got.contains_key(i)));
+
+    // Everything delivered and recorded: a restart (even kill -9) replays nothing.
+    let deadline = Instant::now() + SECS(10);
+    while router.metric("firelane_buffer_records", &[r#"output="web""#]) > 0.0
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let requests = dest.requests();
+    let dir = router.into_dir();
+    let router = Router::start_in(dir, &cfg);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        router.metric(
+            "firelane_buffer_replayed_records_total",
+            &[r#"output="web""#]
+        ),
+        0.0,
+        "{}",
+        router.logs()
+    );
+    assert_eq!(dest.requests(), requests, "delivered records sent again");
+    drop(router);
+}

@@ -350,6 +350,7 @@ pub(super) fn open(
         state: Arc::new(Mutex::new(ReadState {
             next_seq: recovered.start_seq,
             cur: None,
+            resume: None,
             stash: VecDeque::new(),
             payload: Vec::new(),
         })),
@@ -1209,6 +1210,9 @@ struct OpenSegment {
 struct ReadState {
     next_seq: u64,
     cur: Option<OpenSegment>,
+    /// Where reading stopped in a segment closed at its committed end: `(first seq, seq,
+    /// byte offset)`, so reopening it seeks instead of skipping every frame.
+    resume: Option<(u64, u64, u64)>,
     /// Records read from disk and not yet returned (only when a `recv` was cancelled, or
     /// `max_records` shrank between calls). Bounded by one read.
     stash: VecDeque<Entry>,
@@ -1321,7 +1325,12 @@ fn fill(core: &Core, rs: &mut ReadState, max_records: usize) {
         }
         if rs.cur.as_ref().is_none_or(|c| c.first_seq != first) {
             rs.cur = None;
-            match open_at(core, first, rs.next_seq) {
+            let resume = rs
+                .resume
+                .take()
+                .filter(|&(f, seq, _)| f == first && seq == rs.next_seq)
+                .map(|(_, _, offset)| offset);
+            match open_at(core, first, rs.next_seq, resume) {
                 Ok(file) => {
                     rs.cur = Some(OpenSegment {
                         first_seq: first,
@@ -1394,6 +1403,16 @@ fn fill(core: &Core, rs: &mut ReadState, max_records: usize) {
             }
         }
         rs.next_seq = read_to;
+        if read_to == end
+            && let Some(mut cur) = rs.cur.take()
+        {
+            // Everything committed is read: close the file. An open descriptor keeps a
+            // deleted segment's blocks allocated, and on a full disk those blocks are what
+            // the next write needs.
+            if let Ok(offset) = cur.file.stream_position() {
+                rs.resume = Some((first, read_to, offset));
+            }
+        }
         let mut st = core.state.lock();
         if st.read_seq < read_to {
             st.read_seq = read_to;
@@ -1405,12 +1424,24 @@ fn fill(core: &Core, rs: &mut ReadState, max_records: usize) {
     }
 }
 
-fn open_at(core: &Core, first: u64, seq: u64) -> Result<BufReader<File>, segment::FrameError> {
+/// Opens segment `first` positioned at record `seq`: at byte `offset` when known (where an
+/// earlier read of the same segment stopped), else by skipping the frames before it.
+fn open_at(
+    core: &Core,
+    first: u64,
+    seq: u64,
+    offset: Option<u64>,
+) -> Result<BufReader<File>, segment::FrameError> {
     let file = File::open(core.seg_path(first)).map_err(segment::FrameError::Io)?;
     let mut r = BufReader::with_capacity(READ_BUF, file);
     match segment::read_header(&mut r) {
         Ok(h) if h == first => {}
         Ok(_) | Err(_) => return Err(segment::FrameError::Torn),
+    }
+    if let Some(offset) = offset {
+        r.seek(SeekFrom::Start(offset))
+            .map_err(segment::FrameError::Io)?;
+        return Ok(r);
     }
     for _ in first..seq {
         segment::skip_frame(&mut r)?;
