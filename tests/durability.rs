@@ -1822,7 +1822,10 @@ concurrency = 4"#,
         .iter()
         .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
         .sum();
-    assert!(on_disk <= 2 << 20, "{on_disk} bytes of segments for 1 MiB max_size");
+    assert!(
+        on_disk <= 2 << 20,
+        "{on_disk} bytes of segments for 1 MiB max_size"
+    );
 
     let delivered_before: usize = dest.delivered_ids().values().sum();
     let dir = router.into_dir();
@@ -1841,6 +1844,59 @@ concurrency = 4"#,
         "held batch of {}: {delivered_before} delivered before kill -9, replayed {replayed}, {dups} duplicates",
         held.len()
     );
-    assert_eq!(replayed, held.len() as f64, "replayed more than the held batch");
+    assert_eq!(
+        replayed,
+        held.len() as f64,
+        "replayed more than the held batch"
+    );
     assert!(dups <= held.len(), "{dups} duplicates");
+}
+
+// === metrics present from the start ===
+
+/// The replayed and quarantined counters (and the disk gauges) are in `/metrics` at 0 as
+/// soon as a buffer opens, for disk and memory buffers, so alerts on them work before the
+/// first replay.
+#[test]
+fn buffer_counters_are_exported_at_zero_from_the_start() {
+    let fwd = free_port();
+    let cfg = format!(
+        r#"
+[runtime]
+data_dir = "{{dir}}/data"
+
+[inputs.app]
+type = "forward"
+listen = ["tcp://127.0.0.1:{fwd}"]
+
+[routes.all]
+to = ["ondisk", "inmem"]
+
+[outputs.ondisk]
+type = "null"
+buffer = {{ type = "disk" }}
+
+[outputs.inmem]
+type = "null"
+"#
+    );
+    let router = Router::start(&cfg);
+    let text = router.metrics();
+    let has = |line: &str| text.lines().any(|l| l == line);
+    for output in ["ondisk", "inmem"] {
+        for name in [
+            "firelane_buffer_replayed_records_total",
+            "firelane_buffer_quarantined_total",
+        ] {
+            let line = format!(r#"{name}{{output="{output}"}} 0"#);
+            assert!(has(&line), "no {line:?} in /metrics:\n{text}");
+        }
+    }
+    for name in ["firelane_buffer_disk_full", "firelane_buffer_disk_bytes"] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!(r#"{name}{{output="ondisk"}} "#))),
+            "no {name} for the disk buffer in /metrics:\n{text}"
+        );
+    }
 }
