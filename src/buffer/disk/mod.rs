@@ -881,6 +881,8 @@ impl WriterThread {
                 }
             }
             Err(e) => {
+                // Delayed allocation (ext4, xfs) can report a full disk only here.
+                self.note_write_error(&e);
                 // After a failed fsync the page cache state is unknown: retire the segment
                 // (its committed prefix stays readable) and start a fresh one.
                 tracing::error!(output = %self.core.output, error = %e,
@@ -1434,14 +1436,15 @@ fn open_at(
 ) -> Result<BufReader<File>, segment::FrameError> {
     let file = File::open(core.seg_path(first)).map_err(segment::FrameError::Io)?;
     let mut r = BufReader::with_capacity(READ_BUF, file);
-    match segment::read_header(&mut r) {
-        Ok(h) if h == first => {}
-        Ok(_) | Err(_) => return Err(segment::FrameError::Torn),
-    }
     if let Some(offset) = offset {
+        // The header was checked when this segment was opened the first time.
         r.seek(SeekFrom::Start(offset))
             .map_err(segment::FrameError::Io)?;
         return Ok(r);
+    }
+    match segment::read_header(&mut r) {
+        Ok(h) if h == first => {}
+        Ok(_) | Err(_) => return Err(segment::FrameError::Torn),
     }
     for _ in first..seq {
         segment::skip_frame(&mut r)?;
