@@ -1,5 +1,5 @@
-//! Tests that look inside the disk buffer (sync counts, segment files). Behaviour through
-//! the public API is tested in `tests/buffer_disk.rs`.
+//! Tests that look inside the disk buffer (sync counts, segment files). Behaviour end to
+//! end, with the real binary, is tested in `tests/durability.rs`.
 
 use super::*;
 use crate::event::Fields;
@@ -210,4 +210,50 @@ async fn a_held_back_record_does_not_fill_the_buffer_or_come_back_with_the_rest(
     assert_eq!(got[0].record.time_ns, 0);
     let more = tokio::time::timeout(Duration::from_millis(200), r.recv(1000)).await;
     assert!(more.is_err(), "acked records replayed: {more:?}");
+}
+
+/// Paths of open descriptors of this process that point to deleted files under `dir`.
+fn deleted_but_open(dir: &Path) -> Vec<String> {
+    let prefix = dir.display().to_string();
+    fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| fs::read_link(e.path()).ok())
+        .map(|p| p.display().to_string())
+        .filter(|p| p.starts_with(&prefix) && p.ends_with("(deleted)"))
+        .collect()
+}
+
+/// The reader does not keep a segment open once it has read all of it: on a full disk the
+/// blocks of a deleted but open file stay allocated, and the next write needs them.
+#[tokio::test]
+async fn a_fully_read_segment_is_not_held_open_after_it_is_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (w, mut r, _) = open("fds", &settings(dir.path(), 1 << 20, 4096)).unwrap();
+    // One record at a time until the second segment starts: the first holds `n - 1`.
+    let mut n = 0;
+    while seg_files(dir.path()).len() < 2 {
+        w.push(vec![rec(n, 100)]).await.unwrap();
+        n += 1;
+        assert!(n < 1000, "no second segment");
+    }
+    let in_first = n as u64 - 1;
+    // Read exactly the first segment, to its end, and ack it.
+    let mut seqs = Vec::new();
+    while (seqs.len() as u64) < in_first {
+        let want = in_first as usize - seqs.len();
+        seqs.extend(r.recv(want).await.unwrap().into_iter().map(|e| e.seq));
+    }
+    assert_eq!(seqs, (0..in_first).collect::<Vec<_>>());
+    r.acker().ack(&seqs);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while seg_files(dir.path()).contains(&segment::file_name(0)) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!seg_files(dir.path()).contains(&segment::file_name(0)));
+    let held = deleted_but_open(dir.path());
+    assert!(held.is_empty(), "deleted segments still open: {held:?}");
+    // Reading goes on in the next segment.
+    let next = r.recv(1000).await.unwrap();
+    assert_eq!(next[0].seq, in_first);
 }
