@@ -1548,6 +1548,8 @@ fn sigterm_while_blocked_on_a_full_disk_buffer() {
 /// buffer can fill its filesystem for real. Needs root (or CAP_SYS_ADMIN).
 struct Tmpfs {
     dir: tempfile::TempDir,
+    /// Mounted through `sudo -n` (CI runners that are not root but may sudo).
+    sudo: bool,
 }
 
 impl Tmpfs {
@@ -1555,19 +1557,28 @@ impl Tmpfs {
     /// `CI` set, a failed mount fails the test instead, so CI never skips it silently.
     fn mount(size: &str) -> Option<Tmpfs> {
         let dir = tempfile::tempdir().expect("tempdir");
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .output();
-        let why = match out {
-            Ok(o) if o.status.success() => return Some(Tmpfs { dir }),
-            Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
-            Err(e) => e.to_string(),
-        };
+        let opts = format!("size={size},mode=1777");
+        let mut why = Vec::new();
+        for sudo in [false, true] {
+            let mut cmd = std::process::Command::new(if sudo { "sudo" } else { "mount" });
+            if sudo {
+                cmd.args(["-n", "mount"]);
+            }
+            let out = cmd
+                .args(["-t", "tmpfs", "-o", &opts, "tmpfs"])
+                .arg(dir.path())
+                .output();
+            match out {
+                Ok(o) if o.status.success() => return Some(Tmpfs { dir, sudo }),
+                Ok(o) => why.push(String::from_utf8_lossy(&o.stderr).trim().to_string()),
+                Err(e) => why.push(e.to_string()),
+            }
+        }
+        let why = why.join("; ");
         assert!(
             std::env::var_os("CI").is_none(),
-            "cannot mount a {size} tmpfs for the full-disk test ({why}); this test needs root \
-             or CAP_SYS_ADMIN (e.g. a privileged container) in CI"
+            "cannot mount a {size} tmpfs for the full-disk test ({why}); this test needs root, \
+             CAP_SYS_ADMIN or passwordless sudo in CI"
         );
         eprintln!("SKIPPED: cannot mount a tmpfs ({why}); run as root to test a full disk");
         None
@@ -1581,7 +1592,10 @@ impl Tmpfs {
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let umount = |lazy: bool| {
-            let mut c = std::process::Command::new("umount");
+            let mut c = std::process::Command::new(if self.sudo { "sudo" } else { "umount" });
+            if self.sudo {
+                c.args(["-n", "umount"]);
+            }
             if lazy {
                 c.arg("-l");
             }
