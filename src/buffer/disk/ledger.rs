@@ -368,9 +368,11 @@ impl AckFile {
                 });
             }
         }
+        // Generation g lives in slot g % 2: the first in-place write (generation 2) then
+        // goes to the other slot, and a torn write always leaves one valid state.
         let mut buf = vec![0u8; FILE_LEN];
         let slot = encode_slot(1, state);
-        buf[..slot.len()].copy_from_slice(&slot);
+        buf[SLOT_LEN..SLOT_LEN + slot.len()].copy_from_slice(&slot);
         let tmp = dir.join(ACK_TMP);
         let mut f = OpenOptions::new()
             .write(true)
@@ -508,6 +510,19 @@ mod tests {
         let mut f = AckFile::open(dir.path(), loaded.as_ref(), &state(0, &[])).unwrap();
         f.persist(&state(101, &[]), true).unwrap();
         assert_eq!(load(dir.path()).unwrap().unwrap().state, state(101, &[]));
+    }
+
+    #[test]
+    fn a_torn_first_write_keeps_the_initial_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = AckFile::open(dir.path(), None, &state(5, &[])).unwrap();
+        f.persist(&state(9, &[]), true).unwrap();
+        let path = dir.path().join(ACK_FILE);
+        let mut bytes = fs::read(&path).unwrap();
+        let newest = (f.generation % 2) as usize * SLOT_LEN;
+        bytes[newest + 17] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+        assert_eq!(load(dir.path()).unwrap().unwrap().state, state(5, &[]));
     }
 
     #[test]
