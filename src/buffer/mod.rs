@@ -118,8 +118,10 @@ impl BufferError {
 /// What `open` found on disk. All zero for memory buffers and fresh disk buffers.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OpenReport {
-    /// Records found on disk from the persisted watermark on; they will be delivered again.
+    /// Records found on disk that the persisted ack state does not mark done (below its
+    /// watermark or in a done range); they will be delivered again.
     pub replayed_records: u64,
+    /// Frame bytes of those records.
     pub replayed_bytes: u64,
     /// Segment files (or damaged tails of them) moved to `<dir>/quarantine/`.
     pub quarantined_segments: u64,
