@@ -104,14 +104,45 @@ pub async fn spawn(
     }))
 }
 
+/// Disk buffers whose filesystem is full, for `/health` and `/ready`: output name →
+/// `{dir, since (RFC 3339), error}`.
+fn disk_full_report() -> serde_json::Map<String, serde_json::Value> {
+    crate::buffer::disk_full()
+        .into_iter()
+        .map(|d| {
+            let since = chrono::DateTime::<chrono::Utc>::from(d.since).to_rfc3339();
+            let v = serde_json::json!({
+                "dir": d.dir.display().to_string(),
+                "since": since,
+                "error": d.error,
+            });
+            (d.output, v)
+        })
+        .collect()
+}
+
+/// Liveness stays 200 while a disk buffer is full: restarting would not free the disk, and
+/// on ECS a replaced task loses its ephemeral storage, buffer included. The body says
+/// `"status": "disk_full"` and which outputs; `/ready` answers 503 meanwhile.
 async fn health(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
     let outputs: serde_json::Map<String, serde_json::Value> = s
         .outputs
         .iter()
         .map(|o| (o.name().to_string(), o.report()))
         .collect();
-    let body =
-        serde_json::json!({ "status": "ok", "ready": s.readiness.is_ready(), "outputs": outputs });
+    let disk_full = disk_full_report();
+    let status = if disk_full.is_empty() {
+        "ok"
+    } else {
+        "disk_full"
+    };
+    let ready = s.readiness.is_ready() && disk_full.is_empty();
+    let body = serde_json::json!({
+        "status": status,
+        "ready": ready,
+        "outputs": outputs,
+        "disk_full": disk_full,
+    });
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],
@@ -119,11 +150,22 @@ async fn health(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
     )
 }
 
+/// 503 while starting, shutting down, or while a disk buffer is full (records sent now
+/// would be refused).
 async fn ready(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
-    if s.readiness.is_ready() {
-        (StatusCode::OK, "ready\n")
+    let full: Vec<String> = crate::buffer::disk_full()
+        .into_iter()
+        .map(|d| d.output)
+        .collect();
+    if !s.readiness.is_ready() {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_string())
+    } else if !full.is_empty() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: disk full (output {})\n", full.join(", ")),
+        )
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+        (StatusCode::OK, "ready\n".to_string())
     }
 }
 

@@ -15,8 +15,9 @@ pub mod budget;
 pub mod disk;
 pub mod memory;
 
-use std::path::PathBuf;
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use crate::event::Record;
 use budget::MemoryBudget;
@@ -52,7 +53,9 @@ pub enum FsyncPolicy {
 #[derive(Clone, Debug, PartialEq)]
 pub struct BufferSettings {
     pub kind: BufferKind,
-    /// Memory: bytes by `Record::approx_size`. Disk: bytes of live segment files.
+    /// Memory: bytes by `Record::approx_size`. Disk: bytes of the frames of records not
+    /// yet acked; the segment files may take up to twice this (acked records that share a
+    /// segment with unacked ones, see [`disk::DISK_CAP_FACTOR`]).
     pub max_size: u64,
     pub when_full: WhenFull,
     pub fsync: FsyncPolicy,
@@ -115,8 +118,10 @@ impl BufferError {
 /// What `open` found on disk. All zero for memory buffers and fresh disk buffers.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OpenReport {
-    /// Records found on disk from the persisted watermark on; they will be delivered again.
+    /// Records found on disk that the persisted ack state does not mark done (below its
+    /// watermark or in a done range); they will be delivered again.
     pub replayed_records: u64,
+    /// Frame bytes of those records.
     pub replayed_bytes: u64,
     /// Segment files (or damaged tails of them) moved to `<dir>/quarantine/`.
     pub quarantined_segments: u64,
@@ -136,7 +141,8 @@ pub struct PushReport {
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BufferStats {
-    /// Memory: approx bytes of records not yet acked. Disk: bytes of live segment files.
+    /// Memory: approx bytes of records not yet acked. Disk: frame bytes of records not yet
+    /// acked (segment file bytes are `firelane_buffer_disk_bytes`).
     pub bytes: u64,
     /// Records pushed and not yet acked (including those handed to the reader).
     pub records: u64,
@@ -156,6 +162,14 @@ pub fn open(
     settings: &BufferSettings,
     budget: MemoryBudget,
 ) -> Result<(BufferWriter, BufferReader, OpenReport), BufferError> {
+    // Present from the start (at 0), so dashboards and alerts (`increase(...) > 0`) see
+    // the series before the first replay or quarantine ever happens.
+    for name in [
+        "firelane_buffer_replayed_records_total",
+        "firelane_buffer_quarantined_total",
+    ] {
+        metrics::counter!(name, "output" => output.to_string()).increment(0);
+    }
     match settings.kind {
         BufferKind::Memory => {
             let (w, r) = memory::open(output, settings, budget);
@@ -297,4 +311,48 @@ impl Gauges {
         self.bytes.set(stats.bytes as f64);
         self.records.set(stats.records as f64);
     }
+}
+
+// === disk full status ===
+
+/// A disk buffer whose last write failed for lack of space (`ENOSPC` or `EDQUOT`). Pushes
+/// to it fail with that error (inputs answer "disk full", `kind="disk_full"`) until a write
+/// succeeds again or deliveries free segments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskFull {
+    pub output: String,
+    /// The buffer directory.
+    pub dir: PathBuf,
+    /// When the buffer first found the disk full (this episode).
+    pub since: SystemTime,
+    /// The OS error, e.g. "No space left on device (os error 28)".
+    pub error: String,
+}
+
+/// Process-wide, so `/health` and `/ready` can report it without a handle on each buffer.
+/// Keyed by output name and directory (tests open several buffers in one process).
+static DISK_FULL: parking_lot::Mutex<BTreeMap<(String, PathBuf), DiskFull>> =
+    parking_lot::Mutex::new(BTreeMap::new());
+
+/// Disk buffers that are full right now, by output name.
+pub fn disk_full() -> Vec<DiskFull> {
+    DISK_FULL.lock().values().cloned().collect()
+}
+
+pub(crate) fn set_disk_full(output: &str, dir: &Path, error: &str) {
+    DISK_FULL
+        .lock()
+        .entry((output.to_string(), dir.to_path_buf()))
+        .or_insert_with(|| DiskFull {
+            output: output.to_string(),
+            dir: dir.to_path_buf(),
+            since: SystemTime::now(),
+            error: error.to_string(),
+        });
+}
+
+pub(crate) fn clear_disk_full(output: &str, dir: &Path) {
+    DISK_FULL
+        .lock()
+        .remove(&(output.to_string(), dir.to_path_buf()));
 }

@@ -2,7 +2,8 @@
 //!
 //! Layout under `dir` (`data_dir/buffers/<output>`):
 //! - `<16-digit first seq>.seg`: records `first_seq, first_seq + 1, …` (see [`segment`]);
-//! - `acks`: the persisted low watermark: every seq below it is delivered (see [`ledger`]);
+//! - `acks`: the persisted ack state: a low watermark (every seq below it is delivered) and
+//!   the done ranges above it (see [`ledger`]); fixed size, overwritten in place;
 //! - `lock`: `flock`ed while open, so two processes never share a buffer;
 //! - `quarantine/`: damaged files and tails found at start-up, for a human to look at.
 //!
@@ -15,10 +16,23 @@
 //! `recv` worth (≤ `max_records`, ≤ [`READ_MAX_BYTES`]) at a time, so a buffer holding
 //! gigabytes costs a few MiB of RAM. It only reads records the writer has committed.
 //!
-//! Acks mark seqs done in the ledger; the watermark is persisted at most every
-//! [`PERSIST_EVERY`] (sooner when pushers wait for space) and on shutdown, and whole
-//! segments below the persisted watermark are deleted. Invariant: every record at or above
-//! the persisted watermark is still on disk, so a crash can duplicate but never lose.
+//! Acks mark seqs done in the ledger; the ack state is persisted at most every
+//! [`PERSIST_EVERY`] (sooner when pushers wait for space or the disk is full) and on
+//! shutdown, and every segment whose records are all done in the persisted state is
+//! deleted, also above the watermark (one slow batch holding a low seq must not keep the
+//! segments behind it). Invariant: every record that is not done in the persisted state is
+//! still on disk, so a crash can duplicate but never lose.
+//!
+//! Space: `max_size` bounds the bytes of records not yet acked (a buffer is full only of
+//! undelivered data). Segment files also hold acked records that share a segment with
+//! unacked ones; that garbage is bounded by letting the files grow to at most
+//! [`DISK_CAP_FACTOR`] × `max_size`.
+//!
+//! Full filesystem: a write that fails with `ENOSPC`/`EDQUOT` fails its pushes with that
+//! error (inputs answer "disk full"), flags the buffer (see [`super::disk_full`]) and makes
+//! the writer persist and free delivered segments at once. Persisting never needs a new
+//! block (the ack file is preallocated and overwritten in place), so deliveries free space
+//! and the buffer recovers without a restart.
 //!
 //! Start-up never fails because of what is in the directory: torn or corrupt frames end a
 //! segment's valid prefix, the rest is moved to `quarantine/` and counted; a corrupt ack
@@ -47,7 +61,7 @@ use super::{
     WhenFull,
 };
 use crate::event::Record;
-use ledger::Ledger;
+use ledger::{AckFile, AckState, Ledger};
 
 /// Upper bound on payload bytes one `recv` reads from disk.
 pub const READ_MAX_BYTES: usize = 4 << 20;
@@ -60,6 +74,9 @@ const QUARANTINE_DIR: &str = "quarantine";
 const LOCK_FILE: &str = "lock";
 const MIN_SEGMENT_SIZE: u64 = 4096;
 const READ_BUF: usize = 64 << 10;
+/// Segment files may use up to this many times `max_size`: the acked records sharing
+/// segments with unacked ones (see the module doc).
+pub const DISK_CAP_FACTOR: u64 = 2;
 
 #[derive(Clone, Copy, Debug)]
 struct SegMeta {
@@ -67,6 +84,21 @@ struct SegMeta {
     end: u64,
     /// File bytes: header plus committed frames.
     bytes: u64,
+    /// Committed records of this segment that are done (acked or skipped).
+    acked: u64,
+}
+
+/// Frame bytes of the records of segment `first` that are not done. Records of a segment
+/// are counted at its average size: exact when none or all are done, close in between
+/// (keeping every record's size would cost memory per record).
+fn seg_live(first: u64, m: &SegMeta) -> u64 {
+    let records = m.end.saturating_sub(first);
+    if records == 0 {
+        return 0;
+    }
+    let payload = m.bytes.saturating_sub(segment::HEADER_LEN);
+    let live = records - m.acked.min(records);
+    (u128::from(payload) * u128::from(live) / u128::from(records)) as u64
 }
 
 struct WriteReq {
@@ -81,8 +113,13 @@ struct State {
     writing: bool,
     closed: bool,
     shutdown: bool,
-    /// Bytes of live segment files.
+    /// Bytes of segment files.
     disk_bytes: u64,
+    /// Frame bytes of committed records not yet done: what counts against `max_size`.
+    live_bytes: u64,
+    /// The last write failed for lack of space (`ENOSPC`/`EDQUOT`); cleared by a successful
+    /// write or by deleting delivered segments.
+    disk_full: bool,
     /// Bytes admitted by `push` and not yet written.
     reserved: u64,
     space_waiters: usize,
@@ -98,6 +135,8 @@ struct Core {
     output: String,
     dir: PathBuf,
     max_size: u64,
+    /// Bound on `disk_bytes` (see [`DISK_CAP_FACTOR`]).
+    disk_cap: u64,
     segment_size: u64,
     when_full: WhenFull,
     fsync: FsyncPolicy,
@@ -108,6 +147,8 @@ struct Core {
     /// Wakes pushers waiting for space.
     space: Notify,
     gauges: Gauges,
+    disk_bytes_gauge: metrics::Gauge,
+    disk_full_gauge: metrics::Gauge,
     syncs: AtomicU64,
     _lock: File,
 }
@@ -119,9 +160,68 @@ impl Core {
 
     fn publish(&self, st: &State) {
         self.gauges.set(BufferStats {
-            bytes: st.disk_bytes,
+            bytes: st.live_bytes,
             records: st.live_records,
         });
+        self.disk_bytes_gauge.set(st.disk_bytes as f64);
+    }
+}
+
+impl State {
+    /// Marks `[start, end)` done in the ledger and takes the newly done committed records
+    /// out of the live counts of their segments. Seqs outside every segment (gaps) are
+    /// marked too. Returns how many committed records became done.
+    fn mark_done(&mut self, start: u64, end: u64) -> u64 {
+        let mut total = 0;
+        let mut at = start;
+        while at < end {
+            let containing = self
+                .segments
+                .range(..=at)
+                .next_back()
+                .filter(|(_, m)| m.end > at)
+                .map(|(&f, m)| (f, m.end));
+            let seg = containing.or_else(|| {
+                self.segments
+                    .range(at..end)
+                    .find(|(f, m)| m.end > **f)
+                    .map(|(&f, m)| (f, m.end))
+            });
+            match seg {
+                Some((first, seg_end)) if first <= at => {
+                    let to = end.min(seg_end);
+                    let newly = self.ledger.mark(at, to);
+                    if newly > 0
+                        && let Some(m) = self.segments.get_mut(&first)
+                    {
+                        let before = seg_live(first, m);
+                        m.acked += newly;
+                        let after = seg_live(first, m);
+                        self.live_bytes = self.live_bytes.saturating_sub(before - after);
+                        total += newly;
+                    }
+                    at = to;
+                }
+                Some((first, _)) => {
+                    self.ledger.mark(at, first);
+                    at = first;
+                }
+                None => {
+                    self.ledger.mark(at, end);
+                    at = end;
+                }
+            }
+        }
+        self.live_records = self.live_records.saturating_sub(total);
+        total
+    }
+
+    /// Takes segment `first` out of the accounting (its file is about to be deleted).
+    fn remove_segment(&mut self, first: u64) {
+        if let Some(m) = self.segments.remove(&first) {
+            self.disk_bytes = self.disk_bytes.saturating_sub(m.bytes);
+            self.live_bytes = self.live_bytes.saturating_sub(seg_live(first, &m));
+        }
     }
 }
 
@@ -139,6 +239,7 @@ impl Drop for Guard {
         if let Some(t) = self.thread.lock().take() {
             let _ = t.join();
         }
+        super::clear_disk_full(&self.core.output, &self.core.dir);
     }
 }
 
@@ -164,11 +265,37 @@ pub(super) fn open(
         .min(max_size / 4)
         .max(MIN_SEGMENT_SIZE);
     let disk_bytes = recovered.segments.values().map(|s| s.bytes).sum();
+    let live_bytes = recovered
+        .segments
+        .iter()
+        .map(|(&first, m)| seg_live(first, m))
+        .sum();
     report.replayed_records = recovered.live_records;
+    // Written in place from now on; created (needing 32 KiB) only now, after recovery
+    // deleted what was delivered. If that fails, the writer retries on every persist.
+    let snapshot = recovered.ledger.snapshot(ledger::MAX_PERSISTED_RANGES);
+    let ack_file = match AckFile::open(&dir, recovered.loaded.as_ref(), &snapshot) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::warn!(output, dir = %dir.display(), error = %e,
+                "disk buffer: cannot create the ack file; will retry (deliveries are not recorded until it exists)");
+            None
+        }
+    };
+    let persisted = match (&ack_file, &recovered.loaded) {
+        (Some(_), Some(l)) if l.current_layout => l.state.clone(),
+        (Some(_), _) => snapshot,
+        (None, Some(l)) => l.state.clone(),
+        (None, None) => AckState::default(),
+    };
+    let disk_full_gauge =
+        metrics::gauge!("firelane_buffer_disk_full", "output" => output.to_string());
+    disk_full_gauge.set(0.0);
     let core = Arc::new(Core {
         output: output.to_string(),
         dir,
         max_size,
+        disk_cap: max_size.saturating_mul(DISK_CAP_FACTOR),
         segment_size,
         when_full: settings.when_full,
         fsync: settings.fsync,
@@ -178,10 +305,12 @@ pub(super) fn open(
             closed: false,
             shutdown: false,
             disk_bytes,
+            live_bytes,
+            disk_full: false,
             reserved: 0,
             space_waiters: 0,
             segments: recovered.segments,
-            ledger: Ledger::new(recovered.start_seq),
+            ledger: recovered.ledger,
             live_records: recovered.live_records,
             read_seq: recovered.start_seq,
         }),
@@ -189,6 +318,8 @@ pub(super) fn open(
         data: Notify::new(),
         space: Notify::new(),
         gauges: Gauges::new(output),
+        disk_bytes_gauge: metrics::gauge!("firelane_buffer_disk_bytes", "output" => output.to_string()),
+        disk_full_gauge,
         syncs: AtomicU64::new(0),
         _lock: lock,
     });
@@ -202,7 +333,9 @@ pub(super) fn open(
         dir_dirty: false,
         last_sync: Instant::now(),
         last_persist: Instant::now(),
-        persisted: recovered.persisted,
+        persisted_version: core.state.lock().ledger.version(),
+        persisted,
+        ack_file,
     };
     let handle = std::thread::Builder::new()
         .name(format!("buf-{output}"))
@@ -217,6 +350,7 @@ pub(super) fn open(
         state: Arc::new(Mutex::new(ReadState {
             next_seq: recovered.start_seq,
             cur: None,
+            resume: None,
             stash: VecDeque::new(),
             payload: Vec::new(),
         })),
@@ -247,11 +381,14 @@ fn lock_dir(dir: &Path) -> Result<File, BufferError> {
 
 struct Recovered {
     segments: BTreeMap<u64, SegMeta>,
-    /// First seq the reader delivers (everything below is done).
+    /// What the ack file held (`None`: no file, or unusable).
+    loaded: Option<ledger::Loaded>,
+    /// The persisted ack state, plus the seqs found missing below the first segment.
+    ledger: Ledger,
+    /// First seq the reader looks at (everything below is done).
     start_seq: u64,
     /// First seq the writer assigns.
     next_seq: u64,
-    persisted: u64,
     live_records: u64,
 }
 
@@ -259,8 +396,8 @@ struct Recovered {
 /// Infallible by design: anything it cannot use is skipped with a warning.
 fn recover(output: &str, dir: &Path) -> (Recovered, OpenReport) {
     let mut report = OpenReport::default();
-    let persisted = match ledger::load(dir) {
-        Ok(wm) => wm,
+    let loaded = match ledger::load(dir) {
+        Ok(l) => l,
         Err(reason) => {
             tracing::warn!(output, dir = %dir.display(), %reason,
                 "disk buffer: ack file unusable; replaying every record on disk (expect duplicates)");
@@ -268,7 +405,8 @@ fn recover(output: &str, dir: &Path) -> (Recovered, OpenReport) {
             None
         }
     };
-    let watermark = persisted.unwrap_or(0);
+    let acks = loaded.as_ref().map(|l| l.state.clone()).unwrap_or_default();
+    let watermark = acks.watermark;
 
     let mut names: Vec<(u64, String)> = Vec::new();
     match fs::read_dir(dir) {
@@ -350,7 +488,8 @@ fn recover(output: &str, dir: &Path) -> (Recovered, OpenReport) {
             );
         }
         let end = scan.first_seq + scan.records;
-        if scan.records == 0 || end <= watermark {
+        // Nothing in it, or every record done (below the watermark or in a done range).
+        if scan.records == 0 || acks.covers(scan.first_seq, end) {
             remove_file_logged(output, &path);
             continue;
         }
@@ -360,6 +499,7 @@ fn recover(output: &str, dir: &Path) -> (Recovered, OpenReport) {
             SegMeta {
                 end,
                 bytes: scan.valid_len,
+                acked: 0,
             },
         );
     }
@@ -373,14 +513,20 @@ fn recover(output: &str, dir: &Path) -> (Recovered, OpenReport) {
         .keys()
         .next()
         .map_or(watermark, |&first| first.max(watermark));
+    // Never hand out a seq the ack state already calls done: it would be skipped.
     let next_seq = segments
         .values()
         .next_back()
-        .map_or(start_seq, |s| s.end.max(start_seq));
+        .map_or(start_seq, |s| s.end.max(start_seq))
+        .max(acks.high());
+    let mut ledger = Ledger::from_state(&acks);
+    // Seqs below the first segment that are not on disk (quarantined) are done for good.
+    ledger.mark(watermark, start_seq);
     let mut live_records = 0;
-    for (&first, meta) in &segments {
-        live_records += meta.end - first.max(start_seq);
-        report.replayed_bytes += meta.bytes;
+    for (&first, meta) in segments.iter_mut() {
+        meta.acked = ledger.done_in(first, meta.end);
+        live_records += meta.end - first - meta.acked;
+        report.replayed_bytes += seg_live(first, meta);
     }
     if live_records > 0 {
         // Counted so a restart's replay (and the duplicates it may bring) is visible.
@@ -397,9 +543,10 @@ fn recover(output: &str, dir: &Path) -> (Recovered, OpenReport) {
     (
         Recovered {
             segments,
+            loaded,
+            ledger,
             start_seq,
             next_seq,
-            persisted: watermark,
             live_records,
         },
         report,
@@ -535,7 +682,16 @@ struct WriterThread {
     dir_dirty: bool,
     last_sync: Instant,
     last_persist: Instant,
-    persisted: u64,
+    /// The ack state in the ack file, and the ledger version it was taken at.
+    persisted: AckState,
+    persisted_version: u64,
+    /// `None` while it could not be created (full disk at start-up).
+    ack_file: Option<AckFile>,
+}
+
+/// Whether a write failed because the filesystem (or the user's quota) is full.
+fn is_no_space(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
 }
 
 /// Requests written to the active segment and waiting for one commit (sync + publish).
@@ -566,6 +722,10 @@ impl WriterThread {
                 (reqs, st.shutdown)
             };
             if !reqs.is_empty() {
+                if self.core.state.lock().disk_full {
+                    // Free what deliveries allow before trying to write again.
+                    self.persist_and_collect(shutdown, true);
+                }
                 self.write_group(reqs);
             }
             self.housekeeping(shutdown);
@@ -590,6 +750,7 @@ impl WriterThread {
             if needs_roll {
                 self.commit(&mut batch);
                 if let Err(e) = self.roll() {
+                    self.note_write_error(&e);
                     self.release(req.frames.len() as u64);
                     let _ = req
                         .done
@@ -609,6 +770,7 @@ impl WriterThread {
                     batch.bytes += req.frames.len() as u64;
                 }
                 Err(e) => {
+                    self.note_write_error(&e);
                     crate::warn_limited!(
                         "buffer_write",
                         "disk buffer {}: write failed: {}",
@@ -631,6 +793,37 @@ impl WriterThread {
         self.commit(&mut batch);
         self.core.state.lock().writing = false;
         self.core.data.notify_one();
+    }
+
+    /// Flags a full filesystem (health, gauge, log once per episode).
+    fn note_write_error(&self, e: &io::Error) {
+        if !is_no_space(e) {
+            return;
+        }
+        let mut st = self.core.state.lock();
+        if st.disk_full {
+            return;
+        }
+        st.disk_full = true;
+        let (live, disk) = (st.live_bytes, st.disk_bytes);
+        drop(st);
+        tracing::error!(output = %self.core.output, dir = %self.core.dir.display(), error = %e,
+            undelivered_bytes = live, segment_bytes = disk,
+            "disk buffer: disk full; refusing records until deliveries free space");
+        self.core.disk_full_gauge.set(1.0);
+        super::set_disk_full(&self.core.output, &self.core.dir, &e.to_string());
+        // Free what is already delivered at once rather than at the next tick.
+        self.core.wake_writer.notify_one();
+    }
+
+    /// Space is back (a write succeeded or delivered segments were deleted).
+    fn clear_disk_full(&self, st: &mut State) {
+        if st.disk_full {
+            st.disk_full = false;
+            self.core.disk_full_gauge.set(0.0);
+            super::clear_disk_full(&self.core.output, &self.core.dir);
+            tracing::info!(output = %self.core.output, "disk buffer: space available again");
+        }
     }
 
     fn release(&self, bytes: u64) {
@@ -670,12 +863,16 @@ impl WriterThread {
                 self.active = Some(active);
                 let mut st = self.core.state.lock();
                 if let Some(seg) = st.segments.get_mut(&first) {
+                    let before = seg_live(first, seg);
                     seg.end += batch.records;
                     seg.bytes += batch.bytes;
+                    let after = seg_live(first, seg);
+                    st.live_bytes = st.live_bytes - before + after;
                 }
                 st.disk_bytes += batch.bytes;
                 st.reserved = st.reserved.saturating_sub(batch.bytes);
                 st.live_records += batch.records;
+                self.clear_disk_full(&mut st);
                 self.core.publish(&st);
                 drop(st);
                 self.core.data.notify_one();
@@ -684,6 +881,8 @@ impl WriterThread {
                 }
             }
             Err(e) => {
+                // Delayed allocation (ext4, xfs) can report a full disk only here.
+                self.note_write_error(&e);
                 // After a failed fsync the page cache state is unknown: retire the segment
                 // (its committed prefix stays readable) and start a fresh one.
                 tracing::error!(output = %self.core.output, error = %e,
@@ -741,6 +940,7 @@ impl WriterThread {
             SegMeta {
                 end: first,
                 bytes: segment::HEADER_LEN,
+                acked: 0,
             },
         );
         st.disk_bytes += segment::HEADER_LEN;
@@ -776,21 +976,42 @@ impl WriterThread {
             self.last_sync = Instant::now();
         }
 
-        let (watermark, urgent) = {
+        self.persist_and_collect(shutdown, false);
+    }
+
+    /// Persists the ack state when it changed (every [`PERSIST_EVERY`]; at once on
+    /// shutdown, with `now`, or when pushers wait for space a persist would free), then
+    /// deletes the segments it covers.
+    fn persist_and_collect(&mut self, shutdown: bool, now: bool) {
+        let snapshot = {
             let st = self.core.state.lock();
-            let wm = st.ledger.watermark();
-            let freeable = st.segments.iter().next().is_some_and(|(_, s)| s.end <= wm);
-            (wm, st.space_waiters > 0 && freeable)
+            let version = st.ledger.version();
+            if version == self.persisted_version {
+                None
+            } else {
+                let freeable = || {
+                    st.segments
+                        .iter()
+                        .any(|(&first, m)| m.end > first && m.acked >= m.end - first)
+                };
+                let urgent = now || st.disk_full || (st.space_waiters > 0 && freeable());
+                (shutdown || urgent || self.last_persist.elapsed() >= PERSIST_EVERY)
+                    .then(|| (st.ledger.snapshot(ledger::MAX_PERSISTED_RANGES), version))
+            }
         };
-        if watermark > self.persisted
-            && (shutdown || urgent || self.last_persist.elapsed() >= PERSIST_EVERY)
-        {
-            match ledger::persist(
-                &self.core.dir,
-                watermark,
-                self.core.fsync != FsyncPolicy::Never,
-            ) {
-                Ok(()) => self.persisted = watermark,
+        if let Some((state, version)) = snapshot {
+            let sync = self.core.fsync != FsyncPolicy::Never;
+            let written = match self.ack_file.as_mut() {
+                Some(f) => f.persist(&state, sync),
+                None => AckFile::open(&self.core.dir, None, &state).map(|f| {
+                    self.ack_file = Some(f);
+                }),
+            };
+            match written {
+                Ok(()) => {
+                    self.persisted = state;
+                    self.persisted_version = version;
+                }
                 Err(e) => crate::warn_limited!(
                     "buffer_ack_persist",
                     "disk buffer {}: cannot write ack file: {}",
@@ -803,31 +1024,36 @@ impl WriterThread {
         self.collect_garbage();
     }
 
-    /// Deletes segments whose records are all below the persisted watermark.
+    /// Deletes segments whose records are all done in the persisted ack state: below the
+    /// watermark or inside a persisted done range.
     fn collect_garbage(&mut self) {
         let active_first = self.active.as_ref().map(|a| a.first_seq);
         let mut doomed = Vec::new();
         {
             let mut st = self.core.state.lock();
-            let waiting = st.space_waiters > 0;
-            while let Some((&first, &meta)) = st.segments.iter().next() {
-                if meta.end > self.persisted {
-                    break;
-                }
+            let pressed = st.space_waiters > 0 || st.disk_full;
+            let candidates: Vec<(u64, SegMeta)> = st
+                .segments
+                .iter()
+                .filter(|(first, m)| self.persisted.covers(**first, m.end))
+                .map(|(&first, &m)| (first, m))
+                .collect();
+            for (first, meta) in candidates {
                 if Some(first) == active_first {
-                    // The open segment goes only when pushers wait for its space and every
-                    // record in it is acked; the next push starts a new one.
-                    if !waiting || meta.end != self.next_seq || meta.end == first {
-                        break;
+                    // The open segment goes only when pushers wait for its space (or the
+                    // disk is full) and every record in it is done; the next push starts a
+                    // new one.
+                    if !pressed || meta.end != self.next_seq || meta.end == first {
+                        continue;
                     }
                     self.active = None;
                     self.unsynced = false;
                 }
-                st.segments.remove(&first);
-                st.disk_bytes = st.disk_bytes.saturating_sub(meta.bytes);
+                st.remove_segment(first);
                 doomed.push(first);
             }
             if !doomed.is_empty() {
+                self.clear_disk_full(&mut st);
                 self.core.publish(&st);
             }
         }
@@ -890,13 +1116,19 @@ impl Writer {
                     if st.closed {
                         return Err(BufferError::Closed);
                     }
-                    let used = st.disk_bytes + st.reserved;
+                    // Only undelivered bytes count against max_size; the files may hold up
+                    // to disk_cap (acked records sharing segments with unacked ones).
+                    let live = st.live_bytes + st.reserved;
+                    let disk = st.disk_bytes + st.reserved;
                     let empty = st.live_records == 0 && st.reserved == 0;
                     let mut n = 0;
                     let mut chunk_end = done_bytes;
                     for &end in &ends[done_records..] {
                         let size = (end - done_bytes) as u64;
-                        if used + size > core.max_size && !(empty && n == 0) {
+                        let fits = live + size <= core.max_size && disk + size <= core.disk_cap;
+                        // An empty buffer takes one record whatever its size.
+                        let first_of_empty = empty && n == 0;
+                        if !fits && !first_of_empty {
                             break;
                         }
                         chunk_end = end;
@@ -950,12 +1182,18 @@ impl Writer {
         core.wake_writer.notify_one();
     }
 
+    /// `bytes`: frame bytes of records not yet acked (what `max_size` bounds).
     pub fn stats(&self) -> BufferStats {
         let st = self.guard.core.state.lock();
         BufferStats {
-            bytes: st.disk_bytes,
+            bytes: st.live_bytes,
             records: st.live_records,
         }
+    }
+
+    /// Bytes of the segment files (also `firelane_buffer_disk_bytes`).
+    pub fn disk_bytes(&self) -> u64 {
+        self.guard.core.state.lock().disk_bytes
     }
 
     #[cfg(test)]
@@ -974,6 +1212,9 @@ struct OpenSegment {
 struct ReadState {
     next_seq: u64,
     cur: Option<OpenSegment>,
+    /// Where reading stopped in a segment closed at its committed end: `(first seq, seq,
+    /// byte offset)`, so reopening it seeks instead of skipping every frame.
+    resume: Option<(u64, u64, u64)>,
     /// Records read from disk and not yet returned (only when a `recv` was cancelled, or
     /// `max_records` shrank between calls). Bounded by one read.
     stash: VecDeque<Entry>,
@@ -1046,12 +1287,9 @@ impl Reader {
 }
 
 /// Marks `[from, to)` done because it can never be delivered (gap or unreadable data).
-/// `records`: whether the range held real records (they leave the live count).
-fn skip(core: &Core, from: u64, to: u64, records: bool) {
+fn skip(core: &Core, from: u64, to: u64) {
     let mut st = core.state.lock();
-    let newly = st.ledger.mark(from, to);
-    if records {
-        st.live_records = st.live_records.saturating_sub(newly);
+    if st.mark_done(from, to) > 0 {
         core.publish(&st);
     }
     if st.read_seq < to {
@@ -1072,17 +1310,29 @@ fn fill(core: &Core, rs: &mut ReadState, max_records: usize) {
                 .filter(|(_, s)| s.end > rs.next_seq);
             containing
                 .or_else(|| st.segments.range(rs.next_seq..).find(|(f, s)| s.end > **f))
-                .map(|(&first, s)| (first, s.end))
+                .map(|(&first, s)| {
+                    // Records acked before a restart (persisted done ranges) are not
+                    // delivered again; check them one by one only where there are some.
+                    let check_done = st.ledger.has_ranges_in(rs.next_seq.max(first), s.end);
+                    (first, s.end, check_done)
+                })
         };
-        let Some((first, end)) = target else { break };
+        let Some((first, end, check_done)) = target else {
+            break;
+        };
         if first > rs.next_seq {
             // Seqs that hold nothing: quarantined tails, seqs retired after a write error.
-            skip(core, rs.next_seq, first, false);
+            skip(core, rs.next_seq, first);
             rs.next_seq = first;
         }
         if rs.cur.as_ref().is_none_or(|c| c.first_seq != first) {
             rs.cur = None;
-            match open_at(core, first, rs.next_seq) {
+            let resume = rs
+                .resume
+                .take()
+                .filter(|&(f, seq, _)| f == first && seq == rs.next_seq)
+                .map(|(_, _, offset)| offset);
+            match open_at(core, first, rs.next_seq, resume) {
                 Ok(file) => {
                     rs.cur = Some(OpenSegment {
                         first_seq: first,
@@ -1098,7 +1348,7 @@ fn fill(core: &Core, rs: &mut ReadState, max_records: usize) {
                         e,
                         end - rs.next_seq
                     );
-                    skip(core, rs.next_seq, end, true);
+                    skip(core, rs.next_seq, end);
                     rs.next_seq = end;
                     continue;
                 }
@@ -1108,6 +1358,9 @@ fn fill(core: &Core, rs: &mut ReadState, max_records: usize) {
         let mut read_to = rs.next_seq;
         while read_to < end && rs.stash.len() < max_records && bytes < READ_MAX_BYTES {
             match segment::read_frame(&mut cur.file, &mut rs.payload) {
+                Ok(true) if check_done && core.state.lock().ledger.is_done(read_to) => {
+                    read_to += 1;
+                }
                 Ok(true) => {
                     bytes += rs.payload.len();
                     match codec::decode(&rs.payload) {
@@ -1123,7 +1376,7 @@ fn fill(core: &Core, rs: &mut ReadState, max_records: usize) {
                                 read_to,
                                 e
                             );
-                            skip(core, read_to, read_to + 1, true);
+                            skip(core, read_to, read_to + 1);
                         }
                     }
                     read_to += 1;
@@ -1144,7 +1397,7 @@ fn fill(core: &Core, rs: &mut ReadState, max_records: usize) {
                         why,
                         end - read_to
                     );
-                    skip(core, read_to, end, true);
+                    skip(core, read_to, end);
                     read_to = end;
                     rs.cur = None;
                     break;
@@ -1152,6 +1405,16 @@ fn fill(core: &Core, rs: &mut ReadState, max_records: usize) {
             }
         }
         rs.next_seq = read_to;
+        if read_to == end
+            && let Some(mut cur) = rs.cur.take()
+        {
+            // Everything committed is read: close the file. An open descriptor keeps a
+            // deleted segment's blocks allocated, and on a full disk those blocks are what
+            // the next write needs.
+            if let Ok(offset) = cur.file.stream_position() {
+                rs.resume = Some((first, read_to, offset));
+            }
+        }
         let mut st = core.state.lock();
         if st.read_seq < read_to {
             st.read_seq = read_to;
@@ -1163,9 +1426,22 @@ fn fill(core: &Core, rs: &mut ReadState, max_records: usize) {
     }
 }
 
-fn open_at(core: &Core, first: u64, seq: u64) -> Result<BufReader<File>, segment::FrameError> {
+/// Opens segment `first` positioned at record `seq`: at byte `offset` when known (where an
+/// earlier read of the same segment stopped), else by skipping the frames before it.
+fn open_at(
+    core: &Core,
+    first: u64,
+    seq: u64,
+    offset: Option<u64>,
+) -> Result<BufReader<File>, segment::FrameError> {
     let file = File::open(core.seg_path(first)).map_err(segment::FrameError::Io)?;
     let mut r = BufReader::with_capacity(READ_BUF, file);
+    if let Some(offset) = offset {
+        // The header was checked when this segment was opened the first time.
+        r.seek(SeekFrom::Start(offset))
+            .map_err(segment::FrameError::Io)?;
+        return Ok(r);
+    }
     match segment::read_header(&mut r) {
         Ok(h) if h == first => {}
         Ok(_) | Err(_) => return Err(segment::FrameError::Torn),
@@ -1190,18 +1466,20 @@ impl Acker {
         // Only seqs the reader handed out can be acked; anything else would let the
         // watermark jump over records not delivered yet.
         let limit = st.read_seq;
-        let before = st.ledger.watermark();
-        let newly = if seqs.iter().all(|&s| s < limit) {
-            st.ledger.mark_seqs(seqs)
+        let mut newly = 0;
+        if seqs.iter().all(|&s| s < limit) {
+            ledger::for_each_run(seqs, |s, e| newly += st.mark_done(s, e));
         } else {
             let valid: Vec<u64> = seqs.iter().copied().filter(|&s| s < limit).collect();
-            st.ledger.mark_seqs(&valid)
-        };
-        st.live_records = st.live_records.saturating_sub(newly);
+            ledger::for_each_run(&valid, |s, e| newly += st.mark_done(s, e));
+        }
         core.publish(&st);
-        let wake = st.space_waiters > 0 && st.ledger.watermark() > before;
+        let wake = st.space_waiters > 0 && newly > 0;
         drop(st);
         if wake {
+            // Undelivered bytes went down: a waiting push may fit now. The writer may
+            // also free whole segments if the files are at their cap.
+            core.space.notify_waiters();
             core.wake_writer.notify_one();
         }
     }

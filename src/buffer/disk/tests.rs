@@ -1,5 +1,5 @@
-//! Tests that look inside the disk buffer (sync counts, segment files). Behaviour through
-//! the public API is tested in `tests/buffer_disk.rs`.
+//! Tests that look inside the disk buffer (sync counts, segment files). Behaviour end to
+//! end, with the real binary, is tested in `tests/durability.rs`.
 
 use super::*;
 use crate::event::Fields;
@@ -79,7 +79,8 @@ async fn segments_roll_and_are_deleted_after_acks() {
     let files = seg_files(dir.path());
     assert!(files.len() >= 5, "expected several segments, got {files:?}");
     assert_eq!(files[0], segment::file_name(0));
-    let bytes_before = w.stats().bytes;
+    let bytes_before = w.disk_bytes();
+    let live_before = w.stats().bytes;
     let on_disk: u64 = files
         .iter()
         .map(|f| fs::metadata(dir.path().join(f)).unwrap().len())
@@ -110,9 +111,14 @@ async fn segments_roll_and_are_deleted_after_acks() {
         last_deleted_end <= 150,
         "segment starting at {last_deleted_end} would hold acked-only records"
     );
-    assert!(w.stats().bytes < bytes_before);
+    assert!(w.disk_bytes() < bytes_before);
+    assert!(
+        w.stats().bytes < live_before / 3,
+        "only 50 of 200 records are undelivered"
+    );
     assert_eq!(w.stats().records, 50);
-    assert_eq!(ledger::load(dir.path()).unwrap(), Some(150));
+    let persisted = ledger::load(dir.path()).unwrap().unwrap().state;
+    assert_eq!(persisted.watermark, 150);
 }
 
 #[tokio::test]
@@ -151,4 +157,103 @@ async fn second_open_of_same_dir_is_refused_until_the_first_is_dropped() {
     assert!(matches!(open("lock", &s), Err(BufferError::Locked(_))));
     drop(first);
     assert!(open("lock", &s).is_ok());
+}
+
+/// One record held back (a quiet partition's open batch) while everything after it is
+/// acked: pushes never wait although far more than `max_size` passes through, the
+/// acked segments behind the held record are deleted, and a reopen replays only it.
+#[tokio::test]
+async fn a_held_back_record_does_not_fill_the_buffer_or_come_back_with_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let max_size = 16 << 10;
+    let s = settings(dir.path(), max_size, 4096);
+    {
+        let (w, mut r, _) = open("held", &s).unwrap();
+        w.push(vec![rec(0, 100)]).await.unwrap();
+        let first = r.recv(10).await.unwrap();
+        assert_eq!(first.len(), 1);
+        let acker = r.acker();
+        // ~190 bytes per frame: 600 records are about 7 × max_size.
+        for i in 1..600 {
+            let pushed = tokio::time::timeout(Duration::from_secs(5), w.push(vec![rec(i, 100)]))
+                .await
+                .unwrap_or_else(|_| panic!("push {i} blocked: {} live bytes", w.stats().bytes))
+                .unwrap();
+            assert_eq!(pushed.accepted, 1);
+            let got = r.recv(100).await.unwrap();
+            let seqs: Vec<u64> = got.iter().map(|e| e.seq).collect();
+            assert!(!seqs.contains(&0));
+            acker.ack(&seqs);
+            assert!(w.stats().bytes <= max_size);
+            assert!(
+                w.disk_bytes() <= DISK_CAP_FACTOR * max_size,
+                "segment files {} over the cap",
+                w.disk_bytes()
+            );
+        }
+        assert_eq!(w.stats().records, 1);
+        assert!(w.stats().bytes < 300, "only the held record is undelivered");
+        // Files: the held record's segment plus the open one, not the 600 records.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while seg_files(dir.path()).len() > 2 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let files = seg_files(dir.path());
+        assert!(files.len() <= 2, "acked segments kept: {files:?}");
+        assert_eq!(files[0], segment::file_name(0));
+        w.close();
+    }
+    let (_w, mut r, report) = open("held", &s).unwrap();
+    assert_eq!(report.replayed_records, 1, "{report:?}");
+    let got = r.recv(1000).await.unwrap();
+    assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), [0]);
+    assert_eq!(got[0].record.time_ns, 0);
+    let more = tokio::time::timeout(Duration::from_millis(200), r.recv(1000)).await;
+    assert!(more.is_err(), "acked records replayed: {more:?}");
+}
+
+/// Paths of open descriptors of this process that point to deleted files under `dir`.
+fn deleted_but_open(dir: &Path) -> Vec<String> {
+    let prefix = dir.display().to_string();
+    fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| fs::read_link(e.path()).ok())
+        .map(|p| p.display().to_string())
+        .filter(|p| p.starts_with(&prefix) && p.ends_with("(deleted)"))
+        .collect()
+}
+
+/// The reader does not keep a segment open once it has read all of it: on a full disk the
+/// blocks of a deleted but open file stay allocated, and the next write needs them.
+#[tokio::test]
+async fn a_fully_read_segment_is_not_held_open_after_it_is_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (w, mut r, _) = open("fds", &settings(dir.path(), 1 << 20, 4096)).unwrap();
+    // One record at a time until the second segment starts: the first holds `n - 1`.
+    let mut n = 0;
+    while seg_files(dir.path()).len() < 2 {
+        w.push(vec![rec(n, 100)]).await.unwrap();
+        n += 1;
+        assert!(n < 1000, "no second segment");
+    }
+    let in_first = n as u64 - 1;
+    // Read exactly the first segment, to its end, and ack it.
+    let mut seqs = Vec::new();
+    while (seqs.len() as u64) < in_first {
+        let want = in_first as usize - seqs.len();
+        seqs.extend(r.recv(want).await.unwrap().into_iter().map(|e| e.seq));
+    }
+    assert_eq!(seqs, (0..in_first).collect::<Vec<_>>());
+    r.acker().ack(&seqs);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while seg_files(dir.path()).contains(&segment::file_name(0)) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!seg_files(dir.path()).contains(&segment::file_name(0)));
+    let held = deleted_but_open(dir.path());
+    assert!(held.is_empty(), "deleted segments still open: {held:?}");
+    // Reading goes on in the next segment.
+    let next = r.recv(1000).await.unwrap();
+    assert_eq!(next[0].seq, in_first);
 }
