@@ -1042,35 +1042,8 @@ fn hostile_cases() -> Vec<(&'static str, Vec<u8>, Option<&'static str>, bool)> {
     rmp::encode::write_str(&mut b, "hostile").unwrap();
     rmp::encode::write_map_len(&mut b, 0).unwrap();
     cases.push(("entries not an array", b, Some("bad_request"), false));
-    let mut b = Vec::new();
-    rmp::encode::write_array_len(&mut b, 2).unwrap();
-    rmp::encode::write_str(&mut b, "hostile").unwrap();
-    rmp::encode::write_array_len(&mut b, 1).unwrap();
-    rmp::encode::write_uint(&mut b, 5).unwrap();
-    cases.push(("entry not an array", b, Some("bad_request"), false));
-    let mut b = Vec::new();
-    rmp::encode::write_array_len(&mut b, 2).unwrap();
-    rmp::encode::write_str(&mut b, "hostile").unwrap();
-    rmp::encode::write_array_len(&mut b, 1).unwrap();
-    rmp::encode::write_array_len(&mut b, 2).unwrap();
-    T::Int(BASE).write(&mut b);
-    rmp::encode::write_array_len(&mut b, 1).unwrap();
-    rmp::encode::write_str(&mut b, "not a map").unwrap();
-    cases.push(("forward record not a map", b, Some("bad_request"), false));
-    let mut b = Vec::new();
-    rmp::encode::write_array_len(&mut b, 3).unwrap();
-    rmp::encode::write_str(&mut b, "hostile").unwrap();
-    T::Int(BASE).write(&mut b);
-    rmp::encode::write_str(&mut b, "a bare string").unwrap();
-    cases.push(("message record not a map", b, Some("bad_request"), false));
-    let mut b = Vec::new();
-    rmp::encode::write_array_len(&mut b, 2).unwrap();
-    rmp::encode::write_str(&mut b, "hostile").unwrap();
-    rmp::encode::write_array_len(&mut b, 1).unwrap();
-    rmp::encode::write_array_len(&mut b, 2).unwrap();
-    rmp::encode::write_str(&mut b, "yesterday").unwrap();
-    b.extend(record(0, "hostile"));
-    cases.push(("time is a string", b, Some("bad_request"), false));
+    // (Unusable entries, a bad time or a record that is not a map, do not close the
+    // connection: see `a_bad_entry_is_skipped_and_the_rest_acked_once`.)
     // A PackedForward payload that is no sequence of entries.
     let mut b = Vec::new();
     client::encode_packed_payload(&mut b, "hostile", &[0x05, 0x06], false, None, None, None);
@@ -1897,4 +1870,189 @@ buffer = {{ max_size = "64KiB" }}
         .collect();
     seqs.sort_unstable();
     assert_eq!(seqs, (0..TOTAL).collect::<Vec<_>>());
+}
+
+// ---------------------------------------------------------------------------------------
+// One unusable entry: skipped and counted with its kind, the rest of the request taken once
+// and acked. Broken framing: nothing of the request taken, the connection closed.
+
+/// Writes a time into an entry.
+type WriteTime<'a> = &'a dyn Fn(&mut Vec<u8>);
+
+/// `[[1700000000, {"log":"before"}], [<bad time>, <bad record>], [1700000000, {"log":"after"}]]`
+fn before_bad_after(seq: u64, bad_time: WriteTime<'_>, bad_record: &[u8]) -> Vec<u8> {
+    let mut e = Vec::new();
+    for (log, time) in [("before", None), ("bad", Some(bad_time)), ("after", None)] {
+        rmp::encode::write_array_len(&mut e, 2).unwrap();
+        match time {
+            None => rmp::encode::write_uint(&mut e, u64::from(BASE))
+                .map(drop)
+                .unwrap(),
+            Some(f) => f(&mut e),
+        }
+        if log == "bad" && !bad_record.is_empty() {
+            e.extend_from_slice(bad_record);
+        } else {
+            rmp::encode::write_map_len(&mut e, 2).unwrap();
+            rmp::encode::write_str(&mut e, "log").unwrap();
+            rmp::encode::write_str(&mut e, log).unwrap();
+            rmp::encode::write_str(&mut e, "seq").unwrap();
+            rmp::encode::write_uint(&mut e, seq).unwrap();
+        }
+    }
+    e
+}
+
+#[test]
+fn a_bad_entry_is_skipped_and_the_rest_acked_once() {
+    let port = free_port();
+    let r = Router::start(&config(port, "", FILE_OUTPUT));
+    let errors = |kind: &str| {
+        r.metric(
+            "firelane_input_errors_total",
+            &[INPUT, &format!("kind=\"{kind}\"")],
+        )
+    };
+    let mut c = connect(&tcp(port));
+
+    // The issue's request, byte for byte, then sent again as a client does when no ack
+    // comes: each time `before` and `after` once, and an ack.
+    let issue: &[u8] = &[
+        0x93, 0xa1, b't', 0x93, // ["t", [
+        0x92, 0xce, 0x65, 0x53, 0xf1, 0x00, 0x81, 0xa3, b'l', b'o', b'g', 0xa6, b'b', b'e', b'f',
+        b'o', b'r', b'e', // [1700000000, {"log":"before"}]
+        0x92, 0xb4, b'2', b'0', b'2', b'4', b'-', b'0', b'1', b'-', b'0', b'1', b'T', b'0', b'0',
+        b':', b'0', b'0', b':', b'0', b'0', b'Z', 0x81, 0xa3, b'l', b'o', b'g', 0xa3, b'b', b'a',
+        b'd', // ["2024-01-01T00:00:00Z", {"log":"bad"}]
+        0x92, 0xce, 0x65, 0x53, 0xf1, 0x00, 0x81, 0xa3, b'l', b'o', b'g', 0xa5, b'a', b'f', b't',
+        b'e', b'r', // [1700000000, {"log":"after"}]
+        0x81, 0xa5, b'c', b'h', b'u', b'n', b'k', 0xa3, b'c', b'k', b'1', // {"chunk":"ck1"}
+    ];
+    c.send(issue).unwrap();
+    c.read_ack("ck1").unwrap();
+    let lines = wait_lines(&out_path(&r), 2, TIMEOUT);
+    let logs: Vec<&Value> = lines.iter().map(|l| &l["log"]).collect();
+    assert_eq!(logs, [&json!("before"), &json!("after")]);
+    for l in &lines {
+        assert_eq!(l["_time"], rfc3339(i64::from(BASE), 0));
+        assert_eq!(l["_tag"], "t");
+    }
+    assert_eq!(errors("bad_time"), 1.0, "{}", r.metrics());
+
+    // Negative integer time and a record that is not a map, in every mode with entries.
+    let not_a_map = {
+        let mut b = Vec::new();
+        rmp::encode::write_str(&mut b, "not a map").unwrap();
+        b
+    };
+    let negative = |b: &mut Vec<u8>| drop(rmp::encode::write_sint(b, -1_700_000_000));
+    let good_time = |b: &mut Vec<u8>| drop(rmp::encode::write_uint(b, u64::from(BASE)));
+    let bads: [(&str, WriteTime<'_>, &[u8]); 2] = [
+        ("bad_time", &negative, &[]),
+        ("bad_record", &good_time, &not_a_map),
+    ];
+    let mut seq = 0;
+    let mut want = Vec::new();
+    for (kind, time, rec) in bads {
+        for mode in ["Forward", "PackedForward", "gzip", "zstd"] {
+            seq += 1;
+            let entries = before_bad_after(seq, time, rec);
+            let chunk = client::new_chunk_id();
+            let mut req = Vec::new();
+            match mode {
+                "Forward" => req = raw_forward("t", &entries, 3, opt_chunk(Some(&chunk))),
+                "PackedForward" => client::encode_packed_payload(
+                    &mut req,
+                    "t",
+                    &entries,
+                    false,
+                    None,
+                    None,
+                    Some(&chunk),
+                ),
+                z => {
+                    let payload = if z == "gzip" {
+                        gzip(&entries)
+                    } else {
+                        zstd(&entries)
+                    };
+                    client::encode_packed_payload(
+                        &mut req,
+                        "t",
+                        &payload,
+                        false,
+                        None,
+                        Some(z),
+                        Some(&chunk),
+                    )
+                }
+            }
+            let before = errors(kind);
+            c.send(&req).unwrap();
+            c.read_ack(&chunk)
+                .unwrap_or_else(|e| panic!("{kind} in {mode}: {e}"));
+            assert_eq!(errors(kind), before + 1.0, "{kind} in {mode}");
+            want.push((seq, "before"));
+            want.push((seq, "after"));
+        }
+    }
+    // Message mode: its one entry is skipped, the request still acked.
+    let chunk = client::new_chunk_id();
+    let mut req = Vec::new();
+    rmp::encode::write_array_len(&mut req, 4).unwrap();
+    rmp::encode::write_str(&mut req, "t").unwrap();
+    rmp::encode::write_sint(&mut req, -5).unwrap();
+    req.extend(record(99, "skipped"));
+    opt_chunk(Some(&chunk)).write(&mut req);
+    c.send(&req).unwrap();
+    c.read_ack(&chunk).unwrap();
+
+    let lines = wait_lines(&out_path(&r), 2 + want.len(), TIMEOUT);
+    let got: Vec<(u64, &str)> = lines[2..]
+        .iter()
+        .map(|l| (l["seq"].as_u64().unwrap(), l["log"].as_str().unwrap()))
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(errors("bad_time"), 1.0 + 4.0 + 1.0);
+    assert_eq!(errors("bad_record"), 4.0);
+    assert_eq!(
+        r.metric("firelane_input_errors_total", &[INPUT]),
+        10.0,
+        "nothing else counted: {}",
+        r.metrics()
+    );
+
+    // Broken framing mid-request (a PackedForward payload cut inside its third entry, after
+    // two good ones): nothing of it is taken, no ack, the connection is closed.
+    let mut entries = before_bad_after(100, &good_time, &[]);
+    entries.truncate(entries.len() - 4);
+    let mut req = Vec::new();
+    client::encode_packed_payload(&mut req, "t", &entries, false, None, None, Some("ck2"));
+    c.send(&req).unwrap();
+    assert!(c.read_message().is_err(), "acked or left open");
+    r.wait_metric(
+        "firelane_input_errors_total",
+        &[INPUT, "kind=\"malformed_msgpack\""],
+        1.0,
+        TIMEOUT,
+    );
+    // A later request on a new connection lands after what came before, and nothing of the
+    // broken one in between.
+    let mut c = connect(&tcp(port));
+    let chunk = client::new_chunk_id();
+    c.send(&raw_message(
+        "t",
+        T::Int(BASE),
+        &record(200, "last"),
+        opt_chunk(Some(&chunk)),
+    ))
+    .unwrap();
+    c.read_ack(&chunk).unwrap();
+    let lines = wait_lines(&out_path(&r), 3 + want.len(), TIMEOUT);
+    assert_eq!(lines.len(), 3 + want.len(), "{lines:#?}");
+    assert_eq!(lines.last().unwrap()["seq"], 200);
+    assert_eq!(
+        r.metric("firelane_input_records_total", &[INPUT]),
+        lines.len() as f64
+    );
 }

@@ -3,15 +3,20 @@
 //!
 //! - Modes: Message, Forward, PackedForward, CompressedPackedForward (gzip, including several
 //!   concatenated members, and zstd; the payload's magic bytes win over the `compressed` option).
-//! - Times: integer seconds, float seconds, EventTime (fixext8 / ext8); Fluent Bit's
-//!   `[[time, metadata], record]` entries; Fluent Bit group markers are skipped; time 0 = now.
+//! - Times: integer seconds, float seconds, EventTime (fixext8 / ext8), msgpack's Timestamp
+//!   extension (type -1, 32/64/96-bit); Fluent Bit's `[[time, metadata], record]` entries;
+//!   Fluent Bit group markers are skipped; time 0 = now.
 //! - Acks: a request with a `chunk` option is answered `{"ack": chunk}` once its records were
 //!   accepted by the router (for disk buffers: persisted), never before.
 //! - Optional shared-key handshake.
 //! - Back-pressure: a connection does not read its next request until the previous one was
 //!   ingested, so a full buffer stops the socket instead of growing memory.
 //!
-//! Bad input closes that connection only, with a `firelane_input_errors_total{input,kind}`
+//! An unusable entry (bad time, a record that is not a usable map, not `[time, record]`) is
+//! skipped and counted (`kind` = `bad_time`, `bad_record`, `bad_entry`); the rest of its
+//! request is taken and acked, so a client never resends, and duplicates, the good entries.
+//! A request whose framing is broken is refused whole (nothing of it is taken, no ack) and
+//! closes that connection only. Both with a `firelane_input_errors_total{input,kind}`
 //! increment and a rate-limited warning.
 
 pub mod client;

@@ -450,16 +450,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 self.peer
             );
         }
-        if decoded.stats.bad_records > 0 {
-            m.error(ErrorKind::BadRecord, decoded.stats.bad_records);
-            crate::warn_limited!(
-                ErrorKind::BadRecord.log_key(),
-                "forward input `{}`: dropped {} record(s) from {}: {}",
-                self.sh.cfg.name,
-                decoded.stats.bad_records,
-                self.peer,
-                decoded.stats.bad_record_reason.unwrap_or("invalid record")
-            );
+        let skipped = &decoded.stats;
+        for (kind, n) in [
+            (ErrorKind::BadTime, skipped.bad_times),
+            (ErrorKind::BadRecord, skipped.bad_records),
+            (ErrorKind::BadEntry, skipped.bad_entries),
+        ] {
+            if n > 0 {
+                m.error(kind, n);
+                crate::warn_limited!(
+                    kind.log_key(),
+                    "forward input `{}`: skipped {n} entr{} ({kind}) from {}, kept the rest of the request: {}",
+                    self.sh.cfg.name,
+                    if n == 1 { "y" } else { "ies" },
+                    self.peer,
+                    skipped.skip_reason.as_deref().unwrap_or("unusable entry")
+                );
+            }
         }
         batch.mem_bytes += wire
             + decoded
