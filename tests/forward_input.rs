@@ -2056,3 +2056,147 @@ fn a_bad_entry_is_skipped_and_the_rest_acked_once() {
         lines.len() as f64
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Deferred acks: a client pipelining chunks without waiting gets its acks strictly in
+// request order, and none for what is not buffered while the output is stalled.
+
+#[test]
+fn pipelined_chunks_are_acked_in_order_and_never_before_buffering() {
+    use firelane::input::forward::frame::{Split, Splitter};
+    let (http, http_addr) = common::silent_peer();
+    let port = free_port();
+    let output = format!(
+        r#"
+[outputs.out]
+type = "http"
+url = "http://127.0.0.1:{}/ingest"
+timeout = "120s"
+batch = {{ max_records = 100, max_age = "50ms" }}
+buffer = {{ max_size = "64KiB" }}
+"#,
+        http_addr.port()
+    );
+    let r = Router::start(&config(port, "", &output));
+    const REQUESTS: usize = 400;
+    const PER_REQUEST: usize = 5;
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut writer = s.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        let pad = "p".repeat(200);
+        for i in 0..REQUESTS {
+            let recs: Vec<Vec<u8>> = (0..PER_REQUEST)
+                .map(|j| {
+                    let mut b = Vec::new();
+                    let seq = (i * PER_REQUEST + j).to_string();
+                    client::encode_record(&mut b, &[("seq", &seq), ("pad", &pad)]);
+                    b
+                })
+                .collect();
+            let entries: Vec<Entry<'_>> = recs
+                .iter()
+                .map(|rec| Entry {
+                    time: EventTime {
+                        secs: BASE,
+                        nanos: 0,
+                    },
+                    record: rec,
+                })
+                .collect();
+            let mut req = Vec::new();
+            client::encode_forward(&mut req, "pipe", &entries, Some(&format!("c{i}")));
+            writer.write_all(&req).unwrap();
+        }
+    });
+    // Acks as they come, in a thread of their own: the writer never waits for them.
+    let acks = Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
+    let reader = {
+        let acks = acks.clone();
+        let mut s = s.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let mut inbox = Vec::new();
+            let mut buf = [0u8; 4096];
+            while acks.lock().unwrap().len() < REQUESTS {
+                let n = match s.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                inbox.extend_from_slice(&buf[..n]);
+                while let Split::Complete(len) = Splitter::new(1 << 20).advance(&inbox) {
+                    acks.lock().unwrap().push(inbox.drain(..len).collect());
+                }
+            }
+        })
+    };
+    let want: Vec<Vec<u8>> = (0..REQUESTS)
+        .map(|i| client::expected_ack(&format!("c{i}")))
+        .collect();
+
+    // The output is stalled: acks stop once the buffer is full, as a prefix in order.
+    let deadline = Instant::now() + TIMEOUT;
+    let mut last = (0, Instant::now());
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = acks.lock().unwrap().len();
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if now > 0 && last.1.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "acks never stalled ({now})");
+    }
+    let stalled = acks.lock().unwrap().clone();
+    assert!(stalled.len() < REQUESTS / 2, "{} acked", stalled.len());
+    assert!(stalled[..] == want[..stalled.len()], "acks out of order");
+    // (The kernel's socket buffers may hold the rest of what the client wrote.)
+    let taken = r.metric("firelane_input_records_total", &[INPUT]);
+    assert!(
+        taken < (REQUESTS * PER_REQUEST / 2) as f64,
+        "the input kept reading a stalled pipeline: {taken} records taken"
+    );
+    // Every acked record is in the buffer (or already handed to the stalled output).
+    let buffered = r.metric(
+        "firelane_output_received_records_total",
+        &["output=\"out\""],
+    );
+    assert!(
+        buffered >= (stalled.len() * PER_REQUEST) as f64,
+        "{} requests acked, {buffered} records buffered",
+        stalled.len()
+    );
+
+    // The output recovers: every ack, in order; every record sent once.
+    let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    {
+        let bodies = bodies.clone();
+        std::thread::spawn(move || serve_http(http, bodies));
+    }
+    sender.join().expect("sender failed");
+    r.wait_metric(
+        "firelane_output_records_total",
+        &["output=\"out\"", "result=\"sent\""],
+        (REQUESTS * PER_REQUEST) as f64,
+        TIMEOUT,
+    );
+    let deadline = Instant::now() + TIMEOUT;
+    while acks.lock().unwrap().len() < REQUESTS && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let all = acks.lock().unwrap().clone();
+    assert_eq!(all.len(), REQUESTS);
+    assert!(all == want, "acks out of order");
+    drop(s);
+    reader.join().unwrap();
+    let mut seqs: Vec<usize> = bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|b| b.lines().map(str::to_owned).collect::<Vec<_>>())
+        .map(|l| {
+            let v: Value = serde_json::from_str(&l).unwrap();
+            v["seq"].as_str().unwrap().parse().unwrap()
+        })
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (0..REQUESTS * PER_REQUEST).collect::<Vec<_>>());
+}

@@ -7,7 +7,12 @@
 //!   extension (type -1, 32/64/96-bit); Fluent Bit's `[[time, metadata], record]` entries;
 //!   Fluent Bit group markers are skipped; time 0 = now.
 //! - Acks: a request with a `chunk` option is answered `{"ack": chunk}` once its records were
-//!   accepted by the router (for disk buffers: persisted), never before.
+//!   accepted by the router (for disk buffers: persisted), never before. The ack waits for
+//!   the request's [`crate::input::ack::AckToken`]s, which a stage holding records back
+//!   (multiline, Docker partials) releases later; the connection keeps reading meanwhile, up
+//!   to 256 unacknowledged requests, and acks go out strictly in request order. A request
+//!   the router refuses as too large gets no ack (`kind = "too_large"`), the connection
+//!   stays open.
 //! - Optional shared-key handshake.
 //! - Back-pressure: a connection does not read its next request until the previous one was
 //!   ingested, so a full buffer stops the socket instead of growing memory.
