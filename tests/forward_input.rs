@@ -2200,3 +2200,202 @@ buffer = {{ max_size = "64KiB" }}
     seqs.sort_unstable();
     assert_eq!(seqs, (0..REQUESTS * PER_REQUEST).collect::<Vec<_>>());
 }
+
+// ---------------------------------------------------------------------------------------
+// Slow and silent clients: memory is reserved for bytes received, never for what a header
+// announces; a stalled request times out; a connection cap protects file descriptors.
+
+/// Sends acked Forward requests of 5 records until `stop`, each ack awaited for at most
+/// `ack_timeout`; returns the number of records acked (every one of them checked later).
+fn steady_client(
+    addr: ListenAddr,
+    tag: &str,
+    ack_timeout: Duration,
+    acked: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    let tag = tag.to_owned();
+    std::thread::spawn(move || {
+        let mut c = ForwardClient::connect(&addr, ack_timeout).unwrap();
+        let mut seq = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let recs: Vec<Vec<u8>> = (seq..seq + 5).map(|s| record(s, "steady")).collect();
+            let entries: Vec<Entry<'_>> = recs
+                .iter()
+                .map(|rec| Entry {
+                    time: EventTime {
+                        secs: BASE,
+                        nanos: 0,
+                    },
+                    record: rec,
+                })
+                .collect();
+            let chunk = client::new_chunk_id();
+            let mut req = Vec::new();
+            client::encode_forward(&mut req, &tag, &entries, Some(&chunk));
+            c.send(&req).unwrap();
+            c.read_ack(&chunk)
+                .unwrap_or_else(|e| panic!("{tag}: no ack for records {seq}..: {e}"));
+            seq += 5;
+            acked.store(seq, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+}
+
+#[test]
+fn frame_headers_from_silent_clients_do_not_take_the_memory_budget() {
+    let port = free_port();
+    let cfg = config(port, "read_timeout = \"3s\"", FILE_OUTPUT)
+        .replace("[runtime]\n", "[runtime]\nmemory_limit = \"32MiB\"\n");
+    let r = Router::start(&cfg);
+    let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let good = steady_client(
+        tcp(port),
+        "steady",
+        Duration::from_secs(10),
+        acked.clone(),
+        stop.clone(),
+    );
+    while acked.load(Ordering::SeqCst) == 0 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    // The issue's attack: eight connections, each a frame header announcing a 16 MiB bin
+    // (`["big", <bin32 of 16 MiB - 64>]`), then nothing.
+    let header = [0x92, 0xa3, b'b', b'i', b'g', 0xc6, 0x00, 0xff, 0xff, 0xc0];
+    let mut attackers: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.write_all(&header).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            s
+        })
+        .collect();
+    // The good client keeps getting its acks while the headers sit there.
+    std::thread::sleep(Duration::from_millis(300));
+    let during = acked.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        acked.load(Ordering::SeqCst) > during + 20,
+        "the good client stalled behind the headers"
+    );
+    // A request in progress that makes no progress is cut off after read_timeout.
+    for s in &mut attackers {
+        assert!(
+            closed_by_peer(s, TIMEOUT),
+            "silent attacker still connected"
+        );
+    }
+    assert_eq!(
+        r.wait_metric(
+            "firelane_input_errors_total",
+            &[INPUT, "kind=\"read_timeout\""],
+            8.0,
+            TIMEOUT
+        ),
+        8.0
+    );
+    stop.store(true, Ordering::Relaxed);
+    good.join().expect("good client failed");
+    let n = acked.load(Ordering::SeqCst);
+    let lines = wait_lines(&out_path(&r), n as usize, TIMEOUT);
+    let mut seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (0..n).collect::<Vec<_>>());
+    assert_eq!(
+        r.metric("firelane_input_errors_total", &[INPUT]),
+        8.0,
+        "{}",
+        r.metrics()
+    );
+}
+
+#[test]
+fn connections_over_the_cap_are_closed_and_counted() {
+    let port = free_port();
+    let r = Router::start(&config(port, "max_connections = 3", FILE_OUTPUT));
+    let acked_request = |c: &mut ForwardClient, seq: u64| {
+        let chunk = client::new_chunk_id();
+        c.send(&raw_message(
+            "cap",
+            T::Int(BASE),
+            &record(seq, "cap"),
+            opt_chunk(Some(&chunk)),
+        ))?;
+        c.read_ack(&chunk)
+    };
+    let mut open: Vec<ForwardClient> =
+        vec![connect(&tcp(port)), connect(&unix(&r)), connect(&tcp(port))];
+    for (i, c) in open.iter_mut().enumerate() {
+        acked_request(c, i as u64).unwrap();
+    }
+    // A fourth, on either listener: closed at once and counted.
+    for (i, addr) in [tcp(port), unix(&r)].iter().enumerate() {
+        let mut extra = connect(addr);
+        let refused = acked_request(&mut extra, 100 + i as u64);
+        assert!(refused.is_err(), "connection over the cap was served");
+        r.wait_metric(
+            "firelane_input_errors_total",
+            &[INPUT, "kind=\"too_many_connections\""],
+            i as f64 + 1.0,
+            TIMEOUT,
+        );
+    }
+    // The open ones are unaffected.
+    for (i, c) in open.iter_mut().enumerate() {
+        acked_request(c, 10 + i as u64).unwrap();
+    }
+    // A closed connection frees its place.
+    open.pop();
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let mut c = connect(&tcp(port));
+        if acked_request(&mut c, 20).is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the freed place was never reused"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let lines = wait_lines(&out_path(&r), 7, TIMEOUT);
+    let mut seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, [0, 1, 2, 10, 11, 12, 20]);
+}
+
+#[test]
+fn an_empty_shared_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("firelane.toml");
+    std::fs::write(
+        &path,
+        r#"
+[inputs.fwd]
+type = "forward"
+listen = ["tcp://127.0.0.1:24224"]
+shared_key = "${FIRELANE_TEST_UNSET_KEY:-}"
+
+[outputs.out]
+type = "null"
+
+[routes.all]
+to = ["out"]
+"#,
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_firelane"))
+        .args(["check", "-c"])
+        .arg(&path)
+        .env_remove("FIRELANE_TEST_UNSET_KEY")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "accepted: {stderr}");
+    assert!(stderr.contains("shared_key"), "{stderr}");
+    assert!(stderr.contains("empty"), "{stderr}");
+}

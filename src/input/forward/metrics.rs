@@ -44,10 +44,14 @@ pub enum ErrorKind {
     IngestFailed,
     /// Socket read or write failure.
     Io,
+    /// A request in progress received nothing for `read_timeout`; the connection is closed.
+    ReadTimeout,
+    /// A connection beyond `max_connections`, closed right after accept.
+    TooManyConnections,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 15] = [
+    pub const ALL: [ErrorKind; 17] = [
         ErrorKind::MalformedMsgpack,
         ErrorKind::FrameTooLarge,
         ErrorKind::DecompressFailed,
@@ -63,6 +67,8 @@ impl ErrorKind {
         ErrorKind::TruncatedFrame,
         ErrorKind::IngestFailed,
         ErrorKind::Io,
+        ErrorKind::ReadTimeout,
+        ErrorKind::TooManyConnections,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -82,6 +88,8 @@ impl ErrorKind {
             ErrorKind::TruncatedFrame => "truncated_frame",
             ErrorKind::IngestFailed => "ingest_failed",
             ErrorKind::Io => "io",
+            ErrorKind::ReadTimeout => "read_timeout",
+            ErrorKind::TooManyConnections => "too_many_connections",
         }
     }
 
@@ -103,6 +111,8 @@ impl ErrorKind {
             ErrorKind::TruncatedFrame => "forward_truncated_frame",
             ErrorKind::IngestFailed => "forward_ingest_failed",
             ErrorKind::Io => "forward_io",
+            ErrorKind::ReadTimeout => "forward_read_timeout",
+            ErrorKind::TooManyConnections => "forward_too_many_connections",
         }
     }
 

@@ -57,6 +57,18 @@ pub struct ForwardConfig {
     /// Permissions of unix sockets. Default: 0o666, so dockerd and containers running as
     /// other users can connect.
     pub socket_mode: u32,
+    /// A request in progress must receive bytes at least this often, or its connection is
+    /// closed (`kind = "read_timeout"`) and the memory its bytes held freed. `None` = no
+    /// limit. Default: 30 s.
+    pub read_timeout: Option<Duration>,
+    /// A connection with nothing in progress (no partial request buffered) is closed after
+    /// this long. `None` (default) = never: FireLens/Docker keep one connection per
+    /// container open for its whole life, and a quiet container is normal.
+    pub idle_timeout: Option<Duration>,
+    /// Open connections (all listeners of the input together). Beyond it, new connections
+    /// are closed right after accept (`kind = "too_many_connections"`), so a flood cannot
+    /// take the file descriptors `/health` and the outputs need. Default: 1024.
+    pub max_connections: usize,
     /// On shutdown, an open connection is read until the client closes it or sends nothing
     /// for this long, so lines already in flight are not lost. Default: 500 ms.
     pub drain_idle: Duration,
@@ -71,6 +83,9 @@ impl Default for ForwardConfig {
             max_frame_bytes: 16 << 20,
             max_decompressed_bytes: 64 << 20,
             socket_mode: 0o666,
+            read_timeout: Some(Duration::from_secs(30)),
+            idle_timeout: None,
+            max_connections: 1024,
             drain_idle: Duration::from_millis(500),
         }
     }
@@ -107,6 +122,16 @@ impl ForwardConfig {
                 defaults.max_decompressed_bytes,
             )?,
             socket_mode: spec.socket_mode.unwrap_or(defaults.socket_mode),
+            read_timeout: spec
+                .read_timeout
+                .map_or(defaults.read_timeout, |d| (!d.is_zero()).then_some(d)),
+            idle_timeout: spec
+                .idle_timeout
+                .map_or(defaults.idle_timeout, |d| (!d.is_zero()).then_some(d)),
+            max_connections: spec
+                .max_connections
+                .map_or(Ok(defaults.max_connections), usize::try_from)
+                .map_err(|e| e.to_string())?,
             drain_idle: defaults.drain_idle,
         })
     }
@@ -206,6 +231,9 @@ mod tests {
         assert_eq!(c.max_frame_bytes, 16 * 1024 * 1024);
         assert_eq!(c.max_decompressed_bytes, 64 * 1024 * 1024);
         assert_eq!(c.socket_mode, 0o666);
+        assert_eq!(c.read_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(c.idle_timeout, None);
+        assert_eq!(c.max_connections, 1024);
         assert_eq!(c.drain_idle, Duration::from_millis(500));
         assert_eq!(c.listen, vec![ListenAddr::Tcp("127.0.0.1:24224".into())]);
     }

@@ -30,8 +30,10 @@ const READ_CHUNK: usize = 32 * 1024;
 /// Requests at least this big are decoded on the blocking pool, so one big frame does not
 /// stall the other connections sharing the runtime thread.
 const BLOCKING_DECODE: usize = 256 * 1024;
-/// A partial request at least this big reserves memory before more of it is read.
-const BIG_FRAME: usize = 1 << 20;
+/// Read buffer a connection may hold without reserving memory from the budget (a fixed
+/// per-connection overhead, bounded by `max_connections`). Beyond it, the bytes received
+/// are reserved, never the size a frame header merely announces.
+const FREE_READ_BUFFER: usize = 2 * READ_CHUNK;
 /// Several small requests already in the read buffer are ingested together, up to this.
 const MAX_BATCH_RECORDS: usize = 4096;
 const MAX_BATCH_BYTES: usize = 8 << 20;
@@ -105,6 +107,7 @@ pub(crate) async fn spawn_with_metrics(
         }
     }
     let shared = Arc::new(Shared {
+        connections: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections)),
         limits: Limits {
             max_decompressed_bytes: cfg.max_decompressed_bytes,
         },
@@ -152,6 +155,8 @@ fn bind_unix(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
 }
 
 struct Shared {
+    /// One permit per open connection (`max_connections`).
+    connections: Arc<tokio::sync::Semaphore>,
     cfg: ForwardConfig,
     ingest: Arc<dyn Ingest>,
     budget: MemoryBudget,
@@ -190,6 +195,24 @@ async fn accept_loop(listener: Listener, shared: Arc<Shared>, shutdown: Cancella
             _ = shutdown.cancelled() => break,
             r = accept(&listener) => r,
         };
+        // Over the cap, a connection is closed right away (and counted) rather than left
+        // in the backlog: the file descriptors it would take are the ones `/health` and
+        // the outputs' sockets need.
+        let permit = match (&accepted, shared.connections.clone().try_acquire_owned()) {
+            (Err(_), _) => None,
+            (Ok(_), Ok(permit)) => Some(permit),
+            (Ok(_), Err(_)) => {
+                shared.metrics.error(ErrorKind::TooManyConnections, 1);
+                crate::warn_limited!(
+                    ErrorKind::TooManyConnections.log_key(),
+                    "forward input `{}`: {} connections open (max_connections); closing a new one on {}",
+                    shared.cfg.name,
+                    shared.cfg.max_connections,
+                    listener.describe()
+                );
+                continue;
+            }
+        };
         match accepted {
             Ok(Accepted::Tcp(stream, peer)) => {
                 let _ = stream.set_nodelay(true);
@@ -199,13 +222,13 @@ async fn accept_loop(listener: Listener, shared: Arc<Shared>, shutdown: Cancella
                     shared.clone(),
                     shutdown.clone(),
                 );
-                tracker.spawn(conn.run());
+                tracker.spawn(conn.run(permit));
             }
             Ok(Accepted::Unix(stream)) => {
                 let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
                 let peer = format!("{}#{id}", listener.describe());
                 let conn = Conn::new(stream, peer, shared.clone(), shutdown.clone());
-                tracker.spawn(conn.run());
+                tracker.spawn(conn.run(permit));
             }
             Err(e) => {
                 // Usually EMFILE: back off instead of spinning on the error.
@@ -326,6 +349,7 @@ enum Woke {
     Read(std::io::Result<usize>),
     Settled(PendingAck, Result<(), IngestError>),
     Shutdown,
+    TimedOut,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
@@ -342,7 +366,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         }
     }
 
-    async fn run(mut self) {
+    /// Serves the connection; `_permit` is its place under `max_connections`, given back
+    /// when it closes.
+    async fn run(mut self, _permit: Option<tokio::sync::OwnedSemaphorePermit>) {
         tracing::debug!(peer = %self.peer, "forward connection opened");
         let result = match self.sh.cfg.shared_key.clone() {
             Some(key) => match self.handshake(&key).await {
@@ -446,18 +472,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             if more_buffered {
                 continue;
             }
-            if self.buf.is_empty() && self.buf.capacity() > 4 * READ_CHUNK {
+            if self.buf.is_empty() && self.buf.capacity() > FREE_READ_BUFFER {
                 // Give back what one big request needed.
                 self.buf = BytesMut::with_capacity(READ_CHUNK);
             }
-            let frame_min = splitter.min_len();
-            if frame_min >= BIG_FRAME {
-                ensure(&mut self.held, &self.sh.budget, frame_min).await;
-            }
             let spare = self.buf.capacity() - self.buf.len();
             if spare < READ_CHUNK / 2 {
+                // Grow with what actually arrived (doubling, so a big request is copied a
+                // few times, not once per read), never to the size its header announces:
+                // a header claiming 16 MiB followed by silence must cost nothing.
+                let missing = splitter.min_len().saturating_sub(self.buf.len());
                 self.buf
-                    .reserve(READ_CHUNK.max(frame_min.saturating_sub(self.buf.len())));
+                    .reserve(READ_CHUNK.max(self.buf.len().min(missing)));
+            }
+            if self.buf.capacity() > FREE_READ_BUFFER {
+                // Counted as it is filled; may wait for memory others release (holding
+                // nothing meanwhile, see `ensure`).
+                ensure(&mut self.held, &self.sh.budget, self.buf.capacity()).await;
             }
             // Too many requests wait for their acks: read nothing more until the oldest
             // is settled, so a stage holding records back cannot make this grow forever.
@@ -481,8 +512,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
     }
 
     /// Reads more bytes, sending acks as their requests are settled meanwhile. `Ok(false)`
-    /// on EOF, or when draining and the client went quiet.
+    /// on EOF, when draining and the client went quiet, or after `idle_timeout` with nothing
+    /// in progress. A request in progress that receives nothing for `read_timeout` is an
+    /// error: its bytes are dropped, unacked, and the memory they held is freed.
     async fn fill(&mut self) -> Result<bool, DecodeError> {
+        let in_progress = !self.buf.is_empty();
+        let limit = if in_progress {
+            self.sh.cfg.read_timeout
+        } else {
+            self.sh.cfg.idle_timeout
+        };
+        let deadline = limit.map(|d| tokio::time::Instant::now() + d);
+        let timed_out = async move {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(timed_out);
         loop {
             let woke = if self.draining {
                 tokio::select! {
@@ -500,12 +547,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                     r = self.stream.read_buf(&mut self.buf) => Woke::Read(r),
                     (p, outcome) = self.pending.next() => Woke::Settled(p, outcome),
                     _ = self.shutdown.cancelled() => Woke::Shutdown,
+                    _ = &mut timed_out => Woke::TimedOut,
                 }
             };
             match woke {
                 Woke::Read(r) => return r.map(|n| n > 0).map_err(io_error),
                 Woke::Settled(p, outcome) => self.answer(p, outcome).await?,
                 Woke::Shutdown => self.draining = true,
+                Woke::TimedOut if in_progress => {
+                    return Err(err(
+                        ErrorKind::ReadTimeout,
+                        format!(
+                            "no bytes for {:?} in the middle of a request ({} bytes received)",
+                            limit.unwrap_or_default(),
+                            self.buf.len()
+                        ),
+                    ));
+                }
+                Woke::TimedOut => {
+                    tracing::debug!(peer = %self.peer, "closing idle forward connection");
+                    return Ok(false);
+                }
             }
         }
     }
