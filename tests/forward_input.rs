@@ -1666,7 +1666,11 @@ fn zero_time_signals_and_bad_records_keep_the_connection() {
 #[test]
 fn sigterm_drains_open_connections() {
     let port = free_port();
-    let mut r = Router::start(&config(port, "", FILE_OUTPUT));
+    // The idle client never closes: the drain window runs out, then every connection is
+    // closed after what it already sent was taken.
+    let cfg =
+        config(port, "", FILE_OUTPUT).replace("[runtime]\n", "[runtime]\ndrain_inputs = \"1s\"\n");
+    let mut r = Router::start(&cfg);
     let sock = r.path("run/sub/fluent.sock");
     let mut idle = connect(&ListenAddr::Unix(sock.clone()));
     let mut c = connect(&tcp(port));
@@ -2398,4 +2402,109 @@ to = ["out"]
     assert!(!out.status.success(), "accepted: {stderr}");
     assert!(stderr.contains("shared_key"), "{stderr}");
     assert!(stderr.contains("empty"), "{stderr}");
+}
+
+// ---------------------------------------------------------------------------------------
+// SIGTERM drain window: open connections are still read and new ones accepted for
+// `runtime.drain_inputs`; the router exits early once every client has closed.
+
+#[test]
+fn records_written_after_sigterm_arrive() {
+    let port = free_port();
+    // Default window: half of the default 25 s shutdown_grace.
+    let mut r = Router::start(&config(port, "", FILE_OUTPUT));
+    let sock = ListenAddr::Unix(r.path("run/sub/fluent.sock"));
+    let send = |c: &mut ForwardClient, seq: u64| {
+        // Like Docker's fluentd driver: Message mode, no chunk, no ack.
+        c.send(&raw_message(
+            "late",
+            T::Int(BASE),
+            &record(seq, "late"),
+            Opt::Absent,
+        ))
+        .unwrap();
+    };
+    let mut c = connect(&sock);
+    send(&mut c, 0);
+    wait_lines(&out_path(&r), 1, TIMEOUT);
+
+    let sigterm = Instant::now();
+    r.signal(15);
+    let at = |secs: f64| {
+        let when = sigterm + Duration::from_secs_f64(secs);
+        std::thread::sleep(when.saturating_duration_since(Instant::now()));
+    };
+    at(0.8);
+    send(&mut c, 1);
+    // A container that connects during the drain is accepted and read.
+    at(1.2);
+    let mut newcomer = connect(&sock);
+    send(&mut newcomer, 2);
+    newcomer.finish().unwrap();
+    drop(newcomer);
+    at(2.0);
+    send(&mut c, 3);
+    // The records are in the output before the last client closes: the router is still
+    // draining, not exiting.
+    let lines = wait_lines(&out_path(&r), 4, TIMEOUT);
+    assert_eq!(lines.len(), 4, "{lines:#?}");
+    let alive = r.child.as_mut().map(|c| c.try_wait().map(|s| s.is_none()));
+    assert!(
+        matches!(alive, Some(Ok(true))),
+        "exited while a client was open"
+    );
+    c.finish().unwrap();
+    drop(c);
+
+    // Every client closed: the drain ends early, far before its 12.5 s window.
+    let status = r.wait_exit(TIMEOUT);
+    let took = sigterm.elapsed();
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_secs(8), "exit took {took:?}");
+    let lines = read_jsonl(&out_path(&r));
+    let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [0, 1, 2, 3]);
+    for l in &lines {
+        let seq = l["seq"].as_u64().unwrap();
+        assert_eq!(
+            l,
+            &expected_line("late", &rfc3339(i64::from(BASE), 0), seq, "late")
+        );
+    }
+    assert!(
+        !r.path("run/sub/fluent.sock").exists(),
+        "unix socket left behind"
+    );
+}
+
+#[test]
+fn a_drain_window_longer_than_the_grace_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("firelane.toml");
+    let write = |drain: &str| {
+        std::fs::write(
+            &path,
+            format!(
+                "[runtime]\nshutdown_grace = \"10s\"\ndrain_inputs = \"{drain}\"\n\n\
+                 [inputs.fwd]\ntype = \"forward\"\n\n[outputs.out]\ntype = \"null\"\n\n\
+                 [routes.all]\nto = [\"out\"]\n"
+            ),
+        )
+        .unwrap();
+        Command::new(env!("CARGO_BIN_EXE_firelane"))
+            .args(["check", "-c"])
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let out = write("11s");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "accepted: {stderr}");
+    assert!(stderr.contains("drain_inputs"), "{stderr}");
+    let out = write("10s");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

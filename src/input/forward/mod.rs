@@ -16,6 +16,9 @@
 //! - Optional shared-key handshake.
 //! - Back-pressure: a connection does not read its next request until the previous one was
 //!   ingested, so a full buffer stops the socket instead of growing memory.
+//! - Shutdown: during the drain window (`runtime.drain_inputs`) open connections are still
+//!   read and new ones accepted; at its end each connection is closed after its last
+//!   complete request was ingested and acked.
 //!
 //! An unusable entry (bad time, a record that is not a usable map, not `[time, record]`) is
 //! skipped and counted (`kind` = `bad_time`, `bad_record`, `bad_entry`); the rest of its
@@ -69,9 +72,6 @@ pub struct ForwardConfig {
     /// are closed right after accept (`kind = "too_many_connections"`), so a flood cannot
     /// take the file descriptors `/health` and the outputs need. Default: 1024.
     pub max_connections: usize,
-    /// On shutdown, an open connection is read until the client closes it or sends nothing
-    /// for this long, so lines already in flight are not lost. Default: 500 ms.
-    pub drain_idle: Duration,
 }
 
 impl Default for ForwardConfig {
@@ -86,7 +86,6 @@ impl Default for ForwardConfig {
             read_timeout: Some(Duration::from_secs(30)),
             idle_timeout: None,
             max_connections: 1024,
-            drain_idle: Duration::from_millis(500),
         }
     }
 }
@@ -132,7 +131,6 @@ impl ForwardConfig {
                 .max_connections
                 .map_or(Ok(defaults.max_connections), usize::try_from)
                 .map_err(|e| e.to_string())?,
-            drain_idle: defaults.drain_idle,
         })
     }
 }
@@ -234,7 +232,6 @@ mod tests {
         assert_eq!(c.read_timeout, Some(Duration::from_secs(30)));
         assert_eq!(c.idle_timeout, None);
         assert_eq!(c.max_connections, 1024);
-        assert_eq!(c.drain_idle, Duration::from_millis(500));
         assert_eq!(c.listen, vec![ListenAddr::Tcp("127.0.0.1:24224".into())]);
     }
 }

@@ -12,7 +12,6 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::decode::{self, DecodeError, Limits, Stats};
@@ -23,6 +22,7 @@ use super::{ForwardConfig, ListenAddr};
 use crate::buffer::budget::{MemoryBudget, Reservation};
 use crate::event::Record;
 use crate::input::ack::{AckToken, AckWait, ack_pair};
+use crate::input::drain::{ClientGuard, InputShutdown};
 use crate::input::{Ingest, IngestError};
 
 /// Read granularity; also the buffer a connection keeps between small requests.
@@ -51,17 +51,20 @@ const ASSUMED_COMPRESSION_RATIO: usize = 10;
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
-/// Binds every listener of `cfg`, then serves them until `shutdown` is cancelled.
+/// Binds every listener of `cfg`, then serves them until the drain window of `shutdown` is
+/// over (see [`crate::input::drain`]): after SIGTERM connections are still read and new ones
+/// accepted, each registered as an open client.
 ///
 /// Returns once all sockets are bound (so the caller can report readiness), or the first bind
 /// error with the address in its context. Each returned task is one listener; it finishes
-/// after shutdown once every connection it accepted has drained (read to EOF or idle for
-/// `drain_idle`) and its records were ingested, so awaiting all of them means "input done".
+/// after [`InputShutdown::stop`] once every connection it accepted has closed (by the client,
+/// or at the window's end after its last complete request) and its records were ingested
+/// and acked, so awaiting all of them means "input done".
 pub async fn spawn(
     cfg: ForwardConfig,
     ingest: Arc<dyn Ingest>,
     budget: MemoryBudget,
-    shutdown: CancellationToken,
+    shutdown: InputShutdown,
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
     let metrics = InputMetrics::new(&cfg.name);
     spawn_with_metrics(cfg, ingest, budget, shutdown, metrics).await
@@ -72,7 +75,7 @@ pub(crate) async fn spawn_with_metrics(
     cfg: ForwardConfig,
     ingest: Arc<dyn Ingest>,
     budget: MemoryBudget,
-    shutdown: CancellationToken,
+    shutdown: InputShutdown,
     metrics: InputMetrics,
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
     let mut listeners = Vec::with_capacity(cfg.listen.len());
@@ -188,11 +191,13 @@ impl Listener {
     }
 }
 
-async fn accept_loop(listener: Listener, shared: Arc<Shared>, shutdown: CancellationToken) {
+async fn accept_loop(listener: Listener, shared: Arc<Shared>, shutdown: InputShutdown) {
     let tracker = TaskTracker::new();
     loop {
+        // New connections are accepted during the drain window too: a container may
+        // reconnect to flush its last lines.
         let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = shutdown.stopped() => break,
             r = accept(&listener) => r,
         };
         // Over the cap, a connection is closed right away (and counted) rather than left
@@ -222,13 +227,13 @@ async fn accept_loop(listener: Listener, shared: Arc<Shared>, shutdown: Cancella
                     shared.clone(),
                     shutdown.clone(),
                 );
-                tracker.spawn(conn.run(permit));
+                tracker.spawn(conn.run(permit, shutdown.client()));
             }
             Ok(Accepted::Unix(stream)) => {
                 let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
                 let peer = format!("{}#{id}", listener.describe());
                 let conn = Conn::new(stream, peer, shared.clone(), shutdown.clone());
-                tracker.spawn(conn.run(permit));
+                tracker.spawn(conn.run(permit, shutdown.client()));
             }
             Err(e) => {
                 // Usually EMFILE: back off instead of spinning on the error.
@@ -335,8 +340,7 @@ struct Conn<S> {
     stream: S,
     peer: String,
     sh: Arc<Shared>,
-    shutdown: CancellationToken,
-    draining: bool,
+    shutdown: InputShutdown,
     buf: BytesMut,
     /// Budget held while reading and decoding the current batch (and a big partial frame);
     /// released when the batch is handed to `ingest`.
@@ -348,27 +352,31 @@ struct Conn<S> {
 enum Woke {
     Read(std::io::Result<usize>),
     Settled(PendingAck, Result<(), IngestError>),
-    Shutdown,
+    Stopped,
     TimedOut,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
-    fn new(stream: S, peer: String, sh: Arc<Shared>, shutdown: CancellationToken) -> Self {
+    fn new(stream: S, peer: String, sh: Arc<Shared>, shutdown: InputShutdown) -> Self {
         Conn {
             stream,
             peer,
             sh,
             shutdown,
-            draining: false,
             buf: BytesMut::with_capacity(READ_CHUNK),
             held: Reservation::empty(),
             pending: PendingAcks::default(),
         }
     }
 
-    /// Serves the connection; `_permit` is its place under `max_connections`, given back
-    /// when it closes.
-    async fn run(mut self, _permit: Option<tokio::sync::OwnedSemaphorePermit>) {
+    /// Serves the connection; `_permit` is its place under `max_connections` and `_client`
+    /// its registration for the shutdown drain (taken at accept, so the drain cannot end
+    /// between accept and this task starting), both given back when it closes.
+    async fn run(
+        mut self,
+        _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+        _client: ClientGuard,
+    ) {
         tracing::debug!(peer = %self.peer, "forward connection opened");
         let result = match self.sh.cfg.shared_key.clone() {
             Some(key) => match self.handshake(&key).await {
@@ -531,29 +539,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         };
         tokio::pin!(timed_out);
         loop {
-            let woke = if self.draining {
-                tokio::select! {
-                    r = tokio::time::timeout(
-                        self.sh.cfg.drain_idle,
-                        self.stream.read_buf(&mut self.buf),
-                    ) => match r {
-                        Err(_) => return Ok(false),
-                        Ok(r) => Woke::Read(r),
-                    },
-                    (p, outcome) = self.pending.next() => Woke::Settled(p, outcome),
-                }
-            } else {
-                tokio::select! {
-                    r = self.stream.read_buf(&mut self.buf) => Woke::Read(r),
-                    (p, outcome) = self.pending.next() => Woke::Settled(p, outcome),
-                    _ = self.shutdown.cancelled() => Woke::Shutdown,
-                    _ = &mut timed_out => Woke::TimedOut,
-                }
+            // During the drain window (after SIGTERM) reading goes on as before: apps
+            // flush their last lines while the task stops. Only the window's end stops it.
+            let woke = tokio::select! {
+                r = self.stream.read_buf(&mut self.buf) => Woke::Read(r),
+                (p, outcome) = self.pending.next() => Woke::Settled(p, outcome),
+                _ = self.shutdown.stopped() => Woke::Stopped,
+                _ = &mut timed_out => Woke::TimedOut,
             };
             match woke {
                 Woke::Read(r) => return r.map(|n| n > 0).map_err(io_error),
                 Woke::Settled(p, outcome) => self.answer(p, outcome).await?,
-                Woke::Shutdown => self.draining = true,
+                Woke::Stopped if in_progress => {
+                    return Err(err(
+                        ErrorKind::TruncatedFrame,
+                        format!(
+                            "drain window over with {} bytes of an incomplete request (not acked)",
+                            self.buf.len()
+                        ),
+                    ));
+                }
+                Woke::Stopped => return Ok(false),
                 Woke::TimedOut if in_progress => {
                     return Err(err(
                         ErrorKind::ReadTimeout,
@@ -993,7 +999,7 @@ mod tests {
     ) -> (
         PathBuf,
         metrics_exporter_prometheus::PrometheusHandle,
-        CancellationToken,
+        InputShutdown,
     ) {
         let sock = dir.join("fwd.sock");
         let cfg = ForwardConfig {
@@ -1004,7 +1010,7 @@ mod tests {
         let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
         let metrics = metrics::with_local_recorder(&recorder, || InputMetrics::new("fwd"));
-        let shutdown = CancellationToken::new();
+        let shutdown = InputShutdown::new();
         spawn_with_metrics(
             cfg,
             ingest,
@@ -1067,7 +1073,7 @@ mod tests {
         let taken = holding.taken.lock().unwrap().clone();
         let in_order: Vec<String> = (0..total).map(|i| format!("\"{i}\"")).collect();
         assert_eq!(taken, in_order);
-        shutdown.cancel();
+        shutdown.stop();
     }
 
     /// A request refused as too large gets no ack and is counted; requests batched with it
@@ -1107,6 +1113,6 @@ mod tests {
             })
             .unwrap_or_else(|| panic!("no too_large counter in\n{text}"));
         assert!(line.ends_with(" 1"), "{line}");
-        shutdown.cancel();
+        shutdown.stop();
     }
 }
