@@ -321,9 +321,9 @@ impl PendingAcks {
             return std::future::pending().await;
         };
         let outcome = (&mut head.wait).await;
-        let done = match self.queue.pop_front() {
-            Some(p) => p,
-            None => unreachable!("the head was just awaited"),
+        // Always `Some`: the head was just awaited and nothing else touches the queue.
+        let Some(done) = self.queue.pop_front() else {
+            return std::future::pending().await;
         };
         self.requests -= done.requests;
         (done, outcome)
