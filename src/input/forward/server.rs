@@ -520,9 +520,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
     }
 
     /// Reads more bytes, sending acks as their requests are settled meanwhile. `Ok(false)`
-    /// on EOF, when draining and the client went quiet, or after `idle_timeout` with nothing
-    /// in progress. A request in progress that receives nothing for `read_timeout` is an
-    /// error: its bytes are dropped, unacked, and the memory they held is freed.
+    /// on EOF, at the end of the drain window, or after `idle_timeout`, with nothing in
+    /// progress. A request in progress that receives nothing for `read_timeout`, or is cut
+    /// by the window's end, is an error: its bytes are dropped, unacked (the client resends
+    /// it), and the memory they held is freed.
     async fn fill(&mut self) -> Result<bool, DecodeError> {
         let in_progress = !self.buf.is_empty();
         let limit = if in_progress {
@@ -669,7 +670,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         // Holding the decoding reservation across that wait would count the batch twice,
         // and a batch needing more than half of `memory_limit` would wait forever for
         // budget that only it holds. The connection reads nothing more until ingest
-        // returns, so at most this one batch per connection is in memory uncounted.
+        // returns, so at most this one batch per connection (and, for a batch of several
+        // requests, their wire frames) is in memory uncounted.
         self.held = Reservation::empty();
         self.sh.metrics.bytes(batch.wire_bytes);
         let Batch {
