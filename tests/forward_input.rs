@@ -1406,6 +1406,8 @@ type = "null"
         ("forward", &[]),
         ("packed", &[]),
         ("packed", &["--ack"]),
+        // Pipelined: 16 chunks ahead of their acks, which must come back in order.
+        ("forward", &["--ack", "--ack-window", "16"]),
         ("compressed", &[]),
         ("compressed", &["--ack", "--compression", "zstd"]),
         (
