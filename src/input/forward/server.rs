@@ -123,6 +123,18 @@ pub(crate) async fn spawn_with_metrics(
     for l in &listeners {
         tracing::info!(input = %shared.cfg.name, listen = %l.describe(), "forward input listening");
     }
+    if let Some(limit) = open_files_limit()
+        && (shared.cfg.max_connections as u64).saturating_add(FD_HEADROOM) > limit
+    {
+        // The cap only protects `/health` and the outputs if the process can open more
+        // files than it lets clients take.
+        tracing::warn!(
+            input = %shared.cfg.name,
+            max_connections = shared.cfg.max_connections,
+            open_files_limit = limit,
+            "max_connections leaves fewer than {FD_HEADROOM} file descriptors for everything else: raise the task's nofile ulimit or lower max_connections"
+        );
+    }
     Ok(listeners
         .into_iter()
         .map(|l| tokio::spawn(accept_loop(l, shared.clone(), shutdown.clone())))
@@ -834,6 +846,21 @@ fn decode_frame(frame: Bytes, limits: Limits) -> Decoded {
         result,
         frame,
     }
+}
+
+/// File descriptors the rest of the router (admin server, outputs' connections, disk
+/// buffer segments) is assumed to need beside forward clients.
+const FD_HEADROOM: u64 = 128;
+
+/// The process's soft limit of open files, if known.
+fn open_files_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct passed by pointer.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    (rc == 0 && lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur)
 }
 
 /// Appends `{"ack": <chunk exactly as received>}`.
