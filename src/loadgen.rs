@@ -63,6 +63,10 @@ pub struct LoadgenArgs {
     /// Ask for an ack on every request and wait for it before sending the next.
     #[arg(long)]
     pub ack: bool,
+    /// With --ack: requests sent ahead of their acks (pipelining, as fluentd does); acks
+    /// must come back in request order or the run fails.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub ack_window: u32,
     /// Approximate length of the `log` field in bytes.
     #[arg(long, default_value_t = 200)]
     pub record_size: usize,
@@ -89,6 +93,7 @@ impl Default for LoadgenArgs {
             batch: 100,
             connections: 1,
             ack: false,
+            ack_window: 1,
             record_size: 200,
             rate: None,
             tag: None,
@@ -222,6 +227,8 @@ fn connection(
     let mut buf = Vec::with_capacity(1 << 20);
     let mut next = 0usize;
     let started = Instant::now();
+    // Chunks sent and not yet acked, oldest first.
+    let mut unacked = std::collections::VecDeque::new();
     let per_request = match args.mode {
         LoadMode::Message if args.ack => 1,
         _ => args.batch as u64,
@@ -258,9 +265,11 @@ fn connection(
             }
         }
         client.send(&buf).context("sending")?;
-        if let Some(c) = &chunk {
-            client.read_ack(c).context("waiting for the ack")?;
-            report.acks += 1;
+        if let Some(c) = chunk {
+            unacked.push_back(c);
+        }
+        while unacked.len() >= args.ack_window as usize {
+            read_oldest_ack(&mut client, &mut unacked, &mut report)?;
         }
         report.records += n as u64;
         report.requests += if args.mode == LoadMode::Message {
@@ -276,8 +285,26 @@ fn connection(
             }
         }
     }
+    while !unacked.is_empty() {
+        read_oldest_ack(&mut client, &mut unacked, &mut report)?;
+    }
     client.finish().ok();
     Ok(report)
+}
+
+/// Waits for the ack of the oldest unacked chunk: acks come back in request order.
+fn read_oldest_ack(
+    client: &mut ForwardClient,
+    unacked: &mut std::collections::VecDeque<String>,
+    report: &mut LoadgenReport,
+) -> anyhow::Result<()> {
+    if let Some(c) = unacked.pop_front() {
+        client
+            .read_ack(&c)
+            .with_context(|| format!("waiting for the ack of chunk {c:?} (acks in order)"))?;
+        report.acks += 1;
+    }
+    Ok(())
 }
 
 /// Encoded records of one container: fixed id and name, varied lines.
@@ -443,6 +470,8 @@ mod tests {
             "--connections",
             "2",
             "--ack",
+            "--ack-window",
+            "8",
             "--rate",
             "100",
             "--compression",
@@ -453,6 +482,7 @@ mod tests {
         assert_eq!(cli.args.mode, LoadMode::Compressed);
         assert_eq!(cli.args.compression, LoadCompression::Zstd);
         assert!(cli.args.ack);
+        assert_eq!(cli.args.ack_window, 8);
         assert_eq!(cli.args.rate, Some(100));
         assert!(Cli::try_parse_from(["loadgen", "--addr", "localhost:1"]).is_err());
     }

@@ -2,7 +2,9 @@
 //!
 //! Start-up: buffers (replaying what a previous run left on disk), outputs, router, inputs,
 //! then readiness. Shutdown (SIGTERM/SIGINT), within `runtime.shutdown_grace`:
-//! 1. not ready; inputs stop accepting and drain what clients already sent;
+//! 1. not ready; inputs keep reading open connections and accepting new ones for
+//!    `runtime.drain_inputs` (default half the grace), ending early once every client has
+//!    closed; then they close their connections after the last complete request;
 //! 2. buffers are closed and every output flushes its open batches at once (no waiting for
 //!    `max_age`), delivering with retries; dead-letter targets close after their sources;
 //! 3. at the deadline outputs give up: disk buffers keep the rest for the next start,
@@ -293,7 +295,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .collect();
     let pipeline = Pipeline::new(build_router(&config), ports);
 
-    let inputs_stop = CancellationToken::new();
+    let inputs_stop = crate::input::drain::InputShutdown::new();
     let mut input_tasks: Vec<JoinHandle<()>> = Vec::new();
     for (i, spec) in config.inputs.iter().enumerate() {
         let ingest = pipeline.port(i, &spec.name);
@@ -351,9 +353,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
     readiness.shutting_down();
 
-    // 1. Inputs: stop accepting, let connections drain what they already sent.
-    inputs_stop.cancel();
-    let input_budget = (grace / 4).min(Duration::from_secs(5));
+    // 1. Inputs drain: open connections are still read and new ones accepted (apps flush
+    //    their last lines while the task stops) for `drain_inputs`, ending early once every
+    //    client has closed. Then inputs stop, and finish the requests they were handling.
+    let window = config.runtime.drain_inputs();
+    inputs_stop.begin_drain();
+    let early = tokio::time::timeout(window, inputs_stop.all_clients_closed()).await;
+    tracing::info!(
+        window_secs = window.as_secs_f64(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        open_clients = inputs_stop.open_clients(),
+        "input drain {}",
+        if early.is_ok() {
+            "ended: every client closed"
+        } else {
+            "window over: closing the remaining connections"
+        }
+    );
+    inputs_stop.stop();
+    let input_budget = (grace.saturating_sub(started.elapsed()) / 4).min(Duration::from_secs(5));
     let _ = tokio::time::timeout(input_budget, futures::future::join_all(input_tasks)).await;
 
     // 2. Outputs: flush now; close buffers so readers end once drained; dead-letter

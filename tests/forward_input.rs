@@ -1042,35 +1042,8 @@ fn hostile_cases() -> Vec<(&'static str, Vec<u8>, Option<&'static str>, bool)> {
     rmp::encode::write_str(&mut b, "hostile").unwrap();
     rmp::encode::write_map_len(&mut b, 0).unwrap();
     cases.push(("entries not an array", b, Some("bad_request"), false));
-    let mut b = Vec::new();
-    rmp::encode::write_array_len(&mut b, 2).unwrap();
-    rmp::encode::write_str(&mut b, "hostile").unwrap();
-    rmp::encode::write_array_len(&mut b, 1).unwrap();
-    rmp::encode::write_uint(&mut b, 5).unwrap();
-    cases.push(("entry not an array", b, Some("bad_request"), false));
-    let mut b = Vec::new();
-    rmp::encode::write_array_len(&mut b, 2).unwrap();
-    rmp::encode::write_str(&mut b, "hostile").unwrap();
-    rmp::encode::write_array_len(&mut b, 1).unwrap();
-    rmp::encode::write_array_len(&mut b, 2).unwrap();
-    T::Int(BASE).write(&mut b);
-    rmp::encode::write_array_len(&mut b, 1).unwrap();
-    rmp::encode::write_str(&mut b, "not a map").unwrap();
-    cases.push(("forward record not a map", b, Some("bad_request"), false));
-    let mut b = Vec::new();
-    rmp::encode::write_array_len(&mut b, 3).unwrap();
-    rmp::encode::write_str(&mut b, "hostile").unwrap();
-    T::Int(BASE).write(&mut b);
-    rmp::encode::write_str(&mut b, "a bare string").unwrap();
-    cases.push(("message record not a map", b, Some("bad_request"), false));
-    let mut b = Vec::new();
-    rmp::encode::write_array_len(&mut b, 2).unwrap();
-    rmp::encode::write_str(&mut b, "hostile").unwrap();
-    rmp::encode::write_array_len(&mut b, 1).unwrap();
-    rmp::encode::write_array_len(&mut b, 2).unwrap();
-    rmp::encode::write_str(&mut b, "yesterday").unwrap();
-    b.extend(record(0, "hostile"));
-    cases.push(("time is a string", b, Some("bad_request"), false));
+    // (Unusable entries, a bad time or a record that is not a map, do not close the
+    // connection: see `a_bad_entry_is_skipped_and_the_rest_acked_once`.)
     // A PackedForward payload that is no sequence of entries.
     let mut b = Vec::new();
     client::encode_packed_payload(&mut b, "hostile", &[0x05, 0x06], false, None, None, None);
@@ -1433,6 +1406,8 @@ type = "null"
         ("forward", &[]),
         ("packed", &[]),
         ("packed", &["--ack"]),
+        // Pipelined: 16 chunks ahead of their acks, which must come back in order.
+        ("forward", &["--ack", "--ack-window", "16"]),
         ("compressed", &[]),
         ("compressed", &["--ack", "--compression", "zstd"]),
         (
@@ -1693,7 +1668,11 @@ fn zero_time_signals_and_bad_records_keep_the_connection() {
 #[test]
 fn sigterm_drains_open_connections() {
     let port = free_port();
-    let mut r = Router::start(&config(port, "", FILE_OUTPUT));
+    // The idle client never closes: the drain window runs out, then every connection is
+    // closed after what it already sent was taken.
+    let cfg =
+        config(port, "", FILE_OUTPUT).replace("[runtime]\n", "[runtime]\ndrain_inputs = \"1s\"\n");
+    let mut r = Router::start(&cfg);
     let sock = r.path("run/sub/fluent.sock");
     let mut idle = connect(&ListenAddr::Unix(sock.clone()));
     let mut c = connect(&tcp(port));
@@ -1897,4 +1876,649 @@ buffer = {{ max_size = "64KiB" }}
         .collect();
     seqs.sort_unstable();
     assert_eq!(seqs, (0..TOTAL).collect::<Vec<_>>());
+}
+
+// ---------------------------------------------------------------------------------------
+// One unusable entry: skipped and counted with its kind, the rest of the request taken once
+// and acked. Broken framing: nothing of the request taken, the connection closed.
+
+/// Writes a time into an entry.
+type WriteTime<'a> = &'a dyn Fn(&mut Vec<u8>);
+
+/// `[[1700000000, {"log":"before"}], [<bad time>, <bad record>], [1700000000, {"log":"after"}]]`
+fn before_bad_after(seq: u64, bad_time: WriteTime<'_>, bad_record: &[u8]) -> Vec<u8> {
+    let mut e = Vec::new();
+    for (log, time) in [("before", None), ("bad", Some(bad_time)), ("after", None)] {
+        rmp::encode::write_array_len(&mut e, 2).unwrap();
+        match time {
+            None => rmp::encode::write_uint(&mut e, u64::from(BASE))
+                .map(drop)
+                .unwrap(),
+            Some(f) => f(&mut e),
+        }
+        if log == "bad" && !bad_record.is_empty() {
+            e.extend_from_slice(bad_record);
+        } else {
+            rmp::encode::write_map_len(&mut e, 2).unwrap();
+            rmp::encode::write_str(&mut e, "log").unwrap();
+            rmp::encode::write_str(&mut e, log).unwrap();
+            rmp::encode::write_str(&mut e, "seq").unwrap();
+            rmp::encode::write_uint(&mut e, seq).unwrap();
+        }
+    }
+    e
+}
+
+#[test]
+fn a_bad_entry_is_skipped_and_the_rest_acked_once() {
+    let port = free_port();
+    let r = Router::start(&config(port, "", FILE_OUTPUT));
+    let errors = |kind: &str| {
+        r.metric(
+            "firelane_input_errors_total",
+            &[INPUT, &format!("kind=\"{kind}\"")],
+        )
+    };
+    let mut c = connect(&tcp(port));
+
+    // The issue's request, byte for byte, then sent again as a client does when no ack
+    // comes: each time `before` and `after` once, and an ack.
+    let issue: &[u8] = &[
+        0x93, 0xa1, b't', 0x93, // ["t", [
+        0x92, 0xce, 0x65, 0x53, 0xf1, 0x00, 0x81, 0xa3, b'l', b'o', b'g', 0xa6, b'b', b'e', b'f',
+        b'o', b'r', b'e', // [1700000000, {"log":"before"}]
+        0x92, 0xb4, b'2', b'0', b'2', b'4', b'-', b'0', b'1', b'-', b'0', b'1', b'T', b'0', b'0',
+        b':', b'0', b'0', b':', b'0', b'0', b'Z', 0x81, 0xa3, b'l', b'o', b'g', 0xa3, b'b', b'a',
+        b'd', // ["2024-01-01T00:00:00Z", {"log":"bad"}]
+        0x92, 0xce, 0x65, 0x53, 0xf1, 0x00, 0x81, 0xa3, b'l', b'o', b'g', 0xa5, b'a', b'f', b't',
+        b'e', b'r', // [1700000000, {"log":"after"}]
+        0x81, 0xa5, b'c', b'h', b'u', b'n', b'k', 0xa3, b'c', b'k', b'1', // {"chunk":"ck1"}
+    ];
+    c.send(issue).unwrap();
+    c.read_ack("ck1").unwrap();
+    let lines = wait_lines(&out_path(&r), 2, TIMEOUT);
+    let logs: Vec<&Value> = lines.iter().map(|l| &l["log"]).collect();
+    assert_eq!(logs, [&json!("before"), &json!("after")]);
+    for l in &lines {
+        assert_eq!(l["_time"], rfc3339(i64::from(BASE), 0));
+        assert_eq!(l["_tag"], "t");
+    }
+    assert_eq!(errors("bad_time"), 1.0, "{}", r.metrics());
+
+    // Negative integer time and a record that is not a map, in every mode with entries.
+    let not_a_map = {
+        let mut b = Vec::new();
+        rmp::encode::write_str(&mut b, "not a map").unwrap();
+        b
+    };
+    let negative = |b: &mut Vec<u8>| drop(rmp::encode::write_sint(b, -1_700_000_000));
+    let good_time = |b: &mut Vec<u8>| drop(rmp::encode::write_uint(b, u64::from(BASE)));
+    let bads: [(&str, WriteTime<'_>, &[u8]); 2] = [
+        ("bad_time", &negative, &[]),
+        ("bad_record", &good_time, &not_a_map),
+    ];
+    let mut seq = 0;
+    let mut want = Vec::new();
+    for (kind, time, rec) in bads {
+        for mode in ["Forward", "PackedForward", "gzip", "zstd"] {
+            seq += 1;
+            let entries = before_bad_after(seq, time, rec);
+            let chunk = client::new_chunk_id();
+            let mut req = Vec::new();
+            match mode {
+                "Forward" => req = raw_forward("t", &entries, 3, opt_chunk(Some(&chunk))),
+                "PackedForward" => client::encode_packed_payload(
+                    &mut req,
+                    "t",
+                    &entries,
+                    false,
+                    None,
+                    None,
+                    Some(&chunk),
+                ),
+                z => {
+                    let payload = if z == "gzip" {
+                        gzip(&entries)
+                    } else {
+                        zstd(&entries)
+                    };
+                    client::encode_packed_payload(
+                        &mut req,
+                        "t",
+                        &payload,
+                        false,
+                        None,
+                        Some(z),
+                        Some(&chunk),
+                    )
+                }
+            }
+            let before = errors(kind);
+            c.send(&req).unwrap();
+            c.read_ack(&chunk)
+                .unwrap_or_else(|e| panic!("{kind} in {mode}: {e}"));
+            assert_eq!(errors(kind), before + 1.0, "{kind} in {mode}");
+            want.push((seq, "before"));
+            want.push((seq, "after"));
+        }
+    }
+    // Message mode: its one entry is skipped, the request still acked.
+    let chunk = client::new_chunk_id();
+    let mut req = Vec::new();
+    rmp::encode::write_array_len(&mut req, 4).unwrap();
+    rmp::encode::write_str(&mut req, "t").unwrap();
+    rmp::encode::write_sint(&mut req, -5).unwrap();
+    req.extend(record(99, "skipped"));
+    opt_chunk(Some(&chunk)).write(&mut req);
+    c.send(&req).unwrap();
+    c.read_ack(&chunk).unwrap();
+
+    let lines = wait_lines(&out_path(&r), 2 + want.len(), TIMEOUT);
+    let got: Vec<(u64, &str)> = lines[2..]
+        .iter()
+        .map(|l| (l["seq"].as_u64().unwrap(), l["log"].as_str().unwrap()))
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(errors("bad_time"), 1.0 + 4.0 + 1.0);
+    assert_eq!(errors("bad_record"), 4.0);
+    assert_eq!(
+        r.metric("firelane_input_errors_total", &[INPUT]),
+        10.0,
+        "nothing else counted: {}",
+        r.metrics()
+    );
+
+    // Broken framing mid-request (a PackedForward payload cut inside its third entry, after
+    // two good ones): nothing of it is taken, no ack, the connection is closed.
+    let mut entries = before_bad_after(100, &good_time, &[]);
+    entries.truncate(entries.len() - 4);
+    let mut req = Vec::new();
+    client::encode_packed_payload(&mut req, "t", &entries, false, None, None, Some("ck2"));
+    c.send(&req).unwrap();
+    assert!(c.read_message().is_err(), "acked or left open");
+    r.wait_metric(
+        "firelane_input_errors_total",
+        &[INPUT, "kind=\"malformed_msgpack\""],
+        1.0,
+        TIMEOUT,
+    );
+    // A later request on a new connection lands after what came before, and nothing of the
+    // broken one in between.
+    let mut c = connect(&tcp(port));
+    let chunk = client::new_chunk_id();
+    c.send(&raw_message(
+        "t",
+        T::Int(BASE),
+        &record(200, "last"),
+        opt_chunk(Some(&chunk)),
+    ))
+    .unwrap();
+    c.read_ack(&chunk).unwrap();
+    let lines = wait_lines(&out_path(&r), 3 + want.len(), TIMEOUT);
+    assert_eq!(lines.len(), 3 + want.len(), "{lines:#?}");
+    assert_eq!(lines.last().unwrap()["seq"], 200);
+    assert_eq!(
+        r.metric("firelane_input_records_total", &[INPUT]),
+        lines.len() as f64
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Deferred acks: a client pipelining chunks without waiting gets its acks strictly in
+// request order, and none for what is not buffered while the output is stalled.
+
+#[test]
+fn pipelined_chunks_are_acked_in_order_and_never_before_buffering() {
+    use firelane::input::forward::frame::{Split, Splitter};
+    let (http, http_addr) = common::silent_peer();
+    let port = free_port();
+    let output = format!(
+        r#"
+[outputs.out]
+type = "http"
+url = "http://127.0.0.1:{}/ingest"
+timeout = "120s"
+batch = {{ max_records = 100, max_age = "50ms" }}
+buffer = {{ max_size = "64KiB" }}
+"#,
+        http_addr.port()
+    );
+    let r = Router::start(&config(port, "", &output));
+    const REQUESTS: usize = 400;
+    const PER_REQUEST: usize = 5;
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut writer = s.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        let pad = "p".repeat(200);
+        for i in 0..REQUESTS {
+            let recs: Vec<Vec<u8>> = (0..PER_REQUEST)
+                .map(|j| {
+                    let mut b = Vec::new();
+                    let seq = (i * PER_REQUEST + j).to_string();
+                    client::encode_record(&mut b, &[("seq", &seq), ("pad", &pad)]);
+                    b
+                })
+                .collect();
+            let entries: Vec<Entry<'_>> = recs
+                .iter()
+                .map(|rec| Entry {
+                    time: EventTime {
+                        secs: BASE,
+                        nanos: 0,
+                    },
+                    record: rec,
+                })
+                .collect();
+            let mut req = Vec::new();
+            client::encode_forward(&mut req, "pipe", &entries, Some(&format!("c{i}")));
+            writer.write_all(&req).unwrap();
+        }
+    });
+    // Acks as they come, in a thread of their own: the writer never waits for them.
+    let acks = Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
+    let reader = {
+        let acks = acks.clone();
+        let mut s = s.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let mut inbox = Vec::new();
+            let mut buf = [0u8; 4096];
+            while acks.lock().unwrap().len() < REQUESTS {
+                let n = match s.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                inbox.extend_from_slice(&buf[..n]);
+                while let Split::Complete(len) = Splitter::new(1 << 20).advance(&inbox) {
+                    acks.lock().unwrap().push(inbox.drain(..len).collect());
+                }
+            }
+        })
+    };
+    let want: Vec<Vec<u8>> = (0..REQUESTS)
+        .map(|i| client::expected_ack(&format!("c{i}")))
+        .collect();
+
+    // The output is stalled: acks stop once the buffer is full, as a prefix in order.
+    let deadline = Instant::now() + TIMEOUT;
+    let mut last = (0, Instant::now());
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = acks.lock().unwrap().len();
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if now > 0 && last.1.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "acks never stalled ({now})");
+    }
+    let stalled = acks.lock().unwrap().clone();
+    assert!(stalled.len() < REQUESTS / 2, "{} acked", stalled.len());
+    assert!(stalled[..] == want[..stalled.len()], "acks out of order");
+    // (The kernel's socket buffers may hold the rest of what the client wrote.)
+    let taken = r.metric("firelane_input_records_total", &[INPUT]);
+    assert!(
+        taken < (REQUESTS * PER_REQUEST / 2) as f64,
+        "the input kept reading a stalled pipeline: {taken} records taken"
+    );
+    // Every acked record is in the buffer (or already handed to the stalled output).
+    let buffered = r.metric(
+        "firelane_output_received_records_total",
+        &["output=\"out\""],
+    );
+    assert!(
+        buffered >= (stalled.len() * PER_REQUEST) as f64,
+        "{} requests acked, {buffered} records buffered",
+        stalled.len()
+    );
+
+    // The output recovers: every ack, in order; every record sent once.
+    let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    {
+        let bodies = bodies.clone();
+        std::thread::spawn(move || serve_http(http, bodies));
+    }
+    sender.join().expect("sender failed");
+    r.wait_metric(
+        "firelane_output_records_total",
+        &["output=\"out\"", "result=\"sent\""],
+        (REQUESTS * PER_REQUEST) as f64,
+        TIMEOUT,
+    );
+    let deadline = Instant::now() + TIMEOUT;
+    while acks.lock().unwrap().len() < REQUESTS && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let all = acks.lock().unwrap().clone();
+    assert_eq!(all.len(), REQUESTS);
+    assert!(all == want, "acks out of order");
+    drop(s);
+    reader.join().unwrap();
+    let mut seqs: Vec<usize> = bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|b| b.lines().map(str::to_owned).collect::<Vec<_>>())
+        .map(|l| {
+            let v: Value = serde_json::from_str(&l).unwrap();
+            v["seq"].as_str().unwrap().parse().unwrap()
+        })
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (0..REQUESTS * PER_REQUEST).collect::<Vec<_>>());
+}
+
+// ---------------------------------------------------------------------------------------
+// Slow and silent clients: memory is reserved for bytes received, never for what a header
+// announces; a stalled request times out; a connection cap protects file descriptors.
+
+/// Sends acked Forward requests of 5 records until `stop`, each ack awaited for at most
+/// `ack_timeout`; returns the number of records acked (every one of them checked later).
+fn steady_client(
+    addr: ListenAddr,
+    tag: &str,
+    ack_timeout: Duration,
+    acked: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    let tag = tag.to_owned();
+    std::thread::spawn(move || {
+        let mut c = ForwardClient::connect(&addr, ack_timeout).unwrap();
+        let mut seq = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let recs: Vec<Vec<u8>> = (seq..seq + 5).map(|s| record(s, "steady")).collect();
+            let entries: Vec<Entry<'_>> = recs
+                .iter()
+                .map(|rec| Entry {
+                    time: EventTime {
+                        secs: BASE,
+                        nanos: 0,
+                    },
+                    record: rec,
+                })
+                .collect();
+            let chunk = client::new_chunk_id();
+            let mut req = Vec::new();
+            client::encode_forward(&mut req, &tag, &entries, Some(&chunk));
+            c.send(&req).unwrap();
+            c.read_ack(&chunk)
+                .unwrap_or_else(|e| panic!("{tag}: no ack for records {seq}..: {e}"));
+            seq += 5;
+            acked.store(seq, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+}
+
+#[test]
+fn frame_headers_from_silent_clients_do_not_take_the_memory_budget() {
+    let port = free_port();
+    let cfg = config(port, "read_timeout = \"6s\"", FILE_OUTPUT)
+        .replace("[runtime]\n", "[runtime]\nmemory_limit = \"32MiB\"\n");
+    let r = Router::start(&cfg);
+    let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let good = steady_client(
+        tcp(port),
+        "steady",
+        Duration::from_secs(10),
+        acked.clone(),
+        stop.clone(),
+    );
+    while acked.load(Ordering::SeqCst) == 0 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    // The issue's attack: eight connections, each a frame header announcing a 16 MiB bin
+    // (`["big", <bin32 of 16 MiB - 64>]`), then nothing.
+    let header = [0x92, 0xa3, b'b', b'i', b'g', 0xc6, 0x00, 0xff, 0xff, 0xc0];
+    let mut attackers: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.write_all(&header).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            s
+        })
+        .collect();
+    // The good client keeps getting its acks while the headers sit there (well before
+    // read_timeout cuts them off).
+    std::thread::sleep(Duration::from_millis(300));
+    let during = acked.load(Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while acked.load(Ordering::SeqCst) < during + 20 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        acked.load(Ordering::SeqCst) >= during + 20,
+        "the good client stalled behind the headers"
+    );
+    assert_eq!(
+        r.metric(
+            "firelane_input_errors_total",
+            &[INPUT, "kind=\"read_timeout\""]
+        ),
+        0.0,
+        "the headers were cut off before the good client was checked"
+    );
+    // A request in progress that makes no progress is cut off after read_timeout.
+    for s in &mut attackers {
+        assert!(
+            closed_by_peer(s, TIMEOUT),
+            "silent attacker still connected"
+        );
+    }
+    assert_eq!(
+        r.wait_metric(
+            "firelane_input_errors_total",
+            &[INPUT, "kind=\"read_timeout\""],
+            8.0,
+            TIMEOUT
+        ),
+        8.0
+    );
+    stop.store(true, Ordering::Relaxed);
+    good.join().expect("good client failed");
+    let n = acked.load(Ordering::SeqCst);
+    let lines = wait_lines(&out_path(&r), n as usize, TIMEOUT);
+    let mut seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (0..n).collect::<Vec<_>>());
+    assert_eq!(
+        r.metric("firelane_input_errors_total", &[INPUT]),
+        8.0,
+        "{}",
+        r.metrics()
+    );
+}
+
+#[test]
+fn connections_over_the_cap_are_closed_and_counted() {
+    let port = free_port();
+    let r = Router::start(&config(port, "max_connections = 3", FILE_OUTPUT));
+    let acked_request = |c: &mut ForwardClient, seq: u64| {
+        let chunk = client::new_chunk_id();
+        c.send(&raw_message(
+            "cap",
+            T::Int(BASE),
+            &record(seq, "cap"),
+            opt_chunk(Some(&chunk)),
+        ))?;
+        c.read_ack(&chunk)
+    };
+    let mut open: Vec<ForwardClient> =
+        vec![connect(&tcp(port)), connect(&unix(&r)), connect(&tcp(port))];
+    for (i, c) in open.iter_mut().enumerate() {
+        acked_request(c, i as u64).unwrap();
+    }
+    // A fourth, on either listener: closed at once and counted.
+    for (i, addr) in [tcp(port), unix(&r)].iter().enumerate() {
+        let mut extra = connect(addr);
+        let refused = acked_request(&mut extra, 100 + i as u64);
+        assert!(refused.is_err(), "connection over the cap was served");
+        r.wait_metric(
+            "firelane_input_errors_total",
+            &[INPUT, "kind=\"too_many_connections\""],
+            i as f64 + 1.0,
+            TIMEOUT,
+        );
+    }
+    // The open ones are unaffected.
+    for (i, c) in open.iter_mut().enumerate() {
+        acked_request(c, 10 + i as u64).unwrap();
+    }
+    // A closed connection frees its place.
+    open.pop();
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let mut c = connect(&tcp(port));
+        if acked_request(&mut c, 20).is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the freed place was never reused"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let lines = wait_lines(&out_path(&r), 7, TIMEOUT);
+    let mut seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, [0, 1, 2, 10, 11, 12, 20]);
+}
+
+#[test]
+fn an_empty_shared_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("firelane.toml");
+    std::fs::write(
+        &path,
+        r#"
+[inputs.fwd]
+type = "forward"
+listen = ["tcp://127.0.0.1:24224"]
+shared_key = "${FIRELANE_TEST_UNSET_KEY:-}"
+
+[outputs.out]
+type = "null"
+
+[routes.all]
+to = ["out"]
+"#,
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_firelane"))
+        .args(["check", "-c"])
+        .arg(&path)
+        .env_remove("FIRELANE_TEST_UNSET_KEY")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "accepted: {stderr}");
+    assert!(stderr.contains("shared_key"), "{stderr}");
+    assert!(stderr.contains("empty"), "{stderr}");
+}
+
+// ---------------------------------------------------------------------------------------
+// SIGTERM drain window: open connections are still read and new ones accepted for
+// `runtime.drain_inputs`; the router exits early once every client has closed.
+
+#[test]
+fn records_written_after_sigterm_arrive() {
+    let port = free_port();
+    // Default window: half of the default 25 s shutdown_grace.
+    let mut r = Router::start(&config(port, "", FILE_OUTPUT));
+    let sock = ListenAddr::Unix(r.path("run/sub/fluent.sock"));
+    let send = |c: &mut ForwardClient, seq: u64| {
+        // Like Docker's fluentd driver: Message mode, no chunk, no ack.
+        c.send(&raw_message(
+            "late",
+            T::Int(BASE),
+            &record(seq, "late"),
+            Opt::Absent,
+        ))
+        .unwrap();
+    };
+    let mut c = connect(&sock);
+    send(&mut c, 0);
+    wait_lines(&out_path(&r), 1, TIMEOUT);
+
+    let sigterm = Instant::now();
+    r.signal(15);
+    let at = |secs: f64| {
+        let when = sigterm + Duration::from_secs_f64(secs);
+        std::thread::sleep(when.saturating_duration_since(Instant::now()));
+    };
+    at(0.8);
+    send(&mut c, 1);
+    // A container that connects during the drain is accepted and read.
+    at(1.2);
+    let mut newcomer = connect(&sock);
+    send(&mut newcomer, 2);
+    newcomer.finish().unwrap();
+    drop(newcomer);
+    at(2.0);
+    send(&mut c, 3);
+    // The records are in the output before the last client closes: the router is still
+    // draining, not exiting.
+    let lines = wait_lines(&out_path(&r), 4, TIMEOUT);
+    assert_eq!(lines.len(), 4, "{lines:#?}");
+    let alive = r.child.as_mut().map(|c| c.try_wait().map(|s| s.is_none()));
+    assert!(
+        matches!(alive, Some(Ok(true))),
+        "exited while a client was open"
+    );
+    c.finish().unwrap();
+    drop(c);
+
+    // Every client closed: the drain ends early, far before its 12.5 s window.
+    let status = r.wait_exit(TIMEOUT);
+    let took = sigterm.elapsed();
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_secs(10), "exit took {took:?}");
+    let lines = read_jsonl(&out_path(&r));
+    let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [0, 1, 2, 3]);
+    for l in &lines {
+        let seq = l["seq"].as_u64().unwrap();
+        assert_eq!(
+            l,
+            &expected_line("late", &rfc3339(i64::from(BASE), 0), seq, "late")
+        );
+    }
+    assert!(
+        !r.path("run/sub/fluent.sock").exists(),
+        "unix socket left behind"
+    );
+}
+
+#[test]
+fn a_drain_window_longer_than_the_grace_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("firelane.toml");
+    let write = |drain: &str| {
+        std::fs::write(
+            &path,
+            format!(
+                "[runtime]\nshutdown_grace = \"10s\"\ndrain_inputs = \"{drain}\"\n\n\
+                 [inputs.fwd]\ntype = \"forward\"\n\n[outputs.out]\ntype = \"null\"\n\n\
+                 [routes.all]\nto = [\"out\"]\n"
+            ),
+        )
+        .unwrap();
+        Command::new(env!("CARGO_BIN_EXE_firelane"))
+            .args(["check", "-c"])
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let out = write("11s");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "accepted: {stderr}");
+    assert!(stderr.contains("drain_inputs"), "{stderr}");
+    let out = write("10s");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -45,6 +45,10 @@ pub struct RuntimeSettings {
     /// Budget from SIGTERM to exit. ECS sends SIGKILL `stopTimeout` (default 30 s) after
     /// SIGTERM, so the default leaves 5 s of margin.
     pub shutdown_grace: Duration,
+    /// How long after SIGTERM inputs keep reading open connections and accepting new ones
+    /// (ending early once every client has closed), before outputs flush in what remains of
+    /// `shutdown_grace`. `None` = half of `shutdown_grace`.
+    pub drain_inputs: Option<Duration>,
     pub data_dir: PathBuf,
     /// Process-wide byte budget for records held in memory.
     pub memory_limit: u64,
@@ -55,6 +59,12 @@ pub struct RuntimeSettings {
 impl RuntimeSettings {
     pub const DEFAULT_GRACE: Duration = Duration::from_secs(25);
     pub const DEFAULT_MEMORY_LIMIT: u64 = 128 * 1024 * 1024;
+
+    /// The input drain window after SIGTERM: `drain_inputs`, default half of
+    /// `shutdown_grace`.
+    pub fn drain_inputs(&self) -> Duration {
+        self.drain_inputs.unwrap_or(self.shutdown_grace / 2)
+    }
 }
 
 #[derive(Debug)]
@@ -77,6 +87,12 @@ pub struct ForwardSpec {
     pub max_frame_bytes: Option<u64>,
     pub max_decompressed_bytes: Option<u64>,
     pub socket_mode: Option<u32>,
+    /// A request in progress must receive bytes at least this often; `0s` = no limit.
+    pub read_timeout: Option<Duration>,
+    /// A connection with nothing in progress is closed after this long; `0s` = never.
+    pub idle_timeout: Option<Duration>,
+    /// Open connections per input; more are closed right after accept.
+    pub max_connections: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -425,6 +441,7 @@ fn read_admin(top: &mut Table<'_, '_>, d: &mut Diagnostics) -> AdminSettings {
 fn read_runtime(top: &mut Table<'_, '_>, d: &mut Diagnostics) -> RuntimeSettings {
     let mut rt = RuntimeSettings {
         shutdown_grace: RuntimeSettings::DEFAULT_GRACE,
+        drain_inputs: None,
         data_dir: PathBuf::from("/var/lib/firelane"),
         memory_limit: RuntimeSettings::DEFAULT_MEMORY_LIMIT,
         log_level: "info".into(),
@@ -435,6 +452,19 @@ fn read_runtime(top: &mut Table<'_, '_>, d: &mut Diagnostics) -> RuntimeSettings
     };
     if let Some(g) = t.opt_duration(d, "shutdown_grace") {
         rt.shutdown_grace = g;
+    }
+    if let Some(w) = t.opt_duration(d, "drain_inputs") {
+        if w > rt.shutdown_grace {
+            d.error(
+                t.value_span("drain_inputs"),
+                format!(
+                    "runtime.drain_inputs: {w:?} is longer than shutdown_grace ({:?}); outputs need time to flush after it",
+                    rt.shutdown_grace
+                ),
+            );
+        } else {
+            rt.drain_inputs = Some(w);
+        }
     }
     if let Some(p) = t.opt_string(d, "data_dir") {
         rt.data_dir = PathBuf::from(p);
@@ -473,6 +503,7 @@ fn read_runtime(top: &mut Table<'_, '_>, d: &mut Diagnostics) -> RuntimeSettings
         d,
         &[
             "shutdown_grace",
+            "drain_inputs",
             "data_dir",
             "memory_limit",
             "log_level",
@@ -508,9 +539,21 @@ fn read_input(
                     Err(e) => d.error(l.span(), format!("{}.listen: {e}", t.path())),
                 }
             }
+            let shared_key = t.opt_string(d, "shared_key");
+            // Like the HTTP input's secrets: an empty key (an unset `${VAR:-}`) would
+            // authenticate every client that also uses the empty key.
+            if shared_key.as_deref() == Some("") {
+                d.error(
+                    t.value_span("shared_key"),
+                    format!(
+                        "{}.shared_key: the key is empty (an unset ${{VAR:-}}?); refusing to accept any client with it",
+                        t.path()
+                    ),
+                );
+            }
             let spec = ForwardSpec {
                 listen: addrs,
-                shared_key: t.opt_string(d, "shared_key"),
+                shared_key,
                 max_frame_bytes: t.opt_size(d, "max_frame"),
                 max_decompressed_bytes: t.opt_size(d, "max_decompressed"),
                 socket_mode: t.opt_string(d, "socket_mode").and_then(|m| {
@@ -524,6 +567,19 @@ fn read_input(
                             None
                         })
                 }),
+                read_timeout: t.opt_duration(d, "read_timeout"),
+                idle_timeout: t.opt_duration(d, "idle_timeout"),
+                max_connections: t.opt_u64(d, "max_connections").and_then(|n| {
+                    if n == 0 {
+                        d.error(
+                            t.value_span("max_connections"),
+                            format!("{}.max_connections: must be at least 1", t.path()),
+                        );
+                        None
+                    } else {
+                        Some(n)
+                    }
+                }),
             };
             t.finish_expecting(
                 d,
@@ -534,6 +590,9 @@ fn read_input(
                     "max_frame",
                     "max_decompressed",
                     "socket_mode",
+                    "read_timeout",
+                    "idle_timeout",
+                    "max_connections",
                 ],
             );
             InputKind::Forward(spec)

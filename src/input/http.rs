@@ -21,7 +21,6 @@ use base64::Engine;
 use http_body_util::BodyExt;
 use metrics::Counter;
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
 use super::{Ingest, IngestError};
 use crate::buffer::budget::MemoryBudget;
@@ -104,12 +103,14 @@ impl Shared {
     }
 }
 
-/// Binds the listener (so the caller can mark readiness) and serves until `shutdown`.
+/// Binds the listener (so the caller can mark readiness) and serves until the drain window
+/// of `shutdown` is over (it keeps accepting after SIGTERM; see [`crate::input::drain`]),
+/// then finishes the requests in flight.
 pub async fn spawn(
     cfg: HttpInputConfig,
     ingest: Arc<dyn Ingest>,
     budget: MemoryBudget,
-    shutdown: CancellationToken,
+    shutdown: crate::input::drain::InputShutdown,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     // The caller adds "input NAME" as context; these messages say what went wrong.
     let addr: SocketAddr = cfg
@@ -134,7 +135,7 @@ pub async fn spawn(
     tracing::info!(input = %name, %addr, "http input listening");
     Ok(tokio::spawn(async move {
         let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .with_graceful_shutdown(shutdown.stopped_owned())
             .await;
         if let Err(e) = served {
             tracing::error!(input = %name, "http input stopped: {e}");

@@ -2,6 +2,8 @@
 
 use crate::event::Record;
 
+pub mod ack;
+pub mod drain;
 pub mod forward;
 pub mod http;
 
@@ -15,6 +17,24 @@ pub trait Ingest: Send + Sync + 'static {
     /// "block"`) this future does not resolve: that is the back-pressure signal. Callers
     /// that cannot wait (HTTP) wrap it in a timeout.
     async fn ingest(&self, records: Vec<Record>) -> Result<(), IngestError>;
+
+    /// Like [`Ingest::ingest`], with the request's acknowledgement travelling along:
+    /// resolves once the records were *taken* (back-pressure is over; the caller may read
+    /// on), while `ack` is settled when they are *safe* (see [`ack`]), possibly later, by a
+    /// stage that holds records back. An `Err` here means nothing was taken and `ack` was
+    /// failed with the same error.
+    ///
+    /// Default: plain routing buffers records before `ingest` resolves, so `ack` is settled
+    /// with its result.
+    async fn ingest_acked(
+        &self,
+        records: Vec<Record>,
+        ack: ack::AckToken,
+    ) -> Result<(), IngestError> {
+        let result = self.ingest(records).await;
+        ack.settle(&result);
+        result
+    }
 }
 
 /// Why records could not be taken. Inputs map each kind to their protocol's answer (HTTP:

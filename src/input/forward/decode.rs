@@ -16,14 +16,16 @@ use super::metrics::ErrorKind;
 use crate::event::{Fields, Record};
 
 /// Nesting limit for record values (the record map itself is level 1). Deeper records are
-/// dropped (`bad_record`) rather than risking deep recursion on hostile input.
+/// skipped (`bad_record`) rather than risking deep recursion on hostile input.
 pub const MAX_DEPTH: usize = 64;
 
 /// zstd window limit (2^23 = 8 MiB). A frame header may ask for a window of up to 2 GiB,
 /// which the decoder would allocate up front; real senders use far smaller windows.
 const ZSTD_WINDOW_LOG_MAX: u32 = 23;
 
-/// A request that must be refused. Records decoded before the error are kept by the caller.
+/// A request that must be refused (its framing is broken: wrong shape, undecodable payload),
+/// or, inside [`decode_request`], one entry that is skipped (kinds `bad_time`, `bad_entry`,
+/// `bad_record`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{kind}: {detail}")]
 pub struct DecodeError {
@@ -44,21 +46,57 @@ fn bad_request(detail: impl Into<String>) -> DecodeError {
     DecodeError::new(ErrorKind::BadRequest, detail)
 }
 
+fn bad_time(detail: impl Into<String>) -> DecodeError {
+    DecodeError::new(ErrorKind::BadTime, detail)
+}
+
+fn bad_entry(detail: impl Into<String>) -> DecodeError {
+    DecodeError::new(ErrorKind::BadEntry, detail)
+}
+
+fn bad_record(detail: impl Into<String>) -> DecodeError {
+    DecodeError::new(ErrorKind::BadRecord, detail)
+}
+
 fn truncated() -> DecodeError {
     DecodeError::new(ErrorKind::MalformedMsgpack, "truncated or invalid msgpack")
 }
 
-/// Counts of things that did not stop the request.
+/// Counts of things that did not stop the request. Each skipped entry is counted once, under
+/// the first reason found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Stats {
     /// Records (or tags) that contained non-UTF-8 strings, kept with U+FFFD.
     pub invalid_utf8: u64,
-    /// Records dropped: non-string keys or nesting beyond [`MAX_DEPTH`].
+    /// Entries skipped for their record: not a map, a key that is neither a string nor an
+    /// integer, nesting beyond [`MAX_DEPTH`].
     pub bad_records: u64,
+    /// Entries skipped for their time: not an integer, float, EventTime or msgpack
+    /// Timestamp; negative; beyond year 2262 (the i64 nanosecond range).
+    pub bad_times: u64,
+    /// Entries that are not `[time, record]` / `[[time, metadata], record]`.
+    pub bad_entries: u64,
     /// Fluent Bit group start/end markers skipped.
     pub markers: u64,
-    /// Why the last dropped record was dropped (for the log line).
-    pub bad_record_reason: Option<&'static str>,
+    /// Why the last skipped entry was skipped (for the log line).
+    pub skip_reason: Option<String>,
+}
+
+impl Stats {
+    /// Counts one skipped entry under the kind of `e`.
+    fn skipped(&mut self, e: DecodeError) {
+        match e.kind {
+            ErrorKind::BadTime => self.bad_times += 1,
+            ErrorKind::BadRecord => self.bad_records += 1,
+            _ => self.bad_entries += 1,
+        }
+        self.skip_reason = Some(e.detail);
+    }
+
+    /// Entries skipped, all kinds.
+    pub fn skipped_entries(&self) -> u64 {
+        self.bad_records + self.bad_times + self.bad_entries
+    }
 }
 
 /// What the request asked for besides its records.
@@ -83,10 +121,33 @@ pub struct Limits {
 
 /// Decodes one request, appending its records to `out`.
 ///
-/// On error, the records of entries decoded before the bad one stay in `out` (Fluent Bit
-/// keeps them too); the caller ingests them but must not ack the request. `now_ns` replaces
-/// a time of 0.
+/// An entry that is well-formed msgpack but cannot be used (bad time, a record that is not
+/// a usable map, an entry that is not `[time, record]`) is skipped and counted in `stats`;
+/// the rest of the request is kept and the request stays acknowledgeable. A client resending
+/// an unacked request would resend the same bad entry forever, duplicating its neighbours.
+///
+/// A request whose framing is broken (wrong shape, bad option types, an undecodable or
+/// truncated payload) is an error, and then nothing of it is kept: `out` and `stats` are
+/// left as they were, so the caller neither ingests part of it nor acks it. `now_ns`
+/// replaces a time of 0.
 pub fn decode_request(
+    frame: &[u8],
+    limits: &Limits,
+    now_ns: i64,
+    out: &mut Vec<Record>,
+    stats: &mut Stats,
+) -> Result<Request, DecodeError> {
+    let start_len = out.len();
+    let stats_before = stats.clone();
+    let result = decode_into(frame, limits, now_ns, out, stats);
+    if result.is_err() {
+        out.truncate(start_len);
+        *stats = stats_before;
+    }
+    result
+}
+
+fn decode_into(
     frame: &[u8],
     limits: &Limits,
     now_ns: i64,
@@ -170,8 +231,14 @@ pub fn decode_request(
     };
     match mode {
         Mode::Message => {
-            let time = read_time(&mut cur, now_ns)?;
-            sink.entry(time, &mut cur)?;
+            let start = cur.pos;
+            if let Err(e) = read_time(&mut cur, now_ns).and_then(|t| sink.entry(t, &mut cur)) {
+                // The frame is complete msgpack, so both elements can be stepped over.
+                cur.pos = start;
+                cur.skip()?;
+                cur.skip()?;
+                sink.stats.skipped(e);
+            }
         }
         Mode::Forward => {
             let Item::Array(n) = cur.next()? else {
@@ -189,6 +256,16 @@ pub fn decode_request(
             let entries = inflate(payload, limits)?;
             let mut inner = Cursor::new(&entries);
             while inner.pos < entries.len() {
+                // Entries are concatenated with nothing between them: an item that is not
+                // even an array means the payload is no sequence of entries at all.
+                if !matches!(
+                    Marker::from_u8(inner.peek()?),
+                    Marker::FixArray(_) | Marker::Array16 | Marker::Array32
+                ) {
+                    return Err(bad_request(
+                        "packed payload is not a sequence of [time, record] entries",
+                    ));
+                }
                 sink.array_entry(&mut inner)?;
             }
         }
@@ -220,8 +297,16 @@ impl Mode {
             | Marker::I64
             | Marker::F32
             | Marker::F64
+            // Any ext is a time (EventTime, msgpack Timestamp); an unknown one is then
+            // a bad time for that one entry, not a broken request.
+            | Marker::FixExt1
+            | Marker::FixExt2
+            | Marker::FixExt4
             | Marker::FixExt8
-            | Marker::Ext8 => Mode::Message,
+            | Marker::FixExt16
+            | Marker::Ext8
+            | Marker::Ext16
+            | Marker::Ext32 => Mode::Message,
             Marker::FixArray(_) | Marker::Array16 | Marker::Array32 => Mode::Forward,
             Marker::FixStr(_)
             | Marker::Str8
@@ -386,7 +471,42 @@ fn secs_to_ns(secs: u64, nanos: u64, now_ns: i64) -> Result<Time, DecodeError> {
         .and_then(|ns| ns.checked_add(nanos))
         .and_then(|ns| i64::try_from(ns).ok())
         .map(Time::Ns)
-        .ok_or_else(|| bad_request(format!("time {secs}s is out of range")))
+        .ok_or_else(|| bad_time(format!("time {secs}s is out of range")))
+}
+
+/// msgpack's standard Timestamp extension (ext type -1), which msgpack libraries write for
+/// their native time types (msgpack spec, "Timestamp extension type"):
+/// - timestamp 32 (fixext4): uint32 seconds;
+/// - timestamp 64 (fixext8): uint64 with nanoseconds in the upper 30 bits and seconds in the
+///   lower 34;
+/// - timestamp 96 (ext8, length 12): uint32 nanoseconds, then int64 seconds.
+fn timestamp_ext(b: &[u8], now_ns: i64) -> Result<Time, DecodeError> {
+    let (secs, nanos): (i64, u32) = match *b {
+        [s0, s1, s2, s3] => (i64::from(u32::from_be_bytes([s0, s1, s2, s3])), 0),
+        [b0, b1, b2, b3, b4, b5, b6, b7] => {
+            let v = u64::from_be_bytes([b0, b1, b2, b3, b4, b5, b6, b7]);
+            // 34 bits always fit in i64; 30 bits always fit in u32.
+            ((v & 0x3_ffff_ffff) as i64, (v >> 34) as u32)
+        }
+        [n0, n1, n2, n3, s0, s1, s2, s3, s4, s5, s6, s7] => (
+            i64::from_be_bytes([s0, s1, s2, s3, s4, s5, s6, s7]),
+            u32::from_be_bytes([n0, n1, n2, n3]),
+        ),
+        _ => {
+            return Err(bad_time(format!(
+                "msgpack Timestamp of {} bytes (expected 4, 8 or 12)",
+                b.len()
+            )));
+        }
+    };
+    if nanos > 999_999_999 {
+        return Err(bad_time(format!(
+            "msgpack Timestamp with {nanos} nanoseconds"
+        )));
+    }
+    let secs = u64::try_from(secs)
+        .map_err(|_| bad_time(format!("msgpack Timestamp {secs}s is before 1970")))?;
+    secs_to_ns(secs, u64::from(nanos), now_ns)
 }
 
 fn read_time(cur: &mut Cursor<'_>, now_ns: i64) -> Result<Time, DecodeError> {
@@ -399,7 +519,7 @@ fn read_time(cur: &mut Cursor<'_>, now_ns: i64) -> Result<Time, DecodeError> {
                 return Ok(Time::Ns(now_ns));
             }
             if f * 1e9 >= i64::MAX as f64 {
-                return Err(bad_request(format!("time {f} is out of range")));
+                return Err(bad_time(format!("time {f} is out of range")));
             }
             // Seconds and fraction apart: `f * 1e9` rounds to a multiple of 256 ns for
             // present-day times, so 1700000000.25 would become ...249999872 ns.
@@ -415,13 +535,14 @@ fn read_time(cur: &mut Cursor<'_>, now_ns: i64) -> Result<Time, DecodeError> {
             }
             secs_to_ns(u64::from(secs), u64::from(nanos), now_ns)
         }
-        Item::Int(s) => Err(bad_request(format!("negative time {s}"))),
-        Item::Float(f) => Err(bad_request(format!("invalid time {f}"))),
-        Item::Ext(t, b) => Err(bad_request(format!(
+        Item::Ext(-1, b) => timestamp_ext(b, now_ns),
+        Item::Int(s) => Err(bad_time(format!("negative time {s}"))),
+        Item::Float(f) => Err(bad_time(format!("invalid time {f}"))),
+        Item::Ext(t, b) => Err(bad_time(format!(
             "time is ext type {t} of {} bytes, not EventTime",
             b.len()
         ))),
-        other => Err(bad_request(format!("time is {}, not a time", other.name()))),
+        other => Err(bad_time(format!("time is {}, not a time", other.name()))),
     }
 }
 
@@ -434,12 +555,25 @@ struct Sink<'o> {
 }
 
 impl Sink<'_> {
-    /// `[time, record]` or Fluent Bit's `[[time, metadata], record]`.
+    /// One entry of a Forward array or a PackedForward payload. An entry that is complete
+    /// msgpack but unusable is stepped over and counted; only msgpack that cannot be stepped
+    /// over (a truncated payload) fails the request.
     fn array_entry(&mut self, cur: &mut Cursor<'_>) -> Result<(), DecodeError> {
+        let start = cur.pos;
+        if let Err(e) = self.try_array_entry(cur) {
+            cur.pos = start;
+            cur.skip()?;
+            self.stats.skipped(e);
+        }
+        Ok(())
+    }
+
+    /// `[time, record]` or Fluent Bit's `[[time, metadata], record]`.
+    fn try_array_entry(&mut self, cur: &mut Cursor<'_>) -> Result<(), DecodeError> {
         match cur.next()? {
             Item::Array(2) => {}
             other => {
-                return Err(bad_request(format!(
+                return Err(bad_entry(format!(
                     "entry is {}, not [time, record]",
                     other.name()
                 )));
@@ -454,7 +588,7 @@ impl Sink<'_> {
                     Marker::FixMap(_) | Marker::Map16 | Marker::Map32 | Marker::Null => {
                         cur.skip()?
                     }
-                    _ => return Err(bad_request("event metadata is not a map")),
+                    _ => return Err(bad_entry("event metadata is not a map")),
                 }
                 time
             }
@@ -471,13 +605,12 @@ impl Sink<'_> {
                 return cur.skip();
             }
         };
-        if let Some(fields) = read_record(cur, self.stats)? {
-            self.out.push(Record {
-                tag: self.tag.clone(),
-                time_ns: ns,
-                fields,
-            });
-        }
+        let fields = read_record(cur, self.stats)?;
+        self.out.push(Record {
+            tag: self.tag.clone(),
+            time_ns: ns,
+            fields,
+        });
         Ok(())
     }
 }
@@ -495,31 +628,22 @@ impl From<DecodeError> for ValueError {
     }
 }
 
-/// A record map → fields. `Ok(None)` when the record was dropped as `bad_record`.
-fn read_record(cur: &mut Cursor<'_>, stats: &mut Stats) -> Result<Option<Fields>, DecodeError> {
-    let start = cur.pos;
+/// A record map → fields. A record that cannot be used is a `bad_record` error, for the
+/// caller to skip its entry.
+fn read_record(cur: &mut Cursor<'_>, stats: &mut Stats) -> Result<Fields, DecodeError> {
     let n = match cur.next()? {
         Item::Map(n) => n,
         other => {
-            return Err(bad_request(format!(
-                "record is {}, not a map",
-                other.name()
-            )));
+            return Err(bad_record(format!("record is {}, not a map", other.name())));
         }
     };
     let mut utf8_errors = 0;
     match read_map(cur, n, 1, &mut utf8_errors) {
         Ok(fields) => {
             stats.invalid_utf8 += utf8_errors.min(1);
-            Ok(Some(fields))
+            Ok(fields)
         }
-        Err(ValueError::Reject(reason)) => {
-            stats.bad_records += 1;
-            stats.bad_record_reason = Some(reason);
-            cur.pos = start;
-            cur.skip()?;
-            Ok(None)
-        }
+        Err(ValueError::Reject(reason)) => Err(bad_record(reason)),
         Err(ValueError::Fatal(e)) => Err(e),
     }
 }
@@ -942,9 +1066,10 @@ mod tests {
     }
 
     #[test]
-    fn invalid_times_are_bad_requests() {
+    fn invalid_times_skip_the_entry_and_keep_the_request() {
         for frame in [
             message_with_time(|b| drop(enc::write_sint(b, -5))),
+            message_with_time(|b| drop(enc::write_sint(b, -1_700_000_000))),
             message_with_time(|b| drop(enc::write_f64(b, f64::NAN))),
             message_with_time(|b| drop(enc::write_f64(b, -1.0))),
             message_with_time(|b| drop(enc::write_f64(b, 1e300))),
@@ -957,8 +1082,299 @@ mod tests {
                 enc::write_ext_meta(b, 4, 0).unwrap();
                 b.extend([0; 4]);
             }),
+            // msgpack Timestamps: negative seconds, nanoseconds beyond 10^9, a bad length.
+            message_with_time(|b| timestamp96(b, -1, 0)),
+            message_with_time(|b| timestamp96(b, 1, 1_000_000_000)),
+            message_with_time(|b| {
+                b.extend([0xd7, 0xff]);
+                b.extend(((1_000_000_000u64 << 34) | 5).to_be_bytes());
+            }),
+            message_with_time(|b| {
+                enc::write_ext_meta(b, 2, -1).unwrap();
+                b.extend([0; 2]);
+            }),
+            message_with_time(|b| timestamp96(b, i64::MAX, 0)),
         ] {
-            assert_eq!(kind(&frame), ErrorKind::BadRequest, "{frame:02x?}");
+            let (out, stats, req) = ok(&frame);
+            assert!(out.is_empty(), "{frame:02x?}");
+            assert_eq!(req.records, 0);
+            assert_eq!(
+                (stats.bad_times, stats.skipped_entries()),
+                (1, 1),
+                "{frame:02x?}"
+            );
+            assert!(stats.skip_reason.is_some());
+        }
+    }
+
+    fn timestamp96(b: &mut Vec<u8>, secs: i64, nanos: u32) {
+        b.extend([0xc7, 12, 0xff]);
+        b.extend(nanos.to_be_bytes());
+        b.extend(secs.to_be_bytes());
+    }
+
+    /// msgpack's Timestamp extension (type -1) in its three sizes, as msgpack libraries
+    /// write their native time types; values from the msgpack spec's bit layouts.
+    #[test]
+    fn msgpack_timestamp_extension_in_all_three_sizes() {
+        let ts32 = |b: &mut Vec<u8>| {
+            b.extend([0xd6, 0xff]);
+            b.extend(1_700_000_000u32.to_be_bytes());
+        };
+        // 64-bit: nanoseconds in the upper 30 bits, seconds in the lower 34. Seconds
+        // beyond 2^32 (year 2106+) exercise the 34th bit.
+        let ts64 = |secs: u64, nanos: u64| {
+            move |b: &mut Vec<u8>| {
+                b.extend([0xd7, 0xff]);
+                b.extend(((nanos << 34) | secs).to_be_bytes());
+            }
+        };
+        let cases: Vec<(&str, Vec<u8>, i64)> = vec![
+            (
+                "timestamp 32",
+                message_with_time(ts32),
+                1_700_000_000_000_000_000,
+            ),
+            (
+                "timestamp 64",
+                message_with_time(ts64(1_700_000_000, 123_456_789)),
+                1_700_000_000_123_456_789,
+            ),
+            (
+                "timestamp 64, 34-bit seconds",
+                message_with_time(ts64(5_000_000_000, 999_999_999)),
+                5_000_000_000_999_999_999,
+            ),
+            (
+                "timestamp 96",
+                message_with_time(|b| timestamp96(b, 1_700_000_000, 42)),
+                1_700_000_000_000_000_042,
+            ),
+            (
+                "timestamp 64 of zero is now",
+                message_with_time(ts64(0, 0)),
+                NOW,
+            ),
+        ];
+        for (name, frame, ns) in &cases {
+            let (out, stats, _) = ok(frame);
+            assert_eq!(stats, Stats::default(), "{name}");
+            assert_eq!(out.len(), 1, "{name}");
+            assert_eq!(out[0].time_ns, *ns, "{name}");
+        }
+        // Inside Forward entries, in both entry forms.
+        let mut b = Vec::new();
+        enc::write_array_len(&mut b, 2).unwrap();
+        enc::write_str(&mut b, "t").unwrap();
+        enc::write_array_len(&mut b, 2).unwrap();
+        enc::write_array_len(&mut b, 2).unwrap();
+        timestamp96(&mut b, 1_700_000_001, 7);
+        b.extend(record("a"));
+        enc::write_array_len(&mut b, 2).unwrap();
+        enc::write_array_len(&mut b, 2).unwrap();
+        ts64(1_700_000_002, 8)(&mut b);
+        enc::write_map_len(&mut b, 0).unwrap();
+        b.extend(record("b"));
+        let (out, _, _) = ok(&b);
+        let times: Vec<i64> = out.iter().map(|r| r.time_ns).collect();
+        assert_eq!(
+            times,
+            [1_700_000_001_000_000_007, 1_700_000_002_000_000_008]
+        );
+    }
+
+    /// Entries for `[[1700000000, {"log": before}], [<bad>, {"log": bad}], [1700000000,
+    /// {"log": after}]]`.
+    fn before_bad_after(bad_time: impl FnOnce(&mut Vec<u8>), bad_record: Option<&[u8]>) -> Vec<u8> {
+        let mut e = Vec::new();
+        enc::write_array_len(&mut e, 2).unwrap();
+        enc::write_uint(&mut e, 1_700_000_000).unwrap();
+        e.extend(record("before"));
+        enc::write_array_len(&mut e, 2).unwrap();
+        bad_time(&mut e);
+        match bad_record {
+            Some(r) => e.extend_from_slice(r),
+            None => e.extend(record("bad")),
+        }
+        enc::write_array_len(&mut e, 2).unwrap();
+        enc::write_uint(&mut e, 1_700_000_000).unwrap();
+        e.extend(record("after"));
+        e
+    }
+
+    fn with_chunk(b: &mut Vec<u8>) {
+        enc::write_map_len(b, 1).unwrap();
+        enc::write_str(b, "chunk").unwrap();
+        enc::write_str(b, "ck1").unwrap();
+    }
+
+    /// The request: one bad entry between two good ones, in every mode that has
+    /// entries. The bad one is skipped and counted, the others kept once, the chunk acked.
+    #[test]
+    fn a_bad_entry_is_skipped_and_the_rest_of_the_request_kept() {
+        let mut not_a_map = Vec::new();
+        enc::write_str(&mut not_a_map, "not a map").unwrap();
+        type Counter = fn(&Stats) -> u64;
+        let bads: Vec<(&str, Vec<u8>, Counter)> = vec![
+            (
+                "string time",
+                before_bad_after(|b| drop(enc::write_str(b, "2024-01-01T00:00:00Z")), None),
+                |s| s.bad_times,
+            ),
+            (
+                "negative integer time",
+                before_bad_after(|b| drop(enc::write_sint(b, -1_700_000_000)), None),
+                |s| s.bad_times,
+            ),
+            (
+                "record not a map",
+                before_bad_after(
+                    |b| drop(enc::write_uint(b, 1_700_000_000)),
+                    Some(&not_a_map),
+                ),
+                |s| s.bad_records,
+            ),
+        ];
+        for (bad, entries, counter) in &bads {
+            let mut forward = Vec::new();
+            enc::write_array_len(&mut forward, 3).unwrap();
+            enc::write_str(&mut forward, "t").unwrap();
+            enc::write_array_len(&mut forward, 3).unwrap();
+            forward.extend_from_slice(entries);
+            with_chunk(&mut forward);
+            let mut frames = vec![("Forward", forward)];
+            let mut packed = Vec::new();
+            client::encode_packed_payload(
+                &mut packed,
+                "t",
+                entries,
+                false,
+                None,
+                None,
+                Some("ck1"),
+            );
+            frames.push(("PackedForward", packed));
+            for c in [Compression::Gzip, Compression::Zstd] {
+                let mut b = Vec::new();
+                let z = client::compress(entries, c).unwrap();
+                client::encode_packed_payload(
+                    &mut b,
+                    "t",
+                    &z,
+                    false,
+                    None,
+                    Some(c.option_value()),
+                    Some("ck1"),
+                );
+                frames.push((c.option_value(), b));
+            }
+            for (mode, frame) in &frames {
+                let (out, stats, req) = ok(frame);
+                let logs: Vec<&Value> = out.iter().map(|r| &r.fields["log"]).collect();
+                assert_eq!(logs, [&json!("before"), &json!("after")], "{bad} in {mode}");
+                assert!(out.iter().all(|r| r.time_ns == 1_700_000_000_000_000_000));
+                assert_eq!(req.records, 2);
+                assert_eq!(&frame[req.chunk.unwrap()], b"\xa3ck1", "{bad} in {mode}");
+                assert_eq!(counter(&stats), 1, "{bad} in {mode}");
+                assert_eq!(stats.skipped_entries(), 1, "{bad} in {mode}");
+            }
+        }
+
+        // Entries that are not [time, record] are skipped as bad_entry.
+        let mut b = Vec::new();
+        enc::write_array_len(&mut b, 2).unwrap();
+        enc::write_str(&mut b, "t").unwrap();
+        enc::write_array_len(&mut b, 4).unwrap();
+        enc::write_uint(&mut b, 5).unwrap();
+        enc::write_array_len(&mut b, 3).unwrap();
+        enc::write_uint(&mut b, 1).unwrap();
+        b.extend(record("three"));
+        enc::write_nil(&mut b).unwrap();
+        enc::write_array_len(&mut b, 2).unwrap(); // metadata not a map
+        enc::write_array_len(&mut b, 2).unwrap();
+        enc::write_uint(&mut b, 1).unwrap();
+        enc::write_uint(&mut b, 1).unwrap();
+        b.extend(record("meta"));
+        enc::write_array_len(&mut b, 2).unwrap();
+        enc::write_uint(&mut b, 1).unwrap();
+        b.extend(record("good"));
+        let (out, stats, _) = ok(&b);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].fields["log"], "good");
+        assert_eq!((stats.bad_entries, stats.skipped_entries()), (3, 3));
+
+        // Message mode: the only entry is skipped, the request is still acknowledgeable.
+        let mut m = Vec::new();
+        enc::write_array_len(&mut m, 4).unwrap();
+        enc::write_str(&mut m, "t").unwrap();
+        enc::write_sint(&mut m, -7).unwrap();
+        m.extend(record("x"));
+        with_chunk(&mut m);
+        let (out, stats, req) = ok(&m);
+        assert!(out.is_empty());
+        assert_eq!(stats.bad_times, 1);
+        assert!(req.chunk.is_some());
+        let m = message_with_record(|b| drop(enc::write_str(b, "not a map")));
+        let (out, stats, _) = ok(&m);
+        assert!(out.is_empty());
+        assert_eq!(stats.bad_records, 1);
+    }
+
+    /// Broken framing refuses the whole request: nothing of it is kept, even the entries
+    /// decoded before the break, and no skip is counted for it.
+    #[test]
+    fn broken_framing_keeps_nothing_of_the_request() {
+        let mut payload =
+            before_bad_after(|b| drop(enc::write_str(b, "2024-01-01T00:00:00Z")), None);
+        payload.extend(before_bad_after(|b| drop(enc::write_uint(b, 1)), None));
+        // Cut inside the last entry: 5 entries are complete, one of them bad.
+        payload.truncate(payload.len() - 3);
+        let mut frames = Vec::new();
+        let mut b = Vec::new();
+        client::encode_packed_payload(&mut b, "t", &payload, false, None, None, Some("ck1"));
+        frames.push(("PackedForward cut short", b, ErrorKind::MalformedMsgpack));
+        let gz = client::compress(&payload, Compression::Gzip).unwrap();
+        let mut b = Vec::new();
+        client::encode_packed_payload(&mut b, "t", &gz, false, None, Some("gzip"), Some("ck1"));
+        frames.push(("gzip payload cut short", b, ErrorKind::MalformedMsgpack));
+        // A valid entry, then an integer where the next entry should start.
+        let mut p = before_bad_after(|b| drop(enc::write_uint(b, 1)), None);
+        p.push(0x05);
+        let mut b = Vec::new();
+        client::encode_packed_payload(&mut b, "t", &p, false, None, None, Some("ck1"));
+        frames.push(("payload not entries", b, ErrorKind::BadRequest));
+        // Good entries, then a chunk option of the wrong type.
+        let mut b = Vec::new();
+        enc::write_array_len(&mut b, 3).unwrap();
+        enc::write_str(&mut b, "t").unwrap();
+        enc::write_array_len(&mut b, 3).unwrap();
+        b.extend(before_bad_after(|b| drop(enc::write_uint(b, 1)), None));
+        enc::write_map_len(&mut b, 1).unwrap();
+        enc::write_str(&mut b, "chunk").unwrap();
+        enc::write_uint(&mut b, 1).unwrap();
+        frames.push(("chunk not a string", b, ErrorKind::BadRequest));
+        for (name, frame, want) in frames {
+            let mut out = vec![Record {
+                tag: "earlier".into(),
+                time_ns: 1,
+                fields: Fields::new(),
+            }];
+            let mut stats = Stats {
+                invalid_utf8: 3,
+                ..Stats::default()
+            };
+            let e = decode_request(&frame, &LIMITS, NOW, &mut out, &mut stats).unwrap_err();
+            assert_eq!(e.kind, want, "{name}: {e}");
+            assert_eq!(out.len(), 1, "{name}: records of the refused request kept");
+            assert_eq!(&*out[0].tag, "earlier");
+            assert_eq!(
+                stats,
+                Stats {
+                    invalid_utf8: 3,
+                    ..Stats::default()
+                },
+                "{name}"
+            );
         }
     }
 
@@ -1159,7 +1575,9 @@ mod tests {
         enc::write_uint(&mut b, 8).unwrap();
         enc::write_str(&mut b, "meta").unwrap();
         b.extend(record("b"));
-        assert_eq!(kind(&b), ErrorKind::BadRequest);
+        let (out, stats, _) = ok(&b);
+        assert!(out.is_empty());
+        assert_eq!(stats.bad_entries, 1);
     }
 
     fn message_with_option(f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
@@ -1369,7 +1787,7 @@ mod tests {
         assert_eq!(out[0].fields["n"], 0);
         assert_eq!(out[1].fields["n"], 2);
         assert_eq!(stats.bad_records, 1);
-        assert!(stats.bad_record_reason.is_some());
+        assert!(stats.skip_reason.is_some());
     }
 
     fn nested(depth: usize) -> Vec<u8> {
@@ -1409,7 +1827,6 @@ mod tests {
         enc::write_uint(&mut int_tag, 1).unwrap();
         enc::write_uint(&mut int_tag, 1).unwrap();
         int_tag.extend(record("x"));
-        let non_map = message_with_record(|b| drop(enc::write_str(b, "not a map")));
         let mut bool_second = Vec::new();
         enc::write_array_len(&mut bool_second, 2).unwrap();
         enc::write_str(&mut bool_second, "t").unwrap();
@@ -1430,7 +1847,6 @@ mod tests {
             ("one element", one),
             ("five elements", five),
             ("int tag", int_tag),
-            ("non-map record", non_map),
             ("bool second element", bool_second),
             ("forward with 4 elements", forward_with_4),
             ("message with 2 elements", message_with_2),
@@ -1440,7 +1856,7 @@ mod tests {
     }
 
     #[test]
-    fn entries_before_a_bad_entry_are_kept() {
+    fn entries_around_a_bad_entry_are_kept() {
         let (r, t) = entries(3);
         let e = as_entries(&r, &t);
         let mut b = Vec::new();
@@ -1461,18 +1877,19 @@ mod tests {
         enc::write_map_len(&mut b, 1).unwrap();
         enc::write_str(&mut b, "chunk").unwrap();
         enc::write_str(&mut b, "c").unwrap();
-        let (out, _, r) = decode(&b);
-        assert_eq!(r.unwrap_err().kind, ErrorKind::BadRequest);
-        check_lines(&out, 2);
+        let (out, stats, r) = decode(&b);
+        assert!(r.unwrap().chunk.is_some());
+        assert_eq!(stats.bad_records, 1);
+        check_lines(&out, 3);
 
-        // Truncated packed payload: the complete entries survive, the rest is malformed.
+        // Truncated packed payload: framing is broken, nothing of the request is kept.
         let mut payload = client::encode_entries(&e);
         payload.truncate(payload.len() - 3);
         let mut b = Vec::new();
         client::encode_packed_payload(&mut b, "app-firelens-1", &payload, false, None, None, None);
         let (out, _, r) = decode(&b);
         assert_eq!(r.unwrap_err().kind, ErrorKind::MalformedMsgpack);
-        check_lines(&out, 2);
+        assert!(out.is_empty());
     }
 
     #[test]

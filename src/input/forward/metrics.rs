@@ -16,12 +16,22 @@ pub enum ErrorKind {
     DecompressFailed,
     /// A compressed payload that inflates beyond `max_decompressed_bytes`.
     DecompressedTooLarge,
-    /// Valid msgpack with the wrong shape: not an array, tag not a string, time not a time,
-    /// record not a map, bad option types.
+    /// Valid msgpack with the wrong request shape: not an array, tag not a string, entries
+    /// neither an array nor a payload of entries, bad option types. The whole request is
+    /// refused and the connection closed.
     BadRequest,
-    /// One record dropped (non-string map key, nesting deeper than 64); the rest of the
-    /// request is kept.
+    /// One entry skipped for its record (not a map, a key that is neither a string nor an
+    /// integer, nesting deeper than 64); the rest of the request is kept and acked.
     BadRecord,
+    /// One entry skipped for its time (a string, a negative number, out of range, an
+    /// unknown ext type); the rest of the request is kept and acked.
+    BadTime,
+    /// One entry skipped because it is not `[time, record]`; the rest of the request is kept
+    /// and acked.
+    BadEntry,
+    /// Records no output can ever take (larger than every limit that applies): the request
+    /// is not acked, the connection stays open.
+    TooLarge,
     /// Wrong shared key or malformed PING.
     AuthFailed,
     /// A string that is not UTF-8; the record is kept with U+FFFD replacements.
@@ -34,22 +44,31 @@ pub enum ErrorKind {
     IngestFailed,
     /// Socket read or write failure.
     Io,
+    /// A request in progress received nothing for `read_timeout`; the connection is closed.
+    ReadTimeout,
+    /// A connection beyond `max_connections`, closed right after accept.
+    TooManyConnections,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 12] = [
+    pub const ALL: [ErrorKind; 17] = [
         ErrorKind::MalformedMsgpack,
         ErrorKind::FrameTooLarge,
         ErrorKind::DecompressFailed,
         ErrorKind::DecompressedTooLarge,
         ErrorKind::BadRequest,
         ErrorKind::BadRecord,
+        ErrorKind::BadTime,
+        ErrorKind::BadEntry,
+        ErrorKind::TooLarge,
         ErrorKind::AuthFailed,
         ErrorKind::InvalidUtf8,
         ErrorKind::UnsupportedSignal,
         ErrorKind::TruncatedFrame,
         ErrorKind::IngestFailed,
         ErrorKind::Io,
+        ErrorKind::ReadTimeout,
+        ErrorKind::TooManyConnections,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -60,12 +79,17 @@ impl ErrorKind {
             ErrorKind::DecompressedTooLarge => "decompressed_too_large",
             ErrorKind::BadRequest => "bad_request",
             ErrorKind::BadRecord => "bad_record",
+            ErrorKind::BadTime => "bad_time",
+            ErrorKind::BadEntry => "bad_entry",
+            ErrorKind::TooLarge => "too_large",
             ErrorKind::AuthFailed => "auth_failed",
             ErrorKind::InvalidUtf8 => "invalid_utf8",
             ErrorKind::UnsupportedSignal => "unsupported_signal",
             ErrorKind::TruncatedFrame => "truncated_frame",
             ErrorKind::IngestFailed => "ingest_failed",
             ErrorKind::Io => "io",
+            ErrorKind::ReadTimeout => "read_timeout",
+            ErrorKind::TooManyConnections => "too_many_connections",
         }
     }
 
@@ -78,12 +102,17 @@ impl ErrorKind {
             ErrorKind::DecompressedTooLarge => "forward_decompressed_too_large",
             ErrorKind::BadRequest => "forward_bad_request",
             ErrorKind::BadRecord => "forward_bad_record",
+            ErrorKind::BadTime => "forward_bad_time",
+            ErrorKind::BadEntry => "forward_bad_entry",
+            ErrorKind::TooLarge => "forward_too_large",
             ErrorKind::AuthFailed => "forward_auth_failed",
             ErrorKind::InvalidUtf8 => "forward_invalid_utf8",
             ErrorKind::UnsupportedSignal => "forward_unsupported_signal",
             ErrorKind::TruncatedFrame => "forward_truncated_frame",
             ErrorKind::IngestFailed => "forward_ingest_failed",
             ErrorKind::Io => "forward_io",
+            ErrorKind::ReadTimeout => "forward_read_timeout",
+            ErrorKind::TooManyConnections => "forward_too_many_connections",
         }
     }
 

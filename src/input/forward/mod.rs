@@ -3,15 +3,28 @@
 //!
 //! - Modes: Message, Forward, PackedForward, CompressedPackedForward (gzip, including several
 //!   concatenated members, and zstd; the payload's magic bytes win over the `compressed` option).
-//! - Times: integer seconds, float seconds, EventTime (fixext8 / ext8); Fluent Bit's
-//!   `[[time, metadata], record]` entries; Fluent Bit group markers are skipped; time 0 = now.
+//! - Times: integer seconds, float seconds, EventTime (fixext8 / ext8), msgpack's Timestamp
+//!   extension (type -1, 32/64/96-bit); Fluent Bit's `[[time, metadata], record]` entries;
+//!   Fluent Bit group markers are skipped; time 0 = now.
 //! - Acks: a request with a `chunk` option is answered `{"ack": chunk}` once its records were
-//!   accepted by the router (for disk buffers: persisted), never before.
+//!   accepted by the router (for disk buffers: persisted), never before. The ack waits for
+//!   the request's [`crate::input::ack::AckToken`]s, which a stage holding records back
+//!   (multiline, Docker partials) releases later; the connection keeps reading meanwhile, up
+//!   to 256 unacknowledged requests, and acks go out strictly in request order. A request
+//!   the router refuses as too large gets no ack (`kind = "too_large"`), the connection
+//!   stays open.
 //! - Optional shared-key handshake.
 //! - Back-pressure: a connection does not read its next request until the previous one was
 //!   ingested, so a full buffer stops the socket instead of growing memory.
+//! - Shutdown: during the drain window (`runtime.drain_inputs`) open connections are still
+//!   read and new ones accepted; at its end each connection is closed after its last
+//!   complete request was ingested and acked.
 //!
-//! Bad input closes that connection only, with a `firelane_input_errors_total{input,kind}`
+//! An unusable entry (bad time, a record that is not a usable map, not `[time, record]`) is
+//! skipped and counted (`kind` = `bad_time`, `bad_record`, `bad_entry`); the rest of its
+//! request is taken and acked, so a client never resends, and duplicates, the good entries.
+//! A request whose framing is broken is refused whole (nothing of it is taken, no ack) and
+//! closes that connection only. Both with a `firelane_input_errors_total{input,kind}`
 //! increment and a rate-limited warning.
 
 pub mod client;
@@ -47,9 +60,18 @@ pub struct ForwardConfig {
     /// Permissions of unix sockets. Default: 0o666, so dockerd and containers running as
     /// other users can connect.
     pub socket_mode: u32,
-    /// On shutdown, an open connection is read until the client closes it or sends nothing
-    /// for this long, so lines already in flight are not lost. Default: 500 ms.
-    pub drain_idle: Duration,
+    /// A request in progress must receive bytes at least this often, or its connection is
+    /// closed (`kind = "read_timeout"`) and the memory its bytes held freed. `None` = no
+    /// limit. Default: 30 s.
+    pub read_timeout: Option<Duration>,
+    /// A connection with nothing in progress (no partial request buffered) is closed after
+    /// this long. `None` (default) = never: FireLens/Docker keep one connection per
+    /// container open for its whole life, and a quiet container is normal.
+    pub idle_timeout: Option<Duration>,
+    /// Open connections (all listeners of the input together). Beyond it, new connections
+    /// are closed right after accept (`kind = "too_many_connections"`), so a flood cannot
+    /// take the file descriptors `/health` and the outputs need. Default: 1024.
+    pub max_connections: usize,
 }
 
 impl Default for ForwardConfig {
@@ -61,7 +83,9 @@ impl Default for ForwardConfig {
             max_frame_bytes: 16 << 20,
             max_decompressed_bytes: 64 << 20,
             socket_mode: 0o666,
-            drain_idle: Duration::from_millis(500),
+            read_timeout: Some(Duration::from_secs(30)),
+            idle_timeout: None,
+            max_connections: 1024,
         }
     }
 }
@@ -97,7 +121,16 @@ impl ForwardConfig {
                 defaults.max_decompressed_bytes,
             )?,
             socket_mode: spec.socket_mode.unwrap_or(defaults.socket_mode),
-            drain_idle: defaults.drain_idle,
+            read_timeout: spec
+                .read_timeout
+                .map_or(defaults.read_timeout, |d| (!d.is_zero()).then_some(d)),
+            idle_timeout: spec
+                .idle_timeout
+                .map_or(defaults.idle_timeout, |d| (!d.is_zero()).then_some(d)),
+            max_connections: spec
+                .max_connections
+                .map_or(Ok(defaults.max_connections), usize::try_from)
+                .map_err(|e| e.to_string())?,
         })
     }
 }
@@ -196,7 +229,9 @@ mod tests {
         assert_eq!(c.max_frame_bytes, 16 * 1024 * 1024);
         assert_eq!(c.max_decompressed_bytes, 64 * 1024 * 1024);
         assert_eq!(c.socket_mode, 0o666);
-        assert_eq!(c.drain_idle, Duration::from_millis(500));
+        assert_eq!(c.read_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(c.idle_timeout, None);
+        assert_eq!(c.max_connections, 1024);
         assert_eq!(c.listen, vec![ListenAddr::Tcp("127.0.0.1:24224".into())]);
     }
 }

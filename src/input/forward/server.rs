@@ -1,5 +1,6 @@
 //! Listeners and per-connection tasks.
 
+use std::collections::VecDeque;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,7 +12,6 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::decode::{self, DecodeError, Limits, Stats};
@@ -21,15 +21,19 @@ use super::metrics::{ErrorKind, InputMetrics};
 use super::{ForwardConfig, ListenAddr};
 use crate::buffer::budget::{MemoryBudget, Reservation};
 use crate::event::Record;
-use crate::input::Ingest;
+use crate::input::ack::{AckToken, AckWait, ack_pair};
+use crate::input::drain::{ClientGuard, InputShutdown};
+use crate::input::{Ingest, IngestError};
 
 /// Read granularity; also the buffer a connection keeps between small requests.
 const READ_CHUNK: usize = 32 * 1024;
 /// Requests at least this big are decoded on the blocking pool, so one big frame does not
 /// stall the other connections sharing the runtime thread.
 const BLOCKING_DECODE: usize = 256 * 1024;
-/// A partial request at least this big reserves memory before more of it is read.
-const BIG_FRAME: usize = 1 << 20;
+/// Read buffer a connection may hold without reserving memory from the budget (a fixed
+/// per-connection overhead, bounded by `max_connections`). Beyond it, the bytes received
+/// are reserved, never the size a frame header merely announces.
+const FREE_READ_BUFFER: usize = 2 * READ_CHUNK;
 /// Several small requests already in the read buffer are ingested together, up to this.
 const MAX_BATCH_RECORDS: usize = 4096;
 const MAX_BATCH_BYTES: usize = 8 << 20;
@@ -37,23 +41,30 @@ const MAX_BATCH_BYTES: usize = 8 << 20;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_PING_BYTES: usize = 64 * 1024;
+/// Requests with a `chunk` that a connection may have taken but not yet acknowledged
+/// (their records held back by a processor, or in flight to the buffers). At the bound the
+/// connection stops reading until the oldest is settled. Each costs only its ack reply.
+pub(crate) const MAX_UNACKED_REQUESTS: usize = 256;
 /// Ratio assumed between the decompressed and wire size when reserving memory ahead of
 /// inflating; the reservation is corrected once the real size is known.
 const ASSUMED_COMPRESSION_RATIO: usize = 10;
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
-/// Binds every listener of `cfg`, then serves them until `shutdown` is cancelled.
+/// Binds every listener of `cfg`, then serves them until the drain window of `shutdown` is
+/// over (see [`crate::input::drain`]): after SIGTERM connections are still read and new ones
+/// accepted, each registered as an open client.
 ///
 /// Returns once all sockets are bound (so the caller can report readiness), or the first bind
 /// error with the address in its context. Each returned task is one listener; it finishes
-/// after shutdown once every connection it accepted has drained (read to EOF or idle for
-/// `drain_idle`) and its records were ingested, so awaiting all of them means "input done".
+/// after [`InputShutdown::stop`] once every connection it accepted has closed (by the client,
+/// or at the window's end after its last complete request) and its records were ingested
+/// and acked, so awaiting all of them means "input done".
 pub async fn spawn(
     cfg: ForwardConfig,
     ingest: Arc<dyn Ingest>,
     budget: MemoryBudget,
-    shutdown: CancellationToken,
+    shutdown: InputShutdown,
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
     let metrics = InputMetrics::new(&cfg.name);
     spawn_with_metrics(cfg, ingest, budget, shutdown, metrics).await
@@ -64,7 +75,7 @@ pub(crate) async fn spawn_with_metrics(
     cfg: ForwardConfig,
     ingest: Arc<dyn Ingest>,
     budget: MemoryBudget,
-    shutdown: CancellationToken,
+    shutdown: InputShutdown,
     metrics: InputMetrics,
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
     let mut listeners = Vec::with_capacity(cfg.listen.len());
@@ -99,6 +110,7 @@ pub(crate) async fn spawn_with_metrics(
         }
     }
     let shared = Arc::new(Shared {
+        connections: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections)),
         limits: Limits {
             max_decompressed_bytes: cfg.max_decompressed_bytes,
         },
@@ -110,6 +122,18 @@ pub(crate) async fn spawn_with_metrics(
     });
     for l in &listeners {
         tracing::info!(input = %shared.cfg.name, listen = %l.describe(), "forward input listening");
+    }
+    if let Some(limit) = open_files_limit()
+        && (shared.cfg.max_connections as u64).saturating_add(FD_HEADROOM) > limit
+    {
+        // The cap only protects `/health` and the outputs if the process can open more
+        // files than it lets clients take.
+        tracing::warn!(
+            input = %shared.cfg.name,
+            max_connections = shared.cfg.max_connections,
+            open_files_limit = limit,
+            "max_connections leaves fewer than {FD_HEADROOM} file descriptors for everything else: raise the task's nofile ulimit or lower max_connections"
+        );
     }
     Ok(listeners
         .into_iter()
@@ -146,6 +170,8 @@ fn bind_unix(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
 }
 
 struct Shared {
+    /// One permit per open connection (`max_connections`).
+    connections: Arc<tokio::sync::Semaphore>,
     cfg: ForwardConfig,
     ingest: Arc<dyn Ingest>,
     budget: MemoryBudget,
@@ -177,12 +203,32 @@ impl Listener {
     }
 }
 
-async fn accept_loop(listener: Listener, shared: Arc<Shared>, shutdown: CancellationToken) {
+async fn accept_loop(listener: Listener, shared: Arc<Shared>, shutdown: InputShutdown) {
     let tracker = TaskTracker::new();
     loop {
+        // New connections are accepted during the drain window too: a container may
+        // reconnect to flush its last lines.
         let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = shutdown.stopped() => break,
             r = accept(&listener) => r,
+        };
+        // Over the cap, a connection is closed right away (and counted) rather than left
+        // in the backlog: the file descriptors it would take are the ones `/health` and
+        // the outputs' sockets need.
+        let permit = match (&accepted, shared.connections.clone().try_acquire_owned()) {
+            (Err(_), _) => None,
+            (Ok(_), Ok(permit)) => Some(permit),
+            (Ok(_), Err(_)) => {
+                shared.metrics.error(ErrorKind::TooManyConnections, 1);
+                crate::warn_limited!(
+                    ErrorKind::TooManyConnections.log_key(),
+                    "forward input `{}`: {} connections open (max_connections); closing a new one on {}",
+                    shared.cfg.name,
+                    shared.cfg.max_connections,
+                    listener.describe()
+                );
+                continue;
+            }
         };
         match accepted {
             Ok(Accepted::Tcp(stream, peer)) => {
@@ -193,13 +239,13 @@ async fn accept_loop(listener: Listener, shared: Arc<Shared>, shutdown: Cancella
                     shared.clone(),
                     shutdown.clone(),
                 );
-                tracker.spawn(conn.run());
+                tracker.spawn(conn.run(permit, shutdown.client()));
             }
             Ok(Accepted::Unix(stream)) => {
                 let id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
                 let peer = format!("{}#{id}", listener.describe());
                 let conn = Conn::new(stream, peer, shared.clone(), shutdown.clone());
-                tracker.spawn(conn.run());
+                tracker.spawn(conn.run(permit, shutdown.client()));
             }
             Err(e) => {
                 // Usually EMFILE: back off instead of spinning on the error.
@@ -238,9 +284,62 @@ struct Batch {
     records: Vec<Record>,
     /// `{"ack": chunk}` replies of the complete, valid requests, in order.
     acks: Vec<u8>,
+    /// Requests in the batch, and how many of them asked for an ack.
+    requests: usize,
+    ack_requests: usize,
+    /// The requests' frames (shared with the read buffer, not copied), kept to ingest them
+    /// one by one when the batch as a whole is refused as too large: one oversized record
+    /// must not take its neighbours' requests down with it.
+    frames: Vec<Bytes>,
     wire_bytes: u64,
     /// Memory the batch needs: frames plus decoded records.
     mem_bytes: usize,
+}
+
+/// Requests taken by the router whose acks wait for their tokens ([`crate::input::ack`]),
+/// oldest first. Acks go out strictly in this order.
+#[derive(Default)]
+struct PendingAcks {
+    queue: VecDeque<PendingAck>,
+    /// Requests in the queue (one entry may stand for a batch of them).
+    requests: usize,
+}
+
+struct PendingAck {
+    acks: Vec<u8>,
+    requests: usize,
+    wait: AckWait,
+}
+
+impl PendingAcks {
+    fn push(&mut self, p: PendingAck) {
+        self.requests += p.requests;
+        self.queue.push_back(p);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Whether the connection must stop reading until the oldest request is settled.
+    fn is_full(&self) -> bool {
+        self.requests >= MAX_UNACKED_REQUESTS
+    }
+
+    /// The oldest entry with its outcome, once settled; never resolves while empty.
+    /// Cancel-safe: an entry leaves the queue only in the poll that returns it.
+    async fn next(&mut self) -> (PendingAck, Result<(), IngestError>) {
+        let Some(head) = self.queue.front_mut() else {
+            return std::future::pending().await;
+        };
+        let outcome = (&mut head.wait).await;
+        // Always `Some`: the head was just awaited and nothing else touches the queue.
+        let Some(done) = self.queue.pop_front() else {
+            return std::future::pending().await;
+        };
+        self.requests -= done.requests;
+        (done, outcome)
+    }
 }
 
 impl Batch {
@@ -253,28 +352,43 @@ struct Conn<S> {
     stream: S,
     peer: String,
     sh: Arc<Shared>,
-    shutdown: CancellationToken,
-    draining: bool,
+    shutdown: InputShutdown,
     buf: BytesMut,
     /// Budget held while reading and decoding the current batch (and a big partial frame);
     /// released when the batch is handed to `ingest`.
     held: Reservation,
+    pending: PendingAcks,
+}
+
+/// What woke a connection waiting for bytes.
+enum Woke {
+    Read(std::io::Result<usize>),
+    Settled(PendingAck, Result<(), IngestError>),
+    Stopped,
+    TimedOut,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
-    fn new(stream: S, peer: String, sh: Arc<Shared>, shutdown: CancellationToken) -> Self {
+    fn new(stream: S, peer: String, sh: Arc<Shared>, shutdown: InputShutdown) -> Self {
         Conn {
             stream,
             peer,
             sh,
             shutdown,
-            draining: false,
             buf: BytesMut::with_capacity(READ_CHUNK),
             held: Reservation::empty(),
+            pending: PendingAcks::default(),
         }
     }
 
-    async fn run(mut self) {
+    /// Serves the connection; `_permit` is its place under `max_connections` and `_client`
+    /// its registration for the shutdown drain (taken at accept, so the drain cannot end
+    /// between accept and this task starting), both given back when it closes.
+    async fn run(
+        mut self,
+        _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+        _client: ClientGuard,
+    ) {
         tracing::debug!(peer = %self.peer, "forward connection opened");
         let result = match self.sh.cfg.shared_key.clone() {
             Some(key) => match self.handshake(&key).await {
@@ -282,6 +396,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 Err(e) => Err(e),
             },
             None => self.serve().await,
+        };
+        // Requests taken before the end still get their acks, so the client does not
+        // resend (duplicate) them.
+        let result = match (result, self.flush_acks().await) {
+            (Err(e), _) | (Ok(()), Err(e)) => Err(e),
+            (Ok(()), Ok(())) => Ok(()),
         };
         if let Err(e) = result {
             self.sh.metrics.error(e.kind, 1);
@@ -372,18 +492,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             if more_buffered {
                 continue;
             }
-            if self.buf.is_empty() && self.buf.capacity() > 4 * READ_CHUNK {
+            if self.buf.is_empty() && self.buf.capacity() > FREE_READ_BUFFER {
                 // Give back what one big request needed.
                 self.buf = BytesMut::with_capacity(READ_CHUNK);
             }
-            let frame_min = splitter.min_len();
-            if frame_min >= BIG_FRAME {
-                ensure(&mut self.held, &self.sh.budget, frame_min).await;
-            }
             let spare = self.buf.capacity() - self.buf.len();
             if spare < READ_CHUNK / 2 {
+                // Grow with what actually arrived (doubling, so a big request is copied a
+                // few times, not once per read), never to the size its header announces:
+                // a header claiming 16 MiB followed by silence must cost nothing.
+                let missing = splitter.min_len().saturating_sub(self.buf.len());
                 self.buf
-                    .reserve(READ_CHUNK.max(frame_min.saturating_sub(self.buf.len())));
+                    .reserve(READ_CHUNK.max(self.buf.len().min(missing)));
+            }
+            if self.buf.capacity() > FREE_READ_BUFFER {
+                // Counted as it is filled; may wait for memory others release (holding
+                // nothing meanwhile, see `ensure`).
+                ensure(&mut self.held, &self.sh.budget, self.buf.capacity()).await;
+            }
+            // Too many requests wait for their acks: read nothing more until the oldest
+            // is settled, so a stage holding records back cannot make this grow forever.
+            while self.pending.is_full() {
+                let (p, outcome) = self.pending.next().await;
+                self.answer(p, outcome).await?;
             }
             if !self.fill().await? {
                 if self.buf.is_empty() {
@@ -400,23 +531,62 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         }
     }
 
-    /// Reads more bytes. `Ok(false)` on EOF, or when draining and the client went quiet.
+    /// Reads more bytes, sending acks as their requests are settled meanwhile. `Ok(false)`
+    /// on EOF, at the end of the drain window, or after `idle_timeout`, with nothing in
+    /// progress. A request in progress that receives nothing for `read_timeout`, or is cut
+    /// by the window's end, is an error: its bytes are dropped, unacked (the client resends
+    /// it), and the memory they held is freed.
     async fn fill(&mut self) -> Result<bool, DecodeError> {
-        loop {
-            if self.draining {
-                return match tokio::time::timeout(
-                    self.sh.cfg.drain_idle,
-                    self.stream.read_buf(&mut self.buf),
-                )
-                .await
-                {
-                    Err(_) => Ok(false),
-                    Ok(r) => r.map(|n| n > 0).map_err(io_error),
-                };
+        let in_progress = !self.buf.is_empty();
+        let limit = if in_progress {
+            self.sh.cfg.read_timeout
+        } else {
+            self.sh.cfg.idle_timeout
+        };
+        let deadline = limit.map(|d| tokio::time::Instant::now() + d);
+        let timed_out = async move {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
             }
-            tokio::select! {
-                r = self.stream.read_buf(&mut self.buf) => return r.map(|n| n > 0).map_err(io_error),
-                _ = self.shutdown.cancelled() => self.draining = true,
+        };
+        tokio::pin!(timed_out);
+        loop {
+            // During the drain window (after SIGTERM) reading goes on as before: apps
+            // flush their last lines while the task stops. Only the window's end stops it.
+            let woke = tokio::select! {
+                r = self.stream.read_buf(&mut self.buf) => Woke::Read(r),
+                (p, outcome) = self.pending.next() => Woke::Settled(p, outcome),
+                _ = self.shutdown.stopped() => Woke::Stopped,
+                _ = &mut timed_out => Woke::TimedOut,
+            };
+            match woke {
+                Woke::Read(r) => return r.map(|n| n > 0).map_err(io_error),
+                Woke::Settled(p, outcome) => self.answer(p, outcome).await?,
+                Woke::Stopped if in_progress => {
+                    return Err(err(
+                        ErrorKind::TruncatedFrame,
+                        format!(
+                            "drain window over with {} bytes of an incomplete request (not acked)",
+                            self.buf.len()
+                        ),
+                    ));
+                }
+                Woke::Stopped => return Ok(false),
+                Woke::TimedOut if in_progress => {
+                    return Err(err(
+                        ErrorKind::ReadTimeout,
+                        format!(
+                            "no bytes for {:?} in the middle of a request ({} bytes received)",
+                            limit.unwrap_or_default(),
+                            self.buf.len()
+                        ),
+                    ));
+                }
+                Woke::TimedOut => {
+                    tracing::debug!(peer = %self.peer, "closing idle forward connection");
+                    return Ok(false);
+                }
             }
         }
     }
@@ -430,14 +600,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         };
         ensure(&mut self.held, &self.sh.budget, batch.mem_bytes + estimate).await;
 
-        let limits = self.sh.limits;
-        let decoded = if wire >= BLOCKING_DECODE {
-            tokio::task::spawn_blocking(move || decode_frame(frame, limits))
-                .await
-                .map_err(|e| err(ErrorKind::Io, format!("decoder task failed: {e}")))?
-        } else {
-            decode_frame(frame, limits)
-        };
+        let decoded = self.decode(frame).await?;
 
         let m = &self.sh.metrics;
         if decoded.stats.invalid_utf8 > 0 {
@@ -450,16 +613,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 self.peer
             );
         }
-        if decoded.stats.bad_records > 0 {
-            m.error(ErrorKind::BadRecord, decoded.stats.bad_records);
-            crate::warn_limited!(
-                ErrorKind::BadRecord.log_key(),
-                "forward input `{}`: dropped {} record(s) from {}: {}",
-                self.sh.cfg.name,
-                decoded.stats.bad_records,
-                self.peer,
-                decoded.stats.bad_record_reason.unwrap_or("invalid record")
-            );
+        let skipped = &decoded.stats;
+        for (kind, n) in [
+            (ErrorKind::BadTime, skipped.bad_times),
+            (ErrorKind::BadRecord, skipped.bad_records),
+            (ErrorKind::BadEntry, skipped.bad_entries),
+        ] {
+            if n > 0 {
+                m.error(kind, n);
+                crate::warn_limited!(
+                    kind.log_key(),
+                    "forward input `{}`: skipped {n} entr{} ({kind}) from {}, kept the rest of the request: {}",
+                    self.sh.cfg.name,
+                    if n == 1 { "y" } else { "ies" },
+                    self.peer,
+                    skipped.skip_reason.as_deref().unwrap_or("unusable entry")
+                );
+            }
         }
         batch.mem_bytes += wire
             + decoded
@@ -482,40 +652,166 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 self.peer
             );
         }
+        batch.requests += 1;
         if let Some(range) = request.chunk {
-            // `{"ack": <chunk exactly as received>}`
-            batch
-                .acks
-                .extend_from_slice(&[0x81, 0xa3, b'a', b'c', b'k']);
-            batch.acks.extend_from_slice(&decoded.frame[range]);
+            ack_reply(&mut batch.acks, &decoded.frame[range]);
+            batch.ack_requests += 1;
         }
+        batch.frames.push(decoded.frame);
         Ok(())
     }
 
-    /// Ingests the batch, then sends its acks. Records of a request that failed half way
-    /// are ingested too, but that request is not acked.
+    /// Decodes one frame, on the blocking pool when it is big.
+    async fn decode(&self, frame: Bytes) -> Result<Decoded, DecodeError> {
+        let limits = self.sh.limits;
+        if frame.len() >= BLOCKING_DECODE {
+            tokio::task::spawn_blocking(move || decode_frame(frame, limits))
+                .await
+                .map_err(|e| err(ErrorKind::Io, format!("decoder task failed: {e}")))
+        } else {
+            Ok(decode_frame(frame, limits))
+        }
+    }
+
+    /// Hands the batch to the router and queues its acks behind the earlier ones; they go
+    /// out once its token is settled (see [`crate::input::ack`]). A batch refused as too
+    /// large is retried request by request, so only the request holding the oversized
+    /// record goes unacked (counted `too_large`); the connection stays open.
     async fn commit(&mut self, batch: Batch) -> Result<(), DecodeError> {
-        let n = batch.records.len() as u64;
         // The buffers reserve budget for these records themselves while `ingest` waits.
         // Holding the decoding reservation across that wait would count the batch twice,
         // and a batch needing more than half of `memory_limit` would wait forever for
         // budget that only it holds. The connection reads nothing more until ingest
-        // returns, so at most this one batch per connection is in memory uncounted.
+        // returns, so at most this one batch per connection (and, for a batch of several
+        // requests, their wire frames) is in memory uncounted.
         self.held = Reservation::empty();
-        if n > 0 {
-            if let Err(e) = self.sh.ingest.ingest(batch.records).await {
-                return Err(err(
-                    ErrorKind::IngestFailed,
-                    format!("{n} record(s) not accepted: {e}"),
-                ));
-            }
-            self.sh.metrics.records(n);
-        }
         self.sh.metrics.bytes(batch.wire_bytes);
-        if !batch.acks.is_empty() {
-            self.write(&batch.acks).await?;
+        let Batch {
+            records,
+            acks,
+            requests,
+            ack_requests,
+            mut frames,
+            ..
+        } = batch;
+        if frames.len() < 2 {
+            frames.clear();
+        }
+        let Some(too_large) = self.take(records, acks, ack_requests).await? else {
+            return Ok(());
+        };
+        if frames.is_empty() {
+            self.refused_too_large(requests, &too_large);
+            return Ok(());
+        }
+        for frame in frames {
+            let decoded = self.decode(frame).await?;
+            // It decoded fine the first time; decoding is deterministic.
+            let Ok(request) = decoded.result else {
+                continue;
+            };
+            let mut acks = Vec::new();
+            if let Some(range) = request.chunk.clone() {
+                ack_reply(&mut acks, &decoded.frame[range]);
+            }
+            let ack_requests = usize::from(request.chunk.is_some());
+            if let Some(e) = self.take(decoded.records, acks, ack_requests).await? {
+                self.refused_too_large(1, &e);
+            }
         }
         Ok(())
+    }
+
+    /// Ingests records acknowledged together and queues their acks. `Ok(Some(e))` when they
+    /// were refused as too large (nothing taken, nothing queued); transient refusals close
+    /// the connection (the client resends elsewhere or later).
+    async fn take(
+        &mut self,
+        records: Vec<Record>,
+        acks: Vec<u8>,
+        ack_requests: usize,
+    ) -> Result<Option<IngestError>, DecodeError> {
+        let (token, wait) = ack_pair();
+        if records.is_empty() {
+            token.release();
+        } else {
+            let n = records.len() as u64;
+            match self.ingest(records, token).await? {
+                Ok(()) => self.sh.metrics.records(n),
+                Err(e @ IngestError::TooLarge { .. }) => return Ok(Some(e)),
+                Err(e) => {
+                    return Err(err(
+                        ErrorKind::IngestFailed,
+                        format!("{n} record(s) not accepted: {e}"),
+                    ));
+                }
+            }
+        }
+        if ack_requests > 0 {
+            self.pending.push(PendingAck {
+                acks,
+                requests: ack_requests,
+                wait,
+            });
+        }
+        Ok(None)
+    }
+
+    /// `Ingest::ingest_acked`, sending the acks of earlier requests as they are settled
+    /// while this one waits out back-pressure.
+    async fn ingest(
+        &mut self,
+        records: Vec<Record>,
+        token: AckToken,
+    ) -> Result<Result<(), IngestError>, DecodeError> {
+        let ingest = self.sh.ingest.clone();
+        let mut taking = std::pin::pin!(async move { ingest.ingest_acked(records, token).await });
+        loop {
+            let (p, outcome) = tokio::select! {
+                r = &mut taking => return Ok(r),
+                settled = self.pending.next() => settled,
+            };
+            self.answer(p, outcome).await?;
+        }
+    }
+
+    /// Sends the acks of settled requests; a request that failed after it was taken gets
+    /// none (the client resends it).
+    async fn answer(
+        &mut self,
+        p: PendingAck,
+        outcome: Result<(), IngestError>,
+    ) -> Result<(), DecodeError> {
+        match outcome {
+            Ok(()) => self.write(&p.acks).await,
+            Err(e @ IngestError::TooLarge { .. }) => {
+                self.refused_too_large(p.requests, &e);
+                Ok(())
+            }
+            Err(e) => Err(err(
+                ErrorKind::IngestFailed,
+                format!("{} request(s) not acknowledged: {e}", p.requests),
+            )),
+        }
+    }
+
+    /// Waits for every queued request to be settled and sends their acks.
+    async fn flush_acks(&mut self) -> Result<(), DecodeError> {
+        while !self.pending.is_empty() {
+            let (p, outcome) = self.pending.next().await;
+            self.answer(p, outcome).await?;
+        }
+        Ok(())
+    }
+
+    fn refused_too_large(&self, requests: usize, e: &IngestError) {
+        self.sh.metrics.error(ErrorKind::TooLarge, requests as u64);
+        crate::warn_limited!(
+            ErrorKind::TooLarge.log_key(),
+            "forward input `{}`: refused {requests} request(s) from {} without ack: {e}",
+            self.sh.cfg.name,
+            self.peer
+        );
     }
 
     async fn write(&mut self, bytes: &[u8]) -> Result<(), DecodeError> {
@@ -550,6 +846,27 @@ fn decode_frame(frame: Bytes, limits: Limits) -> Decoded {
         result,
         frame,
     }
+}
+
+/// File descriptors the rest of the router (admin server, outputs' connections, disk
+/// buffer segments) is assumed to need beside forward clients.
+const FD_HEADROOM: u64 = 128;
+
+/// The process's soft limit of open files, if known.
+fn open_files_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct passed by pointer.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    (rc == 0 && lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur)
+}
+
+/// Appends `{"ack": <chunk exactly as received>}`.
+fn ack_reply(out: &mut Vec<u8>, chunk: &[u8]) {
+    out.extend_from_slice(&[0x81, 0xa3, b'a', b'c', b'k']);
+    out.extend_from_slice(chunk);
 }
 
 /// Tops `held` up to `bytes`. Never waits while holding a part: two connections each
@@ -589,4 +906,242 @@ fn frame_error(e: FrameError) -> DecodeError {
 
 fn io_error(e: std::io::Error) -> DecodeError {
     err(ErrorKind::Io, e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use tokio::net::UnixStream;
+
+    use super::*;
+    use crate::input::forward::client::{self, EventTime};
+    use crate::input::forward::frame::object_len;
+
+    /// A router stage that holds every request's token (as a multiline processor holds a
+    /// line until the next one arrives), and refuses records with a `big` field as too
+    /// large.
+    #[derive(Default)]
+    struct Holding {
+        tokens: Mutex<Vec<AckToken>>,
+        taken: Mutex<Vec<String>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Ingest for Holding {
+        async fn ingest(&self, _: Vec<Record>) -> Result<(), IngestError> {
+            unreachable!("the forward input passes its ack tokens")
+        }
+
+        async fn ingest_acked(
+            &self,
+            records: Vec<Record>,
+            ack: AckToken,
+        ) -> Result<(), IngestError> {
+            if records.iter().any(|r| r.fields.contains_key("big")) {
+                let e = IngestError::TooLarge {
+                    bytes: 2,
+                    limit: 1,
+                    output: "o".into(),
+                };
+                ack.fail(e.clone());
+                return Err(e);
+            }
+            let mut taken = self.taken.lock().unwrap();
+            taken.extend(records.iter().map(|r| r.fields["log"].to_string()));
+            self.tokens.lock().unwrap().push(ack);
+            Ok(())
+        }
+    }
+
+    impl Holding {
+        fn taken(&self) -> usize {
+            self.taken.lock().unwrap().len()
+        }
+
+        /// Releases every held token, newest first: acks must still go out oldest first.
+        fn release_all(&self) {
+            let mut tokens = std::mem::take(&mut *self.tokens.lock().unwrap());
+            while let Some(t) = tokens.pop() {
+                t.release();
+            }
+        }
+    }
+
+    fn request(log: &str, chunk: &str) -> Vec<u8> {
+        let mut rec = Vec::new();
+        client::encode_record(&mut rec, &[("log", log)]);
+        let mut b = Vec::new();
+        client::encode_message(
+            &mut b,
+            "t",
+            EventTime {
+                secs: 1_700_000_000,
+                nanos: 0,
+            },
+            &rec,
+            Some(chunk),
+        );
+        b
+    }
+
+    fn big_request(chunk: &str) -> Vec<u8> {
+        let mut rec = Vec::new();
+        client::encode_record(&mut rec, &[("big", "x")]);
+        let mut b = Vec::new();
+        client::encode_message(&mut b, "t", EventTime::now(), &rec, Some(chunk));
+        b
+    }
+
+    /// Reads acks until `n` arrived or nothing more comes for `quiet`.
+    async fn read_acks(s: &mut UnixStream, inbox: &mut Vec<u8>, n: usize) -> Vec<Vec<u8>> {
+        let mut acks = Vec::new();
+        while acks.len() < n {
+            while let Some(len) = object_len(inbox) {
+                acks.push(inbox.drain(..len).collect());
+            }
+            if acks.len() >= n {
+                break;
+            }
+            let mut buf = [0u8; 4096];
+            match tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                Ok(Ok(k)) => inbox.extend_from_slice(&buf[..k]),
+            }
+        }
+        acks
+    }
+
+    async fn wait_until(what: &str, f: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !f() {
+            assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Serves a forward input on a unix socket in `dir`; its counters render from the
+    /// returned handle.
+    async fn start(
+        dir: &Path,
+        ingest: Arc<Holding>,
+    ) -> (
+        PathBuf,
+        metrics_exporter_prometheus::PrometheusHandle,
+        InputShutdown,
+    ) {
+        let sock = dir.join("fwd.sock");
+        let cfg = ForwardConfig {
+            name: "fwd".into(),
+            listen: vec![ListenAddr::Unix(sock.clone())],
+            ..ForwardConfig::default()
+        };
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let metrics = metrics::with_local_recorder(&recorder, || InputMetrics::new("fwd"));
+        let shutdown = InputShutdown::new();
+        spawn_with_metrics(
+            cfg,
+            ingest,
+            MemoryBudget::new(64 << 20),
+            shutdown.clone(),
+            metrics,
+        )
+        .await
+        .unwrap();
+        (sock, handle, shutdown)
+    }
+
+    /// Acks of pipelined requests go out strictly in request order, only once their tokens
+    /// are released; the connection reads on while they are held, up to
+    /// `MAX_UNACKED_REQUESTS`, and then stops.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn held_requests_pipeline_up_to_the_bound_and_ack_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let holding = Arc::new(Holding::default());
+        let (sock, _, shutdown) = start(dir.path(), holding.clone()).await;
+        let mut s = UnixStream::connect(&sock).await.unwrap();
+        let mut inbox = Vec::new();
+
+        // The bound's worth of requests, written one by one without waiting for acks.
+        for i in 0..MAX_UNACKED_REQUESTS {
+            s.write_all(&request(&i.to_string(), &format!("c{i}")))
+                .await
+                .unwrap();
+        }
+        wait_until("all requests taken while held", || {
+            holding.taken() == MAX_UNACKED_REQUESTS
+        })
+        .await;
+        // More requests: the connection stops reading at the bound.
+        let extra = 50;
+        for i in MAX_UNACKED_REQUESTS..MAX_UNACKED_REQUESTS + extra {
+            s.write_all(&request(&i.to_string(), &format!("c{i}")))
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(holding.taken(), MAX_UNACKED_REQUESTS, "read past the bound");
+        assert!(
+            read_acks(&mut s, &mut inbox, 1).await.is_empty(),
+            "acked before the tokens were released"
+        );
+
+        // Released newest first: acks still come oldest first, then the connection reads
+        // on and the rest are taken.
+        holding.release_all();
+        let total = MAX_UNACKED_REQUESTS + extra;
+        wait_until("the rest taken", || holding.taken() == total).await;
+        holding.release_all();
+        let acks = read_acks(&mut s, &mut inbox, total).await;
+        let want: Vec<Vec<u8>> = (0..total)
+            .map(|i| client::expected_ack(&format!("c{i}")))
+            .collect();
+        assert_eq!(acks.len(), total);
+        assert!(acks == want, "acks out of order");
+        let taken = holding.taken.lock().unwrap().clone();
+        let in_order: Vec<String> = (0..total).map(|i| format!("\"{i}\"")).collect();
+        assert_eq!(taken, in_order);
+        shutdown.stop();
+    }
+
+    /// A request refused as too large gets no ack and is counted; requests batched with it
+    /// are acked; the connection stays open.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn too_large_is_not_acked_and_keeps_the_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let holding = Arc::new(Holding::default());
+        let (sock, handle, shutdown) = start(dir.path(), holding.clone()).await;
+        let mut s = UnixStream::connect(&sock).await.unwrap();
+        let mut inbox = Vec::new();
+        // One write: the three requests are usually decoded and ingested as one batch.
+        let mut three = request("a", "c1");
+        three.extend(big_request("c2"));
+        three.extend(request("b", "c3"));
+        s.write_all(&three).await.unwrap();
+        wait_until("neighbours taken", || holding.taken() == 2).await;
+        holding.release_all();
+        let acks = read_acks(&mut s, &mut inbox, 2).await;
+        assert_eq!(
+            acks,
+            vec![client::expected_ack("c1"), client::expected_ack("c3")]
+        );
+        // Still open.
+        s.write_all(&request("c", "c4")).await.unwrap();
+        wait_until("next request taken", || holding.taken() == 3).await;
+        holding.release_all();
+        assert_eq!(
+            read_acks(&mut s, &mut inbox, 1).await,
+            vec![client::expected_ack("c4")]
+        );
+        let text = handle.render();
+        let line = text
+            .lines()
+            .find(|l| {
+                l.starts_with("firelane_input_errors_total") && l.contains("kind=\"too_large\"")
+            })
+            .unwrap_or_else(|| panic!("no too_large counter in\n{text}"));
+        assert!(line.ends_with(" 1"), "{line}");
+        shutdown.stop();
+    }
 }
