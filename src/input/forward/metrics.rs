@@ -40,8 +40,12 @@ pub enum ErrorKind {
     UnsupportedSignal,
     /// The connection closed in the middle of a request.
     TruncatedFrame,
-    /// The router refused the records (shutting down); the connection is closed unacked.
+    /// The router refused the records (shutting down, a buffer error); the connection is
+    /// closed unacked.
     IngestFailed,
+    /// A disk buffer's filesystem is full; the connection is closed unacked and the client
+    /// resends once outputs have delivered and freed space.
+    DiskFull,
     /// Socket read or write failure.
     Io,
     /// A request in progress received nothing for `read_timeout`; the connection is closed.
@@ -51,7 +55,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 17] = [
+    pub const ALL: [ErrorKind; 18] = [
         ErrorKind::MalformedMsgpack,
         ErrorKind::FrameTooLarge,
         ErrorKind::DecompressFailed,
@@ -66,6 +70,7 @@ impl ErrorKind {
         ErrorKind::UnsupportedSignal,
         ErrorKind::TruncatedFrame,
         ErrorKind::IngestFailed,
+        ErrorKind::DiskFull,
         ErrorKind::Io,
         ErrorKind::ReadTimeout,
         ErrorKind::TooManyConnections,
@@ -87,6 +92,7 @@ impl ErrorKind {
             ErrorKind::UnsupportedSignal => "unsupported_signal",
             ErrorKind::TruncatedFrame => "truncated_frame",
             ErrorKind::IngestFailed => "ingest_failed",
+            ErrorKind::DiskFull => "disk_full",
             ErrorKind::Io => "io",
             ErrorKind::ReadTimeout => "read_timeout",
             ErrorKind::TooManyConnections => "too_many_connections",
@@ -110,9 +116,19 @@ impl ErrorKind {
             ErrorKind::UnsupportedSignal => "forward_unsupported_signal",
             ErrorKind::TruncatedFrame => "forward_truncated_frame",
             ErrorKind::IngestFailed => "forward_ingest_failed",
+            ErrorKind::DiskFull => "forward_disk_full",
             ErrorKind::Io => "forward_io",
             ErrorKind::ReadTimeout => "forward_read_timeout",
             ErrorKind::TooManyConnections => "forward_too_many_connections",
+        }
+    }
+
+    /// The kind under which a refusal by the router is counted.
+    pub(crate) fn of_ingest(e: &crate::input::IngestError) -> Self {
+        match e {
+            crate::input::IngestError::TooLarge { .. } => ErrorKind::TooLarge,
+            crate::input::IngestError::DiskFull { .. } => ErrorKind::DiskFull,
+            _ => ErrorKind::IngestFailed,
         }
     }
 
@@ -171,5 +187,34 @@ impl InputMetrics {
         if let Some(c) = self.errors.get(kind.index()) {
             c.increment(n);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorKind;
+    use crate::input::IngestError;
+
+    #[test]
+    fn refusals_are_counted_under_what_happened() {
+        let disk = IngestError::DiskFull {
+            output: "s3".into(),
+        };
+        assert_eq!(ErrorKind::of_ingest(&disk).as_str(), "disk_full");
+        let big = IngestError::TooLarge {
+            bytes: 10,
+            limit: 1,
+            output: "s3".into(),
+        };
+        assert_eq!(ErrorKind::of_ingest(&big).as_str(), "too_large");
+        assert_eq!(
+            ErrorKind::of_ingest(&IngestError::ShuttingDown).as_str(),
+            "ingest_failed"
+        );
+        // Every kind is exported, so each label exists at zero from the start.
+        let labels: std::collections::HashSet<_> =
+            ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(labels.len(), ErrorKind::ALL.len());
+        assert!(labels.contains("disk_full"));
     }
 }

@@ -741,7 +741,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 Err(e @ IngestError::TooLarge { .. }) => return Ok(Some(e)),
                 Err(e) => {
                     return Err(err(
-                        ErrorKind::IngestFailed,
+                        ErrorKind::of_ingest(&e),
                         format!("{n} record(s) not accepted: {e}"),
                     ));
                 }
@@ -789,7 +789,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 Ok(())
             }
             Err(e) => Err(err(
-                ErrorKind::IngestFailed,
+                ErrorKind::of_ingest(&e),
                 format!("{} request(s) not acknowledged: {e}", p.requests),
             )),
         }
