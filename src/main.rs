@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use firelane::config::{self, Loaded};
 
@@ -70,6 +72,38 @@ enum Command {
     Loadgen(firelane::loadgen::LoadgenArgs),
 }
 
+/// Writes a command's result to stdout. A reader that goes away early (`firelane check |
+/// head -2`) is not an error: the rest of the output is discarded quietly and the command
+/// keeps its exit code. Any other write error (a full disk) is reported once and exits 1.
+fn out(args: std::fmt::Arguments<'_>) {
+    static GONE: AtomicBool = AtomicBool::new(false);
+    if GONE.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            GONE.store(true, Ordering::Relaxed);
+        }
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "firelane: cannot write to stdout: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// `print!` through [`out`].
+macro_rules! out {
+    ($($arg:tt)*) => { out(format_args!($($arg)*)) };
+}
+
+/// `println!` through [`out`].
+macro_rules! outln {
+    () => { out(format_args!("\n")) };
+    ($($arg:tt)*) => { out(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -90,18 +124,21 @@ fn main() -> ExitCode {
             match firelane::admin::healthcheck(&url, Duration::from_secs(timeout_secs)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("unhealthy: {e}");
+                    eprintln!(
+                        "unhealthy: {}",
+                        firelane::telemetry::error_chain(e.as_ref())
+                    );
                     ExitCode::FAILURE
                 }
             }
         }
         Command::Loadgen(args) => match firelane::loadgen::run(args) {
             Ok(report) => {
-                println!("{report}");
+                outln!("{report}");
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("loadgen: {e:#}");
+                eprintln!("loadgen: {}", firelane::telemetry::error_chain(e.as_ref()));
                 ExitCode::FAILURE
             }
         },
@@ -172,7 +209,10 @@ fn run(config: Option<PathBuf>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // The logger writes to stderr already; one line, not two.
-            tracing::error!("firelane stopped: {e:#}");
+            tracing::error!(
+                "firelane stopped: {}",
+                firelane::telemetry::error_chain(e.as_ref())
+            );
             ExitCode::FAILURE
         }
     }
@@ -181,12 +221,12 @@ fn run(config: Option<PathBuf>) -> ExitCode {
 fn check(config: Option<PathBuf>) -> ExitCode {
     match load(config) {
         Ok((source, loaded)) => {
-            println!("{source}: config is valid\n");
-            print!("{}", firelane::topology::plan(&loaded.config));
+            outln!("{source}: config is valid\n");
+            out!("{}", firelane::topology::plan(&loaded.config));
             if !loaded.warnings.is_empty() {
-                println!();
+                outln!();
                 for w in &loaded.warnings {
-                    println!("{w}");
+                    outln!("{w}");
                 }
             }
             ExitCode::SUCCESS
@@ -232,15 +272,15 @@ fn test_pattern(pattern: Option<String>, event: Option<String>, batch: bool) -> 
     };
     match pattern::test_pattern_cli(&p, &e) {
         Ok(true) => {
-            println!("match");
+            outln!("match");
             ExitCode::SUCCESS
         }
         Ok(false) => {
-            println!("no match");
+            outln!("no match");
             ExitCode::from(1)
         }
         Err(reason) => {
-            println!("invalid: {reason}");
+            outln!("invalid: {reason}");
             ExitCode::from(2)
         }
     }
@@ -268,9 +308,9 @@ fn route(
     };
     match firelane::topology::dry_run(&loaded.config, &text, tag.as_deref(), input.as_deref()) {
         Ok(out) => {
-            print!("{out}");
+            out!("{out}");
             if std::io::stdout().is_terminal() {
-                println!();
+                outln!();
             }
             ExitCode::SUCCESS
         }

@@ -80,8 +80,56 @@ pub fn init(level: &str, json: bool) {
     };
 }
 
+/// An error and its causes as one line, `outer: cause: root cause`, like anyhow's `{:#}`,
+/// but each message once. Many errors (ours and our dependencies') both format their cause
+/// into their own message and return it from `source()`; the plain chain would then print
+/// `Not a directory (os error 20): Not a directory (os error 20)`. A cause whose text the
+/// previous message already ends with is skipped.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut last = out.clone();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let msg = e.to_string();
+        if !msg.is_empty() && !last.ends_with(&msg) {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
+        last = msg;
+        cur = e.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn error_chain_prints_each_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot create {path}: {source}")]
+        struct Doubled {
+            path: String,
+            source: std::io::Error,
+        }
+        let io = std::io::Error::from_raw_os_error(20);
+        let io_text = io.to_string();
+        let e = anyhow::Error::new(Doubled {
+            path: "/x".into(),
+            source: io,
+        })
+        .context("output f: cannot open its buffer");
+        // anyhow alone repeats the root cause: the regression this guards against.
+        assert_eq!(format!("{e:#}").matches(&io_text).count(), 2);
+        let line = super::error_chain(e.as_ref());
+        assert_eq!(
+            line,
+            format!("output f: cannot open its buffer: cannot create /x: {io_text}")
+        );
+        // A cause not repeated by its parent is kept.
+        let plain = anyhow::anyhow!("root").context("middle").context("top");
+        assert_eq!(super::error_chain(plain.as_ref()), "top: middle: root");
+    }
+
     #[test]
     fn second_line_within_interval_is_suppressed() {
         assert_eq!(super::permit("test_key_a"), Some(0));

@@ -305,7 +305,10 @@ async fn s3_gzip_throughput() {
         .map(|o| decode(o.1.as_deref(), &o.2).lines().count())
         .sum();
     assert_eq!(lines, records.len(), "every record landed exactly once");
-    assert!(landed < raw, "gzip made the objects smaller than the raw JSON");
+    assert!(
+        landed < raw,
+        "gzip made the objects smaller than the raw JSON"
+    );
     eprintln!(
         "S3 gzip sink against moto: {:.1} MB raw JSON in {secs:.2} s = {:.1} MB/s ({} objects, {:.1} MB landed, debug build)",
         raw as f64 / 1e6,

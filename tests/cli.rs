@@ -124,31 +124,182 @@ fn check_prints_the_plan_and_warnings() {
     assert_eq!(warn_lines.len(), 3, "{warn_lines:#?}");
 }
 
+/// `${NAME}` (no default) and `${NAME:-default}` variables of a config's TOML lines (comment
+/// lines are documentation, not config).
+fn config_variables(text: &str) -> (Vec<String>, Vec<String>) {
+    let (mut required, mut optional) = (Vec::new(), Vec::new());
+    for line in text.lines().filter(|l| !l.trim_start().starts_with('#')) {
+        let mut rest = line;
+        while let Some(i) = rest.find("${") {
+            let inner = &rest[i + 2..];
+            let Some(end) = inner.find('}') else { break };
+            let var = &inner[..end];
+            match var.split_once(":-") {
+                Some((name, _)) => optional.push(name.to_string()),
+                None => required.push(var.to_string()),
+            }
+            rest = &inner[end..];
+        }
+    }
+    (required, optional)
+}
+
+/// Every file in config/ passes `check` as shipped, given only the variables it documents
+/// as required (in its header comment and in the README); the optional ones are unset so
+/// their defaults are checked too. Without a required variable `check` fails naming it.
 #[test]
 fn check_accepts_every_shipped_config() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README");
     let mut n = 0;
-    for entry in std::fs::read_dir(&root).expect("config dir") {
+    for entry in std::fs::read_dir(root.join("config")).expect("config dir") {
         let p = entry.expect("entry").path();
         if p.extension().and_then(|e| e.to_str()) != Some("toml") {
             continue;
         }
         n += 1;
-        let o = firelane(
-            &["check", "-c", &p.display().to_string()],
-            &[("EVENTS_KEY", "k"), ("LOG_BUCKET", "b")],
-        );
+        let body = std::fs::read_to_string(&p).expect("read config");
+        let header: String = body
+            .lines()
+            .take_while(|l| l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let (required, optional) = config_variables(&body);
+        for var in &required {
+            assert!(
+                header.contains(var.as_str()),
+                "{}: ${{{var}}} is required but the header comment does not name it:\n{header}",
+                p.display()
+            );
+            assert!(
+                readme.contains(&format!("`{var}`")),
+                "{}: ${{{var}}} is required but README.md does not name it",
+                p.display()
+            );
+        }
+        let path = p.display().to_string();
+        let mut cmd = Command::new(BIN);
+        cmd.args(["check", "-c", &path])
+            .env_remove("FIRELANE_CONFIG")
+            .stdin(Stdio::null());
+        for var in &optional {
+            cmd.env_remove(var);
+        }
+        for var in &required {
+            cmd.env(var, "placeholder-value");
+        }
+        let o = cmd.output().expect("run firelane");
         assert_no_panic(&o);
         assert_eq!(
             code(&o),
             0,
-            "{}:\n{}{}",
-            p.display(),
+            "{path} with {required:?} set:\n{}{}",
             text(&o.stdout),
             text(&o.stderr)
         );
+        for var in &required {
+            let mut cmd = Command::new(BIN);
+            cmd.args(["check", "-c", &path])
+                .env_remove("FIRELANE_CONFIG")
+                .env_remove(var)
+                .stdin(Stdio::null());
+            for other in required.iter().filter(|o| *o != var) {
+                cmd.env(other, "placeholder-value");
+            }
+            let o = cmd.output().expect("run firelane");
+            assert_eq!(code(&o), 1, "{path} without {var}");
+            assert!(
+                text(&o.stderr).contains(&format!("environment variable {var} is not set")),
+                "{path} without {var}:\n{}",
+                text(&o.stderr)
+            );
+        }
     }
-    assert!(n >= 3, "found {n} configs");
+    assert!(n >= 7, "found {n} configs");
+}
+
+/// An empty config, or one without inputs or without outputs, is a mistake: `check` exits 1
+/// and `run` exits 78 (EX_CONFIG), each with a line that says what is missing.
+#[test]
+fn empty_config_or_no_inputs_or_outputs_is_invalid() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases = [
+        ("empty.toml", "", &["no inputs", "no outputs"][..]),
+        (
+            "comments.toml",
+            "# only a comment\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+            &["no inputs", "no outputs"][..],
+        ),
+        (
+            "no-inputs.toml",
+            "[inputs]\n[routes.all]\nto = [\"out\"]\n[outputs.out]\ntype = \"null\"\n",
+            &["no inputs"][..],
+        ),
+        (
+            "no-outputs.toml",
+            "[inputs.h]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\n",
+            &["no outputs"][..],
+        ),
+    ];
+    for (name, body, want) in cases {
+        let path = write(dir.path(), name, body);
+        let o = firelane(&["check", "-c", &path], &[]);
+        assert_no_panic(&o);
+        let err = text(&o.stderr);
+        assert_eq!(code(&o), 1, "check {name}:\n{}{err}", text(&o.stdout));
+        for w in want {
+            assert!(
+                err.contains(&format!("{w} are configured")),
+                "check {name}: missing {w:?}:\n{err}"
+            );
+        }
+        assert!(!text(&o.stdout).contains("config is valid"), "{name}");
+        let o = firelane(&["run", "-c", &path], &[]);
+        assert_no_panic(&o);
+        assert_eq!(code(&o), 78, "run {name}:\n{}", text(&o.stderr));
+    }
+}
+
+/// A reader that stops early (`firelane check | head -2`) does not make any printing
+/// command panic; the command exits with its usual code.
+#[test]
+fn closed_stdout_is_not_a_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(dir.path(), "plan.toml", PLAN_CONFIG);
+    let event = r#"{"source":"aws.ecs","detail":{"containers":{"exitCode":"1"}}}"#;
+    let runs: [(&[&str], i32); 4] = [
+        (&["check", "-c", &path], 0),
+        (&["route", "-c", &path, "--event", event], 0),
+        (
+            &[
+                "test-pattern",
+                "--pattern",
+                r#"{"a":[1]}"#,
+                "--event",
+                r#"{"a":1}"#,
+            ],
+            0,
+        ),
+        (&["--help"], 0),
+    ];
+    for (args, want) in runs {
+        // A pipe whose read end is closed before the command starts: every write to its
+        // stdout fails with EPIPE, deterministically.
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let o = Command::new(BIN)
+            .args(args)
+            .env_remove("FIRELANE_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run firelane");
+        let err = text(&o.stderr);
+        assert!(!err.contains("panicked"), "{args:?} panicked:\n{err}");
+        assert!(err.is_empty(), "{args:?} wrote to stderr:\n{err}");
+        assert_eq!(code(&o), want, "{args:?}:\n{err}");
+    }
 }
 
 #[test]
@@ -918,4 +1069,35 @@ fn run_exits_with_one_clear_line_when_a_port_is_taken() {
     assert_eq!(err.matches(&want).count(), 1, "{err}");
     assert!(err.contains("in use"), "{err}");
     drop(taken);
+}
+
+/// A start-up error whose cause is both in its message and its `source()` (the disk
+/// buffer's "cannot create buffer directory …: Not a directory") is printed once:
+/// `…: Not a directory (os error 20)`, not `…: Not a directory (os error 20): Not a
+/// directory (os error 20)`.
+#[test]
+fn run_prints_each_cause_of_an_error_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // data_dir below a regular file: creating the buffer directory fails with ENOTDIR.
+    let file = write(dir.path(), "a-file", "");
+    let cfg = format!(
+        "[admin]\nlisten = \"127.0.0.1:{}\"\n[runtime]\ndata_dir = \"{file}/data\"\n[inputs.web]\ntype = \"http\"\nlisten = \"127.0.0.1:{}\"\n[routes.all]\nto = [\"d\"]\n[outputs.d]\ntype = \"null\"\nbuffer = {{ type = \"disk\" }}\n",
+        free_port(),
+        free_port()
+    );
+    let path = write(dir.path(), "notdir.toml", &cfg);
+    let o = Command::new(BIN)
+        .args(["run", "-c", &path])
+        .env("RUST_LOG", "error")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    assert_no_panic(&o);
+    assert_eq!(code(&o), 1);
+    let err = text(&o.stderr);
+    // ENOTDIR is 20 on Linux (asm-generic/errno-base.h).
+    let cause = std::io::Error::from_raw_os_error(20).to_string();
+    assert!(err.contains("output d: cannot open its buffer"), "{err}");
+    assert_eq!(err.matches(&cause).count(), 1, "{err}");
 }

@@ -331,6 +331,7 @@ fn read_config(top: &mut Table<'_, '_>, d: &mut Diagnostics) -> Config {
         }
         t.finish(d);
     }
+    let broken_inputs = broken.len();
     let mut outputs = Vec::new();
     let mut output_spans = Vec::new();
     if let Some(mut t) = top.opt_table(d, "outputs") {
@@ -358,10 +359,20 @@ fn read_config(top: &mut Table<'_, '_>, d: &mut Diagnostics) -> Config {
         }
         t.finish(d);
     }
-    if inputs.is_empty() && top.contains("inputs") {
-        d.warn(
+    // A router with nothing to receive or nowhere to send is a deployment mistake (an empty
+    // or truncated file, a config mounted at the wrong path), not a valid plan: refuse it
+    // loudly instead of starting and dropping or never seeing a record. Inputs or outputs
+    // that exist but failed to read have their own errors already.
+    if inputs.is_empty() && broken_inputs == 0 {
+        d.error(
             top.value_span("inputs"),
-            "no inputs are configured: nothing will be received",
+            "no inputs are configured: nothing would be received (add an [inputs.NAME] table; see config/reference.toml)",
+        );
+    }
+    if outputs.is_empty() && broken.len() == broken_inputs {
+        d.error(
+            top.value_span("outputs"),
+            "no outputs are configured: records would have nowhere to go (add an [outputs.NAME] table; see config/reference.toml)",
         );
     }
     cross_check(
