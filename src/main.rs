@@ -205,7 +205,10 @@ fn run(config: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(firelane::topology::run(loaded.config)) {
+    match runtime.block_on(async {
+        tokio::spawn(ignore_stray_signals());
+        firelane::topology::run(loaded.config).await
+    }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // The logger writes to stderr already; one line, not two.
@@ -216,6 +219,62 @@ fn run(config: Option<PathBuf>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Signals whose default action would kill the router at once, silently, with the memory
+/// buffers lost, though nobody asked it to stop: SIGHUP (sent by operators who expect a
+/// reload, as fluentd and Fluent Bit do; a closing terminal), SIGUSR1/SIGUSR2 (fluentd's
+/// "flush buffers" / "reload" and a common "dump state" signal) and SIGALRM. firelane does
+/// not reload its config (a changed config takes a task restart), so each is logged and
+/// ignored for the life of the process.
+///
+/// The handlers are installed when this is called (it must run inside the runtime), before
+/// any input listens, so no record is acknowledged while one of these could still kill the
+/// process; the returned future logs each delivery.
+#[cfg(unix)]
+fn ignore_stray_signals() -> impl std::future::Future<Output = ()> {
+    use futures::StreamExt;
+    use tokio::signal::unix::{SignalKind, signal};
+    const NO_MEANING: &str = "it has no meaning to firelane";
+    let mut pending = futures::stream::FuturesUnordered::new();
+    for (kind, name, why) in [
+        (
+            SignalKind::hangup(),
+            "SIGHUP",
+            "firelane does not reload its config; restart the task to apply a new one",
+        ),
+        (SignalKind::user_defined1(), "SIGUSR1", NO_MEANING),
+        (SignalKind::user_defined2(), "SIGUSR2", NO_MEANING),
+        (SignalKind::alarm(), "SIGALRM", NO_MEANING),
+    ] {
+        match signal(kind) {
+            Ok(s) => pending.push(next_signal(s, name, why)),
+            Err(e) => tracing::warn!("cannot handle {name}: {e}; it would stop firelane"),
+        }
+    }
+    async move {
+        while let Some((s, name, why)) = pending.next().await {
+            let Some(s) = s else { continue };
+            tracing::warn!(signal = name, "{name} received and ignored: {why}");
+            pending.push(next_signal(s, name, why));
+        }
+    }
+}
+
+/// Waits for the next delivery of `s` and hands the stream back to wait again (`None` if
+/// the stream ended, which tokio documents as not happening for signals).
+#[cfg(unix)]
+async fn next_signal(
+    mut s: tokio::signal::unix::Signal,
+    name: &'static str,
+    why: &'static str,
+) -> (
+    Option<tokio::signal::unix::Signal>,
+    &'static str,
+    &'static str,
+) {
+    let got = s.recv().await;
+    (got.map(|()| s), name, why)
 }
 
 fn check(config: Option<PathBuf>) -> ExitCode {
