@@ -169,11 +169,14 @@ fn load(explicit: Option<PathBuf>) -> Result<(String, Loaded), config::ConfigErr
 }
 
 fn print_errors(e: &config::ConfigErrors) {
+    // A message may quote a value that came from the environment (a token in a URL).
+    firelane::telemetry::add_secrets(e.secrets.iter().cloned());
+    let redact = firelane::telemetry::redact;
     for w in &e.warnings {
-        eprintln!("{w}");
+        eprintln!("{}", redact(w));
     }
     for err in &e.errors {
-        eprintln!("{err}");
+        eprintln!("{}", redact(err));
     }
     eprintln!("config invalid: {} error(s)", e.errors.len());
 }
@@ -186,6 +189,7 @@ fn run(config: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(78); // EX_CONFIG
         }
     };
+    firelane::telemetry::add_secrets(loaded.secrets.iter().cloned());
     firelane::telemetry::init(
         &loaded.config.runtime.log_level,
         loaded.config.runtime.log_json,
@@ -280,12 +284,15 @@ async fn next_signal(
 fn check(config: Option<PathBuf>) -> ExitCode {
     match load(config) {
         Ok((source, loaded)) => {
+            // The plan shows URLs, headers and patterns: values from ${VAR} become ***.
+            firelane::telemetry::add_secrets(loaded.secrets.iter().cloned());
+            let redact = firelane::telemetry::redact;
             outln!("{source}: config is valid\n");
-            out!("{}", firelane::topology::plan(&loaded.config));
+            out!("{}", redact(&firelane::topology::plan(&loaded.config)));
             if !loaded.warnings.is_empty() {
                 outln!();
                 for w in &loaded.warnings {
-                    outln!("{w}");
+                    outln!("{}", redact(w));
                 }
             }
             ExitCode::SUCCESS
@@ -352,7 +359,10 @@ fn route(
     input: Option<String>,
 ) -> ExitCode {
     let loaded = match load(config) {
-        Ok((_, l)) => l,
+        Ok((_, l)) => {
+            firelane::telemetry::add_secrets(l.secrets.iter().cloned());
+            l
+        }
         Err(e) => {
             print_errors(&e);
             return ExitCode::from(2);
@@ -367,7 +377,7 @@ fn route(
     };
     match firelane::topology::dry_run(&loaded.config, &text, tag.as_deref(), input.as_deref()) {
         Ok(out) => {
-            out!("{out}");
+            out!("{}", firelane::telemetry::redact(&out));
             if std::io::stdout().is_terminal() {
                 outln!();
             }

@@ -3,8 +3,9 @@
 //! A client sending a million bad frames must produce one line per interval with a count,
 //! not a million lines (which would itself become the outage).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::sync::{OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -66,18 +67,149 @@ macro_rules! warn_limited {
     };
 }
 
-/// Installs the stderr logger. `RUST_LOG` overrides `level`.
+/// Installs the stderr logger. `RUST_LOG` overrides `level`. Colours only on a terminal
+/// (never in a file or CloudWatch Logs, where escape codes are noise) and not with
+/// `NO_COLOR`. Every line passes through [`sanitize_line`]: secrets redacted, one event
+/// per line.
 pub fn init(level: &str, json: bool) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let ansi = !json
+        && std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(ansi)
+        .with_writer(LogWriter { keep_escape: ansi });
     let _ = if json {
         builder.json().try_init()
     } else {
         builder.try_init()
     };
+}
+
+// ---------------------------------------------------------------------------------------
+// Secrets and log-line hygiene.
+
+/// Shortest value treated as a secret. Shorter ones ("1", "prod") would turn unrelated
+/// text into `***` everywhere, and a real credential is never that short.
+pub const MIN_SECRET_CHARS: usize = 6;
+
+/// What a secret is replaced with.
+pub const REDACTED: &str = "***";
+
+/// The process-wide secrets: every form in which a value may appear in text we print,
+/// longest first (so a secret containing another is replaced whole).
+static SECRETS: RwLock<Vec<String>> = RwLock::new(Vec::new());
+
+/// Registers values to hide from everything firelane shows: `check`'s plan, its log
+/// lines and dead-letter error text. Values shorter than [`MIN_SECRET_CHARS`] are ignored.
+/// Each value is also registered as it appears JSON- or Debug-escaped (a log field, a
+/// JSON log line) and percent-encoded (inside a URL in an HTTP client's error).
+pub fn add_secrets<I: IntoIterator<Item = String>>(values: I) {
+    let mut forms = Vec::new();
+    for v in values {
+        if v.chars().count() < MIN_SECRET_CHARS {
+            continue;
+        }
+        let json = serde_json::to_string(&v).unwrap_or_default();
+        let json = json.trim_matches('"').to_owned();
+        let debug = format!("{v:?}").trim_matches('"').to_owned();
+        let percent = percent_encode(&v);
+        forms.extend([v, json, debug, percent]);
+    }
+    if forms.is_empty() {
+        return;
+    }
+    let mut secrets = SECRETS.write().unwrap_or_else(|e| e.into_inner());
+    secrets.extend(forms);
+    secrets.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    secrets.dedup();
+}
+
+/// `text` with every registered secret replaced by [`REDACTED`].
+pub fn redact(text: &str) -> Cow<'_, str> {
+    let secrets = SECRETS.read().unwrap_or_else(|e| e.into_inner());
+    let mut out = Cow::Borrowed(text);
+    for s in secrets.iter() {
+        if out.contains(s.as_str()) {
+            out = Cow::Owned(out.replace(s.as_str(), REDACTED));
+        }
+    }
+    out
+}
+
+/// RFC 3986 percent-encoding of everything but the unreserved characters, the form a
+/// value takes in a URL's query.
+fn percent_encode(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// One formatted log event made safe to print: secrets redacted, and every control
+/// character (but a tab, the final newline, and ESC when colours are on) escaped as
+/// `\n`, `\r` or `\u{..}`, and so are the Unicode line and paragraph separators. Tags,
+/// field names and values from records reach log messages (an error a peer sends back
+/// often quotes the record); a raw newline in one would let a client forge a log line.
+pub fn sanitize_line(line: &str, keep_escape: bool) -> Cow<'_, str> {
+    let redacted = redact(line);
+    let (body, end) = match redacted.strip_suffix('\n') {
+        Some(b) => (b, "\n"),
+        None => (&*redacted, ""),
+    };
+    let unsafe_char = |c: char| {
+        (c.is_control() && c != '\t' && !(keep_escape && c == '\x1b'))
+            || matches!(c, '\u{2028}' | '\u{2029}')
+    };
+    if !body.chars().any(unsafe_char) {
+        return redacted;
+    }
+    let mut out = String::with_capacity(body.len() + 16);
+    for c in body.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if unsafe_char(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push_str(end);
+    Cow::Owned(out)
+}
+
+/// The logger's writer: stderr, each event through [`sanitize_line`].
+#[derive(Clone, Copy)]
+struct LogWriter {
+    keep_escape: bool,
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = LogWriter;
+    fn make_writer(&'a self) -> LogWriter {
+        *self
+    }
+}
+
+impl std::io::Write for LogWriter {
+    /// The fmt layer formats a whole event into one buffer and writes it with one
+    /// `write_all`, so `buf` is one event and its final newline.
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        let clean = sanitize_line(&text, self.keep_escape);
+        std::io::stderr().lock().write_all(clean.as_bytes())?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }
 
 /// An error and its causes as one line, `outer: cause: root cause`, like anyhow's `{:#}`,
@@ -103,6 +235,37 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn secrets_are_redacted_in_every_form_and_short_values_are_not() {
+        super::add_secrets(["tok\"en/1234".to_string(), "abc".to_string()]);
+        let r = |s: &str| super::redact(s).into_owned();
+        assert_eq!(r("url?key=tok\"en/1234&x=1"), "url?key=***&x=1");
+        assert_eq!(r(r#"{"m":"tok\"en/1234"}"#), r#"{"m":"***"}"#);
+        assert_eq!(r("url?key=tok%22en%2F1234"), "url?key=***");
+        assert_eq!(
+            r("abc is too short to be a secret"),
+            "abc is too short to be a secret"
+        );
+    }
+
+    #[test]
+    fn log_lines_cannot_be_forged_with_control_characters() {
+        let line = "WARN bad frame from tag \"a\nERROR forged\r\u{1b}[31m\u{2028}\" (x)\tok\n";
+        assert_eq!(
+            super::sanitize_line(line, false),
+            "WARN bad frame from tag \"a\\nERROR forged\\r\\u{1b}[31m\\u{2028}\" (x)\tok\n"
+        );
+        // Colours on: our own escape codes stay; the final newline always does.
+        assert_eq!(
+            super::sanitize_line("\u{1b}[2mx\u{1b}[0m\n", true),
+            "\u{1b}[2mx\u{1b}[0m\n"
+        );
+        assert!(matches!(
+            super::sanitize_line("plain line\n", false),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
+
     #[test]
     fn error_chain_prints_each_cause_once() {
         #[derive(Debug, thiserror::Error)]

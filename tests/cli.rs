@@ -1193,3 +1193,175 @@ batch = {{ max_records = 1000000, max_bytes = "1GiB", max_age = "10m" }}
     seqs.sort_unstable();
     assert_eq!(seqs, (0..sent as u64).collect::<Vec<_>>(), "{logs}");
 }
+
+/// A token interpolated into an `http` output's URL (`?api_key=${TOKEN}`) is shown as
+/// `***` by `check`, in the delivery warnings on stderr, and in the dead-lettered
+/// record's `firelane_error` text; the records themselves still reach the dead letter.
+#[test]
+fn interpolated_secrets_are_redacted_everywhere_they_are_shown() {
+    const TOKEN: &str = "s3cr3t-T0ken-4711";
+    // Nothing listens there: every send fails with "connection refused", an error whose
+    // text quotes the URL, token included.
+    let refused = {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let port = free_port();
+    let cfg = format!(
+        r#"
+[inputs.web]
+type = "http"
+listen = "127.0.0.1:{port}"
+
+[routes.all]
+to = ["hook"]
+
+[outputs.hook]
+type = "http"
+url = "http://127.0.0.1:{refused}/ingest?api_key=${{FIRELANE_TEST_TOKEN}}"
+retry = {{ initial_backoff = "10ms", max_backoff = "20ms", max_retries = 1 }}
+dead_letter = "dead"
+
+[outputs.dead]
+type = "file"
+path = "{{dir}}/dead.jsonl"
+"#
+    );
+    let env = [("FIRELANE_TEST_TOKEN", TOKEN), ("RUST_LOG", "info")];
+
+    // check: the plan shows the URL, with the token redacted.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(
+        dir.path(),
+        "secret.toml",
+        &cfg.replace("{dir}", &dir.path().display().to_string()),
+    );
+    let o = firelane(&["check", "-c", &path], &env);
+    let shown = format!("{}{}", text(&o.stdout), text(&o.stderr));
+    assert_eq!(code(&o), 0, "{shown}");
+    assert!(!shown.contains(TOKEN), "check printed the token:\n{shown}");
+    assert!(shown.contains("api_key=***"), "{shown}");
+
+    // run: a record goes in, fails twice, and is dead-lettered.
+    let admin = free_port();
+    let mut r = Router::start_with(tempfile::tempdir().expect("tempdir"), &cfg, admin, &env);
+    let resp = reqwest::blocking::Client::new()
+        .post(format!("http://127.0.0.1:{port}/tag/app"))
+        .body(r#"{"msg":"hello"}"#)
+        .send()
+        .expect("post");
+    assert_eq!(resp.status().as_u16(), 200);
+    let dead = common::wait_lines(&r.path("dead.jsonl"), 1, Duration::from_secs(60));
+    assert_eq!(dead.len(), 1, "{}", r.logs());
+    assert_eq!(dead[0]["msg"], "hello");
+    let error = dead[0]["firelane_error"].to_string();
+    assert!(!error.contains(TOKEN), "dead letter has the token: {error}");
+    assert!(error.contains("api_key=***"), "{error}");
+    let status = r.terminate(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0));
+    let logs = r.logs();
+    assert!(
+        logs.contains("api_key=***"),
+        "no delivery warning quoting the URL:\n{logs}"
+    );
+    assert!(!logs.contains(TOKEN), "the log has the token:\n{logs}");
+}
+
+/// A peer that answers every request `400 Bad Request: invalid tag: <the records' tag
+/// fields>`, as many ingest APIs quote the offending data in their error. Serves until the
+/// test ends.
+fn echoing_error_peer() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+            let mut reader = std::io::BufReader::new(s.try_clone().expect("clone"));
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; len];
+            let _ = std::io::Read::read_exact(&mut reader, &mut body);
+            // The offending value as it is, not JSON-escaped: what a peer's error quotes.
+            let tags: Vec<String> = String::from_utf8_lossy(&body)
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter_map(|v| v["tag"].as_str().map(str::to_owned))
+                .collect();
+            let answer = format!("invalid tag: {}", tags.join(", "));
+            let _ = write!(
+                s,
+                "HTTP/1.1 400 Bad Request\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                answer.len()
+            );
+        }
+    });
+    port
+}
+
+/// A tag with a newline in it (from a client) reaches a warning of ours (the error an
+/// HTTP output's peer sends back quotes the record): the newline is escaped, so it cannot
+/// start a forged log line.
+#[test]
+fn record_data_cannot_forge_log_lines() {
+    let peer = echoing_error_peer();
+    let port = free_port();
+    let mut r = Router::start(&format!(
+        r#"
+[inputs.web]
+type = "http"
+listen = "127.0.0.1:{port}"
+
+[routes.all]
+to = ["hook"]
+
+[outputs.hook]
+type = "http"
+url = "http://127.0.0.1:{peer}/ingest"
+tag_key = "tag"
+dead_letter = "dead"
+
+[outputs.dead]
+type = "file"
+path = "{{dir}}/dead.jsonl"
+tag_key = "tag"
+"#
+    ));
+    // The tag is "app" CR LF "ERROR forged: admin password reset", percent-encoded in
+    // the path.
+    let resp = reqwest::blocking::Client::new()
+        .post(format!(
+            "http://127.0.0.1:{port}/tag/app%0D%0AERROR%20forged:%20admin%20password%20reset"
+        ))
+        .body(r#"{"msg":"one\ntwo"}"#)
+        .send()
+        .expect("post");
+    assert_eq!(resp.status().as_u16(), 200);
+    let dead = common::wait_lines(&r.path("dead.jsonl"), 1, Duration::from_secs(60));
+    assert_eq!(dead.len(), 1, "{}", r.logs());
+    assert_eq!(
+        dead[0]["tag"], "app\r\nERROR forged: admin password reset",
+        "the record itself is kept as it was"
+    );
+    let status = r.terminate(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0));
+    let logs = r.logs();
+    assert!(
+        logs.contains(r"invalid tag: app\r\nERROR forged: admin password reset"),
+        "the warning does not quote the escaped tag:\n{logs}"
+    );
+    for line in logs.lines() {
+        assert!(
+            !line.starts_with("ERROR forged") && !line.contains('\r'),
+            "forged log line {line:?} in:\n{logs}"
+        );
+    }
+}

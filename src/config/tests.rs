@@ -358,3 +358,46 @@ fn no_inputs_or_no_outputs_is_an_error_unless_they_failed_to_read() {
     assert_eq!(e.len(), 2, "{e:?}");
     assert!(e.iter().all(|m| !m.contains("are configured")), "{e:?}");
 }
+
+#[test]
+fn secrets_are_values_of_secret_named_variables_or_under_credential_keys() {
+    let text = r#"
+[inputs.e]
+type = "http"
+listen = "${LISTEN}"
+auth = { type = "bearer", token = "${EVENTS_KEY}" }
+[routes.all]
+to = "o"
+[outputs.o]
+type = "http"
+url = "http://example.com/${PATH_PART}?k=${NOPE:-in-the-file}&r=${AWS_REGION}"
+headers = { x-team = "${TEAM}" }
+[outputs.f]
+type = "file"
+path = "/tmp/${FILE_NAME}-${DB_PASSWORD}.jsonl"
+"#;
+    let env = |k: &str| {
+        Some(
+            match k {
+                "AWS_REGION" => "eu-west-1",
+                "LISTEN" => "127.0.0.1:9999",
+                "EVENTS_KEY" => "k-events",
+                "PATH_PART" => "path-part",
+                "TEAM" => "team-x",
+                "FILE_NAME" => "file-name",
+                "DB_PASSWORD" => "pw-1234",
+                _ => return None,
+            }
+            .to_string(),
+        )
+    };
+    let l = parse(text, "t.toml", &env).unwrap_or_else(|e| panic!("{e}"));
+    // Named like a secret (EVENTS_KEY, DB_PASSWORD) or under auth / url / headers; not the
+    // listen address, a file name, a default from the file or the region.
+    assert_eq!(
+        l.secrets,
+        vec!["k-events", "path-part", "pw-1234", "team-x"],
+        "{:?}",
+        l.secrets
+    );
+}
