@@ -1365,3 +1365,66 @@ tag_key = "tag"
         );
     }
 }
+
+/// `time_key = "time"` on an EventBridge event, which has its own `time`: the event's
+/// value is kept (not replaced by the receive time), other records still get the key,
+/// and one warning names the clash however many records have it.
+#[test]
+fn time_key_keeps_a_field_the_record_already_has_and_warns_once() {
+    let port = free_port();
+    let mut r = Router::start(&format!(
+        r#"
+[inputs.events]
+type = "http"
+listen = "127.0.0.1:{port}"
+
+[routes.all]
+to = ["out"]
+
+[outputs.out]
+type = "file"
+path = "{{dir}}/out.jsonl"
+tag_key = "tag"
+time_key = "time"
+"#
+    ));
+    let body = concat!(
+        r#"{"source":"aws.ecs","detail-type":"ECS Task State Change","time":"2026-11-23T09:59:58Z","id":1}"#,
+        "\n",
+        r#"{"source":"aws.ecs","detail-type":"ECS Task State Change","time":"2026-11-23T09:59:59Z","id":2}"#,
+        "\n",
+        r#"{"msg":"no time of its own","id":3}"#,
+        "\n"
+    );
+    let resp = reqwest::blocking::Client::new()
+        .post(format!("http://127.0.0.1:{port}/tag/ecs"))
+        .body(body)
+        .send()
+        .expect("post");
+    assert_eq!(resp.status().as_u16(), 200);
+    let lines = common::wait_lines(&r.path("out.jsonl"), 3, Duration::from_secs(60));
+    assert_eq!(lines.len(), 3, "{}", r.logs());
+    let by_id = |id: u64| {
+        lines
+            .iter()
+            .find(|l| l["id"] == id)
+            .unwrap_or_else(|| panic!("no record {id}: {lines:?}"))
+    };
+    assert_eq!(by_id(1)["time"], "2026-11-23T09:59:58Z");
+    assert_eq!(by_id(2)["time"], "2026-11-23T09:59:59Z");
+    let added = by_id(3)["time"].as_str().expect("time added").to_owned();
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(&added).is_ok() && added.ends_with('Z'),
+        "{added}"
+    );
+    assert!(lines.iter().all(|l| l["tag"] == "ecs"), "{lines:?}");
+    let status = r.terminate(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0));
+    let logs = r.logs();
+    assert_eq!(
+        logs.matches("records already have a field \"time\"")
+            .count(),
+        1,
+        "{logs}"
+    );
+}
