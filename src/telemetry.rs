@@ -90,6 +90,151 @@ pub fn init(level: &str, json: bool) {
 }
 
 // ---------------------------------------------------------------------------------------
+// Metric descriptions.
+
+/// Every metric firelane exports (PRODUCT.md, "Metrics"), with its kind, unit and the
+/// Prometheus `# HELP` text. The exporter prints a description with its family once the
+/// family has a sample.
+const METRICS: &[(&str, MetricKind, &str)] = &[
+    (
+        "firelane_build_info",
+        MetricKind::Gauge,
+        "Always 1; the version label is the running firelane's version.",
+    ),
+    (
+        "firelane_input_records_total",
+        MetricKind::Counter,
+        "Records an input accepted (decoded and handed to routing), per input.",
+    ),
+    (
+        "firelane_input_bytes_total",
+        MetricKind::Counter,
+        "Bytes of requests an input read from clients, as sent on the wire (compressed if sent compressed), per input.",
+    ),
+    (
+        "firelane_input_errors_total",
+        MetricKind::Counter,
+        "Requests, frames or records an input refused or could not read, per input and kind.",
+    ),
+    (
+        "firelane_input_duplicates_total",
+        MetricKind::Counter,
+        "Records an input recognised as resent duplicates and dropped, per input.",
+    ),
+    (
+        "firelane_route_records_total",
+        MetricKind::Counter,
+        "Records a route matched, per route.",
+    ),
+    (
+        "firelane_unrouted_records_total",
+        MetricKind::Counter,
+        "Records no route took; they are dropped.",
+    ),
+    (
+        "firelane_output_received_records_total",
+        MetricKind::Counter,
+        "Records routed to an output and accepted into its buffer, per output.",
+    ),
+    (
+        "firelane_output_records_total",
+        MetricKind::Counter,
+        "Records an output finished with, per output and result: sent, retried (per retry), failed, dropped, dead_lettered.",
+    ),
+    (
+        "firelane_output_drops_total",
+        MetricKind::Counter,
+        "Records an output dropped, per output and reason (a policy the user chose or a record the destination can never take).",
+    ),
+    (
+        "firelane_output_oversize_records_total",
+        MetricKind::Counter,
+        "Records above the destination's per-record limit, per output and action (split, truncated, dropped).",
+    ),
+    (
+        "firelane_output_bytes_total",
+        MetricKind::Counter,
+        "Bytes of request payload an output sent to its destination, retries included, per output.",
+    ),
+    (
+        "firelane_output_batches_total",
+        MetricKind::Counter,
+        "Requests (batches) an output sent to its destination, retries included, per output.",
+    ),
+    (
+        "firelane_output_request_seconds",
+        MetricKind::Histogram,
+        "Seconds each request to an output's destination took, per output.",
+    ),
+    (
+        "firelane_buffer_bytes",
+        MetricKind::Gauge,
+        "Bytes held in an output's buffer, waiting for delivery, per output.",
+    ),
+    (
+        "firelane_buffer_records",
+        MetricKind::Gauge,
+        "Records held in an output's buffer, waiting for delivery, per output.",
+    ),
+    (
+        "firelane_buffer_replayed_records_total",
+        MetricKind::Counter,
+        "Records found in an output's disk buffer at start-up and delivered again (a restart may resend some), per output.",
+    ),
+    (
+        "firelane_buffer_quarantined_total",
+        MetricKind::Counter,
+        "Damaged disk buffer segments moved to the quarantine directory at start-up, per output.",
+    ),
+    (
+        "firelane_ecs_task_stops_total",
+        MetricKind::Counter,
+        "ECS tasks stopped, from ECS Task State Change events, per cluster, group and stop code.",
+    ),
+    (
+        "firelane_ecs_container_exits_total",
+        MetricKind::Counter,
+        "ECS containers that exited, from ECS Task State Change events, per cluster, container and exit code.",
+    ),
+    (
+        "firelane_ecs_service_events_total",
+        MetricKind::Counter,
+        "ECS Service Action events, per cluster, service, event type and event name.",
+    ),
+    (
+        "firelane_ecs_deployments_total",
+        MetricKind::Counter,
+        "ECS Deployment State Change events, per service and event name.",
+    ),
+    (
+        "firelane_ecs_tasks",
+        MetricKind::Gauge,
+        "ECS tasks known from events, per cluster, group and last status.",
+    ),
+];
+
+#[derive(Clone, Copy)]
+enum MetricKind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Registers the `# HELP` text (and the unit) of every firelane metric with the installed
+/// recorder. Call once, right after installing it; descriptions given before are lost.
+pub fn describe_metrics() {
+    for &(name, kind, help) in METRICS {
+        match kind {
+            MetricKind::Counter => metrics::describe_counter!(name, help),
+            MetricKind::Gauge => metrics::describe_gauge!(name, help),
+            MetricKind::Histogram => {
+                metrics::describe_histogram!(name, metrics::Unit::Seconds, help)
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Secrets and log-line hygiene.
 
 /// Shortest value treated as a secret. Shorter ones ("1", "prod") would turn unrelated
@@ -235,6 +380,51 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 
 #[cfg(test)]
 mod tests {
+    /// Every metric the source registers (`counter!("firelane_…"`, `gauge!`, `histogram!`)
+    /// has a description, so a new metric without HELP text fails here.
+    #[test]
+    fn every_metric_in_the_source_is_described() {
+        fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for e in std::fs::read_dir(dir).expect("read src").flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    out.push(p);
+                }
+            }
+        }
+        let mut files = Vec::new();
+        walk(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut files,
+        );
+        let mut used = Vec::new();
+        for f in files {
+            let text = std::fs::read_to_string(&f).expect("read");
+            for mac in ["counter!(", "gauge!(", "histogram!("] {
+                for (i, _) in text.match_indices(mac) {
+                    let rest = text[i + mac.len()..].trim_start();
+                    if let Some(name) = rest.strip_prefix("\"firelane_") {
+                        let end = name
+                            .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+                            .unwrap_or(0);
+                        if name[end..].starts_with('"') && end > 0 {
+                            used.push(format!("firelane_{}", &name[..end]));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(used.len() >= 10, "found only {used:?}");
+        for name in used {
+            assert!(
+                super::METRICS.iter().any(|(n, _, _)| *n == name),
+                "{name} has no description in telemetry::METRICS"
+            );
+        }
+    }
+
     #[test]
     fn secrets_are_redacted_in_every_form_and_short_values_are_not() {
         super::add_secrets(["tok\"en/1234".to_string(), "abc".to_string()]);

@@ -1428,3 +1428,94 @@ time_key = "time"
         "{logs}"
     );
 }
+
+/// Every `firelane_*` family `/metrics` prints has a `# HELP` line (and a `# TYPE`).
+#[test]
+fn every_metric_family_has_help() {
+    let port = free_port();
+    let r = Router::start(&format!(
+        r#"
+[inputs.web]
+type = "http"
+listen = "127.0.0.1:{port}"
+
+[routes.app]
+tag = ["app"]
+to = ["out"]
+
+[outputs.out]
+type = "file"
+path = "{{dir}}/out.jsonl"
+buffer = {{ type = "disk" }}
+"#
+    ));
+    let resp = reqwest::blocking::Client::new()
+        .post(format!("http://127.0.0.1:{port}/tag/app"))
+        .body("{\"n\":1}\n{\"n\":2}\n")
+        .send()
+        .expect("post");
+    assert_eq!(resp.status().as_u16(), 200);
+    // One more the route does not take, so the unrouted counter has a sample too.
+    let resp = reqwest::blocking::Client::new()
+        .post(format!("http://127.0.0.1:{port}/tag/other"))
+        .body("{\"n\":3}\n")
+        .send()
+        .expect("post");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        common::wait_lines(&r.path("out.jsonl"), 2, Duration::from_secs(60)).len(),
+        2
+    );
+    let sent = r.wait_metric(
+        "firelane_output_records_total",
+        &["result=\"sent\""],
+        2.0,
+        Duration::from_secs(30),
+    );
+    assert_eq!(sent, 2.0);
+    let text = r.metrics();
+    let mut families: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with("firelane_"))
+        .map(|l| {
+            let name = l.split(['{', ' ']).next().unwrap_or("");
+            // A histogram's samples are NAME_bucket / NAME_sum / NAME_count.
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| {
+                    name.strip_suffix(s)
+                        .filter(|base| text.contains(&format!("# TYPE {base} histogram")))
+                })
+                .unwrap_or(name)
+                .to_string()
+        })
+        .collect();
+    families.sort();
+    families.dedup();
+    for want in [
+        "firelane_build_info",
+        "firelane_input_records_total",
+        "firelane_input_bytes_total",
+        "firelane_route_records_total",
+        "firelane_unrouted_records_total",
+        "firelane_output_records_total",
+        "firelane_output_bytes_total",
+        "firelane_output_batches_total",
+        "firelane_output_request_seconds",
+        "firelane_buffer_bytes",
+        "firelane_buffer_records",
+    ] {
+        assert!(
+            families.iter().any(|f| f == want),
+            "{want} missing:\n{text}"
+        );
+    }
+    let missing: Vec<&String> = families
+        .iter()
+        .filter(|f| !text.contains(&format!("# HELP {f} ")))
+        .collect();
+    assert!(missing.is_empty(), "no # HELP for {missing:?}:\n{text}");
+    for f in &families {
+        assert!(text.contains(&format!("# TYPE {f} ")), "no # TYPE for {f}");
+    }
+}
