@@ -10,15 +10,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+VENV=${FIRELANE_VENV:-.venv}
+venv_ready() { [ -x "$VENV/bin/moto_server" ] && "$VENV/bin/python" -c 'import fluent.sender' 2>/dev/null; }
+
 # --- system packages -------------------------------------------------------------------
 # Detect first; install only what is missing, and only with apt-get as root.
 missing=()
 if ! command -v cc >/dev/null 2>&1 && ! command -v gcc >/dev/null 2>&1; then
   missing+=(gcc) # ring and zstd-sys compile C code (build scripts call `cc`)
 fi
-# Debian's python3 has no `ensurepip` without python3-venv, so `python3 -m venv` fails.
-if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
-  missing+=(python3-venv)
+# Debian's python3 cannot make a virtualenv with pip without python3-venv: try one.
+if ! venv_ready; then
+  probe=$(mktemp -d)
+  if ! command -v python3 >/dev/null 2>&1 || ! python3 -m venv "$probe/v" >/dev/null 2>&1 || [ ! -x "$probe/v/bin/pip" ]; then
+    missing+=(python3-venv)
+  fi
+  rm -rf "$probe"
 fi
 if [ "${#missing[@]}" -gt 0 ]; then
   if ! command -v apt-get >/dev/null 2>&1; then
@@ -38,8 +45,7 @@ fi
 command -v cargo >/dev/null 2>&1 || { echo "error: cargo is not on PATH (install Rust with rustup: https://rustup.rs)" >&2; exit 1; }
 
 # --- Python test peers -------------------------------------------------------------------
-VENV=${FIRELANE_VENV:-.venv}
-if [ ! -x "$VENV/bin/moto_server" ] || ! "$VENV/bin/python" -c 'import fluent.sender' 2>/dev/null; then
+if ! venv_ready; then
   echo "==> installing moto and fluent-logger into $VENV"
   # Re-running venv on a half-made one (ensurepip failed before) adds the missing pip.
   python3 -m venv "$VENV"
