@@ -1435,6 +1435,9 @@ fn every_metric_family_has_help() {
     let port = free_port();
     let r = Router::start(&format!(
         r#"
+[runtime]
+data_dir = "{{dir}}/data"
+
 [inputs.web]
 type = "http"
 listen = "127.0.0.1:{port}"
@@ -1462,10 +1465,8 @@ buffer = {{ type = "disk" }}
         .send()
         .expect("post");
     assert_eq!(resp.status().as_u16(), 200);
-    assert_eq!(
-        common::wait_lines(&r.path("out.jsonl"), 2, Duration::from_secs(60)).len(),
-        2
-    );
+    let lines = common::wait_lines(&r.path("out.jsonl"), 2, Duration::from_secs(60));
+    assert_eq!(lines.len(), 2, "{lines:?}\n{}\n{}", r.metrics(), r.logs());
     let sent = r.wait_metric(
         "firelane_output_records_total",
         &["result=\"sent\""],
