@@ -99,6 +99,20 @@ impl Router {
         } else {
             format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n{text}")
         };
+        // Disk buffers default to /var/lib/firelane: shared by every run on the machine, so
+        // a test would replay an earlier run's records. Keep them in the temp dir.
+        let text = if text.contains("data_dir") {
+            text
+        } else {
+            let data = format!("data_dir = \"{}/data\"\n", dir.path().display());
+            match text.find("[runtime]\n") {
+                Some(i) => {
+                    let at = i + "[runtime]\n".len();
+                    format!("{}{data}{}", &text[..at], &text[at..])
+                }
+                None => format!("[runtime]\n{data}{text}"),
+            }
+        };
         let config_path = dir.path().join("firelane.toml");
         std::fs::write(&config_path, text).expect("write config");
         let stderr_path = dir.path().join(format!(
