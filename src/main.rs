@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use firelane::config::{self, Loaded};
 
@@ -70,6 +72,38 @@ enum Command {
     Loadgen(firelane::loadgen::LoadgenArgs),
 }
 
+/// Writes a command's result to stdout. A reader that goes away early (`firelane check |
+/// head -2`) is not an error: the rest of the output is discarded quietly and the command
+/// keeps its exit code. Any other write error (a full disk) is reported once and exits 1.
+fn out(args: std::fmt::Arguments<'_>) {
+    static GONE: AtomicBool = AtomicBool::new(false);
+    if GONE.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            GONE.store(true, Ordering::Relaxed);
+        }
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "firelane: cannot write to stdout: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// `print!` through [`out`].
+macro_rules! out {
+    ($($arg:tt)*) => { out(format_args!($($arg)*)) };
+}
+
+/// `println!` through [`out`].
+macro_rules! outln {
+    () => { out(format_args!("\n")) };
+    ($($arg:tt)*) => { out(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -90,18 +124,21 @@ fn main() -> ExitCode {
             match firelane::admin::healthcheck(&url, Duration::from_secs(timeout_secs)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("unhealthy: {e}");
+                    eprintln!(
+                        "unhealthy: {}",
+                        firelane::telemetry::error_chain(e.as_ref())
+                    );
                     ExitCode::FAILURE
                 }
             }
         }
         Command::Loadgen(args) => match firelane::loadgen::run(args) {
             Ok(report) => {
-                println!("{report}");
+                outln!("{report}");
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("loadgen: {e:#}");
+                eprintln!("loadgen: {}", firelane::telemetry::error_chain(e.as_ref()));
                 ExitCode::FAILURE
             }
         },
@@ -132,11 +169,14 @@ fn load(explicit: Option<PathBuf>) -> Result<(String, Loaded), config::ConfigErr
 }
 
 fn print_errors(e: &config::ConfigErrors) {
+    // A message may quote a value that came from the environment (a token in a URL).
+    firelane::telemetry::add_secrets(e.secrets.iter().cloned());
+    let redact = firelane::telemetry::redact;
     for w in &e.warnings {
-        eprintln!("{w}");
+        eprintln!("{}", redact(w));
     }
     for err in &e.errors {
-        eprintln!("{err}");
+        eprintln!("{}", redact(err));
     }
     eprintln!("config invalid: {} error(s)", e.errors.len());
 }
@@ -149,6 +189,7 @@ fn run(config: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(78); // EX_CONFIG
         }
     };
+    firelane::telemetry::add_secrets(loaded.secrets.iter().cloned());
     firelane::telemetry::init(
         &loaded.config.runtime.log_level,
         loaded.config.runtime.log_json,
@@ -168,25 +209,90 @@ fn run(config: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(firelane::topology::run(loaded.config)) {
+    match runtime.block_on(async {
+        tokio::spawn(ignore_stray_signals());
+        firelane::topology::run(loaded.config).await
+    }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // The logger writes to stderr already; one line, not two.
-            tracing::error!("firelane stopped: {e:#}");
+            tracing::error!(
+                "firelane stopped: {}",
+                firelane::telemetry::error_chain(e.as_ref())
+            );
             ExitCode::FAILURE
         }
     }
 }
 
+/// Signals whose default action would kill the router at once, silently, with the memory
+/// buffers lost, though nobody asked it to stop: SIGHUP (sent by operators who expect a
+/// reload, as fluentd and Fluent Bit do; a closing terminal), SIGUSR1/SIGUSR2 (fluentd's
+/// "flush buffers" / "reload" and a common "dump state" signal) and SIGALRM. firelane does
+/// not reload its config (a changed config takes a task restart), so each is logged and
+/// ignored for the life of the process.
+///
+/// The handlers are installed when this is called (it must run inside the runtime), before
+/// any input listens, so no record is acknowledged while one of these could still kill the
+/// process; the returned future logs each delivery.
+#[cfg(unix)]
+fn ignore_stray_signals() -> impl std::future::Future<Output = ()> {
+    use futures::StreamExt;
+    use tokio::signal::unix::{SignalKind, signal};
+    const NO_MEANING: &str = "it has no meaning to firelane";
+    let mut pending = futures::stream::FuturesUnordered::new();
+    for (kind, name, why) in [
+        (
+            SignalKind::hangup(),
+            "SIGHUP",
+            "firelane does not reload its config; restart the task to apply a new one",
+        ),
+        (SignalKind::user_defined1(), "SIGUSR1", NO_MEANING),
+        (SignalKind::user_defined2(), "SIGUSR2", NO_MEANING),
+        (SignalKind::alarm(), "SIGALRM", NO_MEANING),
+    ] {
+        match signal(kind) {
+            Ok(s) => pending.push(next_signal(s, name, why)),
+            Err(e) => tracing::warn!("cannot handle {name}: {e}; it would stop firelane"),
+        }
+    }
+    async move {
+        while let Some((s, name, why)) = pending.next().await {
+            let Some(s) = s else { continue };
+            tracing::warn!(signal = name, "{name} received and ignored: {why}");
+            pending.push(next_signal(s, name, why));
+        }
+    }
+}
+
+/// Waits for the next delivery of `s` and hands the stream back to wait again (`None` if
+/// the stream ended, which tokio documents as not happening for signals).
+#[cfg(unix)]
+async fn next_signal(
+    mut s: tokio::signal::unix::Signal,
+    name: &'static str,
+    why: &'static str,
+) -> (
+    Option<tokio::signal::unix::Signal>,
+    &'static str,
+    &'static str,
+) {
+    let got = s.recv().await;
+    (got.map(|()| s), name, why)
+}
+
 fn check(config: Option<PathBuf>) -> ExitCode {
     match load(config) {
         Ok((source, loaded)) => {
-            println!("{source}: config is valid\n");
-            print!("{}", firelane::topology::plan(&loaded.config));
+            // The plan shows URLs, headers and patterns: values from ${VAR} become ***.
+            firelane::telemetry::add_secrets(loaded.secrets.iter().cloned());
+            let redact = firelane::telemetry::redact;
+            outln!("{source}: config is valid\n");
+            out!("{}", redact(&firelane::topology::plan(&loaded.config)));
             if !loaded.warnings.is_empty() {
-                println!();
+                outln!();
                 for w in &loaded.warnings {
-                    println!("{w}");
+                    outln!("{}", redact(w));
                 }
             }
             ExitCode::SUCCESS
@@ -232,15 +338,15 @@ fn test_pattern(pattern: Option<String>, event: Option<String>, batch: bool) -> 
     };
     match pattern::test_pattern_cli(&p, &e) {
         Ok(true) => {
-            println!("match");
+            outln!("match");
             ExitCode::SUCCESS
         }
         Ok(false) => {
-            println!("no match");
+            outln!("no match");
             ExitCode::from(1)
         }
         Err(reason) => {
-            println!("invalid: {reason}");
+            outln!("invalid: {reason}");
             ExitCode::from(2)
         }
     }
@@ -253,7 +359,10 @@ fn route(
     input: Option<String>,
 ) -> ExitCode {
     let loaded = match load(config) {
-        Ok((_, l)) => l,
+        Ok((_, l)) => {
+            firelane::telemetry::add_secrets(l.secrets.iter().cloned());
+            l
+        }
         Err(e) => {
             print_errors(&e);
             return ExitCode::from(2);
@@ -268,13 +377,18 @@ fn route(
     };
     match firelane::topology::dry_run(&loaded.config, &text, tag.as_deref(), input.as_deref()) {
         Ok(out) => {
-            print!("{out}");
-            print!(
+            out!("{}", firelane::telemetry::redact(&out));
+            out!(
                 "{}",
-                destinations(&loaded.config, &text, tag.as_deref(), input.as_deref())
+                firelane::telemetry::redact(&destinations(
+                    &loaded.config,
+                    &text,
+                    tag.as_deref(),
+                    input.as_deref()
+                ))
             );
             if std::io::stdout().is_terminal() {
-                println!();
+                outln!();
             }
             ExitCode::SUCCESS
         }

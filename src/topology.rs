@@ -447,20 +447,28 @@ async fn drain_outputs(
     summaries
 }
 
+/// Waits for a signal that stops the router and returns its name: SIGTERM (ECS, `docker
+/// stop`), SIGINT (a terminal's ctrl-c) or SIGQUIT (a terminal's ctrl-\\; fluentd and Fluent
+/// Bit stop on it too). Each starts the same graceful shutdown. SIGQUIT's default action
+/// would kill the process at once and lose the memory buffers, so it is taken over here.
+/// Stray signals (SIGHUP, SIGUSR1/2, SIGALRM) are logged and ignored by `main`.
 #[cfg(unix)]
 async fn wait_for_signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::quit()),
     ) else {
         // Without signal handlers we can only wait for ctrl-c.
+        tracing::warn!("cannot install signal handlers; only SIGINT stops firelane gracefully");
         let _ = tokio::signal::ctrl_c().await;
         return "SIGINT";
     };
     tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
+        _ = quit.recv() => "SIGQUIT",
     }
 }
 

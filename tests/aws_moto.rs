@@ -296,11 +296,19 @@ async fn s3_gzip_throughput() {
     let started = Instant::now();
     let requests = deliver(&sink, &records).await;
     let secs = started.elapsed().as_secs_f64();
-    let landed: usize = get_objects(&c, &bucket, "tp/")
-        .await
+    let objects = get_objects(&c, &bucket, "tp/").await;
+    let landed: usize = objects.iter().map(|o| o.2.len()).sum();
+    // A throughput figure is only worth printing if every record arrived, once.
+    assert_eq!(objects.len(), requests, "one object per PutObject");
+    let lines: usize = objects
         .iter()
-        .map(|o| o.2.len())
+        .map(|o| decode(o.1.as_deref(), &o.2).lines().count())
         .sum();
+    assert_eq!(lines, records.len(), "every record landed exactly once");
+    assert!(
+        landed < raw,
+        "gzip made the objects smaller than the raw JSON"
+    );
     eprintln!(
         "S3 gzip sink against moto: {:.1} MB raw JSON in {secs:.2} s = {:.1} MB/s ({} objects, {:.1} MB landed, debug build)",
         raw as f64 / 1e6,

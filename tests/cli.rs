@@ -124,31 +124,182 @@ fn check_prints_the_plan_and_warnings() {
     assert_eq!(warn_lines.len(), 3, "{warn_lines:#?}");
 }
 
+/// `${NAME}` (no default) and `${NAME:-default}` variables of a config's TOML lines (comment
+/// lines are documentation, not config).
+fn config_variables(text: &str) -> (Vec<String>, Vec<String>) {
+    let (mut required, mut optional) = (Vec::new(), Vec::new());
+    for line in text.lines().filter(|l| !l.trim_start().starts_with('#')) {
+        let mut rest = line;
+        while let Some(i) = rest.find("${") {
+            let inner = &rest[i + 2..];
+            let Some(end) = inner.find('}') else { break };
+            let var = &inner[..end];
+            match var.split_once(":-") {
+                Some((name, _)) => optional.push(name.to_string()),
+                None => required.push(var.to_string()),
+            }
+            rest = &inner[end..];
+        }
+    }
+    (required, optional)
+}
+
+/// Every file in config/ passes `check` as shipped, given only the variables it documents
+/// as required (in its header comment and in the README); the optional ones are unset so
+/// their defaults are checked too. Without a required variable `check` fails naming it.
 #[test]
 fn check_accepts_every_shipped_config() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README");
     let mut n = 0;
-    for entry in std::fs::read_dir(&root).expect("config dir") {
+    for entry in std::fs::read_dir(root.join("config")).expect("config dir") {
         let p = entry.expect("entry").path();
         if p.extension().and_then(|e| e.to_str()) != Some("toml") {
             continue;
         }
         n += 1;
-        let o = firelane(
-            &["check", "-c", &p.display().to_string()],
-            &[("EVENTS_KEY", "k"), ("LOG_BUCKET", "b")],
-        );
+        let body = std::fs::read_to_string(&p).expect("read config");
+        let header: String = body
+            .lines()
+            .take_while(|l| l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let (required, optional) = config_variables(&body);
+        for var in &required {
+            assert!(
+                header.contains(var.as_str()),
+                "{}: ${{{var}}} is required but the header comment does not name it:\n{header}",
+                p.display()
+            );
+            assert!(
+                readme.contains(&format!("`{var}`")),
+                "{}: ${{{var}}} is required but README.md does not name it",
+                p.display()
+            );
+        }
+        let path = p.display().to_string();
+        let mut cmd = Command::new(BIN);
+        cmd.args(["check", "-c", &path])
+            .env_remove("FIRELANE_CONFIG")
+            .stdin(Stdio::null());
+        for var in &optional {
+            cmd.env_remove(var);
+        }
+        for var in &required {
+            cmd.env(var, "placeholder-value");
+        }
+        let o = cmd.output().expect("run firelane");
         assert_no_panic(&o);
         assert_eq!(
             code(&o),
             0,
-            "{}:\n{}{}",
-            p.display(),
+            "{path} with {required:?} set:\n{}{}",
             text(&o.stdout),
             text(&o.stderr)
         );
+        for var in &required {
+            let mut cmd = Command::new(BIN);
+            cmd.args(["check", "-c", &path])
+                .env_remove("FIRELANE_CONFIG")
+                .env_remove(var)
+                .stdin(Stdio::null());
+            for other in required.iter().filter(|o| *o != var) {
+                cmd.env(other, "placeholder-value");
+            }
+            let o = cmd.output().expect("run firelane");
+            assert_eq!(code(&o), 1, "{path} without {var}");
+            assert!(
+                text(&o.stderr).contains(&format!("environment variable {var} is not set")),
+                "{path} without {var}:\n{}",
+                text(&o.stderr)
+            );
+        }
     }
-    assert!(n >= 3, "found {n} configs");
+    assert!(n >= 7, "found {n} configs");
+}
+
+/// An empty config, or one without inputs or without outputs, is a mistake: `check` exits 1
+/// and `run` exits 78 (EX_CONFIG), each with a line that says what is missing.
+#[test]
+fn empty_config_or_no_inputs_or_outputs_is_invalid() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases = [
+        ("empty.toml", "", &["no inputs", "no outputs"][..]),
+        (
+            "comments.toml",
+            "# only a comment\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+            &["no inputs", "no outputs"][..],
+        ),
+        (
+            "no-inputs.toml",
+            "[inputs]\n[routes.all]\nto = [\"out\"]\n[outputs.out]\ntype = \"null\"\n",
+            &["no inputs"][..],
+        ),
+        (
+            "no-outputs.toml",
+            "[inputs.h]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\n",
+            &["no outputs"][..],
+        ),
+    ];
+    for (name, body, want) in cases {
+        let path = write(dir.path(), name, body);
+        let o = firelane(&["check", "-c", &path], &[]);
+        assert_no_panic(&o);
+        let err = text(&o.stderr);
+        assert_eq!(code(&o), 1, "check {name}:\n{}{err}", text(&o.stdout));
+        for w in want {
+            assert!(
+                err.contains(&format!("{w} are configured")),
+                "check {name}: missing {w:?}:\n{err}"
+            );
+        }
+        assert!(!text(&o.stdout).contains("config is valid"), "{name}");
+        let o = firelane(&["run", "-c", &path], &[]);
+        assert_no_panic(&o);
+        assert_eq!(code(&o), 78, "run {name}:\n{}", text(&o.stderr));
+    }
+}
+
+/// A reader that stops early (`firelane check | head -2`) does not make any printing
+/// command panic; the command exits with its usual code.
+#[test]
+fn closed_stdout_is_not_a_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(dir.path(), "plan.toml", PLAN_CONFIG);
+    let event = r#"{"source":"aws.ecs","detail":{"containers":{"exitCode":"1"}}}"#;
+    let runs: [(&[&str], i32); 4] = [
+        (&["check", "-c", &path], 0),
+        (&["route", "-c", &path, "--event", event], 0),
+        (
+            &[
+                "test-pattern",
+                "--pattern",
+                r#"{"a":[1]}"#,
+                "--event",
+                r#"{"a":1}"#,
+            ],
+            0,
+        ),
+        (&["--help"], 0),
+    ];
+    for (args, want) in runs {
+        // A pipe whose read end is closed before the command starts: every write to its
+        // stdout fails with EPIPE, deterministically.
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let o = Command::new(BIN)
+            .args(args)
+            .env_remove("FIRELANE_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run firelane");
+        let err = text(&o.stderr);
+        assert!(!err.contains("panicked"), "{args:?} panicked:\n{err}");
+        assert!(err.is_empty(), "{args:?} wrote to stderr:\n{err}");
+        assert_eq!(code(&o), want, "{args:?}:\n{err}");
+    }
 }
 
 #[test]
@@ -918,4 +1069,454 @@ fn run_exits_with_one_clear_line_when_a_port_is_taken() {
     assert_eq!(err.matches(&want).count(), 1, "{err}");
     assert!(err.contains("in use"), "{err}");
     drop(taken);
+}
+
+/// A start-up error whose cause is both in its message and its `source()` (the disk
+/// buffer's "cannot create buffer directory …: Not a directory") is printed once:
+/// `…: Not a directory (os error 20)`, not `…: Not a directory (os error 20): Not a
+/// directory (os error 20)`.
+#[test]
+fn run_prints_each_cause_of_an_error_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // data_dir below a regular file: creating the buffer directory fails with ENOTDIR.
+    let file = write(dir.path(), "a-file", "");
+    let cfg = format!(
+        "[admin]\nlisten = \"127.0.0.1:{}\"\n[runtime]\ndata_dir = \"{file}/data\"\n[inputs.web]\ntype = \"http\"\nlisten = \"127.0.0.1:{}\"\n[routes.all]\nto = [\"d\"]\n[outputs.d]\ntype = \"null\"\nbuffer = {{ type = \"disk\" }}\n",
+        free_port(),
+        free_port()
+    );
+    let path = write(dir.path(), "notdir.toml", &cfg);
+    let o = Command::new(BIN)
+        .args(["run", "-c", &path])
+        .env("RUST_LOG", "error")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    assert_no_panic(&o);
+    assert_eq!(code(&o), 1);
+    let err = text(&o.stderr);
+    // ENOTDIR is 20 on Linux (asm-generic/errno-base.h).
+    let cause = std::io::Error::from_raw_os_error(20).to_string();
+    assert!(err.contains("output d: cannot open its buffer"), "{err}");
+    assert_eq!(err.matches(&cause).count(), 1, "{err}");
+}
+
+/// SIGHUP, SIGUSR1, SIGUSR2 and SIGALRM (whose default action kills a process at once) are
+/// logged and ignored: the router keeps running and accepting; SIGQUIT then stops it
+/// gracefully, like SIGTERM, and every acknowledged record is delivered.
+#[test]
+fn stray_signals_are_ignored_and_sigquit_drains() {
+    let port = free_port();
+    let mut r = Router::start(&format!(
+        r#"
+[runtime]
+shutdown_grace = "60s"
+
+[inputs.web]
+type = "http"
+listen = "127.0.0.1:{port}"
+
+[routes.all]
+to = ["out"]
+
+[outputs.out]
+type = "file"
+path = "{{dir}}/out.jsonl"
+batch = {{ max_records = 1000000, max_bytes = "1GiB", max_age = "10m" }}
+"#
+    ));
+    let out = r.path("out.jsonl");
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    let post = |seq: usize| {
+        let resp = client
+            .post(format!("http://127.0.0.1:{port}/tag/sig"))
+            .body(format!("{{\"seq\":{seq}}}"))
+            .send()
+            .expect("post");
+        assert_eq!(resp.status().as_u16(), 200, "record {seq}");
+    };
+    // (number, name) as on Linux x86_64 and aarch64 (signal(7)).
+    let stray = [
+        (1, "SIGHUP"),
+        (10, "SIGUSR1"),
+        (12, "SIGUSR2"),
+        (14, "SIGALRM"),
+    ];
+    let mut sent = 0;
+    for (sig, name) in stray {
+        post(sent);
+        sent += 1;
+        r.signal(sig);
+        // The warning is the proof the signal arrived and was handled, not merely lost.
+        let logged = poll(Duration::from_secs(30), || {
+            r.logs()
+                .contains(&format!("{name} received and ignored"))
+                .then_some(())
+        });
+        assert!(logged.is_some(), "no log line for {name}:\n{}", r.logs());
+        let c = r.child.as_mut().expect("running");
+        assert!(
+            matches!(c.try_wait(), Ok(None)),
+            "{name} stopped firelane:\n{}",
+            r.logs()
+        );
+        assert_eq!(
+            http_get(&format!("http://127.0.0.1:{}/ready", r.admin))
+                .expect("ready")
+                .0,
+            200,
+            "not ready after {name}"
+        );
+    }
+    post(sent);
+    sent += 1;
+    assert!(
+        read_jsonl(&out).len() < sent,
+        "records should still sit in the open batch"
+    );
+    r.signal(3); // SIGQUIT
+    let status = r.wait_exit(Duration::from_secs(90));
+    assert_eq!(status.code(), Some(0), "{}", r.logs());
+    let logs = r.logs();
+    assert!(
+        logs.contains("SIGQUIT"),
+        "shutdown does not name SIGQUIT:\n{logs}"
+    );
+    let mut seqs: Vec<u64> = read_jsonl(&out)
+        .iter()
+        .map(|l| l["seq"].as_u64().expect("seq"))
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (0..sent as u64).collect::<Vec<_>>(), "{logs}");
+}
+
+/// A token interpolated into an `http` output's URL (`?api_key=${TOKEN}`) is shown as
+/// `***` by `check`, in the delivery warnings on stderr, and in the dead-lettered
+/// record's `firelane_error` text; the records themselves still reach the dead letter.
+#[test]
+fn interpolated_secrets_are_redacted_everywhere_they_are_shown() {
+    const TOKEN: &str = "s3cr3t-T0ken-4711";
+    // Nothing listens there: every send fails with "connection refused", an error whose
+    // text quotes the URL, token included.
+    let refused = {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let port = free_port();
+    let cfg = format!(
+        r#"
+[inputs.web]
+type = "http"
+listen = "127.0.0.1:{port}"
+
+[routes.all]
+to = ["hook"]
+
+[outputs.hook]
+type = "http"
+url = "http://127.0.0.1:{refused}/ingest?api_key=${{FIRELANE_TEST_TOKEN}}"
+retry = {{ initial_backoff = "10ms", max_backoff = "20ms", max_retries = 1 }}
+dead_letter = "dead"
+
+[outputs.dead]
+type = "file"
+path = "{{dir}}/dead.jsonl"
+"#
+    );
+    let env = [("FIRELANE_TEST_TOKEN", TOKEN), ("RUST_LOG", "info")];
+
+    // check: the plan shows the URL, with the token redacted.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(
+        dir.path(),
+        "secret.toml",
+        &cfg.replace("{dir}", &dir.path().display().to_string()),
+    );
+    let o = firelane(&["check", "-c", &path], &env);
+    let shown = format!("{}{}", text(&o.stdout), text(&o.stderr));
+    assert_eq!(code(&o), 0, "{shown}");
+    assert!(!shown.contains(TOKEN), "check printed the token:\n{shown}");
+    assert!(shown.contains("api_key=***"), "{shown}");
+
+    // run: a record goes in, fails twice, and is dead-lettered.
+    let admin = free_port();
+    let mut r = Router::start_with(tempfile::tempdir().expect("tempdir"), &cfg, admin, &env);
+    let resp = reqwest::blocking::Client::new()
+        .post(format!("http://127.0.0.1:{port}/tag/app"))
+        .body(r#"{"msg":"hello"}"#)
+        .send()
+        .expect("post");
+    assert_eq!(resp.status().as_u16(), 200);
+    let dead = common::wait_lines(&r.path("dead.jsonl"), 1, Duration::from_secs(60));
+    assert_eq!(dead.len(), 1, "{}", r.logs());
+    assert_eq!(dead[0]["msg"], "hello");
+    let error = dead[0]["firelane_error"].to_string();
+    assert!(!error.contains(TOKEN), "dead letter has the token: {error}");
+    assert!(error.contains("api_key=***"), "{error}");
+    let status = r.terminate(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0));
+    let logs = r.logs();
+    assert!(
+        logs.contains("api_key=***"),
+        "no delivery warning quoting the URL:\n{logs}"
+    );
+    assert!(!logs.contains(TOKEN), "the log has the token:\n{logs}");
+}
+
+/// A peer that answers every request `400 Bad Request: invalid tag: <the records' tag
+/// fields>`, as many ingest APIs quote the offending data in their error. Serves until the
+/// test ends.
+fn echoing_error_peer() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+            let mut reader = std::io::BufReader::new(s.try_clone().expect("clone"));
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; len];
+            let _ = std::io::Read::read_exact(&mut reader, &mut body);
+            // The offending value as it is, not JSON-escaped: what a peer's error quotes.
+            let tags: Vec<String> = String::from_utf8_lossy(&body)
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter_map(|v| v["tag"].as_str().map(str::to_owned))
+                .collect();
+            let answer = format!("invalid tag: {}", tags.join(", "));
+            let _ = write!(
+                s,
+                "HTTP/1.1 400 Bad Request\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                answer.len()
+            );
+        }
+    });
+    port
+}
+
+/// A tag with a newline in it (from a client) reaches a warning of ours (the error an
+/// HTTP output's peer sends back quotes the record): the newline is escaped, so it cannot
+/// start a forged log line.
+#[test]
+fn record_data_cannot_forge_log_lines() {
+    let peer = echoing_error_peer();
+    let port = free_port();
+    let mut r = Router::start(&format!(
+        r#"
+[inputs.web]
+type = "http"
+listen = "127.0.0.1:{port}"
+
+[routes.all]
+to = ["hook"]
+
+[outputs.hook]
+type = "http"
+url = "http://127.0.0.1:{peer}/ingest"
+tag_key = "tag"
+dead_letter = "dead"
+
+[outputs.dead]
+type = "file"
+path = "{{dir}}/dead.jsonl"
+tag_key = "tag"
+"#
+    ));
+    // The tag is "app" CR LF "ERROR forged: admin password reset", percent-encoded in
+    // the path.
+    let resp = reqwest::blocking::Client::new()
+        .post(format!(
+            "http://127.0.0.1:{port}/tag/app%0D%0AERROR%20forged:%20admin%20password%20reset"
+        ))
+        .body(r#"{"msg":"one\ntwo"}"#)
+        .send()
+        .expect("post");
+    assert_eq!(resp.status().as_u16(), 200);
+    let dead = common::wait_lines(&r.path("dead.jsonl"), 1, Duration::from_secs(60));
+    assert_eq!(dead.len(), 1, "{}", r.logs());
+    assert_eq!(
+        dead[0]["tag"], "app\r\nERROR forged: admin password reset",
+        "the record itself is kept as it was"
+    );
+    let status = r.terminate(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0));
+    let logs = r.logs();
+    assert!(
+        logs.contains(r"invalid tag: app\r\nERROR forged: admin password reset"),
+        "the warning does not quote the escaped tag:\n{logs}"
+    );
+    for line in logs.lines() {
+        assert!(
+            !line.starts_with("ERROR forged") && !line.contains('\r'),
+            "forged log line {line:?} in:\n{logs}"
+        );
+    }
+}
+
+/// `time_key = "time"` on an EventBridge event, which has its own `time`: the event's
+/// value is kept (not replaced by the receive time), other records still get the key,
+/// and one warning names the clash however many records have it.
+#[test]
+fn time_key_keeps_a_field_the_record_already_has_and_warns_once() {
+    let port = free_port();
+    let mut r = Router::start(&format!(
+        r#"
+[inputs.events]
+type = "http"
+listen = "127.0.0.1:{port}"
+
+[routes.all]
+to = ["out"]
+
+[outputs.out]
+type = "file"
+path = "{{dir}}/out.jsonl"
+tag_key = "tag"
+time_key = "time"
+"#
+    ));
+    let body = concat!(
+        r#"{"source":"aws.ecs","detail-type":"ECS Task State Change","time":"2026-11-23T09:59:58Z","id":1}"#,
+        "\n",
+        r#"{"source":"aws.ecs","detail-type":"ECS Task State Change","time":"2026-11-23T09:59:59Z","id":2}"#,
+        "\n",
+        r#"{"msg":"no time of its own","id":3}"#,
+        "\n"
+    );
+    let resp = reqwest::blocking::Client::new()
+        .post(format!("http://127.0.0.1:{port}/tag/ecs"))
+        .body(body)
+        .send()
+        .expect("post");
+    assert_eq!(resp.status().as_u16(), 200);
+    let lines = common::wait_lines(&r.path("out.jsonl"), 3, Duration::from_secs(60));
+    assert_eq!(lines.len(), 3, "{}", r.logs());
+    let by_id = |id: u64| {
+        lines
+            .iter()
+            .find(|l| l["id"] == id)
+            .unwrap_or_else(|| panic!("no record {id}: {lines:?}"))
+    };
+    assert_eq!(by_id(1)["time"], "2026-11-23T09:59:58Z");
+    assert_eq!(by_id(2)["time"], "2026-11-23T09:59:59Z");
+    let added = by_id(3)["time"].as_str().expect("time added").to_owned();
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(&added).is_ok() && added.ends_with('Z'),
+        "{added}"
+    );
+    assert!(lines.iter().all(|l| l["tag"] == "ecs"), "{lines:?}");
+    let status = r.terminate(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0));
+    let logs = r.logs();
+    assert_eq!(
+        logs.matches("records already have a field \"time\"")
+            .count(),
+        1,
+        "{logs}"
+    );
+}
+
+/// Every `firelane_*` family `/metrics` prints has a `# HELP` line (and a `# TYPE`).
+#[test]
+fn every_metric_family_has_help() {
+    let port = free_port();
+    let r = Router::start(&format!(
+        r#"
+[runtime]
+data_dir = "{{dir}}/data"
+
+[inputs.web]
+type = "http"
+listen = "127.0.0.1:{port}"
+
+[routes.app]
+tag = ["app"]
+to = ["out"]
+
+[outputs.out]
+type = "file"
+path = "{{dir}}/out.jsonl"
+buffer = {{ type = "disk" }}
+"#
+    ));
+    let resp = reqwest::blocking::Client::new()
+        .post(format!("http://127.0.0.1:{port}/tag/app"))
+        .body("{\"n\":1}\n{\"n\":2}\n")
+        .send()
+        .expect("post");
+    assert_eq!(resp.status().as_u16(), 200);
+    // One more the route does not take, so the unrouted counter has a sample too.
+    let resp = reqwest::blocking::Client::new()
+        .post(format!("http://127.0.0.1:{port}/tag/other"))
+        .body("{\"n\":3}\n")
+        .send()
+        .expect("post");
+    assert_eq!(resp.status().as_u16(), 200);
+    let lines = common::wait_lines(&r.path("out.jsonl"), 2, Duration::from_secs(60));
+    assert_eq!(lines.len(), 2, "{lines:?}\n{}\n{}", r.metrics(), r.logs());
+    let sent = r.wait_metric(
+        "firelane_output_records_total",
+        &["result=\"sent\""],
+        2.0,
+        Duration::from_secs(30),
+    );
+    assert_eq!(sent, 2.0);
+    let text = r.metrics();
+    let mut families: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with("firelane_"))
+        .map(|l| {
+            let name = l.split(['{', ' ']).next().unwrap_or("");
+            // A histogram's samples are NAME_bucket / NAME_sum / NAME_count.
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| {
+                    name.strip_suffix(s)
+                        .filter(|base| text.contains(&format!("# TYPE {base} histogram")))
+                })
+                .unwrap_or(name)
+                .to_string()
+        })
+        .collect();
+    families.sort();
+    families.dedup();
+    for want in [
+        "firelane_build_info",
+        "firelane_input_records_total",
+        "firelane_input_bytes_total",
+        "firelane_route_records_total",
+        "firelane_unrouted_records_total",
+        "firelane_output_records_total",
+        "firelane_output_bytes_total",
+        "firelane_output_batches_total",
+        "firelane_output_request_seconds",
+        "firelane_buffer_bytes",
+        "firelane_buffer_records",
+    ] {
+        assert!(
+            families.iter().any(|f| f == want),
+            "{want} missing:\n{text}"
+        );
+    }
+    let missing: Vec<&String> = families
+        .iter()
+        .filter(|f| !text.contains(&format!("# HELP {f} ")))
+        .collect();
+    assert!(missing.is_empty(), "no # HELP for {missing:?}:\n{text}");
+    for f in &families {
+        assert!(text.contains(&format!("# TYPE {f} ")), "no # TYPE for {f}");
+    }
 }

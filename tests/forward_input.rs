@@ -728,9 +728,7 @@ fn python() -> Option<String> {
     if venv.exists() {
         return Some(venv.display().to_string());
     }
-    let _ = std::io::stderr().write_all(
-        b"\n*** SKIPPED: FIRELANE_TEST_PYTHON is not set (run scripts/test.sh); fluent-logger was NOT tested ***\n",
-    );
+    common::peer_missing("FIRELANE_TEST_PYTHON is not set; fluent-logger was NOT tested");
     None
 }
 

@@ -67,6 +67,7 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
             &buckets,
         )?
         .install_recorder()?;
+    crate::telemetry::describe_metrics();
     metrics::gauge!("firelane_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     Ok(handle)
 }

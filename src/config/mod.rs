@@ -241,6 +241,9 @@ pub struct OutputSpec {
 pub struct ConfigErrors {
     pub errors: Vec<String>,
     pub warnings: Vec<String>,
+    /// Values the config read from the environment (see [`Loaded::secrets`]): messages
+    /// may quote them, so they go through the redactor before they are shown.
+    pub secrets: Vec<String>,
 }
 
 impl std::fmt::Display for ConfigErrors {
@@ -259,6 +262,41 @@ impl std::error::Error for ConfigErrors {}
 pub struct Loaded {
     pub config: Config,
     pub warnings: Vec<String>,
+    /// The values `${VAR}` took from the environment (never defaults written in the file)
+    /// that are secrets: the variable's name says so ([`is_secret_name`]: `TOKEN`, `KEY`,
+    /// `PASSWORD`…), or the value sits under a key that carries credentials (`auth`,
+    /// `headers`, `url`, `shared_key`), except [`PUBLIC_VARIABLES`]. ECS injects secrets
+    /// (`secrets` in the task definition) as environment variables; the caller hands these
+    /// to [`crate::telemetry::add_secrets`] so that they are shown as `***`. A listen
+    /// address or a bucket from `${VAR}` stays visible.
+    pub secrets: Vec<String>,
+}
+
+/// Environment variables whose values are configuration everybody may see, never secrets:
+/// redacting the region would turn every AWS endpoint in a log line into `***`.
+pub const PUBLIC_VARIABLES: &[&str] = &["AWS_REGION", "AWS_DEFAULT_REGION"];
+
+/// Whether an environment variable's name marks its value as a secret (case-insensitive:
+/// `TOKEN`, `SECRET`, `PASSWORD`, `PASSWD`, `PASSPHRASE`, `KEY`, `AUTH`, `CREDENTIAL`,
+/// `API`, `PRIVATE`, `COOKIE`, `SESSION`, `SIGNATURE` anywhere in it).
+pub fn is_secret_name(name: &str) -> bool {
+    const MARKERS: &[&str] = &[
+        "TOKEN",
+        "SECRET",
+        "PASSWORD",
+        "PASSWD",
+        "PASSPHRASE",
+        "KEY",
+        "AUTH",
+        "CREDENTIAL",
+        "API",
+        "PRIVATE",
+        "COOKIE",
+        "SESSION",
+        "SIGNATURE",
+    ];
+    let upper = name.to_ascii_uppercase();
+    MARKERS.iter().any(|m| upper.contains(m))
 }
 
 /// Parses and validates `text` (named `file` in messages), reading `${VAR}` from `env`.
@@ -276,21 +314,40 @@ pub fn parse(
             return Err(ConfigErrors {
                 errors: d.rendered_errors(),
                 warnings: vec![],
+                secrets: vec![],
             });
         }
     };
-    let mut top = Table::new(root.get_ref(), root.span(), "", env);
+    // Every value the environment supplies passes through here: keep the secrets.
+    let from_env = std::cell::RefCell::new(Vec::new());
+    let recording = |name: &str| {
+        let v = env(name);
+        if let Some(v) = &v
+            && !v.is_empty()
+            && !PUBLIC_VARIABLES.contains(&name)
+            && (is_secret_name(name) || reader::interpolating_credentials())
+        {
+            from_env.borrow_mut().push(v.clone());
+        }
+        v
+    };
+    let mut top = Table::new(root.get_ref(), root.span(), "", &recording);
     let config = read_config(&mut top, &mut d);
     top.finish_expecting(&mut d, &["admin", "runtime", "inputs", "routes", "outputs"]);
+    let mut secrets = from_env.take();
+    secrets.sort();
+    secrets.dedup();
     if !d.errors.is_empty() {
         return Err(ConfigErrors {
             errors: d.rendered_errors(),
             warnings: d.rendered_warnings(),
+            secrets,
         });
     }
     Ok(Loaded {
         config,
         warnings: d.rendered_warnings(),
+        secrets,
     })
 }
 
@@ -299,6 +356,7 @@ pub fn load_file(path: &std::path::Path) -> Result<Loaded, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
         errors: vec![format!("{}: cannot read config: {e}", path.display())],
         warnings: vec![],
+        secrets: vec![],
     })?;
     let env = |k: &str| std::env::var(k).ok();
     let base = path.parent().map(PathBuf::from);
@@ -347,6 +405,7 @@ fn read_config(top: &mut Table<'_, '_>, d: &mut Diagnostics) -> Config {
         }
         t.finish(d);
     }
+    let broken_inputs = broken.len();
     let mut outputs = Vec::new();
     let mut output_spans = Vec::new();
     if let Some(mut t) = top.opt_table(d, "outputs") {
@@ -374,10 +433,20 @@ fn read_config(top: &mut Table<'_, '_>, d: &mut Diagnostics) -> Config {
         }
         t.finish(d);
     }
-    if inputs.is_empty() && top.contains("inputs") {
-        d.warn(
+    // A router with nothing to receive or nowhere to send is a deployment mistake (an empty
+    // or truncated file, a config mounted at the wrong path), not a valid plan: refuse it
+    // loudly instead of starting and dropping or never seeing a record. Inputs or outputs
+    // that exist but failed to read have their own errors already.
+    if inputs.is_empty() && broken_inputs == 0 {
+        d.error(
             top.value_span("inputs"),
-            "no inputs are configured: nothing will be received",
+            "no inputs are configured: nothing would be received (add an [inputs.NAME] table; see config/reference.toml)",
+        );
+    }
+    if outputs.is_empty() && broken.len() == broken_inputs {
+        d.error(
+            top.value_span("outputs"),
+            "no outputs are configured: records would have nowhere to go (add an [outputs.NAME] table; see config/reference.toml)",
         );
     }
     cross_check(

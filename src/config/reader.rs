@@ -162,6 +162,30 @@ pub fn interpolate(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Stri
     Ok(out)
 }
 
+thread_local! {
+    /// Set while a value under a credential-bearing key is being interpolated.
+    static CREDENTIAL_KEY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the `${VAR}` being looked up now sits in a value that carries credentials (an
+/// `auth` table, `headers`, a `url` (query strings and userinfo hold tokens), a
+/// `shared_key`, a `token` / `password`): the environment lookup treats its value as a
+/// secret whatever the variable is called.
+pub fn interpolating_credentials() -> bool {
+    CREDENTIAL_KEY.with(|c| c.get())
+}
+
+/// A dotted key path (`outputs.hook.headers.authorization`) under which values carry
+/// credentials.
+fn is_credential_path(path: &str) -> bool {
+    path.split('.').any(|seg| {
+        matches!(
+            seg,
+            "auth" | "headers" | "url" | "shared_key" | "token" | "password" | "secret"
+        )
+    })
+}
+
 /// Reader for one TOML table. `path` is the dotted name used in messages (`outputs.s3`).
 pub struct Table<'a, 'i> {
     table: &'a DeTable<'i>,
@@ -205,6 +229,16 @@ impl<'a, 'i> Table<'a, 'i> {
 
     pub fn path(&self) -> &str {
         &self.path
+    }
+
+    /// [`interpolate`] for the value of `key`, with [`interpolating_credentials`] telling
+    /// the environment lookup whether that key carries credentials.
+    fn interpolate(&self, key: &str, s: &str) -> Result<String, String> {
+        let sensitive = is_credential_path(&self.child(key));
+        CREDENTIAL_KEY.with(|c| c.set(sensitive));
+        let out = interpolate(s, self.env);
+        CREDENTIAL_KEY.with(|c| c.set(false));
+        out
     }
 
     pub fn span(&self) -> Range<usize> {
@@ -271,7 +305,7 @@ impl<'a, 'i> Table<'a, 'i> {
     pub fn opt_string(&mut self, d: &mut Diagnostics, key: &str) -> Option<String> {
         let v = self.get(key)?;
         match v.get_ref() {
-            DeValue::String(s) => match interpolate(s, self.env) {
+            DeValue::String(s) => match self.interpolate(key, s) {
                 Ok(s) => Some(s),
                 Err(e) => {
                     d.error(v.span(), format!("{}: {e}", self.child(key)));
@@ -393,7 +427,7 @@ impl<'a, 'i> Table<'a, 'i> {
         let v = self.get(key)?;
         let one = |d: &mut Diagnostics, item: &Value<'_>| -> Option<Spanned<String>> {
             match item.get_ref() {
-                DeValue::String(s) => match interpolate(s, self.env) {
+                DeValue::String(s) => match self.interpolate(key, s) {
                     Ok(s) => Some(Spanned::new(item.span(), s)),
                     Err(e) => {
                         d.error(item.span(), format!("{}: {e}", self.child(key)));

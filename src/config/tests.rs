@@ -89,6 +89,8 @@ memory_limit = "12 parsecs"
 type = "stdout"
 batch = { max_records = "many", max_age = "5" }
 buffer = { type = "tape", when_full = "panic" }
+[inputs.i]
+type = "http"
 "#;
     let e = errors(text);
     assert_eq!(e.len(), 6, "{e:?}");
@@ -195,6 +197,8 @@ pattern = '{"detail": {"exitCode": [{"numeric": [">", 5, "<", 1]}]}}'
 to = "o"
 [outputs.o]
 type = "null"
+[inputs.i]
+type = "http"
 "#;
     let e = errors(text);
     assert_eq!(e.len(), 1, "{e:?}");
@@ -212,8 +216,10 @@ pattern = '{"detail": {"containers": {"exitCode": ["1"]}}}'
 to = "o"
 [outputs.o]
 type = "null"
+[inputs.i]
+type = "http"
 "#;
-    let l = parse(text, "t.toml", &env).unwrap();
+    let l = parse(text, "t.toml", &env).unwrap_or_else(|e| panic!("{e}"));
     assert!(
         l.warnings.iter().any(|w| w.contains("exitCode")),
         "{:?}",
@@ -315,7 +321,7 @@ fn columns_count_characters() {
 #[test]
 fn a_broken_output_is_reported_once_not_again_by_its_routes() {
     let e = errors(
-        "[routes.r]\nto = [\"o\", \"gone\"]\n[outputs.o]\ntype = \"nope\"\ndead_letter = \"x\"\n[outputs.p]\ntype = \"null\"\ndead_letter = \"o\"\n",
+        "[routes.r]\nto = [\"o\", \"gone\"]\n[outputs.o]\ntype = \"nope\"\ndead_letter = \"x\"\n[outputs.p]\ntype = \"null\"\ndead_letter = \"o\"\n[inputs.i]\ntype = \"http\"\n",
     );
     assert!(
         e.iter()
@@ -327,4 +333,71 @@ fn a_broken_output_is_reported_once_not_again_by_its_routes() {
         "{e:?}"
     );
     assert_eq!(e.len(), 2, "{e:?}");
+}
+
+#[test]
+fn no_inputs_or_no_outputs_is_an_error_unless_they_failed_to_read() {
+    let e = errors("");
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(
+        e[0].starts_with("t.toml:1:1: no inputs are configured"),
+        "{e:?}"
+    );
+    assert!(
+        e[1].starts_with("t.toml:1:1: no outputs are configured"),
+        "{e:?}"
+    );
+    let e = errors("[inputs.i]\ntype = \"http\"\n[outputs]\n");
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with("t.toml:3:1: no outputs are configured"),
+        "{e:?}"
+    );
+    // An input and an output that exist but are wrong: their own errors, no "none configured".
+    let e = errors("[inputs.i]\ntype = \"tape\"\n[outputs.o]\ntype = \"tape\"\n");
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(e.iter().all(|m| !m.contains("are configured")), "{e:?}");
+}
+
+#[test]
+fn secrets_are_values_of_secret_named_variables_or_under_credential_keys() {
+    let text = r#"
+[inputs.e]
+type = "http"
+listen = "${LISTEN}"
+auth = { type = "bearer", token = "${EVENTS_KEY}" }
+[routes.all]
+to = "o"
+[outputs.o]
+type = "http"
+url = "http://example.com/${PATH_PART}?k=${NOPE:-in-the-file}&r=${AWS_REGION}"
+headers = { x-team = "${TEAM}" }
+[outputs.f]
+type = "file"
+path = "/tmp/${FILE_NAME}-${DB_PASSWORD}.jsonl"
+"#;
+    let env = |k: &str| {
+        Some(
+            match k {
+                "AWS_REGION" => "eu-west-1",
+                "LISTEN" => "127.0.0.1:9999",
+                "EVENTS_KEY" => "k-events",
+                "PATH_PART" => "path-part",
+                "TEAM" => "team-x",
+                "FILE_NAME" => "file-name",
+                "DB_PASSWORD" => "pw-1234",
+                _ => return None,
+            }
+            .to_string(),
+        )
+    };
+    let l = parse(text, "t.toml", &env).unwrap_or_else(|e| panic!("{e}"));
+    // Named like a secret (EVENTS_KEY, DB_PASSWORD) or under auth / url / headers; not the
+    // listen address, a file name, a default from the file or the region.
+    assert_eq!(
+        l.secrets,
+        vec!["k-events", "path-part", "pw-1234", "team-x"],
+        "{:?}",
+        l.secrets
+    );
 }

@@ -254,7 +254,8 @@ fn with_error(
         json!({
             "output": output,
             "reason": failure.reason,
-            "message": failure.message,
+            // Error text may quote a URL with a token from ${VAR} in it.
+            "message": crate::telemetry::redact(&failure.message),
             "attempts": Value::from(attempts),
         }),
     );

@@ -20,9 +20,11 @@ pub struct Encoding {
 #[error("record cannot be encoded as JSON: {0}")]
 pub struct EncodeError(#[from] serde_json::Error);
 
-/// Appends `record` as one JSON object plus `\n` to `out`. The added keys come first and
-/// replace a record field of the same name, so a line never holds a duplicate key.
-/// On error `out` is left as it was.
+/// Appends `record` as one JSON object plus `\n` to `out`. The added keys come first. A
+/// record that already has a field under `tag_key` / `time_key` keeps it (an EventBridge
+/// event's own `time`, a `tag` the application logged): data is never overwritten by
+/// metadata, the key is not added to that record, and a warning names the key once per
+/// process. A line never holds a duplicate key. On error `out` is left as it was.
 pub fn encode_json_line(
     record: &Record,
     tag_key: Option<&str>,
@@ -71,27 +73,51 @@ struct LineView<'a> {
 impl Serialize for LineView<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(None)?;
+        let fields = &self.record.fields;
         if let Some(k) = self.time_key {
-            let mut buf = [0u8; 35];
-            let n = format_rfc3339_nanos(self.record.time_ns, &mut buf);
-            // Only ASCII digits and punctuation are written, so this cannot fail.
-            let s = std::str::from_utf8(&buf[..n]).unwrap_or("1970-01-01T00:00:00.000000000Z");
-            map.serialize_entry(k, s)?;
+            if fields.contains_key(k) {
+                warn_kept_once("time_key", k);
+            } else {
+                let mut buf = [0u8; 35];
+                let n = format_rfc3339_nanos(self.record.time_ns, &mut buf);
+                // Only ASCII digits and punctuation are written, so this cannot fail.
+                let s = std::str::from_utf8(&buf[..n]).unwrap_or("1970-01-01T00:00:00.000000000Z");
+                map.serialize_entry(k, s)?;
+            }
         }
         if let Some(k) = self.tag_key
             && Some(k) != self.time_key
         {
-            map.serialize_entry(k, &*self.record.tag)?;
-        }
-        for (k, v) in &self.record.fields {
-            let key = k.as_str();
-            if Some(key) == self.tag_key || Some(key) == self.time_key {
-                continue;
+            if fields.contains_key(k) {
+                warn_kept_once("tag_key", k);
+            } else {
+                map.serialize_entry(k, &*self.record.tag)?;
             }
-            map.serialize_entry(key, v)?;
+        }
+        // Only keys the record lacks were added above, so no field is skipped here.
+        for (k, v) in fields {
+            map.serialize_entry(k.as_str(), v)?;
         }
         map.end()
     }
+}
+
+/// Warns once per process and (option, key) that records already carry the field
+/// `tag_key` / `time_key` names, so it is kept and the metadata not added. Called only for
+/// such records; the lock is taken only then.
+fn warn_kept_once(option: &'static str, key: &str) {
+    static WARNED: parking_lot::Mutex<Vec<(&'static str, String)>> =
+        parking_lot::const_mutex(Vec::new());
+    let mut warned = WARNED.lock();
+    if warned.iter().any(|(o, k)| *o == option && k == key) {
+        return;
+    }
+    warned.push((option, key.to_owned()));
+    tracing::warn!(
+        option,
+        key,
+        "records already have a field {key:?}: it is kept as it is and {option} = {key:?} is not added to them (choose another {option} to have both)"
+    );
 }
 
 /// Writes `2026-11-23T10:00:00.123456789Z` into `buf`, returns the length. Hand-rolled
@@ -192,16 +218,34 @@ mod tests {
     }
 
     #[test]
-    fn tag_and_time_keys_come_first_and_replace_fields() {
-        let r = rec(
-            json!({"log": "hi", "tag": "old", "time": 5}),
-            1_795_428_000_123_456_789,
-        );
+    fn tag_and_time_keys_come_first_and_never_replace_fields() {
+        let r = rec(json!({"log": "hi"}), 1_795_428_000_123_456_789);
         let mut out = b"prefix\n".to_vec();
         encode_json_line(&r, Some("tag"), Some("time"), &mut out).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "prefix\n{\"time\":\"2026-11-23T10:00:00.123456789Z\",\"tag\":\"app-firelens-1\",\"log\":\"hi\"}\n"
+        );
+        // An EventBridge event's own `time` and a logged `tag` are the record's data: kept,
+        // in place, and nothing is added under those keys.
+        let r = rec(
+            json!({"log": "hi", "tag": "old", "time": "2026-11-23T09:59:58Z"}),
+            1_795_428_000_123_456_789,
+        );
+        let mut out = Vec::new();
+        encode_json_line(&r, Some("tag"), Some("time"), &mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\"log\":\"hi\",\"tag\":\"old\",\"time\":\"2026-11-23T09:59:58Z\"}\n"
+        );
+        // Only the clashing key is left out; the other is still added.
+        let r = rec(json!({"time": 5}), 0);
+        let mut out = Vec::new();
+        encode_json_line(&r, Some("tag"), Some("time"), &mut out).unwrap();
+        assert_eq!(out, b"{\"tag\":\"app-firelens-1\",\"time\":5}\n");
+        let r = rec(
+            json!({"log": "hi", "tag": "old", "time": 5}),
+            1_795_428_000_123_456_789,
         );
         let enc = Encoding {
             tag_key: Some("t".into()),

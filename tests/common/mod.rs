@@ -41,6 +41,31 @@ pub fn silent_peer() -> (TcpListener, std::net::SocketAddr) {
     (listener, addr)
 }
 
+/// True when the tests run in CI (`CI` set and not `0`/`false`, as GitHub Actions, GitLab
+/// and `.ci/run` set it).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"))
+}
+
+/// A test peer (moto, Python) is missing. Under `CI` that is a failure: the test panics
+/// with `why`. Elsewhere (a plain `cargo test` on a laptop) it prints one loud line per
+/// `why` on stderr (written to the handle, not with `eprintln!`, so the harness cannot hide
+/// it) and the caller skips the test.
+pub fn peer_missing(why: &str) {
+    use std::io::Write;
+    assert!(
+        !in_ci(),
+        "{why}: CI is set, so a missing test peer is a failure (run scripts/test.sh)"
+    );
+    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    if !seen.iter().any(|w| w == why) {
+        seen.push(why.to_string());
+        let _ = std::io::stderr()
+            .write_all(format!("\n*** SKIPPED: {why}; use scripts/test.sh ***\n").as_bytes());
+    }
+}
+
 pub struct Router {
     pub child: Option<Child>,
     pub dir: tempfile::TempDir,
@@ -73,6 +98,20 @@ impl Router {
             text
         } else {
             format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n{text}")
+        };
+        // Disk buffers default to /var/lib/firelane: shared by every run on the machine, so
+        // a test would replay an earlier run's records. Keep them in the temp dir.
+        let text = if text.contains("data_dir") {
+            text
+        } else {
+            let data = format!("data_dir = \"{}/data\"\n", dir.path().display());
+            match text.find("[runtime]\n") {
+                Some(i) => {
+                    let at = i + "[runtime]\n".len();
+                    format!("{}{data}{}", &text[..at], &text[at..])
+                }
+                None => format!("[runtime]\n{data}{text}"),
+            }
         };
         let config_path = dir.path().join("firelane.toml");
         std::fs::write(&config_path, text).expect("write config");

@@ -1,10 +1,8 @@
 //! The local AWS API server (moto) that `scripts/test.sh` starts for the AWS tests.
 
-use std::io::Write;
-
-/// moto's URL from `FIRELANE_TEST_AWS_ENDPOINT`. Without it (plain `cargo test`) the AWS
-/// tests return at once, after one loud line on stderr (written to the handle, not with
-/// `eprintln!`, so the harness cannot hide it).
+/// moto's URL from `FIRELANE_TEST_AWS_ENDPOINT`. Without it the AWS tests fail under `CI`
+/// and, on a plain `cargo test`, return at once after one loud line on stderr
+/// (see [`super::peer_missing`]).
 pub fn endpoint() -> Option<String> {
     match std::env::var("FIRELANE_TEST_AWS_ENDPOINT") {
         Ok(e) if !e.is_empty() => {
@@ -15,12 +13,9 @@ pub fn endpoint() -> Option<String> {
             Some(e)
         }
         _ => {
-            static ONCE: std::sync::Once = std::sync::Once::new();
-            ONCE.call_once(|| {
-                let _ = std::io::stderr().write_all(
-                    b"\n*** SKIPPED: FIRELANE_TEST_AWS_ENDPOINT is not set; nothing was tested against moto (use scripts/test.sh) ***\n",
-                );
-            });
+            super::peer_missing(
+                "FIRELANE_TEST_AWS_ENDPOINT is not set; nothing was tested against moto",
+            );
             None
         }
     }
