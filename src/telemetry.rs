@@ -169,7 +169,17 @@ const METRICS: &[(&str, MetricKind, &str)] = &[
     (
         "firelane_buffer_bytes",
         MetricKind::Gauge,
-        "Bytes held in an output's buffer, waiting for delivery, per output.",
+        "Bytes held in an output's buffer, waiting for delivery, per output (disk buffers: the undelivered bytes that max_size bounds).",
+    ),
+    (
+        "firelane_buffer_disk_bytes",
+        MetricKind::Gauge,
+        "Bytes of a disk buffer's segment files, delivered records sharing a file with undelivered ones included, per output.",
+    ),
+    (
+        "firelane_buffer_disk_full",
+        MetricKind::Gauge,
+        "1 while a disk buffer's filesystem is full and its output refuses new records, else 0, per output.",
     ),
     (
         "firelane_buffer_records",
