@@ -633,3 +633,252 @@ fn cloudwatch_logs_default_takes_an_acked_burst() {
         BURST,
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Issue #9: "A record larger than `batch.max_bytes` is acknowledged, then dropped."
+
+/// The `log` of the issue: 1,048,576 characters, so the encoded line is over the
+/// stdout/file/http default `max_bytes` of 1 MiB.
+fn big_log() -> String {
+    noise(7, 1 << 20)
+}
+
+fn post(url: &str, body: Vec<u8>) -> (u16, String) {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("http client");
+    let resp = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    let status = resp.status().as_u16();
+    (status, resp.text().unwrap_or_default())
+}
+
+/// Records dropped by `output`, by any reason.
+fn dropped(r: &Router, output: &str) -> f64 {
+    r.metric(
+        "firelane_output_records_total",
+        &[&format!("output=\"{output}\""), "result=\"dropped\""],
+    )
+}
+
+/// The embedded default config (what `firelane run` uses without a file) on free ports.
+#[test]
+fn http_record_over_max_bytes_reaches_stdout_on_the_embedded_default() {
+    let (fwd, http, admin) = (free_port(), free_port(), free_port());
+    let text = firelane::config::EMBEDDED_DEFAULT
+        .replace("127.0.0.1:2020", &format!("127.0.0.1:{admin}"))
+        .replace("127.0.0.1:24224", &format!("127.0.0.1:{fwd}"))
+        .replace("127.0.0.1:8888", &format!("127.0.0.1:{http}"));
+    assert!(text.contains(&format!("127.0.0.1:{http}")), "{text}");
+    let mut r = Router::start_with(tempfile::tempdir().expect("tempdir"), &text, admin, &[]);
+    let out = r.take_stdout().expect("router stdout");
+    let reader = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            lines.push(line);
+        }
+        lines
+    });
+    let log = big_log();
+    let (status, body) = post(
+        &format!("http://127.0.0.1:{http}/tag/demo"),
+        serde_json::to_vec(&json!({ "log": log })).expect("json"),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = post(
+        &format!("http://127.0.0.1:{http}/tag/demo"),
+        br#"{"log":"small"}"#.to_vec(),
+    );
+    assert_eq!(status, 200, "{body}");
+    r.wait_metric(
+        "firelane_output_records_total",
+        &["output=\"stdout\"", "result=\"sent\""],
+        2.0,
+        Duration::from_secs(30),
+    );
+    assert_eq!(dropped(&r, "stdout"), 0.0, "{}", r.metrics());
+    let _r = stop(r);
+    let lines = reader.join().expect("stdout reader");
+    let got: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(got.len(), 2, "both records on stdout");
+    assert_eq!(got[0]["tag"], "demo");
+    assert_eq!(got[0]["log"].as_str(), Some(log.as_str()), "unchanged");
+    assert_eq!(got[1]["log"], "small");
+}
+
+#[test]
+fn http_record_over_max_bytes_reaches_file_and_http_outputs() {
+    let server = FakeHttp::start();
+    let http = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("out.jsonl");
+    let text = format!(
+        r#"[runtime]
+data_dir = "{{dir}}"
+
+[inputs.web]
+type = "http"
+listen = "127.0.0.1:{http}"
+
+[routes.all]
+to = ["file", "web"]
+
+[outputs.file]
+type = "file"
+path = "{path}"
+
+[outputs.web]
+type = "http"
+url = "{url}"
+compression = "gzip"
+"#,
+        path = path.display(),
+        url = server.url()
+    );
+    let r = Router::start_in(dir, &text);
+    let log = big_log();
+    let mut body = Vec::new();
+    for (i, l) in [(0, "before"), (1, log.as_str()), (2, "after")] {
+        body.extend(serde_json::to_vec(&json!({"seq": i, "log": l})).expect("json"));
+        body.push(b'\n');
+    }
+    let (status, text) = post(&format!("http://127.0.0.1:{http}/tag/demo"), body);
+    assert_eq!(status, 200, "{text}");
+    for o in ["file", "web"] {
+        r.wait_metric(
+            "firelane_output_records_total",
+            &[&format!("output=\"{o}\""), "result=\"sent\""],
+            3.0,
+            Duration::from_secs(30),
+        );
+        assert_eq!(dropped(&r, o), 0.0, "{o}\n{}", r.metrics());
+    }
+    let _r = stop(r);
+    for (what, text) in [
+        ("file", std::fs::read_to_string(&path).expect("file output")),
+        ("http", server.text()),
+    ] {
+        let got: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json line"))
+            .collect();
+        assert_eq!(got.len(), 3, "{what}: every record");
+        assert_eq!(got[1]["log"].as_str(), Some(log.as_str()), "{what}");
+        assert_exactly_once(what, seqs_of_lines(&text), 3);
+    }
+}
+
+/// The same over forward with a `chunk`: acked, and then it must arrive.
+#[test]
+fn forward_record_over_max_bytes_is_acked_and_arrives() {
+    let fwd = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("out.jsonl");
+    let r = Router::start_in(
+        dir,
+        &config(
+            fwd,
+            &format!("type = \"file\"\npath = \"{}\"", path.display()),
+        ),
+    );
+    let log = big_log();
+    let records: Vec<Vec<u8>> = [(0, "before"), (1, log.as_str()), (2, "after")]
+        .iter()
+        .map(|(i, l)| {
+            let Value::Object(m) = json!({"seq": i, "log": l}) else {
+                unreachable!()
+            };
+            let mut b = Vec::new();
+            client::encode_json_record(&mut b, &m);
+            b
+        })
+        .collect();
+    let time = EventTime::now();
+    let entries: Vec<client::Entry<'_>> = records
+        .iter()
+        .map(|record| client::Entry { time, record })
+        .collect();
+    let chunk = client::new_chunk_id();
+    let mut frame = Vec::new();
+    client::encode_forward(&mut frame, "demo", &entries, Some(&chunk));
+    let addr = ListenAddr::Tcp(format!("127.0.0.1:{fwd}"));
+    let mut c = ForwardClient::connect(&addr, ACK_LIMIT).expect("connect forward");
+    c.send(&frame).expect("send");
+    c.read_ack(&chunk).expect("ack");
+    wait_sent(&r, 3, Duration::from_secs(30));
+    assert_eq!(dropped(&r, "out"), 0.0, "{}", r.metrics());
+    let _r = stop(r);
+    let text = std::fs::read_to_string(&path).expect("file output");
+    assert_exactly_once("file", seqs_of_lines(&text), 3);
+    let big: Value = serde_json::from_str(text.lines().nth(1).expect("line 2")).expect("json");
+    assert_eq!(big["log"].as_str(), Some(log.as_str()));
+}
+
+/// A record a target buffer can never store (a disk buffer frames at most 64 MiB) is
+/// refused with 413 before anything of the request is buffered or acknowledged.
+#[test]
+fn record_no_output_can_take_is_refused_before_the_ack() {
+    let http = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("out.jsonl");
+    let text = format!(
+        r#"[runtime]
+data_dir = "{{dir}}"
+
+[inputs.web]
+type = "http"
+listen = "127.0.0.1:{http}"
+max_body = "80MiB"
+
+[routes.all]
+to = ["out"]
+
+[outputs.out]
+type = "file"
+path = "{path}"
+buffer = {{ type = "disk" }}
+"#,
+        path = path.display(),
+    );
+    let r = Router::start_in(dir, &text);
+    let url = format!("http://127.0.0.1:{http}/tag/demo");
+    let mut body = br#"{"seq":0,"log":"small, same request"}"#.to_vec();
+    body.push(b'\n');
+    body.extend(br#"{"seq":1,"log":""#);
+    body.extend(std::iter::repeat_n(b'x', 65 << 20));
+    body.extend(b"\"}\n");
+    let (status, text) = post(&url, body);
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("out"), "names the output: {text}");
+    // Good data still flows.
+    let (status, text) = post(&url, br#"{"seq":2,"log":"next request"}"#.to_vec());
+    assert_eq!(status, 200, "{text}");
+    wait_sent(&r, 1, Duration::from_secs(30));
+    let m = r.metrics();
+    assert_eq!(
+        common::metric_sum(
+            &m,
+            "firelane_output_refused_records_total",
+            &["output=\"out\"", "reason=\"too_large\""]
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(dropped(&r, "out"), 0.0, "{m}");
+    let _r = stop(r);
+    let text = std::fs::read_to_string(&path).expect("file output");
+    assert_eq!(
+        seqs_of_lines(&text),
+        vec![2],
+        "nothing of the refused request"
+    );
+}
