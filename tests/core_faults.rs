@@ -882,3 +882,88 @@ buffer = {{ type = "disk" }}
         "nothing of the refused request"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Issue #9: "Per-partition state outside the budget": an S3 key with {tag} and gzip, one
+// record each for 5,000 tags, took 1.57 GiB of RSS under memory_limit = "128MiB".
+
+/// Peak RSS (`VmHWM`) of process `pid`, in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in {status}"));
+    kib * 1024
+}
+
+#[test]
+fn s3_many_tags_stay_within_the_memory_limit() {
+    let Some(ep) = endpoint() else { return };
+    let aws = Aws::new(&ep);
+    let bucket = unique("fl-core-tags");
+    aws.create_bucket(&bucket);
+    let fwd = free_port();
+    let text = config(fwd, &s3_output(&bucket, "t/{tag}/{uuid}.json.gz", &ep, ""))
+        .replace("[runtime]\n", "[runtime]\nmemory_limit = \"128MiB\"\n")
+        // 5,000 objects: moto takes its time; the flush at SIGTERM must not be cut short.
+        .replace("shutdown_grace = \"30s\"", "shutdown_grace = \"120s\"");
+    let r = Router::start(&text);
+    let pid = r.child.as_ref().expect("router process").id();
+    let tags = 5_000u64;
+    // One record per tag, one message per record, acks read in windows of 100.
+    let addr = ListenAddr::Tcp(format!("127.0.0.1:{fwd}"));
+    let mut c = ForwardClient::connect(&addr, ACK_LIMIT).expect("connect forward");
+    let mut max_open = 0.0f64;
+    for start in (0..tags).step_by(100) {
+        let mut chunks = Vec::new();
+        for i in start..start + 100 {
+            let Value::Object(m) = json!({"seq": i, "log": noise(i, 200)}) else {
+                unreachable!()
+            };
+            let mut record = Vec::new();
+            client::encode_json_record(&mut record, &m);
+            let chunk = client::new_chunk_id();
+            let mut frame = Vec::new();
+            client::encode_forward(
+                &mut frame,
+                &format!("app{i}-firelens-0123456789abcdef"),
+                &[client::Entry {
+                    time: EventTime::now(),
+                    record: &record,
+                }],
+                Some(&chunk),
+            );
+            c.send(&frame).expect("send");
+            chunks.push(chunk);
+        }
+        for chunk in &chunks {
+            c.read_ack(chunk)
+                .unwrap_or_else(|e| panic!("ack near record {start}: {e}"));
+        }
+        max_open = max_open.max(r.metric("firelane_output_open_partitions", &["output=\"out\""]));
+    }
+    let peak = peak_rss(pid);
+    let m = r.metrics();
+    let capped = common::metric_sum(
+        &m,
+        "firelane_output_sealed_batches_total",
+        &["output=\"out\"", "reason=\"partitions\""],
+    );
+    assert!(capped > 0.0, "partitions sealed at the cap or budget\n{m}");
+    assert!(max_open <= 256.0, "open partitions peaked at {max_open}");
+    assert!(
+        peak < (128 + 64) << 20,
+        "peak RSS {} MiB under memory_limit 128MiB",
+        peak >> 20
+    );
+    let _r = stop(r);
+    let (text, objects) = aws.text_under(&bucket, "t/");
+    assert_exactly_once("s3", seqs_of_lines(&text), tags);
+    assert_eq!(objects as u64, tags, "one object per tag");
+    eprintln!(
+        "peak RSS {} MiB, open partitions peaked at {max_open}",
+        peak >> 20
+    );
+}
