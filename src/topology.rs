@@ -276,7 +276,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         // Open batches seal early when this buffer or the budget fills (output::core).
         ctx.pressure = output::core::Pressure::new(
             writers[i].clone(),
-            buffer_settings(&config, o).max_size,
+            &buffer_settings(&config, o),
             budget.clone(),
         );
         let (handle, h) = output::from_config::start(o, ctx, reader)

@@ -39,7 +39,7 @@ use super::deliver::{
 use super::retry::RetryPolicy;
 use super::sink::{BatchBuilder, BatchSettings, Failure, Sink};
 use crate::buffer::budget::{MemoryBudget, Reservation};
-use crate::buffer::{BufferKind, BufferReader, BufferWriter, Entry};
+use crate::buffer::{BufferKind, BufferReader, BufferSettings, BufferWriter, Entry};
 
 /// Upper bound on records taken from the buffer in one read.
 const MAX_READ_CHUNK: usize = 4096;
@@ -58,14 +58,19 @@ pub struct Pressure {
     /// disk: bytes of live segment files).
     buffer: Option<(BufferWriter, u64)>,
     budget: Option<MemoryBudget>,
+    /// Records read from a disk buffer are in memory once they sit in an open batch, but
+    /// no buffer charged them to the budget: count them as budget use here. (A memory
+    /// buffer charged them when they were pushed.)
+    open_outside_budget: bool,
 }
 
 impl Pressure {
-    /// Watches `buffer` (whose `max_size` is `max_size` bytes) and `budget`.
-    pub fn new(buffer: BufferWriter, max_size: u64, budget: MemoryBudget) -> Self {
+    /// Watches the buffer `writer` (opened with `settings`) and `budget`.
+    pub fn new(writer: BufferWriter, settings: &BufferSettings, budget: MemoryBudget) -> Self {
         Pressure {
-            buffer: Some((buffer, max_size.max(1))),
+            buffer: Some((writer, settings.max_size.max(1))),
             budget: Some(budget),
+            open_outside_budget: settings.kind == BufferKind::Disk,
         }
     }
 
@@ -74,6 +79,7 @@ impl Pressure {
         Pressure {
             buffer: None,
             budget: Some(budget),
+            open_outside_budget: false,
         }
     }
 
@@ -101,7 +107,10 @@ impl Pressure {
         }
         if let Some(budget) = &self.budget {
             let limit = budget.limit() as u64;
-            let used = budget.used() as u64;
+            let mut used = budget.used() as u64;
+            if self.open_outside_budget {
+                used = used.saturating_add(open);
+            }
             if used.saturating_mul(2) >= limit && open.saturating_mul(8) >= limit {
                 let t = limit / 16;
                 target = Some(target.map_or(t, |x| x.min(t)));

@@ -64,19 +64,22 @@ const MIN_RECORD_BYTES: u64 = 100;
 /// user set. `None` when the batch can fill.
 pub fn batch_fill_warning(o: &OutputSpec, memory_limit: u64) -> Option<String> {
     let buffer = buffer_settings(&o.buffer, PathBuf::new());
-    let (room, what) = match buffer.kind {
-        BufferKind::Memory if memory_limit < buffer.max_size => (
+    // Open batches hold decoded records in memory whatever the buffer type (a disk
+    // buffer's records are read back into memory to be batched).
+    let kind = match buffer.kind {
+        BufferKind::Memory => "memory",
+        BufferKind::Disk => "disk",
+    };
+    let (room, what) = if memory_limit < buffer.max_size {
+        (
             memory_limit,
             format!("runtime.memory_limit ({})", human_bytes(memory_limit)),
-        ),
-        BufferKind::Memory => (
+        )
+    } else {
+        (
             buffer.max_size,
-            format!("its {} memory buffer", human_bytes(buffer.max_size)),
-        ),
-        BufferKind::Disk => (
-            buffer.max_size,
-            format!("its {} disk buffer", human_bytes(buffer.max_size)),
-        ),
+            format!("its {} {kind} buffer", human_bytes(buffer.max_size)),
+        )
     };
     let half = room / 2;
     let mut problems = Vec::new();
@@ -441,6 +444,15 @@ mod tests {
         );
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(w[0].contains("runtime.memory_limit (128MiB)"), "{}", w[0]);
+        // A disk buffer's open batches are in memory too.
+        let w = fill_warnings(
+            &format!(
+                "{S3}\nbatch = {{ max_bytes = \"256MiB\" }}\nbuffer = {{ type = \"disk\", max_size = \"4GiB\" }}"
+            ),
+            "",
+        );
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("runtime.memory_limit (128MiB)"), "{}", w[0]);
     }
 
     #[test]
@@ -450,7 +462,7 @@ mod tests {
         assert!(
             fill_warnings(
                 &format!("{S3}\nbatch = {{ max_bytes = \"256MiB\" }}\nbuffer = {{ type = \"disk\", max_size = \"4GiB\" }}"),
-                ""
+                "[runtime]\nmemory_limit = \"1GiB\""
             )
             .is_empty()
         );

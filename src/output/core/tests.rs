@@ -758,7 +758,7 @@ async fn metrics_add_up() {
 fn pressed_buffer(max_size: u64, budget: &MemoryBudget) -> (BufferWriter, BufferReader, Pressure) {
     let settings = crate::buffer::BufferSettings::memory(max_size, crate::buffer::WhenFull::Block);
     let (w, r, _) = crate::buffer::open("o", &settings, budget.clone()).unwrap();
-    let p = Pressure::new(w.clone(), max_size, budget.clone());
+    let p = Pressure::new(w.clone(), &settings, budget.clone());
     (w, r, p)
 }
 
@@ -902,4 +902,42 @@ async fn open_batch_overhead_is_charged_to_the_budget() {
     assert!(open >= 1);
     finish_pressed(w, shutdown, handle, acks, 100).await;
     assert_eq!(budget.used(), 0, "every reservation returned");
+}
+
+// Records read from a disk buffer into an open batch are in memory but charged to no
+// budget: the budget's pressure counts them, or a disk-buffered output with a huge batch
+// would grow past runtime.memory_limit.
+#[tokio::test]
+async fn disk_buffered_open_batches_count_against_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = crate::buffer::BufferSettings::disk(
+        dir.path().join("o"),
+        1 << 30,
+        crate::buffer::WhenFull::Block,
+    );
+    settings.fsync = crate::buffer::FsyncPolicy::Never;
+    let budget = MemoryBudget::new(1 << 20);
+    let (w, r, _) = crate::buffer::open("o", &settings, budget.clone()).unwrap();
+    let sink = FakeSink::ok(usize::MAX);
+    let mut ctx = OutputContext::new("o", settings_with_age(Duration::from_secs(3600)));
+    ctx.pressure = Pressure::new(w.clone(), &settings, budget.clone());
+    ctx.buffer = BufferKind::Disk;
+    let shutdown = ctx.shutdown.clone();
+    let acks: AckProbe = Arc::default();
+    let handle = tokio::spawn(run_inner(ctx, sink.clone(), r, Some(acks.clone())));
+    // About 1.5 MB of records: more than the whole 1 MiB budget.
+    push_all(&w, 5000, Duration::from_secs(30), |_| String::new()).await;
+    let started = std::time::Instant::now();
+    while sink.calls().len() < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no batch sealed while open batches outgrew the budget"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    finish_pressed(w, shutdown, handle, acks, 5000).await;
+}
+
+fn settings_with_age(max_age: Duration) -> BatchSettings {
+    settings(usize::MAX, max_age)
 }
