@@ -928,7 +928,8 @@ async fn disk_buffered_open_batches_count_against_the_budget() {
     // About 1.5 MB of records: more than the whole 1 MiB budget.
     push_all(&w, 5000, Duration::from_secs(30), |_| String::new()).await;
     let started = std::time::Instant::now();
-    while sink.calls().len() < 2 {
+    // Without pressure nothing is sent before max_age (an hour) or the flush below.
+    while sink.calls().is_empty() {
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "no batch sealed while open batches outgrew the budget"
