@@ -476,6 +476,32 @@ mod tests {
     }
 
     #[test]
+    fn shipped_configs_have_batches_that_fill() {
+        let env = |_: &str| Some("x".to_owned());
+        for (name, text) in [
+            (
+                "reference.toml",
+                include_str!("../../config/reference.toml"),
+            ),
+            ("s3.toml", include_str!("../../config/s3.toml")),
+            (
+                "ecs-events.toml",
+                include_str!("../../config/ecs-events.toml"),
+            ),
+            ("firelens.toml", include_str!("../../config/firelens.toml")),
+            ("default.toml", crate::config::EMBEDDED_DEFAULT),
+        ] {
+            let l = parse(text, name, &env).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let w: Vec<&String> = l
+                .warnings
+                .iter()
+                .filter(|w| w.contains("can never fill"))
+                .collect();
+            assert!(w.is_empty(), "{name}: {w:?}");
+        }
+    }
+
+    #[test]
     fn max_partitions_is_read_and_must_be_positive() {
         let text = format!(
             "[inputs.f]\ntype = \"forward\"\n[routes.r]\nto = [\"o\"]\n[outputs.o]\n{S3}\nbatch = {{ max_partitions = 16 }}\n"
