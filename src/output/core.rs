@@ -74,15 +74,6 @@ impl Pressure {
         }
     }
 
-    /// Watches only the memory budget.
-    pub fn budget(budget: MemoryBudget) -> Self {
-        Pressure {
-            buffer: None,
-            budget: Some(budget),
-            open_outside_budget: false,
-        }
-    }
-
     fn is_active(&self) -> bool {
         self.buffer.is_some() || self.budget.is_some()
     }
