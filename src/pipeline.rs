@@ -17,6 +17,9 @@ pub struct OutputPort {
     received: Counter,
     dropped: Counter,
     drop_reason: Counter,
+    /// `firelane_output_refused_records_total{output, reason="too_large"}`: records refused
+    /// before the ack because this output's buffer can never store them.
+    refused_too_large: Counter,
 }
 
 impl OutputPort {
@@ -28,6 +31,7 @@ impl OutputPort {
             received: metrics::counter!("firelane_output_received_records_total", &labels),
             dropped: metrics::counter!("firelane_output_records_total", "output" => name.to_string(), "result" => "dropped"),
             drop_reason: metrics::counter!("firelane_output_drops_total", "output" => name.to_string(), "reason" => "buffer_full"),
+            refused_too_large: metrics::counter!("firelane_output_refused_records_total", "output" => name.to_string(), "reason" => "too_large"),
         }
     }
 }
@@ -74,13 +78,16 @@ impl Pipeline {
     async fn submit(&self, input: usize, records: Vec<Record>) -> Result<(), IngestError> {
         let mut shares: Vec<Vec<Record>> = (0..self.outputs.len()).map(|_| Vec::new()).collect();
         let mut decision = Decision::default();
+        // Counted only once the request is taken (not refused as too large below).
+        let mut route_hits = vec![0u64; self.route_counters.len()];
+        let mut unrouted = 0u64;
         for record in records {
             self.router.decide(input, &record, &mut decision);
             for &r in &decision.routes {
-                self.route_counters[r].increment(1);
+                route_hits[r] += 1;
             }
             match decision.outputs.split_last() {
-                None => self.unrouted.increment(1),
+                None => unrouted += 1,
                 Some((&last, rest)) => {
                     for &o in rest {
                         shares[o].push(record.clone());
@@ -88,6 +95,35 @@ impl Pipeline {
                     shares[last].push(record);
                 }
             }
+        }
+        // A record some target buffer can never store is refused before anything is
+        // pushed: the input answers with an error instead of acking a record that would
+        // be dropped after the ack.
+        for (o, share) in shares.iter().enumerate() {
+            let port = &self.outputs[o];
+            for record in share {
+                if let Some((bytes, limit)) = port.writer.too_large(record) {
+                    port.refused_too_large.increment(1);
+                    crate::warn_limited!(
+                        "record_too_large",
+                        "output {}: refused a record of {bytes} bytes (its buffer takes at most {limit}); the input gets an error, nothing of its request is buffered",
+                        port.name
+                    );
+                    return Err(IngestError::TooLarge {
+                        bytes,
+                        limit,
+                        output: port.name.clone(),
+                    });
+                }
+            }
+        }
+        for (counter, &n) in self.route_counters.iter().zip(&route_hits) {
+            if n > 0 {
+                counter.increment(n);
+            }
+        }
+        if unrouted > 0 {
+            self.unrouted.increment(unrouted);
         }
         let pushes = shares
             .into_iter()

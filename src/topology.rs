@@ -267,13 +267,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .as_ref()
             .and_then(|n| config.outputs.iter().position(|x| &x.name == n))
             .map(|j| writers[j].clone());
-        let ctx = output::from_config::context_for(
+        let mut ctx = output::from_config::context_for(
             o,
             dead_letter,
             OutputShutdown {
                 flush: flush.clone(),
                 deadline: deadline.clone(),
             },
+        );
+        // Open batches seal early when this buffer or the budget fills (output::core).
+        ctx.pressure = output::core::Pressure::new(
+            writers[i].clone(),
+            &buffer_settings(&config, o),
+            budget.clone(),
         );
         let (handle, h) = output::from_config::start(o, ctx, reader)
             .await

@@ -229,6 +229,27 @@ impl BufferWriter {
             WriterImpl::Disk(w) => w.stats(),
         }
     }
+
+    /// `Some((bytes, limit))` when this buffer can never store `record`, so that inputs
+    /// refuse it before their ack instead of the buffer dropping it after. A memory buffer
+    /// takes any record (one larger than `max_size` passes once the buffer is empty); a
+    /// disk buffer frames records of at most [`disk::segment::MAX_PAYLOAD`] encoded bytes.
+    pub fn too_large(&self, record: &Record) -> Option<(usize, usize)> {
+        match &self.0 {
+            WriterImpl::Memory(_) => None,
+            WriterImpl::Disk(_) => {
+                let limit = disk::segment::MAX_PAYLOAD;
+                // JSON escaping can grow a string at most sixfold (`\u0000`): below that
+                // the exact (costly) encoding is not needed.
+                if record.approx_size().saturating_mul(6) <= limit {
+                    return None;
+                }
+                let mut encoded = Vec::new();
+                disk::codec::encode(record, &mut encoded);
+                (encoded.len() > limit).then_some((encoded.len(), limit))
+            }
+        }
+    }
 }
 
 // === impl BufferReader ===

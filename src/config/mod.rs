@@ -113,6 +113,8 @@ pub struct BatchSpec {
     pub max_records: Option<u64>,
     pub max_bytes: Option<u64>,
     pub max_age: Option<Duration>,
+    /// Open partitions (S3 keys, CloudWatch streams being filled) at most.
+    pub max_partitions: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -448,6 +450,11 @@ fn read_config(top: &mut Table<'_, '_>, d: &mut Diagnostics) -> Config {
             top.value_span("outputs"),
             "no outputs are configured: records would have nowhere to go (add an [outputs.NAME] table; see config/reference.toml)",
         );
+    }
+    for (o, span) in outputs.iter().zip(&output_spans) {
+        if let Some(w) = crate::output::from_config::batch_fill_warning(o, runtime.memory_limit) {
+            d.warn(span.clone(), w);
+        }
     }
     cross_check(
         d,
@@ -1044,16 +1051,23 @@ fn read_output(
         batch.max_records = b.opt_u64(d, "max_records");
         batch.max_bytes = b.opt_size(d, "max_bytes");
         batch.max_age = b.opt_duration(d, "max_age");
-        if batch.max_records == Some(0) || batch.max_bytes == Some(0) {
+        batch.max_partitions = b.opt_u64(d, "max_partitions");
+        if batch.max_records == Some(0)
+            || batch.max_bytes == Some(0)
+            || batch.max_partitions == Some(0)
+        {
             d.error(
                 b.span(),
                 format!(
-                    "{}: max_records and max_bytes must be greater than 0",
+                    "{}: max_records, max_bytes and max_partitions must be greater than 0",
                     b.path()
                 ),
             );
         }
-        b.finish_expecting(d, &["max_records", "max_bytes", "max_age"]);
+        b.finish_expecting(
+            d,
+            &["max_records", "max_bytes", "max_age", "max_partitions"],
+        );
     }
     let mut buffer = BufferSpec {
         kind: BufferType::Memory,

@@ -10,6 +10,14 @@
 //! Back-pressure: at most `concurrency` batches are in flight and at most `concurrency`
 //! more wait, sealed, for a slot. While that queue is full the core stops reading its
 //! buffer, the buffer fills, and the inputs slow down; nothing is dropped for it.
+//!
+//! Pressure sealing: records in an open batch stay in the buffer (and in the memory
+//! budget) until that batch is sent, so a batch whose limits cannot be reached inside its
+//! buffer (32 MiB of *compressed* S3 object in a 32 MiB buffer) would fill the buffer and
+//! stall every input until `max_age`. So when the buffer (or the budget) is at least half
+//! full and open batches hold a large share of it, the largest open batches are sealed
+//! and sent now (see [`Pressure`]). Batches are then smaller than configured, but no ack
+//! waits on a timer.
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::AddAssign;
@@ -18,6 +26,7 @@ use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::FutureExt;
+use metrics::{Counter, Gauge};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -29,12 +38,78 @@ use super::deliver::{
 };
 use super::retry::RetryPolicy;
 use super::sink::{BatchBuilder, BatchSettings, Failure, Sink};
-use crate::buffer::{BufferKind, BufferReader, BufferWriter, Entry};
+use crate::buffer::budget::{MemoryBudget, Reservation};
+use crate::buffer::{BufferKind, BufferReader, BufferSettings, BufferWriter, Entry};
 
 /// Upper bound on records taken from the buffer in one read.
 const MAX_READ_CHUNK: usize = 4096;
 /// After the deadline, delivery tasks get this long to notice before they are aborted.
 const ABANDON_GRACE: Duration = Duration::from_secs(1);
+/// How often pressure is re-checked while batches are open and nothing is read (another
+/// output or an input may have filled the shared budget meanwhile).
+const PRESSURE_RECHECK: Duration = Duration::from_millis(100);
+
+/// What presses on an output's open batches: the fill of its own buffer and of the
+/// process-wide memory budget. Without either (unit tests), only the batch limits and
+/// `max_age` seal batches.
+#[derive(Clone, Default)]
+pub struct Pressure {
+    /// The output's buffer and its `max_size` in bytes (memory: `Record::approx_size`;
+    /// disk: bytes of live segment files).
+    buffer: Option<(BufferWriter, u64)>,
+    budget: Option<MemoryBudget>,
+    /// Records read from a disk buffer are in memory once they sit in an open batch, but
+    /// no buffer charged them to the budget: count them as budget use here. (A memory
+    /// buffer charged them when they were pushed.)
+    open_outside_budget: bool,
+}
+
+impl Pressure {
+    /// Watches the buffer `writer` (opened with `settings`) and `budget`.
+    pub fn new(writer: BufferWriter, settings: &BufferSettings, budget: MemoryBudget) -> Self {
+        Pressure {
+            buffer: Some((writer, settings.max_size.max(1))),
+            budget: Some(budget),
+            open_outside_budget: settings.kind == BufferKind::Disk,
+        }
+    }
+
+    fn is_active(&self) -> bool {
+        self.buffer.is_some() || self.budget.is_some()
+    }
+
+    /// With `open` bytes (by `Record::approx_size`) in open batches: `Some(target)` when
+    /// open batches must be sealed until they hold at most `target` bytes.
+    ///
+    /// The rule, per resource (buffer `max_size`, budget `limit`): when at least half of
+    /// it is used and open batches hold at least a quarter of the buffer (an eighth of the
+    /// budget, which all outputs and inputs share), seal down to half that share. Half
+    /// full leaves room for the inputs to keep flowing while the sealed batches are sent
+    /// and acked; the share keeps a full buffer of *sending* batches (a slow destination)
+    /// from shrinking batches that are not the cause.
+    fn target(&self, open: usize) -> Option<usize> {
+        let open = open as u64;
+        let mut target: Option<u64> = None;
+        if let Some((writer, max)) = &self.buffer {
+            let used = writer.stats().bytes;
+            if used.saturating_mul(2) >= *max && open.saturating_mul(4) >= *max {
+                target = Some(max / 8);
+            }
+        }
+        if let Some(budget) = &self.budget {
+            let limit = budget.limit() as u64;
+            let mut used = budget.used() as u64;
+            if self.open_outside_budget {
+                used = used.saturating_add(open);
+            }
+            if used.saturating_mul(2) >= limit && open.saturating_mul(8) >= limit {
+                let t = limit / 16;
+                target = Some(target.map_or(t, |x| x.min(t)));
+            }
+        }
+        target.map(|t| t as usize)
+    }
+}
 
 /// The two shutdown signals of one output (see the module docs).
 #[derive(Clone, Debug, Default)]
@@ -67,7 +142,17 @@ pub struct OutputContext {
     /// The kind of buffer behind this output. At the deadline, records left in a memory
     /// buffer are counted as undelivered (they are lost); a disk buffer keeps them.
     pub buffer: BufferKind,
+    /// The buffer and budget whose fill seals open batches early (see [`Pressure`]).
+    pub pressure: Pressure,
+    /// Open batches (partitions) at most; at the cap the oldest is sealed to open a new
+    /// one (`batch.max_partitions`, default [`DEFAULT_MAX_PARTITIONS`]).
+    pub max_partitions: usize,
 }
+
+/// Default cap on open partitions per output. A partition is one S3 object key (or
+/// CloudWatch stream) being filled; each holds a compressor (about 300 KiB for gzip,
+/// about 1 MiB for zstd), so thousands of tags must not mean thousands of open objects.
+pub const DEFAULT_MAX_PARTITIONS: usize = 256;
 
 impl OutputContext {
     /// Defaults for everything but the name and batch limits.
@@ -81,6 +166,8 @@ impl OutputContext {
             shutdown: OutputShutdown::default(),
             health: Arc::new(OutputHealth::default()),
             buffer: BufferKind::Memory,
+            pressure: Pressure::default(),
+            max_partitions: DEFAULT_MAX_PARTITIONS,
         }
     }
 }
@@ -167,6 +254,113 @@ struct Open<B> {
     builder: B,
     entries: Vec<Entry>,
     due: Instant,
+    /// Order of opening (a counter, not a clock: many open within one tick); the oldest
+    /// is sealed first at the partition cap.
+    opened: u64,
+    /// `Record::approx_size` of `entries`: what this batch keeps in the buffer.
+    held: usize,
+    /// The builder's fixed cost ([`Sink::open_batch_overhead`]) held against the budget.
+    _overhead: Reservation,
+}
+
+/// Every open batch of one output, with the byte and partition counts pressure and the
+/// cap act on.
+struct OpenBatches<B> {
+    map: HashMap<String, Open<B>>,
+    /// Sum of `held` over `map`.
+    held: usize,
+    /// Partitions opened so far, for [`Open::opened`].
+    opened: u64,
+    /// `firelane_output_open_partitions{output}`.
+    gauge: Gauge,
+}
+
+impl<B: BatchBuilder> OpenBatches<B> {
+    fn new(output: &str) -> Self {
+        OpenBatches {
+            map: HashMap::new(),
+            held: 0,
+            opened: 0,
+            gauge: metrics::gauge!("firelane_output_open_partitions", "output" => output.to_owned()),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.map.values().map(|o| o.due).min()
+    }
+
+    fn publish(&self) {
+        self.gauge.set(self.map.len() as f64);
+    }
+
+    /// Seals the batch of `partition` (if it holds anything) onto `ready`.
+    fn seal(&mut self, partition: &str, ready: &mut VecDeque<Job<B::Batch>>) {
+        if let Some((partition, o)) = self.map.remove_entry(partition) {
+            self.held -= o.held;
+            push_sealed(partition, o, ready);
+        }
+    }
+
+    fn seal_where(&mut self, ready: &mut VecDeque<Job<B::Batch>>, pick: impl Fn(&Open<B>) -> bool) {
+        let keys: Vec<String> = self
+            .map
+            .iter()
+            .filter(|(_, o)| pick(o))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in keys {
+            self.seal(&k, ready);
+        }
+    }
+
+    fn seal_all(&mut self, ready: &mut VecDeque<Job<B::Batch>>) {
+        self.seal_where(ready, |_| true);
+    }
+
+    /// Seals the largest batches until open batches hold at most `target` bytes.
+    /// Returns how many were sealed.
+    fn seal_down_to(&mut self, target: usize, ready: &mut VecDeque<Job<B::Batch>>) -> u64 {
+        let mut sealed = 0;
+        while self.held > target {
+            let Some(k) = self
+                .map
+                .iter()
+                .max_by_key(|(_, o)| o.held)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            self.seal(&k, ready);
+            sealed += 1;
+        }
+        sealed
+    }
+
+    /// Seals the partition opened first. `false` if none is open.
+    fn seal_oldest(&mut self, ready: &mut VecDeque<Job<B::Batch>>) -> bool {
+        let Some(k) = self
+            .map
+            .iter()
+            .min_by_key(|(_, o)| o.opened)
+            .map(|(k, _)| k.clone())
+        else {
+            return false;
+        };
+        self.seal(&k, ready);
+        true
+    }
+}
+
+/// `firelane_output_sealed_batches_total{output, reason}` for the early seals: `pressure`
+/// (buffer or budget half full, see [`Pressure`]) and `partitions` (at the partition cap
+/// or out of budget for one more open batch). Batches sealed at their limits or at
+/// `max_age` are not counted here.
+fn sealed_counter(output: &str, reason: &'static str) -> Counter {
+    metrics::counter!("firelane_output_sealed_batches_total", "output" => output.to_owned(), "reason" => reason)
 }
 
 pub(crate) async fn run_inner<S: Sink>(
@@ -184,6 +378,10 @@ pub(crate) async fn run_inner<S: Sink>(
     let max_records = ctx.batch.max_records.max(1);
     let max_bytes = ctx.batch.max_bytes.max(1);
     let max_age = ctx.batch.max_age;
+    let max_partitions = ctx.max_partitions.max(1);
+    let pressure = ctx.pressure;
+    let sealed_pressure = sealed_counter(&ctx.name, "pressure");
+    let sealed_partitions = sealed_counter(&ctx.name, "partitions");
     let shared = Arc::new(Shared {
         metrics: OutputMetrics::new(&ctx.name),
         name: ctx.name,
@@ -204,13 +402,16 @@ pub(crate) async fn run_inner<S: Sink>(
     let chunk = max_records.min(MAX_READ_CHUNK);
     let reader_task = tokio::spawn(read_loop(reader, tx, chunk, deadline.clone()));
 
-    let mut open: HashMap<String, Open<S::Builder>> = HashMap::new();
+    let mut open: OpenBatches<S::Builder> = OpenBatches::new(&shared.name);
+    open.publish();
     let mut ready: VecDeque<Job<BatchOf<S>>> = VecDeque::new();
     let mut jobs: JoinSet<OutputSummary> = JoinSet::new();
     let mut in_flight: HashMap<tokio::task::Id, usize> = HashMap::new();
     let mut tally = OutputSummary::default();
     let mut input_done = false;
     let mut flushing = false;
+    let mut recheck = tokio::time::interval(PRESSURE_RECHECK);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
         while jobs.len() < concurrency
@@ -220,23 +421,25 @@ pub(crate) async fn run_inner<S: Sink>(
             let handle = jobs.spawn(deliver(shared.clone(), job));
             in_flight.insert(handle.id(), n);
         }
+        open.publish();
         if input_done && open.is_empty() && ready.is_empty() && jobs.is_empty() {
             break;
         }
-        let next_due = open.values().map(|o| o.due).min();
+        let next_due = open.next_due();
         let can_read = !input_done && ready.len() < concurrency;
+        let watch = pressure.is_active() && !open.is_empty();
 
         tokio::select! {
             biased;
             _ = deadline.cancelled() => {
-                let pending = open.into_values().map(|o| o.entries.len()).sum::<usize>()
+                let pending = open.map.into_values().map(|o| o.entries.len()).sum::<usize>()
                     + ready.iter().map(|j| j.entries.len()).sum::<usize>();
                 tally.undelivered += pending as u64;
                 return abandon(&shared, tally, jobs, in_flight, reader_task, rx, ctx.buffer).await;
             }
             _ = flush.cancelled(), if !flushing => {
                 flushing = true;
-                seal_all(&mut open, &mut ready, |_| true);
+                open.seal_all(&mut ready);
             }
             Some(done) = jobs.join_next_with_id(), if !jobs.is_empty() => {
                 match done {
@@ -255,13 +458,18 @@ pub(crate) async fn run_inner<S: Sink>(
             }
             _ = tokio::time::sleep_until(next_due.unwrap_or_else(Instant::now)), if next_due.is_some() => {
                 let now = Instant::now();
-                seal_all(&mut open, &mut ready, |o| o.due <= now);
+                open.seal_where(&mut ready, |o| o.due <= now);
+            }
+            _ = recheck.tick(), if watch => {
+                if let Some(target) = pressure.target(open.held) {
+                    sealed_pressure.increment(open.seal_down_to(target, &mut ready));
+                }
             }
             msg = rx.recv(), if can_read => {
                 let Some(entries) = msg else {
                     // Closed and drained: nothing more will join the open batches.
                     input_done = true;
-                    seal_all(&mut open, &mut ready, |_| true);
+                    open.seal_all(&mut ready);
                     continue;
                 };
                 let mut refused: Vec<(Entry, Failure)> = Vec::new();
@@ -273,32 +481,54 @@ pub(crate) async fn run_inner<S: Sink>(
                             continue;
                         }
                     };
-                    let slot = open
-                        .entry(partition.clone())
-                        .or_insert_with(|| new_open(&*shared.sink, &partition, max_age));
+                    if !open.map.contains_key(&partition) {
+                        let o = new_open(
+                            &*shared.sink,
+                            &partition,
+                            max_age,
+                            max_partitions,
+                            pressure.budget.as_ref(),
+                            &mut open,
+                            &mut ready,
+                            &sealed_partitions,
+                        );
+                        open.map.insert(partition.clone(), o);
+                    }
+                    let Some(slot) = open.map.get_mut(&partition) else {
+                        continue; // inserted just above
+                    };
+                    let size = entry.record.approx_size();
                     let o = offer(&*shared.sink, &partition, &mut slot.builder, &mut slot.entries, entry);
                     if let Some((batch, entries, bytes)) = o.sealed {
                         ready.push_back(Job { partition: partition.clone(), batch, entries, bytes, attempts: 0 });
                         slot.due = Instant::now() + max_age;
+                        open.held -= slot.held;
+                        slot.held = 0;
                     }
                     if o.truncated {
                         shared.metrics.truncated.increment(1);
                     }
-                    if let Some((entry, reason)) = o.refused {
-                        refused.push((entry, refused_failure(reason)));
+                    match o.refused {
+                        Some((entry, reason)) => refused.push((entry, refused_failure(reason))),
+                        None => {
+                            slot.held += size;
+                            open.held += size;
+                        }
                     }
                     if let Some(at) = slot.builder.flush_at() {
                         slot.due = slot.due.min(instant_of(at));
                     }
-                    // Send as soon as a limit is reached rather than on the next record.
-                    if slot.builder.len() >= max_records || slot.builder.bytes() >= max_bytes {
-                        seal_one(&mut open, &partition, &mut ready);
-                    } else if slot.entries.is_empty() && slot.builder.is_empty() {
-                        open.remove(&partition);
+                    // Send as soon as a limit is reached rather than on the next record;
+                    // a partition left empty (its only record refused) is closed too.
+                    let full = slot.builder.len() >= max_records || slot.builder.bytes() >= max_bytes;
+                    if full || (slot.entries.is_empty() && slot.builder.is_empty()) {
+                        open.seal(&partition, &mut ready);
                     }
                 }
                 if flushing {
-                    seal_all(&mut open, &mut ready, |_| true);
+                    open.seal_all(&mut ready);
+                } else if let Some(target) = pressure.target(open.held) {
+                    sealed_pressure.increment(open.seal_down_to(target, &mut ready));
                 }
                 if !refused.is_empty() {
                     tally += shared.give_up(refused, 0, GiveUp::Rejected).await;
@@ -306,43 +536,53 @@ pub(crate) async fn run_inner<S: Sink>(
             }
         }
     }
+    open.publish();
     // The reader task has ended (it closed the channel); nothing is left in it.
     let _ = reader_task.await;
     tally
 }
 
-fn new_open<S: Sink>(sink: &S, partition: &str, max_age: Duration) -> Open<S::Builder> {
+/// A fresh open batch for `partition`. Makes room first: at `max_partitions` open
+/// batches the oldest is sealed, and the builder's fixed cost is taken from the budget,
+/// sealing the oldest batches while the budget cannot cover it. With nothing left to
+/// seal, the batch opens uncounted: the core loop must never wait for memory that only
+/// it can free.
+#[allow(clippy::too_many_arguments)]
+fn new_open<S: Sink>(
+    sink: &S,
+    partition: &str,
+    max_age: Duration,
+    max_partitions: usize,
+    budget: Option<&MemoryBudget>,
+    open: &mut OpenBatches<S::Builder>,
+    ready: &mut VecDeque<Job<BatchOf<S>>>,
+    sealed: &Counter,
+) -> Open<S::Builder> {
+    while open.map.len() >= max_partitions && open.seal_oldest(ready) {
+        sealed.increment(1);
+    }
+    let overhead = sink.open_batch_overhead();
+    let mut reservation = Reservation::empty();
+    if let Some(budget) = budget.filter(|_| overhead > 0) {
+        loop {
+            if let Some(r) = budget.try_acquire(overhead) {
+                reservation = r;
+                break;
+            }
+            if !open.seal_oldest(ready) {
+                break;
+            }
+            sealed.increment(1);
+        }
+    }
+    open.opened += 1;
     Open {
         builder: sink.new_batch(partition),
         entries: Vec::new(),
         due: Instant::now() + max_age,
-    }
-}
-
-fn seal_one<B: BatchBuilder>(
-    open: &mut HashMap<String, Open<B>>,
-    partition: &str,
-    ready: &mut VecDeque<Job<B::Batch>>,
-) {
-    if let Some((partition, o)) = open.remove_entry(partition) {
-        push_sealed(partition, o, ready);
-    }
-}
-
-fn seal_all<B: BatchBuilder>(
-    open: &mut HashMap<String, Open<B>>,
-    ready: &mut VecDeque<Job<B::Batch>>,
-    pick: impl Fn(&Open<B>) -> bool,
-) {
-    let keys: Vec<String> = open
-        .iter()
-        .filter(|(_, o)| pick(o))
-        .map(|(k, _)| k.clone())
-        .collect();
-    for k in keys {
-        if let Some(o) = open.remove(&k) {
-            push_sealed(k, o, ready);
-        }
+        opened: open.opened,
+        held: 0,
+        _overhead: reservation,
     }
 }
 

@@ -48,12 +48,9 @@ impl BatchBuilder for LinesBatchBuilder {
         if encode_with(record, &self.encoding, &mut self.buf).is_err() {
             return Push::Rejected("unencodable");
         }
-        let line = self.buf.len() - start;
-        if line > self.max_bytes {
-            self.buf.truncate(start);
-            return Push::Rejected("too_large");
-        }
-        if self.buf.len() > self.max_bytes {
+        // A line larger than `max_bytes` goes out as a batch of its own: the limit shapes
+        // batches, it is no reason to drop a record an input has acknowledged.
+        if self.buf.len() > self.max_bytes && self.len > 0 {
             self.buf.truncate(start);
             return Push::Full;
         }
@@ -125,16 +122,22 @@ mod tests {
         assert_eq!(b.push(&rec("b")), Push::Added);
     }
 
+    // Issue #9: a record larger than max_bytes was acknowledged, then dropped as
+    // `too_large`. It now fills a batch of its own.
     #[test]
-    fn oversized_record_is_rejected_even_by_a_fresh_builder() {
+    fn oversized_record_goes_alone_in_a_fresh_builder() {
         let mut b = LinesBatchBuilder::new(&settings(100, 16), Arc::default());
-        assert_eq!(
-            b.push(&rec("this line is far too long")),
-            Push::Rejected("too_large")
-        );
-        assert!(b.is_empty());
-        assert_eq!(b.bytes(), 0);
         assert_eq!(b.push(&rec("ok")), Push::Added);
+        assert_eq!(b.push(&rec("this line is far too long")), Push::Full);
+        assert_eq!(b.len(), 1, "a full builder is unchanged");
+        let mut b = LinesBatchBuilder::new(&settings(100, 16), Arc::default());
+        assert_eq!(b.push(&rec("this line is far too long")), Push::Added);
+        assert_eq!(b.push(&rec("ok")), Push::Full, "nothing joins it");
+        let batch = b.finish();
+        assert_eq!(
+            &batch.body[..],
+            b"{\"log\":\"this line is far too long\"}\n"
+        );
     }
 
     #[test]

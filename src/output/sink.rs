@@ -112,6 +112,13 @@ pub trait Sink: Send + Sync + 'static {
     /// A fresh, empty batch for `partition`.
     fn new_batch(&self, partition: &str) -> Self::Builder;
 
+    /// Bytes an open builder holds whatever its records (compressor state, buffers): the
+    /// core charges it against the memory budget while the batch is open, so many open
+    /// partitions cannot grow past `runtime.memory_limit`. Default 0 (nothing notable).
+    fn open_batch_overhead(&self) -> usize {
+        0
+    }
+
     /// Send one batch. Called again with the same batch to retry a whole-batch failure,
     /// so it must not consume it.
     fn send(

@@ -9,6 +9,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use super::*;
+use crate::buffer::budget::MemoryBudget;
 use crate::buffer::{BufferKind, BufferReader, BufferWriter};
 use crate::event::Record;
 use crate::output::sink::{BatchBuilder, Failure, Push, SendResult, Sink};
@@ -53,6 +54,8 @@ struct FakeSink {
     calls: Mutex<Vec<Call>>,
     script: Script,
     hang: bool,
+    /// What `open_batch_overhead` answers.
+    overhead: usize,
 }
 
 impl FakeSink {
@@ -65,6 +68,7 @@ impl FakeSink {
             calls: Mutex::new(Vec::new()),
             script: Box::new(script),
             hang: false,
+            overhead: 0,
         })
     }
     fn ok(max: usize) -> Arc<Self> {
@@ -111,6 +115,9 @@ impl Sink for FakeSink {
             Some(serde_json::Value::String(p)) => Ok(p.clone()),
             _ => Ok(String::new()),
         }
+    }
+    fn open_batch_overhead(&self) -> usize {
+        self.overhead
     }
     fn new_batch(&self, _p: &str) -> FakeBuilder {
         FakeBuilder {
@@ -547,6 +554,7 @@ async fn deadline_interrupts_a_hanging_send() {
         calls: Mutex::new(Vec::new()),
         script: Box::new(|_, _| SendResult::Delivered),
         hang: true,
+        overhead: 0,
     });
     let h = start(
         sink.clone(),
@@ -573,6 +581,7 @@ async fn backpressure_stops_reading_when_batches_queue_up() {
         calls: Mutex::new(Vec::new()),
         script: Box::new(|_, _| SendResult::Delivered),
         hang: true,
+        overhead: 0,
     });
     let mut ctx = OutputContext::new("o", settings(1, Duration::from_secs(1)));
     ctx.concurrency = 2;
@@ -743,4 +752,193 @@ async fn metrics_add_up() {
         2,
         "one sample per request"
     );
+}
+
+/// A memory buffer of `max_size` bytes on `budget`, and the pressure watching both.
+fn pressed_buffer(max_size: u64, budget: &MemoryBudget) -> (BufferWriter, BufferReader, Pressure) {
+    let settings = crate::buffer::BufferSettings::memory(max_size, crate::buffer::WhenFull::Block);
+    let (w, r, _) = crate::buffer::open("o", &settings, budget.clone()).unwrap();
+    let p = Pressure::new(w.clone(), &settings, budget.clone());
+    (w, r, p)
+}
+
+/// Pushes `n` records in pushes of 100 (each push must be accepted: it is what an input
+/// acks), failing if any push waits `limit` (far less than `max_age`).
+async fn push_all(w: &BufferWriter, n: u64, limit: Duration, part: impl Fn(u64) -> String) {
+    for start in (0..n).step_by(100) {
+        let records: Vec<Record> = (start..(start + 100).min(n))
+            .map(|i| {
+                let mut r = rec(i);
+                r.fields.insert("p".into(), part(i).into());
+                r.fields.insert("pad".into(), "x".repeat(200).into());
+                r
+            })
+            .collect();
+        tokio::time::timeout(limit, w.push(records))
+            .await
+            .unwrap_or_else(|_| {
+                panic!("push of records {start}.. waited {limit:?}: stalled on an open batch")
+            })
+            .unwrap();
+    }
+}
+
+async fn finish_pressed(
+    w: BufferWriter,
+    shutdown: OutputShutdown,
+    handle: tokio::task::JoinHandle<OutputSummary>,
+    acks: AckProbe,
+    n: u64,
+) {
+    w.close();
+    shutdown.flush.cancel();
+    let summary = handle.await.unwrap();
+    assert_eq!(summary.sent, n);
+    assert_acked_once(&acks.lock(), 0..n);
+}
+
+// Issue #9: a batch that can never reach its limits inside its buffer (S3: 32 MiB
+// compressed in a 32 MiB buffer) filled the buffer and stalled every input until max_age.
+#[tokio::test(start_paused = true)]
+async fn open_batch_seals_when_its_buffer_fills() {
+    let sink = FakeSink::ok(usize::MAX);
+    let budget = MemoryBudget::new(1 << 30);
+    let (w, r, pressure) = pressed_buffer(64 << 10, &budget);
+    let mut ctx = OutputContext::new("o", settings(usize::MAX, Duration::from_secs(3600)));
+    ctx.pressure = pressure;
+    let shutdown = ctx.shutdown.clone();
+    let acks: AckProbe = Arc::default();
+    let handle = tokio::spawn(run_inner(ctx, sink.clone(), r, Some(acks.clone())));
+    let t0 = Instant::now();
+    // ~300 bytes each: 3,000 records are about 14 buffers' worth.
+    push_all(&w, 3000, Duration::from_secs(60), |_| String::new()).await;
+    assert!(Instant::now() - t0 < Duration::from_secs(60));
+    let calls = sink.calls();
+    assert!(
+        calls.len() >= 10,
+        "sealed under pressure: {} batches",
+        calls.len()
+    );
+    let max = calls.iter().map(|c| c.ids.len()).max().unwrap_or(0);
+    assert!(
+        max < 300,
+        "a batch holds at most a quarter of the buffer, got {max} records"
+    );
+    finish_pressed(w, shutdown, handle, acks, 3000).await;
+}
+
+// The same with a roomy buffer but a small process-wide budget.
+#[tokio::test(start_paused = true)]
+async fn open_batch_seals_when_the_budget_fills() {
+    let sink = FakeSink::ok(usize::MAX);
+    let budget = MemoryBudget::new(256 << 10);
+    let (w, r, pressure) = pressed_buffer(1 << 30, &budget);
+    let mut ctx = OutputContext::new("o", settings(usize::MAX, Duration::from_secs(3600)));
+    ctx.pressure = pressure;
+    let shutdown = ctx.shutdown.clone();
+    let acks: AckProbe = Arc::default();
+    let handle = tokio::spawn(run_inner(ctx, sink.clone(), r, Some(acks.clone())));
+    push_all(&w, 5000, Duration::from_secs(60), |_| String::new()).await;
+    assert!(sink.calls().len() >= 5);
+    finish_pressed(w, shutdown, handle, acks, 5000).await;
+}
+
+// Issue #9: open partitions were unbounded. At the cap the oldest is sealed.
+#[tokio::test(start_paused = true)]
+async fn partition_cap_seals_the_oldest() {
+    let sink = FakeSink::ok(usize::MAX);
+    let budget = MemoryBudget::new(1 << 30);
+    let (w, r, pressure) = pressed_buffer(1 << 30, &budget);
+    let mut ctx = OutputContext::new("o", settings(usize::MAX, Duration::from_secs(3600)));
+    ctx.pressure = pressure;
+    ctx.max_partitions = 3;
+    let shutdown = ctx.shutdown.clone();
+    let acks: AckProbe = Arc::default();
+    let handle = tokio::spawn(run_inner(ctx, sink.clone(), r, Some(acks.clone())));
+    // Records 0..100 in p0, 100..200 in p1, ... p9.
+    push_all(&w, 1000, Duration::from_secs(60), |i| {
+        format!("p{}", i / 100)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let calls = sink.calls();
+    let parts: Vec<&str> = calls.iter().map(|c| c.partition.as_str()).collect();
+    assert_eq!(
+        parts,
+        ["p0", "p1", "p2", "p3", "p4", "p5", "p6"],
+        "oldest first, 3 left open"
+    );
+    assert!(calls.iter().all(|c| c.ids.len() == 100));
+    finish_pressed(w, shutdown, handle, acks, 1000).await;
+}
+
+// Issue #9: each open partition's compressor was outside the budget. Its fixed cost is
+// charged; when the budget cannot cover one more, the oldest batches are sealed.
+#[tokio::test(start_paused = true)]
+async fn open_batch_overhead_is_charged_to_the_budget() {
+    let sink = Arc::new(FakeSink {
+        max: usize::MAX,
+        calls: Mutex::new(Vec::new()),
+        script: Box::new(|_, _| SendResult::Delivered),
+        hang: false,
+        overhead: 300 << 10,
+    });
+    let budget = MemoryBudget::new(4 << 20);
+    let (w, r, pressure) = pressed_buffer(1 << 30, &budget);
+    let mut ctx = OutputContext::new("o", settings(usize::MAX, Duration::from_secs(3600)));
+    ctx.pressure = pressure;
+    let shutdown = ctx.shutdown.clone();
+    let acks: AckProbe = Arc::default();
+    let handle = tokio::spawn(run_inner(ctx, sink.clone(), r, Some(acks.clone())));
+    // One record per partition, 100 partitions: 30 MiB of compressors uncounted before.
+    push_all(&w, 100, Duration::from_secs(60), |i| format!("p{i}")).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(budget.used() <= budget.limit());
+    let open = 100 - sink.calls().len();
+    assert!(
+        open * (300 << 10) <= 4 << 20,
+        "{open} partitions still open"
+    );
+    assert!(open >= 1);
+    finish_pressed(w, shutdown, handle, acks, 100).await;
+    assert_eq!(budget.used(), 0, "every reservation returned");
+}
+
+// Records read from a disk buffer into an open batch are in memory but charged to no
+// budget: the budget's pressure counts them, or a disk-buffered output with a huge batch
+// would grow past runtime.memory_limit.
+#[tokio::test]
+async fn disk_buffered_open_batches_count_against_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = crate::buffer::BufferSettings::disk(
+        dir.path().join("o"),
+        1 << 30,
+        crate::buffer::WhenFull::Block,
+    );
+    settings.fsync = crate::buffer::FsyncPolicy::Never;
+    let budget = MemoryBudget::new(1 << 20);
+    let (w, r, _) = crate::buffer::open("o", &settings, budget.clone()).unwrap();
+    let sink = FakeSink::ok(usize::MAX);
+    let mut ctx = OutputContext::new("o", settings_with_age(Duration::from_secs(3600)));
+    ctx.pressure = Pressure::new(w.clone(), &settings, budget.clone());
+    ctx.buffer = BufferKind::Disk;
+    let shutdown = ctx.shutdown.clone();
+    let acks: AckProbe = Arc::default();
+    let handle = tokio::spawn(run_inner(ctx, sink.clone(), r, Some(acks.clone())));
+    // About 1.5 MB of records: more than the whole 1 MiB budget.
+    push_all(&w, 5000, Duration::from_secs(30), |_| String::new()).await;
+    let started = std::time::Instant::now();
+    // Without pressure nothing is sent before max_age (an hour) or the flush below.
+    while sink.calls().is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no batch sealed while open batches outgrew the budget"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    finish_pressed(w, shutdown, handle, acks, 5000).await;
+}
+
+fn settings_with_age(max_age: Duration) -> BatchSettings {
+    settings(usize::MAX, max_age)
 }
