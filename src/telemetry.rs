@@ -167,6 +167,21 @@ const METRICS: &[(&str, MetricKind, &str)] = &[
         "Seconds each request to an output's destination took, per output.",
     ),
     (
+        "firelane_output_open_partitions",
+        MetricKind::Gauge,
+        "Open batches (partitions: S3 key, CloudWatch group and stream, ...) an output holds, per output; capped by batch.max_partitions.",
+    ),
+    (
+        "firelane_output_sealed_batches_total",
+        MetricKind::Counter,
+        "Batches an output sent before they were full or due, per output and reason: pressure (its buffer or the memory budget filled), partitions (batch.max_partitions reached).",
+    ),
+    (
+        "firelane_output_refused_records_total",
+        MetricKind::Counter,
+        "Records refused before the acknowledgement because an output can never take them, per output and reason.",
+    ),
+    (
         "firelane_buffer_bytes",
         MetricKind::Gauge,
         "Bytes held in an output's buffer, waiting for delivery, per output (disk buffers: the undelivered bytes that max_size bounds).",
