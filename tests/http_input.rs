@@ -593,3 +593,185 @@ concurrency = 1
     r.kill9();
     drop(silent);
 }
+
+/// Opens a connection and sends a request head (and `body`), leaving it to the caller.
+fn raw_request(addr: &str, head: &str, body: &[u8]) -> std::net::TcpStream {
+    let mut s =
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("read timeout");
+    s.write_all(head.as_bytes()).expect("write head");
+    s.write_all(body).expect("write body");
+    s
+}
+
+/// Reads a response until the server closes (or the read timeout); returns the status
+/// (0 when nothing arrived) and the whole text.
+fn read_response(s: &mut std::net::TcpStream) -> (u16, String) {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+#[test]
+fn slow_bodies_do_not_hold_the_memory_budget() {
+    // 16 requests announce 8 MiB and send one byte. Budget used to be reserved from
+    // Content-Length, so they took the whole 64 MiB and every other client got 503.
+    let port = free_port();
+    let config = format!(
+        r#"
+[runtime]
+memory_limit = "64MiB"
+
+[inputs.web]
+type = "http"
+listen = "127.0.0.1:{port}"
+body_timeout = "2s"
+
+[routes.all]
+to = ["out"]
+
+[outputs.out]
+type = "file"
+path = "{{dir}}/out.jsonl"
+batch = {{ max_age = "100ms" }}
+"#
+    );
+    let r = Router::start(&config);
+    let addr = format!("127.0.0.1:{port}");
+    let head = format!("POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 8388608\r\n\r\n");
+    let started = Instant::now();
+    let mut slow: Vec<_> = (0..16).map(|_| raw_request(&addr, &head, b"{")).collect();
+    // Let the router take every head before the good client starts.
+    std::thread::sleep(Duration::from_millis(300));
+
+    for i in 0..20 {
+        let (s, b) = json_body(post(
+            &format!("http://{addr}/"),
+            format!("{{\"good\":{i}}}"),
+            &[],
+        ));
+        assert_eq!(s, 200, "good request {i}: {b}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the good requests went through while the slow ones were still open"
+    );
+    let lines = wait_lines(&r.path("out.jsonl"), 20, Duration::from_secs(20));
+    assert_eq!(lines.len(), 20, "{lines:#?}");
+
+    // The stalled requests are answered 408 and closed after body_timeout, and counted.
+    for (i, s) in slow.iter_mut().enumerate() {
+        let (status, text) = read_response(s);
+        assert_eq!(status, 408, "slow request {i}: {text:?}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let timeouts = r.wait_metric(
+        "firelane_input_errors_total",
+        &["input=\"web\"", "kind=\"body_timeout\""],
+        16.0,
+        Duration::from_secs(5),
+    );
+    assert_eq!(timeouts, 16.0, "{}", r.metrics());
+    assert_eq!(
+        r.metric("firelane_input_errors_total", &["kind=\"full\""]),
+        0.0
+    );
+}
+
+#[test]
+fn health_stays_up_under_a_connection_flood_on_the_input() {
+    let port = free_port();
+    let config = format!(
+        r#"
+[inputs.web]
+type = "http"
+listen = "127.0.0.1:{port}"
+max_connections = 16
+header_timeout = "1s"
+
+[routes.all]
+to = ["out"]
+
+[outputs.out]
+type = "file"
+path = "{{dir}}/out.jsonl"
+batch = {{ max_age = "100ms" }}
+"#
+    );
+    let r = Router::start(&config);
+    // A file-descriptor limit as tight as a container's can be: without a cap, 300 idle
+    // connections on the input take every descriptor and the admin port stops accepting.
+    let pid = r.child.as_ref().expect("running").id();
+    let limited = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), "--nofile=128:128"])
+        .status()
+        .expect("run prlimit");
+    assert!(limited.success(), "prlimit failed");
+
+    let addr = format!("127.0.0.1:{port}");
+    // Bounded: a router that stops accepting fills its backlog, and connect would block.
+    let sock: std::net::SocketAddr = addr.parse().expect("addr");
+    let flood: Vec<std::net::TcpStream> = (0..300)
+        .map_while(|_| std::net::TcpStream::connect_timeout(&sock, Duration::from_millis(500)).ok())
+        .collect();
+    assert_eq!(
+        flood.len(),
+        300,
+        "the router keeps accepting (and closing) over the cap"
+    );
+    let health = format!("http://127.0.0.1:{}/health", r.admin);
+    for _ in 0..5 {
+        let (s, body) = common::http_get(&health).expect("/health answers under the flood");
+        assert_eq!(s, 200, "{body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let refused = r.wait_metric(
+        "firelane_input_errors_total",
+        &["input=\"web\"", "kind=\"too_many_connections\""],
+        1.0,
+        Duration::from_secs(10),
+    );
+    assert!(refused >= 1.0, "{}", r.metrics());
+    // The silent connections are closed after header_timeout; the input serves again.
+    let timed_out = r.wait_metric(
+        "firelane_input_errors_total",
+        &["input=\"web\"", "kind=\"header_timeout\""],
+        16.0,
+        Duration::from_secs(10),
+    );
+    assert!(timed_out >= 16.0, "{}", r.metrics());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let resp = client()
+            .post(format!("http://{addr}/"))
+            .body(r#"{"after":"flood"}"#)
+            .send();
+        match resp {
+            Ok(resp) if resp.status().as_u16() == 200 => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "the input never served again: {other:?}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(flood);
+    let lines = wait_lines(&r.path("out.jsonl"), 1, Duration::from_secs(20));
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    let (s, _) = common::http_get(&health).expect("health");
+    assert_eq!(s, 200);
+}
