@@ -775,3 +775,62 @@ batch = {{ max_age = "100ms" }}
     let (s, _) = common::http_get(&health).expect("health");
     assert_eq!(s, 200);
 }
+
+#[test]
+fn deflate_bodies_zlib_wrapped_and_raw() {
+    // RFC 9110: "deflate" is zlib-wrapped; some clients send raw deflate. Both are taken,
+    // and both are capped like gzip.
+    let (r, base) = start("max_body = \"4KiB\"", "");
+    let url = format!("{base}/tag/z");
+    let zlib = |data: &[u8]| {
+        let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).expect("zlib");
+        e.finish().expect("zlib")
+    };
+    let raw = |data: &[u8]| {
+        let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).expect("deflate");
+        e.finish().expect("deflate")
+    };
+    for (what, body) in [
+        ("zlib", zlib(b"{\"via\":\"zlib\"}\n{\"via\":\"zlib2\"}\n")),
+        ("raw", raw(b"{\"via\":\"raw\"}")),
+    ] {
+        let (s, b) = json_body(post(&url, body, &[("content-encoding", "deflate")]));
+        assert_eq!(s, 200, "{what}: {b}");
+    }
+    let bomb_json = format!("{{\"fill\":\"{}\"}}", " ".repeat(2 << 20));
+    for (what, bomb) in [
+        ("zlib bomb", zlib(bomb_json.as_bytes())),
+        ("raw bomb", raw(bomb_json.as_bytes())),
+    ] {
+        assert!(bomb.len() < 4096, "{what} is {} bytes", bomb.len());
+        let (s, b) = json_body(post(&url, bomb, &[("content-encoding", "deflate")]));
+        assert_eq!(s, 413, "{what}: {b}");
+    }
+    let (s, b) = json_body(post(
+        &url,
+        b"\x78\x9cnot deflate".to_vec(),
+        &[("content-encoding", "Deflate")],
+    ));
+    assert_eq!(s, 400, "corrupt deflate: {b}");
+
+    let lines = wait_lines(&r.path("out.jsonl"), 3, Duration::from_secs(20));
+    let mut via: Vec<&str> = lines.iter().filter_map(|l| l["via"].as_str()).collect();
+    via.sort_unstable();
+    assert_eq!(via, ["raw", "zlib", "zlib2"], "{lines:#?}");
+    assert_eq!(
+        r.metric(
+            "firelane_input_errors_total",
+            &["input=\"web\"", "kind=\"too_large\""]
+        ),
+        2.0
+    );
+    assert_eq!(
+        r.metric(
+            "firelane_input_errors_total",
+            &["input=\"web\"", "kind=\"bad_encoding\""]
+        ),
+        0.0
+    );
+}

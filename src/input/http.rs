@@ -1,5 +1,5 @@
 //! HTTP input: `POST /` and `POST /tag/<tag>` with a JSON object, a JSON array of objects
-//! or NDJSON, optionally gzip-compressed.
+//! or NDJSON, optionally gzip- or deflate-compressed (`Content-Encoding`).
 //!
 //! A request is all or nothing: either every record in the body is accepted (2xx) or none
 //! is (4xx/5xx). A full buffer answers 503 with `Retry-After`, never 429 or another 4xx:
@@ -800,6 +800,31 @@ mod tests {
         ));
         assert!(matches!(
             decode_capped(Encoding::Gzip, b"not gzip", 5_000),
+            Err(DecodeError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn deflate_zlib_and_raw() {
+        use std::io::Write;
+        let data = vec![b'd'; 10_000];
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(&data).unwrap();
+        let z = z.finish().unwrap();
+        let mut r = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        r.write_all(&data).unwrap();
+        let r = r.finish().unwrap();
+        assert!(looks_like_zlib(&z));
+        for body in [&z, &r] {
+            let out = decode_capped(Encoding::Deflate, body, 20_000);
+            assert!(matches!(out, Ok(Some(ref d)) if *d == data));
+            assert!(matches!(
+                decode_capped(Encoding::Deflate, body, 5_000),
+                Err(DecodeError::TooLarge)
+            ));
+        }
+        assert!(matches!(
+            decode_capped(Encoding::Deflate, b"\x78\x9cnope", 5_000),
             Err(DecodeError::Corrupt(_))
         ));
     }
