@@ -828,4 +828,165 @@ mod tests {
             Err(DecodeError::Corrupt(_))
         ));
     }
+
+    /// Counters incremented while it is the thread's recorder: (name, kind label, value).
+    #[derive(Default)]
+    struct Counted(Arc<parking_lot::Mutex<Vec<(String, String, u64)>>>);
+
+    struct CounterCell {
+        name: String,
+        kind: String,
+        store: Arc<parking_lot::Mutex<Vec<(String, String, u64)>>>,
+    }
+
+    impl metrics::CounterFn for CounterCell {
+        fn increment(&self, value: u64) {
+            self.store
+                .lock()
+                .push((self.name.clone(), self.kind.clone(), value));
+        }
+        fn absolute(&self, _: u64) {}
+    }
+
+    impl metrics::Recorder for Counted {
+        fn describe_counter(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn describe_gauge(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn describe_histogram(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> Counter {
+            let kind = key
+                .labels()
+                .find(|l| l.key() == "kind")
+                .map(|l| l.value().to_string())
+                .unwrap_or_default();
+            Counter::from_arc(Arc::new(CounterCell {
+                name: key.name().to_string(),
+                kind,
+                store: self.0.clone(),
+            }))
+        }
+        fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+            metrics::Gauge::noop()
+        }
+        fn register_histogram(
+            &self,
+            _: &metrics::Key,
+            _: &metrics::Metadata<'_>,
+        ) -> metrics::Histogram {
+            metrics::Histogram::noop()
+        }
+    }
+
+    /// An ingest that refuses every request with one error.
+    struct Refuses(IngestError);
+
+    #[async_trait::async_trait]
+    impl Ingest for Refuses {
+        async fn ingest(&self, _: Vec<Record>) -> Result<(), IngestError> {
+            Err(self.0.clone())
+        }
+    }
+
+    /// Posts one record to an input whose pipeline answers `err`; returns the status, the
+    /// Retry-After header, the body, and the `kind`s counted as input errors.
+    fn post_refused(err: IngestError) -> (StatusCode, Option<String>, String, Vec<String>) {
+        let rec = Counted::default();
+        let store = rec.0.clone();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (status, retry, body) = metrics::with_local_recorder(&rec, || {
+            rt.block_on(async {
+                let s = Arc::new(Shared {
+                    cfg: HttpInputConfig::new("web", "127.0.0.1:0"),
+                    ingest: Arc::new(Refuses(err)),
+                    budget: MemoryBudget::new(8 << 20),
+                    records: metrics::counter!("firelane_input_records_total"),
+                    bytes: metrics::counter!("firelane_input_bytes_total"),
+                });
+                let r = handle(s, None, HeaderMap::new(), Body::from(r#"{"a":1}"#)).await;
+                let status = r.status();
+                let retry = r
+                    .headers()
+                    .get(header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                let body = r.into_body().collect().await.unwrap().to_bytes();
+                (status, retry, String::from_utf8_lossy(&body).into_owned())
+            })
+        });
+        let kinds = store
+            .lock()
+            .iter()
+            .filter(|(name, _, _)| name == "firelane_input_errors_total")
+            .map(|(_, kind, _)| kind.clone())
+            .collect();
+        (status, retry, body, kinds)
+    }
+
+    #[test]
+    fn ingest_errors_map_to_answers_and_are_counted_by_kind() {
+        let disk_full = IngestError::DiskFull {
+            output: "s3".into(),
+        };
+        let (status, retry, body, kinds) = post_refused(disk_full);
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(retry.is_some(), "Retry-After on 503");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            v["error"].as_str().is_some_and(|e| e.contains("disk full")),
+            "{body}"
+        );
+        assert_eq!(kinds, ["disk_full"]);
+
+        let too_large = IngestError::TooLarge {
+            bytes: 2_000_000,
+            limit: 1_048_576,
+            output: "fh".into(),
+        };
+        let (status, retry, body, kinds) = post_refused(too_large);
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(retry.is_none());
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            v["error"].as_str().is_some_and(|e| e.contains("fh")),
+            "{body}"
+        );
+        assert_eq!(kinds, ["too_large"]);
+
+        for (err, kind) in [
+            (IngestError::Full, "full"),
+            (IngestError::ShuttingDown, "shutting_down"),
+            (
+                IngestError::Buffer {
+                    output: "o".into(),
+                    reason: "EIO".into(),
+                },
+                "buffer_error",
+            ),
+        ] {
+            let (status, retry, _, kinds) = post_refused(err);
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{kind}");
+            assert!(retry.is_some(), "{kind}: Retry-After");
+            assert_eq!(kinds, [kind]);
+        }
+    }
 }
