@@ -29,6 +29,9 @@ use tokio::sync::Semaphore;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
+/// hyper's per-connection read buffer, at most.
+const MAX_BUF: usize = 64 * 1024;
+
 /// Limits of one listener. Each listener has its own, so a flood on the HTTP input never
 /// takes the admin port's connections.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -189,7 +192,12 @@ async fn serve_conn(
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     // TimedStream enforces the head timeout; hyper's would also cut idle connections.
-    builder.keep_alive(true).header_read_timeout(None);
+    // The read buffer (outside the memory budget) stays small per connection: 64 KiB
+    // times max_connections is the most it can hold; request heads must fit in it.
+    builder
+        .keep_alive(true)
+        .header_read_timeout(None)
+        .max_buf_size(MAX_BUF);
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let served = tokio::select! {

