@@ -289,6 +289,15 @@ fn body_limits_and_gzip_bombs() {
     let (s, text) = post_while_reading(&addr, &head, chunks);
     assert_eq!(s, 413, "{text}");
 
+    // `Expect: 100-continue` with a length over the limit: 413 at once, no 100 Continue
+    // (the client never sends the body), and the connection closes.
+    let head = format!(
+        "POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 100000\r\nExpect: 100-continue\r\n\r\n"
+    );
+    let (s, text) = read_response(&mut raw_request(&addr, &head, b""));
+    assert_eq!(s, 413, "{text}");
+    assert!(!text.contains("100 Continue"), "{text}");
+
     // A gzip bomb: 2 MiB of JSON that compresses to a few KiB.
     let bomb_json = format!("{{\"fill\":\"{}\"}}", " ".repeat(2 << 20));
     let bomb = gzip(bomb_json.as_bytes());
@@ -300,7 +309,7 @@ fn body_limits_and_gzip_bombs() {
         "firelane_input_errors_total",
         &["input=\"web\"", "kind=\"too_large\""],
     );
-    assert_eq!(too_large, 3.0, "{}", r.metrics());
+    assert_eq!(too_large, 4.0, "{}", r.metrics());
 
     let lines = wait_lines(&out, 1, Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(400));

@@ -232,12 +232,19 @@ fn closing(mut r: Response) -> Response {
 
 /// Answers `r` to a request whose body is not read to its end: reads and discards up to
 /// `max_bytes` more of it for [`LINGER_TIME`] in the background, then closes. A client
-/// that sent `Expect: 100-continue` has sent no body yet: it gets the answer at once.
-fn reject_unread(body: Body, headers: &HeaderMap, max_bytes: usize, r: Response) -> Response {
+/// that sent `Expect: 100-continue` and whose body was not `started` (read from, which
+/// sends the `100 Continue`) has sent no body: it gets the answer at once.
+fn reject_unread(
+    body: Body,
+    headers: &HeaderMap,
+    started: bool,
+    max_bytes: usize,
+    r: Response,
+) -> Response {
     let expects_continue = headers
         .get(header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if !expects_continue {
+    if started || !expects_continue {
         tokio::spawn(async move {
             let mut body = body;
             let mut seen = 0usize;
@@ -339,7 +346,7 @@ async fn handle(
                 HeaderValue::from_static("Basic realm=\"firelane\""),
             );
         }
-        return reject_unread(body, &headers, max, r);
+        return reject_unread(body, &headers, false, max, r);
     }
     let encoding = match encoding(&headers) {
         Ok(e) => e,
@@ -349,7 +356,7 @@ async fn handle(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 &format!("unsupported Content-Encoding {e:?} (gzip, deflate or identity)"),
             );
-            return reject_unread(body, &headers, max, r);
+            return reject_unread(body, &headers, false, max, r);
         }
     };
     let declared = headers
@@ -358,19 +365,19 @@ async fn handle(
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max as u64) {
         s.error("too_large");
-        return reject_unread(body, &headers, max, too_large(max));
+        return reject_unread(body, &headers, false, max, too_large(max));
     }
     let mut reservation = Reservation::empty();
     let raw = match read_body(&s, &mut body, &mut reservation).await {
         Ok(raw) => raw,
         Err(BodyError::TooLarge) => {
             s.error("too_large");
-            return reject_unread(body, &headers, max, too_large(max));
+            return reject_unread(body, &headers, true, max, too_large(max));
         }
         Err(BodyError::Budget) => {
             s.error("full");
             let r = unavailable("memory budget exhausted, retry later");
-            return reject_unread(body, &headers, max, r);
+            return reject_unread(body, &headers, true, max, r);
         }
         Err(BodyError::Timeout) => {
             s.error("body_timeout");
