@@ -405,11 +405,14 @@ async fn handle(
     let data: Bytes = match decode_capped(encoding, &raw, max) {
         Ok(None) => raw,
         Ok(Some(d)) => {
-            // The compressed bytes are no longer needed; hold the decoded ones instead.
+            // Decoded bytes are held like received ones: within the budget or not at all
+            // (16 concurrent 8 MiB bombs would otherwise hold 128 MiB outside it).
             drop(raw);
-            if let Some(extra) = s.budget.try_acquire(d.len()) {
-                reservation.merge(extra);
-            }
+            let Some(extra) = s.budget.try_acquire(d.len()) else {
+                s.error("full");
+                return unavailable("memory budget exhausted, retry later");
+            };
+            reservation.merge(extra);
             Bytes::from(d)
         }
         Err(DecodeError::TooLarge) => {
@@ -995,5 +998,32 @@ mod tests {
             assert!(retry.is_some(), "{kind}: Retry-After");
             assert_eq!(kinds, [kind]);
         }
+    }
+
+    #[tokio::test]
+    async fn decoded_bodies_are_held_within_the_budget() {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        let json = format!("{{\"fill\":\"{}\"}}", " ".repeat(512 * 1024));
+        e.write_all(json.as_bytes()).unwrap();
+        let gz = e.finish().unwrap();
+        let budget = MemoryBudget::new(256 * 1024);
+        let s = Arc::new(Shared {
+            cfg: HttpInputConfig::new("web", "127.0.0.1:0"),
+            ingest: Arc::new(Refuses(IngestError::Full)),
+            budget: budget.clone(),
+            records: Counter::noop(),
+            bytes: Counter::noop(),
+        });
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        let r = handle(s, None, h, Body::from(gz)).await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        assert!(
+            String::from_utf8_lossy(&body).contains("memory budget"),
+            "{body:?}"
+        );
+        assert_eq!(budget.used(), 0, "everything returned");
     }
 }
