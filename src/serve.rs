@@ -42,7 +42,8 @@ pub struct ServerLimits {
     /// Time for a request head (request line and headers): from accept on a new connection,
     /// from the first byte of the next request on a keep-alive connection.
     pub header_timeout: Duration,
-    /// How long a keep-alive connection may wait, idle, for its next request.
+    /// How long a keep-alive connection may wait, idle, for its next request; also how
+    /// long an answer may wait for a client that stopped reading it.
     pub idle_timeout: Duration,
 }
 
@@ -69,6 +70,8 @@ pub enum ConnEvent {
     TooManyConnections,
     /// Closed: no complete request head within `header_timeout`.
     HeaderTimeout,
+    /// Closed: the client read nothing of an answer for `idle_timeout`.
+    WriteTimeout,
 }
 
 impl ConnEvent {
@@ -77,6 +80,7 @@ impl ConnEvent {
         match self {
             ConnEvent::TooManyConnections => "too_many_connections",
             ConnEvent::HeaderTimeout => "header_timeout",
+            ConnEvent::WriteTimeout => "write_timeout",
         }
     }
 }
@@ -171,6 +175,9 @@ async fn serve_conn(
         limits,
         on_event,
         sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
+        write_stalled: None,
+        last_write: Instant::now(),
+        write_sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
     };
     let app = TowerToHyperService::new(app);
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -290,6 +297,11 @@ struct TimedStream {
     limits: ServerLimits,
     on_event: OnEvent,
     sleep: Pin<Box<Sleep>>,
+    /// Since when writes have been pending without progress.
+    write_stalled: Option<Instant>,
+    /// When a write last made progress.
+    last_write: Instant,
+    write_sleep: Pin<Box<Sleep>>,
 }
 
 impl AsyncRead for TimedStream {
@@ -316,6 +328,11 @@ impl AsyncRead for TimedStream {
                 Poll::Ready(r)
             }
             Poll::Pending => {
+                if self.write_stalled.is_some() {
+                    // An answer is still being written: its own clock bounds the connection
+                    // (an idle close now would leave hyper waiting on that write).
+                    return Poll::Pending;
+                }
                 let deadline = match phase {
                     Phase::Busy => {
                         let mut s = self.state.lock();
@@ -331,10 +348,11 @@ impl AsyncRead for TimedStream {
                     Phase::Idle { since, fresh: true } | Phase::Head { since } => {
                         since + self.limits.header_timeout
                     }
+                    // Idle once the answer's last bytes went out, not when it was ready.
                     Phase::Idle {
                         since,
                         fresh: false,
-                    } => since + self.limits.idle_timeout,
+                    } => since.max(self.last_write) + self.limits.idle_timeout,
                 };
                 if self.sleep.deadline() != deadline {
                     self.sleep.as_mut().reset(deadline);
@@ -356,25 +374,57 @@ impl AsyncRead for TimedStream {
     }
 }
 
+impl TimedStream {
+    /// Bounds a write that makes no progress (a client that stopped reading its answer)
+    /// to `idle_timeout`: `r` is the write's outcome, turned into an error once stalled.
+    fn bound_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if r.is_ready() {
+            self.write_stalled = None;
+            self.last_write = Instant::now();
+            return r;
+        }
+        let since = *self.write_stalled.get_or_insert_with(Instant::now);
+        let deadline = since + self.limits.idle_timeout;
+        if self.write_sleep.deadline() != deadline {
+            self.write_sleep.as_mut().reset(deadline);
+        }
+        if self.write_sleep.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        (self.on_event)(ConnEvent::WriteTimeout);
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client read nothing of the answer for idle_timeout",
+        )))
+    }
+}
+
 impl AsyncWrite for TimedStream {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.bound_write(cx, r)
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.bound_write(cx, r)
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // TCP has nothing to flush: always ready, and no sign of the client reading.
         Pin::new(&mut self.inner).poll_flush(cx)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -389,19 +439,22 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    async fn start(limits: ServerLimits) -> (std::net::SocketAddr, Arc<[AtomicUsize; 2]>) {
+    async fn start(limits: ServerLimits) -> (std::net::SocketAddr, Arc<[AtomicUsize; 3]>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let counts: Arc<[AtomicUsize; 2]> = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+        let counts: Arc<[AtomicUsize; 3]> = Arc::new(Default::default());
         let c = counts.clone();
         let on_event: OnEvent = Arc::new(move |e| {
             let i = match e {
                 ConnEvent::TooManyConnections => 0,
                 ConnEvent::HeaderTimeout => 1,
+                ConnEvent::WriteTimeout => 2,
             };
             c[i].fetch_add(1, Ordering::SeqCst);
         });
-        let app = axum::Router::new().route("/", get(|| async { "hi" }));
+        let app = axum::Router::new()
+            .route("/", get(|| async { "hi" }))
+            .route("/big", get(|| async { vec![b'z'; 64 << 20] }));
         tokio::spawn(serve(
             listener,
             app,
@@ -496,5 +549,33 @@ mod tests {
             .expect("write");
         let (got, _) = read_all(&mut d).await;
         assert!(got.starts_with("HTTP/1.1 200"), "{got:?}");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_cut_after_idle_timeout() {
+        let limits = ServerLimits {
+            max_connections: 8,
+            header_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_millis(500),
+        };
+        let (addr, counts) = start(limits).await;
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        // 64 MiB cannot fit in the socket buffers: the server's write stalls.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while counts[2].load(Ordering::SeqCst) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the stalled answer was never cut"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The connection is closed: what was buffered drains, then EOF or a reset.
+        let mut sink = Vec::new();
+        let ended = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut sink)).await;
+        assert!(ended.is_ok(), "the connection was closed");
+        assert!(sink.len() < 64 << 20, "the answer was cut short");
     }
 }
