@@ -13,5 +13,6 @@ pub mod loadgen;
 pub mod output;
 pub mod pipeline;
 pub mod route;
+pub mod serve;
 pub mod telemetry;
 pub mod topology;

@@ -336,7 +336,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         prometheus,
         outputs: health,
     });
-    let admin_task = admin::spawn(config.admin.listen, state, admin_stop.clone()).await?;
+    let admin_task = admin::spawn(
+        config.admin.listen,
+        config.admin.limits.clone(),
+        state,
+        admin_stop.clone(),
+    )
+    .await?;
     tracing::info!(
         inputs = config.inputs.len(),
         routes = config.routes.len(),

@@ -264,22 +264,39 @@ fn body_limits_and_gzip_bombs() {
     let (s, b) = json_body(post(&url, ok.clone(), &[]));
     assert_eq!(s, 200, "{b}");
 
-    // Declared length over the limit.
+    // The server answers 413 as soon as it knows, possibly before the client has written
+    // its whole body; so these requests read the answer while they write, and a write
+    // that fails (broken pipe, reset) after the answer is the expected outcome.
+    let addr = base.trim_start_matches("http://").to_string();
     let big = format!("{{\"fill\":\"{}\"}}", "y".repeat(5000));
-    let (s, _) = json_body(post(&url, big.clone(), &[]));
-    assert_eq!(s, 413);
+
+    // Declared length over the limit.
+    let head = format!(
+        "POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n",
+        big.len()
+    );
+    let (s, text) = post_while_reading(&addr, &head, vec![big.clone().into_bytes()]);
+    assert_eq!(s, 413, "{text}");
 
     // Chunked (no Content-Length): the limit applies while reading.
-    let reader = ChunkReader {
-        chunks: big.as_bytes().chunks(1000).map(<[u8]>::to_vec).collect(),
-        pos: 0,
-    };
-    let resp = client()
-        .post(&url)
-        .body(reqwest::blocking::Body::new(reader))
-        .send()
-        .expect("chunked post");
-    assert_eq!(resp.status().as_u16(), 413);
+    let head = format!("POST / HTTP/1.1\r\nHost: {addr}\r\nTransfer-Encoding: chunked\r\n\r\n");
+    let mut chunks: Vec<Vec<u8>> = big
+        .as_bytes()
+        .chunks(1000)
+        .map(|c| [format!("{:x}\r\n", c.len()).as_bytes(), c, b"\r\n"].concat())
+        .collect();
+    chunks.push(b"0\r\n\r\n".to_vec());
+    let (s, text) = post_while_reading(&addr, &head, chunks);
+    assert_eq!(s, 413, "{text}");
+
+    // `Expect: 100-continue` with a length over the limit: 413 at once, no 100 Continue
+    // (the client never sends the body), and the connection closes.
+    let head = format!(
+        "POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 100000\r\nExpect: 100-continue\r\n\r\n"
+    );
+    let (s, text) = read_response(&mut raw_request(&addr, &head, b""));
+    assert_eq!(s, 413, "{text}");
+    assert!(!text.contains("100 Continue"), "{text}");
 
     // A gzip bomb: 2 MiB of JSON that compresses to a few KiB.
     let bomb_json = format!("{{\"fill\":\"{}\"}}", " ".repeat(2 << 20));
@@ -292,7 +309,7 @@ fn body_limits_and_gzip_bombs() {
         "firelane_input_errors_total",
         &["input=\"web\"", "kind=\"too_large\""],
     );
-    assert_eq!(too_large, 3.0, "{}", r.metrics());
+    assert_eq!(too_large, 4.0, "{}", r.metrics());
 
     let lines = wait_lines(&out, 1, Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(400));
@@ -305,26 +322,22 @@ fn body_limits_and_gzip_bombs() {
     assert_eq!(lines[0]["fill"].as_str().map(str::len), Some(filler.len()));
 }
 
-/// A body with no known length, so reqwest sends it chunked.
-struct ChunkReader {
-    chunks: Vec<Vec<u8>>,
-    pos: usize,
-}
-
-impl std::io::Read for ChunkReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let Some(c) = self.chunks.get(self.pos) else {
-            return Ok(0);
-        };
-        let n = c.len().min(buf.len());
-        buf[..n].copy_from_slice(&c[..n]);
-        if n == c.len() {
-            self.pos += 1;
-        } else {
-            self.chunks[self.pos] = c[n..].to_vec();
+/// Sends `head`, then writes `chunks` from another thread while this one reads the
+/// response to its end. Write errors are ignored: the server may answer and close before
+/// the body is written. Returns the status (0 when no answer came) and the response text.
+fn post_while_reading(addr: &str, head: &str, chunks: Vec<Vec<u8>>) -> (u16, String) {
+    let mut s = raw_request(addr, head, b"");
+    let mut w = s.try_clone().expect("clone stream");
+    let writer = std::thread::spawn(move || {
+        for c in chunks {
+            if w.write_all(&c).is_err() {
+                break;
+            }
         }
-        Ok(n)
-    }
+    });
+    let answer = read_response(&mut s);
+    let _ = writer.join();
+    answer
 }
 
 #[test]
@@ -592,4 +605,249 @@ concurrency = 1
     assert_eq!(s, 200);
     r.kill9();
     drop(silent);
+}
+
+/// Opens a connection and sends a request head (and `body`), leaving it to the caller.
+fn raw_request(addr: &str, head: &str, body: &[u8]) -> std::net::TcpStream {
+    let mut s =
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("read timeout");
+    s.write_all(head.as_bytes()).expect("write head");
+    s.write_all(body).expect("write body");
+    s
+}
+
+/// Reads a response until the server closes (or the read timeout); returns the status
+/// (0 when nothing arrived) and the whole text.
+fn read_response(s: &mut std::net::TcpStream) -> (u16, String) {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+#[test]
+fn slow_bodies_do_not_hold_the_memory_budget() {
+    // 16 requests announce 8 MiB and send one byte. Budget used to be reserved from
+    // Content-Length, so they took the whole 64 MiB and every other client got 503.
+    let port = free_port();
+    let config = format!(
+        r#"
+[runtime]
+memory_limit = "64MiB"
+
+[inputs.web]
+type = "http"
+listen = "127.0.0.1:{port}"
+body_timeout = "2s"
+
+[routes.all]
+to = ["out"]
+
+[outputs.out]
+type = "file"
+path = "{{dir}}/out.jsonl"
+batch = {{ max_age = "100ms" }}
+"#
+    );
+    let r = Router::start(&config);
+    let addr = format!("127.0.0.1:{port}");
+    let head = format!("POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 8388608\r\n\r\n");
+    let started = Instant::now();
+    let mut slow: Vec<_> = (0..16).map(|_| raw_request(&addr, &head, b"{")).collect();
+    // Let the router take every head before the good client starts.
+    std::thread::sleep(Duration::from_millis(300));
+
+    for i in 0..20 {
+        let (s, b) = json_body(post(
+            &format!("http://{addr}/"),
+            format!("{{\"good\":{i}}}"),
+            &[],
+        ));
+        assert_eq!(s, 200, "good request {i}: {b}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the good requests went through while the slow ones were still open"
+    );
+    let lines = wait_lines(&r.path("out.jsonl"), 20, Duration::from_secs(20));
+    assert_eq!(lines.len(), 20, "{lines:#?}");
+
+    // The stalled requests are answered 408 and closed after body_timeout, and counted.
+    for (i, s) in slow.iter_mut().enumerate() {
+        let (status, text) = read_response(s);
+        assert_eq!(status, 408, "slow request {i}: {text:?}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let timeouts = r.wait_metric(
+        "firelane_input_errors_total",
+        &["input=\"web\"", "kind=\"body_timeout\""],
+        16.0,
+        Duration::from_secs(5),
+    );
+    assert_eq!(timeouts, 16.0, "{}", r.metrics());
+    assert_eq!(
+        r.metric("firelane_input_errors_total", &["kind=\"full\""]),
+        0.0
+    );
+}
+
+#[test]
+fn health_stays_up_under_a_connection_flood_on_the_input() {
+    let port = free_port();
+    let config = format!(
+        r#"
+[inputs.web]
+type = "http"
+listen = "127.0.0.1:{port}"
+max_connections = 16
+header_timeout = "1s"
+
+[routes.all]
+to = ["out"]
+
+[outputs.out]
+type = "file"
+path = "{{dir}}/out.jsonl"
+batch = {{ max_age = "100ms" }}
+"#
+    );
+    let r = Router::start(&config);
+    // A file-descriptor limit as tight as a container's can be: without a cap, 300 idle
+    // connections on the input take every descriptor and the admin port stops accepting.
+    let pid = r.child.as_ref().expect("running").id();
+    let limited = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), "--nofile=128:128"])
+        .status()
+        .expect("run prlimit");
+    assert!(limited.success(), "prlimit failed");
+
+    let addr = format!("127.0.0.1:{port}");
+    // Bounded: a router that stops accepting fills its backlog (128), and connects hang.
+    let sock: std::net::SocketAddr = addr.parse().expect("addr");
+    let opening = Instant::now();
+    let flood: Vec<std::net::TcpStream> = (0..300)
+        .take_while(|_| opening.elapsed() < Duration::from_secs(15))
+        .filter_map(|_| {
+            std::net::TcpStream::connect_timeout(&sock, Duration::from_millis(300)).ok()
+        })
+        .collect();
+    assert!(
+        flood.len() > 150,
+        "more connections than the cap and the file limit: {}",
+        flood.len()
+    );
+    let health = format!("http://127.0.0.1:{}/health", r.admin);
+    for _ in 0..5 {
+        let (s, body) = common::http_get(&health).expect("/health answers under the flood");
+        assert_eq!(s, 200, "{body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let refused = r.wait_metric(
+        "firelane_input_errors_total",
+        &["input=\"web\"", "kind=\"too_many_connections\""],
+        1.0,
+        Duration::from_secs(10),
+    );
+    assert!(refused >= 1.0, "{}", r.metrics());
+    // The silent connections are closed after header_timeout; the input serves again.
+    let timed_out = r.wait_metric(
+        "firelane_input_errors_total",
+        &["input=\"web\"", "kind=\"header_timeout\""],
+        16.0,
+        Duration::from_secs(10),
+    );
+    assert!(timed_out >= 16.0, "{}", r.metrics());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let resp = client()
+            .post(format!("http://{addr}/"))
+            .body(r#"{"after":"flood"}"#)
+            .send();
+        match resp {
+            Ok(resp) if resp.status().as_u16() == 200 => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "the input never served again: {other:?}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(flood);
+    let lines = wait_lines(&r.path("out.jsonl"), 1, Duration::from_secs(20));
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    let (s, _) = common::http_get(&health).expect("health");
+    assert_eq!(s, 200);
+}
+
+#[test]
+fn deflate_bodies_zlib_wrapped_and_raw() {
+    // RFC 9110: "deflate" is zlib-wrapped; some clients send raw deflate. Both are taken,
+    // and both are capped like gzip.
+    let (r, base) = start("max_body = \"4KiB\"", "");
+    let url = format!("{base}/tag/z");
+    let zlib = |data: &[u8]| {
+        let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).expect("zlib");
+        e.finish().expect("zlib")
+    };
+    let raw = |data: &[u8]| {
+        let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).expect("deflate");
+        e.finish().expect("deflate")
+    };
+    for (what, body) in [
+        ("zlib", zlib(b"{\"via\":\"zlib\"}\n{\"via\":\"zlib2\"}\n")),
+        ("raw", raw(b"{\"via\":\"raw\"}")),
+    ] {
+        let (s, b) = json_body(post(&url, body, &[("content-encoding", "deflate")]));
+        assert_eq!(s, 200, "{what}: {b}");
+    }
+    let bomb_json = format!("{{\"fill\":\"{}\"}}", " ".repeat(2 << 20));
+    for (what, bomb) in [
+        ("zlib bomb", zlib(bomb_json.as_bytes())),
+        ("raw bomb", raw(bomb_json.as_bytes())),
+    ] {
+        assert!(bomb.len() < 4096, "{what} is {} bytes", bomb.len());
+        let (s, b) = json_body(post(&url, bomb, &[("content-encoding", "deflate")]));
+        assert_eq!(s, 413, "{what}: {b}");
+    }
+    let (s, b) = json_body(post(
+        &url,
+        b"\x78\x9cnot deflate".to_vec(),
+        &[("content-encoding", "Deflate")],
+    ));
+    assert_eq!(s, 400, "corrupt deflate: {b}");
+
+    let lines = wait_lines(&r.path("out.jsonl"), 3, Duration::from_secs(20));
+    let mut via: Vec<&str> = lines.iter().filter_map(|l| l["via"].as_str()).collect();
+    via.sort_unstable();
+    assert_eq!(via, ["raw", "zlib", "zlib2"], "{lines:#?}");
+    assert_eq!(
+        r.metric(
+            "firelane_input_errors_total",
+            &["input=\"web\"", "kind=\"too_large\""]
+        ),
+        2.0
+    );
+    assert_eq!(
+        r.metric(
+            "firelane_input_errors_total",
+            &["input=\"web\"", "kind=\"bad_encoding\""]
+        ),
+        0.0
+    );
 }

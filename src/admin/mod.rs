@@ -15,6 +15,8 @@ use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
+use crate::serve::{OnEvent, ServerLimits};
+
 /// Readiness: ready once every registered component has checked in, until shutdown starts.
 #[derive(Default)]
 pub struct Readiness {
@@ -72,8 +74,11 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     Ok(handle)
 }
 
+/// Binds the admin listener and serves it until `shutdown`, with its own connection cap and
+/// timeouts (`limits`): clients of the inputs never take its connections.
 pub async fn spawn(
     listen: SocketAddr,
+    limits: ServerLimits,
     state: Arc<AdminState>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
@@ -95,13 +100,10 @@ pub async fn spawn(
         .route("/metrics", get(metrics_text))
         .with_state(state);
     tracing::info!(%listen, "admin listening (/health /ready /metrics)");
+    // Not counted as input errors (the admin port is no input); the cap logs when it bites.
+    let on_event: OnEvent = Arc::new(|_| {});
     Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-        {
-            tracing::error!("admin server stopped: {e}");
-        }
+        crate::serve::serve(listener, app, limits, on_event, "admin", shutdown).await;
     }))
 }
 

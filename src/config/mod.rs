@@ -18,6 +18,7 @@ use toml::de::{DeTable, DeValue};
 use crate::input::http::{BodyFormat, HttpAuth, HttpInputConfig};
 use crate::route::pattern::Pattern;
 use crate::route::tag::TagGlob;
+use crate::serve::ServerLimits;
 use reader::{Diagnostics, Table};
 
 /// The configuration used when no file is given or found (PRODUCT.md).
@@ -38,6 +39,14 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct AdminSettings {
     pub listen: SocketAddr,
+    /// Connection cap and timeouts of the admin port, apart from the inputs' so a flood on
+    /// an input never takes `/health` down.
+    pub limits: ServerLimits,
+}
+
+impl AdminSettings {
+    /// Health checks, scrapes and a few people: far fewer than an input.
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
 }
 
 #[derive(Debug, Clone)]
@@ -494,8 +503,12 @@ fn check_name(d: &mut Diagnostics, name: &Spanned<String>, what: &str) {
 
 fn read_admin(top: &mut Table<'_, '_>, d: &mut Diagnostics) -> AdminSettings {
     let default: SocketAddr = ([127, 0, 0, 1], 2020).into();
+    let mut limits = ServerLimits::new(AdminSettings::DEFAULT_MAX_CONNECTIONS);
     let Some(mut t) = top.opt_table(d, "admin") else {
-        return AdminSettings { listen: default };
+        return AdminSettings {
+            listen: default,
+            limits,
+        };
     };
     let listen = t
         .opt_string(d, "listen")
@@ -510,8 +523,46 @@ fn read_admin(top: &mut Table<'_, '_>, d: &mut Diagnostics) -> AdminSettings {
             }
         })
         .unwrap_or(default);
-    t.finish_expecting(d, &["listen"]);
-    AdminSettings { listen }
+    read_server_limits(&mut t, d, &mut limits);
+    t.finish_expecting(
+        d,
+        &[
+            "listen",
+            "max_connections",
+            "header_timeout",
+            "idle_timeout",
+        ],
+    );
+    AdminSettings { listen, limits }
+}
+
+/// `max_connections`, `header_timeout` and `idle_timeout` of an HTTP listener.
+fn read_server_limits(t: &mut Table<'_, '_>, d: &mut Diagnostics, limits: &mut ServerLimits) {
+    if let Some(n) = t.opt_u64(d, "max_connections") {
+        if n == 0 {
+            d.error(
+                t.value_span("max_connections"),
+                format!("{}.max_connections: must be at least 1", t.path()),
+            );
+        } else {
+            limits.max_connections = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+    }
+    for (key, slot) in [
+        ("header_timeout", &mut limits.header_timeout),
+        ("idle_timeout", &mut limits.idle_timeout),
+    ] {
+        if let Some(v) = t.opt_duration(d, key) {
+            if v.is_zero() {
+                d.error(
+                    t.value_span(key),
+                    format!("{}.{key}: must be more than 0", t.path()),
+                );
+            } else {
+                *slot = v;
+            }
+        }
+    }
 }
 
 fn read_runtime(top: &mut Table<'_, '_>, d: &mut Diagnostics) -> RuntimeSettings {
@@ -706,8 +757,29 @@ fn read_input(
             }
             cfg.tag = t.opt_string(d, "tag");
             if let Some(to) = t.opt_duration(d, "accept_timeout") {
+                if to >= Duration::from_secs(5) {
+                    d.warn(
+                        t.value_span("accept_timeout"),
+                        format!(
+                            "{}.accept_timeout: EventBridge API destinations give up after 5 s; \
+                             keep it below (a request is answered within about accept_timeout)",
+                            t.path()
+                        ),
+                    );
+                }
                 cfg.accept_timeout = to;
             }
+            if let Some(to) = t.opt_duration(d, "body_timeout") {
+                if to.is_zero() {
+                    d.error(
+                        t.value_span("body_timeout"),
+                        format!("{}.body_timeout: must be more than 0", t.path()),
+                    );
+                } else {
+                    cfg.body_timeout = to;
+                }
+            }
+            read_server_limits(t, d, &mut cfg.limits);
             t.finish_expecting(
                 d,
                 &[
@@ -718,6 +790,10 @@ fn read_input(
                     "format",
                     "tag",
                     "accept_timeout",
+                    "body_timeout",
+                    "max_connections",
+                    "header_timeout",
+                    "idle_timeout",
                 ],
             );
             InputKind::Http(cfg)

@@ -401,3 +401,63 @@ path = "/tmp/${FILE_NAME}-${DB_PASSWORD}.jsonl"
         l.secrets
     );
 }
+
+#[test]
+fn http_listener_limits_and_timeouts() {
+    let text = r#"
+[admin]
+listen = "127.0.0.1:2020"
+max_connections = 8
+header_timeout = "3s"
+idle_timeout = "20s"
+[inputs.web]
+type = "http"
+max_connections = 100
+header_timeout = "5s"
+idle_timeout = "30s"
+body_timeout = "4s"
+accept_timeout = "6s"
+[routes.r]
+to = ["a"]
+[outputs.a]
+type = "null"
+"#;
+    let l = parse(text, "t.toml", &env).unwrap_or_else(|e| panic!("{e}"));
+    let a = &l.config.admin.limits;
+    assert_eq!(
+        (a.max_connections, a.header_timeout, a.idle_timeout),
+        (8, Duration::from_secs(3), Duration::from_secs(20))
+    );
+    let InputKind::Http(h) = &l.config.inputs[0].kind else {
+        panic!("http input")
+    };
+    assert_eq!(h.limits.max_connections, 100);
+    assert_eq!(h.limits.header_timeout, Duration::from_secs(5));
+    assert_eq!(h.limits.idle_timeout, Duration::from_secs(30));
+    assert_eq!(h.body_timeout, Duration::from_secs(4));
+    assert!(
+        l.warnings
+            .iter()
+            .any(|w| w.contains("accept_timeout") && w.contains("5 s")),
+        "{:?}",
+        l.warnings
+    );
+
+    let e = errors(
+        r#"
+[admin]
+max_connections = 0
+[inputs.web]
+type = "http"
+body_timeout = "0s"
+idle_timeout = "0s"
+[routes.r]
+to = ["a"]
+[outputs.a]
+type = "null"
+"#,
+    );
+    for key in ["admin.max_connections", "body_timeout", "idle_timeout"] {
+        assert!(e.iter().any(|m| m.contains(key)), "{key}: {e:?}");
+    }
+}

@@ -73,6 +73,11 @@ impl InputShutdown {
         self.stop.clone().cancelled_owned()
     }
 
+    /// The token cancelled when inputs must stop, for servers that take a token.
+    pub fn stop_token(&self) -> tokio_util::sync::CancellationToken {
+        self.stop.clone()
+    }
+
     pub fn is_stopped(&self) -> bool {
         self.stop.is_cancelled()
     }

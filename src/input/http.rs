@@ -1,5 +1,5 @@
 //! HTTP input: `POST /` and `POST /tag/<tag>` with a JSON object, a JSON array of objects
-//! or NDJSON, optionally gzip-compressed.
+//! or NDJSON, optionally gzip- or deflate-compressed (`Content-Encoding`).
 //!
 //! A request is all or nothing: either every record in the body is accepted (2xx) or none
 //! is (4xx/5xx). A full buffer answers 503 with `Retry-After`, never 429 or another 4xx:
@@ -23,8 +23,9 @@ use metrics::Counter;
 use serde_json::Value;
 
 use super::{Ingest, IngestError};
-use crate::buffer::budget::MemoryBudget;
+use crate::buffer::budget::{MemoryBudget, Reservation};
 use crate::event::{Fields, Record, now_ns};
+use crate::serve::{OnEvent, ServerLimits};
 
 /// Who may post.
 #[derive(Clone, Debug, PartialEq)]
@@ -70,10 +71,20 @@ pub struct HttpInputConfig {
     /// How long a request may wait for buffer space before answering 503. EventBridge API
     /// destinations give up after 5 s, so the default stays well below that.
     pub accept_timeout: Duration,
+    /// Longest wait for the next bytes of a request body; a stalled request is answered
+    /// 408 and closed. Default 10 s.
+    pub body_timeout: Duration,
+    /// Connection cap and head / keep-alive timeouts of this listener.
+    pub limits: ServerLimits,
 }
 
 impl HttpInputConfig {
     pub const DEFAULT_MAX_BODY: usize = 8 * 1024 * 1024;
+    pub const DEFAULT_ACCEPT_TIMEOUT: Duration = Duration::from_secs(2);
+    pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Room for many clients, well under the 1024 open files a container may be limited to,
+    /// next to the forward input, the outputs' sockets and the admin port.
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
 
     pub fn new(name: &str, listen: &str) -> Self {
         HttpInputConfig {
@@ -83,7 +94,9 @@ impl HttpInputConfig {
             max_body: Self::DEFAULT_MAX_BODY,
             format: BodyFormat::Auto,
             tag: None,
-            accept_timeout: Duration::from_secs(2),
+            accept_timeout: Self::DEFAULT_ACCEPT_TIMEOUT,
+            body_timeout: Self::DEFAULT_BODY_TIMEOUT,
+            limits: ServerLimits::new(Self::DEFAULT_MAX_CONNECTIONS),
         }
     }
 }
@@ -121,6 +134,7 @@ pub async fn spawn(
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let name = cfg.name.clone();
+    let limits = cfg.limits.clone();
     let shared = Arc::new(Shared {
         records: metrics::counter!("firelane_input_records_total", "input" => name.clone()),
         bytes: metrics::counter!("firelane_input_bytes_total", "input" => name.clone()),
@@ -133,13 +147,22 @@ pub async fn spawn(
         .route("/tag/{*tag}", post(post_tagged))
         .with_state(shared);
     tracing::info!(input = %name, %addr, "http input listening");
+    let input = name.clone();
+    let on_event: OnEvent = Arc::new(move |e| {
+        metrics::counter!("firelane_input_errors_total", "input" => input.clone(), "kind" => e.kind())
+            .increment(1);
+    });
+    let what = format!("input {name}");
     Ok(tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.stopped_owned())
-            .await;
-        if let Err(e) = served {
-            tracing::error!(input = %name, "http input stopped: {e}");
-        }
+        crate::serve::serve(
+            listener,
+            app,
+            limits,
+            on_event,
+            &what,
+            shutdown.stop_token(),
+        )
+        .await;
     }))
 }
 
@@ -168,7 +191,156 @@ fn unavailable(msg: &str) -> Response {
     r
 }
 
-async fn handle(s: Arc<Shared>, tag: Option<String>, headers: HeaderMap, body: Body) -> Response {
+/// How long, and how much, a rejected request's unread body is still read (and discarded)
+/// after the answer, so a client that writes its whole body before reading gets the answer
+/// instead of a connection reset (unread data at close makes the kernel send RST).
+const LINGER_TIME: Duration = Duration::from_secs(2);
+
+/// Budget is reserved in steps of at least this many bytes as a body arrives.
+const RESERVE_STEP: usize = 16 * 1024;
+
+/// The request body's `Content-Encoding`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Encoding {
+    Identity,
+    Gzip,
+    /// RFC 9110 §8.4.1.2: zlib (RFC 1950) around deflate (RFC 1951). Some clients send raw
+    /// deflate; both are accepted.
+    Deflate,
+}
+
+impl Encoding {
+    fn name(self) -> &'static str {
+        match self {
+            Encoding::Identity => "identity",
+            Encoding::Gzip => "gzip",
+            Encoding::Deflate => "deflate",
+        }
+    }
+}
+
+fn encoding(headers: &HeaderMap) -> Result<Encoding, String> {
+    let Some(v) = headers.get(header::CONTENT_ENCODING) else {
+        return Ok(Encoding::Identity);
+    };
+    let e = v.to_str().unwrap_or("?").trim().to_ascii_lowercase();
+    match e.as_str() {
+        "" | "identity" => Ok(Encoding::Identity),
+        "gzip" | "x-gzip" => Ok(Encoding::Gzip),
+        "deflate" => Ok(Encoding::Deflate),
+        _ => Err(e),
+    }
+}
+
+/// Adds `Connection: close`: the connection ends after this answer (and the lingering read).
+fn closing(mut r: Response) -> Response {
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+/// Answers `r` to a request whose body is not read to its end: reads and discards up to
+/// `max_bytes` more of it for [`LINGER_TIME`] in the background, then closes. A client
+/// that sent `Expect: 100-continue` and whose body was not `started` (read from, which
+/// sends the `100 Continue`) has sent no body: it gets the answer at once.
+fn reject_unread(
+    body: Body,
+    headers: &HeaderMap,
+    started: bool,
+    max_bytes: usize,
+    r: Response,
+) -> Response {
+    let expects_continue = headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if started || !expects_continue {
+        tokio::spawn(async move {
+            let mut body = body;
+            let mut seen = 0usize;
+            let deadline = tokio::time::Instant::now() + LINGER_TIME;
+            while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, body.frame()).await {
+                seen += frame.data_ref().map_or(0, Bytes::len);
+                if seen > max_bytes {
+                    break;
+                }
+            }
+        });
+    }
+    closing(r)
+}
+
+fn too_large(max: usize) -> Response {
+    reply(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("body larger than {max} bytes"),
+    )
+}
+
+/// The answer to records the pipeline did not take: 413 for a record no output can ever
+/// take, 503 + `Retry-After` for every transient kind (never another 4xx: SNS counts any
+/// 4xx as delivered). The body names the cause (`disk full: ...`).
+fn ingest_rejection(e: &IngestError) -> Response {
+    match e {
+        IngestError::TooLarge { .. } => reply(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string()),
+        IngestError::Full => unavailable("buffers are full, retry later"),
+        IngestError::ShuttingDown | IngestError::DiskFull { .. } | IngestError::Buffer { .. } => {
+            unavailable(&e.to_string())
+        }
+    }
+}
+
+/// Why a body could not be read.
+enum BodyError {
+    TooLarge,
+    /// No bytes for `body_timeout`.
+    Timeout,
+    /// The memory budget could not take the next bytes.
+    Budget,
+    Read(String),
+}
+
+/// Reads the body as it arrives, reserving budget for the bytes actually held (never for
+/// what `Content-Length` announces: a client that sends nothing holds nothing), with at
+/// most `body_timeout` between two reads.
+async fn read_body(
+    s: &Shared,
+    body: &mut Body,
+    reservation: &mut Reservation,
+) -> Result<Bytes, BodyError> {
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        let frame = match tokio::time::timeout(s.cfg.body_timeout, body.frame()).await {
+            Err(_) => return Err(BodyError::Timeout),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(BodyError::Read(e.to_string())),
+            Ok(Some(Ok(f))) => f,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        if buf.len() + data.len() > s.cfg.max_body {
+            return Err(BodyError::TooLarge);
+        }
+        buf.reserve(data.len());
+        if buf.capacity() > reservation.bytes() {
+            let more = (buf.capacity() - reservation.bytes()).max(RESERVE_STEP);
+            let Some(r) = s.budget.try_acquire(more) else {
+                return Err(BodyError::Budget);
+            };
+            reservation.merge(r);
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok(Bytes::from(buf))
+}
+
+async fn handle(
+    s: Arc<Shared>,
+    tag: Option<String>,
+    headers: HeaderMap,
+    mut body: Body,
+) -> Response {
+    let max = s.cfg.max_body;
     if !authorized(&s.cfg.auth, &headers) {
         s.error("unauthorized");
         crate::warn_limited!(
@@ -183,77 +355,89 @@ async fn handle(s: Arc<Shared>, tag: Option<String>, headers: HeaderMap, body: B
                 HeaderValue::from_static("Basic realm=\"firelane\""),
             );
         }
-        return r;
+        return reject_unread(body, &headers, false, max, r);
     }
+    let encoding = match encoding(&headers) {
+        Ok(e) => e,
+        Err(e) => {
+            s.error("bad_encoding");
+            let r = reply(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                &format!("unsupported Content-Encoding {e:?} (gzip, deflate or identity)"),
+            );
+            return reject_unread(body, &headers, false, max, r);
+        }
+    };
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > s.cfg.max_body as u64) {
+    if declared.is_some_and(|n| n > max as u64) {
         s.error("too_large");
-        return reply(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("body larger than {} bytes", s.cfg.max_body),
-        );
+        return reject_unread(body, &headers, false, max, too_large(max));
     }
-    // Admission: reserve the body's size before reading it, so a burst of large posts
-    // waits for memory instead of growing the process.
-    let Some(mut reservation) = s.budget.try_acquire(declared.unwrap_or(64 * 1024) as usize) else {
-        s.error("full");
-        return unavailable("memory budget exhausted, retry later");
-    };
-    let raw = match http_body_util::Limited::new(body, s.cfg.max_body)
-        .collect()
-        .await
-    {
-        Ok(c) => c.to_bytes(),
-        Err(e) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                s.error("too_large");
-                return reply(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    &format!("body larger than {} bytes", s.cfg.max_body),
-                );
-            }
+    let mut reservation = Reservation::empty();
+    let raw = match read_body(&s, &mut body, &mut reservation).await {
+        Ok(raw) => raw,
+        Err(BodyError::TooLarge) => {
+            s.error("too_large");
+            return reject_unread(body, &headers, true, max, too_large(max));
+        }
+        Err(BodyError::Budget) => {
+            s.error("full");
+            let r = unavailable("memory budget exhausted, retry later");
+            return reject_unread(body, &headers, true, max, r);
+        }
+        Err(BodyError::Timeout) => {
+            s.error("body_timeout");
+            crate::warn_limited!(
+                "http_body_timeout",
+                "input {}: closed a request whose body stalled for {:?} (body_timeout)",
+                s.cfg.name,
+                s.cfg.body_timeout
+            );
+            return closing(reply(
+                StatusCode::REQUEST_TIMEOUT,
+                "request body stalled (body_timeout)",
+            ));
+        }
+        Err(BodyError::Read(e)) => {
             s.error("read_failed");
-            return reply(StatusCode::BAD_REQUEST, "could not read the request body");
+            return closing(reply(
+                StatusCode::BAD_REQUEST,
+                &format!("could not read the request body: {e}"),
+            ));
         }
     };
+    drop(body);
     s.bytes.increment(raw.len() as u64);
-    let gzip = match headers
-        .get(header::CONTENT_ENCODING)
-        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
-    {
-        None => false,
-        Some(e) if e.is_empty() || e == "identity" => false,
-        Some(e) if e == "gzip" || e == "x-gzip" => true,
-        Some(e) => {
-            s.error("bad_encoding");
+    let data: Bytes = match decode_capped(encoding, &raw, max) {
+        Ok(None) => raw,
+        Ok(Some(d)) => {
+            // Decoded bytes are held like received ones: within the budget or not at all
+            // (16 concurrent 8 MiB bombs would otherwise hold 128 MiB outside it).
+            drop(raw);
+            let Some(extra) = s.budget.try_acquire(d.len()) else {
+                s.error("full");
+                return unavailable("memory budget exhausted, retry later");
+            };
+            reservation.merge(extra);
+            Bytes::from(d)
+        }
+        Err(DecodeError::TooLarge) => {
+            s.error("too_large");
             return reply(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                &format!("unsupported Content-Encoding {e:?}"),
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("decompressed body larger than {max} bytes"),
             );
         }
-    };
-    let data: Bytes = if gzip {
-        match gunzip_capped(&raw, s.cfg.max_body) {
-            Ok(d) => Bytes::from(d),
-            Err(GunzipError::TooLarge) => {
-                s.error("too_large");
-                return reply(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    &format!("decompressed body larger than {} bytes", s.cfg.max_body),
-                );
-            }
-            Err(GunzipError::Corrupt(e)) => {
-                s.error("bad_body");
-                return reply(StatusCode::BAD_REQUEST, &format!("invalid gzip body: {e}"));
-            }
+        Err(DecodeError::Corrupt(e)) => {
+            s.error("bad_body");
+            return reply(
+                StatusCode::BAD_REQUEST,
+                &format!("invalid {} body: {e}", encoding.name()),
+            );
         }
-    } else {
-        raw
     };
     if let Some(extra) = s.budget.try_acquire(data.len().saturating_mul(3)) {
         reservation.merge(extra);
@@ -284,31 +468,29 @@ async fn handle(s: Arc<Shared>, tag: Option<String>, headers: HeaderMap, body: B
         )
             .into_response();
     }
-    match tokio::time::timeout(s.cfg.accept_timeout, s.ingest.ingest(records)).await {
+    let err = match tokio::time::timeout(s.cfg.accept_timeout, s.ingest.ingest(records)).await {
         Ok(Ok(())) => {
             s.records.increment(n as u64);
             drop(reservation);
-            (
+            return (
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, "application/json")],
                 format!("{{\"accepted\":{n}}}"),
             )
-                .into_response()
+                .into_response();
         }
-        Ok(Err(IngestError::ShuttingDown)) => unavailable("shutting down"),
-        Ok(Err(IngestError::Full)) | Err(_) => {
-            s.error("full");
-            unavailable("buffers are full, retry later")
-        }
-        Ok(Err(e @ IngestError::TooLarge { .. })) => {
-            s.error(e.kind());
-            (StatusCode::PAYLOAD_TOO_LARGE, e.to_string()).into_response()
-        }
-        Ok(Err(e)) => {
-            s.error(e.kind());
-            unavailable(&e.to_string())
-        }
+        Ok(Err(e)) => e,
+        Err(_) => IngestError::Full,
+    };
+    s.error(err.kind());
+    if !matches!(err, IngestError::Full | IngestError::ShuttingDown) {
+        crate::warn_limited!(
+            "http_ingest",
+            "input {}: refused a request: {err}",
+            s.cfg.name
+        );
     }
+    ingest_rejection(&err)
 }
 
 fn authorized(auth: &HttpAuth, headers: &HeaderMap) -> bool {
@@ -359,18 +541,47 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-enum GunzipError {
+enum DecodeError {
     TooLarge,
     Corrupt(String),
 }
 
-fn gunzip_capped(data: &[u8], cap: usize) -> Result<Vec<u8>, GunzipError> {
+/// Decompresses `data` (`None` for identity), failing once the output passes `cap` bytes
+/// (compression bombs stop there, not at the end of the stream).
+fn decode_capped(enc: Encoding, data: &[u8], cap: usize) -> Result<Option<Vec<u8>>, DecodeError> {
+    match enc {
+        Encoding::Identity => Ok(None),
+        Encoding::Gzip => read_capped(flate2::read::MultiGzDecoder::new(data), cap).map(Some),
+        Encoding::Deflate if looks_like_zlib(data) => {
+            match read_capped(flate2::read::ZlibDecoder::new(data), cap) {
+                // Raw deflate can start with two bytes that pass the zlib header check.
+                Err(DecodeError::Corrupt(_)) => {
+                    read_capped(flate2::read::DeflateDecoder::new(data), cap).map(Some)
+                }
+                r => r.map(Some),
+            }
+        }
+        Encoding::Deflate => read_capped(flate2::read::DeflateDecoder::new(data), cap).map(Some),
+    }
+}
+
+/// RFC 1950 §2.2: CM = 8 (deflate), CINFO <= 7, and CMF*256 + FLG a multiple of 31.
+fn looks_like_zlib(data: &[u8]) -> bool {
+    match data {
+        [cmf, flg, ..] => {
+            cmf & 0x0f == 8 && cmf >> 4 <= 7 && (u16::from(*cmf) << 8 | u16::from(*flg)) % 31 == 0
+        }
+        _ => false,
+    }
+}
+
+fn read_capped(dec: impl Read, cap: usize) -> Result<Vec<u8>, DecodeError> {
     let mut out = Vec::new();
-    let mut dec = flate2::read::MultiGzDecoder::new(data).take(cap as u64 + 1);
-    dec.read_to_end(&mut out)
-        .map_err(|e| GunzipError::Corrupt(e.to_string()))?;
+    dec.take(cap as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
     if out.len() > cap {
-        return Err(GunzipError::TooLarge);
+        return Err(DecodeError::TooLarge);
     }
     Ok(out)
 }
@@ -601,14 +812,227 @@ mod tests {
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         e.write_all(&vec![b'a'; 10_000]).unwrap();
         let gz = e.finish().unwrap();
-        assert!(gunzip_capped(&gz, 20_000).is_ok());
+        assert!(decode_capped(Encoding::Gzip, &gz, 20_000).is_ok());
         assert!(matches!(
-            gunzip_capped(&gz, 5_000),
-            Err(GunzipError::TooLarge)
+            decode_capped(Encoding::Gzip, &gz, 5_000),
+            Err(DecodeError::TooLarge)
         ));
         assert!(matches!(
-            gunzip_capped(b"not gzip", 5_000),
-            Err(GunzipError::Corrupt(_))
+            decode_capped(Encoding::Gzip, b"not gzip", 5_000),
+            Err(DecodeError::Corrupt(_))
         ));
+    }
+
+    #[test]
+    fn deflate_zlib_and_raw() {
+        use std::io::Write;
+        let data = vec![b'd'; 10_000];
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(&data).unwrap();
+        let z = z.finish().unwrap();
+        let mut r = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        r.write_all(&data).unwrap();
+        let r = r.finish().unwrap();
+        assert!(looks_like_zlib(&z));
+        for body in [&z, &r] {
+            let out = decode_capped(Encoding::Deflate, body, 20_000);
+            assert!(matches!(out, Ok(Some(ref d)) if *d == data));
+            assert!(matches!(
+                decode_capped(Encoding::Deflate, body, 5_000),
+                Err(DecodeError::TooLarge)
+            ));
+        }
+        assert!(matches!(
+            decode_capped(Encoding::Deflate, b"\x78\x9cnope", 5_000),
+            Err(DecodeError::Corrupt(_))
+        ));
+    }
+
+    /// Counters incremented while it is the thread's recorder: (name, kind label, value).
+    #[derive(Default)]
+    struct Counted(Arc<parking_lot::Mutex<Vec<(String, String, u64)>>>);
+
+    struct CounterCell {
+        name: String,
+        kind: String,
+        store: Arc<parking_lot::Mutex<Vec<(String, String, u64)>>>,
+    }
+
+    impl metrics::CounterFn for CounterCell {
+        fn increment(&self, value: u64) {
+            self.store
+                .lock()
+                .push((self.name.clone(), self.kind.clone(), value));
+        }
+        fn absolute(&self, _: u64) {}
+    }
+
+    impl metrics::Recorder for Counted {
+        fn describe_counter(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn describe_gauge(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn describe_histogram(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> Counter {
+            let kind = key
+                .labels()
+                .find(|l| l.key() == "kind")
+                .map(|l| l.value().to_string())
+                .unwrap_or_default();
+            Counter::from_arc(Arc::new(CounterCell {
+                name: key.name().to_string(),
+                kind,
+                store: self.0.clone(),
+            }))
+        }
+        fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+            metrics::Gauge::noop()
+        }
+        fn register_histogram(
+            &self,
+            _: &metrics::Key,
+            _: &metrics::Metadata<'_>,
+        ) -> metrics::Histogram {
+            metrics::Histogram::noop()
+        }
+    }
+
+    /// An ingest that refuses every request with one error.
+    struct Refuses(IngestError);
+
+    #[async_trait::async_trait]
+    impl Ingest for Refuses {
+        async fn ingest(&self, _: Vec<Record>) -> Result<(), IngestError> {
+            Err(self.0.clone())
+        }
+    }
+
+    /// Posts one record to an input whose pipeline answers `err`; returns the status, the
+    /// Retry-After header, the body, and the `kind`s counted as input errors.
+    fn post_refused(err: IngestError) -> (StatusCode, Option<String>, String, Vec<String>) {
+        let rec = Counted::default();
+        let store = rec.0.clone();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (status, retry, body) = metrics::with_local_recorder(&rec, || {
+            rt.block_on(async {
+                let s = Arc::new(Shared {
+                    cfg: HttpInputConfig::new("web", "127.0.0.1:0"),
+                    ingest: Arc::new(Refuses(err)),
+                    budget: MemoryBudget::new(8 << 20),
+                    records: metrics::counter!("firelane_input_records_total"),
+                    bytes: metrics::counter!("firelane_input_bytes_total"),
+                });
+                let r = handle(s, None, HeaderMap::new(), Body::from(r#"{"a":1}"#)).await;
+                let status = r.status();
+                let retry = r
+                    .headers()
+                    .get(header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                let body = r.into_body().collect().await.unwrap().to_bytes();
+                (status, retry, String::from_utf8_lossy(&body).into_owned())
+            })
+        });
+        let kinds = store
+            .lock()
+            .iter()
+            .filter(|(name, _, _)| name == "firelane_input_errors_total")
+            .map(|(_, kind, _)| kind.clone())
+            .collect();
+        (status, retry, body, kinds)
+    }
+
+    #[test]
+    fn ingest_errors_map_to_answers_and_are_counted_by_kind() {
+        let disk_full = IngestError::DiskFull {
+            output: "s3".into(),
+        };
+        let (status, retry, body, kinds) = post_refused(disk_full);
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(retry.is_some(), "Retry-After on 503");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            v["error"].as_str().is_some_and(|e| e.contains("disk full")),
+            "{body}"
+        );
+        assert_eq!(kinds, ["disk_full"]);
+
+        let too_large = IngestError::TooLarge {
+            bytes: 2_000_000,
+            limit: 1_048_576,
+            output: "fh".into(),
+        };
+        let (status, retry, body, kinds) = post_refused(too_large);
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(retry.is_none());
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            v["error"].as_str().is_some_and(|e| e.contains("fh")),
+            "{body}"
+        );
+        assert_eq!(kinds, ["too_large"]);
+
+        for (err, kind) in [
+            (IngestError::Full, "full"),
+            (IngestError::ShuttingDown, "shutting_down"),
+            (
+                IngestError::Buffer {
+                    output: "o".into(),
+                    reason: "EIO".into(),
+                },
+                "buffer_error",
+            ),
+        ] {
+            let (status, retry, _, kinds) = post_refused(err);
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{kind}");
+            assert!(retry.is_some(), "{kind}: Retry-After");
+            assert_eq!(kinds, [kind]);
+        }
+    }
+
+    #[tokio::test]
+    async fn decoded_bodies_are_held_within_the_budget() {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        let json = format!("{{\"fill\":\"{}\"}}", " ".repeat(512 * 1024));
+        e.write_all(json.as_bytes()).unwrap();
+        let gz = e.finish().unwrap();
+        let budget = MemoryBudget::new(256 * 1024);
+        let s = Arc::new(Shared {
+            cfg: HttpInputConfig::new("web", "127.0.0.1:0"),
+            ingest: Arc::new(Refuses(IngestError::Full)),
+            budget: budget.clone(),
+            records: Counter::noop(),
+            bytes: Counter::noop(),
+        });
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        let r = handle(s, None, h, Body::from(gz)).await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        assert!(
+            String::from_utf8_lossy(&body).contains("memory budget"),
+            "{body:?}"
+        );
+        assert_eq!(budget.used(), 0, "everything returned");
     }
 }
