@@ -184,8 +184,13 @@ fn wait_sent(r: &Router, n: u64, timeout: Duration) {
 
 /// SIGTERM: the router flushes its open batches (the tail of a burst would otherwise wait
 /// for `max_age`) and must exit 0 within the grace period.
-fn stop(mut r: Router) -> Router {
-    let status = r.terminate(Duration::from_secs(60));
+fn stop(r: Router) -> Router {
+    stop_within(r, Duration::from_secs(60))
+}
+
+/// [`stop`] for a router whose `shutdown_grace` is longer than a minute.
+fn stop_within(mut r: Router, timeout: Duration) -> Router {
+    let status = r.terminate(timeout);
     assert!(status.success(), "exit status {status}\n{}", r.logs());
     let logs = r.logs();
     assert!(
@@ -389,6 +394,14 @@ fn rt() -> &'static tokio::runtime::Runtime {
     })
 }
 
+/// One moto test at a time: moto is a single Python process, and several bursts of
+/// 200,000+ records against it at once (the test harness runs tests in parallel) make each
+/// one slow enough to run into shutdown deadlines on a loaded 2-core machine.
+fn moto_serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 struct Aws {
     s3: aws_sdk_s3::Client,
     firehose: aws_sdk_firehose::Client,
@@ -552,6 +565,7 @@ force_path_style = true
 #[test]
 fn s3_default_takes_an_acked_burst() {
     let Some(ep) = endpoint() else { return };
+    let _serial = moto_serial();
     let aws = Aws::new(&ep);
     let bucket = unique("fl-core-s3");
     aws.create_bucket(&bucket);
@@ -572,6 +586,7 @@ fn s3_default_takes_an_acked_burst() {
 #[test]
 fn s3_huge_batch_config_takes_an_acked_burst() {
     let Some(ep) = endpoint() else { return };
+    let _serial = moto_serial();
     let aws = Aws::new(&ep);
     let bucket = unique("fl-core-s3big");
     aws.create_bucket(&bucket);
@@ -596,6 +611,7 @@ fn s3_huge_batch_config_takes_an_acked_burst() {
 #[test]
 fn firehose_default_takes_an_acked_burst() {
     let Some(ep) = endpoint() else { return };
+    let _serial = moto_serial();
     let aws = Aws::new(&ep);
     let bucket = unique("fl-core-fhb");
     aws.create_bucket(&bucket);
@@ -617,6 +633,7 @@ fn firehose_default_takes_an_acked_burst() {
 #[test]
 fn cloudwatch_logs_default_takes_an_acked_burst() {
     let Some(ep) = endpoint() else { return };
+    let _serial = moto_serial();
     let aws = Aws::new(&ep);
     let group = unique("/fl/core");
     let fwd = free_port();
@@ -915,6 +932,7 @@ fn peak_rss(pid: u32) -> u64 {
 #[test]
 fn s3_many_tags_stay_within_the_memory_limit() {
     let Some(ep) = endpoint() else { return };
+    let _serial = moto_serial();
     let aws = Aws::new(&ep);
     let bucket = unique("fl-core-tags");
     aws.create_bucket(&bucket);
@@ -972,7 +990,8 @@ fn s3_many_tags_stay_within_the_memory_limit() {
         "peak RSS {} MiB under memory_limit 128MiB",
         peak >> 20
     );
-    let _r = stop(r);
+    // Grace is 120 s here: wait for it, plus a margin.
+    let _r = stop_within(r, Duration::from_secs(150));
     let (text, objects) = aws.text_under(&bucket, "t/");
     assert_exactly_once("s3", seqs_of_lines(&text), tags);
     assert_eq!(objects as u64, tags, "one object per tag");
