@@ -1520,3 +1520,212 @@ buffer = {{ type = "disk" }}
         assert!(text.contains(&format!("# TYPE {f} ")), "no # TYPE for {f}");
     }
 }
+
+/// Runs `firelane run -c path` and waits at most 30 s for it to exit by itself; a router
+/// that started (the fault: it would run until stopped) is killed and its output returned
+/// with the exit code of the kill (-1), which no assertion accepts.
+fn run_briefly(path: &str) -> Output {
+    let mut child = Command::new(BIN)
+        .args(["run", "-c", path])
+        .env_remove("FIRELANE_CONFIG")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        // No instance metadata lookups if an output started after all.
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn firelane run");
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        if child.try_wait().expect("try_wait").is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if child.try_wait().expect("try_wait").is_none() {
+        let _ = child.kill();
+    }
+    child.wait_with_output().expect("wait firelane run")
+}
+
+/// Issue #9 round 2: `check` exited 0 on configs that `run` then refused at start-up
+/// (exit 1): an output's own construction checks (templates, names, storage class, HTTP
+/// headers) only ran when the output started, and listen-address clashes only showed as
+/// "Address already in use". Each case: `check` exits 1 with one clear, located
+/// (`file:line:col`) message, printed once; `run` exits 78 (config error) before it
+/// starts anything.
+#[test]
+fn check_refuses_what_run_would_refuse_at_start_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let cw = "type = \"cloudwatch_logs\"\nregion = \"us-east-1\"\n";
+    let s3 = "type = \"s3\"\nregion = \"us-east-1\"\n";
+    // (case, inputs (None: one forward input on a free port), output table body,
+    //  text the one error line must contain)
+    let cases: Vec<(&str, Option<String>, String, &str)> = vec![
+        (
+            "cw_stream_colon",
+            None,
+            format!("{cw}log_group = \"/ecs/{{tag}}\"\nlog_stream = \"{{tag}}:{{x}}\""),
+            "outputs.out.log_stream: \"{tag}:{x}\": ':' is not allowed",
+        ),
+        (
+            "cw_group_space",
+            None,
+            format!("{cw}log_group = \"/ecs/my app/{{tag}}\""),
+            "outputs.out.log_group: \"/ecs/my app/{tag}\": ' ' is not allowed",
+        ),
+        (
+            "cw_group_empty",
+            None,
+            format!("{cw}log_group = \"\""),
+            "outputs.out.log_group: \"\": must be non-empty",
+        ),
+        (
+            "cw_tag_negative_index",
+            None,
+            format!("{cw}log_group = \"/ecs/{{tag[-1]}}\""),
+            "outputs.out.log_group: template \"/ecs/{tag[-1]}\", column 6",
+        ),
+        (
+            "cw_unknown_time_field",
+            None,
+            format!("{cw}log_group = \"/ecs/%Q\""),
+            "outputs.out.log_group: template \"/ecs/%Q\", column 6: unsupported time field `%Q`",
+        ),
+        (
+            "s3_unclosed_brace",
+            None,
+            format!("{s3}bucket = \"b\"\nkey = \"{{tag\""),
+            "outputs.out.key: template \"{tag\", column 1: unclosed `{`",
+        ),
+        (
+            "s3_empty_bucket",
+            None,
+            format!("{s3}bucket = \"\""),
+            "outputs.out.bucket: \"\": must not be empty",
+        ),
+        (
+            "s3_storage_class",
+            None,
+            format!("{s3}bucket = \"b\"\nstorage_class = \"WRONG\""),
+            "outputs.out.storage_class: \"WRONG\": expected one of",
+        ),
+        (
+            "firehose_empty_stream",
+            None,
+            "type = \"firehose\"\nregion = \"us-east-1\"\ndelivery_stream = \"\"".to_string(),
+            "outputs.out.delivery_stream: \"\": must not be empty",
+        ),
+        (
+            "http_bad_header_name",
+            None,
+            format!(
+                "type = \"http\"\nurl = \"http://127.0.0.1:{}/\"\nheaders = {{ \"bad header\" = \"x\" }}",
+                free_port()
+            ),
+            "outputs.out.headers: header \"bad header\": invalid HTTP header name",
+        ),
+        (
+            "same_listen_twice_in_one_input",
+            Some({
+                let p = free_port();
+                format!(
+                    "[inputs.f]\ntype = \"forward\"\nlisten = [\"tcp://127.0.0.1:{p}\", \"tcp://127.0.0.1:{p}\"]\n"
+                )
+            }),
+            "type = \"null\"".to_string(),
+            "is listed twice in this input",
+        ),
+        (
+            "two_inputs_on_one_port",
+            Some({
+                let p = free_port();
+                format!(
+                    "[inputs.f]\ntype = \"forward\"\nlisten = [\"tcp://127.0.0.1:{p}\"]\n[inputs.web]\ntype = \"http\"\nlisten = \"0.0.0.0:{p}\"\n"
+                )
+            }),
+            "type = \"null\"".to_string(),
+            "inputs.web.listen: 0.0.0.0:",
+        ),
+        (
+            "two_inputs_on_one_unix_path",
+            Some({
+                let sock = dir.path().join("fluent.sock");
+                let sock = sock.display();
+                format!(
+                    "[inputs.a]\ntype = \"forward\"\nlisten = [\"unix://{sock}\"]\n[inputs.b]\ntype = \"forward\"\nlisten = [\"unix://{sock}\"]\n"
+                )
+            }),
+            "type = \"null\"".to_string(),
+            "clashes with inputs.a.listen",
+        ),
+        (
+            "admin_and_http_input_on_one_port",
+            Some("[inputs.web]\ntype = \"http\"\nlisten = \"127.0.0.1:{admin}\"\n".to_string()),
+            "type = \"null\"".to_string(),
+            "clashes with admin.listen",
+        ),
+    ];
+    for (case, inputs, output, needle) in cases {
+        let admin = free_port();
+        let inputs = inputs
+            .unwrap_or_else(|| {
+                format!(
+                    "[inputs.f]\ntype = \"forward\"\nlisten = [\"tcp://127.0.0.1:{}\"]\n",
+                    free_port()
+                )
+            })
+            .replace("{admin}", &admin.to_string());
+        let cfg = format!(
+            "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[runtime]\ndata_dir = \"{}\"\n{inputs}[routes.all]\nto = [\"out\"]\n[outputs.out]\n{output}\n",
+            data.display()
+        );
+        let path = write(dir.path(), &format!("{case}.toml"), &cfg);
+
+        let o = firelane(&["check", "-c", &path], &[]);
+        assert_no_panic(&o);
+        let all = format!("{}{}", text(&o.stdout), text(&o.stderr));
+        assert_eq!(code(&o), 1, "{case}: check must refuse:\n{cfg}\n{all}");
+        assert_eq!(
+            all.matches(needle).count(),
+            1,
+            "{case}: {needle:?} once:\n{all}"
+        );
+        let line = all
+            .lines()
+            .find(|l| l.contains(needle))
+            .expect("the error line");
+        // file:line:col: message
+        let located = line
+            .strip_prefix(&format!("{path}:"))
+            .and_then(|rest| {
+                let mut parts = rest.splitn(3, ':');
+                let l = parts.next()?.parse::<u32>().ok()?;
+                let c = parts.next()?.parse::<u32>().ok()?;
+                Some(l > 0 && c > 0)
+            })
+            .unwrap_or(false);
+        assert!(located, "{case}: not located at file:line:col: {line}");
+        assert!(
+            all.contains("config invalid: 1 error(s)"),
+            "{case}: exactly one error:\n{all}"
+        );
+
+        let o = run_briefly(&path);
+        assert_no_panic(&o);
+        let err = text(&o.stderr);
+        assert_eq!(code(&o), 78, "{case}: run must exit 78:\n{err}");
+        assert_eq!(
+            err.matches(needle).count(),
+            1,
+            "{case}: {needle:?} once:\n{err}"
+        );
+        assert!(
+            !err.contains("starting firelane"),
+            "{case}: run started before refusing the config:\n{err}"
+        );
+    }
+}

@@ -21,7 +21,7 @@ auth = { type = "bearer", token = "t" }
 
 [routes.all]
 from = ["app"]
-to = ["archive", "logs", "stream", "hook", "local", "out", "nothing", "bad"]
+to = ["archive", "logs", "stream", "hook", "local", "out", "nothing"]
 
 [outputs.archive]
 type = "s3"
@@ -52,11 +52,6 @@ type = "stdout"
 
 [outputs.nothing]
 type = "null"
-
-[outputs.bad]
-type = "cloudwatch_logs"
-log_group = "/ecs/my app"
-log_stream = "s"
 "#;
 
 fn route(config: &Path, event: &str, extra: &[&str]) -> Output {
@@ -138,10 +133,22 @@ fn route_prints_rendered_destinations_without_sending() {
     );
     assert_eq!(line(&out, "out"), "  out (stdout): standard output");
     assert!(line(&out, "nothing").starts_with("  nothing (null): discarded"));
-    // An output that would not start says why, naming the key.
-    let bad = line(&out, "bad");
+    // An output that would not start: the config is refused (the same check as `check`
+    // and `run`), naming the output's key and where it is.
+    let bad_config = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad_config,
+        CONFIG.replace("\"nothing\"]", "\"nothing\", \"bad\"]")
+            + "\n[outputs.bad]\ntype = \"cloudwatch_logs\"\nlog_group = \"/ecs/my app\"\nlog_stream = \"s\"\n",
+    )
+    .expect("write config");
+    let o = route(&bad_config, event, &["--tag", "web..x"]);
+    let bad = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(2), "{bad}");
     assert!(
-        bad.contains("log_group") && bad.contains("not allowed"),
+        bad.contains("bad.toml:")
+            && bad.contains("outputs.bad.log_group")
+            && bad.contains("not allowed"),
         "{bad}"
     );
     for secret in ["hunter2", "s3cr3t", "=abc"] {

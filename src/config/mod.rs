@@ -403,14 +403,22 @@ fn read_config(top: &mut Table<'_, '_>, d: &mut Diagnostics) -> Config {
     // routes naming them must not add "unknown input/output" noise on top.
     let mut broken: Vec<String> = Vec::new();
     let mut inputs = Vec::new();
+    // Every socket the inputs listen on, with the input's name and the `listen` span.
+    let mut listens: Vec<(String, Listen, std::ops::Range<usize>)> = Vec::new();
     if let Some(mut t) = top.opt_table(d, "inputs") {
         for (name, mut it) in t.subtables(d) {
             check_name(d, &name, "input");
             match read_input(&name, &mut it, d) {
-                Some(kind) => inputs.push(InputSpec {
-                    name: name.get_ref().clone(),
-                    kind,
-                }),
+                Some(kind) => {
+                    let span = it.value_span("listen");
+                    for addr in listen_addrs(&kind) {
+                        listens.push((name.get_ref().clone(), addr, span.clone()));
+                    }
+                    inputs.push(InputSpec {
+                        name: name.get_ref().clone(),
+                        kind,
+                    });
+                }
                 None => broken.push(name.get_ref().clone()),
             }
         }
@@ -422,8 +430,10 @@ fn read_config(top: &mut Table<'_, '_>, d: &mut Diagnostics) -> Config {
     if let Some(mut t) = top.opt_table(d, "outputs") {
         for (name, mut ot) in t.subtables(d) {
             check_name(d, &name, "output");
+            let before = d.errors.len();
             match read_output(&name, &mut ot, d) {
                 Some(o) => {
+                    check_sink(&o, &ot, name.span(), before, d);
                     output_spans.push(name.span());
                     outputs.push(o);
                 }
@@ -465,6 +475,7 @@ fn read_config(top: &mut Table<'_, '_>, d: &mut Diagnostics) -> Config {
             d.warn(span.clone(), w);
         }
     }
+    check_listen_clashes(d, &admin, &listens);
     cross_check(
         d,
         top,
@@ -1500,6 +1511,129 @@ fn read_aws(t: &mut Table<'_, '_>, d: &mut Diagnostics) -> AwsSpec {
         region: t.opt_string(d, "region"),
         endpoint_url,
         role_arn: t.opt_string(d, "role_arn"),
+    }
+}
+
+/// The construction-time checks of `o`'s own sink, the ones `run` meets when it starts
+/// the output ([`crate::output::from_config::validate`], no network or AWS call), located
+/// at the key they concern. A key whose value this reader already refused (an error since
+/// `before` at the same place or about the same key) is not reported twice.
+fn check_sink(
+    o: &OutputSpec,
+    t: &Table<'_, '_>,
+    name_span: std::ops::Range<usize>,
+    before: usize,
+    d: &mut Diagnostics,
+) {
+    let Err(e) = crate::output::from_config::validate(o) else {
+        return;
+    };
+    let (what, span) = match e.key {
+        Some(k) => (format!("{}.{k}", t.path()), t.value_span(k)),
+        None => (t.path().to_string(), name_span),
+    };
+    let prefix = format!("{what}:");
+    if d.errors[before..]
+        .iter()
+        .any(|x| x.span == span || x.message.starts_with(&prefix))
+    {
+        return;
+    }
+    d.error(span, format!("{what}: {}", e.message));
+}
+
+/// A socket an input or the admin server listens on.
+#[derive(Clone, Debug, PartialEq)]
+enum Listen {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Listen::Tcp(a) => write!(f, "{a}"),
+            Listen::Unix(p) => write!(f, "unix://{}", p.display()),
+        }
+    }
+}
+
+/// The sockets of one input that parse (those that do not have their own error).
+fn listen_addrs(kind: &InputKind) -> Vec<Listen> {
+    match kind {
+        InputKind::Forward(f) => f
+            .listen
+            .iter()
+            .filter_map(|l| {
+                if let Some(hp) = l.strip_prefix("tcp://") {
+                    hp.parse().ok().map(Listen::Tcp)
+                } else {
+                    l.strip_prefix("unix://")
+                        .map(|p| Listen::Unix(PathBuf::from(p)))
+                }
+            })
+            .collect(),
+        InputKind::Http(h) => h.listen.parse().ok().map(Listen::Tcp).into_iter().collect(),
+    }
+}
+
+/// Whether binding both sockets fails with "Address already in use" on Linux: the same
+/// unix path, or the same TCP port on the same address, or on a wildcard address that
+/// covers the other (`0.0.0.0` covers every IPv4 address; `[::]` is dual-stack by default,
+/// `net.ipv6.bindv6only = 0`, so it covers IPv4 too). Port 0 picks a free port: no clash.
+fn listens_clash(a: &Listen, b: &Listen) -> bool {
+    match (a, b) {
+        (Listen::Unix(x), Listen::Unix(y)) => x == y,
+        (Listen::Tcp(x), Listen::Tcp(y)) => {
+            if x.port() != y.port() || x.port() == 0 {
+                return false;
+            }
+            let (x, y) = (x.ip(), y.ip());
+            let v6_any = |ip: std::net::IpAddr| ip.is_ipv6() && ip.is_unspecified();
+            x == y
+                || (x.is_ipv4() == y.is_ipv4() && (x.is_unspecified() || y.is_unspecified()))
+                || v6_any(x)
+                || v6_any(y)
+        }
+        _ => false,
+    }
+}
+
+/// Two inputs, one input twice, or an input and the admin server on one socket: `run`
+/// would fail at start-up with "Address already in use" after binding the first, so the
+/// config is refused here, at the later `listen`.
+fn check_listen_clashes(
+    d: &mut Diagnostics,
+    admin: &AdminSettings,
+    listens: &[(String, Listen, std::ops::Range<usize>)],
+) {
+    let admin_listen = Listen::Tcp(admin.listen);
+    for (i, (name, addr, span)) in listens.iter().enumerate() {
+        if listens_clash(addr, &admin_listen) {
+            d.error(
+                span.clone(),
+                format!(
+                    "inputs.{name}.listen: {addr} clashes with admin.listen = \"{}\" (both would bind the same port: \"Address already in use\"); give each its own port",
+                    admin.listen
+                ),
+            );
+            continue;
+        }
+        if let Some((other, other_addr, _)) =
+            listens[..i].iter().find(|(_, a, _)| listens_clash(addr, a))
+        {
+            let whose = if other == name {
+                "is listed twice in this input".to_string()
+            } else {
+                format!("clashes with inputs.{other}.listen ({other_addr})")
+            };
+            d.error(
+                span.clone(),
+                format!(
+                    "inputs.{name}.listen: {addr} {whose} (both would bind the same socket: \"Address already in use\"); give each its own address"
+                ),
+            );
+        }
     }
 }
 

@@ -461,3 +461,24 @@ type = "null"
         assert!(e.iter().any(|m| m.contains(key)), "{key}: {e:?}");
     }
 }
+
+/// Which listen addresses `run` could not bind together (Linux, default dual-stack `[::]`).
+#[test]
+fn listen_clashes_follow_what_bind_refuses() {
+    use super::{Listen, listens_clash};
+    let tcp = |s: &str| Listen::Tcp(s.parse().expect("socket address"));
+    let clash = |a: &str, b: &str| listens_clash(&tcp(a), &tcp(b));
+    assert!(clash("127.0.0.1:2020", "127.0.0.1:2020"));
+    assert!(clash("0.0.0.0:2020", "127.0.0.1:2020"));
+    assert!(clash("10.0.0.1:2020", "0.0.0.0:2020"));
+    assert!(clash("[::]:2020", "127.0.0.1:2020"));
+    assert!(clash("[::]:2020", "[::1]:2020"));
+    assert!(!clash("127.0.0.1:2020", "127.0.0.2:2020"));
+    assert!(!clash("127.0.0.1:2020", "127.0.0.1:2021"));
+    assert!(!clash("0.0.0.0:2020", "[::1]:2020"));
+    assert!(!clash("127.0.0.1:0", "127.0.0.1:0"));
+    let unix = |p: &str| Listen::Unix(p.into());
+    assert!(listens_clash(&unix("/run/a.sock"), &unix("/run/a.sock")));
+    assert!(!listens_clash(&unix("/run/a.sock"), &unix("/run/b.sock")));
+    assert!(!listens_clash(&unix("/run/a.sock"), &tcp("127.0.0.1:2020")));
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::task::JoinHandle;
 
-use super::aws::{AwsSettings, RecordFormat, cloudwatch_logs, firehose, s3};
+use super::aws::{AwsSettings, BuildError, RecordFormat, cloudwatch_logs, firehose, s3};
 use super::core::{
     DEFAULT_MAX_PARTITIONS, DeadLetter, OutputContext, OutputHealth, OutputShutdown, OutputSummary,
 };
@@ -251,6 +251,258 @@ impl HealthReport for HealthView {
     }
 }
 
+/// A setting of one output that its sink refuses at construction, found without any
+/// network or AWS call (see [`validate`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutputConfigError {
+    /// The output's key the problem is in (`log_stream`, `headers`…), when there is one,
+    /// so the config reader can point at its `file:line:col`.
+    pub key: Option<&'static str>,
+    /// What is wrong, without the output's name (the caller adds its location).
+    pub message: String,
+}
+
+impl OutputConfigError {
+    fn new(key: &'static str, message: impl Into<String>) -> Self {
+        OutputConfigError {
+            key: Some(key),
+            message: message.into(),
+        }
+    }
+
+    /// An AWS sink's [`BuildError`], reworded without the output's name.
+    fn aws(e: BuildError) -> Self {
+        match e {
+            BuildError::NoRegion { .. } => {
+                Self::new("region", "no AWS region: set `region` or AWS_REGION")
+            }
+            BuildError::Template { key, source, .. } => Self::new(key, source.to_string()),
+            BuildError::Invalid {
+                key, value, reason, ..
+            } => Self::new(key, format!("{value:?}: {reason}")),
+        }
+    }
+
+    fn http(e: http::HttpConfigError) -> Self {
+        use http::HttpConfigError as E;
+        let key = match &e {
+            E::Url { .. } => Some("url"),
+            E::Method(_) => Some("method"),
+            E::Header { .. } => Some("headers"),
+            E::Timeout => Some("timeout"),
+            E::Client(_) => None,
+        };
+        OutputConfigError {
+            key,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for OutputConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.key {
+            Some(k) => write!(f, "`{k}`: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for OutputConfigError {}
+
+/// The HTTP sink's settings from an `http` output's keys.
+fn http_config(
+    url: &str,
+    method: &str,
+    headers: &[(String, String)],
+    compression: Compression,
+    timeout: Duration,
+) -> Result<http::HttpConfig, OutputConfigError> {
+    let compression = match compression {
+        Compression::None => http::HttpCompression::None,
+        Compression::Gzip => http::HttpCompression::Gzip,
+        Compression::Zstd => {
+            return Err(OutputConfigError::new(
+                "compression",
+                "http outputs support compression none or gzip",
+            ));
+        }
+    };
+    Ok(http::HttpConfig {
+        url: url.to_string(),
+        method: method.to_string(),
+        headers: headers.to_vec(),
+        compression,
+        timeout,
+    })
+}
+
+/// The settings of one AWS sink, as `start` hands them to its `build`.
+enum AwsSinkConfig {
+    S3(s3::S3Config),
+    Firehose(firehose::FirehoseConfig),
+    CloudWatchLogs(cloudwatch_logs::CloudWatchLogsConfig),
+}
+
+/// The AWS sink's settings of `o`; `None` for the other output types.
+fn aws_config(
+    o: &OutputSpec,
+    batch: &BatchSettings,
+) -> Option<Result<AwsSinkConfig, OutputConfigError>> {
+    Some(Ok(match &o.kind {
+        OutputKind::S3 {
+            bucket,
+            key,
+            compression,
+            storage_class,
+            content_type,
+            acl,
+            log_key,
+            align,
+            force_path_style,
+            aws,
+        } => AwsSinkConfig::S3(s3::S3Config {
+            name: o.name.clone(),
+            bucket: bucket.clone(),
+            key: key.clone(),
+            compression: s3_compression(*compression),
+            storage_class: storage_class.clone(),
+            content_type: content_type.clone(),
+            acl: acl.clone(),
+            format: format_for(o, log_key),
+            align: *align,
+            force_path_style: *force_path_style,
+            aws: aws_settings(aws),
+            batch: batch.clone(),
+        }),
+        OutputKind::Firehose {
+            delivery_stream,
+            aggregate,
+            oversize,
+            log_key,
+            aws,
+        } => {
+            let oversize = match oversize.as_str() {
+                "truncate" => firehose::Oversize::Truncate,
+                "drop" => firehose::Oversize::Drop,
+                "split" => firehose::Oversize::Split,
+                other => {
+                    return Some(Err(OutputConfigError::new(
+                        "oversize",
+                        format!("{other:?}: expected split, truncate or drop"),
+                    )));
+                }
+            };
+            AwsSinkConfig::Firehose(firehose::FirehoseConfig {
+                name: o.name.clone(),
+                delivery_stream: delivery_stream.clone(),
+                aggregate: *aggregate,
+                oversize,
+                format: format_for(o, log_key),
+                aws: aws_settings(aws),
+                batch: batch.clone(),
+            })
+        }
+        OutputKind::CloudWatchLogs {
+            log_group,
+            log_stream,
+            auto_create,
+            retention_days,
+            tags,
+            log_key,
+            aws,
+        } => {
+            let retention_days = match retention_days.map(i32::try_from).transpose() {
+                Ok(d) => d,
+                Err(_) => {
+                    return Some(Err(OutputConfigError::new(
+                        "retention_days",
+                        "retention_days is too large",
+                    )));
+                }
+            };
+            AwsSinkConfig::CloudWatchLogs(cloudwatch_logs::CloudWatchLogsConfig {
+                name: o.name.clone(),
+                log_group: log_group.clone(),
+                log_stream: log_stream.clone(),
+                auto_create: *auto_create,
+                retention_days,
+                tags: tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                format: format_for(o, log_key),
+                aws: aws_settings(aws),
+                batch: batch.clone(),
+            })
+        }
+        _ => return None,
+    }))
+}
+
+/// Runs the construction-time checks of `o`'s sink, exactly those `start` runs (the same
+/// settings through the same constructors), without opening files, resolving credentials
+/// or calling AWS: AWS sinks are built around an SDK client that is never used. This is
+/// what makes `firelane check`, and `run` before it binds a port, refuse what `start`
+/// would refuse. Only the region lookup (`region` unset: env, profile, then IMDS) is left
+/// to `start`, as it may need the network.
+///
+/// Returns the first problem the sink reports (sinks stop at their first).
+pub fn validate(o: &OutputSpec) -> Result<(), OutputConfigError> {
+    use aws_config::{BehaviorVersion, Region};
+    let batch = batch_settings(o);
+    // Construction needs a region on the client; the configured one, else any: the
+    // client is dropped unused.
+    let unused_region =
+        |r: &Option<String>| Region::new(r.clone().unwrap_or_else(|| "us-east-1".into()));
+    match &o.kind {
+        OutputKind::Stdout | OutputKind::Null | OutputKind::File { .. } => Ok(()),
+        OutputKind::Http {
+            url,
+            method,
+            headers,
+            compression,
+            timeout,
+        } => {
+            let config = http_config(url, method, headers, *compression, *timeout)?;
+            http::HttpSink::new(&config, encoding_for(o), &batch)
+                .map(drop)
+                .map_err(OutputConfigError::http)
+        }
+        _ => match aws_config(o, &batch) {
+            None => Ok(()),
+            Some(Err(e)) => Err(e),
+            Some(Ok(AwsSinkConfig::S3(cfg))) => {
+                let conf = aws_sdk_s3::Config::builder()
+                    .behavior_version(BehaviorVersion::latest())
+                    .region(unused_region(&cfg.aws.region))
+                    .build();
+                s3::build_with_client(cfg, aws_sdk_s3::Client::from_conf(conf))
+                    .map(drop)
+                    .map_err(OutputConfigError::aws)
+            }
+            Some(Ok(AwsSinkConfig::Firehose(cfg))) => {
+                let conf = aws_sdk_firehose::Config::builder()
+                    .behavior_version(BehaviorVersion::latest())
+                    .region(unused_region(&cfg.aws.region))
+                    .build();
+                firehose::build_with_client(cfg, aws_sdk_firehose::Client::from_conf(conf))
+                    .map(drop)
+                    .map_err(OutputConfigError::aws)
+            }
+            Some(Ok(AwsSinkConfig::CloudWatchLogs(cfg))) => {
+                let conf = aws_sdk_cloudwatchlogs::Config::builder()
+                    .behavior_version(BehaviorVersion::latest())
+                    .region(unused_region(&cfg.aws.region))
+                    .build();
+                cloudwatch_logs::build_with_client(
+                    cfg,
+                    aws_sdk_cloudwatchlogs::Client::from_conf(conf),
+                )
+                .map(drop)
+                .map_err(OutputConfigError::aws)
+            }
+        },
+    }
+}
+
 /// Builds the sink of `o` (checking credentials-free settings, opening files) and starts
 /// its delivery loop on the buffer `reader`.
 pub async fn start(
@@ -295,101 +547,21 @@ pub async fn start(
             compression,
             timeout,
         } => {
-            let compression = match compression {
-                Compression::None => http::HttpCompression::None,
-                Compression::Gzip => http::HttpCompression::Gzip,
-                Compression::Zstd => anyhow::bail!("http outputs support compression none or gzip"),
-            };
-            let config = http::HttpConfig {
-                url: url.clone(),
-                method: method.clone(),
-                headers: headers.clone(),
-                compression,
-                timeout: *timeout,
-            };
+            let config = http_config(url, method, headers, *compression, *timeout)?;
             spawn(
                 ctx,
-                http::HttpSink::new(&config, encoding_for(o), &batch)?,
+                http::HttpSink::new(&config, encoding_for(o), &batch)
+                    .map_err(OutputConfigError::http)?,
                 reader,
             )
         }
-        OutputKind::S3 {
-            bucket,
-            key,
-            compression,
-            storage_class,
-            content_type,
-            acl,
-            log_key,
-            align,
-            force_path_style,
-            aws,
-        } => {
-            let cfg = s3::S3Config {
-                name: o.name.clone(),
-                bucket: bucket.clone(),
-                key: key.clone(),
-                compression: s3_compression(*compression),
-                storage_class: storage_class.clone(),
-                content_type: content_type.clone(),
-                acl: acl.clone(),
-                format: format_for(o, log_key),
-                align: *align,
-                force_path_style: *force_path_style,
-                aws: aws_settings(aws),
-                batch,
-            };
-            spawn(ctx, s3::build(cfg).await?, reader)
-        }
-        OutputKind::Firehose {
-            delivery_stream,
-            aggregate,
-            oversize,
-            log_key,
-            aws,
-        } => {
-            let oversize = match oversize.as_str() {
-                "truncate" => firehose::Oversize::Truncate,
-                "drop" => firehose::Oversize::Drop,
-                "split" => firehose::Oversize::Split,
-                other => anyhow::bail!("oversize = {other:?}: expected split, truncate or drop"),
-            };
-            let cfg = firehose::FirehoseConfig {
-                name: o.name.clone(),
-                delivery_stream: delivery_stream.clone(),
-                aggregate: *aggregate,
-                oversize,
-                format: format_for(o, log_key),
-                aws: aws_settings(aws),
-                batch,
-            };
-            spawn(ctx, firehose::build(cfg).await?, reader)
-        }
-        OutputKind::CloudWatchLogs {
-            log_group,
-            log_stream,
-            auto_create,
-            retention_days,
-            tags,
-            log_key,
-            aws,
-        } => {
-            let retention_days = retention_days
-                .map(|d| i32::try_from(d).context("retention_days is too large"))
-                .transpose()?;
-            let cfg = cloudwatch_logs::CloudWatchLogsConfig {
-                name: o.name.clone(),
-                log_group: log_group.clone(),
-                log_stream: log_stream.clone(),
-                auto_create: *auto_create,
-                retention_days,
-                tags: tags.iter().cloned().collect(),
-                format: format_for(o, log_key),
-                aws: aws_settings(aws),
-                batch,
-            };
-            spawn(ctx, cloudwatch_logs::build(cfg).await?, reader)
-        }
+        _ => match aws_config(o, &batch).context("not an AWS output")?? {
+            AwsSinkConfig::S3(cfg) => spawn(ctx, s3::build(cfg).await?, reader),
+            AwsSinkConfig::Firehose(cfg) => spawn(ctx, firehose::build(cfg).await?, reader),
+            AwsSinkConfig::CloudWatchLogs(cfg) => {
+                spawn(ctx, cloudwatch_logs::build(cfg).await?, reader)
+            }
+        },
     })
 }
 
