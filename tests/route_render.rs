@@ -164,3 +164,35 @@ fn route_prints_rendered_destinations_without_sending() {
     assert!(out.contains("no route matches"), "{out}");
     assert!(!out.contains("destinations"), "{out}");
 }
+
+/// Tester's report: for S3, `firelane route` rendered `path` = `"-"`, `null` and `""` to the
+/// same key, and CloudWatch groups kept a `/` from a value. Now only "no value" is `-`.
+#[test]
+fn route_keeps_a_literal_dash_apart_from_no_value() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("firelane.toml");
+    std::fs::write(&config, CONFIG).expect("write config");
+    let render = |path: &str| {
+        let event = format!(
+            r#"{{"path": {path}, "ecs_cluster": "a/b", "container_name": "-", "task": "-",
+                "ecs_task_id": "t1", "time": "2026-11-30T11:40:00Z"}}"#
+        );
+        let o = route(&config, &event, &["--tag", "web.x"]);
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert_eq!(o.status.code(), Some(0), "{out}");
+        (
+            line(&out, "archive").to_string(),
+            line(&out, "logs").to_string(),
+        )
+    };
+    let (dash, logs) = render(r#""-""#);
+    let (null, _) = render("null");
+    let (empty, _) = render(r#""""#);
+    assert!(dash.contains("/logs/web/x/%2D/"), "{dash}");
+    assert!(null.contains("/logs/web/x/-/"), "{null}");
+    assert_eq!(empty, null);
+    assert_eq!(
+        logs,
+        "  logs (cloudwatch_logs): log group /ecs/a#2Fb/#2D, log stream %2D-{uuid}"
+    );
+}

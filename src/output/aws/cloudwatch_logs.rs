@@ -12,10 +12,12 @@
 //! Group and stream come from templates (`/ecs/{ecs_cluster}/{container_name}`,
 //! `{ecs_task_id}`). Values from record data are encoded, never replaced, so two different
 //! values always give two different names (CreateLogGroup / CreateLogStream rules):
-//! - group ([`ValueEncoding::LogGroup`]): bytes outside `[._-/A-Za-z0-9]` become `#XX`
-//!   (`my cluster` → `my#20cluster`, `#` → `#23`);
+//! - group ([`ValueEncoding::LogGroup`]): bytes outside `[._-A-Za-z0-9]` become `#XX`
+//!   (`my cluster` → `my#20cluster`, `#` → `#23`, `/` → `#2F`, so a value cannot add a
+//!   level to the group path);
 //! - stream ([`ValueEncoding::LogStream`]): `%`, `:`, `*` become `%25`, `%3A`, `%2A`;
-//! - an empty or missing value renders as `-`;
+//! - an empty or missing value renders as `-`, a value that is exactly `-` as `#2D` (group)
+//!   or `%2D` (stream);
 //! - a name longer than 512 characters keeps its first 495 and ends with `-` and 16 hex
 //!   digits of a hash (FNV-1a 64) of the whole name, so long names stay distinct.
 //!
@@ -820,7 +822,7 @@ mod tests {
         );
         assert_eq!(
             s.partition(&r).unwrap(),
-            "/ecs/my#20cluster//ecs-demo-1-app:abc123"
+            "/ecs/my#20cluster/#2Fecs-demo-1-app:abc123"
         );
         // `a:b` and `a_b` were both `a_b` when `:` was replaced: now two streams.
         let s = sink("g", "{tag}-{x}");
