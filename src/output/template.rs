@@ -339,6 +339,29 @@ impl Template {
         self.segments.contains(&Segment::Index)
     }
 
+    /// The most bytes `{uuid}` (36) and `{index}` (20, a `u64`) can add to a rendering made
+    /// without them: the rendering with [`Dynamic::default`] plus this is an upper bound on
+    /// every object's name.
+    pub fn dynamic_max_len(&self) -> usize {
+        self.segments
+            .iter()
+            .map(|s| match s {
+                Segment::Uuid => uuid::fmt::Hyphenated::LENGTH,
+                Segment::Index => 20,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// The literal text the template ends with (`.json` of `k/{tag}-{uuid}.json`), or `""`
+    /// when it ends with a placeholder.
+    pub fn trailing_literal(&self) -> &str {
+        match self.segments.last() {
+            Some(Segment::Literal(l)) => l,
+            _ => "",
+        }
+    }
+
     /// True when every record renders the same text (no tag, field or time parts).
     pub fn is_static(&self) -> bool {
         self.segments
@@ -509,6 +532,11 @@ mod tests {
             "prod/app-firelens-abc.def/app/abc/-/2026/11/23/07/08/09/c1-42-true----/.json"
         );
         assert!(t.has_uuid() && t.has_index() && !t.is_static());
+        assert_eq!(t.dynamic_max_len(), 36 + 20);
+        assert_eq!(t.trailing_literal(), ".json");
+        assert_eq!(parse("a/{tag}").unwrap().trailing_literal(), "");
+        assert_eq!(parse("{uuid}/{uuid}").unwrap().dynamic_max_len(), 72);
+        assert_eq!(u64::MAX.to_string().len(), 20);
     }
 
     #[test]
