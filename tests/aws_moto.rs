@@ -755,3 +755,37 @@ async fn cloudwatch_dash_and_slash_values_get_their_own_groups() {
         .unwrap();
     assert_eq!(groups.log_groups().len(), 4, "{groups:?}");
 }
+
+/// CreateLogGroup refuses names that start with `aws/` (moto does not check it): a group
+/// whose record value would start it that way is written `#61ws/…` and lands there.
+#[tokio::test]
+async fn cloudwatch_group_that_would_start_with_aws_slash_is_escaped() {
+    let Some(ep) = endpoint() else { return };
+    let c = logs_client(&ep).await;
+    let run = unique("run");
+    let sink = cloudwatch_logs::build(cwl_config(&ep, &format!("{{ns}}/{run}"), "s", true))
+        .await
+        .unwrap();
+    let base = now_ns() - 60_000_000_000;
+    let records = [
+        rec("t", base, json!({"log": "reserved", "ns": "aws"})),
+        rec("t", base + 1, json!({"log": "upper", "ns": "AWS"})),
+    ];
+    assert_eq!(deliver(&sink, &records).await, 2);
+    for (group, message) in [("#61ws", "reserved"), ("AWS", "upper")] {
+        let group = format!("{group}/{run}");
+        let got: Vec<String> = read_stream(&c, &group, "s")
+            .await
+            .into_iter()
+            .map(|(_, m)| m)
+            .collect();
+        assert_eq!(got, [message], "{group}");
+    }
+    let reserved = c
+        .describe_log_groups()
+        .log_group_name_prefix(format!("aws/{run}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(reserved.log_groups().is_empty(), "{reserved:?}");
+}

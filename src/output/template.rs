@@ -353,6 +353,15 @@ impl Template {
             .sum()
     }
 
+    /// The literal text the template starts with (`/ecs/` of `/ecs/{ecs_cluster}`), or `""`
+    /// when it starts with a placeholder.
+    pub fn leading_literal(&self) -> &str {
+        match self.segments.first() {
+            Some(Segment::Literal(l)) => l,
+            _ => "",
+        }
+    }
+
     /// The literal text the template ends with (`.json` of `k/{tag}-{uuid}.json`), or `""`
     /// when it ends with a placeholder.
     pub fn trailing_literal(&self) -> &str {
@@ -534,6 +543,7 @@ mod tests {
         assert!(t.has_uuid() && t.has_index() && !t.is_static());
         assert_eq!(t.dynamic_max_len(), 36 + 20);
         assert_eq!(t.trailing_literal(), ".json");
+        assert_eq!(t.leading_literal(), "prod/");
         assert_eq!(parse("a/{tag}").unwrap().trailing_literal(), "");
         assert_eq!(parse("{uuid}/{uuid}").unwrap().dynamic_max_len(), 72);
         assert_eq!(u64::MAX.to_string().len(), 20);
