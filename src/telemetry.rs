@@ -149,7 +149,7 @@ const METRICS: &[(&str, MetricKind, &str)] = &[
     (
         "firelane_output_oversize_records_total",
         MetricKind::Counter,
-        "Records above the destination's per-record limit, per output and action (split, truncated, dropped).",
+        "Records above the destination's per-record limit, per output and action (split, truncated, renamed: an S3 key shortened to fit).",
     ),
     (
         "firelane_output_bytes_total",

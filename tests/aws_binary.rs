@@ -1130,6 +1130,88 @@ retry = {{ initial_backoff = "100ms", max_backoff = "1s" }}
     assert_eq!(health.0, 200);
 }
 
+/// Tester's report: a forward tag of 100,000 characters made the S3 key longer than the
+/// limit; the record was acked, then dropped with drops_total{reason="s3_key_too_long"}.
+/// Now the key is shortened within S3's 1,024 bytes (a prefix, then `-` and a hash of the
+/// full key, then the extension), the records land, and they are counted as renamed.
+#[test]
+fn s3_key_above_the_limit_is_shortened_not_dropped() {
+    let Some(ep) = endpoint() else { return };
+    let aws = Aws::new(&ep);
+    let bucket = unique("fl-bin-longkey");
+    aws.create_bucket(&bucket);
+    let fwd = free_port();
+    let outputs = format!(
+        r#"[routes.all]
+to = ["s3"]
+
+[outputs.s3]
+type = "s3"
+bucket = "{bucket}"
+key = "long/{{tag}}/{{uuid}}.log"
+compression = "gzip"
+region = "us-east-1"
+endpoint_url = "{ep}"
+force_path_style = true
+batch = {{ max_age = "300ms" }}
+"#
+    );
+    let r = Router::start(&router_config(fwd, &outputs));
+    let long_tag = "t".repeat(100_000);
+    let recs = |from: u64| -> Vec<(i64, Value)> {
+        (from..from + 3)
+            .map(|i| (now_ns(), json!({"seq": i, "log": "x"})))
+            .collect()
+    };
+    send_forward(fwd, &long_tag, &recs(0));
+    send_forward(fwd, "short", &recs(3));
+    wait_sent(&r, "s3", 6, Duration::from_secs(60));
+
+    let mut seqs = Vec::new();
+    let mut long_keys = Vec::new();
+    for (key, enc, body) in aws.objects(&bucket, "long/") {
+        assert!(key.len() <= 1024, "{} bytes: {key}", key.len());
+        assert!(key.ends_with(".log.gz"), "{key}");
+        let text = decode_body(enc.as_deref(), &body);
+        for line in text.lines() {
+            let v: Value = serde_json::from_str(line).expect("json line");
+            seqs.push(v["seq"].as_u64().expect("seq"));
+        }
+        if key.starts_with("long/ttt") {
+            long_keys.push(key);
+        } else {
+            assert!(key.starts_with("long/short/"), "{key}");
+        }
+    }
+    assert_exactly_once("records", seqs, 6);
+    assert!(!long_keys.is_empty());
+    for key in &long_keys {
+        assert_eq!(key.len(), 1024, "{key}");
+        let stem = key.strip_suffix(".log.gz").expect("extension kept");
+        let (prefix, hash) = stem.rsplit_once('-').expect("hash suffix");
+        assert_eq!(prefix, format!("long/{}", &long_tag[..prefix.len() - 5]));
+        assert!(
+            hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{key}"
+        );
+    }
+    assert_eq!(
+        r.metric(
+            "firelane_output_oversize_records_total",
+            &["output=\"s3\"", "action=\"renamed\""]
+        ),
+        3.0,
+        "{}",
+        r.metrics()
+    );
+    assert_eq!(
+        r.metric("firelane_output_drops_total", &["output=\"s3\""]),
+        0.0,
+        "{}",
+        r.metrics()
+    );
+}
+
 /// A bucket that does not exist is a permanent error: no retry loop, records counted as
 /// failed, dead-lettered with the error attached where configured, a clear log line, and
 /// the router keeps serving.

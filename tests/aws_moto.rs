@@ -697,3 +697,95 @@ async fn cloudwatch_values_that_used_to_collide_get_their_own_streams() {
         );
     }
 }
+
+/// Tester's report: with `log_group = "/ecs/{g}"`, records with `g` = `"-"`, `null` and `""`
+/// all landed in `/ecs/-`; and `/ecs/{g}/{h}` with (`a/b`, `c`) and (`a`, `b/c`) both gave
+/// `/ecs/a/b/c`. Now a literal `-` is `#2D` and a `/` inside a value is `#2F`: only a missing
+/// (or null, or empty) value shares `-`, and each other record has its own group.
+#[tokio::test]
+async fn cloudwatch_dash_and_slash_values_get_their_own_groups() {
+    let Some(ep) = endpoint() else { return };
+    let c = logs_client(&ep).await;
+    let run = unique("run");
+    let sink = cloudwatch_logs::build(cwl_config(
+        &ep,
+        &format!("/fl/{run}/{{g}}/{{h}}"),
+        "s",
+        true,
+    ))
+    .await
+    .unwrap();
+    let base = now_ns() - 60_000_000_000;
+    let cases = [
+        (json!({"g": "-", "h": "c"}), "#2D/c"),
+        (json!({"g": null, "h": "c"}), "-/c"),
+        (json!({"g": "", "h": "c"}), "-/c"),
+        (json!({"h": "c"}), "-/c"),
+        (json!({"g": "a/b", "h": "c"}), "a#2Fb/c"),
+        (json!({"g": "a", "h": "b/c"}), "a/b#2Fc"),
+    ];
+    let records: Vec<Record> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (f, _))| {
+            let mut f = f.clone();
+            f["log"] = json!(format!("case {i}"));
+            rec("t", base + i as i64 * 1_000_000, f)
+        })
+        .collect();
+    assert_eq!(deliver(&sink, &records).await, 4);
+    let mut want: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (i, (_, group)) in cases.iter().enumerate() {
+        want.entry(group).or_default().push(format!("case {i}"));
+    }
+    for (group, messages) in want {
+        let group = format!("/fl/{run}/{group}");
+        let got: Vec<String> = read_stream(&c, &group, "s")
+            .await
+            .into_iter()
+            .map(|(_, m)| m)
+            .collect();
+        assert_eq!(got, messages, "{group}");
+    }
+    let groups = c
+        .describe_log_groups()
+        .log_group_name_prefix(format!("/fl/{run}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(groups.log_groups().len(), 4, "{groups:?}");
+}
+
+/// CreateLogGroup refuses names that start with `aws/` (moto does not check it): a group
+/// whose record value would start it that way is written `#61ws/…` and lands there.
+#[tokio::test]
+async fn cloudwatch_group_that_would_start_with_aws_slash_is_escaped() {
+    let Some(ep) = endpoint() else { return };
+    let c = logs_client(&ep).await;
+    let run = unique("run");
+    let sink = cloudwatch_logs::build(cwl_config(&ep, &format!("{{ns}}/{run}"), "s", true))
+        .await
+        .unwrap();
+    let base = now_ns() - 60_000_000_000;
+    let records = [
+        rec("t", base, json!({"log": "reserved", "ns": "aws"})),
+        rec("t", base + 1, json!({"log": "upper", "ns": "AWS"})),
+    ];
+    assert_eq!(deliver(&sink, &records).await, 2);
+    for (group, message) in [("#61ws", "reserved"), ("AWS", "upper")] {
+        let group = format!("{group}/{run}");
+        let got: Vec<String> = read_stream(&c, &group, "s")
+            .await
+            .into_iter()
+            .map(|(_, m)| m)
+            .collect();
+        assert_eq!(got, [message], "{group}");
+    }
+    let reserved = c
+        .describe_log_groups()
+        .log_group_name_prefix(format!("aws/{run}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(reserved.log_groups().is_empty(), "{reserved:?}");
+}

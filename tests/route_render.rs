@@ -155,19 +155,57 @@ fn route_prints_rendered_destinations_without_sending() {
         assert!(!out.contains(secret), "{secret} leaked:\n{out}");
     }
 
-    // A record the S3 output would refuse says so.
+    // A key above S3's 1,024 bytes is shortened, not refused: a prefix, then where the
+    // per-object hash goes, then the extension.
     let long = format!(r#"{{"path": "{}"}}"#, "p".repeat(2000));
     let o = route(&config, &long, &["--tag", "web"]);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert_eq!(o.status.code(), Some(0), "{out}");
+    let archive = line(&out, "archive");
+    let key = archive
+        .strip_prefix("  archive (s3): s3://logs-bucket/")
+        .unwrap_or_else(|| panic!("{out}"));
     assert!(
-        line(&out, "archive").contains("refused (s3_key_too_long)"),
+        key.starts_with("logs/web/-/ppp") && key.ends_with("p-{hash}.json.gz"),
         "{out}"
     );
+    assert!(key.len() <= 1024, "{}", key.len());
 
     // Nothing reached, nothing rendered.
     let o = route(&config, event, &["--tag", "web", "--input", "events"]);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(out.contains("no route matches"), "{out}");
     assert!(!out.contains("destinations"), "{out}");
+}
+
+/// Tester's report: for S3, `firelane route` rendered `path` = `"-"`, `null` and `""` to the
+/// same key, and CloudWatch groups kept a `/` from a value. Now only "no value" is `-`.
+#[test]
+fn route_keeps_a_literal_dash_apart_from_no_value() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("firelane.toml");
+    std::fs::write(&config, CONFIG).expect("write config");
+    let render = |path: &str| {
+        let event = format!(
+            r#"{{"path": {path}, "ecs_cluster": "a/b", "container_name": "-", "task": "-",
+                "ecs_task_id": "t1", "time": "2026-11-30T11:40:00Z"}}"#
+        );
+        let o = route(&config, &event, &["--tag", "web.x"]);
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert_eq!(o.status.code(), Some(0), "{out}");
+        (
+            line(&out, "archive").to_string(),
+            line(&out, "logs").to_string(),
+        )
+    };
+    let (dash, logs) = render(r#""-""#);
+    let (null, _) = render("null");
+    let (empty, _) = render(r#""""#);
+    assert!(dash.contains("/logs/web/x/%2D/"), "{dash}");
+    assert!(null.contains("/logs/web/x/-/"), "{null}");
+    assert_eq!(empty, null);
+    assert_eq!(
+        logs,
+        "  logs (cloudwatch_logs): log group /ecs/a#2Fb/#2D, log stream %2D-{uuid}"
+    );
 }

@@ -12,7 +12,8 @@
 //! - `{FIELD}`: any other top-level record field. Strings render as they are, numbers and
 //!   booleans as their JSON text. A missing, `null`, empty, object or array field renders as
 //!   `-`, so a record without ECS metadata still lands (under a visible `-`) instead of being
-//!   dropped.
+//!   dropped. A value that is literally `-` is escaped by every encoding except
+//!   [`ValueEncoding::Verbatim`] (`%2D`, or `#2D` in log groups), so `-` always means "no value".
 //! - `%Y %m %d %H %M %S` from the record's time in UTC, `%%` for a literal `%`.
 //! - `${VAR}` / `${VAR:-default}`: the environment, read once at parse time.
 //! - `{{` and `}}` for literal braces.
@@ -39,16 +40,20 @@ pub enum ValueEncoding {
     #[default]
     Verbatim,
     /// S3 object keys: `%`, `/`, `\` and control characters are percent-encoded (`%25`,
-    /// `%2F`, `%5C`, `%0A`…), so a value cannot add or climb path segments. After rendering,
+    /// `%2F`, `%5C`, `%0A`…), so a value cannot add or climb path segments; a value that is
+    /// exactly `-` is `%2D`. After rendering,
     /// any `.` or `..` path segment of the key is written `%2E` / `%2E%2E`, because tools
     /// that copy a bucket to disk (`aws s3 sync`) would resolve them.
     S3Key,
     /// CloudWatch Logs group names (`[\.\-_/#A-Za-z0-9]+`, CreateLogGroup): every byte of
-    /// the value's UTF-8 outside `[._\-/A-Za-z0-9]` is written `#XX` (hex, upper case);
-    /// `#` itself is `#23`. `%` is not allowed in group names, hence `#`.
+    /// the value's UTF-8 outside `[._\-A-Za-z0-9]` is written `#XX` (hex, upper case), a
+    /// value that is exactly `-` is `#2D`;
+    /// `#` itself is `#23` and `/` is `#2F` (so `{g}/{h}` with `a/b`,`c` and `a`,`b/c`
+    /// are two groups). `%` is not allowed in group names, hence `#`.
     LogGroup,
     /// CloudWatch Logs stream names (no `:` or `*`, CreateLogStream): `%`, `:` and `*` are
-    /// percent-encoded (`%25`, `%3A`, `%2A`); everything else is kept.
+    /// percent-encoded (`%25`, `%3A`, `%2A`), a value that is exactly `-` is `%2D`;
+    /// everything else is kept.
     LogStream,
 }
 
@@ -58,6 +63,16 @@ impl ValueEncoding {
     pub fn push(self, value: &str, out: &mut String) {
         if value.is_empty() {
             out.push_str(MISSING);
+            return;
+        }
+        // A value that is literally `-` is escaped so that only a missing value renders as
+        // `-`: otherwise `"-"`, `null` and `""` would all share one name.
+        if value == MISSING {
+            out.push_str(match self {
+                ValueEncoding::Verbatim => MISSING,
+                ValueEncoding::S3Key | ValueEncoding::LogStream => "%2D",
+                ValueEncoding::LogGroup => "#2D",
+            });
             return;
         }
         match self {
@@ -73,7 +88,7 @@ impl ValueEncoding {
             }
             ValueEncoding::LogGroup => {
                 for b in value.bytes() {
-                    if b.is_ascii_alphanumeric() || b"._-/".contains(&b) {
+                    if b.is_ascii_alphanumeric() || b"._-".contains(&b) {
                         out.push(b as char);
                     } else {
                         let _ = write!(out, "#{b:02X}");
@@ -324,6 +339,38 @@ impl Template {
         self.segments.contains(&Segment::Index)
     }
 
+    /// The most bytes `{uuid}` (36) and `{index}` (20, a `u64`) can add to a rendering made
+    /// without them: the rendering with [`Dynamic::default`] plus this is an upper bound on
+    /// every object's name.
+    pub fn dynamic_max_len(&self) -> usize {
+        self.segments
+            .iter()
+            .map(|s| match s {
+                Segment::Uuid => uuid::fmt::Hyphenated::LENGTH,
+                Segment::Index => 20,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// The literal text the template starts with (`/ecs/` of `/ecs/{ecs_cluster}`), or `""`
+    /// when it starts with a placeholder.
+    pub fn leading_literal(&self) -> &str {
+        match self.segments.first() {
+            Some(Segment::Literal(l)) => l,
+            _ => "",
+        }
+    }
+
+    /// The literal text the template ends with (`.json` of `k/{tag}-{uuid}.json`), or `""`
+    /// when it ends with a placeholder.
+    pub fn trailing_literal(&self) -> &str {
+        match self.segments.last() {
+            Some(Segment::Literal(l)) => l,
+            _ => "",
+        }
+    }
+
     /// True when every record renders the same text (no tag, field or time parts).
     pub fn is_static(&self) -> bool {
         self.segments
@@ -494,6 +541,12 @@ mod tests {
             "prod/app-firelens-abc.def/app/abc/-/2026/11/23/07/08/09/c1-42-true----/.json"
         );
         assert!(t.has_uuid() && t.has_index() && !t.is_static());
+        assert_eq!(t.dynamic_max_len(), 36 + 20);
+        assert_eq!(t.trailing_literal(), ".json");
+        assert_eq!(t.leading_literal(), "prod/");
+        assert_eq!(parse("a/{tag}").unwrap().trailing_literal(), "");
+        assert_eq!(parse("{uuid}/{uuid}").unwrap().dynamic_max_len(), 72);
+        assert_eq!(u64::MAX.to_string().len(), 20);
     }
 
     #[test]
@@ -636,11 +689,63 @@ mod tests {
         assert_eq!(groups[0], "my#20cluster");
         assert_eq!(groups[2], "my#23cluster");
         assert_eq!(groups[8], "#C3#A9");
-        assert_eq!(groups[10], "a/b");
+        assert_eq!(groups[10], "a#2Fb");
+        assert_eq!(groups[11], "#2D");
+        assert_eq!(streams[11], "%2D");
         assert_eq!(streams[0], "my cluster");
         assert_eq!(streams[4], "my%3Acluster");
         assert_eq!(streams[5], "my%2Acluster");
         assert_eq!(streams[7], "my%253Acluster");
+    }
+
+    /// Tester's report: `-`, `null` and `""` all landed in `/ecs/-`; and `/ecs/{g}/{h}` with
+    /// (`a/b`, `c`) and (`a`, `b/c`) both gave `/ecs/a/b/c`.
+    #[test]
+    fn a_literal_dash_and_a_slash_in_a_value_do_not_collide() {
+        let template = |enc| match enc {
+            ValueEncoding::S3Key => "logs/{tag}/{g}/{h}/x",
+            _ => "/ecs/{g}/{h}",
+        };
+        for enc in [
+            ValueEncoding::S3Key,
+            ValueEncoding::LogGroup,
+            ValueEncoding::LogStream,
+        ] {
+            let names: Vec<String> = [
+                json!({"g": "-", "h": "c"}),
+                json!({"g": null, "h": "c"}),
+                json!({"g": "a/b", "h": "c"}),
+                json!({"g": "a", "h": "b/c"}),
+            ]
+            .into_iter()
+            .map(|f| encoded(template(enc), enc, &rec("t", f)))
+            .collect();
+            // Streams keep `/` (it is no separator there): only the dash cases must differ.
+            let n = if enc == ValueEncoding::LogStream {
+                2
+            } else {
+                4
+            };
+            let distinct: std::collections::HashSet<&String> = names[..n].iter().collect();
+            assert_eq!(distinct.len(), n, "{enc:?}: {names:?}");
+            // Missing, null and empty stay one visible "no value".
+            let empty = encoded(template(enc), enc, &rec("t", json!({"g": "", "h": "c"})));
+            assert_eq!(empty, names[1], "{enc:?}");
+        }
+        let g = |f| encoded("/ecs/{g}/{h}", ValueEncoding::LogGroup, &rec("t", f));
+        assert_eq!(g(json!({"g": "-", "h": "c"})), "/ecs/#2D/c");
+        assert_eq!(g(json!({"h": "c"})), "/ecs/-/c");
+        assert_eq!(g(json!({"g": "a/b", "h": "c"})), "/ecs/a#2Fb/c");
+        assert_eq!(g(json!({"g": "a", "h": "b/c"})), "/ecs/a/b#2Fc");
+        // A dash inside a value, or a negative number, is kept as it is.
+        assert_eq!(g(json!({"g": "my-app", "h": -1})), "/ecs/my-app/-1");
+        let k = |f| encoded("logs/{tag}/{g}/x", ValueEncoding::S3Key, &rec("-", f));
+        assert_eq!(k(json!({"g": "-"})), "logs/%2D/%2D/x");
+        assert_eq!(k(json!({})), "logs/%2D/-/x");
+        assert_eq!(
+            encoded("{g}", ValueEncoding::Verbatim, &rec("t", json!({"g": "-"}))),
+            "-"
+        );
     }
 
     #[test]

@@ -12,10 +12,15 @@
 //! Group and stream come from templates (`/ecs/{ecs_cluster}/{container_name}`,
 //! `{ecs_task_id}`). Values from record data are encoded, never replaced, so two different
 //! values always give two different names (CreateLogGroup / CreateLogStream rules):
-//! - group ([`ValueEncoding::LogGroup`]): bytes outside `[._-/A-Za-z0-9]` become `#XX`
-//!   (`my cluster` → `my#20cluster`, `#` → `#23`);
+//! - group ([`ValueEncoding::LogGroup`]): bytes outside `[._-A-Za-z0-9]` become `#XX`
+//!   (`my cluster` → `my#20cluster`, `#` → `#23`, `/` → `#2F`, so a value cannot add a
+//!   level to the group path);
 //! - stream ([`ValueEncoding::LogStream`]): `%`, `:`, `*` become `%25`, `%3A`, `%2A`;
-//! - an empty or missing value renders as `-`;
+//! - an empty or missing value renders as `-`, a value that is exactly `-` as `#2D` (group)
+//!   or `%2D` (stream);
+//! - a group that would start with `aws/` (reserved by CreateLogGroup; only a record value
+//!   can produce it, e.g. `{ns}/app` with `ns` = `aws`) starts with `#61ws/` instead; a
+//!   template whose own text starts with `aws/` is refused at start-up;
 //! - a name longer than 512 characters keeps its first 495 and ends with `-` and 16 hex
 //!   digits of a hash (FNV-1a 64) of the whole name, so long names stay distinct.
 //!
@@ -63,6 +68,9 @@ pub const EVENT_OVERHEAD: usize = 26;
 pub const MAX_MESSAGE_BYTES: usize = 1_000_000;
 pub const MAX_SPAN_MS: i64 = 24 * 3600 * 1000;
 pub const MAX_NAME_CHARS: usize = 512;
+/// CreateLogGroup: "Log group names can't start with the string aws/" (reserved for AWS
+/// services; `/aws/…`, with a leading slash, is allowed and common).
+pub const RESERVED_GROUP_PREFIX: &str = "aws/";
 /// Values `PutRetentionPolicy` accepts.
 pub const RETENTION_DAYS: &[i32] = &[
     1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922,
@@ -161,6 +169,16 @@ pub fn build_with_client(
         Ok(t.with_encoding(encoding))
     };
     let group = parse("log_group", &cfg.log_group, ValueEncoding::LogGroup)?;
+    if group.leading_literal().starts_with(RESERVED_GROUP_PREFIX) {
+        return Err(BuildError::Invalid {
+            output: cfg.name.clone(),
+            key: "log_group",
+            value: cfg.log_group.clone(),
+            reason: "log group names cannot start with \"aws/\" (reserved for AWS services; \
+                     \"/aws/...\" is allowed)"
+                .into(),
+        });
+    }
     let stream = parse("log_stream", &cfg.log_stream, ValueEncoding::LogStream)?;
     if let Some(days) = cfg.retention_days
         && !RETENTION_DAYS.contains(&days)
@@ -510,6 +528,12 @@ impl CloudWatchLogsSink {
         dynamic: Dynamic<'_>,
     ) -> Result<(String, String), &'static str> {
         let mut group = self.group.render_to_string(record, dynamic);
+        if group.starts_with(RESERVED_GROUP_PREFIX) {
+            // Only record values can get here (a template starting with `aws/` is refused
+            // at start-up): write the first `a` as `#61`, the way values are encoded. Values
+            // write `#` as `#23`, so no other value renders `#61ws/`.
+            group.replace_range(..1, "#61");
+        }
         fit_name(&mut group);
         let mut stream = self.stream.render_to_string(record, dynamic);
         fit_name(&mut stream);
@@ -820,7 +844,7 @@ mod tests {
         );
         assert_eq!(
             s.partition(&r).unwrap(),
-            "/ecs/my#20cluster//ecs-demo-1-app:abc123"
+            "/ecs/my#20cluster/#2Fecs-demo-1-app:abc123"
         );
         // `a:b` and `a_b` were both `a_b` when `:` was replaced: now two streams.
         let s = sink("g", "{tag}-{x}");
@@ -847,6 +871,24 @@ mod tests {
             .unwrap();
         let (g, st) = a.split_once(':').unwrap();
         assert_eq!((g.len(), st.len()), (512, 200));
+        // A group from a value that would start with the reserved `aws/`: `#61ws/`, and
+        // still distinct from every other value.
+        let s = sink("{ns}/app", "s");
+        let g = |ns: serde_json::Value| {
+            s.partition(&Record::new("t", 0, fields(json!({ "ns": ns }))))
+                .unwrap()
+        };
+        assert_eq!(g(json!("aws")), "#61ws/app:s");
+        assert_eq!(g(json!("aws/x")), "aws#2Fx/app:s");
+        assert_eq!(g(json!("#61ws")), "#2361ws/app:s");
+        assert_eq!(g(json!("AWS")), "AWS/app:s");
+        let s = sink("a{x}/y", "s");
+        let r = Record::new("t", 0, fields(json!({"x": "ws"})));
+        assert_eq!(s.partition(&r).unwrap(), "#61ws/y:s");
+        assert_eq!(
+            s.destination(&r).unwrap(),
+            "log group #61ws/y, log stream s"
+        );
         let s = sink("g", "{uuid}");
         let a = s.partition(&rec(1, 0)).unwrap();
         assert_eq!(a, s.partition(&rec(1, 1)).unwrap());
@@ -892,6 +934,16 @@ mod tests {
                 .unwrap_or_else(|| panic!("{group} {stream} accepted"))
                 .to_string();
             assert!(e.contains(bad) && e.contains("not allowed"), "{e}");
+        }
+        // `aws/` is reserved (CreateLogGroup); `/aws/` is not.
+        for group in ["aws/ecs/{x}", "${FIRELANE_TEST_UNSET_VAR:-aws/x}/{x}"] {
+            cfg.log_group = group.into();
+            cfg.log_stream = "s".into();
+            let e = build_with_client(cfg.clone(), c.clone())
+                .err()
+                .unwrap_or_else(|| panic!("{group} accepted"))
+                .to_string();
+            assert!(e.contains("log_group") && e.contains("aws/"), "{e}");
         }
         cfg.log_group = "/aws/ecs/#team-a/{x}".into();
         cfg.log_stream = "{tag} %Y-%m-%d #1".into();

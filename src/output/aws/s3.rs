@@ -21,6 +21,13 @@
 //!   empty or missing value renders as `-` (no `//`), `%`, `/`, `\` and control characters
 //!   inside a value are percent-encoded (`a/b` → `a%2Fb`), and a `.` or `..` path segment
 //!   becomes `%2E` / `%2E%2E`. The text the config wrote is kept as it is.
+//! - A key longer than S3's 1,024 bytes (a huge tag or field) is shortened, never dropped:
+//!   it keeps its first bytes and ends with `-`, 16 hex digits of the SHA-256 of the whole
+//!   key (uuid and index included, so objects stay distinct), the template's own file
+//!   extension (`.json` of `…/{uuid}.json`) and the compression extension. The rule
+//!   is decided per partition (rendering without `{uuid}`/`{index}` plus the most they can
+//!   add), so all objects of a partition are named alike; each such record is counted in
+//!   `firelane_output_oversize_records_total{output, action="renamed"}`.
 //! - `align = "1h"`: an object is closed at the end of the wall-clock window (multiples of
 //!   `align` since the Unix epoch, UTC) in which it was opened, and never mixes records
 //!   from two windows of record time.
@@ -41,6 +48,7 @@ use futures::StreamExt;
 
 use super::{AwsSettings, BuildError, RecordFormat, classify, require_region, sdk_config};
 use crate::event::Record;
+use crate::output::deliver::oversize_counter;
 use crate::output::sink::{BatchBuilder, BatchSettings, Failure, Push, SendResult, Sink};
 use crate::output::template::{Dynamic, Template, ValueEncoding};
 
@@ -127,6 +135,10 @@ struct Shared {
     max_bytes: usize,
     max_records: usize,
     next_index: AtomicU64,
+    /// `firelane_output_oversize_records_total{output, action="renamed"}`.
+    renamed: metrics::Counter,
+    /// What a shortened key keeps of its end besides the compression extension.
+    file_extension: String,
 }
 
 pub struct S3Sink {
@@ -223,6 +235,8 @@ pub fn build_with_client(cfg: S3Config, client: aws_sdk_s3::Client) -> Result<S3
         .to_string()
     });
     let shared = Shared {
+        renamed: oversize_counter(&cfg.name, "renamed"),
+        file_extension: file_extension(&key),
         name: cfg.name,
         client,
         bucket: cfg.bucket,
@@ -241,6 +255,64 @@ pub fn build_with_client(cfg: S3Config, client: aws_sdk_s3::Client) -> Result<S3
     Ok(S3Sink {
         shared: Arc::new(shared),
     })
+}
+
+impl Shared {
+    /// True when objects of the partition rendered as `partition` (no `{uuid}`/`{index}`)
+    /// could get a key above [`MAX_KEY_BYTES`], so their keys are shortened.
+    fn renames(&self, partition: &str) -> bool {
+        partition.len() + self.key.dynamic_max_len() + self.extension.len() > MAX_KEY_BYTES
+    }
+}
+
+/// Shortens `key` (without the compression extension) to fit in [`MAX_KEY_BYTES`] with
+/// `-HASH`, the template's own file extension `tail` (when the key ends with it) and
+/// `extension`: keeps the longest prefix that fits, not cutting a UTF-8 character or a `%XX`
+/// escape, then `-`, `hash`, `tail`, `extension`.
+fn shorten_key(key: &mut String, hash: &str, tail: &str, extension: &str) {
+    let tail = if key.ends_with(tail) { tail } else { "" };
+    key.truncate(key.len() - tail.len());
+    let mut keep = super::floor_char_boundary(
+        key,
+        MAX_KEY_BYTES.saturating_sub(1 + hash.len() + tail.len() + extension.len()),
+    );
+    // An escape cut in two (`%2` of `%2F`) would read as a different character.
+    for back in 1..=2 {
+        if keep >= back && key.as_bytes()[keep - back] == b'%' {
+            keep -= back;
+            break;
+        }
+    }
+    key.truncate(keep);
+    key.push('-');
+    key.push_str(hash);
+    key.push_str(tail);
+    key.push_str(extension);
+}
+
+/// The file extension a shortened key keeps: the template's final literal from its last
+/// `.` (`.json` of `{tag}-{uuid}.json`), when that is a short extension.
+fn file_extension(key: &Template) -> String {
+    let lit = key.trailing_literal();
+    match lit.rfind('.') {
+        Some(i) if lit.len() - i <= 16 && !lit[i..].contains(['/', '%']) && lit.len() > i + 1 => {
+            lit[i..].to_string()
+        }
+        _ => String::new(),
+    }
+}
+
+/// 16 hex digits of the SHA-256 of `text`: stable across processes and versions, and not
+/// steerable by whoever chooses the tag.
+fn key_hash(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(text.as_bytes());
+    digest[..8]
+        .iter()
+        .fold(String::with_capacity(16), |mut h, b| {
+            let _ = std::fmt::Write::write_fmt(&mut h, format_args!("{b:02x}"));
+            h
+        })
 }
 
 /// Inserts `-{uuid}` before the extension of the key's last path part (or at its end).
@@ -386,7 +458,12 @@ impl S3Builder {
                 preview: false,
             },
         );
-        key.push_str(s.extension);
+        if s.renames(&s.key.render_to_string(record, Dynamic::default())) {
+            let hash = key_hash(&key);
+            shorten_key(&mut key, &hash, &s.file_extension, s.extension);
+        } else {
+            key.push_str(s.extension);
+        }
         self.key = Some(key);
         if let Some(align) = s.align_ns {
             self.window = Some(record.time_ns.div_euclid(align));
@@ -503,13 +580,15 @@ impl Sink for S3Sink {
 
     fn partition(&self, record: &Record) -> Result<String, &'static str> {
         let s = &self.shared;
-        let p = s.key.render_to_string(record, Dynamic::default());
-        // Room for the uuid/index and extension added per object.
-        if p.len() + 64 > MAX_KEY_BYTES {
-            return Err("s3_key_too_long");
-        }
+        let mut p = s.key.render_to_string(record, Dynamic::default());
         if p.is_empty() {
             return Err("s3_key_empty");
+        }
+        if s.renames(&p) {
+            s.renamed.increment(1);
+            // The partition is only a map key: bound it too, the hash keeps it distinct.
+            let hash = key_hash(&p);
+            shorten_key(&mut p, &hash, "", "");
         }
         Ok(p)
     }
@@ -562,11 +641,20 @@ impl S3Sink {
     /// Where `record` would be written, without writing it: `s3://BUCKET/KEY`, rendered and
     /// encoded exactly as the sink does, with `{uuid}` / `{index}` shown as placeholders (they
     /// are chosen per object). `Err` is the reason the sink would refuse the record.
+    /// A key that would be shortened shows `{hash}` where its hash goes (it covers the
+    /// per-object uuid/index, so it is only known per object).
     pub fn destination(&self, record: &Record) -> Result<String, &'static str> {
-        self.partition(record)?;
         let s = &self.shared;
+        let p = s.key.render_to_string(record, Dynamic::default());
+        if p.is_empty() {
+            return Err("s3_key_empty");
+        }
         let mut key = s.key.render_to_string(record, Dynamic::preview());
-        key.push_str(s.extension);
+        if s.renames(&p) {
+            shorten_key(&mut key, "{hash}", &s.file_extension, s.extension);
+        } else {
+            key.push_str(s.extension);
+        }
         Ok(format!("s3://{}/{key}", s.bucket))
     }
 }
@@ -903,7 +991,75 @@ mod tests {
             Compression::None,
             1 << 20,
         );
-        assert_eq!(sink(long).partition(&r), Err("s3_key_too_long"));
+        // Tester's report: a key above the limit was acked, then dropped as
+        // s3_key_too_long. Now it is shortened within 1,024 bytes, ending with a hash.
+        let s = sink(long);
+        let p = s.partition(&r).unwrap();
+        assert!(
+            p.len() <= MAX_KEY_BYTES && p.starts_with(&"k".repeat(900)),
+            "{p}"
+        );
+        let key = |s: &S3Sink| {
+            let mut b = s.new_batch("");
+            b.push(&r);
+            b.finish().key
+        };
+        let (k1, k2) = (key(&s), key(&s));
+        assert_eq!(k1.len(), MAX_KEY_BYTES, "{k1}");
+        assert!(k1.starts_with(&"k".repeat(1000)), "{k1}");
+        assert_ne!(k1, k2, "two objects, two keys");
+        let (_, hash) = k1.rsplit_once('-').unwrap();
+        assert!(
+            hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{k1}"
+        );
+        assert!(
+            s.destination(&r)
+                .unwrap()
+                .ends_with(&format!("{}/{{uuid}}-{{hash}}", "k".repeat(1000))),
+        );
+        // With an extension, a long tag, and an escape at the cut: never `%2` alone.
+        let s = sink(cfg("t/{tag}/x", Compression::Gzip, 1 << 20));
+        for pad in 0..3 {
+            let tag = format!("{}{}", "a".repeat(pad), "/".repeat(100_000));
+            let r = Record::new(tag.as_str(), 0, Default::default());
+            let mut b = s.new_batch("");
+            b.push(&r);
+            let k = b.finish().key;
+            assert!(
+                k.len() <= MAX_KEY_BYTES && k.ends_with(".gz"),
+                "{}",
+                k.len()
+            );
+            let body = &k[..k.len() - "-0123456789abcdef.gz".len()];
+            assert!(body.ends_with("%2F"), "{pad}: {body}");
+            let p = s.partition(&r).unwrap();
+            assert!(p.len() <= MAX_KEY_BYTES);
+        }
+        // The template's own file extension survives the cut, before the compression one.
+        let s = sink(cfg("j/{tag}/{uuid}.json", Compression::Gzip, 1 << 20));
+        let r = Record::new("x".repeat(2000).as_str(), 0, Default::default());
+        let mut b = s.new_batch("");
+        b.push(&r);
+        let k = b.finish().key;
+        assert_eq!(k.len(), MAX_KEY_BYTES);
+        assert!(k.starts_with("j/xxx") && k.ends_with(".json.gz"), "{k}");
+        let d = s.destination(&r).unwrap();
+        assert!(d.ends_with("x-{hash}.json.gz"), "{d}");
+        // Just at the limit only because of the uuid: renamed too, consistently.
+        let fill = MAX_KEY_BYTES - "j//.json.gz".len() - 36;
+        let r = Record::new("y".repeat(fill).as_str(), 0, Default::default());
+        let mut b = s.new_batch("");
+        b.push(&r);
+        assert_eq!(b.finish().key.len(), MAX_KEY_BYTES);
+        let r = Record::new("y".repeat(fill + 1).as_str(), 0, Default::default());
+        let mut b = s.new_batch("");
+        b.push(&r);
+        let k = b.finish().key;
+        assert!(k.len() <= MAX_KEY_BYTES && k.ends_with(".json.gz"), "{k}");
+        let stem = k.strip_suffix(".json.gz").unwrap();
+        // A uuid's last group has 12 hex digits, the hash 16.
+        assert_eq!(stem.rsplit_once('-').unwrap().1.len(), 16, "{k}");
 
         // Record values are encoded in partitions and object keys alike.
         let s = sink(cfg("k/{tag[1]}/{p}/{uuid}", Compression::Gzip, 1 << 20));
