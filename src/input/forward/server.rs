@@ -613,12 +613,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 self.peer
             );
         }
+        if decoded.stats.bad_keys > 0 {
+            m.error(ErrorKind::BadKey, decoded.stats.bad_keys);
+            crate::warn_limited!(
+                ErrorKind::BadKey.log_key(),
+                "forward input `{}`: {} record(s) from {} had map keys that are neither strings nor integers, kept with each such key written as its JSON text",
+                self.sh.cfg.name,
+                decoded.stats.bad_keys,
+                self.peer
+            );
+        }
         let skipped = &decoded.stats;
-        for (kind, n) in [
-            (ErrorKind::BadTime, skipped.bad_times),
-            (ErrorKind::BadRecord, skipped.bad_records),
-            (ErrorKind::BadEntry, skipped.bad_entries),
+        for kind in [
+            ErrorKind::BadTime,
+            ErrorKind::BadRecord,
+            ErrorKind::BadEntry,
         ] {
+            let (n, reason) = skipped.skips(kind);
             if n > 0 {
                 m.error(kind, n);
                 crate::warn_limited!(
@@ -627,7 +638,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                     self.sh.cfg.name,
                     if n == 1 { "y" } else { "ies" },
                     self.peer,
-                    skipped.skip_reason.as_deref().unwrap_or("unusable entry")
+                    reason.unwrap_or("unusable entry")
                 );
             }
         }
