@@ -1042,10 +1042,17 @@ fn hostile_cases() -> Vec<(&'static str, Vec<u8>, Option<&'static str>, bool)> {
     cases.push(("entries not an array", b, Some("bad_request"), false));
     // (Unusable entries, a bad time or a record that is not a map, do not close the
     // connection: see `a_bad_entry_is_skipped_and_the_rest_acked_once`.)
-    // A PackedForward payload that is no sequence of entries.
+    // A PackedForward payload that is not msgpack (0xc1 is a reserved marker). A payload
+    // of valid msgpack that is not entries is only unusable entries, skipped: see
+    // `every_mode_skips_an_unusable_entry_and_acks`.
     let mut b = Vec::new();
-    client::encode_packed_payload(&mut b, "hostile", &[0x05, 0x06], false, None, None, None);
-    cases.push(("packed payload of integers", b, Some("bad_request"), false));
+    client::encode_packed_payload(&mut b, "hostile", &[0x05, 0xc1], false, None, None, None);
+    cases.push((
+        "packed payload not msgpack",
+        b,
+        Some("malformed_msgpack"),
+        false,
+    ));
     let mut b = Vec::new();
     client::encode_packed_payload(&mut b, "hostile", &[0x92, 0x01], false, None, None, None);
     cases.push((
@@ -1588,9 +1595,9 @@ fn zero_time_signals_and_bad_records_keep_the_connection() {
     c.send(&req).unwrap();
     c.read_ack(&chunk).unwrap();
 
-    // A record with a non-string key, and one nested 100 levels deep, are dropped alone;
-    // their neighbours, unknown option keys and a payload announced as gzip but sent plain
-    // are fine.
+    // A record with a boolean key is kept with the key as its JSON text ("true", as Fluent
+    // Bit writes it); one nested 100 levels deep is dropped alone; their neighbours, unknown
+    // option keys and a payload announced as gzip but sent plain are fine.
     let mut entries = Vec::new();
     write_entry(&mut entries, Form::Plain, T::Int(BASE), &record(2, "kept"));
     let mut bad = Vec::new();
@@ -1629,8 +1636,8 @@ fn zero_time_signals_and_bad_records_keep_the_connection() {
     c.send(&req).unwrap();
     c.read_ack(&chunk).unwrap();
 
-    let lines = wait_lines(&out_path(&r), 3, TIMEOUT);
-    assert_eq!(lines.len(), 3, "{lines:?}");
+    let lines = wait_lines(&out_path(&r), 4, TIMEOUT);
+    assert_eq!(lines.len(), 4, "{lines:?}");
     let after = chrono::Utc::now();
     let t: chrono::DateTime<chrono::Utc> = lines[0]["_time"].as_str().unwrap().parse().unwrap();
     assert!(
@@ -1646,17 +1653,22 @@ fn zero_time_signals_and_bad_records_keep_the_connection() {
     );
     assert_eq!(
         lines[2],
+        json!({"_time": rfc3339(i64::from(BASE), 0), "_tag": "lenient", "true": null})
+    );
+    assert_eq!(
+        lines[3],
         expected_line("lenient", &rfc3339(i64::from(BASE) + 1, 0), 3, "kept")
     );
     assert_eq!(errors("unsupported_signal"), 1.0);
-    assert_eq!(errors("bad_record"), 2.0);
+    assert_eq!(errors("bad_key"), 1.0);
+    assert_eq!(errors("bad_record"), 1.0);
     assert_eq!(
         r.metric("firelane_input_errors_total", &[INPUT]),
         3.0,
         "{}",
         r.metrics()
     );
-    assert_eq!(r.metric("firelane_input_records_total", &[INPUT]), 3.0);
+    assert_eq!(r.metric("firelane_input_records_total", &[INPUT]), 4.0);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -2518,5 +2530,185 @@ fn a_drain_window_longer_than_the_grace_is_refused() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The tester's reports: `[[t,{…}],5,[t,{…}]]` is skipped-and-acked in Forward mode, so the
+/// same entries in PackedForward (plain, gzip, zstd) must be too, not refused with the
+/// connection closed (the client would resend them forever); and a Message whose time is
+/// nil or a string skips its one entry (`bad_time`) and acks its chunk. All on one
+/// connection, which stays open throughout.
+#[test]
+fn every_mode_skips_an_unusable_entry_and_acks() {
+    let port = free_port();
+    let r = Router::start(&config(port, "", FILE_OUTPUT));
+    let errors = |kind: &str| {
+        r.metric(
+            "firelane_input_errors_total",
+            &[INPUT, &format!("kind=\"{kind}\"")],
+        )
+    };
+    let mut c = connect(&tcp(port));
+    let mut want = 0;
+    for mode in ["Forward", "PackedForward", "gzip", "zstd"] {
+        let mut entries = Vec::new();
+        write_entry(&mut entries, Form::Plain, T::Int(BASE), &record(want, mode));
+        rmp::encode::write_uint(&mut entries, 5).unwrap();
+        write_entry(
+            &mut entries,
+            Form::Plain,
+            T::Int(BASE),
+            &record(want + 1, mode),
+        );
+        let chunk = client::new_chunk_id();
+        let mut req = Vec::new();
+        match mode {
+            "Forward" => req = raw_forward("t", &entries, 3, opt_chunk(Some(&chunk))),
+            "PackedForward" => client::encode_packed_payload(
+                &mut req,
+                "t",
+                &entries,
+                false,
+                None,
+                None,
+                Some(&chunk),
+            ),
+            z => {
+                let payload = if z == "gzip" {
+                    gzip(&entries)
+                } else {
+                    zstd(&entries)
+                };
+                client::encode_packed_payload(
+                    &mut req,
+                    "t",
+                    &payload,
+                    false,
+                    None,
+                    Some(z),
+                    Some(&chunk),
+                )
+            }
+        }
+        let before = errors("bad_entry");
+        c.send(&req).unwrap();
+        c.read_ack(&chunk)
+            .unwrap_or_else(|e| panic!("{mode}: no ack: {e}\n{}", r.metrics()));
+        assert_eq!(errors("bad_entry"), before + 1.0, "{mode}");
+        want += 2;
+    }
+    // ["m", nil | "a string", {…}, {"chunk": …}]
+    for (i, second) in [0xc0u8, 0xa3].into_iter().enumerate() {
+        let chunk = client::new_chunk_id();
+        let mut req = Vec::new();
+        rmp::encode::write_array_len(&mut req, 4).unwrap();
+        rmp::encode::write_str(&mut req, "m").unwrap();
+        req.push(second);
+        if second == 0xa3 {
+            req.extend(b"now");
+        }
+        req.extend(record(100, "message"));
+        opt_chunk(Some(&chunk)).write(&mut req);
+        c.send(&req).unwrap();
+        c.read_ack(&chunk)
+            .unwrap_or_else(|e| panic!("message {second:#x}: no ack: {e}\n{}", r.metrics()));
+        assert_eq!(errors("bad_time"), i as f64 + 1.0);
+    }
+    // Still the same connection: a good request goes through after all of that.
+    let chunk = client::new_chunk_id();
+    c.send(&raw_message(
+        "t",
+        T::Int(BASE),
+        &record(want, "last"),
+        opt_chunk(Some(&chunk)),
+    ))
+    .unwrap();
+    c.read_ack(&chunk).unwrap();
+    let lines = wait_lines(&out_path(&r), want as usize + 1, TIMEOUT);
+    let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (0..=want).collect::<Vec<_>>());
+    assert_eq!(
+        r.metric("firelane_input_errors_total", &[INPUT]),
+        6.0,
+        "only the skipped entries counted: {}",
+        r.metrics()
+    );
+}
+
+/// Peak RSS (`VmHWM`) of process `pid`, in MiB.
+fn peak_rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in {status}"));
+    kib / 1024
+}
+
+/// The tester's report: with memory_limit = "64MiB", 16 connections each sending one valid
+/// 14.4 MB Forward request peaked at 299 MiB of RSS (frames released from the budget before
+/// ingest, every connection's full request buffered at once). Large requests now take one
+/// of the input's large-request slots and keep their memory counted; the peak stays near
+/// the limit (asserted with a generous margin) and every record arrives once.
+#[test]
+fn many_large_requests_stay_within_the_memory_limit() {
+    const CONNECTIONS: usize = 12;
+    const PER_REQUEST: usize = 18;
+    const LOG_BYTES: usize = 800_000;
+    const LIMIT_MIB: u64 = 64;
+    let port = free_port();
+    let cfg = config(port, "", FILE_OUTPUT).replace(
+        "[runtime]\n",
+        &format!("[runtime]\nmemory_limit = \"{LIMIT_MIB}MiB\"\n"),
+    );
+    let r = Router::start(&cfg);
+    let pid = r.child.as_ref().expect("router running").id();
+    let start_mib = peak_rss_mib(pid);
+    let log = "x".repeat(LOG_BYTES);
+    let clients: Vec<_> = (0..CONNECTIONS)
+        .map(|i| {
+            let log = log.clone();
+            let addr = tcp(port);
+            std::thread::spawn(move || {
+                let mut entries = Vec::new();
+                for k in 0..PER_REQUEST {
+                    let mut rec = Vec::new();
+                    rmp::encode::write_map_len(&mut rec, 2).unwrap();
+                    rmp::encode::write_str(&mut rec, "id").unwrap();
+                    rmp::encode::write_str(&mut rec, &format!("r{i}_{k}")).unwrap();
+                    rmp::encode::write_str(&mut rec, "log").unwrap();
+                    rmp::encode::write_str(&mut rec, &log).unwrap();
+                    write_entry(&mut entries, Form::Plain, T::Int(BASE), &rec);
+                }
+                let chunk = format!("big{i}");
+                let req = raw_forward("big", &entries, PER_REQUEST as u32, opt_chunk(Some(&chunk)));
+                let mut c = connect(&addr);
+                c.send(&req).unwrap();
+                c.read_ack(&chunk)
+                    .unwrap_or_else(|e| panic!("request {i} not acked: {e}"));
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("client thread");
+    }
+    let want = CONNECTIONS * PER_REQUEST;
+    let lines = wait_lines(&out_path(&r), want, Duration::from_secs(120));
+    let peak = peak_rss_mib(pid);
+    let mut ids: Vec<String> = lines
+        .iter()
+        .map(|l| {
+            assert_eq!(l["log"].as_str().map(str::len), Some(LOG_BYTES));
+            l["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), want, "records lost or duplicated");
+    assert_eq!(lines.len(), want);
+    assert!(
+        peak <= LIMIT_MIB + 64,
+        "peak RSS {peak} MiB (at start {start_mib} MiB) for memory_limit {LIMIT_MIB} MiB"
     );
 }

@@ -68,8 +68,11 @@ fn truncated() -> DecodeError {
 pub struct Stats {
     /// Records (or tags) that contained non-UTF-8 strings, kept with U+FFFD.
     pub invalid_utf8: u64,
-    /// Entries skipped for their record: not a map, a key that is neither a string nor an
-    /// integer, nesting beyond [`MAX_DEPTH`].
+    /// Records kept with map keys that were neither strings nor integers (nil, a boolean, a
+    /// float, a container, an ext value), each key replaced by its JSON text as Fluent Bit
+    /// writes it (`"null"`, `"true"`, `"1.5"`, `"[1,2]"`). Counted once per record.
+    pub bad_keys: u64,
+    /// Entries skipped for their record: not a map, nesting beyond [`MAX_DEPTH`].
     pub bad_records: u64,
     /// Entries skipped for their time: not an integer, float, EventTime or msgpack
     /// Timestamp; negative; beyond year 2262 (the i64 nanosecond range).
@@ -78,24 +81,39 @@ pub struct Stats {
     pub bad_entries: u64,
     /// Fluent Bit group start/end markers skipped.
     pub markers: u64,
-    /// Why the last skipped entry was skipped (for the log line).
-    pub skip_reason: Option<String>,
+    /// Why the first entry of each kind was skipped (for the log line), so the line for
+    /// one kind never shows another kind's reason.
+    pub bad_time_reason: Option<String>,
+    pub bad_record_reason: Option<String>,
+    pub bad_entry_reason: Option<String>,
 }
 
 impl Stats {
     /// Counts one skipped entry under the kind of `e`.
     fn skipped(&mut self, e: DecodeError) {
-        match e.kind {
-            ErrorKind::BadTime => self.bad_times += 1,
-            ErrorKind::BadRecord => self.bad_records += 1,
-            _ => self.bad_entries += 1,
-        }
-        self.skip_reason = Some(e.detail);
+        let (count, reason) = match e.kind {
+            ErrorKind::BadTime => (&mut self.bad_times, &mut self.bad_time_reason),
+            ErrorKind::BadRecord => (&mut self.bad_records, &mut self.bad_record_reason),
+            _ => (&mut self.bad_entries, &mut self.bad_entry_reason),
+        };
+        *count += 1;
+        reason.get_or_insert(e.detail);
     }
 
     /// Entries skipped, all kinds.
     pub fn skipped_entries(&self) -> u64 {
         self.bad_records + self.bad_times + self.bad_entries
+    }
+
+    /// Skipped entries of one kind (`bad_time`, `bad_record`, `bad_entry`) with the reason
+    /// of the first of them; `(0, None)` for any other kind.
+    pub fn skips(&self, kind: ErrorKind) -> (u64, Option<&str>) {
+        match kind {
+            ErrorKind::BadTime => (self.bad_times, self.bad_time_reason.as_deref()),
+            ErrorKind::BadRecord => (self.bad_records, self.bad_record_reason.as_deref()),
+            ErrorKind::BadEntry => (self.bad_entries, self.bad_entry_reason.as_deref()),
+            _ => (0, None),
+        }
     }
 }
 
@@ -191,7 +209,7 @@ fn decode_into(
         }
     };
     let second = cur.pos;
-    let mode = Mode::of(cur.peek()?)?;
+    let mode = Mode::of(cur.peek()?, len)?;
     let elements_before_option = match mode {
         Mode::Message => 3,
         Mode::Forward | Mode::Packed => 2,
@@ -256,16 +274,10 @@ fn decode_into(
             let entries = inflate(payload, limits)?;
             let mut inner = Cursor::new(&entries);
             while inner.pos < entries.len() {
-                // Entries are concatenated with nothing between them: an item that is not
-                // even an array means the payload is no sequence of entries at all.
-                if !matches!(
-                    Marker::from_u8(inner.peek()?),
-                    Marker::FixArray(_) | Marker::Array16 | Marker::Array32
-                ) {
-                    return Err(bad_request(
-                        "packed payload is not a sequence of [time, record] entries",
-                    ));
-                }
+                // Entries are concatenated with nothing between them. Any complete msgpack
+                // object that is not `[time, record]` is one unusable entry (skipped as
+                // `bad_entry`, exactly as in Forward mode); only bytes that are not msgpack
+                // (a reserved marker, an object cut short) break the framing.
                 sink.array_entry(&mut inner)?;
             }
         }
@@ -282,8 +294,13 @@ enum Mode {
 }
 
 impl Mode {
-    /// The spec decides the mode by the type of the second element.
-    fn of(byte: u8) -> Result<Mode, DecodeError> {
+    /// The spec decides the mode by the type of the second element (an array: Forward; a
+    /// string or bin: PackedForward; otherwise a time: Message). A second element that is no
+    /// valid time (nil, a boolean, a map, a string in a 4-element request, which only Message
+    /// mode has) is still a Message: its one entry is skipped as `bad_time` and its chunk
+    /// acked, as for any other unusable entry. A 3-element request with a string second is
+    /// read as PackedForward (its third element may be the option map holding the chunk).
+    fn of(byte: u8, len: u32) -> Result<Mode, DecodeError> {
         Ok(match Marker::from_u8(byte) {
             Marker::FixPos(_)
             | Marker::FixNeg(_)
@@ -306,7 +323,13 @@ impl Mode {
             | Marker::FixExt16
             | Marker::Ext8
             | Marker::Ext16
-            | Marker::Ext32 => Mode::Message,
+            | Marker::Ext32
+            | Marker::Null
+            | Marker::True
+            | Marker::False
+            | Marker::FixMap(_)
+            | Marker::Map16
+            | Marker::Map32 => Mode::Message,
             Marker::FixArray(_) | Marker::Array16 | Marker::Array32 => Mode::Forward,
             Marker::FixStr(_)
             | Marker::Str8
@@ -314,8 +337,14 @@ impl Mode {
             | Marker::Str32
             | Marker::Bin8
             | Marker::Bin16
-            | Marker::Bin32 => Mode::Packed,
-            _ => {
+            | Marker::Bin32 => {
+                if len == 4 {
+                    Mode::Message
+                } else {
+                    Mode::Packed
+                }
+            }
+            Marker::Reserved => {
                 return Err(bad_request(
                     "second element is neither a time, entries nor a payload",
                 ));
@@ -637,10 +666,11 @@ fn read_record(cur: &mut Cursor<'_>, stats: &mut Stats) -> Result<Fields, Decode
             return Err(bad_record(format!("record is {}, not a map", other.name())));
         }
     };
-    let mut utf8_errors = 0;
-    match read_map(cur, n, 1, &mut utf8_errors) {
+    let mut faults = Faults::default();
+    match read_map(cur, n, 1, &mut faults) {
         Ok(fields) => {
-            stats.invalid_utf8 += utf8_errors.min(1);
+            stats.invalid_utf8 += faults.utf8_errors.min(1);
+            stats.bad_keys += faults.bad_keys.min(1);
             Ok(fields)
         }
         Err(ValueError::Reject(reason)) => Err(bad_record(reason)),
@@ -648,22 +678,39 @@ fn read_record(cur: &mut Cursor<'_>, stats: &mut Stats) -> Result<Fields, Decode
     }
 }
 
+/// What was repaired while converting one record.
+#[derive(Default)]
+struct Faults {
+    /// Strings with invalid UTF-8 (replaced with U+FFFD).
+    utf8_errors: u64,
+    /// Map keys that were neither strings nor integers (replaced by their JSON text).
+    bad_keys: u64,
+}
+
 fn read_map(
     cur: &mut Cursor<'_>,
     n: u32,
     depth: usize,
-    utf8_errors: &mut u64,
+    faults: &mut Faults,
 ) -> Result<Map<String, Value>, ValueError> {
     // Each pair takes at least two bytes: a hostile count cannot make us over-allocate.
     let mut map = Map::with_capacity((n as usize).min(cur.remaining() / 2));
     for _ in 0..n {
+        let key_start = cur.pos;
         let key = match cur.next()? {
-            Item::Str(b) | Item::Bin(b) => lossy(b, utf8_errors),
+            Item::Str(b) | Item::Bin(b) => lossy(b, &mut faults.utf8_errors),
             Item::UInt(i) => i.to_string(),
             Item::Int(i) => i.to_string(),
-            _ => return Err(ValueError::Reject("map key is not a string or integer")),
+            _ => {
+                // JSON keys are strings. Fluent Bit writes any other msgpack key as its
+                // JSON text in quotes (`"null"`, `"true"`, `"1.5"`); do the same instead of
+                // dropping a whole record for one odd key, and count it.
+                cur.pos = key_start;
+                faults.bad_keys += 1;
+                read_value(cur, depth, faults)?.to_string()
+            }
         };
-        let value = read_value(cur, depth, utf8_errors)?;
+        let value = read_value(cur, depth, faults)?;
         map.insert(key, value);
     }
     Ok(map)
@@ -672,7 +719,7 @@ fn read_map(
 fn read_value(
     cur: &mut Cursor<'_>,
     depth: usize,
-    utf8_errors: &mut u64,
+    faults: &mut Faults,
 ) -> Result<Value, ValueError> {
     Ok(match cur.next()? {
         Item::Nil => Value::Null,
@@ -680,7 +727,7 @@ fn read_value(
         Item::UInt(u) => Value::Number(u.into()),
         Item::Int(i) => Value::Number(i.into()),
         Item::Float(f) => Number::from_f64(f).map_or(Value::Null, Value::Number),
-        Item::Str(b) | Item::Bin(b) => Value::String(lossy(b, utf8_errors)),
+        Item::Str(b) | Item::Bin(b) => Value::String(lossy(b, &mut faults.utf8_errors)),
         Item::Ext(..) => Value::Null,
         Item::Array(n) => {
             if depth >= MAX_DEPTH {
@@ -688,7 +735,7 @@ fn read_value(
             }
             let mut items = Vec::with_capacity((n as usize).min(cur.remaining()));
             for _ in 0..n {
-                items.push(read_value(cur, depth + 1, utf8_errors)?);
+                items.push(read_value(cur, depth + 1, faults)?);
             }
             Value::Array(items)
         }
@@ -696,7 +743,7 @@ fn read_value(
             if depth >= MAX_DEPTH {
                 return Err(ValueError::Reject("record nested too deeply"));
             }
-            Value::Object(read_map(cur, n, depth + 1, utf8_errors)?)
+            Value::Object(read_map(cur, n, depth + 1, faults)?)
         }
     })
 }
@@ -1103,7 +1150,169 @@ mod tests {
                 (1, 1),
                 "{frame:02x?}"
             );
-            assert!(stats.skip_reason.is_some());
+            assert!(stats.bad_time_reason.is_some());
+        }
+    }
+
+    /// `[tag, <second>, {"log": "x"}, {"chunk": "ck1"}]`
+    fn message_with_time_and_chunk(second: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+        let mut b = Vec::new();
+        enc::write_array_len(&mut b, 4).unwrap();
+        enc::write_str(&mut b, "m").unwrap();
+        second(&mut b);
+        b.extend(record("x"));
+        with_chunk(&mut b);
+        b
+    }
+
+    /// The tester's `["m", nil, {…}, {"chunk": …}]` and its relatives: a Message whose time
+    /// is no time at all (nil, a string, a boolean, a map) is one unusable entry, skipped as
+    /// `bad_time`; the request is not refused and its chunk is acked.
+    #[test]
+    fn message_mode_with_a_non_time_second_element_is_a_bad_time() {
+        for (name, frame) in [
+            (
+                "nil",
+                message_with_time_and_chunk(|b| drop(enc::write_nil(b))),
+            ),
+            (
+                "string",
+                message_with_time_and_chunk(|b| drop(enc::write_str(b, "2024-01-01T00:00:00Z"))),
+            ),
+            (
+                "bin",
+                message_with_time_and_chunk(|b| drop(enc::write_bin(b, b"17"))),
+            ),
+            (
+                "boolean",
+                message_with_time_and_chunk(|b| drop(enc::write_bool(b, true))),
+            ),
+            (
+                "map",
+                message_with_time_and_chunk(|b| drop(enc::write_map_len(b, 0))),
+            ),
+        ] {
+            let (out, stats, req) = ok(&frame);
+            assert!(out.is_empty(), "{name}");
+            assert_eq!(req.records, 0, "{name}");
+            assert_eq!(&frame[req.chunk.unwrap()], b"\xa3ck1", "{name}");
+            assert_eq!((stats.bad_times, stats.skipped_entries()), (1, 1), "{name}");
+            let reason = stats.bad_time_reason.unwrap();
+            assert!(reason.contains("not a time"), "{name}: {reason}");
+        }
+        // Without an option a nil time is still only a skipped entry.
+        let (out, stats, _) = ok(&message_with_time(|b| drop(enc::write_nil(b))));
+        assert!(out.is_empty());
+        assert_eq!(stats.bad_times, 1);
+        // A 3-element request with a string second is a PackedForward with options.
+        let mut packed = Vec::new();
+        client::encode_packed_payload(
+            &mut packed,
+            "t",
+            &record_entry("p"),
+            false,
+            None,
+            None,
+            Some("c"),
+        );
+        let (out, _, req) = ok(&packed);
+        assert_eq!(out.len(), 1);
+        assert!(req.chunk.is_some());
+    }
+
+    /// `[1700000000, {"log": log}]`
+    fn record_entry(log: &str) -> Vec<u8> {
+        let mut e = Vec::new();
+        enc::write_array_len(&mut e, 2).unwrap();
+        enc::write_uint(&mut e, 1_700_000_000).unwrap();
+        e.extend(record(log));
+        e
+    }
+
+    /// The tester's `[[t,{}],["str",{}],[t,"notmap"],[t]]`: each kind is logged with its
+    /// own reason, not the last one found.
+    #[test]
+    fn each_skip_kind_keeps_its_own_reason() {
+        let mut entries = record_entry("good");
+        enc::write_array_len(&mut entries, 2).unwrap();
+        enc::write_str(&mut entries, "str").unwrap();
+        enc::write_map_len(&mut entries, 0).unwrap();
+        enc::write_array_len(&mut entries, 2).unwrap();
+        enc::write_uint(&mut entries, 1).unwrap();
+        enc::write_str(&mut entries, "notmap").unwrap();
+        enc::write_array_len(&mut entries, 1).unwrap();
+        enc::write_uint(&mut entries, 1).unwrap();
+        let mut forward = Vec::new();
+        enc::write_array_len(&mut forward, 2).unwrap();
+        enc::write_str(&mut forward, "t").unwrap();
+        enc::write_array_len(&mut forward, 4).unwrap();
+        forward.extend_from_slice(&entries);
+        let mut packed = Vec::new();
+        client::encode_packed_payload(&mut packed, "t", &entries, false, None, None, None);
+        for (mode, frame) in [("Forward", forward), ("PackedForward", packed)] {
+            let (out, stats, _) = ok(&frame);
+            assert_eq!(out.len(), 1, "{mode}");
+            let time = stats.skips(ErrorKind::BadTime);
+            let rec = stats.skips(ErrorKind::BadRecord);
+            let entry = stats.skips(ErrorKind::BadEntry);
+            assert_eq!((time.0, rec.0, entry.0), (1, 1, 1), "{mode}");
+            assert_eq!(time.1, Some("time is a string, not a time"), "{mode}");
+            assert_eq!(rec.1, Some("record is a string, not a map"), "{mode}");
+            assert_eq!(
+                entry.1,
+                Some("entry is an array, not [time, record]"),
+                "{mode}"
+            );
+        }
+    }
+
+    /// In a PackedForward payload, elements that are valid msgpack but not entries are
+    /// skipped as `bad_entry` exactly as in Forward mode; the good entries around them are
+    /// kept and the chunk acked.
+    #[test]
+    fn packed_elements_that_are_not_entries_are_skipped() {
+        let mut payload = Vec::new();
+        enc::write_uint(&mut payload, 5).unwrap();
+        payload.extend(record_entry("a"));
+        enc::write_str(&mut payload, "junk").unwrap();
+        payload.extend(record("bare record"));
+        enc::write_nil(&mut payload).unwrap();
+        payload.extend(record_entry("b"));
+        let mut frames = Vec::new();
+        let mut b = Vec::new();
+        client::encode_packed_payload(&mut b, "t", &payload, false, None, None, Some("ck1"));
+        frames.push(("uncompressed", b));
+        let mut forward = Vec::new();
+        enc::write_array_len(&mut forward, 3).unwrap();
+        enc::write_str(&mut forward, "t").unwrap();
+        enc::write_array_len(&mut forward, 6).unwrap();
+        forward.extend_from_slice(&payload);
+        with_chunk(&mut forward);
+        frames.push(("Forward", forward));
+        for c in [Compression::Gzip, Compression::Zstd] {
+            let z = client::compress(&payload, c).unwrap();
+            let mut b = Vec::new();
+            client::encode_packed_payload(
+                &mut b,
+                "t",
+                &z,
+                false,
+                None,
+                Some(c.option_value()),
+                Some("ck1"),
+            );
+            frames.push((c.option_value(), b));
+        }
+        for (mode, frame) in &frames {
+            let (out, stats, req) = ok(frame);
+            let logs: Vec<&Value> = out.iter().map(|r| &r.fields["log"]).collect();
+            assert_eq!(logs, [&json!("a"), &json!("b")], "{mode}");
+            assert_eq!(&frame[req.chunk.unwrap()], b"\xa3ck1", "{mode}");
+            assert_eq!(
+                (stats.bad_entries, stats.skipped_entries()),
+                (4, 4),
+                "{mode}"
+            );
         }
     }
 
@@ -1337,12 +1546,12 @@ mod tests {
         let mut b = Vec::new();
         client::encode_packed_payload(&mut b, "t", &gz, false, None, Some("gzip"), Some("ck1"));
         frames.push(("gzip payload cut short", b, ErrorKind::MalformedMsgpack));
-        // A valid entry, then an integer where the next entry should start.
+        // Valid entries, then a byte that is not msgpack (0xc1 is reserved).
         let mut p = before_bad_after(|b| drop(enc::write_uint(b, 1)), None);
-        p.push(0x05);
+        p.push(0xc1);
         let mut b = Vec::new();
         client::encode_packed_payload(&mut b, "t", &p, false, None, None, Some("ck1"));
-        frames.push(("payload not entries", b, ErrorKind::BadRequest));
+        frames.push(("payload not msgpack", b, ErrorKind::MalformedMsgpack));
         // Good entries, then a chunk option of the wrong type.
         let mut b = Vec::new();
         enc::write_array_len(&mut b, 3).unwrap();
@@ -1761,8 +1970,10 @@ mod tests {
         assert_eq!(stats.invalid_utf8, 1, "counted once per record");
     }
 
+    /// A nil (or boolean, float, container) map key no longer drops the record: the key is
+    /// written as its JSON text, as Fluent Bit does, and the record counted once.
     #[test]
-    fn records_with_bad_keys_are_dropped_alone() {
+    fn odd_map_keys_are_kept_as_their_json_text() {
         let mut b = Vec::new();
         enc::write_array_len(&mut b, 2).unwrap();
         enc::write_str(&mut b, "t").unwrap();
@@ -1774,20 +1985,52 @@ mod tests {
             enc::write_str(&mut b, "n").unwrap();
             enc::write_uint(&mut b, i).unwrap();
             if i == 1 {
-                enc::write_map_len(&mut b, 1).unwrap(); // nested map with a bool key
-                enc::write_bool(&mut b, true).unwrap();
+                enc::write_map_len(&mut b, 5).unwrap();
                 enc::write_nil(&mut b).unwrap();
+                enc::write_str(&mut b, "nil key").unwrap();
+                enc::write_bool(&mut b, true).unwrap();
+                enc::write_uint(&mut b, 1).unwrap();
+                enc::write_f64(&mut b, 1.5).unwrap();
+                enc::write_uint(&mut b, 2).unwrap();
+                enc::write_array_len(&mut b, 2).unwrap();
+                enc::write_uint(&mut b, 1).unwrap();
+                enc::write_str(&mut b, "a").unwrap();
+                enc::write_uint(&mut b, 3).unwrap();
+                enc::write_str(&mut b, "k").unwrap();
+                enc::write_uint(&mut b, 4).unwrap();
             } else {
                 enc::write_str(&mut b, "k").unwrap();
             }
             enc::write_nil(&mut b).unwrap();
         }
         let (out, stats, req) = ok(&b);
-        assert_eq!(req.records, 2);
+        assert_eq!(req.records, 3);
         assert_eq!(out[0].fields["n"], 0);
-        assert_eq!(out[1].fields["n"], 2);
-        assert_eq!(stats.bad_records, 1);
-        assert!(stats.skip_reason.is_some());
+        // The second record's key is itself a map with odd keys: the whole key becomes
+        // its JSON text.
+        let key = r#"{"null":"nil key","true":1,"1.5":2,"[1,\"a\"]":3,"k":4}"#;
+        assert_eq!(
+            serde_json::Value::Object(out[1].fields.clone()),
+            json!({"n": 1, key: null})
+        );
+        assert_eq!(out[2].fields["n"], 2);
+        assert_eq!(stats.bad_keys, 1, "counted once per record");
+        assert_eq!(stats.skipped_entries(), 0);
+
+        // The tester's case: a top-level nil key.
+        let frame = message_with_record(|b| {
+            enc::write_map_len(b, 2).unwrap();
+            enc::write_nil(b).unwrap();
+            enc::write_str(b, "v").unwrap();
+            enc::write_str(b, "log").unwrap();
+            enc::write_str(b, "kept").unwrap();
+        });
+        let (out, stats, _) = ok(&frame);
+        assert_eq!(
+            serde_json::Value::Object(out[0].fields.clone()),
+            json!({"null": "v", "log": "kept"})
+        );
+        assert_eq!((stats.bad_keys, stats.bad_records), (1, 0));
     }
 
     fn nested(depth: usize) -> Vec<u8> {

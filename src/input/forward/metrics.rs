@@ -20,14 +20,14 @@ pub enum ErrorKind {
     /// neither an array nor a payload of entries, bad option types. The whole request is
     /// refused and the connection closed.
     BadRequest,
-    /// One entry skipped for its record (not a map, a key that is neither a string nor an
-    /// integer, nesting deeper than 64); the rest of the request is kept and acked.
+    /// One entry skipped for its record (not a map, nesting deeper than 64); the rest of the
+    /// request is kept and acked.
     BadRecord,
-    /// One entry skipped for its time (a string, a negative number, out of range, an
-    /// unknown ext type); the rest of the request is kept and acked.
+    /// One entry skipped for its time (nil, a string, a negative number, out of range, an
+    /// unknown ext type); the rest of the request is kept and acked, in Message mode too.
     BadTime,
-    /// One entry skipped because it is not `[time, record]`; the rest of the request is kept
-    /// and acked.
+    /// One entry skipped because it is not `[time, record]` (in a Forward array or a
+    /// PackedForward payload alike); the rest of the request is kept and acked.
     BadEntry,
     /// Records no output can ever take (larger than every limit that applies): the request
     /// is not acked, the connection stays open.
@@ -36,6 +36,9 @@ pub enum ErrorKind {
     AuthFailed,
     /// A string that is not UTF-8; the record is kept with U+FFFD replacements.
     InvalidUtf8,
+    /// A record map key that is neither a string nor an integer (nil, a boolean, ...); the
+    /// record is kept with the key written as its JSON text (`"null"`), as Fluent Bit does.
+    BadKey,
     /// A request with `fluent_signal` metrics or traces; skipped.
     UnsupportedSignal,
     /// The connection closed in the middle of a request.
@@ -55,7 +58,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 18] = [
+    pub const ALL: [ErrorKind; 19] = [
         ErrorKind::MalformedMsgpack,
         ErrorKind::FrameTooLarge,
         ErrorKind::DecompressFailed,
@@ -67,6 +70,7 @@ impl ErrorKind {
         ErrorKind::TooLarge,
         ErrorKind::AuthFailed,
         ErrorKind::InvalidUtf8,
+        ErrorKind::BadKey,
         ErrorKind::UnsupportedSignal,
         ErrorKind::TruncatedFrame,
         ErrorKind::IngestFailed,
@@ -89,6 +93,7 @@ impl ErrorKind {
             ErrorKind::TooLarge => "too_large",
             ErrorKind::AuthFailed => "auth_failed",
             ErrorKind::InvalidUtf8 => "invalid_utf8",
+            ErrorKind::BadKey => "bad_key",
             ErrorKind::UnsupportedSignal => "unsupported_signal",
             ErrorKind::TruncatedFrame => "truncated_frame",
             ErrorKind::IngestFailed => "ingest_failed",
@@ -113,6 +118,7 @@ impl ErrorKind {
             ErrorKind::TooLarge => "forward_too_large",
             ErrorKind::AuthFailed => "forward_auth_failed",
             ErrorKind::InvalidUtf8 => "forward_invalid_utf8",
+            ErrorKind::BadKey => "forward_bad_key",
             ErrorKind::UnsupportedSignal => "forward_unsupported_signal",
             ErrorKind::TruncatedFrame => "forward_truncated_frame",
             ErrorKind::IngestFailed => "forward_ingest_failed",

@@ -48,6 +48,13 @@ pub(crate) const MAX_UNACKED_REQUESTS: usize = 256;
 /// Ratio assumed between the decompressed and wire size when reserving memory ahead of
 /// inflating; the reservation is corrected once the real size is known.
 const ASSUMED_COMPRESSION_RATIO: usize = 10;
+/// The most memory one large request is assumed to need, in units of `max_frame_bytes`: its
+/// read buffer, the records decoded from it, and the copy made while the buffer grows. It
+/// sizes the input's large-request slots (see [`Shared::large_frames`]).
+const LARGE_FRAME_COST: usize = 3;
+/// Granularity of [`MemoryBudget`] permits; reservations are kept at whole units so a
+/// reservation topped up many times never holds more units than its bytes say.
+const BUDGET_UNIT: usize = 1024;
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
@@ -109,8 +116,12 @@ pub(crate) async fn spawn_with_metrics(
             }
         }
     }
+    let slots =
+        (budget.limit() / cfg.max_frame_bytes.max(1).saturating_mul(LARGE_FRAME_COST)).max(1);
     let shared = Arc::new(Shared {
         connections: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections)),
+        large_frames: Arc::new(tokio::sync::Semaphore::new(slots)),
+        large_cap: budget.limit() / slots / BUDGET_UNIT * BUDGET_UNIT,
         limits: Limits {
             max_decompressed_bytes: cfg.max_decompressed_bytes,
         },
@@ -172,6 +183,17 @@ fn bind_unix(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
 struct Shared {
     /// One permit per open connection (`max_connections`).
     connections: Arc<tokio::sync::Semaphore>,
+    /// One permit per request that is being read, decoded or ingested with more than
+    /// `FREE_READ_BUFFER` of read buffer: `memory_limit / (3 × max_frame_bytes)`, at least
+    /// one. Only a holder may wait for budget while holding budget (each at most
+    /// `large_cap`, and all holders together at most `memory_limit`, so they never wait for
+    /// each other forever); everyone else gives its reservation back before waiting. This
+    /// keeps the memory of large requests counted while they wait, and bounds what is not
+    /// counted (a request's records between decoding and the buffers' own reservation) to
+    /// one request per slot.
+    large_frames: Arc<tokio::sync::Semaphore>,
+    /// Budget one slot holder may hold (`memory_limit / slots`, whole KiB).
+    large_cap: usize,
     cfg: ForwardConfig,
     ingest: Arc<dyn Ingest>,
     budget: MemoryBudget,
@@ -358,6 +380,14 @@ struct Conn<S> {
     /// released when the batch is handed to `ingest`.
     held: Reservation,
     pending: PendingAcks,
+    /// This connection's large-request slot ([`Shared::large_frames`]), held from the
+    /// moment its read buffer must grow beyond `FREE_READ_BUFFER` until the request's
+    /// records were taken by the router and the buffer is small again.
+    large: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// While a slot is held, the request in progress must be complete by then
+    /// (`read_timeout` after the slot was taken or the last request completed), so a
+    /// client trickling a large request cannot keep the slot from others.
+    large_deadline: Option<tokio::time::Instant>,
 }
 
 /// What woke a connection waiting for bytes.
@@ -378,6 +408,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             buf: BytesMut::with_capacity(READ_CHUNK),
             held: Reservation::empty(),
             pending: PendingAcks::default(),
+            large: None,
+            large_deadline: None,
         }
     }
 
@@ -474,6 +506,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                     Split::Complete(n) => {
                         let frame = self.buf.split_to(n).freeze();
                         splitter.reset();
+                        if self.large.is_some() {
+                            self.large_deadline = self
+                                .sh
+                                .cfg
+                                .read_timeout
+                                .map(|d| tokio::time::Instant::now() + d);
+                        }
                         if let Err(e) = self.decode_into(&mut batch, frame).await {
                             fatal = Some(e);
                             break;
@@ -485,16 +524,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 }
             }
             let more_buffered = batch.is_full() && fatal.is_none();
+            // Give back what one big request needed before its records are handed on (they
+            // are not counted until the buffers reserve them), not after.
+            self.shed_read_buffer();
             self.commit(batch).await?;
             if let Some(e) = fatal {
                 return Err(e);
             }
+            if self.large.is_some() && self.buf.capacity() <= FREE_READ_BUFFER {
+                self.large = None;
+                self.large_deadline = None;
+            }
             if more_buffered {
                 continue;
-            }
-            if self.buf.is_empty() && self.buf.capacity() > FREE_READ_BUFFER {
-                // Give back what one big request needed.
-                self.buf = BytesMut::with_capacity(READ_CHUNK);
             }
             let spare = self.buf.capacity() - self.buf.len();
             if spare < READ_CHUNK / 2 {
@@ -502,13 +544,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 // few times, not once per read), never to the size its header announces:
                 // a header claiming 16 MiB followed by silence must cost nothing.
                 let missing = splitter.min_len().saturating_sub(self.buf.len());
-                self.buf
-                    .reserve(READ_CHUNK.max(self.buf.len().min(missing)));
+                let grow = READ_CHUNK.max(self.buf.len().min(missing));
+                if self.large.is_none() && self.buf.len() + grow > FREE_READ_BUFFER {
+                    self.take_large_slot().await?;
+                }
+                self.buf.reserve(grow);
             }
             if self.buf.capacity() > FREE_READ_BUFFER {
-                // Counted as it is filled; may wait for memory others release (holding
-                // nothing meanwhile, see `ensure`).
-                ensure(&mut self.held, &self.sh.budget, self.buf.capacity()).await;
+                // Counted as it is filled; may wait for memory others release (see
+                // `ensure`).
+                let cap = self.slot_cap();
+                ensure(&mut self.held, &self.sh.budget, self.buf.capacity(), cap).await;
             }
             // Too many requests wait for their acks: read nothing more until the oldest
             // is settled, so a stage holding records back cannot make this grow forever.
@@ -531,6 +577,59 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         }
     }
 
+    /// Budget this connection may hold while waiting for more: `Some` only with a
+    /// large-request slot.
+    fn slot_cap(&self) -> Option<usize> {
+        self.large.as_ref().map(|_| self.sh.large_cap)
+    }
+
+    /// Waits for a large-request slot, sending acks as their requests are settled
+    /// meanwhile. Holds no budget while waiting (the read buffer is at most
+    /// `FREE_READ_BUFFER`, a fixed per-connection cost).
+    async fn take_large_slot(&mut self) -> Result<(), DecodeError> {
+        let slots = self.sh.large_frames.clone();
+        let mut slot = std::pin::pin!(slots.acquire_owned());
+        loop {
+            let woke = tokio::select! {
+                p = &mut slot => {
+                    // The semaphore is never closed; without a slot the request is still
+                    // read, only its memory is not held while waiting.
+                    self.large = p.ok();
+                    self.large_deadline =
+                        self.sh.cfg.read_timeout.map(|d| tokio::time::Instant::now() + d);
+                    return Ok(());
+                }
+                (p, outcome) = self.pending.next() => Woke::Settled(p, outcome),
+                _ = self.shutdown.stopped() => Woke::Stopped,
+            };
+            match woke {
+                Woke::Settled(p, outcome) => self.answer(p, outcome).await?,
+                _ => {
+                    return Err(err(
+                        ErrorKind::TruncatedFrame,
+                        format!(
+                            "drain window over with {} bytes of an incomplete request waiting for memory (not acked)",
+                            self.buf.len()
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Moves what is left in a read buffer grown for a large request (nothing, or the start
+    /// of the next request) to a small one, so the large allocation is freed as soon as
+    /// the requests cut from it are.
+    fn shed_read_buffer(&mut self) {
+        if (self.large.is_some() || self.buf.capacity() > FREE_READ_BUFFER)
+            && self.buf.len() <= READ_CHUNK / 2
+        {
+            let mut small = BytesMut::with_capacity(READ_CHUNK);
+            small.extend_from_slice(&self.buf);
+            self.buf = small;
+        }
+    }
+
     /// Reads more bytes, sending acks as their requests are settled meanwhile. `Ok(false)`
     /// on EOF, at the end of the drain window, or after `idle_timeout`, with nothing in
     /// progress. A request in progress that receives nothing for `read_timeout`, or is cut
@@ -543,7 +642,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         } else {
             self.sh.cfg.idle_timeout
         };
-        let deadline = limit.map(|d| tokio::time::Instant::now() + d);
+        let gap_deadline = limit.map(|d| tokio::time::Instant::now() + d);
+        let slot_deadline = self.large_deadline.filter(|_| in_progress);
+        let deadline = match (gap_deadline, slot_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let slot_expired = slot_deadline.is_some() && slot_deadline == deadline;
         let timed_out = async move {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d).await,
@@ -573,6 +678,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                     ));
                 }
                 Woke::Stopped => return Ok(false),
+                Woke::TimedOut if slot_expired => {
+                    return Err(err(
+                        ErrorKind::ReadTimeout,
+                        format!(
+                            "a large request did not arrive within {:?} ({} bytes received); it held one of the input's large-request slots",
+                            limit.unwrap_or_default(),
+                            self.buf.len()
+                        ),
+                    ));
+                }
                 Woke::TimedOut if in_progress => {
                     return Err(err(
                         ErrorKind::ReadTimeout,
@@ -598,7 +713,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         } else {
             wire * 3
         };
-        ensure(&mut self.held, &self.sh.budget, batch.mem_bytes + estimate).await;
+        let cap = self.slot_cap();
+        ensure(
+            &mut self.held,
+            &self.sh.budget,
+            batch.mem_bytes + estimate,
+            cap,
+        )
+        .await;
 
         let decoded = self.decode(frame).await?;
 
@@ -613,12 +735,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 self.peer
             );
         }
+        if decoded.stats.bad_keys > 0 {
+            m.error(ErrorKind::BadKey, decoded.stats.bad_keys);
+            crate::warn_limited!(
+                ErrorKind::BadKey.log_key(),
+                "forward input `{}`: {} record(s) from {} had map keys that are neither strings nor integers, kept with each such key written as its JSON text",
+                self.sh.cfg.name,
+                decoded.stats.bad_keys,
+                self.peer
+            );
+        }
         let skipped = &decoded.stats;
-        for (kind, n) in [
-            (ErrorKind::BadTime, skipped.bad_times),
-            (ErrorKind::BadRecord, skipped.bad_records),
-            (ErrorKind::BadEntry, skipped.bad_entries),
+        for kind in [
+            ErrorKind::BadTime,
+            ErrorKind::BadRecord,
+            ErrorKind::BadEntry,
         ] {
+            let (n, reason) = skipped.skips(kind);
             if n > 0 {
                 m.error(kind, n);
                 crate::warn_limited!(
@@ -627,7 +760,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                     self.sh.cfg.name,
                     if n == 1 { "y" } else { "ies" },
                     self.peer,
-                    skipped.skip_reason.as_deref().unwrap_or("unusable entry")
+                    reason.unwrap_or("unusable entry")
                 );
             }
         }
@@ -638,7 +771,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 .map(Record::approx_size)
                 .sum::<usize>();
         batch.records.extend(decoded.records);
-        ensure(&mut self.held, &self.sh.budget, batch.mem_bytes).await;
+        let cap = self.slot_cap();
+        ensure(&mut self.held, &self.sh.budget, batch.mem_bytes, cap).await;
 
         let request = decoded.result?;
         batch.wire_bytes += wire as u64;
@@ -869,18 +1003,40 @@ fn ack_reply(out: &mut Vec<u8>, chunk: &[u8]) {
     out.extend_from_slice(chunk);
 }
 
-/// Tops `held` up to `bytes`. Never waits while holding a part: two connections each
-/// holding half the budget and waiting for more would block each other forever.
-async fn ensure(held: &mut Reservation, budget: &MemoryBudget, bytes: usize) {
-    if held.bytes() >= bytes {
+/// Tops `held` up to `bytes` (at most `slot_cap`, or the whole budget, in whole KiB).
+///
+/// Without a large-request slot (`slot_cap` is `None`) it never waits while holding a part:
+/// two connections each holding half the budget and waiting for more would block each
+/// other forever. A slot holder keeps what it holds while it waits: what it holds is
+/// memory it really uses (a request half read), and slot holders together hold at most
+/// the budget (see [`Shared::large_frames`]), so the budget they wait for is held by
+/// others that release it without waiting for them.
+async fn ensure(
+    held: &mut Reservation,
+    budget: &MemoryBudget,
+    bytes: usize,
+    slot_cap: Option<usize>,
+) {
+    // Whole units: `MemoryBudget` rounds every reservation up to a KiB, so topping up by
+    // odd amounts would hold more units than `held.bytes()` says, and a holder could wait
+    // for units that do not exist.
+    let target = bytes
+        .min(slot_cap.unwrap_or(budget.limit()))
+        .next_multiple_of(BUDGET_UNIT);
+    if held.bytes() >= target {
         return;
     }
-    if let Some(extra) = budget.try_acquire(bytes - held.bytes()) {
-        held.merge(extra);
+    let extra = target - held.bytes();
+    if let Some(r) = budget.try_acquire(extra) {
+        held.merge(r);
+        return;
+    }
+    if slot_cap.is_some() {
+        held.merge(budget.acquire(extra).await);
         return;
     }
     *held = Reservation::empty();
-    *held = budget.acquire(bytes).await;
+    *held = budget.acquire(target).await;
 }
 
 /// Requests are arrays, or nil heartbeats. Anything else is refused at its first byte
