@@ -230,6 +230,15 @@ impl BufferWriter {
         }
     }
 
+    /// Disk buffers: the segment files' usage (see [`disk::DiskUsage`]). `None` for
+    /// memory buffers, which free each record when it is acked.
+    pub fn disk_usage(&self) -> Option<disk::DiskUsage> {
+        match &self.0 {
+            WriterImpl::Memory(_) => None,
+            WriterImpl::Disk(w) => Some(w.usage()),
+        }
+    }
+
     /// `Some((bytes, limit))` when this buffer can never store `record`, so that inputs
     /// refuse it before their ack instead of the buffer dropping it after. A memory buffer
     /// takes any record (one larger than `max_size` passes once the buffer is empty); a

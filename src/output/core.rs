@@ -109,6 +109,30 @@ impl Pressure {
         }
         target.map(|t| t as usize)
     }
+
+    /// Disk buffers: `Some(seq)` when open batches holding a record below `seq` must be
+    /// sealed so that the oldest segment files can be deleted.
+    ///
+    /// A segment file goes only when all its records are done, so a quiet partition whose
+    /// batch waits for `max_age` (one record every few seconds) pins every segment written
+    /// meanwhile; the files reach their cap (2 × `max_size`) while the undelivered bytes
+    /// are tiny, and the inputs stop although the buffer is not full of undelivered data.
+    /// The rule: when the files use at least three quarters of their cap and at least
+    /// half of the cap (`max_size`) is records already done, seal the open batches that
+    /// hold records in the oldest half of the files. A few pinned segments (one quiet
+    /// record, the segment being written, acks not yet persisted) stay under that, so
+    /// batches are not shrunk for them; a slow destination (files full of *undelivered*
+    /// records) does not meet the second half of the rule; the last quarter is headroom
+    /// while the sealed batches are sent and their segments deleted.
+    fn pin_below(&self) -> Option<u64> {
+        let (writer, _) = self.buffer.as_ref()?;
+        let u = writer.disk_usage()?;
+        let done = u.disk_bytes.saturating_sub(u.live_bytes);
+        (u.disk_bytes.saturating_mul(4) >= u.disk_cap.saturating_mul(3)
+            && done.saturating_mul(2) >= u.disk_cap
+            && u.oldest_half_end > 0)
+            .then_some(u.oldest_half_end)
+    }
 }
 
 /// The two shutdown signals of one output (see the module docs).
@@ -340,6 +364,14 @@ impl<B: BatchBuilder> OpenBatches<B> {
         sealed
     }
 
+    /// Seals every batch holding a record with a seq below `seq`. Returns how many.
+    fn seal_holding_below(&mut self, seq: u64, ready: &mut VecDeque<Job<B::Batch>>) -> u64 {
+        // Entries join a batch in read order, which is seq order: the first is the lowest.
+        let before = self.map.len();
+        self.seal_where(ready, |o| o.entries.first().is_some_and(|e| e.seq < seq));
+        (before - self.map.len()) as u64
+    }
+
     /// Seals the partition opened first. `false` if none is open.
     fn seal_oldest(&mut self, ready: &mut VecDeque<Job<B::Batch>>) -> bool {
         let Some(k) = self
@@ -382,6 +414,23 @@ pub(crate) async fn run_inner<S: Sink>(
     let pressure = ctx.pressure;
     let sealed_pressure = sealed_counter(&ctx.name, "pressure");
     let sealed_partitions = sealed_counter(&ctx.name, "partitions");
+    let sealed_disk = sealed_counter(&ctx.name, "disk");
+    let output_name = ctx.name.clone();
+    // Both pressure checks: the budget / buffer fill (largest batches first) and the disk
+    // files pinned by open batches (batches holding the oldest records).
+    let relieve = |open: &mut OpenBatches<S::Builder>, ready: &mut VecDeque<Job<BatchOf<S>>>| {
+        if let Some(target) = pressure.target(open.held) {
+            sealed_pressure.increment(open.seal_down_to(target, ready));
+        }
+        if let Some(below) = pressure.pin_below() {
+            let n = open.seal_holding_below(below, ready);
+            if n > 0 {
+                tracing::debug!(output = %output_name, below, n,
+                    "disk buffer files pinned by open batches: sealing them");
+            }
+            sealed_disk.increment(n);
+        }
+    };
     let shared = Arc::new(Shared {
         metrics: OutputMetrics::new(&ctx.name),
         name: ctx.name,
@@ -460,11 +509,7 @@ pub(crate) async fn run_inner<S: Sink>(
                 let now = Instant::now();
                 open.seal_where(&mut ready, |o| o.due <= now);
             }
-            _ = recheck.tick(), if watch => {
-                if let Some(target) = pressure.target(open.held) {
-                    sealed_pressure.increment(open.seal_down_to(target, &mut ready));
-                }
-            }
+            _ = recheck.tick(), if watch => relieve(&mut open, &mut ready),
             msg = rx.recv(), if can_read => {
                 let Some(entries) = msg else {
                     // Closed and drained: nothing more will join the open batches.
@@ -527,8 +572,8 @@ pub(crate) async fn run_inner<S: Sink>(
                 }
                 if flushing {
                     open.seal_all(&mut ready);
-                } else if let Some(target) = pressure.target(open.held) {
-                    sealed_pressure.increment(open.seal_down_to(target, &mut ready));
+                } else {
+                    relieve(&mut open, &mut ready);
                 }
                 if !refused.is_empty() {
                     tally += shared.give_up(refused, 0, GiveUp::Rejected).await;

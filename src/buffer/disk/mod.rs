@@ -1074,6 +1074,27 @@ pub struct Writer {
     guard: Arc<Guard>,
 }
 
+/// A snapshot of a disk buffer's file usage, for the delivery core's pressure check.
+///
+/// A segment file is deleted only when every record in it is done, so one record held in
+/// an open batch (a quiet partition waiting for its `max_age`) keeps its whole segment,
+/// and the segments written after it until they are done as well. `disk_bytes -
+/// live_bytes` is that pinned garbage; the files may not grow past `disk_cap`, so a
+/// writer would block on garbage. Sealing the open batches that hold records below
+/// `oldest_half_end` lets the oldest half of the files go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiskUsage {
+    /// Bytes of the segment files (`firelane_buffer_disk_bytes`).
+    pub disk_bytes: u64,
+    /// The most the files may take: [`DISK_CAP_FACTOR`] × `max_size`.
+    pub disk_cap: u64,
+    /// Frame bytes of records not yet done (`firelane_buffer_bytes`).
+    pub live_bytes: u64,
+    /// One past the last seq of the oldest segments that together hold at least half of
+    /// `disk_bytes`, never counting the newest (active) segment (0 with fewer than two).
+    pub oldest_half_end: u64,
+}
+
 /// Keeps `space_waiters` right even when a waiting push is cancelled.
 struct Waiting<'a>(&'a Core);
 
@@ -1194,6 +1215,34 @@ impl Writer {
     /// Bytes of the segment files (also `firelane_buffer_disk_bytes`).
     pub fn disk_bytes(&self) -> u64 {
         self.guard.core.state.lock().disk_bytes
+    }
+
+    /// How full the segment files are, and which records keep the oldest of them: see
+    /// [`DiskUsage`].
+    pub fn usage(&self) -> DiskUsage {
+        let core = &self.guard.core;
+        let st = core.state.lock();
+        // The oldest segments holding half of the file bytes: once every record below
+        // `oldest_half_end` is done, at least that half can be deleted.
+        // The newest segment is being written: sealing for it would send every new
+        // record at once, and it is freed only after it rotates anyway.
+        let half = st.disk_bytes / 2;
+        let mut sum = 0u64;
+        let mut oldest_half_end = 0u64;
+        let older = st.segments.len().saturating_sub(1);
+        for (_, m) in st.segments.iter().take(older) {
+            sum = sum.saturating_add(m.bytes);
+            oldest_half_end = m.end;
+            if sum >= half {
+                break;
+            }
+        }
+        DiskUsage {
+            disk_bytes: st.disk_bytes,
+            disk_cap: core.disk_cap,
+            live_bytes: st.live_bytes,
+            oldest_half_end,
+        }
     }
 
     #[cfg(test)]
