@@ -189,8 +189,8 @@ fn stop(mut r: Router) -> Router {
     assert!(status.success(), "exit status {status}\n{}", r.logs());
     let logs = r.logs();
     assert!(
-        !logs.contains("undelivered at shutdown")
-            && !logs.contains("shutdown finished with undelivered"),
+        !logs.contains("at the shutdown deadline")
+            && !logs.contains("shutdown finished before every record was delivered"),
         "records undelivered at shutdown\n{logs}"
     );
     r

@@ -291,6 +291,16 @@ impl BufferReader {
         }
     }
 
+    /// Disk buffers: records pushed and not yet acked, which a restart delivers again
+    /// (the shutdown summary's "kept for next start"). `None` for memory buffers, whose
+    /// records end with the process.
+    pub fn disk_records(&self) -> Option<u64> {
+        match &self.0 {
+            ReaderImpl::Memory(_) => None,
+            ReaderImpl::Disk(r) => Some(r.unacked_records()),
+        }
+    }
+
     pub fn acker(&self) -> Acker {
         match &self.0 {
             ReaderImpl::Memory(r) => Acker(AckerImpl::Memory(r.acker())),

@@ -197,8 +197,10 @@ impl OutputContext {
 }
 
 /// Final fates of the records `run` took from its buffer. They add up:
-/// taken = sent + dropped + dead_lettered + failed + undelivered.
-/// (The `failed` metric counts `failed + undelivered`.)
+/// taken = sent + dropped + dead_lettered + failed + undelivered + unknown.
+/// `lost` and `kept` say what the shutdown deadline meant for them (and, for `kept`, for
+/// the records never taken); they are not part of that sum.
+/// (The `failed` metric counts `failed + lost`.)
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OutputSummary {
     pub sent: u64,
@@ -207,8 +209,18 @@ pub struct OutputSummary {
     pub dead_lettered: u64,
     /// Given up on (permanent error or retries exhausted) with no dead letter.
     pub failed: u64,
-    /// Still pending at the shutdown deadline; not acknowledged to the buffer.
+    /// Not sent at the shutdown deadline (open, queued, waiting for a retry); not
+    /// acknowledged to the buffer.
     pub undelivered: u64,
+    /// In a request the shutdown deadline cut off: it may have reached the destination.
+    /// Not acknowledged to the buffer (a disk buffer sends them again: maybe twice).
+    pub unknown: u64,
+    /// Memory buffer: records that end with the process at the deadline (`undelivered`
+    /// plus what was still in the buffer); counted in the `failed` metric.
+    pub lost: u64,
+    /// Disk buffer: records left in it at the deadline (taken or not), delivered after
+    /// the next start; not failed.
+    pub kept: u64,
 }
 
 impl AddAssign for OutputSummary {
@@ -218,6 +230,9 @@ impl AddAssign for OutputSummary {
         self.dead_lettered += o.dead_lettered;
         self.failed += o.failed;
         self.undelivered += o.undelivered;
+        self.unknown += o.unknown;
+        self.lost += o.lost;
+        self.kept += o.kept;
     }
 }
 
@@ -711,6 +726,7 @@ async fn abandon<S: Sink>(
         tally.undelivered += in_flight.values().sum::<usize>() as u64;
     }
     let mut left = 0usize;
+    let mut kept = None;
     if let Ok((mut reader, held)) = reader_task.await {
         left += held;
         while let Ok(chunk) = rx.try_recv() {
@@ -723,20 +739,36 @@ async fn abandon<S: Sink>(
                 left += chunk.len();
             }
         }
+        kept = reader.disk_records();
     }
     tally.undelivered += left as u64;
-    shared.metrics.failed.increment(tally.undelivered);
-    if tally.undelivered > 0 {
-        let fate = match kind {
-            BufferKind::Memory => "memory buffer: lost",
-            BufferKind::Disk => "disk buffer: kept for next start",
-        };
-        tracing::error!(
-            output = %shared.name,
-            "output {}: {} records undelivered at shutdown deadline ({fate})",
-            shared.name,
-            tally.undelivered
-        );
+    let name = &shared.name;
+    match kind {
+        BufferKind::Memory => {
+            tally.lost = tally.undelivered;
+            shared.metrics.failed.increment(tally.lost);
+            if tally.lost > 0 || tally.unknown > 0 {
+                tracing::error!(
+                    output = %name, lost = tally.lost, unknown = tally.unknown,
+                    "output {name}: at the shutdown deadline {} records were not delivered (memory buffer: lost) and {} were in requests the deadline cut off (they may have arrived)",
+                    tally.lost,
+                    tally.unknown
+                );
+            }
+        }
+        BufferKind::Disk => {
+            // Everything not acknowledged is still on disk, read or not: that is the
+            // number the next start replays.
+            tally.kept = kept.unwrap_or(tally.undelivered + tally.unknown);
+            if tally.kept > 0 {
+                tracing::warn!(
+                    output = %name, kept = tally.kept, unknown = tally.unknown,
+                    "output {name}: at the shutdown deadline {} records are kept in the disk buffer for the next start ({} of them were in requests the deadline cut off: they may arrive twice)",
+                    tally.kept,
+                    tally.unknown
+                );
+            }
+        }
     }
     tally
 }

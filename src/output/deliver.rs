@@ -388,7 +388,14 @@ pub(crate) async fn deliver<S: Sink>(
                 _ = shared.deadline.cancelled() => None,
                 r = shared.sink.send(&job.partition, &job.batch) => Some(r),
             };
-            let Some(result) = result else { continue };
+            let Some(result) = result else {
+                // The request may have reached the destination before the deadline cut
+                // it: its records are not acknowledged (a disk buffer sends them again),
+                // but neither are they reported lost.
+                tally.unknown += job.entries.len() as u64;
+                tally.undelivered += queue.iter().map(|j| j.entries.len() as u64).sum::<u64>();
+                return tally;
+            };
             shared
                 .metrics
                 .request_seconds

@@ -1326,6 +1326,11 @@ impl Reader {
         }
     }
 
+    /// Committed records not yet acked (handed out or not): what a restart replays.
+    pub fn unacked_records(&self) -> u64 {
+        self.guard.core.state.lock().live_records
+    }
+
     /// Bytes the reader holds besides what `recv` returned: the stash and the file buffer.
     /// The bounded-memory claim, measurable.
     pub fn resident_bytes(&self) -> usize {
