@@ -214,6 +214,22 @@ impl BufferWriter {
         }
     }
 
+    /// [`push`](Self::push) that also says what was taken when it fails: a push goes in
+    /// chunks as space allows, so the buffer may close (shutdown) or a disk write fail
+    /// after some records were accepted. Those stay buffered and will be delivered; the
+    /// report counts them (accepted) and the records dropped so far, for accounting.
+    pub async fn push_counted(
+        &self,
+        records: Vec<Record>,
+    ) -> (PushReport, Result<(), BufferError>) {
+        let mut report = PushReport::default();
+        let result = match &self.0 {
+            WriterImpl::Memory(w) => w.push_into(records, &mut report).await,
+            WriterImpl::Disk(w) => w.push_into(records, &mut report).await,
+        };
+        (report, result)
+    }
+
     /// No more pushes (they fail with `Closed`, waiting ones too); the reader drains what
     /// is buffered and then gets `None`.
     pub fn close(&self) {

@@ -1106,8 +1106,18 @@ impl Drop for Waiting<'_> {
 
 impl Writer {
     pub async fn push(&self, records: Vec<Record>) -> Result<PushReport, BufferError> {
-        let core = &*self.guard.core;
         let mut report = PushReport::default();
+        self.push_into(records, &mut report).await.map(|()| report)
+    }
+
+    /// [`push`](Self::push), adding what was accepted or dropped to `report` as it goes:
+    /// on an error (closed, write failed) after some chunks went in, those stay counted.
+    pub async fn push_into(
+        &self,
+        records: Vec<Record>,
+        report: &mut PushReport,
+    ) -> Result<(), BufferError> {
+        let core = &*self.guard.core;
         // Frames of all records back to back; `ends[i]` is where record i's frame ends.
         let mut frames = Vec::with_capacity(records.len() * 256);
         let mut ends = Vec::with_capacity(records.len());
@@ -1175,7 +1185,7 @@ impl Writer {
                     }
                     if core.when_full == WhenFull::DropNewest {
                         report.dropped += ends.len() - done_records;
-                        return Ok(report);
+                        return Ok(());
                     }
                     st.space_waiters += 1;
                     Waiting(core)
@@ -1192,7 +1202,7 @@ impl Writer {
                 Err(_) => return Err(BufferError::Closed),
             }
         }
-        Ok(report)
+        Ok(())
     }
 
     pub fn close(&self) {
