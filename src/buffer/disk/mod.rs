@@ -1183,6 +1183,20 @@ impl Writer {
                         done_records += n;
                         break (rx, n);
                     }
+                    // Full of files, not of undelivered records: say so, a stall with
+                    // `firelane_buffer_bytes` far under max_size is otherwise a mystery.
+                    // (The delivery core seals the open batches that pin old segments.)
+                    let next = ends[done_records] - done_bytes;
+                    if live + next as u64 <= core.max_size {
+                        crate::warn_limited!(
+                            "buffer_disk_cap",
+                            "disk buffer {}: segment files at their cap ({} of {} bytes) with only {} bytes undelivered: waiting for delivered segments to be deleted (segments are pinned by records still in open or retried batches)",
+                            core.output,
+                            st.disk_bytes,
+                            core.disk_cap,
+                            st.live_bytes
+                        );
+                    }
                     if core.when_full == WhenFull::DropNewest {
                         report.dropped += ends.len() - done_records;
                         return Ok(());
