@@ -17,7 +17,10 @@
 //! stall every input until `max_age`. So when the buffer (or the budget) is at least half
 //! full and open batches hold a large share of it, the largest open batches are sealed
 //! and sent now (see [`Pressure`]). Batches are then smaller than configured, but no ack
-//! waits on a timer.
+//! waits on a timer. A disk buffer deletes a segment file only once all its records are
+//! done, so an open batch also pins files: when they near their cap with mostly
+//! delivered data, the batches holding the oldest records are sealed (`reason="disk"`,
+//! see `Pressure::pin_below`).
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::AddAssign;
@@ -49,8 +52,8 @@ const ABANDON_GRACE: Duration = Duration::from_secs(1);
 /// output or an input may have filled the shared budget meanwhile).
 const PRESSURE_RECHECK: Duration = Duration::from_millis(100);
 
-/// What presses on an output's open batches: the fill of its own buffer and of the
-/// process-wide memory budget. Without either (unit tests), only the batch limits and
+/// What presses on an output's open batches: the fill of its own buffer (for disk
+/// buffers also of its segment files) and of the process-wide memory budget. Without either (unit tests), only the batch limits and
 /// `max_age` seal batches.
 #[derive(Clone, Default)]
 pub struct Pressure {
@@ -403,8 +406,9 @@ impl<B: BatchBuilder> OpenBatches<B> {
 }
 
 /// `firelane_output_sealed_batches_total{output, reason}` for the early seals: `pressure`
-/// (buffer or budget half full, see [`Pressure`]) and `partitions` (at the partition cap
-/// or out of budget for one more open batch). Batches sealed at their limits or at
+/// (buffer or budget half full, see [`Pressure`]), `disk` (open batches pin a disk
+/// buffer's oldest segment files) and `partitions` (at the partition cap or out of budget
+/// for one more open batch). Batches sealed at their limits or at
 /// `max_age` are not counted here.
 fn sealed_counter(output: &str, reason: &'static str) -> Counter {
     metrics::counter!("firelane_output_sealed_batches_total", "output" => output.to_owned(), "reason" => reason)
