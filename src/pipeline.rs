@@ -14,9 +14,11 @@ use crate::route::{Decision, Router};
 pub struct OutputPort {
     pub name: String,
     pub writer: BufferWriter,
-    received: Counter,
     dropped: Counter,
     drop_reason: Counter,
+    /// `firelane_output_received_records_total{output}`: records this output's buffer took
+    /// (accepted, or dropped when full); not those a failed push never took.
+    received: Counter,
     /// `firelane_output_refused_records_total{output, reason="too_large"}`: records refused
     /// before the ack because this output's buffer can never store them.
     refused_too_large: Counter,
@@ -131,12 +133,17 @@ impl Pipeline {
             .filter(|(_, s)| !s.is_empty())
             .map(|(o, share)| {
                 let port = &self.outputs[o];
-                port.received.increment(share.len() as u64);
-                async move { (port, port.writer.push(share).await) }
+                async move { (port, port.writer.push_counted(share).await) }
             });
         let mut result = Ok(());
-        for (port, outcome) in futures::future::join_all(pushes).await {
-            match outcome {
+        for (port, (report, outcome)) in futures::future::join_all(pushes).await {
+            // What the buffer took (accepted, or dropped by `drop_newest` and counted as
+            // dropped), also when the push failed part-way: received = sent + dropped +
+            // dead_lettered + failed + buffered holds. Records a failed push did not take
+            // are the input's error to report, not this output's.
+            port.received
+                .increment((report.accepted + report.dropped) as u64);
+            match outcome.map(|()| report) {
                 Ok(report) if report.dropped > 0 => {
                     port.dropped.increment(report.dropped as u64);
                     port.drop_reason.increment(report.dropped as u64);
@@ -185,5 +192,71 @@ struct InputPort {
 impl Ingest for InputPort {
     async fn ingest(&self, records: Vec<Record>) -> Result<(), IngestError> {
         self.pipeline.submit(self.input, records).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::buffer::budget::MemoryBudget;
+    use crate::buffer::{BufferSettings, WhenFull};
+    use crate::route::Route;
+
+    fn rec(i: u64) -> Record {
+        let serde_json::Value::Object(m) = serde_json::json!({ "i": i }) else {
+            unreachable!()
+        };
+        Record::new("app", 0, m)
+    }
+
+    /// The tester's case: `received` was incremented before the push, so a push the
+    /// buffer refused part-way (closed at shutdown, a failed disk write) counted records
+    /// no buffer took, and received = sent + dropped + dead_lettered + failed + buffered
+    /// no longer held. Here the buffer takes 2 of 5 records, then closes while the push
+    /// waits for space: received is 2.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn received_counts_what_the_buffer_took_when_a_push_fails() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let size = rec(0).approx_size() as u64;
+        let settings = BufferSettings::memory(2 * size, WhenFull::Block);
+        let (writer, _reader, _) =
+            crate::buffer::open("out", &settings, MemoryBudget::new(1 << 30)).expect("buffer");
+        let route = Route {
+            name: "all".into(),
+            from: None,
+            tags: Vec::new(),
+            pattern: None,
+            to: vec![0],
+            is_final: false,
+        };
+        let pipeline = metrics::with_local_recorder(&recorder, || {
+            Pipeline::new(
+                Router::new(vec![route]),
+                vec![OutputPort::new("out", writer.clone())],
+            )
+        });
+        let ingest = pipeline.port(0, "in");
+        let push = tokio::spawn(async move { ingest.ingest((0..5).map(rec).collect()).await });
+        let t = std::time::Instant::now();
+        while writer.stats().records < 2 && t.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(writer.stats().records, 2, "the first chunk is buffered");
+        writer.close();
+        let result = push.await.expect("ingest task");
+        assert!(
+            matches!(result, Err(IngestError::ShuttingDown)),
+            "{result:?}"
+        );
+        let text = handle.render();
+        let received = text
+            .lines()
+            .find(|l| l.starts_with(r#"firelane_output_received_records_total{output="out"}"#))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok());
+        assert_eq!(received, Some(2.0), "{text}");
     }
 }

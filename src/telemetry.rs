@@ -174,7 +174,7 @@ const METRICS: &[(&str, MetricKind, &str)] = &[
     (
         "firelane_output_sealed_batches_total",
         MetricKind::Counter,
-        "Batches an output sent before they were full or due, per output and reason: pressure (its buffer or the memory budget filled), partitions (batch.max_partitions reached).",
+        "Batches an output sent before they were full or due, per output and reason: pressure (its buffer or the memory budget filled), partitions (batch.max_partitions reached), disk (open batches kept the disk buffer's oldest segment files from being deleted).",
     ),
     (
         "firelane_output_refused_records_total",

@@ -392,15 +392,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let hard_stop = started + grace.saturating_sub(Duration::from_millis(500));
     let summaries = drain_outputs(&config.outputs, running, hard_stop, &deadline).await;
 
-    let mut lost = 0u64;
+    let mut total = OutputSummary::default();
     for (name, s) in &summaries {
-        lost += s.undelivered;
-        tracing::info!(output = %name, sent = s.sent, dropped = s.dropped, dead_lettered = s.dead_lettered, failed = s.failed, undelivered = s.undelivered, "output stopped");
+        total += *s;
+        tracing::info!(output = %name, sent = s.sent, dropped = s.dropped, dead_lettered = s.dead_lettered, failed = s.failed, undelivered = s.undelivered, unknown = s.unknown, lost = s.lost, kept = s.kept, "output stopped");
     }
-    if lost > 0 {
+    // Three different fates, never added up: lost with a memory buffer, kept on disk for
+    // the next start, and cut off mid-request (may have arrived; disk replays them).
+    if total.lost > 0 || total.kept > 0 || total.unknown > 0 {
         tracing::warn!(
-            records = lost,
-            "shutdown finished with undelivered records (disk buffers keep theirs for the next start)"
+            lost = total.lost,
+            kept = total.kept,
+            unknown = total.unknown,
+            "shutdown finished before every record was delivered: {} lost (memory buffers), {} kept in disk buffers for the next start, {} in requests cut off by the deadline (may have arrived)",
+            total.lost,
+            total.kept,
+            total.unknown
         );
     }
     admin_stop.cancel();

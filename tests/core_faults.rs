@@ -194,8 +194,8 @@ fn stop_within(mut r: Router, timeout: Duration) -> Router {
     assert!(status.success(), "exit status {status}\n{}", r.logs());
     let logs = r.logs();
     assert!(
-        !logs.contains("undelivered at shutdown")
-            && !logs.contains("shutdown finished with undelivered"),
+        !logs.contains("at the shutdown deadline")
+            && !logs.contains("shutdown finished before every record was delivered"),
         "records undelivered at shutdown\n{logs}"
     );
     r
@@ -998,5 +998,67 @@ fn s3_many_tags_stay_within_the_memory_limit() {
     eprintln!(
         "peak RSS {} MiB, open partitions peaked at {max_open}",
         peak >> 20
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// An output that keeps failing is visible at the default log level
+
+/// The tester's case: a file output whose `path` is in a missing directory retried 70+
+/// times with nothing in the log at the default level. Now the first failed attempt is a
+/// WARN with the reason at once, and further ones at most one per 10 s, with a count.
+#[test]
+fn retried_failures_are_warned_at_the_default_level_rate_limited() {
+    let fwd = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("no/such/dir/out.jsonl");
+    let cfg = config(
+        fwd,
+        &format!("type = \"file\"\npath = \"{}\"", path.display()),
+    )
+    .replace(r#"shutdown_grace = "30s""#, r#"shutdown_grace = "2s""#);
+    let r = Router::start_in(dir, &cfg);
+    burst_as(fwd, 3, 20, false, tag);
+    let started = Instant::now();
+    let warned = |logs: &str| -> Vec<String> {
+        logs.lines()
+            .filter(|l| l.contains("WARN") && l.contains("send failed (io_error)"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let deadline = started + Duration::from_secs(30);
+    while warned(&r.logs()).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let lines = warned(&r.logs());
+    assert!(
+        !lines.is_empty(),
+        "no WARN for the failing output:\n{}",
+        r.logs()
+    );
+    assert!(
+        lines[0].contains("output out") && lines[0].contains("no/such/dir"),
+        "the warning names neither the output nor the cause: {}",
+        lines[0]
+    );
+    // Keep failing for a while: many attempts (3 records each), few lines.
+    let retried = |r: &Router| {
+        r.metric(
+            "firelane_output_records_total",
+            &[r#"output="out""#, r#"result="retried""#],
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while retried(&r) < 3.0 * 6.0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let attempts = retried(&r) / 3.0;
+    let lines = warned(&r.logs()).len() as f64;
+    let allowed = 1.0 + (started.elapsed().as_secs_f64() / 10.0).ceil();
+    assert!(attempts >= 6.0, "only {attempts} retried attempts");
+    assert!(
+        lines <= allowed,
+        "{lines} warnings for {attempts} failed attempts in {:?}",
+        started.elapsed()
     );
 }

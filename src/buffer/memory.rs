@@ -128,10 +128,20 @@ pub struct Writer {
 
 impl Writer {
     pub async fn push(&self, records: Vec<Record>) -> Result<PushReport, BufferError> {
+        let mut report = PushReport::default();
+        self.push_into(records, &mut report).await.map(|()| report)
+    }
+
+    /// [`push`](Self::push), adding what was accepted or dropped to `report` as it goes:
+    /// on an error (closed, write failed) after some chunks went in, those stay counted.
+    pub async fn push_into(
+        &self,
+        records: Vec<Record>,
+        report: &mut PushReport,
+    ) -> Result<(), BufferError> {
         let sh = &*self.shared;
         let mut sizes: VecDeque<u64> = records.iter().map(|r| r.approx_size() as u64).collect();
         let mut records: VecDeque<Record> = records.into();
-        let mut report = PushReport::default();
         while !records.is_empty() {
             let mut pending = Pending {
                 shared: sh,
@@ -157,7 +167,7 @@ impl Writer {
                     }
                     let Some(reservation) = reservation else {
                         report.dropped += records.len();
-                        return Ok(report);
+                        return Ok(());
                     };
                     report.dropped += records.len() - n;
                     records.truncate(n);
@@ -223,7 +233,7 @@ impl Writer {
             drop(st);
             sh.data.notify_one();
         }
-        Ok(report)
+        Ok(())
     }
 
     pub fn close(&self) {

@@ -214,6 +214,22 @@ impl BufferWriter {
         }
     }
 
+    /// [`push`](Self::push) that also says what was taken when it fails: a push goes in
+    /// chunks as space allows, so the buffer may close (shutdown) or a disk write fail
+    /// after some records were accepted. Those stay buffered and will be delivered; the
+    /// report counts them (accepted) and the records dropped so far, for accounting.
+    pub async fn push_counted(
+        &self,
+        records: Vec<Record>,
+    ) -> (PushReport, Result<(), BufferError>) {
+        let mut report = PushReport::default();
+        let result = match &self.0 {
+            WriterImpl::Memory(w) => w.push_into(records, &mut report).await,
+            WriterImpl::Disk(w) => w.push_into(records, &mut report).await,
+        };
+        (report, result)
+    }
+
     /// No more pushes (they fail with `Closed`, waiting ones too); the reader drains what
     /// is buffered and then gets `None`.
     pub fn close(&self) {
@@ -227,6 +243,15 @@ impl BufferWriter {
         match &self.0 {
             WriterImpl::Memory(w) => w.stats(),
             WriterImpl::Disk(w) => w.stats(),
+        }
+    }
+
+    /// Disk buffers: the segment files' usage (see [`disk::DiskUsage`]). `None` for
+    /// memory buffers, which free each record when it is acked.
+    pub fn disk_usage(&self) -> Option<disk::DiskUsage> {
+        match &self.0 {
+            WriterImpl::Memory(_) => None,
+            WriterImpl::Disk(w) => Some(w.usage()),
         }
     }
 
@@ -279,6 +304,16 @@ impl BufferReader {
         match &self.0 {
             ReaderImpl::Memory(_) => 0,
             ReaderImpl::Disk(r) => r.resident_bytes(),
+        }
+    }
+
+    /// Disk buffers: records pushed and not yet acked, which a restart delivers again
+    /// (the shutdown summary's "kept for next start"). `None` for memory buffers, whose
+    /// records end with the process.
+    pub fn disk_records(&self) -> Option<u64> {
+        match &self.0 {
+            ReaderImpl::Memory(_) => None,
+            ReaderImpl::Disk(r) => Some(r.unacked_records()),
         }
     }
 

@@ -69,6 +69,12 @@ impl RuntimeSettings {
     pub const DEFAULT_GRACE: Duration = Duration::from_secs(25);
     pub const DEFAULT_MEMORY_LIMIT: u64 = 128 * 1024 * 1024;
 
+    /// The least of `shutdown_grace` that `drain_inputs` must leave for the outputs to
+    /// flush: 1 s or a fifth of the grace, whichever is longer.
+    pub fn min_flush(grace: Duration) -> Duration {
+        (grace / 5).max(Duration::from_secs(1))
+    }
+
     /// The input drain window after SIGTERM: `drain_inputs`, default half of
     /// `shutdown_grace`.
     pub fn drain_inputs(&self) -> Duration {
@@ -592,11 +598,15 @@ fn read_runtime(top: &mut Table<'_, '_>, d: &mut Diagnostics) -> RuntimeSettings
         rt.shutdown_grace = g;
     }
     if let Some(w) = t.opt_duration(d, "drain_inputs") {
-        if w > rt.shutdown_grace {
+        // The outputs flush in what the drain leaves of the grace: a drain window equal
+        // to the grace left no time at all, and the records read last were cut off.
+        let flush = RuntimeSettings::min_flush(rt.shutdown_grace);
+        let most = rt.shutdown_grace.saturating_sub(flush);
+        if w > most {
             d.error(
                 t.value_span("drain_inputs"),
                 format!(
-                    "runtime.drain_inputs: {w:?} is longer than shutdown_grace ({:?}); outputs need time to flush after it",
+                    "runtime.drain_inputs: {w:?} leaves less than {flush:?} of shutdown_grace ({:?}) for the outputs to flush; set it to at most {most:?}",
                     rt.shutdown_grace
                 ),
             );

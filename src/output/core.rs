@@ -17,7 +17,10 @@
 //! stall every input until `max_age`. So when the buffer (or the budget) is at least half
 //! full and open batches hold a large share of it, the largest open batches are sealed
 //! and sent now (see [`Pressure`]). Batches are then smaller than configured, but no ack
-//! waits on a timer.
+//! waits on a timer. A disk buffer deletes a segment file only once all its records are
+//! done, so an open batch also pins files: when they near their cap with mostly
+//! delivered data, the batches holding the oldest records are sealed (`reason="disk"`,
+//! see `Pressure::pin_below`).
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::AddAssign;
@@ -49,8 +52,8 @@ const ABANDON_GRACE: Duration = Duration::from_secs(1);
 /// output or an input may have filled the shared budget meanwhile).
 const PRESSURE_RECHECK: Duration = Duration::from_millis(100);
 
-/// What presses on an output's open batches: the fill of its own buffer and of the
-/// process-wide memory budget. Without either (unit tests), only the batch limits and
+/// What presses on an output's open batches: the fill of its own buffer (for disk
+/// buffers also of its segment files) and of the process-wide memory budget. Without either (unit tests), only the batch limits and
 /// `max_age` seal batches.
 #[derive(Clone, Default)]
 pub struct Pressure {
@@ -108,6 +111,30 @@ impl Pressure {
             }
         }
         target.map(|t| t as usize)
+    }
+
+    /// Disk buffers: `Some(seq)` when open batches holding a record below `seq` must be
+    /// sealed so that the oldest segment files can be deleted.
+    ///
+    /// A segment file goes only when all its records are done, so a quiet partition whose
+    /// batch waits for `max_age` (one record every few seconds) pins every segment written
+    /// meanwhile; the files reach their cap (2 × `max_size`) while the undelivered bytes
+    /// are tiny, and the inputs stop although the buffer is not full of undelivered data.
+    /// The rule: when the files use at least three quarters of their cap and at least
+    /// half of the cap (`max_size`) is records already done, seal the open batches that
+    /// hold records in the oldest half of the files. A few pinned segments (one quiet
+    /// record, the segment being written, acks not yet persisted) stay under that, so
+    /// batches are not shrunk for them; a slow destination (files full of *undelivered*
+    /// records) does not meet the second half of the rule; the last quarter is headroom
+    /// while the sealed batches are sent and their segments deleted.
+    fn pin_below(&self) -> Option<u64> {
+        let (writer, _) = self.buffer.as_ref()?;
+        let u = writer.disk_usage()?;
+        let done = u.disk_bytes.saturating_sub(u.live_bytes);
+        (u.disk_bytes.saturating_mul(4) >= u.disk_cap.saturating_mul(3)
+            && done.saturating_mul(2) >= u.disk_cap
+            && u.oldest_half_end > 0)
+            .then_some(u.oldest_half_end)
     }
 }
 
@@ -173,8 +200,10 @@ impl OutputContext {
 }
 
 /// Final fates of the records `run` took from its buffer. They add up:
-/// taken = sent + dropped + dead_lettered + failed + undelivered.
-/// (The `failed` metric counts `failed + undelivered`.)
+/// taken = sent + dropped + dead_lettered + failed + undelivered + unknown.
+/// `lost` and `kept` say what the shutdown deadline meant for them (and, for `kept`, for
+/// the records never taken); they are not part of that sum.
+/// (The `failed` metric counts `failed + lost`.)
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OutputSummary {
     pub sent: u64,
@@ -183,8 +212,18 @@ pub struct OutputSummary {
     pub dead_lettered: u64,
     /// Given up on (permanent error or retries exhausted) with no dead letter.
     pub failed: u64,
-    /// Still pending at the shutdown deadline; not acknowledged to the buffer.
+    /// Not sent at the shutdown deadline (open, queued, waiting for a retry); not
+    /// acknowledged to the buffer.
     pub undelivered: u64,
+    /// In a request the shutdown deadline cut off: it may have reached the destination.
+    /// Not acknowledged to the buffer (a disk buffer sends them again: maybe twice).
+    pub unknown: u64,
+    /// Memory buffer: records that end with the process at the deadline (`undelivered`
+    /// plus what was still in the buffer); counted in the `failed` metric.
+    pub lost: u64,
+    /// Disk buffer: records left in it at the deadline (taken or not), delivered after
+    /// the next start; not failed.
+    pub kept: u64,
 }
 
 impl AddAssign for OutputSummary {
@@ -194,6 +233,9 @@ impl AddAssign for OutputSummary {
         self.dead_lettered += o.dead_lettered;
         self.failed += o.failed;
         self.undelivered += o.undelivered;
+        self.unknown += o.unknown;
+        self.lost += o.lost;
+        self.kept += o.kept;
     }
 }
 
@@ -340,6 +382,14 @@ impl<B: BatchBuilder> OpenBatches<B> {
         sealed
     }
 
+    /// Seals every batch holding a record with a seq below `seq`. Returns how many.
+    fn seal_holding_below(&mut self, seq: u64, ready: &mut VecDeque<Job<B::Batch>>) -> u64 {
+        // Entries join a batch in read order, which is seq order: the first is the lowest.
+        let before = self.map.len();
+        self.seal_where(ready, |o| o.entries.first().is_some_and(|e| e.seq < seq));
+        (before - self.map.len()) as u64
+    }
+
     /// Seals the partition opened first. `false` if none is open.
     fn seal_oldest(&mut self, ready: &mut VecDeque<Job<B::Batch>>) -> bool {
         let Some(k) = self
@@ -356,8 +406,9 @@ impl<B: BatchBuilder> OpenBatches<B> {
 }
 
 /// `firelane_output_sealed_batches_total{output, reason}` for the early seals: `pressure`
-/// (buffer or budget half full, see [`Pressure`]) and `partitions` (at the partition cap
-/// or out of budget for one more open batch). Batches sealed at their limits or at
+/// (buffer or budget half full, see [`Pressure`]), `disk` (open batches pin a disk
+/// buffer's oldest segment files) and `partitions` (at the partition cap or out of budget
+/// for one more open batch). Batches sealed at their limits or at
 /// `max_age` are not counted here.
 fn sealed_counter(output: &str, reason: &'static str) -> Counter {
     metrics::counter!("firelane_output_sealed_batches_total", "output" => output.to_owned(), "reason" => reason)
@@ -382,6 +433,23 @@ pub(crate) async fn run_inner<S: Sink>(
     let pressure = ctx.pressure;
     let sealed_pressure = sealed_counter(&ctx.name, "pressure");
     let sealed_partitions = sealed_counter(&ctx.name, "partitions");
+    let sealed_disk = sealed_counter(&ctx.name, "disk");
+    let output_name = ctx.name.clone();
+    // Both pressure checks: the budget / buffer fill (largest batches first) and the disk
+    // files pinned by open batches (batches holding the oldest records).
+    let relieve = |open: &mut OpenBatches<S::Builder>, ready: &mut VecDeque<Job<BatchOf<S>>>| {
+        if let Some(target) = pressure.target(open.held) {
+            sealed_pressure.increment(open.seal_down_to(target, ready));
+        }
+        if let Some(below) = pressure.pin_below() {
+            let n = open.seal_holding_below(below, ready);
+            if n > 0 {
+                tracing::debug!(output = %output_name, below, n,
+                    "disk buffer files pinned by open batches: sealing them");
+            }
+            sealed_disk.increment(n);
+        }
+    };
     let shared = Arc::new(Shared {
         metrics: OutputMetrics::new(&ctx.name),
         name: ctx.name,
@@ -460,11 +528,7 @@ pub(crate) async fn run_inner<S: Sink>(
                 let now = Instant::now();
                 open.seal_where(&mut ready, |o| o.due <= now);
             }
-            _ = recheck.tick(), if watch => {
-                if let Some(target) = pressure.target(open.held) {
-                    sealed_pressure.increment(open.seal_down_to(target, &mut ready));
-                }
-            }
+            _ = recheck.tick(), if watch => relieve(&mut open, &mut ready),
             msg = rx.recv(), if can_read => {
                 let Some(entries) = msg else {
                     // Closed and drained: nothing more will join the open batches.
@@ -527,8 +591,8 @@ pub(crate) async fn run_inner<S: Sink>(
                 }
                 if flushing {
                     open.seal_all(&mut ready);
-                } else if let Some(target) = pressure.target(open.held) {
-                    sealed_pressure.increment(open.seal_down_to(target, &mut ready));
+                } else {
+                    relieve(&mut open, &mut ready);
                 }
                 if !refused.is_empty() {
                     tally += shared.give_up(refused, 0, GiveUp::Rejected).await;
@@ -666,6 +730,7 @@ async fn abandon<S: Sink>(
         tally.undelivered += in_flight.values().sum::<usize>() as u64;
     }
     let mut left = 0usize;
+    let mut kept = None;
     if let Ok((mut reader, held)) = reader_task.await {
         left += held;
         while let Ok(chunk) = rx.try_recv() {
@@ -678,20 +743,36 @@ async fn abandon<S: Sink>(
                 left += chunk.len();
             }
         }
+        kept = reader.disk_records();
     }
     tally.undelivered += left as u64;
-    shared.metrics.failed.increment(tally.undelivered);
-    if tally.undelivered > 0 {
-        let fate = match kind {
-            BufferKind::Memory => "memory buffer: lost",
-            BufferKind::Disk => "disk buffer: kept for next start",
-        };
-        tracing::error!(
-            output = %shared.name,
-            "output {}: {} records undelivered at shutdown deadline ({fate})",
-            shared.name,
-            tally.undelivered
-        );
+    let name = &shared.name;
+    match kind {
+        BufferKind::Memory => {
+            tally.lost = tally.undelivered;
+            shared.metrics.failed.increment(tally.lost);
+            if tally.lost > 0 || tally.unknown > 0 {
+                tracing::error!(
+                    output = %name, lost = tally.lost, unknown = tally.unknown,
+                    "output {name}: at the shutdown deadline {} records were not delivered (memory buffer: lost) and {} were in requests the deadline cut off (they may have arrived)",
+                    tally.lost,
+                    tally.unknown
+                );
+            }
+        }
+        BufferKind::Disk => {
+            // Everything not acknowledged is still on disk, read or not: that is the
+            // number the next start replays.
+            tally.kept = kept.unwrap_or(tally.undelivered + tally.unknown);
+            if tally.kept > 0 {
+                tracing::warn!(
+                    output = %name, kept = tally.kept, unknown = tally.unknown,
+                    "output {name}: at the shutdown deadline {} records are kept in the disk buffer for the next start ({} of them were in requests the deadline cut off: they may arrive twice)",
+                    tally.kept,
+                    tally.unknown
+                );
+            }
+        }
     }
     tally
 }

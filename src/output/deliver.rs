@@ -114,6 +114,23 @@ pub(crate) struct Shared<S> {
 }
 
 impl<S: Sink> Shared<S> {
+    /// A failed attempt that will be retried: one WARN per output at once, then at most
+    /// one per [`crate::telemetry::LOG_INTERVAL`] with the count of those suppressed, so an
+    /// output that keeps failing (a missing directory, a revoked role) is visible at the
+    /// default log level without flooding it.
+    fn warn_retry(&self, failure: &Failure, records: usize, attempts: u32, delay: Duration) {
+        crate::warn_limited!(
+            log_key("output_retry", &self.name, ""),
+            "output {}: send failed ({}): {}; retrying {} records in {:?} (attempt {})",
+            self.name,
+            failure.reason,
+            crate::telemetry::redact(&failure.message),
+            records,
+            delay,
+            attempts
+        );
+    }
+
     /// Records that reached the destination.
     pub fn delivered(&self, entries: &[Entry]) -> u64 {
         self.metrics.sent.increment(entries.len() as u64);
@@ -227,7 +244,7 @@ impl<S: Sink> Shared<S> {
             GiveUp::Failed => "permanent error",
         };
         crate::warn_limited!(
-            log_key(&self.name, &failure.reason),
+            log_key("output_give_up", &self.name, &failure.reason),
             "output {}: {} {}: {}; {} records {} (attempts: {})",
             self.name,
             what,
@@ -262,20 +279,22 @@ fn with_error(
     record
 }
 
-/// `warn_limited!` keys must be `&'static str`; one leaked key per (output, reason) pair
+/// `warn_limited!` keys must be `&'static str`; one leaked key per (kind, output, reason)
 /// gives "once per reason per interval". Capped so a sink inventing reasons cannot leak.
-fn log_key(output: &str, reason: &str) -> &'static str {
+fn log_key(kind: &'static str, output: &str, reason: &str) -> &'static str {
     const MAX_KEYS: usize = 512;
-    static KEYS: OnceLock<Mutex<HashMap<(String, String), &'static str>>> = OnceLock::new();
+    type Keys = HashMap<(&'static str, String, String), &'static str>;
+    static KEYS: OnceLock<Mutex<Keys>> = OnceLock::new();
     let mut keys = KEYS.get_or_init(Default::default).lock();
-    if let Some(k) = keys.get(&(output.to_owned(), reason.to_owned())) {
+    let id = (kind, output.to_owned(), reason.to_owned());
+    if let Some(k) = keys.get(&id) {
         return k;
     }
     if keys.len() >= MAX_KEYS {
-        return "output_give_up_other";
+        return kind;
     }
-    let key: &'static str = Box::leak(format!("output_give_up:{output}:{reason}").into_boxed_str());
-    keys.insert((output.to_owned(), reason.to_owned()), key);
+    let key: &'static str = Box::leak(format!("{kind}:{output}:{reason}").into_boxed_str());
+    keys.insert(id, key);
     key
 }
 
@@ -369,7 +388,14 @@ pub(crate) async fn deliver<S: Sink>(
                 _ = shared.deadline.cancelled() => None,
                 r = shared.sink.send(&job.partition, &job.batch) => Some(r),
             };
-            let Some(result) = result else { continue };
+            let Some(result) = result else {
+                // The request may have reached the destination before the deadline cut
+                // it: its records are not acknowledged (a disk buffer sends them again),
+                // but neither are they reported lost.
+                tally.unknown += job.entries.len() as u64;
+                tally.undelivered += queue.iter().map(|j| j.entries.len() as u64).sum::<u64>();
+                return tally;
+            };
             shared
                 .metrics
                 .request_seconds
@@ -387,8 +413,7 @@ pub(crate) async fn deliver<S: Sink>(
                     match retry.next(&failure) {
                         Some(delay) => {
                             shared.metrics.retried.increment(job.entries.len() as u64);
-                            tracing::debug!(output = %shared.name, reason = %failure.reason, ?delay,
-                                "retrying {} records: {}", job.entries.len(), failure.message);
+                            shared.warn_retry(&failure, job.entries.len(), job.attempts, delay);
                             if !pause(&shared.deadline, delay).await {
                                 continue; // the deadline branch at the top counts them
                             }
@@ -461,8 +486,7 @@ pub(crate) async fn deliver<S: Sink>(
                         break;
                     };
                     shared.metrics.retried.increment(retryable.len() as u64);
-                    tracing::debug!(output = %shared.name, reason = %governing.reason, ?delay,
-                        "retrying {} of {} records after a partial failure", retryable.len(), n);
+                    shared.warn_retry(&governing, retryable.len(), job.attempts, delay);
                     let entries: Vec<Entry> = retryable.into_iter().map(|(e, _)| e).collect();
                     if !pause(&shared.deadline, delay).await {
                         tally.undelivered += entries.len() as u64;

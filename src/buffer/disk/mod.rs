@@ -1074,6 +1074,27 @@ pub struct Writer {
     guard: Arc<Guard>,
 }
 
+/// A snapshot of a disk buffer's file usage, for the delivery core's pressure check.
+///
+/// A segment file is deleted only when every record in it is done, so one record held in
+/// an open batch (a quiet partition waiting for its `max_age`) keeps its whole segment,
+/// and the segments written after it until they are done as well. `disk_bytes -
+/// live_bytes` is that pinned garbage; the files may not grow past `disk_cap`, so a
+/// writer would block on garbage. Sealing the open batches that hold records below
+/// `oldest_half_end` lets the oldest half of the files go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiskUsage {
+    /// Bytes of the segment files (`firelane_buffer_disk_bytes`).
+    pub disk_bytes: u64,
+    /// The most the files may take: [`DISK_CAP_FACTOR`] × `max_size`.
+    pub disk_cap: u64,
+    /// Frame bytes of records not yet done (`firelane_buffer_bytes`).
+    pub live_bytes: u64,
+    /// One past the last seq of the oldest segments that together hold at least half of
+    /// `disk_bytes`, never counting the newest (active) segment (0 with fewer than two).
+    pub oldest_half_end: u64,
+}
+
 /// Keeps `space_waiters` right even when a waiting push is cancelled.
 struct Waiting<'a>(&'a Core);
 
@@ -1085,8 +1106,18 @@ impl Drop for Waiting<'_> {
 
 impl Writer {
     pub async fn push(&self, records: Vec<Record>) -> Result<PushReport, BufferError> {
-        let core = &*self.guard.core;
         let mut report = PushReport::default();
+        self.push_into(records, &mut report).await.map(|()| report)
+    }
+
+    /// [`push`](Self::push), adding what was accepted or dropped to `report` as it goes:
+    /// on an error (closed, write failed) after some chunks went in, those stay counted.
+    pub async fn push_into(
+        &self,
+        records: Vec<Record>,
+        report: &mut PushReport,
+    ) -> Result<(), BufferError> {
+        let core = &*self.guard.core;
         // Frames of all records back to back; `ends[i]` is where record i's frame ends.
         let mut frames = Vec::with_capacity(records.len() * 256);
         let mut ends = Vec::with_capacity(records.len());
@@ -1152,9 +1183,23 @@ impl Writer {
                         done_records += n;
                         break (rx, n);
                     }
+                    // Full of files, not of undelivered records: say so, a stall with
+                    // `firelane_buffer_bytes` far under max_size is otherwise a mystery.
+                    // (The delivery core seals the open batches that pin old segments.)
+                    let next = ends[done_records] - done_bytes;
+                    if live + next as u64 <= core.max_size {
+                        crate::warn_limited!(
+                            "buffer_disk_cap",
+                            "disk buffer {}: segment files at their cap ({} of {} bytes) with only {} bytes undelivered: waiting for delivered segments to be deleted (segments are pinned by records still in open or retried batches)",
+                            core.output,
+                            st.disk_bytes,
+                            core.disk_cap,
+                            st.live_bytes
+                        );
+                    }
                     if core.when_full == WhenFull::DropNewest {
                         report.dropped += ends.len() - done_records;
-                        return Ok(report);
+                        return Ok(());
                     }
                     st.space_waiters += 1;
                     Waiting(core)
@@ -1171,7 +1216,7 @@ impl Writer {
                 Err(_) => return Err(BufferError::Closed),
             }
         }
-        Ok(report)
+        Ok(())
     }
 
     pub fn close(&self) {
@@ -1194,6 +1239,34 @@ impl Writer {
     /// Bytes of the segment files (also `firelane_buffer_disk_bytes`).
     pub fn disk_bytes(&self) -> u64 {
         self.guard.core.state.lock().disk_bytes
+    }
+
+    /// How full the segment files are, and which records keep the oldest of them: see
+    /// [`DiskUsage`].
+    pub fn usage(&self) -> DiskUsage {
+        let core = &self.guard.core;
+        let st = core.state.lock();
+        // The oldest segments holding half of the file bytes: once every record below
+        // `oldest_half_end` is done, at least that half can be deleted.
+        // The newest segment is being written: sealing for it would send every new
+        // record at once, and it is freed only after it rotates anyway.
+        let half = st.disk_bytes / 2;
+        let mut sum = 0u64;
+        let mut oldest_half_end = 0u64;
+        let older = st.segments.len().saturating_sub(1);
+        for (_, m) in st.segments.iter().take(older) {
+            sum = sum.saturating_add(m.bytes);
+            oldest_half_end = m.end;
+            if sum >= half {
+                break;
+            }
+        }
+        DiskUsage {
+            disk_bytes: st.disk_bytes,
+            disk_cap: core.disk_cap,
+            live_bytes: st.live_bytes,
+            oldest_half_end,
+        }
     }
 
     #[cfg(test)]
@@ -1275,6 +1348,11 @@ impl Reader {
         Acker {
             guard: self.guard.clone(),
         }
+    }
+
+    /// Committed records not yet acked (handed out or not): what a restart replays.
+    pub fn unacked_records(&self) -> u64 {
+        self.guard.core.state.lock().live_records
     }
 
     /// Bytes the reader holds besides what `recv` returned: the stash and the file buffer.

@@ -257,3 +257,54 @@ async fn a_fully_read_segment_is_not_held_open_after_it_is_deleted() {
     let next = r.recv(1000).await.unwrap();
     assert_eq!(next[0].seq, in_first);
 }
+
+/// `usage()` is what the delivery core's disk pressure acts on: file bytes against the
+/// cap, the done (delivered) share, and the seq below which records pin the oldest half
+/// of the files, never counting the segment being written.
+#[tokio::test]
+async fn usage_names_the_records_that_pin_the_oldest_half_of_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let max_size = 64 << 10;
+    let (w, mut r, _) = open("usage", &settings(dir.path(), max_size, 4096)).unwrap();
+    let empty = w.usage();
+    assert_eq!((empty.disk_bytes, empty.oldest_half_end), (0, 0));
+    assert_eq!(empty.disk_cap, DISK_CAP_FACTOR * max_size);
+    // ~190 bytes a frame, 4 KiB segments: 200 records make about 10 segments.
+    for i in 0..200 {
+        w.push(vec![rec(i, 100)]).await.unwrap();
+    }
+    let mut got = Vec::new();
+    while got.len() < 200 {
+        got.extend(r.recv(200).await.unwrap().into_iter().map(|e| e.seq));
+    }
+    // Nothing acked yet, so the writer deletes no segment while we look.
+    let u = w.usage();
+    let segs: Vec<(u64, SegMeta)> = {
+        let st = w.guard.core.state.lock();
+        st.segments.iter().map(|(&f, m)| (f, *m)).collect()
+    };
+    assert!(segs.len() >= 4, "{} segments", segs.len());
+    assert_eq!(u.disk_bytes, segs.iter().map(|(_, m)| m.bytes).sum::<u64>());
+    // The oldest segments holding half of the bytes end at a segment boundary, before
+    // the newest segment.
+    let half: u64 = u.disk_bytes / 2;
+    let mut sum = 0;
+    let want = segs
+        .iter()
+        .find(|(_, m)| {
+            sum += m.bytes;
+            sum >= half
+        })
+        .map(|(_, m)| m.end);
+    assert_eq!(Some(u.oldest_half_end), want);
+    assert!(u.oldest_half_end > 0);
+    assert!(
+        u.oldest_half_end <= segs[segs.len() - 1].0,
+        "the newest segment counts"
+    );
+    // Everything delivered but the first record (a quiet partition's open batch): the
+    // files are then almost all done records.
+    r.acker().ack(&got[1..]);
+    let u = w.usage();
+    assert!(u.live_bytes < 300, "only record 0 is undelivered: {u:?}");
+}
