@@ -327,7 +327,8 @@ log_group = "{self.group}"
 log_stream = "{self.stream}"
 auto_create = true
 region = "{REGION}"
-endpoint_url = "{self.moto.url}\""""
+endpoint_url = "{self.moto.url}"
+batch = {{ max_age = "1s" }}  # Fluent Bit's Flush 1: the same wait for the last batch"""
         raise ValueError(self.sink)
 
     def config(self):
