@@ -45,6 +45,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -89,19 +90,26 @@ SCENARIOS = {
 class Moto:
     """A moto server on a free loopback port, and boto3 clients for it."""
 
-    def __init__(self, server, workdir):
+    def __init__(self, server, workdir, tls=False):
         import boto3  # the venv of scripts/bench_vs_fluentbit.sh has it (moto[server] pulls it in)
 
         for k in [k for k in os.environ if k.startswith("AWS_")]:
             del os.environ[k]
         os.environ.update(MOTO_ENV)
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(os.path.join(workdir, "moto.log"), "w")
-        self.proc = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(self.port)], stdout=self.log, stderr=self.log)
-        wait_for(lambda: urllib.request.urlopen(f"{self.url}/moto-api/", timeout=1).status == 200, 60, "moto")
-        self.s3 = boto3.client("s3", endpoint_url=self.url, region_name=REGION)
-        self.logs = boto3.client("logs", endpoint_url=self.url, region_name=REGION)
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        self.log = open(os.path.join(workdir, f"moto-{self.port}.log"), "w")
+        cmd = [server, "-H", "127.0.0.1", "-p", str(self.port)] + (["--ssl"] if tls else [])
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log)
+        # Its certificate is self-signed: the harness's own reads skip verification.
+        if tls:
+            import urllib3
+
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+        unverified = ssl._create_unverified_context() if tls else None
+        wait_for(lambda: urllib.request.urlopen(f"{self.url}/moto-api/", timeout=1, context=unverified).status == 200, 60, "moto")
+        self.s3 = boto3.client("s3", endpoint_url=self.url, region_name=REGION, verify=not tls)
+        self.logs = boto3.client("logs", endpoint_url=self.url, region_name=REGION, verify=not tls)
 
     def stop(self):
         self.proc.terminate()
@@ -390,6 +398,10 @@ class FluentBit(Router):
     upload_timeout 2s
     store_dir {self.d}/s3"""
         if self.sink == "cwl":
+            # TLS: Fluent Bit's cloudwatch_logs cannot speak plain HTTP (`tls Off` is undone by
+            # its AWS credential chain, which sets the instance's use_tls back to true, and
+            # `tls On` is refused), so it gets a moto of its own with a self-signed
+            # certificate (main() passes it as `moto`).
             return f"""Name cloudwatch_logs
     region {REGION}
     log_group_name {self.group}
@@ -397,7 +409,7 @@ class FluentBit(Router):
     auto_create_group On
     endpoint 127.0.0.1
     port {self.moto.port}
-    tls Off"""
+    tls.verify Off"""
         raise ValueError(self.sink)
 
     def config(self):
@@ -659,7 +671,7 @@ def main():
               "fluent/fluent-bit, or pass --fluent-bit PATH.", flush=True)
     needs_moto = memory or any(SCENARIOS[n][1] in ("s3", "cwl") for n in names)
     work = tempfile.mkdtemp(prefix="firelane-bench-vs-")
-    moto = None
+    moto = moto_tls = None
     failures = 0
     try:
         if needs_moto:
@@ -684,7 +696,12 @@ def main():
                 for _ in range(a.runs):
                     run_id += 1
                     d = tempfile.mkdtemp(prefix=f"bench-{label}-", dir=work)
-                    r = FluentBit(fb, d, sink, moto, run_id) if label == "fluentbit" else Firelane(a.binary, d, sink, moto, run_id)
+                    if label == "fluentbit":
+                        if sink == "cwl" and moto_tls is None:
+                            moto_tls = Moto(a.moto_server, work, tls=True)
+                        r = FluentBit(fb, d, sink, moto_tls if sink == "cwl" else moto, run_id)
+                    else:
+                        r = Firelane(a.binary, d, sink, moto, run_id)
                     res = run_once(r, a.binary, lg_args, a.records, a.record_size, a.keep_failed)
                     if "error" in res:
                         print(f"    {name}: {label} run FAILED: {res['error']}", file=sys.stderr, flush=True)
@@ -725,9 +742,11 @@ def main():
                     within = "yes" if m["rss"] <= parse_mib(limit) + 24 else "NO"
                     print(f"| {limit} | {m['rss']:.0f} | {within} | {m['dropped']:,.0f} | ok (file and S3: every record) |", flush=True)
     finally:
-        if moto:
-            moto.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        for m in (moto, moto_tls):
+            if m:
+                m.stop()
+        if not a.keep_failed:
+            shutil.rmtree(work, ignore_errors=True)
     if failures:
         print(f"\n{failures} scenario result(s) FAILED their output check (details above, on stderr)")
         return 1
