@@ -682,11 +682,12 @@ def main():
         fb_version = subprocess.run([fb, "--version"], capture_output=True, text=True).stdout.splitlines()[0] if fb else "skipped"
         fl_version = subprocess.run([a.binary, "--version"], capture_output=True, text=True).stdout.strip()
         print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} CPUs; {fl_version}; {fb_version}")
-        print(f"{a.records:,} records per run (log field {a.record_size} B, FireLens-shaped), median of {a.runs} runs; "
-              "CPU = the router's own utime+stime; records/s from the first record sent to the last one in the output\n")
-        print("| scenario | records/s FB / firelane | CPU-s per 1M FB / firelane | firelane records per CPU-s vs FB "
-              "| share of one core FB / firelane | peak RSS MiB FB / firelane | output check |")
-        print("|---|---:|---:|---:|---:|---:|---|")
+        if names:
+            print(f"{a.records:,} records per run (log field {a.record_size} B, FireLens-shaped), median of {a.runs} runs; "
+                  "CPU = the router's own utime+stime; records/s from the first record sent to the last one in the output\n")
+            print("| scenario | records/s FB / firelane | CPU-s per 1M FB / firelane | firelane records per CPU-s vs FB "
+                  "| share of one core FB / firelane | peak RSS MiB FB / firelane | output check |")
+            print("|---|---:|---:|---:|---:|---:|---|")
         run_id = 0
         for name in names:
             lg_args, sink = SCENARIOS[name]
