@@ -9,10 +9,10 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use common::fake_http::FakeHttp;
 use common::moto::{Aws, endpoint, unique};
 use common::{Router, free_port};
 use firelane::input::forward::ListenAddr;
@@ -270,99 +270,6 @@ fn file_default_takes_an_acked_burst() {
     let _r = stop(r);
     let text = std::fs::read_to_string(&path).expect("read output file");
     assert_exactly_once("file", seqs_of_lines(&text), BURST);
-}
-
-/// A minimal HTTP/1.1 server on 127.0.0.1 that answers 200 to every request and keeps
-/// the body of each (gunzipped when `Content-Encoding: gzip`).
-struct FakeHttp {
-    port: u16,
-    bodies: Arc<Mutex<Vec<Vec<u8>>>>,
-}
-
-impl FakeHttp {
-    fn start() -> FakeHttp {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind fake http");
-        let port = listener.local_addr().expect("addr").port();
-        let bodies: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
-        let keep = bodies.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { break };
-                let keep = keep.clone();
-                std::thread::spawn(move || serve_http(conn, &keep));
-            }
-        });
-        FakeHttp { port, bodies }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/ingest", self.port)
-    }
-
-    fn text(&self) -> String {
-        let bodies = self.bodies.lock().expect("bodies");
-        bodies
-            .iter()
-            .map(|b| String::from_utf8_lossy(b).into_owned())
-            .collect()
-    }
-}
-
-fn serve_http(conn: TcpStream, keep: &Mutex<Vec<Vec<u8>>>) {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(120)));
-    let Ok(mut out) = conn.try_clone() else {
-        return;
-    };
-    let mut r = BufReader::new(conn);
-    loop {
-        let mut len = 0usize;
-        let mut gzip = false;
-        let mut first = true;
-        loop {
-            let mut line = String::new();
-            match r.read_line(&mut line) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-            let line = line.trim_end();
-            if line.is_empty() {
-                if first {
-                    continue;
-                }
-                break;
-            }
-            first = false;
-            let lower = line.to_ascii_lowercase();
-            if let Some(v) = lower.strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap_or(0);
-            }
-            if lower.starts_with("content-encoding:") && lower.contains("gzip") {
-                gzip = true;
-            }
-        }
-        let mut body = vec![0u8; len];
-        if r.read_exact(&mut body).is_err() {
-            return;
-        }
-        if gzip {
-            let mut plain = Vec::new();
-            if flate2::read::MultiGzDecoder::new(&body[..])
-                .read_to_end(&mut plain)
-                .is_err()
-            {
-                let _ = out.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
-                return;
-            }
-            body = plain;
-        }
-        keep.lock().expect("bodies").push(body);
-        if out
-            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-            .is_err()
-        {
-            return;
-        }
-    }
 }
 
 #[test]

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::fake_http::FakeHttp;
 use common::{Router, free_port, http_get, read_jsonl, wait_lines};
 use firelane::input::forward::ListenAddr;
 use firelane::input::forward::client::{self, Compression, Entry, EventTime, ForwardClient};
@@ -1734,49 +1735,6 @@ fn sigterm_drains_open_connections() {
 // Back-pressure: a stalled output with a small buffer stops the forward input from reading
 // (acks stop coming), memory stays bounded, and nothing is lost once the output recovers.
 
-/// Serves HTTP/1.1 with keep-alive: answers every request 200 and keeps its body lines.
-fn serve_http(listener: std::net::TcpListener, bodies: Arc<std::sync::Mutex<Vec<String>>>) {
-    for conn in listener.incoming() {
-        let Ok(mut s) = conn else { return };
-        let bodies = bodies.clone();
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 64 * 1024];
-            loop {
-                let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                    match s.read(&mut chunk) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                    continue;
-                };
-                let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0);
-                while buf.len() < head_end + 4 + len {
-                    match s.read(&mut chunk) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let body: Vec<u8> = buf.drain(..head_end + 4 + len).skip(head_end + 4).collect();
-                bodies
-                    .lock()
-                    .unwrap()
-                    .push(String::from_utf8(body).expect("UTF-8 body"));
-                if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-                    .is_err()
-                {
-                    return;
-                }
-            }
-        });
-    }
-}
-
 #[test]
 fn stalled_output_stops_reading_and_recovers() {
     // Bound but not accepting yet: the output's requests connect and then hang.
@@ -1860,11 +1818,7 @@ buffer = {{ max_size = "64KiB" }}
     assert_eq!(health.0, 200, "{health:?}");
 
     // The output recovers: everything goes through, once.
-    let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
-    {
-        let bodies = bodies.clone();
-        std::thread::spawn(move || serve_http(http, bodies));
-    }
+    let server = FakeHttp::serve(http);
     sender.join().expect("sender failed");
     let sent = r.wait_metric(
         "firelane_output_records_total",
@@ -1873,9 +1827,8 @@ buffer = {{ max_size = "64KiB" }}
         TIMEOUT,
     );
     assert_eq!(sent, TOTAL as f64, "{}", r.metrics());
-    let mut seqs: Vec<u64> = bodies
-        .lock()
-        .unwrap()
+    let mut seqs: Vec<u64> = server
+        .bodies()
         .iter()
         .flat_map(|b| b.lines().map(str::to_owned).collect::<Vec<_>>())
         .map(|l| {
@@ -2182,11 +2135,7 @@ buffer = {{ max_size = "64KiB" }}
     );
 
     // The output recovers: every ack, in order; every record sent once.
-    let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
-    {
-        let bodies = bodies.clone();
-        std::thread::spawn(move || serve_http(http, bodies));
-    }
+    let server = FakeHttp::serve(http);
     sender.join().expect("sender failed");
     r.wait_metric(
         "firelane_output_records_total",
@@ -2203,9 +2152,8 @@ buffer = {{ max_size = "64KiB" }}
     assert!(all == want, "acks out of order");
     drop(s);
     reader.join().unwrap();
-    let mut seqs: Vec<usize> = bodies
-        .lock()
-        .unwrap()
+    let mut seqs: Vec<usize> = server
+        .bodies()
         .iter()
         .flat_map(|b| b.lines().map(str::to_owned).collect::<Vec<_>>())
         .map(|l| {
