@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use common::moto::{Aws, endpoint, unique};
-use common::{Router, free_port};
+use common::{Router, free_port, noise};
 use firelane::event::now_ns;
 use firelane::input::forward::ListenAddr;
 use firelane::input::forward::client::{self, EventTime, ForwardClient};
@@ -84,19 +84,6 @@ fn send_forward(port: u16, tag: &str, records: &[(i64, Value)]) {
         c.read_ack(&chunk).expect("ack");
         start += encoded.len();
     }
-}
-
-/// Pseudo-random lowercase text (compresses like real logs, not like zeros).
-fn noise(seed: u64, len: usize) -> String {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (b'a' + (x % 26) as u8) as char
-        })
-        .collect()
 }
 
 const SEC: i64 = 1_000_000_000;

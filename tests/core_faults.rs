@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::fake_http::FakeHttp;
 use common::moto::{Aws, endpoint, unique};
-use common::{Router, free_port};
+use common::{Router, free_port, noise, peak_rss};
 use firelane::input::forward::ListenAddr;
 use firelane::input::forward::client::{self, EventTime, ForwardClient};
 use serde_json::{Value, json};
@@ -50,19 +50,6 @@ to = ["out"]
 {output}
 "#
     )
-}
-
-/// Pseudo-random lowercase text (compresses like real logs, not like zeros).
-fn noise(seed: u64, len: usize) -> String {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (b'a' + (x % 26) as u8) as char
-        })
-        .collect()
 }
 
 /// Sends records `{"seq": i, "log": ...}` for `i` in `0..n` as CompressedPackedForward
@@ -698,17 +685,6 @@ buffer = {{ type = "disk" }}
 // ---------------------------------------------------------------------------------------
 // Issue #9: "Per-partition state outside the budget": an S3 key with {tag} and gzip, one
 // record each for 5,000 tags, took 1.57 GiB of RSS under memory_limit = "128MiB".
-
-/// Peak RSS (`VmHWM`) of process `pid`, in bytes.
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no VmHWM in {status}"));
-    kib * 1024
-}
 
 #[test]
 fn s3_many_tags_stay_within_the_memory_limit() {

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::fake_http::FakeHttp;
-use common::{Router, free_port, http_get, read_jsonl, wait_lines};
+use common::{Router, free_port, http_get, peak_rss, read_jsonl, wait_lines};
 use firelane::input::forward::ListenAddr;
 use firelane::input::forward::client::{self, Compression, Entry, EventTime, ForwardClient};
 use serde_json::{Value, json};
@@ -2590,17 +2590,6 @@ fn every_mode_skips_an_unusable_entry_and_acks() {
     );
 }
 
-/// Peak RSS (`VmHWM`) of process `pid`, in MiB.
-fn peak_rss_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no VmHWM in {status}"));
-    kib / 1024
-}
-
 /// The tester's report: with memory_limit = "64MiB", 16 connections each sending one valid
 /// 14.4 MB Forward request peaked at 299 MiB of RSS (frames released from the budget before
 /// ingest, every connection's full request buffered at once). Large requests now take one
@@ -2619,7 +2608,7 @@ fn many_large_requests_stay_within_the_memory_limit() {
     );
     let r = Router::start(&cfg);
     let pid = r.child.as_ref().expect("router running").id();
-    let start_mib = peak_rss_mib(pid);
+    let start_mib = peak_rss(pid) / (1024 * 1024);
     let log = "x".repeat(LOG_BYTES);
     let clients: Vec<_> = (0..CONNECTIONS)
         .map(|i| {
@@ -2650,7 +2639,7 @@ fn many_large_requests_stay_within_the_memory_limit() {
     }
     let want = CONNECTIONS * PER_REQUEST;
     let lines = wait_lines(&out_path(&r), want, Duration::from_secs(120));
-    let peak = peak_rss_mib(pid);
+    let peak = peak_rss(pid) / (1024 * 1024);
     let mut ids: Vec<String> = lines
         .iter()
         .map(|l| {
