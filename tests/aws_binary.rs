@@ -17,187 +17,16 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::moto::{endpoint, unique};
-use common::{Router, free_port};
+use common::moto::{Aws, endpoint, unique};
+use common::{Router, free_port, noise};
 use firelane::event::now_ns;
 use firelane::input::forward::ListenAddr;
 use firelane::input::forward::client::{self, EventTime, ForwardClient};
-use firelane::output::aws::{AwsSettings, sdk_config};
 use serde_json::{Value, json};
-
-// ---------------------------------------------------------------------------------------
-// Environment
-
-fn rt() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("tokio runtime")
-    })
-}
-
-/// SDK clients talking straight to moto (not through a proxy), for setup and checks.
-struct Aws {
-    s3: aws_sdk_s3::Client,
-    firehose: aws_sdk_firehose::Client,
-    logs: aws_sdk_cloudwatchlogs::Client,
-}
-
-impl Aws {
-    fn new(ep: &str) -> Aws {
-        rt().block_on(async {
-            let conf = sdk_config(&AwsSettings {
-                region: Some("us-east-1".into()),
-                endpoint_url: Some(ep.into()),
-                role_arn: None,
-            })
-            .await;
-            Aws {
-                s3: aws_sdk_s3::Client::from_conf(
-                    aws_sdk_s3::config::Builder::from(&conf)
-                        .endpoint_url(ep)
-                        .force_path_style(true)
-                        .build(),
-                ),
-                firehose: aws_sdk_firehose::Client::from_conf(
-                    aws_sdk_firehose::config::Builder::from(&conf)
-                        .endpoint_url(ep)
-                        .build(),
-                ),
-                logs: aws_sdk_cloudwatchlogs::Client::from_conf(
-                    aws_sdk_cloudwatchlogs::config::Builder::from(&conf)
-                        .endpoint_url(ep)
-                        .build(),
-                ),
-            }
-        })
-    }
-
-    fn create_bucket(&self, bucket: &str) {
-        rt().block_on(self.s3.create_bucket().bucket(bucket).send())
-            .unwrap_or_else(|e| panic!("create bucket {bucket}: {e:?}"));
-    }
-
-    /// Every object under `prefix`: (key, Content-Encoding, body).
-    fn objects(&self, bucket: &str, prefix: &str) -> Vec<(String, Option<String>, Vec<u8>)> {
-        rt().block_on(async {
-            let mut out = Vec::new();
-            let mut token = None;
-            loop {
-                let page = self
-                    .s3
-                    .list_objects_v2()
-                    .bucket(bucket)
-                    .prefix(prefix)
-                    .set_continuation_token(token)
-                    .send()
-                    .await
-                    .expect("list objects");
-                for o in page.contents() {
-                    let key = o.key().expect("key").to_string();
-                    let got = self
-                        .s3
-                        .get_object()
-                        .bucket(bucket)
-                        .key(&key)
-                        .send()
-                        .await
-                        .expect("get object");
-                    let enc = got.content_encoding().map(String::from);
-                    let body = got
-                        .body
-                        .collect()
-                        .await
-                        .expect("body")
-                        .into_bytes()
-                        .to_vec();
-                    out.push((key, enc, body));
-                }
-                match page.next_continuation_token() {
-                    Some(t) => token = Some(t.to_string()),
-                    None => break,
-                }
-            }
-            out
-        })
-    }
-
-    fn create_delivery_stream(&self, bucket: &str, prefix: &str) -> String {
-        let stream = unique("fl-bin-fh");
-        let dest = aws_sdk_firehose::types::ExtendedS3DestinationConfiguration::builder()
-            .role_arn("arn:aws:iam::123456789012:role/firehose")
-            .bucket_arn(format!("arn:aws:s3:::{bucket}"))
-            .prefix(prefix)
-            .build()
-            .expect("destination");
-        rt().block_on(
-            self.firehose
-                .create_delivery_stream()
-                .delivery_stream_name(&stream)
-                .delivery_stream_type(aws_sdk_firehose::types::DeliveryStreamType::DirectPut)
-                .extended_s3_destination_configuration(dest)
-                .send(),
-        )
-        .expect("create delivery stream");
-        stream
-    }
-
-    /// Every event of a stream, oldest first (GetLogEvents pages from the head).
-    fn log_events(&self, group: &str, stream: &str) -> Vec<(i64, String)> {
-        rt().block_on(async {
-            let mut out = Vec::new();
-            let mut token: Option<String> = None;
-            loop {
-                let page = self
-                    .logs
-                    .get_log_events()
-                    .log_group_name(group)
-                    .log_stream_name(stream)
-                    .start_from_head(true)
-                    .set_next_token(token.clone())
-                    .send()
-                    .await
-                    .unwrap_or_else(|e| panic!("GetLogEvents {group} {stream}: {e:?}"));
-                let n = page.events().len();
-                out.extend(page.events().iter().map(|e| {
-                    (
-                        e.timestamp().unwrap_or(-1),
-                        e.message().unwrap_or("").to_string(),
-                    )
-                }));
-                let next = page.next_forward_token().map(String::from);
-                if n == 0 || next == token {
-                    break;
-                }
-                token = next;
-            }
-            out
-        })
-    }
-
-    fn retention(&self, group: &str) -> Option<i32> {
-        rt().block_on(async {
-            let out = self
-                .logs
-                .describe_log_groups()
-                .log_group_name_prefix(group)
-                .send()
-                .await
-                .expect("describe log groups");
-            out.log_groups()
-                .iter()
-                .find(|g| g.log_group_name() == Some(group))
-                .and_then(|g| g.retention_in_days())
-        })
-    }
-}
 
 fn decode_body(enc: Option<&str>, body: &[u8]) -> String {
     let mut s = String::new();
@@ -255,19 +84,6 @@ fn send_forward(port: u16, tag: &str, records: &[(i64, Value)]) {
         c.read_ack(&chunk).expect("ack");
         start += encoded.len();
     }
-}
-
-/// Pseudo-random lowercase text (compresses like real logs, not like zeros).
-fn noise(seed: u64, len: usize) -> String {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (b'a' + (x % 26) as u8) as char
-        })
-        .collect()
 }
 
 const SEC: i64 = 1_000_000_000;

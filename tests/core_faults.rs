@@ -9,15 +9,14 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::moto::{endpoint, unique};
-use common::{Router, free_port};
+use common::fake_http::FakeHttp;
+use common::moto::{Aws, endpoint, unique};
+use common::{Router, free_port, noise, peak_rss};
 use firelane::input::forward::ListenAddr;
 use firelane::input::forward::client::{self, EventTime, ForwardClient};
-use firelane::output::aws::{AwsSettings, sdk_config};
 use serde_json::{Value, json};
 
 /// The longest any one ack may take. A batch timer (S3's `max_age` is 5 minutes) is far
@@ -51,19 +50,6 @@ to = ["out"]
 {output}
 "#
     )
-}
-
-/// Pseudo-random lowercase text (compresses like real logs, not like zeros).
-fn noise(seed: u64, len: usize) -> String {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (b'a' + (x % 26) as u8) as char
-        })
-        .collect()
 }
 
 /// Sends records `{"seq": i, "log": ...}` for `i` in `0..n` as CompressedPackedForward
@@ -273,99 +259,6 @@ fn file_default_takes_an_acked_burst() {
     assert_exactly_once("file", seqs_of_lines(&text), BURST);
 }
 
-/// A minimal HTTP/1.1 server on 127.0.0.1 that answers 200 to every request and keeps
-/// the body of each (gunzipped when `Content-Encoding: gzip`).
-struct FakeHttp {
-    port: u16,
-    bodies: Arc<Mutex<Vec<Vec<u8>>>>,
-}
-
-impl FakeHttp {
-    fn start() -> FakeHttp {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind fake http");
-        let port = listener.local_addr().expect("addr").port();
-        let bodies: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
-        let keep = bodies.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { break };
-                let keep = keep.clone();
-                std::thread::spawn(move || serve_http(conn, &keep));
-            }
-        });
-        FakeHttp { port, bodies }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/ingest", self.port)
-    }
-
-    fn text(&self) -> String {
-        let bodies = self.bodies.lock().expect("bodies");
-        bodies
-            .iter()
-            .map(|b| String::from_utf8_lossy(b).into_owned())
-            .collect()
-    }
-}
-
-fn serve_http(conn: TcpStream, keep: &Mutex<Vec<Vec<u8>>>) {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(120)));
-    let Ok(mut out) = conn.try_clone() else {
-        return;
-    };
-    let mut r = BufReader::new(conn);
-    loop {
-        let mut len = 0usize;
-        let mut gzip = false;
-        let mut first = true;
-        loop {
-            let mut line = String::new();
-            match r.read_line(&mut line) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-            let line = line.trim_end();
-            if line.is_empty() {
-                if first {
-                    continue;
-                }
-                break;
-            }
-            first = false;
-            let lower = line.to_ascii_lowercase();
-            if let Some(v) = lower.strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap_or(0);
-            }
-            if lower.starts_with("content-encoding:") && lower.contains("gzip") {
-                gzip = true;
-            }
-        }
-        let mut body = vec![0u8; len];
-        if r.read_exact(&mut body).is_err() {
-            return;
-        }
-        if gzip {
-            let mut plain = Vec::new();
-            if flate2::read::MultiGzDecoder::new(&body[..])
-                .read_to_end(&mut plain)
-                .is_err()
-            {
-                let _ = out.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
-                return;
-            }
-            body = plain;
-        }
-        keep.lock().expect("bodies").push(body);
-        if out
-            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-            .is_err()
-        {
-            return;
-        }
-    }
-}
-
 #[test]
 fn http_default_takes_an_acked_burst() {
     let server = FakeHttp::start();
@@ -383,17 +276,6 @@ fn http_default_takes_an_acked_burst() {
 // ---------------------------------------------------------------------------------------
 // AWS outputs on moto
 
-fn rt() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("tokio runtime")
-    })
-}
-
 /// One moto test at a time: moto is a single Python process, and several bursts of
 /// 200,000+ records against it at once (the test harness runs tests in parallel) make each
 /// one slow enough to run into shutdown deadlines on a loaded 2-core machine.
@@ -402,148 +284,34 @@ fn moto_serial() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-struct Aws {
-    s3: aws_sdk_s3::Client,
-    firehose: aws_sdk_firehose::Client,
-    logs: aws_sdk_cloudwatchlogs::Client,
+/// The text of every object under `prefix` (gunzipped when stored gzip), and how many
+/// objects there were.
+fn text_under(aws: &Aws, bucket: &str, prefix: &str) -> (String, usize) {
+    let mut text = String::new();
+    let mut objects = 0;
+    for (key, enc, body) in aws.objects(bucket, prefix) {
+        let gz = enc.as_deref() == Some("gzip") || key.ends_with(".gz");
+        if gz {
+            flate2::read::MultiGzDecoder::new(&body[..])
+                .read_to_string(&mut text)
+                .expect("gunzip object");
+        } else {
+            text.push_str(std::str::from_utf8(&body).expect("utf-8 object"));
+        }
+        if !text.ends_with('\n') && !text.is_empty() {
+            text.push('\n');
+        }
+        objects += 1;
+    }
+    (text, objects)
 }
 
-impl Aws {
-    fn new(ep: &str) -> Aws {
-        rt().block_on(async {
-            let conf = sdk_config(&AwsSettings {
-                region: Some("us-east-1".into()),
-                endpoint_url: Some(ep.into()),
-                role_arn: None,
-            })
-            .await;
-            Aws {
-                s3: aws_sdk_s3::Client::from_conf(
-                    aws_sdk_s3::config::Builder::from(&conf)
-                        .endpoint_url(ep)
-                        .force_path_style(true)
-                        .build(),
-                ),
-                firehose: aws_sdk_firehose::Client::from_conf(
-                    aws_sdk_firehose::config::Builder::from(&conf)
-                        .endpoint_url(ep)
-                        .build(),
-                ),
-                logs: aws_sdk_cloudwatchlogs::Client::from_conf(
-                    aws_sdk_cloudwatchlogs::config::Builder::from(&conf)
-                        .endpoint_url(ep)
-                        .build(),
-                ),
-            }
-        })
-    }
-
-    fn create_bucket(&self, bucket: &str) {
-        rt().block_on(self.s3.create_bucket().bucket(bucket).send())
-            .unwrap_or_else(|e| panic!("create bucket {bucket}: {e:?}"));
-    }
-
-    /// The text of every object under `prefix` (gunzipped when stored gzip), and how many
-    /// objects there were.
-    fn text_under(&self, bucket: &str, prefix: &str) -> (String, usize) {
-        rt().block_on(async {
-            let mut text = String::new();
-            let mut objects = 0;
-            let mut token = None;
-            loop {
-                let page = self
-                    .s3
-                    .list_objects_v2()
-                    .bucket(bucket)
-                    .prefix(prefix)
-                    .set_continuation_token(token)
-                    .send()
-                    .await
-                    .expect("list objects");
-                for o in page.contents() {
-                    let key = o.key().expect("key");
-                    let got = self
-                        .s3
-                        .get_object()
-                        .bucket(bucket)
-                        .key(key)
-                        .send()
-                        .await
-                        .expect("get object");
-                    let gz = got.content_encoding() == Some("gzip") || key.ends_with(".gz");
-                    let body = got.body.collect().await.expect("body").into_bytes();
-                    if gz {
-                        flate2::read::MultiGzDecoder::new(&body[..])
-                            .read_to_string(&mut text)
-                            .expect("gunzip object");
-                    } else {
-                        text.push_str(std::str::from_utf8(&body).expect("utf-8 object"));
-                    }
-                    if !text.ends_with('\n') && !text.is_empty() {
-                        text.push('\n');
-                    }
-                    objects += 1;
-                }
-                match page.next_continuation_token() {
-                    Some(t) => token = Some(t.to_string()),
-                    None => break,
-                }
-            }
-            (text, objects)
-        })
-    }
-
-    fn create_delivery_stream(&self, bucket: &str, prefix: &str) -> String {
-        let stream = unique("fl-core-fh");
-        let dest = aws_sdk_firehose::types::ExtendedS3DestinationConfiguration::builder()
-            .role_arn("arn:aws:iam::123456789012:role/firehose")
-            .bucket_arn(format!("arn:aws:s3:::{bucket}"))
-            .prefix(prefix)
-            .build()
-            .expect("destination");
-        rt().block_on(
-            self.firehose
-                .create_delivery_stream()
-                .delivery_stream_name(&stream)
-                .delivery_stream_type(aws_sdk_firehose::types::DeliveryStreamType::DirectPut)
-                .extended_s3_destination_configuration(dest)
-                .send(),
-        )
-        .expect("create delivery stream");
-        stream
-    }
-
-    /// Every message of a log stream.
-    fn log_messages(&self, group: &str, stream: &str) -> Vec<String> {
-        rt().block_on(async {
-            let mut out = Vec::new();
-            let mut token: Option<String> = None;
-            loop {
-                let page = self
-                    .logs
-                    .get_log_events()
-                    .log_group_name(group)
-                    .log_stream_name(stream)
-                    .start_from_head(true)
-                    .set_next_token(token.clone())
-                    .send()
-                    .await
-                    .unwrap_or_else(|e| panic!("GetLogEvents {group} {stream}: {e:?}"));
-                let n = page.events().len();
-                out.extend(
-                    page.events()
-                        .iter()
-                        .map(|e| e.message().unwrap_or("").to_string()),
-                );
-                let next = page.next_forward_token().map(String::from);
-                if n == 0 || next == token {
-                    break;
-                }
-                token = next;
-            }
-            out
-        })
-    }
+/// Every message of a log stream.
+fn log_messages(aws: &Aws, group: &str, stream: &str) -> Vec<String> {
+    aws.log_events(group, stream)
+        .into_iter()
+        .map(|(_, message)| message)
+        .collect()
 }
 
 fn s3_output(bucket: &str, key: &str, ep: &str, extra: &str) -> String {
@@ -577,7 +345,7 @@ fn s3_default_takes_an_acked_burst() {
     burst(fwd, BURST, LOG_LEN, tag);
     assert_no_loss(&r);
     let _r = stop(r);
-    let (text, objects) = aws.text_under(&bucket, "logs/");
+    let (text, objects) = text_under(&aws, &bucket, "logs/");
     assert_exactly_once("s3", seqs_of_lines(&text), BURST);
     assert!(objects >= 2, "sealed under pressure: {objects} objects");
 }
@@ -604,7 +372,7 @@ fn s3_huge_batch_config_takes_an_acked_burst() {
     burst(fwd, n, LOG_LEN, tag);
     assert_no_loss(&r);
     let _r = stop(r);
-    let (text, _) = aws.text_under(&bucket, "logs/");
+    let (text, _) = text_under(&aws, &bucket, "logs/");
     assert_exactly_once("s3", seqs_of_lines(&text), n);
 }
 
@@ -626,7 +394,7 @@ fn firehose_default_takes_an_acked_burst() {
     burst(fwd, BURST, LOG_LEN, tag);
     assert_no_loss(&r);
     let _r = stop(r);
-    let (text, _) = aws.text_under(&bucket, "fh/");
+    let (text, _) = text_under(&aws, &bucket, "fh/");
     assert_exactly_once("firehose", seqs_of_lines(&text), BURST);
 }
 
@@ -646,7 +414,7 @@ fn cloudwatch_logs_default_takes_an_acked_burst() {
     burst(fwd, BURST, LOG_LEN, tag);
     assert_no_loss(&r);
     let _r = stop(r);
-    let messages = aws.log_messages(&group, "s");
+    let messages = log_messages(&aws, &group, "s");
     assert_exactly_once(
         "cloudwatch_logs",
         seqs_of_lines(&messages.join("\n")),
@@ -918,17 +686,6 @@ buffer = {{ type = "disk" }}
 // Issue #9: "Per-partition state outside the budget": an S3 key with {tag} and gzip, one
 // record each for 5,000 tags, took 1.57 GiB of RSS under memory_limit = "128MiB".
 
-/// Peak RSS (`VmHWM`) of process `pid`, in bytes.
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no VmHWM in {status}"));
-    kib * 1024
-}
-
 #[test]
 fn s3_many_tags_stay_within_the_memory_limit() {
     let Some(ep) = endpoint() else { return };
@@ -992,7 +749,7 @@ fn s3_many_tags_stay_within_the_memory_limit() {
     );
     // Grace is 120 s here: wait for it, plus a margin.
     let _r = stop_within(r, Duration::from_secs(150));
-    let (text, objects) = aws.text_under(&bucket, "t/");
+    let (text, objects) = text_under(&aws, &bucket, "t/");
     assert_exactly_once("s3", seqs_of_lines(&text), tags);
     assert_eq!(objects as u64, tags, "one object per tag");
     eprintln!(

@@ -22,7 +22,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Router, free_port, http_get, read_jsonl, wait_lines};
+use common::fake_http::FakeHttp;
+use common::{Router, free_port, http_get, peak_rss, read_jsonl, wait_lines};
 use firelane::input::forward::ListenAddr;
 use firelane::input::forward::client::{self, Compression, Entry, EventTime, ForwardClient};
 use serde_json::{Value, json};
@@ -1734,49 +1735,6 @@ fn sigterm_drains_open_connections() {
 // Back-pressure: a stalled output with a small buffer stops the forward input from reading
 // (acks stop coming), memory stays bounded, and nothing is lost once the output recovers.
 
-/// Serves HTTP/1.1 with keep-alive: answers every request 200 and keeps its body lines.
-fn serve_http(listener: std::net::TcpListener, bodies: Arc<std::sync::Mutex<Vec<String>>>) {
-    for conn in listener.incoming() {
-        let Ok(mut s) = conn else { return };
-        let bodies = bodies.clone();
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 64 * 1024];
-            loop {
-                let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                    match s.read(&mut chunk) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                    continue;
-                };
-                let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0);
-                while buf.len() < head_end + 4 + len {
-                    match s.read(&mut chunk) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let body: Vec<u8> = buf.drain(..head_end + 4 + len).skip(head_end + 4).collect();
-                bodies
-                    .lock()
-                    .unwrap()
-                    .push(String::from_utf8(body).expect("UTF-8 body"));
-                if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-                    .is_err()
-                {
-                    return;
-                }
-            }
-        });
-    }
-}
-
 #[test]
 fn stalled_output_stops_reading_and_recovers() {
     // Bound but not accepting yet: the output's requests connect and then hang.
@@ -1860,11 +1818,7 @@ buffer = {{ max_size = "64KiB" }}
     assert_eq!(health.0, 200, "{health:?}");
 
     // The output recovers: everything goes through, once.
-    let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
-    {
-        let bodies = bodies.clone();
-        std::thread::spawn(move || serve_http(http, bodies));
-    }
+    let server = FakeHttp::serve(http);
     sender.join().expect("sender failed");
     let sent = r.wait_metric(
         "firelane_output_records_total",
@@ -1873,9 +1827,8 @@ buffer = {{ max_size = "64KiB" }}
         TIMEOUT,
     );
     assert_eq!(sent, TOTAL as f64, "{}", r.metrics());
-    let mut seqs: Vec<u64> = bodies
-        .lock()
-        .unwrap()
+    let mut seqs: Vec<u64> = server
+        .bodies()
         .iter()
         .flat_map(|b| b.lines().map(str::to_owned).collect::<Vec<_>>())
         .map(|l| {
@@ -2182,11 +2135,7 @@ buffer = {{ max_size = "64KiB" }}
     );
 
     // The output recovers: every ack, in order; every record sent once.
-    let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
-    {
-        let bodies = bodies.clone();
-        std::thread::spawn(move || serve_http(http, bodies));
-    }
+    let server = FakeHttp::serve(http);
     sender.join().expect("sender failed");
     r.wait_metric(
         "firelane_output_records_total",
@@ -2203,9 +2152,8 @@ buffer = {{ max_size = "64KiB" }}
     assert!(all == want, "acks out of order");
     drop(s);
     reader.join().unwrap();
-    let mut seqs: Vec<usize> = bodies
-        .lock()
-        .unwrap()
+    let mut seqs: Vec<usize> = server
+        .bodies()
         .iter()
         .flat_map(|b| b.lines().map(str::to_owned).collect::<Vec<_>>())
         .map(|l| {
@@ -2642,17 +2590,6 @@ fn every_mode_skips_an_unusable_entry_and_acks() {
     );
 }
 
-/// Peak RSS (`VmHWM`) of process `pid`, in MiB.
-fn peak_rss_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no VmHWM in {status}"));
-    kib / 1024
-}
-
 /// The tester's report: with memory_limit = "64MiB", 16 connections each sending one valid
 /// 14.4 MB Forward request peaked at 299 MiB of RSS (frames released from the budget before
 /// ingest, every connection's full request buffered at once). Large requests now take one
@@ -2671,7 +2608,7 @@ fn many_large_requests_stay_within_the_memory_limit() {
     );
     let r = Router::start(&cfg);
     let pid = r.child.as_ref().expect("router running").id();
-    let start_mib = peak_rss_mib(pid);
+    let start_mib = peak_rss(pid) / (1024 * 1024);
     let log = "x".repeat(LOG_BYTES);
     let clients: Vec<_> = (0..CONNECTIONS)
         .map(|i| {
@@ -2702,7 +2639,7 @@ fn many_large_requests_stay_within_the_memory_limit() {
     }
     let want = CONNECTIONS * PER_REQUEST;
     let lines = wait_lines(&out_path(&r), want, Duration::from_secs(120));
-    let peak = peak_rss_mib(pid);
+    let peak = peak_rss(pid) / (1024 * 1024);
     let mut ids: Vec<String> = lines
         .iter()
         .map(|l| {

@@ -2,6 +2,7 @@
 //! with a config written to a temp dir, waits for `/ready`, and stops it when dropped.
 #![allow(dead_code)]
 
+pub mod fake_http;
 pub mod moto;
 
 use std::io::{BufRead, Read};
@@ -321,4 +322,28 @@ pub fn wait_lines(path: &Path, n: usize, timeout: Duration) -> Vec<serde_json::V
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Pseudo-random lowercase text (compresses like real logs, not like zeros).
+pub fn noise(seed: u64, len: usize) -> String {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (b'a' + (x % 26) as u8) as char
+        })
+        .collect()
+}
+
+/// Peak RSS (`VmHWM`) of process `pid`, in bytes.
+pub fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in {status}"));
+    kib * 1024
 }
