@@ -14,7 +14,8 @@ use bytes::Bytes;
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use reqwest::header::{
-    CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, LOCATION, RETRY_AFTER,
+    CONNECTION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderMap, HeaderName,
+    HeaderValue, LOCATION, RETRY_AFTER, TE, TRANSFER_ENCODING, UPGRADE,
 };
 use reqwest::{Method, StatusCode, Url};
 
@@ -113,6 +114,23 @@ impl HttpSink {
                 HeaderName::from_bytes(name.as_bytes()).map_err(|e| header_err(e.to_string()))?;
             if n == CONTENT_ENCODING {
                 return Err(header_err("set by `compression`".into()));
+            }
+            // Framing headers belong to the HTTP client: a user's `Content-Length` would
+            // make the client send a truncated body that the server takes as a whole
+            // request, so acked records would vanish while counted as sent.
+            if [
+                CONTENT_LENGTH,
+                TRANSFER_ENCODING,
+                HOST,
+                CONNECTION,
+                TE,
+                UPGRADE,
+            ]
+            .contains(&n)
+            {
+                return Err(header_err(
+                    "set by the HTTP client for each request (message framing)".into(),
+                ));
             }
             let v = HeaderValue::from_str(value).map_err(|e| header_err(e.to_string()))?;
             // A user-supplied Content-Type replaces the default; other names may repeat.
@@ -328,6 +346,20 @@ mod tests {
                 .unwrap()
                 .contains("bad name")
         );
+        // Framing headers: a user's Content-Length truncated every body (records acked,
+        // counted as sent, never delivered whole).
+        for name in ["Content-Length", "transfer-encoding", "Host", "connection"] {
+            let c = HttpConfig {
+                url: "http://127.0.0.1:1/x".into(),
+                headers: vec![(name.into(), "5".into())],
+                ..HttpConfig::default()
+            };
+            let e = HttpSink::new(&c, Encoding::default(), &batch)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains("framing"), "{name}: {e:?}");
+        }
         assert!(
             cfg(|c| c.headers = vec![("x".into(), "a\nb".into())])
                 .unwrap()
