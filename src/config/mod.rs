@@ -595,7 +595,15 @@ fn read_runtime(top: &mut Table<'_, '_>, d: &mut Diagnostics) -> RuntimeSettings
         return rt;
     };
     if let Some(g) = t.opt_duration(d, "shutdown_grace") {
-        rt.shutdown_grace = g;
+        // Below a second nothing can flush (ECS's own stopTimeout is at least 2 s).
+        if g < Duration::from_secs(1) {
+            d.error(
+                t.value_span("shutdown_grace"),
+                format!("runtime.shutdown_grace: {g:?} leaves no time to flush the outputs; set at least 1s"),
+            );
+        } else {
+            rt.shutdown_grace = g;
+        }
     }
     if let Some(w) = t.opt_duration(d, "drain_inputs") {
         // The outputs flush in what the drain leaves of the grace: a drain window equal
@@ -606,8 +614,9 @@ fn read_runtime(top: &mut Table<'_, '_>, d: &mut Diagnostics) -> RuntimeSettings
             d.error(
                 t.value_span("drain_inputs"),
                 format!(
-                    "runtime.drain_inputs: {w:?} leaves less than {flush:?} of shutdown_grace ({:?}) for the outputs to flush; set it to at most {most:?}",
-                    rt.shutdown_grace
+                    "runtime.drain_inputs: {w:?} leaves less than {flush:?} of shutdown_grace ({:?}) for the outputs to flush; set it to at most {}",
+                    rt.shutdown_grace,
+                    if most.is_zero() { "0s".to_string() } else { format!("{most:?}") }
                 ),
             );
         } else {

@@ -482,3 +482,30 @@ fn listen_clashes_follow_what_bind_refuses() {
     assert!(!listens_clash(&unix("/run/a.sock"), &unix("/run/b.sock")));
     assert!(!listens_clash(&unix("/run/a.sock"), &tcp("127.0.0.1:2020")));
 }
+
+#[test]
+fn shutdown_grace_below_a_second_and_a_drain_leaving_nothing_are_refused_clearly() {
+    let base =
+        "[inputs.i]\ntype = \"http\"\n[routes.r]\nto = [\"o\"]\n[outputs.o]\ntype = \"null\"\n";
+    for grace in ["0s", "500ms"] {
+        let e = errors(&format!("[runtime]\nshutdown_grace = \"{grace}\"\n{base}"));
+        assert!(
+            e.len() == 1 && e[0].contains("shutdown_grace") && e[0].contains("at least 1s"),
+            "{grace}: {e:?}"
+        );
+    }
+    // 1 s of grace leaves nothing for a drain window: the message says "0s", not "0ns".
+    let e = errors(&format!(
+        "[runtime]\nshutdown_grace = \"1s\"\ndrain_inputs = \"1ms\"\n{base}"
+    ));
+    assert!(
+        e.len() == 1 && e[0].contains("at most 0s") && !e[0].contains("0ns"),
+        "{e:?}"
+    );
+    assert!(
+        errors(&format!(
+            "[runtime]\nshutdown_grace = \"1s\"\ndrain_inputs = \"0s\"\n{base}"
+        ))
+        .is_empty()
+    );
+}
