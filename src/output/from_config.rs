@@ -446,12 +446,8 @@ fn aws_config(
 ///
 /// Returns the first problem the sink reports (sinks stop at their first).
 pub fn validate(o: &OutputSpec) -> Result<(), OutputConfigError> {
-    use aws_config::{BehaviorVersion, Region};
+    use super::aws::offline;
     let batch = batch_settings(o);
-    // Construction needs a region on the client; the configured one, else any: the
-    // client is dropped unused.
-    let unused_region =
-        |r: &Option<String>| Region::new(r.clone().unwrap_or_else(|| "us-east-1".into()));
     match &o.kind {
         OutputKind::Stdout | OutputKind::Null | OutputKind::File { .. } => Ok(()),
         OutputKind::Http {
@@ -470,34 +466,22 @@ pub fn validate(o: &OutputSpec) -> Result<(), OutputConfigError> {
             None => Ok(()),
             Some(Err(e)) => Err(e),
             Some(Ok(AwsSinkConfig::S3(cfg))) => {
-                let conf = aws_sdk_s3::Config::builder()
-                    .behavior_version(BehaviorVersion::latest())
-                    .region(unused_region(&cfg.aws.region))
-                    .build();
-                s3::build_with_client(cfg, aws_sdk_s3::Client::from_conf(conf))
+                let client = offline::s3(cfg.aws.region.as_deref());
+                s3::build_with_client(cfg, client)
                     .map(drop)
                     .map_err(OutputConfigError::aws)
             }
             Some(Ok(AwsSinkConfig::Firehose(cfg))) => {
-                let conf = aws_sdk_firehose::Config::builder()
-                    .behavior_version(BehaviorVersion::latest())
-                    .region(unused_region(&cfg.aws.region))
-                    .build();
-                firehose::build_with_client(cfg, aws_sdk_firehose::Client::from_conf(conf))
+                let client = offline::firehose(cfg.aws.region.as_deref());
+                firehose::build_with_client(cfg, client)
                     .map(drop)
                     .map_err(OutputConfigError::aws)
             }
             Some(Ok(AwsSinkConfig::CloudWatchLogs(cfg))) => {
-                let conf = aws_sdk_cloudwatchlogs::Config::builder()
-                    .behavior_version(BehaviorVersion::latest())
-                    .region(unused_region(&cfg.aws.region))
-                    .build();
-                cloudwatch_logs::build_with_client(
-                    cfg,
-                    aws_sdk_cloudwatchlogs::Client::from_conf(conf),
-                )
-                .map(drop)
-                .map_err(OutputConfigError::aws)
+                let client = offline::cloudwatch_logs(cfg.aws.region.as_deref());
+                cloudwatch_logs::build_with_client(cfg, client)
+                    .map(drop)
+                    .map_err(OutputConfigError::aws)
             }
         },
     }

@@ -200,6 +200,35 @@ impl RecordFormat {
     }
 }
 
+/// SDK clients that are built but never called: sinks constructed only to check their
+/// settings (`firelane check`) or to render a destination (`firelane route`). No
+/// credentials are resolved and no request is made. The client needs a region; the
+/// configured one is used, else any (it is dropped unused).
+pub(crate) mod offline {
+    use aws_config::{BehaviorVersion, Region};
+
+    fn region(configured: Option<&str>) -> Region {
+        Region::new(configured.unwrap_or("us-east-1").to_owned())
+    }
+
+    macro_rules! offline_client {
+        ($name:ident, $sdk:ident) => {
+            /// A client of this service that is never called (see the module docs).
+            pub(crate) fn $name(configured_region: Option<&str>) -> $sdk::Client {
+                let conf = $sdk::Config::builder()
+                    .behavior_version(BehaviorVersion::latest())
+                    .region(region(configured_region))
+                    .build();
+                $sdk::Client::from_conf(conf)
+            }
+        };
+    }
+
+    offline_client!(s3, aws_sdk_s3);
+    offline_client!(firehose, aws_sdk_firehose);
+    offline_client!(cloudwatch_logs, aws_sdk_cloudwatchlogs);
+}
+
 /// Where `record` would go in the AWS output `name` of kind `kind`, rendered by the sink's
 /// own code (for `firelane route`). The sink is built around an SDK client that is never
 /// used: no credentials are resolved and no AWS call is made. `None` for non-AWS outputs;
@@ -211,9 +240,6 @@ pub fn preview_destination(
     record: &crate::event::Record,
 ) -> Option<Result<String, String>> {
     use crate::config::{self, OutputKind};
-    let region = |aws: &config::AwsSpec| {
-        aws_config::Region::new(aws.region.clone().unwrap_or_else(|| "us-east-1".into()))
-    };
     let refused =
         |reason: &str| format!("refused ({reason}): dropped, or dead-lettered if configured");
     let rendered = match kind {
@@ -242,11 +268,7 @@ pub fn preview_destination(
                 aws: AwsSettings::default(),
                 batch: s3::default_batch(),
             };
-            let conf = aws_sdk_s3::Config::builder()
-                .behavior_version(BehaviorVersion::latest())
-                .region(region(aws))
-                .build();
-            s3::build_with_client(cfg, aws_sdk_s3::Client::from_conf(conf))
+            s3::build_with_client(cfg, offline::s3(aws.region.as_deref()))
                 .map_err(|e| format!("would not start: {e}"))
                 .and_then(|sink| sink.destination(record).map_err(refused))
         }
@@ -267,11 +289,7 @@ pub fn preview_destination(
                 aws: AwsSettings::default(),
                 batch: cloudwatch_logs::default_batch(),
             };
-            let conf = aws_sdk_cloudwatchlogs::Config::builder()
-                .behavior_version(BehaviorVersion::latest())
-                .region(region(aws))
-                .build();
-            cloudwatch_logs::build_with_client(cfg, aws_sdk_cloudwatchlogs::Client::from_conf(conf))
+            cloudwatch_logs::build_with_client(cfg, offline::cloudwatch_logs(aws.region.as_deref()))
                 .map_err(|e| format!("would not start: {e}"))
                 .and_then(|sink| sink.destination(record).map_err(refused))
         }
@@ -289,11 +307,7 @@ pub fn preview_destination(
                 aws: AwsSettings::default(),
                 batch: firehose::default_batch(),
             };
-            let conf = aws_sdk_firehose::Config::builder()
-                .behavior_version(BehaviorVersion::latest())
-                .region(region(aws))
-                .build();
-            firehose::build_with_client(cfg, aws_sdk_firehose::Client::from_conf(conf))
+            firehose::build_with_client(cfg, offline::firehose(aws.region.as_deref()))
                 .map(|sink| sink.destination())
                 .map_err(|e| format!("would not start: {e}"))
         }
