@@ -423,7 +423,6 @@ fn destinations(
     tag: Option<&str>,
     input: Option<&str>,
 ) -> String {
-    use firelane::config::OutputKind;
     use std::fmt::Write as _;
     // `dry_run` has already refused anything that is not a JSON object.
     let Ok(serde_json::Value::Object(fields)) = serde_json::from_str(event) else {
@@ -459,58 +458,8 @@ fn destinations(
     let mut out = format!("destinations (record time {time}):\n");
     for o in reached {
         let spec = &config.outputs[o];
-        let dest = match firelane::output::aws::preview_destination(&spec.name, &spec.kind, &record)
-        {
-            Some(Ok(d)) => d,
-            Some(Err(e)) => e,
-            None => match &spec.kind {
-                OutputKind::Http { url, method, .. } => format!("{method} {}", redact_url(url)),
-                OutputKind::File { path } => path.display().to_string(),
-                OutputKind::Stdout => "standard output".to_string(),
-                OutputKind::Null => "discarded (counted as sent)".to_string(),
-                other => other.type_name().to_string(),
-            },
-        };
+        let dest = spec.kind.destination(spec, &record);
         let _ = writeln!(out, "  {} ({}): {dest}", spec.name, spec.kind.type_name());
     }
     out
-}
-
-/// The URL with its password and the values of query parameters that look like secrets
-/// (`token`, `key`, `sig`, `code`…) replaced by `***`: `${ENV}` in the config may have put
-/// a secret there, and `route` output gets pasted into tickets.
-fn redact_url(text: &str) -> String {
-    const SECRET_WORDS: &[&str] = &[
-        "token",
-        "key",
-        "secret",
-        "pass",
-        "sig",
-        "auth",
-        "code",
-        "credential",
-        "session",
-    ];
-    let Ok(mut url) = reqwest::Url::parse(text) else {
-        return "(a URL that does not parse)".to_string();
-    };
-    if url.password().is_some() {
-        let _ = url.set_password(Some("***"));
-    }
-    if url.query().is_some() {
-        let pairs: Vec<(String, String)> = url
-            .query_pairs()
-            .map(|(k, v)| {
-                let lower = k.to_ascii_lowercase();
-                let v = if SECRET_WORDS.iter().any(|w| lower.contains(w)) {
-                    "***".to_string()
-                } else {
-                    v.into_owned()
-                };
-                (k.into_owned(), v)
-            })
-            .collect();
-        url.query_pairs_mut().clear().extend_pairs(pairs);
-    }
-    url.to_string()
 }

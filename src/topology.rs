@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{self, AdminState, HealthReport, Readiness};
 use crate::buffer::budget::MemoryBudget;
 use crate::buffer::{self, BufferReader, BufferSettings, BufferWriter};
-use crate::config::{self, Config, InputKind, OutputKind, OutputSpec};
+use crate::config::{self, Config, InputKind, OutputSpec};
 use crate::event::Record;
 use crate::output;
 use crate::output::core::{OutputShutdown, OutputSummary};
@@ -136,27 +136,16 @@ pub fn plan(config: &Config) -> String {
             "  {} ({}): {}{buf}{dl}",
             o.name,
             o.kind.type_name(),
-            describe(&o.kind)
+            describe(o)
         );
     }
     s
 }
 
-fn describe(kind: &OutputKind) -> String {
-    match kind {
-        OutputKind::Stdout | OutputKind::Null => String::new(),
-        OutputKind::File { path } => format!("{}, ", path.display()),
-        OutputKind::Http { url, .. } => format!("{url}, "),
-        OutputKind::S3 { bucket, key, .. } => format!("s3://{bucket}/{key}, "),
-        OutputKind::Firehose {
-            delivery_stream, ..
-        } => format!("{delivery_stream}, "),
-        OutputKind::CloudWatchLogs {
-            log_group,
-            log_stream,
-            ..
-        } => format!("{log_group} / {log_stream}, "),
-    }
+/// Where `o` writes, followed by `, ` (empty for outputs with nothing to say).
+fn describe(o: &OutputSpec) -> String {
+    let d = o.kind.describe();
+    if d.is_empty() { d } else { format!("{d}, ") }
 }
 
 /// `firelane route`: which routes and outputs a record would reach.

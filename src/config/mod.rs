@@ -5,17 +5,22 @@
 //! what spans tables (dangling route targets, dead-letter cycles, outputs nobody feeds).
 //! Components receive plain structs; none of them sees TOML.
 
+mod compression;
 pub mod reader;
 pub mod units;
 
+pub use compression::Compression;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use crate::input::http::{BodyFormat, HttpAuth, HttpInputConfig};
+use crate::output::registry::{self, OutputConfig};
 use crate::route::pattern::Pattern;
 use crate::route::tag::TagGlob;
 use crate::serve::ServerLimits;
@@ -138,11 +143,8 @@ pub enum BufferType {
     Disk,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WhenFullSpec {
-    Block,
-    DropNewest,
-}
+/// `buffer.when_full`: one definition, the buffer's own.
+pub use crate::buffer::WhenFull;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FsyncSpec {
@@ -155,7 +157,7 @@ pub enum FsyncSpec {
 pub struct BufferSpec {
     pub kind: BufferType,
     pub max_size: Option<u64>,
-    pub when_full: WhenFullSpec,
+    pub when_full: WhenFull,
     pub fsync: FsyncSpec,
 }
 
@@ -167,82 +169,11 @@ pub struct RetrySpec {
     pub max_retries: Option<u32>,
 }
 
-#[derive(Debug, Clone, Default)]
-pub struct AwsSpec {
-    pub region: Option<String>,
-    pub endpoint_url: Option<String>,
-    pub role_arn: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    None,
-    Gzip,
-    Zstd,
-}
-
-#[derive(Debug, Clone)]
-pub enum OutputKind {
-    Stdout,
-    Null,
-    File {
-        path: PathBuf,
-    },
-    Http {
-        url: String,
-        method: String,
-        headers: Vec<(String, String)>,
-        compression: Compression,
-        timeout: Duration,
-    },
-    S3 {
-        bucket: String,
-        key: String,
-        compression: Compression,
-        storage_class: Option<String>,
-        content_type: Option<String>,
-        acl: Option<String>,
-        log_key: Option<String>,
-        align: Option<Duration>,
-        force_path_style: bool,
-        aws: AwsSpec,
-    },
-    Firehose {
-        delivery_stream: String,
-        aggregate: bool,
-        oversize: String,
-        log_key: Option<String>,
-        aws: AwsSpec,
-    },
-    CloudWatchLogs {
-        log_group: String,
-        log_stream: String,
-        auto_create: bool,
-        retention_days: Option<u32>,
-        tags: Vec<(String, String)>,
-        log_key: Option<String>,
-        aws: AwsSpec,
-    },
-}
-
-impl OutputKind {
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            OutputKind::Stdout => "stdout",
-            OutputKind::Null => "null",
-            OutputKind::File { .. } => "file",
-            OutputKind::Http { .. } => "http",
-            OutputKind::S3 { .. } => "s3",
-            OutputKind::Firehose { .. } => "firehose",
-            OutputKind::CloudWatchLogs { .. } => "cloudwatch_logs",
-        }
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct OutputSpec {
     pub name: String,
-    pub kind: OutputKind,
+    /// The keys of its type, read by that type ([`crate::output::registry`]).
+    pub kind: Arc<dyn OutputConfig>,
     pub batch: BatchSpec,
     pub buffer: BufferSpec,
     pub retry: RetrySpec,
@@ -1178,7 +1109,7 @@ fn read_output(
     let mut buffer = BufferSpec {
         kind: BufferType::Memory,
         max_size: None,
-        when_full: WhenFullSpec::Block,
+        when_full: WhenFull::Block,
         fsync: FsyncSpec::Always,
     };
     if let Some(mut b) = t.opt_table(d, "buffer") {
@@ -1193,7 +1124,7 @@ fn read_output(
         buffer.max_size = b.opt_size(d, "max_size");
         match b.opt_string(d, "when_full").as_deref() {
             None | Some("block") => {}
-            Some("drop_newest") => buffer.when_full = WhenFullSpec::DropNewest,
+            Some("drop_newest") => buffer.when_full = WhenFull::DropNewest,
             Some(o) => d.error(
                 b.value_span("when_full"),
                 format!(
@@ -1260,221 +1191,17 @@ fn read_output(
         .opt_u64(d, "concurrency")
         .map(|c| c.clamp(1, 256) as usize);
 
-    let path = t.path().to_string();
-    let kind = match ty.as_str() {
-        "stdout" => {
-            finish_with(t, d, &[]);
-            OutputKind::Stdout
-        }
-        "null" => {
-            finish_with(t, d, &[]);
-            OutputKind::Null
-        }
-        "file" => {
-            let p = t.string(d, "path").unwrap_or_default();
-            finish_with(t, d, &["path"]);
-            OutputKind::File {
-                path: PathBuf::from(p),
-            }
-        }
-        "http" => {
-            let url = t.string(d, "url").unwrap_or_default();
-            if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
-                d.error(
-                    t.value_span("url"),
-                    format!("{path}.url: expected an http:// or https:// URL"),
-                );
-            }
-            let method = t
-                .opt_string(d, "method")
-                .unwrap_or_else(|| "POST".into())
-                .to_ascii_uppercase();
-            if !["POST", "PUT", "PATCH"].contains(&method.as_str()) {
-                d.error(
-                    t.value_span("method"),
-                    format!("{path}.method: expected POST, PUT or PATCH"),
-                );
-            }
-            let headers = t.opt_string_map(d, "headers").unwrap_or_default();
-            let compression = read_compression(t, d, false);
-            let timeout = t
-                .opt_duration(d, "timeout")
-                .unwrap_or(Duration::from_secs(30));
-            finish_with(
-                t,
-                d,
-                &["url", "method", "headers", "compression", "timeout"],
-            );
-            OutputKind::Http {
-                url,
-                method,
-                headers,
-                compression,
-                timeout,
-            }
-        }
-        "s3" => {
-            let bucket = t.string(d, "bucket").unwrap_or_default();
-            let key = t
-                .opt_string(d, "key")
-                .unwrap_or_else(|| "firelane/{tag}/%Y/%m/%d/%H/%M%S-{uuid}.log".into());
-            let compression = read_compression(t, d, true);
-            let storage_class = t.opt_string(d, "storage_class");
-            let content_type = t.opt_string(d, "content_type");
-            let acl = t.opt_string(d, "acl");
-            let log_key = t.opt_string(d, "log_key");
-            let align = t.opt_duration(d, "align");
-            if let Some(a) = align
-                && (a.as_secs() == 0 || 86400 % a.as_secs() != 0)
-            {
-                d.error(
-                    t.value_span("align"),
-                    format!("{path}.align: must divide a day evenly (e.g. \"5m\", \"1h\")"),
-                );
-            }
-            let force_path_style = t.opt_bool(d, "force_path_style").unwrap_or(false);
-            let aws = read_aws(t, d);
-            finish_with(
-                t,
-                d,
-                &[
-                    "bucket",
-                    "key",
-                    "compression",
-                    "storage_class",
-                    "content_type",
-                    "acl",
-                    "log_key",
-                    "align",
-                    "force_path_style",
-                    "region",
-                    "endpoint_url",
-                    "role_arn",
-                ],
-            );
-            OutputKind::S3 {
-                bucket,
-                key,
-                compression,
-                storage_class,
-                content_type,
-                acl,
-                log_key,
-                align,
-                force_path_style,
-                aws,
-            }
-        }
-        "firehose" => {
-            let delivery_stream = t.string(d, "delivery_stream").unwrap_or_default();
-            let aggregate = t.opt_bool(d, "aggregate").unwrap_or(false);
-            let oversize = t
-                .opt_string(d, "oversize")
-                .unwrap_or_else(|| "split".into());
-            if !["split", "truncate", "drop"].contains(&oversize.as_str()) {
-                d.error(
-                    t.value_span("oversize"),
-                    format!("{path}.oversize: expected split, truncate or drop"),
-                );
-            }
-            let log_key = t.opt_string(d, "log_key");
-            let aws = read_aws(t, d);
-            finish_with(
-                t,
-                d,
-                &[
-                    "delivery_stream",
-                    "aggregate",
-                    "oversize",
-                    "log_key",
-                    "region",
-                    "endpoint_url",
-                    "role_arn",
-                ],
-            );
-            OutputKind::Firehose {
-                delivery_stream,
-                aggregate,
-                oversize,
-                log_key,
-                aws,
-            }
-        }
-        "cloudwatch_logs" => {
-            let log_group = t.string(d, "log_group").unwrap_or_default();
-            let log_stream = t
-                .opt_string(d, "log_stream")
-                .unwrap_or_else(|| "{tag}".into());
-            let auto_create = t.opt_bool(d, "auto_create").unwrap_or(true);
-            let retention_days = t
-                .opt_u64(d, "retention_days")
-                .map(|n| n.min(u32::MAX as u64) as u32);
-            const RETENTION: &[u32] = &[
-                1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192,
-                2557, 2922, 3288, 3653,
-            ];
-            if let Some(r) = retention_days
-                && !RETENTION.contains(&r)
-            {
-                d.error(t.value_span("retention_days"), format!("{path}.retention_days: {r} is not a value CloudWatch Logs accepts ({RETENTION:?})"));
-            }
-            let tags = t.opt_string_map(d, "tags").unwrap_or_default();
-            let log_key = t.opt_string(d, "log_key");
-            let aws = read_aws(t, d);
-            finish_with(
-                t,
-                d,
-                &[
-                    "log_group",
-                    "log_stream",
-                    "auto_create",
-                    "retention_days",
-                    "tags",
-                    "log_key",
-                    "region",
-                    "endpoint_url",
-                    "role_arn",
-                ],
-            );
-            OutputKind::CloudWatchLogs {
-                log_group,
-                log_stream,
-                auto_create,
-                retention_days,
-                tags,
-                log_key,
-                aws,
-            }
-        }
-        "slack" | "sns" => {
-            d.error(
-                t.value_span("type"),
-                format!("{path}.type: the {ty} output is not available in this version yet"),
-            );
-            return None;
-        }
-        other => {
-            let known = [
-                "stdout",
-                "null",
-                "file",
-                "http",
-                "s3",
-                "firehose",
-                "cloudwatch_logs",
-            ];
-            let hint = reader::closest(other, &known)
-                .map(|c| format!(" (did you mean {c:?}?)"))
-                .unwrap_or_default();
-            d.error(
-                t.value_span("type"),
-                format!(
-                    "{path}.type: unknown output type {other:?}{hint}; expected one of {known:?}"
-                ),
-            );
-            return None;
-        }
+    let Some(output_type) = registry::find(&ty) else {
+        unknown_output_type(t, d, &ty);
+        return None;
     };
+    let kind: Arc<dyn OutputConfig> = output_type.read(t, d).into();
+    let accepted: Vec<&str> = OUTPUT_COMMON
+        .iter()
+        .chain(output_type.keys())
+        .copied()
+        .collect();
+    t.finish_expecting(d, &accepted);
     Some(OutputSpec {
         name: name.get_ref().clone(),
         kind,
@@ -1488,53 +1215,29 @@ fn read_output(
     })
 }
 
-fn finish_with(t: &mut Table<'_, '_>, d: &mut Diagnostics, specific: &[&str]) {
-    let all: Vec<&str> = OUTPUT_COMMON.iter().chain(specific).copied().collect();
-    t.finish_expecting(d, &all);
-}
-
-fn read_compression(t: &mut Table<'_, '_>, d: &mut Diagnostics, allow_zstd: bool) -> Compression {
-    match t.opt_string(d, "compression").as_deref() {
-        None | Some("none") => Compression::None,
-        Some("gzip") => Compression::Gzip,
-        Some("zstd") if allow_zstd => Compression::Zstd,
-        Some(o) => {
-            let expected = if allow_zstd {
-                "none, gzip or zstd"
-            } else {
-                "none or gzip"
-            };
-            d.error(
-                t.value_span("compression"),
-                format!("{}.compression: expected {expected}, found {o:?}", t.path()),
-            );
-            Compression::None
-        }
-    }
-}
-
-fn read_aws(t: &mut Table<'_, '_>, d: &mut Diagnostics) -> AwsSpec {
-    let endpoint_url = t.opt_string(d, "endpoint_url");
-    if let Some(u) = &endpoint_url
-        && !(u.starts_with("http://") || u.starts_with("https://"))
-    {
+/// The `type` of an output is none firelane has: say which ones it has (the registry's),
+/// and the closest one.
+fn unknown_output_type(t: &Table<'_, '_>, d: &mut Diagnostics, ty: &str) {
+    let path = t.path();
+    if ["slack", "sns"].contains(&ty) {
         d.error(
-            t.value_span("endpoint_url"),
-            format!(
-                "{}.endpoint_url: expected an http:// or https:// URL",
-                t.path()
-            ),
+            t.value_span("type"),
+            format!("{path}.type: the {ty} output is not available in this version yet"),
         );
+        return;
     }
-    AwsSpec {
-        region: t.opt_string(d, "region"),
-        endpoint_url,
-        role_arn: t.opt_string(d, "role_arn"),
-    }
+    let known = registry::names();
+    let hint = reader::closest(ty, &known)
+        .map(|c| format!(" (did you mean {c:?}?)"))
+        .unwrap_or_default();
+    d.error(
+        t.value_span("type"),
+        format!("{path}.type: unknown output type {ty:?}{hint}; expected one of {known:?}"),
+    );
 }
 
 /// The construction-time checks of `o`'s own sink, the ones `run` meets when it starts
-/// the output ([`crate::output::from_config::validate`], no network or AWS call), located
+/// the output ([`OutputConfig::validate`], no network or AWS call), located
 /// at the key they concern. A key whose value this reader already refused (an error since
 /// `before` at the same place or about the same key) is not reported twice.
 fn check_sink(
@@ -1544,7 +1247,7 @@ fn check_sink(
     before: usize,
     d: &mut Diagnostics,
 ) {
-    let Err(e) = crate::output::from_config::validate(o) else {
+    let Err(e) = o.kind.validate(o) else {
         return;
     };
     let (what, span) = match e.key {

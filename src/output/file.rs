@@ -4,6 +4,8 @@
 //! a second router never split a line) followed by a flush. The file is reopened after
 //! any error and when `path` no longer names the open file (logrotate moved it away).
 
+pub mod config;
+
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;

@@ -6,6 +6,8 @@
 //! resending it unchanged will not help. Redirects are not followed (a 301/302 would turn
 //! the POST into a GET and lose the body); they are permanent errors naming the location.
 
+pub mod config;
+
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

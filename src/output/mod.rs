@@ -9,6 +9,7 @@ pub mod from_config;
 pub mod http;
 pub mod lines;
 pub mod null;
+pub mod registry;
 pub mod retry;
 pub mod sink;
 pub mod stdout;

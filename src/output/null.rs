@@ -1,6 +1,8 @@
 //! `type = "null"`: accepts everything and discards it. Every record counts as sent,
 //! which makes it the baseline for throughput tests of the rest of the pipeline.
 
+pub mod config;
+
 use super::sink::{BatchBuilder, BatchSettings, Push, SendResult, Sink};
 use crate::event::Record;
 

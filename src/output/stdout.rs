@@ -1,6 +1,8 @@
 //! `type = "stdout"`: JSON lines on standard output (the default output, and what ECS's
 //! `awslogs` driver picks up from the router container).
 
+pub mod config;
+
 use std::io;
 use std::sync::Arc;
 

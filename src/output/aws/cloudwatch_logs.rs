@@ -47,6 +47,8 @@
 //! (`result="dead_lettered"`), else count as `result="failed"`; the core's log line
 //! (`permanent error too_old: PutLogEvents GROUP STREAM: …; N records failed`) says the same.
 
+pub mod config;
+
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;

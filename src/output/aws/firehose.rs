@@ -22,6 +22,8 @@
 //! items inside failed Firehose records, so only those are resent: no duplicates of
 //! delivered records.
 
+pub mod config;
+
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;

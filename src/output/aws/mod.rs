@@ -11,6 +11,7 @@
 //! bounded client).
 
 pub mod cloudwatch_logs;
+pub mod config;
 pub mod firehose;
 pub mod s3;
 
@@ -227,93 +228,6 @@ pub(crate) mod offline {
     offline_client!(s3, aws_sdk_s3);
     offline_client!(firehose, aws_sdk_firehose);
     offline_client!(cloudwatch_logs, aws_sdk_cloudwatchlogs);
-}
-
-/// Where `record` would go in the AWS output `name` of kind `kind`, rendered by the sink's
-/// own code (for `firelane route`). The sink is built around an SDK client that is never
-/// used: no credentials are resolved and no AWS call is made. `None` for non-AWS outputs;
-/// `Err` when the output would not start (a template or setting error) or would refuse the
-/// record (the drop reason).
-pub fn preview_destination(
-    name: &str,
-    kind: &crate::config::OutputKind,
-    record: &crate::event::Record,
-) -> Option<Result<String, String>> {
-    use crate::config::{self, OutputKind};
-    let refused =
-        |reason: &str| format!("refused ({reason}): dropped, or dead-lettered if configured");
-    let rendered = match kind {
-        OutputKind::S3 {
-            bucket,
-            key,
-            compression,
-            aws,
-            ..
-        } => {
-            let cfg = s3::S3Config {
-                name: name.to_string(),
-                bucket: bucket.clone(),
-                key: key.clone(),
-                compression: match compression {
-                    config::Compression::None => s3::Compression::None,
-                    config::Compression::Gzip => s3::Compression::Gzip,
-                    config::Compression::Zstd => s3::Compression::Zstd,
-                },
-                storage_class: None,
-                content_type: None,
-                acl: None,
-                format: RecordFormat::default(),
-                align: None,
-                force_path_style: true,
-                aws: AwsSettings::default(),
-                batch: s3::default_batch(),
-            };
-            s3::build_with_client(cfg, offline::s3(aws.region.as_deref()))
-                .map_err(|e| format!("would not start: {e}"))
-                .and_then(|sink| sink.destination(record).map_err(refused))
-        }
-        OutputKind::CloudWatchLogs {
-            log_group,
-            log_stream,
-            aws,
-            ..
-        } => {
-            let cfg = cloudwatch_logs::CloudWatchLogsConfig {
-                name: name.to_string(),
-                log_group: log_group.clone(),
-                log_stream: log_stream.clone(),
-                auto_create: false,
-                retention_days: None,
-                tags: Default::default(),
-                format: RecordFormat::default(),
-                aws: AwsSettings::default(),
-                batch: cloudwatch_logs::default_batch(),
-            };
-            cloudwatch_logs::build_with_client(cfg, offline::cloudwatch_logs(aws.region.as_deref()))
-                .map_err(|e| format!("would not start: {e}"))
-                .and_then(|sink| sink.destination(record).map_err(refused))
-        }
-        OutputKind::Firehose {
-            delivery_stream,
-            aws,
-            ..
-        } => {
-            let cfg = firehose::FirehoseConfig {
-                name: name.to_string(),
-                delivery_stream: delivery_stream.clone(),
-                aggregate: false,
-                oversize: firehose::Oversize::default(),
-                format: RecordFormat::default(),
-                aws: AwsSettings::default(),
-                batch: firehose::default_batch(),
-            };
-            firehose::build_with_client(cfg, offline::firehose(aws.region.as_deref()))
-                .map(|sink| sink.destination())
-                .map_err(|e| format!("would not start: {e}"))
-        }
-        _ => return None,
-    };
-    Some(rendered)
 }
 
 /// Ends a record cut to fit a per-record limit, so readers see it was cut.

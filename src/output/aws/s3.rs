@@ -34,6 +34,8 @@
 //! - Objects above 16 MiB go as multipart uploads: 8 MiB parts (larger when needed to stay
 //!   within 10,000 parts, always ≥ 5 MiB), 4 in flight; a failed upload is aborted.
 
+pub mod config;
+
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,31 +69,8 @@ const UPLOADS_IN_FLIGHT: usize = 4;
 /// Room kept for the compressor's end of stream (gzip trailer, zstd epilogue).
 const TRAILER_RESERVE: usize = 64;
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Compression {
-    #[default]
-    None,
-    Gzip,
-    Zstd,
-}
-
-impl Compression {
-    pub fn extension(self) -> &'static str {
-        match self {
-            Compression::None => "",
-            Compression::Gzip => ".gz",
-            Compression::Zstd => ".zst",
-        }
-    }
-
-    pub fn content_encoding(self) -> Option<&'static str> {
-        match self {
-            Compression::None => None,
-            Compression::Gzip => Some("gzip"),
-            Compression::Zstd => Some("zstd"),
-        }
-    }
-}
+/// `compression`: one definition for every component ([`crate::config::Compression`]).
+pub use crate::config::Compression;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct S3Config {

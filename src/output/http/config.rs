@@ -1,0 +1,200 @@
+//! `type = "http"`: `url`, `method`, `headers`, `compression`, `timeout`.
+
+use std::time::Duration;
+
+use crate::config::reader::{Diagnostics, Table};
+use crate::config::{Compression, OutputSpec};
+use crate::event::Record;
+use crate::output::core::OutputContext;
+use crate::output::from_config::{batch_settings, encoding_for};
+use crate::output::registry::{OutputConfig, OutputConfigError, OutputType, Started, spawn};
+use crate::output::sink::BatchSettings;
+
+use super::{HttpCompression, HttpConfig, HttpConfigError, HttpSink};
+
+/// The `http` output type.
+pub struct Http;
+
+/// An `http` output's keys.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpOutput {
+    pub url: String,
+    /// Upper-case; POST, PUT or PATCH.
+    pub method: String,
+    pub headers: Vec<(String, String)>,
+    /// `none` or `gzip`.
+    pub compression: Compression,
+    /// Whole request, connect to last body byte.
+    pub timeout: Duration,
+}
+
+impl OutputType for Http {
+    fn name(&self) -> &'static str {
+        "http"
+    }
+
+    fn keys(&self) -> &'static [&'static str] {
+        &["url", "method", "headers", "compression", "timeout"]
+    }
+
+    fn read(&self, t: &mut Table<'_, '_>, d: &mut Diagnostics) -> Box<dyn OutputConfig> {
+        let path = t.path().to_string();
+        let url = t.string(d, "url").unwrap_or_default();
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+            d.error(
+                t.value_span("url"),
+                format!("{path}.url: expected an http:// or https:// URL"),
+            );
+        }
+        let method = t
+            .opt_string(d, "method")
+            .unwrap_or_else(|| "POST".into())
+            .to_ascii_uppercase();
+        if !["POST", "PUT", "PATCH"].contains(&method.as_str()) {
+            d.error(
+                t.value_span("method"),
+                format!("{path}.method: expected POST, PUT or PATCH"),
+            );
+        }
+        let headers = t.opt_string_map(d, "headers").unwrap_or_default();
+        let compression = Compression::read(t, d, &[Compression::None, Compression::Gzip]);
+        let timeout = t
+            .opt_duration(d, "timeout")
+            .unwrap_or(Duration::from_secs(30));
+        Box::new(HttpOutput {
+            url,
+            method,
+            headers,
+            compression,
+            timeout,
+        })
+    }
+}
+
+impl HttpOutput {
+    /// The sink's settings.
+    fn sink_config(&self) -> Result<HttpConfig, OutputConfigError> {
+        let compression = match self.compression {
+            Compression::None => HttpCompression::None,
+            Compression::Gzip => HttpCompression::Gzip,
+            Compression::Zstd => {
+                return Err(OutputConfigError::new(
+                    "compression",
+                    "http outputs support compression none or gzip",
+                ));
+            }
+        };
+        Ok(HttpConfig {
+            url: self.url.clone(),
+            method: self.method.clone(),
+            headers: self.headers.clone(),
+            compression,
+            timeout: self.timeout,
+        })
+    }
+
+    /// The sink, built as `start` builds it (no connection is made).
+    fn sink(&self, o: &OutputSpec, batch: &BatchSettings) -> Result<HttpSink, OutputConfigError> {
+        HttpSink::new(&self.sink_config()?, encoding_for(o), batch).map_err(config_error)
+    }
+}
+
+/// The sink's error, at the key it is about.
+fn config_error(e: HttpConfigError) -> OutputConfigError {
+    use HttpConfigError as E;
+    let key = match &e {
+        E::Url { .. } => Some("url"),
+        E::Method(_) => Some("method"),
+        E::Header { .. } => Some("headers"),
+        E::Timeout => Some("timeout"),
+        E::Client(_) => None,
+    };
+    OutputConfigError {
+        key,
+        message: e.to_string(),
+    }
+}
+
+#[async_trait::async_trait]
+impl OutputConfig for HttpOutput {
+    fn type_name(&self) -> &'static str {
+        "http"
+    }
+
+    fn describe(&self) -> String {
+        self.url.clone()
+    }
+
+    fn default_batch(&self) -> BatchSettings {
+        BatchSettings {
+            max_records: 1000,
+            max_bytes: 1 << 20,
+            max_age: Duration::from_secs(1),
+        }
+    }
+
+    fn compressed(&self) -> bool {
+        self.compression != Compression::None
+    }
+
+    fn validate(&self, o: &OutputSpec) -> Result<(), OutputConfigError> {
+        self.sink(o, &batch_settings(o)).map(drop)
+    }
+
+    fn destination(&self, _o: &OutputSpec, _record: &Record) -> String {
+        format!("{} {}", self.method, redact_url(&self.url))
+    }
+
+    async fn start(
+        &self,
+        o: &OutputSpec,
+        ctx: OutputContext,
+        reader: crate::buffer::BufferReader,
+    ) -> anyhow::Result<Started> {
+        let sink = self.sink(o, &ctx.batch)?;
+        Ok(spawn(ctx, sink, reader))
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// The URL with its password and the values of query parameters that look like secrets
+/// (`token`, `key`, `sig`, `code`…) replaced by `***`: `${ENV}` in the config may have put
+/// a secret there, and `route` output gets pasted into tickets.
+pub fn redact_url(text: &str) -> String {
+    const SECRET_WORDS: &[&str] = &[
+        "token",
+        "key",
+        "secret",
+        "pass",
+        "sig",
+        "auth",
+        "code",
+        "credential",
+        "session",
+    ];
+    let Ok(mut url) = reqwest::Url::parse(text) else {
+        return "(a URL that does not parse)".to_string();
+    };
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
+    }
+    if url.query().is_some() {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let lower = k.to_ascii_lowercase();
+                let v = if SECRET_WORDS.iter().any(|w| lower.contains(w)) {
+                    "***".to_string()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string()
+}
