@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{self, AdminState, HealthReport, Readiness};
 use crate::buffer::budget::MemoryBudget;
 use crate::buffer::{self, BufferReader, BufferSettings, BufferWriter};
-use crate::config::{self, Config, InputKind, OutputSpec};
+use crate::config::{self, Config, OutputSpec};
 use crate::event::Record;
 use crate::output;
 use crate::output::core::{OutputShutdown, OutputSummary};
@@ -58,20 +58,13 @@ pub fn plan(config: &Config) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "inputs:");
     for i in &config.inputs {
-        match &i.kind {
-            InputKind::Forward(f) => {
-                let _ = writeln!(s, "  {} (forward): {}", i.name, f.listen.join(", "));
-            }
-            InputKind::Http(h) => {
-                let auth = match &h.auth {
-                    crate::input::http::HttpAuth::None => "no auth",
-                    crate::input::http::HttpAuth::ApiKey { .. } => "api_key auth",
-                    crate::input::http::HttpAuth::Bearer { .. } => "bearer auth",
-                    crate::input::http::HttpAuth::Basic { .. } => "basic auth",
-                };
-                let _ = writeln!(s, "  {} (http): {} ({auth})", i.name, h.listen);
-            }
-        }
+        let _ = writeln!(
+            s,
+            "  {} ({}): {}",
+            i.name,
+            i.kind.type_name(),
+            i.kind.describe()
+        );
     }
     let _ = writeln!(
         s,
@@ -294,28 +287,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut input_tasks: Vec<JoinHandle<()>> = Vec::new();
     for (i, spec) in config.inputs.iter().enumerate() {
         let ingest = pipeline.port(i, &spec.name);
-        match &spec.kind {
-            InputKind::Forward(f) => {
-                let cfg = crate::input::forward::ForwardConfig::from_spec(&spec.name, f)
-                    .map_err(|e| anyhow::anyhow!("input {}: {e}", spec.name))?;
-                let tasks =
-                    crate::input::forward::spawn(cfg, ingest, budget.clone(), inputs_stop.clone())
-                        .await
-                        .with_context(|| format!("input {}", spec.name))?;
-                input_tasks.extend(tasks);
-            }
-            InputKind::Http(h) => {
-                let t = crate::input::http::spawn(
-                    h.clone(),
-                    ingest,
-                    budget.clone(),
-                    inputs_stop.clone(),
-                )
-                .await
-                .with_context(|| format!("input {}", spec.name))?;
-                input_tasks.push(t);
-            }
-        }
+        let tasks = spec
+            .kind
+            .spawn(ingest, budget.clone(), inputs_stop.clone())
+            .await
+            .with_context(|| format!("input {}", spec.name))?;
+        input_tasks.extend(tasks);
         readiness.component_ready();
     }
 

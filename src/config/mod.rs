@@ -19,7 +19,7 @@ use std::time::Duration;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use crate::input::http::{BodyFormat, HttpAuth, HttpInputConfig};
+use crate::input::registry::{self as input_registry, InputConfig};
 use crate::output::registry::{self, OutputConfig};
 use crate::route::pattern::Pattern;
 use crate::route::tag::TagGlob;
@@ -90,29 +90,8 @@ impl RuntimeSettings {
 #[derive(Debug)]
 pub struct InputSpec {
     pub name: String,
-    pub kind: InputKind,
-}
-
-#[derive(Debug)]
-pub enum InputKind {
-    Forward(ForwardSpec),
-    Http(HttpInputConfig),
-}
-
-#[derive(Debug, Clone)]
-pub struct ForwardSpec {
-    /// `tcp://HOST:PORT` or `unix:///PATH`, already syntax-checked.
-    pub listen: Vec<String>,
-    pub shared_key: Option<String>,
-    pub max_frame_bytes: Option<u64>,
-    pub max_decompressed_bytes: Option<u64>,
-    pub socket_mode: Option<u32>,
-    /// A request in progress must receive bytes at least this often; `0s` = no limit.
-    pub read_timeout: Option<Duration>,
-    /// A connection with nothing in progress is closed after this long; `0s` = never.
-    pub idle_timeout: Option<Duration>,
-    /// Open connections per input; more are closed right after accept.
-    pub max_connections: Option<u64>,
+    /// The keys of its type, read by that type ([`crate::input::registry`]).
+    pub kind: Arc<dyn InputConfig>,
 }
 
 #[derive(Debug)]
@@ -348,7 +327,7 @@ fn read_config(top: &mut Table<'_, '_>, d: &mut Diagnostics) -> Config {
             match read_input(&name, &mut it, d) {
                 Some(kind) => {
                     let span = it.value_span("listen");
-                    for addr in listen_addrs(&kind) {
+                    for addr in kind.listens() {
                         listens.push((name.get_ref().clone(), addr, span.clone()));
                     }
                     inputs.push(InputSpec {
@@ -485,7 +464,11 @@ fn read_admin(top: &mut Table<'_, '_>, d: &mut Diagnostics) -> AdminSettings {
 }
 
 /// `max_connections`, `header_timeout` and `idle_timeout` of an HTTP listener.
-fn read_server_limits(t: &mut Table<'_, '_>, d: &mut Diagnostics, limits: &mut ServerLimits) {
+pub(crate) fn read_server_limits(
+    t: &mut Table<'_, '_>,
+    d: &mut Diagnostics,
+    limits: &mut ServerLimits,
+) {
     if let Some(n) = t.opt_u64(d, "max_connections") {
         if n == 0 {
             d.error(
@@ -601,269 +584,33 @@ fn read_runtime(top: &mut Table<'_, '_>, d: &mut Diagnostics) -> RuntimeSettings
     rt
 }
 
+/// Reads `[inputs.NAME]` through its type's [`InputType::read`](crate::input::registry::InputType::read).
 fn read_input(
     name: &Spanned<String>,
     t: &mut Table<'_, '_>,
     d: &mut Diagnostics,
-) -> Option<InputKind> {
-    let ty = t.string(d, "type");
-    let kind = match ty.as_deref() {
-        Some("forward") => {
-            let listen = match t.opt_string_list(d, "listen") {
-                Some(l) if !l.is_empty() => l,
-                Some(_) => {
-                    d.error(
-                        t.value_span("listen"),
-                        format!("{}.listen: needs at least one address", t.path()),
-                    );
-                    vec![]
-                }
-                None => vec![Spanned::new(0..0, "tcp://127.0.0.1:24224".to_string())],
-            };
-            let mut addrs = Vec::new();
-            for l in listen {
-                match check_listen_addr(l.get_ref()) {
-                    Ok(()) => addrs.push(l.get_ref().clone()),
-                    Err(e) => d.error(l.span(), format!("{}.listen: {e}", t.path())),
-                }
-            }
-            let shared_key = t.opt_string(d, "shared_key");
-            // Like the HTTP input's secrets: an empty key (an unset `${VAR:-}`) would
-            // authenticate every client that also uses the empty key.
-            if shared_key.as_deref() == Some("") {
-                d.error(
-                    t.value_span("shared_key"),
-                    format!(
-                        "{}.shared_key: the key is empty (an unset ${{VAR:-}}?); refusing to accept any client with it",
-                        t.path()
-                    ),
-                );
-            }
-            let spec = ForwardSpec {
-                listen: addrs,
-                shared_key,
-                max_frame_bytes: t.opt_size(d, "max_frame"),
-                max_decompressed_bytes: t.opt_size(d, "max_decompressed"),
-                socket_mode: t.opt_string(d, "socket_mode").and_then(|m| {
-                    u32::from_str_radix(m.trim_start_matches("0o"), 8)
-                        .ok()
-                        .or_else(|| {
-                            d.error(
-                                t.value_span("socket_mode"),
-                                format!("{}.socket_mode: expected octal like \"0666\"", t.path()),
-                            );
-                            None
-                        })
-                }),
-                read_timeout: t.opt_duration(d, "read_timeout"),
-                idle_timeout: t.opt_duration(d, "idle_timeout"),
-                max_connections: t.opt_u64(d, "max_connections").and_then(|n| {
-                    if n == 0 {
-                        d.error(
-                            t.value_span("max_connections"),
-                            format!("{}.max_connections: must be at least 1", t.path()),
-                        );
-                        None
-                    } else {
-                        Some(n)
-                    }
-                }),
-            };
-            t.finish_expecting(
-                d,
-                &[
-                    "type",
-                    "listen",
-                    "shared_key",
-                    "max_frame",
-                    "max_decompressed",
-                    "socket_mode",
-                    "read_timeout",
-                    "idle_timeout",
-                    "max_connections",
-                ],
-            );
-            InputKind::Forward(spec)
-        }
-        Some("http") => {
-            let listen = t
-                .opt_string(d, "listen")
-                .unwrap_or_else(|| "127.0.0.1:8888".into());
-            if listen.parse::<SocketAddr>().is_err() {
-                d.error(
-                    t.value_span("listen"),
-                    format!("{}.listen: {listen:?} is not HOST:PORT", t.path()),
-                );
-            }
-            let mut cfg = HttpInputConfig::new(name.get_ref(), &listen);
-            if let Some(mut a) = t.opt_table(d, "auth") {
-                cfg.auth = read_auth(&mut a, d);
-            }
-            if let Some(m) = t.opt_size(d, "max_body") {
-                cfg.max_body = m as usize;
-            }
-            if let Some(f) = t.opt_string(d, "format") {
-                cfg.format = match f.as_str() {
-                    "auto" => BodyFormat::Auto,
-                    "json" => BodyFormat::Json,
-                    "ndjson" => BodyFormat::Ndjson,
-                    _ => {
-                        d.error(
-                            t.value_span("format"),
-                            format!("{}.format: expected auto, json or ndjson", t.path()),
-                        );
-                        BodyFormat::Auto
-                    }
-                };
-            }
-            cfg.tag = t.opt_string(d, "tag");
-            if let Some(to) = t.opt_duration(d, "accept_timeout") {
-                if to >= Duration::from_secs(5) {
-                    d.warn(
-                        t.value_span("accept_timeout"),
-                        format!(
-                            "{}.accept_timeout: EventBridge API destinations give up after 5 s; \
-                             keep it below (a request is answered within about accept_timeout)",
-                            t.path()
-                        ),
-                    );
-                }
-                cfg.accept_timeout = to;
-            }
-            if let Some(to) = t.opt_duration(d, "body_timeout") {
-                if to.is_zero() {
-                    d.error(
-                        t.value_span("body_timeout"),
-                        format!("{}.body_timeout: must be more than 0", t.path()),
-                    );
-                } else {
-                    cfg.body_timeout = to;
-                }
-            }
-            read_server_limits(t, d, &mut cfg.limits);
-            t.finish_expecting(
-                d,
-                &[
-                    "type",
-                    "listen",
-                    "auth",
-                    "max_body",
-                    "format",
-                    "tag",
-                    "accept_timeout",
-                    "body_timeout",
-                    "max_connections",
-                    "header_timeout",
-                    "idle_timeout",
-                ],
-            );
-            InputKind::Http(cfg)
-        }
-        Some("sqs") => {
-            d.error(
-                t.value_span("type"),
-                format!(
-                    "{}.type: the sqs input is not available in this version yet",
-                    t.path()
-                ),
-            );
-            return None;
-        }
-        Some(other) => {
-            d.error(
-                t.value_span("type"),
-                format!(
-                    "{}.type: unknown input type {other:?} (expected forward or http)",
-                    t.path()
-                ),
-            );
-            return None;
-        }
-        None => return None,
+) -> Option<Arc<dyn InputConfig>> {
+    let ty = t.string(d, "type")?;
+    let Some(input_type) = input_registry::find(&ty) else {
+        let path = t.path();
+        let message = if ty == "sqs" {
+            format!("{path}.type: the sqs input is not available in this version yet")
+        } else {
+            let known = input_registry::names();
+            let hint = reader::closest(&ty, &known)
+                .map(|c| format!(" (did you mean {c:?}?)"))
+                .unwrap_or_default();
+            format!("{path}.type: unknown input type {ty:?}{hint}; expected one of {known:?}")
+        };
+        d.error(t.value_span("type"), message);
+        return None;
     };
+    let kind: Arc<dyn InputConfig> = input_type.read(name.get_ref(), t, d).into();
+    let accepted: Vec<&str> = std::iter::once("type")
+        .chain(input_type.keys().iter().copied())
+        .collect();
+    t.finish_expecting(d, &accepted);
     Some(kind)
-}
-
-fn check_listen_addr(s: &str) -> Result<(), String> {
-    if let Some(hp) = s.strip_prefix("tcp://") {
-        hp.parse::<SocketAddr>()
-            .map(|_| ())
-            .map_err(|_| format!("{s:?}: expected tcp://HOST:PORT with a numeric host"))
-    } else if let Some(p) = s.strip_prefix("unix://") {
-        if !p.starts_with('/') {
-            return Err(format!(
-                "{s:?}: unix socket path must be absolute (unix:///var/run/fluent.sock)"
-            ));
-        }
-        if p.len() > 107 {
-            return Err(format!("{s:?}: unix socket paths are limited to 107 bytes"));
-        }
-        Ok(())
-    } else {
-        Err(format!("{s:?}: expected tcp://HOST:PORT or unix:///PATH"))
-    }
-}
-
-fn read_auth(a: &mut Table<'_, '_>, d: &mut Diagnostics) -> HttpAuth {
-    // Errors reported before this table must not hide an empty secret here (every error
-    // at once); only a secret that failed to read (and was reported) is not empty-checked.
-    let errors_before = d.errors.len();
-    let ty = a.string(d, "type");
-    let auth = match ty.as_deref() {
-        Some("none") => HttpAuth::None,
-        Some("api_key") => {
-            let header = a
-                .opt_string(d, "header")
-                .unwrap_or_else(|| "x-api-key".into())
-                .to_ascii_lowercase();
-            // A name no request can carry would lock every client out without a word.
-            if axum::http::HeaderName::from_bytes(header.as_bytes()).is_err() {
-                d.error(
-                    a.value_span("header"),
-                    format!(
-                        "{}.header: {header:?} is not a valid HTTP header name",
-                        a.path()
-                    ),
-                );
-            }
-            HttpAuth::ApiKey {
-                header,
-                value: a.string(d, "value").unwrap_or_default(),
-            }
-        }
-        Some("bearer") => HttpAuth::Bearer {
-            token: a.string(d, "token").unwrap_or_default(),
-        },
-        Some("basic") => HttpAuth::Basic {
-            username: a.string(d, "username").unwrap_or_default(),
-            password: a.string(d, "password").unwrap_or_default(),
-        },
-        Some(o) => {
-            d.error(
-                a.value_span("type"),
-                format!(
-                    "{}.type: unknown auth type {o:?} (api_key, bearer, basic, none)",
-                    a.path()
-                ),
-            );
-            HttpAuth::None
-        }
-        None => HttpAuth::None,
-    };
-    let secret_empty = match &auth {
-        HttpAuth::ApiKey { value, .. } => value.is_empty(),
-        HttpAuth::Bearer { token } => token.is_empty(),
-        HttpAuth::Basic { password, .. } => password.is_empty(),
-        HttpAuth::None => false,
-    };
-    if secret_empty && d.errors.len() == errors_before {
-        d.error(a.span(), format!("{}: the secret is empty (an unset ${{VAR:-}}?); refusing to accept any credentials", a.path()));
-    }
-    a.finish_expecting(
-        d,
-        &["type", "header", "value", "token", "username", "password"],
-    );
-    auth
 }
 
 /// Output names a route refers to, with spans, for the cross-table checks.
@@ -1266,8 +1013,10 @@ fn check_sink(
 
 /// A socket an input or the admin server listens on.
 #[derive(Clone, Debug, PartialEq)]
-enum Listen {
+pub enum Listen {
+    /// A TCP address with a numeric host.
     Tcp(SocketAddr),
+    /// A unix stream socket's path.
     Unix(PathBuf),
 }
 
@@ -1277,25 +1026,6 @@ impl std::fmt::Display for Listen {
             Listen::Tcp(a) => write!(f, "{a}"),
             Listen::Unix(p) => write!(f, "unix://{}", p.display()),
         }
-    }
-}
-
-/// The sockets of one input that parse (those that do not have their own error).
-fn listen_addrs(kind: &InputKind) -> Vec<Listen> {
-    match kind {
-        InputKind::Forward(f) => f
-            .listen
-            .iter()
-            .filter_map(|l| {
-                if let Some(hp) = l.strip_prefix("tcp://") {
-                    hp.parse().ok().map(Listen::Tcp)
-                } else {
-                    l.strip_prefix("unix://")
-                        .map(|p| Listen::Unix(PathBuf::from(p)))
-                }
-            })
-            .collect(),
-        InputKind::Http(h) => h.listen.parse().ok().map(Listen::Tcp).into_iter().collect(),
     }
 }
 

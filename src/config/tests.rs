@@ -1,4 +1,13 @@
 use super::*;
+use crate::input::http::{HttpAuth, HttpInputConfig};
+
+/// The settings of an input of type `T`, or a panic naming what it is.
+fn input_as<T: 'static>(i: &InputSpec) -> &T {
+    match i.kind.as_any().downcast_ref::<T>() {
+        Some(t) => t,
+        None => panic!("input {} is of type {}", i.name, i.kind.type_name()),
+    }
+}
 
 fn env(name: &str) -> Option<String> {
     match name {
@@ -113,18 +122,14 @@ to = "o"
 type = "null"
 "#;
     let l = parse(ok, "t.toml", &env).unwrap();
-    match &l.config.inputs[0].kind {
-        InputKind::Http(h) => {
-            assert_eq!(
-                h.auth,
-                HttpAuth::ApiKey {
-                    header: "x-api-key".into(),
-                    value: "k".into()
-                }
-            )
+    let h: &HttpInputConfig = input_as(&l.config.inputs[0]);
+    assert_eq!(
+        h.auth,
+        HttpAuth::ApiKey {
+            header: "x-api-key".into(),
+            value: "k".into()
         }
-        _ => panic!("expected http"),
-    }
+    );
     let e = errors(&ok.replace("EVENTS_KEY", "MISSING_KEY"));
     assert!(
         e.iter().any(|m| m.contains("MISSING_KEY is not set")),
@@ -428,9 +433,7 @@ type = "null"
         (a.max_connections, a.header_timeout, a.idle_timeout),
         (8, Duration::from_secs(3), Duration::from_secs(20))
     );
-    let InputKind::Http(h) = &l.config.inputs[0].kind else {
-        panic!("http input")
-    };
+    let h: &HttpInputConfig = input_as(&l.config.inputs[0]);
     assert_eq!(h.limits.max_connections, 100);
     assert_eq!(h.limits.header_timeout, Duration::from_secs(5));
     assert_eq!(h.limits.idle_timeout, Duration::from_secs(30));

@@ -6,6 +6,8 @@
 //! SNS treats every 4xx as delivered and drops the message; EventBridge API destinations
 //! retry 429 and 5xx alike.
 
+pub mod config;
+
 use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::Arc;

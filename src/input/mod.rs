@@ -6,6 +6,7 @@ pub mod ack;
 pub mod drain;
 pub mod forward;
 pub mod http;
+pub mod registry;
 
 /// Where an input hands its records. Bound to one input name; the router behind it
 /// fans records out to every matching output buffer.

@@ -28,6 +28,7 @@
 //! increment and a rate-limited warning.
 
 pub mod client;
+pub mod config;
 pub mod decode;
 pub mod frame;
 pub mod handshake;
@@ -87,51 +88,6 @@ impl Default for ForwardConfig {
             idle_timeout: None,
             max_connections: 1024,
         }
-    }
-}
-
-impl ForwardConfig {
-    /// The settings of `[inputs.NAME]` with `type = "forward"`; absent keys keep the
-    /// documented defaults.
-    pub fn from_spec(
-        name: &str,
-        spec: &crate::config::ForwardSpec,
-    ) -> Result<ForwardConfig, String> {
-        let defaults = ForwardConfig::default();
-        let listen = if spec.listen.is_empty() {
-            defaults.listen
-        } else {
-            spec.listen
-                .iter()
-                .map(|s| ListenAddr::parse(s))
-                .collect::<Result<Vec<_>, _>>()?
-        };
-        let size = |v: Option<u64>, default: usize| {
-            v.map_or(Ok(default), |n| {
-                usize::try_from(n).map_err(|e| e.to_string())
-            })
-        };
-        Ok(ForwardConfig {
-            name: name.to_owned(),
-            listen,
-            shared_key: spec.shared_key.clone(),
-            max_frame_bytes: size(spec.max_frame_bytes, defaults.max_frame_bytes)?,
-            max_decompressed_bytes: size(
-                spec.max_decompressed_bytes,
-                defaults.max_decompressed_bytes,
-            )?,
-            socket_mode: spec.socket_mode.unwrap_or(defaults.socket_mode),
-            read_timeout: spec
-                .read_timeout
-                .map_or(defaults.read_timeout, |d| (!d.is_zero()).then_some(d)),
-            idle_timeout: spec
-                .idle_timeout
-                .map_or(defaults.idle_timeout, |d| (!d.is_zero()).then_some(d)),
-            max_connections: spec
-                .max_connections
-                .map_or(Ok(defaults.max_connections), usize::try_from)
-                .map_err(|e| e.to_string())?,
-        })
     }
 }
 
