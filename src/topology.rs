@@ -106,8 +106,8 @@ pub fn plan(config: &Config) -> String {
     let _ = writeln!(s, "outputs:");
     for o in &config.outputs {
         let buf = match o.buffer.kind {
-            config::BufferType::Memory => "memory buffer".to_string(),
-            config::BufferType::Disk => {
+            config::BufferKind::Memory => "memory buffer".to_string(),
+            config::BufferKind::Disk => {
                 format!(
                     "disk buffer in {}",
                     config

@@ -44,7 +44,8 @@ impl Compression {
         }
     }
 
-    /// The `Content-Encoding` of a body compressed so (RFC 9110 §8.4.1); `None` when not
+    /// The `Content-Encoding` of a body compressed so (RFC 9110 §8.4.1), also the value of
+    /// Fluent forward's `compressed` option (CompressedPackedForward); `None` when not
     /// compressed.
     pub fn content_encoding(self) -> Option<&'static str> {
         match self {

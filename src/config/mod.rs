@@ -116,28 +116,15 @@ pub struct BatchSpec {
     pub max_partitions: Option<u64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BufferType {
-    Memory,
-    Disk,
-}
-
-/// `buffer.when_full`: one definition, the buffer's own.
-pub use crate::buffer::WhenFull;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FsyncSpec {
-    Always,
-    Interval(Duration),
-    Never,
-}
+/// `buffer.type`, `buffer.when_full`, `buffer.fsync`: one definition each, the buffer's own.
+pub use crate::buffer::{BufferKind, FsyncPolicy, WhenFull};
 
 #[derive(Debug, Clone)]
 pub struct BufferSpec {
-    pub kind: BufferType,
+    pub kind: BufferKind,
     pub max_size: Option<u64>,
     pub when_full: WhenFull,
-    pub fsync: FsyncSpec,
+    pub fsync: FsyncPolicy,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -854,15 +841,15 @@ fn read_output(
         );
     }
     let mut buffer = BufferSpec {
-        kind: BufferType::Memory,
+        kind: BufferKind::Memory,
         max_size: None,
         when_full: WhenFull::Block,
-        fsync: FsyncSpec::Always,
+        fsync: FsyncPolicy::Always,
     };
     if let Some(mut b) = t.opt_table(d, "buffer") {
         match b.opt_string(d, "type").as_deref() {
             None | Some("memory") => {}
-            Some("disk") => buffer.kind = BufferType::Disk,
+            Some("disk") => buffer.kind = BufferKind::Disk,
             Some(o) => d.error(
                 b.value_span("type"),
                 format!("{}.type: expected memory or disk, found {o:?}", b.path()),
@@ -882,9 +869,9 @@ fn read_output(
         }
         match b.opt_string(d, "fsync").as_deref() {
             None | Some("always") => {}
-            Some("never") => buffer.fsync = FsyncSpec::Never,
+            Some("never") => buffer.fsync = FsyncPolicy::Never,
             Some(other) => match units::parse_duration(other) {
-                Ok(i) => buffer.fsync = FsyncSpec::Interval(i),
+                Ok(i) => buffer.fsync = FsyncPolicy::Interval(i),
                 Err(_) => d.error(
                     b.value_span("fsync"),
                     format!(
@@ -894,7 +881,7 @@ fn read_output(
                 ),
             },
         }
-        if buffer.kind == BufferType::Memory && b.contains("fsync") {
+        if buffer.kind == BufferKind::Memory && b.contains("fsync") {
             d.warn(
                 b.value_span("fsync"),
                 format!("{}.fsync only applies to disk buffers", b.path()),

@@ -9,8 +9,8 @@ use super::encode::Encoding;
 use super::registry::Started;
 use super::retry::RetryPolicy;
 use super::sink::BatchSettings;
-use crate::buffer::{BufferKind, BufferReader, BufferSettings, BufferWriter, FsyncPolicy};
-use crate::config::{BufferSpec, BufferType, FsyncSpec, OutputSpec};
+use crate::buffer::{BufferKind, BufferReader, BufferSettings, BufferWriter};
+use crate::config::{BufferSpec, OutputSpec};
 
 /// Memory buffers hold decoded records and count against `runtime.memory_limit`.
 pub const DEFAULT_MEMORY_BUFFER: u64 = 32 << 20;
@@ -20,18 +20,14 @@ pub const DEFAULT_DISK_BUFFER: u64 = 1 << 30;
 pub fn buffer_settings(spec: &BufferSpec, dir: PathBuf) -> BufferSettings {
     let when_full = spec.when_full;
     let mut settings = match spec.kind {
-        BufferType::Memory => {
+        BufferKind::Memory => {
             BufferSettings::memory(spec.max_size.unwrap_or(DEFAULT_MEMORY_BUFFER), when_full)
         }
-        BufferType::Disk => {
+        BufferKind::Disk => {
             BufferSettings::disk(dir, spec.max_size.unwrap_or(DEFAULT_DISK_BUFFER), when_full)
         }
     };
-    settings.fsync = match spec.fsync {
-        FsyncSpec::Always => FsyncPolicy::Always,
-        FsyncSpec::Interval(d) => FsyncPolicy::Interval(d),
-        FsyncSpec::Never => FsyncPolicy::Never,
-    };
+    settings.fsync = spec.fsync;
     settings
 }
 
@@ -144,10 +140,7 @@ pub fn context_for(
         .zip(o.dead_letter.clone())
         .map(|(writer, name)| DeadLetter { name, writer });
     ctx.shutdown = shutdown;
-    ctx.buffer = match o.buffer.kind {
-        BufferType::Memory => BufferKind::Memory,
-        BufferType::Disk => BufferKind::Disk,
-    };
+    ctx.buffer = o.buffer.kind;
     ctx
 }
 

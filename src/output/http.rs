@@ -28,12 +28,8 @@ use super::sink::{BatchSettings, Failure, SendResult, Sink};
 /// How much of an error response body goes into the log line / dead letter.
 const ERROR_BODY_LIMIT: usize = 1024;
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum HttpCompression {
-    #[default]
-    None,
-    Gzip,
-}
+/// `compression`: one definition for every component; HTTP outputs send `none` or `gzip`.
+pub use crate::config::Compression as HttpCompression;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct HttpConfig {
@@ -69,6 +65,8 @@ pub enum HttpConfigError {
     Header { name: String, reason: String },
     #[error("timeout must be greater than zero")]
     Timeout,
+    #[error("compression {0}: http outputs support compression none or gzip")]
+    Compression(HttpCompression),
     #[error("cannot build the HTTP client: {0}")]
     Client(#[from] reqwest::Error),
 }
@@ -142,8 +140,12 @@ impl HttpSink {
                 headers.append(n, v);
             }
         }
-        if config.compression == HttpCompression::Gzip {
-            headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        match config.compression {
+            HttpCompression::None => {}
+            HttpCompression::Gzip => {
+                headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            }
+            c @ HttpCompression::Zstd => return Err(HttpConfigError::Compression(c)),
         }
         let client = reqwest::Client::builder()
             .timeout(config.timeout)
@@ -171,6 +173,10 @@ impl HttpSink {
                 gz.write_all(&batch.body)?;
                 Ok(Bytes::from(gz.finish()?))
             }
+            // Refused by `new`.
+            c @ HttpCompression::Zstd => Err(std::io::Error::other(format!(
+                "compression {c} is not supported by http outputs"
+            ))),
         }
     }
 }

@@ -46,19 +46,13 @@ pub struct Entry<'a> {
     pub record: &'a [u8],
 }
 
-/// Compression of a CompressedPackedForward payload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    Gzip,
-    Zstd,
-}
+/// Compression of a CompressedPackedForward payload: one definition for every component.
+pub use crate::config::Compression;
 
 impl Compression {
+    /// The value of the forward `compressed` option for a payload compressed so.
     pub fn option_value(self) -> &'static str {
-        match self {
-            Compression::Gzip => "gzip",
-            Compression::Zstd => "zstd",
-        }
+        self.as_str()
     }
 }
 
@@ -228,7 +222,7 @@ pub fn encode_compressed(
         &payload,
         false,
         Some(entries.len()),
-        Some(compression.option_value()),
+        compression.content_encoding(),
         chunk,
     );
     Ok(())
@@ -255,9 +249,10 @@ pub fn encode_packed_payload(
     write_option(b, size, compressed, chunk);
 }
 
-/// Compresses a payload as one gzip member or one zstd frame.
+/// Compresses a payload as one gzip member or one zstd frame (`None`: as it is).
 pub fn compress(data: &[u8], compression: Compression) -> io::Result<Vec<u8>> {
     match compression {
+        Compression::None => Ok(data.to_vec()),
         Compression::Gzip => {
             let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
             enc.write_all(data)?;

@@ -10,7 +10,7 @@ use crate::output::from_config::{batch_settings, encoding_for};
 use crate::output::registry::{OutputConfig, OutputConfigError, OutputType, Started, spawn};
 use crate::output::sink::BatchSettings;
 
-use super::{HttpCompression, HttpConfig, HttpConfigError, HttpSink};
+use super::{HttpConfig, HttpConfigError, HttpSink};
 
 /// The `http` output type.
 pub struct Http;
@@ -73,29 +73,19 @@ impl OutputType for Http {
 
 impl HttpOutput {
     /// The sink's settings.
-    fn sink_config(&self) -> Result<HttpConfig, OutputConfigError> {
-        let compression = match self.compression {
-            Compression::None => HttpCompression::None,
-            Compression::Gzip => HttpCompression::Gzip,
-            Compression::Zstd => {
-                return Err(OutputConfigError::new(
-                    "compression",
-                    "http outputs support compression none or gzip",
-                ));
-            }
-        };
-        Ok(HttpConfig {
+    fn sink_config(&self) -> HttpConfig {
+        HttpConfig {
             url: self.url.clone(),
             method: self.method.clone(),
             headers: self.headers.clone(),
-            compression,
+            compression: self.compression,
             timeout: self.timeout,
-        })
+        }
     }
 
     /// The sink, built as `start` builds it (no connection is made).
     fn sink(&self, o: &OutputSpec, batch: &BatchSettings) -> Result<HttpSink, OutputConfigError> {
-        HttpSink::new(&self.sink_config()?, encoding_for(o), batch).map_err(config_error)
+        HttpSink::new(&self.sink_config(), encoding_for(o), batch).map_err(config_error)
     }
 }
 
@@ -107,6 +97,7 @@ fn config_error(e: HttpConfigError) -> OutputConfigError {
         E::Method(_) => Some("method"),
         E::Header { .. } => Some("headers"),
         E::Timeout => Some("timeout"),
+        E::Compression(_) => Some("compression"),
         E::Client(_) => None,
     };
     OutputConfigError {
@@ -197,4 +188,53 @@ pub fn redact_url(text: &str) -> String {
         url.query_pairs_mut().clear().extend_pairs(pairs);
     }
     url.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(output: &str) -> Vec<String> {
+        let text = format!(
+            "[inputs.f]\ntype = \"forward\"\n[routes.r]\nto = [\"o\"]\n[outputs.o]\ntype = \"http\"\nurl = \"http://127.0.0.1:9/\"\n{output}\n"
+        );
+        match crate::config::parse(&text, "t.toml", &|_| None) {
+            Ok(_) => vec![],
+            Err(e) => e.errors,
+        }
+    }
+
+    // One Compression for every component: the http output names what it can send, in
+    // the config reader and in the sink's own constructor alike.
+    #[test]
+    fn zstd_is_refused_by_the_reader_and_the_sink() {
+        assert_eq!(
+            errors("compression = \"zstd\""),
+            vec![
+                "t.toml:8:15: outputs.o.compression: expected none or gzip, found \"zstd\""
+                    .to_string()
+            ]
+        );
+        assert!(errors("compression = \"gzip\"").is_empty());
+        let config = HttpConfig {
+            url: "http://127.0.0.1:9/".into(),
+            compression: Compression::Zstd,
+            ..HttpConfig::default()
+        };
+        let batch = BatchSettings {
+            max_records: 10,
+            max_bytes: 1 << 10,
+            max_age: Duration::from_secs(1),
+        };
+        match HttpSink::new(&config, Default::default(), &batch) {
+            Err(e) => assert_eq!(
+                config_error(e),
+                OutputConfigError::new(
+                    "compression",
+                    "compression zstd: http outputs support compression none or gzip"
+                )
+            ),
+            Ok(_) => panic!("an http sink accepted zstd"),
+        }
+    }
 }
