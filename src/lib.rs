@@ -2,7 +2,7 @@
 //!
 //! The data's path is the module tree: `input` (forward, HTTP) → `pipeline` (routing by
 //! `route`) → `buffer` (one per output) → `output` (batching, retries, sinks). `config`
-//! reads the TOML, `topology` wires and runs it, `admin` serves health and metrics.
+//! reads the TOML, `topology` wires and runs it, `plan` shows it (`check`, `route`), `admin` serves health and metrics.
 
 pub mod admin;
 pub mod buffer;
@@ -12,6 +12,7 @@ pub mod input;
 pub mod loadgen;
 pub mod output;
 pub mod pipeline;
+pub mod plan;
 pub mod route;
 pub mod serve;
 pub mod telemetry;

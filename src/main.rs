@@ -303,7 +303,7 @@ fn check(config: Option<PathBuf>) -> ExitCode {
             firelane::telemetry::add_secrets(loaded.secrets.iter().cloned());
             let redact = firelane::telemetry::redact;
             outln!("{source}: config is valid\n");
-            out!("{}", redact(&firelane::topology::plan(&loaded.config)));
+            out!("{}", redact(&firelane::plan::plan(&loaded.config)));
             if !loaded.warnings.is_empty() {
                 outln!();
                 for w in &loaded.warnings {
@@ -390,12 +390,12 @@ fn route(
             return ExitCode::from(2);
         }
     };
-    match firelane::topology::dry_run(&loaded.config, &text, tag.as_deref(), input.as_deref()) {
+    match firelane::plan::dry_run(&loaded.config, &text, tag.as_deref(), input.as_deref()) {
         Ok(out) => {
             out!("{}", firelane::telemetry::redact(&out));
             out!(
                 "{}",
-                firelane::telemetry::redact(&destinations(
+                firelane::telemetry::redact(&firelane::plan::destinations(
                     &loaded.config,
                     &text,
                     tag.as_deref(),
@@ -412,54 +412,4 @@ fn route(
             ExitCode::from(2)
         }
     }
-}
-
-/// `route`, second part: for each output the record reaches (from the inputs considered),
-/// where it would land, rendered by that output's own code without sending anything and
-/// without AWS calls. The record gets the current time, which `%Y`… in templates use.
-fn destinations(
-    config: &config::Config,
-    event: &str,
-    tag: Option<&str>,
-    input: Option<&str>,
-) -> String {
-    use std::fmt::Write as _;
-    // `dry_run` has already refused anything that is not a JSON object.
-    let Ok(serde_json::Value::Object(fields)) = serde_json::from_str(event) else {
-        return String::new();
-    };
-    // The same default tag as the routing dry run: an EventBridge event's detail-type.
-    let tag = tag
-        .map(str::to_string)
-        .unwrap_or_else(|| match fields.get("detail-type") {
-            Some(serde_json::Value::String(s)) => s.clone(),
-            _ => String::new(),
-        });
-    let record = firelane::event::Record::new(tag.as_str(), firelane::event::now_ns(), fields);
-    let router = firelane::topology::build_router(config);
-    let mut decision = firelane::route::Decision::default();
-    let mut reached: Vec<usize> = Vec::new();
-    for (i, spec) in config.inputs.iter().enumerate() {
-        if input.is_some_and(|name| name != spec.name) {
-            continue;
-        }
-        router.decide(i, &record, &mut decision);
-        for &o in &decision.outputs {
-            if !reached.contains(&o) {
-                reached.push(o);
-            }
-        }
-    }
-    if reached.is_empty() {
-        return String::new();
-    }
-    let time = chrono::DateTime::from_timestamp_nanos(record.time_ns)
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let mut out = format!("destinations (record time {time}):\n");
-    for o in reached {
-        let spec = &config.outputs[o];
-        let dest = spec.kind.destination(spec, &record);
-        let _ = writeln!(out, "  {} ({}): {dest}", spec.name, spec.kind.type_name());
-    }
-    out
 }

@@ -12,7 +12,6 @@
 //!
 //! A second signal exits at once.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,12 +22,11 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{self, AdminState, HealthReport, Readiness};
 use crate::buffer::budget::MemoryBudget;
 use crate::buffer::{self, BufferReader, BufferSettings, BufferWriter};
-use crate::config::{self, Config, OutputSpec};
-use crate::event::Record;
+use crate::config::{Config, OutputSpec};
 use crate::output;
 use crate::output::core::{OutputShutdown, OutputSummary};
 use crate::pipeline::{OutputPort, Pipeline};
-use crate::route::{Decision, Route, Router};
+use crate::route::{Route, Router};
 
 /// Builds the router for `config` (index-resolved names).
 pub fn build_router(config: &Config) -> Router {
@@ -51,158 +49,6 @@ pub fn build_router(config: &Config) -> Router {
         })
         .collect();
     Router::new(routes)
-}
-
-/// Human-readable plan for `firelane check`.
-pub fn plan(config: &Config) -> String {
-    let mut s = String::new();
-    let _ = writeln!(s, "inputs:");
-    for i in &config.inputs {
-        let _ = writeln!(
-            s,
-            "  {} ({}): {}",
-            i.name,
-            i.kind.type_name(),
-            i.kind.describe()
-        );
-    }
-    let _ = writeln!(
-        s,
-        "routes (in file order; every match receives the record until a final one):"
-    );
-    for r in &config.routes {
-        let from = if r.from.is_empty() {
-            "every input".to_string()
-        } else {
-            r.from.join(", ")
-        };
-        let mut cond = Vec::new();
-        if !r.tags.is_empty() {
-            cond.push(format!(
-                "tag {}",
-                r.tags
-                    .iter()
-                    .map(|t| t.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" | ")
-            ));
-        }
-        if let Some(p) = &r.pattern_json {
-            cond.push(format!("pattern {p}"));
-        }
-        let cond = if cond.is_empty() {
-            "every record".to_string()
-        } else {
-            cond.join(" and ")
-        };
-        let fin = if r.is_final { " (final)" } else { "" };
-        let _ = writeln!(
-            s,
-            "  {}: from {from}, {cond} → {}{fin}",
-            r.name,
-            r.to.join(", ")
-        );
-    }
-    let _ = writeln!(s, "outputs:");
-    for o in &config.outputs {
-        let buf = match o.buffer.kind {
-            config::BufferKind::Memory => "memory buffer".to_string(),
-            config::BufferKind::Disk => {
-                format!(
-                    "disk buffer in {}",
-                    config
-                        .runtime
-                        .data_dir
-                        .join("buffers")
-                        .join(&o.name)
-                        .display()
-                )
-            }
-        };
-        let dl = o
-            .dead_letter
-            .as_ref()
-            .map(|d| format!(", dead letters → {d}"))
-            .unwrap_or_default();
-        let _ = writeln!(
-            s,
-            "  {} ({}): {}{buf}{dl}",
-            o.name,
-            o.kind.type_name(),
-            describe(o)
-        );
-    }
-    s
-}
-
-/// Where `o` writes, followed by `, ` (empty for outputs with nothing to say).
-fn describe(o: &OutputSpec) -> String {
-    let d = o.kind.describe();
-    if d.is_empty() { d } else { format!("{d}, ") }
-}
-
-/// `firelane route`: which routes and outputs a record would reach.
-pub fn dry_run(
-    config: &Config,
-    event: &str,
-    tag: Option<&str>,
-    input: Option<&str>,
-) -> Result<String, String> {
-    let fields = match serde_json::from_str::<serde_json::Value>(event) {
-        Ok(serde_json::Value::Object(m)) => m,
-        Ok(_) => return Err("the event must be a JSON object".into()),
-        Err(e) => return Err(format!("invalid event JSON: {e}")),
-    };
-    let tag = tag
-        .map(str::to_string)
-        .unwrap_or_else(|| match fields.get("detail-type") {
-            Some(serde_json::Value::String(s)) => s.clone(),
-            _ => String::new(),
-        });
-    let record = Record::new(tag.as_str(), crate::event::now_ns(), fields);
-    let router = build_router(config);
-    let inputs: Vec<(usize, &str)> = match input {
-        Some(name) => match config.inputs.iter().position(|i| i.name == name) {
-            Some(i) => vec![(i, name)],
-            None => return Err(format!("no input named {name:?}")),
-        },
-        None => config
-            .inputs
-            .iter()
-            .enumerate()
-            .map(|(i, x)| (i, x.name.as_str()))
-            .collect(),
-    };
-    let mut out = String::new();
-    let mut d = Decision::default();
-    let _ = writeln!(out, "tag: {tag:?}");
-    for (i, name) in inputs {
-        router.decide(i, &record, &mut d);
-        if d.routes.is_empty() {
-            let _ = writeln!(
-                out,
-                "from input {name}: no route matches (record would be counted as unrouted and dropped)"
-            );
-            continue;
-        }
-        let routes: Vec<&str> = d
-            .routes
-            .iter()
-            .map(|&r| router.routes()[r].name.as_str())
-            .collect();
-        let outputs: Vec<&str> = d
-            .outputs
-            .iter()
-            .map(|&o| config.outputs[o].name.as_str())
-            .collect();
-        let _ = writeln!(
-            out,
-            "from input {name}: routes {} → outputs {}",
-            routes.join(", "),
-            outputs.join(", ")
-        );
-    }
-    Ok(out)
 }
 
 struct RunningOutput {
