@@ -1184,4 +1184,6 @@ fn cross_check(
 }
 
 #[cfg(test)]
+mod registry_tests;
+#[cfg(test)]
 mod tests;
