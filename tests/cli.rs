@@ -1598,7 +1598,7 @@ fn check_refuses_what_run_would_refuse_at_start_up() {
         (
             "s3_unclosed_brace",
             None,
-            format!("{s3}bucket = \"b\"\nkey = \"{{tag\""),
+            format!("{s3}bucket = \"logs-bucket\"\nkey = \"{{tag\""),
             "outputs.out.key: template \"{tag\", column 1: unclosed `{`",
         ),
         (
@@ -1608,9 +1608,15 @@ fn check_refuses_what_run_would_refuse_at_start_up() {
             "outputs.out.bucket: \"\": must not be empty",
         ),
         (
+            "s3_bucket_name",
+            None,
+            format!("{s3}bucket = \"My_Logs\""),
+            "outputs.out.bucket: \"My_Logs\": 'M' is not allowed in a bucket name",
+        ),
+        (
             "s3_storage_class",
             None,
-            format!("{s3}bucket = \"b\"\nstorage_class = \"WRONG\""),
+            format!("{s3}bucket = \"logs-bucket\"\nstorage_class = \"WRONG\""),
             "outputs.out.storage_class: \"WRONG\": expected one of",
         ),
         (

@@ -183,7 +183,8 @@ mod tests {
             .collect()
     }
 
-    const S3: &str = "type = \"s3\"\nbucket = \"b\"\nkey = \"k/{uuid}\"\ncompression = \"gzip\"";
+    const S3: &str =
+        "type = \"s3\"\nbucket = \"logs-bucket\"\nkey = \"k/{uuid}\"\ncompression = \"gzip\"";
 
     // Issue #9: `batch = { max_bytes = "256MiB", max_age = "10m" }` on S3 could never
     // fill its 32 MiB buffer, and `check` said nothing.
@@ -246,7 +247,8 @@ mod tests {
 
     #[test]
     fn shipped_configs_have_batches_that_fill() {
-        let env = |_: &str| Some("x".to_owned());
+        // A value every variable may take (an S3 bucket name too).
+        let env = |_: &str| Some("x-value".to_owned());
         for (name, text) in [
             (
                 "reference.toml",

@@ -161,13 +161,8 @@ pub fn build_with_client(cfg: S3Config, client: aws_sdk_s3::Client) -> Result<S3
         Template::parse(&with_uuid(&cfg.key)).map_err(template_err)?
     }
     .with_encoding(ValueEncoding::S3Key);
-    if key.has_index() && !key.has_uuid() {
-        tracing::warn!(
-            output = %cfg.name,
-            "S3 key {:?} uses {{index}} without {{uuid}}: the index restarts at 0 with the process, \
-             so objects of a restarted router can overwrite earlier ones",
-            cfg.key
-        );
+    if let Some(w) = config::index_warning(&cfg.key) {
+        tracing::warn!(output = %cfg.name, "{w}");
     }
     let storage_class = match &cfg.storage_class {
         None => None,

@@ -12,6 +12,7 @@ use crate::output::core::OutputContext;
 use crate::output::from_config::batch_settings;
 use crate::output::registry::{OutputConfig, OutputConfigError, OutputType, Started, spawn};
 use crate::output::sink::BatchSettings;
+use crate::output::template::Template;
 
 /// The `s3` output type.
 pub struct S3;
@@ -60,7 +61,19 @@ impl OutputType for S3 {
     fn read(&self, t: &mut Table<'_, '_>, d: &mut Diagnostics) -> Box<dyn OutputConfig> {
         let path = t.path().to_string();
         let bucket = t.string(d, "bucket").unwrap_or_default();
+        // An empty name is refused by the sink itself ("must not be empty").
+        if !bucket.is_empty()
+            && let Err(reason) = check_bucket_name(&bucket)
+        {
+            d.error(
+                t.value_span("bucket"),
+                format!("{path}.bucket: {bucket:?}: {reason}"),
+            );
+        }
         let key = t.opt_string(d, "key").unwrap_or_else(|| DEFAULT_KEY.into());
+        if let Some(w) = index_warning(&key) {
+            d.warn(t.value_span("key"), format!("{path}.key: {w}"));
+        }
         let compression = Compression::read(t, d, &Compression::ALL);
         let storage_class = t.opt_string(d, "storage_class");
         let content_type = t.opt_string(d, "content_type");
@@ -90,6 +103,53 @@ impl OutputType for S3 {
             aws,
         })
     }
+}
+
+/// Whether `name` follows the naming rules of S3 general purpose buckets ("Bucket naming
+/// rules", Amazon S3 User Guide): 3 to 63 characters; only lowercase letters, digits, dots
+/// and hyphens; a letter or digit first and last; no two adjacent dots; not an IPv4
+/// address. `Err` says which rule it breaks. (Buckets created in us-east-1 before March
+/// 2018 could break these rules; such names cannot be used in virtual-hosted-style
+/// requests either.)
+pub fn check_bucket_name(name: &str) -> Result<(), String> {
+    let len = name.chars().count();
+    if !(3..=63).contains(&len) {
+        return Err(format!(
+            "bucket names are 3 to 63 characters long, this one has {len}"
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '.' || *c == '-'))
+    {
+        return Err(format!(
+            "{c:?} is not allowed in a bucket name (only lowercase letters, digits, `.` and `-`)"
+        ));
+    }
+    let alnum = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if !alnum(name.chars().next()) || !alnum(name.chars().next_back()) {
+        return Err("a bucket name starts and ends with a letter or digit".into());
+    }
+    if name.contains("..") {
+        return Err("a bucket name has no two adjacent dots".into());
+    }
+    if name.parse::<std::net::Ipv4Addr>().is_ok() {
+        return Err("a bucket name is not an IP address".into());
+    }
+    Ok(())
+}
+
+/// The warning for a `key` template that numbers objects with `{index}` but has no
+/// `{uuid}`: shown by `check` at the key and logged by the sink when it starts. `None`
+/// when the template does not parse (that error is reported on its own).
+pub fn index_warning(key: &str) -> Option<String> {
+    let t = Template::parse(key).ok()?;
+    (t.has_index() && !t.has_uuid()).then(|| {
+        format!(
+            "S3 key {key:?} uses {{index}} without {{uuid}}: the index restarts at 0 with the process, \
+             so objects of a restarted router can overwrite earlier ones"
+        )
+    })
 }
 
 impl S3Output {
@@ -159,5 +219,81 @@ impl OutputConfig for S3Output {
 
     fn as_any(&self) -> &dyn std::any::Any {
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(s3: &str) -> Result<Vec<String>, Vec<String>> {
+        let text = format!(
+            "[inputs.f]\ntype = \"forward\"\n[routes.r]\nto = [\"o\"]\n[outputs.o]\ntype = \"s3\"\nregion = \"us-east-1\"\n{s3}\n"
+        );
+        crate::config::parse(&text, "t.toml", &|_| None)
+            .map(|l| l.warnings)
+            .map_err(|e| e.errors)
+    }
+
+    #[test]
+    fn bucket_names_follow_the_s3_rules() {
+        for good in [
+            "abc",
+            "my-app-logs",
+            "logs.example.com",
+            "a1b2c3",
+            "fl-bin-s3-0123456789ab",
+            &"a".repeat(63),
+        ] {
+            assert_eq!(check_bucket_name(good), Ok(()), "{good}");
+            assert!(check(&format!("bucket = \"{good}\"")).is_ok(), "{good}");
+        }
+        for (bad, why) in [
+            ("ab", "3 to 63 characters long, this one has 2"),
+            (&"a".repeat(64), "3 to 63 characters long, this one has 64"),
+            ("My-Bucket", "'M' is not allowed"),
+            ("my_bucket", "'_' is not allowed"),
+            ("-logs", "starts and ends with a letter or digit"),
+            ("logs.", "starts and ends with a letter or digit"),
+            ("my..logs", "no two adjacent dots"),
+            ("192.168.5.4", "not an IP address"),
+        ] {
+            let e = check_bucket_name(bad).expect_err(bad);
+            assert!(e.contains(why), "{bad}: {e}");
+            let errors = check(&format!("bucket = \"{bad}\"")).expect_err(bad);
+            assert_eq!(
+                errors,
+                vec![format!("t.toml:8:10: outputs.o.bucket: {bad:?}: {e}")],
+                "{bad}"
+            );
+        }
+        // An empty name keeps the sink's own message, once.
+        assert_eq!(
+            check("bucket = \"\""),
+            Err(vec![
+                "t.toml:8:10: outputs.o.bucket: \"\": must not be empty".to_string()
+            ])
+        );
+    }
+
+    // `run` logs this warning when the sink starts; `check` shows it at the key.
+    #[test]
+    fn check_warns_about_index_without_uuid() {
+        let w = check("bucket = \"logs\"\nkey = \"logs/{tag}/{index}.json\"")
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        let at_key: Vec<&String> = w.iter().filter(|w| w.contains("{index}")).collect();
+        assert_eq!(
+            at_key,
+            vec![&"t.toml:9:7: outputs.o.key: S3 key \"logs/{tag}/{index}.json\" uses {index} without {uuid}: the index restarts at 0 with the process, so objects of a restarted router can overwrite earlier ones (warning)".to_string()]
+        );
+        for quiet in [
+            "key = \"logs/{tag}/{index}-{uuid}.json\"",
+            "key = \"logs/{tag}/{uuid}.json\"",
+            "key = \"logs/{tag}.json\"",
+        ] {
+            let w =
+                check(&format!("bucket = \"logs\"\n{quiet}")).unwrap_or_else(|e| panic!("{e:?}"));
+            assert!(!w.iter().any(|w| w.contains("{index}")), "{quiet}: {w:?}");
+        }
     }
 }
