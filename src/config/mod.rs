@@ -3,7 +3,12 @@
 //! Two stages, as in ripgrep's flags: [`reader`] walks the spanned TOML tree with typed
 //! getters (unknown keys and wrong types become located errors), then this module checks
 //! what spans tables (dangling route targets, dead-letter cycles, outputs nobody feeds).
-//! Components receive plain structs; none of them sees TOML.
+//! This module reads the generic keys (`admin`, `runtime`, routes, and every output's
+//! `batch`, `buffer`, `retry`, `dead_letter`, `tag_key`, `time_key`, `concurrency`); each
+//! input and output type reads its own keys through the same [`reader::Table`], found in
+//! [`crate::input::registry`] / [`crate::output::registry`], and runs its sink's
+//! construction checks ([`crate::output::registry::OutputConfig::validate`]) so that
+//! `check` refuses what `run` would.
 
 mod compression;
 pub mod reader;
