@@ -97,13 +97,9 @@ fn describe(o: &OutputSpec) -> String {
     if d.is_empty() { d } else { format!("{d}, ") }
 }
 
-/// `firelane route`: which routes and outputs a record would reach.
-pub fn dry_run(
-    config: &Config,
-    event: &str,
-    tag: Option<&str>,
-    input: Option<&str>,
-) -> Result<String, String> {
+/// The record `route` tries: the JSON object `event`, now, tagged `tag` or else with an
+/// EventBridge event's `detail-type` (empty without one). Also returns the tag.
+fn record_of(event: &str, tag: Option<&str>) -> Result<(Record, String), String> {
     let fields = match serde_json::from_str::<serde_json::Value>(event) {
         Ok(serde_json::Value::Object(m)) => m,
         Ok(_) => return Err("the event must be a JSON object".into()),
@@ -115,7 +111,20 @@ pub fn dry_run(
             Some(serde_json::Value::String(s)) => s.clone(),
             _ => String::new(),
         });
-    let record = Record::new(tag.as_str(), crate::event::now_ns(), fields);
+    Ok((
+        Record::new(tag.as_str(), crate::event::now_ns(), fields),
+        tag,
+    ))
+}
+
+/// `firelane route`: which routes and outputs a record would reach.
+pub fn dry_run(
+    config: &Config,
+    event: &str,
+    tag: Option<&str>,
+    input: Option<&str>,
+) -> Result<String, String> {
+    let (record, tag) = record_of(event, tag)?;
     let router = build_router(config);
     let inputs: Vec<(usize, &str)> = match input {
         Some(name) => match config.inputs.iter().position(|i| i.name == name) {
@@ -171,17 +180,9 @@ pub fn destinations(
     input: Option<&str>,
 ) -> String {
     // `dry_run` has already refused anything that is not a JSON object.
-    let Ok(serde_json::Value::Object(fields)) = serde_json::from_str(event) else {
+    let Ok((record, _)) = record_of(event, tag) else {
         return String::new();
     };
-    // The same default tag as the routing dry run: an EventBridge event's detail-type.
-    let tag = tag
-        .map(str::to_string)
-        .unwrap_or_else(|| match fields.get("detail-type") {
-            Some(serde_json::Value::String(s)) => s.clone(),
-            _ => String::new(),
-        });
-    let record = Record::new(tag.as_str(), crate::event::now_ns(), fields);
     let router = build_router(config);
     let mut decision = Decision::default();
     let mut reached: Vec<usize> = Vec::new();
