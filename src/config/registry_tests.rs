@@ -145,3 +145,39 @@ fn unknown_types_are_answered_with_the_registered_names() {
         ]
     );
 }
+
+// A key a type lists but never reads would be refused as unknown, and the reference test
+// above would then document a key that does not work.
+#[test]
+fn every_listed_key_is_read_by_its_type() {
+    let errors = |text: &str| match parse(text, "t.toml", &env) {
+        Ok(_) => vec![],
+        Err(e) => e.errors,
+    };
+    for t in OUTPUTS {
+        for key in t.keys() {
+            let text = format!(
+                "[inputs.i]\ntype = \"forward\"\n[routes.r]\nto = [\"o\"]\n[outputs.o]\ntype = \"{}\"\n{key} = 0\n",
+                t.name()
+            );
+            let unknown: Vec<String> = errors(&text)
+                .into_iter()
+                .filter(|e| e.contains("unknown key"))
+                .collect();
+            assert!(unknown.is_empty(), "{} output: {unknown:?}", t.name());
+        }
+    }
+    for t in INPUTS {
+        for key in t.keys() {
+            let text = format!(
+                "[inputs.i]\ntype = \"{}\"\n{key} = 0\n[routes.r]\nto = [\"o\"]\n[outputs.o]\ntype = \"null\"\n",
+                t.name()
+            );
+            let unknown: Vec<String> = errors(&text)
+                .into_iter()
+                .filter(|e| e.contains("unknown key"))
+                .collect();
+            assert!(unknown.is_empty(), "{} input: {unknown:?}", t.name());
+        }
+    }
+}
