@@ -9,7 +9,9 @@
 pub mod pattern;
 pub mod tag;
 
-use crate::event::Record;
+use std::borrow::Cow;
+
+use crate::event::{Fields, Record};
 use pattern::Pattern;
 use tag::TagGlob;
 
@@ -27,7 +29,21 @@ pub struct Route {
 }
 
 impl Route {
+    /// Whether this route takes `record` from `input`.
     pub fn accepts(&self, input: usize, record: &Record) -> bool {
+        self.accepts_with(input, record, &mut None, None)
+    }
+
+    /// [`Route::accepts`] with the body a pattern reads cached in `body`: filled on first
+    /// need (this route has a pattern and its `from` and `tag` conditions hold) with the
+    /// fields named in `keys` (all fields when `None`), then reused by later routes.
+    fn accepts_with<'r>(
+        &self,
+        input: usize,
+        record: &'r Record,
+        body: &mut Option<Cow<'r, Fields>>,
+        keys: Option<&[Box<str>]>,
+    ) -> bool {
         if let Some(from) = &self.from
             && !from.contains(&input)
         {
@@ -37,7 +53,10 @@ impl Route {
             return false;
         }
         match &self.pattern {
-            Some(p) => p.matches_fields(&record.fields),
+            Some(p) => p.matches_fields(body.get_or_insert_with(|| match keys {
+                Some(keys) => record.select(keys),
+                None => record.fields(),
+            })),
             None => true,
         }
     }
@@ -46,6 +65,8 @@ impl Route {
 #[derive(Debug, Default)]
 pub struct Router {
     routes: Vec<Route>,
+    /// Top-level fields any route's pattern reads, sorted, without duplicates.
+    pattern_keys: Vec<Box<str>>,
 }
 
 /// The routes and outputs one record reaches.
@@ -65,7 +86,18 @@ impl Decision {
 
 impl Router {
     pub fn new(routes: Vec<Route>) -> Self {
-        Router { routes }
+        let mut pattern_keys: Vec<Box<str>> = routes
+            .iter()
+            .filter_map(|r| r.pattern.as_ref())
+            .flat_map(|p| p.top_level_keys())
+            .map(Box::from)
+            .collect();
+        pattern_keys.sort_unstable();
+        pattern_keys.dedup();
+        Router {
+            routes,
+            pattern_keys,
+        }
     }
 
     pub fn routes(&self) -> &[Route] {
@@ -73,11 +105,15 @@ impl Router {
     }
 
     /// Fills `out` with the routes and outputs `record` from `input` reaches.
-    /// `out` is reused by callers so routing allocates nothing per record.
+    /// `out` is reused by callers so routing allocates nothing per record for tag-only
+    /// routes. Pattern routes read field values: the fields any pattern names are decoded
+    /// once per record, on the first route that needs them, and shared by every pattern
+    /// route after it (a packed body is never decoded whole for routing).
     pub fn decide(&self, input: usize, record: &Record, out: &mut Decision) {
         out.clear();
+        let mut body: Option<Cow<'_, Fields>> = None;
         for (i, route) in self.routes.iter().enumerate() {
-            if !route.accepts(input, record) {
+            if !route.accepts_with(input, record, &mut body, Some(&self.pattern_keys)) {
                 continue;
             }
             out.routes.push(i);

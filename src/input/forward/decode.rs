@@ -13,7 +13,9 @@ use serde_json::{Map, Number, Value};
 
 use super::frame::object_len;
 use super::metrics::ErrorKind;
-use crate::event::{Fields, Record};
+use bytes::Bytes;
+
+use crate::event::{Fields, Record, packed};
 
 /// Nesting limit for record values (the record map itself is level 1). Deeper records are
 /// skipped (`bad_record`) rather than risking deep recursion on hostile input.
@@ -634,12 +636,21 @@ impl Sink<'_> {
                 return cur.skip();
             }
         };
+        // The common case: a map the tree path would take as it is stays msgpack (one
+        // allocation for the whole body instead of one per key, string and number).
+        let start = cur.pos;
+        if let Some(end) = packed::scan_map(cur.buf, start) {
+            // Copied out rather than sliced from the frame: a record must not keep the
+            // rest of a (possibly 16 MiB, possibly inflated) request alive after its
+            // siblings were delivered or dropped, uncounted by the memory budget.
+            let body = Bytes::copy_from_slice(&cur.buf[start..end]);
+            cur.pos = end;
+            self.out
+                .push(Record::from_checked_packed(self.tag.clone(), ns, body));
+            return Ok(());
+        }
         let fields = read_record(cur, self.stats)?;
-        self.out.push(Record {
-            tag: self.tag.clone(),
-            time_ns: ns,
-            fields,
-        });
+        self.out.push(Record::new(self.tag.clone(), ns, fields));
         Ok(())
     }
 }
@@ -1106,7 +1117,7 @@ mod tests {
             assert_eq!(out[0].time_ns, *ns, "case {i}");
             assert_eq!(&*out[0].tag, "t");
             assert_eq!(
-                out[0].fields,
+                *out[0].fields(),
                 json!({"log": "x"}).as_object().unwrap().clone()
             );
         }
@@ -1305,8 +1316,8 @@ mod tests {
         }
         for (mode, frame) in &frames {
             let (out, stats, req) = ok(frame);
-            let logs: Vec<&Value> = out.iter().map(|r| &r.fields["log"]).collect();
-            assert_eq!(logs, [&json!("a"), &json!("b")], "{mode}");
+            let logs: Vec<Value> = out.iter().map(|r| r.fields()["log"].clone()).collect();
+            assert_eq!(logs, [json!("a"), json!("b")], "{mode}");
             assert_eq!(&frame[req.chunk.unwrap()], b"\xa3ck1", "{mode}");
             assert_eq!(
                 (stats.bad_entries, stats.skipped_entries()),
@@ -1479,8 +1490,8 @@ mod tests {
             }
             for (mode, frame) in &frames {
                 let (out, stats, req) = ok(frame);
-                let logs: Vec<&Value> = out.iter().map(|r| &r.fields["log"]).collect();
-                assert_eq!(logs, [&json!("before"), &json!("after")], "{bad} in {mode}");
+                let logs: Vec<Value> = out.iter().map(|r| r.fields()["log"].clone()).collect();
+                assert_eq!(logs, [json!("before"), json!("after")], "{bad} in {mode}");
                 assert!(out.iter().all(|r| r.time_ns == 1_700_000_000_000_000_000));
                 assert_eq!(req.records, 2);
                 assert_eq!(&frame[req.chunk.unwrap()], b"\xa3ck1", "{bad} in {mode}");
@@ -1509,7 +1520,7 @@ mod tests {
         b.extend(record("good"));
         let (out, stats, _) = ok(&b);
         assert_eq!(out.len(), 1);
-        assert_eq!(out[0].fields["log"], "good");
+        assert_eq!(out[0].fields()["log"], "good");
         assert_eq!((stats.bad_entries, stats.skipped_entries()), (3, 3));
 
         // Message mode: the only entry is skipped, the request is still acknowledgeable.
@@ -1563,11 +1574,7 @@ mod tests {
         enc::write_uint(&mut b, 1).unwrap();
         frames.push(("chunk not a string", b, ErrorKind::BadRequest));
         for (name, frame, want) in frames {
-            let mut out = vec![Record {
-                tag: "earlier".into(),
-                time_ns: 1,
-                fields: Fields::new(),
-            }];
+            let mut out = vec![Record::new("earlier", 1, Fields::new())];
             let mut stats = Stats {
                 invalid_utf8: 3,
                 ..Stats::default()
@@ -1641,7 +1648,7 @@ mod tests {
     fn check_lines(out: &[Record], n: usize) {
         assert_eq!(out.len(), n);
         for (i, r) in out.iter().enumerate() {
-            assert_eq!(r.fields["log"], json!(format!("line {i}")));
+            assert_eq!(r.fields()["log"], json!(format!("line {i}")));
             assert_eq!(r.time_ns, (100 + i as i64) * 1_000_000_000 + i as i64);
             assert_eq!(&*r.tag, "app-firelens-1");
         }
@@ -1771,7 +1778,7 @@ mod tests {
         let (out, _, _) = ok(&b);
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].time_ns, 9_000_000_009);
-        assert_eq!(out[0].fields["log"], "a");
+        assert_eq!(out[0].fields()["log"], "a");
         assert_eq!(out[1].time_ns, 8_000_000_000);
 
         // Metadata that is not a map.
@@ -1948,9 +1955,9 @@ mod tests {
             "nan": null, "inf": null, "bin": "bytes", "ext": null, "42": "int key",
             "nested": [{"-3": []}, "s"], "a_last": "ü"
         });
-        assert_eq!(serde_json::Value::Object(out[0].fields.clone()), expected);
+        assert_eq!(serde_json::Value::Object(out[0].fields().into_owned()), expected);
         // Order is the sender's, not sorted.
-        let keys: Vec<_> = out[0].fields.keys().cloned().collect();
+        let keys: Vec<_> = out[0].fields().keys().cloned().collect();
         assert_eq!(keys.first().map(String::as_str), Some("z_first"));
         assert_eq!(keys.last().map(String::as_str), Some("a_last"));
     }
@@ -1965,8 +1972,8 @@ mod tests {
             enc::write_bin(b, &[0xc3]).unwrap();
         });
         let (out, stats, _) = ok(&frame);
-        assert_eq!(out[0].fields["log"], "o\u{fffd}k\u{fffd}");
-        assert_eq!(out[0].fields["bin"], "\u{fffd}");
+        assert_eq!(out[0].fields()["log"], "o\u{fffd}k\u{fffd}");
+        assert_eq!(out[0].fields()["bin"], "\u{fffd}");
         assert_eq!(stats.invalid_utf8, 1, "counted once per record");
     }
 
@@ -2005,15 +2012,15 @@ mod tests {
         }
         let (out, stats, req) = ok(&b);
         assert_eq!(req.records, 3);
-        assert_eq!(out[0].fields["n"], 0);
+        assert_eq!(out[0].fields()["n"], 0);
         // The second record's key is itself a map with odd keys: the whole key becomes
         // its JSON text.
         let key = r#"{"null":"nil key","true":1,"1.5":2,"[1,\"a\"]":3,"k":4}"#;
         assert_eq!(
-            serde_json::Value::Object(out[1].fields.clone()),
+            serde_json::Value::Object(out[1].fields().into_owned()),
             json!({"n": 1, key: null})
         );
-        assert_eq!(out[2].fields["n"], 2);
+        assert_eq!(out[2].fields()["n"], 2);
         assert_eq!(stats.bad_keys, 1, "counted once per record");
         assert_eq!(stats.skipped_entries(), 0);
 
@@ -2027,7 +2034,7 @@ mod tests {
         });
         let (out, stats, _) = ok(&frame);
         assert_eq!(
-            serde_json::Value::Object(out[0].fields.clone()),
+            serde_json::Value::Object(out[0].fields().into_owned()),
             json!({"null": "v", "log": "kept"})
         );
         assert_eq!((stats.bad_keys, stats.bad_records), (1, 0));
