@@ -273,10 +273,7 @@ impl std::fmt::Debug for Record {
         f.debug_struct("Record")
             .field("tag", &self.tag)
             .field("time_ns", &self.time_ns)
-            .field(
-                "packed",
-                &matches!(self.body, Body::Packed(_)),
-            )
+            .field("packed", &matches!(self.body, Body::Packed(_)))
             .field("fields", &self.fields())
             .finish()
     }
@@ -288,4 +285,59 @@ pub fn now_ns() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     d.as_nanos().min(i64::MAX as u128) as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn packed_record() -> Record {
+        let mut b = Vec::new();
+        crate::input::forward::client::encode_json_record(
+            &mut b,
+            json!({"log": "line", "n": 1}).as_object().unwrap(),
+        );
+        Record::from_packed("t", 5, Bytes::from(b)).unwrap()
+    }
+
+    /// Fan-out clones share the body; a change made through one clone (a processor adding a
+    /// field) never shows in another output's copy.
+    #[test]
+    fn clones_share_and_changes_copy_on_write() {
+        let a = packed_record();
+        let mut b = a.clone();
+        assert_eq!(
+            a.packed().map(|p| p.as_ptr()),
+            b.packed().map(|p| p.as_ptr())
+        );
+        b.fields_mut().insert("added".into(), json!(true));
+        assert!(b.packed().is_none());
+        assert_eq!(b.keys(), ["log", "n", "added"]);
+        assert_eq!(a.keys(), ["log", "n"]);
+        let mut c = b.clone();
+        c.fields_mut().shift_remove("log");
+        assert_eq!(b.keys(), ["log", "n", "added"]);
+        assert_eq!(c.keys(), ["n", "added"]);
+        assert_eq!(a.get("log").and_then(|v| v.as_str()), Some("line"));
+    }
+
+    #[test]
+    fn equality_ignores_representation() {
+        let p = packed_record();
+        let t = Record::new("t", 5, p.fields().into_owned());
+        assert_eq!(p, t);
+        assert_ne!(p, Record::new("t", 6, p.fields().into_owned()));
+        assert!(Record::from_packed("t", 0, Bytes::from_static(&[0x91, 0xc0])).is_none());
+    }
+
+    /// A packed record's size is its own bytes plus a fixed overhead: the budget counts what
+    /// the body allocation holds, and far less than the tree the same record used to be.
+    #[test]
+    fn approx_size_of_a_packed_record_counts_its_bytes() {
+        let p = packed_record();
+        let len = p.packed().unwrap().len();
+        assert_eq!(p.approx_size(), PACKED_OVERHEAD + 1 + len);
+        assert!(p.approx_size() < Record::new("t", 5, p.fields().into_owned()).approx_size());
+    }
 }

@@ -292,7 +292,8 @@ fn read_value(rd: &mut Rd<'_>) -> Option<Value> {
         Tok::Float(f) => Number::from_f64(f).map_or(Value::Null, Value::Number),
         Tok::Str(b) => Value::String(std::str::from_utf8(b).ok()?.to_owned()),
         Tok::Array(n) => {
-            let mut items = Vec::with_capacity((n as usize).min(rd.buf.len().saturating_sub(rd.pos)));
+            let mut items =
+                Vec::with_capacity((n as usize).min(rd.buf.len().saturating_sub(rd.pos)));
             for _ in 0..n {
                 items.push(read_value(rd)?);
             }
@@ -313,7 +314,9 @@ struct At<'r, 'a> {
 impl At<'_, '_> {
     fn next_tok<E: serde::ser::Error>(&self) -> Result<Tok<'_>, E> {
         let mut rd = Rd::new(self.buf, self.pos.get());
-        let tok = rd.next().ok_or_else(|| E::custom("record body is not plain msgpack"))?;
+        let tok = rd
+            .next()
+            .ok_or_else(|| E::custom("record body is not plain msgpack"))?;
         self.pos.set(rd.pos);
         Ok(tok)
     }
@@ -405,7 +408,10 @@ mod tests {
     fn what_the_tree_path_repairs_is_not_plain() {
         // Duplicate key, top level and nested (small and large maps).
         assert_eq!(scan_map(&[0x82, 0xa1, b'a', 1, 0xa1, b'a', 2], 0), None);
-        assert_eq!(scan_map(&[0x81, 0xa1, b'x', 0x82, 0xa1, b'a', 1, 0xa1, b'a', 2], 0), None);
+        assert_eq!(
+            scan_map(&[0x81, 0xa1, b'x', 0x82, 0xa1, b'a', 1, 0xa1, b'a', 2], 0),
+            None
+        );
         let mut big = vec![0xde, 0, 20];
         for i in 0..20u8 {
             big.extend_from_slice(&[0xa1, b'a' + (i % 19), i]);

@@ -469,9 +469,7 @@ fn render_task_id(record: &Record, enc: ValueEncoding, out: &mut String) {
     match record.get("ecs_task_id").and_then(|v| v.as_str()) {
         Some(s) => enc.push(s, out),
         _ => match record.get("ecs_task_arn").and_then(|v| v.as_str()) {
-            Some(arn) => {
-                enc.push(arn.rsplit('/').next().unwrap_or(""), out)
-            }
+            Some(arn) => enc.push(arn.rsplit('/').next().unwrap_or(""), out),
             _ => out.push_str(MISSING),
         },
     }

@@ -193,4 +193,72 @@ mod tests {
         r.decide(0, &rec("other", json!({})), &mut d);
         assert!(d.routes.is_empty() && d.outputs.is_empty());
     }
+
+    fn packed(tag: &str, body: serde_json::Value) -> Record {
+        let mut b = Vec::new();
+        crate::input::forward::client::encode_json_record(&mut b, body.as_object().unwrap());
+        Record::from_packed(tag, 0, bytes::Bytes::from(b)).unwrap()
+    }
+
+    /// Patterns see a packed record (only the fields they name decoded) exactly as they see
+    /// the same record as a tree: nested fields, absent fields (`exists: false`), several
+    /// pattern routes sharing one decode, a tag-only route that decodes nothing.
+    #[test]
+    fn packed_records_route_as_trees_do() {
+        let r = Router::new(vec![
+            route("tag", None, &["app.*"], None, &[0], false),
+            route(
+                "nested",
+                None,
+                &[],
+                Some(r#"{"detail":{"state":["stopped"]}}"#),
+                &[1],
+                false,
+            ),
+            route(
+                "absent",
+                None,
+                &[],
+                Some(r#"{"level":[{"exists":false}]}"#),
+                &[2],
+                false,
+            ),
+            route(
+                "num",
+                None,
+                &[],
+                Some(r#"{"n":[{"numeric":[">",5]}]}"#),
+                &[3],
+                false,
+            ),
+            route(
+                "prefix",
+                None,
+                &[],
+                Some(r#"{"log":[{"prefix":"ERR"}]}"#),
+                &[4],
+                true,
+            ),
+            route("after_final", None, &[], None, &[5], false),
+        ]);
+        let bodies = [
+            json!({"log": "ERR x", "detail": {"state": "stopped", "other": 1}, "n": 6}),
+            json!({"log": "ok", "level": "info", "n": 5, "detail": {"state": "running"}}),
+            json!({"detail": [{"state": "stopped"}], "n": 7.5}),
+            json!({}),
+        ];
+        for tag in ["app.web", "other"] {
+            for body in &bodies {
+                let (mut want, mut got) = (Decision::default(), Decision::default());
+                r.decide(0, &rec(tag, body.clone()), &mut want);
+                r.decide(0, &packed(tag, body.clone()), &mut got);
+                assert_eq!(got, want, "{tag} {body}");
+            }
+        }
+        let mut d = Decision::default();
+        r.decide(0, &packed("app.web", bodies[0].clone()), &mut d);
+        assert_eq!(d.routes, vec![0, 1, 2, 3, 4]);
+        let keys: Vec<&str> = r.pattern_keys.iter().map(|k| &**k).collect();
+        assert_eq!(keys, ["detail", "level", "log", "n"]);
+    }
 }

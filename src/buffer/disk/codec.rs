@@ -85,9 +85,8 @@ pub fn decode(payload: &[u8]) -> Result<Record, DecodeError> {
     let body = &rest[tag_end + 8..];
     let time_ns = i64::from_le_bytes(time);
     if version == VERSION_MSGPACK {
-        return Record::from_packed(tag, time_ns, Bytes::copy_from_slice(body)).ok_or_else(|| {
-            DecodeError::Fields("body is not a plain msgpack map".to_owned())
-        });
+        return Record::from_packed(tag, time_ns, Bytes::copy_from_slice(body))
+            .ok_or_else(|| DecodeError::Fields("body is not a plain msgpack map".to_owned()));
     }
     let fields: Fields =
         serde_json::from_slice(body).map_err(|e| DecodeError::Fields(e.to_string()))?;
@@ -162,6 +161,66 @@ mod tests {
         ));
         let mut v = buf[..FIXED + 17].to_vec();
         v.extend_from_slice(b"[1,2]");
+        assert!(matches!(decode(&v), Err(DecodeError::Fields(_))));
+    }
+
+    /// A payload exactly as the build before version 2 wrote it (version 1, JSON body)
+    /// still reads: segments on disk survive an upgrade.
+    #[test]
+    fn version_1_payload_from_the_previous_build_reads() {
+        let mut v1 = vec![1u8];
+        v1.extend_from_slice(&3u32.to_le_bytes());
+        v1.extend_from_slice(b"app");
+        v1.extend_from_slice(&1_700_000_000_000_000_007i64.to_le_bytes());
+        v1.extend_from_slice(br#"{"log":"hello","n":1.50,"o":{"a":[1]}}"#);
+        let r = decode(&v1).unwrap();
+        assert_eq!(&*r.tag, "app");
+        assert_eq!(r.time_ns, 1_700_000_000_000_000_007);
+        assert!(r.packed().is_none());
+        assert_eq!(
+            serde_json::to_string(&*r.fields()).unwrap(),
+            r#"{"log":"hello","n":1.50,"o":{"a":[1]}}"#
+        );
+        // A tree record is still written as version 1, byte for byte as before.
+        let mut again = Vec::new();
+        encode(&r, &mut again);
+        assert_eq!(again, v1);
+    }
+
+    fn packed_record() -> Record {
+        let mut body = Vec::new();
+        crate::input::forward::client::encode_json_record(
+            &mut body,
+            json!({"log": "hé\u{1}", "n": -3, "f": 0.5, "o": {"a": [true, null]}})
+                .as_object()
+                .unwrap(),
+        );
+        Record::from_packed("svc", 42, bytes::Bytes::from(body)).unwrap()
+    }
+
+    #[test]
+    fn packed_records_are_stored_as_msgpack_and_stay_packed() {
+        let r = packed_record();
+        let mut buf = Vec::new();
+        encode(&r, &mut buf);
+        assert_eq!(buf[0], VERSION_MSGPACK);
+        assert!(buf.ends_with(r.packed().unwrap()));
+        let back = decode(&buf).unwrap();
+        assert_eq!(back.packed(), r.packed());
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn a_corrupt_msgpack_body_is_an_error() {
+        let mut buf = Vec::new();
+        encode(&packed_record(), &mut buf);
+        // Cut short, and a body that is valid msgpack but not a plain map (a bin value).
+        assert!(matches!(
+            decode(&buf[..buf.len() - 1]),
+            Err(DecodeError::Fields(_))
+        ));
+        let mut v = buf[..FIXED + 3].to_vec();
+        v.extend_from_slice(&[0x81, 0xa1, b'a', 0xc4, 1, b'x']);
         assert!(matches!(decode(&v), Err(DecodeError::Fields(_))));
     }
 
