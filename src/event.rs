@@ -12,7 +12,7 @@
 //! [`Record::fields`] for the whole tree. Writers use [`Record::fields_mut`], which turns a
 //! packed body into a tree once.
 
-pub(crate) mod packed;
+pub mod packed;
 
 use std::borrow::Cow;
 use std::sync::Arc;

@@ -7,10 +7,10 @@
 //!   string and ext into null);
 //! - floats are finite (the tree turns NaN and infinities into null);
 //! - no map has a key twice (the tree keeps the first position and the last value);
-//! - containers nest no deeper than [`MAX_DEPTH`](crate::input::forward::decode::MAX_DEPTH)
+//! - containers nest no deeper than [`crate::input::forward::decode::MAX_DEPTH`]
 //!   (deeper records are refused by the tree path: they must take it to be refused).
 //!
-//! [`scan_map`] checks this once, at decode time; everything else here reads bytes that
+//! `scan_map` checks this once, at decode time; everything else here reads bytes that
 //! passed it. The readers still never index out of bounds: on bytes that are not plain they
 //! stop early (a `None`, a null, a serializer error), never panic.
 

@@ -1,7 +1,9 @@
 //! One complete forward request (a msgpack object cut by [`super::frame`]) → records.
 //!
 //! Decoding works on borrowed bytes with a small cursor instead of building a generic msgpack
-//! value tree first: the only allocations are the resulting JSON values themselves.
+//! value tree first. A record map that is plain msgpack (see [`crate::event::packed`]) is kept
+//! as its bytes: one allocation per record. Any other map is converted to a JSON tree, with the
+//! repairs and counters described on [`Stats`].
 
 use std::borrow::Cow;
 use std::io::Read;
