@@ -8,9 +8,11 @@ until the output has counted every record as sent (so the figure is end to end, 
 ingest), then reads the router's CPU time (/proc/PID/stat) and peak RSS (VmHWM) and stops it.
 
 Usage: scripts/bench.py [--records N] [--runs R] [--only NAME,...] [--binary PATH]
+                       [--baseline PATH]   (before / after, runs interleaved)
 """
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -110,6 +112,26 @@ def wait_for(pred, timeout, what):
     raise RuntimeError(f"timed out waiting for {what}")
 
 
+def check_file_output(d, records):
+    """For file scenarios: the output holds exactly `records` JSON lines, each an object
+    with the fields loadgen sends, so a fast path that loses or garbles records fails the
+    run instead of producing a figure."""
+    path = os.path.join(d, "out.jsonl")
+    if not os.path.exists(path):
+        return
+    n = 0
+    with open(path, "rb") as f:
+        for i, line in enumerate(f):
+            n += 1
+            # Parsing every line would cost more than the run; check a spread of them.
+            if i % 997 == 0:
+                obj = json.loads(line)
+                if not isinstance(obj, dict) or "log" not in obj:
+                    raise RuntimeError(f"line {i + 1} of the file output is not a record: {line[:200]!r}")
+    if n != records:
+        raise RuntimeError(f"file output has {n} lines, expected {records}")
+
+
 def run_once(binary, name, records, record_size):
     output, buffer, lg_args = SCENARIOS[name]
     d = tempfile.mkdtemp(prefix="firelane-bench-")
@@ -134,6 +156,7 @@ def run_once(binary, name, records, record_size):
             cpu = proc_cpu(router.pid) - cpu0
             hwm = proc_hwm_mib(router.pid)
             in_bytes = metric(admin, "firelane_input_bytes_total", [])
+            check_file_output(d, records)
         finally:
             router.send_signal(signal.SIGTERM)
             try:
@@ -157,12 +180,36 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--only", default="")
     ap.add_argument("--binary", default="target/release/firelane")
+    ap.add_argument(
+        "--baseline",
+        default="",
+        help="another build (e.g. main's) to compare with: its runs alternate with --binary's "
+        "so both see the same machine noise; prints before / after per scenario",
+    )
     a = ap.parse_args()
     names = [n for n in SCENARIOS if not a.only or any(o.strip() and o.strip() in n for o in a.only.split(","))]
     print(f"{a.records} records of ~{a.record_size} B, median of {a.runs} runs, {os.cpu_count()} CPUs")
-    print(f"| scenario | records/s | MB/s | CPU s / M records | peak RSS MiB |")
-    print(f"|---|---:|---:|---:|---:|")
+    if a.baseline:
+        print(f"before: {a.baseline}; after: {a.binary}")
+        print("| scenario | records/s before | after | CPU s / M before | after | after/before | peak RSS MiB before | after |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    else:
+        print(f"| scenario | records/s | MB/s | CPU s / M records | peak RSS MiB |")
+        print(f"|---|---:|---:|---:|---:|")
     for name in names:
+        if a.baseline:
+            before, after = [], []
+            for _ in range(a.runs):
+                before.append(run_once(a.baseline, name, a.records, a.record_size))
+                after.append(run_once(a.binary, name, a.records, a.record_size))
+            b = {k: statistics.median(r[k] for r in before) for k in before[0]}
+            f = {k: statistics.median(r[k] for r in after) for k in after[0]}
+            print(
+                f"| {name} | {b['rps']:,.0f} | {f['rps']:,.0f} | {b['cpu_per_m']:.2f} | {f['cpu_per_m']:.2f} "
+                f"| {f['cpu_per_m'] / b['cpu_per_m']:.2f} | {b['rss']:.0f} | {f['rss']:.0f} |",
+                flush=True,
+            )
+            continue
         runs = [run_once(a.binary, name, a.records, a.record_size) for _ in range(a.runs)]
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         print(f"| {name} | {med['rps']:,.0f} | {med['mbps']:.1f} | {med['cpu_per_m']:.2f} | {med['rss']:.0f} |", flush=True)

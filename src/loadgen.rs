@@ -427,16 +427,16 @@ mod tests {
         .unwrap();
         let r = &out[0];
         assert_eq!(r.time_ns, 1_700_000_000_000_000_001);
-        let keys: Vec<_> = r.fields.keys().map(String::as_str).collect();
+        let keys = r.keys();
         assert_eq!(keys, ["container_id", "container_name", "source", "log"]);
-        assert_eq!(r.fields["container_id"].as_str().unwrap().len(), 64);
+        assert_eq!(r.fields()["container_id"].as_str().unwrap().len(), 64);
         assert!(
-            r.fields["container_name"]
+            r.fields()["container_name"]
                 .as_str()
                 .unwrap()
                 .starts_with("/ecs-app-1-web-")
         );
-        assert_eq!(r.fields["log"].as_str().unwrap().len(), 300);
+        assert_eq!(r.fields()["log"].as_str().unwrap().len(), 300);
         let distinct: std::collections::HashSet<_> = pool.iter().collect();
         assert!(distinct.len() > POOL / 2, "lines should vary");
     }

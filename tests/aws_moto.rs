@@ -291,7 +291,7 @@ async fn s3_gzip_throughput() {
         .collect();
     let raw: usize = records
         .iter()
-        .map(|r| serde_json::to_vec(&r.fields).unwrap().len() + 1)
+        .map(|r| serde_json::to_vec(&*r.fields()).unwrap().len() + 1)
         .sum();
     let started = Instant::now();
     let requests = deliver(&sink, &records).await;

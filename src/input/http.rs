@@ -670,11 +670,7 @@ pub fn parse_body(
             } else {
                 tag.clone()
             };
-            Record {
-                tag,
-                time_ns: now,
-                fields,
-            }
+            Record::new(tag, now, fields)
         })
         .collect())
 }

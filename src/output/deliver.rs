@@ -266,7 +266,7 @@ fn with_error(
     attempts: u32,
 ) -> crate::event::Record {
     let mut record = entry.record.clone();
-    record.fields.insert(
+    record.fields_mut().insert(
         ERROR_FIELD.to_owned(),
         json!({
             "output": output,

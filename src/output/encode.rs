@@ -73,9 +73,9 @@ struct LineView<'a> {
 impl Serialize for LineView<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(None)?;
-        let fields = &self.record.fields;
+        let record = self.record;
         if let Some(k) = self.time_key {
-            if fields.contains_key(k) {
+            if record.contains_key(k) {
                 warn_kept_once("time_key", k);
             } else {
                 let mut buf = [0u8; 35];
@@ -88,16 +88,15 @@ impl Serialize for LineView<'_> {
         if let Some(k) = self.tag_key
             && Some(k) != self.time_key
         {
-            if fields.contains_key(k) {
+            if record.contains_key(k) {
                 warn_kept_once("tag_key", k);
             } else {
                 map.serialize_entry(k, &*self.record.tag)?;
             }
         }
-        // Only keys the record lacks were added above, so no field is skipped here.
-        for (k, v) in fields {
-            map.serialize_entry(k.as_str(), v)?;
-        }
+        // Only keys the record lacks were added above, so no field is skipped here. A packed
+        // body is transcoded from msgpack straight into the output.
+        record.serialize_fields(&mut map)?;
         map.end()
     }
 }

@@ -26,7 +26,7 @@
 
 use std::fmt::Write as _;
 
-use crate::event::Record;
+use crate::event::{FieldRef, Record};
 
 /// What a missing, empty or non-scalar value renders as.
 pub const MISSING: &str = "-";
@@ -405,7 +405,7 @@ impl Template {
                     }
                 }
                 Segment::EcsTaskId => render_task_id(record, enc, out),
-                Segment::Field(name) => render_value(record.fields.get(name.as_str()), enc, out),
+                Segment::Field(name) => render_value(record.get(name.as_str()), enc, out),
                 Segment::Time(f) => render_time(record.time_ns, *f, out),
             }
         }
@@ -451,9 +451,13 @@ fn parse_placeholder(name: &str) -> Result<Option<Segment>, String> {
     Ok(Some(seg))
 }
 
-fn render_value(v: Option<&serde_json::Value>, enc: ValueEncoding, out: &mut String) {
+fn render_value(v: Option<FieldRef<'_>>, enc: ValueEncoding, out: &mut String) {
     use serde_json::Value;
-    match v {
+    // Strings (the usual key parts) are read in place; other values are decoded.
+    if let Some(s) = v.and_then(|v| v.as_str()) {
+        return enc.push(s, out);
+    }
+    match v.map(|v| v.to_value()).as_deref() {
         Some(Value::String(s)) => enc.push(s, out),
         Some(Value::Number(n)) => enc.push(&n.to_string(), out),
         Some(Value::Bool(b)) => enc.push(if *b { "true" } else { "false" }, out),
@@ -462,12 +466,10 @@ fn render_value(v: Option<&serde_json::Value>, enc: ValueEncoding, out: &mut Str
 }
 
 fn render_task_id(record: &Record, enc: ValueEncoding, out: &mut String) {
-    match record.fields.get("ecs_task_id") {
-        Some(serde_json::Value::String(s)) => enc.push(s, out),
-        _ => match record.fields.get("ecs_task_arn") {
-            Some(serde_json::Value::String(arn)) => {
-                enc.push(arn.rsplit('/').next().unwrap_or(""), out)
-            }
+    match record.get("ecs_task_id").and_then(|v| v.as_str()) {
+        Some(s) => enc.push(s, out),
+        _ => match record.get("ecs_task_arn").and_then(|v| v.as_str()) {
+            Some(arn) => enc.push(arn.rsplit('/').next().unwrap_or(""), out),
             _ => out.push_str(MISSING),
         },
     }

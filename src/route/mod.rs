@@ -9,7 +9,9 @@
 pub mod pattern;
 pub mod tag;
 
-use crate::event::Record;
+use std::borrow::Cow;
+
+use crate::event::{Fields, Record};
 use pattern::Pattern;
 use tag::TagGlob;
 
@@ -27,7 +29,21 @@ pub struct Route {
 }
 
 impl Route {
+    /// Whether this route takes `record` from `input`.
     pub fn accepts(&self, input: usize, record: &Record) -> bool {
+        self.accepts_with(input, record, &mut None, None)
+    }
+
+    /// [`Route::accepts`] with the body a pattern reads cached in `body`: filled on first
+    /// need (this route has a pattern and its `from` and `tag` conditions hold) with the
+    /// fields named in `keys` (all fields when `None`), then reused by later routes.
+    fn accepts_with<'r>(
+        &self,
+        input: usize,
+        record: &'r Record,
+        body: &mut Option<Cow<'r, Fields>>,
+        keys: Option<&[Box<str>]>,
+    ) -> bool {
         if let Some(from) = &self.from
             && !from.contains(&input)
         {
@@ -37,7 +53,10 @@ impl Route {
             return false;
         }
         match &self.pattern {
-            Some(p) => p.matches_fields(&record.fields),
+            Some(p) => p.matches_fields(body.get_or_insert_with(|| match keys {
+                Some(keys) => record.select(keys),
+                None => record.fields(),
+            })),
             None => true,
         }
     }
@@ -46,6 +65,8 @@ impl Route {
 #[derive(Debug, Default)]
 pub struct Router {
     routes: Vec<Route>,
+    /// Top-level fields any route's pattern reads, sorted, without duplicates.
+    pattern_keys: Vec<Box<str>>,
 }
 
 /// The routes and outputs one record reaches.
@@ -65,7 +86,18 @@ impl Decision {
 
 impl Router {
     pub fn new(routes: Vec<Route>) -> Self {
-        Router { routes }
+        let mut pattern_keys: Vec<Box<str>> = routes
+            .iter()
+            .filter_map(|r| r.pattern.as_ref())
+            .flat_map(|p| p.top_level_keys())
+            .map(Box::from)
+            .collect();
+        pattern_keys.sort_unstable();
+        pattern_keys.dedup();
+        Router {
+            routes,
+            pattern_keys,
+        }
     }
 
     pub fn routes(&self) -> &[Route] {
@@ -73,11 +105,15 @@ impl Router {
     }
 
     /// Fills `out` with the routes and outputs `record` from `input` reaches.
-    /// `out` is reused by callers so routing allocates nothing per record.
+    /// `out` is reused by callers so routing allocates nothing per record for tag-only
+    /// routes. Pattern routes read field values: the fields any pattern names are decoded
+    /// once per record, on the first route that needs them, and shared by every pattern
+    /// route after it (a packed body is never decoded whole for routing).
     pub fn decide(&self, input: usize, record: &Record, out: &mut Decision) {
         out.clear();
+        let mut body: Option<Cow<'_, Fields>> = None;
         for (i, route) in self.routes.iter().enumerate() {
-            if !route.accepts(input, record) {
+            if !route.accepts_with(input, record, &mut body, Some(&self.pattern_keys)) {
                 continue;
             }
             out.routes.push(i);
@@ -156,5 +192,73 @@ mod tests {
         let mut d = Decision::default();
         r.decide(0, &rec("other", json!({})), &mut d);
         assert!(d.routes.is_empty() && d.outputs.is_empty());
+    }
+
+    fn packed(tag: &str, body: serde_json::Value) -> Record {
+        let mut b = Vec::new();
+        crate::input::forward::client::encode_json_record(&mut b, body.as_object().unwrap());
+        Record::from_packed(tag, 0, bytes::Bytes::from(b)).unwrap()
+    }
+
+    /// Patterns see a packed record (only the fields they name decoded) exactly as they see
+    /// the same record as a tree: nested fields, absent fields (`exists: false`), several
+    /// pattern routes sharing one decode, a tag-only route that decodes nothing.
+    #[test]
+    fn packed_records_route_as_trees_do() {
+        let r = Router::new(vec![
+            route("tag", None, &["app.*"], None, &[0], false),
+            route(
+                "nested",
+                None,
+                &[],
+                Some(r#"{"detail":{"state":["stopped"]}}"#),
+                &[1],
+                false,
+            ),
+            route(
+                "absent",
+                None,
+                &[],
+                Some(r#"{"level":[{"exists":false}]}"#),
+                &[2],
+                false,
+            ),
+            route(
+                "num",
+                None,
+                &[],
+                Some(r#"{"n":[{"numeric":[">",5]}]}"#),
+                &[3],
+                false,
+            ),
+            route(
+                "prefix",
+                None,
+                &[],
+                Some(r#"{"log":[{"prefix":"ERR"}]}"#),
+                &[4],
+                true,
+            ),
+            route("after_final", None, &[], None, &[5], false),
+        ]);
+        let bodies = [
+            json!({"log": "ERR x", "detail": {"state": "stopped", "other": 1}, "n": 6}),
+            json!({"log": "ok", "level": "info", "n": 5, "detail": {"state": "running"}}),
+            json!({"detail": [{"state": "stopped"}], "n": 7.5}),
+            json!({}),
+        ];
+        for tag in ["app.web", "other"] {
+            for body in &bodies {
+                let (mut want, mut got) = (Decision::default(), Decision::default());
+                r.decide(0, &rec(tag, body.clone()), &mut want);
+                r.decide(0, &packed(tag, body.clone()), &mut got);
+                assert_eq!(got, want, "{tag} {body}");
+            }
+        }
+        let mut d = Decision::default();
+        r.decide(0, &packed("app.web", bodies[0].clone()), &mut d);
+        assert_eq!(d.routes, vec![0, 1, 2, 3, 4]);
+        let keys: Vec<&str> = r.pattern_keys.iter().map(|k| &**k).collect();
+        assert_eq!(keys, ["detail", "level", "log", "n"]);
     }
 }

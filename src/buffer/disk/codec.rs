@@ -1,13 +1,26 @@
 //! Record payload codec for disk segments.
 //!
-//! Layout: `[u8 version][u32 LE tag length][tag bytes][i64 LE time_ns][fields as JSON]`.
-//! The fields go through serde_json with `arbitrary_precision` and `preserve_order`, so numbers
-//! keep their literal text and keys keep their order: a record read back equals the one written.
-//! Decoding never trusts a length from the file; every error is a value, never a panic.
+//! Layout: `[u8 version][u32 LE tag length][tag bytes][i64 LE time_ns][body]`, where the
+//! version says what the body is:
+//! - 1: the fields as JSON (records with a tree body). serde_json with `arbitrary_precision`
+//!   and `preserve_order` keeps numbers' literal text and keys' order. Trees stay JSON because
+//!   JSON input may hold numbers msgpack cannot carry (`1e400`, 30-digit integers).
+//! - 2: the record's msgpack map as received (records with a packed body): written and read
+//!   back without a conversion, and checked again on read (a corrupted body is an error, it
+//!   never becomes a packed record that is not plain).
+//!
+//! A record read back equals the one written, in the same representation. Segments written
+//! by builds that knew only version 1 read as before. Decoding never trusts a length from
+//! the file; every error is a value, never a panic.
+
+use bytes::Bytes;
 
 use crate::event::{Fields, Record};
 
-const VERSION: u8 = 1;
+/// Tree body as JSON.
+const VERSION_JSON: u8 = 1;
+/// Packed body as msgpack.
+const VERSION_MSGPACK: u8 = 2;
 /// version + tag length + time.
 const FIXED: usize = 1 + 4 + 8;
 
@@ -28,16 +41,27 @@ pub enum DecodeError {
 /// Appends the encoded record to `out`.
 pub fn encode(record: &Record, out: &mut Vec<u8>) {
     let tag = record.tag.as_bytes();
-    out.reserve(FIXED + tag.len() + record.approx_size());
-    out.push(VERSION);
+    let packed = record.packed();
+    out.reserve(FIXED + tag.len() + packed.map_or_else(|| record.approx_size(), Bytes::len));
+    out.push(if packed.is_some() {
+        VERSION_MSGPACK
+    } else {
+        VERSION_JSON
+    });
     // A tag longer than 4 GiB cannot come through any input; clamp instead of panicking.
     let tag = &tag[..tag.len().min(u32::MAX as usize)];
     out.extend_from_slice(&(tag.len() as u32).to_le_bytes());
     out.extend_from_slice(tag);
     out.extend_from_slice(&record.time_ns.to_le_bytes());
-    // Serialising a Map<String, Value> into a Vec cannot fail (no I/O, string keys only).
-    if serde_json::to_writer(&mut *out, &record.fields).is_err() {
-        out.extend_from_slice(b"{}");
+    match packed {
+        Some(body) => out.extend_from_slice(body),
+        None => {
+            // Serialising a Map<String, Value> into a Vec cannot fail (no I/O, string keys
+            // only).
+            if serde_json::to_writer(&mut *out, &*record.fields()).is_err() {
+                out.extend_from_slice(b"{}");
+            }
+        }
     }
 }
 
@@ -45,8 +69,9 @@ pub fn decode(payload: &[u8]) -> Result<Record, DecodeError> {
     if payload.len() < FIXED {
         return Err(DecodeError::Short(payload.len()));
     }
-    if payload[0] != VERSION {
-        return Err(DecodeError::Version(payload[0]));
+    let version = payload[0];
+    if version != VERSION_JSON && version != VERSION_MSGPACK {
+        return Err(DecodeError::Version(version));
     }
     let tag_len = u32::from_le_bytes([payload[1], payload[2], payload[3], payload[4]]);
     let rest = &payload[5..];
@@ -57,9 +82,15 @@ pub fn decode(payload: &[u8]) -> Result<Record, DecodeError> {
     let tag = std::str::from_utf8(&rest[..tag_end]).map_err(|_| DecodeError::TagUtf8)?;
     let mut time = [0u8; 8];
     time.copy_from_slice(&rest[tag_end..tag_end + 8]);
-    let fields: Fields = serde_json::from_slice(&rest[tag_end + 8..])
-        .map_err(|e| DecodeError::Fields(e.to_string()))?;
-    Ok(Record::new(tag, i64::from_le_bytes(time), fields))
+    let body = &rest[tag_end + 8..];
+    let time_ns = i64::from_le_bytes(time);
+    if version == VERSION_MSGPACK {
+        return Record::from_packed(tag, time_ns, Bytes::copy_from_slice(body))
+            .ok_or_else(|| DecodeError::Fields("body is not a plain msgpack map".to_owned()));
+    }
+    let fields: Fields =
+        serde_json::from_slice(body).map_err(|e| DecodeError::Fields(e.to_string()))?;
+    Ok(Record::new(tag, time_ns, fields))
 }
 
 #[cfg(test)]
@@ -89,15 +120,15 @@ mod tests {
         assert_eq!(back, r);
         // Literal number text survives (arbitrary_precision), key order too (preserve_order).
         assert_eq!(
-            serde_json::to_string(&back.fields).unwrap(),
-            serde_json::to_string(&r.fields).unwrap()
+            serde_json::to_string(&*back.fields()).unwrap(),
+            serde_json::to_string(&*r.fields()).unwrap()
         );
         assert!(
-            serde_json::to_string(&back.fields)
+            serde_json::to_string(&*back.fields())
                 .unwrap()
                 .contains("2.50")
         );
-        let keys: Vec<_> = back.fields.keys().cloned().collect();
+        let keys: Vec<_> = back.keys();
         assert_eq!(keys, ["z", "a", "f", "e", "s", "n", "o"]);
     }
 
@@ -130,6 +161,66 @@ mod tests {
         ));
         let mut v = buf[..FIXED + 17].to_vec();
         v.extend_from_slice(b"[1,2]");
+        assert!(matches!(decode(&v), Err(DecodeError::Fields(_))));
+    }
+
+    /// A payload exactly as the build before version 2 wrote it (version 1, JSON body)
+    /// still reads: segments on disk survive an upgrade.
+    #[test]
+    fn version_1_payload_from_the_previous_build_reads() {
+        let mut v1 = vec![1u8];
+        v1.extend_from_slice(&3u32.to_le_bytes());
+        v1.extend_from_slice(b"app");
+        v1.extend_from_slice(&1_700_000_000_000_000_007i64.to_le_bytes());
+        v1.extend_from_slice(br#"{"log":"hello","n":1.50,"o":{"a":[1]}}"#);
+        let r = decode(&v1).unwrap();
+        assert_eq!(&*r.tag, "app");
+        assert_eq!(r.time_ns, 1_700_000_000_000_000_007);
+        assert!(r.packed().is_none());
+        assert_eq!(
+            serde_json::to_string(&*r.fields()).unwrap(),
+            r#"{"log":"hello","n":1.50,"o":{"a":[1]}}"#
+        );
+        // A tree record is still written as version 1, byte for byte as before.
+        let mut again = Vec::new();
+        encode(&r, &mut again);
+        assert_eq!(again, v1);
+    }
+
+    fn packed_record() -> Record {
+        let mut body = Vec::new();
+        crate::input::forward::client::encode_json_record(
+            &mut body,
+            json!({"log": "hé\u{1}", "n": -3, "f": 0.5, "o": {"a": [true, null]}})
+                .as_object()
+                .unwrap(),
+        );
+        Record::from_packed("svc", 42, bytes::Bytes::from(body)).unwrap()
+    }
+
+    #[test]
+    fn packed_records_are_stored_as_msgpack_and_stay_packed() {
+        let r = packed_record();
+        let mut buf = Vec::new();
+        encode(&r, &mut buf);
+        assert_eq!(buf[0], VERSION_MSGPACK);
+        assert!(buf.ends_with(r.packed().unwrap()));
+        let back = decode(&buf).unwrap();
+        assert_eq!(back.packed(), r.packed());
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn a_corrupt_msgpack_body_is_an_error() {
+        let mut buf = Vec::new();
+        encode(&packed_record(), &mut buf);
+        // Cut short, and a body that is valid msgpack but not a plain map (a bin value).
+        assert!(matches!(
+            decode(&buf[..buf.len() - 1]),
+            Err(DecodeError::Fields(_))
+        ));
+        let mut v = buf[..FIXED + 3].to_vec();
+        v.extend_from_slice(&[0x81, 0xa1, b'a', 0xc4, 1, b'x']);
         assert!(matches!(decode(&v), Err(DecodeError::Fields(_))));
     }
 

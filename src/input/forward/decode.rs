@@ -1,7 +1,9 @@
 //! One complete forward request (a msgpack object cut by [`super::frame`]) → records.
 //!
 //! Decoding works on borrowed bytes with a small cursor instead of building a generic msgpack
-//! value tree first: the only allocations are the resulting JSON values themselves.
+//! value tree first. A record map that is plain msgpack (see [`crate::event::packed`]) is kept
+//! as its bytes: one allocation per record. Any other map is converted to a JSON tree, with the
+//! repairs and counters described on [`Stats`].
 
 use std::borrow::Cow;
 use std::io::Read;
@@ -13,7 +15,9 @@ use serde_json::{Map, Number, Value};
 
 use super::frame::object_len;
 use super::metrics::ErrorKind;
-use crate::event::{Fields, Record};
+use bytes::Bytes;
+
+use crate::event::{Fields, Record, packed};
 
 /// Nesting limit for record values (the record map itself is level 1). Deeper records are
 /// skipped (`bad_record`) rather than risking deep recursion on hostile input.
@@ -634,12 +638,21 @@ impl Sink<'_> {
                 return cur.skip();
             }
         };
+        // The common case: a map the tree path would take as it is stays msgpack (one
+        // allocation for the whole body instead of one per key, string and number).
+        let start = cur.pos;
+        if let Some(end) = packed::scan_map(cur.buf, start) {
+            // Copied out rather than sliced from the frame: a record must not keep the
+            // rest of a (possibly 16 MiB, possibly inflated) request alive after its
+            // siblings were delivered or dropped, uncounted by the memory budget.
+            let body = Bytes::copy_from_slice(&cur.buf[start..end]);
+            cur.pos = end;
+            self.out
+                .push(Record::from_checked_packed(self.tag.clone(), ns, body));
+            return Ok(());
+        }
         let fields = read_record(cur, self.stats)?;
-        self.out.push(Record {
-            tag: self.tag.clone(),
-            time_ns: ns,
-            fields,
-        });
+        self.out.push(Record::new(self.tag.clone(), ns, fields));
         Ok(())
     }
 }
@@ -1106,7 +1119,7 @@ mod tests {
             assert_eq!(out[0].time_ns, *ns, "case {i}");
             assert_eq!(&*out[0].tag, "t");
             assert_eq!(
-                out[0].fields,
+                *out[0].fields(),
                 json!({"log": "x"}).as_object().unwrap().clone()
             );
         }
@@ -1305,8 +1318,8 @@ mod tests {
         }
         for (mode, frame) in &frames {
             let (out, stats, req) = ok(frame);
-            let logs: Vec<&Value> = out.iter().map(|r| &r.fields["log"]).collect();
-            assert_eq!(logs, [&json!("a"), &json!("b")], "{mode}");
+            let logs: Vec<Value> = out.iter().map(|r| r.fields()["log"].clone()).collect();
+            assert_eq!(logs, [json!("a"), json!("b")], "{mode}");
             assert_eq!(&frame[req.chunk.unwrap()], b"\xa3ck1", "{mode}");
             assert_eq!(
                 (stats.bad_entries, stats.skipped_entries()),
@@ -1479,8 +1492,8 @@ mod tests {
             }
             for (mode, frame) in &frames {
                 let (out, stats, req) = ok(frame);
-                let logs: Vec<&Value> = out.iter().map(|r| &r.fields["log"]).collect();
-                assert_eq!(logs, [&json!("before"), &json!("after")], "{bad} in {mode}");
+                let logs: Vec<Value> = out.iter().map(|r| r.fields()["log"].clone()).collect();
+                assert_eq!(logs, [json!("before"), json!("after")], "{bad} in {mode}");
                 assert!(out.iter().all(|r| r.time_ns == 1_700_000_000_000_000_000));
                 assert_eq!(req.records, 2);
                 assert_eq!(&frame[req.chunk.unwrap()], b"\xa3ck1", "{bad} in {mode}");
@@ -1509,7 +1522,7 @@ mod tests {
         b.extend(record("good"));
         let (out, stats, _) = ok(&b);
         assert_eq!(out.len(), 1);
-        assert_eq!(out[0].fields["log"], "good");
+        assert_eq!(out[0].fields()["log"], "good");
         assert_eq!((stats.bad_entries, stats.skipped_entries()), (3, 3));
 
         // Message mode: the only entry is skipped, the request is still acknowledgeable.
@@ -1563,11 +1576,7 @@ mod tests {
         enc::write_uint(&mut b, 1).unwrap();
         frames.push(("chunk not a string", b, ErrorKind::BadRequest));
         for (name, frame, want) in frames {
-            let mut out = vec![Record {
-                tag: "earlier".into(),
-                time_ns: 1,
-                fields: Fields::new(),
-            }];
+            let mut out = vec![Record::new("earlier", 1, Fields::new())];
             let mut stats = Stats {
                 invalid_utf8: 3,
                 ..Stats::default()
@@ -1641,7 +1650,7 @@ mod tests {
     fn check_lines(out: &[Record], n: usize) {
         assert_eq!(out.len(), n);
         for (i, r) in out.iter().enumerate() {
-            assert_eq!(r.fields["log"], json!(format!("line {i}")));
+            assert_eq!(r.fields()["log"], json!(format!("line {i}")));
             assert_eq!(r.time_ns, (100 + i as i64) * 1_000_000_000 + i as i64);
             assert_eq!(&*r.tag, "app-firelens-1");
         }
@@ -1771,7 +1780,7 @@ mod tests {
         let (out, _, _) = ok(&b);
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].time_ns, 9_000_000_009);
-        assert_eq!(out[0].fields["log"], "a");
+        assert_eq!(out[0].fields()["log"], "a");
         assert_eq!(out[1].time_ns, 8_000_000_000);
 
         // Metadata that is not a map.
@@ -1948,9 +1957,12 @@ mod tests {
             "nan": null, "inf": null, "bin": "bytes", "ext": null, "42": "int key",
             "nested": [{"-3": []}, "s"], "a_last": "ü"
         });
-        assert_eq!(serde_json::Value::Object(out[0].fields.clone()), expected);
+        assert_eq!(
+            serde_json::Value::Object(out[0].fields().into_owned()),
+            expected
+        );
         // Order is the sender's, not sorted.
-        let keys: Vec<_> = out[0].fields.keys().cloned().collect();
+        let keys: Vec<_> = out[0].fields().keys().cloned().collect();
         assert_eq!(keys.first().map(String::as_str), Some("z_first"));
         assert_eq!(keys.last().map(String::as_str), Some("a_last"));
     }
@@ -1965,8 +1977,8 @@ mod tests {
             enc::write_bin(b, &[0xc3]).unwrap();
         });
         let (out, stats, _) = ok(&frame);
-        assert_eq!(out[0].fields["log"], "o\u{fffd}k\u{fffd}");
-        assert_eq!(out[0].fields["bin"], "\u{fffd}");
+        assert_eq!(out[0].fields()["log"], "o\u{fffd}k\u{fffd}");
+        assert_eq!(out[0].fields()["bin"], "\u{fffd}");
         assert_eq!(stats.invalid_utf8, 1, "counted once per record");
     }
 
@@ -2005,15 +2017,15 @@ mod tests {
         }
         let (out, stats, req) = ok(&b);
         assert_eq!(req.records, 3);
-        assert_eq!(out[0].fields["n"], 0);
+        assert_eq!(out[0].fields()["n"], 0);
         // The second record's key is itself a map with odd keys: the whole key becomes
         // its JSON text.
         let key = r#"{"null":"nil key","true":1,"1.5":2,"[1,\"a\"]":3,"k":4}"#;
         assert_eq!(
-            serde_json::Value::Object(out[1].fields.clone()),
+            serde_json::Value::Object(out[1].fields().into_owned()),
             json!({"n": 1, key: null})
         );
-        assert_eq!(out[2].fields["n"], 2);
+        assert_eq!(out[2].fields()["n"], 2);
         assert_eq!(stats.bad_keys, 1, "counted once per record");
         assert_eq!(stats.skipped_entries(), 0);
 
@@ -2027,7 +2039,7 @@ mod tests {
         });
         let (out, stats, _) = ok(&frame);
         assert_eq!(
-            serde_json::Value::Object(out[0].fields.clone()),
+            serde_json::Value::Object(out[0].fields().into_owned()),
             json!({"null": "v", "log": "kept"})
         );
         assert_eq!((stats.bad_keys, stats.bad_records), (1, 0));
@@ -2218,5 +2230,307 @@ mod tests {
         let p = Plain::parse(&ack).unwrap();
         assert_eq!(p.get("ack"), Some(&Plain::Str(b"x\n".to_vec())));
         assert!(Plain::parse(&[0x92, 0x01]).is_err());
+    }
+}
+
+/// The packed representation against the tree path on the same msgpack: same fields, same
+/// JSON line byte for byte, same answers from the accessors.
+#[cfg(test)]
+mod packed_vs_tree {
+    use proptest::prelude::*;
+    use rmp::encode as enc;
+
+    use super::*;
+    use crate::output::encode::encode_json_line;
+
+    /// A msgpack value with the encoding choices a sender may make (smallest or wide
+    /// integer markers, f32 or f64, fixstr or str8/16/32).
+    #[derive(Debug, Clone)]
+    enum G {
+        Nil,
+        Bool(bool),
+        U(u64, u8),
+        I(i64, u8),
+        F32(f32),
+        F64(f64),
+        S(String, u8),
+        A(Vec<G>),
+        M(Vec<(String, G)>),
+    }
+
+    fn write_str(b: &mut Vec<u8>, s: &str, width: u8) {
+        let n = s.len();
+        match width % 4 {
+            1 if n < 256 => b.extend_from_slice(&[0xd9, n as u8]),
+            2 if n < 65_536 => {
+                b.push(0xda);
+                b.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            3 => {
+                b.push(0xdb);
+                b.extend_from_slice(&(n as u32).to_be_bytes());
+            }
+            _ => {
+                enc::write_str_len(b, n as u32).unwrap();
+            }
+        }
+        b.extend_from_slice(s.as_bytes());
+    }
+
+    fn write(b: &mut Vec<u8>, g: &G) {
+        match g {
+            G::Nil => enc::write_nil(b).unwrap(),
+            G::Bool(x) => enc::write_bool(b, *x).unwrap(),
+            G::U(u, w) => match (w % 3, u32::try_from(*u)) {
+                (1, _) => enc::write_u64(b, *u).unwrap(),
+                (2, Ok(small)) => enc::write_u32(b, small).unwrap(),
+                _ => {
+                    enc::write_uint(b, *u).unwrap();
+                }
+            },
+            G::I(i, w) => match (w % 3, i32::try_from(*i)) {
+                (1, _) => enc::write_i64(b, *i).unwrap(),
+                (2, Ok(small)) => enc::write_i32(b, small).unwrap(),
+                _ => {
+                    enc::write_sint(b, *i).unwrap();
+                }
+            },
+            G::F32(f) => enc::write_f32(b, *f).unwrap(),
+            G::F64(f) => enc::write_f64(b, *f).unwrap(),
+            G::S(s, w) => write_str(b, s, *w),
+            G::A(items) => {
+                enc::write_array_len(b, items.len() as u32).unwrap();
+                for i in items {
+                    write(b, i);
+                }
+            }
+            G::M(pairs) => {
+                enc::write_map_len(b, pairs.len() as u32).unwrap();
+                for (k, v) in pairs {
+                    write_str(b, k, k.len() as u8);
+                    write(b, v);
+                }
+            }
+        }
+    }
+
+    fn has_duplicate_keys(g: &G) -> bool {
+        match g {
+            G::A(items) => items.iter().any(has_duplicate_keys),
+            G::M(pairs) => {
+                let mut keys: Vec<&str> = pairs.iter().map(|(k, _)| k.as_str()).collect();
+                keys.sort_unstable();
+                keys.windows(2).any(|w| w[0] == w[1])
+                    || pairs.iter().any(|(_, v)| has_duplicate_keys(v))
+            }
+            _ => false,
+        }
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            // Any char: controls, quotes, backslashes, U+2028, astral planes.
+            prop::collection::vec(any::<char>(), 0..12).prop_map(|c| c.into_iter().collect()),
+            Just(String::new()),
+            Just("\"\\/\u{0}\u{1f}\u{7f}\u{2028}\u{fffd}😀".to_owned()),
+            "[a-z]{1,3}",
+            Just("x".repeat(300)),
+        ]
+    }
+
+    fn float() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            any::<f64>().prop_filter("finite", |f| f.is_finite()),
+            Just(1.0),
+            Just(-0.0),
+            Just(0.0),
+            Just(1e300),
+            Just(-1e-300),
+            Just(5e-324),
+            Just(f64::MAX),
+            Just(0.1),
+            Just(1e21),
+            Just(123456789.0),
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = G> {
+        let leaf = prop_oneof![
+            Just(G::Nil),
+            any::<bool>().prop_map(G::Bool),
+            (
+                prop_oneof![any::<u64>(), Just(u64::MAX), Just(0), Just(127), Just(128)],
+                any::<u8>()
+            )
+                .prop_map(|(u, w)| G::U(u, w)),
+            (
+                prop_oneof![any::<i64>(), Just(i64::MIN), Just(-1), Just(-32), Just(-33)],
+                any::<u8>()
+            )
+                .prop_map(|(i, w)| G::I(i, w)),
+            any::<f32>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(G::F32),
+            float().prop_map(G::F64),
+            (text(), any::<u8>()).prop_map(|(s, w)| G::S(s, w)),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(G::A),
+                prop::collection::vec(("[a-d]{1,2}|.{0,4}", inner), 0..6).prop_map(G::M),
+            ]
+        })
+    }
+
+    fn record() -> impl Strategy<Value = Vec<(String, G)>> {
+        // Keys from a small alphabet collide now and then (duplicates), and sometimes are
+        // the `tag_key` / `time_key` of the encoding (the record keeps its own field).
+        prop::collection::vec(
+            (
+                prop_oneof![
+                    "[a-e]{1,2}",
+                    Just("tag".to_owned()),
+                    Just("time".to_owned()),
+                    ".{0,6}"
+                ],
+                value(),
+            ),
+            0..24,
+        )
+    }
+
+    fn line(r: &Record, tag_key: Option<&str>, time_key: Option<&str>) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_json_line(r, tag_key, time_key, &mut out).expect("encodes");
+        out
+    }
+
+    fn check(pairs: Vec<(String, G)>) -> Result<(), TestCaseError> {
+        let g = G::M(pairs);
+        let mut bytes = Vec::new();
+        write(&mut bytes, &g);
+        let mut stats = Stats::default();
+        let tree = read_record(&mut Cursor::new(&bytes), &mut stats).expect("tree path");
+        let tree = Record::new("app.tag", 1_700_000_000_123_456_789, tree);
+        let packed = Record::from_packed("app.tag", tree.time_ns, Bytes::from(bytes.clone()));
+        prop_assert_eq!(packed.is_some(), !has_duplicate_keys(&g));
+        let Some(packed) = packed else {
+            return Ok(());
+        };
+        prop_assert_eq!(&stats, &Stats::default());
+        prop_assert_eq!(&*packed.fields(), &*tree.fields());
+        for (tk, tmk) in [
+            (None, None),
+            (Some("tag"), Some("time")),
+            (Some("t"), Some("@timestamp")),
+            (Some("a"), None),
+        ] {
+            let (p, t) = (line(&packed, tk, tmk), line(&tree, tk, tmk));
+            prop_assert_eq!(
+                String::from_utf8_lossy(&p),
+                String::from_utf8_lossy(&t),
+                "tag_key {:?} time_key {:?}",
+                tk,
+                tmk
+            );
+        }
+        prop_assert_eq!(packed.keys(), tree.keys());
+        prop_assert_eq!(packed.len(), tree.len());
+        for k in tree.keys() {
+            let (p, t) = (packed.get(k).expect("key"), tree.get(k).expect("key"));
+            prop_assert_eq!(p.to_value(), t.to_value());
+            prop_assert_eq!(p.as_str(), t.as_str());
+            prop_assert_eq!(
+                serde_json::to_string(&p).unwrap(),
+                serde_json::to_string(&t).unwrap()
+            );
+        }
+        let absent = "\u{0}absent";
+        prop_assert!(!packed.contains_key(absent));
+        prop_assert!(packed.get(absent).is_none());
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn packed_and_tree_agree(pairs in record()) {
+            check(pairs)?;
+        }
+    }
+
+    #[test]
+    fn edge_cases_agree() {
+        let cases: Vec<Vec<(String, G)>> = vec![
+            vec![],
+            vec![(
+                "log".into(),
+                G::S("a\u{0}\u{1}\n\t\"\\é😀\u{2028}".into(), 0),
+            )],
+            vec![
+                ("u".into(), G::U(u64::MAX, 1)),
+                ("i".into(), G::I(i64::MIN, 1)),
+            ],
+            vec![("p".into(), G::I(5, 1)), ("z".into(), G::I(0, 2))],
+            vec![
+                ("f".into(), G::F64(1.0)),
+                ("g".into(), G::F64(1e300)),
+                ("h".into(), G::F64(-0.0)),
+                ("s".into(), G::F32(0.1)),
+                ("t".into(), G::F32(-0.0)),
+            ],
+            vec![
+                ("e".into(), G::M(vec![])),
+                ("a".into(), G::A(vec![])),
+                (
+                    "n".into(),
+                    G::M(vec![(
+                        "x".into(),
+                        G::A(vec![G::Nil, G::Bool(true), G::M(vec![])]),
+                    )]),
+                ),
+            ],
+            vec![
+                ("tag".into(), G::S("own".into(), 3)),
+                ("time".into(), G::U(1, 0)),
+            ],
+        ];
+        for c in cases {
+            check(c).expect("agree");
+        }
+    }
+
+    #[test]
+    fn decoder_keeps_plain_maps_packed_and_repairs_the_rest_as_before() {
+        let mut b = Vec::new();
+        enc::write_array_len(&mut b, 2).unwrap();
+        enc::write_str(&mut b, "t").unwrap();
+        enc::write_array_len(&mut b, 3).unwrap();
+        for body in [
+            G::M(vec![("log".into(), G::S("plain".into(), 0))]),
+            // Duplicate key: the tree keeps the first position and the last value.
+            G::M(vec![
+                ("log".into(), G::S("first".into(), 0)),
+                ("n".into(), G::U(1, 0)),
+                ("log".into(), G::S("last".into(), 0)),
+            ]),
+            G::M(vec![("f".into(), G::F64(f64::NAN))]),
+        ] {
+            enc::write_array_len(&mut b, 2).unwrap();
+            enc::write_uint(&mut b, 1_700_000_000).unwrap();
+            write(&mut b, &body);
+        }
+        let mut out = Vec::new();
+        let mut stats = Stats::default();
+        let limits = Limits {
+            max_decompressed_bytes: 1 << 20,
+        };
+        decode_request(&b, &limits, 0, &mut out, &mut stats).expect("decodes");
+        assert_eq!(out.len(), 3);
+        assert!(out[0].packed().is_some());
+        assert!(out[1].packed().is_none());
+        assert_eq!(line(&out[1], None, None), b"{\"log\":\"last\",\"n\":1}\n");
+        assert!(out[2].packed().is_none());
+        assert_eq!(line(&out[2], None, None), b"{\"f\":null}\n");
     }
 }

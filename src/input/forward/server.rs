@@ -1094,7 +1094,7 @@ mod tests {
             records: Vec<Record>,
             ack: AckToken,
         ) -> Result<(), IngestError> {
-            if records.iter().any(|r| r.fields.contains_key("big")) {
+            if records.iter().any(|r| r.contains_key("big")) {
                 let e = IngestError::TooLarge {
                     bytes: 2,
                     limit: 1,
@@ -1104,7 +1104,7 @@ mod tests {
                 return Err(e);
             }
             let mut taken = self.taken.lock().unwrap();
-            taken.extend(records.iter().map(|r| r.fields["log"].to_string()));
+            taken.extend(records.iter().map(|r| r.fields()["log"].to_string()));
             self.tokens.lock().unwrap().push(ack);
             Ok(())
         }

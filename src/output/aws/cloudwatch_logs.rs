@@ -745,8 +745,8 @@ mod tests {
         };
         for (i, t) in [30, 10, 20, 10, 5].into_iter().enumerate() {
             let mut r = rec(1, t);
-            r.fields = m.clone();
-            r.fields.insert("log".into(), json!(format!("e{i}")));
+            *r.fields_mut() = m.clone();
+            r.fields_mut().insert("log".into(), json!(format!("e{i}")));
             b.push(&r);
         }
         let batch = b.finish();

@@ -174,11 +174,11 @@ pub struct RecordFormat {
 impl RecordFormat {
     /// Appends the record's payload to `out`, always ending with `\n`.
     pub(crate) fn write_line(&self, record: &crate::event::Record, out: &mut Vec<u8>) {
-        let field = self.log_key.as_deref().and_then(|k| record.fields.get(k));
-        match field {
-            Some(serde_json::Value::String(s)) => out.extend_from_slice(s.as_bytes()),
-            Some(other) => {
-                let _ = serde_json::to_writer(&mut *out, other);
+        let field = self.log_key.as_deref().and_then(|k| record.get(k));
+        match field.map(|f| (f, f.as_str())) {
+            Some((_, Some(s))) => out.extend_from_slice(s.as_bytes()),
+            Some((other, None)) => {
+                let _ = serde_json::to_writer(&mut *out, &other);
             }
             None => {
                 // Encoding a JSON map cannot fail in practice; an empty object keeps the

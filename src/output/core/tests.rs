@@ -27,13 +27,13 @@ fn rec(id: u64) -> Record {
 
 fn rec_with(id: u64, extra: &str) -> Record {
     let mut r = rec(id);
-    r.fields.insert(extra.into(), true.into());
+    r.fields_mut().insert(extra.into(), true.into());
     r
 }
 
 fn id_of(r: &Record) -> u64 {
-    r.fields
-        .get("id")
+    r.get("id")
+        .map(|v| v.to_value().into_owned())
         .and_then(|v| v.as_u64())
         .unwrap_or(u64::MAX)
 }
@@ -87,10 +87,10 @@ struct FakeBuilder {
 impl BatchBuilder for FakeBuilder {
     type Batch = Vec<u64>;
     fn push(&mut self, r: &Record) -> Push {
-        if r.fields.contains_key("bad") {
+        if r.contains_key("bad") {
             return Push::Rejected("unencodable");
         }
-        if r.fields.contains_key("big") || self.ids.len() >= self.max {
+        if r.contains_key("big") || self.ids.len() >= self.max {
             return Push::Full;
         }
         self.ids.push(id_of(r));
@@ -110,7 +110,7 @@ impl BatchBuilder for FakeBuilder {
 impl Sink for FakeSink {
     type Builder = FakeBuilder;
     fn partition(&self, r: &Record) -> Result<String, &'static str> {
-        match r.fields.get("p") {
+        match r.fields().get("p") {
             Some(serde_json::Value::String(p)) if p == "!" => Err("bad_partition"),
             Some(serde_json::Value::String(p)) => Ok(p.clone()),
             _ => Ok(String::new()),
@@ -233,7 +233,7 @@ async fn partitions_never_share_a_batch() {
     let records = (0..6)
         .map(|i| {
             let mut r = rec(i);
-            r.fields
+            r.fields_mut()
                 .insert("p".into(), if i % 2 == 0 { "even" } else { "odd" }.into());
             r
         })
@@ -293,7 +293,7 @@ async fn partial_retries_only_failed_items_and_dead_letters_permanent_ones() {
     assert_eq!(dead.len(), 1);
     assert_eq!(id_of(&dead[0]), 3);
     assert_eq!(
-        dead[0].fields[crate::output::ERROR_FIELD],
+        dead[0].fields()[crate::output::ERROR_FIELD],
         json!({"output": "fh", "reason": "invalid_record", "message": "bad field", "attempts": 1})
     );
 }
@@ -386,11 +386,11 @@ async fn exhausted_retries_go_to_dead_letter_with_attempt_count() {
     let dead = drain_dead_letters(dl_writer, dl_reader).await;
     assert_eq!(dead.len(), 2);
     assert_eq!(
-        dead[0].fields[crate::output::ERROR_FIELD]["attempts"],
+        dead[0].fields()[crate::output::ERROR_FIELD]["attempts"],
         json!(3)
     );
     assert_eq!(
-        dead[0].fields[crate::output::ERROR_FIELD]["reason"],
+        dead[0].fields()[crate::output::ERROR_FIELD]["reason"],
         json!("server_error")
     );
 }
@@ -404,7 +404,7 @@ async fn refused_records_are_dropped_or_dead_lettered_never_looping() {
         OutputContext::new("o", settings(10, Duration::from_secs(1))),
     );
     let mut bad_partition = rec(3);
-    bad_partition.fields.insert("p".into(), "!".into());
+    bad_partition.fields_mut().insert("p".into(), "!".into());
     h.push(vec![
         rec(0),
         rec_with(1, "big"),
@@ -453,7 +453,7 @@ async fn refused_records_are_dropped_or_dead_lettered_never_looping() {
     let reasons: HashSet<_> = dead
         .iter()
         .map(|r| {
-            r.fields[crate::output::ERROR_FIELD]["reason"]
+            r.fields()[crate::output::ERROR_FIELD]["reason"]
                 .as_str()
                 .unwrap()
                 .to_owned()
@@ -464,7 +464,7 @@ async fn refused_records_are_dropped_or_dead_lettered_never_looping() {
         HashSet::from(["too_large".to_owned(), "unencodable".to_owned()])
     );
     assert_eq!(
-        dead[0].fields[crate::output::ERROR_FIELD]["attempts"],
+        dead[0].fields()[crate::output::ERROR_FIELD]["attempts"],
         json!(0)
     );
 }
@@ -778,8 +778,8 @@ async fn push_all(w: &BufferWriter, n: u64, limit: Duration, part: impl Fn(u64) 
         let records: Vec<Record> = (start..(start + 100).min(n))
             .map(|i| {
                 let mut r = rec(i);
-                r.fields.insert("p".into(), part(i).into());
-                r.fields.insert("pad".into(), "x".repeat(200).into());
+                r.fields_mut().insert("p".into(), part(i).into());
+                r.fields_mut().insert("pad".into(), "x".repeat(200).into());
                 r
             })
             .collect();

@@ -110,6 +110,13 @@ fn is_scalar(v: &Value) -> bool {
     !matches!(v, Value::Array(_) | Value::Object(_))
 }
 
+impl Trie {
+    /// Keys of this node's children: at the root, the top-level fields a match reads.
+    pub(crate) fn child_keys(&self) -> impl Iterator<Item = &str> {
+        self.children.iter().map(|(k, _)| &**k)
+    }
+}
+
 pub(crate) struct Walk<'p> {
     pub(crate) conds: &'p [Condition],
 }

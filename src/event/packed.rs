@@ -1,0 +1,448 @@
+//! Record bodies kept as the msgpack map a forward client sent ("plain" maps only).
+//!
+//! A plain map is one whose tree conversion (the forward decoder's `read_map`) would change
+//! nothing and repair nothing, so the bytes and the tree are two spellings of one record:
+//! - every map key is a str (msgpack `str8/16/32`/fixstr) holding valid UTF-8;
+//! - every string value is valid UTF-8; no `bin`, no `ext` (the tree turns bin into a lossy
+//!   string and ext into null);
+//! - floats are finite (the tree turns NaN and infinities into null);
+//! - no map has a key twice (the tree keeps the first position and the last value);
+//! - containers nest no deeper than [`crate::input::forward::decode::MAX_DEPTH`]
+//!   (deeper records are refused by the tree path: they must take it to be refused).
+//!
+//! `scan_map` checks this once, at decode time; everything else here reads bytes that
+//! passed it. The readers still never index out of bounds: on bytes that are not plain they
+//! stop early (a `None`, a null, a serializer error), never panic.
+
+use std::cell::Cell;
+
+use rmp::Marker;
+use serde::ser::{Error as _, Serialize, SerializeMap, SerializeSeq, Serializer};
+use serde_json::{Map, Number, Value};
+
+use super::Fields;
+use crate::input::forward::decode::MAX_DEPTH;
+
+/// Maps with at most this many keys are checked for duplicates pairwise (no allocation);
+/// larger ones through a sorted list of their keys.
+const PAIRWISE_KEYS: usize = 16;
+
+/// One msgpack token of a plain map.
+#[derive(Debug, Clone, Copy)]
+enum Tok<'a> {
+    Nil,
+    Bool(bool),
+    UInt(u64),
+    Int(i64),
+    Float(f64),
+    Str(&'a [u8]),
+    Array(u32),
+    Map(u32),
+    /// bin, ext or a reserved marker: never in a plain map.
+    Other,
+}
+
+/// A position in msgpack bytes. Every read is bounds-checked: `None` means the bytes end
+/// early or hold something a plain map never holds.
+struct Rd<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Rd<'a> {
+    fn new(buf: &'a [u8], pos: usize) -> Self {
+        Rd { buf, pos }
+    }
+
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.pos.checked_add(n)?;
+        let s = self.buf.get(self.pos..end)?;
+        self.pos = end;
+        Some(s)
+    }
+
+    fn be(&mut self, n: usize) -> Option<u64> {
+        Some(
+            self.take(n)?
+                .iter()
+                .fold(0u64, |acc, b| (acc << 8) | u64::from(*b)),
+        )
+    }
+
+    fn str(&mut self, len_bytes: usize) -> Option<Tok<'a>> {
+        let n = usize::try_from(self.be(len_bytes)?).ok()?;
+        Some(Tok::Str(self.take(n)?))
+    }
+
+    fn next(&mut self) -> Option<Tok<'a>> {
+        let byte = *self.buf.get(self.pos)?;
+        self.pos += 1;
+        Some(match Marker::from_u8(byte) {
+            Marker::FixPos(n) => Tok::UInt(u64::from(n)),
+            Marker::FixNeg(n) => Tok::Int(i64::from(n)),
+            Marker::Null => Tok::Nil,
+            Marker::True => Tok::Bool(true),
+            Marker::False => Tok::Bool(false),
+            Marker::U8 => Tok::UInt(self.be(1)?),
+            Marker::U16 => Tok::UInt(self.be(2)?),
+            Marker::U32 => Tok::UInt(self.be(4)?),
+            Marker::U64 => Tok::UInt(self.be(8)?),
+            Marker::I8 => Tok::Int(i64::from(self.be(1)? as u8 as i8)),
+            Marker::I16 => Tok::Int(i64::from(self.be(2)? as u16 as i16)),
+            Marker::I32 => Tok::Int(i64::from(self.be(4)? as u32 as i32)),
+            Marker::I64 => Tok::Int(self.be(8)? as i64),
+            // As the forward decoder does: an f32 becomes the f64 of the same value.
+            Marker::F32 => Tok::Float(f64::from(f32::from_bits(self.be(4)? as u32))),
+            Marker::F64 => Tok::Float(f64::from_bits(self.be(8)?)),
+            Marker::FixStr(n) => Tok::Str(self.take(usize::from(n))?),
+            Marker::Str8 => self.str(1)?,
+            Marker::Str16 => self.str(2)?,
+            Marker::Str32 => self.str(4)?,
+            Marker::FixArray(n) => Tok::Array(u32::from(n)),
+            Marker::Array16 => Tok::Array(self.be(2)? as u32),
+            Marker::Array32 => Tok::Array(self.be(4)? as u32),
+            Marker::FixMap(n) => Tok::Map(u32::from(n)),
+            Marker::Map16 => Tok::Map(self.be(2)? as u32),
+            Marker::Map32 => Tok::Map(self.be(4)? as u32),
+            _ => Tok::Other,
+        })
+    }
+
+    /// The next token as a map key (plain maps have str keys only).
+    fn key(&mut self) -> Option<&'a str> {
+        match self.next()? {
+            Tok::Str(b) => std::str::from_utf8(b).ok(),
+            _ => None,
+        }
+    }
+
+    /// Steps over one whole value.
+    fn skip(&mut self) -> Option<()> {
+        // Containers are counted, not recursed: a remaining-items counter is enough.
+        let mut pending: u64 = 1;
+        while pending > 0 {
+            pending -= 1;
+            match self.next()? {
+                Tok::Array(n) => pending += u64::from(n),
+                Tok::Map(n) => pending += 2 * u64::from(n),
+                Tok::Other => return None,
+                _ => {}
+            }
+        }
+        Some(())
+    }
+}
+
+/// If the msgpack map starting at `buf[start]` is plain (see the module docs), the offset
+/// just past it; `None` otherwise (the caller then takes the tree path, which repairs or
+/// refuses what is not plain, and counts it).
+pub(crate) fn scan_map(buf: &[u8], start: usize) -> Option<usize> {
+    let mut rd = Rd::new(buf, start);
+    let Tok::Map(n) = rd.next()? else {
+        return None;
+    };
+    scan_entries(&mut rd, n, 1)?;
+    Some(rd.pos)
+}
+
+/// `n` key/value pairs of a map whose values sit at nesting `depth` (the forward decoder's
+/// `read_map` depth: the record map's values are at 1).
+fn scan_entries(rd: &mut Rd<'_>, n: u32, depth: usize) -> Option<()> {
+    let mut small: [&[u8]; PAIRWISE_KEYS] = [&[]; PAIRWISE_KEYS];
+    let mut large: Vec<&[u8]> = Vec::new();
+    let is_large = n as usize > PAIRWISE_KEYS;
+    if is_large {
+        // Each pair takes at least two bytes: a hostile count cannot over-allocate.
+        large.reserve((n as usize).min(rd.buf.len().saturating_sub(rd.pos) / 2));
+    }
+    for i in 0..n as usize {
+        let Tok::Str(k) = rd.next()? else {
+            return None;
+        };
+        std::str::from_utf8(k).ok()?;
+        if is_large {
+            large.push(k);
+        } else {
+            // Maps this small are the common case: comparing with the earlier keys costs
+            // a few nanoseconds and no allocation.
+            if small[..i].contains(&k) {
+                return None;
+            }
+            small[i] = k;
+        }
+        scan_value(rd, depth)?;
+    }
+    if is_large {
+        large.sort_unstable();
+        if large.windows(2).any(|w| w[0] == w[1]) {
+            return None;
+        }
+    }
+    Some(())
+}
+
+fn scan_value(rd: &mut Rd<'_>, depth: usize) -> Option<()> {
+    match rd.next()? {
+        Tok::Nil | Tok::Bool(_) | Tok::UInt(_) | Tok::Int(_) => Some(()),
+        Tok::Float(f) => f.is_finite().then_some(()),
+        Tok::Str(b) => std::str::from_utf8(b).ok().map(|_| ()),
+        Tok::Array(n) => {
+            if depth >= MAX_DEPTH {
+                return None;
+            }
+            for _ in 0..n {
+                scan_value(rd, depth + 1)?;
+            }
+            Some(())
+        }
+        Tok::Map(n) => {
+            if depth >= MAX_DEPTH {
+                return None;
+            }
+            scan_entries(rd, n, depth + 1)
+        }
+        Tok::Other => None,
+    }
+}
+
+/// Top-level entries of a plain map: `(key, the value's msgpack bytes)`, in order.
+pub(crate) struct Entries<'a> {
+    rd: Rd<'a>,
+    left: u32,
+}
+
+impl<'a> Entries<'a> {
+    pub(crate) fn new(map: &'a [u8]) -> Self {
+        let mut rd = Rd::new(map, 0);
+        let left = match rd.next() {
+            Some(Tok::Map(n)) => n,
+            _ => 0,
+        };
+        Entries { rd, left }
+    }
+}
+
+impl<'a> Iterator for Entries<'a> {
+    type Item = (&'a str, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let item = (|| {
+            let key = self.rd.key()?;
+            let start = self.rd.pos;
+            self.rd.skip()?;
+            Some((key, self.rd.buf.get(start..self.rd.pos)?))
+        })();
+        if item.is_none() {
+            self.left = 0;
+        }
+        item
+    }
+}
+
+/// Number of top-level entries of a plain map.
+pub(crate) fn len(map: &[u8]) -> usize {
+    match Rd::new(map, 0).next() {
+        Some(Tok::Map(n)) => n as usize,
+        _ => 0,
+    }
+}
+
+/// The value if it is a msgpack str.
+pub(crate) fn as_str(bytes: &[u8]) -> Option<&str> {
+    match Rd::new(bytes, 0).next()? {
+        Tok::Str(b) => std::str::from_utf8(b).ok(),
+        _ => None,
+    }
+}
+
+/// The value one msgpack value decodes to, exactly as the forward decoder's tree path
+/// builds it for plain input.
+pub(crate) fn to_value(bytes: &[u8]) -> Value {
+    read_value(&mut Rd::new(bytes, 0)).unwrap_or(Value::Null)
+}
+
+/// The whole map as fields (the slow path: one allocation per key and string).
+pub(crate) fn to_fields(map: &[u8]) -> Fields {
+    let mut rd = Rd::new(map, 0);
+    match rd.next() {
+        Some(Tok::Map(n)) => read_map(&mut rd, n).unwrap_or_default(),
+        _ => Fields::new(),
+    }
+}
+
+fn read_map(rd: &mut Rd<'_>, n: u32) -> Option<Map<String, Value>> {
+    let mut map = Map::with_capacity((n as usize).min(rd.buf.len().saturating_sub(rd.pos) / 2));
+    for _ in 0..n {
+        let k = rd.key()?.to_owned();
+        map.insert(k, read_value(rd)?);
+    }
+    Some(map)
+}
+
+fn read_value(rd: &mut Rd<'_>) -> Option<Value> {
+    Some(match rd.next()? {
+        Tok::Nil => Value::Null,
+        Tok::Bool(b) => Value::Bool(b),
+        Tok::UInt(u) => Value::Number(u.into()),
+        Tok::Int(i) => Value::Number(i.into()),
+        Tok::Float(f) => Number::from_f64(f).map_or(Value::Null, Value::Number),
+        Tok::Str(b) => Value::String(std::str::from_utf8(b).ok()?.to_owned()),
+        Tok::Array(n) => {
+            let mut items =
+                Vec::with_capacity((n as usize).min(rd.buf.len().saturating_sub(rd.pos)));
+            for _ in 0..n {
+                items.push(read_value(rd)?);
+            }
+            Value::Array(items)
+        }
+        Tok::Map(n) => Value::Object(read_map(rd, n)?),
+        Tok::Other => return None,
+    })
+}
+
+/// Serializes one value read from a shared position, so that children advance their
+/// parent's reader (no second pass to find where a child ends).
+struct At<'r, 'a> {
+    buf: &'a [u8],
+    pos: &'r Cell<usize>,
+}
+
+impl At<'_, '_> {
+    fn next_tok<E: serde::ser::Error>(&self) -> Result<Tok<'_>, E> {
+        let mut rd = Rd::new(self.buf, self.pos.get());
+        let tok = rd
+            .next()
+            .ok_or_else(|| E::custom("record body is not plain msgpack"))?;
+        self.pos.set(rd.pos);
+        Ok(tok)
+    }
+}
+
+fn utf8<E: serde::ser::Error>(b: &[u8]) -> Result<&str, E> {
+    std::str::from_utf8(b).map_err(|_| E::custom("record body holds invalid UTF-8"))
+}
+
+impl Serialize for At<'_, '_> {
+    /// Every case calls the serializer method that serde_json's `Value` calls for the value
+    /// the tree path builds (u64/i64 for integers, f64 for floats, unit for nil, sized
+    /// sequences and maps), so a JSON serializer writes byte for byte what it writes for
+    /// the tree: same escaping, same float text.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.next_tok()? {
+            Tok::Nil => s.serialize_unit(),
+            Tok::Bool(b) => s.serialize_bool(b),
+            Tok::UInt(u) => s.serialize_u64(u),
+            Tok::Int(i) => s.serialize_i64(i),
+            Tok::Float(f) => s.serialize_f64(f),
+            Tok::Str(b) => s.serialize_str(utf8(b)?),
+            Tok::Array(n) => {
+                let mut seq = s.serialize_seq(Some(n as usize))?;
+                for _ in 0..n {
+                    seq.serialize_element(self)?;
+                }
+                seq.end()
+            }
+            Tok::Map(n) => {
+                let mut map = s.serialize_map(Some(n as usize))?;
+                for _ in 0..n {
+                    match self.next_tok()? {
+                        Tok::Str(k) => map.serialize_entry(utf8(k)?, self)?,
+                        _ => return Err(S::Error::custom("record body has a non-string key")),
+                    }
+                }
+                map.end()
+            }
+            Tok::Other => Err(S::Error::custom("record body is not plain msgpack")),
+        }
+    }
+}
+
+/// One msgpack value (e.g. from [`Entries`]) as a serde value.
+pub(crate) struct PackedValue<'a>(pub(crate) &'a [u8]);
+
+impl Serialize for PackedValue<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let pos = Cell::new(0);
+        At {
+            buf: self.0,
+            pos: &pos,
+        }
+        .serialize(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mp(v: &Value) -> Vec<u8> {
+        let mut b = Vec::new();
+        let Value::Object(m) = v else {
+            panic!("test body must be an object")
+        };
+        crate::input::forward::client::encode_json_record(&mut b, m);
+        b
+    }
+
+    #[test]
+    fn plain_maps_are_recognised_and_read_back() {
+        let v = serde_json::json!({"log": "a\"b\u{1}é", "n": -5, "u": u64::MAX, "f": 1.5,
+            "nested": {"a": [1, {"b": null}], "e": {}}, "t": true});
+        let b = mp(&v);
+        assert_eq!(scan_map(&b, 0), Some(b.len()));
+        assert_eq!(Value::Object(to_fields(&b)), v);
+        let keys: Vec<_> = Entries::new(&b).map(|(k, _)| k).collect();
+        assert_eq!(keys, ["log", "n", "u", "f", "nested", "t"]);
+        assert_eq!(len(&b), 6);
+        assert_eq!(
+            serde_json::to_string(&PackedValue(&b)).unwrap(),
+            serde_json::to_string(&v).unwrap()
+        );
+    }
+
+    #[test]
+    fn what_the_tree_path_repairs_is_not_plain() {
+        // Duplicate key, top level and nested (small and large maps).
+        assert_eq!(scan_map(&[0x82, 0xa1, b'a', 1, 0xa1, b'a', 2], 0), None);
+        assert_eq!(
+            scan_map(&[0x81, 0xa1, b'x', 0x82, 0xa1, b'a', 1, 0xa1, b'a', 2], 0),
+            None
+        );
+        let mut big = vec![0xde, 0, 20];
+        for i in 0..20u8 {
+            big.extend_from_slice(&[0xa1, b'a' + (i % 19), i]);
+        }
+        assert_eq!(scan_map(&big, 0), None);
+        big[3 + 19 * 3 + 1] = b'z';
+        assert_eq!(scan_map(&big, 0), Some(big.len()));
+        // Integer key, bin value, ext value, invalid UTF-8, NaN, a map of the same key bytes
+        // written once as fixstr and once as str8 (still a duplicate).
+        assert_eq!(scan_map(&[0x81, 0x01, 0x02], 0), None);
+        assert_eq!(scan_map(&[0x81, 0xa1, b'a', 0xc4, 1, b'x'], 0), None);
+        assert_eq!(scan_map(&[0x81, 0xa1, b'a', 0xd4, 1, 1], 0), None);
+        assert_eq!(scan_map(&[0x81, 0xa1, b'a', 0xa1, 0xff], 0), None);
+        let mut nan = vec![0x81, 0xa1, b'a', 0xcb];
+        nan.extend_from_slice(&f64::NAN.to_be_bytes());
+        assert_eq!(scan_map(&nan, 0), None);
+        assert_eq!(scan_map(&[0x82, 0xa1, b'a', 1, 0xd9, 1, b'a', 2], 0), None);
+        // Truncated.
+        assert_eq!(scan_map(&[0x82, 0xa1, b'a', 1], 0), None);
+    }
+
+    #[test]
+    fn nesting_limit_matches_the_tree_path() {
+        // The record map's values are at depth 1; a container at depth MAX_DEPTH is refused.
+        let nest = |levels: usize| {
+            let mut b = vec![0x81, 0xa1, b'a'];
+            b.extend(std::iter::repeat_n(0x91, levels));
+            b.push(0xc0);
+            b
+        };
+        assert!(scan_map(&nest(MAX_DEPTH - 1), 0).is_some());
+        assert!(scan_map(&nest(MAX_DEPTH), 0).is_none());
+    }
+}
