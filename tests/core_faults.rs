@@ -624,6 +624,9 @@ fn forward_record_over_max_bytes_is_acked_and_arrives() {
 
 /// A record a target buffer can never store (a disk buffer frames at most 64 MiB) is
 /// refused with 413 before anything of the request is buffered or acknowledged.
+/// The memory limit lets the input hold and parse the 65 MiB body (about twice its size):
+/// under the default 128 MiB the input itself refuses it with 413 (see
+/// `http_input::requests_the_budget_can_never_hold_are_413`), before any output sees it.
 #[test]
 fn record_no_output_can_take_is_refused_before_the_ack() {
     let http = free_port();
@@ -632,6 +635,7 @@ fn record_no_output_can_take_is_refused_before_the_ack() {
     let text = format!(
         r#"[runtime]
 data_dir = "{{dir}}"
+memory_limit = "512MiB"
 
 [inputs.web]
 type = "http"

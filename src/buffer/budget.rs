@@ -9,8 +9,9 @@ use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Permits are counted in KiB so a `u32` permit count covers budgets up to 4 TiB.
-const UNIT: usize = 1024;
+/// Granularity of reservations: permits are counted in KiB so a `u32` permit count covers
+/// budgets up to 4 TiB. Every reservation is rounded up to whole units.
+pub const UNIT: usize = 1024;
 
 #[derive(Clone, Debug)]
 pub struct MemoryBudget {
@@ -85,6 +86,14 @@ impl MemoryBudget {
             // The semaphore is never closed; an empty reservation is the safe answer.
             Err(_) => Reservation::empty(),
         }
+    }
+
+    /// The largest reservation [`try_acquire_shedding`](Self::try_acquire_shedding) can
+    /// ever grant: three quarters of the budget (whole KiB). A request needing more can
+    /// never be held by a caller that sheds; it is refused for good (HTTP 413), not
+    /// retried (503).
+    pub fn shedding_limit(&self) -> usize {
+        (self.limit_units - self.limit_units / 4) as usize * UNIT
     }
 
     /// Like [`try_acquire`](Self::try_acquire), but only while a quarter of the budget
