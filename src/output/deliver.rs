@@ -32,11 +32,25 @@ pub(crate) struct Job<B> {
     pub attempts: u32,
 }
 
-/// Whether records given up on were refused up front (dropped) or failed in sending.
+/// Why records are given up on. Only `Dropped` is a policy the user chose; the others
+/// were acknowledged to a client and go to the dead letter output, else count as `failed`.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum GiveUp {
+    /// The sink can never send them ([`Push::Rejected`], a partition it cannot render).
     Rejected,
+    /// Sending failed for good (permanent error, or retries exhausted).
     Failed,
+    /// A per-record policy the user chose drops them ([`Push::Dropped`]).
+    Dropped,
+}
+
+/// Why [`offer`] did not put a record in a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The sink can never send it: [`Push::Rejected`], or a partition it cannot render.
+    Rejected(&'static str),
+    /// A policy the user chose drops it: [`Push::Dropped`].
+    Dropped(&'static str),
 }
 
 /// Test hook recording every acknowledged sequence number.
@@ -138,10 +152,28 @@ impl<S: Sink> Shared<S> {
         entries.len() as u64
     }
 
-    /// Final handling of records that will not be delivered: dead letter if configured,
-    /// else count them (`dropped` for refused records, `failed` for failed sends). Either
-    /// way they are acknowledged, except when the shutdown deadline interrupts the
-    /// dead-letter push (then they stay unacknowledged and count as undelivered).
+    /// Records [`offer`] (or partitioning) refused: those a user policy drops are counted
+    /// as dropped, the rest go through [`give_up`](Self::give_up) as rejected.
+    pub async fn refuse(&self, items: Vec<(Entry, Refusal)>, attempts: u32) -> OutputSummary {
+        let mut rejected = Vec::new();
+        let mut dropped = Vec::new();
+        for (entry, refusal) in items {
+            match refusal {
+                Refusal::Rejected(reason) => rejected.push((entry, refused_failure(reason))),
+                Refusal::Dropped(reason) => dropped.push((entry, dropped_failure(reason))),
+            }
+        }
+        let mut tally = self.give_up(rejected, attempts, GiveUp::Rejected).await;
+        tally += self.give_up(dropped, attempts, GiveUp::Dropped).await;
+        tally
+    }
+
+    /// Final handling of records that will not be delivered. Acknowledged records no user
+    /// policy chose to drop (`Rejected`, `Failed`) go to the dead letter output if one is
+    /// configured, else are counted as `failed`; `Dropped` ones (a policy the user chose)
+    /// are counted as `dropped` and in `firelane_output_drops_total{reason}`. Either way
+    /// they are acknowledged, except when the shutdown deadline interrupts the dead-letter
+    /// push (then they stay unacknowledged and count as undelivered).
     pub async fn give_up(
         &self,
         items: Vec<(Entry, Failure)>,
@@ -175,16 +207,16 @@ impl<S: Sink> Shared<S> {
         if n == 0 {
             return tally;
         }
-        if kind == GiveUp::Rejected {
-            metrics::counter!("firelane_output_drops_total", "output" => self.name.clone(), "reason" => failure.reason.clone())
-                .increment(n);
-        }
         let mut lost = n;
         let mut fate = String::from(match kind {
-            GiveUp::Rejected => "dropped (no dead letter output)",
-            GiveUp::Failed => "failed (no dead letter output)",
+            GiveUp::Rejected | GiveUp::Failed => "failed (no dead letter output)",
+            GiveUp::Dropped => "dropped (as configured)",
         });
-        if let Some(dl) = &self.dead_letter {
+        if let Some(dl) = self
+            .dead_letter
+            .as_ref()
+            .filter(|_| kind != GiveUp::Dropped)
+        {
             let records = entries
                 .iter()
                 .map(|e| with_error(e, &self.name, failure, attempts))
@@ -213,13 +245,8 @@ impl<S: Sink> Shared<S> {
                     };
                 }
                 Err(e) => {
-                    let verb = if kind == GiveUp::Rejected {
-                        "dropped"
-                    } else {
-                        "failed"
-                    };
                     fate = format!(
-                        "{verb} (dead letter output '{}' refused them: {e})",
+                        "failed (dead letter output '{}' refused them: {e})",
                         dl.name
                     );
                 }
@@ -227,11 +254,13 @@ impl<S: Sink> Shared<S> {
         }
         if lost > 0 {
             match kind {
-                GiveUp::Rejected => {
+                GiveUp::Dropped => {
                     tally.dropped = lost;
                     self.metrics.dropped.increment(lost);
+                    metrics::counter!("firelane_output_drops_total", "output" => self.name.clone(), "reason" => failure.reason.clone())
+                        .increment(lost);
                 }
-                GiveUp::Failed => {
+                GiveUp::Rejected | GiveUp::Failed => {
                     tally.failed = lost;
                     self.metrics.failed.increment(lost);
                 }
@@ -240,6 +269,7 @@ impl<S: Sink> Shared<S> {
         self.acks.ack(&entries);
         let what = match kind {
             GiveUp::Rejected => "record refused",
+            GiveUp::Dropped => "record over a limit",
             GiveUp::Failed if failure.retryable => "giving up after retries,",
             GiveUp::Failed => "permanent error",
         };
@@ -311,8 +341,8 @@ async fn pause(deadline: &CancellationToken, d: Duration) -> bool {
 pub(crate) struct Offered<B> {
     /// The batch was full: this is it, closed; the record went into a fresh builder.
     pub sealed: Option<(B, Vec<Entry>, usize)>,
-    /// The record was refused.
-    pub refused: Option<(Entry, &'static str)>,
+    /// The record was refused, and why.
+    pub refused: Option<(Entry, Refusal)>,
     /// The record went in shortened to fit a per-record limit.
     pub truncated: bool,
 }
@@ -338,8 +368,11 @@ pub(crate) fn offer<S: Sink>(
             out.truncated = true;
             entries.push(entry);
         }
-        Push::Rejected(reason) => out.refused = Some((entry, reason)),
-        Push::Full if builder.is_empty() => out.refused = Some((entry, "too_large")),
+        Push::Rejected(reason) => out.refused = Some((entry, Refusal::Rejected(reason))),
+        Push::Dropped(reason) => out.refused = Some((entry, Refusal::Dropped(reason))),
+        Push::Full if builder.is_empty() => {
+            out.refused = Some((entry, Refusal::Rejected("too_large")))
+        }
         Push::Full => {
             let old = std::mem::replace(builder, sink.new_batch(partition));
             let bytes = old.bytes();
@@ -350,8 +383,9 @@ pub(crate) fn offer<S: Sink>(
                     out.truncated = true;
                     entries.push(entry);
                 }
-                Push::Rejected(reason) => out.refused = Some((entry, reason)),
-                Push::Full => out.refused = Some((entry, "too_large")),
+                Push::Rejected(reason) => out.refused = Some((entry, Refusal::Rejected(reason))),
+                Push::Dropped(reason) => out.refused = Some((entry, Refusal::Dropped(reason))),
+                Push::Full => out.refused = Some((entry, Refusal::Rejected("too_large"))),
             }
         }
     }
@@ -362,6 +396,15 @@ pub(crate) fn refused_failure(reason: &'static str) -> Failure {
     Failure::permanent(
         reason,
         format!("the sink cannot send this record ({reason})"),
+    )
+}
+
+fn dropped_failure(reason: &'static str) -> Failure {
+    Failure::permanent(
+        reason,
+        format!(
+            "the record is over a per-record limit and the output's policy drops it ({reason})"
+        ),
     )
 }
 
@@ -496,9 +539,7 @@ pub(crate) async fn deliver<S: Sink>(
                     }
                     let (rebuilt, refused) =
                         rebuild(&*shared.sink, &job.partition, entries, job.attempts);
-                    tally += shared
-                        .give_up(refused, job.attempts, GiveUp::Rejected)
-                        .await;
+                    tally += shared.refuse(refused, job.attempts).await;
                     for j in rebuilt.into_iter().rev() {
                         queue.push_front(j);
                     }
@@ -511,7 +552,7 @@ pub(crate) async fn deliver<S: Sink>(
 }
 
 /// Records a sink refused, with why.
-type Refused = Vec<(Entry, Failure)>;
+type Refused = Vec<(Entry, Refusal)>;
 
 /// Packs `entries` into as few fresh batches as the sink allows, in order.
 fn rebuild<S: Sink>(
@@ -535,8 +576,8 @@ fn rebuild<S: Sink>(
                 attempts,
             });
         }
-        if let Some((entry, reason)) = o.refused {
-            refused.push((entry, refused_failure(reason)));
+        if let Some(refusal) = o.refused {
+            refused.push(refusal);
         }
     }
     if !current.is_empty() {
