@@ -104,6 +104,13 @@ pub enum BufferError {
     },
     #[error("buffer directory {0} is in use by another firelane process")]
     Locked(PathBuf),
+    /// A record this buffer can never store (a disk frame holds at most
+    /// [`disk::segment::MAX_PAYLOAD`] bytes). Callers check [`BufferWriter::too_large`]
+    /// first, so the pipeline refuses such a record before the ack; reaching this is a
+    /// broken contract, and the whole push is refused (nothing of it buffered) rather than
+    /// the record silently dropped.
+    #[error("record of {bytes} bytes is larger than the buffer can store ({limit} bytes)")]
+    TooLarge { bytes: usize, limit: usize },
 }
 
 impl BufferError {
@@ -134,8 +141,9 @@ pub struct OpenReport {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PushReport {
     pub accepted: usize,
-    /// Records not buffered (`drop_newest` on a full buffer, or a record too large to
-    /// store). The caller counts them in `firelane_output_records_total{result="dropped"}`.
+    /// Records not buffered because the buffer was full and `when_full = "drop_newest"`.
+    /// The caller counts them in `firelane_output_records_total{result="dropped"}`. (A
+    /// record too large to store is an error, [`BufferError::TooLarge`], never a drop.)
     pub dropped: usize,
 }
 

@@ -51,6 +51,8 @@ pub(crate) enum Refusal {
     Rejected(&'static str),
     /// A policy the user chose drops it: [`Push::Dropped`].
     Dropped(&'static str),
+    /// A fresh, empty batch answered [`Push::Full`]: a bug in the sink.
+    Broken,
 }
 
 /// Test hook recording every acknowledged sequence number.
@@ -159,6 +161,19 @@ impl<S: Sink> Shared<S> {
         let mut dropped = Vec::new();
         for (entry, refusal) in items {
             match refusal {
+                Refusal::Broken => {
+                    // ERROR, not WARN: a bug, not the data. Rate-limited like warnings.
+                    if let Some(suppressed) =
+                        crate::telemetry::permit(log_key("sink_contract", &self.name, ""))
+                    {
+                        tracing::error!(
+                            output = %self.name,
+                            suppressed,
+                            "sink contract broken: an empty batch answered Full; the record goes to the dead letter output or counts as failed (reason too_large)"
+                        );
+                    }
+                    rejected.push((entry, refused_failure("too_large")));
+                }
                 Refusal::Rejected(reason) => rejected.push((entry, refused_failure(reason))),
                 Refusal::Dropped(reason) => dropped.push((entry, dropped_failure(reason))),
             }
@@ -217,9 +232,18 @@ impl<S: Sink> Shared<S> {
             .as_ref()
             .filter(|_| kind != GiveUp::Dropped)
         {
-            let records = entries
+            // A record the dead letter's buffer can never store (a disk buffer frames at
+            // most 64 MiB; the error field adds to the record) is counted as failed here,
+            // so it cannot make the buffer refuse the whole push.
+            let mut unstorable = 0u64;
+            let records: Vec<_> = entries
                 .iter()
                 .map(|e| with_error(e, &self.name, failure, attempts))
+                .filter(|r| {
+                    let refused = dl.writer.too_large(r).is_some();
+                    unstorable += u64::from(refused);
+                    !refused
+                })
                 .collect();
             let pushed = tokio::select! {
                 biased;
@@ -237,9 +261,14 @@ impl<S: Sink> Shared<S> {
                     lost = n - accepted;
                     fate = if lost == 0 {
                         format!("dead-lettered to '{}'", dl.name)
+                    } else if unstorable == 0 {
+                        format!(
+                            "{accepted} dead-lettered to '{}', {lost} failed (refused by its full buffer)",
+                            dl.name
+                        )
                     } else {
                         format!(
-                            "{accepted} dead-lettered to '{}', {lost} refused by its full buffer",
+                            "{accepted} dead-lettered to '{}', {lost} failed ({unstorable} larger than its buffer can store)",
                             dl.name
                         )
                     };
@@ -348,8 +377,10 @@ pub(crate) struct Offered<B> {
 }
 
 /// Offers `entry` to `builder` (whose items are `entries`), rotating to a fresh builder
-/// on `Full`. A fresh builder answering `Full` would loop forever, so it counts as
-/// `too_large`.
+/// on `Full`. A fresh builder answering `Full` breaks the [`Push::Full`] contract (every
+/// sink takes any record into an empty batch, or rejects it); offering again would loop
+/// forever, so the record is refused as [`Refusal::Broken`]: an ERROR log, then dead
+/// letter or `failed` like any rejection, never silently dropped.
 pub(crate) fn offer<S: Sink>(
     sink: &S,
     partition: &str,
@@ -370,9 +401,7 @@ pub(crate) fn offer<S: Sink>(
         }
         Push::Rejected(reason) => out.refused = Some((entry, Refusal::Rejected(reason))),
         Push::Dropped(reason) => out.refused = Some((entry, Refusal::Dropped(reason))),
-        Push::Full if builder.is_empty() => {
-            out.refused = Some((entry, Refusal::Rejected("too_large")))
-        }
+        Push::Full if builder.is_empty() => out.refused = Some((entry, Refusal::Broken)),
         Push::Full => {
             let old = std::mem::replace(builder, sink.new_batch(partition));
             let bytes = old.bytes();
@@ -385,7 +414,7 @@ pub(crate) fn offer<S: Sink>(
                 }
                 Push::Rejected(reason) => out.refused = Some((entry, Refusal::Rejected(reason))),
                 Push::Dropped(reason) => out.refused = Some((entry, Refusal::Dropped(reason))),
-                Push::Full => out.refused = Some((entry, Refusal::Rejected("too_large"))),
+                Push::Full => out.refused = Some((entry, Refusal::Broken)),
             }
         }
     }

@@ -1125,13 +1125,24 @@ impl Writer {
             if segment::append_frame(&mut frames, |out| codec::encode(record, out)).is_some() {
                 ends.push(frames.len());
             } else {
-                report.dropped += 1;
-                crate::warn_limited!(
-                    "buffer_oversized",
-                    "disk buffer {}: record larger than {} bytes dropped",
-                    core.output,
-                    segment::MAX_PAYLOAD
-                );
+                // Callers refuse such records before their ack (`BufferWriter::too_large`);
+                // dropping one here would lose an acknowledged record without a policy.
+                // The whole push is refused before anything of it is queued.
+                let mut encoded = Vec::new();
+                codec::encode(record, &mut encoded);
+                if let Some(suppressed) = crate::telemetry::permit("buffer_oversized") {
+                    tracing::error!(
+                        output = %core.output,
+                        bytes = encoded.len(),
+                        limit = segment::MAX_PAYLOAD,
+                        suppressed,
+                        "disk buffer: refused a push holding a record larger than a frame can store; the caller should have refused it before its ack"
+                    );
+                }
+                return Err(BufferError::TooLarge {
+                    bytes: encoded.len(),
+                    limit: segment::MAX_PAYLOAD,
+                });
             }
         }
         drop(records);

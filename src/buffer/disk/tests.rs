@@ -308,3 +308,35 @@ async fn usage_names_the_records_that_pin_the_oldest_half_of_the_files() {
     let u = w.usage();
     assert!(u.live_bytes < 300, "only record 0 is undelivered: {u:?}");
 }
+
+/// A record no frame can hold used to be dropped by `push` (counted like a `drop_newest`
+/// drop) after the pipeline's check had passed it, so an input could ack it and lose it.
+/// Now the whole push is refused with `TooLarge` and nothing of it is buffered.
+#[tokio::test]
+async fn a_record_larger_than_a_frame_refuses_the_whole_push() {
+    let dir = tempfile::tempdir().unwrap();
+    let (w, _r, _) = open("huge", &settings(dir.path(), 1 << 30, 64 << 20)).unwrap();
+    let huge = rec(1, segment::MAX_PAYLOAD);
+    assert!(
+        crate::buffer::BufferWriter(crate::buffer::WriterImpl::Disk(w.clone()))
+            .too_large(&huge)
+            .is_some(),
+        "the pipeline's check refuses it"
+    );
+    let mut report = PushReport::default();
+    let result = w
+        .push_into(vec![rec(0, 10), huge, rec(2, 10)], &mut report)
+        .await;
+    assert!(
+        matches!(result, Err(BufferError::TooLarge { limit, .. }) if limit == segment::MAX_PAYLOAD),
+        "{result:?}"
+    );
+    assert_eq!(
+        report,
+        PushReport::default(),
+        "nothing accepted, nothing dropped"
+    );
+    assert_eq!(w.stats().records, 0);
+    // The buffer goes on taking records.
+    assert_eq!(w.push(vec![rec(3, 10)]).await.unwrap().accepted, 1);
+}

@@ -473,6 +473,43 @@ async fn refused_records_are_failed_or_dead_lettered_never_looping() {
     );
 }
 
+/// A dead letter output whose disk buffer can never store one of the records (the error
+/// field makes it larger than a frame): that record counts as failed, the others of the
+/// same group are dead-lettered (the buffer used to drop it, or now refuses the whole push).
+#[tokio::test]
+async fn a_dead_letter_too_large_for_its_buffer_is_failed_the_rest_dead_lettered() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings_dl =
+        crate::buffer::BufferSettings::disk(dir.path(), 1 << 30, crate::buffer::WhenFull::Block);
+    let (dl_writer, dl_reader, _) =
+        crate::buffer::open("errors", &settings_dl, MemoryBudget::new(1 << 30)).unwrap();
+    let mut ctx = OutputContext::new("o", settings(10, Duration::from_secs(1)));
+    ctx.dead_letter = Some(DeadLetter {
+        name: "errors".into(),
+        writer: dl_writer.clone(),
+    });
+    let h = start(FakeSink::ok(10), ctx);
+    let mut huge = rec_with(1, "bad");
+    huge.fields.insert(
+        "log".into(),
+        "x".repeat(crate::buffer::disk::segment::MAX_PAYLOAD).into(),
+    );
+    h.push(vec![rec_with(0, "bad"), huge, rec_with(2, "bad")])
+        .await;
+    let (summary, acks) = h.finish().await;
+    assert_eq!(
+        summary,
+        OutputSummary {
+            dead_lettered: 2,
+            failed: 1,
+            ..Default::default()
+        }
+    );
+    assert_acked_once(&acks, 0..3);
+    let dead = drain_dead_letters(dl_writer, dl_reader).await;
+    assert_eq!(dead.iter().map(id_of).collect::<Vec<_>>(), vec![0, 2]);
+}
+
 /// `Push::Dropped` is a policy the user chose (Firehose `oversize = "drop"`): dropped and
 /// counted as such, never dead-lettered; a rejection next to it still is.
 #[tokio::test(start_paused = true)]
