@@ -1174,7 +1174,7 @@ mod tests {
 
         // The same body under a budget that could hold it, but is held by others: 503.
         let budget = MemoryBudget::new(8 << 20);
-        let held = budget.acquire(6 << 20).await;
+        let held = budget.acquire(6 << 20).await.unwrap();
         let s = Arc::new(Shared {
             cfg: HttpInputConfig::new("web", "127.0.0.1:0"),
             ingest: Arc::new(Refuses(IngestError::Full)),
