@@ -340,3 +340,72 @@ async fn a_record_larger_than_a_frame_refuses_the_whole_push() {
     // The buffer goes on taking records.
     assert_eq!(w.push(vec![rec(3, 10)]).await.unwrap().accepted, 1);
 }
+
+/// The ack file deleted while the buffer runs (an operator's `rm` on a full disk): acks
+/// used to go on into the unlinked inode, so the file never came back and a restart
+/// replayed everything. Now the next persist notices and writes a new one.
+#[tokio::test]
+async fn a_deleted_ack_file_is_recreated_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (w, mut r, _) = open("rm", &settings(dir.path(), 1 << 20, 4096)).unwrap();
+    for i in 0..100 {
+        w.push(vec![rec(i, 100)]).await.unwrap();
+    }
+    let mut seqs = Vec::new();
+    while seqs.len() < 100 {
+        seqs.extend(r.recv(64).await.unwrap().into_iter().map(|e| e.seq));
+    }
+    let a = r.acker();
+    a.ack(&seqs[..40]);
+    let watermark = || {
+        ledger::load(dir.path())
+            .ok()
+            .flatten()
+            .map(|l| l.state.watermark)
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while watermark() != Some(40) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(watermark(), Some(40));
+    fs::remove_file(dir.path().join("acks")).unwrap();
+    a.ack(&seqs[40..70]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while watermark() != Some(70) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(watermark(), Some(70), "a new ack file holds the acks since");
+}
+
+/// No ack file (it could not be created on a full disk, or was deleted): delivered
+/// segments are deleted all the same, from the acks held in memory. They used to stay
+/// until an ack file could be written, which needs the very space they hold, so a full
+/// disk stayed full for good.
+#[tokio::test]
+async fn without_an_ack_file_delivered_segments_are_still_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    // Stands in for "the ack file cannot be created": a directory where it must go makes
+    // creating it (a rename onto that name) fail, as ENOSPC does on a full disk.
+    fs::create_dir(dir.path().join("acks")).unwrap();
+    fs::write(dir.path().join("acks").join("keep"), b"x").unwrap();
+    let (w, mut r, _) = open("noack", &settings(dir.path(), 1 << 20, 4096)).unwrap();
+    for i in 0..200 {
+        w.push(vec![rec(i, 100)]).await.unwrap();
+    }
+    let files = seg_files(dir.path());
+    assert!(files.len() >= 5, "{files:?}");
+    let mut seqs = Vec::new();
+    while seqs.len() < 200 {
+        seqs.extend(r.recv(64).await.unwrap().into_iter().map(|e| e.seq));
+    }
+    r.acker().ack(&seqs[..150]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while seg_files(dir.path()).len() == files.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = seg_files(dir.path());
+    assert!(left.len() < files.len(), "{left:?}");
+    let first_left = segment::parse_file_name(&left[0]).unwrap();
+    assert!(first_left <= 150, "a segment with undelivered records went");
+    assert_eq!(w.stats().records, 50);
+}
