@@ -1,5 +1,6 @@
 //! HTTP input: `POST /` and `POST /tag/<tag>` with a JSON object, a JSON array of objects
-//! or NDJSON, optionally gzip- or deflate-compressed (`Content-Encoding`).
+//! or NDJSON, optionally gzip- or deflate-compressed (`Content-Encoding`, one coding or a
+//! list of them in the order applied, RFC 9110 §8.4).
 //!
 //! A request is all or nothing: either every record in the body is accepted (2xx) or none
 //! is (4xx/5xx). A full buffer answers 503 with `Retry-After`, never 429 or another 4xx:
@@ -202,7 +203,6 @@ const RESERVE_STEP: usize = 16 * 1024;
 /// The request body's `Content-Encoding`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Encoding {
-    Identity,
     Gzip,
     /// RFC 9110 §8.4.1.2: zlib (RFC 1950) around deflate (RFC 1951). Some clients send raw
     /// deflate; both are accepted.
@@ -212,24 +212,33 @@ enum Encoding {
 impl Encoding {
     fn name(self) -> &'static str {
         match self {
-            Encoding::Identity => "identity",
             Encoding::Gzip => "gzip",
             Encoding::Deflate => "deflate",
         }
     }
 }
 
-fn encoding(headers: &HeaderMap) -> Result<Encoding, String> {
-    let Some(v) = headers.get(header::CONTENT_ENCODING) else {
-        return Ok(Encoding::Identity);
-    };
-    let e = v.to_str().unwrap_or("?").trim().to_ascii_lowercase();
-    match e.as_str() {
-        "" | "identity" => Ok(Encoding::Identity),
-        "gzip" | "x-gzip" => Ok(Encoding::Gzip),
-        "deflate" => Ok(Encoding::Deflate),
-        _ => Err(e),
+/// The body's content codings in the order they were applied (RFC 9110 §8.4: a list,
+/// possibly over several header lines, e.g. `deflate, identity`; empty list elements are
+/// ignored, §5.6.1), `identity` left out. `Err` names the first coding not supported.
+fn encodings(headers: &HeaderMap) -> Result<Vec<Encoding>, String> {
+    let mut out = Vec::new();
+    for v in headers.get_all(header::CONTENT_ENCODING) {
+        let Ok(v) = v.to_str() else {
+            return Err(String::from_utf8_lossy(v.as_bytes()).into_owned());
+        };
+        for coding in v.split(',') {
+            let coding = coding.trim().to_ascii_lowercase();
+            match coding.as_str() {
+                "" | "identity" => {}
+                // RFC 9110 §8.4.1.3: x-gzip is an alias of gzip.
+                "gzip" | "x-gzip" => out.push(Encoding::Gzip),
+                "deflate" => out.push(Encoding::Deflate),
+                _ => return Err(coding),
+            }
+        }
     }
+    Ok(out)
 }
 
 /// Adds `Connection: close`: the connection ends after this answer (and the lingering read).
@@ -465,13 +474,15 @@ async fn handle(
         }
         return reject_unread(body, &headers, false, max, r);
     }
-    let encoding = match encoding(&headers) {
+    let codings = match encodings(&headers) {
         Ok(e) => e,
         Err(e) => {
             s.error("bad_encoding");
             let r = reply(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                &format!("unsupported Content-Encoding {e:?} (gzip, deflate or identity)"),
+                &format!(
+                    "unsupported Content-Encoding {e:?} (gzip, deflate or identity, or a list of them)"
+                ),
             );
             return reject_unread(body, &headers, false, max, r);
         }
@@ -528,33 +539,35 @@ async fn handle(
     };
     drop(body);
     s.bytes.increment(raw.len() as u64);
-    let data: Bytes = match decode_capped(encoding, &raw, max) {
-        Ok(None) => raw,
-        Ok(Some(d)) => {
-            // Decoded bytes are held like received ones: within the budget or not at all
-            // (16 concurrent 8 MiB bombs would otherwise hold 128 MiB outside it).
-            drop(raw);
-            let total = reservation.bytes().saturating_add(d.len());
-            if let Err(refusal) = hold(&s.budget, &mut reservation, total) {
-                return refused(&s, refusal);
+    // Codings are undone last applied first, each stage capped at max_body.
+    let mut data = raw;
+    for &encoding in codings.iter().rev() {
+        match decode_capped(encoding, &data, max) {
+            Ok(d) => {
+                // Decoded bytes are held like received ones: within the budget or not at
+                // all (16 concurrent 8 MiB bombs would otherwise hold 128 MiB outside it).
+                let total = reservation.bytes().saturating_add(d.len());
+                if let Err(refusal) = hold(&s.budget, &mut reservation, total) {
+                    return refused(&s, refusal);
+                }
+                data = Bytes::from(d);
             }
-            Bytes::from(d)
+            Err(DecodeError::TooLarge) => {
+                s.error("too_large");
+                return reply(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!("decompressed body larger than {max} bytes"),
+                );
+            }
+            Err(DecodeError::Corrupt(e)) => {
+                s.error("bad_body");
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    &format!("invalid {} body: {e}", encoding.name()),
+                );
+            }
         }
-        Err(DecodeError::TooLarge) => {
-            s.error("too_large");
-            return reply(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("decompressed body larger than {max} bytes"),
-            );
-        }
-        Err(DecodeError::Corrupt(e)) => {
-            s.error("bad_body");
-            return reply(
-                StatusCode::BAD_REQUEST,
-                &format!("invalid {} body: {e}", encoding.name()),
-            );
-        }
-    };
+    }
     // Parsing happens within the budget or not at all: 120 concurrent 900 KB requests
     // under a 32 MiB budget used to parse outside it when this did not fit, to 285 MiB.
     let total = reservation.bytes().saturating_add(parse_cost(&data));
@@ -669,22 +682,21 @@ enum DecodeError {
     Corrupt(String),
 }
 
-/// Decompresses `data` (`None` for identity), failing once the output passes `cap` bytes
-/// (compression bombs stop there, not at the end of the stream).
-fn decode_capped(enc: Encoding, data: &[u8], cap: usize) -> Result<Option<Vec<u8>>, DecodeError> {
+/// Decompresses `data`, failing once the output passes `cap` bytes (compression bombs
+/// stop there, not at the end of the stream).
+fn decode_capped(enc: Encoding, data: &[u8], cap: usize) -> Result<Vec<u8>, DecodeError> {
     match enc {
-        Encoding::Identity => Ok(None),
-        Encoding::Gzip => read_capped(flate2::read::MultiGzDecoder::new(data), cap).map(Some),
+        Encoding::Gzip => read_capped(flate2::read::MultiGzDecoder::new(data), cap),
         Encoding::Deflate if looks_like_zlib(data) => {
             match read_capped(flate2::read::ZlibDecoder::new(data), cap) {
                 // Raw deflate can start with two bytes that pass the zlib header check.
                 Err(DecodeError::Corrupt(_)) => {
-                    read_capped(flate2::read::DeflateDecoder::new(data), cap).map(Some)
+                    read_capped(flate2::read::DeflateDecoder::new(data), cap)
                 }
-                r => r.map(Some),
+                r => r,
             }
         }
-        Encoding::Deflate => read_capped(flate2::read::DeflateDecoder::new(data), cap).map(Some),
+        Encoding::Deflate => read_capped(flate2::read::DeflateDecoder::new(data), cap),
     }
 }
 
@@ -960,6 +972,26 @@ mod tests {
     }
 
     #[test]
+    fn content_encoding_lists() {
+        let h = |values: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::CONTENT_ENCODING, HeaderValue::from_static(v));
+            }
+            encodings(&h)
+        };
+        use Encoding::{Deflate, Gzip};
+        assert_eq!(h(&[]), Ok(vec![]));
+        assert_eq!(h(&["identity"]), Ok(vec![]));
+        assert_eq!(h(&["deflate, identity"]), Ok(vec![Deflate]));
+        assert_eq!(h(&["gzip, identity"]), Ok(vec![Gzip]));
+        assert_eq!(h(&["X-Gzip , ,Deflate"]), Ok(vec![Gzip, Deflate]));
+        assert_eq!(h(&["gzip", "deflate"]), Ok(vec![Gzip, Deflate]));
+        assert_eq!(h(&["gzip, br"]), Err("br".to_string()));
+        assert_eq!(h(&["identity", "zstd"]), Err("zstd".to_string()));
+    }
+
+    #[test]
     fn deflate_zlib_and_raw() {
         use std::io::Write;
         let data = vec![b'd'; 10_000];
@@ -972,7 +1004,7 @@ mod tests {
         assert!(looks_like_zlib(&z));
         for body in [&z, &r] {
             let out = decode_capped(Encoding::Deflate, body, 20_000);
-            assert!(matches!(out, Ok(Some(ref d)) if *d == data));
+            assert!(matches!(out, Ok(ref d) if *d == data));
             assert!(matches!(
                 decode_capped(Encoding::Deflate, body, 5_000),
                 Err(DecodeError::TooLarge)
