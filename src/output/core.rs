@@ -207,10 +207,11 @@ impl OutputContext {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OutputSummary {
     pub sent: u64,
-    /// Refused by the sink (too large, unencodable, bad partition) with no dead letter.
+    /// Dropped by a per-record policy the user chose (Firehose `oversize = "drop"`).
     pub dropped: u64,
     pub dead_lettered: u64,
-    /// Given up on (permanent error or retries exhausted) with no dead letter.
+    /// Given up on with no dead letter (or one that refused them): refused by the sink
+    /// (unencodable, a partition it cannot render), a permanent error, retries exhausted.
     pub failed: u64,
     /// Not sent at the shutdown deadline (open, queued, waiting for a retry); not
     /// acknowledged to the buffer.

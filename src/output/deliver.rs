@@ -79,7 +79,8 @@ impl Acks {
 /// `firelane_output_oversize_records_total{output, action}`: records above a per-record
 /// limit that were still sent, shortened (`"truncated"`, counted here for every sink that
 /// answers [`Push::Truncated`]) or in pieces (`"split"`, counted by the sink that splits).
-/// Records a sink refuses are counted as dropped or dead-lettered instead.
+/// Records a sink refuses are dead-lettered or counted as failed instead (dropped only
+/// under a policy the user chose, [`Push::Dropped`]).
 pub(crate) fn oversize_counter(output: &str, action: &'static str) -> Counter {
     metrics::counter!(
         "firelane_output_oversize_records_total",
