@@ -163,6 +163,16 @@ impl Pipeline {
                     );
                     result = Err(match e {
                         crate::buffer::BufferError::Closed => IngestError::ShuttingDown,
+                        // The check above should have caught it; refused before the ack
+                        // all the same (the buffer took nothing of this push).
+                        crate::buffer::BufferError::TooLarge { bytes, limit } => {
+                            port.refused_too_large.increment(1);
+                            IngestError::TooLarge {
+                                bytes,
+                                limit,
+                                output: port.name.clone(),
+                            }
+                        }
                         crate::buffer::BufferError::Io { ref source, .. }
                             if source.raw_os_error() == Some(libc::ENOSPC) =>
                         {

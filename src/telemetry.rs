@@ -144,7 +144,7 @@ const METRICS: &[(&str, MetricKind, &str)] = &[
     (
         "firelane_output_drops_total",
         MetricKind::Counter,
-        "Records an output dropped, per output and reason (a policy the user chose or a record the destination can never take).",
+        "Records an output dropped by a policy the user chose, per output and reason (buffer_full: when_full = \"drop_newest\"; record_too_large: oversize = \"drop\").",
     ),
     (
         "firelane_output_oversize_records_total",

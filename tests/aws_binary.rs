@@ -1631,3 +1631,109 @@ path = "{{dir}}/dead.jsonl"
         assert!(has("cwl_dl", "dead-lettered to 'dl'"), "{reason}:\n{logs}");
     }
 }
+
+/// Issue #9 (acked, then dropped): a record the sink can never send (`Push::Rejected`:
+/// here an empty CloudWatch message, which `PutLogEvents` does not allow) was counted as
+/// `dropped`, though no policy of the user's chose to drop it. It goes to the dead letter
+/// output when one is configured and counts as `failed` otherwise, never `dropped`; the
+/// other records of the batch are sent. Needs no moto.
+#[test]
+fn cloudwatch_record_the_sink_refuses_is_dead_lettered_or_failed_never_dropped() {
+    let (url, accepted) = fake_cloudwatch_logs();
+    let fwd = free_port();
+    let outputs = format!(
+        r#"[routes.all]
+to = ["cwl_failed", "cwl_dl"]
+
+[outputs.cwl_failed]
+type = "cloudwatch_logs"
+log_group = "/fl/refused"
+log_stream = "failed"
+log_key = "log"
+region = "us-east-1"
+endpoint_url = "{url}"
+batch = {{ max_age = "1s" }}
+
+[outputs.cwl_dl]
+type = "cloudwatch_logs"
+log_group = "/fl/refused"
+log_stream = "dl"
+log_key = "log"
+region = "us-east-1"
+endpoint_url = "{url}"
+batch = {{ max_age = "1s" }}
+dead_letter = "dl"
+
+[outputs.dl]
+type = "file"
+path = "{{dir}}/dead.jsonl"
+"#
+    );
+    let r = Router::start_with(
+        tempfile::tempdir().expect("tempdir"),
+        &router_config(fwd, &outputs),
+        free_port(),
+        &[
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ],
+    );
+    let now = now_ns();
+    let records = vec![
+        (now, json!({"log": "before", "seq": 0})),
+        (now, json!({"log": "", "seq": 1})),
+        (now, json!({"log": "after", "seq": 2})),
+    ];
+    send_forward(fwd, "app", &records);
+    let t = Duration::from_secs(60);
+    let records_total = |o: &str, result: &str| {
+        r.metric(
+            "firelane_output_records_total",
+            &[&format!("output=\"{o}\""), &format!("result=\"{result}\"")],
+        )
+    };
+    wait_sent(&r, "cwl_failed", 2, t);
+    wait_sent(&r, "cwl_dl", 2, t);
+    let failed = r.wait_metric(
+        "firelane_output_records_total",
+        &["output=\"cwl_failed\"", "result=\"failed\""],
+        1.0,
+        t,
+    );
+    assert_eq!(failed, 1.0, "{}", r.metrics());
+    let dead_lettered = r.wait_metric(
+        "firelane_output_records_total",
+        &["output=\"cwl_dl\"", "result=\"dead_lettered\""],
+        1.0,
+        t,
+    );
+    assert_eq!(dead_lettered, 1.0, "{}", r.metrics());
+    for o in ["cwl_failed", "cwl_dl"] {
+        assert_eq!(records_total(o, "dropped"), 0.0, "{o}\n{}", r.metrics());
+        assert_eq!(
+            r.metric("firelane_output_drops_total", &[&format!("output=\"{o}\"")]),
+            0.0,
+            "{o}\n{}",
+            r.metrics()
+        );
+    }
+    assert_eq!(records_total("cwl_dl", "failed"), 0.0, "{}", r.metrics());
+    let mut got = accepted.lock().expect("accepted").clone();
+    got.sort();
+    assert_eq!(got, ["after", "after", "before", "before"]);
+
+    let dead = common::wait_lines(&r.path("dead.jsonl"), 1, t);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["seq"], 1);
+    assert_eq!(dead[0]["firelane_error"]["reason"], "empty_message");
+    assert_eq!(dead[0]["firelane_error"]["output"], "cwl_dl");
+
+    let logs = r.logs();
+    assert!(
+        logs.lines().any(|l| l.contains("output cwl_failed:")
+            && l.contains("empty_message")
+            && l.contains("failed (no dead letter output)")),
+        "{logs}"
+    );
+}

@@ -62,7 +62,7 @@ async fn deliver<S: Sink>(sink: &S, records: &[Record]) -> usize {
         match b.push(r) {
             Push::Added | Push::Truncated => continue,
             Push::Full => {}
-            Push::Rejected(why) => panic!("rejected: {why}"),
+            Push::Rejected(why) | Push::Dropped(why) => panic!("refused: {why}"),
         }
         let full = std::mem::replace(b, sink.new_batch(&p));
         assert!(

@@ -624,6 +624,9 @@ fn forward_record_over_max_bytes_is_acked_and_arrives() {
 
 /// A record a target buffer can never store (a disk buffer frames at most 64 MiB) is
 /// refused with 413 before anything of the request is buffered or acknowledged.
+/// The memory limit lets the input hold and parse the 65 MiB body (about twice its size):
+/// under the default 128 MiB the input itself refuses it with 413 (see
+/// `http_input::requests_the_budget_can_never_hold_are_413`), before any output sees it.
 #[test]
 fn record_no_output_can_take_is_refused_before_the_ack() {
     let http = free_port();
@@ -632,6 +635,7 @@ fn record_no_output_can_take_is_refused_before_the_ack() {
     let text = format!(
         r#"[runtime]
 data_dir = "{{dir}}"
+memory_limit = "512MiB"
 
 [inputs.web]
 type = "http"
@@ -818,4 +822,75 @@ fn retried_failures_are_warned_at_the_default_level_rate_limited() {
         "{lines} warnings for {attempts} failed attempts in {:?}",
         started.elapsed()
     );
+}
+
+/// Issue #9: a reservation larger than the whole memory budget was clamped to it and
+/// granted, so a record larger than `memory_limit` was acked, held, and delivered with
+/// more memory than the limit. Such a record can never be held: it is refused before
+/// the ack (forward: no ack, `kind="too_large"`), and the next record flows.
+#[test]
+fn forward_record_larger_than_the_memory_limit_is_refused_before_the_ack() {
+    let fwd = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("out.jsonl");
+    let text = config(
+        fwd,
+        &format!("type = \"file\"\npath = \"{}\"", path.display()),
+    )
+    .replace("[runtime]\n", "[runtime]\nmemory_limit = \"8MiB\"\n");
+    let r = Router::start_in(dir, &text);
+    let addr = ListenAddr::Tcp(format!("127.0.0.1:{fwd}"));
+    let send = |c: &mut ForwardClient, seq: u64, log: &str| {
+        let Value::Object(m) = json!({"seq": seq, "log": log}) else {
+            unreachable!()
+        };
+        let mut record = Vec::new();
+        client::encode_json_record(&mut record, &m);
+        let chunk = client::new_chunk_id();
+        let mut frame = Vec::new();
+        client::encode_forward(
+            &mut frame,
+            "demo",
+            &[client::Entry {
+                time: EventTime::now(),
+                record: &record,
+            }],
+            Some(&chunk),
+        );
+        c.send(&frame).expect("send");
+        chunk
+    };
+    let mut c = ForwardClient::connect(&addr, Duration::from_secs(5)).expect("connect forward");
+    // 10 MiB of log: under max_frame (16 MiB), over the whole 8 MiB budget.
+    let chunk = send(&mut c, 0, &noise(3, 10 << 20));
+    assert!(
+        c.read_ack(&chunk).is_err(),
+        "a record over the memory limit must not be acked"
+    );
+    let mut c = ForwardClient::connect(&addr, ACK_LIMIT).expect("reconnect forward");
+    let chunk = send(&mut c, 1, "small");
+    c.read_ack(&chunk).expect("ack for the next record");
+    wait_sent(&r, 1, Duration::from_secs(30));
+    let m = r.metrics();
+    assert_eq!(
+        common::metric_sum(
+            &m,
+            "firelane_input_errors_total",
+            &["input=\"fwd\"", "kind=\"too_large\""]
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        common::metric_sum(
+            &m,
+            "firelane_output_refused_records_total",
+            &["output=\"out\"", "reason=\"too_large\""]
+        ),
+        1.0,
+        "{m}"
+    );
+    let _r = stop(r);
+    let text = std::fs::read_to_string(&path).expect("file output");
+    assert_eq!(seqs_of_lines(&text), vec![1], "only the record that fits");
 }

@@ -1808,6 +1808,134 @@ buffer = {{ type = "disk", max_size = "1GiB", when_full = "block" }}
     drop(router);
 }
 
+/// Issue #9: the ack file deleted (an operator freeing space by hand) while the disk is
+/// full never recovered: creating a new ack file needs space, only deleting delivered
+/// segments frees it, and segments were deleted only once an ack file recorded them.
+/// Here: fill a 20 MiB filesystem with a down output's disk buffer, stop the router,
+/// delete the ack file, fill the space that freed, restart, bring the output up. Every
+/// acked record is delivered, the buffer frees its space and writes a new ack file, and
+/// new requests are accepted again, without another restart.
+#[test]
+fn a_deleted_ack_file_on_a_full_disk_recovers_once_deliveries_free_space() {
+    let Some(fs) = Tmpfs::mount("20m") else {
+        return;
+    };
+    let http = free_port();
+    let dest_port = free_port();
+    let cfg = format!(
+        r#"
+[runtime]
+data_dir = "{data}"
+shutdown_grace = "5s"
+
+[inputs.events]
+type = "http"
+listen = "127.0.0.1:{http}"
+accept_timeout = "2s"
+
+[routes.all]
+to = ["web"]
+
+[outputs.web]
+type = "http"
+url = "http://127.0.0.1:{dest_port}/ingest"
+retry = {{ initial_backoff = "50ms", max_backoff = "300ms" }}
+batch = {{ max_records = 500, max_age = "50ms" }}
+buffer = {{ type = "disk", max_size = "1GiB", when_full = "block" }}
+"#,
+        data = fs.path().display()
+    );
+    let client = reqwest::blocking::Client::builder()
+        .timeout(SECS(10))
+        .build()
+        .expect("client");
+    const PER: u64 = 50;
+    let post = |from: u64| {
+        let body: String = (from..from + PER)
+            .map(|i| format!("{{\"i\":{i},\"log\":\"{}\"}}\n", "d".repeat(1000)))
+            .collect();
+        let r = client
+            .post(format!("http://127.0.0.1:{http}/tag/app"))
+            .body(body)
+            .send()
+            .expect("post");
+        let status = r.status().as_u16();
+        (status, r.text().unwrap_or_default())
+    };
+
+    let mut router = Router::start(&cfg);
+    let mut acked = BTreeSet::new();
+    let mut next = 0u64;
+    loop {
+        assert!(next < 100_000, "the filesystem never filled");
+        let (status, body) = post(next);
+        match status {
+            200 => acked.extend(next..next + PER),
+            503 if body.contains("disk full") => break,
+            other => panic!("status {other} ({body}) while filling the disk"),
+        }
+        next += PER;
+    }
+    router.kill9();
+    let buffer_dir = fs.path().join("buffers").join("web");
+    std::fs::remove_file(buffer_dir.join("acks")).expect("delete the ack file");
+    // What its deletion freed is taken again: not even a new ack file fits now.
+    let mut filler = std::fs::File::create(fs.path().join("filler")).expect("filler");
+    let block = vec![b'f'; 4096];
+    while filler
+        .write_all(&block)
+        .and_then(|()| filler.sync_data())
+        .is_ok()
+    {}
+    drop(filler);
+
+    let router = Router::start(&cfg);
+    let dest = Dest::start_on(dest_port, Reply::Ok);
+    let got = dest.wait_ids(&acked, SECS(60));
+    let missing = acked.iter().filter(|i| !got.contains_key(i)).count();
+    assert_eq!(
+        missing,
+        0,
+        "{missing} of {} acked records lost\n{}",
+        acked.len(),
+        router.logs()
+    );
+
+    // The space comes back without a restart: new requests are taken.
+    let deadline = Instant::now() + SECS(30);
+    loop {
+        let (status, body) = post(next);
+        if status == 200 {
+            acked.extend(next..next + PER);
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            Instant::now() < deadline,
+            "still refused 30 s after every record was delivered: {body}\n{}",
+            router.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let got = dest.wait_ids(&acked, SECS(30));
+    assert!(acked.iter().all(|i| got.contains_key(i)));
+    // And the deliveries are recorded again: a new ack file.
+    let deadline = Instant::now() + SECS(10);
+    while !buffer_dir.join("acks").is_file() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        buffer_dir.join("acks").is_file(),
+        "no new ack file\n{}",
+        router.logs()
+    );
+    assert_eq!(
+        router.metric("firelane_buffer_disk_full", &[r#"output="web""#]),
+        0.0
+    );
+    drop(router);
+}
+
 // === out-of-order acks ===
 
 /// One batch held (its request never answered, like a quiet partition's batch waiting for

@@ -4,13 +4,26 @@
 //! spent, reservations wait, and the waiting is what pushes back on clients: the forward
 //! input stops reading its socket and the HTTP input answers 503. The sidecar therefore
 //! never grows until ECS OOM-kills the task (and the essential app container with it).
+//!
+//! A single reservation larger than the whole budget is refused up front ([`OverBudget`]):
+//! granting it would let one request hold more memory than `memory_limit`, and waiting
+//! would never help. Callers refuse the request for good (HTTP 413, forward `too_large`).
 
 use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Permits are counted in KiB so a `u32` permit count covers budgets up to 4 TiB.
-const UNIT: usize = 1024;
+/// Granularity of reservations: permits are counted in KiB so a `u32` permit count covers
+/// budgets up to 4 TiB. Every reservation is rounded up to whole units.
+pub const UNIT: usize = 1024;
+
+/// A reservation no wait can satisfy: more bytes than the whole budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{bytes} bytes is more than the whole memory budget ({limit} bytes, runtime.memory_limit)")]
+pub struct OverBudget {
+    pub bytes: usize,
+    pub limit: usize,
+}
 
 #[derive(Clone, Debug)]
 pub struct MemoryBudget {
@@ -68,23 +81,45 @@ impl MemoryBudget {
         self.limit().saturating_sub(self.available())
     }
 
-    fn units(&self, bytes: usize) -> u32 {
-        // A request larger than the whole budget is clamped so a single huge record
-        // still passes once everything else has drained, instead of waiting forever.
-        (bytes.div_ceil(UNIT) as u64).clamp(1, self.limit_units as u64) as u32
+    /// Whole units for `bytes` (at least one), or [`OverBudget`] when they exceed the
+    /// whole budget.
+    fn units(&self, bytes: usize) -> Result<u32, OverBudget> {
+        let units = bytes.div_ceil(UNIT).max(1);
+        if units > self.limit_units as usize {
+            return Err(OverBudget {
+                bytes,
+                limit: self.limit(),
+            });
+        }
+        Ok(units as u32)
     }
 
-    /// Waits until `bytes` are available.
-    pub async fn acquire(&self, bytes: usize) -> Reservation {
-        let units = self.units(bytes);
-        match self.sem.clone().acquire_many_owned(units).await {
+    /// `Err` when `bytes` can never be reserved (more than the whole budget), whatever
+    /// is released: the check callers make before promising anything to a client.
+    pub fn check(&self, bytes: usize) -> Result<(), OverBudget> {
+        self.units(bytes).map(|_| ())
+    }
+
+    /// Waits until `bytes` are available. Refused at once, without waiting, when `bytes`
+    /// is more than the whole budget.
+    pub async fn acquire(&self, bytes: usize) -> Result<Reservation, OverBudget> {
+        let units = self.units(bytes)?;
+        Ok(match self.sem.clone().acquire_many_owned(units).await {
             Ok(p) => Reservation {
                 _permit: Some(p),
                 bytes,
             },
             // The semaphore is never closed; an empty reservation is the safe answer.
             Err(_) => Reservation::empty(),
-        }
+        })
+    }
+
+    /// The largest reservation [`try_acquire_shedding`](Self::try_acquire_shedding) can
+    /// ever grant: three quarters of the budget (whole KiB). A request needing more can
+    /// never be held by a caller that sheds; it is refused for good (HTTP 413), not
+    /// retried (503).
+    pub fn shedding_limit(&self) -> usize {
+        (self.limit_units - self.limit_units / 4) as usize * UNIT
     }
 
     /// Like [`try_acquire`](Self::try_acquire), but only while a quarter of the budget
@@ -94,7 +129,7 @@ impl MemoryBudget {
     /// it promised to drop rather than push back. The check and the take are not one
     /// atomic step: concurrent callers may dip into the reserve by one request each.
     pub fn try_acquire_shedding(&self, bytes: usize) -> Option<Reservation> {
-        let units = self.units(bytes) as usize;
+        let units = self.units(bytes).ok()? as usize;
         let reserve = (self.limit_units / 4) as usize;
         if self.sem.available_permits() < units + reserve {
             return None;
@@ -102,9 +137,10 @@ impl MemoryBudget {
         self.try_acquire(bytes)
     }
 
-    /// Takes `bytes` now or returns `None` when the budget is spent.
+    /// Takes `bytes` now or returns `None` when the budget is spent, or when `bytes` is
+    /// more than the whole budget (see [`check`](Self::check) to tell the two apart).
     pub fn try_acquire(&self, bytes: usize) -> Option<Reservation> {
-        let units = self.units(bytes);
+        let units = self.units(bytes).ok()?;
         self.sem
             .clone()
             .try_acquire_many_owned(units)
@@ -123,7 +159,7 @@ mod tests {
     #[tokio::test]
     async fn reservations_return_on_drop() {
         let b = MemoryBudget::new(10 * UNIT);
-        let r = b.acquire(4 * UNIT).await;
+        let r = b.acquire(4 * UNIT).await.unwrap();
         assert_eq!(b.used(), 4 * UNIT);
         assert!(b.try_acquire(7 * UNIT).is_none());
         drop(r);
@@ -131,12 +167,32 @@ mod tests {
         assert!(b.try_acquire(7 * UNIT).is_some());
     }
 
+    /// A reservation larger than the whole budget used to be clamped to it and granted,
+    /// so one request could hold more than `memory_limit`. It is refused at once (never
+    /// waiting), and nothing is taken; the whole budget itself can still be reserved.
     #[tokio::test]
-    async fn oversized_request_is_clamped_not_stuck() {
+    async fn a_reservation_over_the_whole_budget_is_refused_up_front() {
         let b = MemoryBudget::new(8 * UNIT);
-        let r = b.acquire(100 * UNIT).await;
+        let over = OverBudget {
+            bytes: 8 * UNIT + 1,
+            limit: 8 * UNIT,
+        };
+        assert_eq!(b.check(8 * UNIT + 1), Err(over));
+        assert_eq!(b.acquire(8 * UNIT + 1).await.unwrap_err(), over);
+        assert!(b.try_acquire(100 * UNIT).is_none());
+        assert!(b.try_acquire_shedding(100 * UNIT).is_none());
+        assert_eq!(b.used(), 0, "nothing taken");
+        // Refused even while the budget is busy: no waiting for what can never come.
+        let held = b.acquire(UNIT).await.unwrap();
+        let refused = tokio::time::timeout(std::time::Duration::from_secs(5), b.acquire(9 * UNIT))
+            .await
+            .expect("refused without waiting");
+        assert!(refused.is_err());
+        drop(held);
+        assert_eq!(b.check(8 * UNIT), Ok(()));
+        let all = b.acquire(8 * UNIT).await.unwrap();
         assert_eq!(b.available(), 0);
-        drop(r);
+        drop(all);
         assert_eq!(b.available(), 8 * UNIT);
     }
 
@@ -161,8 +217,8 @@ mod tests {
     #[tokio::test]
     async fn merge_keeps_both_permits() {
         let b = MemoryBudget::new(8 * UNIT);
-        let mut r = b.acquire(2 * UNIT).await;
-        r.merge(b.acquire(3 * UNIT).await);
+        let mut r = b.acquire(2 * UNIT).await.unwrap();
+        r.merge(b.acquire(3 * UNIT).await.unwrap());
         assert_eq!(r.bytes(), 5 * UNIT);
         assert_eq!(b.used(), 5 * UNIT);
         drop(r);

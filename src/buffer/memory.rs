@@ -141,6 +141,29 @@ impl Writer {
     ) -> Result<(), BufferError> {
         let sh = &*self.shared;
         let mut sizes: VecDeque<u64> = records.iter().map(|r| r.approx_size() as u64).collect();
+        // A record larger than the whole memory budget can never be held; the pipeline
+        // refuses it before the ack (`BufferWriter::too_large`). Reaching here is a broken
+        // contract: the whole push is refused, nothing of it buffered, never a silent drop.
+        if let Some(over) = sizes
+            .iter()
+            .find_map(|&s| sh.budget.check(s as usize).err())
+        {
+            if let Some(suppressed) = crate::telemetry::permit("memory_buffer_over_budget") {
+                tracing::error!(
+                    bytes = over.bytes,
+                    limit = over.limit,
+                    suppressed,
+                    "memory buffer: refused a push holding a record larger than the whole memory budget; the caller should have refused it before its ack"
+                );
+            }
+            return Err(BufferError::TooLarge {
+                bytes: over.bytes,
+                limit: over.limit,
+            });
+        }
+        // A chunk never needs more than the whole budget: no record is larger (checked
+        // above), and chunks of several stop at it.
+        let max_size = sh.max_size.min(sh.budget.limit() as u64);
         let mut records: VecDeque<Record> = records.into();
         while !records.is_empty() {
             let mut pending = Pending {
@@ -153,7 +176,7 @@ impl Writer {
                     if st.closed {
                         return Err(BufferError::Closed);
                     }
-                    let (mut n, _) = fitting(sizes.make_contiguous(), st.bytes, sh.max_size);
+                    let (mut n, _) = fitting(sizes.make_contiguous(), st.bytes, max_size);
                     let mut reservation = None;
                     while n > 0 {
                         let bytes: u64 = sizes.iter().take(n).sum();
@@ -184,8 +207,7 @@ impl Writer {
                             if st.closed {
                                 return Err(BufferError::Closed);
                             }
-                            let (n, bytes) =
-                                fitting(sizes.make_contiguous(), st.bytes, sh.max_size);
+                            let (n, bytes) = fitting(sizes.make_contiguous(), st.bytes, max_size);
                             if n > 0 {
                                 st.bytes += bytes;
                                 break (n, bytes);
@@ -194,7 +216,13 @@ impl Writer {
                         notified.await;
                     };
                     pending.bytes = bytes;
-                    (n, sh.budget.acquire(bytes as usize).await)
+                    let reservation = sh.budget.acquire(bytes as usize).await.map_err(|over| {
+                        BufferError::TooLarge {
+                            bytes: over.bytes,
+                            limit: over.limit,
+                        }
+                    })?;
+                    (n, reservation)
                 }
             };
             let mut st = sh.state.lock();
@@ -240,6 +268,17 @@ impl Writer {
         self.shared.state.lock().closed = true;
         self.shared.data.notify_one();
         self.shared.space.notify_waiters();
+    }
+
+    /// `Some((bytes, limit))` for a record larger than the whole memory budget: no wait
+    /// can ever make room for it.
+    pub fn too_large(&self, record: &Record) -> Option<(usize, usize)> {
+        let bytes = record.approx_size();
+        self.shared
+            .budget
+            .check(bytes)
+            .err()
+            .map(|over| (bytes, over.limit))
     }
 
     pub fn stats(&self) -> BufferStats {
@@ -526,5 +565,39 @@ mod tests {
         assert!(matches!(pusher.await.unwrap(), Err(BufferError::Closed)));
         assert_eq!(r.recv(10).await.unwrap().len(), 1);
         assert!(r.recv(10).await.is_none());
+    }
+
+    /// A record larger than the whole memory budget used to be taken with the whole
+    /// budget reserved (the budget clamped it), so one record could hold more than
+    /// `memory_limit`. `too_large` names it (the pipeline refuses it before the ack), and
+    /// a push that holds one anyway is refused whole, in both `when_full` modes.
+    #[tokio::test]
+    async fn a_record_over_the_whole_budget_is_too_large_never_taken() {
+        let budget = MemoryBudget::new(64 * 1024);
+        for when_full in [WhenFull::Block, WhenFull::DropNewest] {
+            let (w, _r) = open(
+                "m",
+                &BufferSettings::memory(1 << 30, when_full),
+                budget.clone(),
+            );
+            let mut f = crate::event::Fields::new();
+            f.insert("log".into(), "x".repeat(100 * 1024).into());
+            let huge = Record::new("t", 0, f);
+            let (bytes, limit) = w.too_large(&huge).expect("too large");
+            assert!(bytes > limit && limit == 64 * 1024);
+            assert!(w.too_large(&recs(0..1)[0]).is_none());
+            let mut records = recs(0..2);
+            records.insert(1, huge);
+            let pushed = tokio::time::timeout(Duration::from_secs(5), w.push(records))
+                .await
+                .expect("refused without waiting");
+            assert!(
+                matches!(pushed, Err(BufferError::TooLarge { limit: 65536, .. })),
+                "{pushed:?}"
+            );
+            assert_eq!(w.stats().records, 0, "nothing of the push taken");
+            assert_eq!(budget.used(), 0);
+            assert_eq!(w.push(recs(0..2)).await.unwrap().accepted, 2);
+        }
     }
 }

@@ -104,6 +104,14 @@ pub enum BufferError {
     },
     #[error("buffer directory {0} is in use by another firelane process")]
     Locked(PathBuf),
+    /// A record this buffer can never store (a disk frame holds at most
+    /// [`disk::segment::MAX_PAYLOAD`] bytes; a memory buffer nothing larger than the whole
+    /// memory budget). Callers check [`BufferWriter::too_large`]
+    /// first, so the pipeline refuses such a record before the ack; reaching this is a
+    /// broken contract, and the whole push is refused (nothing of it buffered) rather than
+    /// the record silently dropped.
+    #[error("record of {bytes} bytes is larger than the buffer can store ({limit} bytes)")]
+    TooLarge { bytes: usize, limit: usize },
 }
 
 impl BufferError {
@@ -134,8 +142,9 @@ pub struct OpenReport {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PushReport {
     pub accepted: usize,
-    /// Records not buffered (`drop_newest` on a full buffer, or a record too large to
-    /// store). The caller counts them in `firelane_output_records_total{result="dropped"}`.
+    /// Records not buffered because the buffer was full and `when_full = "drop_newest"`.
+    /// The caller counts them in `firelane_output_records_total{result="dropped"}`. (A
+    /// record too large to store is an error, [`BufferError::TooLarge`], never a drop.)
     pub dropped: usize,
 }
 
@@ -257,11 +266,12 @@ impl BufferWriter {
 
     /// `Some((bytes, limit))` when this buffer can never store `record`, so that inputs
     /// refuse it before their ack instead of the buffer dropping it after. A memory buffer
-    /// takes any record (one larger than `max_size` passes once the buffer is empty); a
-    /// disk buffer frames records of at most [`disk::segment::MAX_PAYLOAD`] encoded bytes.
+    /// takes any record that fits in the whole memory budget (one larger than `max_size`
+    /// passes once the buffer is empty); a disk buffer frames records of at most
+    /// [`disk::segment::MAX_PAYLOAD`] encoded bytes.
     pub fn too_large(&self, record: &Record) -> Option<(usize, usize)> {
         match &self.0 {
-            WriterImpl::Memory(_) => None,
+            WriterImpl::Memory(w) => w.too_large(record),
             WriterImpl::Disk(_) => {
                 let limit = disk::segment::MAX_PAYLOAD;
                 // JSON escaping can grow a string at most sixfold (`\u0000`): below that

@@ -1,5 +1,6 @@
 //! HTTP input: `POST /` and `POST /tag/<tag>` with a JSON object, a JSON array of objects
-//! or NDJSON, optionally gzip- or deflate-compressed (`Content-Encoding`).
+//! or NDJSON, optionally gzip- or deflate-compressed (`Content-Encoding`, one coding or a
+//! list of them in the order applied, RFC 9110 §8.4).
 //!
 //! A request is all or nothing: either every record in the body is accepted (2xx) or none
 //! is (4xx/5xx). A full buffer answers 503 with `Retry-After`, never 429 or another 4xx:
@@ -204,7 +205,6 @@ const RESERVE_STEP: usize = 16 * 1024;
 /// The request body's `Content-Encoding`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Encoding {
-    Identity,
     Gzip,
     /// RFC 9110 §8.4.1.2: zlib (RFC 1950) around deflate (RFC 1951). Some clients send raw
     /// deflate; both are accepted.
@@ -214,24 +214,33 @@ enum Encoding {
 impl Encoding {
     fn name(self) -> &'static str {
         match self {
-            Encoding::Identity => "identity",
             Encoding::Gzip => "gzip",
             Encoding::Deflate => "deflate",
         }
     }
 }
 
-fn encoding(headers: &HeaderMap) -> Result<Encoding, String> {
-    let Some(v) = headers.get(header::CONTENT_ENCODING) else {
-        return Ok(Encoding::Identity);
-    };
-    let e = v.to_str().unwrap_or("?").trim().to_ascii_lowercase();
-    match e.as_str() {
-        "" | "identity" => Ok(Encoding::Identity),
-        "gzip" | "x-gzip" => Ok(Encoding::Gzip),
-        "deflate" => Ok(Encoding::Deflate),
-        _ => Err(e),
+/// The body's content codings in the order they were applied (RFC 9110 §8.4: a list,
+/// possibly over several header lines, e.g. `deflate, identity`; empty list elements are
+/// ignored, §5.6.1), `identity` left out. `Err` names the first coding not supported.
+fn encodings(headers: &HeaderMap) -> Result<Vec<Encoding>, String> {
+    let mut out = Vec::new();
+    for v in headers.get_all(header::CONTENT_ENCODING) {
+        let Ok(v) = v.to_str() else {
+            return Err(String::from_utf8_lossy(v.as_bytes()).into_owned());
+        };
+        for coding in v.split(',') {
+            let coding = coding.trim().to_ascii_lowercase();
+            match coding.as_str() {
+                "" | "identity" => {}
+                // RFC 9110 §8.4.1.3: x-gzip is an alias of gzip.
+                "gzip" | "x-gzip" => out.push(Encoding::Gzip),
+                "deflate" => out.push(Encoding::Deflate),
+                _ => return Err(coding),
+            }
+        }
     }
+    Ok(out)
 }
 
 /// Adds `Connection: close`: the connection ends after this answer (and the lingering read).
@@ -291,25 +300,99 @@ fn ingest_rejection(e: &IngestError) -> Response {
     }
 }
 
+/// Why a request's memory could not be reserved.
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    /// The request needs more than requests may ever hold
+    /// ([`MemoryBudget::shedding_limit`]): waiting would never help, so it is refused for
+    /// good (413), before any transient answer.
+    Never { need: usize, limit: usize },
+    /// Not now: the budget is held by others (503 + `Retry-After`).
+    NotNow,
+}
+
+/// Grows `reservation` to `total` bytes. Requests take budget only while a quarter of it
+/// stays free ([`MemoryBudget::try_acquire_shedding`]): a request holds its reservation
+/// until the buffers took its records, and the buffers reserve their own share meanwhile,
+/// so requests holding the whole budget would stall the very pushes they wait for.
+fn hold(budget: &MemoryBudget, reservation: &mut Reservation, total: usize) -> Result<(), Refusal> {
+    // Whole KiB: the budget counts in KiB, so topping up by odd amounts would hold more
+    // units than `bytes()` says, and a request near the limit could never fit.
+    let total = total.next_multiple_of(crate::buffer::budget::UNIT);
+    if total <= reservation.bytes() {
+        return Ok(());
+    }
+    let limit = budget.shedding_limit();
+    if total > limit {
+        return Err(Refusal::Never { need: total, limit });
+    }
+    let r = budget
+        .try_acquire_shedding(total - reservation.bytes())
+        .ok_or(Refusal::NotNow)?;
+    reservation.merge(r);
+    Ok(())
+}
+
+/// Memory charged per JSON token that opens a value or a key (`{`, `[`, `,`, `:` outside
+/// strings) on top of the body's bytes, when estimating what parsing will build: a
+/// `serde_json::Value` with `preserve_order` and `arbitrary_precision` is 80 bytes, an
+/// object entry adds its hash, key `String` and index slot, and every key and number is a
+/// heap allocation of its own (measured: an NDJSON line of 150 bytes with 5 short fields
+/// parses into about 1.4 KB).
+const PARSED_TOKEN_COST: usize = 128;
+
+/// Upper estimate of the memory [`parse_body`] builds from `data`, known before it builds
+/// it, by one pass over the bytes: the bytes themselves (strings are copied) plus
+/// [`PARSED_TOKEN_COST`] for every token that starts a value or a key. Top-level values
+/// hold no such token; `parse_body` refuses a non-object document as soon as it is read,
+/// so at most one of them is held.
+fn parse_cost(data: &[u8]) -> usize {
+    let mut tokens = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in data {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else {
+            match b {
+                b'"' => in_string = true,
+                b'{' | b'[' | b',' | b':' => tokens += 1,
+                _ => {}
+            }
+        }
+    }
+    data.len()
+        .saturating_add(tokens.saturating_mul(PARSED_TOKEN_COST))
+}
+
 /// Why a body could not be read.
 enum BodyError {
     TooLarge,
     /// No bytes for `body_timeout`.
     Timeout,
     /// The memory budget could not take the next bytes.
-    Budget,
+    Budget(Refusal),
     Read(String),
 }
 
-/// Reads the body as it arrives, reserving budget for the bytes actually held (never for
-/// what `Content-Length` announces: a client that sends nothing holds nothing), with at
-/// most `body_timeout` between two reads.
+/// Reads the body as it arrives, reserving budget for the buffer actually allocated
+/// (never for what `Content-Length` announces: a client that sends nothing holds
+/// nothing), with at most `body_timeout` between two reads. `declared` (Content-Length)
+/// only caps how far the buffer grows ahead of the data.
 async fn read_body(
     s: &Shared,
     body: &mut Body,
+    declared: Option<usize>,
     reservation: &mut Reservation,
 ) -> Result<Bytes, BodyError> {
     let mut buf: Vec<u8> = Vec::new();
+    let ceiling = declared.unwrap_or(s.cfg.max_body).min(s.cfg.max_body);
     loop {
         let frame = match tokio::time::timeout(s.cfg.body_timeout, body.frame()).await {
             Err(_) => return Err(BodyError::Timeout),
@@ -320,20 +403,54 @@ async fn read_body(
         let Ok(data) = frame.into_data() else {
             continue; // trailers
         };
-        if buf.len() + data.len() > s.cfg.max_body {
+        let need = buf.len() + data.len();
+        if need > s.cfg.max_body {
             return Err(BodyError::TooLarge);
         }
-        buf.reserve(data.len());
-        if buf.capacity() > reservation.bytes() {
-            let more = (buf.capacity() - reservation.bytes()).max(RESERVE_STEP);
-            let Some(r) = s.budget.try_acquire(more) else {
-                return Err(BodyError::Budget);
-            };
-            reservation.merge(r);
+        if need > buf.capacity() {
+            // Doubling like `Vec`, but never past what this body can use: the reservation
+            // covers the capacity, which is what is allocated.
+            let cap = buf
+                .capacity()
+                .saturating_mul(2)
+                .max(RESERVE_STEP)
+                .min(ceiling)
+                .max(need);
+            hold(&s.budget, reservation, cap).map_err(BodyError::Budget)?;
+            buf.reserve_exact(cap - buf.len());
+            // The allocator may round up; what is allocated is held.
+            hold(&s.budget, reservation, buf.capacity()).map_err(BodyError::Budget)?;
         }
         buf.extend_from_slice(&data);
     }
     Ok(Bytes::from(buf))
+}
+
+/// The answer to a request whose memory could not be reserved, counted: 413 for one that
+/// can never be held (`kind="too_large"`), 503 + `Retry-After` otherwise (`kind="full"`).
+fn refused(s: &Shared, refusal: Refusal) -> Response {
+    match refusal {
+        Refusal::Never { need, limit } => {
+            s.error("too_large");
+            crate::warn_limited!(
+                "http_over_budget",
+                "input {}: refused a request needing about {need} bytes of memory to read and parse; requests may hold at most {limit} (3/4 of runtime.memory_limit)",
+                s.cfg.name
+            );
+            reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!(
+                    "request needs about {need} bytes of memory to read and parse, more than \
+                     a request may hold ({limit} bytes, 3/4 of runtime.memory_limit): send \
+                     smaller requests"
+                ),
+            )
+        }
+        Refusal::NotNow => {
+            s.error("full");
+            unavailable("memory budget exhausted, retry later")
+        }
+    }
 }
 
 async fn handle(
@@ -359,13 +476,15 @@ async fn handle(
         }
         return reject_unread(body, &headers, false, max, r);
     }
-    let encoding = match encoding(&headers) {
+    let codings = match encodings(&headers) {
         Ok(e) => e,
         Err(e) => {
             s.error("bad_encoding");
             let r = reply(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                &format!("unsupported Content-Encoding {e:?} (gzip, deflate or identity)"),
+                &format!(
+                    "unsupported Content-Encoding {e:?} (gzip, deflate or identity, or a list of them)"
+                ),
             );
             return reject_unread(body, &headers, false, max, r);
         }
@@ -378,16 +497,25 @@ async fn handle(
         s.error("too_large");
         return reject_unread(body, &headers, false, max, too_large(max));
     }
+    // Permanent answers come before transient ones: a body the budget can never hold is
+    // 413 at once, not 503 to be retried forever.
+    let declared = declared.map(|n| n as usize);
+    if let Some(n) = declared {
+        let limit = s.budget.shedding_limit();
+        if n > limit {
+            let r = refused(&s, Refusal::Never { need: n, limit });
+            return reject_unread(body, &headers, false, max, r);
+        }
+    }
     let mut reservation = Reservation::empty();
-    let raw = match read_body(&s, &mut body, &mut reservation).await {
+    let raw = match read_body(&s, &mut body, declared, &mut reservation).await {
         Ok(raw) => raw,
         Err(BodyError::TooLarge) => {
             s.error("too_large");
             return reject_unread(body, &headers, true, max, too_large(max));
         }
-        Err(BodyError::Budget) => {
-            s.error("full");
-            let r = unavailable("memory budget exhausted, retry later");
+        Err(BodyError::Budget(refusal)) => {
+            let r = refused(&s, refusal);
             return reject_unread(body, &headers, true, max, r);
         }
         Err(BodyError::Timeout) => {
@@ -413,43 +541,51 @@ async fn handle(
     };
     drop(body);
     s.bytes.increment(raw.len() as u64);
-    let data: Bytes = match decode_capped(encoding, &raw, max) {
-        Ok(None) => raw,
-        Ok(Some(d)) => {
-            // Decoded bytes are held like received ones: within the budget or not at all
-            // (16 concurrent 8 MiB bombs would otherwise hold 128 MiB outside it).
-            drop(raw);
-            let Some(extra) = s.budget.try_acquire(d.len()) else {
-                s.error("full");
-                return unavailable("memory budget exhausted, retry later");
-            };
-            reservation.merge(extra);
-            Bytes::from(d)
+    // Codings are undone last applied first, each stage capped at max_body.
+    let mut data = raw;
+    for &encoding in codings.iter().rev() {
+        match decode_capped(encoding, &data, max) {
+            Ok(d) => {
+                // Decoded bytes are held like received ones: within the budget or not at
+                // all (16 concurrent 8 MiB bombs would otherwise hold 128 MiB outside it).
+                let total = reservation.bytes().saturating_add(d.len());
+                if let Err(refusal) = hold(&s.budget, &mut reservation, total) {
+                    return refused(&s, refusal);
+                }
+                data = Bytes::from(d);
+            }
+            Err(DecodeError::TooLarge) => {
+                s.error("too_large");
+                return reply(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!("decompressed body larger than {max} bytes"),
+                );
+            }
+            Err(DecodeError::Corrupt(e)) => {
+                s.error("bad_body");
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    &format!("invalid {} body: {e}", encoding.name()),
+                );
+            }
         }
-        Err(DecodeError::TooLarge) => {
-            s.error("too_large");
-            return reply(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("decompressed body larger than {max} bytes"),
-            );
-        }
-        Err(DecodeError::Corrupt(e)) => {
-            s.error("bad_body");
-            return reply(
-                StatusCode::BAD_REQUEST,
-                &format!("invalid {} body: {e}", encoding.name()),
-            );
-        }
-    };
-    if let Some(extra) = s.budget.try_acquire(data.len().saturating_mul(3)) {
-        reservation.merge(extra);
+    }
+    // Parsing happens within the budget or not at all: 120 concurrent 900 KB requests
+    // under a 32 MiB budget used to parse outside it when this did not fit, to 285 MiB.
+    let total = reservation.bytes().saturating_add(parse_cost(&data));
+    if let Err(refusal) = hold(&s.budget, &mut reservation, total) {
+        return refused(&s, refusal);
     }
     let default_tag = tag.is_none();
     let tag: Arc<str> = Arc::from(
         tag.or_else(|| s.cfg.tag.clone())
             .unwrap_or_else(|| s.cfg.name.clone()),
     );
-    let records = match parse_body(&data, s.cfg.format, &tag, default_tag) {
+    let parsed = parse_body(&data, s.cfg.format, &tag, default_tag);
+    // The records own their strings; the body is not needed while the buffers take them.
+    // The reservation stays until then: the records are not yet counted by any buffer.
+    drop(data);
+    let records = match parsed {
         Ok(r) => r,
         Err(e) => {
             s.error("bad_body");
@@ -548,22 +684,21 @@ enum DecodeError {
     Corrupt(String),
 }
 
-/// Decompresses `data` (`None` for identity), failing once the output passes `cap` bytes
-/// (compression bombs stop there, not at the end of the stream).
-fn decode_capped(enc: Encoding, data: &[u8], cap: usize) -> Result<Option<Vec<u8>>, DecodeError> {
+/// Decompresses `data`, failing once the output passes `cap` bytes (compression bombs
+/// stop there, not at the end of the stream).
+fn decode_capped(enc: Encoding, data: &[u8], cap: usize) -> Result<Vec<u8>, DecodeError> {
     match enc {
-        Encoding::Identity => Ok(None),
-        Encoding::Gzip => read_capped(flate2::read::MultiGzDecoder::new(data), cap).map(Some),
+        Encoding::Gzip => read_capped(flate2::read::MultiGzDecoder::new(data), cap),
         Encoding::Deflate if looks_like_zlib(data) => {
             match read_capped(flate2::read::ZlibDecoder::new(data), cap) {
                 // Raw deflate can start with two bytes that pass the zlib header check.
                 Err(DecodeError::Corrupt(_)) => {
-                    read_capped(flate2::read::DeflateDecoder::new(data), cap).map(Some)
+                    read_capped(flate2::read::DeflateDecoder::new(data), cap)
                 }
-                r => r.map(Some),
+                r => r,
             }
         }
-        Encoding::Deflate => read_capped(flate2::read::DeflateDecoder::new(data), cap).map(Some),
+        Encoding::Deflate => read_capped(flate2::read::DeflateDecoder::new(data), cap),
     }
 }
 
@@ -625,12 +760,25 @@ pub fn parse_body(
                         e.column()
                     )
                 })?;
+                if format == BodyFormat::Json && !docs.is_empty() {
+                    return Err(
+                        "expected one JSON document (use format = \"ndjson\" for several)".into(),
+                    );
+                }
+                // Checked as each document arrives: top-level scalars (`1 1 1 ...`) hold
+                // none of the tokens `parse_cost` charges for, so they must not pile up.
+                let first = docs.is_empty();
+                if !(v.is_object() || (first && v.is_array())) {
+                    return Err(format!(
+                        "document {}: expected a JSON object, found {}",
+                        docs.len() + 1,
+                        kind(&v)
+                    ));
+                }
+                if docs.first().is_some_and(Value::is_array) {
+                    return Err("document 1: expected a JSON object, found an array".into());
+                }
                 docs.push(v);
-            }
-            if format == BodyFormat::Json && docs.len() > 1 {
-                return Err(
-                    "expected one JSON document (use format = \"ndjson\" for several)".into(),
-                );
             }
             if docs.len() == 1 && docs[0].is_array() {
                 let Some(Value::Array(items)) = docs.pop() else {
@@ -822,6 +970,26 @@ mod tests {
     }
 
     #[test]
+    fn content_encoding_lists() {
+        let h = |values: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::CONTENT_ENCODING, HeaderValue::from_static(v));
+            }
+            encodings(&h)
+        };
+        use Encoding::{Deflate, Gzip};
+        assert_eq!(h(&[]), Ok(vec![]));
+        assert_eq!(h(&["identity"]), Ok(vec![]));
+        assert_eq!(h(&["deflate, identity"]), Ok(vec![Deflate]));
+        assert_eq!(h(&["gzip, identity"]), Ok(vec![Gzip]));
+        assert_eq!(h(&["X-Gzip , ,Deflate"]), Ok(vec![Gzip, Deflate]));
+        assert_eq!(h(&["gzip", "deflate"]), Ok(vec![Gzip, Deflate]));
+        assert_eq!(h(&["gzip, br"]), Err("br".to_string()));
+        assert_eq!(h(&["identity", "zstd"]), Err("zstd".to_string()));
+    }
+
+    #[test]
     fn deflate_zlib_and_raw() {
         use std::io::Write;
         let data = vec![b'd'; 10_000];
@@ -834,7 +1002,7 @@ mod tests {
         assert!(looks_like_zlib(&z));
         for body in [&z, &r] {
             let out = decode_capped(Encoding::Deflate, body, 20_000);
-            assert!(matches!(out, Ok(Some(ref d)) if *d == data));
+            assert!(matches!(out, Ok(ref d) if *d == data));
             assert!(matches!(
                 decode_capped(Encoding::Deflate, body, 5_000),
                 Err(DecodeError::TooLarge)
@@ -1024,13 +1192,100 @@ mod tests {
         });
         let mut h = HeaderMap::new();
         h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        // 512 KiB decoded can never be held under a 256 KiB budget: 413, not 503.
+        let r = handle(s.clone(), None, h.clone(), Body::from(gz.clone())).await;
+        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        assert!(
+            String::from_utf8_lossy(&body).contains("memory_limit"),
+            "{body:?}"
+        );
+        assert_eq!(budget.used(), 0, "everything returned");
+
+        // The same body under a budget that could hold it, but is held by others: 503.
+        let budget = MemoryBudget::new(8 << 20);
+        let held = budget.acquire(6 << 20).await.unwrap();
+        let s = Arc::new(Shared {
+            cfg: HttpInputConfig::new("web", "127.0.0.1:0"),
+            ingest: Arc::new(Refuses(IngestError::Full)),
+            budget: budget.clone(),
+            records: Counter::noop(),
+            bytes: Counter::noop(),
+        });
         let r = handle(s, None, h, Body::from(gz)).await;
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(r.headers().contains_key(header::RETRY_AFTER));
         let body = r.into_body().collect().await.unwrap().to_bytes();
         assert!(
             String::from_utf8_lossy(&body).contains("memory budget"),
             "{body:?}"
         );
+        drop(held);
         assert_eq!(budget.used(), 0, "everything returned");
+    }
+
+    #[test]
+    fn parse_cost_counts_tokens_outside_strings() {
+        let plain = br#"{"a":1,"b":[1,2]}"#;
+        // `{` `:` `,` `:` `[` `,`
+        assert_eq!(parse_cost(plain), plain.len() + 6 * PARSED_TOKEN_COST);
+        let quoted = br#"{"a":"x,y:{[\"],"}"#;
+        assert_eq!(parse_cost(quoted), quoted.len() + 2 * PARSED_TOKEN_COST);
+        assert_eq!(parse_cost(b""), 0);
+    }
+
+    /// What parsing builds stays within the estimate the request reserved, for the
+    /// shapes that cost most per byte (many tiny values).
+    #[test]
+    fn parse_cost_covers_the_parsed_records() {
+        let bodies = [
+            (0..2000)
+                .map(|i| format!("{{\"i\":{i}}}\n"))
+                .collect::<String>(),
+            format!(
+                "[{}]",
+                (0..2000)
+                    .map(|i| format!("{{\"a\":[1,2,3,{i}],\"b\":{{}}}}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        ];
+        for body in bodies {
+            let records = parse_body(body.as_bytes(), BodyFormat::Auto, &tag(), false).unwrap();
+            let parsed: usize = records.iter().map(Record::approx_size).sum();
+            assert!(
+                parsed <= parse_cost(body.as_bytes()),
+                "{parsed} for {body:.40}"
+            );
+        }
+    }
+
+    #[test]
+    fn hold_refuses_for_good_only_what_can_never_fit() {
+        let budget = MemoryBudget::new(64 * 1024);
+        let mut r = Reservation::empty();
+        assert_eq!(hold(&budget, &mut r, 10_000), Ok(()));
+        assert_eq!(r.bytes(), 10 * 1024, "whole KiB");
+        assert_eq!(
+            hold(&budget, &mut r, 49 * 1024),
+            Err(Refusal::Never {
+                need: 49 * 1024,
+                limit: 48 * 1024
+            })
+        );
+        let other = budget.try_acquire(40 * 1024).expect("free");
+        assert_eq!(hold(&budget, &mut r, 20 * 1024), Err(Refusal::NotNow));
+        drop(other);
+        assert_eq!(hold(&budget, &mut r, 48 * 1024), Ok(()));
+        drop(r);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn top_level_scalars_are_refused_as_they_arrive() {
+        let e = parse_body(b"{\"a\":1} 1 2 3", BodyFormat::Auto, &tag(), true).unwrap_err();
+        assert!(e.contains("document 2"), "{e}");
+        let e = parse_body(b"[{\"a\":1}] {\"b\":2}", BodyFormat::Auto, &tag(), true).unwrap_err();
+        assert!(e.contains("document 1"), "{e}");
     }
 }

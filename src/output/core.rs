@@ -37,10 +37,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::deliver::{
-    AckProbe, Acks, BatchOf, GiveUp, Job, OutputMetrics, Shared, deliver, offer, refused_failure,
+    AckProbe, Acks, BatchOf, Job, OutputMetrics, Refusal, Shared, deliver, offer,
 };
 use super::retry::RetryPolicy;
-use super::sink::{BatchBuilder, BatchSettings, Failure, Sink};
+use super::sink::{BatchBuilder, BatchSettings, Sink};
 use crate::buffer::budget::{MemoryBudget, Reservation};
 use crate::buffer::{BufferKind, BufferReader, BufferSettings, BufferWriter, Entry};
 
@@ -207,10 +207,11 @@ impl OutputContext {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OutputSummary {
     pub sent: u64,
-    /// Refused by the sink (too large, unencodable, bad partition) with no dead letter.
+    /// Dropped by a per-record policy the user chose (Firehose `oversize = "drop"`).
     pub dropped: u64,
     pub dead_lettered: u64,
-    /// Given up on (permanent error or retries exhausted) with no dead letter.
+    /// Given up on with no dead letter (or one that refused them): refused by the sink
+    /// (unencodable, a partition it cannot render), a permanent error, retries exhausted.
     pub failed: u64,
     /// Not sent at the shutdown deadline (open, queued, waiting for a retry); not
     /// acknowledged to the buffer.
@@ -536,12 +537,12 @@ pub(crate) async fn run_inner<S: Sink>(
                     open.seal_all(&mut ready);
                     continue;
                 };
-                let mut refused: Vec<(Entry, Failure)> = Vec::new();
+                let mut refused: Vec<(Entry, Refusal)> = Vec::new();
                 for entry in entries {
                     let partition = match shared.sink.partition(&entry.record) {
                         Ok(p) => p,
                         Err(reason) => {
-                            refused.push((entry, refused_failure(reason)));
+                            refused.push((entry, Refusal::Rejected(reason)));
                             continue;
                         }
                     };
@@ -573,7 +574,7 @@ pub(crate) async fn run_inner<S: Sink>(
                         shared.metrics.truncated.increment(1);
                     }
                     match o.refused {
-                        Some((entry, reason)) => refused.push((entry, refused_failure(reason))),
+                        Some(refusal) => refused.push(refusal),
                         None => {
                             slot.held += size;
                             open.held += size;
@@ -595,7 +596,7 @@ pub(crate) async fn run_inner<S: Sink>(
                     relieve(&mut open, &mut ready);
                 }
                 if !refused.is_empty() {
-                    tally += shared.give_up(refused, 0, GiveUp::Rejected).await;
+                    tally += shared.refuse(refused, 0).await;
                 }
             }
         }

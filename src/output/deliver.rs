@@ -32,11 +32,27 @@ pub(crate) struct Job<B> {
     pub attempts: u32,
 }
 
-/// Whether records given up on were refused up front (dropped) or failed in sending.
+/// Why records are given up on. Only `Dropped` is a policy the user chose; the others
+/// were acknowledged to a client and go to the dead letter output, else count as `failed`.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum GiveUp {
+    /// The sink can never send them ([`Push::Rejected`], a partition it cannot render).
     Rejected,
+    /// Sending failed for good (permanent error, or retries exhausted).
     Failed,
+    /// A per-record policy the user chose drops them ([`Push::Dropped`]).
+    Dropped,
+}
+
+/// Why [`offer`] did not put a record in a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The sink can never send it: [`Push::Rejected`], or a partition it cannot render.
+    Rejected(&'static str),
+    /// A policy the user chose drops it: [`Push::Dropped`].
+    Dropped(&'static str),
+    /// A fresh, empty batch answered [`Push::Full`]: a bug in the sink.
+    Broken,
 }
 
 /// Test hook recording every acknowledged sequence number.
@@ -63,7 +79,8 @@ impl Acks {
 /// `firelane_output_oversize_records_total{output, action}`: records above a per-record
 /// limit that were still sent, shortened (`"truncated"`, counted here for every sink that
 /// answers [`Push::Truncated`]) or in pieces (`"split"`, counted by the sink that splits).
-/// Records a sink refuses are counted as dropped or dead-lettered instead.
+/// Records a sink refuses are dead-lettered or counted as failed instead (dropped only
+/// under a policy the user chose, [`Push::Dropped`]).
 pub(crate) fn oversize_counter(output: &str, action: &'static str) -> Counter {
     metrics::counter!(
         "firelane_output_oversize_records_total",
@@ -138,10 +155,41 @@ impl<S: Sink> Shared<S> {
         entries.len() as u64
     }
 
-    /// Final handling of records that will not be delivered: dead letter if configured,
-    /// else count them (`dropped` for refused records, `failed` for failed sends). Either
-    /// way they are acknowledged, except when the shutdown deadline interrupts the
-    /// dead-letter push (then they stay unacknowledged and count as undelivered).
+    /// Records [`offer`] (or partitioning) refused: those a user policy drops are counted
+    /// as dropped, the rest go through [`give_up`](Self::give_up) as rejected.
+    pub async fn refuse(&self, items: Vec<(Entry, Refusal)>, attempts: u32) -> OutputSummary {
+        let mut rejected = Vec::new();
+        let mut dropped = Vec::new();
+        for (entry, refusal) in items {
+            match refusal {
+                Refusal::Broken => {
+                    // ERROR, not WARN: a bug, not the data. Rate-limited like warnings.
+                    if let Some(suppressed) =
+                        crate::telemetry::permit(log_key("sink_contract", &self.name, ""))
+                    {
+                        tracing::error!(
+                            output = %self.name,
+                            suppressed,
+                            "sink contract broken: an empty batch answered Full; the record goes to the dead letter output or counts as failed (reason too_large)"
+                        );
+                    }
+                    rejected.push((entry, refused_failure("too_large")));
+                }
+                Refusal::Rejected(reason) => rejected.push((entry, refused_failure(reason))),
+                Refusal::Dropped(reason) => dropped.push((entry, dropped_failure(reason))),
+            }
+        }
+        let mut tally = self.give_up(rejected, attempts, GiveUp::Rejected).await;
+        tally += self.give_up(dropped, attempts, GiveUp::Dropped).await;
+        tally
+    }
+
+    /// Final handling of records that will not be delivered. Acknowledged records no user
+    /// policy chose to drop (`Rejected`, `Failed`) go to the dead letter output if one is
+    /// configured, else are counted as `failed`; `Dropped` ones (a policy the user chose)
+    /// are counted as `dropped` and in `firelane_output_drops_total{reason}`. Either way
+    /// they are acknowledged, except when the shutdown deadline interrupts the dead-letter
+    /// push (then they stay unacknowledged and count as undelivered).
     pub async fn give_up(
         &self,
         items: Vec<(Entry, Failure)>,
@@ -175,19 +223,28 @@ impl<S: Sink> Shared<S> {
         if n == 0 {
             return tally;
         }
-        if kind == GiveUp::Rejected {
-            metrics::counter!("firelane_output_drops_total", "output" => self.name.clone(), "reason" => failure.reason.clone())
-                .increment(n);
-        }
         let mut lost = n;
         let mut fate = String::from(match kind {
-            GiveUp::Rejected => "dropped (no dead letter output)",
-            GiveUp::Failed => "failed (no dead letter output)",
+            GiveUp::Rejected | GiveUp::Failed => "failed (no dead letter output)",
+            GiveUp::Dropped => "dropped (as configured)",
         });
-        if let Some(dl) = &self.dead_letter {
-            let records = entries
+        if let Some(dl) = self
+            .dead_letter
+            .as_ref()
+            .filter(|_| kind != GiveUp::Dropped)
+        {
+            // A record the dead letter's buffer can never store (a disk buffer frames at
+            // most 64 MiB; the error field adds to the record) is counted as failed here,
+            // so it cannot make the buffer refuse the whole push.
+            let mut unstorable = 0u64;
+            let records: Vec<_> = entries
                 .iter()
                 .map(|e| with_error(e, &self.name, failure, attempts))
+                .filter(|r| {
+                    let refused = dl.writer.too_large(r).is_some();
+                    unstorable += u64::from(refused);
+                    !refused
+                })
                 .collect();
             let pushed = tokio::select! {
                 biased;
@@ -205,21 +262,21 @@ impl<S: Sink> Shared<S> {
                     lost = n - accepted;
                     fate = if lost == 0 {
                         format!("dead-lettered to '{}'", dl.name)
+                    } else if unstorable == 0 {
+                        format!(
+                            "{accepted} dead-lettered to '{}', {lost} failed (refused by its full buffer)",
+                            dl.name
+                        )
                     } else {
                         format!(
-                            "{accepted} dead-lettered to '{}', {lost} refused by its full buffer",
+                            "{accepted} dead-lettered to '{}', {lost} failed ({unstorable} larger than its buffer can store)",
                             dl.name
                         )
                     };
                 }
                 Err(e) => {
-                    let verb = if kind == GiveUp::Rejected {
-                        "dropped"
-                    } else {
-                        "failed"
-                    };
                     fate = format!(
-                        "{verb} (dead letter output '{}' refused them: {e})",
+                        "failed (dead letter output '{}' refused them: {e})",
                         dl.name
                     );
                 }
@@ -227,11 +284,13 @@ impl<S: Sink> Shared<S> {
         }
         if lost > 0 {
             match kind {
-                GiveUp::Rejected => {
+                GiveUp::Dropped => {
                     tally.dropped = lost;
                     self.metrics.dropped.increment(lost);
+                    metrics::counter!("firelane_output_drops_total", "output" => self.name.clone(), "reason" => failure.reason.clone())
+                        .increment(lost);
                 }
-                GiveUp::Failed => {
+                GiveUp::Rejected | GiveUp::Failed => {
                     tally.failed = lost;
                     self.metrics.failed.increment(lost);
                 }
@@ -240,6 +299,7 @@ impl<S: Sink> Shared<S> {
         self.acks.ack(&entries);
         let what = match kind {
             GiveUp::Rejected => "record refused",
+            GiveUp::Dropped => "record over a limit",
             GiveUp::Failed if failure.retryable => "giving up after retries,",
             GiveUp::Failed => "permanent error",
         };
@@ -311,15 +371,17 @@ async fn pause(deadline: &CancellationToken, d: Duration) -> bool {
 pub(crate) struct Offered<B> {
     /// The batch was full: this is it, closed; the record went into a fresh builder.
     pub sealed: Option<(B, Vec<Entry>, usize)>,
-    /// The record was refused.
-    pub refused: Option<(Entry, &'static str)>,
+    /// The record was refused, and why.
+    pub refused: Option<(Entry, Refusal)>,
     /// The record went in shortened to fit a per-record limit.
     pub truncated: bool,
 }
 
 /// Offers `entry` to `builder` (whose items are `entries`), rotating to a fresh builder
-/// on `Full`. A fresh builder answering `Full` would loop forever, so it counts as
-/// `too_large`.
+/// on `Full`. A fresh builder answering `Full` breaks the [`Push::Full`] contract (every
+/// sink takes any record into an empty batch, or rejects it); offering again would loop
+/// forever, so the record is refused as [`Refusal::Broken`]: an ERROR log, then dead
+/// letter or `failed` like any rejection, never silently dropped.
 pub(crate) fn offer<S: Sink>(
     sink: &S,
     partition: &str,
@@ -338,8 +400,9 @@ pub(crate) fn offer<S: Sink>(
             out.truncated = true;
             entries.push(entry);
         }
-        Push::Rejected(reason) => out.refused = Some((entry, reason)),
-        Push::Full if builder.is_empty() => out.refused = Some((entry, "too_large")),
+        Push::Rejected(reason) => out.refused = Some((entry, Refusal::Rejected(reason))),
+        Push::Dropped(reason) => out.refused = Some((entry, Refusal::Dropped(reason))),
+        Push::Full if builder.is_empty() => out.refused = Some((entry, Refusal::Broken)),
         Push::Full => {
             let old = std::mem::replace(builder, sink.new_batch(partition));
             let bytes = old.bytes();
@@ -350,8 +413,9 @@ pub(crate) fn offer<S: Sink>(
                     out.truncated = true;
                     entries.push(entry);
                 }
-                Push::Rejected(reason) => out.refused = Some((entry, reason)),
-                Push::Full => out.refused = Some((entry, "too_large")),
+                Push::Rejected(reason) => out.refused = Some((entry, Refusal::Rejected(reason))),
+                Push::Dropped(reason) => out.refused = Some((entry, Refusal::Dropped(reason))),
+                Push::Full => out.refused = Some((entry, Refusal::Broken)),
             }
         }
     }
@@ -362,6 +426,15 @@ pub(crate) fn refused_failure(reason: &'static str) -> Failure {
     Failure::permanent(
         reason,
         format!("the sink cannot send this record ({reason})"),
+    )
+}
+
+fn dropped_failure(reason: &'static str) -> Failure {
+    Failure::permanent(
+        reason,
+        format!(
+            "the record is over a per-record limit and the output's policy drops it ({reason})"
+        ),
     )
 }
 
@@ -496,9 +569,7 @@ pub(crate) async fn deliver<S: Sink>(
                     }
                     let (rebuilt, refused) =
                         rebuild(&*shared.sink, &job.partition, entries, job.attempts);
-                    tally += shared
-                        .give_up(refused, job.attempts, GiveUp::Rejected)
-                        .await;
+                    tally += shared.refuse(refused, job.attempts).await;
                     for j in rebuilt.into_iter().rev() {
                         queue.push_front(j);
                     }
@@ -511,7 +582,7 @@ pub(crate) async fn deliver<S: Sink>(
 }
 
 /// Records a sink refused, with why.
-type Refused = Vec<(Entry, Failure)>;
+type Refused = Vec<(Entry, Refusal)>;
 
 /// Packs `entries` into as few fresh batches as the sink allows, in order.
 fn rebuild<S: Sink>(
@@ -535,8 +606,8 @@ fn rebuild<S: Sink>(
                 attempts,
             });
         }
-        if let Some((entry, reason)) = o.refused {
-            refused.push((entry, refused_failure(reason)));
+        if let Some(refusal) = o.refused {
+            refused.push(refusal);
         }
     }
     if !current.is_empty() {

@@ -27,9 +27,14 @@ pub enum Push {
     /// The batch cannot take this record; send the batch, then offer it to a fresh one.
     /// A fresh, empty builder must never answer `Full`.
     Full,
-    /// The record can never be sent by this sink (e.g. unencodable). Counted as dropped
-    /// with this reason (a short `snake_case` label) and sent to the dead letter output.
+    /// The record can never be sent by this sink (e.g. unencodable). No user policy chose
+    /// this and the record was acknowledged: it goes to the dead letter output with this
+    /// reason (a short `snake_case` label) attached, else it is counted as `failed`.
     Rejected(&'static str),
+    /// The record is over a per-record limit and a policy the user chose says to drop it
+    /// (Firehose `oversize = "drop"`): counted as `dropped` and in
+    /// `firelane_output_drops_total{reason}`, never dead-lettered.
+    Dropped(&'static str),
 }
 
 /// Packs records into one request, enforcing the destination's limits by construction.

@@ -395,6 +395,13 @@ impl AckFile {
         })
     }
 
+    /// Whether the file still has a name (it was not deleted while open). An error reading
+    /// the metadata counts as linked: only a known deletion makes the caller recreate it.
+    pub fn is_linked(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        self.file.metadata().map_or(true, |m| m.nlink() > 0)
+    }
+
     /// Writes `state` over the older slot. With `sync`, durable before returning. Needs no
     /// new space. Ranges beyond [`MAX_PERSISTED_RANGES`] are left out.
     pub fn persist(&mut self, state: &AckState, sync: bool) -> io::Result<()> {

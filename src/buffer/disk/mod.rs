@@ -1000,6 +1000,18 @@ impl WriterThread {
             }
         };
         if let Some((state, version)) = snapshot {
+            // An ack file deleted under us (an operator's `rm` on a full disk): writing on
+            // through the open descriptor would record acks in an unlinked inode that a
+            // restart never sees. Let go of it; a new one is created below, or, while the
+            // disk is too full for that, delivered segments are deleted without it.
+            if self.ack_file.as_ref().is_some_and(|f| !f.is_linked()) {
+                crate::warn_limited!(
+                    "buffer_ack_deleted",
+                    "disk buffer {}: the ack file was deleted; creating a new one",
+                    self.core.output
+                );
+                self.ack_file = None;
+            }
             let sync = self.core.fsync != FsyncPolicy::Never;
             let written = match self.ack_file.as_mut() {
                 Some(f) => f.persist(&state, sync),
@@ -1026,8 +1038,17 @@ impl WriterThread {
 
     /// Deletes segments whose records are all done in the persisted ack state: below the
     /// watermark or inside a persisted done range.
+    ///
+    /// Without an ack file (it could not be created, or was deleted: see
+    /// [`persist_and_collect`](Self::persist_and_collect)), segments whose records are all
+    /// done in memory go too: a restart without an ack file replays everything on disk and
+    /// trusts no done range, so deleting delivered records loses nothing; and next_seq
+    /// after a restart is never below a surviving ack file's state (see `recover`). Keeping
+    /// them until an ack file can be written would keep a full disk full forever: creating
+    /// the file needs the very space only their deletion frees.
     fn collect_garbage(&mut self) {
         let active_first = self.active.as_ref().map(|a| a.first_seq);
+        let no_ack_file = self.ack_file.is_none();
         let mut doomed = Vec::new();
         {
             let mut st = self.core.state.lock();
@@ -1035,7 +1056,13 @@ impl WriterThread {
             let candidates: Vec<(u64, SegMeta)> = st
                 .segments
                 .iter()
-                .filter(|(first, m)| self.persisted.covers(**first, m.end))
+                .filter(|(first, m)| {
+                    if no_ack_file {
+                        m.end > **first && st.ledger.done_in(**first, m.end) == m.end - **first
+                    } else {
+                        self.persisted.covers(**first, m.end)
+                    }
+                })
                 .map(|(&first, &m)| (first, m))
                 .collect();
             for (first, meta) in candidates {
@@ -1125,13 +1152,24 @@ impl Writer {
             if segment::append_frame(&mut frames, |out| codec::encode(record, out)).is_some() {
                 ends.push(frames.len());
             } else {
-                report.dropped += 1;
-                crate::warn_limited!(
-                    "buffer_oversized",
-                    "disk buffer {}: record larger than {} bytes dropped",
-                    core.output,
-                    segment::MAX_PAYLOAD
-                );
+                // Callers refuse such records before their ack (`BufferWriter::too_large`);
+                // dropping one here would lose an acknowledged record without a policy.
+                // The whole push is refused before anything of it is queued.
+                let mut encoded = Vec::new();
+                codec::encode(record, &mut encoded);
+                if let Some(suppressed) = crate::telemetry::permit("buffer_oversized") {
+                    tracing::error!(
+                        output = %core.output,
+                        bytes = encoded.len(),
+                        limit = segment::MAX_PAYLOAD,
+                        suppressed,
+                        "disk buffer: refused a push holding a record larger than a frame can store; the caller should have refused it before its ack"
+                    );
+                }
+                return Err(BufferError::TooLarge {
+                    bytes: encoded.len(),
+                    limit: segment::MAX_PAYLOAD,
+                });
             }
         }
         drop(records);

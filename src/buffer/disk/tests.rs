@@ -308,3 +308,104 @@ async fn usage_names_the_records_that_pin_the_oldest_half_of_the_files() {
     let u = w.usage();
     assert!(u.live_bytes < 300, "only record 0 is undelivered: {u:?}");
 }
+
+/// A record no frame can hold used to be dropped by `push` (counted like a `drop_newest`
+/// drop) after the pipeline's check had passed it, so an input could ack it and lose it.
+/// Now the whole push is refused with `TooLarge` and nothing of it is buffered.
+#[tokio::test]
+async fn a_record_larger_than_a_frame_refuses_the_whole_push() {
+    let dir = tempfile::tempdir().unwrap();
+    let (w, _r, _) = open("huge", &settings(dir.path(), 1 << 30, 64 << 20)).unwrap();
+    let huge = rec(1, segment::MAX_PAYLOAD);
+    assert!(
+        crate::buffer::BufferWriter(crate::buffer::WriterImpl::Disk(w.clone()))
+            .too_large(&huge)
+            .is_some(),
+        "the pipeline's check refuses it"
+    );
+    let mut report = PushReport::default();
+    let result = w
+        .push_into(vec![rec(0, 10), huge, rec(2, 10)], &mut report)
+        .await;
+    assert!(
+        matches!(result, Err(BufferError::TooLarge { limit, .. }) if limit == segment::MAX_PAYLOAD),
+        "{result:?}"
+    );
+    assert_eq!(
+        report,
+        PushReport::default(),
+        "nothing accepted, nothing dropped"
+    );
+    assert_eq!(w.stats().records, 0);
+    // The buffer goes on taking records.
+    assert_eq!(w.push(vec![rec(3, 10)]).await.unwrap().accepted, 1);
+}
+
+/// The ack file deleted while the buffer runs (an operator's `rm` on a full disk): acks
+/// used to go on into the unlinked inode, so the file never came back and a restart
+/// replayed everything. Now the next persist notices and writes a new one.
+#[tokio::test]
+async fn a_deleted_ack_file_is_recreated_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (w, mut r, _) = open("rm", &settings(dir.path(), 1 << 20, 4096)).unwrap();
+    for i in 0..100 {
+        w.push(vec![rec(i, 100)]).await.unwrap();
+    }
+    let mut seqs = Vec::new();
+    while seqs.len() < 100 {
+        seqs.extend(r.recv(64).await.unwrap().into_iter().map(|e| e.seq));
+    }
+    let a = r.acker();
+    a.ack(&seqs[..40]);
+    let watermark = || {
+        ledger::load(dir.path())
+            .ok()
+            .flatten()
+            .map(|l| l.state.watermark)
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while watermark() != Some(40) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(watermark(), Some(40));
+    fs::remove_file(dir.path().join("acks")).unwrap();
+    a.ack(&seqs[40..70]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while watermark() != Some(70) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(watermark(), Some(70), "a new ack file holds the acks since");
+}
+
+/// No ack file (it could not be created on a full disk, or was deleted): delivered
+/// segments are deleted all the same, from the acks held in memory. They used to stay
+/// until an ack file could be written, which needs the very space they hold, so a full
+/// disk stayed full for good.
+#[tokio::test]
+async fn without_an_ack_file_delivered_segments_are_still_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    // Stands in for "the ack file cannot be created": a directory where it must go makes
+    // creating it (a rename onto that name) fail, as ENOSPC does on a full disk.
+    fs::create_dir(dir.path().join("acks")).unwrap();
+    fs::write(dir.path().join("acks").join("keep"), b"x").unwrap();
+    let (w, mut r, _) = open("noack", &settings(dir.path(), 1 << 20, 4096)).unwrap();
+    for i in 0..200 {
+        w.push(vec![rec(i, 100)]).await.unwrap();
+    }
+    let files = seg_files(dir.path());
+    assert!(files.len() >= 5, "{files:?}");
+    let mut seqs = Vec::new();
+    while seqs.len() < 200 {
+        seqs.extend(r.recv(64).await.unwrap().into_iter().map(|e| e.seq));
+    }
+    r.acker().ack(&seqs[..150]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while seg_files(dir.path()).len() == files.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = seg_files(dir.path());
+    assert!(left.len() < files.len(), "{left:?}");
+    let first_left = segment::parse_file_name(&left[0]).unwrap();
+    assert!(first_left <= 150, "a segment with undelivered records went");
+    assert_eq!(w.stats().records, 50);
+}

@@ -1031,12 +1031,18 @@ async fn ensure(
         held.merge(r);
         return;
     }
+    // `target` is capped at the budget's limit above, so `acquire` never refuses it.
     if slot_cap.is_some() {
-        held.merge(budget.acquire(extra).await);
+        if let Ok(r) = budget.acquire(extra).await {
+            held.merge(r);
+        }
         return;
     }
     *held = Reservation::empty();
-    *held = budget.acquire(target).await;
+    *held = budget
+        .acquire(target)
+        .await
+        .unwrap_or_else(|_| Reservation::empty());
 }
 
 /// Requests are arrays, or nil heartbeats. Anything else is refused at its first byte

@@ -15,8 +15,8 @@
 //!   `firelane_output_oversize_records_total{output, action="split"}`.
 //! - `truncate`: cut at a UTF-8 boundary, `…[truncated by firelane]` and `\n` appended;
 //!   the first 1,000 KiB stay searchable. Counted with `action="truncated"`.
-//! - `drop`: rejected with reason `record_too_large` (dead-lettered when configured,
-//!   counted as dropped or dead-lettered by the core).
+//! - `drop`: dropped as the user chose ([`Push::Dropped`], reason `record_too_large`),
+//!   counted as dropped by the core; not dead-lettered.
 //!
 //! Partial failures (`FailedPutCount > 0`) become [`SendResult::Partial`] listing only the
 //! items inside failed Firehose records, so only those are resent: no duplicates of
@@ -182,7 +182,7 @@ impl BatchBuilder for FirehoseBuilder {
         let mut split = false;
         if self.line.len() > MAX_RECORD_BYTES {
             match self.limits.oversize {
-                Oversize::Drop => return Push::Rejected("record_too_large"),
+                Oversize::Drop => return Push::Dropped("record_too_large"),
                 Oversize::Truncate => {
                     truncate_line(&mut self.line, MAX_RECORD_BYTES);
                     truncated = true;
@@ -495,7 +495,7 @@ mod tests {
         let s = sink(false, Oversize::Drop);
         assert_eq!(
             s.new_batch("").push(&over),
-            Push::Rejected("record_too_large")
+            Push::Dropped("record_too_large")
         );
 
         let s = sink(false, Oversize::Split);

@@ -47,8 +47,8 @@ struct Call {
 
 type Script = Box<dyn Fn(usize, &[u64]) -> SendResult + Send + Sync>;
 
-/// Items are record ids; `big` records never fit, `bad` ones are rejected; field `p` is
-/// the partition; `hang` makes `send` never return.
+/// Items are record ids; `big` records never fit, `bad` ones are rejected, `over` ones
+/// dropped by a user's policy; field `p` is the partition; `hang` makes `send` never return.
 struct FakeSink {
     max: usize,
     calls: Mutex<Vec<Call>>,
@@ -89,6 +89,9 @@ impl BatchBuilder for FakeBuilder {
     fn push(&mut self, r: &Record) -> Push {
         if r.contains_key("bad") {
             return Push::Rejected("unencodable");
+        }
+        if r.contains_key("over") {
+            return Push::Dropped("record_too_large");
         }
         if r.contains_key("big") || self.ids.len() >= self.max {
             return Push::Full;
@@ -396,8 +399,9 @@ async fn exhausted_retries_go_to_dead_letter_with_attempt_count() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn refused_records_are_dropped_or_dead_lettered_never_looping() {
-    // Without a dead letter: dropped.
+async fn refused_records_are_failed_or_dead_lettered_never_looping() {
+    // Without a dead letter: failed (acknowledged records no user policy chose to drop),
+    // not `dropped`, which was what the sink's rejection used to count as.
     let sink = FakeSink::ok(10);
     let h = start(
         sink.clone(),
@@ -418,7 +422,7 @@ async fn refused_records_are_dropped_or_dead_lettered_never_looping() {
         summary,
         OutputSummary {
             sent: 2,
-            dropped: 3,
+            failed: 3,
             ..Default::default()
         }
     );
@@ -467,6 +471,71 @@ async fn refused_records_are_dropped_or_dead_lettered_never_looping() {
         dead[0].fields()[crate::output::ERROR_FIELD]["attempts"],
         json!(0)
     );
+}
+
+/// A dead letter output whose disk buffer can never store one of the records (the error
+/// field makes it larger than a frame): that record counts as failed, the others of the
+/// same group are dead-lettered (the buffer used to drop it, or now refuses the whole push).
+#[tokio::test]
+async fn a_dead_letter_too_large_for_its_buffer_is_failed_the_rest_dead_lettered() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings_dl =
+        crate::buffer::BufferSettings::disk(dir.path(), 1 << 30, crate::buffer::WhenFull::Block);
+    let (dl_writer, dl_reader, _) =
+        crate::buffer::open("errors", &settings_dl, MemoryBudget::new(1 << 30)).unwrap();
+    let mut ctx = OutputContext::new("o", settings(10, Duration::from_secs(1)));
+    ctx.dead_letter = Some(DeadLetter {
+        name: "errors".into(),
+        writer: dl_writer.clone(),
+    });
+    let h = start(FakeSink::ok(10), ctx);
+    let mut huge = rec_with(1, "bad");
+    huge.fields_mut().insert(
+        "log".into(),
+        "x".repeat(crate::buffer::disk::segment::MAX_PAYLOAD).into(),
+    );
+    h.push(vec![rec_with(0, "bad"), huge, rec_with(2, "bad")])
+        .await;
+    let (summary, acks) = h.finish().await;
+    assert_eq!(
+        summary,
+        OutputSummary {
+            dead_lettered: 2,
+            failed: 1,
+            ..Default::default()
+        }
+    );
+    assert_acked_once(&acks, 0..3);
+    let dead = drain_dead_letters(dl_writer, dl_reader).await;
+    assert_eq!(dead.iter().map(id_of).collect::<Vec<_>>(), vec![0, 2]);
+}
+
+/// `Push::Dropped` is a policy the user chose (Firehose `oversize = "drop"`): dropped and
+/// counted as such, never dead-lettered; a rejection next to it still is.
+#[tokio::test(start_paused = true)]
+async fn policy_drops_are_dropped_even_with_a_dead_letter() {
+    let (dl_writer, dl_reader) = buffer();
+    let mut ctx = OutputContext::new("o", settings(10, Duration::from_secs(1)));
+    ctx.dead_letter = Some(DeadLetter {
+        name: "errors".into(),
+        writer: dl_writer.clone(),
+    });
+    let h = start(FakeSink::ok(10), ctx);
+    h.push(vec![rec(0), rec_with(1, "over"), rec_with(2, "bad")])
+        .await;
+    let (summary, acks) = h.finish().await;
+    assert_eq!(
+        summary,
+        OutputSummary {
+            sent: 1,
+            dropped: 1,
+            dead_lettered: 1,
+            ..Default::default()
+        }
+    );
+    assert_acked_once(&acks, 0..3);
+    let dead = drain_dead_letters(dl_writer, dl_reader).await;
+    assert_eq!(dead.iter().map(id_of).collect::<Vec<_>>(), vec![2]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -722,14 +791,20 @@ async fn metrics_add_up() {
         sink.clone(),
         OutputContext::new("m", settings(10, Duration::from_secs(1))),
     );
-    h.push(vec![rec(0), rec(1), rec(2), rec_with(3, "bad")])
-        .await;
+    h.push(vec![
+        rec(0),
+        rec(1),
+        rec(2),
+        rec_with(3, "bad"),
+        rec_with(4, "over"),
+    ])
+    .await;
     let (summary, _) = h.finish().await;
     assert_eq!(
         summary,
         OutputSummary {
             sent: 2,
-            failed: 1,
+            failed: 2,
             dropped: 1,
             ..Default::default()
         }
@@ -747,10 +822,15 @@ async fn metrics_add_up() {
             r("dead_lettered"),
             r("retried")
         ),
-        (2, 1, 1, 0, 1)
+        (2, 2, 1, 0, 1)
     );
+    // A rejection is no drop: only the user's policy is counted by reason.
     assert_eq!(
         recorder.get("firelane_output_drops_total{output=m,reason=unencodable}"),
+        0
+    );
+    assert_eq!(
+        recorder.get("firelane_output_drops_total{output=m,reason=record_too_large}"),
         1
     );
     assert_eq!(recorder.get("firelane_output_batches_total{output=m}"), 2);
