@@ -1013,7 +1013,6 @@ pub fn is_compressed(frame: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
 
     use rmp::encode as enc;
     use serde_json::json;
@@ -2193,13 +2192,12 @@ mod tests {
     fn decompression_bombs_stop_at_the_cap() {
         for c in [Compression::Gzip, Compression::Zstd] {
             let frame = bomb(c);
-            let started = Instant::now();
+            // The error kind is the proof that inflating stopped at the cap instead of
+            // producing the whole GiB (no timing assertion: speed is for benchmarks).
             let (out, _, r) = decode(&frame);
             let e = r.unwrap_err();
             assert_eq!(e.kind, ErrorKind::DecompressedTooLarge, "{e}");
             assert!(out.is_empty());
-            let took = started.elapsed();
-            assert!(took.as_secs() < 20, "{:?} took {took:?}", c);
 
             // A small cap fails even faster.
             let mut out = Vec::new();
