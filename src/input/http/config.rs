@@ -145,7 +145,19 @@ impl InputConfig for HttpInputConfig {
             HttpAuth::Bearer { .. } => "bearer auth",
             HttpAuth::Basic { .. } => "basic auth",
         };
-        format!("{} ({auth})", self.listen)
+        let mut s = format!("{} ({auth}", self.listen);
+        if self.format == BodyFormat::EventBridge {
+            s.push_str("; EventBridge events");
+        }
+        if let Some(d) = &self.dedupe {
+            s.push_str(&format!(
+                "; repeated ids dropped for {}, at most {} remembered",
+                humanize(d.window),
+                d.max_keys
+            ));
+        }
+        s.push(')');
+        s
     }
 
     fn listens(&self) -> Vec<Listen> {
@@ -170,6 +182,20 @@ impl InputConfig for HttpInputConfig {
 
     fn as_any(&self) -> &dyn std::any::Any {
         self
+    }
+}
+
+/// `600s` as `10m`, `90s` as `90s`: durations as a config would write them.
+fn humanize(d: Duration) -> String {
+    let s = d.as_secs();
+    if d.subsec_nanos() != 0 {
+        format!("{}ms", d.as_millis())
+    } else if s >= 3600 && s % 3600 == 0 {
+        format!("{}h", s / 3600)
+    } else if s >= 60 && s % 60 == 0 {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
     }
 }
 
@@ -275,6 +301,10 @@ mod tests {
                 window: Duration::from_secs(30),
                 max_keys: 7
             })
+        );
+        assert_eq!(
+            c.describe(),
+            "127.0.0.1:0 (no auth; EventBridge events; repeated ids dropped for 30s, at most 7 remembered)"
         );
         assert_eq!(
             read("").unwrap().max_body,
