@@ -20,7 +20,7 @@
 //! remembered after buffering, and waiting for the other request could hold a sender past
 //! its timeout): de-duplication makes repeats rare, not impossible.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -163,6 +163,8 @@ impl Dedupe {
     ) -> Filtered<T> {
         let mut fresh = Vec::with_capacity(items.len());
         let mut keys: Vec<Arc<str>> = Vec::with_capacity(items.len());
+        // Repeats inside one batch; a set, so a body of many small events stays linear.
+        let mut batch: HashSet<Arc<str>> = HashSet::new();
         let mut duplicates = 0;
         {
             let mut seen = self.seen.lock();
@@ -172,11 +174,13 @@ impl Dedupe {
                     fresh.push(item);
                     continue;
                 };
-                if seen.at.contains_key(key) || keys.iter().any(|k| &**k == key) {
+                if seen.at.contains_key(key) || batch.contains(key) {
                     duplicates += 1;
                     continue;
                 }
-                keys.push(Arc::from(key));
+                let key: Arc<str> = Arc::from(key);
+                batch.insert(key.clone());
+                keys.push(key);
                 fresh.push(item);
             }
         }
