@@ -1,5 +1,7 @@
-//! HTTP input: `POST /` and `POST /tag/<tag>` with a JSON object, a JSON array of objects
-//! or NDJSON, optionally gzip- or deflate-compressed (`Content-Encoding`).
+//! HTTP input: `POST /` and `POST /tag/<tag>` (or `PUT`) with a JSON object, a JSON array
+//! of objects or NDJSON, or EventBridge events ([`eventbridge`]), optionally gzip- or
+//! deflate-compressed (`Content-Encoding`). With `dedupe`, repeats of an event `id` are
+//! answered 200 and dropped ([`crate::input::dedupe`]).
 //!
 //! A request is all or nothing: either every record in the body is accepted (2xx) or none
 //! is (4xx/5xx). A full buffer answers 503 with `Retry-After`, never 429 or another 4xx:
@@ -74,7 +76,8 @@ pub struct HttpInputConfig {
     pub max_body: usize,
     pub format: BodyFormat,
     /// Tag for records posted to `/` (default: the input name). EventBridge events posted
-    /// to `/` are tagged with their `detail-type` instead.
+    /// to `/` are tagged with their `detail-type` instead; with
+    /// [`BodyFormat::EventBridge`], a `tag` set here wins over the detail-type.
     pub tag: Option<String>,
     /// How long a request may wait for buffer space before answering 503. EventBridge API
     /// destinations give up after 5 s, so the default stays well below that.
