@@ -3,6 +3,7 @@
 use crate::event::Record;
 
 pub mod ack;
+pub mod dedupe;
 pub mod drain;
 pub mod forward;
 pub mod http;
