@@ -577,6 +577,9 @@ impl BatchBuilder for S3Builder {
 
 impl Sink for S3Sink {
     type Builder = S3Builder;
+    /// The object key rendered without `{uuid}` and `{index}` (shortened like the key
+    /// when it could exceed S3's limit).
+    type Partition = String;
 
     fn partition(&self, record: &Record) -> Result<String, &'static str> {
         let s = &self.shared;
@@ -605,7 +608,7 @@ impl Sink for S3Sink {
         }
     }
 
-    fn new_batch(&self, _partition: &str) -> S3Builder {
+    fn new_batch(&self, _partition: &String) -> S3Builder {
         let s = Arc::clone(&self.shared);
         S3Builder {
             encoder: Encoder::new(s.compression).map_err(|e| e.to_string()),
@@ -621,7 +624,7 @@ impl Sink for S3Sink {
         }
     }
 
-    async fn send(&self, _partition: &str, batch: &S3Batch) -> SendResult {
+    async fn send(&self, _partition: &String, batch: &S3Batch) -> SendResult {
         if let Some(e) = &batch.error {
             return SendResult::Failed(Failure::permanent("compression_error", e.clone()));
         }
@@ -875,14 +878,16 @@ mod tests {
             for max_bytes in [64 * 1024, 1024 * 1024] {
                 let sink = sink(cfg("logs/{uuid}", c, max_bytes));
                 let mut batches = Vec::new();
-                let mut b = sink.new_batch("");
+                let mut b = sink.new_batch(&String::new());
                 let total = 40_000u64;
                 for i in 0..total {
                     let r = rec(i);
                     match b.push(&r) {
                         Push::Added => {}
                         Push::Full => {
-                            batches.push(std::mem::replace(&mut b, sink.new_batch("")).finish());
+                            batches.push(
+                                std::mem::replace(&mut b, sink.new_batch(&String::new())).finish(),
+                            );
                             assert_eq!(b.push(&r), Push::Added);
                         }
                         other => panic!("{other:?}"),
@@ -928,7 +933,7 @@ mod tests {
         let mut c = cfg("k", Compression::None, 1000);
         c.batch.max_records = 3;
         let sink = sink(c);
-        let mut b = sink.new_batch("");
+        let mut b = sink.new_batch(&String::new());
         let serde_json::Value::Object(m) = json!({"log": "x".repeat(5000)}) else {
             unreachable!()
         };
@@ -936,7 +941,7 @@ mod tests {
         // A fresh batch never answers Full, even for a record above max_bytes.
         assert_eq!(b.push(&big), Push::Added);
         assert_eq!(b.push(&rec(1)), Push::Full);
-        let mut b = sink.new_batch("");
+        let mut b = sink.new_batch(&String::new());
         for i in 0..3 {
             assert_eq!(b.push(&rec(i)), Push::Added);
         }
@@ -967,7 +972,7 @@ mod tests {
 
         // No {uuid}/{index}: one is inserted before the extension; existing .gz is kept.
         let s = sink(cfg("events/%H/{tag}.json.gz", Compression::Gzip, 1 << 20));
-        let mut b = s.new_batch("");
+        let mut b = s.new_batch(&String::new());
         b.push(&r);
         let key = b.finish().key;
         assert!(
@@ -982,7 +987,7 @@ mod tests {
         assert_eq!(with_uuid("a.d/%H.{tag}"), "a.d/%H.{tag}-{uuid}");
 
         let s = sink(cfg("z/{uuid}", Compression::Zstd, 1 << 20));
-        let mut b = s.new_batch("");
+        let mut b = s.new_batch(&String::new());
         b.push(&r);
         assert!(b.finish().key.ends_with(".zst"));
 
@@ -1000,7 +1005,7 @@ mod tests {
             "{p}"
         );
         let key = |s: &S3Sink| {
-            let mut b = s.new_batch("");
+            let mut b = s.new_batch(&String::new());
             b.push(&r);
             b.finish().key
         };
@@ -1023,7 +1028,7 @@ mod tests {
         for pad in 0..3 {
             let tag = format!("{}{}", "a".repeat(pad), "/".repeat(100_000));
             let r = Record::new(tag.as_str(), 0, Default::default());
-            let mut b = s.new_batch("");
+            let mut b = s.new_batch(&String::new());
             b.push(&r);
             let k = b.finish().key;
             assert!(
@@ -1039,7 +1044,7 @@ mod tests {
         // The template's own file extension survives the cut, before the compression one.
         let s = sink(cfg("j/{tag}/{uuid}.json", Compression::Gzip, 1 << 20));
         let r = Record::new("x".repeat(2000).as_str(), 0, Default::default());
-        let mut b = s.new_batch("");
+        let mut b = s.new_batch(&String::new());
         b.push(&r);
         let k = b.finish().key;
         assert_eq!(k.len(), MAX_KEY_BYTES);
@@ -1049,11 +1054,11 @@ mod tests {
         // Just at the limit only because of the uuid: renamed too, consistently.
         let fill = MAX_KEY_BYTES - "j//.json.gz".len() - 36;
         let r = Record::new("y".repeat(fill).as_str(), 0, Default::default());
-        let mut b = s.new_batch("");
+        let mut b = s.new_batch(&String::new());
         b.push(&r);
         assert_eq!(b.finish().key.len(), MAX_KEY_BYTES);
         let r = Record::new("y".repeat(fill + 1).as_str(), 0, Default::default());
-        let mut b = s.new_batch("");
+        let mut b = s.new_batch(&String::new());
         b.push(&r);
         let k = b.finish().key;
         assert!(k.len() <= MAX_KEY_BYTES && k.ends_with(".json.gz"), "{k}");
@@ -1068,7 +1073,7 @@ mod tests {
         };
         let r = Record::new("a..b", 0, m);
         assert_eq!(s.partition(&r).unwrap(), "k/-/..%2F..%2Fetc/");
-        let mut b = s.new_batch("");
+        let mut b = s.new_batch(&String::new());
         b.push(&r);
         let key = b.finish().key;
         assert!(
@@ -1094,7 +1099,7 @@ mod tests {
         };
         let r = Record::new("app..x", 0, m);
         assert_eq!(s.partition(&r).unwrap(), "k/app/-/-/-/-/-/-/-/-/-/0/");
-        let mut b = s.new_batch("");
+        let mut b = s.new_batch(&String::new());
         b.push(&r);
         let key = b.finish().key;
         assert!(key.starts_with("k/app/-/-/-/-/-/-/-/-/-/0/"), "{key}");
@@ -1134,7 +1139,7 @@ mod tests {
         let mut c = cfg("k/{uuid}", Compression::None, 1 << 20);
         c.align = Some(Duration::from_secs(3600));
         let s = sink(c);
-        let mut b = s.new_batch("");
+        let mut b = s.new_batch(&String::new());
         let mut r = rec(0);
         r.time_ns = 1_795_417_689_000_000_000; // 07:08:09
         assert_eq!(b.push(&r), Push::Added);
@@ -1152,7 +1157,7 @@ mod tests {
         assert_eq!(b.push(&r), Push::Full);
         assert!(
             sink(cfg("k/{uuid}", Compression::None, 1))
-                .new_batch("")
+                .new_batch(&String::new())
                 .flush_at()
                 .is_none()
         );
@@ -1189,7 +1194,7 @@ mod tests {
         let mut c = cfg("k/{uuid}", Compression::None, 1 << 20);
         c.format.log_key = Some("log".into());
         let s = sink(c);
-        let mut b = s.new_batch("");
+        let mut b = s.new_batch(&String::new());
         b.push(&rec(7));
         let serde_json::Value::Object(m) = json!({"other": 1}) else {
             unreachable!()
