@@ -510,8 +510,11 @@ pub struct S3Builder {
     /// Compressed bytes and raw bytes of the `Done` blocks.
     done_bytes: usize,
     done_raw: usize,
-    /// Raw bytes of the `Pending` blocks.
+    /// Raw bytes of the `Pending` blocks, and the most they can compress to.
     pending_raw: usize,
+    pending_worst: usize,
+    /// Index of the first `Pending` block (blocks finish about in order).
+    first_pending: usize,
     block_size: usize,
     error: Option<String>,
     key: Option<String>,
@@ -577,27 +580,20 @@ impl S3Builder {
         if self.shared.compression == Compression::None {
             return self.raw.len();
         }
-        let pending: usize = self
-            .blocks
-            .iter()
-            .map(|b| match b {
-                Block::Pending { raw, .. } => worst_case(*raw),
-                Block::Done(_) => 0,
-            })
-            .sum();
         let tail = if self.raw.is_empty() {
             0
         } else {
             worst_case(self.raw.len())
         };
-        self.done_bytes + pending + tail + TRAILER_RESERVE
+        self.done_bytes + self.pending_worst + tail + TRAILER_RESERVE
     }
 
     /// Takes the results of blocks the pool has finished; with `wait`, waits for the
     /// oldest pending one first. `false` if a compressor failed.
     fn collect(&mut self, wait: bool) -> bool {
         let mut waited = !wait;
-        for b in &mut self.blocks {
+        let mut first_pending = None;
+        for (i, b) in self.blocks.iter_mut().enumerate().skip(self.first_pending) {
             let Block::Pending { raw, slot } = b else {
                 continue;
             };
@@ -608,11 +604,14 @@ impl S3Builder {
                 Some(slot.wait())
             };
             match got {
-                None => {}
+                None => {
+                    first_pending.get_or_insert(i);
+                }
                 Some(Ok(bytes)) => {
                     self.done_bytes += bytes.len();
                     self.done_raw += *raw;
                     self.pending_raw -= *raw;
+                    self.pending_worst -= worst_case(*raw);
                     *b = Block::Done(bytes);
                 }
                 Some(Err(e)) => {
@@ -621,6 +620,7 @@ impl S3Builder {
                 }
             }
         }
+        self.first_pending = first_pending.unwrap_or(self.blocks.len());
         true
     }
 
@@ -657,6 +657,7 @@ impl S3Builder {
                     fill.0.set(r.map_err(|e| e.to_string()));
                 });
                 self.pending_raw += len;
+                self.pending_worst += worst_case(len);
                 self.blocks.push(Block::Pending { raw: len, slot });
             }
             None => {
@@ -885,6 +886,8 @@ impl Sink for S3Sink {
             done_bytes: 0,
             done_raw: 0,
             pending_raw: 0,
+            pending_worst: 0,
+            first_pending: 0,
             block_size,
             error: None,
             key: None,
