@@ -1,11 +1,11 @@
 //! S3 output: objects of JSON lines (or raw `log_key` lines), optionally compressed.
 //!
 //! - Compression runs off the output's loop task: lines collect in raw blocks of
-//!   [`block_size`] (256 KiB for the default 32 MiB objects); a full block is compressed on
+//!   `block_size` (256 KiB for the default 32 MiB objects); a full block is compressed on
 //!   tokio's blocking pool as an independent gzip member / zstd frame while the loop goes
 //!   on reading, so one busy output uses every core. An object is its members / frames
 //!   concatenated in record order: a valid gzip file (RFC 1952 2.2) / zstd file (RFC 8878
-//!   3.1) that standard decoders read whole. At most [`blocks_in_flight_cap`] blocks of an
+//!   3.1) that standard decoders read whole. At most `blocks_in_flight_cap` blocks of an
 //!   output are on the pool at once; beyond that the loop compresses the block itself.
 //! - `max_bytes` is checked against the object that will land: compressed blocks count at
 //!   their real size, blocks in flight and uncompressed lines at their worst case
@@ -867,7 +867,7 @@ impl Sink for S3Sink {
     /// What one open object holds besides its records: the raw block being filled (up to
     /// 256 KiB) and its share of the compressors on the blocking pool (a gzip member's
     /// deflate state is about 300 KiB, a zstd level 3 context about 1 MiB, kept per pool
-    /// thread), for at most [`blocks_in_flight_cap`] blocks per output.
+    /// thread), for at most `blocks_in_flight_cap` blocks per output.
     fn open_batch_overhead(&self) -> usize {
         match self.shared.compression {
             Compression::None => 0,
@@ -1303,6 +1303,49 @@ mod tests {
                     .unwrap();
                 assert!(first.len() < text.len() && text.starts_with(&first));
             }
+        }
+    }
+
+    /// At the output's cap of blocks in flight the loop compresses the next block itself
+    /// (bounded memory, back-pressure); the object is the same lines either way.
+    #[test]
+    fn at_the_in_flight_cap_blocks_are_compressed_in_place() {
+        let rt = pool();
+        let _entered = rt.enter();
+        let sink = sink(cfg("k/{uuid}", Compression::Gzip, 4 << 20));
+        let cap = sink.shared.blocks_in_flight_cap;
+        sink.shared.blocks_in_flight.store(cap, Ordering::SeqCst);
+        let mut b = sink.new_batch(&String::new());
+        for i in 0..10_000 {
+            assert_eq!(b.push(&rec(i)), Push::Added);
+        }
+        assert!(b.blocks.len() >= 3, "{}", b.blocks.len());
+        assert!(b.blocks.iter().all(|x| matches!(x, Block::Done(_))));
+        assert_eq!(b.pending_raw, 0);
+        let text = decompress(Compression::Gzip, &body(&b.finish()));
+        assert_eq!(text.lines().count(), 10_000);
+        assert_eq!(sink.shared.blocks_in_flight.load(Ordering::SeqCst), cap);
+    }
+
+    /// A block whose compression never ran (the runtime shutting down) fails the object
+    /// as `compression_error`, permanently (dead-lettered, not retried, not lost), instead
+    /// of leaving the send waiting forever.
+    #[test]
+    fn a_block_that_never_compressed_fails_the_send() {
+        let sink = sink(cfg("k/{uuid}", Compression::Gzip, 1 << 20));
+        let slot = Arc::new(Slot::default());
+        drop(Fill(Arc::clone(&slot)));
+        let batch = S3Batch {
+            key: "k/x.gz".into(),
+            records: 1,
+            blocks: parking_lot::Mutex::new(vec![Block::Pending { raw: 10, slot }]),
+            body: tokio::sync::OnceCell::new(),
+        };
+        match futures::executor::block_on(sink.send(&String::new(), &batch)) {
+            SendResult::Failed(f) => {
+                assert!(!f.retryable && f.reason == "compression_error", "{f:?}")
+            }
+            other => panic!("{other:?}"),
         }
     }
 
