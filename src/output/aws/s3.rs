@@ -1,7 +1,7 @@
 //! S3 output: objects of JSON lines (or raw `log_key` lines), optionally compressed.
 //!
 //! - Compression runs off the output's loop task: lines collect in raw blocks of
-//!   `block_size` (256 KiB for the default 32 MiB objects); a full block is compressed on
+//!   `block_size` (gzip 256 KiB, zstd 1 MiB for the default 32 MiB objects); a full block is compressed on
 //!   tokio's blocking pool as an independent gzip member / zstd frame while the loop goes
 //!   on reading, so one busy output uses every core. An object is its members / frames
 //!   concatenated in record order: a valid gzip file (RFC 1952 2.2) / zstd file (RFC 8878
@@ -361,11 +361,16 @@ pub fn part_size(len: usize) -> usize {
 }
 
 /// Raw bytes per compressed block: each block becomes one gzip member / zstd frame,
-/// compressed on tokio's blocking pool. 256 KiB loses nothing measurable to deflate's
-/// 32 KiB window and little to zstd's; smaller objects get smaller blocks (at least 32
-/// per object) so that they too are compressed off the output's loop task.
-fn block_size(max_bytes: usize) -> usize {
-    (max_bytes / 32).clamp(16 * 1024, 256 * 1024)
+/// compressed on tokio's blocking pool. Gzip: 256 KiB, which loses nothing measurable to
+/// deflate's 32 KiB window. Zstd: 1 MiB, because zstd finds repeats up to its window
+/// (2 MiB at level 3) and smaller independent frames would lose them. Smaller objects get
+/// smaller blocks (at least 32 / 8 per object) so that they too are compressed off the
+/// output's loop task.
+fn block_size(c: Compression, max_bytes: usize) -> usize {
+    match c {
+        Compression::Zstd => (max_bytes / 8).clamp(16 * 1024, 1024 * 1024),
+        Compression::Gzip | Compression::None => (max_bytes / 32).clamp(16 * 1024, 256 * 1024),
+    }
 }
 
 /// Most bytes `raw` input bytes can become as one gzip member / zstd frame
@@ -864,21 +869,23 @@ impl Sink for S3Sink {
         Ok(p)
     }
 
-    /// What one open object holds besides its records: the raw block being filled (up to
-    /// 256 KiB) and its share of the compressors on the blocking pool (a gzip member's
-    /// deflate state is about 300 KiB, a zstd level 3 context about 1 MiB, kept per pool
-    /// thread), for at most `blocks_in_flight_cap` blocks per output.
+    /// What one open object holds besides its records: the raw block being filled
+    /// (`block_size`: 256 KiB gzip, 1 MiB zstd for objects of 8 MiB and more) and 64 KiB
+    /// for the line being written and the compressed blocks' slack. The compressors
+    /// themselves live on the blocking pool, at most `blocks_in_flight_cap` per output (a
+    /// deflate state about 300 KiB, a zstd level 3 context about 1 MiB, kept per pool
+    /// thread), not per open object.
     fn open_batch_overhead(&self) -> usize {
-        match self.shared.compression {
+        let s = &self.shared;
+        match s.compression {
             Compression::None => 0,
-            Compression::Gzip => 320 << 10,
-            Compression::Zstd => 800 << 10,
+            c => block_size(c, s.max_bytes) + (64 << 10),
         }
     }
 
     fn new_batch(&self, _partition: &String) -> S3Builder {
         let s = Arc::clone(&self.shared);
-        let block_size = block_size(s.max_bytes);
+        let block_size = block_size(s.compression, s.max_bytes);
         S3Builder {
             records: 0,
             raw: Vec::new(),
@@ -1267,14 +1274,15 @@ mod tests {
         let rt = pool();
         let _entered = rt.enter();
         for c in [Compression::Gzip, Compression::Zstd] {
-            // 4 MiB objects: 128 KiB blocks; about 2.4 MB of lines is ~18 blocks.
-            let sink = sink(cfg("logs/{uuid}", c, 4 << 20));
+            // 2 MiB objects: 64 KiB (gzip) / 256 KiB (zstd) blocks; about 2.3 MB of lines
+            // is 36 / 9 blocks.
+            let sink = sink(cfg("logs/{uuid}", c, 2 << 20));
             let mut b = sink.new_batch(&String::new());
             let total = 30_000u64;
             for i in 0..total {
                 assert_eq!(b.push(&rec(i)), Push::Added);
             }
-            assert!(b.bytes() > 0 && b.bytes() < 4 << 20, "{}", b.bytes());
+            assert!(b.bytes() > 0 && b.bytes() < 2 << 20, "{}", b.bytes());
             let batch = b.finish();
             let body = body(&batch);
             assert_eq!(
@@ -1283,7 +1291,7 @@ mod tests {
                 "asked twice"
             );
             let n = members(c, &body);
-            assert!(n >= 10, "{c:?}: {n} members");
+            assert!(n >= 8, "{c:?}: {n} members");
             let text = decompress(c, &body);
             let got: Vec<u64> = text
                 .lines()
