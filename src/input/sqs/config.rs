@@ -41,9 +41,8 @@ impl InputType for Sqs {
 
     fn read(&self, name: &str, t: &mut Table<'_, '_>, d: &mut Diagnostics) -> Box<dyn InputConfig> {
         let queue_url = t.string(d, "queue_url").unwrap_or_default();
-        if !queue_url.is_empty()
-            && !(queue_url.starts_with("https://") || queue_url.starts_with("http://"))
-        {
+        let is_url = queue_url.starts_with("https://") || queue_url.starts_with("http://");
+        if !queue_url.is_empty() && !is_url {
             d.error(
                 t.value_span("queue_url"),
                 format!(
@@ -167,5 +166,79 @@ impl InputConfig for SqsConfig {
 
     fn as_any(&self) -> &dyn std::any::Any {
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OUT: &str = "[outputs.o]\ntype = \"null\"\n";
+
+    fn read(input: &str) -> Result<SqsConfig, Vec<String>> {
+        let text = format!("[inputs.q]\ntype = \"sqs\"\n{input}\n{OUT}");
+        match crate::config::parse(&text, "t.toml", &|_| None) {
+            Ok(l) => Ok(l.config.inputs[0]
+                .kind
+                .as_any()
+                .downcast_ref::<SqsConfig>()
+                .expect("an sqs input")
+                .clone()),
+            Err(e) => Err(e.errors),
+        }
+    }
+
+    #[test]
+    fn defaults_and_every_key() {
+        let c = read("queue_url = \"https://sqs.eu-west-1.amazonaws.com/1/q\"").unwrap();
+        assert_eq!(
+            c,
+            SqsConfig::new("q", "https://sqs.eu-west-1.amazonaws.com/1/q")
+        );
+        assert_eq!(c.pollers, 2);
+        assert_eq!(c.wait_time, Duration::from_secs(20));
+        assert_eq!(c.format, SqsFormat::EventBridge);
+        let c = read(
+            r#"queue_url = "http://127.0.0.1:5000/123456789012/q"
+region = "us-east-1"
+endpoint_url = "http://127.0.0.1:5000"
+pollers = 4
+wait_time = "1s"
+visibility_timeout = "2m"
+format = "sns""#,
+        )
+        .unwrap();
+        assert_eq!(c.aws.region.as_deref(), Some("us-east-1"));
+        assert_eq!(c.aws.endpoint_url.as_deref(), Some("http://127.0.0.1:5000"));
+        assert_eq!(c.pollers, 4);
+        assert_eq!(c.wait_time, Duration::from_secs(1));
+        assert_eq!(c.visibility_timeout, Some(Duration::from_secs(120)));
+        assert_eq!(c.format, SqsFormat::Sns);
+    }
+
+    #[test]
+    fn bad_values_are_refused_at_their_key() {
+        let url = "queue_url = \"https://sqs.eu-west-1.amazonaws.com/1/q\"\n";
+        let cases = [
+            ("", "queue_url"),
+            ("queue_url = \"ecs-events\"", "not its name or ARN"),
+            ("queue_url = \"\"", "is empty"),
+            ("pollers = 0", "pollers: expected 1 to 64"),
+            ("wait_time = \"21s\"", "wait_time"),
+            ("wait_time = \"1500ms\"", "wait_time"),
+            ("visibility_timeout = \"0s\"", "visibility_timeout"),
+            ("visibility_timeout = \"13h\"", "visibility_timeout"),
+            ("format = \"xml\"", "format: expected"),
+            ("endpoint_url = \"localhost:4566\"", "endpoint_url"),
+        ];
+        for (line, want) in cases {
+            let text = if line.starts_with("queue_url") || line.is_empty() {
+                line.to_owned()
+            } else {
+                format!("{url}{line}")
+            };
+            let e = read(&text).expect_err(line).join("\n");
+            assert!(e.contains(want), "{line}: {e}");
+        }
     }
 }

@@ -320,8 +320,13 @@ mod tests {
     #[test]
     fn eventbridge_format_takes_other_objects_with_the_input_tag_and_sent_time() {
         // An input transformer on the rule can send any object.
-        let r = parse_message(r#"{"cluster":"c"}"#, SqsFormat::EventBridge, &tag(), Some(5))
-            .unwrap();
+        let r = parse_message(
+            r#"{"cluster":"c"}"#,
+            SqsFormat::EventBridge,
+            &tag(),
+            Some(5),
+        )
+        .unwrap();
         assert_eq!(&*r.tag, "queue");
         assert_eq!(r.time_ns, 5_000_000);
         assert_eq!(r.fields["cluster"], "c");
@@ -343,7 +348,10 @@ mod tests {
                 "Timestamp": "2020-01-23T17:58:00.000Z"
             })
         );
-        assert!(r.fields.get("Signature").is_none(), "envelope fields dropped");
+        assert!(
+            r.fields.get("Signature").is_none(),
+            "envelope fields dropped"
+        );
     }
 
     #[test]
@@ -430,7 +438,10 @@ mod tests {
                 Some("us-east-2"),
             ),
             ("http://127.0.0.1:4566/000000000000/q", None),
-            ("https://vpce-1a2b.sqs.us-east-1.vpce.amazonaws.com/1/q", None),
+            (
+                "https://vpce-1a2b.sqs.us-east-1.vpce.amazonaws.com/1/q",
+                None,
+            ),
             ("sqs.us-east-1.amazonaws.com/1/q", None),
         ];
         for (url, want) in cases {

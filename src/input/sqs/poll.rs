@@ -519,7 +519,11 @@ mod tests {
         let mut step = MIN_BACKOFF;
         for _ in 0..12 {
             let p = b.next();
-            assert!(p >= step / 2 && p <= step, "{p:?} within [{:?}, {step:?}]", step / 2);
+            assert!(
+                p >= step / 2 && p <= step,
+                "{p:?} within [{:?}, {step:?}]",
+                step / 2
+            );
             step = (step * 2).min(MAX_BACKOFF);
         }
         assert_eq!(b.step, MAX_BACKOFF);
