@@ -474,3 +474,47 @@ fn an_unparseable_message_is_counted_and_left_for_the_redrive_policy() {
     );
     assert_eq!(read_jsonl(&r.path("out.jsonl")).len(), 1);
 }
+
+#[test]
+fn at_shutdown_unfinished_messages_go_back_to_the_queue_at_once() {
+    let Some(ep) = endpoint() else { return };
+    let c = sqs(&ep);
+    let q = create_queue(&c, "stop");
+    // The output never answers, so the pollers' batches wait for buffer space when SIGTERM
+    // comes; a 60 s visibility timeout would hide them for a minute if not returned.
+    let port = free_port();
+    let config = format!(
+        "[runtime]\nshutdown_grace = \"6s\"\ndrain_inputs = \"1s\"\n\n{}[routes.all]\nto = [\"hook\"]\n\n\
+         [outputs.hook]\ntype = \"http\"\nurl = \"http://127.0.0.1:{port}/ingest\"\n\
+         batch = {{ max_records = 10, max_age = \"100ms\" }}\n\
+         buffer = {{ type = \"memory\", max_size = \"16KiB\", when_full = \"block\" }}\n",
+        sqs_input("q", &q, &ep, "visibility_timeout = \"60s\""),
+    );
+    let mut r = Router::start(&config);
+    let total = 100u64;
+    let bodies: Vec<String> = (0..total as usize)
+        .map(|n| task_event(&format!("evt-{n}"), n).to_string())
+        .collect();
+    send(&c, &q, &bodies);
+    r.wait_metric(
+        "firelane_input_records_total",
+        &[],
+        1.0,
+        Duration::from_secs(30),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, held) = counts(&c, &q);
+    assert!(held > 0, "batches are waiting for buffer space");
+    let buffered = r.metric("firelane_input_records_total", &[]) as u64;
+    r.terminate(Duration::from_secs(30));
+    let (visible, in_flight) = counts(&c, &q);
+    assert_eq!(
+        in_flight, 0,
+        "nothing is left hidden for the rest of its visibility timeout"
+    );
+    assert!(
+        total - visible <= buffered,
+        "only buffered messages were deleted: {} gone, {buffered} buffered",
+        total - visible
+    );
+}
