@@ -94,6 +94,15 @@ impl InputType for Sqs {
                     ),
                 );
             } else {
+                if w.is_zero() {
+                    d.warn(
+                        t.value_span("wait_time"),
+                        format!(
+                            "{}.wait_time: \"0s\" is short polling: each poller asks about once a second, and every empty receive is billed; long polls (up to \"20s\") wait for messages instead",
+                            t.path()
+                        ),
+                    );
+                }
                 cfg.wait_time = w;
             }
         }
@@ -214,6 +223,19 @@ format = "sns""#,
         assert_eq!(c.wait_time, Duration::from_secs(1));
         assert_eq!(c.visibility_timeout, Some(Duration::from_secs(120)));
         assert_eq!(c.format, SqsFormat::Sns);
+    }
+
+    #[test]
+    fn short_polling_is_warned_about() {
+        let text = format!(
+            "[inputs.q]\ntype = \"sqs\"\nqueue_url = \"https://sqs.eu-west-1.amazonaws.com/1/q\"\nwait_time = \"0s\"\n{OUT}"
+        );
+        let l = crate::config::parse(&text, "t.toml", &|_| None).expect("valid");
+        assert!(
+            l.warnings.iter().any(|w| w.contains("short polling")),
+            "{:?}",
+            l.warnings
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@
 //!   dead-letter queue after `maxReceiveCount` receives. It is never deleted and never
 //!   re-received in a hot loop.
 //! - `ReceiveMessage` failures (throttling, network) back off exponentially with jitter,
-//!   capped at [`poll::MAX_BACKOFF`].
+//!   capped at 20 s.
 //! - Shutdown: at SIGTERM the pollers stop receiving; batches in flight are finished (ingested
 //!   and deleted) during the drain window; what is still unfinished at its end is returned to
 //!   the queue (`ChangeMessageVisibilityBatch` with 0) for another replica. The drain window
@@ -160,6 +160,17 @@ pub enum BadMessage {
         "not an SNS notification envelope: {0} (raw message delivery on? then use format = \"eventbridge\", \"json\" or \"text\")"
     )]
     NotSnsEnvelope(String),
+    /// `format = "sns"` and the body is an SNS `SubscriptionConfirmation` or
+    /// `UnsubscribeConfirmation` (a cross-account subscription sends one to the queue). Not
+    /// an event; the operator confirms it by opening `SubscribeURL`.
+    #[error(
+        "SNS {kind} for topic {topic}, not an event: to confirm the subscription, open its SubscribeURL {url}"
+    )]
+    SnsControl {
+        kind: String,
+        topic: String,
+        url: String,
+    },
 }
 
 /// Turns one message body into its record. `tag` is the input name (the tag of records
@@ -203,6 +214,14 @@ pub fn parse_message(
                 }
             };
             let ty = text("Type")?;
+            if ty == "SubscriptionConfirmation" || ty == "UnsubscribeConfirmation" {
+                let field = |k: &str| env.get(k).and_then(Value::as_str).unwrap_or("?").to_owned();
+                return Err(BadMessage::SnsControl {
+                    kind: ty.to_owned(),
+                    topic: field("TopicArn"),
+                    url: field("SubscribeURL"),
+                });
+            }
             if ty != "Notification" {
                 return Err(BadMessage::NotSnsEnvelope(format!(
                     "`Type` is {ty:?}, expected \"Notification\""
@@ -373,8 +392,18 @@ mod tests {
         assert!(raw.to_string().contains("raw message delivery"), "{raw}");
         let mut env: Value = serde_json::from_str(&sns_envelope("x", None)).unwrap();
         env["Type"] = "SubscriptionConfirmation".into();
+        env["SubscribeURL"] =
+            "https://sns.us-west-2.amazonaws.com/?Action=ConfirmSubscription".into();
         let e = parse_message(&env.to_string(), SqsFormat::Sns, &tag(), None).unwrap_err();
-        assert!(e.to_string().contains("SubscriptionConfirmation"), "{e}");
+        let text = e.to_string();
+        assert!(text.contains("SubscriptionConfirmation"), "{text}");
+        assert!(
+            text.contains("Action=ConfirmSubscription"),
+            "the URL to open: {text}"
+        );
+        env["Type"] = "Other".into();
+        let e = parse_message(&env.to_string(), SqsFormat::Sns, &tag(), None).unwrap_err();
+        assert!(matches!(e, BadMessage::NotSnsEnvelope(_)), "{e}");
         for missing in ["Message", "MessageId", "TopicArn", "Timestamp"] {
             let mut env: Value = serde_json::from_str(&sns_envelope("x", None)).unwrap();
             env.as_object_mut().unwrap().remove(missing);
