@@ -343,7 +343,7 @@ fn with_the_output_down_only_buffered_messages_are_deleted_and_all_arrive_after(
          batch = {{ max_records = 10, max_age = \"100ms\" }}\n\
          buffer = {{ type = \"memory\", max_size = \"16KiB\", when_full = \"block\" }}\n\
          retry = {{ initial_backoff = \"100ms\", max_backoff = \"1s\" }}\n",
-        sqs_input("q", &q, &ep, "visibility_timeout = \"3s\""),
+        sqs_input("q", &q, &ep, "visibility_timeout = \"4s\""),
     );
     let r = Router::start(&config);
     let total = 200;
@@ -359,8 +359,8 @@ fn with_the_output_down_only_buffered_messages_are_deleted_and_all_arrive_after(
         1.0,
         Duration::from_secs(30),
     );
-    // Three visibility timeouts: without extensions the held batches would be visible again.
-    std::thread::sleep(Duration::from_secs(9));
+    // 2.5 visibility timeouts: without extensions the held batches would be visible again.
+    std::thread::sleep(Duration::from_secs(10));
     let (visible, in_flight) = counts(&c, &q);
     let buffered = r.metric("firelane_input_records_total", &[]) as u64;
     let deleted = total as u64 - visible - in_flight;
