@@ -317,6 +317,8 @@ async fn handle_batch(s: &Shared, messages: Vec<Message>, vt: Duration, shutdown
     tokio::pin!(work);
     let half = (vt / 2).max(Duration::from_millis(500));
     let mut extend = tokio::time::interval_at(Instant::now() + half, half);
+    // A late extension is followed by the next one half a timeout later, not by a burst.
+    extend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let outcomes = loop {
         tokio::select! {
             biased;
