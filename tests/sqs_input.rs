@@ -518,3 +518,87 @@ fn at_shutdown_unfinished_messages_go_back_to_the_queue_at_once() {
         total - visible
     );
 }
+
+/// Publishes to a new SNS topic on moto whose SQS subscription (raw delivery off) feeds
+/// `queue_arn`: five ECS events as JSON, then one plain-text message. boto3 comes with moto
+/// in the test venv.
+const PY_PUBLISH: &str = r#"
+import json, sys, uuid
+import boto3
+ep, queue_arn = sys.argv[1], sys.argv[2]
+sns = boto3.client("sns", endpoint_url=ep, region_name="us-east-1")
+topic = sns.create_topic(Name="ecs-events-" + uuid.uuid4().hex[:12])["TopicArn"]
+sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+for n in range(5):
+    event = {"version": "0", "id": "sns-evt-%d" % n, "detail-type": "ECS Task State Change",
+             "source": "aws.ecs", "account": "123456789012", "time": "2026-01-23T17:57:58Z",
+             "region": "us-east-1", "resources": [], "detail": {"n": n}}
+    sns.publish(TopicArn=topic, Message=json.dumps(event), Subject="ecs")
+sns.publish(TopicArn=topic, Message="deployment finished")
+print(topic)
+"#;
+
+#[test]
+fn envelopes_from_a_real_sns_subscription_are_unwrapped() {
+    let Some(ep) = endpoint() else { return };
+    let Ok(python) = std::env::var("FIRELANE_TEST_PYTHON") else {
+        common::peer_missing("FIRELANE_TEST_PYTHON is not set; SNS publishing was NOT tested");
+        return;
+    };
+    let c = sqs(&ep);
+    let q = create_queue(&c, "from-sns");
+    let arn = rt().block_on(async {
+        c.get_queue_attributes()
+            .queue_url(&q)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .expect("GetQueueAttributes")
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::QueueArn))
+            .expect("QueueArn")
+            .clone()
+    });
+    let config = format!(
+        "{}[routes.all]\nto = [\"file\"]\n\n[outputs.file]\ntype = \"file\"\npath = \"{{dir}}/out.jsonl\"\ntag_key = \"tag\"\nbatch = {{ max_age = \"100ms\" }}\n",
+        sqs_input("q", &q, &ep, "format = \"sns\""),
+    );
+    let r = Router::start(&config);
+    let out = std::process::Command::new(&python)
+        .args(["-c", PY_PUBLISH, &ep, &arn])
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let topic = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+
+    let lines = common::wait_lines(&r.path("out.jsonl"), 6, Duration::from_secs(60));
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    let mut events: Vec<&Value> = lines.iter().filter(|l| l.get("detail").is_some()).collect();
+    events.sort_by_key(|l| l["detail"]["n"].as_u64());
+    assert_eq!(events.len(), 5);
+    for (n, e) in events.iter().enumerate() {
+        assert_eq!(e["id"], format!("sns-evt-{n}"));
+        assert_eq!(e["tag"], "ECS Task State Change");
+        assert_eq!(e["sns"]["TopicArn"], topic.as_str());
+        assert_eq!(e["sns"]["Subject"], "ecs");
+        assert!(
+            e["sns"]["MessageId"]
+                .as_str()
+                .is_some_and(|s| !s.is_empty())
+        );
+        assert!(e["sns"]["Timestamp"].as_str().is_some());
+        assert!(e.get("Signature").is_none() && e.get("Type").is_none());
+    }
+    let text = lines
+        .iter()
+        .find(|l| l.get("detail").is_none())
+        .expect("the text message");
+    assert_eq!(text["message"], "deployment finished");
+    assert_eq!(text["tag"], "q");
+    assert_eq!(r.metric("firelane_input_errors_total", &[]), 0.0);
+    assert_eq!(wait_empty(&c, &q, Duration::from_secs(30)), (0, 0));
+}
