@@ -156,12 +156,17 @@ fn sns_envelope(event: &Value, message_id: &str) -> Value {
 /// in the test is firelane's. Each request goes over a fresh upstream connection with
 /// `Connection: close`, and the client's connection is closed after the answer.
 fn serializing_proxy(upstream: &str) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+    serve_proxy(listener, upstream)
+}
+
+/// [`serializing_proxy`] on an already bound `listener`.
+fn serve_proxy(listener: TcpListener, upstream: &str) -> String {
     let upstream = upstream
         .strip_prefix("http://")
         .expect("http endpoint")
         .trim_end_matches('/')
         .to_owned();
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
     let port = listener.local_addr().expect("addr").port();
     let one_at_a_time = Arc::new(Mutex::new(()));
     std::thread::spawn(move || {
@@ -600,5 +605,38 @@ fn envelopes_from_a_real_sns_subscription_are_unwrapped() {
     assert_eq!(text["message"], "deployment finished");
     assert_eq!(text["tag"], "q");
     assert_eq!(r.metric("firelane_input_errors_total", &[]), 0.0);
+    assert_eq!(wait_empty(&c, &q, Duration::from_secs(30)), (0, 0));
+}
+
+#[test]
+fn a_replica_started_while_sqs_is_unreachable_recovers_by_itself() {
+    let Some(ep) = endpoint() else { return };
+    let c = sqs(&ep);
+    let q = create_queue(&c, "outage");
+    // SQS is reached through a port nothing listens on yet.
+    let port = free_port();
+    let config = format!(
+        "{}[routes.all]\nto = [\"file\"]\n\n[outputs.file]\ntype = \"file\"\npath = \"{{dir}}/out.jsonl\"\nbatch = {{ max_age = \"100ms\" }}\n",
+        sqs_input("q", &q, &format!("http://127.0.0.1:{port}"), ""),
+    );
+    let r = Router::start(&config);
+    let failed = ["input=\"q\"", "kind=\"receive_failed\""];
+    assert!(
+        r.wait_metric(
+            "firelane_input_errors_total",
+            &failed,
+            2.0,
+            Duration::from_secs(60)
+        ) >= 2.0,
+        "failures are counted and retried"
+    );
+    assert!(r.logs().contains("cannot read queue"), "{}", r.logs());
+    send(&c, &q, &[task_event("evt-after-outage", 1).to_string()]);
+    let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the SQS port");
+    serve_proxy(listener, &ep);
+    // Backoff is capped at 20 s, plus the SDK's own retries.
+    let lines = common::wait_lines(&r.path("out.jsonl"), 1, Duration::from_secs(90));
+    assert_eq!(lines.len(), 1, "{}", r.logs());
+    assert_eq!(lines[0]["id"], "evt-after-outage");
     assert_eq!(wait_empty(&c, &q, Duration::from_secs(30)), (0, 0));
 }
