@@ -139,6 +139,7 @@ impl InputType for Http {
             }
             cfg.sns = Some(sns);
         } else if t.contains("sns") {
+            t.mark_used("sns");
             d.error(
                 t.value_span("sns"),
                 format!("{}.sns: needs format = \"sns\"", t.path()),
@@ -227,6 +228,7 @@ fn humanize(d: Duration) -> String {
 /// The `sns` table: `topic_arns`, `auto_confirm`, `cert_hosts`, `ca_file`.
 fn read_sns(a: &mut Table<'_, '_>, d: &mut Diagnostics) -> SnsConfig {
     let mut cfg = SnsConfig::default();
+    let errors_before = d.errors.len();
     for arn in a.opt_string_list(d, "topic_arns").unwrap_or_default() {
         // arn:PARTITION:sns:REGION:ACCOUNT:NAME; a typo here would refuse every message.
         let parts: Vec<&str> = arn.get_ref().split(':').collect();
@@ -243,7 +245,8 @@ fn read_sns(a: &mut Table<'_, '_>, d: &mut Diagnostics) -> SnsConfig {
         cfg.topic_arns.push(arn.into_inner());
     }
     cfg.auto_confirm = a.opt_bool(d, "auto_confirm").unwrap_or(false);
-    if cfg.auto_confirm && cfg.topic_arns.is_empty() {
+    // A topic_arns that failed to read is an error already, not an empty list.
+    if cfg.auto_confirm && cfg.topic_arns.is_empty() && d.errors.len() == errors_before {
         d.warn(
             a.value_span("auto_confirm"),
             format!(
