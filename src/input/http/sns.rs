@@ -458,9 +458,23 @@ impl Sns {
                 }
             }
         };
-        cell.get_or_try_init(|| self.fetch_cert(url))
+        let cert = cell
+            .get_or_try_init(|| self.fetch_cert(url))
             .await
-            .map(Arc::clone)
+            .map(Arc::clone);
+        if cert.is_err() {
+            // Only certificates take a place in the cache: forged messages naming URLs that
+            // serve nothing must not push the real certificate out.
+            let mut c = self.certs.lock();
+            if c.cells
+                .get(url.as_str())
+                .is_some_and(|x| Arc::ptr_eq(x, &cell) && x.get().is_none())
+            {
+                c.cells.remove(url.as_str());
+                c.order.retain(|u| u != url.as_str());
+            }
+        }
+        cert
     }
 
     async fn fetch_cert(
@@ -887,6 +901,33 @@ mod tests {
         );
         let e = local.allowed_url(pem, true).unwrap_err();
         assert!(e.contains("not in sns.cert_hosts"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn failed_fetches_take_no_place_in_the_cache() {
+        // A port nothing listens on: the fetch fails at connect.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let sns = Sns::new(
+            SnsConfig {
+                cert_hosts: Some(vec!["127.0.0.1".into()]),
+                ..SnsConfig::default()
+            },
+            "t",
+            false,
+        )
+        .unwrap();
+        for i in 0..3 {
+            let url = sns
+                .allowed_url(&format!("https://127.0.0.1:{port}/{i}.pem"), true)
+                .unwrap();
+            let e = sns.cert(&url).await.unwrap_err();
+            assert_eq!(e.kind(), "sns_cert_fetch", "{e}");
+        }
+        let c = sns.certs.lock();
+        assert!(c.cells.is_empty() && c.order.is_empty());
     }
 
     #[test]
