@@ -655,16 +655,10 @@ async fn handle(
                         "input {}: refused an SNS delivery: {e}",
                         s.cfg.name
                     );
-                    let status = match e {
-                        sns::SnsError::Signature(_) | sns::SnsError::Topic(_) => {
-                            StatusCode::FORBIDDEN
-                        }
-                        sns::SnsError::CertUnavailable(_) => {
-                            return unavailable(&e.to_string());
-                        }
-                        _ => StatusCode::BAD_REQUEST,
+                    return match e.status() {
+                        StatusCode::SERVICE_UNAVAILABLE => unavailable(&e.to_string()),
+                        status => reply(status, &e.to_string()),
                     };
-                    return reply(status, &e.to_string());
                 }
             }
         }

@@ -48,7 +48,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use base64::Engine;
 use parking_lot::Mutex;
 use rustls_pki_types::pem::PemObject;
@@ -168,6 +168,20 @@ impl SnsError {
             SnsError::Topic(_) => "sns_topic",
             SnsError::CertUnavailable(_) => "sns_cert_fetch",
             SnsError::Budget(_) => "full",
+        }
+    }
+
+    /// The answer's status: 400 for what is not an SNS message, 403 for what is not
+    /// proven to come from SNS or from a listed topic, 503 for what may pass (SNS retries
+    /// only 5xx: every 4xx drops the message), 413 / 503 for the budget as for any body.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            SnsError::Json { .. } | SnsError::NotAMessage(_) => StatusCode::BAD_REQUEST,
+            SnsError::Signature(_) | SnsError::Topic(_) => StatusCode::FORBIDDEN,
+            SnsError::CertUnavailable(_) | SnsError::Budget(Refusal::NotNow) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            SnsError::Budget(Refusal::Never { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 }
