@@ -712,3 +712,51 @@ concurrency = 1
     assert!(errors(&r, "full") >= 1.0);
     drop(silent);
 }
+
+#[test]
+fn a_message_too_large_to_parse_within_the_memory_limit_is_413() {
+    let pki = Pki::get();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ca = tmp.path().join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).expect("write CA");
+    let port = free_port();
+    let config = format!(
+        r#"
+[runtime]
+memory_limit = "8MiB"
+
+[inputs.sns]
+type = "http"
+listen = "127.0.0.1:{port}"
+format = "sns"
+sns = {{ cert_hosts = ["127.0.0.1"], ca_file = "{ca}" }}
+
+[routes.all]
+to = ["out"]
+
+[outputs.out]
+type = "file"
+path = "{{dir}}/out.jsonl"
+"#,
+        ca = ca.display()
+    );
+    let r = Router::start(&config);
+    let url = format!("http://127.0.0.1:{port}/");
+    let cert = pki.cert_url("budget");
+    // 150 000 tiny values: 300 KB of JSON inside the Message string, about 19 MB by the
+    // parse estimate, more than requests may hold under an 8 MiB limit (3/4 of it).
+    let values = vec!["1"; 150_000].join(",");
+    let big = notification("b-1", &format!("{{\"v\":[{values}]}}"), None, TOPIC, &cert);
+    let (s, b) = post_as_sns(&url, &big.to_string());
+    assert_eq!(s, 413, "{b}");
+    assert!(
+        b["error"].as_str().is_some_and(|e| e.contains("memory")),
+        "{b}"
+    );
+    // The same bytes as plain text are not parsed: taken.
+    let text = notification("b-2", &format!("[{values}]"), None, TOPIC, &cert);
+    let (s, b) = post_as_sns(&url, &text.to_string());
+    assert_eq!(s, 200, "{b}");
+    let lines = wait_lines(&r.path("out.jsonl"), 1, Duration::from_secs(20));
+    assert_eq!(lines[0]["sns"]["MessageId"], "b-2");
+}

@@ -307,10 +307,14 @@ impl Sns {
             MessageType::Notification => {
                 self.check_topic(Some(topic))?;
                 let message = required(&envelope, "Message")?;
-                let total = reservation
-                    .bytes()
-                    .saturating_add(parse_cost(message.as_bytes()));
-                hold(budget, reservation, total).map_err(SnsError::Budget)?;
+                // The message's own JSON is parsed too (a string in the envelope, so not in
+                // the estimate the body's reservation was made from): held the same way.
+                if looks_like_object(message) {
+                    let total = reservation
+                        .bytes()
+                        .saturating_add(parse_cost(message.as_bytes()));
+                    hold(budget, reservation, total).map_err(SnsError::Budget)?;
+                }
                 let mut sns = Fields::new();
                 for key in ["Subject", "MessageId", "TopicArn", "Timestamp"] {
                     if let Some(v @ Value::String(_)) = envelope.get(key) {
@@ -668,8 +672,14 @@ fn message_record(
     named_tag: Option<&Arc<str>>,
     default_tag: &Arc<str>,
 ) -> Record {
-    let (mut fields, event) = match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(fields)) => {
+    // Only an object becomes the record: anything else is not parsed at all.
+    let parsed = if looks_like_object(text) {
+        serde_json::from_str::<Value>(text).ok()
+    } else {
+        None
+    };
+    let (mut fields, event) = match parsed {
+        Some(Value::Object(fields)) => {
             let event = match (fields.get("detail-type"), fields.get("source")) {
                 (Some(Value::String(dt)), Some(Value::String(_))) => Some((
                     Arc::<str>::from(dt.as_str()),
@@ -701,6 +711,11 @@ fn message_record(
         .unwrap_or_else(|| default_tag.clone());
     let time = event_time.or(timestamp).unwrap_or_else(now_ns);
     Record::new(tag, time, fields)
+}
+
+/// Whether `text` may be a JSON object (its first non-blank character is `{`).
+fn looks_like_object(text: &str) -> bool {
+    text.trim_start().starts_with('{')
 }
 
 /// Nanoseconds since the epoch of an RFC 3339 timestamp (SNS: `2012-04-26T20:45:04.751Z`).
