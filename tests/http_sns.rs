@@ -7,7 +7,8 @@
 //! plain-HTTP certificate URL are refused 403 and counted (`kind="sns_signature"`);
 //! subscriptions are confirmed, or not, per `auto_confirm` and `topic_arns`; the same
 //! `MessageId` twice gives one record; bad bodies are answered 400/413 and counted, and
-//! other requests flow on.
+//! other requests flow on; a full buffer answers 503; a JSON message is parsed within the
+//! memory limit (413 when it can never fit).
 
 mod common;
 
