@@ -72,9 +72,24 @@ impl Sink for FileSink {
             let Some(f) = slot.as_mut() else {
                 return Err(Failure::retryable("io_error", "file not open"));
             };
+            // A failed write may have appended part of the batch (a full disk takes what
+            // fits): cut the file back to where the batch began, so the retry appends it
+            // whole instead of after a torn line. Appends come only from this sink and
+            // under this lock, so the length before the write is where the batch starts.
+            let start = f.metadata().map(|m| m.len());
             let res = f.write_all(&body).and_then(|()| f.flush());
             if let Err(e) = res {
+                let rolled_back = match start {
+                    Ok(len) => f.set_len(len).map_err(|t| t.to_string()),
+                    Err(m) => Err(m.to_string()),
+                };
                 *slot = None;
+                if let Err(why) = rolled_back {
+                    tracing::error!(
+                        path = %path.display(),
+                        "could not cut a partly written batch off the file ({why}); its retry may follow a torn line"
+                    );
+                }
                 return Err(io_failure(&format!("write {}", path.display()), &e));
             }
             Ok(())

@@ -4,6 +4,7 @@
 
 pub mod fake_http;
 pub mod moto;
+pub mod tmpfs;
 
 use std::io::{BufRead, Read};
 use std::net::TcpListener;
