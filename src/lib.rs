@@ -16,4 +16,6 @@ pub mod plan;
 pub mod route;
 pub mod serve;
 pub mod telemetry;
+#[cfg(test)]
+pub(crate) mod test_support;
 pub mod topology;

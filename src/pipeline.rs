@@ -228,8 +228,7 @@ mod tests {
     /// waits for space: received is 2.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn received_counts_what_the_buffer_took_when_a_push_fails() {
-        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-        let handle = recorder.handle();
+        let recorder = crate::test_support::TestRecorder::default();
         let size = rec(0).approx_size() as u64;
         let settings = BufferSettings::memory(2 * size, WhenFull::Block);
         let (writer, _reader, _) =
@@ -261,12 +260,9 @@ mod tests {
             matches!(result, Err(IngestError::ShuttingDown)),
             "{result:?}"
         );
-        let text = handle.render();
-        let received = text
-            .lines()
-            .find(|l| l.starts_with(r#"firelane_output_received_records_total{output="out"}"#))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok());
-        assert_eq!(received, Some(2.0), "{text}");
+        assert_eq!(
+            recorder.get("firelane_output_received_records_total{output=out}"),
+            2
+        );
     }
 }

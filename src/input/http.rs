@@ -1014,71 +1014,6 @@ mod tests {
         ));
     }
 
-    /// Counters incremented while it is the thread's recorder: (name, kind label, value).
-    #[derive(Default)]
-    struct Counted(Arc<parking_lot::Mutex<Vec<(String, String, u64)>>>);
-
-    struct CounterCell {
-        name: String,
-        kind: String,
-        store: Arc<parking_lot::Mutex<Vec<(String, String, u64)>>>,
-    }
-
-    impl metrics::CounterFn for CounterCell {
-        fn increment(&self, value: u64) {
-            self.store
-                .lock()
-                .push((self.name.clone(), self.kind.clone(), value));
-        }
-        fn absolute(&self, _: u64) {}
-    }
-
-    impl metrics::Recorder for Counted {
-        fn describe_counter(
-            &self,
-            _: metrics::KeyName,
-            _: Option<metrics::Unit>,
-            _: metrics::SharedString,
-        ) {
-        }
-        fn describe_gauge(
-            &self,
-            _: metrics::KeyName,
-            _: Option<metrics::Unit>,
-            _: metrics::SharedString,
-        ) {
-        }
-        fn describe_histogram(
-            &self,
-            _: metrics::KeyName,
-            _: Option<metrics::Unit>,
-            _: metrics::SharedString,
-        ) {
-        }
-        fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> Counter {
-            let kind = key
-                .labels()
-                .find(|l| l.key() == "kind")
-                .map(|l| l.value().to_string())
-                .unwrap_or_default();
-            Counter::from_arc(Arc::new(CounterCell {
-                name: key.name().to_string(),
-                kind,
-                store: self.0.clone(),
-            }))
-        }
-        fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
-            metrics::Gauge::noop()
-        }
-        fn register_histogram(
-            &self,
-            _: &metrics::Key,
-            _: &metrics::Metadata<'_>,
-        ) -> metrics::Histogram {
-            metrics::Histogram::noop()
-        }
-    }
-
     /// An ingest that refuses every request with one error.
     struct Refuses(IngestError);
 
@@ -1092,8 +1027,7 @@ mod tests {
     /// Posts one record to an input whose pipeline answers `err`; returns the status, the
     /// Retry-After header, the body, and the `kind`s counted as input errors.
     fn post_refused(err: IngestError) -> (StatusCode, Option<String>, String, Vec<String>) {
-        let rec = Counted::default();
-        let store = rec.0.clone();
+        let rec = crate::test_support::TestRecorder::default();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -1118,11 +1052,13 @@ mod tests {
                 (status, retry, String::from_utf8_lossy(&body).into_owned())
             })
         });
-        let kinds = store
-            .lock()
-            .iter()
-            .filter(|(name, _, _)| name == "firelane_input_errors_total")
-            .map(|(_, kind, _)| kind.clone())
+        let kinds = rec
+            .by_label("firelane_input_errors_total", "kind")
+            .into_iter()
+            .map(|(kind, n)| {
+                assert_eq!(n, 1, "{kind} counted once");
+                kind
+            })
             .collect();
         (status, retry, body, kinds)
     }
