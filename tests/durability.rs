@@ -3,267 +3,23 @@
 //! segments, throttling and shutdown; memory stays bounded; a stalled output does not hold
 //! up another one; what cannot be delivered is counted (dropped, dead-lettered, lost).
 //!
-//! The destination of `type = "http"` outputs is [`Dest`], a small scriptable HTTP/1.1
-//! server in this file. Records carry an integer field `i` so that deliveries can be
+//! The destination of `type = "http"` outputs is [`FakeHttp`], the scriptable HTTP/1.1
+//! server of `tests/common/fake_http.rs`. Records carry an integer field `i` so that deliveries can be
 //! checked against what was acknowledged, record by record.
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::fake_http::{FakeHttp, Reply};
 use common::{Router, free_port, read_jsonl, wait_lines};
 use firelane::input::forward::ListenAddr;
 use firelane::input::forward::client::{self, EventTime, ForwardClient};
-
-// === scriptable destination ===
-
-/// How the destination answers a request.
-#[derive(Clone, Debug, PartialEq)]
-enum Reply {
-    /// 200 OK, records counted as delivered.
-    Ok,
-    /// This status, with an optional `Retry-After` value; records not delivered.
-    Status(u16, Option<&'static str>),
-    /// Reads the request and never answers (until the server is dropped).
-    Stall,
-    /// 200 OK after this many milliseconds.
-    Slow(u64),
-}
-
-#[derive(Debug)]
-struct Seen {
-    at: Instant,
-    status: u16,
-    ids: Vec<u64>,
-}
-
-#[derive(Default)]
-struct DestState {
-    /// Answers for the next requests, in order; then `default`.
-    script: VecDeque<Reply>,
-    default: Option<Reply>,
-    seen: Vec<Seen>,
-    /// TCP connections accepted.
-    connections: usize,
-    /// Every record line of every request answered 200, parsed.
-    delivered: Vec<serde_json::Value>,
-}
-
-struct Dest {
-    port: u16,
-    state: Arc<Mutex<DestState>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Dest {
-    /// Starts on a free port.
-    fn start(default: Reply) -> Dest {
-        Self::start_on(free_port(), default)
-    }
-
-    /// Starts on `port` (a port handed out earlier while the destination was "down").
-    fn start_on(port: u16, default: Reply) -> Dest {
-        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind destination");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let state = Arc::new(Mutex::new(DestState {
-            default: Some(default),
-            ..DestState::default()
-        }));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (st, sp) = (state.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !sp.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((sock, _)) => {
-                        st.lock().unwrap().connections += 1;
-                        let (st, sp) = (st.clone(), sp.clone());
-                        std::thread::spawn(move || serve_conn(sock, st, sp));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        Dest { port, state, stop }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/ingest", self.port)
-    }
-
-    fn script(&self, replies: &[Reply]) {
-        self.state
-            .lock()
-            .unwrap()
-            .script
-            .extend(replies.iter().cloned());
-    }
-
-    fn requests(&self) -> usize {
-        self.state.lock().unwrap().seen.len()
-    }
-
-    /// `i` of every delivered record, with how often each arrived.
-    fn delivered_ids(&self) -> BTreeMap<u64, usize> {
-        let mut m = BTreeMap::new();
-        for v in &self.state.lock().unwrap().delivered {
-            *m.entry(v["i"].as_u64().expect("record has i")).or_insert(0) += 1;
-        }
-        m
-    }
-
-    /// Waits until every id in `want` has been delivered at least once.
-    fn wait_ids(&self, want: &BTreeSet<u64>, timeout: Duration) -> BTreeMap<u64, usize> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let got = self.delivered_ids();
-            if want.iter().all(|i| got.contains_key(i)) || Instant::now() > deadline {
-                return got;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Dest {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// One keep-alive connection: reads requests (Content-Length bodies), answers per script.
-fn serve_conn(sock: TcpStream, state: Arc<Mutex<DestState>>, stop: Arc<AtomicBool>) {
-    let _ = sock.set_read_timeout(Some(Duration::from_millis(200)));
-    let mut w = match sock.try_clone() {
-        Ok(w) => w,
-        Err(_) => return,
-    };
-    let mut r = BufReader::new(sock);
-    loop {
-        // Request line and headers.
-        let mut content_length = 0usize;
-        let mut first = true;
-        loop {
-            let mut line = String::new();
-            match r.read_line(&mut line) {
-                Ok(0) => return,
-                Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    if stop.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    if line.is_empty() {
-                        continue;
-                    }
-                    // A partial line: keep reading it.
-                    let mut rest = String::new();
-                    while !rest.ends_with('\n') {
-                        match r.read_line(&mut rest) {
-                            Ok(0) => return,
-                            Ok(_) => {}
-                            Err(_) if !stop.load(Ordering::Relaxed) => {}
-                            Err(_) => return,
-                        }
-                    }
-                    line.push_str(&rest);
-                }
-                Err(_) => return,
-            }
-            if first {
-                first = false;
-                if line.trim().is_empty() {
-                    first = true;
-                    continue;
-                }
-            }
-            let l = line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = l.split_once(':')
-                && k.eq_ignore_ascii_case("content-length")
-            {
-                content_length = v.trim().parse().unwrap_or(0);
-            }
-        }
-        let mut body = vec![0u8; content_length];
-        let mut got = 0;
-        while got < content_length {
-            match r.read(&mut body[got..]) {
-                Ok(0) => return,
-                Ok(n) => got += n,
-                Err(_) if !stop.load(Ordering::Relaxed) => {}
-                Err(_) => return,
-            }
-        }
-        let text = String::from_utf8_lossy(&body).into_owned();
-        let records: Vec<serde_json::Value> = text
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| {
-                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad NDJSON line {l:?}: {e}"))
-            })
-            .collect();
-        let ids = records.iter().filter_map(|v| v["i"].as_u64()).collect();
-        let reply = {
-            let mut st = state.lock().unwrap();
-            let reply = st
-                .script
-                .pop_front()
-                .or_else(|| st.default.clone())
-                .unwrap_or(Reply::Ok);
-            let status = match &reply {
-                Reply::Ok => 200,
-                Reply::Status(s, _) => *s,
-                Reply::Stall => 0,
-                Reply::Slow(_) => 200,
-            };
-            st.seen.push(Seen {
-                at: Instant::now(),
-                status,
-                ids,
-            });
-            if matches!(reply, Reply::Ok | Reply::Slow(_)) {
-                st.delivered.extend(records);
-            }
-            reply
-        };
-        let response = match reply {
-            Reply::Slow(ms) => {
-                std::thread::sleep(Duration::from_millis(ms));
-                "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_string()
-            }
-            // A small body, as most webhook receivers send: the client must read it to
-            // reuse the connection.
-            Reply::Ok => "HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n{\"ok\":true}\n".to_string(),
-            Reply::Status(code, retry_after) => {
-                let ra = retry_after
-                    .map(|v| format!("retry-after: {v}\r\n"))
-                    .unwrap_or_default();
-                format!("HTTP/1.1 {code} Scripted\r\n{ra}content-length: 7\r\n\r\nnot now")
-            }
-            Reply::Stall => {
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                return;
-            }
-        };
-        if w.write_all(response.as_bytes()).is_err() {
-            return;
-        }
-    }
-}
 
 // === forward client ===
 
@@ -443,7 +199,7 @@ batch = {{ max_records = 500, max_age = "100ms" }}"#
     );
     let dir = router.into_dir(); // kill -9
 
-    let dest = Dest::start_on(dest_port, Reply::Ok);
+    let dest = FakeHttp::start_on(dest_port, Reply::Ok);
     let router = Router::start_in(dir, &cfg);
     assert_eq!(
         router.metric(
@@ -541,7 +297,7 @@ fn torn_case(damage: &str, survive: u64) {
         }
     }
 
-    let dest = Dest::start_on(dest_port, Reply::Ok);
+    let dest = FakeHttp::start_on(dest_port, Reply::Ok);
     let router = Router::start_in(dir, &cfg);
     let got = dest.wait_ids(&ids(0..survive), SECS(30));
     let missing: Vec<u64> = (0..survive).filter(|i| !got.contains_key(i)).collect();
@@ -586,7 +342,7 @@ fn torn_case(damage: &str, survive: u64) {
 #[test]
 fn retry_after_is_honoured_on_503_and_429() {
     let fwd = free_port();
-    let dest = Dest::start(Reply::Ok);
+    let dest = FakeHttp::start_replying(Reply::Ok);
     dest.script(&[Reply::Status(503, Some("1")), Reply::Status(429, Some("1"))]);
     let cfg = http_config(
         fwd,
@@ -599,7 +355,7 @@ fn retry_after_is_honoured_on_503_and_429() {
     let got = dest.wait_ids(&ids(0..50), SECS(20));
     assert_eq!(got.len(), 50);
     assert!(got.values().all(|&c| c == 1), "delivered once each");
-    let st = dest.state.lock().unwrap();
+    let st = dest.state();
     let statuses: Vec<u16> = st.seen.iter().map(|x| x.status).collect();
     assert_eq!(
         statuses,
@@ -636,7 +392,7 @@ fn retry_after_is_honoured_on_503_and_429() {
         s.send_acked(1000 + k * 10..1000 + k * 10 + 10);
         dest.wait_ids(&ids(1000 + k * 10..1000 + k * 10 + 10), SECS(10));
     }
-    let st = dest.state.lock().unwrap();
+    let st = dest.state();
     assert!(st.seen.len() >= 13);
     assert!(
         st.connections <= 3,
@@ -652,7 +408,7 @@ fn retry_after_is_honoured_on_503_and_429() {
 fn stalled_output_does_not_hold_up_the_file_output() {
     for stall in [Reply::Stall, Reply::Status(503, None)] {
         let fwd = free_port();
-        let dest = Dest::start(stall.clone());
+        let dest = FakeHttp::start_replying(stall.clone());
         let cfg = format!(
             r#"
 [runtime]
@@ -781,7 +537,7 @@ fn sigterm_with_destination_down_disk_keeps_memory_reports_lost() {
         "{logs}"
     );
     let dir = router.into_dir();
-    let dest = Dest::start_on(dest_port, Reply::Ok);
+    let dest = FakeHttp::start_on(dest_port, Reply::Ok);
     let router = Router::start_in(dir, &cfg);
     let got = dest.wait_ids(&ids(0..N), SECS(30));
     let missing = (0..N).filter(|i| !got.contains_key(i)).count();
@@ -875,7 +631,7 @@ fn full_disk_buffer_blocks_then_recovers_without_loss() {
         0.0
     );
 
-    let dest = Dest::start_on(dest_port, Reply::Ok);
+    let dest = FakeHttp::start_on(dest_port, Reply::Ok);
     // The pending request is acked once space frees up.
     let deadline = Instant::now() + SECS(30);
     loop {
@@ -927,7 +683,7 @@ fn full_disk_buffer_drop_newest_counts_drops_and_delivers_the_rest() {
     );
     assert!(dropped > 0.0 && dropped < N as f64, "dropped {dropped}");
     let accepted = N - dropped as u64;
-    let dest = Dest::start_on(dest_port, Reply::Ok);
+    let dest = FakeHttp::start_on(dest_port, Reply::Ok);
     let sent = router.wait_metric(
         "firelane_output_records_total",
         &[r#"output="web""#, r#"result="sent""#],
@@ -955,7 +711,7 @@ const OVERHEAD_MIB: u64 = 96;
 
 /// Forward input → output `stuck`, an http output to `dest` (which stalls), with
 /// `buffer` (a TOML inline table) under a `LIMIT_MIB` memory limit.
-fn stalled_output_config(fwd: u16, dest: &Dest, buffer: &str) -> String {
+fn stalled_output_config(fwd: u16, dest: &FakeHttp, buffer: &str) -> String {
     format!(
         r#"
 [runtime]
@@ -990,7 +746,7 @@ fn memory_stays_bounded_with_a_stalled_output() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1024);
     let fwd = free_port();
-    let dest = Dest::start(Reply::Stall);
+    let dest = FakeHttp::start_replying(Reply::Stall);
     let cfg = stalled_output_config(
         fwd,
         &dest,
@@ -1032,7 +788,7 @@ fn memory_stays_bounded_with_a_stalled_output() {
 #[test]
 fn permanent_failures_go_to_the_dead_letter_output() {
     let fwd = free_port();
-    let dest = Dest::start(Reply::Status(400, None));
+    let dest = FakeHttp::start_replying(Reply::Status(400, None));
     let cfg = format!(
         r#"
 [inputs.app]
@@ -1110,7 +866,7 @@ path = "{{dir}}/dlq.jsonl"
 #[test]
 fn kill9_after_partial_delivery_over_several_segments() {
     let fwd = free_port();
-    let dest = Dest::start(Reply::Ok);
+    let dest = FakeHttp::start_replying(Reply::Ok);
     // 4 MiB buffer: 1 MiB segments of ~6000 records.
     let cfg = http_config(
         fwd,
@@ -1132,7 +888,7 @@ batch = { max_records = 200, max_age = "50ms" }"#,
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(300));
-    dest.state.lock().unwrap().default = Some(Reply::Status(503, None));
+    dest.state().default = Some(Reply::Status(503, None));
     const N: u64 = 20_000;
     send_range(&mut s, DONE, N, 100);
     let bufdir = router.path("data/buffers/web");
@@ -1143,7 +899,7 @@ batch = { max_records = 200, max_age = "50ms" }"#,
     );
     let dir = router.into_dir();
 
-    dest.state.lock().unwrap().default = Some(Reply::Ok);
+    dest.state().default = Some(Reply::Ok);
     let router = Router::start_in(dir, &cfg);
     let replayed = router.metric(
         "firelane_buffer_replayed_records_total",
@@ -1185,7 +941,7 @@ batch = { max_records = 200, max_age = "50ms" }"#,
 #[test]
 fn clean_shutdown_leaves_nothing_to_replay() {
     let fwd = free_port();
-    let dest = Dest::start(Reply::Ok);
+    let dest = FakeHttp::start_replying(Reply::Ok);
     let cfg = http_config(
         fwd,
         &dest.url(),
@@ -1285,7 +1041,7 @@ buffer = {{ type = "disk", max_size = "128KiB", when_full = "block" }}
             .is_some_and(|v| v.parse::<u64>().is_ok()),
         "503 without Retry-After: {retry_after:?}"
     );
-    let dest = Dest::start_on(dest_port, Reply::Ok);
+    let dest = FakeHttp::start_on(dest_port, Reply::Ok);
     // Once the destination drains the buffer, requests are accepted again.
     let deadline = Instant::now() + SECS(30);
     let resent = next;
@@ -1316,7 +1072,7 @@ buffer = {{ type = "disk", max_size = "128KiB", when_full = "block" }}
 #[test]
 fn memory_stays_bounded_when_blocking() {
     let fwd = free_port();
-    let dest = Dest::start(Reply::Stall);
+    let dest = FakeHttp::start_replying(Reply::Stall);
     let cfg = stalled_output_config(
         fwd,
         &dest,
@@ -1375,7 +1131,7 @@ fn memory_stays_bounded_when_blocking() {
 #[test]
 fn stalled_drop_newest_output_does_not_starve_others_of_memory() {
     let fwd = free_port();
-    let dest = Dest::start(Reply::Stall);
+    let dest = FakeHttp::start_replying(Reply::Stall);
     let cfg = format!(
         r#"
 [runtime]
@@ -1422,7 +1178,7 @@ fn kill9_during_steady_delivery_loses_nothing() {
     let fwd = free_port();
     // 4 requests of 200 records per 100 ms: ~8,000 records/s, slower than the client, so
     // a backlog is on disk when the kill comes.
-    let dest = Dest::start(Reply::Slow(100));
+    let dest = FakeHttp::start_replying(Reply::Slow(100));
     let cfg = http_config(
         fwd,
         &dest.url(),
@@ -1468,7 +1224,7 @@ concurrency = 4"#,
 #[test]
 fn exhausted_retries_are_dead_lettered_or_counted_failed() {
     let fwd = free_port();
-    let dest = Dest::start(Reply::Status(503, None));
+    let dest = FakeHttp::start_replying(Reply::Status(503, None));
     let cfg = format!(
         r#"
 [inputs.app]
@@ -1560,7 +1316,7 @@ fn sigterm_while_blocked_on_a_full_disk_buffer() {
     assert!(status.success(), "exit {status}\n{}", router.logs());
     assert!(t0.elapsed() < SECS(7), "shutdown took {:?}", t0.elapsed());
     let dir = router.into_dir();
-    let dest = Dest::start_on(dest_port, Reply::Ok);
+    let dest = FakeHttp::start_on(dest_port, Reply::Ok);
     let _router = Router::start_in(dir, &cfg);
     let got = dest.wait_ids(&ids(0..acked), SECS(30));
     let missing = (0..acked).filter(|i| !got.contains_key(i)).count();
@@ -1734,7 +1490,7 @@ buffer = {{ type = "disk", max_size = "1GiB", when_full = "block" }}
     let (status, body) = post(next);
     assert_eq!((status, body.contains("disk full")), (503, true), "{body}");
 
-    let dest = Dest::start_on(dest_port, Reply::Ok);
+    let dest = FakeHttp::start_on(dest_port, Reply::Ok);
     let got = dest.wait_ids(&acked, SECS(60));
     let missing = acked.iter().filter(|i| !got.contains_key(i)).count();
     assert_eq!(
@@ -1890,7 +1646,7 @@ buffer = {{ type = "disk", max_size = "1GiB", when_full = "block" }}
     drop(filler);
 
     let router = Router::start(&cfg);
-    let dest = Dest::start_on(dest_port, Reply::Ok);
+    let dest = FakeHttp::start_on(dest_port, Reply::Ok);
     let got = dest.wait_ids(&acked, SECS(60));
     let missing = acked.iter().filter(|i| !got.contains_key(i)).count();
     assert_eq!(
@@ -1945,7 +1701,7 @@ buffer = {{ type = "disk", max_size = "1GiB", when_full = "block" }}
 #[test]
 fn one_held_batch_neither_fills_the_buffer_nor_replays_what_was_delivered() {
     let fwd = free_port();
-    let dest = Dest::start(Reply::Ok);
+    let dest = FakeHttp::start_replying(Reply::Ok);
     dest.script(&[Reply::Stall]);
     let cfg = http_config(
         fwd,
@@ -1963,7 +1719,7 @@ concurrency = 4"#,
     send_all(&mut s, N, 50);
     eprintln!("{N} records acked in {:?}", t0.elapsed());
     let held: BTreeSet<u64> = {
-        let st = dest.state.lock().unwrap();
+        let st = dest.state();
         assert_eq!(st.seen[0].status, 0, "the first request is the stalled one");
         st.seen[0].ids.iter().copied().collect()
     };
