@@ -1335,7 +1335,8 @@ struct Tmpfs {
 
 impl Tmpfs {
     /// `None` (test skipped, with a message) when mounting is not permitted here; with
-    /// `CI` set, a failed mount fails the test instead, so CI never skips it silently.
+    /// `CI` set, a failed mount fails the test instead ([`common::peer_missing`]), so CI
+    /// never skips it silently.
     fn mount(size: &str) -> Option<Tmpfs> {
         let dir = tempfile::tempdir().expect("tempdir");
         let opts = format!("size={size},mode=1777");
@@ -1355,13 +1356,11 @@ impl Tmpfs {
                 Err(e) => why.push(e.to_string()),
             }
         }
-        let why = why.join("; ");
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "cannot mount a {size} tmpfs for the full-disk test ({why}); this test needs root, \
-             CAP_SYS_ADMIN or passwordless sudo in CI"
-        );
-        eprintln!("SKIPPED: cannot mount a tmpfs ({why}); run as root to test a full disk");
+        common::peer_missing(&format!(
+            "cannot mount a {size} tmpfs for the full-disk test ({}); it needs root, \
+             CAP_SYS_ADMIN or passwordless sudo",
+            why.join("; ")
+        ));
         None
     }
 
@@ -1389,19 +1388,11 @@ impl Drop for Tmpfs {
     }
 }
 
-/// The issue's scenario: `data_dir` on a 20 MiB filesystem, a down `http` output with a disk
-/// buffer whose `max_size` is far beyond the free space, HTTP requests acked until refused.
-/// While full: 503 saying "disk full", `/ready` 503 and `/health` naming the output, the
-/// refusals counted. Once the output is up: every acked record is delivered once, new
-/// requests are accepted again without a restart, and a restart replays nothing.
-#[test]
-fn a_disk_buffer_that_fills_its_filesystem_recovers_without_restart() {
-    let Some(fs) = Tmpfs::mount("20m") else {
-        return;
-    };
-    let http = free_port();
-    let dest_port = free_port();
-    let cfg = format!(
+/// The full-filesystem tests' router: an HTTP input on `http` → an `http` output `web` to
+/// `dest_port` with a disk buffer (`max_size` far beyond the free space, `when_full =
+/// "block"`) in `data`.
+fn full_disk_config(data: &Path, http: u16, dest_port: u16) -> String {
+    format!(
         r#"
 [runtime]
 data_dir = "{data}"
@@ -1422,51 +1413,114 @@ retry = {{ initial_backoff = "50ms", max_backoff = "300ms" }}
 batch = {{ max_records = 500, max_age = "50ms" }}
 buffer = {{ type = "disk", max_size = "1GiB", when_full = "block" }}
 "#,
-        data = fs.path().display()
-    );
-    let router = Router::start(&cfg);
-    let client = reqwest::blocking::Client::builder()
-        .timeout(SECS(10))
-        .build()
-        .expect("client");
+        data = data.display()
+    )
+}
+
+/// Posts requests of [`Poster::PER`] records `{"i": n, "log": 1000 × "d"}` (~52 KiB, so
+/// 20 MiB fill after about 400) to an HTTP input, numbering on from the last one, and
+/// keeps the ids of those answered 200.
+struct Poster {
+    client: reqwest::blocking::Client,
+    url: String,
+    next: u64,
+    /// `i` of every record of a request answered 200.
+    acked: BTreeSet<u64>,
+}
+
+impl Poster {
     const PER: u64 = 50;
-    let post = |from: u64| {
-        let body: String = (from..from + PER)
+
+    fn new(http: u16) -> Poster {
+        let client = reqwest::blocking::Client::builder()
+            .timeout(SECS(10))
+            .build()
+            .expect("client");
+        Poster {
+            client,
+            url: format!("http://127.0.0.1:{http}/tag/app"),
+            next: 0,
+            acked: BTreeSet::new(),
+        }
+    }
+
+    /// Posts the next request: its status and body. Its ids are used up either way.
+    fn post(&mut self) -> (u16, String) {
+        let ids = self.next..self.next + Self::PER;
+        self.next = ids.end;
+        let body: String = ids
+            .clone()
             .map(|i| format!("{{\"i\":{i},\"log\":\"{}\"}}\n", "d".repeat(1000)))
             .collect();
-        let r = client
-            .post(format!("http://127.0.0.1:{http}/tag/app"))
-            .body(body)
-            .send()
-            .expect("post");
+        let r = self.client.post(&self.url).body(body).send().expect("post");
         let status = r.status().as_u16();
+        if status == 200 {
+            self.acked.extend(ids);
+        }
         (status, r.text().unwrap_or_default())
+    }
+
+    /// Posts until a request is answered 503 (the disk is full) and returns that body;
+    /// any other answer, or 100,000 records posted, fails the test.
+    fn until_refused(&mut self) -> String {
+        loop {
+            assert!(self.next < 100_000, "the filesystem never filled");
+            match self.post() {
+                (200, _) => {}
+                (503, body) => return body,
+                (other, body) => panic!("status {other} ({body}) while filling the disk"),
+            }
+        }
+    }
+
+    /// Posts every 100 ms until a request is answered 200; a refusal other than 503, or
+    /// none accepted within 30 s, fails the test (with `router`'s log).
+    fn until_accepted(&mut self, router: &Router) {
+        let deadline = Instant::now() + SECS(30);
+        loop {
+            let (status, body) = self.post();
+            if status == 200 {
+                return;
+            }
+            assert_eq!(status, 503, "{body}");
+            assert!(
+                Instant::now() < deadline,
+                "still refused 30 s after every record was delivered: {body}\n{}",
+                router.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// The issue's scenario: `data_dir` on a 20 MiB filesystem, a down `http` output with a disk
+/// buffer whose `max_size` is far beyond the free space, HTTP requests acked until refused.
+/// While full: 503 saying "disk full", `/ready` 503 and `/health` naming the output, the
+/// refusals counted. Once the output is up: every acked record is delivered once, new
+/// requests are accepted again without a restart, and a restart replays nothing.
+#[test]
+fn a_disk_buffer_that_fills_its_filesystem_recovers_without_restart() {
+    let Some(fs) = Tmpfs::mount("20m") else {
+        return;
     };
+    let http = free_port();
+    let dest_port = free_port();
+    let cfg = full_disk_config(fs.path(), http, dest_port);
+    let router = Router::start(&cfg);
+    let mut poster = Poster::new(http);
     let admin = |path: &str| {
         common::http_get(&format!("http://127.0.0.1:{}{path}", router.admin)).expect("admin")
     };
 
-    // ~52 KiB per request: the 20 MiB fill after about 400.
-    let mut acked = BTreeSet::new();
-    let mut next = 0u64;
-    let refusal = loop {
-        assert!(next < 100_000, "the filesystem never filled");
-        let (status, body) = post(next);
-        match status {
-            200 => acked.extend(next..next + PER),
-            503 => break body,
-            other => panic!("status {other} ({body}) while filling the disk"),
-        }
-        next += PER;
-    };
+    let refusal = poster.until_refused();
     assert!(
         refusal.contains("disk full"),
         "503 body does not say disk full: {refusal:?}"
     );
     assert!(
-        acked.len() > 10_000,
+        poster.acked.len() > 10_000,
         "only {} records fit in 20 MiB",
-        acked.len()
+        poster.acked.len()
     );
     let (ready, ready_body) = admin("/ready");
     assert_eq!(ready, 503, "/ready while the disk is full: {ready_body}");
@@ -1487,17 +1541,17 @@ buffer = {{ type = "disk", max_size = "1GiB", when_full = "block" }}
         1.0
     );
     // Still full a moment later: refused again, with the same answer.
-    let (status, body) = post(next);
+    let (status, body) = poster.post();
     assert_eq!((status, body.contains("disk full")), (503, true), "{body}");
 
     let dest = FakeHttp::start_on(dest_port, Reply::Ok);
-    let got = dest.wait_ids(&acked, SECS(60));
-    let missing = acked.iter().filter(|i| !got.contains_key(i)).count();
+    let got = dest.wait_ids(&poster.acked, SECS(60));
+    let missing = poster.acked.iter().filter(|i| !got.contains_key(i)).count();
     assert_eq!(
         missing,
         0,
         "{missing} of {} acked records lost",
-        acked.len()
+        poster.acked.len()
     );
     let twice: Vec<u64> = got
         .iter()
@@ -1507,27 +1561,10 @@ buffer = {{ type = "disk", max_size = "1GiB", when_full = "block" }}
     assert!(twice.is_empty(), "delivered more than once: {twice:?}");
 
     // Accepted again without a restart, once deliveries freed the space.
-    let deadline = Instant::now() + SECS(30);
-    loop {
-        let (status, body) = post(next);
-        if status == 200 {
-            acked.extend(next..next + PER);
-            next += PER;
-            break;
-        }
-        assert_eq!(status, 503, "{body}");
-        assert!(
-            Instant::now() < deadline,
-            "still refused 30 s after every record was delivered: {body}\n{}",
-            router.logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    poster.until_accepted(&router);
     for _ in 0..20 {
-        let (status, body) = post(next);
+        let (status, body) = poster.post();
         assert_eq!(status, 200, "{body}");
-        acked.extend(next..next + PER);
-        next += PER;
     }
     assert_eq!(admin("/ready").0, 200);
     let h: serde_json::Value = serde_json::from_str(&admin("/health").1).expect("health JSON");
@@ -1536,8 +1573,8 @@ buffer = {{ type = "disk", max_size = "1GiB", when_full = "block" }}
         router.metric("firelane_buffer_disk_full", &[r#"output="web""#]),
         0.0
     );
-    let got = dest.wait_ids(&acked, SECS(30));
-    assert!(acked.iter().all(|i| got.contains_key(i)));
+    let got = dest.wait_ids(&poster.acked, SECS(30));
+    assert!(poster.acked.iter().all(|i| got.contains_key(i)));
 
     // Everything delivered and recorded: a restart (even kill -9) replays nothing.
     let deadline = Instant::now() + SECS(10);
@@ -1578,60 +1615,12 @@ fn a_deleted_ack_file_on_a_full_disk_recovers_once_deliveries_free_space() {
     };
     let http = free_port();
     let dest_port = free_port();
-    let cfg = format!(
-        r#"
-[runtime]
-data_dir = "{data}"
-shutdown_grace = "5s"
-
-[inputs.events]
-type = "http"
-listen = "127.0.0.1:{http}"
-accept_timeout = "2s"
-
-[routes.all]
-to = ["web"]
-
-[outputs.web]
-type = "http"
-url = "http://127.0.0.1:{dest_port}/ingest"
-retry = {{ initial_backoff = "50ms", max_backoff = "300ms" }}
-batch = {{ max_records = 500, max_age = "50ms" }}
-buffer = {{ type = "disk", max_size = "1GiB", when_full = "block" }}
-"#,
-        data = fs.path().display()
-    );
-    let client = reqwest::blocking::Client::builder()
-        .timeout(SECS(10))
-        .build()
-        .expect("client");
-    const PER: u64 = 50;
-    let post = |from: u64| {
-        let body: String = (from..from + PER)
-            .map(|i| format!("{{\"i\":{i},\"log\":\"{}\"}}\n", "d".repeat(1000)))
-            .collect();
-        let r = client
-            .post(format!("http://127.0.0.1:{http}/tag/app"))
-            .body(body)
-            .send()
-            .expect("post");
-        let status = r.status().as_u16();
-        (status, r.text().unwrap_or_default())
-    };
+    let cfg = full_disk_config(fs.path(), http, dest_port);
+    let mut poster = Poster::new(http);
 
     let mut router = Router::start(&cfg);
-    let mut acked = BTreeSet::new();
-    let mut next = 0u64;
-    loop {
-        assert!(next < 100_000, "the filesystem never filled");
-        let (status, body) = post(next);
-        match status {
-            200 => acked.extend(next..next + PER),
-            503 if body.contains("disk full") => break,
-            other => panic!("status {other} ({body}) while filling the disk"),
-        }
-        next += PER;
-    }
+    let refusal = poster.until_refused();
+    assert!(refusal.contains("disk full"), "{refusal}");
     router.kill9();
     let buffer_dir = fs.path().join("buffers").join("web");
     std::fs::remove_file(buffer_dir.join("acks")).expect("delete the ack file");
@@ -1647,34 +1636,20 @@ buffer = {{ type = "disk", max_size = "1GiB", when_full = "block" }}
 
     let router = Router::start(&cfg);
     let dest = FakeHttp::start_on(dest_port, Reply::Ok);
-    let got = dest.wait_ids(&acked, SECS(60));
-    let missing = acked.iter().filter(|i| !got.contains_key(i)).count();
+    let got = dest.wait_ids(&poster.acked, SECS(60));
+    let missing = poster.acked.iter().filter(|i| !got.contains_key(i)).count();
     assert_eq!(
         missing,
         0,
         "{missing} of {} acked records lost\n{}",
-        acked.len(),
+        poster.acked.len(),
         router.logs()
     );
 
     // The space comes back without a restart: new requests are taken.
-    let deadline = Instant::now() + SECS(30);
-    loop {
-        let (status, body) = post(next);
-        if status == 200 {
-            acked.extend(next..next + PER);
-            break;
-        }
-        assert_eq!(status, 503, "{body}");
-        assert!(
-            Instant::now() < deadline,
-            "still refused 30 s after every record was delivered: {body}\n{}",
-            router.logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let got = dest.wait_ids(&acked, SECS(30));
-    assert!(acked.iter().all(|i| got.contains_key(i)));
+    poster.until_accepted(&router);
+    let got = dest.wait_ids(&poster.acked, SECS(30));
+    assert!(poster.acked.iter().all(|i| got.contains_key(i)));
     // And the deliveries are recorded again: a new ack file.
     let deadline = Instant::now() + SECS(10);
     while !buffer_dir.join("acks").is_file() && Instant::now() < deadline {
