@@ -1809,35 +1809,10 @@ fn s3_quiet_partition_does_not_block_or_replay_the_busy_one() {
     let Some(m) = MotoBucket::create("fl-quiet") else {
         return;
     };
-    let (ep, bucket) = (m.ep.clone(), m.bucket.clone());
     let in_s3 = |tag: &str| m.ids(tag);
 
     let fwd = free_port();
-    let cfg = format!(
-        r#"
-[runtime]
-data_dir = "{{dir}}/data"
-shutdown_grace = "20s"
-
-[inputs.app]
-type = "forward"
-listen = ["tcp://127.0.0.1:{fwd}"]
-
-[routes.all]
-to = ["s3"]
-
-[outputs.s3]
-type = "s3"
-bucket = "{bucket}"
-key = "{{tag}}/{{uuid}}.json"
-compression = "none"
-region = "us-east-1"
-endpoint_url = "{ep}"
-force_path_style = true
-batch = {{ max_bytes = "64KiB", max_age = "60s" }}
-buffer = {{ type = "disk", max_size = "1MiB" }}
-"#
-    );
+    let cfg = s3_quiet_busy_config(fwd, &m);
     let router = Router::start(&cfg);
     let mut quiet = Sender::connect(fwd, SECS(20));
     quiet.tag = "quiet".into();
@@ -1900,6 +1875,39 @@ buffer = {{ type = "disk", max_size = "1MiB" }}
         "replayed {replayed}, more than the {open_batches} undelivered"
     );
     assert!(dups <= 1, "{dups} duplicates: more than the quiet batch");
+}
+
+/// The S3 quiet/busy tests' router: a forward input on `fwd` → an `s3` output to `m`'s
+/// bucket, objects keyed `<tag>/<uuid>.json`, batches of 64 KiB or 60 s, a 1 MiB disk
+/// buffer.
+fn s3_quiet_busy_config(fwd: u16, m: &MotoBucket) -> String {
+    format!(
+        r#"
+[runtime]
+data_dir = "{{dir}}/data"
+shutdown_grace = "20s"
+
+[inputs.app]
+type = "forward"
+listen = ["tcp://127.0.0.1:{fwd}"]
+
+[routes.all]
+to = ["s3"]
+
+[outputs.s3]
+type = "s3"
+bucket = "{bucket}"
+key = "{{tag}}/{{uuid}}.json"
+compression = "none"
+region = "us-east-1"
+endpoint_url = "{ep}"
+force_path_style = true
+batch = {{ max_bytes = "64KiB", max_age = "60s" }}
+buffer = {{ type = "disk", max_size = "1MiB" }}
+"#,
+        bucket = m.bucket,
+        ep = m.ep
+    )
 }
 
 /// A fresh bucket on the moto server of `scripts/test.sh`, and what the tests read back.
@@ -1991,33 +1999,7 @@ fn s3_quiet_partition_interleaved_with_a_busy_one_does_not_pin_the_disk_buffer()
         return;
     };
     let fwd = free_port();
-    let cfg = format!(
-        r#"
-[runtime]
-data_dir = "{{dir}}/data"
-shutdown_grace = "20s"
-
-[inputs.app]
-type = "forward"
-listen = ["tcp://127.0.0.1:{fwd}"]
-
-[routes.all]
-to = ["s3"]
-
-[outputs.s3]
-type = "s3"
-bucket = "{bucket}"
-key = "{{tag}}/{{uuid}}.json"
-compression = "none"
-region = "us-east-1"
-endpoint_url = "{ep}"
-force_path_style = true
-batch = {{ max_bytes = "64KiB", max_age = "60s" }}
-buffer = {{ type = "disk", max_size = "1MiB" }}
-"#,
-        bucket = m.bucket,
-        ep = m.ep
-    );
+    let cfg = s3_quiet_busy_config(fwd, &m);
     let mut router = Router::start(&cfg);
     let stop = Arc::new(AtomicBool::new(false));
     let quiet = {
