@@ -62,11 +62,7 @@ fn send_forward(port: u16, tag: &str, records: &[(i64, Value)]) {
         let mut size = 0;
         while start + encoded.len() < records.len() && encoded.len() < 1000 && size < 4 << 20 {
             let (t, v) = &records[start + encoded.len()];
-            let Value::Object(m) = v else {
-                panic!("record must be an object")
-            };
-            let mut b = Vec::new();
-            client::encode_json_record(&mut b, m);
+            let b = common::msgpack_record(v);
             size += b.len();
             encoded.push((EventTime::from_ns(*t), b));
         }

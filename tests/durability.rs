@@ -47,14 +47,7 @@ impl Sender {
     /// Sends records `ids` as one Forward-mode request with a chunk; does not wait.
     fn send(&mut self, ids: std::ops::Range<u64>) -> String {
         let recs: Vec<Vec<u8>> = ids
-            .map(|i| {
-                let mut m = serde_json::Map::new();
-                m.insert("i".into(), i.into());
-                m.insert("log".into(), self.pad.clone().into());
-                let mut b = Vec::new();
-                client::encode_json_record(&mut b, &m);
-                b
-            })
+            .map(|i| common::msgpack_record(&serde_json::json!({"i": i, "log": self.pad})))
             .collect();
         let time = EventTime::now();
         let entries: Vec<client::Entry<'_>> = recs
