@@ -92,7 +92,7 @@ pub fn init(level: &str, json: bool) {
 // ---------------------------------------------------------------------------------------
 // Metric descriptions.
 
-/// Every metric firelane exports (PRODUCT.md, "Metrics"), with its kind, unit and the
+/// Every metric firelane exports (README, "Metrics and health"), with its kind, unit and the
 /// Prometheus `# HELP` text. The exporter prints a description with its family once the
 /// family has a sample.
 const METRICS: &[(&str, MetricKind, &str)] = &[

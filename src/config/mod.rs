@@ -31,7 +31,8 @@ use crate::route::tag::TagGlob;
 use crate::serve::ServerLimits;
 use reader::{Diagnostics, Table};
 
-/// The configuration used when no file is given or found (PRODUCT.md).
+/// The configuration used when no file is given or found: `config/default.toml` (README,
+/// "Quick start").
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/default.toml");
 
 /// Where `run` looks when `-c` and `$FIRELANE_CONFIG` are absent.
