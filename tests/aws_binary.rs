@@ -32,7 +32,7 @@ fn decode_body(enc: Option<&str>, body: &[u8]) -> String {
     let mut s = String::new();
     match enc {
         Some("gzip") => {
-            flate2::read::GzDecoder::new(body)
+            flate2::read::MultiGzDecoder::new(body)
                 .read_to_string(&mut s)
                 .expect("gunzip");
         }

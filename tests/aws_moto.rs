@@ -54,7 +54,7 @@ fn rec(tag: &str, time_ns: i64, fields: serde_json::Value) -> Record {
 /// A minimal stand-in for the delivery core: partitions, fills batches until `Full`, sends,
 /// and requires every send to be `Delivered`. Returns the number of requests sent.
 async fn deliver<S: Sink>(sink: &S, records: &[Record]) -> usize {
-    let mut open: BTreeMap<String, S::Builder> = BTreeMap::new();
+    let mut open: HashMap<S::Partition, S::Builder> = HashMap::new();
     let mut sent = 0;
     for r in records {
         let p = sink.partition(r).expect("partition");
@@ -122,7 +122,7 @@ fn decode(enc: Option<&str>, body: &[u8]) -> String {
     let mut s = String::new();
     match enc {
         Some("gzip") => {
-            flate2::read::GzDecoder::new(body)
+            flate2::read::MultiGzDecoder::new(body)
                 .read_to_string(&mut s)
                 .unwrap();
         }
@@ -240,13 +240,15 @@ async fn s3_object_above_16_mib_goes_multipart() {
     let records: Vec<Record> = (0..18_000)
         .map(|i| rec("t", now_ns(), json!({"seq": i, "pad": filler})))
         .collect();
-    let mut b = sink.new_batch("");
+    let p = sink.partition(&records[0]).unwrap();
+    let mut b = sink.new_batch(&p);
     for r in &records {
         assert_eq!(b.push(r), Push::Added);
     }
     let batch = b.finish();
-    assert!(batch.body.len() > s3::MULTIPART_THRESHOLD);
-    assert_eq!(sink.send("", &batch).await, SendResult::Delivered);
+    let body = batch.body().await.expect("compressed");
+    assert!(body.len() > s3::MULTIPART_THRESHOLD);
+    assert_eq!(sink.send(&p, &batch).await, SendResult::Delivered);
     let head = c
         .head_object()
         .bucket(&bucket)
@@ -254,7 +256,7 @@ async fn s3_object_above_16_mib_goes_multipart() {
         .send()
         .await
         .unwrap();
-    assert_eq!(head.content_length(), Some(batch.body.len() as i64));
+    assert_eq!(head.content_length(), Some(body.len() as i64));
     // Multipart ETags end with -<number of parts>.
     let etag = head
         .e_tag()
@@ -264,7 +266,7 @@ async fn s3_object_above_16_mib_goes_multipart() {
     assert!(etag.ends_with("-3"), "etag {etag}");
     let objects = get_objects(&c, &bucket, "mp/").await;
     assert_eq!(objects.len(), 1);
-    assert_eq!(objects[0].2, batch.body.to_vec());
+    assert_eq!(objects[0].2, body.to_vec());
 }
 
 #[tokio::test]
@@ -494,9 +496,9 @@ async fn cloudwatch_groups_and_streams_from_templates() {
     let sink = cloudwatch_logs::build(cwl_config(&ep, &format!("/missing/{run}"), "s", false))
         .await
         .unwrap();
-    let mut b = sink.new_batch("");
-    b.push(&records[0]);
     let p = sink.partition(&records[0]).unwrap();
+    let mut b = sink.new_batch(&p);
+    b.push(&records[0]);
     match sink.send(&p, &b.finish()).await {
         SendResult::Failed(f) => assert!(!f.retryable && f.reason == "resource_not_found", "{f:?}"),
         other => panic!("{other:?}"),
@@ -561,8 +563,9 @@ async fn cloudwatch_too_old_events_fail_permanently_not_retried() {
         .unwrap();
     let day = 86_400_000_000_000i64;
     let now = now_ns();
-    let mut b = sink.new_batch("");
-    b.push(&rec("t", now, json!({"log": "fresh"})));
+    let fresh = rec("t", now, json!({"log": "fresh"}));
+    let mut b = sink.new_batch(&sink.partition(&fresh).unwrap());
+    b.push(&fresh);
     let old = rec(
         "t",
         now - 20 * day + 3_600_000_000_000,

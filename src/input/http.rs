@@ -1,6 +1,8 @@
-//! HTTP input: `POST /` and `POST /tag/<tag>` with a JSON object, a JSON array of objects
-//! or NDJSON, optionally gzip- or deflate-compressed (`Content-Encoding`, one coding or a
-//! list of them in the order applied, RFC 9110 §8.4).
+//! HTTP input: `POST /` and `POST /tag/<tag>` (or `PUT`) with a JSON object, a JSON array
+//! of objects or NDJSON, or EventBridge events ([`eventbridge`]), optionally gzip- or
+//! deflate-compressed (`Content-Encoding`, one coding or a list of them in the order
+//! applied, RFC 9110 §8.4). With `dedupe`, repeats of an event `id` are answered 200 and
+//! dropped ([`crate::input::dedupe`]).
 //!
 //! A request is all or nothing: either every record in the body is accepted (2xx) or none
 //! is (4xx/5xx). A full buffer answers 503 with `Retry-After`, never 429 or another 4xx:
@@ -8,6 +10,7 @@
 //! retry 429 and 5xx alike.
 
 pub mod config;
+pub mod eventbridge;
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -25,6 +28,7 @@ use http_body_util::BodyExt;
 use metrics::Counter;
 use serde_json::Value;
 
+use super::dedupe::{Dedupe, DedupeConfig};
 use super::{Ingest, IngestError};
 use crate::buffer::budget::{MemoryBudget, Reservation};
 use crate::event::{Fields, Record, now_ns};
@@ -58,6 +62,10 @@ pub enum BodyFormat {
     Json,
     /// One JSON object per line.
     Ndjson,
+    /// EventBridge events as an API destination posts them: one event object or a JSON
+    /// array of events, each tagged with its `detail-type` and timed by its `time`
+    /// ([`eventbridge`]).
+    EventBridge,
 }
 
 #[derive(Clone, Debug)]
@@ -69,7 +77,8 @@ pub struct HttpInputConfig {
     pub max_body: usize,
     pub format: BodyFormat,
     /// Tag for records posted to `/` (default: the input name). EventBridge events posted
-    /// to `/` are tagged with their `detail-type` instead.
+    /// to `/` are tagged with their `detail-type` instead; with
+    /// [`BodyFormat::EventBridge`], a `tag` set here wins over the detail-type.
     pub tag: Option<String>,
     /// How long a request may wait for buffer space before answering 503. EventBridge API
     /// destinations give up after 5 s, so the default stays well below that.
@@ -79,10 +88,16 @@ pub struct HttpInputConfig {
     pub body_timeout: Duration,
     /// Connection cap and head / keep-alive timeouts of this listener.
     pub limits: ServerLimits,
+    /// Repeats of an event `id` dropped (`format = "eventbridge"` only).
+    pub dedupe: Option<DedupeConfig>,
 }
 
 impl HttpInputConfig {
     pub const DEFAULT_MAX_BODY: usize = 8 * 1024 * 1024;
+    /// `max_body` default with `format = "eventbridge"`: an event is at most 256 KB
+    /// (PutEvents entry limit) and an API destination sends one per request; 1 MiB leaves
+    /// room for arrays from other senders while refusing what no event can be.
+    pub const EVENTBRIDGE_MAX_BODY: usize = 1024 * 1024;
     pub const DEFAULT_ACCEPT_TIMEOUT: Duration = Duration::from_secs(2);
     pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
     /// Room for many clients, well under the 1024 open files a container may be limited to,
@@ -100,6 +115,7 @@ impl HttpInputConfig {
             accept_timeout: Self::DEFAULT_ACCEPT_TIMEOUT,
             body_timeout: Self::DEFAULT_BODY_TIMEOUT,
             limits: ServerLimits::new(Self::DEFAULT_MAX_CONNECTIONS),
+            dedupe: None,
         }
     }
 }
@@ -110,6 +126,7 @@ struct Shared {
     budget: MemoryBudget,
     records: Counter,
     bytes: Counter,
+    dedupe: Option<Dedupe>,
 }
 
 impl Shared {
@@ -138,16 +155,23 @@ pub async fn spawn(
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let name = cfg.name.clone();
     let limits = cfg.limits.clone();
+    let dedupe = cfg
+        .dedupe
+        .clone()
+        .map(|d| Dedupe::new(d, &name, Some(budget.clone())));
     let shared = Arc::new(Shared {
         records: metrics::counter!("firelane_input_records_total", "input" => name.clone()),
         bytes: metrics::counter!("firelane_input_bytes_total", "input" => name.clone()),
+        dedupe,
         cfg,
         ingest,
         budget,
     });
     let app = Router::new()
-        .route("/", post(post_root))
-        .route("/tag/{*tag}", post(post_tagged))
+        // PUT too: an API destination's HttpMethod may be any but CONNECT and TRACE, and a
+        // 405 (a 4xx) would make EventBridge drop the event.
+        .route("/", post(post_root).put(post_root))
+        .route("/tag/{*tag}", post(post_tagged).put(post_tagged))
         .with_state(shared);
     tracing::info!(input = %name, %addr, "http input listening");
     let input = name.clone();
@@ -581,14 +605,21 @@ async fn handle(
         tag.or_else(|| s.cfg.tag.clone())
             .unwrap_or_else(|| s.cfg.name.clone()),
     );
-    let parsed = parse_body(&data, s.cfg.format, &tag, default_tag);
+    let parsed = match s.cfg.format {
+        BodyFormat::EventBridge => {
+            // A tag named by the path or the input wins over each event's detail-type.
+            let named = (!default_tag || s.cfg.tag.is_some()).then_some(&tag);
+            eventbridge::parse(&data, named).map_err(|e| (e.kind(), e.to_string()))
+        }
+        f => parse_body(&data, f, &tag, default_tag).map_err(|e| ("bad_body", e)),
+    };
     // The records own their strings; the body is not needed while the buffers take them.
     // The reservation stays until then: the records are not yet counted by any buffer.
     drop(data);
     let records = match parsed {
         Ok(r) => r,
-        Err(e) => {
-            s.error("bad_body");
+        Err((kind, e)) => {
+            s.error(kind);
             crate::warn_limited!(
                 "http_bad_body",
                 "input {}: rejected a request: {e}",
@@ -597,25 +628,40 @@ async fn handle(
             return reply(StatusCode::BAD_REQUEST, &e);
         }
     };
-    let n = records.len();
-    if n == 0 {
-        return (
+    // Repeats of events already taken are answered like accepted ones (they are stored);
+    // the others' keys are remembered only once they are buffered, below.
+    let (records, keys, duplicates) = match &s.dedupe {
+        Some(d) => {
+            let f = d.filter(records, eventbridge::event_id);
+            (f.fresh, f.keys, f.duplicates)
+        }
+        None => (records, Vec::new(), 0),
+    };
+    let accepted = |n: usize| {
+        let body = if duplicates > 0 {
+            format!("{{\"accepted\":{n},\"duplicates\":{duplicates}}}")
+        } else {
+            format!("{{\"accepted\":{n}}}")
+        };
+        (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/json")],
-            r#"{"accepted":0}"#,
+            body,
         )
-            .into_response();
+            .into_response()
+    };
+    let n = records.len();
+    if n == 0 {
+        return accepted(0);
     }
     let err = match tokio::time::timeout(s.cfg.accept_timeout, s.ingest.ingest(records)).await {
         Ok(Ok(())) => {
             s.records.increment(n as u64);
+            if let Some(d) = &s.dedupe {
+                d.remember(keys);
+            }
             drop(reservation);
-            return (
-                StatusCode::OK,
-                [(header::CONTENT_TYPE, "application/json")],
-                format!("{{\"accepted\":{n}}}"),
-            )
-                .into_response();
+            return accepted(n);
         }
         Ok(Err(e)) => e,
         Err(_) => IngestError::Full,
@@ -733,6 +779,10 @@ pub fn parse_body(
     let now = now_ns();
     let mut docs: Vec<Value> = Vec::new();
     match format {
+        BodyFormat::EventBridge => {
+            return eventbridge::parse(data, (!default_tag).then_some(tag))
+                .map_err(|e| e.to_string());
+        }
         BodyFormat::Ndjson => {
             for (i, line) in data.split(|b| *b == b'\n').enumerate() {
                 if line.iter().all(u8::is_ascii_whitespace) {
@@ -1040,6 +1090,7 @@ mod tests {
                     budget: MemoryBudget::new(8 << 20),
                     records: metrics::counter!("firelane_input_records_total"),
                     bytes: metrics::counter!("firelane_input_bytes_total"),
+                    dedupe: None,
                 });
                 let r = handle(s, None, HeaderMap::new(), Body::from(r#"{"a":1}"#)).await;
                 let status = r.status();
@@ -1125,6 +1176,7 @@ mod tests {
             budget: budget.clone(),
             records: Counter::noop(),
             bytes: Counter::noop(),
+            dedupe: None,
         });
         let mut h = HeaderMap::new();
         h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
@@ -1147,6 +1199,7 @@ mod tests {
             budget: budget.clone(),
             records: Counter::noop(),
             bytes: Counter::noop(),
+            dedupe: None,
         });
         let r = handle(s, None, h, Body::from(gz)).await;
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);

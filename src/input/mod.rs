@@ -3,10 +3,12 @@
 use crate::event::Record;
 
 pub mod ack;
+pub mod dedupe;
 pub mod drain;
 pub mod forward;
 pub mod http;
 pub mod registry;
+pub mod sqs;
 
 /// Where an input hands its records. Bound to one input name; the router behind it
 /// fans records out to every matching output buffer.

@@ -18,8 +18,11 @@ use crate::config::reader::{Diagnostics, Table};
 
 /// Every input type. The only list: config reading, "unknown type" messages and the docs
 /// test all go through it.
-pub static INPUTS: &[&dyn InputType] =
-    &[&super::forward::config::Forward, &super::http::config::Http];
+pub static INPUTS: &[&dyn InputType] = &[
+    &super::forward::config::Forward,
+    &super::http::config::Http,
+    &super::sqs::config::Sqs,
+];
 
 /// The registered type named `name` (the `type = "..."` value).
 pub fn find(name: &str) -> Option<&'static dyn InputType> {

@@ -23,6 +23,7 @@
 //! see `Pressure::pin_below`).
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
 use std::ops::AddAssign;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
@@ -36,9 +37,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::deliver::{
-    AckProbe, Acks, BatchOf, Job, OutputMetrics, Refusal, Shared, deliver, offer,
-};
+use super::deliver::{AckProbe, Acks, Job, JobOf, OutputMetrics, Refusal, Shared, deliver, offer};
 use super::retry::RetryPolicy;
 use super::sink::{BatchBuilder, BatchSettings, Sink};
 use crate::buffer::budget::{MemoryBudget, Reservation};
@@ -306,10 +305,10 @@ struct Open<B> {
     _overhead: Reservation,
 }
 
-/// Every open batch of one output, with the byte and partition counts pressure and the
-/// cap act on.
-struct OpenBatches<B> {
-    map: HashMap<String, Open<B>>,
+/// Every open batch of one output (keyed by the sink's partition `P`), with the byte and
+/// partition counts pressure and the cap act on.
+struct OpenBatches<P, B> {
+    map: HashMap<P, Open<B>>,
     /// Sum of `held` over `map`.
     held: usize,
     /// Partitions opened so far, for [`Open::opened`].
@@ -318,7 +317,7 @@ struct OpenBatches<B> {
     gauge: Gauge,
 }
 
-impl<B: BatchBuilder> OpenBatches<B> {
+impl<P: Hash + Eq + Clone, B: BatchBuilder> OpenBatches<P, B> {
     fn new(output: &str) -> Self {
         OpenBatches {
             map: HashMap::new(),
@@ -341,15 +340,19 @@ impl<B: BatchBuilder> OpenBatches<B> {
     }
 
     /// Seals the batch of `partition` (if it holds anything) onto `ready`.
-    fn seal(&mut self, partition: &str, ready: &mut VecDeque<Job<B::Batch>>) {
+    fn seal(&mut self, partition: &P, ready: &mut VecDeque<Job<P, B::Batch>>) {
         if let Some((partition, o)) = self.map.remove_entry(partition) {
             self.held -= o.held;
             push_sealed(partition, o, ready);
         }
     }
 
-    fn seal_where(&mut self, ready: &mut VecDeque<Job<B::Batch>>, pick: impl Fn(&Open<B>) -> bool) {
-        let keys: Vec<String> = self
+    fn seal_where(
+        &mut self,
+        ready: &mut VecDeque<Job<P, B::Batch>>,
+        pick: impl Fn(&Open<B>) -> bool,
+    ) {
+        let keys: Vec<P> = self
             .map
             .iter()
             .filter(|(_, o)| pick(o))
@@ -360,13 +363,13 @@ impl<B: BatchBuilder> OpenBatches<B> {
         }
     }
 
-    fn seal_all(&mut self, ready: &mut VecDeque<Job<B::Batch>>) {
+    fn seal_all(&mut self, ready: &mut VecDeque<Job<P, B::Batch>>) {
         self.seal_where(ready, |_| true);
     }
 
     /// Seals the largest batches until open batches hold at most `target` bytes.
     /// Returns how many were sealed.
-    fn seal_down_to(&mut self, target: usize, ready: &mut VecDeque<Job<B::Batch>>) -> u64 {
+    fn seal_down_to(&mut self, target: usize, ready: &mut VecDeque<Job<P, B::Batch>>) -> u64 {
         let mut sealed = 0;
         while self.held > target {
             let Some(k) = self
@@ -384,7 +387,7 @@ impl<B: BatchBuilder> OpenBatches<B> {
     }
 
     /// Seals every batch holding a record with a seq below `seq`. Returns how many.
-    fn seal_holding_below(&mut self, seq: u64, ready: &mut VecDeque<Job<B::Batch>>) -> u64 {
+    fn seal_holding_below(&mut self, seq: u64, ready: &mut VecDeque<Job<P, B::Batch>>) -> u64 {
         // Entries join a batch in read order, which is seq order: the first is the lowest.
         let before = self.map.len();
         self.seal_where(ready, |o| o.entries.first().is_some_and(|e| e.seq < seq));
@@ -392,7 +395,7 @@ impl<B: BatchBuilder> OpenBatches<B> {
     }
 
     /// Seals the partition opened first. `false` if none is open.
-    fn seal_oldest(&mut self, ready: &mut VecDeque<Job<B::Batch>>) -> bool {
+    fn seal_oldest(&mut self, ready: &mut VecDeque<Job<P, B::Batch>>) -> bool {
         let Some(k) = self
             .map
             .iter()
@@ -438,7 +441,8 @@ pub(crate) async fn run_inner<S: Sink>(
     let output_name = ctx.name.clone();
     // Both pressure checks: the budget / buffer fill (largest batches first) and the disk
     // files pinned by open batches (batches holding the oldest records).
-    let relieve = |open: &mut OpenBatches<S::Builder>, ready: &mut VecDeque<Job<BatchOf<S>>>| {
+    let relieve = |open: &mut OpenBatches<S::Partition, S::Builder>,
+                   ready: &mut VecDeque<JobOf<S>>| {
         if let Some(target) = pressure.target(open.held) {
             sealed_pressure.increment(open.seal_down_to(target, ready));
         }
@@ -471,9 +475,9 @@ pub(crate) async fn run_inner<S: Sink>(
     let chunk = max_records.min(MAX_READ_CHUNK);
     let reader_task = tokio::spawn(read_loop(reader, tx, chunk, deadline.clone()));
 
-    let mut open: OpenBatches<S::Builder> = OpenBatches::new(&shared.name);
+    let mut open: OpenBatches<S::Partition, S::Builder> = OpenBatches::new(&shared.name);
     open.publish();
-    let mut ready: VecDeque<Job<BatchOf<S>>> = VecDeque::new();
+    let mut ready: VecDeque<JobOf<S>> = VecDeque::new();
     let mut jobs: JoinSet<OutputSummary> = JoinSet::new();
     let mut in_flight: HashMap<tokio::task::Id, usize> = HashMap::new();
     let mut tally = OutputSummary::default();
@@ -615,12 +619,12 @@ pub(crate) async fn run_inner<S: Sink>(
 #[allow(clippy::too_many_arguments)]
 fn new_open<S: Sink>(
     sink: &S,
-    partition: &str,
+    partition: &S::Partition,
     max_age: Duration,
     max_partitions: usize,
     budget: Option<&MemoryBudget>,
-    open: &mut OpenBatches<S::Builder>,
-    ready: &mut VecDeque<Job<BatchOf<S>>>,
+    open: &mut OpenBatches<S::Partition, S::Builder>,
+    ready: &mut VecDeque<JobOf<S>>,
     sealed: &Counter,
 ) -> Open<S::Builder> {
     while open.map.len() >= max_partitions && open.seal_oldest(ready) {
@@ -651,10 +655,10 @@ fn new_open<S: Sink>(
     }
 }
 
-fn push_sealed<B: BatchBuilder>(
-    partition: String,
+fn push_sealed<P, B: BatchBuilder>(
+    partition: P,
     o: Open<B>,
-    ready: &mut VecDeque<Job<B::Batch>>,
+    ready: &mut VecDeque<Job<P, B::Batch>>,
 ) {
     if o.entries.is_empty() {
         return;

@@ -18,13 +18,15 @@ use super::sink::{BatchBuilder, Failure, Push, SendResult, Sink};
 use crate::buffer::{Acker, Entry};
 
 pub(crate) type BatchOf<S> = <<S as Sink>::Builder as BatchBuilder>::Batch;
+/// A closed batch of sink `S`, with its partition.
+pub(crate) type JobOf<S> = Job<<S as Sink>::Partition, BatchOf<S>>;
 
 /// Field added to dead-lettered records.
 pub const ERROR_FIELD: &str = "firelane_error";
 
 /// A closed batch and the original records in it, in builder item order.
-pub(crate) struct Job<B> {
-    pub partition: String,
+pub(crate) struct Job<P, B> {
+    pub partition: P,
     pub batch: B,
     pub entries: Vec<Entry>,
     pub bytes: usize,
@@ -384,7 +386,7 @@ pub(crate) struct Offered<B> {
 /// letter or `failed` like any rejection, never silently dropped.
 pub(crate) fn offer<S: Sink>(
     sink: &S,
-    partition: &str,
+    partition: &S::Partition,
     builder: &mut S::Builder,
     entries: &mut Vec<Entry>,
     entry: Entry,
@@ -440,10 +442,7 @@ fn dropped_failure(reason: &'static str) -> Failure {
 
 /// Delivers one batch to the end: until every record is delivered, given up on, or the
 /// shutdown deadline passes.
-pub(crate) async fn deliver<S: Sink>(
-    shared: Arc<Shared<S>>,
-    job: Job<BatchOf<S>>,
-) -> OutputSummary {
+pub(crate) async fn deliver<S: Sink>(shared: Arc<Shared<S>>, job: JobOf<S>) -> OutputSummary {
     let mut tally = OutputSummary::default();
     let mut retry = shared.retry.start();
     let mut queue = VecDeque::from([job]);
@@ -587,10 +586,10 @@ type Refused = Vec<(Entry, Refusal)>;
 /// Packs `entries` into as few fresh batches as the sink allows, in order.
 fn rebuild<S: Sink>(
     sink: &S,
-    partition: &str,
+    partition: &S::Partition,
     entries: Vec<Entry>,
     attempts: u32,
-) -> (Vec<Job<BatchOf<S>>>, Refused) {
+) -> (Vec<JobOf<S>>, Refused) {
     let mut jobs = Vec::new();
     let mut refused = Vec::new();
     let mut builder = sink.new_batch(partition);
@@ -599,7 +598,7 @@ fn rebuild<S: Sink>(
         let o = offer(sink, partition, &mut builder, &mut current, entry);
         if let Some((batch, entries, bytes)) = o.sealed {
             jobs.push(Job {
-                partition: partition.to_owned(),
+                partition: partition.clone(),
                 batch,
                 entries,
                 bytes,
@@ -613,7 +612,7 @@ fn rebuild<S: Sink>(
     if !current.is_empty() {
         let bytes = builder.bytes();
         jobs.push(Job {
-            partition: partition.to_owned(),
+            partition: partition.clone(),
             batch: builder.finish(),
             entries: current,
             bytes,

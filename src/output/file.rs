@@ -45,12 +45,18 @@ impl FileSink {
 
 impl Sink for FileSink {
     type Builder = LinesBatchBuilder;
+    /// One stream of records: every batch is alike.
+    type Partition = ();
 
-    fn new_batch(&self, _partition: &str) -> LinesBatchBuilder {
+    fn partition(&self, _record: &crate::event::Record) -> Result<(), &'static str> {
+        Ok(())
+    }
+
+    fn new_batch(&self, _partition: &()) -> LinesBatchBuilder {
         LinesBatchBuilder::new(&self.batch, self.encoding.clone())
     }
 
-    async fn send(&self, _partition: &str, batch: &LinesBatch) -> SendResult {
+    async fn send(&self, _partition: &(), batch: &LinesBatch) -> SendResult {
         let path = self.path.clone();
         let file = self.file.clone();
         let body = batch.body.clone();
@@ -166,13 +172,13 @@ mod tests {
             &batch,
         );
         let one = |i| {
-            let mut b = sink.new_batch("");
+            let mut b = sink.new_batch(&());
             assert_eq!(b.push(&record(i)), crate::output::sink::Push::Added);
             b.finish()
         };
-        assert_eq!(sink.send("", &one(0)).await, SendResult::Delivered);
+        assert_eq!(sink.send(&(), &one(0)).await, SendResult::Delivered);
         std::fs::rename(&path, dir.path().join("out.log.1")).unwrap();
-        assert_eq!(sink.send("", &one(1)).await, SendResult::Delivered);
+        assert_eq!(sink.send(&(), &one(1)).await, SendResult::Delivered);
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
         assert_eq!(
             std::fs::read_to_string(dir.path().join("out.log.1"))
@@ -189,7 +195,7 @@ mod tests {
             Encoding::default(),
             &batch,
         );
-        match missing.send("", &one(2)).await {
+        match missing.send(&(), &one(2)).await {
             SendResult::Failed(f) => {
                 assert!(f.retryable && f.message.contains("no/such/dir"), "{f:?}")
             }

@@ -183,12 +183,18 @@ impl HttpSink {
 
 impl Sink for HttpSink {
     type Builder = LinesBatchBuilder;
+    /// One stream of records: every batch is alike.
+    type Partition = ();
 
-    fn new_batch(&self, _partition: &str) -> LinesBatchBuilder {
+    fn partition(&self, _record: &crate::event::Record) -> Result<(), &'static str> {
+        Ok(())
+    }
+
+    fn new_batch(&self, _partition: &()) -> LinesBatchBuilder {
         LinesBatchBuilder::new(&self.batch, self.encoding.clone())
     }
 
-    async fn send(&self, _partition: &str, batch: &LinesBatch) -> SendResult {
+    async fn send(&self, _partition: &(), batch: &LinesBatch) -> SendResult {
         let body = match self.body(batch) {
             Ok(b) => b,
             Err(e) => {
@@ -579,7 +585,7 @@ mod tests {
             body: Bytes::from_static(b"{}\n"),
             records: 1,
         };
-        match sink.send("", &batch).await {
+        match sink.send(&(), &batch).await {
             SendResult::Failed(f) => {
                 assert!(f.retryable && f.reason == "connection_error", "{f:?}")
             }

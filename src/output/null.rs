@@ -50,15 +50,21 @@ impl BatchBuilder for NullBatchBuilder {
 
 impl Sink for NullSink {
     type Builder = NullBatchBuilder;
+    /// One stream of records: every batch is alike.
+    type Partition = ();
 
-    fn new_batch(&self, _partition: &str) -> NullBatchBuilder {
+    fn partition(&self, _record: &Record) -> Result<(), &'static str> {
+        Ok(())
+    }
+
+    fn new_batch(&self, _partition: &()) -> NullBatchBuilder {
         NullBatchBuilder {
             len: 0,
             max_records: self.max_records,
         }
     }
 
-    async fn send(&self, _partition: &str, _batch: &usize) -> SendResult {
+    async fn send(&self, _partition: &(), _batch: &usize) -> SendResult {
         SendResult::Delivered
     }
 }

@@ -2,7 +2,9 @@
 //! metrics) and each destination. A sink only knows how to pack records into its own
 //! request shape within its API limits, and how to send one request.
 
+use std::fmt::Debug;
 use std::future::Future;
+use std::hash::Hash;
 use std::time::{Duration, SystemTime};
 
 use crate::event::Record;
@@ -105,17 +107,19 @@ pub enum SendResult {
 /// One destination. The core is generic over `S: Sink`, so no boxing on the hot path.
 pub trait Sink: Send + Sync + 'static {
     type Builder: BatchBuilder;
+    /// What separates batches: records with different partitions never share one. A typed
+    /// value rather than a rendered string, so that sinks without partitions (`()`) pay
+    /// nothing per record and sinks with several names keep them apart (CloudWatch Logs:
+    /// group and stream). `Debug` is how it appears in log lines.
+    type Partition: Hash + Eq + Clone + Debug + Send + Sync + 'static;
 
-    /// Records with different partitions never share a batch (S3 object key without
-    /// `{uuid}`/`{index}`, CloudWatch group+stream, …). `Err(reason)` drops the record
-    /// (e.g. a template field that renders an invalid stream name).
-    fn partition(&self, record: &Record) -> Result<String, &'static str> {
-        let _ = record;
-        Ok(String::new())
-    }
+    /// The partition of `record` (S3: the object key without `{uuid}`/`{index}`,
+    /// CloudWatch Logs: group and stream). `Err(reason)` drops the record (e.g. a template
+    /// field that renders an invalid stream name).
+    fn partition(&self, record: &Record) -> Result<Self::Partition, &'static str>;
 
     /// A fresh, empty batch for `partition`.
-    fn new_batch(&self, partition: &str) -> Self::Builder;
+    fn new_batch(&self, partition: &Self::Partition) -> Self::Builder;
 
     /// Bytes an open builder holds whatever its records (compressor state, buffers): the
     /// core charges it against the memory budget while the batch is open, so many open
@@ -128,7 +132,7 @@ pub trait Sink: Send + Sync + 'static {
     /// so it must not consume it.
     fn send(
         &self,
-        partition: &str,
+        partition: &Self::Partition,
         batch: &<Self::Builder as BatchBuilder>::Batch,
     ) -> impl Future<Output = SendResult> + Send;
 }

@@ -43,12 +43,18 @@ impl StdoutSink {
 
 impl Sink for StdoutSink {
     type Builder = LinesBatchBuilder;
+    /// One stream of records: every batch is alike.
+    type Partition = ();
 
-    fn new_batch(&self, _partition: &str) -> LinesBatchBuilder {
+    fn partition(&self, _record: &crate::event::Record) -> Result<(), &'static str> {
+        Ok(())
+    }
+
+    fn new_batch(&self, _partition: &()) -> LinesBatchBuilder {
         LinesBatchBuilder::new(&self.batch, self.encoding.clone())
     }
 
-    async fn send(&self, _partition: &str, batch: &LinesBatch) -> SendResult {
+    async fn send(&self, _partition: &(), batch: &LinesBatch) -> SendResult {
         let mut out = self.out.lock().await;
         let written = async {
             out.write_all(&batch.body).await?;

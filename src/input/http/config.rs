@@ -1,5 +1,5 @@
 //! `type = "http"`: `listen`, `auth`, `max_body`, `format`, `tag`, `accept_timeout`,
-//! `body_timeout`, `max_connections`, `header_timeout`, `idle_timeout`.
+//! `body_timeout`, `max_connections`, `header_timeout`, `idle_timeout`, `dedupe`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +14,10 @@ use crate::config::{Listen, read_server_limits};
 use crate::input::Ingest;
 use crate::input::drain::InputShutdown;
 use crate::input::registry::{InputConfig, InputType};
+
+/// EventBridge API destinations' "maximum client execution timeout of 5 seconds"
+/// (EventBridge user guide, *API destinations*).
+const EVENTBRIDGE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The `http` input type.
 pub struct Http;
@@ -35,6 +39,7 @@ impl InputType for Http {
             "max_connections",
             "header_timeout",
             "idle_timeout",
+            "dedupe",
         ]
     }
 
@@ -52,26 +57,44 @@ impl InputType for Http {
         if let Some(mut a) = t.opt_table(d, "auth") {
             cfg.auth = read_auth(&mut a, d);
         }
-        if let Some(m) = t.opt_size(d, "max_body") {
-            cfg.max_body = m as usize;
-        }
         if let Some(f) = t.opt_string(d, "format") {
             cfg.format = match f.as_str() {
                 "auto" => BodyFormat::Auto,
                 "json" => BodyFormat::Json,
                 "ndjson" => BodyFormat::Ndjson,
+                "eventbridge" => BodyFormat::EventBridge,
                 _ => {
                     d.error(
                         t.value_span("format"),
-                        format!("{}.format: expected auto, json or ndjson", t.path()),
+                        format!(
+                            "{}.format: expected auto, json, ndjson or eventbridge",
+                            t.path()
+                        ),
                     );
                     BodyFormat::Auto
                 }
             };
         }
+        if cfg.format == BodyFormat::EventBridge {
+            cfg.max_body = HttpInputConfig::EVENTBRIDGE_MAX_BODY;
+        }
+        if let Some(m) = t.opt_size(d, "max_body") {
+            cfg.max_body = m as usize;
+        }
         cfg.tag = t.opt_string(d, "tag");
         if let Some(to) = t.opt_duration(d, "accept_timeout") {
-            if to >= Duration::from_secs(5) {
+            // An API destination that times out retries the event (a duplicate if it was
+            // taken after all) and, after 24 h of that, drops it: not a choice to allow.
+            if to >= EVENTBRIDGE_TIMEOUT && cfg.format == BodyFormat::EventBridge {
+                d.error(
+                    t.value_span("accept_timeout"),
+                    format!(
+                        "{}.accept_timeout: must be below 5s with format = \"eventbridge\": \
+                         API destinations give up on an answer after 5 s",
+                        t.path()
+                    ),
+                );
+            } else if to >= EVENTBRIDGE_TIMEOUT {
                 d.warn(
                     t.value_span("accept_timeout"),
                     format!(
@@ -94,6 +117,17 @@ impl InputType for Http {
             }
         }
         read_server_limits(t, d, &mut cfg.limits);
+        if t.contains("dedupe") && cfg.format != BodyFormat::EventBridge {
+            d.error(
+                t.value_span("dedupe"),
+                format!(
+                    "{}.dedupe: needs format = \"eventbridge\" (the key is each event's `id`; \
+                     other formats have no key)",
+                    t.path()
+                ),
+            );
+        }
+        cfg.dedupe = crate::input::dedupe::read(t, d);
         Box::new(cfg)
     }
 }
@@ -111,7 +145,19 @@ impl InputConfig for HttpInputConfig {
             HttpAuth::Bearer { .. } => "bearer auth",
             HttpAuth::Basic { .. } => "basic auth",
         };
-        format!("{} ({auth})", self.listen)
+        let mut s = format!("{} ({auth}", self.listen);
+        if self.format == BodyFormat::EventBridge {
+            s.push_str("; EventBridge events");
+        }
+        if let Some(d) = &self.dedupe {
+            s.push_str(&format!(
+                "; repeated ids dropped for {}, at most {} remembered",
+                humanize(d.window),
+                d.max_keys
+            ));
+        }
+        s.push(')');
+        s
     }
 
     fn listens(&self) -> Vec<Listen> {
@@ -136,6 +182,20 @@ impl InputConfig for HttpInputConfig {
 
     fn as_any(&self) -> &dyn std::any::Any {
         self
+    }
+}
+
+/// `600s` as `10m`, `90s` as `90s`: durations as a config would write them.
+fn humanize(d: Duration) -> String {
+    let s = d.as_secs();
+    if d.subsec_nanos() != 0 {
+        format!("{}ms", d.as_millis())
+    } else if s >= 3600 && s.is_multiple_of(3600) {
+        format!("{}h", s / 3600)
+    } else if s >= 60 && s.is_multiple_of(60) {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
     }
 }
 
@@ -199,4 +259,87 @@ fn read_auth(a: &mut Table<'_, '_>, d: &mut Diagnostics) -> HttpAuth {
         &["type", "header", "value", "token", "username", "password"],
     );
     auth
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::input::dedupe::DedupeConfig;
+
+    fn read(keys: &str) -> Result<HttpInputConfig, Vec<String>> {
+        let text = format!(
+            "[inputs.e]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\n{keys}\n[routes.r]\nto = [\"o\"]\n[outputs.o]\ntype = \"null\"\n"
+        );
+        match crate::config::parse(&text, "t.toml", &|_| None) {
+            Ok(l) => match l.config.inputs[0]
+                .kind
+                .as_any()
+                .downcast_ref::<HttpInputConfig>()
+            {
+                Some(c) => Ok(c.clone()),
+                None => Err(vec!["not an http input".into()]),
+            },
+            Err(e) => Err(e.errors),
+        }
+    }
+
+    #[test]
+    fn eventbridge_format_defaults_and_dedupe() {
+        let c = read("format = \"eventbridge\"").unwrap();
+        assert_eq!(c.format, BodyFormat::EventBridge);
+        assert_eq!(c.max_body, HttpInputConfig::EVENTBRIDGE_MAX_BODY);
+        assert!(c.accept_timeout < EVENTBRIDGE_TIMEOUT);
+        assert_eq!(c.dedupe, None, "off unless set");
+        let c = read("format = \"eventbridge\"\nmax_body = \"4MiB\"\ndedupe = {}").unwrap();
+        assert_eq!(c.max_body, 4 << 20);
+        assert_eq!(c.dedupe, Some(DedupeConfig::default()));
+        let c =
+            read("format = \"eventbridge\"\ndedupe = { window = \"30s\", max_keys = 7 }").unwrap();
+        assert_eq!(
+            c.dedupe,
+            Some(DedupeConfig {
+                window: Duration::from_secs(30),
+                max_keys: 7
+            })
+        );
+        assert_eq!(
+            c.describe(),
+            "127.0.0.1:0 (no auth; EventBridge events; repeated ids dropped for 30s, at most 7 remembered)"
+        );
+        assert_eq!(
+            read("").unwrap().max_body,
+            HttpInputConfig::DEFAULT_MAX_BODY
+        );
+    }
+
+    #[test]
+    fn eventbridge_settings_that_cannot_work_are_refused() {
+        let refused = |keys: &str, says: &str| {
+            let e = read(keys).expect_err(keys);
+            assert!(e.iter().any(|e| e.contains(says)), "{keys}: {e:?}");
+        };
+        refused(
+            "format = \"eventbridge\"\naccept_timeout = \"5s\"",
+            "must be below 5s",
+        );
+        refused("dedupe = {}", "needs format = \"eventbridge\"");
+        refused(
+            "format = \"eventbridge\"\ndedupe = { window = \"0s\" }",
+            "window: must be more than 0",
+        );
+        refused(
+            "format = \"eventbridge\"\ndedupe = { max_keys = 0 }",
+            "max_keys: must be between",
+        );
+        refused(
+            "format = \"eventbridge\"\ndedupe = { windows = \"1m\" }",
+            "windows",
+        );
+        refused(
+            "format = \"xml\"",
+            "expected auto, json, ndjson or eventbridge",
+        );
+        // Other formats keep the warning only.
+        assert!(read("accept_timeout = \"5s\"").is_ok());
+    }
 }

@@ -559,22 +559,35 @@ impl CloudWatchLogsSink {
     }
 }
 
+/// The partition of a CloudWatch Logs output: one log stream, named as `PutLogEvents`
+/// takes it (`logGroupName`, `logStreamName`), already encoded and cut to the API limits.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LogStream {
+    pub group: String,
+    pub stream: String,
+}
+
+impl std::fmt::Display for LogStream {
+    /// `group:stream` (a group name cannot contain `:`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.group, self.stream)
+    }
+}
+
 impl Sink for CloudWatchLogsSink {
     type Builder = CloudWatchLogsBuilder;
+    type Partition = LogStream;
 
-    fn partition(&self, record: &Record) -> Result<String, &'static str> {
+    fn partition(&self, record: &Record) -> Result<LogStream, &'static str> {
         let dynamic = Dynamic {
             uuid: Some(&self.process_uuid),
             ..Dynamic::default()
         };
-        let (mut group, stream) = self.names(record, dynamic)?;
-        // Groups cannot contain ':', so the first one separates the two names.
-        group.push(':');
-        group.push_str(&stream);
-        Ok(group)
+        let (group, stream) = self.names(record, dynamic)?;
+        Ok(LogStream { group, stream })
     }
 
-    fn new_batch(&self, _partition: &str) -> CloudWatchLogsBuilder {
+    fn new_batch(&self, _partition: &LogStream) -> CloudWatchLogsBuilder {
         CloudWatchLogsBuilder {
             format: Arc::clone(&self.format),
             limits: Arc::clone(&self.limits),
@@ -586,13 +599,8 @@ impl Sink for CloudWatchLogsSink {
         }
     }
 
-    async fn send(&self, partition: &str, batch: &CloudWatchLogsBatch) -> SendResult {
-        let Some((group, stream)) = partition.split_once(':') else {
-            return SendResult::Failed(Failure::permanent(
-                "invalid_partition",
-                format!("not a group:stream partition: {partition:?}"),
-            ));
-        };
+    async fn send(&self, partition: &LogStream, batch: &CloudWatchLogsBatch) -> SendResult {
+        let (group, stream) = (partition.group.as_str(), partition.stream.as_str());
         if batch.events.is_empty() {
             return SendResult::Delivered;
         }
@@ -658,7 +666,7 @@ mod tests {
     }
 
     fn builder() -> CloudWatchLogsBuilder {
-        sink("g", "s").new_batch("g:s")
+        sink("g", "s").new_batch(&gs())
     }
 
     #[test]
@@ -805,12 +813,12 @@ mod tests {
             client: aws_sdk_cloudwatchlogs::Client::new(&conf),
             ..sink("g", "s")
         };
-        let mut b = s.new_batch("g:s");
+        let mut b = s.new_batch(&gs());
         // Items 0, 1, 2 at times 30, 10, 20: sorted, item 1 comes first and item 0 last.
         for t in [30, 10, 20] {
             assert_eq!(b.push(&rec(5, t)), Push::Added);
         }
-        let SendResult::Partial(failed) = s.send("g:s", &b.finish()).await else {
+        let SendResult::Partial(failed) = s.send(&gs(), &b.finish()).await else {
             panic!("expected a partial result")
         };
         let got: Vec<(usize, &str, bool)> = failed
@@ -825,6 +833,13 @@ mod tests {
                 .all(|(_, f)| f.message.starts_with("PutLogEvents g s: event more than")),
             "{failed:?}"
         );
+    }
+
+    fn gs() -> LogStream {
+        LogStream {
+            group: "g".into(),
+            stream: "s".into(),
+        }
     }
 
     fn fields(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
@@ -845,7 +860,7 @@ mod tests {
             "ecs_task_arn": "arn:aws:ecs:us-east-1:1:task/my/abc123"})),
         );
         assert_eq!(
-            s.partition(&r).unwrap(),
+            s.partition(&r).unwrap().to_string(),
             "/ecs/my#20cluster/#2Fecs-demo-1-app:abc123"
         );
         // `a:b` and `a_b` were both `a_b` when `:` was replaced: now two streams.
@@ -853,6 +868,7 @@ mod tests {
         let p = |tag: &str| {
             s.partition(&Record::new(tag, 0, Default::default()))
                 .unwrap()
+                .to_string()
         };
         assert_eq!(p("a:b"), "g:a%3Ab--");
         assert_eq!(p("a_b"), "g:a_b--");
@@ -861,6 +877,7 @@ mod tests {
         let long = |c: &str| {
             s.partition(&Record::new("t", 0, fields(json!({"long": c.repeat(600)}))))
                 .unwrap()
+                .to_string()
         };
         let (y, z) = (long("y"), long("z"));
         assert_eq!(y.len(), 512 + 2);
@@ -870,7 +887,8 @@ mod tests {
         let s = sink("{v}", "{v}");
         let a = s
             .partition(&Record::new("t", 0, fields(json!({"v": " ".repeat(200)}))))
-            .unwrap();
+            .unwrap()
+            .to_string();
         let (g, st) = a.split_once(':').unwrap();
         assert_eq!((g.len(), st.len()), (512, 200));
         // A group from a value that would start with the reserved `aws/`: `#61ws/`, and
@@ -879,6 +897,7 @@ mod tests {
         let g = |ns: serde_json::Value| {
             s.partition(&Record::new("t", 0, fields(json!({ "ns": ns }))))
                 .unwrap()
+                .to_string()
         };
         assert_eq!(g(json!("aws")), "#61ws/app:s");
         assert_eq!(g(json!("aws/x")), "aws#2Fx/app:s");
@@ -886,7 +905,7 @@ mod tests {
         assert_eq!(g(json!("AWS")), "AWS/app:s");
         let s = sink("a{x}/y", "s");
         let r = Record::new("t", 0, fields(json!({"x": "ws"})));
-        assert_eq!(s.partition(&r).unwrap(), "#61ws/y:s");
+        assert_eq!(s.partition(&r).unwrap().to_string(), "#61ws/y:s");
         assert_eq!(
             s.destination(&r).unwrap(),
             "log group #61ws/y, log stream s"
@@ -894,7 +913,7 @@ mod tests {
         let s = sink("g", "{uuid}");
         let a = s.partition(&rec(1, 0)).unwrap();
         assert_eq!(a, s.partition(&rec(1, 1)).unwrap());
-        assert_eq!(a.len(), 2 + 36);
+        assert_eq!(a.to_string().len(), 2 + 36);
     }
 
     #[test]

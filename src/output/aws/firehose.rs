@@ -320,8 +320,14 @@ pub fn outcome(
 
 impl Sink for FirehoseSink {
     type Builder = FirehoseBuilder;
+    /// One stream of records: every batch is alike.
+    type Partition = ();
 
-    fn new_batch(&self, _partition: &str) -> FirehoseBuilder {
+    fn partition(&self, _record: &Record) -> Result<(), &'static str> {
+        Ok(())
+    }
+
+    fn new_batch(&self, _partition: &()) -> FirehoseBuilder {
         FirehoseBuilder {
             format: Arc::clone(&self.format),
             limits: Arc::clone(&self.limits),
@@ -334,7 +340,7 @@ impl Sink for FirehoseSink {
         }
     }
 
-    async fn send(&self, _partition: &str, batch: &FirehoseBatch) -> SendResult {
+    async fn send(&self, _partition: &(), batch: &FirehoseBatch) -> SendResult {
         let mut records = Vec::with_capacity(batch.records.len());
         for data in &batch.records {
             match aws_sdk_firehose::types::Record::builder()
@@ -434,7 +440,7 @@ mod tests {
     #[test]
     fn at_most_500_records() {
         let s = sink(false, Oversize::Truncate);
-        let mut b = s.new_batch("");
+        let mut b = s.new_batch(&());
         assert_eq!(fill(&mut b, &rec(10)), 500);
         let batch = b.finish();
         assert_eq!(batch.records.len(), 500);
@@ -450,11 +456,11 @@ mod tests {
     fn at_most_4_mib_per_call() {
         let s = sink(false, Oversize::Truncate);
         // 4 MiB = 4 × 1,048,576; records of 1,048,576/4 + 1 bytes: 15 fit, the 16th would be 4 MiB + 16.
-        let mut b = s.new_batch("");
+        let mut b = s.new_batch(&());
         assert_eq!(fill(&mut b, &rec(262_145)), 15);
         assert!(b.bytes() <= MAX_BYTES_PER_CALL);
         // Exactly 4 MiB fits; one byte more does not.
-        let mut b = s.new_batch("");
+        let mut b = s.new_batch(&());
         for _ in 0..4 {
             assert_eq!(b.push(&rec(1_000_000)), Push::Added);
         }
@@ -469,7 +475,7 @@ mod tests {
         let over = rec(MAX_RECORD_BYTES + 1);
 
         let s = sink(false, Oversize::Truncate);
-        let mut b = s.new_batch("");
+        let mut b = s.new_batch(&());
         assert_eq!(b.push(&at_limit), Push::Added);
         assert_eq!(b.push(&over), Push::Truncated);
         let batch = b.finish();
@@ -486,7 +492,7 @@ mod tests {
         let serde_json::Value::Object(m) = json!({"log": "é".repeat(600_000)}) else {
             unreachable!()
         };
-        let mut b = s.new_batch("");
+        let mut b = s.new_batch(&());
         assert_eq!(b.push(&Record::new("t", 0, m)), Push::Truncated);
         let batch = b.finish();
         assert!(std::str::from_utf8(&batch.records[0]).is_ok());
@@ -494,12 +500,12 @@ mod tests {
 
         let s = sink(false, Oversize::Drop);
         assert_eq!(
-            s.new_batch("").push(&over),
+            s.new_batch(&()).push(&over),
             Push::Dropped("record_too_large")
         );
 
         let s = sink(false, Oversize::Split);
-        let mut b = s.new_batch("");
+        let mut b = s.new_batch(&());
         assert_eq!(b.push(&rec(10)), Push::Added);
         assert_eq!(b.push(&rec(2_500_000)), Push::Added);
         assert_eq!(b.push(&rec(2_000_000)), Push::Full);
@@ -511,7 +517,7 @@ mod tests {
         assert_eq!(joined.len(), 2_500_000);
         assert_eq!(joined.iter().filter(|&&c| c == b'\n').count(), 1);
         // A record above the 4 MiB call limit is truncated, then split, in a fresh batch.
-        let mut b = s.new_batch("");
+        let mut b = s.new_batch(&());
         assert_eq!(b.push(&rec(5_000_000)), Push::Truncated);
         assert_eq!(b.bytes(), MAX_BYTES_PER_CALL);
     }
@@ -519,7 +525,7 @@ mod tests {
     #[test]
     fn aggregation_packs_records_up_to_the_record_limit() {
         let s = sink(true, Oversize::Truncate);
-        let mut b = s.new_batch("");
+        let mut b = s.new_batch(&());
         // 1,000 lines of 1,024 bytes = 1,024,000 bytes: exactly one Firehose record.
         for _ in 0..1000 {
             assert_eq!(b.push(&rec(1024)), Push::Added);
@@ -532,7 +538,7 @@ mod tests {
         assert_eq!(batch.owners, vec![0..1000, 1000..1001]);
 
         // 4 MiB of small lines packs into 5 Firehose records instead of hitting 500.
-        let mut b = s.new_batch("");
+        let mut b = s.new_batch(&());
         let n = fill(&mut b, &rec(100));
         assert_eq!(n, MAX_BYTES_PER_CALL / 100);
         let batch = b.finish();
@@ -598,11 +604,11 @@ mod tests {
             aws_sdk_firehose::Client::new(&conf),
         )
         .unwrap();
-        let mut b = s.new_batch("");
+        let mut b = s.new_batch(&());
         for n in 10..13 {
             assert_eq!(b.push(&rec(n)), Push::Added);
         }
-        let SendResult::Partial(failed) = s.send("", &b.finish()).await else {
+        let SendResult::Partial(failed) = s.send(&(), &b.finish()).await else {
             panic!("expected a partial failure")
         };
         assert_eq!(failed.len(), 1);
@@ -621,9 +627,9 @@ mod tests {
             client: aws_sdk_firehose::Client::new(&conf),
             ..s
         };
-        let mut b = s.new_batch("");
+        let mut b = s.new_batch(&());
         b.push(&rec(10));
-        let SendResult::Failed(f) = s.send("", &b.finish()).await else {
+        let SendResult::Failed(f) = s.send(&(), &b.finish()).await else {
             panic!("expected a failure")
         };
         assert!(f.retryable, "{f:?}");

@@ -1,10 +1,18 @@
 //! S3 output: objects of JSON lines (or raw `log_key` lines), optionally compressed.
 //!
-//! - Records are compressed as they arrive, so a batch holds only compressed bytes, and
-//!   `max_bytes` is checked against the object that will land: the compressor is flushed
-//!   every [`flush_interval`] raw bytes, and the unflushed tail is counted at its worst-case
-//!   (incompressible) size, so an object never exceeds `max_bytes` (unless one record alone
-//!   does) and is filled to within about 1.5 % of it.
+//! - Compression runs off the output's loop task: lines collect in raw blocks of
+//!   `block_size` (gzip 256 KiB, zstd 1 MiB for the default 32 MiB objects); a full block is compressed on
+//!   tokio's blocking pool as an independent gzip member / zstd frame while the loop goes
+//!   on reading, so one busy output uses every core. An object is its members / frames
+//!   concatenated in record order: a valid gzip file (RFC 1952 2.2) / zstd file (RFC 8878
+//!   3.1) that standard decoders read whole. At most `blocks_in_flight_cap` blocks of an
+//!   output are on the pool at once; beyond that the loop compresses the block itself.
+//! - `max_bytes` is checked against the object that will land: compressed blocks count at
+//!   their real size, blocks in flight and uncompressed lines at their worst case
+//!   (incompressible). When that bound passes `max_bytes`, the loop takes the real sizes
+//!   (waiting for the blocks in flight, then compressing the lines so far), so an object
+//!   never exceeds `max_bytes` (unless one record alone does) and is filled to within a
+//!   few percent of it. The send waits for the blocks still being compressed.
 //! - `compression = "gzip"`: `Content-Encoding: gzip`, key extension `.gz`; `"zstd"`:
 //!   `Content-Encoding: zstd`, extension `.zst`. The extension is appended unless the key
 //!   template already ends with it. `Content-Type` defaults to `application/x-ndjson`
@@ -38,7 +46,7 @@ pub mod config;
 
 use std::io::Write;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_s3::primitives::ByteStream;
@@ -114,6 +122,13 @@ struct Shared {
     max_bytes: usize,
     max_records: usize,
     next_index: AtomicU64,
+    /// Blocks of this output on the blocking pool now, and the most allowed
+    /// ([`blocks_in_flight_cap`]).
+    blocks_in_flight: AtomicUsize,
+    blocks_in_flight_cap: usize,
+    /// Compressed / raw size of the last block compressed, in millionths: the estimate
+    /// for lines not yet compressed in an object with no block done yet.
+    ratio_ppm: AtomicU32,
     /// `firelane_output_oversize_records_total{output, action="renamed"}`.
     renamed: metrics::Counter,
     /// What a shortened key keeps of its end besides the compression extension.
@@ -225,6 +240,9 @@ pub fn build_with_client(cfg: S3Config, client: aws_sdk_s3::Client) -> Result<S3
         max_bytes: cfg.batch.max_bytes.clamp(1, MAX_OBJECT_BYTES),
         max_records: cfg.batch.max_records.max(1),
         next_index: AtomicU64::new(0),
+        blocks_in_flight: AtomicUsize::new(0),
+        blocks_in_flight_cap: blocks_in_flight_cap(),
+        ratio_ppm: AtomicU32::new(1_000_000),
     };
     Ok(S3Sink {
         shared: Arc::new(shared),
@@ -232,6 +250,13 @@ pub fn build_with_client(cfg: S3Config, client: aws_sdk_s3::Client) -> Result<S3
 }
 
 impl Shared {
+    fn note_ratio(&self, out: usize, raw: usize) {
+        if raw > 0 {
+            let ppm = (out as u128 * 1_000_000 / raw as u128).clamp(1, u32::MAX as u128);
+            self.ratio_ppm.store(ppm as u32, Ordering::Relaxed);
+        }
+    }
+
     /// True when objects of the partition rendered as `partition` (no `{uuid}`/`{index}`)
     /// could get a key above [`MAX_KEY_BYTES`], so their keys are shortened.
     fn renames(&self, partition: &str) -> bool {
@@ -309,110 +334,352 @@ pub fn part_size(len: usize) -> usize {
     needed.max(PREFERRED_PART).max(MIN_PART)
 }
 
-/// How many raw bytes may sit unflushed in the compressor.
-fn flush_interval(max_bytes: usize) -> usize {
-    (max_bytes / 64).clamp(16 * 1024, 256 * 1024)
+/// Raw bytes per compressed block: each block becomes one gzip member / zstd frame,
+/// compressed on tokio's blocking pool. Gzip: 256 KiB, which loses nothing measurable to
+/// deflate's 32 KiB window. Zstd: 1 MiB, because zstd finds repeats up to its window
+/// (2 MiB at level 3) and smaller independent frames would lose them. Smaller objects get
+/// smaller blocks (at least 32 / 8 per object) so that they too are compressed off the
+/// output's loop task.
+fn block_size(c: Compression, max_bytes: usize) -> usize {
+    match c {
+        Compression::Zstd => (max_bytes / 8).clamp(16 * 1024, 1024 * 1024),
+        Compression::Gzip | Compression::None => (max_bytes / 32).clamp(16 * 1024, 256 * 1024),
+    }
 }
 
-/// Most bytes `raw` input bytes can become after compression (incompressible input plus
-/// block and flush overheads of deflate and zstd, with margin).
+/// Most bytes `raw` input bytes can become as one gzip member / zstd frame
+/// (incompressible input plus header, trailer and per-block overheads, with margin).
 fn worst_case(raw: usize) -> usize {
     raw + raw / 128 + 32
 }
 
-enum Encoder {
-    Plain(Vec<u8>),
-    Gzip(flate2::write::GzEncoder<Vec<u8>>),
-    Zstd(zstd::stream::write::Encoder<'static, Vec<u8>>),
+/// Blocks of one output being compressed on the blocking pool at once, at most. At the
+/// cap the loop task compresses the next block itself, which bounds the memory in flight
+/// and slows the loop (and so the buffer and the inputs) to what the cores can compress.
+fn blocks_in_flight_cap() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
 }
 
-impl Encoder {
-    fn new(c: Compression) -> std::io::Result<Encoder> {
-        Ok(match c {
-            Compression::None => Encoder::Plain(Vec::new()),
-            Compression::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(
-                Vec::new(),
+/// Compresses `raw` as one complete gzip member (RFC 1952) or zstd frame (RFC 8878).
+/// Members and frames concatenate into a valid file (RFC 1952 2.2, RFC 8878 3.1), so an
+/// object is the concatenation of its blocks' outputs.
+fn compress_block(c: Compression, raw: &[u8]) -> std::io::Result<Vec<u8>> {
+    match c {
+        Compression::None => Ok(raw.to_vec()),
+        Compression::Gzip => {
+            let mut e = flate2::write::GzEncoder::new(
+                Vec::with_capacity(raw.len() / 4 + 64),
                 flate2::Compression::default(),
-            )),
-            Compression::Zstd => Encoder::Zstd(zstd::stream::write::Encoder::new(Vec::new(), 3)?),
-        })
-    }
-
-    fn output_len(&self) -> usize {
-        match self {
-            Encoder::Plain(v) => v.len(),
-            Encoder::Gzip(e) => e.get_ref().len(),
-            Encoder::Zstd(e) => e.get_ref().len(),
+            );
+            e.write_all(raw)?;
+            e.finish()
         }
-    }
-
-    fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
-        match self {
-            Encoder::Plain(v) => {
-                v.extend_from_slice(data);
-                Ok(())
+        Compression::Zstd => {
+            // One context per blocking-pool thread: a level 3 context is about 1 MiB,
+            // too much to allocate and zero for every 256 KiB block.
+            thread_local! {
+                static ZSTD: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+                    const { std::cell::RefCell::new(None) };
             }
-            Encoder::Gzip(e) => e.write_all(data),
-            Encoder::Zstd(e) => e.write_all(data),
+            ZSTD.with(|cell| {
+                let mut cell = cell.borrow_mut();
+                if cell.is_none() {
+                    *cell = Some(zstd::bulk::Compressor::new(3)?);
+                }
+                match cell.as_mut() {
+                    Some(c) => c.compress(raw),
+                    None => Err(std::io::Error::other("no zstd context")),
+                }
+            })
+        }
+    }
+}
+
+/// The result of a block compressed on the blocking pool, waited for by the loop
+/// (blocking, only at the end of an object) or by the send (async).
+#[derive(Default)]
+struct Slot {
+    result: parking_lot::Mutex<Option<Result<Bytes, String>>>,
+    done: parking_lot::Condvar,
+    notify: tokio::sync::Notify,
+}
+
+impl Slot {
+    /// Sets the result unless one is set already.
+    fn set(&self, r: Result<Bytes, String>) {
+        {
+            let mut g = self.result.lock();
+            if g.is_some() {
+                return;
+            }
+            *g = Some(r);
+        }
+        self.done.notify_all();
+        self.notify.notify_waiters();
+    }
+
+    fn try_get(&self) -> Option<Result<Bytes, String>> {
+        self.result.lock().clone()
+    }
+
+    /// Blocks the calling thread until the block is compressed (one block's compression
+    /// time at most: it is already running on the pool).
+    fn wait(&self) -> Result<Bytes, String> {
+        let mut g = self.result.lock();
+        loop {
+            if let Some(r) = g.as_ref() {
+                return r.clone();
+            }
+            self.done.wait(&mut g);
         }
     }
 
-    fn flush(&mut self) -> std::io::Result<()> {
-        match self {
-            Encoder::Plain(_) => Ok(()),
-            Encoder::Gzip(e) => e.flush(),
-            Encoder::Zstd(e) => e.flush(),
+    /// Waits for the block without blocking the task; cancel-safe.
+    async fn get(&self) -> Result<Bytes, String> {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(r) = self.try_get() {
+                return r;
+            }
+            notified.await;
         }
     }
+}
 
-    fn finish(self) -> std::io::Result<Vec<u8>> {
-        match self {
-            Encoder::Plain(v) => Ok(v),
-            Encoder::Gzip(e) => e.finish(),
-            Encoder::Zstd(e) => e.finish(),
-        }
+/// Fills its slot with an error if the compression task is dropped without running
+/// (runtime shutting down), so that nothing waits forever.
+struct Fill(Arc<Slot>);
+
+impl Drop for Fill {
+    fn drop(&mut self) {
+        self.0.set(Err(
+            "the compression task did not run (shutting down)".into()
+        ));
     }
+}
+
+/// Releases one of the output's in-flight block slots.
+struct InFlight(Arc<Shared>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.blocks_in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One gzip member / zstd frame of an object.
+enum Block {
+    Done(Bytes),
+    /// On the blocking pool, from `raw` bytes of lines.
+    Pending {
+        raw: usize,
+        slot: Arc<Slot>,
+    },
 }
 
 pub struct S3Builder {
     shared: Arc<Shared>,
-    encoder: Result<Encoder, String>,
     records: usize,
-    /// Raw bytes written since the last compressor flush.
+    /// Lines not yet handed to a compressor (without compression: the whole object).
+    raw: Vec<u8>,
+    /// The object so far, in record order, except `raw`.
+    blocks: Vec<Block>,
+    /// Compressed bytes and raw bytes of the `Done` blocks.
+    done_bytes: usize,
+    done_raw: usize,
+    /// Raw bytes of the `Pending` blocks, and the most they can compress to.
     pending_raw: usize,
-    /// Raw and compressed bytes up to the last flush, for the `bytes()` estimate.
-    flushed_raw: usize,
-    flush_every: usize,
+    pending_worst: usize,
+    /// Index of the first `Pending` block (blocks finish about in order).
+    first_pending: usize,
+    block_size: usize,
+    error: Option<String>,
     key: Option<String>,
     window: Option<i64>,
     flush_at: Option<SystemTime>,
-    line: Vec<u8>,
 }
 
-/// One finished object.
+/// One finished object: its blocks, some maybe still being compressed; [`S3Batch::body`]
+/// waits for them.
 pub struct S3Batch {
     pub key: String,
-    pub body: Bytes,
     pub records: usize,
-    error: Option<String>,
+    blocks: parking_lot::Mutex<Vec<Block>>,
+    body: tokio::sync::OnceCell<Result<Bytes, String>>,
+}
+
+impl S3Batch {
+    /// The object's bytes: the blocks' members / frames concatenated, once every block is
+    /// compressed. `Err` if a compressor failed. Cancel-safe; computed once.
+    pub async fn body(&self) -> Result<Bytes, String> {
+        self.body
+            .get_or_init(|| async {
+                let slots: Vec<Arc<Slot>> = self
+                    .blocks
+                    .lock()
+                    .iter()
+                    .filter_map(|b| match b {
+                        Block::Pending { slot, .. } => Some(Arc::clone(slot)),
+                        Block::Done(_) => None,
+                    })
+                    .collect();
+                for slot in &slots {
+                    slot.get().await?;
+                }
+                // No await from here on: the blocks are taken and the body set together,
+                // so the compressed bytes are not held twice.
+                let blocks = std::mem::take(&mut *self.blocks.lock());
+                let mut parts = Vec::with_capacity(blocks.len());
+                for b in blocks {
+                    parts.push(match b {
+                        Block::Done(bytes) => bytes,
+                        Block::Pending { slot, .. } => slot.wait()?,
+                    });
+                }
+                if parts.len() == 1 {
+                    return Ok(parts.swap_remove(0));
+                }
+                let mut body = bytes::BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+                for p in &parts {
+                    body.extend_from_slice(p);
+                }
+                Ok(body.freeze())
+            })
+            .await
+            .clone()
+    }
 }
 
 impl S3Builder {
-    fn landed_if_added(&self, extra_raw: usize) -> usize {
-        let out = self.encoder.as_ref().map_or(0, Encoder::output_len);
-        match self.shared.compression {
-            Compression::None => out + extra_raw,
-            _ => out + worst_case(self.pending_raw + extra_raw) + TRAILER_RESERVE,
+    /// Most bytes the object can land as: exact for compressed blocks, worst case for the
+    /// rest.
+    fn landed(&self) -> usize {
+        if self.shared.compression == Compression::None {
+            return self.raw.len();
+        }
+        let tail = if self.raw.is_empty() {
+            0
+        } else {
+            worst_case(self.raw.len())
+        };
+        self.done_bytes + self.pending_worst + tail + TRAILER_RESERVE
+    }
+
+    /// Takes the results of blocks the pool has finished; with `wait`, waits for the
+    /// oldest pending one first. `false` if a compressor failed.
+    fn collect(&mut self, wait: bool) -> bool {
+        let mut waited = !wait;
+        let mut first_pending = None;
+        for (i, b) in self.blocks.iter_mut().enumerate().skip(self.first_pending) {
+            let Block::Pending { raw, slot } = b else {
+                continue;
+            };
+            let got = if waited {
+                slot.try_get()
+            } else {
+                waited = true;
+                Some(slot.wait())
+            };
+            match got {
+                None => {
+                    first_pending.get_or_insert(i);
+                }
+                Some(Ok(bytes)) => {
+                    self.done_bytes += bytes.len();
+                    self.done_raw += *raw;
+                    self.pending_raw -= *raw;
+                    self.pending_worst -= worst_case(*raw);
+                    *b = Block::Done(bytes);
+                }
+                Some(Err(e)) => {
+                    self.error = Some(e);
+                    return false;
+                }
+            }
+        }
+        self.first_pending = first_pending.unwrap_or(self.blocks.len());
+        true
+    }
+
+    /// Compresses `self.raw[..upto]` as a block, on the pool or (at the output's cap of
+    /// blocks in flight, without a runtime, or with `inline`) here.
+    fn submit(&mut self, upto: usize, inline: bool) {
+        if upto == 0 {
+            return;
+        }
+        let s = &self.shared;
+        let rest = self.raw.split_off(upto);
+        let capacity = self.block_size.max(rest.len());
+        let raw = std::mem::replace(&mut self.raw, Vec::with_capacity(capacity));
+        self.raw.extend_from_slice(&rest);
+        let c = s.compression;
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let slot_free =
+            !inline && s.blocks_in_flight.fetch_add(1, Ordering::AcqRel) < s.blocks_in_flight_cap;
+        if !inline && !slot_free {
+            s.blocks_in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+        match runtime.filter(|_| slot_free) {
+            Some(rt) => {
+                let slot = Arc::new(Slot::default());
+                let fill = Fill(Arc::clone(&slot));
+                let in_flight = InFlight(Arc::clone(s));
+                let len = raw.len();
+                rt.spawn_blocking(move || {
+                    let r = compress_block(c, &raw).map(Bytes::from);
+                    if let Ok(out) = &r {
+                        in_flight.0.note_ratio(out.len(), raw.len());
+                    }
+                    drop(in_flight);
+                    fill.0.set(r.map_err(|e| e.to_string()));
+                });
+                self.pending_raw += len;
+                self.pending_worst += worst_case(len);
+                self.blocks.push(Block::Pending { raw: len, slot });
+            }
+            None => {
+                if slot_free {
+                    s.blocks_in_flight.fetch_sub(1, Ordering::AcqRel);
+                }
+                match compress_block(c, &raw) {
+                    Ok(out) => {
+                        s.note_ratio(out.len(), raw.len());
+                        self.done_bytes += out.len();
+                        self.done_raw += raw.len();
+                        self.blocks.push(Block::Done(Bytes::from(out)));
+                    }
+                    Err(e) => self.error = Some(e.to_string()),
+                }
+            }
         }
     }
 
-    fn flush_encoder(&mut self) -> std::io::Result<()> {
-        if let Ok(enc) = self.encoder.as_mut() {
-            enc.flush()?;
+    /// The line just written at `self.raw[line_start..]` took the object past
+    /// `max_bytes` at its worst case: make the size exact where it is not (finished
+    /// blocks, then waiting for those in flight, then compressing the lines before this
+    /// one) until it fits. `false`: the object is full.
+    fn make_room(&mut self, line_start: usize) -> bool {
+        let max = self.shared.max_bytes;
+        if self.shared.compression == Compression::None {
+            return false;
         }
-        self.flushed_raw += self.pending_raw;
-        self.pending_raw = 0;
-        Ok(())
+        if !self.collect(false) {
+            return false;
+        }
+        while self.landed() > max && self.pending_raw > 0 {
+            if !self.collect(true) {
+                return false;
+            }
+        }
+        if self.landed() > max && line_start > 0 {
+            self.submit(line_start, true);
+            if self.error.is_some() {
+                return false;
+            }
+        }
+        self.landed() <= max
     }
 
     fn open(&mut self, record: &Record) {
@@ -455,7 +722,7 @@ impl BatchBuilder for S3Builder {
     type Batch = S3Batch;
 
     fn push(&mut self, record: &Record) -> Push {
-        if self.encoder.is_err() {
+        if self.error.is_some() {
             return if self.records == 0 {
                 Push::Rejected("compression_error")
             } else {
@@ -473,40 +740,35 @@ impl BatchBuilder for S3Builder {
                 return Push::Full;
             }
         }
-        self.line.clear();
-        s.format.write_line(record, &mut self.line);
-        if self.records > 0 && self.landed_if_added(self.line.len()) > s.max_bytes {
-            // The unflushed tail was counted at its worst case; flushing makes it exact, so
-            // the object is closed only when it is really full.
-            if self.pending_raw == 0 || self.flush_encoder().is_err() {
-                return Push::Full;
+        let start = self.raw.len();
+        s.format.write_line(record, &mut self.raw);
+        let line_len = self.raw.len() - start;
+        if self.records > 0 && self.landed() > s.max_bytes && !self.make_room(start) {
+            // The line is the tail of `raw` (make_room may have compressed what preceded it).
+            self.raw.truncate(self.raw.len() - line_len);
+            if let Some(e) = &self.error {
+                crate::warn_limited!(
+                    "s3_compression",
+                    "output {}: compressor failed: {e}",
+                    s.name
+                );
             }
-            if self.landed_if_added(self.line.len()) > s.max_bytes {
-                return Push::Full;
-            }
+            return Push::Full;
         }
         if self.records == 0 {
             self.open(record);
         }
-        let Ok(enc) = self.encoder.as_mut() else {
-            return Push::Rejected("compression_error");
-        };
-        let mut result = enc.write_all(&self.line);
-        self.pending_raw += self.line.len();
-        if result.is_ok() && self.pending_raw >= self.flush_every {
-            result = self.flush_encoder();
+        self.records += 1;
+        if s.compression != Compression::None && self.raw.len() >= self.block_size {
+            let all = self.raw.len();
+            self.submit(all, false);
         }
-        if let Err(e) = result {
+        if let Some(e) = &self.error {
             crate::warn_limited!(
                 "s3_compression",
                 "output {}: compressor failed: {e}",
                 s.name
             );
-            self.encoder = Err(e.to_string());
-        }
-        self.records += 1;
-        if self.line.capacity() > 1024 * 1024 {
-            self.line = Vec::new();
         }
         Push::Added
     }
@@ -515,42 +777,56 @@ impl BatchBuilder for S3Builder {
         self.records
     }
 
+    /// Exact for compressed blocks; blocks in flight and uncompressed lines are estimated
+    /// at the ratio this object (else this output) has had so far.
     fn bytes(&self) -> usize {
-        let out = self.encoder.as_ref().map_or(0, Encoder::output_len);
-        if self.flushed_raw == 0 || out == 0 {
-            return out + self.pending_raw;
+        let rest = self.pending_raw + self.raw.len();
+        if self.shared.compression == Compression::None {
+            return rest;
         }
-        out + (self.pending_raw as u128 * out as u128 / self.flushed_raw as u128) as usize
+        let (out, raw) = if self.done_raw > 0 {
+            (self.done_bytes as u128, self.done_raw as u128)
+        } else {
+            let ppm = self.shared.ratio_ppm.load(Ordering::Relaxed);
+            (ppm as u128, 1_000_000u128)
+        };
+        self.done_bytes + (rest as u128 * out / raw) as usize
     }
 
     fn flush_at(&self) -> Option<SystemTime> {
         self.flush_at
     }
 
-    fn finish(self) -> S3Batch {
-        let key = self.key.unwrap_or_default();
-        match self
-            .encoder
-            .and_then(|e| e.finish().map_err(|e| e.to_string()))
-        {
-            Ok(body) => S3Batch {
-                key,
-                body: Bytes::from(body),
-                records: self.records,
-                error: None,
-            },
-            Err(e) => S3Batch {
-                key,
-                body: Bytes::new(),
-                records: self.records,
-                error: Some(e),
-            },
+    fn finish(mut self) -> S3Batch {
+        let key = self.key.take().unwrap_or_default();
+        if self.error.is_none() && !self.raw.is_empty() {
+            if self.shared.compression == Compression::None {
+                let body = Bytes::from(std::mem::take(&mut self.raw));
+                self.blocks.push(Block::Done(body));
+            } else {
+                let all = self.raw.len();
+                self.submit(all, false);
+            }
+        }
+        let body = tokio::sync::OnceCell::new();
+        if let Some(e) = self.error.take() {
+            let _ = body.set(Err(e));
+            self.blocks.clear();
+        }
+        S3Batch {
+            key,
+            records: self.records,
+            blocks: parking_lot::Mutex::new(std::mem::take(&mut self.blocks)),
+            body,
         }
     }
 }
 
 impl Sink for S3Sink {
     type Builder = S3Builder;
+    /// The object key rendered without `{uuid}` and `{index}` (shortened like the key
+    /// when it could exceed S3's limit).
+    type Partition = String;
 
     fn partition(&self, record: &Record) -> Result<String, &'static str> {
         let s = &self.shared;
@@ -567,42 +843,50 @@ impl Sink for S3Sink {
         Ok(p)
     }
 
-    /// The compressor of one open object: deflate at the default level keeps about
-    /// 256 KiB of window, hash chains and pending output plus flate2's 32 KiB buffer;
-    /// zstd level 3 about 800 KiB of context (issue #9 measured 2,000 open gzip objects
-    /// at 653 MiB of RSS, 5,000 at 1.57 GiB; zstd about 800 KiB per open object).
+    /// What one open object holds besides its records: the raw block being filled
+    /// (`block_size`: 256 KiB gzip, 1 MiB zstd for objects of 8 MiB and more) and 64 KiB
+    /// for the line being written and the compressed blocks' slack. The compressors
+    /// themselves live on the blocking pool, at most `blocks_in_flight_cap` per output (a
+    /// deflate state about 300 KiB, a zstd level 3 context about 1 MiB, kept per pool
+    /// thread), not per open object.
     fn open_batch_overhead(&self) -> usize {
-        match self.shared.compression {
+        let s = &self.shared;
+        match s.compression {
             Compression::None => 0,
-            Compression::Gzip => 320 << 10,
-            Compression::Zstd => 800 << 10,
+            c => block_size(c, s.max_bytes) + (64 << 10),
         }
     }
 
-    fn new_batch(&self, _partition: &str) -> S3Builder {
+    fn new_batch(&self, _partition: &String) -> S3Builder {
         let s = Arc::clone(&self.shared);
+        let block_size = block_size(s.compression, s.max_bytes);
         S3Builder {
-            encoder: Encoder::new(s.compression).map_err(|e| e.to_string()),
             records: 0,
+            raw: Vec::new(),
+            blocks: Vec::new(),
+            done_bytes: 0,
+            done_raw: 0,
             pending_raw: 0,
-            flushed_raw: 0,
-            flush_every: flush_interval(s.max_bytes),
+            pending_worst: 0,
+            first_pending: 0,
+            block_size,
+            error: None,
             key: None,
             window: None,
             flush_at: None,
-            line: Vec::new(),
             shared: s,
         }
     }
 
-    async fn send(&self, _partition: &str, batch: &S3Batch) -> SendResult {
-        if let Some(e) = &batch.error {
-            return SendResult::Failed(Failure::permanent("compression_error", e.clone()));
-        }
-        let result = if batch.body.len() > MULTIPART_THRESHOLD {
-            self.multipart(batch).await
+    async fn send(&self, _partition: &String, batch: &S3Batch) -> SendResult {
+        let body = match batch.body().await {
+            Ok(body) => body,
+            Err(e) => return SendResult::Failed(Failure::permanent("compression_error", e)),
+        };
+        let result = if body.len() > MULTIPART_THRESHOLD {
+            self.multipart(batch, body).await
         } else {
-            self.put(batch).await
+            self.put(batch, body).await
         };
         match result {
             Ok(()) => SendResult::Delivered,
@@ -639,13 +923,13 @@ fn with_context(mut f: Failure, what: &str, bucket: &str, key: &str) -> Failure 
 }
 
 impl S3Sink {
-    async fn put(&self, batch: &S3Batch) -> Result<(), Failure> {
+    async fn put(&self, batch: &S3Batch, body: Bytes) -> Result<(), Failure> {
         let s = &self.shared;
         s.client
             .put_object()
             .bucket(&s.bucket)
             .key(&batch.key)
-            .body(ByteStream::from(batch.body.clone()))
+            .body(ByteStream::from(body))
             .content_type(&s.content_type)
             .set_content_encoding(s.compression.content_encoding().map(String::from))
             .set_storage_class(s.storage_class.clone())
@@ -656,7 +940,7 @@ impl S3Sink {
             .map_err(|e| with_context(classify(&e), "PutObject", &s.bucket, &batch.key))
     }
 
-    async fn multipart(&self, batch: &S3Batch) -> Result<(), Failure> {
+    async fn multipart(&self, batch: &S3Batch, body: Bytes) -> Result<(), Failure> {
         let s = &self.shared;
         let created = s
             .client
@@ -682,7 +966,7 @@ impl S3Sink {
                 ),
             ));
         };
-        match self.upload_parts(batch, &upload_id).await {
+        match self.upload_parts(batch, &body, &upload_id).await {
             Ok(()) => Ok(()),
             Err(f) => {
                 let abort = s
@@ -708,13 +992,18 @@ impl S3Sink {
         }
     }
 
-    async fn upload_parts(&self, batch: &S3Batch, upload_id: &str) -> Result<(), Failure> {
+    async fn upload_parts(
+        &self,
+        batch: &S3Batch,
+        body: &Bytes,
+        upload_id: &str,
+    ) -> Result<(), Failure> {
         let s = &self.shared;
-        let size = part_size(batch.body.len());
-        let pieces: Vec<(i32, Bytes)> = (0..batch.body.len().div_ceil(size))
+        let size = part_size(body.len());
+        let pieces: Vec<(i32, Bytes)> = (0..body.len().div_ceil(size))
             .map(|i| {
-                let end = ((i + 1) * size).min(batch.body.len());
-                (i as i32 + 1, batch.body.slice(i * size..end))
+                let end = ((i + 1) * size).min(body.len());
+                (i as i32 + 1, body.slice(i * size..end))
             })
             .collect();
         let uploads = pieces.into_iter().map(|(number, body)| async move {
@@ -829,7 +1118,7 @@ mod tests {
         match c {
             Compression::None => s = String::from_utf8(body.to_vec()).unwrap(),
             Compression::Gzip => {
-                flate2::read::GzDecoder::new(body)
+                flate2::read::MultiGzDecoder::new(body)
                     .read_to_string(&mut s)
                     .unwrap();
             }
@@ -843,20 +1132,60 @@ mod tests {
         s
     }
 
-    #[test]
-    fn compressed_objects_never_exceed_max_bytes_and_hold_every_record() {
+    /// The object's bytes, waiting for blocks still on the pool.
+    fn body(batch: &S3Batch) -> Bytes {
+        futures::executor::block_on(batch.body()).unwrap()
+    }
+
+    /// A runtime whose blocking pool compresses blocks (entered by the caller).
+    fn pool() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap()
+    }
+
+    /// Gzip members / zstd frames in `body`, by walking the frames (zstd) or by reading
+    /// members one at a time (gzip).
+    fn members(c: Compression, body: &[u8]) -> usize {
+        let mut rest = body;
+        let mut n = 0;
+        while !rest.is_empty() {
+            let len = match c {
+                Compression::None => rest.len(),
+                Compression::Gzip => {
+                    let mut d = flate2::bufread::GzDecoder::new(rest);
+                    std::io::copy(&mut d, &mut std::io::sink()).unwrap();
+                    let left = d.into_inner().len();
+                    rest.len() - left
+                }
+                Compression::Zstd => zstd::zstd_safe::find_frame_compressed_size(rest).unwrap(),
+            };
+            rest = &rest[len..];
+            n += 1;
+        }
+        n
+    }
+
+    /// Fills objects of every compression and two sizes; with `on_pool`, inside a runtime
+    /// so that blocks are compressed on its blocking pool.
+    fn objects_fit_and_hold_every_record(on_pool: bool) {
+        let rt = pool();
+        let _entered = on_pool.then(|| rt.enter());
         for c in [Compression::None, Compression::Gzip, Compression::Zstd] {
             for max_bytes in [64 * 1024, 1024 * 1024] {
                 let sink = sink(cfg("logs/{uuid}", c, max_bytes));
                 let mut batches = Vec::new();
-                let mut b = sink.new_batch("");
+                let mut b = sink.new_batch(&String::new());
                 let total = 40_000u64;
                 for i in 0..total {
                     let r = rec(i);
                     match b.push(&r) {
                         Push::Added => {}
                         Push::Full => {
-                            batches.push(std::mem::replace(&mut b, sink.new_batch("")).finish());
+                            batches.push(
+                                std::mem::replace(&mut b, sink.new_batch(&String::new())).finish(),
+                            );
                             assert_eq!(b.push(&r), Push::Added);
                         }
                         other => panic!("{other:?}"),
@@ -865,20 +1194,21 @@ mod tests {
                 batches.push(b.finish());
                 let mut lines = 0u64;
                 for (n, batch) in batches.iter().enumerate() {
+                    let body = body(batch);
                     assert!(
-                        batch.body.len() <= max_bytes,
+                        body.len() <= max_bytes,
                         "{c:?} {} > {max_bytes}",
-                        batch.body.len()
+                        body.len()
                     );
                     if n + 1 < batches.len() {
                         // Filled to within a few percent: the limit is honest, not timid.
                         assert!(
-                            batch.body.len() * 100 >= max_bytes * 95,
+                            body.len() * 100 >= max_bytes * 95,
                             "{c:?} underfilled {}",
-                            batch.body.len()
+                            body.len()
                         );
                     }
-                    let text = decompress(c, &batch.body);
+                    let text = decompress(c, &body);
                     for line in text.lines() {
                         let v: serde_json::Value = serde_json::from_str(line).unwrap();
                         assert_eq!(v["n"], json!(lines));
@@ -898,11 +1228,115 @@ mod tests {
     }
 
     #[test]
+    fn compressed_objects_never_exceed_max_bytes_and_hold_every_record() {
+        objects_fit_and_hold_every_record(false);
+    }
+
+    /// Issue #10: compression ran on the output's loop task. Blocks compressed on the
+    /// blocking pool keep the same guarantees: size within `max_bytes`, filled, every
+    /// record, in order.
+    #[test]
+    fn objects_compressed_on_the_blocking_pool_fit_and_hold_every_record() {
+        objects_fit_and_hold_every_record(true);
+    }
+
+    /// An object is many gzip members / zstd frames (one per block), compressed on the
+    /// pool; the standard multi-member decoders read the records back whole and in order,
+    /// across block boundaries, and the body is the same when asked again (a retry).
+    #[test]
+    fn blocks_are_members_and_frames_read_back_in_order() {
+        let rt = pool();
+        let _entered = rt.enter();
+        for c in [Compression::Gzip, Compression::Zstd] {
+            // 2 MiB objects: 64 KiB (gzip) / 256 KiB (zstd) blocks; about 2.3 MB of lines
+            // is 36 / 9 blocks.
+            let sink = sink(cfg("logs/{uuid}", c, 2 << 20));
+            let mut b = sink.new_batch(&String::new());
+            let total = 30_000u64;
+            for i in 0..total {
+                assert_eq!(b.push(&rec(i)), Push::Added);
+            }
+            assert!(b.bytes() > 0 && b.bytes() < 2 << 20, "{}", b.bytes());
+            let batch = b.finish();
+            let body = body(&batch);
+            assert_eq!(
+                futures::executor::block_on(batch.body()).unwrap(),
+                body,
+                "asked twice"
+            );
+            let n = members(c, &body);
+            assert!(n >= 8, "{c:?}: {n} members");
+            let text = decompress(c, &body);
+            let got: Vec<u64> = text
+                .lines()
+                .map(|l| {
+                    serde_json::from_str::<serde_json::Value>(l).unwrap()["n"]
+                        .as_u64()
+                        .unwrap()
+                })
+                .collect();
+            assert_eq!(got, (0..total).collect::<Vec<_>>(), "{c:?}");
+            // The first member alone is a strict prefix of the lines: proof the object is
+            // several members (a single-member reader would lose records).
+            if c == Compression::Gzip {
+                let mut first = String::new();
+                flate2::read::GzDecoder::new(&body[..])
+                    .read_to_string(&mut first)
+                    .unwrap();
+                assert!(first.len() < text.len() && text.starts_with(&first));
+            }
+        }
+    }
+
+    /// At the output's cap of blocks in flight the loop compresses the next block itself
+    /// (bounded memory, back-pressure); the object is the same lines either way.
+    #[test]
+    fn at_the_in_flight_cap_blocks_are_compressed_in_place() {
+        let rt = pool();
+        let _entered = rt.enter();
+        let sink = sink(cfg("k/{uuid}", Compression::Gzip, 4 << 20));
+        let cap = sink.shared.blocks_in_flight_cap;
+        sink.shared.blocks_in_flight.store(cap, Ordering::SeqCst);
+        let mut b = sink.new_batch(&String::new());
+        for i in 0..10_000 {
+            assert_eq!(b.push(&rec(i)), Push::Added);
+        }
+        assert!(b.blocks.len() >= 3, "{}", b.blocks.len());
+        assert!(b.blocks.iter().all(|x| matches!(x, Block::Done(_))));
+        assert_eq!(b.pending_raw, 0);
+        let text = decompress(Compression::Gzip, &body(&b.finish()));
+        assert_eq!(text.lines().count(), 10_000);
+        assert_eq!(sink.shared.blocks_in_flight.load(Ordering::SeqCst), cap);
+    }
+
+    /// A block whose compression never ran (the runtime shutting down) fails the object
+    /// as `compression_error`, permanently (dead-lettered, not retried, not lost), instead
+    /// of leaving the send waiting forever.
+    #[test]
+    fn a_block_that_never_compressed_fails_the_send() {
+        let sink = sink(cfg("k/{uuid}", Compression::Gzip, 1 << 20));
+        let slot = Arc::new(Slot::default());
+        drop(Fill(Arc::clone(&slot)));
+        let batch = S3Batch {
+            key: "k/x.gz".into(),
+            records: 1,
+            blocks: parking_lot::Mutex::new(vec![Block::Pending { raw: 10, slot }]),
+            body: tokio::sync::OnceCell::new(),
+        };
+        match futures::executor::block_on(sink.send(&String::new(), &batch)) {
+            SendResult::Failed(f) => {
+                assert!(!f.retryable && f.reason == "compression_error", "{f:?}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn max_records_and_a_single_oversized_record() {
         let mut c = cfg("k", Compression::None, 1000);
         c.batch.max_records = 3;
         let sink = sink(c);
-        let mut b = sink.new_batch("");
+        let mut b = sink.new_batch(&String::new());
         let serde_json::Value::Object(m) = json!({"log": "x".repeat(5000)}) else {
             unreachable!()
         };
@@ -910,7 +1344,7 @@ mod tests {
         // A fresh batch never answers Full, even for a record above max_bytes.
         assert_eq!(b.push(&big), Push::Added);
         assert_eq!(b.push(&rec(1)), Push::Full);
-        let mut b = sink.new_batch("");
+        let mut b = sink.new_batch(&String::new());
         for i in 0..3 {
             assert_eq!(b.push(&rec(i)), Push::Added);
         }
@@ -941,7 +1375,7 @@ mod tests {
 
         // No {uuid}/{index}: one is inserted before the extension; existing .gz is kept.
         let s = sink(cfg("events/%H/{tag}.json.gz", Compression::Gzip, 1 << 20));
-        let mut b = s.new_batch("");
+        let mut b = s.new_batch(&String::new());
         b.push(&r);
         let key = b.finish().key;
         assert!(
@@ -956,7 +1390,7 @@ mod tests {
         assert_eq!(with_uuid("a.d/%H.{tag}"), "a.d/%H.{tag}-{uuid}");
 
         let s = sink(cfg("z/{uuid}", Compression::Zstd, 1 << 20));
-        let mut b = s.new_batch("");
+        let mut b = s.new_batch(&String::new());
         b.push(&r);
         assert!(b.finish().key.ends_with(".zst"));
 
@@ -974,7 +1408,7 @@ mod tests {
             "{p}"
         );
         let key = |s: &S3Sink| {
-            let mut b = s.new_batch("");
+            let mut b = s.new_batch(&String::new());
             b.push(&r);
             b.finish().key
         };
@@ -997,7 +1431,7 @@ mod tests {
         for pad in 0..3 {
             let tag = format!("{}{}", "a".repeat(pad), "/".repeat(100_000));
             let r = Record::new(tag.as_str(), 0, Default::default());
-            let mut b = s.new_batch("");
+            let mut b = s.new_batch(&String::new());
             b.push(&r);
             let k = b.finish().key;
             assert!(
@@ -1013,7 +1447,7 @@ mod tests {
         // The template's own file extension survives the cut, before the compression one.
         let s = sink(cfg("j/{tag}/{uuid}.json", Compression::Gzip, 1 << 20));
         let r = Record::new("x".repeat(2000).as_str(), 0, Default::default());
-        let mut b = s.new_batch("");
+        let mut b = s.new_batch(&String::new());
         b.push(&r);
         let k = b.finish().key;
         assert_eq!(k.len(), MAX_KEY_BYTES);
@@ -1023,11 +1457,11 @@ mod tests {
         // Just at the limit only because of the uuid: renamed too, consistently.
         let fill = MAX_KEY_BYTES - "j//.json.gz".len() - 36;
         let r = Record::new("y".repeat(fill).as_str(), 0, Default::default());
-        let mut b = s.new_batch("");
+        let mut b = s.new_batch(&String::new());
         b.push(&r);
         assert_eq!(b.finish().key.len(), MAX_KEY_BYTES);
         let r = Record::new("y".repeat(fill + 1).as_str(), 0, Default::default());
-        let mut b = s.new_batch("");
+        let mut b = s.new_batch(&String::new());
         b.push(&r);
         let k = b.finish().key;
         assert!(k.len() <= MAX_KEY_BYTES && k.ends_with(".json.gz"), "{k}");
@@ -1042,7 +1476,7 @@ mod tests {
         };
         let r = Record::new("a..b", 0, m);
         assert_eq!(s.partition(&r).unwrap(), "k/-/..%2F..%2Fetc/");
-        let mut b = s.new_batch("");
+        let mut b = s.new_batch(&String::new());
         b.push(&r);
         let key = b.finish().key;
         assert!(
@@ -1068,7 +1502,7 @@ mod tests {
         };
         let r = Record::new("app..x", 0, m);
         assert_eq!(s.partition(&r).unwrap(), "k/app/-/-/-/-/-/-/-/-/-/0/");
-        let mut b = s.new_batch("");
+        let mut b = s.new_batch(&String::new());
         b.push(&r);
         let key = b.finish().key;
         assert!(key.starts_with("k/app/-/-/-/-/-/-/-/-/-/0/"), "{key}");
@@ -1108,7 +1542,7 @@ mod tests {
         let mut c = cfg("k/{uuid}", Compression::None, 1 << 20);
         c.align = Some(Duration::from_secs(3600));
         let s = sink(c);
-        let mut b = s.new_batch("");
+        let mut b = s.new_batch(&String::new());
         let mut r = rec(0);
         r.time_ns = 1_795_417_689_000_000_000; // 07:08:09
         assert_eq!(b.push(&r), Push::Added);
@@ -1126,7 +1560,7 @@ mod tests {
         assert_eq!(b.push(&r), Push::Full);
         assert!(
             sink(cfg("k/{uuid}", Compression::None, 1))
-                .new_batch("")
+                .new_batch(&String::new())
                 .flush_at()
                 .is_none()
         );
@@ -1163,13 +1597,13 @@ mod tests {
         let mut c = cfg("k/{uuid}", Compression::None, 1 << 20);
         c.format.log_key = Some("log".into());
         let s = sink(c);
-        let mut b = s.new_batch("");
+        let mut b = s.new_batch(&String::new());
         b.push(&rec(7));
         let serde_json::Value::Object(m) = json!({"other": 1}) else {
             unreachable!()
         };
         b.push(&Record::new("t", 0, m));
-        let body = b.finish().body;
+        let body = body(&b.finish());
         let text = std::str::from_utf8(&body).unwrap();
         let mut lines = text.lines();
         assert!(lines.next().unwrap().starts_with("GET /item/7 200 "));

@@ -113,6 +113,7 @@ impl BatchBuilder for FakeBuilder {
 
 impl Sink for FakeSink {
     type Builder = FakeBuilder;
+    type Partition = String;
     fn partition(&self, r: &Record) -> Result<String, &'static str> {
         match r.fields().get("p") {
             Some(serde_json::Value::String(p)) if p == "!" => Err("bad_partition"),
@@ -123,18 +124,18 @@ impl Sink for FakeSink {
     fn open_batch_overhead(&self) -> usize {
         self.overhead
     }
-    fn new_batch(&self, _p: &str) -> FakeBuilder {
+    fn new_batch(&self, _p: &String) -> FakeBuilder {
         FakeBuilder {
             ids: Vec::new(),
             max: self.max,
         }
     }
-    async fn send(&self, partition: &str, batch: &Vec<u64>) -> SendResult {
+    async fn send(&self, partition: &String, batch: &Vec<u64>) -> SendResult {
         let n = {
             let mut calls = self.calls.lock();
             calls.push(Call {
                 at: Instant::now(),
-                partition: partition.into(),
+                partition: partition.clone(),
                 ids: batch.clone(),
             });
             calls.len() - 1
