@@ -116,12 +116,12 @@ pub struct LoadgenReport {
 }
 
 impl LoadgenReport {
-    pub fn records_per_sec(&self) -> f64 {
+    pub(crate) fn records_per_sec(&self) -> f64 {
         self.records as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
     /// Megabytes (10^6 bytes) per second on the wire.
-    pub fn mb_per_sec(&self) -> f64 {
+    pub(crate) fn mb_per_sec(&self) -> f64 {
         self.bytes as f64 / 1e6 / self.elapsed.as_secs_f64().max(1e-9)
     }
 }

@@ -11,7 +11,7 @@ use crate::input::{Ingest, IngestError};
 use crate::route::{Decision, Router};
 
 /// One output's entry point as seen by the router.
-pub struct OutputPort {
+pub(crate) struct OutputPort {
     pub name: String,
     pub writer: BufferWriter,
     dropped: Counter,
@@ -25,7 +25,7 @@ pub struct OutputPort {
 }
 
 impl OutputPort {
-    pub fn new(name: &str, writer: BufferWriter) -> Self {
+    pub(crate) fn new(name: &str, writer: BufferWriter) -> Self {
         let labels = [("output", name.to_string())];
         OutputPort {
             name: name.to_string(),
@@ -38,7 +38,7 @@ impl OutputPort {
     }
 }
 
-pub struct Pipeline {
+pub(crate) struct Pipeline {
     router: Router,
     outputs: Vec<OutputPort>,
     route_counters: Vec<Counter>,
@@ -46,7 +46,7 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(router: Router, outputs: Vec<OutputPort>) -> Arc<Self> {
+    pub(crate) fn new(router: Router, outputs: Vec<OutputPort>) -> Arc<Self> {
         let route_counters = router
             .routes()
             .iter()
@@ -60,16 +60,16 @@ impl Pipeline {
         })
     }
 
-    pub fn router(&self) -> &Router {
+    pub(crate) fn router(&self) -> &Router {
         &self.router
     }
 
-    pub fn outputs(&self) -> &[OutputPort] {
+    pub(crate) fn outputs(&self) -> &[OutputPort] {
         &self.outputs
     }
 
     /// The `Ingest` handle for input number `input`.
-    pub fn port(self: &Arc<Self>, input: usize, name: &str) -> Arc<dyn Ingest> {
+    pub(crate) fn port(self: &Arc<Self>, input: usize, name: &str) -> Arc<dyn Ingest> {
         Arc::new(InputPort {
             pipeline: self.clone(),
             input,

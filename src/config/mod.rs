@@ -11,8 +11,8 @@
 //! `check` refuses what `run` would.
 
 mod compression;
-pub mod reader;
-pub mod units;
+pub(crate) mod reader;
+pub(crate) mod units;
 
 pub use compression::Compression;
 
@@ -57,7 +57,7 @@ pub struct AdminSettings {
 
 impl AdminSettings {
     /// Health checks, scrapes and a few people: far fewer than an input.
-    pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+    pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 64;
 }
 
 #[derive(Debug, Clone)]
@@ -77,18 +77,18 @@ pub struct RuntimeSettings {
 }
 
 impl RuntimeSettings {
-    pub const DEFAULT_GRACE: Duration = Duration::from_secs(25);
-    pub const DEFAULT_MEMORY_LIMIT: u64 = 128 * 1024 * 1024;
+    pub(crate) const DEFAULT_GRACE: Duration = Duration::from_secs(25);
+    pub(crate) const DEFAULT_MEMORY_LIMIT: u64 = 128 * 1024 * 1024;
 
     /// The least of `shutdown_grace` that `drain_inputs` must leave for the outputs to
     /// flush: 1 s or a fifth of the grace, whichever is longer.
-    pub fn min_flush(grace: Duration) -> Duration {
+    pub(crate) fn min_flush(grace: Duration) -> Duration {
         (grace / 5).max(Duration::from_secs(1))
     }
 
     /// The input drain window after SIGTERM: `drain_inputs`, default half of
     /// `shutdown_grace`.
-    pub fn drain_inputs(&self) -> Duration {
+    pub(crate) fn drain_inputs(&self) -> Duration {
         self.drain_inputs.unwrap_or(self.shutdown_grace / 2)
     }
 }
@@ -123,7 +123,7 @@ pub struct BatchSpec {
 }
 
 /// `buffer.type`, `buffer.when_full`, `buffer.fsync`: one definition each, the buffer's own.
-pub use crate::buffer::{BufferKind, FsyncPolicy, WhenFull};
+pub(crate) use crate::buffer::{BufferKind, FsyncPolicy, WhenFull};
 
 #[derive(Debug, Clone)]
 pub struct BufferSpec {
@@ -194,12 +194,12 @@ pub struct Loaded {
 
 /// Environment variables whose values are configuration everybody may see, never secrets:
 /// redacting the region would turn every AWS endpoint in a log line into `***`.
-pub const PUBLIC_VARIABLES: &[&str] = &["AWS_REGION", "AWS_DEFAULT_REGION"];
+pub(crate) const PUBLIC_VARIABLES: &[&str] = &["AWS_REGION", "AWS_DEFAULT_REGION"];
 
 /// Whether an environment variable's name marks its value as a secret (case-insensitive:
 /// `TOKEN`, `SECRET`, `PASSWORD`, `PASSWD`, `PASSPHRASE`, `KEY`, `AUTH`, `CREDENTIAL`,
 /// `API`, `PRIVATE`, `COOKIE`, `SESSION`, `SIGNATURE` anywhere in it).
-pub fn is_secret_name(name: &str) -> bool {
+pub(crate) fn is_secret_name(name: &str) -> bool {
     const MARKERS: &[&str] = &[
         "TOKEN",
         "SECRET",

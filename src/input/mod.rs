@@ -2,13 +2,13 @@
 
 use crate::event::Record;
 
-pub mod ack;
-pub mod dedupe;
-pub mod drain;
+pub(crate) mod ack;
+pub(crate) mod dedupe;
+pub(crate) mod drain;
 pub mod forward;
-pub mod http;
-pub mod registry;
-pub mod sqs;
+pub(crate) mod http;
+pub(crate) mod registry;
+pub(crate) mod sqs;
 
 /// Where an input hands its records. Bound to one input name; the router behind it
 /// fans records out to every matching output buffer.
@@ -70,7 +70,7 @@ pub enum IngestError {
 
 impl IngestError {
     /// Short `snake_case` label for metrics (`kind="..."`).
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             IngestError::Full => "full",
             IngestError::ShuttingDown => "shutting_down",
@@ -81,7 +81,7 @@ impl IngestError {
     }
 
     /// Whether the client should retry the same request later.
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         !matches!(self, IngestError::TooLarge { .. })
     }
 }

@@ -74,7 +74,7 @@ pub struct Failure {
 }
 
 impl Failure {
-    pub fn retryable(reason: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn retryable(reason: impl Into<String>, message: impl Into<String>) -> Self {
         Failure {
             retryable: true,
             retry_after: None,
@@ -82,7 +82,7 @@ impl Failure {
             message: message.into(),
         }
     }
-    pub fn permanent(reason: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn permanent(reason: impl Into<String>, message: impl Into<String>) -> Self {
         Failure {
             retryable: false,
             retry_after: None,

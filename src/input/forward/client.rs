@@ -34,7 +34,7 @@ impl EventTime {
         Self::from_ns(crate::event::now_ns())
     }
 
-    pub fn as_ns(self) -> i64 {
+    pub(crate) fn as_ns(self) -> i64 {
         i64::from(self.secs) * 1_000_000_000 + i64::from(self.nanos)
     }
 }
@@ -51,7 +51,7 @@ pub use crate::config::Compression;
 
 impl Compression {
     /// The value of the forward `compressed` option for a payload compressed so.
-    pub fn option_value(self) -> &'static str {
+    pub(crate) fn option_value(self) -> &'static str {
         self.as_str()
     }
 }
@@ -75,7 +75,7 @@ fn map(b: &mut Vec<u8>, n: usize) {
 }
 
 /// EventTime as fixext8 (`d7 00 ss ss ss ss nn nn nn nn`), as Docker's driver writes it.
-pub fn write_event_time(b: &mut Vec<u8>, t: EventTime) {
+pub(crate) fn write_event_time(b: &mut Vec<u8>, t: EventTime) {
     b.extend_from_slice(&[0xd7, 0x00]);
     b.extend_from_slice(&t.secs.to_be_bytes());
     b.extend_from_slice(&t.nanos.to_be_bytes());

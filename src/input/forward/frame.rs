@@ -56,19 +56,19 @@ impl Splitter {
     }
 
     /// Prepares for the next frame (the caller removed the previous one from the buffer).
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.pos = 0;
         self.remaining = 1;
     }
 
     /// True when nothing of the current frame has been walked yet.
-    pub fn at_start(&self) -> bool {
+    pub(crate) fn at_start(&self) -> bool {
         self.pos == 0
     }
 
     /// Lower bound of the current frame's size: bytes walked so far plus one byte for every
     /// object still owed. Used to size the read buffer and the memory reservation.
-    pub fn min_len(&self) -> usize {
+    pub(crate) fn min_len(&self) -> usize {
         usize::try_from(self.pos.saturating_add(self.remaining)).unwrap_or(usize::MAX)
     }
 

@@ -47,7 +47,7 @@
 //! (`result="dead_lettered"`), else count as `result="failed"`; the core's log line
 //! (`permanent error too_old: PutLogEvents GROUP STREAM: …; N records failed`) says the same.
 
-pub mod config;
+pub(crate) mod config;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -64,17 +64,17 @@ use crate::event::Record;
 use crate::output::sink::{BatchBuilder, BatchSettings, Failure, Push, SendResult, Sink};
 use crate::output::template::{Dynamic, Template, ValueEncoding};
 
-pub const MAX_EVENTS: usize = 10_000;
-pub const MAX_BATCH_BYTES: usize = 1_048_576;
-pub const EVENT_OVERHEAD: usize = 26;
-pub const MAX_MESSAGE_BYTES: usize = 1_000_000;
-pub const MAX_SPAN_MS: i64 = 24 * 3600 * 1000;
-pub const MAX_NAME_CHARS: usize = 512;
+pub(crate) const MAX_EVENTS: usize = 10_000;
+pub(crate) const MAX_BATCH_BYTES: usize = 1_048_576;
+pub(crate) const EVENT_OVERHEAD: usize = 26;
+pub(crate) const MAX_MESSAGE_BYTES: usize = 1_000_000;
+pub(crate) const MAX_SPAN_MS: i64 = 24 * 3600 * 1000;
+pub(crate) const MAX_NAME_CHARS: usize = 512;
 /// CreateLogGroup: "Log group names can't start with the string aws/" (reserved for AWS
 /// services; `/aws/…`, with a leading slash, is allowed and common).
-pub const RESERVED_GROUP_PREFIX: &str = "aws/";
+pub(crate) const RESERVED_GROUP_PREFIX: &str = "aws/";
 /// Values `PutRetentionPolicy` accepts.
-pub const RETENTION_DAYS: &[i32] = &[
+pub(crate) const RETENTION_DAYS: &[i32] = &[
     1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922,
     3288, 3653,
 ];
@@ -135,7 +135,7 @@ pub async fn build(cfg: CloudWatchLogsConfig) -> Result<CloudWatchLogsSink, Buil
     build_with_client(cfg, aws_sdk_cloudwatchlogs::Client::from_conf(b.build()))
 }
 
-pub fn build_with_client(
+pub(crate) fn build_with_client(
     cfg: CloudWatchLogsConfig,
     client: aws_sdk_cloudwatchlogs::Client,
 ) -> Result<CloudWatchLogsSink, BuildError> {
@@ -316,7 +316,7 @@ impl BatchBuilder for CloudWatchLogsBuilder {
 }
 
 /// Maps `rejectedLogEventsInfo` (indexes into the sorted batch) to per-item failures.
-pub fn rejected_outcome(
+pub(crate) fn rejected_outcome(
     items: &[usize],
     too_new_start: Option<i32>,
     too_old_end: Option<i32>,
@@ -553,7 +553,7 @@ impl CloudWatchLogsSink {
     /// Where `record` would be written, without calling AWS: `log group G, log stream S`,
     /// rendered, encoded and cut as the sink does; `{uuid}` (one per process) is shown as the
     /// placeholder. `Err` is the reason the sink would refuse the record.
-    pub fn destination(&self, record: &Record) -> Result<String, &'static str> {
+    pub(crate) fn destination(&self, record: &Record) -> Result<String, &'static str> {
         let (group, stream) = self.names(record, Dynamic::preview())?;
         Ok(format!("log group {group}, log stream {stream}"))
     }

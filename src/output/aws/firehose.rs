@@ -22,7 +22,7 @@
 //! items inside failed Firehose records, so only those are resent: no duplicates of
 //! delivered records.
 
-pub mod config;
+pub(crate) mod config;
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -38,9 +38,9 @@ use crate::event::Record;
 use crate::output::deliver::oversize_counter;
 use crate::output::sink::{BatchBuilder, BatchSettings, Failure, Push, SendResult, Sink};
 
-pub const MAX_RECORDS_PER_CALL: usize = 500;
-pub const MAX_BYTES_PER_CALL: usize = 4 * 1024 * 1024;
-pub const MAX_RECORD_BYTES: usize = 1_024_000;
+pub(crate) const MAX_RECORDS_PER_CALL: usize = 500;
+pub(crate) const MAX_BYTES_PER_CALL: usize = 4 * 1024 * 1024;
+pub(crate) const MAX_RECORD_BYTES: usize = 1_024_000;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Oversize {
@@ -100,7 +100,7 @@ pub async fn build(cfg: FirehoseConfig) -> Result<FirehoseSink, BuildError> {
     build_with_client(cfg, aws_sdk_firehose::Client::from_conf(b.build()))
 }
 
-pub fn build_with_client(
+pub(crate) fn build_with_client(
     cfg: FirehoseConfig,
     client: aws_sdk_firehose::Client,
 ) -> Result<FirehoseSink, BuildError> {
@@ -130,7 +130,7 @@ pub fn build_with_client(
 impl FirehoseSink {
     /// Where every record of this output goes: `delivery stream NAME` (the name is fixed
     /// in the config; no AWS call).
-    pub fn destination(&self) -> String {
+    pub(crate) fn destination(&self) -> String {
         format!("delivery stream {}", self.stream)
     }
 }
@@ -281,7 +281,7 @@ fn entry_failure(code: &str, message: &str) -> Failure {
 
 /// Maps a `PutRecordBatch` answer to per-item outcomes. `entries[i]` is the
 /// `(ErrorCode, ErrorMessage)` of Firehose record `i`.
-pub fn outcome(
+pub(crate) fn outcome(
     owners: &[Range<usize>],
     failed_put_count: i32,
     entries: &[(Option<&str>, Option<&str>)],

@@ -11,7 +11,7 @@
 //! bounded client).
 
 pub mod cloudwatch_logs;
-pub mod config;
+pub(crate) mod config;
 pub mod firehose;
 pub mod s3;
 
@@ -32,7 +32,7 @@ use crate::output::sink::Failure;
 use crate::output::template::TemplateError;
 
 /// The longest start-up may spend finding a region when none is configured.
-pub const REGION_LOOKUP_LIMIT: Duration = Duration::from_secs(3);
+pub(crate) const REGION_LOOKUP_LIMIT: Duration = Duration::from_secs(3);
 
 /// Connection and credential settings every AWS output accepts.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -231,7 +231,7 @@ pub(crate) mod offline {
 }
 
 /// Ends a record cut to fit a per-record limit, so readers see it was cut.
-pub const TRUNCATION_MARKER: &str = "…[truncated by firelane]";
+pub(crate) const TRUNCATION_MARKER: &str = "…[truncated by firelane]";
 
 /// Largest prefix of `s` no longer than `max` bytes that ends on a character boundary.
 pub(crate) fn floor_char_boundary(s: &str, max: usize) -> usize {
@@ -260,7 +260,7 @@ pub(crate) enum ErrorKind {
 }
 
 /// Maps any SDK error of the three services to a [`Failure`] for the delivery core.
-pub fn classify<E>(err: &SdkError<E, HttpResponse>) -> Failure
+pub(crate) fn classify<E>(err: &SdkError<E, HttpResponse>) -> Failure
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
@@ -410,7 +410,7 @@ pub(crate) mod canned {
     use std::io::{BufRead, BufReader, Read, Write};
 
     /// Returns the endpoint URL. The server thread lives until the test process exits.
-    pub fn serve(status: u16, body: &'static str) -> String {
+    pub(crate) fn serve(status: u16, body: &'static str) -> String {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         std::thread::spawn(move || {
@@ -444,7 +444,7 @@ pub(crate) mod canned {
     }
 
     /// SDK settings for a client pointed at `url` with static test credentials.
-    pub fn sdk_config(url: &str) -> aws_config::SdkConfig {
+    pub(crate) fn sdk_config(url: &str) -> aws_config::SdkConfig {
         aws_config::SdkConfig::builder()
             .behavior_version(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new("us-east-1"))

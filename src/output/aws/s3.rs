@@ -42,7 +42,7 @@
 //! - Objects above 16 MiB go as multipart uploads: 8 MiB parts (larger when needed to stay
 //!   within 10,000 parts, always ≥ 5 MiB), 4 in flight; a failed upload is aborted.
 
-pub mod config;
+pub(crate) mod config;
 
 use std::io::Write;
 use std::sync::Arc;
@@ -65,14 +65,14 @@ use crate::output::template::{Dynamic, Template, ValueEncoding};
 /// Objects larger than this go as multipart uploads.
 pub const MULTIPART_THRESHOLD: usize = 16 * 1024 * 1024;
 /// S3's smallest part (except the last).
-pub const MIN_PART: usize = 5 * 1024 * 1024;
-pub const PREFERRED_PART: usize = 8 * 1024 * 1024;
-pub const MAX_PARTS: usize = 10_000;
+pub(crate) const MIN_PART: usize = 5 * 1024 * 1024;
+pub(crate) const PREFERRED_PART: usize = 8 * 1024 * 1024;
+pub(crate) const MAX_PARTS: usize = 10_000;
 /// Objects are held in memory until sent; a ceiling keeps one misconfigured `max_bytes`
 /// from asking for more than a sidecar can hold.
-pub const MAX_OBJECT_BYTES: usize = 5 * 1024 * 1024 * 1024;
+pub(crate) const MAX_OBJECT_BYTES: usize = 5 * 1024 * 1024 * 1024;
 /// Longest S3 key, in bytes.
-pub const MAX_KEY_BYTES: usize = 1024;
+pub(crate) const MAX_KEY_BYTES: usize = 1024;
 const UPLOADS_IN_FLIGHT: usize = 4;
 /// Room kept for the compressor's end of stream (gzip trailer, zstd epilogue).
 const TRAILER_RESERVE: usize = 64;
@@ -99,7 +99,7 @@ pub struct S3Config {
 }
 
 /// Suggested defaults when the user gives no `batch` table.
-pub fn default_batch() -> BatchSettings {
+pub(crate) fn default_batch() -> BatchSettings {
     BatchSettings {
         max_records: usize::MAX,
         max_bytes: 32 * 1024 * 1024,
@@ -160,7 +160,7 @@ fn invalid(cfg: &S3Config, key: &'static str, value: &str, reason: String) -> Bu
 }
 
 /// Builds the sink around an existing client (tests, or a shared client).
-pub fn build_with_client(cfg: S3Config, client: aws_sdk_s3::Client) -> Result<S3Sink, BuildError> {
+pub(crate) fn build_with_client(cfg: S3Config, client: aws_sdk_s3::Client) -> Result<S3Sink, BuildError> {
     if cfg.bucket.is_empty() {
         return Err(invalid(&cfg, "bucket", "", "must not be empty".into()));
     }
@@ -328,7 +328,7 @@ fn with_uuid(key: &str) -> String {
 }
 
 /// Part size for a multipart upload of `len` bytes: ≥ 5 MiB, ≤ 10,000 parts.
-pub fn part_size(len: usize) -> usize {
+pub(crate) fn part_size(len: usize) -> usize {
     const MIB: usize = 1024 * 1024;
     let needed = len.div_ceil(MAX_PARTS).div_ceil(MIB) * MIB;
     needed.max(PREFERRED_PART).max(MIN_PART)
@@ -901,7 +901,7 @@ impl S3Sink {
     /// are chosen per object). `Err` is the reason the sink would refuse the record.
     /// A key that would be shortened shows `{hash}` where its hash goes (it covers the
     /// per-object uuid/index, so it is only known per object).
-    pub fn destination(&self, record: &Record) -> Result<String, &'static str> {
+    pub(crate) fn destination(&self, record: &Record) -> Result<String, &'static str> {
         let s = &self.shared;
         let p = s.key.render_to_string(record, Dynamic::default());
         if p.is_empty() {

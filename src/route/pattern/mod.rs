@@ -137,7 +137,7 @@ impl Pattern {
 
     /// The top-level fields a match reads: a record body holding only these (those of
     /// them it has) matches exactly as the whole body does.
-    pub fn top_level_keys(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn top_level_keys(&self) -> impl Iterator<Item = &str> {
         self.alternatives.iter().flat_map(|t| t.child_keys())
     }
 
