@@ -1,5 +1,6 @@
 //! HTTP input: `POST /` and `POST /tag/<tag>` (or `PUT`) with a JSON object, a JSON array
-//! of objects or NDJSON, or EventBridge events ([`eventbridge`]), optionally gzip- or
+//! of objects or NDJSON, EventBridge events ([`eventbridge`]) or SNS deliveries
+//! ([`sns`], signatures verified), optionally gzip- or
 //! deflate-compressed (`Content-Encoding`, one coding or a list of them in the order
 //! applied, RFC 9110 §8.4). With `dedupe`, repeats of an event `id` are answered 200 and
 //! dropped ([`crate::input::dedupe`]).
@@ -11,6 +12,7 @@
 
 pub mod config;
 pub mod eventbridge;
+pub mod sns;
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -66,6 +68,9 @@ pub enum BodyFormat {
     /// array of events, each tagged with its `detail-type` and timed by its `time`
     /// ([`eventbridge`]).
     EventBridge,
+    /// Amazon SNS HTTP(S) subscription deliveries: signatures verified, notifications
+    /// unwrapped, subscriptions confirmed per [`sns::SnsConfig`] ([`sns`]).
+    Sns,
 }
 
 #[derive(Clone, Debug)]
@@ -88,8 +93,11 @@ pub struct HttpInputConfig {
     pub body_timeout: Duration,
     /// Connection cap and head / keep-alive timeouts of this listener.
     pub limits: ServerLimits,
-    /// Repeats of an event `id` dropped (`format = "eventbridge"` only).
+    /// Repeats of an event `id` (SNS: `MessageId`) dropped (`format = "eventbridge"` or
+    /// `"sns"` only).
     pub dedupe: Option<DedupeConfig>,
+    /// The `sns` settings; `Some` exactly when `format = "sns"`.
+    pub sns: Option<sns::SnsConfig>,
 }
 
 impl HttpInputConfig {
@@ -116,6 +124,7 @@ impl HttpInputConfig {
             body_timeout: Self::DEFAULT_BODY_TIMEOUT,
             limits: ServerLimits::new(Self::DEFAULT_MAX_CONNECTIONS),
             dedupe: None,
+            sns: None,
         }
     }
 }
@@ -127,6 +136,8 @@ struct Shared {
     records: Counter,
     bytes: Counter,
     dedupe: Option<Dedupe>,
+    /// Signature checks and confirmations (`format = "sns"`).
+    sns: Option<sns::Sns>,
 }
 
 impl Shared {
@@ -159,7 +170,12 @@ pub async fn spawn(
         .dedupe
         .clone()
         .map(|d| Dedupe::new(d, &name, Some(budget.clone())));
+    let sns = match &cfg.sns {
+        Some(c) => Some(sns::Sns::new(c.clone(), &name, cfg.auth != HttpAuth::None)?),
+        None => None,
+    };
     let shared = Arc::new(Shared {
+        sns,
         records: metrics::counter!("firelane_input_records_total", "input" => name.clone()),
         bytes: metrics::counter!("firelane_input_bytes_total", "input" => name.clone()),
         dedupe,
@@ -209,6 +225,15 @@ async fn post_tagged(
 fn reply(status: StatusCode, msg: &str) -> Response {
     let body = serde_json::json!({ "error": msg }).to_string();
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn reply_ok(body: &'static str) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
 }
 
 fn unavailable(msg: &str) -> Response {
@@ -326,7 +351,7 @@ fn ingest_rejection(e: &IngestError) -> Response {
 
 /// Why a request's memory could not be reserved.
 #[derive(Debug, PartialEq, Eq)]
-enum Refusal {
+pub(crate) enum Refusal {
     /// The request needs more than requests may ever hold
     /// ([`MemoryBudget::shedding_limit`]): waiting would never help, so it is refused for
     /// good (413), before any transient answer.
@@ -605,13 +630,44 @@ async fn handle(
         tag.or_else(|| s.cfg.tag.clone())
             .unwrap_or_else(|| s.cfg.name.clone()),
     );
-    let parsed = match s.cfg.format {
-        BodyFormat::EventBridge => {
+    // The request's de-duplication key when the format has one per request (SNS).
+    let mut request_key = None;
+    let parsed = match (s.cfg.format, &s.sns) {
+        (BodyFormat::Sns, Some(sns)) => {
+            let named = (!default_tag || s.cfg.tag.is_some()).then_some(&tag);
+            match sns
+                .take(&headers, &data, named, &tag, &s.budget, &mut reservation)
+                .await
+            {
+                Ok(sns::Delivery::Records {
+                    records,
+                    message_id,
+                }) => {
+                    request_key = message_id;
+                    Ok(records)
+                }
+                Ok(sns::Delivery::Handled) => return reply_ok("{}"),
+                Err(sns::SnsError::Budget(refusal)) => return refused(&s, refusal),
+                Err(e) => {
+                    s.error(e.kind());
+                    crate::warn_limited!(
+                        "http_sns",
+                        "input {}: refused an SNS delivery: {e}",
+                        s.cfg.name
+                    );
+                    return match e.status() {
+                        StatusCode::SERVICE_UNAVAILABLE => unavailable(&e.to_string()),
+                        status => reply(status, &e.to_string()),
+                    };
+                }
+            }
+        }
+        (BodyFormat::EventBridge, _) => {
             // A tag named by the path or the input wins over each event's detail-type.
             let named = (!default_tag || s.cfg.tag.is_some()).then_some(&tag);
             eventbridge::parse(&data, named).map_err(|e| (e.kind(), e.to_string()))
         }
-        f => parse_body(&data, f, &tag, default_tag).map_err(|e| ("bad_body", e)),
+        (f, _) => parse_body(&data, f, &tag, default_tag).map_err(|e| ("bad_body", e)),
     };
     // The records own their strings; the body is not needed while the buffers take them.
     // The reservation stays until then: the records are not yet counted by any buffer.
@@ -630,12 +686,21 @@ async fn handle(
     };
     // Repeats of events already taken are answered like accepted ones (they are stored);
     // the others' keys are remembered only once they are buffered, below.
-    let (records, keys, duplicates) = match &s.dedupe {
-        Some(d) => {
+    let (records, keys, duplicates) = match (&s.dedupe, request_key) {
+        // One key for the whole request: its records are all repeats or all fresh.
+        (Some(d), Some(key)) => {
+            let f = d.filter(vec![key], |k| Some(&**k));
+            if f.duplicates > 0 {
+                (Vec::new(), f.keys, f.duplicates)
+            } else {
+                (records, f.keys, 0)
+            }
+        }
+        (Some(d), None) => {
             let f = d.filter(records, eventbridge::event_id);
             (f.fresh, f.keys, f.duplicates)
         }
-        None => (records, Vec::new(), 0),
+        (None, _) => (records, Vec::new(), 0),
     };
     let accepted = |n: usize| {
         let body = if duplicates > 0 {
@@ -782,6 +847,11 @@ pub fn parse_body(
         BodyFormat::EventBridge => {
             return eventbridge::parse(data, (!default_tag).then_some(tag))
                 .map_err(|e| e.to_string());
+        }
+        BodyFormat::Sns => {
+            // Taking an SNS delivery fetches certificates and may confirm a subscription:
+            // only the input's request handler does that.
+            return Err("format = \"sns\" is taken by the HTTP input only (signatures are verified as requests arrive)".into());
         }
         BodyFormat::Ndjson => {
             for (i, line) in data.split(|b| *b == b'\n').enumerate() {
@@ -1091,6 +1161,7 @@ mod tests {
                     records: metrics::counter!("firelane_input_records_total"),
                     bytes: metrics::counter!("firelane_input_bytes_total"),
                     dedupe: None,
+                    sns: None,
                 });
                 let r = handle(s, None, HeaderMap::new(), Body::from(r#"{"a":1}"#)).await;
                 let status = r.status();
@@ -1177,6 +1248,7 @@ mod tests {
             records: Counter::noop(),
             bytes: Counter::noop(),
             dedupe: None,
+            sns: None,
         });
         let mut h = HeaderMap::new();
         h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
@@ -1200,6 +1272,7 @@ mod tests {
             records: Counter::noop(),
             bytes: Counter::noop(),
             dedupe: None,
+            sns: None,
         });
         let r = handle(s, None, h, Body::from(gz)).await;
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);

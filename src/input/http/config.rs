@@ -1,5 +1,5 @@
 //! `type = "http"`: `listen`, `auth`, `max_body`, `format`, `tag`, `accept_timeout`,
-//! `body_timeout`, `max_connections`, `header_timeout`, `idle_timeout`, `dedupe`.
+//! `body_timeout`, `max_connections`, `header_timeout`, `idle_timeout`, `dedupe`, `sns`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
+use super::sns::SnsConfig;
 use super::{BodyFormat, HttpAuth, HttpInputConfig};
 use crate::buffer::budget::MemoryBudget;
 use crate::config::reader::{Diagnostics, Table};
@@ -40,6 +41,7 @@ impl InputType for Http {
             "header_timeout",
             "idle_timeout",
             "dedupe",
+            "sns",
         ]
     }
 
@@ -63,11 +65,12 @@ impl InputType for Http {
                 "json" => BodyFormat::Json,
                 "ndjson" => BodyFormat::Ndjson,
                 "eventbridge" => BodyFormat::EventBridge,
+                "sns" => BodyFormat::Sns,
                 _ => {
                     d.error(
                         t.value_span("format"),
                         format!(
-                            "{}.format: expected auto, json, ndjson or eventbridge",
+                            "{}.format: expected auto, json, ndjson, eventbridge or sns",
                             t.path()
                         ),
                     );
@@ -75,7 +78,7 @@ impl InputType for Http {
                 }
             };
         }
-        if cfg.format == BodyFormat::EventBridge {
+        if matches!(cfg.format, BodyFormat::EventBridge | BodyFormat::Sns) {
             cfg.max_body = HttpInputConfig::EVENTBRIDGE_MAX_BODY;
         }
         if let Some(m) = t.opt_size(d, "max_body") {
@@ -117,17 +120,31 @@ impl InputType for Http {
             }
         }
         read_server_limits(t, d, &mut cfg.limits);
-        if t.contains("dedupe") && cfg.format != BodyFormat::EventBridge {
+        if t.contains("dedupe") && !matches!(cfg.format, BodyFormat::EventBridge | BodyFormat::Sns)
+        {
             d.error(
                 t.value_span("dedupe"),
                 format!(
-                    "{}.dedupe: needs format = \"eventbridge\" (the key is each event's `id`; \
-                     other formats have no key)",
+                    "{}.dedupe: needs format = \"eventbridge\" or \"sns\" (the key is each \
+                     event's `id`, or SNS's `MessageId`; other formats have no key)",
                     t.path()
                 ),
             );
         }
         cfg.dedupe = crate::input::dedupe::read(t, d);
+        if cfg.format == BodyFormat::Sns {
+            let mut sns = SnsConfig::default();
+            if let Some(mut a) = t.opt_table(d, "sns") {
+                sns = read_sns(&mut a, d);
+            }
+            cfg.sns = Some(sns);
+        } else if t.contains("sns") {
+            t.mark_used("sns");
+            d.error(
+                t.value_span("sns"),
+                format!("{}.sns: needs format = \"sns\"", t.path()),
+            );
+        }
         Box::new(cfg)
     }
 }
@@ -148,6 +165,15 @@ impl InputConfig for HttpInputConfig {
         let mut s = format!("{} ({auth}", self.listen);
         if self.format == BodyFormat::EventBridge {
             s.push_str("; EventBridge events");
+        }
+        if let Some(sns) = &self.sns {
+            s.push_str("; SNS deliveries, signatures verified");
+            if !sns.topic_arns.is_empty() {
+                s.push_str(&format!(" (topics: {})", sns.topic_arns.join(", ")));
+            }
+            if sns.auto_confirm {
+                s.push_str(", subscriptions confirmed");
+            }
         }
         if let Some(d) = &self.dedupe {
             s.push_str(&format!(
@@ -197,6 +223,78 @@ fn humanize(d: Duration) -> String {
     } else {
         format!("{s}s")
     }
+}
+
+/// The `sns` table: `topic_arns`, `auto_confirm`, `cert_hosts`, `ca_file`.
+fn read_sns(a: &mut Table<'_, '_>, d: &mut Diagnostics) -> SnsConfig {
+    let mut cfg = SnsConfig::default();
+    let errors_before = d.errors.len();
+    for arn in a.opt_string_list(d, "topic_arns").unwrap_or_default() {
+        // arn:PARTITION:sns:REGION:ACCOUNT:NAME; a typo here would refuse every message.
+        let parts: Vec<&str> = arn.get_ref().split(':').collect();
+        if parts.len() != 6 || parts[0] != "arn" || parts[2] != "sns" || parts[5].is_empty() {
+            d.error(
+                arn.span(),
+                format!(
+                    "{}.topic_arns: {:?} is not an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)",
+                    a.path(),
+                    arn.get_ref()
+                ),
+            );
+        }
+        cfg.topic_arns.push(arn.into_inner());
+    }
+    cfg.auto_confirm = a.opt_bool(d, "auto_confirm").unwrap_or(false);
+    // A topic_arns that failed to read is an error already, not an empty list.
+    if cfg.auto_confirm && cfg.topic_arns.is_empty() && d.errors.len() == errors_before {
+        d.warn(
+            a.value_span("auto_confirm"),
+            format!(
+                "{}.auto_confirm: without topic_arns, a subscription of any topic (any \
+                 account's) to this endpoint is confirmed; list the topics",
+                a.path()
+            ),
+        );
+    }
+    if let Some(hosts) = a.opt_string_list(d, "cert_hosts") {
+        if hosts.is_empty() {
+            d.error(
+                a.value_span("cert_hosts"),
+                format!(
+                    "{}.cert_hosts: empty: no certificate could be fetched (remove the key for \
+                     the SNS endpoints)",
+                    a.path()
+                ),
+            );
+        }
+        let mut list = Vec::new();
+        for h in hosts {
+            let host = h.get_ref().trim();
+            if host.is_empty() || host.contains(['/', ':', ' ']) {
+                d.error(
+                    h.span(),
+                    format!(
+                        "{}.cert_hosts: {:?} is not a host name (no scheme, port or path)",
+                        a.path(),
+                        h.get_ref()
+                    ),
+                );
+            }
+            list.push(host.to_ascii_lowercase());
+        }
+        cfg.cert_hosts = Some(list);
+    }
+    if let Some(path) = a.opt_string(d, "ca_file") {
+        if let Err(e) = super::sns::read_ca_file(std::path::Path::new(&path)) {
+            d.error(
+                a.value_span("ca_file"),
+                format!("{}.ca_file: {e}", a.path()),
+            );
+        }
+        cfg.ca_file = Some(path.into());
+    }
+    a.finish_expecting(d, &["topic_arns", "auto_confirm", "cert_hosts", "ca_file"]);
+    cfg
 }
 
 fn read_auth(a: &mut Table<'_, '_>, d: &mut Diagnostics) -> HttpAuth {
@@ -337,9 +435,60 @@ mod tests {
         );
         refused(
             "format = \"xml\"",
-            "expected auto, json, ndjson or eventbridge",
+            "expected auto, json, ndjson, eventbridge or sns",
         );
         // Other formats keep the warning only.
         assert!(read("accept_timeout = \"5s\"").is_ok());
+    }
+
+    #[test]
+    fn sns_format_and_keys() {
+        let c = read("format = \"sns\"").unwrap();
+        assert_eq!(c.format, BodyFormat::Sns);
+        assert_eq!(c.sns, Some(SnsConfig::default()));
+        assert_eq!(c.max_body, HttpInputConfig::EVENTBRIDGE_MAX_BODY);
+        let c = read(
+            "format = \"sns\"\ndedupe = {}\nsns = { topic_arns = [\"arn:aws:sns:us-west-2:111122223333:ecs\"], auto_confirm = true, cert_hosts = [\"LocalHost\"] }",
+        )
+        .unwrap();
+        let sns = c.sns.clone().unwrap();
+        assert_eq!(sns.topic_arns, ["arn:aws:sns:us-west-2:111122223333:ecs"]);
+        assert!(sns.auto_confirm);
+        assert_eq!(sns.cert_hosts, Some(vec!["localhost".to_string()]));
+        assert_eq!(c.dedupe, Some(DedupeConfig::default()));
+        assert!(
+            c.describe().contains("SNS deliveries, signatures verified"),
+            "{}",
+            c.describe()
+        );
+    }
+
+    #[test]
+    fn sns_settings_that_cannot_work_are_refused() {
+        let refused = |keys: &str, says: &str| {
+            let e = read(keys).expect_err(keys);
+            assert!(e.iter().any(|e| e.contains(says)), "{keys}: {e:?}");
+        };
+        refused("sns = {}", "needs format = \"sns\"");
+        refused(
+            "format = \"sns\"\nsns = { topic_arns = [\"my-topic\"] }",
+            "is not an SNS topic ARN",
+        );
+        refused(
+            "format = \"sns\"\nsns = { cert_hosts = [] }",
+            "cert_hosts: empty",
+        );
+        refused(
+            "format = \"sns\"\nsns = { cert_hosts = [\"https://x/\"] }",
+            "is not a host name",
+        );
+        refused(
+            "format = \"sns\"\nsns = { ca_file = \"/nonexistent/ca.pem\" }",
+            "cannot read /nonexistent/ca.pem",
+        );
+        refused(
+            "format = \"sns\"\nsns = { auto_confirms = true }",
+            "auto_confirms",
+        );
     }
 }
