@@ -107,6 +107,7 @@ impl Record {
     }
 
     /// Number of top-level fields.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         match &self.body {
             Body::Tree(t) => t.len(),
@@ -114,12 +115,8 @@ impl Record {
         }
     }
 
-    /// Whether the record has no field.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Top-level field names, in order.
+    #[cfg(test)]
     pub(crate) fn keys(&self) -> Vec<&str> {
         match &self.body {
             Body::Tree(t) => t.keys().map(String::as_str).collect(),
@@ -147,14 +144,6 @@ impl Record {
                     .map(|(k, v)| (k.to_owned(), packed::to_value(v)))
                     .collect(),
             ),
-        }
-    }
-
-    /// The body, taken out of the record.
-    pub(crate) fn into_fields(self) -> Fields {
-        match self.body {
-            Body::Tree(t) => Arc::try_unwrap(t).unwrap_or_else(|t| (*t).clone()),
-            Body::Packed(b) => packed::to_fields(&b),
         }
     }
 

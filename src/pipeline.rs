@@ -60,14 +60,6 @@ impl Pipeline {
         })
     }
 
-    pub(crate) fn router(&self) -> &Router {
-        &self.router
-    }
-
-    pub(crate) fn outputs(&self) -> &[OutputPort] {
-        &self.outputs
-    }
-
     /// The `Ingest` handle for input number `input`.
     pub(crate) fn port(self: &Arc<Self>, input: usize, name: &str) -> Arc<dyn Ingest> {
         Arc::new(InputPort {

@@ -308,15 +308,6 @@ impl BufferReader {
         }
     }
 
-    /// Bytes the reader holds in memory besides what `recv` returned (disk: read buffer and
-    /// any records read but not yet returned; memory: 0, the queue is the buffer itself).
-    pub(crate) fn resident_bytes(&self) -> usize {
-        match &self.0 {
-            ReaderImpl::Memory(_) => 0,
-            ReaderImpl::Disk(r) => r.resident_bytes(),
-        }
-    }
-
     /// Disk buffers: records pushed and not yet acked, which a restart delivers again
     /// (the shutdown summary's "kept for next start"). `None` for memory buffers, whose
     /// records end with the process.

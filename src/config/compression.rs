@@ -18,7 +18,8 @@ pub enum Compression {
 
 impl Compression {
     /// Every value, in the order messages list them.
-    pub(crate) const ALL: [Compression; 3] = [Compression::None, Compression::Gzip, Compression::Zstd];
+    pub(crate) const ALL: [Compression; 3] =
+        [Compression::None, Compression::Gzip, Compression::Zstd];
 
     /// The config value (`"none"`, `"gzip"`, `"zstd"`), also the name Fluent forward's
     /// `compressed` option and HTTP's `Content-Encoding` use for the compressed ones.
@@ -56,7 +57,11 @@ impl Compression {
 
     /// Reads `compression` from `t`, accepting only `allowed` (what the component can
     /// send); absent = [`Compression::None`]. A refused value is an error at its place.
-    pub(crate) fn read(t: &mut Table<'_, '_>, d: &mut Diagnostics, allowed: &[Compression]) -> Self {
+    pub(crate) fn read(
+        t: &mut Table<'_, '_>,
+        d: &mut Diagnostics,
+        allowed: &[Compression],
+    ) -> Self {
         let Some(s) = t.opt_string(d, "compression") else {
             return Compression::None;
         };

@@ -266,15 +266,6 @@ impl<'a, 'i> Table<'a, 'i> {
         self.table.iter().any(|(k, _)| k.get_ref().as_ref() == key)
     }
 
-    /// Span of a key itself, or of the table when absent.
-    pub(crate) fn key_span(&self, key: &str) -> Range<usize> {
-        self.table
-            .iter()
-            .find(|(k, _)| k.get_ref().as_ref() == key)
-            .map(|(k, _)| k.span())
-            .unwrap_or_else(|| self.span.clone())
-    }
-
     /// Span of a key's value, or of the table when absent.
     pub(crate) fn value_span(&self, key: &str) -> Range<usize> {
         self.table
@@ -495,7 +486,10 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// Sub-tables in file order (for `[inputs.NAME]`), with the key's span.
-    pub(crate) fn subtables(&mut self, d: &mut Diagnostics) -> Vec<(Spanned<String>, Table<'a, 'i>)> {
+    pub(crate) fn subtables(
+        &mut self,
+        d: &mut Diagnostics,
+    ) -> Vec<(Spanned<String>, Table<'a, 'i>)> {
         let table: &'a DeTable<'i> = self.table;
         let mut out = Vec::new();
         for (k, v) in table.iter() {

@@ -84,6 +84,7 @@ pub struct AckToken {
 impl AckToken {
     /// Another token of the same request, for records that go separate ways. The request
     /// is acknowledged only once both are released.
+    #[cfg(test)]
     pub(crate) fn share(&self) -> AckToken {
         AckToken {
             group: self.group.clone(),
@@ -137,6 +138,7 @@ pub(crate) struct AckWait {
 
 impl AckWait {
     /// The outcome if it is already known, without waiting.
+    #[cfg(test)]
     pub(crate) fn try_outcome(&mut self) -> Option<Result<(), IngestError>> {
         match self.rx.try_recv() {
             Ok(r) => Some(r),

@@ -151,7 +151,11 @@ impl Dedupe {
     /// Splits `items` into the ones whose key was not taken within the window (nor earlier
     /// in `items`) and repeats, which are dropped and counted. An item without a key
     /// (`key_of` gives `None`) is always fresh.
-    pub(crate) fn filter<T>(&self, items: Vec<T>, key_of: impl Fn(&T) -> Option<&str>) -> Filtered<T> {
+    pub(crate) fn filter<T>(
+        &self,
+        items: Vec<T>,
+        key_of: impl Fn(&T) -> Option<&str>,
+    ) -> Filtered<T> {
         self.filter_at(Instant::now(), items, key_of)
     }
 
@@ -240,16 +244,19 @@ impl Dedupe {
     }
 
     /// Keys remembered now (expired ones may still be counted until the next call).
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.seen.lock().at.len()
     }
 
     /// Whether no key is remembered.
+    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// Bytes of the memory budget held for keys.
+    #[cfg(test)]
     pub(crate) fn reserved_bytes(&self) -> usize {
         self.seen
             .lock()

@@ -58,6 +58,7 @@ impl InputShutdown {
         self.draining.cancelled().await
     }
 
+    #[cfg(test)]
     pub(crate) fn is_draining(&self) -> bool {
         self.draining.is_cancelled()
     }
@@ -67,17 +68,12 @@ impl InputShutdown {
         self.stop.cancelled().await
     }
 
-    /// A future for [`InputShutdown::stopped`] that owns what it needs (for
-    /// `with_graceful_shutdown`).
-    pub(crate) fn stopped_owned(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
-        self.stop.clone().cancelled_owned()
-    }
-
     /// The token cancelled when inputs must stop, for servers that take a token.
     pub(crate) fn stop_token(&self) -> tokio_util::sync::CancellationToken {
         self.stop.clone()
     }
 
+    #[cfg(test)]
     pub(crate) fn is_stopped(&self) -> bool {
         self.stop.is_cancelled()
     }

@@ -79,9 +79,4 @@ impl IngestError {
             IngestError::Buffer { .. } => "buffer_error",
         }
     }
-
-    /// Whether the client should retry the same request later.
-    pub(crate) fn is_transient(&self) -> bool {
-        !matches!(self, IngestError::TooLarge { .. })
-    }
 }

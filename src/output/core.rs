@@ -68,7 +68,11 @@ pub struct Pressure {
 
 impl Pressure {
     /// Watches the buffer `writer` (opened with `settings`) and `budget`.
-    pub(crate) fn new(writer: BufferWriter, settings: &BufferSettings, budget: MemoryBudget) -> Self {
+    pub(crate) fn new(
+        writer: BufferWriter,
+        settings: &BufferSettings,
+        budget: MemoryBudget,
+    ) -> Self {
         Pressure {
             buffer: Some((writer, settings.max_size.max(1))),
             budget: Some(budget),
@@ -287,7 +291,11 @@ impl OutputHealth {
 
 /// Runs one output until its buffer is closed and drained (after `flush`) or the
 /// `deadline` passes.
-pub(crate) async fn run<S: Sink>(ctx: OutputContext, sink: Arc<S>, reader: BufferReader) -> OutputSummary {
+pub(crate) async fn run<S: Sink>(
+    ctx: OutputContext,
+    sink: Arc<S>,
+    reader: BufferReader,
+) -> OutputSummary {
     run_inner(ctx, sink, reader, None).await
 }
 

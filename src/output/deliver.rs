@@ -159,7 +159,11 @@ impl<S: Sink> Shared<S> {
 
     /// Records [`offer`] (or partitioning) refused: those a user policy drops are counted
     /// as dropped, the rest go through [`give_up`](Self::give_up) as rejected.
-    pub(crate) async fn refuse(&self, items: Vec<(Entry, Refusal)>, attempts: u32) -> OutputSummary {
+    pub(crate) async fn refuse(
+        &self,
+        items: Vec<(Entry, Refusal)>,
+        attempts: u32,
+    ) -> OutputSummary {
         let mut rejected = Vec::new();
         let mut dropped = Vec::new();
         for (entry, refusal) in items {

@@ -583,7 +583,6 @@ mod tests {
         let sink = HttpSink::new(&cfg, Encoding::default(), &settings()).unwrap();
         let batch = LinesBatch {
             body: Bytes::from_static(b"{}\n"),
-            records: 1,
         };
         match sink.send(&(), &batch).await {
             SendResult::Failed(f) => {

@@ -13,7 +13,6 @@ use crate::event::Record;
 #[derive(Clone, Debug)]
 pub(crate) struct LinesBatch {
     pub body: Bytes,
-    pub records: usize,
 }
 
 pub(crate) struct LinesBatchBuilder {
@@ -69,7 +68,6 @@ impl BatchBuilder for LinesBatchBuilder {
     fn finish(self) -> LinesBatch {
         LinesBatch {
             body: Bytes::from(self.buf),
-            records: self.len,
         }
     }
 }
@@ -103,7 +101,6 @@ mod tests {
         assert_eq!(b.len(), 2);
         let batch = b.finish();
         assert_eq!(&batch.body[..], b"{\"log\":\"a\"}\n{\"log\":\"b\"}\n");
-        assert_eq!(batch.records, 2);
     }
 
     #[test]

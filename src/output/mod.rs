@@ -15,7 +15,9 @@ pub mod sink;
 pub(crate) mod stdout;
 pub(crate) mod template;
 
-pub(crate) use self::core::{DeadLetter, OutputContext, OutputHealth, OutputShutdown, OutputSummary, run};
+#[cfg(test)]
+pub(crate) use self::core::{OutputContext, OutputSummary, run};
+#[cfg(test)]
 pub(crate) use deliver::ERROR_FIELD;
 
 /// A roomy memory buffer for tests.

@@ -62,10 +62,6 @@ impl Backoff {
         })
     }
 
-    pub(crate) fn initial(&self) -> Duration {
-        self.initial
-    }
-
     pub(crate) fn max(&self) -> Duration {
         self.max
     }
@@ -88,6 +84,7 @@ impl Backoff {
         drawn.max(MIN_DELAY)
     }
 
+    #[cfg(test)]
     pub(crate) fn reset(&mut self) {
         self.attempt = 0;
     }
@@ -190,6 +187,7 @@ impl RetryState {
     }
 
     /// Retries scheduled so far.
+    #[cfg(test)]
     pub(crate) fn retries(&self) -> u32 {
         self.retries
     }

@@ -326,11 +326,6 @@ impl Template {
         })
     }
 
-    /// The text the template was parsed from.
-    pub(crate) fn source(&self) -> &str {
-        &self.source
-    }
-
     pub(crate) fn has_uuid(&self) -> bool {
         self.segments.contains(&Segment::Uuid)
     }
@@ -372,6 +367,7 @@ impl Template {
     }
 
     /// True when every record renders the same text (no tag, field or time parts).
+    #[cfg(test)]
     pub(crate) fn is_static(&self) -> bool {
         self.segments
             .iter()

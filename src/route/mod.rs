@@ -29,11 +29,6 @@ pub(crate) struct Route {
 }
 
 impl Route {
-    /// Whether this route takes `record` from `input`.
-    pub(crate) fn accepts(&self, input: usize, record: &Record) -> bool {
-        self.accepts_with(input, record, &mut None, None)
-    }
-
     /// [`Route::accepts`] with the body a pattern reads cached in `body`: filled on first
     /// need (this route has a pattern and its `from` and `tag` conditions hold) with the
     /// fields named in `keys` (all fields when `None`), then reused by later routes.

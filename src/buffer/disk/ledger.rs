@@ -46,6 +46,7 @@ impl Ledger {
         l
     }
 
+    #[cfg(test)]
     pub(crate) fn watermark(&self) -> u64 {
         self.watermark
     }
@@ -56,6 +57,7 @@ impl Ledger {
     }
 
     /// Number of separate done ranges held above the watermark (memory use indicator).
+    #[cfg(test)]
     pub(crate) fn fragments(&self) -> usize {
         self.done.len()
     }
@@ -135,6 +137,7 @@ impl Ledger {
     }
 
     /// Marks single seqs done, coalescing consecutive runs. Returns the newly done count.
+    #[cfg(test)]
     pub(crate) fn mark_seqs(&mut self, seqs: &[u64]) -> u64 {
         let mut newly = 0;
         for_each_run(seqs, |s, e| newly += self.mark(s, e));
@@ -357,7 +360,11 @@ impl AckFile {
     /// Opens the ack file for in-place writes, first writing a fresh full-size one holding
     /// `state` (temp file + rename) when there is none of the current layout. Creating
     /// needs `2 × 16 KiB` of free space; call it after delivered segments were deleted.
-    pub(crate) fn open(dir: &Path, loaded: Option<&Loaded>, state: &AckState) -> io::Result<AckFile> {
+    pub(crate) fn open(
+        dir: &Path,
+        loaded: Option<&Loaded>,
+        state: &AckState,
+    ) -> io::Result<AckFile> {
         let path = dir.join(ACK_FILE);
         if let Some(l) = loaded.filter(|l| l.current_layout) {
             let file = OpenOptions::new().read(true).write(true).open(&path)?;

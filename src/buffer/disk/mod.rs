@@ -1275,6 +1275,7 @@ impl Writer {
     }
 
     /// Bytes of the segment files (also `firelane_buffer_disk_bytes`).
+    #[cfg(test)]
     pub(crate) fn disk_bytes(&self) -> u64 {
         self.guard.core.state.lock().disk_bytes
     }
@@ -1391,14 +1392,6 @@ impl Reader {
     /// Committed records not yet acked (handed out or not): what a restart replays.
     pub(crate) fn unacked_records(&self) -> u64 {
         self.guard.core.state.lock().live_records
-    }
-
-    /// Bytes the reader holds besides what `recv` returned: the stash and the file buffer.
-    /// The bounded-memory claim, measurable.
-    pub(crate) fn resident_bytes(&self) -> usize {
-        let rs = self.state.lock();
-        let stash: usize = rs.stash.iter().map(|e| e.record.approx_size()).sum();
-        stash + rs.payload.capacity() + rs.cur.as_ref().map_or(0, |c| c.file.capacity())
     }
 }
 

@@ -33,10 +33,6 @@ impl EventTime {
     pub fn now() -> Self {
         Self::from_ns(crate::event::now_ns())
     }
-
-    pub(crate) fn as_ns(self) -> i64 {
-        i64::from(self.secs) * 1_000_000_000 + i64::from(self.nanos)
-    }
 }
 
 /// One `[time, record]` entry; `record` is an encoded msgpack map (see [`encode_record`]).
@@ -51,6 +47,7 @@ pub use crate::config::Compression;
 
 impl Compression {
     /// The value of the forward `compressed` option for a payload compressed so.
+    #[cfg(test)]
     pub(crate) fn option_value(self) -> &'static str {
         self.as_str()
     }

@@ -105,6 +105,7 @@ impl Stats {
     }
 
     /// Entries skipped, all kinds.
+    #[cfg(test)]
     pub(crate) fn skipped_entries(&self) -> u64 {
         self.bad_records + self.bad_times + self.bad_entries
     }

@@ -49,7 +49,12 @@ pub(crate) struct Verdict {
 
 /// Checks `["PING", hostname, salt, digest, username, password]` (six strings) against the
 /// nonce and key and builds the PONG.
-pub(crate) fn check_ping(frame: &[u8], nonce: &[u8], shared_key: &[u8], server_hostname: &str) -> Verdict {
+pub(crate) fn check_ping(
+    frame: &[u8],
+    nonce: &[u8],
+    shared_key: &[u8],
+    server_hostname: &str,
+) -> Verdict {
     let fail = |reason: &str| Verdict {
         pong: pong(false, reason, "", ""),
         failure: Some(reason.to_owned()),

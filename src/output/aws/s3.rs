@@ -160,7 +160,10 @@ fn invalid(cfg: &S3Config, key: &'static str, value: &str, reason: String) -> Bu
 }
 
 /// Builds the sink around an existing client (tests, or a shared client).
-pub(crate) fn build_with_client(cfg: S3Config, client: aws_sdk_s3::Client) -> Result<S3Sink, BuildError> {
+pub(crate) fn build_with_client(
+    cfg: S3Config,
+    client: aws_sdk_s3::Client,
+) -> Result<S3Sink, BuildError> {
     if cfg.bucket.is_empty() {
         return Err(invalid(&cfg, "bucket", "", "must not be empty".into()));
     }
