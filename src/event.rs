@@ -36,8 +36,8 @@ const PACKED_OVERHEAD: usize = 112;
 /// fields are, whatever their representation.
 #[derive(Clone)]
 pub struct Record {
-    pub tag: Arc<str>,
-    pub time_ns: i64,
+    pub(crate) tag: Arc<str>,
+    pub(crate) time_ns: i64,
     body: Body,
 }
 

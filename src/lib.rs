@@ -4,6 +4,8 @@
 //! `route`) → `buffer` (one per output) → `output` (batching, retries, sinks). `config`
 //! reads the TOML, `topology` wires and runs it, `plan` shows it (`check`, `route`), `admin` serves health and metrics.
 
+#![warn(missing_docs)]
+
 pub mod admin;
 pub(crate) mod buffer;
 pub mod config;

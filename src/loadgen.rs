@@ -106,13 +106,13 @@ impl Default for LoadgenArgs {
 /// What a run achieved.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LoadgenReport {
-    pub records: u64,
-    pub requests: u64,
+    pub(crate) records: u64,
+    pub(crate) requests: u64,
     /// Bytes written to the socket (requests, including compression).
     pub bytes: u64,
-    pub acks: u64,
-    pub connections: usize,
-    pub elapsed: Duration,
+    pub(crate) acks: u64,
+    pub(crate) connections: usize,
+    pub(crate) elapsed: Duration,
 }
 
 impl LoadgenReport {

@@ -40,16 +40,16 @@ pub const SYSTEM_PATH: &str = "/etc/firelane/firelane.toml";
 
 #[derive(Debug)]
 pub struct Config {
-    pub admin: AdminSettings,
+    pub(crate) admin: AdminSettings,
     pub runtime: RuntimeSettings,
-    pub inputs: Vec<InputSpec>,
-    pub routes: Vec<RouteSpec>,
-    pub outputs: Vec<OutputSpec>,
+    pub(crate) inputs: Vec<InputSpec>,
+    pub(crate) routes: Vec<RouteSpec>,
+    pub(crate) outputs: Vec<OutputSpec>,
 }
 
 #[derive(Debug, Clone)]
 pub struct AdminSettings {
-    pub listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
     /// Connection cap and timeouts of the admin port, apart from the inputs' so a flood on
     /// an input never takes `/health` down.
     pub limits: ServerLimits,
@@ -69,7 +69,7 @@ pub struct RuntimeSettings {
     /// (ending early once every client has closed), before outputs flush in what remains of
     /// `shutdown_grace`. `None` = half of `shutdown_grace`.
     pub drain_inputs: Option<Duration>,
-    pub data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
     /// Process-wide byte budget for records held in memory.
     pub memory_limit: u64,
     pub log_level: String,
@@ -95,29 +95,29 @@ impl RuntimeSettings {
 
 #[derive(Debug)]
 pub struct InputSpec {
-    pub name: String,
+    pub(crate) name: String,
     /// The keys of its type, read by that type ([`crate::input::registry`]).
     pub kind: Arc<dyn InputConfig>,
 }
 
 #[derive(Debug)]
 pub struct RouteSpec {
-    pub name: String,
+    pub(crate) name: String,
     /// Input names; empty = every input.
     pub from: Vec<String>,
-    pub tags: Vec<TagGlob>,
-    pub pattern: Option<Pattern>,
+    pub(crate) tags: Vec<TagGlob>,
+    pub(crate) pattern: Option<Pattern>,
     /// The pattern as compact JSON, for `firelane check` and `firelane route`.
     pub pattern_json: Option<String>,
-    pub to: Vec<String>,
-    pub is_final: bool,
+    pub(crate) to: Vec<String>,
+    pub(crate) is_final: bool,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct BatchSpec {
-    pub max_records: Option<u64>,
-    pub max_bytes: Option<u64>,
-    pub max_age: Option<Duration>,
+    pub(crate) max_records: Option<u64>,
+    pub(crate) max_bytes: Option<u64>,
+    pub(crate) max_age: Option<Duration>,
     /// Open partitions (S3 keys, CloudWatch streams being filled) at most.
     pub max_partitions: Option<u64>,
 }
@@ -127,30 +127,30 @@ pub(crate) use crate::buffer::{BufferKind, FsyncPolicy, WhenFull};
 
 #[derive(Debug, Clone)]
 pub struct BufferSpec {
-    pub kind: BufferKind,
-    pub max_size: Option<u64>,
-    pub when_full: WhenFull,
-    pub fsync: FsyncPolicy,
+    pub(crate) kind: BufferKind,
+    pub(crate) max_size: Option<u64>,
+    pub(crate) when_full: WhenFull,
+    pub(crate) fsync: FsyncPolicy,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct RetrySpec {
-    pub max_elapsed: Option<Duration>,
-    pub initial_backoff: Option<Duration>,
-    pub max_backoff: Option<Duration>,
-    pub max_retries: Option<u32>,
+    pub(crate) max_elapsed: Option<Duration>,
+    pub(crate) initial_backoff: Option<Duration>,
+    pub(crate) max_backoff: Option<Duration>,
+    pub(crate) max_retries: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
 pub struct OutputSpec {
-    pub name: String,
+    pub(crate) name: String,
     /// The keys of its type, read by that type ([`crate::output::registry`]).
     pub kind: Arc<dyn OutputConfig>,
-    pub batch: BatchSpec,
-    pub buffer: BufferSpec,
-    pub retry: RetrySpec,
-    pub dead_letter: Option<String>,
-    pub tag_key: Option<String>,
+    pub(crate) batch: BatchSpec,
+    pub(crate) buffer: BufferSpec,
+    pub(crate) retry: RetrySpec,
+    pub(crate) dead_letter: Option<String>,
+    pub(crate) tag_key: Option<String>,
     pub time_key: Option<String>,
     /// Requests in flight at once (different keys / streams / batches).
     pub concurrency: Option<usize>,

@@ -242,8 +242,8 @@ pub struct CloudWatchLogsBuilder {
 /// when pushed.
 #[derive(Debug)]
 pub struct CloudWatchLogsBatch {
-    pub events: Vec<(i64, String)>,
-    pub items: Vec<usize>,
+    pub(crate) events: Vec<(i64, String)>,
+    pub(crate) items: Vec<usize>,
 }
 
 impl BatchBuilder for CloudWatchLogsBuilder {
@@ -563,8 +563,8 @@ impl CloudWatchLogsSink {
 /// takes it (`logGroupName`, `logStreamName`), already encoded and cut to the API limits.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct LogStream {
-    pub group: String,
-    pub stream: String,
+    pub(crate) group: String,
+    pub(crate) stream: String,
 }
 
 impl std::fmt::Display for LogStream {

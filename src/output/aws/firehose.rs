@@ -152,8 +152,8 @@ pub struct FirehoseBuilder {
 /// One `PutRecordBatch` request.
 #[derive(Debug)]
 pub struct FirehoseBatch {
-    pub records: Vec<Vec<u8>>,
-    pub owners: Vec<Range<usize>>,
+    pub(crate) records: Vec<Vec<u8>>,
+    pub(crate) owners: Vec<Range<usize>>,
 }
 
 /// Cuts `line` (which ends in `\n`) to at most `max` bytes, keeping UTF-8 valid, and marks it.
