@@ -229,7 +229,7 @@ impl<'a> FieldRef<'a> {
     }
 
     /// The value as a tree (decoded for a packed body).
-    pub(crate) fn to_value(&self) -> Cow<'a, Value> {
+    pub(crate) fn to_value(self) -> Cow<'a, Value> {
         match self {
             FieldRef::Tree(v) => Cow::Borrowed(v),
             FieldRef::Packed(b) => Cow::Owned(packed::to_value(b)),

@@ -37,12 +37,17 @@ pub enum LoadMode {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// Compression of the generated CompressedPackedForward requests (`--compress`).
 pub enum LoadCompression {
+    /// gzip (`compressed: "gzip"`), as Fluent Bit and fluentd send it.
     Gzip,
+    /// zstd (`compressed: "zstd"`), as Fluent Bit sends it.
     Zstd,
 }
 
 #[derive(Debug, Clone, clap::Args)]
+/// Command-line arguments of `firelane loadgen`: what to send, how fast and over how many
+/// connections.
 pub struct LoadgenArgs {
     /// Forward input to send to: tcp://HOST:PORT or unix:///PATH.
     #[arg(long, default_value = "tcp://127.0.0.1:24224", value_parser = ListenAddr::parse)]

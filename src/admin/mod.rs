@@ -48,7 +48,10 @@ impl Readiness {
 
 /// Something that can describe its health as a JSON value for `/health`.
 pub trait HealthReport: Send + Sync {
+    /// The key this report appears under in `/health` (an output's name).
     fn name(&self) -> &str;
+    /// The current state as JSON (e.g. `{"status": "ok"}` or the last delivery error); called
+    /// on every `/health` request, so it must be cheap and must not block.
     fn report(&self) -> serde_json::Value;
 }
 

@@ -39,8 +39,12 @@ pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/default.toml");
 pub const SYSTEM_PATH: &str = "/etc/firelane/firelane.toml";
 
 #[derive(Debug)]
+/// A validated configuration: what `firelane run` starts and `firelane check` shows.
+/// Built by [`load_file`] / [`parse`]; names are unique and every route points at outputs that
+/// exist.
 pub struct Config {
     pub(crate) admin: AdminSettings,
+    /// `[runtime]`: shutdown timing, data directory, memory budget, logging.
     pub runtime: RuntimeSettings,
     pub(crate) inputs: Vec<InputSpec>,
     pub(crate) routes: Vec<RouteSpec>,
@@ -48,6 +52,7 @@ pub struct Config {
 }
 
 #[derive(Debug, Clone)]
+/// `[admin]`: the health and metrics server.
 pub struct AdminSettings {
     pub(crate) listen: SocketAddr,
     /// Connection cap and timeouts of the admin port, apart from the inputs' so a flood on
@@ -61,6 +66,7 @@ impl AdminSettings {
 }
 
 #[derive(Debug, Clone)]
+/// `[runtime]`: process-wide settings.
 pub struct RuntimeSettings {
     /// Budget from SIGTERM to exit. ECS sends SIGKILL `stopTimeout` (default 30 s) after
     /// SIGTERM, so the default leaves 5 s of margin.
@@ -72,7 +78,11 @@ pub struct RuntimeSettings {
     pub(crate) data_dir: PathBuf,
     /// Process-wide byte budget for records held in memory.
     pub memory_limit: u64,
+    /// `log_level`: a `tracing` filter directive (`info`, `firelane=debug`, …);
+    /// `RUST_LOG` overrides it.
     pub log_level: String,
+    /// `log_json`: one JSON object per log line (for CloudWatch Logs Insights) instead of
+    /// text.
     pub log_json: bool,
 }
 
@@ -94,6 +104,7 @@ impl RuntimeSettings {
 }
 
 #[derive(Debug)]
+/// One `[inputs.NAME]` table.
 pub struct InputSpec {
     pub(crate) name: String,
     /// The keys of its type, read by that type ([`crate::input::registry`]).
@@ -101,6 +112,7 @@ pub struct InputSpec {
 }
 
 #[derive(Debug)]
+/// One `[routes.NAME]` table: which records (from, tags, pattern) go to which outputs.
 pub struct RouteSpec {
     pub(crate) name: String,
     /// Input names; empty = every input.
@@ -114,6 +126,7 @@ pub struct RouteSpec {
 }
 
 #[derive(Debug, Clone, Default)]
+/// An output's `batch = { … }` as written; each sink clamps it to its API's limits.
 pub struct BatchSpec {
     pub(crate) max_records: Option<u64>,
     pub(crate) max_bytes: Option<u64>,
@@ -126,6 +139,7 @@ pub struct BatchSpec {
 pub(crate) use crate::buffer::{BufferKind, FsyncPolicy, WhenFull};
 
 #[derive(Debug, Clone)]
+/// An output's `buffer = { type, max_size, when_full, fsync }`.
 pub struct BufferSpec {
     pub(crate) kind: BufferKind,
     pub(crate) max_size: Option<u64>,
@@ -134,6 +148,7 @@ pub struct BufferSpec {
 }
 
 #[derive(Debug, Clone, Default)]
+/// An output's `retry = { … }` as written; `None` = the output's default.
 pub struct RetrySpec {
     pub(crate) max_elapsed: Option<Duration>,
     pub(crate) initial_backoff: Option<Duration>,
@@ -142,6 +157,7 @@ pub struct RetrySpec {
 }
 
 #[derive(Debug, Clone)]
+/// One `[outputs.NAME]` table: the common keys, and its type's own in `kind`.
 pub struct OutputSpec {
     pub(crate) name: String,
     /// The keys of its type, read by that type ([`crate::output::registry`]).
@@ -151,6 +167,8 @@ pub struct OutputSpec {
     pub(crate) retry: RetrySpec,
     pub(crate) dead_letter: Option<String>,
     pub(crate) tag_key: Option<String>,
+    /// `time_key`: the field the record's time is written to (RFC 3339, UTC, nanoseconds) before
+    /// encoding; a field of that name the record already has is kept.
     pub time_key: Option<String>,
     /// Requests in flight at once (different keys / streams / batches).
     pub concurrency: Option<usize>,
@@ -159,7 +177,9 @@ pub struct OutputSpec {
 /// A config that failed: every error, rendered `file:line:col: message`.
 #[derive(Debug)]
 pub struct ConfigErrors {
+    /// Every error, `file:line:col: message`, in file order.
     pub errors: Vec<String>,
+    /// Warnings found before the errors stopped the load (same format).
     pub warnings: Vec<String>,
     /// Values the config read from the environment (see [`Loaded::secrets`]): messages
     /// may quote them, so they go through the redactor before they are shown.
@@ -180,7 +200,9 @@ impl std::error::Error for ConfigErrors {}
 /// A loaded config plus its warnings.
 #[derive(Debug)]
 pub struct Loaded {
+    /// The configuration.
     pub config: Config,
+    /// What `check` reports without failing: `file:line:col: message`, in file order.
     pub warnings: Vec<String>,
     /// The values `${VAR}` took from the environment (never defaults written in the file)
     /// that are secrets: the variable's name says so ([`is_secret_name`]: `TOKEN`, `KEY`,

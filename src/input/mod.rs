@@ -56,16 +56,27 @@ pub enum IngestError {
     /// Refused before the acknowledgement, never dropped after it.
     #[error("record of {bytes} bytes is larger than output {output} can take ({limit} bytes)")]
     TooLarge {
+        /// The record's size (approximate in-memory size), in bytes.
         bytes: usize,
+        /// The smallest limit that applies, in bytes.
         limit: usize,
+        /// The output whose limit it is.
         output: String,
     },
     /// A disk buffer's filesystem is full. Transient: space returns as outputs deliver.
     #[error("disk full: output {output}'s buffer cannot write")]
-    DiskFull { output: String },
+    DiskFull {
+        /// The output whose disk buffer cannot write.
+        output: String,
+    },
     /// A buffer failed for another reason (I/O error); the message says which and why.
     #[error("output {output}'s buffer failed: {reason}")]
-    Buffer { output: String, reason: String },
+    Buffer {
+        /// The output whose buffer failed.
+        output: String,
+        /// The buffer's error, as text.
+        reason: String,
+    },
 }
 
 impl IngestError {

@@ -17,11 +17,15 @@ use super::handshake;
 /// Forward-protocol EventTime: seconds and nanoseconds since the epoch (ext type 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventTime {
+    /// Whole seconds since the Unix epoch (big-endian u32 in the ext payload).
     pub secs: u32,
+    /// Nanoseconds within the second, 0..1_000_000_000.
     pub nanos: u32,
 }
 
 impl EventTime {
+    /// From nanoseconds since the epoch; negative values clamp to 0 and seconds past
+    /// `u32::MAX` (year 2106) clamp to `u32::MAX`.
     pub fn from_ns(ns: i64) -> Self {
         let ns = ns.max(0);
         EventTime {
@@ -30,6 +34,7 @@ impl EventTime {
         }
     }
 
+    /// The current wall-clock time.
     pub fn now() -> Self {
         Self::from_ns(crate::event::now_ns())
     }
@@ -38,7 +43,9 @@ impl EventTime {
 /// One `[time, record]` entry; `record` is an encoded msgpack map (see [`encode_record`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Entry<'a> {
+    /// The entry's EventTime.
     pub time: EventTime,
+    /// The record: one msgpack map, already encoded.
     pub record: &'a [u8],
 }
 
@@ -325,6 +332,10 @@ impl ForwardClient {
         })
     }
 
+    /// Writes one encoded request (as built by the `encode_*` functions) in full.
+    ///
+    /// # Errors
+    /// The socket's write error (e.g. the server closed the connection).
     pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         match &mut self.stream {
             Stream::Tcp(s) => s.write_all(bytes),

@@ -80,17 +80,29 @@ pub(crate) const RETENTION_DAYS: &[i32] = &[
 ];
 
 #[derive(Clone, Debug, PartialEq)]
+/// An `[outputs.NAME]` of `type = "cloudwatch_logs"`, validated (PutLogEvents).
 pub struct CloudWatchLogsConfig {
     /// The output's name (`[outputs.NAME]`), for log lines.
     pub name: String,
+    /// `log_group` template (record values encoded so they cannot add a path level; may
+    /// not start with the reserved `aws/`; at most 512 characters).
     pub log_group: String,
+    /// `log_stream` template (`:` and `*` encoded; at most 512 characters); default
+    /// `{tag}`.
     pub log_stream: String,
+    /// `auto_create`: create a missing group / stream on `ResourceNotFoundException`.
     pub auto_create: bool,
+    /// `retention_days` set on groups this output creates; one of the values
+    /// `PutRetentionPolicy` accepts.
     pub retention_days: Option<i32>,
     /// Tags for groups this output creates.
     pub tags: HashMap<String, String>,
+    /// What a record becomes as an event message (JSON line or `log_key`).
     pub format: RecordFormat,
+    /// Region, endpoint and role.
     pub aws: AwsSettings,
+    /// Batch limits, clamped to PutLogEvents' 10,000 events and 1,048,576 bytes (each
+    /// message plus 26 bytes).
     pub batch: BatchSettings,
 }
 
@@ -108,6 +120,8 @@ struct Limits {
     max_bytes: usize,
 }
 
+/// The CloudWatch Logs destination: PutLogEvents per stream, creating groups and streams
+/// when allowed.
 pub struct CloudWatchLogsSink {
     name: String,
     client: aws_sdk_cloudwatchlogs::Client,
@@ -125,6 +139,11 @@ pub struct CloudWatchLogsSink {
     create_lock: tokio::sync::Mutex<()>,
 }
 
+/// Builds the sink: SDK client (region, endpoint, role) and parsed name templates.
+///
+/// # Errors
+/// [`BuildError`] for a missing region or a template that does not parse or names what
+/// CloudWatch Logs would refuse.
 pub async fn build(cfg: CloudWatchLogsConfig) -> Result<CloudWatchLogsSink, BuildError> {
     let conf = sdk_config(&cfg.aws).await;
     require_region(&conf, &cfg.name)?;
@@ -228,6 +247,7 @@ fn fit_name(name: &mut String) {
     let _ = write!(name, "-{hash:016x}");
 }
 
+/// A PutLogEvents batch being filled: events of one stream, within 24 h of each other.
 pub struct CloudWatchLogsBuilder {
     format: Arc<RecordFormat>,
     limits: Arc<Limits>,

@@ -43,23 +43,34 @@ pub(crate) const MAX_BYTES_PER_CALL: usize = 4 * 1024 * 1024;
 pub(crate) const MAX_RECORD_BYTES: usize = 1_024_000;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// `oversize`: what happens to a record above Firehose's 1,000 KiB per record.
 pub enum Oversize {
     /// The config's default (`oversize` unset).
     #[default]
     Split,
+    /// Cut to 1,000 KiB with a marker; counted as `action="truncated"`.
     Truncate,
+    /// Dropped by the user's choice; counted as `dropped`.
     Drop,
 }
 
 #[derive(Clone, Debug, PartialEq)]
+/// An `[outputs.NAME]` of `type = "firehose"`, validated (PutRecordBatch).
 pub struct FirehoseConfig {
     /// The output's name (`[outputs.NAME]`), for log lines.
     pub name: String,
+    /// `delivery_stream`: the Firehose stream's name.
     pub delivery_stream: String,
+    /// `aggregate`: pack many newline-terminated records into each Firehose record (billed
+    /// in 5 KB steps).
     pub aggregate: bool,
+    /// `oversize`: see [`Oversize`].
     pub oversize: Oversize,
+    /// What a record becomes (JSON line or `log_key`).
     pub format: RecordFormat,
+    /// Region, endpoint and role.
     pub aws: AwsSettings,
+    /// Batch limits, clamped to PutRecordBatch's 500 records and 4 MiB.
     pub batch: BatchSettings,
 }
 
@@ -82,6 +93,7 @@ struct Limits {
     max_bytes: usize,
 }
 
+/// The Firehose destination: PutRecordBatch, retrying only the records that failed.
 pub struct FirehoseSink {
     name: String,
     client: aws_sdk_firehose::Client,
@@ -90,6 +102,11 @@ pub struct FirehoseSink {
     limits: Arc<Limits>,
 }
 
+/// Builds the sink (SDK client for region, endpoint, role).
+///
+/// # Errors
+/// [`BuildError::NoRegion`] when no region is configured or found,
+/// [`BuildError::Invalid`] for an empty `delivery_stream`.
 pub async fn build(cfg: FirehoseConfig) -> Result<FirehoseSink, BuildError> {
     let conf = sdk_config(&cfg.aws).await;
     require_region(&conf, &cfg.name)?;
@@ -135,6 +152,7 @@ impl FirehoseSink {
     }
 }
 
+/// A PutRecordBatch being filled (≤ 500 records, ≤ 4 MiB, ≤ 1,000 KiB per record).
 pub struct FirehoseBuilder {
     format: Arc<RecordFormat>,
     limits: Arc<Limits>,

@@ -50,19 +50,33 @@ pub struct AwsSettings {
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     #[error("output {output}: no AWS region: set `region` or AWS_REGION")]
-    NoRegion { output: String },
-    #[error("output {output}: `{key}`: {source}")]
-    Template {
+    /// Neither `region` nor the SDK's chain (AWS_REGION, profile) gives a region.
+    NoRegion {
+        /// The output's name.
         output: String,
+    },
+    #[error("output {output}: `{key}`: {source}")]
+    /// A name template (`key`, `log_group`, `log_stream`) does not parse.
+    Template {
+        /// The output's name.
+        output: String,
+        /// The config key (`key`, `log_group`, …).
         key: &'static str,
+        /// The template's parse error.
         #[source]
         source: TemplateError,
     },
     #[error("output {output}: `{key}` = {value:?}: {reason}")]
+    /// A value AWS would refuse for good (a reserved log group prefix, a name too long,
+    /// an unknown retention).
     Invalid {
+        /// The output's name.
         output: String,
+        /// The config key (`key`, `log_group`, …).
         key: &'static str,
+        /// The value as configured.
         value: String,
+        /// Why AWS would refuse it.
         reason: String,
     },
 }
@@ -168,6 +182,7 @@ pub struct RecordFormat {
     pub log_key: Option<String>,
     /// `tag_key` / `time_key`: added to full JSON lines by the shared encoder.
     pub tag_key: Option<String>,
+    /// `time_key`: the event time (RFC 3339, UTC, nanoseconds) under this key.
     pub time_key: Option<String>,
 }
 

@@ -81,20 +81,33 @@ const TRAILER_RESERVE: usize = 64;
 pub use crate::config::Compression;
 
 #[derive(Clone, Debug, PartialEq)]
+/// An `[outputs.NAME]` of `type = "s3"`, validated (PutObject).
 pub struct S3Config {
     /// The output's name (`[outputs.NAME]`), for log lines.
     pub name: String,
+    /// `bucket`: the bucket's name.
     pub bucket: String,
+    /// `key` template (strftime, `{tag}`, `{uuid}`, record fields); keys over S3's 1024
+    /// bytes are shortened with a hash.
     pub key: String,
+    /// `compression`: none, gzip or zstd; sets `Content-Encoding`.
     pub compression: Compression,
+    /// `storage_class`, e.g. `STANDARD_IA`; `None` = the bucket's default.
     pub storage_class: Option<String>,
+    /// `content_type` of every object; `None` = `application/x-ndjson`, or
+    /// `text/plain; charset=utf-8` with `log_key`.
     pub content_type: Option<String>,
     /// Canned ACL, e.g. `bucket-owner-full-control`.
     pub acl: Option<String>,
+    /// What a record becomes as a line (JSON line or `log_key`).
     pub format: RecordFormat,
+    /// `align`: close objects on clock-aligned windows of this length (must divide a day).
     pub align: Option<Duration>,
+    /// `force_path_style`: path-style URLs, as most local S3 servers need.
     pub force_path_style: bool,
+    /// Region, endpoint and role.
     pub aws: AwsSettings,
+    /// Object limits: `max_bytes` counts the compressed bytes that land.
     pub batch: BatchSettings,
 }
 
@@ -135,10 +148,15 @@ struct Shared {
     file_extension: String,
 }
 
+/// The S3 destination: one PutObject per finished object.
 pub struct S3Sink {
     shared: Arc<Shared>,
 }
 
+/// Builds the sink: SDK client (region, endpoint, role, path style) and the key template.
+///
+/// # Errors
+/// [`BuildError`] for a missing region or a key template that does not parse.
 pub async fn build(cfg: S3Config) -> Result<S3Sink, BuildError> {
     let conf = sdk_config(&cfg.aws).await;
     require_region(&conf, &cfg.name)?;
@@ -482,6 +500,7 @@ enum Block {
     },
 }
 
+/// An object being filled: lines compressed in blocks on the blocking pool.
 pub struct S3Builder {
     shared: Arc<Shared>,
     records: usize,
@@ -507,7 +526,9 @@ pub struct S3Builder {
 /// One finished object: its blocks, some maybe still being compressed; [`S3Batch::body`]
 /// waits for them.
 pub struct S3Batch {
+    /// The object key, rendered.
     pub key: String,
+    /// Records in the object.
     pub records: usize,
     blocks: parking_lot::Mutex<Vec<Block>>,
     body: tokio::sync::OnceCell<Result<Bytes, String>>,

@@ -60,9 +60,16 @@ use matcher::{Trie, Walk};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PatternError {
     #[error("pattern is not valid JSON: {0}")]
+    /// The text is not JSON; the parser's message.
     Json(String),
     #[error("{}", at(.path, .message))]
-    Invalid { path: String, message: String },
+    /// The JSON is not a valid event pattern (rules of aws/event-ruler 2.x).
+    Invalid {
+        /// Dotted path of the offending field; empty for the whole pattern.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 fn at(path: &str, message: &str) -> String {
