@@ -3,8 +3,9 @@
 //! `MessageId`).
 //!
 //! EventBridge API destinations, SNS and SQS all deliver at least once: a sender that timed
-//! out, or whose answer was lost, sends the same event again (firelens-and-protocols.md
-//! §5.6-5.8). A key is remembered only once its event was buffered ([`Dedupe::remember`],
+//! out, or whose answer was lost, sends the same event again (EventBridge user guide, *API
+//! destinations*; SNS developer guide, *Amazon SNS message delivery retries*; SQS developer
+//! guide, *Amazon SQS standard queues*: at-least-once delivery). A key is remembered only once its event was buffered ([`Dedupe::remember`],
 //! after the input's acceptance), so a request that was refused (503) is taken when it is
 //! retried, never dropped as a "duplicate" of something that was not kept. A duplicate is
 //! answered like an accepted event (it is stored already) and counted in

@@ -1,7 +1,7 @@
 //! `format = "eventbridge"`: bodies as an EventBridge API destination posts them.
 //!
 //! An API destination sends one event per request, the event JSON as the body (EventBridge
-//! user guide, *API destinations*; firelens-and-protocols.md §5.6). Other senders (a
+//! user guide, *API destinations*). Other senders (a
 //! replay script, a Lambda forwarding a batch) may post a JSON array of events; both are
 //! taken here. Each event becomes one record: its fields exactly as sent, its tag the
 //! event's `detail-type` (unless the request or the input names a tag), its time the

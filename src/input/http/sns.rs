@@ -1,6 +1,6 @@
 //! `format = "sns"`: Amazon SNS HTTP(S) subscription deliveries, signatures verified.
 //!
-//! SNS POSTs a JSON envelope (firelens-and-protocols.md §5.7; SNS developer guide,
+//! SNS POSTs a JSON envelope (SNS developer guide,
 //! *Parsing message formats* and *Verifying the signatures of Amazon SNS messages*):
 //!
 //! - `Notification`: the record is `Message` parsed as JSON when it is an object (an
