@@ -11,6 +11,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use firelane::config::{self, Loaded};
 
+// The global allocator, chosen at build time by a cargo feature (figures in README
+// "Performance"). Without either feature: the system allocator.
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "firelane",
