@@ -12,7 +12,7 @@
 //! [`Record::fields`] for the whole tree. Writers use [`Record::fields_mut`], which turns a
 //! packed body into a tree once.
 
-pub mod packed;
+pub(crate) mod packed;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -22,7 +22,7 @@ use serde::ser::SerializeMap;
 use serde_json::Value;
 
 /// Top-level fields of a record, in arrival order.
-pub type Fields = serde_json::Map<String, serde_json::Value>;
+pub(crate) type Fields = serde_json::Map<String, serde_json::Value>;
 
 /// Fixed bytes a packed record holds besides its body and tag: the `Record` itself where it
 /// is stored (a buffer's queue, a batch), the allocator's rounding of the body allocation and
@@ -36,8 +36,8 @@ const PACKED_OVERHEAD: usize = 112;
 /// fields are, whatever their representation.
 #[derive(Clone)]
 pub struct Record {
-    pub tag: Arc<str>,
-    pub time_ns: i64,
+    pub(crate) tag: Arc<str>,
+    pub(crate) time_ns: i64,
     body: Body,
 }
 
@@ -62,7 +62,7 @@ impl Record {
 
     /// A record whose body is the plain msgpack map `map` (see [`packed`]); `None` when it
     /// is not one (then decode it to a tree instead). The check walks the bytes once.
-    pub fn from_packed(tag: impl Into<Arc<str>>, time_ns: i64, map: Bytes) -> Option<Self> {
+    pub(crate) fn from_packed(tag: impl Into<Arc<str>>, time_ns: i64, map: Bytes) -> Option<Self> {
         (packed::scan_map(&map, 0) == Some(map.len())).then(|| Record {
             tag: tag.into(),
             time_ns,
@@ -80,7 +80,7 @@ impl Record {
     }
 
     /// The msgpack map of a packed record (`None` for a tree body).
-    pub fn packed(&self) -> Option<&Bytes> {
+    pub(crate) fn packed(&self) -> Option<&Bytes> {
         match &self.body {
             Body::Packed(b) => Some(b),
             Body::Tree(_) => None,
@@ -89,7 +89,7 @@ impl Record {
 
     /// One top-level field, without decoding the rest of the record (nor, for a string,
     /// copying it).
-    pub fn get(&self, key: &str) -> Option<FieldRef<'_>> {
+    pub(crate) fn get(&self, key: &str) -> Option<FieldRef<'_>> {
         match &self.body {
             Body::Tree(t) => t.get(key).map(FieldRef::Tree),
             Body::Packed(b) => packed::Entries::new(b)
@@ -99,7 +99,7 @@ impl Record {
     }
 
     /// Whether the record has a top-level field `key` (decodes nothing).
-    pub fn contains_key(&self, key: &str) -> bool {
+    pub(crate) fn contains_key(&self, key: &str) -> bool {
         match &self.body {
             Body::Tree(t) => t.contains_key(key),
             Body::Packed(b) => packed::Entries::new(b).any(|(k, _)| k == key),
@@ -107,20 +107,17 @@ impl Record {
     }
 
     /// Number of top-level fields.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         match &self.body {
             Body::Tree(t) => t.len(),
             Body::Packed(b) => packed::len(b),
         }
     }
 
-    /// Whether the record has no field.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Top-level field names, in order.
-    pub fn keys(&self) -> Vec<&str> {
+    #[cfg(test)]
+    pub(crate) fn keys(&self) -> Vec<&str> {
         match &self.body {
             Body::Tree(t) => t.keys().map(String::as_str).collect(),
             Body::Packed(b) => packed::Entries::new(b).map(|(k, _)| k).collect(),
@@ -138,7 +135,7 @@ impl Record {
 
     /// The fields among `keys` (sorted) the record has: the whole tree, borrowed, for a tree
     /// body; for a packed one, only those fields decoded. What a pattern match reads.
-    pub fn select(&self, keys: &[Box<str>]) -> Cow<'_, Fields> {
+    pub(crate) fn select(&self, keys: &[Box<str>]) -> Cow<'_, Fields> {
         match &self.body {
             Body::Tree(t) => Cow::Borrowed(t),
             Body::Packed(b) => Cow::Owned(
@@ -150,18 +147,10 @@ impl Record {
         }
     }
 
-    /// The body, taken out of the record.
-    pub fn into_fields(self) -> Fields {
-        match self.body {
-            Body::Tree(t) => Arc::try_unwrap(t).unwrap_or_else(|t| (*t).clone()),
-            Body::Packed(b) => packed::to_fields(&b),
-        }
-    }
-
     /// The body for changing it in place: a packed body is decoded to a tree once; a tree
     /// shared with clones of this record is copied first (copy on write), so a change never
     /// shows in another output's copy.
-    pub fn fields_mut(&mut self) -> &mut Fields {
+    pub(crate) fn fields_mut(&mut self) -> &mut Fields {
         if let Body::Packed(b) = &self.body {
             self.body = Body::Tree(Arc::new(packed::to_fields(b)));
         }
@@ -175,7 +164,7 @@ impl Record {
     /// Writes every top-level field, in order, as entries of `map` (a packed body is
     /// transcoded from msgpack; see [`packed`] for why the output is the tree's, byte for
     /// byte).
-    pub fn serialize_fields<M: SerializeMap>(&self, map: &mut M) -> Result<(), M::Error> {
+    pub(crate) fn serialize_fields<M: SerializeMap>(&self, map: &mut M) -> Result<(), M::Error> {
         match &self.body {
             Body::Tree(t) => {
                 for (k, v) in t.iter() {
@@ -198,7 +187,7 @@ impl Record {
     /// overhead per value, which tracks real heap use closely enough for admission control
     /// without walking allocator state. A body shared by clones is counted by each clone:
     /// outputs release their copies independently.
-    pub fn approx_size(&self) -> usize {
+    pub(crate) fn approx_size(&self) -> usize {
         fn value_size(v: &serde_json::Value) -> usize {
             use serde_json::Value::*;
             32 + match v {
@@ -223,7 +212,7 @@ impl Record {
 
 /// A borrowed view of one top-level field (see [`Record::get`]).
 #[derive(Clone, Copy, Debug)]
-pub enum FieldRef<'a> {
+pub(crate) enum FieldRef<'a> {
     /// A value of a tree body.
     Tree(&'a Value),
     /// The msgpack bytes of one value of a packed body.
@@ -232,7 +221,7 @@ pub enum FieldRef<'a> {
 
 impl<'a> FieldRef<'a> {
     /// The value if it is a string.
-    pub fn as_str(&self) -> Option<&'a str> {
+    pub(crate) fn as_str(&self) -> Option<&'a str> {
         match self {
             FieldRef::Tree(v) => v.as_str(),
             FieldRef::Packed(b) => packed::as_str(b),
@@ -240,7 +229,7 @@ impl<'a> FieldRef<'a> {
     }
 
     /// The value as a tree (decoded for a packed body).
-    pub fn to_value(&self) -> Cow<'a, Value> {
+    pub(crate) fn to_value(self) -> Cow<'a, Value> {
         match self {
             FieldRef::Tree(v) => Cow::Borrowed(v),
             FieldRef::Packed(b) => Cow::Owned(packed::to_value(b)),

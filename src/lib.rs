@@ -4,16 +4,20 @@
 //! `route`) → `buffer` (one per output) → `output` (batching, retries, sinks). `config`
 //! reads the TOML, `topology` wires and runs it, `plan` shows it (`check`, `route`), `admin` serves health and metrics.
 
+#![warn(missing_docs)]
+
 pub mod admin;
-pub mod buffer;
+pub(crate) mod buffer;
 pub mod config;
 pub mod event;
 pub mod input;
 pub mod loadgen;
 pub mod output;
-pub mod pipeline;
+pub(crate) mod pipeline;
 pub mod plan;
 pub mod route;
-pub mod serve;
+pub(crate) mod serve;
 pub mod telemetry;
+#[cfg(test)]
+pub(crate) mod test_support;
 pub mod topology;

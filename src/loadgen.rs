@@ -37,12 +37,17 @@ pub enum LoadMode {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// Compression of the generated CompressedPackedForward requests (`--compress`).
 pub enum LoadCompression {
+    /// gzip (`compressed: "gzip"`), as Fluent Bit and fluentd send it.
     Gzip,
+    /// zstd (`compressed: "zstd"`), as Fluent Bit sends it.
     Zstd,
 }
 
 #[derive(Debug, Clone, clap::Args)]
+/// Command-line arguments of `firelane loadgen`: what to send, how fast and over how many
+/// connections.
 pub struct LoadgenArgs {
     /// Forward input to send to: tcp://HOST:PORT or unix:///PATH.
     #[arg(long, default_value = "tcp://127.0.0.1:24224", value_parser = ListenAddr::parse)]
@@ -106,22 +111,22 @@ impl Default for LoadgenArgs {
 /// What a run achieved.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LoadgenReport {
-    pub records: u64,
-    pub requests: u64,
+    pub(crate) records: u64,
+    pub(crate) requests: u64,
     /// Bytes written to the socket (requests, including compression).
     pub bytes: u64,
-    pub acks: u64,
-    pub connections: usize,
-    pub elapsed: Duration,
+    pub(crate) acks: u64,
+    pub(crate) connections: usize,
+    pub(crate) elapsed: Duration,
 }
 
 impl LoadgenReport {
-    pub fn records_per_sec(&self) -> f64 {
+    pub(crate) fn records_per_sec(&self) -> f64 {
         self.records as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
     /// Megabytes (10^6 bytes) per second on the wire.
-    pub fn mb_per_sec(&self) -> f64 {
+    pub(crate) fn mb_per_sec(&self) -> f64 {
         self.bytes as f64 / 1e6 / self.elapsed.as_secs_f64().max(1e-9)
     }
 }

@@ -11,7 +11,7 @@ use crate::input::{Ingest, IngestError};
 use crate::route::{Decision, Router};
 
 /// One output's entry point as seen by the router.
-pub struct OutputPort {
+pub(crate) struct OutputPort {
     pub name: String,
     pub writer: BufferWriter,
     dropped: Counter,
@@ -25,7 +25,7 @@ pub struct OutputPort {
 }
 
 impl OutputPort {
-    pub fn new(name: &str, writer: BufferWriter) -> Self {
+    pub(crate) fn new(name: &str, writer: BufferWriter) -> Self {
         let labels = [("output", name.to_string())];
         OutputPort {
             name: name.to_string(),
@@ -38,7 +38,7 @@ impl OutputPort {
     }
 }
 
-pub struct Pipeline {
+pub(crate) struct Pipeline {
     router: Router,
     outputs: Vec<OutputPort>,
     route_counters: Vec<Counter>,
@@ -46,7 +46,7 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(router: Router, outputs: Vec<OutputPort>) -> Arc<Self> {
+    pub(crate) fn new(router: Router, outputs: Vec<OutputPort>) -> Arc<Self> {
         let route_counters = router
             .routes()
             .iter()
@@ -60,16 +60,8 @@ impl Pipeline {
         })
     }
 
-    pub fn router(&self) -> &Router {
-        &self.router
-    }
-
-    pub fn outputs(&self) -> &[OutputPort] {
-        &self.outputs
-    }
-
     /// The `Ingest` handle for input number `input`.
-    pub fn port(self: &Arc<Self>, input: usize, name: &str) -> Arc<dyn Ingest> {
+    pub(crate) fn port(self: &Arc<Self>, input: usize, name: &str) -> Arc<dyn Ingest> {
         Arc::new(InputPort {
             pipeline: self.clone(),
             input,
@@ -228,8 +220,7 @@ mod tests {
     /// waits for space: received is 2.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn received_counts_what_the_buffer_took_when_a_push_fails() {
-        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-        let handle = recorder.handle();
+        let recorder = crate::test_support::TestRecorder::default();
         let size = rec(0).approx_size() as u64;
         let settings = BufferSettings::memory(2 * size, WhenFull::Block);
         let (writer, _reader, _) =
@@ -261,12 +252,9 @@ mod tests {
             matches!(result, Err(IngestError::ShuttingDown)),
             "{result:?}"
         );
-        let text = handle.render();
-        let received = text
-            .lines()
-            .find(|l| l.starts_with(r#"firelane_output_received_records_total{output="out"}"#))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok());
-        assert_eq!(received, Some(2.0), "{text}");
+        assert_eq!(
+            recorder.get("firelane_output_received_records_total{output=out}"),
+            2
+        );
     }
 }

@@ -48,13 +48,13 @@ pub struct ServerLimits {
 }
 
 impl ServerLimits {
-    pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    pub(crate) const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
     /// Below the 60 s idle timeout of an ALB in front, so the router is the one to close
     /// only rarely; clients that pool longer (Go: 90 s) retry on a closed idle connection.
-    pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    pub(crate) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
     /// Defaults with the given connection cap.
-    pub fn new(max_connections: usize) -> Self {
+    pub(crate) fn new(max_connections: usize) -> Self {
         ServerLimits {
             max_connections,
             header_timeout: Self::DEFAULT_HEADER_TIMEOUT,
@@ -65,7 +65,7 @@ impl ServerLimits {
 
 /// What the server did to a connection on its own, for the caller to count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ConnEvent {
+pub(crate) enum ConnEvent {
     /// Closed at accept: `max_connections` were already open.
     TooManyConnections,
     /// Closed: no complete request head within `header_timeout`.
@@ -76,7 +76,7 @@ pub enum ConnEvent {
 
 impl ConnEvent {
     /// The `kind` label of `firelane_input_errors_total`.
-    pub fn kind(self) -> &'static str {
+    pub(crate) fn kind(self) -> &'static str {
         match self {
             ConnEvent::TooManyConnections => "too_many_connections",
             ConnEvent::HeaderTimeout => "header_timeout",
@@ -86,11 +86,11 @@ impl ConnEvent {
 }
 
 /// Called for every [`ConnEvent`].
-pub type OnEvent = Arc<dyn Fn(ConnEvent) + Send + Sync>;
+pub(crate) type OnEvent = Arc<dyn Fn(ConnEvent) + Send + Sync>;
 
 /// Serves `app` on `listener` until `shutdown`; then stops accepting, lets requests in
 /// flight finish, closes idle connections and returns once every connection is closed.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     app: axum::Router,
     limits: ServerLimits,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 /// How often one kind of repeated warning may be printed.
-pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 struct Slot {
     last: Instant,
@@ -25,7 +25,7 @@ fn slots() -> &'static Mutex<HashMap<&'static str, Slot>> {
 
 /// Returns `Some(n)` when a line with key `key` may be printed now, `n` being how many
 /// were suppressed since the last one; `None` when it must be suppressed.
-pub fn permit(key: &'static str) -> Option<u64> {
+pub(crate) fn permit(key: &'static str) -> Option<u64> {
     let now = Instant::now();
     let mut map = slots().lock();
     match map.get_mut(key) {
@@ -92,7 +92,7 @@ pub fn init(level: &str, json: bool) {
 // ---------------------------------------------------------------------------------------
 // Metric descriptions.
 
-/// Every metric firelane exports (PRODUCT.md, "Metrics"), with its kind, unit and the
+/// Every metric firelane exports (README, "Metrics and health"), with its kind, unit and the
 /// Prometheus `# HELP` text. The exporter prints a description with its family once the
 /// family has a sample.
 const METRICS: &[(&str, MetricKind, &str)] = &[
@@ -247,7 +247,7 @@ enum MetricKind {
 
 /// Registers the `# HELP` text (and the unit) of every firelane metric with the installed
 /// recorder. Call once, right after installing it; descriptions given before are lost.
-pub fn describe_metrics() {
+pub(crate) fn describe_metrics() {
     for &(name, kind, help) in METRICS {
         match kind {
             MetricKind::Counter => metrics::describe_counter!(name, help),
@@ -264,10 +264,10 @@ pub fn describe_metrics() {
 
 /// Shortest value treated as a secret. Shorter ones ("1", "prod") would turn unrelated
 /// text into `***` everywhere, and a real credential is never that short.
-pub const MIN_SECRET_CHARS: usize = 6;
+pub(crate) const MIN_SECRET_CHARS: usize = 6;
 
 /// What a secret is replaced with.
-pub const REDACTED: &str = "***";
+pub(crate) const REDACTED: &str = "***";
 
 /// The process-wide secrets: every form in which a value may appear in text we print,
 /// longest first (so a secret containing another is replaced whole).
@@ -329,7 +329,7 @@ fn percent_encode(v: &str) -> String {
 /// `\n`, `\r` or `\u{..}`, and so are the Unicode line and paragraph separators. Tags,
 /// field names and values from records reach log messages (an error a peer sends back
 /// often quotes the record); a raw newline in one would let a client forge a log line.
-pub fn sanitize_line(line: &str, keep_escape: bool) -> Cow<'_, str> {
+pub(crate) fn sanitize_line(line: &str, keep_escape: bool) -> Cow<'_, str> {
     let redacted = redact(line);
     let (body, end) = match redacted.strip_suffix('\n') {
         Some(b) => (b, "\n"),

@@ -29,7 +29,7 @@ use crate::pipeline::{OutputPort, Pipeline};
 use crate::route::{Route, Router};
 
 /// Builds the router for `config` (index-resolved names).
-pub fn build_router(config: &Config) -> Router {
+pub(crate) fn build_router(config: &Config) -> Router {
     let input_idx = |n: &str| config.inputs.iter().position(|i| i.name == n);
     let output_idx = |n: &str| config.outputs.iter().position(|o| o.name == n);
     let routes = config

@@ -62,11 +62,7 @@ fn send_forward(port: u16, tag: &str, records: &[(i64, Value)]) {
         let mut size = 0;
         while start + encoded.len() < records.len() && encoded.len() < 1000 && size < 4 << 20 {
             let (t, v) = &records[start + encoded.len()];
-            let Value::Object(m) = v else {
-                panic!("record must be an object")
-            };
-            let mut b = Vec::new();
-            client::encode_json_record(&mut b, m);
+            let b = common::msgpack_record(v);
             size += b.len();
             encoded.push((EventTime::from_ns(*t), b));
         }
@@ -1483,12 +1479,11 @@ fn fake_cloudwatch_logs() -> (String, Arc<Mutex<Vec<String>>>) {
     (url, accepted)
 }
 
-/// Events CloudWatch rejects as too old / too new are counted exactly as the log line says:
-/// `failed` without a dead-letter output, `dead_lettered` with one, never "dropped"; the
-/// accepted events of the same batches count as sent. Needs no moto.
-#[test]
-fn cloudwatch_rejected_events_log_and_count_the_same_fate() {
-    let (url, accepted) = fake_cloudwatch_logs();
+/// A router with a forward input (on the returned port) routing to two CloudWatch Logs
+/// outputs at `url`, both writing to `log_group`: `cwl_failed` (stream `failed`, no dead
+/// letter) and `cwl_dl` (stream `dl`, dead letters to the file output `dl`,
+/// `{dir}/dead.jsonl`).
+fn start_cwl_failed_and_dead_letter(url: &str, log_group: &str) -> (u16, Router) {
     let fwd = free_port();
     let outputs = format!(
         r#"[routes.all]
@@ -1496,7 +1491,7 @@ to = ["cwl_failed", "cwl_dl"]
 
 [outputs.cwl_failed]
 type = "cloudwatch_logs"
-log_group = "/fl/rejected"
+log_group = "{log_group}"
 log_stream = "failed"
 log_key = "log"
 region = "us-east-1"
@@ -1505,7 +1500,7 @@ batch = {{ max_age = "1s" }}
 
 [outputs.cwl_dl]
 type = "cloudwatch_logs"
-log_group = "/fl/rejected"
+log_group = "{log_group}"
 log_stream = "dl"
 log_key = "log"
 region = "us-east-1"
@@ -1528,6 +1523,27 @@ path = "{{dir}}/dead.jsonl"
             ("AWS_EC2_METADATA_DISABLED", "true"),
         ],
     );
+    (fwd, r)
+}
+
+/// `firelane_output_records_total{output, result}` as the router exports it now.
+fn records_total(r: &Router, output: &str, result: &str) -> f64 {
+    r.metric(
+        "firelane_output_records_total",
+        &[
+            &format!("output=\"{output}\""),
+            &format!("result=\"{result}\""),
+        ],
+    )
+}
+
+/// Events CloudWatch rejects as too old / too new are counted exactly as the log line says:
+/// `failed` without a dead-letter output, `dead_lettered` with one, never "dropped"; the
+/// accepted events of the same batches count as sent. Needs no moto.
+#[test]
+fn cloudwatch_rejected_events_log_and_count_the_same_fate() {
+    let (url, accepted) = fake_cloudwatch_logs();
+    let (fwd, r) = start_cwl_failed_and_dead_letter(&url, "/fl/rejected");
     let now = now_ns();
     let day = 86_400 * SEC;
     let mut records = Vec::new();
@@ -1544,12 +1560,6 @@ path = "{{dir}}/dead.jsonl"
         ));
     }
     send_forward(fwd, "app", &records);
-    let records_total = |o: &str, result: &str| {
-        r.metric(
-            "firelane_output_records_total",
-            &[&format!("output=\"{o}\""), &format!("result=\"{result}\"")],
-        )
-    };
     let t = Duration::from_secs(60);
     r.wait_metric(
         "firelane_output_records_total",
@@ -1566,14 +1576,19 @@ path = "{{dir}}/dead.jsonl"
     wait_sent(&r, "cwl_failed", 3, t);
     wait_sent(&r, "cwl_dl", 3, t);
     for o in ["cwl_failed", "cwl_dl"] {
-        assert_eq!(records_total(o, "dropped"), 0.0, "{o}\n{}", r.metrics());
+        assert_eq!(records_total(&r, o, "dropped"), 0.0, "{o}\n{}", r.metrics());
         assert_eq!(
-            records_total(o, "retried"),
+            records_total(&r, o, "retried"),
             0.0,
             "{o}: rejections are permanent"
         );
     }
-    assert_eq!(records_total("cwl_dl", "failed"), 0.0, "{}", r.metrics());
+    assert_eq!(
+        records_total(&r, "cwl_dl", "failed"),
+        0.0,
+        "{}",
+        r.metrics()
+    );
     let mut got = accepted.lock().expect("accepted").clone();
     got.sort();
     assert_eq!(
@@ -1640,45 +1655,7 @@ path = "{{dir}}/dead.jsonl"
 #[test]
 fn cloudwatch_record_the_sink_refuses_is_dead_lettered_or_failed_never_dropped() {
     let (url, accepted) = fake_cloudwatch_logs();
-    let fwd = free_port();
-    let outputs = format!(
-        r#"[routes.all]
-to = ["cwl_failed", "cwl_dl"]
-
-[outputs.cwl_failed]
-type = "cloudwatch_logs"
-log_group = "/fl/refused"
-log_stream = "failed"
-log_key = "log"
-region = "us-east-1"
-endpoint_url = "{url}"
-batch = {{ max_age = "1s" }}
-
-[outputs.cwl_dl]
-type = "cloudwatch_logs"
-log_group = "/fl/refused"
-log_stream = "dl"
-log_key = "log"
-region = "us-east-1"
-endpoint_url = "{url}"
-batch = {{ max_age = "1s" }}
-dead_letter = "dl"
-
-[outputs.dl]
-type = "file"
-path = "{{dir}}/dead.jsonl"
-"#
-    );
-    let r = Router::start_with(
-        tempfile::tempdir().expect("tempdir"),
-        &router_config(fwd, &outputs),
-        free_port(),
-        &[
-            ("AWS_ACCESS_KEY_ID", "test"),
-            ("AWS_SECRET_ACCESS_KEY", "test"),
-            ("AWS_EC2_METADATA_DISABLED", "true"),
-        ],
-    );
+    let (fwd, r) = start_cwl_failed_and_dead_letter(&url, "/fl/refused");
     let now = now_ns();
     let records = vec![
         (now, json!({"log": "before", "seq": 0})),
@@ -1687,12 +1664,6 @@ path = "{{dir}}/dead.jsonl"
     ];
     send_forward(fwd, "app", &records);
     let t = Duration::from_secs(60);
-    let records_total = |o: &str, result: &str| {
-        r.metric(
-            "firelane_output_records_total",
-            &[&format!("output=\"{o}\""), &format!("result=\"{result}\"")],
-        )
-    };
     wait_sent(&r, "cwl_failed", 2, t);
     wait_sent(&r, "cwl_dl", 2, t);
     let failed = r.wait_metric(
@@ -1710,7 +1681,7 @@ path = "{{dir}}/dead.jsonl"
     );
     assert_eq!(dead_lettered, 1.0, "{}", r.metrics());
     for o in ["cwl_failed", "cwl_dl"] {
-        assert_eq!(records_total(o, "dropped"), 0.0, "{o}\n{}", r.metrics());
+        assert_eq!(records_total(&r, o, "dropped"), 0.0, "{o}\n{}", r.metrics());
         assert_eq!(
             r.metric("firelane_output_drops_total", &[&format!("output=\"{o}\"")]),
             0.0,
@@ -1718,7 +1689,12 @@ path = "{{dir}}/dead.jsonl"
             r.metrics()
         );
     }
-    assert_eq!(records_total("cwl_dl", "failed"), 0.0, "{}", r.metrics());
+    assert_eq!(
+        records_total(&r, "cwl_dl", "failed"),
+        0.0,
+        "{}",
+        r.metrics()
+    );
     let mut got = accepted.lock().expect("accepted").clone();
     got.sort();
     assert_eq!(got, ["after", "after", "before", "before"]);

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::fake_http::FakeHttp;
 use common::moto::{Aws, endpoint, unique};
-use common::{Router, free_port, noise, peak_rss};
+use common::{Router, free_port, msgpack_record, noise, peak_rss};
 use firelane::input::forward::ListenAddr;
 use firelane::input::forward::client::{self, EventTime, ForwardClient};
 use serde_json::{Value, json};
@@ -71,14 +71,7 @@ fn burst_as(fwd: u16, n: u64, log_len: usize, compressed: bool, tag_of: impl Fn(
     while start < n {
         let end = (start + 1000).min(n);
         let records: Vec<Vec<u8>> = (start..end)
-            .map(|i| {
-                let Value::Object(m) = json!({"seq": i, "log": noise(i, log_len)}) else {
-                    unreachable!()
-                };
-                let mut b = Vec::new();
-                client::encode_json_record(&mut b, &m);
-                b
-            })
+            .map(|i| msgpack_record(&json!({"seq": i, "log": noise(i, log_len)})))
             .collect();
         let time = EventTime::now();
         let entries: Vec<client::Entry<'_>> = records
@@ -589,14 +582,7 @@ fn forward_record_over_max_bytes_is_acked_and_arrives() {
     let log = big_log();
     let records: Vec<Vec<u8>> = [(0, "before"), (1, log.as_str()), (2, "after")]
         .iter()
-        .map(|(i, l)| {
-            let Value::Object(m) = json!({"seq": i, "log": l}) else {
-                unreachable!()
-            };
-            let mut b = Vec::new();
-            client::encode_json_record(&mut b, &m);
-            b
-        })
+        .map(|(i, l)| msgpack_record(&json!({"seq": i, "log": l})))
         .collect();
     let time = EventTime::now();
     let entries: Vec<client::Entry<'_>> = records
@@ -712,11 +698,7 @@ fn s3_many_tags_stay_within_the_memory_limit() {
     for start in (0..tags).step_by(100) {
         let mut chunks = Vec::new();
         for i in start..start + 100 {
-            let Value::Object(m) = json!({"seq": i, "log": noise(i, 200)}) else {
-                unreachable!()
-            };
-            let mut record = Vec::new();
-            client::encode_json_record(&mut record, &m);
+            let record = msgpack_record(&json!({"seq": i, "log": noise(i, 200)}));
             let chunk = client::new_chunk_id();
             let mut frame = Vec::new();
             client::encode_forward(
@@ -841,11 +823,7 @@ fn forward_record_larger_than_the_memory_limit_is_refused_before_the_ack() {
     let r = Router::start_in(dir, &text);
     let addr = ListenAddr::Tcp(format!("127.0.0.1:{fwd}"));
     let send = |c: &mut ForwardClient, seq: u64, log: &str| {
-        let Value::Object(m) = json!({"seq": seq, "log": log}) else {
-            unreachable!()
-        };
-        let mut record = Vec::new();
-        client::encode_json_record(&mut record, &m);
+        let record = msgpack_record(&json!({"seq": seq, "log": log}));
         let chunk = client::new_chunk_id();
         let mut frame = Vec::new();
         client::encode_forward(

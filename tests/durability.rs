@@ -3,267 +3,23 @@
 //! segments, throttling and shutdown; memory stays bounded; a stalled output does not hold
 //! up another one; what cannot be delivered is counted (dropped, dead-lettered, lost).
 //!
-//! The destination of `type = "http"` outputs is [`Dest`], a small scriptable HTTP/1.1
-//! server in this file. Records carry an integer field `i` so that deliveries can be
+//! The destination of `type = "http"` outputs is [`FakeHttp`], the scriptable HTTP/1.1
+//! server of `tests/common/fake_http.rs`. Records carry an integer field `i` so that deliveries can be
 //! checked against what was acknowledged, record by record.
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::fake_http::{FakeHttp, Reply};
 use common::{Router, free_port, read_jsonl, wait_lines};
 use firelane::input::forward::ListenAddr;
 use firelane::input::forward::client::{self, EventTime, ForwardClient};
-
-// === scriptable destination ===
-
-/// How the destination answers a request.
-#[derive(Clone, Debug, PartialEq)]
-enum Reply {
-    /// 200 OK, records counted as delivered.
-    Ok,
-    /// This status, with an optional `Retry-After` value; records not delivered.
-    Status(u16, Option<&'static str>),
-    /// Reads the request and never answers (until the server is dropped).
-    Stall,
-    /// 200 OK after this many milliseconds.
-    Slow(u64),
-}
-
-#[derive(Debug)]
-struct Seen {
-    at: Instant,
-    status: u16,
-    ids: Vec<u64>,
-}
-
-#[derive(Default)]
-struct DestState {
-    /// Answers for the next requests, in order; then `default`.
-    script: VecDeque<Reply>,
-    default: Option<Reply>,
-    seen: Vec<Seen>,
-    /// TCP connections accepted.
-    connections: usize,
-    /// Every record line of every request answered 200, parsed.
-    delivered: Vec<serde_json::Value>,
-}
-
-struct Dest {
-    port: u16,
-    state: Arc<Mutex<DestState>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Dest {
-    /// Starts on a free port.
-    fn start(default: Reply) -> Dest {
-        Self::start_on(free_port(), default)
-    }
-
-    /// Starts on `port` (a port handed out earlier while the destination was "down").
-    fn start_on(port: u16, default: Reply) -> Dest {
-        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind destination");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let state = Arc::new(Mutex::new(DestState {
-            default: Some(default),
-            ..DestState::default()
-        }));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (st, sp) = (state.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !sp.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((sock, _)) => {
-                        st.lock().unwrap().connections += 1;
-                        let (st, sp) = (st.clone(), sp.clone());
-                        std::thread::spawn(move || serve_conn(sock, st, sp));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        Dest { port, state, stop }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/ingest", self.port)
-    }
-
-    fn script(&self, replies: &[Reply]) {
-        self.state
-            .lock()
-            .unwrap()
-            .script
-            .extend(replies.iter().cloned());
-    }
-
-    fn requests(&self) -> usize {
-        self.state.lock().unwrap().seen.len()
-    }
-
-    /// `i` of every delivered record, with how often each arrived.
-    fn delivered_ids(&self) -> BTreeMap<u64, usize> {
-        let mut m = BTreeMap::new();
-        for v in &self.state.lock().unwrap().delivered {
-            *m.entry(v["i"].as_u64().expect("record has i")).or_insert(0) += 1;
-        }
-        m
-    }
-
-    /// Waits until every id in `want` has been delivered at least once.
-    fn wait_ids(&self, want: &BTreeSet<u64>, timeout: Duration) -> BTreeMap<u64, usize> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let got = self.delivered_ids();
-            if want.iter().all(|i| got.contains_key(i)) || Instant::now() > deadline {
-                return got;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Dest {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// One keep-alive connection: reads requests (Content-Length bodies), answers per script.
-fn serve_conn(sock: TcpStream, state: Arc<Mutex<DestState>>, stop: Arc<AtomicBool>) {
-    let _ = sock.set_read_timeout(Some(Duration::from_millis(200)));
-    let mut w = match sock.try_clone() {
-        Ok(w) => w,
-        Err(_) => return,
-    };
-    let mut r = BufReader::new(sock);
-    loop {
-        // Request line and headers.
-        let mut content_length = 0usize;
-        let mut first = true;
-        loop {
-            let mut line = String::new();
-            match r.read_line(&mut line) {
-                Ok(0) => return,
-                Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    if stop.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    if line.is_empty() {
-                        continue;
-                    }
-                    // A partial line: keep reading it.
-                    let mut rest = String::new();
-                    while !rest.ends_with('\n') {
-                        match r.read_line(&mut rest) {
-                            Ok(0) => return,
-                            Ok(_) => {}
-                            Err(_) if !stop.load(Ordering::Relaxed) => {}
-                            Err(_) => return,
-                        }
-                    }
-                    line.push_str(&rest);
-                }
-                Err(_) => return,
-            }
-            if first {
-                first = false;
-                if line.trim().is_empty() {
-                    first = true;
-                    continue;
-                }
-            }
-            let l = line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = l.split_once(':')
-                && k.eq_ignore_ascii_case("content-length")
-            {
-                content_length = v.trim().parse().unwrap_or(0);
-            }
-        }
-        let mut body = vec![0u8; content_length];
-        let mut got = 0;
-        while got < content_length {
-            match r.read(&mut body[got..]) {
-                Ok(0) => return,
-                Ok(n) => got += n,
-                Err(_) if !stop.load(Ordering::Relaxed) => {}
-                Err(_) => return,
-            }
-        }
-        let text = String::from_utf8_lossy(&body).into_owned();
-        let records: Vec<serde_json::Value> = text
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| {
-                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad NDJSON line {l:?}: {e}"))
-            })
-            .collect();
-        let ids = records.iter().filter_map(|v| v["i"].as_u64()).collect();
-        let reply = {
-            let mut st = state.lock().unwrap();
-            let reply = st
-                .script
-                .pop_front()
-                .or_else(|| st.default.clone())
-                .unwrap_or(Reply::Ok);
-            let status = match &reply {
-                Reply::Ok => 200,
-                Reply::Status(s, _) => *s,
-                Reply::Stall => 0,
-                Reply::Slow(_) => 200,
-            };
-            st.seen.push(Seen {
-                at: Instant::now(),
-                status,
-                ids,
-            });
-            if matches!(reply, Reply::Ok | Reply::Slow(_)) {
-                st.delivered.extend(records);
-            }
-            reply
-        };
-        let response = match reply {
-            Reply::Slow(ms) => {
-                std::thread::sleep(Duration::from_millis(ms));
-                "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_string()
-            }
-            // A small body, as most webhook receivers send: the client must read it to
-            // reuse the connection.
-            Reply::Ok => "HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n{\"ok\":true}\n".to_string(),
-            Reply::Status(code, retry_after) => {
-                let ra = retry_after
-                    .map(|v| format!("retry-after: {v}\r\n"))
-                    .unwrap_or_default();
-                format!("HTTP/1.1 {code} Scripted\r\n{ra}content-length: 7\r\n\r\nnot now")
-            }
-            Reply::Stall => {
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                return;
-            }
-        };
-        if w.write_all(response.as_bytes()).is_err() {
-            return;
-        }
-    }
-}
 
 // === forward client ===
 
@@ -291,14 +47,7 @@ impl Sender {
     /// Sends records `ids` as one Forward-mode request with a chunk; does not wait.
     fn send(&mut self, ids: std::ops::Range<u64>) -> String {
         let recs: Vec<Vec<u8>> = ids
-            .map(|i| {
-                let mut m = serde_json::Map::new();
-                m.insert("i".into(), i.into());
-                m.insert("log".into(), self.pad.clone().into());
-                let mut b = Vec::new();
-                client::encode_json_record(&mut b, &m);
-                b
-            })
+            .map(|i| common::msgpack_record(&serde_json::json!({"i": i, "log": self.pad})))
             .collect();
         let time = EventTime::now();
         let entries: Vec<client::Entry<'_>> = recs
@@ -443,7 +192,7 @@ batch = {{ max_records = 500, max_age = "100ms" }}"#
     );
     let dir = router.into_dir(); // kill -9
 
-    let dest = Dest::start_on(dest_port, Reply::Ok);
+    let dest = FakeHttp::start_on(dest_port, Reply::Ok);
     let router = Router::start_in(dir, &cfg);
     assert_eq!(
         router.metric(
@@ -541,7 +290,7 @@ fn torn_case(damage: &str, survive: u64) {
         }
     }
 
-    let dest = Dest::start_on(dest_port, Reply::Ok);
+    let dest = FakeHttp::start_on(dest_port, Reply::Ok);
     let router = Router::start_in(dir, &cfg);
     let got = dest.wait_ids(&ids(0..survive), SECS(30));
     let missing: Vec<u64> = (0..survive).filter(|i| !got.contains_key(i)).collect();
@@ -586,7 +335,7 @@ fn torn_case(damage: &str, survive: u64) {
 #[test]
 fn retry_after_is_honoured_on_503_and_429() {
     let fwd = free_port();
-    let dest = Dest::start(Reply::Ok);
+    let dest = FakeHttp::start_replying(Reply::Ok);
     dest.script(&[Reply::Status(503, Some("1")), Reply::Status(429, Some("1"))]);
     let cfg = http_config(
         fwd,
@@ -599,7 +348,7 @@ fn retry_after_is_honoured_on_503_and_429() {
     let got = dest.wait_ids(&ids(0..50), SECS(20));
     assert_eq!(got.len(), 50);
     assert!(got.values().all(|&c| c == 1), "delivered once each");
-    let st = dest.state.lock().unwrap();
+    let st = dest.state();
     let statuses: Vec<u16> = st.seen.iter().map(|x| x.status).collect();
     assert_eq!(
         statuses,
@@ -636,7 +385,7 @@ fn retry_after_is_honoured_on_503_and_429() {
         s.send_acked(1000 + k * 10..1000 + k * 10 + 10);
         dest.wait_ids(&ids(1000 + k * 10..1000 + k * 10 + 10), SECS(10));
     }
-    let st = dest.state.lock().unwrap();
+    let st = dest.state();
     assert!(st.seen.len() >= 13);
     assert!(
         st.connections <= 3,
@@ -652,7 +401,7 @@ fn retry_after_is_honoured_on_503_and_429() {
 fn stalled_output_does_not_hold_up_the_file_output() {
     for stall in [Reply::Stall, Reply::Status(503, None)] {
         let fwd = free_port();
-        let dest = Dest::start(stall.clone());
+        let dest = FakeHttp::start_replying(stall.clone());
         let cfg = format!(
             r#"
 [runtime]
@@ -781,7 +530,7 @@ fn sigterm_with_destination_down_disk_keeps_memory_reports_lost() {
         "{logs}"
     );
     let dir = router.into_dir();
-    let dest = Dest::start_on(dest_port, Reply::Ok);
+    let dest = FakeHttp::start_on(dest_port, Reply::Ok);
     let router = Router::start_in(dir, &cfg);
     let got = dest.wait_ids(&ids(0..N), SECS(30));
     let missing = (0..N).filter(|i| !got.contains_key(i)).count();
@@ -875,7 +624,7 @@ fn full_disk_buffer_blocks_then_recovers_without_loss() {
         0.0
     );
 
-    let dest = Dest::start_on(dest_port, Reply::Ok);
+    let dest = FakeHttp::start_on(dest_port, Reply::Ok);
     // The pending request is acked once space frees up.
     let deadline = Instant::now() + SECS(30);
     loop {
@@ -927,7 +676,7 @@ fn full_disk_buffer_drop_newest_counts_drops_and_delivers_the_rest() {
     );
     assert!(dropped > 0.0 && dropped < N as f64, "dropped {dropped}");
     let accepted = N - dropped as u64;
-    let dest = Dest::start_on(dest_port, Reply::Ok);
+    let dest = FakeHttp::start_on(dest_port, Reply::Ok);
     let sent = router.wait_metric(
         "firelane_output_records_total",
         &[r#"output="web""#, r#"result="sent""#],
@@ -955,7 +704,7 @@ const OVERHEAD_MIB: u64 = 96;
 
 /// Forward input → output `stuck`, an http output to `dest` (which stalls), with
 /// `buffer` (a TOML inline table) under a `LIMIT_MIB` memory limit.
-fn stalled_output_config(fwd: u16, dest: &Dest, buffer: &str) -> String {
+fn stalled_output_config(fwd: u16, dest: &FakeHttp, buffer: &str) -> String {
     format!(
         r#"
 [runtime]
@@ -990,7 +739,7 @@ fn memory_stays_bounded_with_a_stalled_output() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1024);
     let fwd = free_port();
-    let dest = Dest::start(Reply::Stall);
+    let dest = FakeHttp::start_replying(Reply::Stall);
     let cfg = stalled_output_config(
         fwd,
         &dest,
@@ -1032,7 +781,7 @@ fn memory_stays_bounded_with_a_stalled_output() {
 #[test]
 fn permanent_failures_go_to_the_dead_letter_output() {
     let fwd = free_port();
-    let dest = Dest::start(Reply::Status(400, None));
+    let dest = FakeHttp::start_replying(Reply::Status(400, None));
     let cfg = format!(
         r#"
 [inputs.app]
@@ -1110,7 +859,7 @@ path = "{{dir}}/dlq.jsonl"
 #[test]
 fn kill9_after_partial_delivery_over_several_segments() {
     let fwd = free_port();
-    let dest = Dest::start(Reply::Ok);
+    let dest = FakeHttp::start_replying(Reply::Ok);
     // 4 MiB buffer: 1 MiB segments of ~6000 records.
     let cfg = http_config(
         fwd,
@@ -1132,7 +881,7 @@ batch = { max_records = 200, max_age = "50ms" }"#,
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(300));
-    dest.state.lock().unwrap().default = Some(Reply::Status(503, None));
+    dest.state().default = Some(Reply::Status(503, None));
     const N: u64 = 20_000;
     send_range(&mut s, DONE, N, 100);
     let bufdir = router.path("data/buffers/web");
@@ -1143,7 +892,7 @@ batch = { max_records = 200, max_age = "50ms" }"#,
     );
     let dir = router.into_dir();
 
-    dest.state.lock().unwrap().default = Some(Reply::Ok);
+    dest.state().default = Some(Reply::Ok);
     let router = Router::start_in(dir, &cfg);
     let replayed = router.metric(
         "firelane_buffer_replayed_records_total",
@@ -1185,7 +934,7 @@ batch = { max_records = 200, max_age = "50ms" }"#,
 #[test]
 fn clean_shutdown_leaves_nothing_to_replay() {
     let fwd = free_port();
-    let dest = Dest::start(Reply::Ok);
+    let dest = FakeHttp::start_replying(Reply::Ok);
     let cfg = http_config(
         fwd,
         &dest.url(),
@@ -1285,7 +1034,7 @@ buffer = {{ type = "disk", max_size = "128KiB", when_full = "block" }}
             .is_some_and(|v| v.parse::<u64>().is_ok()),
         "503 without Retry-After: {retry_after:?}"
     );
-    let dest = Dest::start_on(dest_port, Reply::Ok);
+    let dest = FakeHttp::start_on(dest_port, Reply::Ok);
     // Once the destination drains the buffer, requests are accepted again.
     let deadline = Instant::now() + SECS(30);
     let resent = next;
@@ -1316,7 +1065,7 @@ buffer = {{ type = "disk", max_size = "128KiB", when_full = "block" }}
 #[test]
 fn memory_stays_bounded_when_blocking() {
     let fwd = free_port();
-    let dest = Dest::start(Reply::Stall);
+    let dest = FakeHttp::start_replying(Reply::Stall);
     let cfg = stalled_output_config(
         fwd,
         &dest,
@@ -1375,7 +1124,7 @@ fn memory_stays_bounded_when_blocking() {
 #[test]
 fn stalled_drop_newest_output_does_not_starve_others_of_memory() {
     let fwd = free_port();
-    let dest = Dest::start(Reply::Stall);
+    let dest = FakeHttp::start_replying(Reply::Stall);
     let cfg = format!(
         r#"
 [runtime]
@@ -1422,7 +1171,7 @@ fn kill9_during_steady_delivery_loses_nothing() {
     let fwd = free_port();
     // 4 requests of 200 records per 100 ms: ~8,000 records/s, slower than the client, so
     // a backlog is on disk when the kill comes.
-    let dest = Dest::start(Reply::Slow(100));
+    let dest = FakeHttp::start_replying(Reply::Slow(100));
     let cfg = http_config(
         fwd,
         &dest.url(),
@@ -1468,7 +1217,7 @@ concurrency = 4"#,
 #[test]
 fn exhausted_retries_are_dead_lettered_or_counted_failed() {
     let fwd = free_port();
-    let dest = Dest::start(Reply::Status(503, None));
+    let dest = FakeHttp::start_replying(Reply::Status(503, None));
     let cfg = format!(
         r#"
 [inputs.app]
@@ -1560,7 +1309,7 @@ fn sigterm_while_blocked_on_a_full_disk_buffer() {
     assert!(status.success(), "exit {status}\n{}", router.logs());
     assert!(t0.elapsed() < SECS(7), "shutdown took {:?}", t0.elapsed());
     let dir = router.into_dir();
-    let dest = Dest::start_on(dest_port, Reply::Ok);
+    let dest = FakeHttp::start_on(dest_port, Reply::Ok);
     let _router = Router::start_in(dir, &cfg);
     let got = dest.wait_ids(&ids(0..acked), SECS(30));
     let missing = (0..acked).filter(|i| !got.contains_key(i)).count();
@@ -1579,7 +1328,8 @@ struct Tmpfs {
 
 impl Tmpfs {
     /// `None` (test skipped, with a message) when mounting is not permitted here; with
-    /// `CI` set, a failed mount fails the test instead, so CI never skips it silently.
+    /// `CI` set, a failed mount fails the test instead ([`common::peer_missing`]), so CI
+    /// never skips it silently.
     fn mount(size: &str) -> Option<Tmpfs> {
         let dir = tempfile::tempdir().expect("tempdir");
         let opts = format!("size={size},mode=1777");
@@ -1599,13 +1349,11 @@ impl Tmpfs {
                 Err(e) => why.push(e.to_string()),
             }
         }
-        let why = why.join("; ");
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "cannot mount a {size} tmpfs for the full-disk test ({why}); this test needs root, \
-             CAP_SYS_ADMIN or passwordless sudo in CI"
-        );
-        eprintln!("SKIPPED: cannot mount a tmpfs ({why}); run as root to test a full disk");
+        common::peer_missing(&format!(
+            "cannot mount a {size} tmpfs for the full-disk test ({}); it needs root, \
+             CAP_SYS_ADMIN or passwordless sudo",
+            why.join("; ")
+        ));
         None
     }
 
@@ -1633,19 +1381,11 @@ impl Drop for Tmpfs {
     }
 }
 
-/// The issue's scenario: `data_dir` on a 20 MiB filesystem, a down `http` output with a disk
-/// buffer whose `max_size` is far beyond the free space, HTTP requests acked until refused.
-/// While full: 503 saying "disk full", `/ready` 503 and `/health` naming the output, the
-/// refusals counted. Once the output is up: every acked record is delivered once, new
-/// requests are accepted again without a restart, and a restart replays nothing.
-#[test]
-fn a_disk_buffer_that_fills_its_filesystem_recovers_without_restart() {
-    let Some(fs) = Tmpfs::mount("20m") else {
-        return;
-    };
-    let http = free_port();
-    let dest_port = free_port();
-    let cfg = format!(
+/// The full-filesystem tests' router: an HTTP input on `http` → an `http` output `web` to
+/// `dest_port` with a disk buffer (`max_size` far beyond the free space, `when_full =
+/// "block"`) in `data`.
+fn full_disk_config(data: &Path, http: u16, dest_port: u16) -> String {
+    format!(
         r#"
 [runtime]
 data_dir = "{data}"
@@ -1666,51 +1406,114 @@ retry = {{ initial_backoff = "50ms", max_backoff = "300ms" }}
 batch = {{ max_records = 500, max_age = "50ms" }}
 buffer = {{ type = "disk", max_size = "1GiB", when_full = "block" }}
 "#,
-        data = fs.path().display()
-    );
-    let router = Router::start(&cfg);
-    let client = reqwest::blocking::Client::builder()
-        .timeout(SECS(10))
-        .build()
-        .expect("client");
+        data = data.display()
+    )
+}
+
+/// Posts requests of [`Poster::PER`] records `{"i": n, "log": 1000 × "d"}` (~52 KiB, so
+/// 20 MiB fill after about 400) to an HTTP input, numbering on from the last one, and
+/// keeps the ids of those answered 200.
+struct Poster {
+    client: reqwest::blocking::Client,
+    url: String,
+    next: u64,
+    /// `i` of every record of a request answered 200.
+    acked: BTreeSet<u64>,
+}
+
+impl Poster {
     const PER: u64 = 50;
-    let post = |from: u64| {
-        let body: String = (from..from + PER)
+
+    fn new(http: u16) -> Poster {
+        let client = reqwest::blocking::Client::builder()
+            .timeout(SECS(10))
+            .build()
+            .expect("client");
+        Poster {
+            client,
+            url: format!("http://127.0.0.1:{http}/tag/app"),
+            next: 0,
+            acked: BTreeSet::new(),
+        }
+    }
+
+    /// Posts the next request: its status and body. Its ids are used up either way.
+    fn post(&mut self) -> (u16, String) {
+        let ids = self.next..self.next + Self::PER;
+        self.next = ids.end;
+        let body: String = ids
+            .clone()
             .map(|i| format!("{{\"i\":{i},\"log\":\"{}\"}}\n", "d".repeat(1000)))
             .collect();
-        let r = client
-            .post(format!("http://127.0.0.1:{http}/tag/app"))
-            .body(body)
-            .send()
-            .expect("post");
+        let r = self.client.post(&self.url).body(body).send().expect("post");
         let status = r.status().as_u16();
+        if status == 200 {
+            self.acked.extend(ids);
+        }
         (status, r.text().unwrap_or_default())
+    }
+
+    /// Posts until a request is answered 503 (the disk is full) and returns that body;
+    /// any other answer, or 100,000 records posted, fails the test.
+    fn until_refused(&mut self) -> String {
+        loop {
+            assert!(self.next < 100_000, "the filesystem never filled");
+            match self.post() {
+                (200, _) => {}
+                (503, body) => return body,
+                (other, body) => panic!("status {other} ({body}) while filling the disk"),
+            }
+        }
+    }
+
+    /// Posts every 100 ms until a request is answered 200; a refusal other than 503, or
+    /// none accepted within 30 s, fails the test (with `router`'s log).
+    fn until_accepted(&mut self, router: &Router) {
+        let deadline = Instant::now() + SECS(30);
+        loop {
+            let (status, body) = self.post();
+            if status == 200 {
+                return;
+            }
+            assert_eq!(status, 503, "{body}");
+            assert!(
+                Instant::now() < deadline,
+                "still refused 30 s after every record was delivered: {body}\n{}",
+                router.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// The issue's scenario: `data_dir` on a 20 MiB filesystem, a down `http` output with a disk
+/// buffer whose `max_size` is far beyond the free space, HTTP requests acked until refused.
+/// While full: 503 saying "disk full", `/ready` 503 and `/health` naming the output, the
+/// refusals counted. Once the output is up: every acked record is delivered once, new
+/// requests are accepted again without a restart, and a restart replays nothing.
+#[test]
+fn a_disk_buffer_that_fills_its_filesystem_recovers_without_restart() {
+    let Some(fs) = Tmpfs::mount("20m") else {
+        return;
     };
+    let http = free_port();
+    let dest_port = free_port();
+    let cfg = full_disk_config(fs.path(), http, dest_port);
+    let router = Router::start(&cfg);
+    let mut poster = Poster::new(http);
     let admin = |path: &str| {
         common::http_get(&format!("http://127.0.0.1:{}{path}", router.admin)).expect("admin")
     };
 
-    // ~52 KiB per request: the 20 MiB fill after about 400.
-    let mut acked = BTreeSet::new();
-    let mut next = 0u64;
-    let refusal = loop {
-        assert!(next < 100_000, "the filesystem never filled");
-        let (status, body) = post(next);
-        match status {
-            200 => acked.extend(next..next + PER),
-            503 => break body,
-            other => panic!("status {other} ({body}) while filling the disk"),
-        }
-        next += PER;
-    };
+    let refusal = poster.until_refused();
     assert!(
         refusal.contains("disk full"),
         "503 body does not say disk full: {refusal:?}"
     );
     assert!(
-        acked.len() > 10_000,
+        poster.acked.len() > 10_000,
         "only {} records fit in 20 MiB",
-        acked.len()
+        poster.acked.len()
     );
     let (ready, ready_body) = admin("/ready");
     assert_eq!(ready, 503, "/ready while the disk is full: {ready_body}");
@@ -1731,17 +1534,17 @@ buffer = {{ type = "disk", max_size = "1GiB", when_full = "block" }}
         1.0
     );
     // Still full a moment later: refused again, with the same answer.
-    let (status, body) = post(next);
+    let (status, body) = poster.post();
     assert_eq!((status, body.contains("disk full")), (503, true), "{body}");
 
-    let dest = Dest::start_on(dest_port, Reply::Ok);
-    let got = dest.wait_ids(&acked, SECS(60));
-    let missing = acked.iter().filter(|i| !got.contains_key(i)).count();
+    let dest = FakeHttp::start_on(dest_port, Reply::Ok);
+    let got = dest.wait_ids(&poster.acked, SECS(60));
+    let missing = poster.acked.iter().filter(|i| !got.contains_key(i)).count();
     assert_eq!(
         missing,
         0,
         "{missing} of {} acked records lost",
-        acked.len()
+        poster.acked.len()
     );
     let twice: Vec<u64> = got
         .iter()
@@ -1751,27 +1554,10 @@ buffer = {{ type = "disk", max_size = "1GiB", when_full = "block" }}
     assert!(twice.is_empty(), "delivered more than once: {twice:?}");
 
     // Accepted again without a restart, once deliveries freed the space.
-    let deadline = Instant::now() + SECS(30);
-    loop {
-        let (status, body) = post(next);
-        if status == 200 {
-            acked.extend(next..next + PER);
-            next += PER;
-            break;
-        }
-        assert_eq!(status, 503, "{body}");
-        assert!(
-            Instant::now() < deadline,
-            "still refused 30 s after every record was delivered: {body}\n{}",
-            router.logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    poster.until_accepted(&router);
     for _ in 0..20 {
-        let (status, body) = post(next);
+        let (status, body) = poster.post();
         assert_eq!(status, 200, "{body}");
-        acked.extend(next..next + PER);
-        next += PER;
     }
     assert_eq!(admin("/ready").0, 200);
     let h: serde_json::Value = serde_json::from_str(&admin("/health").1).expect("health JSON");
@@ -1780,8 +1566,8 @@ buffer = {{ type = "disk", max_size = "1GiB", when_full = "block" }}
         router.metric("firelane_buffer_disk_full", &[r#"output="web""#]),
         0.0
     );
-    let got = dest.wait_ids(&acked, SECS(30));
-    assert!(acked.iter().all(|i| got.contains_key(i)));
+    let got = dest.wait_ids(&poster.acked, SECS(30));
+    assert!(poster.acked.iter().all(|i| got.contains_key(i)));
 
     // Everything delivered and recorded: a restart (even kill -9) replays nothing.
     let deadline = Instant::now() + SECS(10);
@@ -1822,60 +1608,12 @@ fn a_deleted_ack_file_on_a_full_disk_recovers_once_deliveries_free_space() {
     };
     let http = free_port();
     let dest_port = free_port();
-    let cfg = format!(
-        r#"
-[runtime]
-data_dir = "{data}"
-shutdown_grace = "5s"
-
-[inputs.events]
-type = "http"
-listen = "127.0.0.1:{http}"
-accept_timeout = "2s"
-
-[routes.all]
-to = ["web"]
-
-[outputs.web]
-type = "http"
-url = "http://127.0.0.1:{dest_port}/ingest"
-retry = {{ initial_backoff = "50ms", max_backoff = "300ms" }}
-batch = {{ max_records = 500, max_age = "50ms" }}
-buffer = {{ type = "disk", max_size = "1GiB", when_full = "block" }}
-"#,
-        data = fs.path().display()
-    );
-    let client = reqwest::blocking::Client::builder()
-        .timeout(SECS(10))
-        .build()
-        .expect("client");
-    const PER: u64 = 50;
-    let post = |from: u64| {
-        let body: String = (from..from + PER)
-            .map(|i| format!("{{\"i\":{i},\"log\":\"{}\"}}\n", "d".repeat(1000)))
-            .collect();
-        let r = client
-            .post(format!("http://127.0.0.1:{http}/tag/app"))
-            .body(body)
-            .send()
-            .expect("post");
-        let status = r.status().as_u16();
-        (status, r.text().unwrap_or_default())
-    };
+    let cfg = full_disk_config(fs.path(), http, dest_port);
+    let mut poster = Poster::new(http);
 
     let mut router = Router::start(&cfg);
-    let mut acked = BTreeSet::new();
-    let mut next = 0u64;
-    loop {
-        assert!(next < 100_000, "the filesystem never filled");
-        let (status, body) = post(next);
-        match status {
-            200 => acked.extend(next..next + PER),
-            503 if body.contains("disk full") => break,
-            other => panic!("status {other} ({body}) while filling the disk"),
-        }
-        next += PER;
-    }
+    let refusal = poster.until_refused();
+    assert!(refusal.contains("disk full"), "{refusal}");
     router.kill9();
     let buffer_dir = fs.path().join("buffers").join("web");
     std::fs::remove_file(buffer_dir.join("acks")).expect("delete the ack file");
@@ -1890,35 +1628,21 @@ buffer = {{ type = "disk", max_size = "1GiB", when_full = "block" }}
     drop(filler);
 
     let router = Router::start(&cfg);
-    let dest = Dest::start_on(dest_port, Reply::Ok);
-    let got = dest.wait_ids(&acked, SECS(60));
-    let missing = acked.iter().filter(|i| !got.contains_key(i)).count();
+    let dest = FakeHttp::start_on(dest_port, Reply::Ok);
+    let got = dest.wait_ids(&poster.acked, SECS(60));
+    let missing = poster.acked.iter().filter(|i| !got.contains_key(i)).count();
     assert_eq!(
         missing,
         0,
         "{missing} of {} acked records lost\n{}",
-        acked.len(),
+        poster.acked.len(),
         router.logs()
     );
 
     // The space comes back without a restart: new requests are taken.
-    let deadline = Instant::now() + SECS(30);
-    loop {
-        let (status, body) = post(next);
-        if status == 200 {
-            acked.extend(next..next + PER);
-            break;
-        }
-        assert_eq!(status, 503, "{body}");
-        assert!(
-            Instant::now() < deadline,
-            "still refused 30 s after every record was delivered: {body}\n{}",
-            router.logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let got = dest.wait_ids(&acked, SECS(30));
-    assert!(acked.iter().all(|i| got.contains_key(i)));
+    poster.until_accepted(&router);
+    let got = dest.wait_ids(&poster.acked, SECS(30));
+    assert!(poster.acked.iter().all(|i| got.contains_key(i)));
     // And the deliveries are recorded again: a new ack file.
     let deadline = Instant::now() + SECS(10);
     while !buffer_dir.join("acks").is_file() && Instant::now() < deadline {
@@ -1945,7 +1669,7 @@ buffer = {{ type = "disk", max_size = "1GiB", when_full = "block" }}
 #[test]
 fn one_held_batch_neither_fills_the_buffer_nor_replays_what_was_delivered() {
     let fwd = free_port();
-    let dest = Dest::start(Reply::Ok);
+    let dest = FakeHttp::start_replying(Reply::Ok);
     dest.script(&[Reply::Stall]);
     let cfg = http_config(
         fwd,
@@ -1963,7 +1687,7 @@ concurrency = 4"#,
     send_all(&mut s, N, 50);
     eprintln!("{N} records acked in {:?}", t0.elapsed());
     let held: BTreeSet<u64> = {
-        let st = dest.state.lock().unwrap();
+        let st = dest.state();
         assert_eq!(st.seen[0].status, 0, "the first request is the stalled one");
         st.seen[0].ids.iter().copied().collect()
     };
@@ -2078,35 +1802,10 @@ fn s3_quiet_partition_does_not_block_or_replay_the_busy_one() {
     let Some(m) = MotoBucket::create("fl-quiet") else {
         return;
     };
-    let (ep, bucket) = (m.ep.clone(), m.bucket.clone());
     let in_s3 = |tag: &str| m.ids(tag);
 
     let fwd = free_port();
-    let cfg = format!(
-        r#"
-[runtime]
-data_dir = "{{dir}}/data"
-shutdown_grace = "20s"
-
-[inputs.app]
-type = "forward"
-listen = ["tcp://127.0.0.1:{fwd}"]
-
-[routes.all]
-to = ["s3"]
-
-[outputs.s3]
-type = "s3"
-bucket = "{bucket}"
-key = "{{tag}}/{{uuid}}.json"
-compression = "none"
-region = "us-east-1"
-endpoint_url = "{ep}"
-force_path_style = true
-batch = {{ max_bytes = "64KiB", max_age = "60s" }}
-buffer = {{ type = "disk", max_size = "1MiB" }}
-"#
-    );
+    let cfg = s3_quiet_busy_config(fwd, &m);
     let router = Router::start(&cfg);
     let mut quiet = Sender::connect(fwd, SECS(20));
     quiet.tag = "quiet".into();
@@ -2169,6 +1868,39 @@ buffer = {{ type = "disk", max_size = "1MiB" }}
         "replayed {replayed}, more than the {open_batches} undelivered"
     );
     assert!(dups <= 1, "{dups} duplicates: more than the quiet batch");
+}
+
+/// The S3 quiet/busy tests' router: a forward input on `fwd` → an `s3` output to `m`'s
+/// bucket, objects keyed `<tag>/<uuid>.json`, batches of 64 KiB or 60 s, a 1 MiB disk
+/// buffer.
+fn s3_quiet_busy_config(fwd: u16, m: &MotoBucket) -> String {
+    format!(
+        r#"
+[runtime]
+data_dir = "{{dir}}/data"
+shutdown_grace = "20s"
+
+[inputs.app]
+type = "forward"
+listen = ["tcp://127.0.0.1:{fwd}"]
+
+[routes.all]
+to = ["s3"]
+
+[outputs.s3]
+type = "s3"
+bucket = "{bucket}"
+key = "{{tag}}/{{uuid}}.json"
+compression = "none"
+region = "us-east-1"
+endpoint_url = "{ep}"
+force_path_style = true
+batch = {{ max_bytes = "64KiB", max_age = "60s" }}
+buffer = {{ type = "disk", max_size = "1MiB" }}
+"#,
+        bucket = m.bucket,
+        ep = m.ep
+    )
 }
 
 /// A fresh bucket on the moto server of `scripts/test.sh`, and what the tests read back.
@@ -2260,33 +1992,7 @@ fn s3_quiet_partition_interleaved_with_a_busy_one_does_not_pin_the_disk_buffer()
         return;
     };
     let fwd = free_port();
-    let cfg = format!(
-        r#"
-[runtime]
-data_dir = "{{dir}}/data"
-shutdown_grace = "20s"
-
-[inputs.app]
-type = "forward"
-listen = ["tcp://127.0.0.1:{fwd}"]
-
-[routes.all]
-to = ["s3"]
-
-[outputs.s3]
-type = "s3"
-bucket = "{bucket}"
-key = "{{tag}}/{{uuid}}.json"
-compression = "none"
-region = "us-east-1"
-endpoint_url = "{ep}"
-force_path_style = true
-batch = {{ max_bytes = "64KiB", max_age = "60s" }}
-buffer = {{ type = "disk", max_size = "1MiB" }}
-"#,
-        bucket = m.bucket,
-        ep = m.ep
-    );
+    let cfg = s3_quiet_busy_config(fwd, &m);
     let mut router = Router::start(&cfg);
     let stop = Arc::new(AtomicBool::new(false));
     let quiet = {

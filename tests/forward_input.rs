@@ -289,6 +289,36 @@ fn raw_forward(tag: &str, entries: &[u8], count: u32, opt: Opt<'_>) -> Vec<u8> {
     b
 }
 
+/// One request of `count` `entries` (their encoded bytes) for `tag`, with the option
+/// `chunk`, in `mode`: "Forward" (an array of entries), "PackedForward" (a bin of them), or
+/// "gzip" / "zstd" (CompressedPackedForward with that `compressed` option).
+fn request_in_mode(mode: &str, tag: &str, entries: &[u8], count: u32, chunk: &str) -> Vec<u8> {
+    let mut req = Vec::new();
+    match mode {
+        "Forward" => return raw_forward(tag, entries, count, opt_chunk(Some(chunk))),
+        "PackedForward" => {
+            client::encode_packed_payload(&mut req, tag, entries, false, None, None, Some(chunk))
+        }
+        z => {
+            let payload = match z {
+                "gzip" => gzip(entries),
+                "zstd" => zstd(entries),
+                other => panic!("no such mode {other}"),
+            };
+            client::encode_packed_payload(
+                &mut req,
+                tag,
+                &payload,
+                false,
+                None,
+                Some(z),
+                Some(chunk),
+            )
+        }
+    }
+    req
+}
+
 fn gzip(data: &[u8]) -> Vec<u8> {
     client::compress(data, Compression::Gzip).unwrap()
 }
@@ -1927,35 +1957,7 @@ fn a_bad_entry_is_skipped_and_the_rest_acked_once() {
             seq += 1;
             let entries = before_bad_after(seq, time, rec);
             let chunk = client::new_chunk_id();
-            let mut req = Vec::new();
-            match mode {
-                "Forward" => req = raw_forward("t", &entries, 3, opt_chunk(Some(&chunk))),
-                "PackedForward" => client::encode_packed_payload(
-                    &mut req,
-                    "t",
-                    &entries,
-                    false,
-                    None,
-                    None,
-                    Some(&chunk),
-                ),
-                z => {
-                    let payload = if z == "gzip" {
-                        gzip(&entries)
-                    } else {
-                        zstd(&entries)
-                    };
-                    client::encode_packed_payload(
-                        &mut req,
-                        "t",
-                        &payload,
-                        false,
-                        None,
-                        Some(z),
-                        Some(&chunk),
-                    )
-                }
-            }
+            let req = request_in_mode(mode, "t", &entries, 3, &chunk);
             let before = errors(kind);
             c.send(&req).unwrap();
             c.read_ack(&chunk)
@@ -2516,35 +2518,7 @@ fn every_mode_skips_an_unusable_entry_and_acks() {
             &record(want + 1, mode),
         );
         let chunk = client::new_chunk_id();
-        let mut req = Vec::new();
-        match mode {
-            "Forward" => req = raw_forward("t", &entries, 3, opt_chunk(Some(&chunk))),
-            "PackedForward" => client::encode_packed_payload(
-                &mut req,
-                "t",
-                &entries,
-                false,
-                None,
-                None,
-                Some(&chunk),
-            ),
-            z => {
-                let payload = if z == "gzip" {
-                    gzip(&entries)
-                } else {
-                    zstd(&entries)
-                };
-                client::encode_packed_payload(
-                    &mut req,
-                    "t",
-                    &payload,
-                    false,
-                    None,
-                    Some(z),
-                    Some(&chunk),
-                )
-            }
-        }
+        let req = request_in_mode(mode, "t", &entries, 3, &chunk);
         let before = errors("bad_entry");
         c.send(&req).unwrap();
         c.read_ack(&chunk)

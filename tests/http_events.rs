@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 const KEY: &str = "eb-connection-key";
 
-// ECS docs *Amazon ECS events*, as quoted in firelens-and-protocols.md §5.2-5.5.
+// The examples of the Amazon ECS developer guide, *Amazon ECS events*.
 const TASK_RUNNING: &str = r#"{"version":"0","id":"3317b2af-7005-947d-b652-f55e762e571a","detail-type":"ECS Task State Change","source":"aws.ecs",
  "account":"111122223333","time":"2020-01-23T17:57:58Z","region":"us-west-2",
  "resources":["arn:aws:ecs:us-west-2:111122223333:task/FargateCluster/c13b4cb40f1f4fe4a2971f76ae5a47ad"],

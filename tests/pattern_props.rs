@@ -1,5 +1,6 @@
-//! Property tests for the event-pattern engine: relations between operators that the spec
-//! (`/work/shared/spec/event-patterns.md`) implies, checked on generated values.
+//! Property tests for the event-pattern engine: relations between operators that
+//! EventBridge's matcher (aws/event-ruler 2.x, whose measured cases are
+//! `tests/data/pattern_cases.jsonl`) implies, checked on generated values.
 
 use firelane::route::pattern::Pattern;
 use proptest::prelude::*;

@@ -19,7 +19,7 @@ use crate::serve::{OnEvent, ServerLimits};
 
 /// Readiness: ready once every registered component has checked in, until shutdown starts.
 #[derive(Default)]
-pub struct Readiness {
+pub(crate) struct Readiness {
     pending: AtomicUsize,
     registered: AtomicBool,
     shutting_down: AtomicBool,
@@ -27,19 +27,19 @@ pub struct Readiness {
 
 impl Readiness {
     /// Declares `n` components that must report ready.
-    pub fn expect(&self, n: usize) {
+    pub(crate) fn expect(&self, n: usize) {
         self.pending.fetch_add(n, Ordering::SeqCst);
         self.registered.store(true, Ordering::SeqCst);
     }
-    pub fn component_ready(&self) {
+    pub(crate) fn component_ready(&self) {
         let _ = self
             .pending
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| p.checked_sub(1));
     }
-    pub fn shutting_down(&self) {
+    pub(crate) fn shutting_down(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
     }
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.registered.load(Ordering::SeqCst)
             && self.pending.load(Ordering::SeqCst) == 0
             && !self.shutting_down.load(Ordering::SeqCst)
@@ -48,18 +48,21 @@ impl Readiness {
 
 /// Something that can describe its health as a JSON value for `/health`.
 pub trait HealthReport: Send + Sync {
+    /// The key this report appears under in `/health` (an output's name).
     fn name(&self) -> &str;
+    /// The current state as JSON (e.g. `{"status": "ok"}` or the last delivery error); called
+    /// on every `/health` request, so it must be cheap and must not block.
     fn report(&self) -> serde_json::Value;
 }
 
-pub struct AdminState {
+pub(crate) struct AdminState {
     pub readiness: Arc<Readiness>,
     pub prometheus: PrometheusHandle,
     pub outputs: Vec<Arc<dyn HealthReport>>,
 }
 
 /// Installs the global metrics recorder (once per process) and returns its handle.
-pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+pub(crate) fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     let buckets = [
         0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     ];
@@ -76,7 +79,7 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
 
 /// Binds the admin listener and serves it until `shutdown`, with its own connection cap and
 /// timeouts (`limits`): clients of the inputs never take its connections.
-pub async fn spawn(
+pub(crate) async fn spawn(
     listen: SocketAddr,
     limits: ServerLimits,
     state: Arc<AdminState>,

@@ -15,12 +15,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Granularity of reservations: permits are counted in KiB so a `u32` permit count covers
 /// budgets up to 4 TiB. Every reservation is rounded up to whole units.
-pub const UNIT: usize = 1024;
+pub(crate) const UNIT: usize = 1024;
 
 /// A reservation no wait can satisfy: more bytes than the whole budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{bytes} bytes is more than the whole memory budget ({limit} bytes, runtime.memory_limit)")]
-pub struct OverBudget {
+pub(crate) struct OverBudget {
     pub bytes: usize,
     pub limit: usize,
 }
@@ -33,24 +33,24 @@ pub struct MemoryBudget {
 
 /// Bytes held against the budget; returned when dropped.
 #[derive(Debug)]
-pub struct Reservation {
+pub(crate) struct Reservation {
     _permit: Option<OwnedSemaphorePermit>,
     bytes: usize,
 }
 
 impl Reservation {
-    pub fn bytes(&self) -> usize {
+    pub(crate) fn bytes(&self) -> usize {
         self.bytes
     }
     /// A reservation that holds nothing (for paths that do not count against the budget).
-    pub fn empty() -> Self {
+    pub(crate) fn empty() -> Self {
         Reservation {
             _permit: None,
             bytes: 0,
         }
     }
     /// Folds another reservation into this one.
-    pub fn merge(&mut self, other: Reservation) {
+    pub(crate) fn merge(&mut self, other: Reservation) {
         self.bytes += other.bytes;
         match (&mut self._permit, other._permit) {
             (Some(a), Some(b)) => a.merge(b),
@@ -61,7 +61,7 @@ impl Reservation {
 }
 
 impl MemoryBudget {
-    pub fn new(limit_bytes: usize) -> Self {
+    pub(crate) fn new(limit_bytes: usize) -> Self {
         let limit_units = (limit_bytes / UNIT).clamp(1, u32::MAX as usize >> 3) as u32;
         MemoryBudget {
             sem: Arc::new(Semaphore::new(limit_units as usize)),
@@ -69,15 +69,15 @@ impl MemoryBudget {
         }
     }
 
-    pub fn limit(&self) -> usize {
+    pub(crate) fn limit(&self) -> usize {
         self.limit_units as usize * UNIT
     }
 
-    pub fn available(&self) -> usize {
+    pub(crate) fn available(&self) -> usize {
         self.sem.available_permits() * UNIT
     }
 
-    pub fn used(&self) -> usize {
+    pub(crate) fn used(&self) -> usize {
         self.limit().saturating_sub(self.available())
     }
 
@@ -96,13 +96,13 @@ impl MemoryBudget {
 
     /// `Err` when `bytes` can never be reserved (more than the whole budget), whatever
     /// is released: the check callers make before promising anything to a client.
-    pub fn check(&self, bytes: usize) -> Result<(), OverBudget> {
+    pub(crate) fn check(&self, bytes: usize) -> Result<(), OverBudget> {
         self.units(bytes).map(|_| ())
     }
 
     /// Waits until `bytes` are available. Refused at once, without waiting, when `bytes`
     /// is more than the whole budget.
-    pub async fn acquire(&self, bytes: usize) -> Result<Reservation, OverBudget> {
+    pub(crate) async fn acquire(&self, bytes: usize) -> Result<Reservation, OverBudget> {
         let units = self.units(bytes)?;
         Ok(match self.sem.clone().acquire_many_owned(units).await {
             Ok(p) => Reservation {
@@ -118,7 +118,7 @@ impl MemoryBudget {
     /// ever grant: three quarters of the budget (whole KiB). A request needing more can
     /// never be held by a caller that sheds; it is refused for good (HTTP 413), not
     /// retried (503).
-    pub fn shedding_limit(&self) -> usize {
+    pub(crate) fn shedding_limit(&self) -> usize {
         (self.limit_units - self.limit_units / 4) as usize * UNIT
     }
 
@@ -128,7 +128,7 @@ impl MemoryBudget {
     /// waits for memory (and the inputs decoding frames) would stall behind it, though
     /// it promised to drop rather than push back. The check and the take are not one
     /// atomic step: concurrent callers may dip into the reserve by one request each.
-    pub fn try_acquire_shedding(&self, bytes: usize) -> Option<Reservation> {
+    pub(crate) fn try_acquire_shedding(&self, bytes: usize) -> Option<Reservation> {
         let units = self.units(bytes).ok()? as usize;
         let reserve = (self.limit_units / 4) as usize;
         if self.sem.available_permits() < units + reserve {
@@ -139,7 +139,7 @@ impl MemoryBudget {
 
     /// Takes `bytes` now or returns `None` when the budget is spent, or when `bytes` is
     /// more than the whole budget (see [`check`](Self::check) to tell the two apart).
-    pub fn try_acquire(&self, bytes: usize) -> Option<Reservation> {
+    pub(crate) fn try_acquire(&self, bytes: usize) -> Option<Reservation> {
         let units = self.units(bytes).ok()?;
         self.sem
             .clone()

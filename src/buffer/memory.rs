@@ -122,19 +122,19 @@ impl Drop for Pending<'_> {
 // === impl Writer ===
 
 #[derive(Clone)]
-pub struct Writer {
+pub(crate) struct Writer {
     shared: Arc<Shared>,
 }
 
 impl Writer {
-    pub async fn push(&self, records: Vec<Record>) -> Result<PushReport, BufferError> {
+    pub(crate) async fn push(&self, records: Vec<Record>) -> Result<PushReport, BufferError> {
         let mut report = PushReport::default();
         self.push_into(records, &mut report).await.map(|()| report)
     }
 
     /// [`push`](Self::push), adding what was accepted or dropped to `report` as it goes:
     /// on an error (closed, write failed) after some chunks went in, those stay counted.
-    pub async fn push_into(
+    pub(crate) async fn push_into(
         &self,
         records: Vec<Record>,
         report: &mut PushReport,
@@ -264,7 +264,7 @@ impl Writer {
         Ok(())
     }
 
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         self.shared.state.lock().closed = true;
         self.shared.data.notify_one();
         self.shared.space.notify_waiters();
@@ -272,7 +272,7 @@ impl Writer {
 
     /// `Some((bytes, limit))` for a record larger than the whole memory budget: no wait
     /// can ever make room for it.
-    pub fn too_large(&self, record: &Record) -> Option<(usize, usize)> {
+    pub(crate) fn too_large(&self, record: &Record) -> Option<(usize, usize)> {
         let bytes = record.approx_size();
         self.shared
             .budget
@@ -281,7 +281,7 @@ impl Writer {
             .map(|over| (bytes, over.limit))
     }
 
-    pub fn stats(&self) -> BufferStats {
+    pub(crate) fn stats(&self) -> BufferStats {
         let st = self.shared.state.lock();
         BufferStats {
             bytes: st.bytes,
@@ -292,12 +292,12 @@ impl Writer {
 
 // === impl Reader ===
 
-pub struct Reader {
+pub(crate) struct Reader {
     shared: Arc<Shared>,
 }
 
 impl Reader {
-    pub async fn recv(&mut self, max_records: usize) -> Option<Vec<Entry>> {
+    pub(crate) async fn recv(&mut self, max_records: usize) -> Option<Vec<Entry>> {
         let max_records = max_records.max(1);
         loop {
             {
@@ -322,7 +322,7 @@ impl Reader {
         }
     }
 
-    pub fn acker(&self) -> Acker {
+    pub(crate) fn acker(&self) -> Acker {
         Acker {
             shared: self.shared.clone(),
         }
@@ -332,12 +332,12 @@ impl Reader {
 // === impl Acker ===
 
 #[derive(Clone)]
-pub struct Acker {
+pub(crate) struct Acker {
     shared: Arc<Shared>,
 }
 
 impl Acker {
-    pub fn ack(&self, seqs: &[u64]) {
+    pub(crate) fn ack(&self, seqs: &[u64]) {
         let sh = &*self.shared;
         let mut st = sh.state.lock();
         let mut freed = false;

@@ -11,9 +11,9 @@
 //! Disk buffers (see [`disk`]) add at-least-once delivery across crashes: records pushed
 //! (and synced per [`FsyncPolicy`]) are replayed after a restart until acked.
 
-pub mod budget;
-pub mod disk;
-pub mod memory;
+pub(crate) mod budget;
+pub(crate) mod disk;
+pub(crate) mod memory;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -51,7 +51,7 @@ pub enum FsyncPolicy {
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct BufferSettings {
+pub(crate) struct BufferSettings {
     pub kind: BufferKind,
     /// Memory: bytes by `Record::approx_size`. Disk: bytes of the frames of records not
     /// yet acked; the segment files may take up to twice this (acked records that share a
@@ -67,9 +67,9 @@ pub struct BufferSettings {
 }
 
 impl BufferSettings {
-    pub const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
+    pub(crate) const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
 
-    pub fn memory(max_size: u64, when_full: WhenFull) -> Self {
+    pub(crate) fn memory(max_size: u64, when_full: WhenFull) -> Self {
         BufferSettings {
             kind: BufferKind::Memory,
             max_size,
@@ -80,7 +80,7 @@ impl BufferSettings {
         }
     }
 
-    pub fn disk(dir: impl Into<PathBuf>, max_size: u64, when_full: WhenFull) -> Self {
+    pub(crate) fn disk(dir: impl Into<PathBuf>, max_size: u64, when_full: WhenFull) -> Self {
         BufferSettings {
             kind: BufferKind::Disk,
             max_size,
@@ -93,7 +93,7 @@ impl BufferSettings {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum BufferError {
+pub(crate) enum BufferError {
     #[error("buffer is closed")]
     Closed,
     #[error("{context}: {source}")]
@@ -125,7 +125,7 @@ impl BufferError {
 
 /// What `open` found on disk. All zero for memory buffers and fresh disk buffers.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct OpenReport {
+pub(crate) struct OpenReport {
     /// Records found on disk that the persisted ack state does not mark done (below its
     /// watermark or in a done range); they will be delivered again.
     pub replayed_records: u64,
@@ -140,7 +140,7 @@ pub struct OpenReport {
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PushReport {
+pub(crate) struct PushReport {
     pub accepted: usize,
     /// Records not buffered because the buffer was full and `when_full = "drop_newest"`.
     /// The caller counts them in `firelane_output_records_total{result="dropped"}`. (A
@@ -149,7 +149,7 @@ pub struct PushReport {
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct BufferStats {
+pub(crate) struct BufferStats {
     /// Memory: approx bytes of records not yet acked. Disk: frame bytes of records not yet
     /// acked (segment file bytes are `firelane_buffer_disk_bytes`).
     pub bytes: u64,
@@ -158,7 +158,7 @@ pub struct BufferStats {
 }
 
 #[derive(Debug)]
-pub struct Entry {
+pub(crate) struct Entry {
     pub seq: u64,
     pub record: Record,
 }
@@ -166,7 +166,7 @@ pub struct Entry {
 /// Opens the buffer of `output`. Disk: creates the directory, recovers what is there
 /// (quarantining damage), and starts the writer thread. Errors only for an unusable
 /// directory (cannot create, lock held by another process), never for its contents.
-pub fn open(
+pub(crate) fn open(
     output: &str,
     settings: &BufferSettings,
     budget: MemoryBudget,
@@ -216,7 +216,7 @@ impl BufferWriter {
     /// policy), so the caller may acknowledge its client. `Block`: waits while full.
     /// `DropNewest`: keeps what fits, in order, and reports the rest as dropped.
     /// Cancel-safe: dropping the future may leave a prefix buffered, never corrupts state.
-    pub async fn push(&self, records: Vec<Record>) -> Result<PushReport, BufferError> {
+    pub(crate) async fn push(&self, records: Vec<Record>) -> Result<PushReport, BufferError> {
         match &self.0 {
             WriterImpl::Memory(w) => w.push(records).await,
             WriterImpl::Disk(w) => w.push(records).await,
@@ -227,7 +227,7 @@ impl BufferWriter {
     /// chunks as space allows, so the buffer may close (shutdown) or a disk write fail
     /// after some records were accepted. Those stay buffered and will be delivered; the
     /// report counts them (accepted) and the records dropped so far, for accounting.
-    pub async fn push_counted(
+    pub(crate) async fn push_counted(
         &self,
         records: Vec<Record>,
     ) -> (PushReport, Result<(), BufferError>) {
@@ -241,14 +241,14 @@ impl BufferWriter {
 
     /// No more pushes (they fail with `Closed`, waiting ones too); the reader drains what
     /// is buffered and then gets `None`.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         match &self.0 {
             WriterImpl::Memory(w) => w.close(),
             WriterImpl::Disk(w) => w.close(),
         }
     }
 
-    pub fn stats(&self) -> BufferStats {
+    pub(crate) fn stats(&self) -> BufferStats {
         match &self.0 {
             WriterImpl::Memory(w) => w.stats(),
             WriterImpl::Disk(w) => w.stats(),
@@ -257,7 +257,7 @@ impl BufferWriter {
 
     /// Disk buffers: the segment files' usage (see [`disk::DiskUsage`]). `None` for
     /// memory buffers, which free each record when it is acked.
-    pub fn disk_usage(&self) -> Option<disk::DiskUsage> {
+    pub(crate) fn disk_usage(&self) -> Option<disk::DiskUsage> {
         match &self.0 {
             WriterImpl::Memory(_) => None,
             WriterImpl::Disk(w) => Some(w.usage()),
@@ -269,7 +269,7 @@ impl BufferWriter {
     /// takes any record that fits in the whole memory budget (one larger than `max_size`
     /// passes once the buffer is empty); a disk buffer frames records of at most
     /// [`disk::segment::MAX_PAYLOAD`] encoded bytes.
-    pub fn too_large(&self, record: &Record) -> Option<(usize, usize)> {
+    pub(crate) fn too_large(&self, record: &Record) -> Option<(usize, usize)> {
         match &self.0 {
             WriterImpl::Memory(w) => w.too_large(record),
             WriterImpl::Disk(_) => {
@@ -301,33 +301,24 @@ impl BufferReader {
     /// Waits for at least one record and returns up to `max_records` (disk: also at most
     /// about 4 MiB of payload per call). `None` once closed and drained. Cancel-safe:
     /// records are never lost when the future is dropped (use it in `select!`).
-    pub async fn recv(&mut self, max_records: usize) -> Option<Vec<Entry>> {
+    pub(crate) async fn recv(&mut self, max_records: usize) -> Option<Vec<Entry>> {
         match &mut self.0 {
             ReaderImpl::Memory(r) => r.recv(max_records).await,
             ReaderImpl::Disk(r) => r.recv(max_records).await,
         }
     }
 
-    /// Bytes the reader holds in memory besides what `recv` returned (disk: read buffer and
-    /// any records read but not yet returned; memory: 0, the queue is the buffer itself).
-    pub fn resident_bytes(&self) -> usize {
-        match &self.0 {
-            ReaderImpl::Memory(_) => 0,
-            ReaderImpl::Disk(r) => r.resident_bytes(),
-        }
-    }
-
     /// Disk buffers: records pushed and not yet acked, which a restart delivers again
     /// (the shutdown summary's "kept for next start"). `None` for memory buffers, whose
     /// records end with the process.
-    pub fn disk_records(&self) -> Option<u64> {
+    pub(crate) fn disk_records(&self) -> Option<u64> {
         match &self.0 {
             ReaderImpl::Memory(_) => None,
             ReaderImpl::Disk(r) => Some(r.unacked_records()),
         }
     }
 
-    pub fn acker(&self) -> Acker {
+    pub(crate) fn acker(&self) -> Acker {
         match &self.0 {
             ReaderImpl::Memory(r) => Acker(AckerImpl::Memory(r.acker())),
             ReaderImpl::Disk(r) => Acker(AckerImpl::Disk(r.acker())),
@@ -340,7 +331,7 @@ impl BufferReader {
 /// Releases records for good: delivered, or finally dropped / dead-lettered. Acks may come
 /// in any order and from any thread; acking a seq twice is harmless.
 #[derive(Clone)]
-pub struct Acker(AckerImpl);
+pub(crate) struct Acker(AckerImpl);
 
 #[derive(Clone)]
 enum AckerImpl {
@@ -349,7 +340,7 @@ enum AckerImpl {
 }
 
 impl Acker {
-    pub fn ack(&self, seqs: &[u64]) {
+    pub(crate) fn ack(&self, seqs: &[u64]) {
         match &self.0 {
             AckerImpl::Memory(a) => a.ack(seqs),
             AckerImpl::Disk(a) => a.ack(seqs),
@@ -385,7 +376,7 @@ impl Gauges {
 /// to it fail with that error (inputs answer "disk full", `kind="disk_full"`) until a write
 /// succeeds again or deliveries free segments.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DiskFull {
+pub(crate) struct DiskFull {
     pub output: String,
     /// The buffer directory.
     pub dir: PathBuf,
@@ -401,7 +392,7 @@ static DISK_FULL: parking_lot::Mutex<BTreeMap<(String, PathBuf), DiskFull>> =
     parking_lot::Mutex::new(BTreeMap::new());
 
 /// Disk buffers that are full right now, by output name.
-pub fn disk_full() -> Vec<DiskFull> {
+pub(crate) fn disk_full() -> Vec<DiskFull> {
     DISK_FULL.lock().values().cloned().collect()
 }
 

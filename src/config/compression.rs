@@ -18,11 +18,12 @@ pub enum Compression {
 
 impl Compression {
     /// Every value, in the order messages list them.
-    pub const ALL: [Compression; 3] = [Compression::None, Compression::Gzip, Compression::Zstd];
+    pub(crate) const ALL: [Compression; 3] =
+        [Compression::None, Compression::Gzip, Compression::Zstd];
 
     /// The config value (`"none"`, `"gzip"`, `"zstd"`), also the name Fluent forward's
     /// `compressed` option and HTTP's `Content-Encoding` use for the compressed ones.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Compression::None => "none",
             Compression::Gzip => "gzip",
@@ -31,12 +32,12 @@ impl Compression {
     }
 
     /// The value named `s` in the config.
-    pub fn parse(s: &str) -> Option<Compression> {
+    pub(crate) fn parse(s: &str) -> Option<Compression> {
         Self::ALL.into_iter().find(|c| c.as_str() == s)
     }
 
     /// The file-name extension of an object compressed so (`""`, `".gz"`, `".zst"`).
-    pub fn extension(self) -> &'static str {
+    pub(crate) fn extension(self) -> &'static str {
         match self {
             Compression::None => "",
             Compression::Gzip => ".gz",
@@ -47,7 +48,7 @@ impl Compression {
     /// The `Content-Encoding` of a body compressed so (RFC 9110 §8.4.1), also the value of
     /// Fluent forward's `compressed` option (CompressedPackedForward); `None` when not
     /// compressed.
-    pub fn content_encoding(self) -> Option<&'static str> {
+    pub(crate) fn content_encoding(self) -> Option<&'static str> {
         match self {
             Compression::None => None,
             c => Some(c.as_str()),
@@ -56,7 +57,11 @@ impl Compression {
 
     /// Reads `compression` from `t`, accepting only `allowed` (what the component can
     /// send); absent = [`Compression::None`]. A refused value is an error at its place.
-    pub fn read(t: &mut Table<'_, '_>, d: &mut Diagnostics, allowed: &[Compression]) -> Self {
+    pub(crate) fn read(
+        t: &mut Table<'_, '_>,
+        d: &mut Diagnostics,
+        allowed: &[Compression],
+    ) -> Self {
         let Some(s) = t.opt_string(d, "compression") else {
             return Compression::None;
         };

@@ -11,8 +11,8 @@
 //! `check` refuses what `run` would.
 
 mod compression;
-pub mod reader;
-pub mod units;
+pub(crate) mod reader;
+pub(crate) mod units;
 
 pub use compression::Compression;
 
@@ -31,24 +31,30 @@ use crate::route::tag::TagGlob;
 use crate::serve::ServerLimits;
 use reader::{Diagnostics, Table};
 
-/// The configuration used when no file is given or found (PRODUCT.md).
+/// The configuration used when no file is given or found: `config/default.toml` (README,
+/// "Quick start").
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/default.toml");
 
 /// Where `run` looks when `-c` and `$FIRELANE_CONFIG` are absent.
 pub const SYSTEM_PATH: &str = "/etc/firelane/firelane.toml";
 
 #[derive(Debug)]
+/// A validated configuration: what `firelane run` starts and `firelane check` shows.
+/// Built by [`load_file`] / [`parse`]; names are unique and every route points at outputs that
+/// exist.
 pub struct Config {
-    pub admin: AdminSettings,
+    pub(crate) admin: AdminSettings,
+    /// `[runtime]`: shutdown timing, data directory, memory budget, logging.
     pub runtime: RuntimeSettings,
-    pub inputs: Vec<InputSpec>,
-    pub routes: Vec<RouteSpec>,
-    pub outputs: Vec<OutputSpec>,
+    pub(crate) inputs: Vec<InputSpec>,
+    pub(crate) routes: Vec<RouteSpec>,
+    pub(crate) outputs: Vec<OutputSpec>,
 }
 
 #[derive(Debug, Clone)]
+/// `[admin]`: the health and metrics server.
 pub struct AdminSettings {
-    pub listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
     /// Connection cap and timeouts of the admin port, apart from the inputs' so a flood on
     /// an input never takes `/health` down.
     pub limits: ServerLimits,
@@ -56,10 +62,11 @@ pub struct AdminSettings {
 
 impl AdminSettings {
     /// Health checks, scrapes and a few people: far fewer than an input.
-    pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+    pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 64;
 }
 
 #[derive(Debug, Clone)]
+/// `[runtime]`: process-wide settings.
 pub struct RuntimeSettings {
     /// Budget from SIGTERM to exit. ECS sends SIGKILL `stopTimeout` (default 30 s) after
     /// SIGTERM, so the default leaves 5 s of margin.
@@ -68,88 +75,100 @@ pub struct RuntimeSettings {
     /// (ending early once every client has closed), before outputs flush in what remains of
     /// `shutdown_grace`. `None` = half of `shutdown_grace`.
     pub drain_inputs: Option<Duration>,
-    pub data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
     /// Process-wide byte budget for records held in memory.
     pub memory_limit: u64,
+    /// `log_level`: a `tracing` filter directive (`info`, `firelane=debug`, …);
+    /// `RUST_LOG` overrides it.
     pub log_level: String,
+    /// `log_json`: one JSON object per log line (for CloudWatch Logs Insights) instead of
+    /// text.
     pub log_json: bool,
 }
 
 impl RuntimeSettings {
-    pub const DEFAULT_GRACE: Duration = Duration::from_secs(25);
-    pub const DEFAULT_MEMORY_LIMIT: u64 = 128 * 1024 * 1024;
+    pub(crate) const DEFAULT_GRACE: Duration = Duration::from_secs(25);
+    pub(crate) const DEFAULT_MEMORY_LIMIT: u64 = 128 * 1024 * 1024;
 
     /// The least of `shutdown_grace` that `drain_inputs` must leave for the outputs to
     /// flush: 1 s or a fifth of the grace, whichever is longer.
-    pub fn min_flush(grace: Duration) -> Duration {
+    pub(crate) fn min_flush(grace: Duration) -> Duration {
         (grace / 5).max(Duration::from_secs(1))
     }
 
     /// The input drain window after SIGTERM: `drain_inputs`, default half of
     /// `shutdown_grace`.
-    pub fn drain_inputs(&self) -> Duration {
+    pub(crate) fn drain_inputs(&self) -> Duration {
         self.drain_inputs.unwrap_or(self.shutdown_grace / 2)
     }
 }
 
 #[derive(Debug)]
+/// One `[inputs.NAME]` table.
 pub struct InputSpec {
-    pub name: String,
+    pub(crate) name: String,
     /// The keys of its type, read by that type ([`crate::input::registry`]).
     pub kind: Arc<dyn InputConfig>,
 }
 
 #[derive(Debug)]
+/// One `[routes.NAME]` table: which records (from, tags, pattern) go to which outputs.
 pub struct RouteSpec {
-    pub name: String,
+    pub(crate) name: String,
     /// Input names; empty = every input.
     pub from: Vec<String>,
-    pub tags: Vec<TagGlob>,
-    pub pattern: Option<Pattern>,
+    pub(crate) tags: Vec<TagGlob>,
+    pub(crate) pattern: Option<Pattern>,
     /// The pattern as compact JSON, for `firelane check` and `firelane route`.
     pub pattern_json: Option<String>,
-    pub to: Vec<String>,
-    pub is_final: bool,
+    pub(crate) to: Vec<String>,
+    pub(crate) is_final: bool,
 }
 
 #[derive(Debug, Clone, Default)]
+/// An output's `batch = { … }` as written; each sink clamps it to its API's limits.
 pub struct BatchSpec {
-    pub max_records: Option<u64>,
-    pub max_bytes: Option<u64>,
-    pub max_age: Option<Duration>,
+    pub(crate) max_records: Option<u64>,
+    pub(crate) max_bytes: Option<u64>,
+    pub(crate) max_age: Option<Duration>,
     /// Open partitions (S3 keys, CloudWatch streams being filled) at most.
     pub max_partitions: Option<u64>,
 }
 
 /// `buffer.type`, `buffer.when_full`, `buffer.fsync`: one definition each, the buffer's own.
-pub use crate::buffer::{BufferKind, FsyncPolicy, WhenFull};
+pub(crate) use crate::buffer::{BufferKind, FsyncPolicy, WhenFull};
 
 #[derive(Debug, Clone)]
+/// An output's `buffer = { type, max_size, when_full, fsync }`.
 pub struct BufferSpec {
-    pub kind: BufferKind,
-    pub max_size: Option<u64>,
-    pub when_full: WhenFull,
-    pub fsync: FsyncPolicy,
+    pub(crate) kind: BufferKind,
+    pub(crate) max_size: Option<u64>,
+    pub(crate) when_full: WhenFull,
+    pub(crate) fsync: FsyncPolicy,
 }
 
 #[derive(Debug, Clone, Default)]
+/// An output's `retry = { … }` as written; `None` = the output's default.
 pub struct RetrySpec {
-    pub max_elapsed: Option<Duration>,
-    pub initial_backoff: Option<Duration>,
-    pub max_backoff: Option<Duration>,
-    pub max_retries: Option<u32>,
+    pub(crate) max_elapsed: Option<Duration>,
+    pub(crate) initial_backoff: Option<Duration>,
+    pub(crate) max_backoff: Option<Duration>,
+    pub(crate) max_retries: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
+/// One `[outputs.NAME]` table: the common keys, and its type's own in `kind`.
 pub struct OutputSpec {
-    pub name: String,
+    pub(crate) name: String,
     /// The keys of its type, read by that type ([`crate::output::registry`]).
     pub kind: Arc<dyn OutputConfig>,
-    pub batch: BatchSpec,
-    pub buffer: BufferSpec,
-    pub retry: RetrySpec,
-    pub dead_letter: Option<String>,
-    pub tag_key: Option<String>,
+    pub(crate) batch: BatchSpec,
+    pub(crate) buffer: BufferSpec,
+    pub(crate) retry: RetrySpec,
+    pub(crate) dead_letter: Option<String>,
+    pub(crate) tag_key: Option<String>,
+    /// `time_key`: the field the record's time is written to (RFC 3339, UTC, nanoseconds) before
+    /// encoding; a field of that name the record already has is kept.
     pub time_key: Option<String>,
     /// Requests in flight at once (different keys / streams / batches).
     pub concurrency: Option<usize>,
@@ -158,7 +177,9 @@ pub struct OutputSpec {
 /// A config that failed: every error, rendered `file:line:col: message`.
 #[derive(Debug)]
 pub struct ConfigErrors {
+    /// Every error, `file:line:col: message`, in file order.
     pub errors: Vec<String>,
+    /// Warnings found before the errors stopped the load (same format).
     pub warnings: Vec<String>,
     /// Values the config read from the environment (see [`Loaded::secrets`]): messages
     /// may quote them, so they go through the redactor before they are shown.
@@ -179,7 +200,9 @@ impl std::error::Error for ConfigErrors {}
 /// A loaded config plus its warnings.
 #[derive(Debug)]
 pub struct Loaded {
+    /// The configuration.
     pub config: Config,
+    /// What `check` reports without failing: `file:line:col: message`, in file order.
     pub warnings: Vec<String>,
     /// The values `${VAR}` took from the environment (never defaults written in the file)
     /// that are secrets: the variable's name says so ([`is_secret_name`]: `TOKEN`, `KEY`,
@@ -193,12 +216,12 @@ pub struct Loaded {
 
 /// Environment variables whose values are configuration everybody may see, never secrets:
 /// redacting the region would turn every AWS endpoint in a log line into `***`.
-pub const PUBLIC_VARIABLES: &[&str] = &["AWS_REGION", "AWS_DEFAULT_REGION"];
+pub(crate) const PUBLIC_VARIABLES: &[&str] = &["AWS_REGION", "AWS_DEFAULT_REGION"];
 
 /// Whether an environment variable's name marks its value as a secret (case-insensitive:
 /// `TOKEN`, `SECRET`, `PASSWORD`, `PASSWD`, `PASSPHRASE`, `KEY`, `AUTH`, `CREDENTIAL`,
 /// `API`, `PRIVATE`, `COOKIE`, `SESSION`, `SIGNATURE` anywhere in it).
-pub fn is_secret_name(name: &str) -> bool {
+pub(crate) fn is_secret_name(name: &str) -> bool {
     const MARKERS: &[&str] = &[
         "TOKEN",
         "SECRET",

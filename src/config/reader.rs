@@ -17,13 +17,13 @@ use super::units;
 
 /// One error or warning, located in the source text.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Diag {
+pub(crate) struct Diag {
     pub span: Range<usize>,
     pub message: String,
 }
 
 /// Collected errors and warnings for one config file.
-pub struct Diagnostics {
+pub(crate) struct Diagnostics {
     file: String,
     text: String,
     line_starts: Vec<usize>,
@@ -32,7 +32,7 @@ pub struct Diagnostics {
 }
 
 impl Diagnostics {
-    pub fn new(file: &str, text: &str) -> Self {
+    pub(crate) fn new(file: &str, text: &str) -> Self {
         let mut line_starts = vec![0];
         line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
         Diagnostics {
@@ -44,14 +44,14 @@ impl Diagnostics {
         }
     }
 
-    pub fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
+    pub(crate) fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
         self.errors.push(Diag {
             span,
             message: message.into(),
         });
     }
 
-    pub fn warn(&mut self, span: Range<usize>, message: impl Into<String>) {
+    pub(crate) fn warn(&mut self, span: Range<usize>, message: impl Into<String>) {
         self.warnings.push(Diag {
             span,
             message: message.into(),
@@ -60,7 +60,7 @@ impl Diagnostics {
 
     /// 1-based line and column, the column counted in characters (as rustc does), so a
     /// `é` or `→` earlier on the line does not push the column past the error.
-    pub fn line_col(&self, offset: usize) -> (usize, usize) {
+    pub(crate) fn line_col(&self, offset: usize) -> (usize, usize) {
         let line = match self.line_starts.binary_search(&offset) {
             Ok(i) => i,
             Err(i) => i.saturating_sub(1),
@@ -75,18 +75,18 @@ impl Diagnostics {
         (line + 1, col + 1)
     }
 
-    pub fn render(&self, d: &Diag) -> String {
+    pub(crate) fn render(&self, d: &Diag) -> String {
         let (l, c) = self.line_col(d.span.start);
         format!("{}:{}:{}: {}", self.file, l, c, d.message)
     }
 
-    pub fn rendered_errors(&self) -> Vec<String> {
+    pub(crate) fn rendered_errors(&self) -> Vec<String> {
         let mut v: Vec<&Diag> = self.errors.iter().collect();
         v.sort_by_key(|d| d.span.start);
         v.into_iter().map(|d| self.render(d)).collect()
     }
 
-    pub fn rendered_warnings(&self) -> Vec<String> {
+    pub(crate) fn rendered_warnings(&self) -> Vec<String> {
         let mut v: Vec<&Diag> = self.warnings.iter().collect();
         v.sort_by_key(|d| d.span.start);
         v.into_iter()
@@ -96,9 +96,9 @@ impl Diagnostics {
 }
 
 /// A value with its location, as handed to component readers.
-pub type Value<'i> = Spanned<DeValue<'i>>;
+pub(crate) type Value<'i> = Spanned<DeValue<'i>>;
 
-pub fn type_name(v: &DeValue<'_>) -> &'static str {
+pub(crate) fn type_name(v: &DeValue<'_>) -> &'static str {
     match v {
         DeValue::String(_) => "a string",
         DeValue::Integer(_) => "an integer",
@@ -112,7 +112,7 @@ pub fn type_name(v: &DeValue<'_>) -> &'static str {
 
 /// Expands `${VAR}` and `${VAR:-default}` from the environment; `$$` is a literal `$`.
 /// ECS injects secrets as environment variables, so this is how keys reach the config.
-pub fn interpolate(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+pub(crate) fn interpolate(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
     if !s.contains('$') {
         return Ok(s.to_string());
     }
@@ -171,7 +171,7 @@ thread_local! {
 /// `auth` table, `headers`, a `url` (query strings and userinfo hold tokens), a
 /// `shared_key`, a `token` / `password`): the environment lookup treats its value as a
 /// secret whatever the variable is called.
-pub fn interpolating_credentials() -> bool {
+pub(crate) fn interpolating_credentials() -> bool {
     CREDENTIAL_KEY.with(|c| c.get())
 }
 
@@ -187,7 +187,7 @@ fn is_credential_path(path: &str) -> bool {
 }
 
 /// Reader for one TOML table. `path` is the dotted name used in messages (`outputs.s3`).
-pub struct Table<'a, 'i> {
+pub(crate) struct Table<'a, 'i> {
     table: &'a DeTable<'i>,
     span: Range<usize>,
     path: String,
@@ -196,7 +196,7 @@ pub struct Table<'a, 'i> {
 }
 
 impl<'a, 'i> Table<'a, 'i> {
-    pub fn new(
+    pub(crate) fn new(
         table: &'a DeTable<'i>,
         span: Range<usize>,
         path: impl Into<String>,
@@ -227,7 +227,7 @@ impl<'a, 'i> Table<'a, 'i> {
         }
     }
 
-    pub fn path(&self) -> &str {
+    pub(crate) fn path(&self) -> &str {
         &self.path
     }
 
@@ -241,16 +241,16 @@ impl<'a, 'i> Table<'a, 'i> {
         out
     }
 
-    pub fn span(&self) -> Range<usize> {
+    pub(crate) fn span(&self) -> Range<usize> {
         self.span.clone()
     }
 
-    pub fn env(&self) -> &'a dyn Fn(&str) -> Option<String> {
+    pub(crate) fn env(&self) -> &'a dyn Fn(&str) -> Option<String> {
         self.env
     }
 
     /// Raw access: marks the key used.
-    pub fn get(&mut self, key: &str) -> Option<&'a Value<'i>> {
+    pub(crate) fn get(&mut self, key: &str) -> Option<&'a Value<'i>> {
         let table: &'a DeTable<'i> = self.table;
         let found = table
             .iter()
@@ -262,21 +262,12 @@ impl<'a, 'i> Table<'a, 'i> {
         found
     }
 
-    pub fn contains(&self, key: &str) -> bool {
+    pub(crate) fn contains(&self, key: &str) -> bool {
         self.table.iter().any(|(k, _)| k.get_ref().as_ref() == key)
     }
 
-    /// Span of a key itself, or of the table when absent.
-    pub fn key_span(&self, key: &str) -> Range<usize> {
-        self.table
-            .iter()
-            .find(|(k, _)| k.get_ref().as_ref() == key)
-            .map(|(k, _)| k.span())
-            .unwrap_or_else(|| self.span.clone())
-    }
-
     /// Span of a key's value, or of the table when absent.
-    pub fn value_span(&self, key: &str) -> Range<usize> {
+    pub(crate) fn value_span(&self, key: &str) -> Range<usize> {
         self.table
             .iter()
             .find(|(k, _)| k.get_ref().as_ref() == key)
@@ -295,14 +286,14 @@ impl<'a, 'i> Table<'a, 'i> {
         );
     }
 
-    pub fn missing(&self, d: &mut Diagnostics, key: &str) {
+    pub(crate) fn missing(&self, d: &mut Diagnostics, key: &str) {
         d.error(
             self.span.clone(),
             format!("{}: missing required key `{key}`", self.where_()),
         );
     }
 
-    pub fn opt_string(&mut self, d: &mut Diagnostics, key: &str) -> Option<String> {
+    pub(crate) fn opt_string(&mut self, d: &mut Diagnostics, key: &str) -> Option<String> {
         let v = self.get(key)?;
         match v.get_ref() {
             DeValue::String(s) => match self.interpolate(key, s) {
@@ -319,7 +310,7 @@ impl<'a, 'i> Table<'a, 'i> {
         }
     }
 
-    pub fn string(&mut self, d: &mut Diagnostics, key: &str) -> Option<String> {
+    pub(crate) fn string(&mut self, d: &mut Diagnostics, key: &str) -> Option<String> {
         if !self.contains(key) {
             self.missing(d, key);
             return None;
@@ -327,7 +318,7 @@ impl<'a, 'i> Table<'a, 'i> {
         self.opt_string(d, key)
     }
 
-    pub fn opt_bool(&mut self, d: &mut Diagnostics, key: &str) -> Option<bool> {
+    pub(crate) fn opt_bool(&mut self, d: &mut Diagnostics, key: &str) -> Option<bool> {
         let v = self.get(key)?;
         match v.get_ref() {
             DeValue::Boolean(b) => Some(*b),
@@ -338,7 +329,7 @@ impl<'a, 'i> Table<'a, 'i> {
         }
     }
 
-    pub fn opt_u64(&mut self, d: &mut Diagnostics, key: &str) -> Option<u64> {
+    pub(crate) fn opt_u64(&mut self, d: &mut Diagnostics, key: &str) -> Option<u64> {
         let v = self.get(key)?;
         match v.get_ref() {
             DeValue::Integer(i) => match u64::from_str_radix(i.as_str(), i.radix()) {
@@ -359,7 +350,7 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// `"30s"`, `"5m"`, `"1h"`, `"250ms"`; a bare integer is seconds.
-    pub fn opt_duration(&mut self, d: &mut Diagnostics, key: &str) -> Option<Duration> {
+    pub(crate) fn opt_duration(&mut self, d: &mut Diagnostics, key: &str) -> Option<Duration> {
         let v = self.get(key)?;
         match v.get_ref() {
             DeValue::String(s) => {
@@ -389,7 +380,7 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// `"512KiB"`, `"5MiB"`, `"1GB"`; a bare integer is bytes.
-    pub fn opt_size(&mut self, d: &mut Diagnostics, key: &str) -> Option<u64> {
+    pub(crate) fn opt_size(&mut self, d: &mut Diagnostics, key: &str) -> Option<u64> {
         let v = self.get(key)?;
         match v.get_ref() {
             DeValue::String(s) => {
@@ -419,7 +410,7 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// A string or an array of strings (`to = "x"` and `to = ["x", "y"]` both work).
-    pub fn opt_string_list(
+    pub(crate) fn opt_string_list(
         &mut self,
         d: &mut Diagnostics,
         key: &str,
@@ -458,7 +449,7 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// A nested table (`[x.y]` or inline `{ … }`).
-    pub fn opt_table(&mut self, d: &mut Diagnostics, key: &str) -> Option<Table<'a, 'i>> {
+    pub(crate) fn opt_table(&mut self, d: &mut Diagnostics, key: &str) -> Option<Table<'a, 'i>> {
         let v = self.get(key)?;
         match v.get_ref() {
             DeValue::Table(t) => Some(Table::new(t, v.span(), self.child(key), self.env)),
@@ -470,7 +461,7 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// A table of string values (HTTP headers, resource tags), in file order.
-    pub fn opt_string_map(
+    pub(crate) fn opt_string_map(
         &mut self,
         d: &mut Diagnostics,
         key: &str,
@@ -487,7 +478,7 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// Keys in file order.
-    pub fn keys(&self) -> Vec<String> {
+    pub(crate) fn keys(&self) -> Vec<String> {
         self.table
             .iter()
             .map(|(k, _)| k.get_ref().to_string())
@@ -495,7 +486,10 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// Sub-tables in file order (for `[inputs.NAME]`), with the key's span.
-    pub fn subtables(&mut self, d: &mut Diagnostics) -> Vec<(Spanned<String>, Table<'a, 'i>)> {
+    pub(crate) fn subtables(
+        &mut self,
+        d: &mut Diagnostics,
+    ) -> Vec<(Spanned<String>, Table<'a, 'i>)> {
         let table: &'a DeTable<'i> = self.table;
         let mut out = Vec::new();
         for (k, v) in table.iter() {
@@ -520,7 +514,7 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// Reports every key that no getter asked for.
-    pub fn finish(&self, d: &mut Diagnostics) {
+    pub(crate) fn finish(&self, d: &mut Diagnostics) {
         for (k, _) in self.table.iter() {
             if !self.used.contains(k.get_ref().as_ref()) {
                 d.error(
@@ -532,7 +526,7 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// Like [`finish`](Self::finish), listing the accepted keys in the message.
-    pub fn finish_expecting(&self, d: &mut Diagnostics, accepted: &[&str]) {
+    pub(crate) fn finish_expecting(&self, d: &mut Diagnostics, accepted: &[&str]) {
         for (k, _) in self.table.iter() {
             let name = k.get_ref().as_ref();
             if !self.used.contains(name) {
@@ -548,13 +542,13 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// Marks keys as consumed without reading them (read by someone else).
-    pub fn mark_used(&mut self, key: &str) {
+    pub(crate) fn mark_used(&mut self, key: &str) {
         self.used.insert(key.to_string());
     }
 }
 
 /// The accepted name within edit distance 2, for "did you mean" hints.
-pub fn closest<'x>(name: &str, accepted: &[&'x str]) -> Option<&'x str> {
+pub(crate) fn closest<'x>(name: &str, accepted: &[&'x str]) -> Option<&'x str> {
     fn dist(a: &str, b: &str) -> usize {
         let b: Vec<char> = b.chars().collect();
         let mut prev: Vec<usize> = (0..=b.len()).collect();
@@ -583,7 +577,7 @@ impl fmt::Debug for Table<'_, '_> {
 }
 
 /// Converts a TOML value into JSON (for patterns written as TOML tables).
-pub fn to_json(v: &DeValue<'_>) -> Result<serde_json::Value, String> {
+pub(crate) fn to_json(v: &DeValue<'_>) -> Result<serde_json::Value, String> {
     Ok(match v {
         DeValue::String(s) => serde_json::Value::String(s.to_string()),
         DeValue::Integer(i) => {

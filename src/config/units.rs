@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 /// `"250ms"`, `"30s"`, `"5m"`, `"1h"`, `"1d"`, or combinations like `"1m30s"`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     if t.is_empty() {
         return Err("empty duration".into());
@@ -48,7 +48,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// `"512KiB"`, `"5MiB"`, `"1GiB"`, `"10MB"` (decimal), `"100B"` or a bare number of bytes.
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let num_end = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))

@@ -244,6 +244,7 @@ impl<'a> Iterator for Entries<'a> {
 }
 
 /// Number of top-level entries of a plain map.
+#[cfg(test)]
 pub(crate) fn len(map: &[u8]) -> usize {
     match Rd::new(map, 0).next() {
         Some(Tok::Map(n)) => n as usize,

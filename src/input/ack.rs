@@ -29,7 +29,7 @@ use super::IngestError;
 
 /// Creates the token of one request (or one batch of requests acknowledged together) and
 /// the future that resolves with its outcome once every clone of the token is settled.
-pub fn ack_pair() -> (AckToken, AckWait) {
+pub(crate) fn ack_pair() -> (AckToken, AckWait) {
     let (tx, rx) = oneshot::channel();
     let group = Arc::new(Group {
         failure: Mutex::new(None),
@@ -84,7 +84,8 @@ pub struct AckToken {
 impl AckToken {
     /// Another token of the same request, for records that go separate ways. The request
     /// is acknowledged only once both are released.
-    pub fn share(&self) -> AckToken {
+    #[cfg(test)]
+    pub(crate) fn share(&self) -> AckToken {
         AckToken {
             group: self.group.clone(),
             settled: false,
@@ -93,18 +94,18 @@ impl AckToken {
 
     /// This share of the records is safe (in every target buffer), or was dropped by a
     /// policy the user chose and counted.
-    pub fn release(mut self) {
+    pub(crate) fn release(mut self) {
         self.settled = true;
     }
 
     /// This share of the records could not be taken: the request must not be acknowledged.
-    pub fn fail(mut self, e: IngestError) {
+    pub(crate) fn fail(mut self, e: IngestError) {
         self.group.fail(e);
         self.settled = true;
     }
 
     /// Releases on `Ok`, fails with the error otherwise.
-    pub fn settle(self, result: &Result<(), IngestError>) {
+    pub(crate) fn settle(self, result: &Result<(), IngestError>) {
         match result {
             Ok(()) => self.release(),
             Err(e) => self.fail(e.clone()),
@@ -131,13 +132,14 @@ impl std::fmt::Debug for AckToken {
 /// Resolves with the request's outcome once every [`AckToken`] of it is settled: `Ok` when
 /// all were released, else the first failure.
 #[derive(Debug)]
-pub struct AckWait {
+pub(crate) struct AckWait {
     rx: oneshot::Receiver<Result<(), IngestError>>,
 }
 
 impl AckWait {
     /// The outcome if it is already known, without waiting.
-    pub fn try_outcome(&mut self) -> Option<Result<(), IngestError>> {
+    #[cfg(test)]
+    pub(crate) fn try_outcome(&mut self) -> Option<Result<(), IngestError>> {
         match self.rx.try_recv() {
             Ok(r) => Some(r),
             Err(oneshot::error::TryRecvError::Empty) => None,

@@ -3,8 +3,9 @@
 //! `MessageId`).
 //!
 //! EventBridge API destinations, SNS and SQS all deliver at least once: a sender that timed
-//! out, or whose answer was lost, sends the same event again (firelens-and-protocols.md
-//! §5.6-5.8). A key is remembered only once its event was buffered ([`Dedupe::remember`],
+//! out, or whose answer was lost, sends the same event again (EventBridge user guide, *API
+//! destinations*; SNS developer guide, *Amazon SNS message delivery retries*; SQS developer
+//! guide, *Amazon SQS standard queues*: at-least-once delivery). A key is remembered only once its event was buffered ([`Dedupe::remember`],
 //! after the input's acceptance), so a request that was refused (503) is taken when it is
 //! retried, never dropped as a "duplicate" of something that was not kept. A duplicate is
 //! answered like an accepted event (it is stored already) and counted in
@@ -32,7 +33,7 @@ use crate::config::reader::{Diagnostics, Table};
 
 /// The `dedupe` settings of an input.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DedupeConfig {
+pub(crate) struct DedupeConfig {
     /// How long a key is remembered after its event was taken. Default 10 minutes (SNS
     /// retries for up to an hour with a custom policy, API destinations for 24 h, but the
     /// repeats that matter, after a lost answer, come within seconds to minutes).
@@ -42,10 +43,10 @@ pub struct DedupeConfig {
 }
 
 impl DedupeConfig {
-    pub const DEFAULT_WINDOW: Duration = Duration::from_secs(600);
-    pub const DEFAULT_MAX_KEYS: usize = 100_000;
+    pub(crate) const DEFAULT_WINDOW: Duration = Duration::from_secs(600);
+    pub(crate) const DEFAULT_MAX_KEYS: usize = 100_000;
     /// Largest `max_keys` accepted: about 1.5 GiB of keys, far past any sidecar's memory.
-    pub const MAX_MAX_KEYS: u64 = 10_000_000;
+    pub(crate) const MAX_MAX_KEYS: u64 = 10_000_000;
 }
 
 impl Default for DedupeConfig {
@@ -59,7 +60,7 @@ impl Default for DedupeConfig {
 
 /// Reads the `dedupe` key of an input's table `t`: a table with `window` and `max_keys`
 /// (both optional). `None` when the key is absent (or wrong, with the error in `d`).
-pub fn read(t: &mut Table<'_, '_>, d: &mut Diagnostics) -> Option<DedupeConfig> {
+pub(crate) fn read(t: &mut Table<'_, '_>, d: &mut Diagnostics) -> Option<DedupeConfig> {
     let mut a = t.opt_table(d, "dedupe")?;
     let mut cfg = DedupeConfig::default();
     if let Some(w) = a.opt_duration(d, "window") {
@@ -95,14 +96,14 @@ pub fn read(t: &mut Table<'_, '_>, d: &mut Diagnostics) -> Option<DedupeConfig> 
 
 /// Memory reserved per remembered key: the key text (an EventBridge `id` or SNS
 /// `MessageId` is a 36-character UUID), its `Arc`, a hash map slot and a queue slot.
-pub const BYTES_PER_KEY: usize = 160;
+pub(crate) const BYTES_PER_KEY: usize = 160;
 
 /// Keys whose memory is reserved from the budget at once.
-pub const KEYS_PER_STEP: usize = 1024;
+pub(crate) const KEYS_PER_STEP: usize = 1024;
 
 /// What [`Dedupe::filter`] kept of a batch.
 #[derive(Debug)]
-pub struct Filtered<T> {
+pub(crate) struct Filtered<T> {
     /// The items not seen before, in their order.
     pub fresh: Vec<T>,
     /// The keys of `fresh` (those that have one), to [`Dedupe::remember`] once they are
@@ -113,7 +114,7 @@ pub struct Filtered<T> {
 }
 
 /// The keys one input has taken recently. Shared by all its connections (and pollers).
-pub struct Dedupe {
+pub(crate) struct Dedupe {
     cfg: DedupeConfig,
     seen: Mutex<Seen>,
     budget: Option<MemoryBudget>,
@@ -139,7 +140,7 @@ struct Seen {
 impl Dedupe {
     /// A key set for input `input`, its memory reserved from `budget` (none: not counted,
     /// for tests and tools).
-    pub fn new(cfg: DedupeConfig, input: &str, budget: Option<MemoryBudget>) -> Self {
+    pub(crate) fn new(cfg: DedupeConfig, input: &str, budget: Option<MemoryBudget>) -> Self {
         Dedupe {
             cfg,
             seen: Mutex::new(Seen::default()),
@@ -151,7 +152,11 @@ impl Dedupe {
     /// Splits `items` into the ones whose key was not taken within the window (nor earlier
     /// in `items`) and repeats, which are dropped and counted. An item without a key
     /// (`key_of` gives `None`) is always fresh.
-    pub fn filter<T>(&self, items: Vec<T>, key_of: impl Fn(&T) -> Option<&str>) -> Filtered<T> {
+    pub(crate) fn filter<T>(
+        &self,
+        items: Vec<T>,
+        key_of: impl Fn(&T) -> Option<&str>,
+    ) -> Filtered<T> {
         self.filter_at(Instant::now(), items, key_of)
     }
 
@@ -195,7 +200,7 @@ impl Dedupe {
     }
 
     /// Remembers `keys` as taken now. Call only once their events are buffered.
-    pub fn remember(&self, keys: Vec<Arc<str>>) {
+    pub(crate) fn remember(&self, keys: Vec<Arc<str>>) {
         self.remember_at(Instant::now(), keys);
     }
 
@@ -240,17 +245,20 @@ impl Dedupe {
     }
 
     /// Keys remembered now (expired ones may still be counted until the next call).
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.seen.lock().at.len()
     }
 
     /// Whether no key is remembered.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// Bytes of the memory budget held for keys.
-    pub fn reserved_bytes(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn reserved_bytes(&self) -> usize {
         self.seen
             .lock()
             .reserved

@@ -33,7 +33,7 @@ impl Default for InputShutdown {
 }
 
 impl InputShutdown {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         InputShutdown {
             draining: CancellationToken::new(),
             stop: CancellationToken::new(),
@@ -42,48 +42,44 @@ impl InputShutdown {
     }
 
     /// SIGTERM: the drain window starts. Inputs keep serving.
-    pub fn begin_drain(&self) {
+    pub(crate) fn begin_drain(&self) {
         self.draining.cancel();
     }
 
     /// The window is over: inputs stop accepting, close their connections once the request
     /// in progress is handled, and their tasks end.
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.draining.cancel();
         self.stop.cancel();
     }
 
     /// Resolves once the drain window started.
-    pub async fn draining(&self) {
+    pub(crate) async fn draining(&self) {
         self.draining.cancelled().await
     }
 
-    pub fn is_draining(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_draining(&self) -> bool {
         self.draining.is_cancelled()
     }
 
     /// Resolves once inputs must stop.
-    pub async fn stopped(&self) {
+    pub(crate) async fn stopped(&self) {
         self.stop.cancelled().await
     }
 
-    /// A future for [`InputShutdown::stopped`] that owns what it needs (for
-    /// `with_graceful_shutdown`).
-    pub fn stopped_owned(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
-        self.stop.clone().cancelled_owned()
-    }
-
     /// The token cancelled when inputs must stop, for servers that take a token.
-    pub fn stop_token(&self) -> tokio_util::sync::CancellationToken {
+    pub(crate) fn stop_token(&self) -> tokio_util::sync::CancellationToken {
         self.stop.clone()
     }
 
-    pub fn is_stopped(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_stopped(&self) -> bool {
         self.stop.is_cancelled()
     }
 
     /// Registers one open client until the returned guard is dropped.
-    pub fn client(&self) -> ClientGuard {
+    pub(crate) fn client(&self) -> ClientGuard {
         self.clients.send_modify(|n| *n += 1);
         ClientGuard {
             clients: self.clients.clone(),
@@ -91,12 +87,12 @@ impl InputShutdown {
     }
 
     /// Open clients right now.
-    pub fn open_clients(&self) -> usize {
+    pub(crate) fn open_clients(&self) -> usize {
         *self.clients.borrow()
     }
 
     /// Resolves when no client is open (at once if none is).
-    pub async fn all_clients_closed(&self) {
+    pub(crate) async fn all_clients_closed(&self) {
         let mut rx = self.clients.subscribe();
         // The sender lives in `self`, so the channel cannot close while we wait.
         let _ = rx.wait_for(|n| *n == 0).await;
@@ -105,7 +101,7 @@ impl InputShutdown {
 
 /// One open client of an input; see [`InputShutdown::client`].
 #[derive(Debug)]
-pub struct ClientGuard {
+pub(crate) struct ClientGuard {
     clients: Arc<watch::Sender<usize>>,
 }
 

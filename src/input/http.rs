@@ -10,9 +10,9 @@
 //! SNS treats every 4xx as delivered and drops the message; EventBridge API destinations
 //! retry 429 and 5xx alike.
 
-pub mod config;
-pub mod eventbridge;
-pub mod sns;
+pub(crate) mod config;
+pub(crate) mod eventbridge;
+pub(crate) mod sns;
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -38,7 +38,7 @@ use crate::serve::{OnEvent, ServerLimits};
 
 /// Who may post.
 #[derive(Clone, Debug, PartialEq)]
-pub enum HttpAuth {
+pub(crate) enum HttpAuth {
     None,
     /// A header that must carry this exact value (EventBridge connections' `API_KEY`).
     ApiKey {
@@ -57,7 +57,7 @@ pub enum HttpAuth {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BodyFormat {
+pub(crate) enum BodyFormat {
     /// A JSON object, a JSON array of objects, or NDJSON, told apart by the content.
     Auto,
     /// Exactly one JSON document (object or array of objects).
@@ -74,7 +74,7 @@ pub enum BodyFormat {
 }
 
 #[derive(Clone, Debug)]
-pub struct HttpInputConfig {
+pub(crate) struct HttpInputConfig {
     pub name: String,
     pub listen: String,
     pub auth: HttpAuth,
@@ -101,18 +101,18 @@ pub struct HttpInputConfig {
 }
 
 impl HttpInputConfig {
-    pub const DEFAULT_MAX_BODY: usize = 8 * 1024 * 1024;
+    pub(crate) const DEFAULT_MAX_BODY: usize = 8 * 1024 * 1024;
     /// `max_body` default with `format = "eventbridge"`: an event is at most 256 KB
     /// (PutEvents entry limit) and an API destination sends one per request; 1 MiB leaves
     /// room for arrays from other senders while refusing what no event can be.
-    pub const EVENTBRIDGE_MAX_BODY: usize = 1024 * 1024;
-    pub const DEFAULT_ACCEPT_TIMEOUT: Duration = Duration::from_secs(2);
-    pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+    pub(crate) const EVENTBRIDGE_MAX_BODY: usize = 1024 * 1024;
+    pub(crate) const DEFAULT_ACCEPT_TIMEOUT: Duration = Duration::from_secs(2);
+    pub(crate) const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
     /// Room for many clients, well under the 1024 open files a container may be limited to,
     /// next to the forward input, the outputs' sockets and the admin port.
-    pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+    pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 512;
 
-    pub fn new(name: &str, listen: &str) -> Self {
+    pub(crate) fn new(name: &str, listen: &str) -> Self {
         HttpInputConfig {
             name: name.to_string(),
             listen: listen.to_string(),
@@ -150,7 +150,7 @@ impl Shared {
 /// Binds the listener (so the caller can mark readiness) and serves until the drain window
 /// of `shutdown` is over (it keeps accepting after SIGTERM; see [`crate::input::drain`]),
 /// then finishes the requests in flight.
-pub async fn spawn(
+pub(crate) async fn spawn(
     cfg: HttpInputConfig,
     ingest: Arc<dyn Ingest>,
     budget: MemoryBudget,
@@ -835,7 +835,7 @@ fn read_capped(dec: impl Read, cap: usize) -> Result<Vec<u8>, DecodeError> {
 }
 
 /// Parses a body into records; any invalid part rejects the whole body.
-pub fn parse_body(
+pub(crate) fn parse_body(
     data: &[u8],
     format: BodyFormat,
     tag: &Arc<str>,
@@ -1134,71 +1134,6 @@ mod tests {
         ));
     }
 
-    /// Counters incremented while it is the thread's recorder: (name, kind label, value).
-    #[derive(Default)]
-    struct Counted(Arc<parking_lot::Mutex<Vec<(String, String, u64)>>>);
-
-    struct CounterCell {
-        name: String,
-        kind: String,
-        store: Arc<parking_lot::Mutex<Vec<(String, String, u64)>>>,
-    }
-
-    impl metrics::CounterFn for CounterCell {
-        fn increment(&self, value: u64) {
-            self.store
-                .lock()
-                .push((self.name.clone(), self.kind.clone(), value));
-        }
-        fn absolute(&self, _: u64) {}
-    }
-
-    impl metrics::Recorder for Counted {
-        fn describe_counter(
-            &self,
-            _: metrics::KeyName,
-            _: Option<metrics::Unit>,
-            _: metrics::SharedString,
-        ) {
-        }
-        fn describe_gauge(
-            &self,
-            _: metrics::KeyName,
-            _: Option<metrics::Unit>,
-            _: metrics::SharedString,
-        ) {
-        }
-        fn describe_histogram(
-            &self,
-            _: metrics::KeyName,
-            _: Option<metrics::Unit>,
-            _: metrics::SharedString,
-        ) {
-        }
-        fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> Counter {
-            let kind = key
-                .labels()
-                .find(|l| l.key() == "kind")
-                .map(|l| l.value().to_string())
-                .unwrap_or_default();
-            Counter::from_arc(Arc::new(CounterCell {
-                name: key.name().to_string(),
-                kind,
-                store: self.0.clone(),
-            }))
-        }
-        fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
-            metrics::Gauge::noop()
-        }
-        fn register_histogram(
-            &self,
-            _: &metrics::Key,
-            _: &metrics::Metadata<'_>,
-        ) -> metrics::Histogram {
-            metrics::Histogram::noop()
-        }
-    }
-
     /// An ingest that refuses every request with one error.
     struct Refuses(IngestError);
 
@@ -1212,8 +1147,7 @@ mod tests {
     /// Posts one record to an input whose pipeline answers `err`; returns the status, the
     /// Retry-After header, the body, and the `kind`s counted as input errors.
     fn post_refused(err: IngestError) -> (StatusCode, Option<String>, String, Vec<String>) {
-        let rec = Counted::default();
-        let store = rec.0.clone();
+        let rec = crate::test_support::TestRecorder::default();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -1240,11 +1174,13 @@ mod tests {
                 (status, retry, String::from_utf8_lossy(&body).into_owned())
             })
         });
-        let kinds = store
-            .lock()
-            .iter()
-            .filter(|(name, _, _)| name == "firelane_input_errors_total")
-            .map(|(_, kind, _)| kind.clone())
+        let kinds = rec
+            .by_label("firelane_input_errors_total", "kind")
+            .into_iter()
+            .map(|(kind, n)| {
+                assert_eq!(n, 1, "{kind} counted once");
+                kind
+            })
             .collect();
         (status, retry, body, kinds)
     }

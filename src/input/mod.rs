@@ -2,13 +2,13 @@
 
 use crate::event::Record;
 
-pub mod ack;
-pub mod dedupe;
-pub mod drain;
+pub(crate) mod ack;
+pub(crate) mod dedupe;
+pub(crate) mod drain;
 pub mod forward;
-pub mod http;
-pub mod registry;
-pub mod sqs;
+pub(crate) mod http;
+pub(crate) mod registry;
+pub(crate) mod sqs;
 
 /// Where an input hands its records. Bound to one input name; the router behind it
 /// fans records out to every matching output buffer.
@@ -56,21 +56,32 @@ pub enum IngestError {
     /// Refused before the acknowledgement, never dropped after it.
     #[error("record of {bytes} bytes is larger than output {output} can take ({limit} bytes)")]
     TooLarge {
+        /// The record's size (approximate in-memory size), in bytes.
         bytes: usize,
+        /// The smallest limit that applies, in bytes.
         limit: usize,
+        /// The output whose limit it is.
         output: String,
     },
     /// A disk buffer's filesystem is full. Transient: space returns as outputs deliver.
     #[error("disk full: output {output}'s buffer cannot write")]
-    DiskFull { output: String },
+    DiskFull {
+        /// The output whose disk buffer cannot write.
+        output: String,
+    },
     /// A buffer failed for another reason (I/O error); the message says which and why.
     #[error("output {output}'s buffer failed: {reason}")]
-    Buffer { output: String, reason: String },
+    Buffer {
+        /// The output whose buffer failed.
+        output: String,
+        /// The buffer's error, as text.
+        reason: String,
+    },
 }
 
 impl IngestError {
     /// Short `snake_case` label for metrics (`kind="..."`).
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             IngestError::Full => "full",
             IngestError::ShuttingDown => "shutting_down",
@@ -78,10 +89,5 @@ impl IngestError {
             IngestError::DiskFull { .. } => "disk_full",
             IngestError::Buffer { .. } => "buffer_error",
         }
-    }
-
-    /// Whether the client should retry the same request later.
-    pub fn is_transient(&self) -> bool {
-        !matches!(self, IngestError::TooLarge { .. })
     }
 }

@@ -18,24 +18,24 @@ use crate::config::reader::{Diagnostics, Table};
 
 /// Every input type. The only list: config reading, "unknown type" messages and the docs
 /// test all go through it.
-pub static INPUTS: &[&dyn InputType] = &[
+pub(crate) static INPUTS: &[&dyn InputType] = &[
     &super::forward::config::Forward,
     &super::http::config::Http,
     &super::sqs::config::Sqs,
 ];
 
 /// The registered type named `name` (the `type = "..."` value).
-pub fn find(name: &str) -> Option<&'static dyn InputType> {
+pub(crate) fn find(name: &str) -> Option<&'static dyn InputType> {
     INPUTS.iter().copied().find(|t| t.name() == name)
 }
 
 /// The `type` values of every registered input type.
-pub fn names() -> Vec<&'static str> {
+pub(crate) fn names() -> Vec<&'static str> {
     INPUTS.iter().map(|t| t.name()).collect()
 }
 
 /// One kind of input (`type = "forward"`): reads its keys.
-pub trait InputType: Sync {
+pub(crate) trait InputType: Sync {
     /// The `type = "..."` value.
     fn name(&self) -> &'static str;
 

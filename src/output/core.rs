@@ -68,7 +68,11 @@ pub struct Pressure {
 
 impl Pressure {
     /// Watches the buffer `writer` (opened with `settings`) and `budget`.
-    pub fn new(writer: BufferWriter, settings: &BufferSettings, budget: MemoryBudget) -> Self {
+    pub(crate) fn new(
+        writer: BufferWriter,
+        settings: &BufferSettings,
+        budget: MemoryBudget,
+    ) -> Self {
         Pressure {
             buffer: Some((writer, settings.max_size.max(1))),
             budget: Some(budget),
@@ -178,11 +182,11 @@ pub struct OutputContext {
 /// Default cap on open partitions per output. A partition is one S3 object key (or
 /// CloudWatch stream) being filled; each holds a compressor (about 300 KiB for gzip,
 /// about 1 MiB for zstd), so thousands of tags must not mean thousands of open objects.
-pub const DEFAULT_MAX_PARTITIONS: usize = 256;
+pub(crate) const DEFAULT_MAX_PARTITIONS: usize = 256;
 
 impl OutputContext {
     /// Defaults for everything but the name and batch limits.
-    pub fn new(name: impl Into<String>, batch: BatchSettings) -> Self {
+    pub(crate) fn new(name: impl Into<String>, batch: BatchSettings) -> Self {
         OutputContext {
             name: name.into(),
             batch,
@@ -251,7 +255,7 @@ pub struct OutputHealth {
 }
 
 impl OutputHealth {
-    pub fn last_success(&self) -> Option<SystemTime> {
+    pub(crate) fn last_success(&self) -> Option<SystemTime> {
         match self.last_success_ns.load(Ordering::Relaxed) {
             0 => None,
             ns => Some(UNIX_EPOCH + Duration::from_nanos(ns.max(0) as u64)),
@@ -259,12 +263,12 @@ impl OutputHealth {
     }
 
     /// Failed requests since the last one that delivered something.
-    pub fn consecutive_failures(&self) -> u32 {
+    pub(crate) fn consecutive_failures(&self) -> u32 {
         self.consecutive_failures.load(Ordering::Relaxed)
     }
 
     /// Reason label of the most recent failed request.
-    pub fn last_failure_reason(&self) -> Option<String> {
+    pub(crate) fn last_failure_reason(&self) -> Option<String> {
         self.last_failure.lock().clone()
     }
 
@@ -287,7 +291,11 @@ impl OutputHealth {
 
 /// Runs one output until its buffer is closed and drained (after `flush`) or the
 /// `deadline` passes.
-pub async fn run<S: Sink>(ctx: OutputContext, sink: Arc<S>, reader: BufferReader) -> OutputSummary {
+pub(crate) async fn run<S: Sink>(
+    ctx: OutputContext,
+    sink: Arc<S>,
+    reader: BufferReader,
+) -> OutputSummary {
     run_inner(ctx, sink, reader, None).await
 }
 

@@ -22,7 +22,7 @@ pub(crate) type BatchOf<S> = <<S as Sink>::Builder as BatchBuilder>::Batch;
 pub(crate) type JobOf<S> = Job<<S as Sink>::Partition, BatchOf<S>>;
 
 /// Field added to dead-lettered records.
-pub const ERROR_FIELD: &str = "firelane_error";
+pub(crate) const ERROR_FIELD: &str = "firelane_error";
 
 /// A closed batch and the original records in it, in builder item order.
 pub(crate) struct Job<P, B> {
@@ -104,7 +104,7 @@ pub(crate) struct OutputMetrics {
 }
 
 impl OutputMetrics {
-    pub fn new(output: &str) -> Self {
+    pub(crate) fn new(output: &str) -> Self {
         let result = |r: &'static str| metrics::counter!("firelane_output_records_total", "output" => output.to_owned(), "result" => r);
         OutputMetrics {
             sent: result("sent"),
@@ -151,7 +151,7 @@ impl<S: Sink> Shared<S> {
     }
 
     /// Records that reached the destination.
-    pub fn delivered(&self, entries: &[Entry]) -> u64 {
+    pub(crate) fn delivered(&self, entries: &[Entry]) -> u64 {
         self.metrics.sent.increment(entries.len() as u64);
         self.acks.ack(entries);
         entries.len() as u64
@@ -159,7 +159,11 @@ impl<S: Sink> Shared<S> {
 
     /// Records [`offer`] (or partitioning) refused: those a user policy drops are counted
     /// as dropped, the rest go through [`give_up`](Self::give_up) as rejected.
-    pub async fn refuse(&self, items: Vec<(Entry, Refusal)>, attempts: u32) -> OutputSummary {
+    pub(crate) async fn refuse(
+        &self,
+        items: Vec<(Entry, Refusal)>,
+        attempts: u32,
+    ) -> OutputSummary {
         let mut rejected = Vec::new();
         let mut dropped = Vec::new();
         for (entry, refusal) in items {
@@ -192,7 +196,7 @@ impl<S: Sink> Shared<S> {
     /// are counted as `dropped` and in `firelane_output_drops_total{reason}`. Either way
     /// they are acknowledged, except when the shutdown deadline interrupts the dead-letter
     /// push (then they stay unacknowledged and count as undelivered).
-    pub async fn give_up(
+    pub(crate) async fn give_up(
         &self,
         items: Vec<(Entry, Failure)>,
         attempts: u32,

@@ -9,7 +9,7 @@ use crate::event::Record;
 
 /// `tag_key` / `time_key`, common to every output.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Encoding {
+pub(crate) struct Encoding {
     /// Add the record's tag under this key.
     pub tag_key: Option<String>,
     /// Add the event time (RFC 3339, UTC, nanoseconds) under this key.
@@ -18,14 +18,14 @@ pub struct Encoding {
 
 #[derive(Debug, thiserror::Error)]
 #[error("record cannot be encoded as JSON: {0}")]
-pub struct EncodeError(#[from] serde_json::Error);
+pub(crate) struct EncodeError(#[from] serde_json::Error);
 
 /// Appends `record` as one JSON object plus `\n` to `out`. The added keys come first. A
 /// record that already has a field under `tag_key` / `time_key` keeps it (an EventBridge
 /// event's own `time`, a `tag` the application logged): data is never overwritten by
 /// metadata, the key is not added to that record, and a warning names the key once per
 /// process. A line never holds a duplicate key. On error `out` is left as it was.
-pub fn encode_json_line(
+pub(crate) fn encode_json_line(
     record: &Record,
     tag_key: Option<&str>,
     time_key: Option<&str>,
@@ -50,7 +50,7 @@ pub fn encode_json_line(
 }
 
 /// [`encode_json_line`] with an [`Encoding`].
-pub fn encode_with(
+pub(crate) fn encode_with(
     record: &Record,
     encoding: &Encoding,
     out: &mut Vec<u8>,
@@ -121,7 +121,7 @@ fn warn_kept_once(option: &'static str, key: &str) {
 
 /// Writes `2026-11-23T10:00:00.123456789Z` into `buf`, returns the length. Hand-rolled
 /// because it runs once per record on the hot path and chrono's formatter allocates.
-pub fn format_rfc3339_nanos(time_ns: i64, buf: &mut [u8; 35]) -> usize {
+pub(crate) fn format_rfc3339_nanos(time_ns: i64, buf: &mut [u8; 35]) -> usize {
     let secs = time_ns.div_euclid(1_000_000_000);
     let nanos = time_ns.rem_euclid(1_000_000_000) as u32;
     let days = secs.div_euclid(86_400);

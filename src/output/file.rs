@@ -4,7 +4,7 @@
 //! a second router never split a line) followed by a flush. The file is reopened after
 //! any error and when `path` no longer names the open file (logrotate moved it away).
 
-pub mod config;
+pub(crate) mod config;
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -19,11 +19,11 @@ use super::sink::{BatchSettings, Failure, SendResult, Sink};
 use super::stdout::io_failure;
 
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct FileConfig {
+pub(crate) struct FileConfig {
     pub path: PathBuf,
 }
 
-pub struct FileSink {
+pub(crate) struct FileSink {
     path: Arc<PathBuf>,
     file: Arc<Mutex<Option<File>>>,
     batch: BatchSettings,
@@ -33,7 +33,7 @@ pub struct FileSink {
 impl FileSink {
     /// Does not touch the file system: the file is opened on the first batch, so a
     /// volume mounted late does not fail startup.
-    pub fn new(config: &FileConfig, encoding: Encoding, batch: &BatchSettings) -> Self {
+    pub(crate) fn new(config: &FileConfig, encoding: Encoding, batch: &BatchSettings) -> Self {
         FileSink {
             path: Arc::new(config.path.clone()),
             file: Arc::new(Mutex::new(None)),

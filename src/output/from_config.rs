@@ -13,11 +13,11 @@ use crate::buffer::{BufferKind, BufferReader, BufferSettings, BufferWriter};
 use crate::config::{BufferSpec, OutputSpec};
 
 /// Memory buffers hold decoded records and count against `runtime.memory_limit`.
-pub const DEFAULT_MEMORY_BUFFER: u64 = 32 << 20;
-pub const DEFAULT_DISK_BUFFER: u64 = 1 << 30;
+pub(crate) const DEFAULT_MEMORY_BUFFER: u64 = 32 << 20;
+pub(crate) const DEFAULT_DISK_BUFFER: u64 = 1 << 30;
 
 /// Buffer settings of one output; `dir` is `data_dir/buffers/NAME`.
-pub fn buffer_settings(spec: &BufferSpec, dir: PathBuf) -> BufferSettings {
+pub(crate) fn buffer_settings(spec: &BufferSpec, dir: PathBuf) -> BufferSettings {
     let when_full = spec.when_full;
     let mut settings = match spec.kind {
         BufferKind::Memory => {
@@ -43,7 +43,7 @@ const MIN_RECORD_BYTES: u64 = 100;
 /// least as many raw ones) or a `batch.max_records` whose smallest records would not fit
 /// in half of it is never what seals a batch. Defaults are not checked: only what the
 /// user set. `None` when the batch can fill.
-pub fn batch_fill_warning(o: &OutputSpec, memory_limit: u64) -> Option<String> {
+pub(crate) fn batch_fill_warning(o: &OutputSpec, memory_limit: u64) -> Option<String> {
     let buffer = buffer_settings(&o.buffer, PathBuf::new());
     // Open batches hold decoded records in memory whatever the buffer type (a disk
     // buffer's records are read back into memory to be batched).
@@ -101,7 +101,7 @@ fn human_bytes(b: u64) -> String {
 }
 
 /// Batch limits: the sink's defaults, overridden key by key by `batch = { ... }`.
-pub fn batch_settings(o: &OutputSpec) -> BatchSettings {
+pub(crate) fn batch_settings(o: &OutputSpec) -> BatchSettings {
     let defaults = o.kind.default_batch();
     BatchSettings {
         max_records: o
@@ -113,7 +113,7 @@ pub fn batch_settings(o: &OutputSpec) -> BatchSettings {
     }
 }
 
-pub fn retry_policy(o: &OutputSpec) -> RetryPolicy {
+pub(crate) fn retry_policy(o: &OutputSpec) -> RetryPolicy {
     let d = RetryPolicy::default();
     RetryPolicy {
         initial_backoff: o.retry.initial_backoff.unwrap_or(d.initial_backoff),
@@ -125,7 +125,7 @@ pub fn retry_policy(o: &OutputSpec) -> RetryPolicy {
 
 /// The delivery context of `o`. `dead_letter` is the writer of the output named in
 /// `dead_letter = "..."`, if any.
-pub fn context_for(
+pub(crate) fn context_for(
     o: &OutputSpec,
     dead_letter: Option<BufferWriter>,
     shutdown: OutputShutdown,
@@ -145,7 +145,7 @@ pub fn context_for(
 }
 
 /// How the line-based sinks (stdout, file, http) encode records of `o`.
-pub fn encoding_for(o: &OutputSpec) -> Encoding {
+pub(crate) fn encoding_for(o: &OutputSpec) -> Encoding {
     Encoding {
         tag_key: o.tag_key.clone(),
         time_key: o.time_key.clone(),
@@ -154,7 +154,7 @@ pub fn encoding_for(o: &OutputSpec) -> Encoding {
 
 /// Builds the sink of `o` through its type (checking credentials-free settings, opening
 /// files, finding the AWS region) and starts its delivery loop on the buffer `reader`.
-pub async fn start(
+pub(crate) async fn start(
     o: &OutputSpec,
     ctx: OutputContext,
     reader: BufferReader,

@@ -6,7 +6,7 @@
 //! resending it unchanged will not help. Redirects are not followed (a 301/302 would turn
 //! the POST into a GET and lose the body); they are permanent errors naming the location.
 
-pub mod config;
+pub(crate) mod config;
 
 use std::io::Write;
 use std::sync::Arc;
@@ -29,10 +29,10 @@ use super::sink::{BatchSettings, Failure, SendResult, Sink};
 const ERROR_BODY_LIMIT: usize = 1024;
 
 /// `compression`: one definition for every component; HTTP outputs send `none` or `gzip`.
-pub use crate::config::Compression as HttpCompression;
+pub(crate) use crate::config::Compression as HttpCompression;
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct HttpConfig {
+pub(crate) struct HttpConfig {
     pub url: String,
     /// Default `POST`.
     pub method: String,
@@ -56,7 +56,7 @@ impl Default for HttpConfig {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum HttpConfigError {
+pub(crate) enum HttpConfigError {
     #[error("url {url:?}: {reason}")]
     Url { url: String, reason: String },
     #[error("method {0:?} is not a valid HTTP method")]
@@ -71,7 +71,7 @@ pub enum HttpConfigError {
     Client(#[from] reqwest::Error),
 }
 
-pub struct HttpSink {
+pub(crate) struct HttpSink {
     client: reqwest::Client,
     url: Url,
     method: Method,
@@ -82,7 +82,7 @@ pub struct HttpSink {
 }
 
 impl HttpSink {
-    pub fn new(
+    pub(crate) fn new(
         config: &HttpConfig,
         encoding: Encoding,
         batch: &BatchSettings,
@@ -286,7 +286,7 @@ fn classify_error(e: &reqwest::Error) -> Failure {
 
 /// `Retry-After: 120` or `Retry-After: Fri, 31 Dec 1999 23:59:59 GMT` (a date in the past
 /// means "now"). Unparseable values are ignored: the jittered backoff applies.
-pub fn parse_retry_after(value: &str) -> Option<Duration> {
+pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs));
@@ -583,7 +583,6 @@ mod tests {
         let sink = HttpSink::new(&cfg, Encoding::default(), &settings()).unwrap();
         let batch = LinesBatch {
             body: Bytes::from_static(b"{}\n"),
-            records: 1,
         };
         match sink.send(&(), &batch).await {
             SendResult::Failed(f) => {

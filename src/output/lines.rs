@@ -11,12 +11,11 @@ use crate::event::Record;
 
 /// A finished batch: newline-terminated JSON objects.
 #[derive(Clone, Debug)]
-pub struct LinesBatch {
+pub(crate) struct LinesBatch {
     pub body: Bytes,
-    pub records: usize,
 }
 
-pub struct LinesBatchBuilder {
+pub(crate) struct LinesBatchBuilder {
     buf: Vec<u8>,
     len: usize,
     max_records: usize,
@@ -26,7 +25,7 @@ pub struct LinesBatchBuilder {
 
 impl LinesBatchBuilder {
     /// Zero limits are treated as 1 so a builder can always take something.
-    pub fn new(settings: &BatchSettings, encoding: Arc<Encoding>) -> Self {
+    pub(crate) fn new(settings: &BatchSettings, encoding: Arc<Encoding>) -> Self {
         LinesBatchBuilder {
             buf: Vec::new(),
             len: 0,
@@ -69,7 +68,6 @@ impl BatchBuilder for LinesBatchBuilder {
     fn finish(self) -> LinesBatch {
         LinesBatch {
             body: Bytes::from(self.buf),
-            records: self.len,
         }
     }
 }
@@ -103,7 +101,6 @@ mod tests {
         assert_eq!(b.len(), 2);
         let batch = b.finish();
         assert_eq!(&batch.body[..], b"{\"log\":\"a\"}\n{\"log\":\"b\"}\n");
-        assert_eq!(batch.records, 2);
     }
 
     #[test]

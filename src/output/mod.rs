@@ -1,22 +1,24 @@
 //! Outputs: the shared delivery core ([`core::run`]) and the sinks it drives.
 
 pub mod aws;
-pub mod core;
+pub(crate) mod core;
 mod deliver;
-pub mod encode;
-pub mod file;
-pub mod from_config;
-pub mod http;
-pub mod lines;
-pub mod null;
-pub mod registry;
-pub mod retry;
+pub(crate) mod encode;
+pub(crate) mod file;
+pub(crate) mod from_config;
+pub(crate) mod http;
+pub(crate) mod lines;
+pub(crate) mod null;
+pub(crate) mod registry;
+pub(crate) mod retry;
 pub mod sink;
-pub mod stdout;
-pub mod template;
+pub(crate) mod stdout;
+pub(crate) mod template;
 
-pub use self::core::{DeadLetter, OutputContext, OutputHealth, OutputShutdown, OutputSummary, run};
-pub use deliver::ERROR_FIELD;
+#[cfg(test)]
+pub(crate) use self::core::{OutputContext, OutputSummary, run};
+#[cfg(test)]
+pub(crate) use deliver::ERROR_FIELD;
 
 /// A roomy memory buffer for tests.
 #[cfg(test)]

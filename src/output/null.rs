@@ -1,24 +1,24 @@
 //! `type = "null"`: accepts everything and discards it. Every record counts as sent,
 //! which makes it the baseline for throughput tests of the rest of the pipeline.
 
-pub mod config;
+pub(crate) mod config;
 
 use super::sink::{BatchBuilder, BatchSettings, Push, SendResult, Sink};
 use crate::event::Record;
 
-pub struct NullSink {
+pub(crate) struct NullSink {
     max_records: usize,
 }
 
 impl NullSink {
-    pub fn new(batch: &BatchSettings) -> Self {
+    pub(crate) fn new(batch: &BatchSettings) -> Self {
         NullSink {
             max_records: batch.max_records.max(1),
         }
     }
 }
 
-pub struct NullBatchBuilder {
+pub(crate) struct NullBatchBuilder {
     len: usize,
     max_records: usize,
 }

@@ -25,7 +25,7 @@ use crate::event::Record;
 
 /// Every output type, in the order `check` lists them. The only list: config reading,
 /// "unknown type" messages and the docs test all go through it.
-pub static OUTPUTS: &[&dyn OutputType] = &[
+pub(crate) static OUTPUTS: &[&dyn OutputType] = &[
     &super::stdout::config::Stdout,
     &super::null::config::Null,
     &super::file::config::File,
@@ -36,17 +36,17 @@ pub static OUTPUTS: &[&dyn OutputType] = &[
 ];
 
 /// The registered type named `name` (the `type = "..."` value).
-pub fn find(name: &str) -> Option<&'static dyn OutputType> {
+pub(crate) fn find(name: &str) -> Option<&'static dyn OutputType> {
     OUTPUTS.iter().copied().find(|t| t.name() == name)
 }
 
 /// The `type` values of every registered output type.
-pub fn names() -> Vec<&'static str> {
+pub(crate) fn names() -> Vec<&'static str> {
     OUTPUTS.iter().map(|t| t.name()).collect()
 }
 
 /// One kind of output (`type = "s3"`): reads its keys.
-pub trait OutputType: Sync {
+pub(crate) trait OutputType: Sync {
     /// The `type = "..."` value.
     fn name(&self) -> &'static str;
 
@@ -62,7 +62,7 @@ pub trait OutputType: Sync {
 }
 
 /// What a running output hands back: its delivery task and its `/health` view.
-pub type Started = (JoinHandle<OutputSummary>, Arc<dyn HealthReport>);
+pub(crate) type Started = (JoinHandle<OutputSummary>, Arc<dyn HealthReport>);
 
 /// The keys of one output of some type, as read from its table.
 #[async_trait::async_trait]
@@ -118,7 +118,7 @@ pub trait OutputConfig: std::fmt::Debug + Send + Sync + 'static {
 }
 
 /// Runs `sink`'s delivery loop: the shared core ([`super::core::run`]) with its health view.
-pub fn spawn<S: Sink>(ctx: OutputContext, sink: S, reader: BufferReader) -> Started {
+pub(crate) fn spawn<S: Sink>(ctx: OutputContext, sink: S, reader: BufferReader) -> Started {
     let health: Arc<dyn HealthReport> = Arc::new(HealthView {
         name: ctx.name.clone(),
         health: ctx.health.clone(),
@@ -166,7 +166,7 @@ pub struct OutputConfigError {
 
 impl OutputConfigError {
     /// A problem with `key`.
-    pub fn new(key: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(key: &'static str, message: impl Into<String>) -> Self {
         OutputConfigError {
             key: Some(key),
             message: message.into(),

@@ -15,23 +15,23 @@ use super::sink::Failure;
 
 /// No delay is ever shorter than this, whatever the jitter draws or a server asks for,
 /// so one batch can never retry more than 100 times a second.
-pub const MIN_DELAY: Duration = Duration::from_millis(10);
+pub(crate) const MIN_DELAY: Duration = Duration::from_millis(10);
 
 /// A server may ask for a longer pause than `max_backoff` (e.g. `Retry-After: 120` during
 /// maintenance). We honour it up to this multiple of `max_backoff` (60 s by default), and
 /// never less than [`RETRY_AFTER_MIN_CAP`]: long enough to stop hammering a throttling API,
 /// short enough that a bogus hint of hours does not park a batch until the shutdown deadline.
-pub const RETRY_AFTER_CAP_FACTOR: u32 = 2;
+pub(crate) const RETRY_AFTER_CAP_FACTOR: u32 = 2;
 
 /// A `Retry-After` up to this long is always honoured, whatever `max_backoff` says: a small
 /// `max_backoff` tunes our own backoff, it is not a licence to retry a throttling server
 /// sooner than it asked (`503` + `Retry-After: 1` with `max_backoff = "300ms"` would
 /// otherwise be retried after 600 ms).
-pub const RETRY_AFTER_MIN_CAP: Duration = Duration::from_secs(60);
+pub(crate) const RETRY_AFTER_MIN_CAP: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("invalid backoff: {0}")]
-pub struct InvalidBackoff(&'static str);
+pub(crate) struct InvalidBackoff(&'static str);
 
 // === impl Backoff ===
 
@@ -39,14 +39,14 @@ pub struct InvalidBackoff(&'static str);
 /// `[0, min(max, initial * 2^n)]`, then raised to [`MIN_DELAY`]. Full jitter spreads the
 /// retries of many batches (and many tasks) that failed at the same moment.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     initial: Duration,
     max: Duration,
     attempt: u32,
 }
 
 impl Backoff {
-    pub fn try_new(initial: Duration, max: Duration) -> Result<Self, InvalidBackoff> {
+    pub(crate) fn try_new(initial: Duration, max: Duration) -> Result<Self, InvalidBackoff> {
         if initial < Duration::from_millis(1) {
             return Err(InvalidBackoff("initial_backoff must be at least 1ms"));
         }
@@ -62,16 +62,12 @@ impl Backoff {
         })
     }
 
-    pub fn initial(&self) -> Duration {
-        self.initial
-    }
-
-    pub fn max(&self) -> Duration {
+    pub(crate) fn max(&self) -> Duration {
         self.max
     }
 
     /// The upper bound of the next draw, without advancing.
-    pub fn ceiling(&self) -> Duration {
+    pub(crate) fn ceiling(&self) -> Duration {
         let factor = 1u32.checked_shl(self.attempt.min(31)).unwrap_or(u32::MAX);
         self.initial
             .checked_mul(factor)
@@ -80,7 +76,7 @@ impl Backoff {
     }
 
     /// Draws the next delay and advances.
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         let ceiling = self.ceiling();
         self.attempt = self.attempt.saturating_add(1);
         let nanos = ceiling.as_nanos().min(u64::MAX as u128) as u64;
@@ -88,7 +84,8 @@ impl Backoff {
         drawn.max(MIN_DELAY)
     }
 
-    pub fn reset(&mut self) {
+    #[cfg(test)]
+    pub(crate) fn reset(&mut self) {
         self.attempt = 0;
     }
 }
@@ -123,13 +120,13 @@ impl Default for RetryPolicy {
 
 impl RetryPolicy {
     /// Checks the values; config loading should call this to report errors at startup.
-    pub fn validate(&self) -> Result<(), InvalidBackoff> {
+    pub(crate) fn validate(&self) -> Result<(), InvalidBackoff> {
         Backoff::try_new(self.initial_backoff, self.max_backoff).map(|_| ())
     }
 
     /// Retry state for one batch, started now. Out-of-range values (which `validate`
     /// reports at config time) are forced into range rather than panicking here.
-    pub fn start(&self) -> RetryState {
+    pub(crate) fn start(&self) -> RetryState {
         let initial = self.initial_backoff.max(Duration::from_millis(1));
         RetryState {
             backoff: Backoff {
@@ -149,7 +146,7 @@ impl RetryPolicy {
 
 /// Tracks the retries of one batch (and of the batches rebuilt from its failed items).
 #[derive(Clone, Debug)]
-pub struct RetryState {
+pub(crate) struct RetryState {
     backoff: Backoff,
     started: Instant,
     retries: u32,
@@ -160,7 +157,7 @@ pub struct RetryState {
 impl RetryState {
     /// The delay before retrying after `failure`, or `None` when the batch must be given up
     /// (permanent failure, retry limit reached, or the delay would end past `max_elapsed`).
-    pub fn next(&mut self, failure: &Failure) -> Option<Duration> {
+    pub(crate) fn next(&mut self, failure: &Failure) -> Option<Duration> {
         if !failure.retryable {
             return None;
         }
@@ -190,7 +187,8 @@ impl RetryState {
     }
 
     /// Retries scheduled so far.
-    pub fn retries(&self) -> u32 {
+    #[cfg(test)]
+    pub(crate) fn retries(&self) -> u32 {
         self.retries
     }
 }

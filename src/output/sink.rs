@@ -13,9 +13,11 @@ use crate::event::Record;
 /// Sinks clamp them to their API's hard limits.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BatchSettings {
+    /// Records per batch at most.
     pub max_records: usize,
     /// Measured on the bytes that land (encoded, and compressed where the sink compresses).
     pub max_bytes: usize,
+    /// How long the oldest record of a batch may wait before the batch is sent.
     pub max_age: Duration,
 }
 
@@ -41,12 +43,14 @@ pub enum Push {
 
 /// Packs records into one request, enforcing the destination's limits by construction.
 pub trait BatchBuilder: Send + 'static {
+    /// What [`BatchBuilder::finish`] produces and [`Sink::send`] sends (a request body).
     type Batch: Send + Sync + 'static;
     /// Offer a record. Items are numbered in the order they were `Added`/`Truncated`,
     /// starting at 0; [`SendResult::Partial`] refers to those numbers.
     fn push(&mut self, record: &Record) -> Push;
     /// Number of records added.
     fn len(&self) -> usize;
+    /// Whether no record was added.
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -57,6 +61,7 @@ pub trait BatchBuilder: Send + 'static {
     fn flush_at(&self) -> Option<SystemTime> {
         None
     }
+    /// Closes the batch for sending.
     fn finish(self) -> Self::Batch;
 }
 
@@ -74,7 +79,7 @@ pub struct Failure {
 }
 
 impl Failure {
-    pub fn retryable(reason: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn retryable(reason: impl Into<String>, message: impl Into<String>) -> Self {
         Failure {
             retryable: true,
             retry_after: None,
@@ -82,7 +87,7 @@ impl Failure {
             message: message.into(),
         }
     }
-    pub fn permanent(reason: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn permanent(reason: impl Into<String>, message: impl Into<String>) -> Self {
         Failure {
             retryable: false,
             retry_after: None,
@@ -106,6 +111,7 @@ pub enum SendResult {
 
 /// One destination. The core is generic over `S: Sink`, so no boxing on the hot path.
 pub trait Sink: Send + Sync + 'static {
+    /// The batch builder of this destination, made by [`Sink::new_batch`].
     type Builder: BatchBuilder;
     /// What separates batches: records with different partitions never share one. A typed
     /// value rather than a rendered string, so that sinks without partitions (`()`) pay

@@ -1,7 +1,7 @@
 //! `type = "stdout"`: JSON lines on standard output (the default output, and what ECS's
 //! `awslogs` driver picks up from the router container).
 
-pub mod config;
+pub(crate) mod config;
 
 use std::io;
 use std::sync::Arc;
@@ -15,11 +15,11 @@ use super::sink::{BatchSettings, Failure, SendResult, Sink};
 
 /// `[outputs.x] type = "stdout"` has no keys of its own.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct StdoutConfig {}
+pub(crate) struct StdoutConfig {}
 
 type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 
-pub struct StdoutSink {
+pub(crate) struct StdoutSink {
     // Held across a whole batch so concurrent batches never interleave their lines.
     out: Mutex<Writer>,
     batch: BatchSettings,
@@ -27,12 +27,12 @@ pub struct StdoutSink {
 }
 
 impl StdoutSink {
-    pub fn new(_config: &StdoutConfig, encoding: Encoding, batch: &BatchSettings) -> Self {
+    pub(crate) fn new(_config: &StdoutConfig, encoding: Encoding, batch: &BatchSettings) -> Self {
         Self::with_writer(Box::new(tokio::io::stdout()), encoding, batch)
     }
 
     /// Writes somewhere else (tests).
-    pub fn with_writer(out: Writer, encoding: Encoding, batch: &BatchSettings) -> Self {
+    pub(crate) fn with_writer(out: Writer, encoding: Encoding, batch: &BatchSettings) -> Self {
         StdoutSink {
             out: Mutex::new(out),
             batch: batch.clone(),

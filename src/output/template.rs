@@ -29,13 +29,13 @@ use std::fmt::Write as _;
 use crate::event::{FieldRef, Record};
 
 /// What a missing, empty or non-scalar value renders as.
-pub const MISSING: &str = "-";
+pub(crate) const MISSING: &str = "-";
 
 /// How values taken from record data are written into a rendered name, per destination.
 /// Literal template text is never encoded. Each encoding escapes its own escape character,
 /// so it is injective (different values never collide) and reversible.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum ValueEncoding {
+pub(crate) enum ValueEncoding {
     /// Values as they are.
     #[default]
     Verbatim,
@@ -60,7 +60,7 @@ pub enum ValueEncoding {
 impl ValueEncoding {
     /// Appends `value` to `out` encoded for this destination; an empty value renders as
     /// [`MISSING`] so it never leaves an empty path segment (`a//b`) or an empty name.
-    pub fn push(self, value: &str, out: &mut String) {
+    pub(crate) fn push(self, value: &str, out: &mut String) {
         if value.is_empty() {
             out.push_str(MISSING);
             return;
@@ -157,7 +157,7 @@ enum Segment {
 
 /// Per-render values that are not derived from the record.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Dynamic<'a> {
+pub(crate) struct Dynamic<'a> {
     pub uuid: Option<&'a str>,
     pub index: Option<u64>,
     /// Write `{uuid}` and `{index}` as these placeholders instead (for `firelane route`,
@@ -167,7 +167,7 @@ pub struct Dynamic<'a> {
 
 impl Dynamic<'_> {
     /// Renders `{uuid}` and `{index}` as the placeholders themselves.
-    pub fn preview() -> Dynamic<'static> {
+    pub(crate) fn preview() -> Dynamic<'static> {
         Dynamic {
             uuid: None,
             index: None,
@@ -178,7 +178,7 @@ impl Dynamic<'_> {
 
 /// A parsed template; [`Template::render`] writes the name for one record.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Template {
+pub(crate) struct Template {
     source: String,
     segments: Vec<Segment>,
     encoding: ValueEncoding,
@@ -187,7 +187,7 @@ pub struct Template {
 impl Template {
     /// Parses `text` (see the module docs); values are written [`ValueEncoding::Verbatim`]
     /// until [`Template::with_encoding`] says otherwise.
-    pub fn parse(text: &str) -> Result<Template, TemplateError> {
+    pub(crate) fn parse(text: &str) -> Result<Template, TemplateError> {
         Self::parse_with_env(text, &|name| std::env::var(name).ok())
     }
 
@@ -312,37 +312,32 @@ impl Template {
     }
 
     /// The same template, writing record values with `encoding`.
-    pub fn with_encoding(mut self, encoding: ValueEncoding) -> Template {
+    pub(crate) fn with_encoding(mut self, encoding: ValueEncoding) -> Template {
         self.encoding = encoding;
         self
     }
 
     /// The text that comes from the config rather than from records (literals, `${VAR}`,
     /// `{hostname}`), for destinations that validate it once at start-up.
-    pub fn literals(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn literals(&self) -> impl Iterator<Item = &str> {
         self.segments.iter().filter_map(|s| match s {
             Segment::Literal(l) => Some(l.as_str()),
             _ => None,
         })
     }
 
-    /// The text the template was parsed from.
-    pub fn source(&self) -> &str {
-        &self.source
-    }
-
-    pub fn has_uuid(&self) -> bool {
+    pub(crate) fn has_uuid(&self) -> bool {
         self.segments.contains(&Segment::Uuid)
     }
 
-    pub fn has_index(&self) -> bool {
+    pub(crate) fn has_index(&self) -> bool {
         self.segments.contains(&Segment::Index)
     }
 
     /// The most bytes `{uuid}` (36) and `{index}` (20, a `u64`) can add to a rendering made
     /// without them: the rendering with [`Dynamic::default`] plus this is an upper bound on
     /// every object's name.
-    pub fn dynamic_max_len(&self) -> usize {
+    pub(crate) fn dynamic_max_len(&self) -> usize {
         self.segments
             .iter()
             .map(|s| match s {
@@ -355,7 +350,7 @@ impl Template {
 
     /// The literal text the template starts with (`/ecs/` of `/ecs/{ecs_cluster}`), or `""`
     /// when it starts with a placeholder.
-    pub fn leading_literal(&self) -> &str {
+    pub(crate) fn leading_literal(&self) -> &str {
         match self.segments.first() {
             Some(Segment::Literal(l)) => l,
             _ => "",
@@ -364,7 +359,7 @@ impl Template {
 
     /// The literal text the template ends with (`.json` of `k/{tag}-{uuid}.json`), or `""`
     /// when it ends with a placeholder.
-    pub fn trailing_literal(&self) -> &str {
+    pub(crate) fn trailing_literal(&self) -> &str {
         match self.segments.last() {
             Some(Segment::Literal(l)) => l,
             _ => "",
@@ -372,7 +367,8 @@ impl Template {
     }
 
     /// True when every record renders the same text (no tag, field or time parts).
-    pub fn is_static(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_static(&self) -> bool {
         self.segments
             .iter()
             .all(|s| matches!(s, Segment::Literal(_)))
@@ -382,7 +378,7 @@ impl Template {
     /// and are left out when it has none. Record values go through the template's
     /// [`ValueEncoding`]. Allocates nothing beyond `out`'s growth, except for number fields
     /// and the rare S3 key with a `.`/`..` segment.
-    pub fn render(&self, record: &Record, dynamic: Dynamic<'_>, out: &mut String) {
+    pub(crate) fn render(&self, record: &Record, dynamic: Dynamic<'_>, out: &mut String) {
         let start = out.len();
         let enc = self.encoding;
         for seg in &self.segments {
@@ -418,7 +414,7 @@ impl Template {
     }
 
     /// Convenience for tests and cold paths.
-    pub fn render_to_string(&self, record: &Record, dynamic: Dynamic<'_>) -> String {
+    pub(crate) fn render_to_string(&self, record: &Record, dynamic: Dynamic<'_>) -> String {
         let mut s = String::new();
         self.render(record, dynamic, &mut s);
         s

@@ -7,7 +7,7 @@
 //! several routes is delivered to that output once.
 
 pub mod pattern;
-pub mod tag;
+pub(crate) mod tag;
 
 use std::borrow::Cow;
 
@@ -16,7 +16,7 @@ use pattern::Pattern;
 use tag::TagGlob;
 
 #[derive(Debug)]
-pub struct Route {
+pub(crate) struct Route {
     pub name: String,
     /// Input indices this route accepts; `None` = every input.
     pub from: Option<Vec<usize>>,
@@ -29,11 +29,6 @@ pub struct Route {
 }
 
 impl Route {
-    /// Whether this route takes `record` from `input`.
-    pub fn accepts(&self, input: usize, record: &Record) -> bool {
-        self.accepts_with(input, record, &mut None, None)
-    }
-
     /// [`Route::accepts`] with the body a pattern reads cached in `body`: filled on first
     /// need (this route has a pattern and its `from` and `tag` conditions hold) with the
     /// fields named in `keys` (all fields when `None`), then reused by later routes.
@@ -63,7 +58,7 @@ impl Route {
 }
 
 #[derive(Debug, Default)]
-pub struct Router {
+pub(crate) struct Router {
     routes: Vec<Route>,
     /// Top-level fields any route's pattern reads, sorted, without duplicates.
     pattern_keys: Vec<Box<str>>,
@@ -71,21 +66,21 @@ pub struct Router {
 
 /// The routes and outputs one record reaches.
 #[derive(Debug, Default, Clone, PartialEq)]
-pub struct Decision {
+pub(crate) struct Decision {
     pub routes: Vec<usize>,
     /// Distinct output indices, in first-reached order.
     pub outputs: Vec<usize>,
 }
 
 impl Decision {
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.routes.clear();
         self.outputs.clear();
     }
 }
 
 impl Router {
-    pub fn new(routes: Vec<Route>) -> Self {
+    pub(crate) fn new(routes: Vec<Route>) -> Self {
         let mut pattern_keys: Vec<Box<str>> = routes
             .iter()
             .filter_map(|r| r.pattern.as_ref())
@@ -100,7 +95,7 @@ impl Router {
         }
     }
 
-    pub fn routes(&self) -> &[Route] {
+    pub(crate) fn routes(&self) -> &[Route] {
         &self.routes
     }
 
@@ -109,7 +104,7 @@ impl Router {
     /// routes. Pattern routes read field values: the fields any pattern names are decoded
     /// once per record, on the first route that needs them, and shared by every pattern
     /// route after it (a packed body is never decoded whole for routing).
-    pub fn decide(&self, input: usize, record: &Record, out: &mut Decision) {
+    pub(crate) fn decide(&self, input: usize, record: &Record, out: &mut Decision) {
         out.clear();
         let mut body: Option<Cow<'_, Fields>> = None;
         for (i, route) in self.routes.iter().enumerate() {

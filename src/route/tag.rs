@@ -16,7 +16,7 @@ pub struct TagGlob {
 }
 
 impl TagGlob {
-    pub fn new(text: &str) -> Result<TagGlob, String> {
+    pub(crate) fn new(text: &str) -> Result<TagGlob, String> {
         if text.is_empty() {
             return Err("empty tag glob (use \"*\" to match every tag)".into());
         }
@@ -33,11 +33,11 @@ impl TagGlob {
         })
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.text
     }
 
-    pub fn matches(&self, tag: &str) -> bool {
+    pub(crate) fn matches(&self, tag: &str) -> bool {
         if !self.text.contains('*') {
             return tag == self.text;
         }

@@ -300,6 +300,17 @@ pub fn http_get(url: &str) -> std::io::Result<(u16, String)> {
     Ok((status, body))
 }
 
+/// `v` (a JSON object) as the MessagePack map of one Fluent forward record (an entry's
+/// `record`); panics on any other JSON value.
+pub fn msgpack_record(v: &serde_json::Value) -> Vec<u8> {
+    let serde_json::Value::Object(m) = v else {
+        panic!("a record is a JSON object, not {v}")
+    };
+    let mut b = Vec::new();
+    firelane::input::forward::client::encode_json_record(&mut b, m);
+    b
+}
+
 /// Reads a JSON-lines file (missing file = no lines).
 pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
     let Ok(f) = std::fs::File::open(path) else {

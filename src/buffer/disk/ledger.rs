@@ -19,7 +19,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 #[derive(Debug, Default)]
-pub struct Ledger {
+pub(crate) struct Ledger {
     /// Every seq below this is done (delivered, dropped for good, or skipped as a gap).
     watermark: u64,
     /// Done ranges `start -> end` (end exclusive) above the watermark; disjoint, never adjacent.
@@ -29,7 +29,7 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    pub fn new(watermark: u64) -> Self {
+    pub(crate) fn new(watermark: u64) -> Self {
         Ledger {
             watermark,
             done: BTreeMap::new(),
@@ -38,7 +38,7 @@ impl Ledger {
     }
 
     /// The ledger a persisted [`AckState`] describes.
-    pub fn from_state(state: &AckState) -> Self {
+    pub(crate) fn from_state(state: &AckState) -> Self {
         let mut l = Ledger::new(state.watermark);
         for &(s, e) in &state.ranges {
             l.mark(s, e);
@@ -46,21 +46,23 @@ impl Ledger {
         l
     }
 
-    pub fn watermark(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn watermark(&self) -> u64 {
         self.watermark
     }
 
     /// Changes so far; equal versions mean equal content.
-    pub fn version(&self) -> u64 {
+    pub(crate) fn version(&self) -> u64 {
         self.version
     }
 
     /// Number of separate done ranges held above the watermark (memory use indicator).
-    pub fn fragments(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn fragments(&self) -> usize {
         self.done.len()
     }
 
-    pub fn is_done(&self, seq: u64) -> bool {
+    pub(crate) fn is_done(&self, seq: u64) -> bool {
         seq < self.watermark
             || self
                 .done
@@ -71,7 +73,7 @@ impl Ledger {
 
     /// Whether any seq in `[start, end)` above the watermark is done by a range (not by the
     /// watermark): the reader then has to check record by record.
-    pub fn has_ranges_in(&self, start: u64, end: u64) -> bool {
+    pub(crate) fn has_ranges_in(&self, start: u64, end: u64) -> bool {
         start < end
             && self
                 .done
@@ -81,7 +83,7 @@ impl Ledger {
     }
 
     /// How many seqs of `[start, end)` are done.
-    pub fn done_in(&self, start: u64, end: u64) -> u64 {
+    pub(crate) fn done_in(&self, start: u64, end: u64) -> u64 {
         if start >= end {
             return 0;
         }
@@ -103,7 +105,7 @@ impl Ledger {
 
     /// Marks `[start, end)` done. Returns how many of those seqs were not done before, so
     /// repeated acks are not counted twice.
-    pub fn mark(&mut self, start: u64, end: u64) -> u64 {
+    pub(crate) fn mark(&mut self, start: u64, end: u64) -> u64 {
         let start = start.max(self.watermark);
         if start >= end {
             return 0;
@@ -135,7 +137,8 @@ impl Ledger {
     }
 
     /// Marks single seqs done, coalescing consecutive runs. Returns the newly done count.
-    pub fn mark_seqs(&mut self, seqs: &[u64]) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn mark_seqs(&mut self, seqs: &[u64]) -> u64 {
         let mut newly = 0;
         for_each_run(seqs, |s, e| newly += self.mark(s, e));
         newly
@@ -144,7 +147,7 @@ impl Ledger {
     /// What to persist: the watermark and the lowest `max_ranges` done ranges (the ones a
     /// stuck low seq keeps from merging into the watermark). Ranges beyond are replayed
     /// after a crash: duplicates, not loss.
-    pub fn snapshot(&self, max_ranges: usize) -> AckState {
+    pub(crate) fn snapshot(&self, max_ranges: usize) -> AckState {
         AckState {
             watermark: self.watermark,
             ranges: self
@@ -158,7 +161,7 @@ impl Ledger {
 }
 
 /// Calls `f(start, end)` for every run of consecutive seqs in `seqs` (in the given order).
-pub fn for_each_run(seqs: &[u64], mut f: impl FnMut(u64, u64)) {
+pub(crate) fn for_each_run(seqs: &[u64], mut f: impl FnMut(u64, u64)) {
     let mut iter = seqs.iter().copied();
     let Some(mut run_start) = iter.next() else {
         return;
@@ -179,14 +182,14 @@ pub fn for_each_run(seqs: &[u64], mut f: impl FnMut(u64, u64)) {
 /// Persisted acknowledgement state: every seq below `watermark` is done, and so is every
 /// seq in the `ranges` (`[start, end)`, sorted, disjoint, all above the watermark).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct AckState {
+pub(crate) struct AckState {
     pub watermark: u64,
     pub ranges: Vec<(u64, u64)>,
 }
 
 impl AckState {
     /// Whether every seq of `[start, end)` is done.
-    pub fn covers(&self, start: u64, end: u64) -> bool {
+    pub(crate) fn covers(&self, start: u64, end: u64) -> bool {
         let start = start.max(self.watermark);
         if start >= end {
             return true;
@@ -196,7 +199,7 @@ impl AckState {
     }
 
     /// One past the highest done seq: seqs below it must never be handed out again.
-    pub fn high(&self) -> u64 {
+    pub(crate) fn high(&self) -> u64 {
         self.ranges
             .last()
             .map_or(self.watermark, |&(_, e)| e.max(self.watermark))
@@ -227,9 +230,9 @@ const SLOT_HEADER: usize = 32;
 const SLOT_LEN: usize = 16 << 10;
 const FILE_LEN: usize = 2 * SLOT_LEN;
 /// Done ranges above the watermark kept in the ack file (16 bytes each).
-pub const MAX_PERSISTED_RANGES: usize = (SLOT_LEN - SLOT_HEADER) / 16;
+pub(crate) const MAX_PERSISTED_RANGES: usize = (SLOT_LEN - SLOT_HEADER) / 16;
 
-pub fn is_ack_file(name: &str) -> bool {
+pub(crate) fn is_ack_file(name: &str) -> bool {
     name == ACK_FILE || name == ACK_TMP
 }
 
@@ -297,7 +300,7 @@ fn decode_slot(slot: &[u8]) -> Option<(u64, AckState)> {
 
 /// What [`load`] found.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Loaded {
+pub(crate) struct Loaded {
     pub state: AckState,
     /// Generation of the slot read (0 for a version 1 file).
     pub generation: u64,
@@ -307,7 +310,7 @@ pub struct Loaded {
 
 /// `Ok(None)` when there is no ack file (fresh buffer); `Err(reason)` when it is unreadable
 /// or corrupt, in which case the caller replays everything on disk.
-pub fn load(dir: &Path) -> Result<Option<Loaded>, String> {
+pub(crate) fn load(dir: &Path) -> Result<Option<Loaded>, String> {
     let bytes = match fs::read(dir.join(ACK_FILE)) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -347,7 +350,7 @@ pub fn load(dir: &Path) -> Result<Option<Loaded>, String> {
 }
 
 /// The open ack file, written in place.
-pub struct AckFile {
+pub(crate) struct AckFile {
     file: File,
     /// Generation of the newest slot written.
     generation: u64,
@@ -357,7 +360,11 @@ impl AckFile {
     /// Opens the ack file for in-place writes, first writing a fresh full-size one holding
     /// `state` (temp file + rename) when there is none of the current layout. Creating
     /// needs `2 × 16 KiB` of free space; call it after delivered segments were deleted.
-    pub fn open(dir: &Path, loaded: Option<&Loaded>, state: &AckState) -> io::Result<AckFile> {
+    pub(crate) fn open(
+        dir: &Path,
+        loaded: Option<&Loaded>,
+        state: &AckState,
+    ) -> io::Result<AckFile> {
         let path = dir.join(ACK_FILE);
         if let Some(l) = loaded.filter(|l| l.current_layout) {
             let file = OpenOptions::new().read(true).write(true).open(&path)?;
@@ -397,14 +404,14 @@ impl AckFile {
 
     /// Whether the file still has a name (it was not deleted while open). An error reading
     /// the metadata counts as linked: only a known deletion makes the caller recreate it.
-    pub fn is_linked(&self) -> bool {
+    pub(crate) fn is_linked(&self) -> bool {
         use std::os::unix::fs::MetadataExt;
         self.file.metadata().map_or(true, |m| m.nlink() > 0)
     }
 
     /// Writes `state` over the older slot. With `sync`, durable before returning. Needs no
     /// new space. Ranges beyond [`MAX_PERSISTED_RANGES`] are left out.
-    pub fn persist(&mut self, state: &AckState, sync: bool) -> io::Result<()> {
+    pub(crate) fn persist(&mut self, state: &AckState, sync: bool) -> io::Result<()> {
         let generation = self.generation + 1;
         let slot = encode_slot(generation, state);
         let offset = (generation % 2) * SLOT_LEN as u64;
@@ -418,7 +425,7 @@ impl AckFile {
 }
 
 /// Makes a directory's entries (new, renamed, removed files) durable.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 

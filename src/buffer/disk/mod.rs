@@ -38,9 +38,9 @@
 //! segment's valid prefix, the rest is moved to `quarantine/` and counted; a corrupt ack
 //! file means "replay everything"; unknown files are left alone with a warning.
 
-pub mod codec;
-pub mod ledger;
-pub mod segment;
+pub(crate) mod codec;
+pub(crate) mod ledger;
+pub(crate) mod segment;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
@@ -64,9 +64,9 @@ use crate::event::Record;
 use ledger::{AckFile, AckState, Ledger};
 
 /// Upper bound on payload bytes one `recv` reads from disk.
-pub const READ_MAX_BYTES: usize = 4 << 20;
+pub(crate) const READ_MAX_BYTES: usize = 4 << 20;
 /// How often an advanced watermark is written to the ack file.
-pub const PERSIST_EVERY: Duration = Duration::from_millis(100);
+pub(crate) const PERSIST_EVERY: Duration = Duration::from_millis(100);
 /// Damaged files kept in `quarantine/`; older ones are deleted so a crash loop cannot
 /// fill the disk with evidence.
 const QUARANTINE_KEEP: usize = 32;
@@ -76,7 +76,7 @@ const MIN_SEGMENT_SIZE: u64 = 4096;
 const READ_BUF: usize = 64 << 10;
 /// Segment files may use up to this many times `max_size`: the acked records sharing
 /// segments with unacked ones (see the module doc).
-pub const DISK_CAP_FACTOR: u64 = 2;
+pub(crate) const DISK_CAP_FACTOR: u64 = 2;
 
 #[derive(Clone, Copy, Debug)]
 struct SegMeta {
@@ -1097,7 +1097,7 @@ impl WriterThread {
 // === impl Writer ===
 
 #[derive(Clone)]
-pub struct Writer {
+pub(crate) struct Writer {
     guard: Arc<Guard>,
 }
 
@@ -1110,7 +1110,7 @@ pub struct Writer {
 /// writer would block on garbage. Sealing the open batches that hold records below
 /// `oldest_half_end` lets the oldest half of the files go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DiskUsage {
+pub(crate) struct DiskUsage {
     /// Bytes of the segment files (`firelane_buffer_disk_bytes`).
     pub disk_bytes: u64,
     /// The most the files may take: [`DISK_CAP_FACTOR`] × `max_size`.
@@ -1132,14 +1132,14 @@ impl Drop for Waiting<'_> {
 }
 
 impl Writer {
-    pub async fn push(&self, records: Vec<Record>) -> Result<PushReport, BufferError> {
+    pub(crate) async fn push(&self, records: Vec<Record>) -> Result<PushReport, BufferError> {
         let mut report = PushReport::default();
         self.push_into(records, &mut report).await.map(|()| report)
     }
 
     /// [`push`](Self::push), adding what was accepted or dropped to `report` as it goes:
     /// on an error (closed, write failed) after some chunks went in, those stay counted.
-    pub async fn push_into(
+    pub(crate) async fn push_into(
         &self,
         records: Vec<Record>,
         report: &mut PushReport,
@@ -1257,7 +1257,7 @@ impl Writer {
         Ok(())
     }
 
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         let core = &self.guard.core;
         core.state.lock().closed = true;
         core.data.notify_one();
@@ -1266,7 +1266,7 @@ impl Writer {
     }
 
     /// `bytes`: frame bytes of records not yet acked (what `max_size` bounds).
-    pub fn stats(&self) -> BufferStats {
+    pub(crate) fn stats(&self) -> BufferStats {
         let st = self.guard.core.state.lock();
         BufferStats {
             bytes: st.live_bytes,
@@ -1275,13 +1275,14 @@ impl Writer {
     }
 
     /// Bytes of the segment files (also `firelane_buffer_disk_bytes`).
-    pub fn disk_bytes(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn disk_bytes(&self) -> u64 {
         self.guard.core.state.lock().disk_bytes
     }
 
     /// How full the segment files are, and which records keep the oldest of them: see
     /// [`DiskUsage`].
-    pub fn usage(&self) -> DiskUsage {
+    pub(crate) fn usage(&self) -> DiskUsage {
         let core = &self.guard.core;
         let st = core.state.lock();
         // The oldest segments holding half of the file bytes: once every record below
@@ -1332,7 +1333,7 @@ struct ReadState {
     payload: Vec<u8>,
 }
 
-pub struct Reader {
+pub(crate) struct Reader {
     guard: Arc<Guard>,
     state: Arc<Mutex<ReadState>>,
     /// A disk read in progress. Kept across cancellation so its records land in `stash`.
@@ -1340,7 +1341,7 @@ pub struct Reader {
 }
 
 impl Reader {
-    pub async fn recv(&mut self, max_records: usize) -> Option<Vec<Entry>> {
+    pub(crate) async fn recv(&mut self, max_records: usize) -> Option<Vec<Entry>> {
         let max_records = max_records.max(1);
         loop {
             if let Some(h) = self.pending.as_mut() {
@@ -1382,23 +1383,15 @@ impl Reader {
         }
     }
 
-    pub fn acker(&self) -> Acker {
+    pub(crate) fn acker(&self) -> Acker {
         Acker {
             guard: self.guard.clone(),
         }
     }
 
     /// Committed records not yet acked (handed out or not): what a restart replays.
-    pub fn unacked_records(&self) -> u64 {
+    pub(crate) fn unacked_records(&self) -> u64 {
         self.guard.core.state.lock().live_records
-    }
-
-    /// Bytes the reader holds besides what `recv` returned: the stash and the file buffer.
-    /// The bounded-memory claim, measurable.
-    pub fn resident_bytes(&self) -> usize {
-        let rs = self.state.lock();
-        let stash: usize = rs.stash.iter().map(|e| e.record.approx_size()).sum();
-        stash + rs.payload.capacity() + rs.cur.as_ref().map_or(0, |c| c.file.capacity())
     }
 }
 
@@ -1571,12 +1564,12 @@ fn open_at(
 // === impl Acker ===
 
 #[derive(Clone)]
-pub struct Acker {
+pub(crate) struct Acker {
     guard: Arc<Guard>,
 }
 
 impl Acker {
-    pub fn ack(&self, seqs: &[u64]) {
+    pub(crate) fn ack(&self, seqs: &[u64]) {
         let core = &*self.guard.core;
         let mut st = core.state.lock();
         // Only seqs the reader handed out can be acked; anything else would let the

@@ -10,20 +10,20 @@ use std::fs::File;
 use std::io::{self, BufReader, ErrorKind, Read, Seek};
 use std::path::Path;
 
-pub const MAGIC: [u8; 8] = *b"FLNSEG\r\n";
-pub const VERSION: u32 = 1;
-pub const HEADER_LEN: u64 = 24;
-pub const FRAME_HEADER_LEN: usize = 8;
+pub(crate) const MAGIC: [u8; 8] = *b"FLNSEG\r\n";
+pub(crate) const VERSION: u32 = 1;
+pub(crate) const HEADER_LEN: u64 = 24;
+pub(crate) const FRAME_HEADER_LEN: usize = 8;
 /// Larger payloads are refused on write and treated as corruption on read (a garbage length
 /// must not make us allocate gigabytes).
-pub const MAX_PAYLOAD: usize = 64 << 20;
+pub(crate) const MAX_PAYLOAD: usize = 64 << 20;
 
-pub fn file_name(first_seq: u64) -> String {
+pub(crate) fn file_name(first_seq: u64) -> String {
     format!("{first_seq:016}.seg")
 }
 
 /// `Some(first seq)` for a name written by [`file_name`].
-pub fn parse_file_name(name: &str) -> Option<u64> {
+pub(crate) fn parse_file_name(name: &str) -> Option<u64> {
     let digits = name.strip_suffix(".seg")?;
     if digits.len() < 16 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -31,7 +31,7 @@ pub fn parse_file_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-pub fn header(first_seq: u64) -> [u8; HEADER_LEN as usize] {
+pub(crate) fn header(first_seq: u64) -> [u8; HEADER_LEN as usize] {
     let mut h = [0u8; HEADER_LEN as usize];
     h[..8].copy_from_slice(&MAGIC);
     h[8..12].copy_from_slice(&VERSION.to_le_bytes());
@@ -40,7 +40,7 @@ pub fn header(first_seq: u64) -> [u8; HEADER_LEN as usize] {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum HeaderError {
+pub(crate) enum HeaderError {
     #[error("file shorter than a segment header")]
     Short,
     #[error("not a segment file (bad magic)")]
@@ -51,7 +51,7 @@ pub enum HeaderError {
     Io(#[from] io::Error),
 }
 
-pub fn read_header(r: &mut impl Read) -> Result<u64, HeaderError> {
+pub(crate) fn read_header(r: &mut impl Read) -> Result<u64, HeaderError> {
     let mut h = [0u8; HEADER_LEN as usize];
     r.read_exact(&mut h).map_err(|e| match e.kind() {
         ErrorKind::UnexpectedEof => HeaderError::Short,
@@ -71,7 +71,7 @@ pub fn read_header(r: &mut impl Read) -> Result<u64, HeaderError> {
 
 /// Appends one frame to `out`, the payload written by `fill`. Returns the payload length,
 /// or `None` (and leaves `out` as it was) when the payload exceeds [`MAX_PAYLOAD`].
-pub fn append_frame(out: &mut Vec<u8>, fill: impl FnOnce(&mut Vec<u8>)) -> Option<usize> {
+pub(crate) fn append_frame(out: &mut Vec<u8>, fill: impl FnOnce(&mut Vec<u8>)) -> Option<usize> {
     let start = out.len();
     out.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
     fill(out);
@@ -87,7 +87,7 @@ pub fn append_frame(out: &mut Vec<u8>, fill: impl FnOnce(&mut Vec<u8>)) -> Optio
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum FrameError {
+pub(crate) enum FrameError {
     #[error("truncated frame (torn write)")]
     Torn,
     #[error("invalid frame length {0}")]
@@ -112,7 +112,7 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> Result<usize, io::Error> {
 }
 
 /// Reads the next frame's payload into `payload`. `Ok(false)` at a clean end of file.
-pub fn read_frame(r: &mut impl Read, payload: &mut Vec<u8>) -> Result<bool, FrameError> {
+pub(crate) fn read_frame(r: &mut impl Read, payload: &mut Vec<u8>) -> Result<bool, FrameError> {
     let mut h = [0u8; FRAME_HEADER_LEN];
     match read_full(r, &mut h).map_err(FrameError::Io)? {
         0 => return Ok(false),
@@ -136,7 +136,7 @@ pub fn read_frame(r: &mut impl Read, payload: &mut Vec<u8>) -> Result<bool, Fram
 }
 
 /// Skips one frame without reading or checking its payload (it was checked at start-up).
-pub fn skip_frame(r: &mut BufReader<File>) -> Result<(), FrameError> {
+pub(crate) fn skip_frame(r: &mut BufReader<File>) -> Result<(), FrameError> {
     let mut h = [0u8; FRAME_HEADER_LEN];
     if read_full(r, &mut h).map_err(FrameError::Io)? != FRAME_HEADER_LEN {
         return Err(FrameError::Torn);
@@ -150,7 +150,7 @@ pub fn skip_frame(r: &mut BufReader<File>) -> Result<(), FrameError> {
 
 /// What a start-up scan found in one segment file.
 #[derive(Debug)]
-pub struct Scan {
+pub(crate) struct Scan {
     pub first_seq: u64,
     pub records: u64,
     /// Bytes of header plus valid frames: the file is good up to here.
@@ -162,7 +162,7 @@ pub struct Scan {
 
 /// Walks every frame and checks its checksum. Header problems are returned as errors so the
 /// caller can quarantine the whole file; frame problems end the scan with `damage` set.
-pub fn scan(path: &Path) -> Result<Scan, HeaderError> {
+pub(crate) fn scan(path: &Path) -> Result<Scan, HeaderError> {
     let file = File::open(path)?;
     let file_len = file.metadata()?.len();
     let mut r = BufReader::with_capacity(256 << 10, file);

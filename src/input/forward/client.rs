@@ -17,11 +17,15 @@ use super::handshake;
 /// Forward-protocol EventTime: seconds and nanoseconds since the epoch (ext type 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventTime {
+    /// Whole seconds since the Unix epoch (big-endian u32 in the ext payload).
     pub secs: u32,
+    /// Nanoseconds within the second, 0..1_000_000_000.
     pub nanos: u32,
 }
 
 impl EventTime {
+    /// From nanoseconds since the epoch; negative values clamp to 0 and seconds past
+    /// `u32::MAX` (year 2106) clamp to `u32::MAX`.
     pub fn from_ns(ns: i64) -> Self {
         let ns = ns.max(0);
         EventTime {
@@ -30,19 +34,18 @@ impl EventTime {
         }
     }
 
+    /// The current wall-clock time.
     pub fn now() -> Self {
         Self::from_ns(crate::event::now_ns())
-    }
-
-    pub fn as_ns(self) -> i64 {
-        i64::from(self.secs) * 1_000_000_000 + i64::from(self.nanos)
     }
 }
 
 /// One `[time, record]` entry; `record` is an encoded msgpack map (see [`encode_record`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Entry<'a> {
+    /// The entry's EventTime.
     pub time: EventTime,
+    /// The record: one msgpack map, already encoded.
     pub record: &'a [u8],
 }
 
@@ -51,7 +54,8 @@ pub use crate::config::Compression;
 
 impl Compression {
     /// The value of the forward `compressed` option for a payload compressed so.
-    pub fn option_value(self) -> &'static str {
+    #[cfg(test)]
+    pub(crate) fn option_value(self) -> &'static str {
         self.as_str()
     }
 }
@@ -75,7 +79,7 @@ fn map(b: &mut Vec<u8>, n: usize) {
 }
 
 /// EventTime as fixext8 (`d7 00 ss ss ss ss nn nn nn nn`), as Docker's driver writes it.
-pub fn write_event_time(b: &mut Vec<u8>, t: EventTime) {
+pub(crate) fn write_event_time(b: &mut Vec<u8>, t: EventTime) {
     b.extend_from_slice(&[0xd7, 0x00]);
     b.extend_from_slice(&t.secs.to_be_bytes());
     b.extend_from_slice(&t.nanos.to_be_bytes());
@@ -328,6 +332,10 @@ impl ForwardClient {
         })
     }
 
+    /// Writes one encoded request (as built by the `encode_*` functions) in full.
+    ///
+    /// # Errors
+    /// The socket's write error (e.g. the server closed the connection).
     pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         match &mut self.stream {
             Stream::Tcp(s) => s.write_all(bytes),

@@ -15,7 +15,7 @@ use crate::input::drain::InputShutdown;
 use crate::input::registry::{InputConfig, InputType};
 
 /// The `forward` input type.
-pub struct Forward;
+pub(crate) struct Forward;
 
 impl InputType for Forward {
     fn name(&self) -> &'static str {

@@ -21,7 +21,7 @@ use crate::event::{Fields, Record, packed};
 
 /// Nesting limit for record values (the record map itself is level 1). Deeper records are
 /// skipped (`bad_record`) rather than risking deep recursion on hostile input.
-pub const MAX_DEPTH: usize = 64;
+pub(crate) const MAX_DEPTH: usize = 64;
 
 /// zstd window limit (2^23 = 8 MiB). A frame header may ask for a window of up to 2 GiB,
 /// which the decoder would allocate up front; real senders use far smaller windows.
@@ -32,7 +32,7 @@ const ZSTD_WINDOW_LOG_MAX: u32 = 23;
 /// `bad_record`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{kind}: {detail}")]
-pub struct DecodeError {
+pub(crate) struct DecodeError {
     pub kind: ErrorKind,
     pub detail: String,
 }
@@ -69,7 +69,7 @@ fn truncated() -> DecodeError {
 /// Counts of things that did not stop the request. Each skipped entry is counted once, under
 /// the first reason found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Stats {
+pub(crate) struct Stats {
     /// Records (or tags) that contained non-UTF-8 strings, kept with U+FFFD.
     pub invalid_utf8: u64,
     /// Records kept with map keys that were neither strings nor integers (nil, a boolean, a
@@ -105,13 +105,14 @@ impl Stats {
     }
 
     /// Entries skipped, all kinds.
-    pub fn skipped_entries(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn skipped_entries(&self) -> u64 {
         self.bad_records + self.bad_times + self.bad_entries
     }
 
     /// Skipped entries of one kind (`bad_time`, `bad_record`, `bad_entry`) with the reason
     /// of the first of them; `(0, None)` for any other kind.
-    pub fn skips(&self, kind: ErrorKind) -> (u64, Option<&str>) {
+    pub(crate) fn skips(&self, kind: ErrorKind) -> (u64, Option<&str>) {
         match kind {
             ErrorKind::BadTime => (self.bad_times, self.bad_time_reason.as_deref()),
             ErrorKind::BadRecord => (self.bad_records, self.bad_record_reason.as_deref()),
@@ -123,7 +124,7 @@ impl Stats {
 
 /// What the request asked for besides its records.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Request {
+pub(crate) struct Request {
     /// A `nil` heartbeat: nothing to ingest, nothing to answer.
     pub heartbeat: bool,
     /// Byte range (within the frame) of the `chunk` option value, in its original msgpack
@@ -137,7 +138,7 @@ pub struct Request {
 
 /// Decoding limits.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     pub max_decompressed_bytes: usize,
 }
 
@@ -152,7 +153,7 @@ pub struct Limits {
 /// truncated payload) is an error, and then nothing of it is kept: `out` and `stats` are
 /// left as they were, so the caller neither ingests part of it nor acks it. `now_ns`
 /// replaces a time of 0.
-pub fn decode_request(
+pub(crate) fn decode_request(
     frame: &[u8],
     limits: &Limits,
     now_ns: i64,
@@ -929,7 +930,7 @@ impl<'a> Cursor<'a> {
 
 /// A small owned msgpack tree, for the handshake and ack messages (never for records).
 #[derive(Debug, Clone, PartialEq)]
-pub enum Plain {
+pub(crate) enum Plain {
     Nil,
     Bool(bool),
     Int(i128),
@@ -943,7 +944,7 @@ pub enum Plain {
 
 impl Plain {
     /// Parses one complete msgpack object (nesting up to [`MAX_DEPTH`]).
-    pub fn parse(bytes: &[u8]) -> Result<Plain, DecodeError> {
+    pub(crate) fn parse(bytes: &[u8]) -> Result<Plain, DecodeError> {
         let mut cur = Cursor::new(bytes);
         Plain::read(&mut cur, 0)
     }
@@ -979,7 +980,7 @@ impl Plain {
         })
     }
 
-    pub fn as_str(&self) -> Option<&[u8]> {
+    pub(crate) fn as_str(&self) -> Option<&[u8]> {
         match self {
             Plain::Str(s) => Some(s),
             _ => None,
@@ -987,7 +988,7 @@ impl Plain {
     }
 
     /// Value of a string key in a map.
-    pub fn get(&self, key: &str) -> Option<&Plain> {
+    pub(crate) fn get(&self, key: &str) -> Option<&Plain> {
         match self {
             Plain::Map(pairs) => pairs
                 .iter()
@@ -1000,7 +1001,7 @@ impl Plain {
 
 /// True when `frame` is a PackedForward request whose payload starts with gzip or zstd magic.
 /// A cheap look at the headers, so the server can reserve memory before inflating.
-pub fn is_compressed(frame: &[u8]) -> bool {
+pub(crate) fn is_compressed(frame: &[u8]) -> bool {
     let mut cur = Cursor::new(frame);
     let shape = (cur.next(), cur.next(), cur.next());
     match shape {

@@ -14,11 +14,21 @@ use rmp::Marker;
 pub enum FrameError {
     /// 0xc1, the one byte msgpack never uses.
     #[error("invalid msgpack marker 0x{byte:02x} at offset {offset}")]
-    Malformed { byte: u8, offset: usize },
+    Malformed {
+        /// The marker byte found (0xc1).
+        byte: u8,
+        /// Its position, in bytes from the start of the frame.
+        offset: usize,
+    },
     /// A header (length or element count) proves the frame is bigger than allowed. Raised
     /// as soon as the header is seen, before any of the claimed bytes are buffered.
     #[error("frame of at least {at_least} bytes exceeds the limit of {max} bytes")]
-    TooLarge { at_least: u64, max: usize },
+    TooLarge {
+        /// Lower bound of the frame size the header proves, in bytes.
+        at_least: u64,
+        /// The configured limit (`max_frame`), in bytes.
+        max: usize,
+    },
 }
 
 /// Result of [`Splitter::advance`].
@@ -28,6 +38,7 @@ pub enum Split {
     Incomplete,
     /// The first `n` bytes of the buffer are one complete msgpack object.
     Complete(usize),
+    /// The buffer can never start a valid frame; the connection must be closed.
     Invalid(FrameError),
 }
 
@@ -56,19 +67,19 @@ impl Splitter {
     }
 
     /// Prepares for the next frame (the caller removed the previous one from the buffer).
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.pos = 0;
         self.remaining = 1;
     }
 
     /// True when nothing of the current frame has been walked yet.
-    pub fn at_start(&self) -> bool {
+    pub(crate) fn at_start(&self) -> bool {
         self.pos == 0
     }
 
     /// Lower bound of the current frame's size: bytes walked so far plus one byte for every
     /// object still owed. Used to size the read buffer and the memory reservation.
-    pub fn min_len(&self) -> usize {
+    pub(crate) fn min_len(&self) -> usize {
         usize::try_from(self.pos.saturating_add(self.remaining)).unwrap_or(usize::MAX)
     }
 

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha512};
 use super::decode::Plain;
 
 /// `lowercase_hex(sha512(salt + hostname + nonce + shared_key))`, the digest both sides send.
-pub fn digest(salt: &[u8], hostname: &[u8], nonce: &[u8], shared_key: &[u8]) -> String {
+pub(crate) fn digest(salt: &[u8], hostname: &[u8], nonce: &[u8], shared_key: &[u8]) -> String {
     let mut h = Sha512::new();
     h.update(salt);
     h.update(hostname);
@@ -21,12 +21,12 @@ pub fn digest(salt: &[u8], hostname: &[u8], nonce: &[u8], shared_key: &[u8]) -> 
 
 /// A fresh 16-byte nonce. Fluent Bit sends 16 random bytes as a msgpack str; we draw them
 /// from the alphanumeric alphabet (~95 bits) so clients that insist on UTF-8 strings cope.
-pub fn new_nonce() -> Vec<u8> {
+pub(crate) fn new_nonce() -> Vec<u8> {
     rand::rng().sample_iter(Alphanumeric).take(16).collect()
 }
 
 /// `["HELO", {"nonce": nonce, "auth": "", "keepalive": true}]`
-pub fn helo(nonce: &[u8]) -> Vec<u8> {
+pub(crate) fn helo(nonce: &[u8]) -> Vec<u8> {
     let mut b = Vec::with_capacity(64);
     rmp::encode::write_array_len(&mut b, 2).ok();
     rmp::encode::write_str(&mut b, "HELO").ok();
@@ -41,7 +41,7 @@ pub fn helo(nonce: &[u8]) -> Vec<u8> {
 }
 
 /// Outcome of checking a PING: the PONG to send, and whether the client may continue.
-pub struct Verdict {
+pub(crate) struct Verdict {
     pub pong: Vec<u8>,
     /// `None` when authenticated, else the reason sent in the PONG.
     pub failure: Option<String>,
@@ -49,7 +49,12 @@ pub struct Verdict {
 
 /// Checks `["PING", hostname, salt, digest, username, password]` (six strings) against the
 /// nonce and key and builds the PONG.
-pub fn check_ping(frame: &[u8], nonce: &[u8], shared_key: &[u8], server_hostname: &str) -> Verdict {
+pub(crate) fn check_ping(
+    frame: &[u8],
+    nonce: &[u8],
+    shared_key: &[u8],
+    server_hostname: &str,
+) -> Verdict {
     let fail = |reason: &str| Verdict {
         pong: pong(false, reason, "", ""),
         failure: Some(reason.to_owned()),
@@ -77,7 +82,7 @@ pub fn check_ping(frame: &[u8], nonce: &[u8], shared_key: &[u8], server_hostname
 }
 
 /// `["PONG", ok, reason, server_hostname, digest]`
-pub fn pong(ok: bool, reason: &str, hostname: &str, digest: &str) -> Vec<u8> {
+pub(crate) fn pong(ok: bool, reason: &str, hostname: &str, digest: &str) -> Vec<u8> {
     let mut b = Vec::with_capacity(200);
     rmp::encode::write_array_len(&mut b, 5).ok();
     rmp::encode::write_str(&mut b, "PONG").ok();
@@ -90,7 +95,7 @@ pub fn pong(ok: bool, reason: &str, hostname: &str, digest: &str) -> Vec<u8> {
 
 /// Client side: builds the PING answering `helo` (used by the load generator and tests).
 /// Returns the PING and the nonce, which [`verify_pong`] needs.
-pub fn client_ping(
+pub(crate) fn client_ping(
     helo: &[u8],
     client_hostname: &str,
     salt: &[u8],
@@ -120,7 +125,7 @@ pub fn client_ping(
 }
 
 /// Client side: checks the PONG, including the server's digest.
-pub fn verify_pong(
+pub(crate) fn verify_pong(
     pong: &[u8],
     salt: &[u8],
     nonce: &[u8],

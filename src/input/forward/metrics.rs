@@ -7,7 +7,7 @@ use metrics::Counter;
 
 /// Values of the `kind` label of `firelane_input_errors_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
+pub(crate) enum ErrorKind {
     /// Bytes that are not msgpack (reserved marker, truncated object inside a payload).
     MalformedMsgpack,
     /// A request larger than `max_frame_bytes`.
@@ -58,7 +58,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 19] = [
+    pub(crate) const ALL: [ErrorKind; 19] = [
         ErrorKind::MalformedMsgpack,
         ErrorKind::FrameTooLarge,
         ErrorKind::DecompressFailed,
@@ -80,7 +80,7 @@ impl ErrorKind {
         ErrorKind::TooManyConnections,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ErrorKind::MalformedMsgpack => "malformed_msgpack",
             ErrorKind::FrameTooLarge => "frame_too_large",
@@ -151,7 +151,7 @@ impl std::fmt::Display for ErrorKind {
 
 /// Handles for one input's counters.
 #[derive(Clone)]
-pub struct InputMetrics {
+pub(crate) struct InputMetrics {
     records: Counter,
     bytes: Counter,
     errors: Arc<[Counter]>,
@@ -160,7 +160,7 @@ pub struct InputMetrics {
 impl InputMetrics {
     /// Registers the counters with the current recorder (all error kinds up front, so they
     /// show as 0 in `/metrics` before the first error).
-    pub fn new(input: &str) -> Self {
+    pub(crate) fn new(input: &str) -> Self {
         let records =
             metrics::counter!("firelane_input_records_total", "input" => input.to_owned());
         let bytes = metrics::counter!("firelane_input_bytes_total", "input" => input.to_owned());
@@ -181,15 +181,15 @@ impl InputMetrics {
         }
     }
 
-    pub fn records(&self, n: u64) {
+    pub(crate) fn records(&self, n: u64) {
         self.records.increment(n);
     }
 
-    pub fn bytes(&self, n: u64) {
+    pub(crate) fn bytes(&self, n: u64) {
         self.bytes.increment(n);
     }
 
-    pub fn error(&self, kind: ErrorKind, n: u64) {
+    pub(crate) fn error(&self, kind: ErrorKind, n: u64) {
         if let Some(c) = self.errors.get(kind.index()) {
             c.increment(n);
         }

@@ -28,21 +28,21 @@
 //! increment and a rate-limited warning.
 
 pub mod client;
-pub mod config;
-pub mod decode;
+pub(crate) mod config;
+pub(crate) mod decode;
 pub mod frame;
-pub mod handshake;
-pub mod metrics;
+pub(crate) mod handshake;
+pub(crate) mod metrics;
 mod server;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use server::spawn;
+pub(crate) use server::spawn;
 
 /// Configuration of one `type = "forward"` input.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ForwardConfig {
+pub(crate) struct ForwardConfig {
     /// Input name: the `input` label of the metrics and the route `from` name.
     pub name: String,
     /// Listeners, `tcp://HOST:PORT` or `unix:///PATH`. Default: `tcp://127.0.0.1:24224`.
@@ -102,7 +102,7 @@ pub enum ListenAddr {
 
 impl ListenAddr {
     /// Parses `tcp://HOST:PORT` or `unix:///ABSOLUTE/PATH`.
-    pub fn parse(s: &str) -> Result<ListenAddr, String> {
+    pub(crate) fn parse(s: &str) -> Result<ListenAddr, String> {
         if let Some(rest) = s.strip_prefix("tcp://") {
             let (host, port) = rest
                 .rsplit_once(':')

@@ -67,7 +67,7 @@ static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 /// after [`InputShutdown::stop`] once every connection it accepted has closed (by the client,
 /// or at the window's end after its last complete request) and its records were ingested
 /// and acked, so awaiting all of them means "input done".
-pub async fn spawn(
+pub(crate) async fn spawn(
     cfg: ForwardConfig,
     ingest: Arc<dyn Ingest>,
     budget: MemoryBudget,

@@ -21,7 +21,7 @@ use crate::input::registry::{InputConfig, InputType};
 const EVENTBRIDGE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The `http` input type.
-pub struct Http;
+pub(crate) struct Http;
 
 impl InputType for Http {
     fn name(&self) -> &'static str {

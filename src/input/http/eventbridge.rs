@@ -1,7 +1,7 @@
 //! `format = "eventbridge"`: bodies as an EventBridge API destination posts them.
 //!
 //! An API destination sends one event per request, the event JSON as the body (EventBridge
-//! user guide, *API destinations*; firelens-and-protocols.md §5.6). Other senders (a
+//! user guide, *API destinations*). Other senders (a
 //! replay script, a Lambda forwarding a batch) may post a JSON array of events; both are
 //! taken here. Each event becomes one record: its fields exactly as sent, its tag the
 //! event's `detail-type` (unless the request or the input names a tag), its time the
@@ -23,7 +23,7 @@ use crate::event::{Record, now_ns};
 
 /// Why a body is not a batch of events. Answered 400: resending the same body cannot help.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum EventsError {
+pub(crate) enum EventsError {
     /// Not JSON at all (or not UTF-8).
     #[error("invalid JSON at line {line} column {column}: {message}")]
     Json {
@@ -38,7 +38,7 @@ pub enum EventsError {
 
 impl EventsError {
     /// The `kind` label this refusal is counted under in `firelane_input_errors_total`.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             EventsError::Json { .. } => "bad_body",
             EventsError::NotAnEvent(_) => "not_an_event",
@@ -48,7 +48,7 @@ impl EventsError {
 
 /// The event's `id`: the key EventBridge keeps across its retries of one event, so the
 /// de-duplication key of this format.
-pub fn event_id(record: &Record) -> Option<&str> {
+pub(crate) fn event_id(record: &Record) -> Option<&str> {
     record.get("id").and_then(|v| v.as_str())
 }
 
@@ -56,7 +56,7 @@ pub fn event_id(record: &Record) -> Option<&str> {
 ///
 /// `tag`: the tag the request or the input sets; `None` tags each record with its event's
 /// `detail-type`.
-pub fn parse(data: &[u8], tag: Option<&Arc<str>>) -> Result<Vec<Record>, EventsError> {
+pub(crate) fn parse(data: &[u8], tag: Option<&Arc<str>>) -> Result<Vec<Record>, EventsError> {
     let doc: Value = serde_json::from_slice(data).map_err(|e| EventsError::Json {
         line: e.line(),
         column: e.column(),

@@ -1,6 +1,6 @@
 //! `format = "sns"`: Amazon SNS HTTP(S) subscription deliveries, signatures verified.
 //!
-//! SNS POSTs a JSON envelope (firelens-and-protocols.md §5.7; SNS developer guide,
+//! SNS POSTs a JSON envelope (SNS developer guide,
 //! *Parsing message formats* and *Verifying the signatures of Amazon SNS messages*):
 //!
 //! - `Notification`: the record is `Message` parsed as JSON when it is an object (an
@@ -62,18 +62,18 @@ use crate::event::{Fields, Record, now_ns};
 
 /// Longest wait for a signing certificate or a `SubscribeURL` answer. SNS gives an endpoint
 /// 15 s to answer (SNS developer guide, *HTTP/S delivery*); a fetch and a verification fit.
-pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Signing certificates remembered (by URL). SNS signs with one certificate per region at a
 /// time and rotates it rarely, so a handful covers every topic an input serves.
-pub const CERT_CACHE: usize = 32;
+pub(crate) const CERT_CACHE: usize = 32;
 
 /// Largest certificate file read (a PEM certificate is 2 to 3 KB).
 const MAX_CERT_BYTES: usize = 64 * 1024;
 
 /// The `sns` settings of an HTTP input with `format = "sns"`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SnsConfig {
+pub(crate) struct SnsConfig {
     /// Topics whose notifications are taken and whose subscriptions may be confirmed.
     /// Empty: every topic (still signature-verified).
     pub topic_arns: Vec<String>,
@@ -89,7 +89,7 @@ pub struct SnsConfig {
 
 /// `x-amz-sns-message-type` / `Type` (SNS developer guide, *HTTP/HTTPS headers*).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MessageType {
+pub(crate) enum MessageType {
     Notification,
     SubscriptionConfirmation,
     UnsubscribeConfirmation,
@@ -160,7 +160,7 @@ pub(crate) enum SnsError {
 
 impl SnsError {
     /// The `kind` label of `firelane_input_errors_total` this refusal is counted under.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             SnsError::Json { .. } => "bad_body",
             SnsError::NotAMessage(_) => "not_an_sns_message",
@@ -174,7 +174,7 @@ impl SnsError {
     /// The answer's status: 400 for what is not an SNS message, 403 for what is not
     /// proven to come from SNS or from a listed topic, 503 for what may pass (SNS retries
     /// only 5xx: every 4xx drops the message), 413 / 503 for the budget as for any body.
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             SnsError::Json { .. } | SnsError::NotAMessage(_) => StatusCode::BAD_REQUEST,
             SnsError::Signature(_) | SnsError::Topic(_) => StatusCode::FORBIDDEN,
@@ -201,7 +201,7 @@ pub(crate) enum Delivery {
 
 /// The SNS side of one input: settings, the HTTPS client for certificates and
 /// confirmations, and the certificate cache.
-pub struct Sns {
+pub(crate) struct Sns {
     cfg: SnsConfig,
     input: String,
     /// Whether the input checks credentials (`auth`): raw deliveries need them.
@@ -220,7 +220,7 @@ struct CertCache {
 }
 
 /// Reads the CA certificates of `path` (PEM), for `firelane check` and startup alike.
-pub fn read_ca_file(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
+pub(crate) fn read_ca_file(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
     let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let certs = reqwest::Certificate::from_pem_bundle(&pem)
         .map_err(|e| format!("{}: not PEM certificates: {e}", path.display()))?;
@@ -233,7 +233,7 @@ pub fn read_ca_file(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>,
 impl Sns {
     /// The SNS handling of input `input`. `authenticated`: the input has `auth`. Fails when
     /// `ca_file` cannot be read or the HTTPS client cannot be built.
-    pub fn new(cfg: SnsConfig, input: &str, authenticated: bool) -> anyhow::Result<Self> {
+    pub(crate) fn new(cfg: SnsConfig, input: &str, authenticated: bool) -> anyhow::Result<Self> {
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
             .https_only(true)
@@ -604,7 +604,7 @@ impl Sns {
 /// Whether `host` has the shape of an SNS endpoint: `sns.<region>.amazonaws.com` or, in
 /// the China partition, `sns.<region>.amazonaws.com.cn` (the shape AWS's SDK message
 /// validators accept: `^sns\.[a-zA-Z0-9\-]{3,}\.amazonaws\.com(\.cn)?$`).
-pub fn is_sns_host(host: &str) -> bool {
+pub(crate) fn is_sns_host(host: &str) -> bool {
     let host = host.to_ascii_lowercase();
     let Some(rest) = host.strip_prefix("sns.") else {
         return false;

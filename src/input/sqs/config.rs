@@ -16,7 +16,7 @@ use crate::input::registry::{InputConfig, InputType};
 use crate::output::aws::AwsSettings;
 
 /// The `sqs` input type.
-pub struct Sqs;
+pub(crate) struct Sqs;
 
 /// More concurrent long polls than this is a typo rather than a need: each poll takes up to
 /// 10 messages, and replicas, not pollers, are how a queue's consumers scale.

@@ -25,7 +25,7 @@
 //! Delivery is at least once (SQS standard queues are): a replica that dies between buffering
 //! and deleting leaves the message to be received again.
 
-pub mod config;
+pub(crate) mod config;
 mod poll;
 
 use std::sync::Arc;
@@ -36,11 +36,11 @@ use serde_json::Value;
 use crate::event::{Fields, Record};
 use crate::output::aws::AwsSettings;
 
-pub use poll::spawn;
+pub(crate) use poll::spawn;
 
 /// How a message body becomes a record (`format`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SqsFormat {
+pub(crate) enum SqsFormat {
     /// An EventBridge event (the body the rule's SQS target sends, spec §5.8): the record is
     /// the event object, tagged with its `detail-type`. Default.
     EventBridge,
@@ -57,7 +57,7 @@ pub enum SqsFormat {
 
 impl SqsFormat {
     /// The `format` value.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             SqsFormat::EventBridge => "eventbridge",
             SqsFormat::Sns => "sns",
@@ -67,7 +67,7 @@ impl SqsFormat {
     }
 
     /// Parses a `format` value.
-    pub fn parse(s: &str) -> Option<SqsFormat> {
+    pub(crate) fn parse(s: &str) -> Option<SqsFormat> {
         Some(match s {
             "eventbridge" => SqsFormat::EventBridge,
             "sns" => SqsFormat::Sns,
@@ -80,7 +80,7 @@ impl SqsFormat {
 
 /// Configuration of one `type = "sqs"` input.
 #[derive(Clone, Debug, PartialEq)]
-pub struct SqsConfig {
+pub(crate) struct SqsConfig {
     /// Input name: the `input` label of the metrics, the route `from` name and the tag of
     /// records that have no `detail-type`.
     pub name: String,
@@ -103,16 +103,16 @@ pub struct SqsConfig {
 
 impl SqsConfig {
     /// Default number of concurrent long polls.
-    pub const DEFAULT_POLLERS: usize = 2;
+    pub(crate) const DEFAULT_POLLERS: usize = 2;
     /// Default long-poll wait: SQS's maximum.
-    pub const DEFAULT_WAIT_TIME: Duration = Duration::from_secs(20);
+    pub(crate) const DEFAULT_WAIT_TIME: Duration = Duration::from_secs(20);
     /// SQS's longest `WaitTimeSeconds`.
-    pub const MAX_WAIT_TIME: Duration = Duration::from_secs(20);
+    pub(crate) const MAX_WAIT_TIME: Duration = Duration::from_secs(20);
     /// SQS's longest visibility timeout (12 hours).
-    pub const MAX_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(43_200);
+    pub(crate) const MAX_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(43_200);
 
     /// A config with every default, reading `queue_url`.
-    pub fn new(name: &str, queue_url: &str) -> SqsConfig {
+    pub(crate) fn new(name: &str, queue_url: &str) -> SqsConfig {
         SqsConfig {
             name: name.to_owned(),
             queue_url: queue_url.to_owned(),
@@ -128,7 +128,7 @@ impl SqsConfig {
 /// The region in an SQS queue URL: `https://sqs.<region>.amazonaws.com[.cn]/...` or the
 /// legacy `https://<region>.queue.amazonaws.com/...`. `None` for other hosts (a local
 /// endpoint, a VPC endpoint's DNS name).
-pub fn region_of_queue_url(url: &str) -> Option<String> {
+pub(crate) fn region_of_queue_url(url: &str) -> Option<String> {
     let rest = url
         .strip_prefix("https://")
         .or_else(|| url.strip_prefix("http://"))?;
@@ -148,7 +148,7 @@ pub fn region_of_queue_url(url: &str) -> Option<String> {
 
 /// Why a message body cannot become a record. The message is left in the queue.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum BadMessage {
+pub(crate) enum BadMessage {
     /// The body is not JSON at all.
     #[error("body is not JSON: {0}")]
     NotJson(String),
@@ -180,7 +180,7 @@ pub enum BadMessage {
 /// The record's time is the event's own when it has one (the EventBridge `time`, else the
 /// SNS `Timestamp`), else when the message was sent, else now: a backlog drained after an
 /// outage keeps the times its events happened at.
-pub fn parse_message(
+pub(crate) fn parse_message(
     body: &str,
     format: SqsFormat,
     tag: &Arc<str>,

@@ -25,9 +25,9 @@ use crate::input::{Ingest, IngestError};
 use crate::output::aws::sdk_config;
 
 /// First pause after a failed SQS call; doubles per failure.
-pub const MIN_BACKOFF: Duration = Duration::from_millis(200);
+pub(crate) const MIN_BACKOFF: Duration = Duration::from_millis(200);
 /// Longest pause between failed receives: a recovered queue is polled again within this.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(20);
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(20);
 /// An empty receive that returned sooner than this (`wait_time = "0s"`, short polling) is
 /// followed by a pause up to it, so an idle queue is not polled in a tight loop.
 const MIN_EMPTY_CYCLE: Duration = Duration::from_secs(1);
@@ -123,7 +123,7 @@ impl Backoff {
 /// Builds the SQS client and starts `cfg.pollers` pollers. Fails only when no region can be
 /// found; an unreachable or missing queue is reported by the pollers (counted, logged,
 /// retried with backoff), so a replica started during an SQS outage recovers by itself.
-pub async fn spawn(
+pub(crate) async fn spawn(
     cfg: SqsConfig,
     ingest: Arc<dyn Ingest>,
     budget: MemoryBudget,

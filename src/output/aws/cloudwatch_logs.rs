@@ -47,7 +47,7 @@
 //! (`result="dead_lettered"`), else count as `result="failed"`; the core's log line
 //! (`permanent error too_old: PutLogEvents GROUP STREAM: …; N records failed`) says the same.
 
-pub mod config;
+pub(crate) mod config;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -64,33 +64,45 @@ use crate::event::Record;
 use crate::output::sink::{BatchBuilder, BatchSettings, Failure, Push, SendResult, Sink};
 use crate::output::template::{Dynamic, Template, ValueEncoding};
 
-pub const MAX_EVENTS: usize = 10_000;
-pub const MAX_BATCH_BYTES: usize = 1_048_576;
-pub const EVENT_OVERHEAD: usize = 26;
-pub const MAX_MESSAGE_BYTES: usize = 1_000_000;
-pub const MAX_SPAN_MS: i64 = 24 * 3600 * 1000;
-pub const MAX_NAME_CHARS: usize = 512;
+pub(crate) const MAX_EVENTS: usize = 10_000;
+pub(crate) const MAX_BATCH_BYTES: usize = 1_048_576;
+pub(crate) const EVENT_OVERHEAD: usize = 26;
+pub(crate) const MAX_MESSAGE_BYTES: usize = 1_000_000;
+pub(crate) const MAX_SPAN_MS: i64 = 24 * 3600 * 1000;
+pub(crate) const MAX_NAME_CHARS: usize = 512;
 /// CreateLogGroup: "Log group names can't start with the string aws/" (reserved for AWS
 /// services; `/aws/…`, with a leading slash, is allowed and common).
-pub const RESERVED_GROUP_PREFIX: &str = "aws/";
+pub(crate) const RESERVED_GROUP_PREFIX: &str = "aws/";
 /// Values `PutRetentionPolicy` accepts.
-pub const RETENTION_DAYS: &[i32] = &[
+pub(crate) const RETENTION_DAYS: &[i32] = &[
     1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922,
     3288, 3653,
 ];
 
 #[derive(Clone, Debug, PartialEq)]
+/// An `[outputs.NAME]` of `type = "cloudwatch_logs"`, validated (PutLogEvents).
 pub struct CloudWatchLogsConfig {
     /// The output's name (`[outputs.NAME]`), for log lines.
     pub name: String,
+    /// `log_group` template (record values encoded so they cannot add a path level; may
+    /// not start with the reserved `aws/`; at most 512 characters).
     pub log_group: String,
+    /// `log_stream` template (`:` and `*` encoded; at most 512 characters); default
+    /// `{tag}`.
     pub log_stream: String,
+    /// `auto_create`: create a missing group / stream on `ResourceNotFoundException`.
     pub auto_create: bool,
+    /// `retention_days` set on groups this output creates; one of the values
+    /// `PutRetentionPolicy` accepts.
     pub retention_days: Option<i32>,
     /// Tags for groups this output creates.
     pub tags: HashMap<String, String>,
+    /// What a record becomes as an event message (JSON line or `log_key`).
     pub format: RecordFormat,
+    /// Region, endpoint and role.
     pub aws: AwsSettings,
+    /// Batch limits, clamped to PutLogEvents' 10,000 events and 1,048,576 bytes (each
+    /// message plus 26 bytes).
     pub batch: BatchSettings,
 }
 
@@ -108,6 +120,8 @@ struct Limits {
     max_bytes: usize,
 }
 
+/// The CloudWatch Logs destination: PutLogEvents per stream, creating groups and streams
+/// when allowed.
 pub struct CloudWatchLogsSink {
     name: String,
     client: aws_sdk_cloudwatchlogs::Client,
@@ -125,6 +139,11 @@ pub struct CloudWatchLogsSink {
     create_lock: tokio::sync::Mutex<()>,
 }
 
+/// Builds the sink: SDK client (region, endpoint, role) and parsed name templates.
+///
+/// # Errors
+/// [`BuildError`] for a missing region or a template that does not parse or names what
+/// CloudWatch Logs would refuse.
 pub async fn build(cfg: CloudWatchLogsConfig) -> Result<CloudWatchLogsSink, BuildError> {
     let conf = sdk_config(&cfg.aws).await;
     require_region(&conf, &cfg.name)?;
@@ -135,7 +154,7 @@ pub async fn build(cfg: CloudWatchLogsConfig) -> Result<CloudWatchLogsSink, Buil
     build_with_client(cfg, aws_sdk_cloudwatchlogs::Client::from_conf(b.build()))
 }
 
-pub fn build_with_client(
+pub(crate) fn build_with_client(
     cfg: CloudWatchLogsConfig,
     client: aws_sdk_cloudwatchlogs::Client,
 ) -> Result<CloudWatchLogsSink, BuildError> {
@@ -228,6 +247,7 @@ fn fit_name(name: &mut String) {
     let _ = write!(name, "-{hash:016x}");
 }
 
+/// A PutLogEvents batch being filled: events of one stream, within 24 h of each other.
 pub struct CloudWatchLogsBuilder {
     format: Arc<RecordFormat>,
     limits: Arc<Limits>,
@@ -242,8 +262,8 @@ pub struct CloudWatchLogsBuilder {
 /// when pushed.
 #[derive(Debug)]
 pub struct CloudWatchLogsBatch {
-    pub events: Vec<(i64, String)>,
-    pub items: Vec<usize>,
+    pub(crate) events: Vec<(i64, String)>,
+    pub(crate) items: Vec<usize>,
 }
 
 impl BatchBuilder for CloudWatchLogsBuilder {
@@ -316,7 +336,7 @@ impl BatchBuilder for CloudWatchLogsBuilder {
 }
 
 /// Maps `rejectedLogEventsInfo` (indexes into the sorted batch) to per-item failures.
-pub fn rejected_outcome(
+pub(crate) fn rejected_outcome(
     items: &[usize],
     too_new_start: Option<i32>,
     too_old_end: Option<i32>,
@@ -553,7 +573,7 @@ impl CloudWatchLogsSink {
     /// Where `record` would be written, without calling AWS: `log group G, log stream S`,
     /// rendered, encoded and cut as the sink does; `{uuid}` (one per process) is shown as the
     /// placeholder. `Err` is the reason the sink would refuse the record.
-    pub fn destination(&self, record: &Record) -> Result<String, &'static str> {
+    pub(crate) fn destination(&self, record: &Record) -> Result<String, &'static str> {
         let (group, stream) = self.names(record, Dynamic::preview())?;
         Ok(format!("log group {group}, log stream {stream}"))
     }
@@ -563,8 +583,8 @@ impl CloudWatchLogsSink {
 /// takes it (`logGroupName`, `logStreamName`), already encoded and cut to the API limits.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct LogStream {
-    pub group: String,
-    pub stream: String,
+    pub(crate) group: String,
+    pub(crate) stream: String,
 }
 
 impl std::fmt::Display for LogStream {

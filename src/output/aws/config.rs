@@ -8,10 +8,10 @@ use crate::output::registry::OutputConfigError;
 use super::{AwsSettings, BuildError, RecordFormat};
 
 /// The connection keys of every AWS output.
-pub const AWS_KEYS: [&str; 3] = ["region", "endpoint_url", "role_arn"];
+pub(crate) const AWS_KEYS: [&str; 3] = ["region", "endpoint_url", "role_arn"];
 
 /// Reads `region`, `endpoint_url` and `role_arn`.
-pub fn read_aws(t: &mut Table<'_, '_>, d: &mut Diagnostics) -> AwsSettings {
+pub(crate) fn read_aws(t: &mut Table<'_, '_>, d: &mut Diagnostics) -> AwsSettings {
     let endpoint_url = t.opt_string(d, "endpoint_url");
     if let Some(u) = &endpoint_url
         && !(u.starts_with("http://") || u.starts_with("https://"))
@@ -32,7 +32,7 @@ pub fn read_aws(t: &mut Table<'_, '_>, d: &mut Diagnostics) -> AwsSettings {
 }
 
 /// How records of `o` become bytes: its `log_key`, and the generic `tag_key` / `time_key`.
-pub fn format_for(o: &OutputSpec, log_key: &Option<String>) -> RecordFormat {
+pub(crate) fn format_for(o: &OutputSpec, log_key: &Option<String>) -> RecordFormat {
     RecordFormat {
         log_key: log_key.clone(),
         tag_key: o.tag_key.clone(),
@@ -41,7 +41,7 @@ pub fn format_for(o: &OutputSpec, log_key: &Option<String>) -> RecordFormat {
 }
 
 /// An AWS sink's [`BuildError`], reworded without the output's name.
-pub fn config_error(e: BuildError) -> OutputConfigError {
+pub(crate) fn config_error(e: BuildError) -> OutputConfigError {
     match e {
         BuildError::NoRegion { .. } => {
             OutputConfigError::new("region", "no AWS region: set `region` or AWS_REGION")
@@ -54,6 +54,6 @@ pub fn config_error(e: BuildError) -> OutputConfigError {
 }
 
 /// `firelane route`'s text for a record an AWS sink refuses.
-pub fn refused(reason: &str) -> String {
+pub(crate) fn refused(reason: &str) -> String {
     format!("refused ({reason}): dropped, or dead-lettered if configured")
 }

@@ -22,7 +22,7 @@
 //! items inside failed Firehose records, so only those are resent: no duplicates of
 //! delivered records.
 
-pub mod config;
+pub(crate) mod config;
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -38,28 +38,39 @@ use crate::event::Record;
 use crate::output::deliver::oversize_counter;
 use crate::output::sink::{BatchBuilder, BatchSettings, Failure, Push, SendResult, Sink};
 
-pub const MAX_RECORDS_PER_CALL: usize = 500;
-pub const MAX_BYTES_PER_CALL: usize = 4 * 1024 * 1024;
-pub const MAX_RECORD_BYTES: usize = 1_024_000;
+pub(crate) const MAX_RECORDS_PER_CALL: usize = 500;
+pub(crate) const MAX_BYTES_PER_CALL: usize = 4 * 1024 * 1024;
+pub(crate) const MAX_RECORD_BYTES: usize = 1_024_000;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// `oversize`: what happens to a record above Firehose's 1,000 KiB per record.
 pub enum Oversize {
     /// The config's default (`oversize` unset).
     #[default]
     Split,
+    /// Cut to 1,000 KiB with a marker; counted as `action="truncated"`.
     Truncate,
+    /// Dropped by the user's choice; counted as `dropped`.
     Drop,
 }
 
 #[derive(Clone, Debug, PartialEq)]
+/// An `[outputs.NAME]` of `type = "firehose"`, validated (PutRecordBatch).
 pub struct FirehoseConfig {
     /// The output's name (`[outputs.NAME]`), for log lines.
     pub name: String,
+    /// `delivery_stream`: the Firehose stream's name.
     pub delivery_stream: String,
+    /// `aggregate`: pack many newline-terminated records into each Firehose record (billed
+    /// in 5 KB steps).
     pub aggregate: bool,
+    /// `oversize`: see [`Oversize`].
     pub oversize: Oversize,
+    /// What a record becomes (JSON line or `log_key`).
     pub format: RecordFormat,
+    /// Region, endpoint and role.
     pub aws: AwsSettings,
+    /// Batch limits, clamped to PutRecordBatch's 500 records and 4 MiB.
     pub batch: BatchSettings,
 }
 
@@ -82,6 +93,7 @@ struct Limits {
     max_bytes: usize,
 }
 
+/// The Firehose destination: PutRecordBatch, retrying only the records that failed.
 pub struct FirehoseSink {
     name: String,
     client: aws_sdk_firehose::Client,
@@ -90,6 +102,11 @@ pub struct FirehoseSink {
     limits: Arc<Limits>,
 }
 
+/// Builds the sink (SDK client for region, endpoint, role).
+///
+/// # Errors
+/// [`BuildError::NoRegion`] when no region is configured or found,
+/// [`BuildError::Invalid`] for an empty `delivery_stream`.
 pub async fn build(cfg: FirehoseConfig) -> Result<FirehoseSink, BuildError> {
     let conf = sdk_config(&cfg.aws).await;
     require_region(&conf, &cfg.name)?;
@@ -100,7 +117,7 @@ pub async fn build(cfg: FirehoseConfig) -> Result<FirehoseSink, BuildError> {
     build_with_client(cfg, aws_sdk_firehose::Client::from_conf(b.build()))
 }
 
-pub fn build_with_client(
+pub(crate) fn build_with_client(
     cfg: FirehoseConfig,
     client: aws_sdk_firehose::Client,
 ) -> Result<FirehoseSink, BuildError> {
@@ -130,11 +147,12 @@ pub fn build_with_client(
 impl FirehoseSink {
     /// Where every record of this output goes: `delivery stream NAME` (the name is fixed
     /// in the config; no AWS call).
-    pub fn destination(&self) -> String {
+    pub(crate) fn destination(&self) -> String {
         format!("delivery stream {}", self.stream)
     }
 }
 
+/// A PutRecordBatch being filled (≤ 500 records, ≤ 4 MiB, ≤ 1,000 KiB per record).
 pub struct FirehoseBuilder {
     format: Arc<RecordFormat>,
     limits: Arc<Limits>,
@@ -152,8 +170,8 @@ pub struct FirehoseBuilder {
 /// One `PutRecordBatch` request.
 #[derive(Debug)]
 pub struct FirehoseBatch {
-    pub records: Vec<Vec<u8>>,
-    pub owners: Vec<Range<usize>>,
+    pub(crate) records: Vec<Vec<u8>>,
+    pub(crate) owners: Vec<Range<usize>>,
 }
 
 /// Cuts `line` (which ends in `\n`) to at most `max` bytes, keeping UTF-8 valid, and marks it.
@@ -281,7 +299,7 @@ fn entry_failure(code: &str, message: &str) -> Failure {
 
 /// Maps a `PutRecordBatch` answer to per-item outcomes. `entries[i]` is the
 /// `(ErrorCode, ErrorMessage)` of Firehose record `i`.
-pub fn outcome(
+pub(crate) fn outcome(
     owners: &[Range<usize>],
     failed_put_count: i32,
     entries: &[(Option<&str>, Option<&str>)],

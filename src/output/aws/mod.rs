@@ -11,7 +11,7 @@
 //! bounded client).
 
 pub mod cloudwatch_logs;
-pub mod config;
+pub(crate) mod config;
 pub mod firehose;
 pub mod s3;
 
@@ -32,7 +32,7 @@ use crate::output::sink::Failure;
 use crate::output::template::TemplateError;
 
 /// The longest start-up may spend finding a region when none is configured.
-pub const REGION_LOOKUP_LIMIT: Duration = Duration::from_secs(3);
+pub(crate) const REGION_LOOKUP_LIMIT: Duration = Duration::from_secs(3);
 
 /// Connection and credential settings every AWS output accepts.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -50,19 +50,33 @@ pub struct AwsSettings {
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     #[error("output {output}: no AWS region: set `region` or AWS_REGION")]
-    NoRegion { output: String },
-    #[error("output {output}: `{key}`: {source}")]
-    Template {
+    /// Neither `region` nor the SDK's chain (AWS_REGION, profile) gives a region.
+    NoRegion {
+        /// The output's name.
         output: String,
+    },
+    #[error("output {output}: `{key}`: {source}")]
+    /// A name template (`key`, `log_group`, `log_stream`) does not parse.
+    Template {
+        /// The output's name.
+        output: String,
+        /// The config key (`key`, `log_group`, …).
         key: &'static str,
+        /// The template's parse error.
         #[source]
         source: TemplateError,
     },
     #[error("output {output}: `{key}` = {value:?}: {reason}")]
+    /// A value AWS would refuse for good (a reserved log group prefix, a name too long,
+    /// an unknown retention).
     Invalid {
+        /// The output's name.
         output: String,
+        /// The config key (`key`, `log_group`, …).
         key: &'static str,
+        /// The value as configured.
         value: String,
+        /// Why AWS would refuse it.
         reason: String,
     },
 }
@@ -168,6 +182,7 @@ pub struct RecordFormat {
     pub log_key: Option<String>,
     /// `tag_key` / `time_key`: added to full JSON lines by the shared encoder.
     pub tag_key: Option<String>,
+    /// `time_key`: the event time (RFC 3339, UTC, nanoseconds) under this key.
     pub time_key: Option<String>,
 }
 
@@ -231,7 +246,7 @@ pub(crate) mod offline {
 }
 
 /// Ends a record cut to fit a per-record limit, so readers see it was cut.
-pub const TRUNCATION_MARKER: &str = "…[truncated by firelane]";
+pub(crate) const TRUNCATION_MARKER: &str = "…[truncated by firelane]";
 
 /// Largest prefix of `s` no longer than `max` bytes that ends on a character boundary.
 pub(crate) fn floor_char_boundary(s: &str, max: usize) -> usize {
@@ -260,7 +275,7 @@ pub(crate) enum ErrorKind {
 }
 
 /// Maps any SDK error of the three services to a [`Failure`] for the delivery core.
-pub fn classify<E>(err: &SdkError<E, HttpResponse>) -> Failure
+pub(crate) fn classify<E>(err: &SdkError<E, HttpResponse>) -> Failure
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
@@ -410,7 +425,7 @@ pub(crate) mod canned {
     use std::io::{BufRead, BufReader, Read, Write};
 
     /// Returns the endpoint URL. The server thread lives until the test process exits.
-    pub fn serve(status: u16, body: &'static str) -> String {
+    pub(crate) fn serve(status: u16, body: &'static str) -> String {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         std::thread::spawn(move || {
@@ -444,7 +459,7 @@ pub(crate) mod canned {
     }
 
     /// SDK settings for a client pointed at `url` with static test credentials.
-    pub fn sdk_config(url: &str) -> aws_config::SdkConfig {
+    pub(crate) fn sdk_config(url: &str) -> aws_config::SdkConfig {
         aws_config::SdkConfig::builder()
             .behavior_version(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new("us-east-1"))

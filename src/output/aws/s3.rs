@@ -42,7 +42,7 @@
 //! - Objects above 16 MiB go as multipart uploads: 8 MiB parts (larger when needed to stay
 //!   within 10,000 parts, always ≥ 5 MiB), 4 in flight; a failed upload is aborted.
 
-pub mod config;
+pub(crate) mod config;
 
 use std::io::Write;
 use std::sync::Arc;
@@ -65,14 +65,14 @@ use crate::output::template::{Dynamic, Template, ValueEncoding};
 /// Objects larger than this go as multipart uploads.
 pub const MULTIPART_THRESHOLD: usize = 16 * 1024 * 1024;
 /// S3's smallest part (except the last).
-pub const MIN_PART: usize = 5 * 1024 * 1024;
-pub const PREFERRED_PART: usize = 8 * 1024 * 1024;
-pub const MAX_PARTS: usize = 10_000;
+pub(crate) const MIN_PART: usize = 5 * 1024 * 1024;
+pub(crate) const PREFERRED_PART: usize = 8 * 1024 * 1024;
+pub(crate) const MAX_PARTS: usize = 10_000;
 /// Objects are held in memory until sent; a ceiling keeps one misconfigured `max_bytes`
 /// from asking for more than a sidecar can hold.
-pub const MAX_OBJECT_BYTES: usize = 5 * 1024 * 1024 * 1024;
+pub(crate) const MAX_OBJECT_BYTES: usize = 5 * 1024 * 1024 * 1024;
 /// Longest S3 key, in bytes.
-pub const MAX_KEY_BYTES: usize = 1024;
+pub(crate) const MAX_KEY_BYTES: usize = 1024;
 const UPLOADS_IN_FLIGHT: usize = 4;
 /// Room kept for the compressor's end of stream (gzip trailer, zstd epilogue).
 const TRAILER_RESERVE: usize = 64;
@@ -81,25 +81,38 @@ const TRAILER_RESERVE: usize = 64;
 pub use crate::config::Compression;
 
 #[derive(Clone, Debug, PartialEq)]
+/// An `[outputs.NAME]` of `type = "s3"`, validated (PutObject).
 pub struct S3Config {
     /// The output's name (`[outputs.NAME]`), for log lines.
     pub name: String,
+    /// `bucket`: the bucket's name.
     pub bucket: String,
+    /// `key` template (strftime, `{tag}`, `{uuid}`, record fields); keys over S3's 1024
+    /// bytes are shortened with a hash.
     pub key: String,
+    /// `compression`: none, gzip or zstd; sets `Content-Encoding`.
     pub compression: Compression,
+    /// `storage_class`, e.g. `STANDARD_IA`; `None` = the bucket's default.
     pub storage_class: Option<String>,
+    /// `content_type` of every object; `None` = `application/x-ndjson`, or
+    /// `text/plain; charset=utf-8` with `log_key`.
     pub content_type: Option<String>,
     /// Canned ACL, e.g. `bucket-owner-full-control`.
     pub acl: Option<String>,
+    /// What a record becomes as a line (JSON line or `log_key`).
     pub format: RecordFormat,
+    /// `align`: close objects on clock-aligned windows of this length (must divide a day).
     pub align: Option<Duration>,
+    /// `force_path_style`: path-style URLs, as most local S3 servers need.
     pub force_path_style: bool,
+    /// Region, endpoint and role.
     pub aws: AwsSettings,
+    /// Object limits: `max_bytes` counts the compressed bytes that land.
     pub batch: BatchSettings,
 }
 
 /// Suggested defaults when the user gives no `batch` table.
-pub fn default_batch() -> BatchSettings {
+pub(crate) fn default_batch() -> BatchSettings {
     BatchSettings {
         max_records: usize::MAX,
         max_bytes: 32 * 1024 * 1024,
@@ -135,10 +148,15 @@ struct Shared {
     file_extension: String,
 }
 
+/// The S3 destination: one PutObject per finished object.
 pub struct S3Sink {
     shared: Arc<Shared>,
 }
 
+/// Builds the sink: SDK client (region, endpoint, role, path style) and the key template.
+///
+/// # Errors
+/// [`BuildError`] for a missing region or a key template that does not parse.
 pub async fn build(cfg: S3Config) -> Result<S3Sink, BuildError> {
     let conf = sdk_config(&cfg.aws).await;
     require_region(&conf, &cfg.name)?;
@@ -160,7 +178,10 @@ fn invalid(cfg: &S3Config, key: &'static str, value: &str, reason: String) -> Bu
 }
 
 /// Builds the sink around an existing client (tests, or a shared client).
-pub fn build_with_client(cfg: S3Config, client: aws_sdk_s3::Client) -> Result<S3Sink, BuildError> {
+pub(crate) fn build_with_client(
+    cfg: S3Config,
+    client: aws_sdk_s3::Client,
+) -> Result<S3Sink, BuildError> {
     if cfg.bucket.is_empty() {
         return Err(invalid(&cfg, "bucket", "", "must not be empty".into()));
     }
@@ -328,7 +349,7 @@ fn with_uuid(key: &str) -> String {
 }
 
 /// Part size for a multipart upload of `len` bytes: ≥ 5 MiB, ≤ 10,000 parts.
-pub fn part_size(len: usize) -> usize {
+pub(crate) fn part_size(len: usize) -> usize {
     const MIB: usize = 1024 * 1024;
     let needed = len.div_ceil(MAX_PARTS).div_ceil(MIB) * MIB;
     needed.max(PREFERRED_PART).max(MIN_PART)
@@ -479,6 +500,7 @@ enum Block {
     },
 }
 
+/// An object being filled: lines compressed in blocks on the blocking pool.
 pub struct S3Builder {
     shared: Arc<Shared>,
     records: usize,
@@ -504,7 +526,9 @@ pub struct S3Builder {
 /// One finished object: its blocks, some maybe still being compressed; [`S3Batch::body`]
 /// waits for them.
 pub struct S3Batch {
+    /// The object key, rendered.
     pub key: String,
+    /// Records in the object.
     pub records: usize,
     blocks: parking_lot::Mutex<Vec<Block>>,
     body: tokio::sync::OnceCell<Result<Bytes, String>>,
@@ -901,7 +925,7 @@ impl S3Sink {
     /// are chosen per object). `Err` is the reason the sink would refuse the record.
     /// A key that would be shortened shows `{hash}` where its hash goes (it covers the
     /// per-object uuid/index, so it is only known per object).
-    pub fn destination(&self, record: &Record) -> Result<String, &'static str> {
+    pub(crate) fn destination(&self, record: &Record) -> Result<String, &'static str> {
         let s = &self.shared;
         let p = s.key.render_to_string(record, Dynamic::default());
         if p.is_empty() {

@@ -13,6 +13,7 @@ use crate::buffer::budget::MemoryBudget;
 use crate::buffer::{BufferKind, BufferReader, BufferWriter};
 use crate::event::Record;
 use crate::output::sink::{BatchBuilder, Failure, Push, SendResult, Sink};
+use crate::test_support::TestRecorder;
 
 fn buffer() -> (BufferWriter, BufferReader) {
     crate::output::test_buffer()
@@ -705,75 +706,6 @@ async fn run_ends_when_buffer_closes_without_flush_signal() {
         Instant::now() - t < Duration::from_secs(1),
         "closing the buffer flushes at once"
     );
-}
-
-/// Records counters (and histogram sample counts) by `name{label=value,…}`, sorted labels.
-#[derive(Default)]
-struct TestRecorder {
-    values: Mutex<std::collections::HashMap<String, Arc<std::sync::atomic::AtomicU64>>>,
-}
-
-struct SampleCount(Arc<std::sync::atomic::AtomicU64>);
-
-impl metrics::HistogramFn for SampleCount {
-    fn record(&self, _: f64) {
-        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-impl TestRecorder {
-    fn slot(&self, key: &metrics::Key) -> Arc<std::sync::atomic::AtomicU64> {
-        let mut labels: Vec<String> = key
-            .labels()
-            .map(|l| format!("{}={}", l.key(), l.value()))
-            .collect();
-        labels.sort();
-        let name = format!("{}{{{}}}", key.name(), labels.join(","));
-        self.values.lock().entry(name).or_default().clone()
-    }
-    fn get(&self, name: &str) -> u64 {
-        self.values
-            .lock()
-            .get(name)
-            .map_or(0, |v| v.load(std::sync::atomic::Ordering::Relaxed))
-    }
-}
-
-impl metrics::Recorder for TestRecorder {
-    fn describe_counter(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn describe_gauge(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn describe_histogram(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
-        metrics::Counter::from_arc(self.slot(key))
-    }
-    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
-        metrics::Gauge::noop()
-    }
-    fn register_histogram(
-        &self,
-        key: &metrics::Key,
-        _: &metrics::Metadata<'_>,
-    ) -> metrics::Histogram {
-        metrics::Histogram::from_arc(Arc::new(SampleCount(self.slot(key))))
-    }
 }
 
 // The recorder is thread-local: this relies on the single-threaded test runtime.

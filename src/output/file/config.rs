@@ -12,7 +12,7 @@ use crate::output::registry::{OutputConfig, OutputType, Started, spawn};
 use crate::output::sink::BatchSettings;
 
 /// The `file` output type.
-pub struct File;
+pub(crate) struct File;
 
 impl OutputType for File {
     fn name(&self) -> &'static str {

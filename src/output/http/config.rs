@@ -13,11 +13,11 @@ use crate::output::sink::BatchSettings;
 use super::{HttpConfig, HttpConfigError, HttpSink};
 
 /// The `http` output type.
-pub struct Http;
+pub(crate) struct Http;
 
 /// An `http` output's keys.
 #[derive(Debug, Clone, PartialEq)]
-pub struct HttpOutput {
+pub(crate) struct HttpOutput {
     pub url: String,
     /// Upper-case; POST, PUT or PATCH.
     pub method: String,
@@ -154,7 +154,7 @@ impl OutputConfig for HttpOutput {
 /// The URL with its password and the values of query parameters that look like secrets
 /// (`token`, `key`, `sig`, `code`…) replaced by `***`: `${ENV}` in the config may have put
 /// a secret there, and `route` output gets pasted into tickets.
-pub fn redact_url(text: &str) -> String {
+pub(crate) fn redact_url(text: &str) -> String {
     const SECRET_WORDS: &[&str] = &[
         "token",
         "key",

@@ -10,11 +10,11 @@ use crate::output::registry::{OutputConfig, OutputType, Started, spawn};
 use crate::output::sink::BatchSettings;
 
 /// The `null` output type.
-pub struct Null;
+pub(crate) struct Null;
 
 /// A `null` output's settings: none.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct NullConfig;
+pub(crate) struct NullConfig;
 
 impl OutputType for Null {
     fn name(&self) -> &'static str {

@@ -11,7 +11,7 @@ use crate::output::registry::{OutputConfig, OutputType, Started, spawn};
 use crate::output::sink::BatchSettings;
 
 /// The `stdout` output type.
-pub struct Stdout;
+pub(crate) struct Stdout;
 
 impl OutputType for Stdout {
     fn name(&self) -> &'static str {

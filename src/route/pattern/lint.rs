@@ -13,7 +13,9 @@ use super::values::{AnythingBut, Op, ValueList};
 /// One lint finding: the dotted field path and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LintWarning {
+    /// Dotted path of the field (`detail.state`; `$or[i]` for branches).
     pub path: String,
+    /// What is wrong and why it matters, one sentence.
     pub message: String,
 }
 

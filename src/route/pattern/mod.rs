@@ -1,7 +1,8 @@
 //! EventBridge event patterns: the engine behind every route's `pattern`.
 //!
-//! Semantics follow `/work/shared/spec/event-patterns.md` (aws/event-ruler 2.x as measured),
-//! summarised:
+//! Semantics follow Amazon EventBridge's matcher, the open-source aws/event-ruler 2.x
+//! (<https://github.com/aws/event-ruler>), as measured by running it; the measured cases are
+//! `tests/data/pattern_cases.jsonl` (checked by `tests/pattern_conformance.rs`). Summarised:
 //! - A pattern is a JSON object whose nested objects name paths; each path ends in a value
 //!   list. All paths must be satisfied (AND); a path is satisfied when some leaf there
 //!   matches some list entry (OR). Arrays add nothing to a path, so a list matches if any
@@ -12,7 +13,7 @@
 //!   "comparable" (the literal is exactly its double's shortest round-trip form), else by
 //!   literal text. A string never equals a number.
 //! - `prefix`, `suffix`, `equals-ignore-case` (also inside prefix/suffix), `wildcard` (`*`,
-//!   `\*`, `\\`), `numeric`, `cidr` and `exists` behave as the spec describes; each applies
+//!   `\*`, `\\`), `numeric`, `cidr` and `exists` behave as in event-ruler; each applies
 //!   only to leaves of its own type. `anything-but` is true for any leaf its operand kind
 //!   does not exclude (so `{"anything-but": "x"}` is true for `5`, `null`, `false`).
 //! - `$or` may appear at any level and expands into alternatives (cross product).
@@ -59,9 +60,16 @@ use matcher::{Trie, Walk};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PatternError {
     #[error("pattern is not valid JSON: {0}")]
+    /// The text is not JSON; the parser's message.
     Json(String),
     #[error("{}", at(.path, .message))]
-    Invalid { path: String, message: String },
+    /// The JSON is not a valid event pattern (rules of aws/event-ruler 2.x).
+    Invalid {
+        /// Dotted path of the offending field; empty for the whole pattern.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 fn at(path: &str, message: &str) -> String {
@@ -136,7 +144,7 @@ impl Pattern {
 
     /// The top-level fields a match reads: a record body holding only these (those of
     /// them it has) matches exactly as the whole body does.
-    pub fn top_level_keys(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn top_level_keys(&self) -> impl Iterator<Item = &str> {
         self.alternatives.iter().flat_map(|t| t.child_keys())
     }
 

@@ -14,11 +14,11 @@ use crate::output::sink::BatchSettings;
 use super::RETENTION_DAYS;
 
 /// The `cloudwatch_logs` output type.
-pub struct CloudWatchLogs;
+pub(crate) struct CloudWatchLogs;
 
 /// A `cloudwatch_logs` output's keys.
 #[derive(Debug, Clone, PartialEq)]
-pub struct CloudWatchLogsOutput {
+pub(crate) struct CloudWatchLogsOutput {
     pub log_group: String,
     pub log_stream: String,
     pub auto_create: bool,

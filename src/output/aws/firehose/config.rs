@@ -14,11 +14,11 @@ use crate::output::sink::BatchSettings;
 use super::Oversize;
 
 /// The `firehose` output type.
-pub struct Firehose;
+pub(crate) struct Firehose;
 
 /// A `firehose` output's keys.
 #[derive(Debug, Clone, PartialEq)]
-pub struct FirehoseOutput {
+pub(crate) struct FirehoseOutput {
     pub delivery_stream: String,
     pub aggregate: bool,
     pub oversize: Oversize,

@@ -15,11 +15,11 @@ use crate::output::sink::BatchSettings;
 use crate::output::template::Template;
 
 /// The `s3` output type.
-pub struct S3;
+pub(crate) struct S3;
 
 /// An `s3` output's keys.
 #[derive(Debug, Clone, PartialEq)]
-pub struct S3Output {
+pub(crate) struct S3Output {
     pub bucket: String,
     /// The object key template.
     pub key: String,
@@ -34,7 +34,7 @@ pub struct S3Output {
 }
 
 /// The `key` template when none is given.
-pub const DEFAULT_KEY: &str = "firelane/{tag}/%Y/%m/%d/%H/%M%S-{uuid}.log";
+pub(crate) const DEFAULT_KEY: &str = "firelane/{tag}/%Y/%m/%d/%H/%M%S-{uuid}.log";
 
 impl OutputType for S3 {
     fn name(&self) -> &'static str {
@@ -111,7 +111,7 @@ impl OutputType for S3 {
 /// address. `Err` says which rule it breaks. (Buckets created in us-east-1 before March
 /// 2018 could break these rules; such names cannot be used in virtual-hosted-style
 /// requests either.)
-pub fn check_bucket_name(name: &str) -> Result<(), String> {
+pub(crate) fn check_bucket_name(name: &str) -> Result<(), String> {
     let len = name.chars().count();
     if !(3..=63).contains(&len) {
         return Err(format!(
@@ -142,7 +142,7 @@ pub fn check_bucket_name(name: &str) -> Result<(), String> {
 /// The warning for a `key` template that numbers objects with `{index}` but has no
 /// `{uuid}`: shown by `check` at the key and logged by the sink when it starts. `None`
 /// when the template does not parse (that error is reported on its own).
-pub fn index_warning(key: &str) -> Option<String> {
+pub(crate) fn index_warning(key: &str) -> Option<String> {
     let t = Template::parse(key).ok()?;
     (t.has_index() && !t.has_uuid()).then(|| {
         format!(
