@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::fake_http::{FakeHttp, Reply};
+use common::tmpfs::Tmpfs;
 use common::{Router, free_port, read_jsonl, wait_lines};
 use firelane::input::forward::ListenAddr;
 use firelane::input::forward::client::{self, EventTime, ForwardClient};
@@ -1317,69 +1318,6 @@ fn sigterm_while_blocked_on_a_full_disk_buffer() {
 }
 
 // === full filesystem ===
-
-/// A tmpfs of a fixed size, mounted on a fresh directory and unmounted on drop, so a disk
-/// buffer can fill its filesystem for real. Needs root (or CAP_SYS_ADMIN).
-struct Tmpfs {
-    dir: tempfile::TempDir,
-    /// Mounted through `sudo -n` (CI runners that are not root but may sudo).
-    sudo: bool,
-}
-
-impl Tmpfs {
-    /// `None` (test skipped, with a message) when mounting is not permitted here; with
-    /// `CI` set, a failed mount fails the test instead ([`common::peer_missing`]), so CI
-    /// never skips it silently.
-    fn mount(size: &str) -> Option<Tmpfs> {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let opts = format!("size={size},mode=1777");
-        let mut why = Vec::new();
-        for sudo in [false, true] {
-            let mut cmd = std::process::Command::new(if sudo { "sudo" } else { "mount" });
-            if sudo {
-                cmd.args(["-n", "mount"]);
-            }
-            let out = cmd
-                .args(["-t", "tmpfs", "-o", &opts, "tmpfs"])
-                .arg(dir.path())
-                .output();
-            match out {
-                Ok(o) if o.status.success() => return Some(Tmpfs { dir, sudo }),
-                Ok(o) => why.push(String::from_utf8_lossy(&o.stderr).trim().to_string()),
-                Err(e) => why.push(e.to_string()),
-            }
-        }
-        common::peer_missing(&format!(
-            "cannot mount a {size} tmpfs for the full-disk test ({}); it needs root, \
-             CAP_SYS_ADMIN or passwordless sudo",
-            why.join("; ")
-        ));
-        None
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let umount = |lazy: bool| {
-            let mut c = std::process::Command::new(if self.sudo { "sudo" } else { "umount" });
-            if self.sudo {
-                c.args(["-n", "umount"]);
-            }
-            if lazy {
-                c.arg("-l");
-            }
-            c.arg(self.dir.path()).status().is_ok_and(|s| s.success())
-        };
-        if !umount(false) {
-            // Still busy (a process that did not exit yet): detach it anyway.
-            let _ = umount(true);
-        }
-    }
-}
 
 /// The full-filesystem tests' router: an HTTP input on `http` → an `http` output `web` to
 /// `dest_port` with a disk buffer (`max_size` far beyond the free space, `when_full =

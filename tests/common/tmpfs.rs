@@ -1,4 +1,5 @@
-//! A real full filesystem for tests: a tmpfs of a fixed size.
+//! A real full filesystem for tests: a tmpfs of a fixed size (tests/durability.rs,
+//! tests/file_output.rs).
 
 use std::path::Path;
 
@@ -12,7 +13,8 @@ pub struct Tmpfs {
 
 impl Tmpfs {
     /// `None` (test skipped, with a message) when mounting is not permitted here; with
-    /// `CI` set, a failed mount fails the test instead, so CI never skips it silently.
+    /// `CI` set, a failed mount fails the test instead ([`super::peer_missing`]), so CI
+    /// never skips it silently.
     pub fn mount(size: &str) -> Option<Tmpfs> {
         let dir = tempfile::tempdir().expect("tempdir");
         let opts = format!("size={size},mode=1777");
@@ -32,13 +34,11 @@ impl Tmpfs {
                 Err(e) => why.push(e.to_string()),
             }
         }
-        let why = why.join("; ");
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "cannot mount a {size} tmpfs for the full-disk test ({why}); this test needs root, \
-             CAP_SYS_ADMIN or passwordless sudo in CI"
-        );
-        eprintln!("SKIPPED: cannot mount a tmpfs ({why}); run as root to test a full disk");
+        super::peer_missing(&format!(
+            "cannot mount a {size} tmpfs for the full-disk test ({}); it needs root, \
+             CAP_SYS_ADMIN or passwordless sudo",
+            why.join("; ")
+        ));
         None
     }
 
