@@ -69,12 +69,42 @@ impl Pipeline {
         })
     }
 
-    async fn submit(&self, input: usize, records: Vec<Record>) -> Result<(), IngestError> {
+    /// Splits `records` into each output's share. Also counts route hits (into
+    /// `route_hits`) and records no route took.
+    fn split(
+        &self,
+        input: usize,
+        records: Vec<Record>,
+        route_hits: &mut [u64],
+    ) -> (Vec<Vec<Record>>, u64) {
         let mut shares: Vec<Vec<Record>> = (0..self.outputs.len()).map(|_| Vec::new()).collect();
         let mut decision = Decision::default();
-        // Counted only once the request is taken (not refused as too large below).
-        let mut route_hits = vec![0u64; self.route_counters.len()];
         let mut unrouted = 0u64;
+        // Without patterns a decision depends on the tag only, and the records of one
+        // request (a forward request, an HTTP body) share their tag: decide once and hand
+        // each output the whole request (the last one the vector itself).
+        if self.router.is_tag_only()
+            && let Some(first) = records.first()
+            && records[1..]
+                .iter()
+                .all(|r| Arc::ptr_eq(&r.tag, &first.tag) || r.tag == first.tag)
+        {
+            self.router.decide(input, first, &mut decision);
+            let n = records.len() as u64;
+            for &r in &decision.routes {
+                route_hits[r] += n;
+            }
+            match decision.outputs.split_last() {
+                None => unrouted = n,
+                Some((&last, rest)) => {
+                    for &o in rest {
+                        shares[o] = records.clone();
+                    }
+                    shares[last] = records;
+                }
+            }
+            return (shares, unrouted);
+        }
         for record in records {
             self.router.decide(input, &record, &mut decision);
             for &r in &decision.routes {
@@ -90,6 +120,13 @@ impl Pipeline {
                 }
             }
         }
+        (shares, unrouted)
+    }
+
+    async fn submit(&self, input: usize, records: Vec<Record>) -> Result<(), IngestError> {
+        // Counted only once the request is taken (not refused as too large below).
+        let mut route_hits = vec![0u64; self.route_counters.len()];
+        let (shares, unrouted) = self.split(input, records, &mut route_hits);
         // A record some target buffer can never store is refused before anything is
         // pushed: the input answers with an error instead of acking a record that would
         // be dropped after the ack.
@@ -255,6 +292,121 @@ mod tests {
         assert_eq!(
             recorder.get("firelane_output_received_records_total{output=out}"),
             2
+        );
+    }
+    fn tagged(tag: &str, i: u64) -> Record {
+        let serde_json::Value::Object(m) = serde_json::json!({ "i": i }) else {
+            unreachable!()
+        };
+        Record::new(tag, 0, m)
+    }
+
+    /// Tag-only routes decide once for a request whose records share a tag, and per record
+    /// otherwise: both give every output the records (in order) and the counts that
+    /// deciding per record gives, for fan-out, a tag no route takes and a mixed request.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tag_only_routing_of_whole_requests_matches_per_record_routing() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let settings = BufferSettings::memory(1 << 20, WhenFull::Block);
+        let budget = MemoryBudget::new(1 << 30);
+        let (wa, mut ra, _) = crate::buffer::open("a", &settings, budget.clone()).expect("a");
+        let (wb, mut rb, _) = crate::buffer::open("b", &settings, budget).expect("b");
+        let route = |name: &str, tag: &str, to: Vec<usize>| Route {
+            name: name.into(),
+            from: None,
+            tags: vec![crate::route::tag::TagGlob::new(tag).expect("glob")],
+            pattern: None,
+            to,
+            is_final: false,
+        };
+        let pipeline = metrics::with_local_recorder(&recorder, || {
+            Pipeline::new(
+                Router::new(vec![
+                    route("app", "app.*", vec![0, 1]),
+                    route("web", "*.web", vec![1]),
+                ]),
+                vec![OutputPort::new("a", wa), OutputPort::new("b", wb)],
+            )
+        });
+        assert!(pipeline.router().is_tag_only());
+        let ingest = pipeline.port(0, "in");
+        // One tag (one shared `Arc`, as the forward decoder makes): fan-out to both.
+        let tag: Arc<str> = Arc::from("app.web");
+        let same: Vec<Record> = (0..3)
+            .map(|i| Record::new(tag.clone(), 0, tagged("x", i).into_fields()))
+            .collect();
+        ingest.ingest(same).await.expect("same tag");
+        // A tag no route takes.
+        ingest
+            .ingest(vec![tagged("other", 9)])
+            .await
+            .expect("unrouted");
+        // Mixed tags (equal text in distinct allocations counts as one tag too).
+        let mixed = vec![tagged("app.x", 3), tagged("db.web", 4), tagged("app.x", 5)];
+        ingest.ingest(mixed).await.expect("mixed");
+
+        let ids = |entries: Vec<crate::buffer::Entry>| -> Vec<(String, i64)> {
+            entries
+                .iter()
+                .map(|e| {
+                    let i = e.record.get("i").and_then(|v| v.to_value().as_i64());
+                    (e.record.tag.to_string(), i.unwrap_or(-1))
+                })
+                .collect()
+        };
+        let got_a = ids(ra.recv(100).await.expect("a records"));
+        let got_b = ids(rb.recv(100).await.expect("b records"));
+        let want = |v: &[(&str, i64)]| -> Vec<(String, i64)> {
+            v.iter().map(|(t, i)| (t.to_string(), *i)).collect()
+        };
+        assert_eq!(
+            got_a,
+            want(&[
+                ("app.web", 0),
+                ("app.web", 1),
+                ("app.web", 2),
+                ("app.x", 3),
+                ("app.x", 5)
+            ])
+        );
+        assert_eq!(
+            got_b,
+            want(&[
+                ("app.web", 0),
+                ("app.web", 1),
+                ("app.web", 2),
+                ("app.x", 3),
+                ("db.web", 4),
+                ("app.x", 5)
+            ])
+        );
+        let text = handle.render();
+        let value = |prefix: &str| {
+            text.lines()
+                .find(|l| l.starts_with(prefix))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())
+        };
+        assert_eq!(
+            value(r#"firelane_route_records_total{route="app"}"#),
+            Some(5.0),
+            "{text}"
+        );
+        assert_eq!(
+            value(r#"firelane_route_records_total{route="web"}"#),
+            Some(4.0),
+            "{text}"
+        );
+        assert_eq!(
+            value("firelane_unrouted_records_total"),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            value(r#"firelane_output_received_records_total{output="b"}"#),
+            Some(6.0),
+            "{text}"
         );
     }
 }

@@ -305,6 +305,158 @@ fn read_value(rd: &mut Rd<'_>) -> Option<Value> {
     })
 }
 
+/// Appends the entries of the plain map `map` as JSON object members (`"k":v,...`, with a
+/// leading `,` when `comma`), byte for byte what serde_json's compact serializer writes for
+/// the tree of the same record (same escaping, integer and float text). Written directly
+/// rather than through serde: string bytes were checked as UTF-8 when the map was scanned,
+/// and copying them needs no `&str`, so they are not validated a second time, and runs
+/// without characters to escape are found 8 bytes at a time. `None` (with `out` partly
+/// written: the caller truncates) on bytes that are not a plain map.
+pub(crate) fn write_json_fields(map: &[u8], comma: bool, out: &mut Vec<u8>) -> Option<()> {
+    let mut rd = Rd::new(map, 0);
+    let Tok::Map(n) = rd.next()? else {
+        return None;
+    };
+    for i in 0..n {
+        if comma || i > 0 {
+            out.push(b',');
+        }
+        let Tok::Str(k) = rd.next()? else {
+            return None;
+        };
+        write_json_str(out, k);
+        out.push(b':');
+        write_json_value(&mut rd, out, 1)?;
+    }
+    (rd.pos == map.len()).then_some(())
+}
+
+fn write_json_value(rd: &mut Rd<'_>, out: &mut Vec<u8>, depth: usize) -> Option<()> {
+    match rd.next()? {
+        Tok::Nil => out.extend_from_slice(b"null"),
+        Tok::Bool(true) => out.extend_from_slice(b"true"),
+        Tok::Bool(false) => out.extend_from_slice(b"false"),
+        Tok::UInt(u) => write_decimal(out, u, false),
+        Tok::Int(i) => write_decimal(out, i.unsigned_abs(), i < 0),
+        // serde_json's own float text (ryu; `null` for what is not finite).
+        Tok::Float(f) => serde_json::to_writer(&mut *out, &f).ok()?,
+        Tok::Str(b) => write_json_str(out, b),
+        Tok::Array(n) => {
+            if depth >= MAX_DEPTH {
+                return None;
+            }
+            out.push(b'[');
+            for i in 0..n {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_json_value(rd, out, depth + 1)?;
+            }
+            out.push(b']');
+        }
+        Tok::Map(n) => {
+            if depth >= MAX_DEPTH {
+                return None;
+            }
+            out.push(b'{');
+            for i in 0..n {
+                if i > 0 {
+                    out.push(b',');
+                }
+                let Tok::Str(k) = rd.next()? else {
+                    return None;
+                };
+                write_json_str(out, k);
+                out.push(b':');
+                write_json_value(rd, out, depth + 1)?;
+            }
+            out.push(b'}');
+        }
+        Tok::Other => return None,
+    }
+    Some(())
+}
+
+/// Integer text as serde_json writes it.
+fn write_decimal(out: &mut Vec<u8>, mut n: u64, negative: bool) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if negative {
+        out.push(b'-');
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+/// Whether any of the 8 bytes of `w` needs escaping in a JSON string: a control
+/// character (< 0x20), `"` or `\`. Exact (no false negatives nor positives) for the
+/// question "any byte" (the classic has-zero-byte / has-less-than word tricks).
+fn word_needs_escape(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH != 0;
+    let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH != 0;
+    below_space || has_zero(w ^ (ONES * u64::from(b'"'))) || has_zero(w ^ (ONES * u64::from(b'\\')))
+}
+
+/// A JSON string as serde_json writes it: `"` and `\\` escaped with a backslash,
+/// `\b \f \n \r \t` by name, other control characters as `\u00xx` (lowercase hex),
+/// everything else (UTF-8 included) as it is.
+pub(crate) fn write_json_str(out: &mut Vec<u8>, s: &[u8]) {
+    out.reserve(s.len() + 2);
+    out.push(b'"');
+    let mut start = 0;
+    let mut i = 0;
+    while i < s.len() {
+        if let Some(chunk) = s.get(i..i + 8)
+            && let Ok(word) = <[u8; 8]>::try_from(chunk)
+            && !word_needs_escape(u64::from_le_bytes(word))
+        {
+            i += 8;
+            continue;
+        }
+        let b = s[i];
+        let named = match b {
+            b'"' => Some(b'"'),
+            b'\\' => Some(b'\\'),
+            0x08 => Some(b'b'),
+            0x0c => Some(b'f'),
+            b'\n' => Some(b'n'),
+            b'\r' => Some(b'r'),
+            b'\t' => Some(b't'),
+            _ => None,
+        };
+        if named.is_some() || b < 0x20 {
+            out.extend_from_slice(&s[start..i]);
+            match named {
+                Some(c) => out.extend_from_slice(&[b'\\', c]),
+                None => {
+                    const HEX: &[u8; 16] = b"0123456789abcdef";
+                    out.extend_from_slice(&[
+                        b'\\',
+                        b'u',
+                        b'0',
+                        b'0',
+                        HEX[usize::from(b >> 4)],
+                        HEX[usize::from(b & 0xf)],
+                    ]);
+                }
+            }
+            start = i + 1;
+        }
+        i += 1;
+    }
+    out.extend_from_slice(&s[start..]);
+    out.push(b'"');
+}
+
 /// Serializes one value read from a shared position, so that children advance their
 /// parent's reader (no second pass to find where a child ends).
 struct At<'r, 'a> {
@@ -432,6 +584,49 @@ mod tests {
         assert_eq!(scan_map(&[0x82, 0xa1, b'a', 1, 0xd9, 1, b'a', 2], 0), None);
         // Truncated.
         assert_eq!(scan_map(&[0x82, 0xa1, b'a', 1], 0), None);
+    }
+
+    /// The direct JSON writer escapes as serde_json does: every ASCII byte, multi-byte
+    /// UTF-8, at every offset within an 8-byte word (the fast scan's unit) and at the end.
+    #[test]
+    fn json_strings_are_written_as_serde_json_writes_them() {
+        let mut all: String = (0u8..0x80).map(char::from).collect();
+        all.push_str("é😀\u{2028}\u{7f}");
+        for pad in 0..9 {
+            for text in [
+                all.clone(),
+                "x".repeat(pad),
+                format!("{}\"", "a".repeat(pad)),
+            ] {
+                let s = format!("{}{text}{}", "p".repeat(pad), "q".repeat(8 - pad % 8));
+                let mut got = Vec::new();
+                write_json_str(&mut got, s.as_bytes());
+                assert_eq!(
+                    String::from_utf8(got).unwrap(),
+                    serde_json::to_string(&s).unwrap()
+                );
+            }
+        }
+        for word in [*b"abcdefgh", *b"abc\"efgh", *b"\\bcdefgh", *b"abcdefg\x1f"] {
+            let needs = word.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\');
+            assert_eq!(
+                word_needs_escape(u64::from_le_bytes(word)),
+                needs,
+                "{word:?}"
+            );
+        }
+        for b in 0u8..=255 {
+            for at in 0..8 {
+                let mut word = *b"abcdefgh";
+                word[at] = b;
+                let needs = b < 0x20 || b == b'"' || b == b'\\';
+                assert_eq!(
+                    word_needs_escape(u64::from_le_bytes(word)),
+                    needs,
+                    "{b} at {at}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -62,6 +62,8 @@ pub(crate) struct Router {
     routes: Vec<Route>,
     /// Top-level fields any route's pattern reads, sorted, without duplicates.
     pattern_keys: Vec<Box<str>>,
+    /// No route has a pattern: a decision depends on the input and the tag only.
+    tag_only: bool,
 }
 
 /// The routes and outputs one record reaches.
@@ -89,14 +91,23 @@ impl Router {
             .collect();
         pattern_keys.sort_unstable();
         pattern_keys.dedup();
+        let tag_only = routes.iter().all(|r| r.pattern.is_none());
         Router {
             routes,
             pattern_keys,
+            tag_only,
         }
     }
 
     pub(crate) fn routes(&self) -> &[Route] {
         &self.routes
+    }
+
+    /// Whether no route reads the record body (no `pattern`): then every record with the
+    /// same input and tag reaches the same routes and outputs, and a caller may decide
+    /// once for all of them.
+    pub fn is_tag_only(&self) -> bool {
+        self.tag_only
     }
 
     /// Fills `out` with the routes and outputs `record` from `input` reaches.
