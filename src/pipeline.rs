@@ -329,12 +329,12 @@ mod tests {
                 vec![OutputPort::new("a", wa), OutputPort::new("b", wb)],
             )
         });
-        assert!(pipeline.router().is_tag_only());
+        assert!(pipeline.router.is_tag_only());
         let ingest = pipeline.port(0, "in");
         // One tag (one shared `Arc`, as the forward decoder makes): fan-out to both.
         let tag: Arc<str> = Arc::from("app.web");
         let same: Vec<Record> = (0..3)
-            .map(|i| Record::new(tag.clone(), 0, tagged("x", i).into_fields()))
+            .map(|i| Record::new(tag.clone(), 0, tagged("x", i).fields().into_owned()))
             .collect();
         ingest.ingest(same).await.expect("same tag");
         // A tag no route takes.
