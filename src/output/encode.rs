@@ -5,7 +5,7 @@ use std::io::Write;
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
-use crate::event::{Record, packed};
+use crate::event::Record;
 
 /// `tag_key` / `time_key`, common to every output.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -32,13 +32,6 @@ pub(crate) fn encode_json_line(
     out: &mut Vec<u8>,
 ) -> Result<(), EncodeError> {
     let start = out.len();
-    if let Some(body) = record.packed() {
-        if write_packed_line(record, body, tag_key, time_key, out).is_some() {
-            return Ok(());
-        }
-        // Not a plain map after all: the serde path below reports why.
-        out.truncate(start);
-    }
     let view = LineView {
         record,
         tag_key,
@@ -54,50 +47,6 @@ pub(crate) fn encode_json_line(
             Err(EncodeError(e))
         }
     }
-}
-
-/// [`encode_json_line`] for a packed body: the same bytes [`LineView`] writes (the
-/// property test `packed_and_tree_agree` compares them with the tree's line), written
-/// straight from msgpack (see [`packed::write_json_fields`]).
-fn write_packed_line(
-    record: &Record,
-    body: &[u8],
-    tag_key: Option<&str>,
-    time_key: Option<&str>,
-    out: &mut Vec<u8>,
-) -> Option<()> {
-    out.push(b'{');
-    let mut comma = false;
-    if let Some(k) = time_key {
-        if record.contains_key(k) {
-            warn_kept_once("time_key", k);
-        } else {
-            let mut buf = [0u8; 35];
-            let n = format_rfc3339_nanos(record.time_ns, &mut buf);
-            packed::write_json_str(out, k.as_bytes());
-            out.push(b':');
-            packed::write_json_str(out, &buf[..n]);
-            comma = true;
-        }
-    }
-    if let Some(k) = tag_key
-        && Some(k) != time_key
-    {
-        if record.contains_key(k) {
-            warn_kept_once("tag_key", k);
-        } else {
-            if comma {
-                out.push(b',');
-            }
-            packed::write_json_str(out, k.as_bytes());
-            out.push(b':');
-            packed::write_json_str(out, record.tag.as_bytes());
-            comma = true;
-        }
-    }
-    packed::write_json_fields(body, comma, out)?;
-    out.extend_from_slice(b"}\n");
-    Some(())
 }
 
 /// [`encode_json_line`] with an [`Encoding`].
