@@ -2267,6 +2267,64 @@ mod tests {
         }
     }
 
+    /// 3 wire bytes per `[0, {}]` entry become a record of ~115 bytes: decoding counts
+    /// that cost (plus the inflated payload) and stops at `max_decoded_bytes`, keeping
+    /// nothing of the request, instead of decoding all of it first.
+    #[test]
+    fn decoding_stops_at_the_cost_cap() {
+        const N: usize = 10_000;
+        let entries = [0x92u8, 0x00, 0x80].repeat(N);
+        let with = |c: Compression| {
+            let mut b = Vec::new();
+            let payload = client::compress(&entries, c).unwrap();
+            client::encode_packed_payload(&mut b, "t", &payload, false, None, None, Some("k"));
+            b
+        };
+        let run = |frame: &[u8], cap: usize| {
+            let mut out = Vec::new();
+            let mut stats = Stats::default();
+            let limits = Limits {
+                max_decompressed_bytes: 64 << 20,
+                max_decoded_bytes: cap,
+            };
+            let r = decode_request(frame, &limits, NOW, &mut out, &mut stats);
+            (out, r)
+        };
+        for c in [Compression::None, Compression::Gzip, Compression::Zstd] {
+            let frame = with(c);
+            let (out, r) = run(&frame, usize::MAX);
+            assert_eq!(r.unwrap().records, N);
+            let records: usize = out.iter().map(Record::approx_size).sum();
+            assert!(records > 30 * entries.len(), "{records}");
+            let inflated = if matches!(c, Compression::None) {
+                0
+            } else {
+                entries.len()
+            };
+            // Room for the records and the inflated buffer (grown by doubling) decodes it
+            // all; half of the records' cost is refused as too large.
+            let (out, r) = run(&frame, records + 2 * inflated);
+            assert_eq!(r.unwrap().records, N, "{c:?}");
+            assert_eq!(out.len(), N);
+            let (out, r) = run(&frame, records / 2);
+            assert_eq!(r.unwrap_err().kind, ErrorKind::TooLarge, "{c:?}");
+            assert!(out.is_empty());
+            if !matches!(c, Compression::None) {
+                // The inflated payload alone passes the cap: inflating stops there.
+                let (out, r) = run(&frame, entries.len() / 2);
+                let e = r.unwrap_err();
+                assert_eq!(e.kind, ErrorKind::TooLarge, "{c:?}");
+                assert!(out.is_empty());
+            }
+        }
+        // Message mode counts too.
+        let (_, r) = run(
+            &message_with_time(|b| enc::write_uint(b, 1).map(drop).unwrap()),
+            10,
+        );
+        assert_eq!(r.unwrap_err().kind, ErrorKind::TooLarge);
+    }
+
     #[test]
     fn read_capped_never_grows_past_the_cap() {
         let data = vec![7u8; 300_000];
