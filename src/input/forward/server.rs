@@ -715,14 +715,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
     /// more. It is then retried with four times the room (after handing on what is
     /// already batched and taking a large-request slot, so the extra budget is waited for
     /// the way large frames wait for it), up to what one request may hold
-    /// ([`Shared::large_cap`] less its frame). A request that needs more than that is
+    /// ([`Shared::large_cap`], beside its frame). A request that needs more than that is
     /// refused before its ack (`too_large`, no ack; the connection stays open), having
     /// cost at most that much memory: a few wire bytes per entry each becoming a record
     /// of ~140 bytes cannot take the process past its budget.
     async fn decode_into(&mut self, batch: &mut Batch, frame: Bytes) -> Result<(), DecodeError> {
         let wire = frame.len();
         let compressed = decode::is_compressed(&frame);
-        let most = self.sh.large_cap.saturating_sub(wire);
+        // The frame itself is the read buffer, already counted (up to the slot's share)
+        // while it arrived; it is freed once the records are taken.
+        let most = self.sh.large_cap;
         let mut allowed = if compressed {
             (wire * ASSUMED_COMPRESSION_RATIO).min(self.sh.limits.max_decompressed_bytes) * 2
         } else {
@@ -738,24 +740,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 cap,
             )
             .await;
-            // What is really held for this request (`ensure` caps at the slot's share).
-            let room = self
-                .held
-                .bytes()
-                .saturating_sub(batch.mem_bytes + wire)
-                .min(allowed);
+            // What is really held for this request: `ensure` caps at the slot's share, so
+            // requests batched before this one may leave it less than `allowed`. Alone in
+            // its batch, a request may decode up to `most` beside its frame.
+            let batch_empty = batch.requests == 0 && batch.records.is_empty();
+            let room = if batch_empty {
+                allowed
+            } else {
+                self.held
+                    .bytes()
+                    .saturating_sub(batch.mem_bytes + wire)
+                    .min(allowed)
+            };
             let decoded = self.decode(frame.clone(), compressed, room).await?;
             if !matches!(&decoded.result, Err(e) if e.kind == ErrorKind::TooLarge) {
                 break decoded;
             }
             drop(decoded);
-            let batch_empty = batch.requests == 0 && batch.records.is_empty();
             if allowed >= most && batch_empty {
                 self.sh.metrics.bytes(wire as u64);
                 self.sh.metrics.error(ErrorKind::TooLarge, 1);
                 crate::warn_limited!(
                     ErrorKind::TooLarge.log_key(),
-                    "forward input `{}`: refused a request of {wire} bytes from {} without ack: decoding it needs more than the {most} bytes of memory one request may hold (memory_limit / large-request slots, less the frame); send smaller requests or raise runtime.memory_limit",
+                    "forward input `{}`: refused a request of {wire} bytes from {} without ack: decoding it needs more than the {most} bytes of memory one request may hold (memory_limit / large-request slots); send smaller requests or raise runtime.memory_limit",
                     self.sh.cfg.name,
                     self.peer
                 );
