@@ -424,6 +424,7 @@ mod tests {
             &frame,
             &crate::input::forward::decode::Limits {
                 max_decompressed_bytes: 1 << 20,
+                max_decoded_bytes: usize::MAX,
             },
             0,
             &mut out,

@@ -1546,9 +1546,12 @@ fn big_requests_under_a_small_memory_limit_are_acked() {
     let pad = "x".repeat(1000);
     let mut seq = 0u64;
     let mut c = ForwardClient::connect(&tcp(port), Duration::from_secs(15)).unwrap();
-    // ~2 MiB per request, plain and gzip-compressed (decoding reserves a multiple of it).
+    // ~1.4 MiB per request, plain and gzip-compressed. Decoding the compressed one holds
+    // its inflated payload (1.4 MB, in a buffer grown to 2 MiB) beside its records (1.6
+    // MB) within the 4 MiB: a request whose decoding needs more than the whole budget is
+    // refused (`requests_decoding_past_the_memory_budget_are_refused_unacked`).
     for compressed in [false, true] {
-        let recs: Vec<Vec<u8>> = (seq..seq + 2000)
+        let recs: Vec<Vec<u8>> = (seq..seq + 1400)
             .map(|s| {
                 let mut b = Vec::new();
                 client::encode_record(&mut b, &[("seq", &s.to_string()), ("pad", &pad)]);
@@ -1577,7 +1580,7 @@ fn big_requests_under_a_small_memory_limit_are_acked() {
         c.send(&req).unwrap();
         c.read_ack(&chunk)
             .unwrap_or_else(|e| panic!("compressed={compressed}: no ack: {e}\n{}", r.metrics()));
-        seq += 2000;
+        seq += 1400;
     }
     let lines = wait_lines(&out_path(&r), seq as usize, TIMEOUT);
     assert_eq!(lines.len(), seq as usize);
@@ -2628,5 +2631,118 @@ fn many_large_requests_stay_within_the_memory_limit() {
     assert!(
         peak <= LIMIT_MIB + 64,
         "peak RSS {peak} MiB (at start {start_mib} MiB) for memory_limit {LIMIT_MIB} MiB"
+    );
+}
+
+/// The tester's report: with memory_limit = "32MiB", requests of `[0, {}]` entries (3 bytes
+/// on the wire, ~115 bytes decoded each) were decoded whole past the budget and acked: a
+/// 65 KB gzip payload inflating to 64 MiB peaked at 3.17 GB RSS, a 16 MiB PackedForward at
+/// 825 MB. Decoding now stops at what one request may hold: each is refused unacked
+/// (`too_large`), the connection stays open for its next request, peak RSS stays near the
+/// limit, and a client on another connection keeps getting its acks meanwhile.
+#[test]
+fn requests_decoding_past_the_memory_budget_are_refused_unacked() {
+    const LIMIT_MIB: u64 = 32;
+    let port = free_port();
+    let cfg = config(port, "", FILE_OUTPUT).replace(
+        "[runtime]\n",
+        &format!("[runtime]\nmemory_limit = \"{LIMIT_MIB}MiB\"\n"),
+    );
+    let r = Router::start(&cfg);
+    let pid = r.child.as_ref().expect("router running").id();
+    let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let good = steady_client(
+        tcp(port),
+        "steady",
+        Duration::from_secs(60),
+        acked.clone(),
+        stop.clone(),
+    );
+    while acked.load(Ordering::SeqCst) == 0 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    let entry = [0x92u8, 0x00, 0x80];
+    let mut gzip = Vec::new();
+    let inflated = entry.repeat(22_369_588);
+    client::encode_packed_payload(
+        &mut gzip,
+        "t",
+        &client::compress(&inflated, Compression::Gzip).unwrap(),
+        false,
+        None,
+        Some("gzip"),
+        Some("big"),
+    );
+    drop(inflated);
+    let mut plain = Vec::new();
+    client::encode_packed_payload(
+        &mut plain,
+        "t",
+        &entry.repeat(5_592_000),
+        false,
+        None,
+        None,
+        Some("big"),
+    );
+    assert!(plain.len() <= 16 << 20, "{} bytes", plain.len());
+
+    let mut c = connect(&tcp(port));
+    for (i, (what, req)) in [("gzip", gzip), ("plain", plain)].into_iter().enumerate() {
+        let during = acked.load(Ordering::SeqCst);
+        c.send(&req).unwrap();
+        drop(req);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while r.metric(
+            "firelane_input_errors_total",
+            &[INPUT, "kind=\"too_large\""],
+        ) < (i + 1) as f64
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not refused as too_large\n{}",
+                r.metrics()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Same connection: the next request's ack is the next message, so the refused
+        // one got none.
+        let chunk = format!("after-{what}");
+        let mut rec = Vec::new();
+        client::encode_record(&mut rec, &[("after", what)]);
+        let mut next = Vec::new();
+        client::encode_forward(
+            &mut next,
+            "after",
+            &[Entry {
+                time: EventTime {
+                    secs: BASE,
+                    nanos: 0,
+                },
+                record: &rec,
+            }],
+            Some(&chunk),
+        );
+        c.send(&next).unwrap();
+        c.read_ack(&chunk)
+            .unwrap_or_else(|e| panic!("{what}: connection not kept or big request acked: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while acked.load(Ordering::SeqCst) < during + 10 {
+            assert!(Instant::now() < deadline, "{what}: the good client stalled");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    good.join().expect("good client");
+    let peak = peak_rss(pid) / (1024 * 1024);
+    assert!(
+        peak <= LIMIT_MIB + 64,
+        "peak RSS {peak} MiB for memory_limit {LIMIT_MIB} MiB"
+    );
+    let lines = read_jsonl(&out_path(&r));
+    assert!(
+        lines.iter().all(|l| l["_tag"] != "t"),
+        "records of a refused request were written"
     );
 }

@@ -139,7 +139,23 @@ pub(crate) struct Request {
 /// Decoding limits.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
+    /// `max_decompressed`: the most a PackedForward payload may inflate to, in bytes
+    /// (`decompressed_too_large` beyond it).
     pub max_decompressed_bytes: usize,
+    /// The most memory decoding one request may use, in bytes: its inflated payload plus
+    /// the [`Record::approx_size`] of every record decoded so far. Decoding stops as soon as
+    /// the cost passes it (error kind `too_large`, nothing kept), so a request of 3-byte
+    /// entries that each become a ~140-byte record cannot outgrow the memory reserved
+    /// for it. `usize::MAX` for no cap.
+    pub max_decoded_bytes: usize,
+}
+
+/// The request's decoded cost passed [`Limits::max_decoded_bytes`].
+fn over_cost(cap: usize) -> DecodeError {
+    DecodeError::new(
+        ErrorKind::TooLarge,
+        format!("decoding the request needs more than {cap} bytes of memory"),
+    )
 }
 
 /// Decodes one request, appending its records to `out`.
@@ -254,6 +270,8 @@ fn decode_into(
         now_ns,
         out,
         stats,
+        cost: 0,
+        cap: limits.max_decoded_bytes,
     };
     match mode {
         Mode::Message => {
@@ -265,6 +283,7 @@ fn decode_into(
                 cur.skip()?;
                 sink.stats.skipped(e);
             }
+            sink.within_cap()?;
         }
         Mode::Forward => {
             let Item::Array(n) = cur.next()? else {
@@ -272,6 +291,7 @@ fn decode_into(
             };
             for _ in 0..n {
                 sink.array_entry(&mut cur)?;
+                sink.within_cap()?;
             }
         }
         Mode::Packed => {
@@ -280,6 +300,10 @@ fn decode_into(
                 _ => return Err(bad_request("packed entries are not str or bin")),
             };
             let entries = inflate(payload, limits)?;
+            if let Cow::Owned(inflated) = &entries {
+                // The inflated payload lives until the last entry is decoded.
+                sink.cost = inflated.capacity();
+            }
             let mut inner = Cursor::new(&entries);
             while inner.pos < entries.len() {
                 // Entries are concatenated with nothing between them. Any complete msgpack
@@ -287,6 +311,7 @@ fn decode_into(
                 // `bad_entry`, exactly as in Forward mode); only bytes that are not msgpack
                 // (a reserved marker, an object cut short) break the framing.
                 sink.array_entry(&mut inner)?;
+                sink.within_cap()?;
             }
         }
     }
@@ -440,20 +465,33 @@ fn read_options(cur: &mut Cursor<'_>) -> Result<Options, DecodeError> {
 /// Decompresses a PackedForward payload as its magic bytes say, whatever the `compressed`
 /// option claims (Fluent Bit does the same). No magic means uncompressed: an uncompressed
 /// payload starts with an entry array marker, which can never be taken for either magic.
+///
+/// Inflating also stops at [`Limits::max_decoded_bytes`] (kind `too_large`) when that is
+/// the smaller cap: the inflated bytes are memory the request uses.
 fn inflate<'a>(payload: &'a [u8], limits: &Limits) -> Result<Cow<'a, [u8]>, DecodeError> {
-    let cap = limits.max_decompressed_bytes;
-    if payload.starts_with(&[0x1f, 0x8b]) {
+    let cost_cap = limits.max_decoded_bytes;
+    let cap = limits.max_decompressed_bytes.min(cost_cap);
+    let inflated = if payload.starts_with(&[0x1f, 0x8b]) {
         // Multi-member: fluentd may concatenate several gzip members in one payload.
-        read_capped(flate2::read::MultiGzDecoder::new(payload), cap, "gzip").map(Cow::Owned)
+        read_capped(flate2::read::MultiGzDecoder::new(payload), cap, "gzip")
     } else if payload.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
         let mut decoder = zstd::stream::read::Decoder::with_buffer(payload)
             .map_err(|e| DecodeError::new(ErrorKind::DecompressFailed, format!("zstd: {e}")))?;
         decoder
             .window_log_max(ZSTD_WINDOW_LOG_MAX)
             .map_err(|e| DecodeError::new(ErrorKind::DecompressFailed, format!("zstd: {e}")))?;
-        read_capped(decoder, cap, "zstd").map(Cow::Owned)
+        read_capped(decoder, cap, "zstd")
     } else {
-        Ok(Cow::Borrowed(payload))
+        return Ok(Cow::Borrowed(payload));
+    };
+    match inflated {
+        Ok(v) => Ok(Cow::Owned(v)),
+        Err(e)
+            if e.kind == ErrorKind::DecompressedTooLarge && cap < limits.max_decompressed_bytes =>
+        {
+            Err(over_cost(cost_cap))
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -589,9 +627,27 @@ struct Sink<'o> {
     now_ns: i64,
     out: &'o mut Vec<Record>,
     stats: &'o mut Stats,
+    /// Memory the request uses so far: inflated payload plus decoded records.
+    cost: usize,
+    /// [`Limits::max_decoded_bytes`].
+    cap: usize,
 }
 
 impl Sink<'_> {
+    /// Checked after each entry, outside the per-entry error handling: passing the cap
+    /// fails the whole request rather than skipping one entry.
+    fn within_cap(&self) -> Result<(), DecodeError> {
+        if self.cost > self.cap {
+            return Err(over_cost(self.cap));
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, record: Record) {
+        self.cost = self.cost.saturating_add(record.approx_size());
+        self.out.push(record);
+    }
+
     /// One entry of a Forward array or a PackedForward payload. An entry that is complete
     /// msgpack but unusable is stepped over and counted; only msgpack that cannot be stepped
     /// over (a truncated payload) fails the request.
@@ -651,12 +707,11 @@ impl Sink<'_> {
             // siblings were delivered or dropped, uncounted by the memory budget.
             let body = Bytes::copy_from_slice(&cur.buf[start..end]);
             cur.pos = end;
-            self.out
-                .push(Record::from_checked_packed(self.tag.clone(), ns, body));
+            self.push(Record::from_checked_packed(self.tag.clone(), ns, body));
             return Ok(());
         }
         let fields = read_record(cur, self.stats)?;
-        self.out.push(Record::new(self.tag.clone(), ns, fields));
+        self.push(Record::new(self.tag.clone(), ns, fields));
         Ok(())
     }
 }
@@ -1027,6 +1082,7 @@ mod tests {
     const NOW: i64 = 1_000_000_000_000_000_000;
     const LIMITS: Limits = Limits {
         max_decompressed_bytes: 64 << 20,
+        max_decoded_bytes: usize::MAX,
     };
 
     fn decode(frame: &[u8]) -> (Vec<Record>, Stats, Result<Request, DecodeError>) {
@@ -2207,11 +2263,70 @@ mod tests {
             let mut out = Vec::new();
             let small = Limits {
                 max_decompressed_bytes: 1 << 20,
+                max_decoded_bytes: usize::MAX,
             };
             let e =
                 decode_request(&frame, &small, NOW, &mut out, &mut Stats::default()).unwrap_err();
             assert_eq!(e.kind, ErrorKind::DecompressedTooLarge);
         }
+    }
+
+    /// 3 wire bytes per `[0, {}]` entry become a record of ~115 bytes: decoding counts
+    /// that cost (plus the inflated payload) and stops at `max_decoded_bytes`, keeping
+    /// nothing of the request, instead of decoding all of it first.
+    #[test]
+    fn decoding_stops_at_the_cost_cap() {
+        const N: usize = 10_000;
+        let entries = [0x92u8, 0x00, 0x80].repeat(N);
+        let with = |c: Compression| {
+            let mut b = Vec::new();
+            let payload = client::compress(&entries, c).unwrap();
+            client::encode_packed_payload(&mut b, "t", &payload, false, None, None, Some("k"));
+            b
+        };
+        let run = |frame: &[u8], cap: usize| {
+            let mut out = Vec::new();
+            let mut stats = Stats::default();
+            let limits = Limits {
+                max_decompressed_bytes: 64 << 20,
+                max_decoded_bytes: cap,
+            };
+            let r = decode_request(frame, &limits, NOW, &mut out, &mut stats);
+            (out, r)
+        };
+        for c in [Compression::None, Compression::Gzip, Compression::Zstd] {
+            let frame = with(c);
+            let (out, r) = run(&frame, usize::MAX);
+            assert_eq!(r.unwrap().records, N);
+            let records: usize = out.iter().map(Record::approx_size).sum();
+            assert!(records > 30 * entries.len(), "{records}");
+            let inflated = if matches!(c, Compression::None) {
+                0
+            } else {
+                entries.len()
+            };
+            // Room for the records and the inflated buffer (grown by doubling) decodes it
+            // all; half of the records' cost is refused as too large.
+            let (out, r) = run(&frame, records + 2 * inflated);
+            assert_eq!(r.unwrap().records, N, "{c:?}");
+            assert_eq!(out.len(), N);
+            let (out, r) = run(&frame, records / 2);
+            assert_eq!(r.unwrap_err().kind, ErrorKind::TooLarge, "{c:?}");
+            assert!(out.is_empty());
+            if !matches!(c, Compression::None) {
+                // The inflated payload alone passes the cap: inflating stops there.
+                let (out, r) = run(&frame, entries.len() / 2);
+                let e = r.unwrap_err();
+                assert_eq!(e.kind, ErrorKind::TooLarge, "{c:?}");
+                assert!(out.is_empty());
+            }
+        }
+        // Message mode counts too.
+        let (_, r) = run(
+            &message_with_time(|b| enc::write_uint(b, 1).map(drop).unwrap()),
+            10,
+        );
+        assert_eq!(r.unwrap_err().kind, ErrorKind::TooLarge);
     }
 
     #[test]
@@ -2526,6 +2641,7 @@ mod packed_vs_tree {
         let mut stats = Stats::default();
         let limits = Limits {
             max_decompressed_bytes: 1 << 20,
+            max_decoded_bytes: usize::MAX,
         };
         decode_request(&b, &limits, 0, &mut out, &mut stats).expect("decodes");
         assert_eq!(out.len(), 3);

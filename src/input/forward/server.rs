@@ -124,6 +124,8 @@ pub(crate) async fn spawn_with_metrics(
         large_cap: budget.limit() / slots / BUDGET_UNIT * BUDGET_UNIT,
         limits: Limits {
             max_decompressed_bytes: cfg.max_decompressed_bytes,
+            // Set per request from what is reserved for it (`Conn::decode_into`).
+            max_decoded_bytes: usize::MAX,
         },
         hostname: gethostname::gethostname().to_string_lossy().into_owned(),
         cfg,
@@ -706,23 +708,79 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         }
     }
 
+    /// Decodes one request into `batch` within the memory budget.
+    ///
+    /// Decoding may use only what is reserved for it (the request's inflated payload and
+    /// records, [`Limits::max_decoded_bytes`]); it stops as soon as the request needs
+    /// more. It is then retried with four times the room (after handing on what is
+    /// already batched and taking a large-request slot, so the extra budget is waited for
+    /// the way large frames wait for it), up to what one request may hold
+    /// ([`Shared::large_cap`], beside its frame). A request that needs more than that is
+    /// refused before its ack (`too_large`, no ack; the connection stays open), having
+    /// cost at most that much memory: a few wire bytes per entry each becoming a record
+    /// of ~140 bytes cannot take the process past its budget.
     async fn decode_into(&mut self, batch: &mut Batch, frame: Bytes) -> Result<(), DecodeError> {
         let wire = frame.len();
-        let estimate = if decode::is_compressed(&frame) {
-            wire + (wire * ASSUMED_COMPRESSION_RATIO).min(self.sh.limits.max_decompressed_bytes) * 2
+        let compressed = decode::is_compressed(&frame);
+        // The frame itself is the read buffer, already counted (up to the slot's share)
+        // while it arrived; it is freed once the records are taken.
+        let most = self.sh.large_cap;
+        let mut allowed = if compressed {
+            (wire * ASSUMED_COMPRESSION_RATIO).min(self.sh.limits.max_decompressed_bytes) * 2
         } else {
-            wire * 3
+            wire * 2
+        }
+        .min(most);
+        let decoded = loop {
+            let cap = self.slot_cap();
+            ensure(
+                &mut self.held,
+                &self.sh.budget,
+                batch.mem_bytes + wire + allowed,
+                cap,
+            )
+            .await;
+            // What is really held for this request: `ensure` caps at the slot's share, so
+            // requests batched before this one may leave it less than `allowed`. Alone in
+            // its batch, a request may decode up to `most` beside its frame.
+            let batch_empty = batch.requests == 0 && batch.records.is_empty();
+            let room = if batch_empty {
+                allowed
+            } else {
+                self.held
+                    .bytes()
+                    .saturating_sub(batch.mem_bytes + wire)
+                    .min(allowed)
+            };
+            let decoded = self.decode(frame.clone(), compressed, room).await?;
+            if !matches!(&decoded.result, Err(e) if e.kind == ErrorKind::TooLarge) {
+                break decoded;
+            }
+            drop(decoded);
+            if allowed >= most && batch_empty {
+                self.sh.metrics.bytes(wire as u64);
+                self.sh.metrics.error(ErrorKind::TooLarge, 1);
+                crate::warn_limited!(
+                    ErrorKind::TooLarge.log_key(),
+                    "forward input `{}`: refused a request of {wire} bytes from {} without ack: decoding it needs more than the {most} bytes of memory one request may hold (memory_limit / large-request slots); send smaller requests or raise runtime.memory_limit",
+                    self.sh.cfg.name,
+                    self.peer
+                );
+                return Ok(());
+            }
+            if !batch_empty {
+                // The requests decoded before this one make room for it.
+                let earlier = std::mem::take(batch);
+                self.commit(earlier).await?;
+            }
+            if self.large.is_none() {
+                // A connection without a slot gives back what it holds before waiting
+                // (see `ensure`); its read buffer is within `FREE_READ_BUFFER`.
+                self.held = Reservation::empty();
+                self.take_large_slot().await?;
+            }
+            allowed = allowed.saturating_mul(4).max(BUDGET_UNIT).min(most);
         };
-        let cap = self.slot_cap();
-        ensure(
-            &mut self.held,
-            &self.sh.budget,
-            batch.mem_bytes + estimate,
-            cap,
-        )
-        .await;
-
-        let decoded = self.decode(frame).await?;
 
         let m = &self.sh.metrics;
         if decoded.stats.invalid_utf8 > 0 {
@@ -795,10 +853,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         Ok(())
     }
 
-    /// Decodes one frame, on the blocking pool when it is big.
-    async fn decode(&self, frame: Bytes) -> Result<Decoded, DecodeError> {
-        let limits = self.sh.limits;
-        if frame.len() >= BLOCKING_DECODE {
+    /// Decodes one frame using at most `max_decoded_bytes` of memory beside the frame
+    /// ([`Limits::max_decoded_bytes`]), on the blocking pool when it is big or compressed
+    /// (inflating may take up to `max_decompressed` bytes of work).
+    async fn decode(
+        &self,
+        frame: Bytes,
+        compressed: bool,
+        max_decoded_bytes: usize,
+    ) -> Result<Decoded, DecodeError> {
+        let limits = Limits {
+            max_decoded_bytes,
+            ..self.sh.limits
+        };
+        if compressed || frame.len() >= BLOCKING_DECODE {
             tokio::task::spawn_blocking(move || decode_frame(frame, limits))
                 .await
                 .map_err(|e| err(ErrorKind::Io, format!("decoder task failed: {e}")))
@@ -839,7 +907,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             return Ok(());
         }
         for frame in frames {
-            let decoded = self.decode(frame).await?;
+            // Each decoded within its reservation before; one at a time now.
+            let compressed = decode::is_compressed(&frame);
+            let decoded = self.decode(frame, compressed, self.sh.large_cap).await?;
             // It decoded fine the first time; decoding is deterministic.
             let Ok(request) = decoded.result else {
                 continue;
