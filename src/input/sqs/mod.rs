@@ -22,6 +22,15 @@
 //!   the queue (`ChangeMessageVisibilityBatch` with 0) for another replica. The drain window
 //!   ends early once no batch is in flight.
 //!
+//! - `dedupe = { window, max_keys }` ([`crate::input::dedupe`]): a message whose key was
+//!   taken within the window is deleted without a record (it is stored already) and counted
+//!   in `firelane_input_duplicates_total{input}`. The key is the event `id` (`format =
+//!   "eventbridge"`), the SNS `MessageId` (`format = "sns"`), else the SQS `MessageId` (also
+//!   for an `eventbridge` body without a string `id`). A key is remembered only once its
+//!   record is buffered; a repeat within one receive waits for its first copy and shares its
+//!   fate (deleted when it is buffered, left or returned otherwise). The window is per
+//!   process: replicas sharing a queue do not share it.
+//!
 //! Delivery is at least once (SQS standard queues are): a replica that dies between buffering
 //! and deleting leaves the message to be received again.
 
@@ -34,6 +43,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::event::{Fields, Record};
+use crate::input::dedupe::DedupeConfig;
 use crate::output::aws::AwsSettings;
 
 pub use poll::spawn;
@@ -99,6 +109,8 @@ pub struct SqsConfig {
     pub visibility_timeout: Option<Duration>,
     /// How bodies become records. Default [`SqsFormat::EventBridge`].
     pub format: SqsFormat,
+    /// `dedupe`: drop repeats of a key ([`dedupe_key`]) within a window. Default off.
+    pub dedupe: Option<DedupeConfig>,
 }
 
 impl SqsConfig {
@@ -121,8 +133,28 @@ impl SqsConfig {
             wait_time: Self::DEFAULT_WAIT_TIME,
             visibility_timeout: None,
             format: SqsFormat::EventBridge,
+            dedupe: None,
         }
     }
+}
+
+/// The de-duplication key of a record parsed with `format` from the message
+/// `sqs_message_id`: the event `id` for `eventbridge` (EventBridge keeps it across its
+/// retries, which arrive as new SQS messages), the SNS `MessageId` for `sns` (SNS keeps it
+/// across its retries), else the SQS `MessageId` (SQS keeps it when it delivers one message
+/// twice).
+pub fn dedupe_key(format: SqsFormat, record: &Record, sqs_message_id: &str) -> Option<String> {
+    let key = match format {
+        SqsFormat::EventBridge => record.get("id").and_then(|v| v.as_str().map(str::to_owned)),
+        SqsFormat::Sns => record.get("sns").and_then(|s| {
+            s.to_value()
+                .get("MessageId")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        }),
+        SqsFormat::Json | SqsFormat::Text => None,
+    };
+    key.or_else(|| (!sqs_message_id.is_empty()).then(|| sqs_message_id.to_owned()))
 }
 
 /// The region in an SQS queue URL: `https://sqs.<region>.amazonaws.com[.cn]/...` or the
@@ -414,6 +446,29 @@ mod tests {
             parse_message("nope", SqsFormat::Sns, &tag(), None),
             Err(BadMessage::NotSnsEnvelope(_))
         ));
+    }
+
+    #[test]
+    fn dedupe_key_is_the_event_id_the_sns_message_id_or_the_sqs_message_id() {
+        let key = |body: &str, f| {
+            let r = parse_message(body, f, &tag(), None).unwrap();
+            dedupe_key(f, &r, "sqs-1")
+        };
+        let id = Some("3317b2af-7005-47ee-b3b4-1d1c2f7b5b36".to_owned());
+        assert_eq!(key(TASK_EVENT, SqsFormat::EventBridge), id);
+        // An input transformer's object without a string `id`: SQS's own MessageId.
+        for body in [r#"{"cluster":"c"}"#, r#"{"id":7}"#] {
+            assert_eq!(key(body, SqsFormat::EventBridge).as_deref(), Some("sqs-1"));
+        }
+        // SNS: the envelope's MessageId, not the event id inside.
+        assert_eq!(
+            key(&sns_envelope(TASK_EVENT, None), SqsFormat::Sns).as_deref(),
+            Some("95df01b4-ee98-5cb9-9903-4c221d41eb5e")
+        );
+        assert_eq!(key(TASK_EVENT, SqsFormat::Json).as_deref(), Some("sqs-1"));
+        assert_eq!(key("line", SqsFormat::Text).as_deref(), Some("sqs-1"));
+        let r = parse_message("line", SqsFormat::Text, &tag(), None).unwrap();
+        assert_eq!(dedupe_key(SqsFormat::Text, &r, ""), None);
     }
 
     #[test]
