@@ -8,6 +8,7 @@ pub mod drain;
 pub mod forward;
 pub mod http;
 pub mod registry;
+pub mod sns_envelope;
 pub mod sqs;
 
 /// Where an input hands its records. Bound to one input name; the router behind it

@@ -44,6 +44,10 @@ use serde_json::Value;
 
 use crate::event::{Fields, Record};
 use crate::input::dedupe::DedupeConfig;
+use crate::input::sns_envelope::{
+    EnvelopeError, MessageType, json_kind, message_record, notification_metadata, parse_envelope,
+    required, rfc3339_ns, timestamp_ns,
+};
 use crate::output::aws::AwsSettings;
 
 pub use poll::spawn;
@@ -232,59 +236,40 @@ pub fn parse_message(
         }
         SqsFormat::EventBridge => {
             let fields = object(body)?;
-            let time = rfc3339_ns(fields.get("time")).unwrap_or_else(fallback_ns);
+            let time = fields
+                .get("time")
+                .and_then(Value::as_str)
+                .and_then(rfc3339_ns)
+                .unwrap_or_else(fallback_ns);
             let tag = eventbridge_tag(&fields).unwrap_or_else(|| tag.clone());
             Ok(Record::new(tag, time, fields))
         }
         SqsFormat::Sns => {
-            let env = object(body).map_err(|e| BadMessage::NotSnsEnvelope(e.to_string()))?;
-            let text = |k: &str| -> Result<&str, BadMessage> {
-                match env.get(k) {
-                    Some(Value::String(s)) => Ok(s),
-                    Some(_) => Err(BadMessage::NotSnsEnvelope(format!("`{k}` is not a string"))),
-                    None => Err(BadMessage::NotSnsEnvelope(format!("no `{k}`"))),
-                }
-            };
-            let ty = text("Type")?;
-            if ty == "SubscriptionConfirmation" || ty == "UnsubscribeConfirmation" {
+            let not_envelope = |e: EnvelopeError| BadMessage::NotSnsEnvelope(e.to_string());
+            let (env, ty) = parse_envelope(body.as_bytes()).map_err(not_envelope)?;
+            if ty != MessageType::Notification {
                 let field = |k: &str| env.get(k).and_then(Value::as_str).unwrap_or("?").to_owned();
                 return Err(BadMessage::SnsControl {
-                    kind: ty.to_owned(),
+                    kind: ty.name().to_owned(),
                     topic: field("TopicArn"),
                     url: field("SubscribeURL"),
                 });
             }
-            if ty != "Notification" {
-                return Err(BadMessage::NotSnsEnvelope(format!(
-                    "`Type` is {ty:?}, expected \"Notification\""
-                )));
-            }
-            let message = text("Message")?;
-            let mut sns = Fields::new();
-            if let Some(Value::String(s)) = env.get("Subject") {
-                sns.insert("Subject".into(), Value::String(s.clone()));
-            }
+            let message = required(&env, "Message").map_err(not_envelope)?;
+            // Every notification has them; one without is not what SNS sent.
             for k in ["MessageId", "TopicArn", "Timestamp"] {
-                sns.insert(k.into(), Value::String(text(k)?.to_owned()));
+                required(&env, k).map_err(not_envelope)?;
             }
-            // An EventBridge event (or any JSON object) published to the topic arrives as
-            // its serialized text; anything else is kept as text.
-            let mut fields = match serde_json::from_str::<Value>(message) {
-                Ok(Value::Object(o)) => o,
-                _ => {
-                    let mut f = Fields::new();
-                    f.insert("message".into(), Value::String(message.to_owned()));
-                    f
-                }
-            };
-            let time = rfc3339_ns(fields.get("time"))
-                .or_else(|| rfc3339_ns(sns.get("Timestamp")))
-                .unwrap_or_else(fallback_ns);
-            let tag = eventbridge_tag(&fields).unwrap_or_else(|| tag.clone());
-            // The envelope's metadata wins over an `sns` field of the message itself: it is
-            // what tells where the record came from.
-            fields.insert("sns".into(), Value::Object(sns));
-            Ok(Record::new(tag, time, fields))
+            // The same record as the HTTP input's: the message (parsed when it is an
+            // object), the envelope's metadata under `sns`.
+            let timestamp = timestamp_ns(&env).or(sent_ns);
+            Ok(message_record(
+                message,
+                Some(notification_metadata(&env)),
+                timestamp,
+                None,
+                tag,
+            ))
         }
     }
 }
@@ -307,27 +292,6 @@ fn eventbridge_tag(fields: &Fields) -> Option<Arc<str>> {
     ) {
         (Some(Value::String(_)), Some(Value::String(dt)), Some(_)) => Some(Arc::from(dt.as_str())),
         _ => None,
-    }
-}
-
-/// Nanoseconds since the epoch of an RFC 3339 string (`2020-01-23T17:57:58Z`), if it is one.
-fn rfc3339_ns(v: Option<&Value>) -> Option<i64> {
-    let Some(Value::String(s)) = v else {
-        return None;
-    };
-    chrono::DateTime::parse_from_rfc3339(s)
-        .ok()?
-        .timestamp_nanos_opt()
-}
-
-fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
@@ -440,7 +404,10 @@ mod tests {
             let mut env: Value = serde_json::from_str(&sns_envelope("x", None)).unwrap();
             env.as_object_mut().unwrap().remove(missing);
             let e = parse_message(&env.to_string(), SqsFormat::Sns, &tag(), None).unwrap_err();
-            assert_eq!(e, BadMessage::NotSnsEnvelope(format!("no `{missing}`")));
+            assert_eq!(
+                e,
+                BadMessage::NotSnsEnvelope(format!("not an SNS message: no {missing:?}"))
+            );
         }
         assert!(matches!(
             parse_message("nope", SqsFormat::Sns, &tag(), None),
