@@ -640,3 +640,48 @@ fn a_replica_started_while_sqs_is_unreachable_recovers_by_itself() {
     assert_eq!(lines[0]["id"], "evt-after-outage");
     assert_eq!(wait_empty(&c, &q, Duration::from_secs(30)), (0, 0));
 }
+
+#[test]
+fn dedupe_deletes_a_repeated_event_without_a_second_record() {
+    let Some(ep) = endpoint() else { return };
+    let c = sqs(&ep);
+    let q = create_queue(&c, "dedupe");
+    let config = format!(
+        "{}[routes.all]\nto = [\"file\"]\n\n[outputs.file]\ntype = \"file\"\npath = \"{{dir}}/out.jsonl\"\nbatch = {{ max_age = \"100ms\" }}\n",
+        sqs_input(
+            "q",
+            &q,
+            &ep,
+            "dedupe = { window = \"10m\", max_keys = 1000 }\npollers = 1"
+        ),
+    );
+    let r = Router::start(&config);
+    // EventBridge delivered the same event twice (at least once): two SQS messages with
+    // their own MessageIds, one event id. Sent apart, so the second is a repeat of a key
+    // already taken; then a repeat within one receive, and an event of its own.
+    let event = task_event("evt-twice", 1).to_string();
+    send(&c, &q, std::slice::from_ref(&event));
+    common::wait_lines(&r.path("out.jsonl"), 1, Duration::from_secs(30));
+    send(&c, &q, &[event]);
+    let dup = ["input=\"q\""];
+    assert_eq!(
+        r.wait_metric(
+            "firelane_input_duplicates_total",
+            &dup,
+            1.0,
+            Duration::from_secs(30)
+        ),
+        1.0
+    );
+    let other = task_event("evt-other", 2).to_string();
+    send(&c, &q, &[other.clone(), other]);
+    assert_eq!(wait_empty(&c, &q, Duration::from_secs(30)), (0, 0));
+    // Anything late would be a second record: give it the time to show.
+    std::thread::sleep(Duration::from_secs(2));
+    let lines = read_jsonl(&r.path("out.jsonl"));
+    let ids: Vec<&str> = lines.iter().filter_map(|l| l["id"].as_str()).collect();
+    assert_eq!(ids, ["evt-twice", "evt-other"], "one record per event");
+    assert_eq!(r.metric("firelane_input_duplicates_total", &dup), 2.0);
+    assert_eq!(r.metric("firelane_input_records_total", &dup), 2.0);
+    assert_eq!(r.metric("firelane_input_errors_total", &[]), 0.0);
+}

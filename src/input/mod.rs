@@ -8,6 +8,7 @@ pub(crate) mod drain;
 pub mod forward;
 pub(crate) mod http;
 pub(crate) mod registry;
+pub(crate) mod sns_envelope;
 pub(crate) mod sqs;
 
 /// Where an input hands its records. Bound to one input name; the router behind it

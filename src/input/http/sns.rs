@@ -58,7 +58,12 @@ use tokio::sync::OnceCell;
 
 use super::{Refusal, hold, parse_cost};
 use crate::buffer::budget::{MemoryBudget, Reservation};
-use crate::event::{Fields, Record, now_ns};
+use crate::event::{Fields, Record};
+pub use crate::input::sns_envelope::MessageType;
+use crate::input::sns_envelope::{
+    EnvelopeError, json_kind, looks_like_object, message_record, notification_metadata,
+    parse_envelope, required, timestamp_ns,
+};
 
 /// Longest wait for a signing certificate or a `SubscribeURL` answer. SNS gives an endpoint
 /// 15 s to answer (SNS developer guide, *HTTP/S delivery*); a fetch and a verification fit.
@@ -87,50 +92,6 @@ pub(crate) struct SnsConfig {
     pub ca_file: Option<PathBuf>,
 }
 
-/// `x-amz-sns-message-type` / `Type` (SNS developer guide, *HTTP/HTTPS headers*).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum MessageType {
-    Notification,
-    SubscriptionConfirmation,
-    UnsubscribeConfirmation,
-}
-
-impl MessageType {
-    fn parse(s: &str) -> Option<Self> {
-        match s {
-            "Notification" => Some(MessageType::Notification),
-            "SubscriptionConfirmation" => Some(MessageType::SubscriptionConfirmation),
-            "UnsubscribeConfirmation" => Some(MessageType::UnsubscribeConfirmation),
-            _ => None,
-        }
-    }
-
-    /// The envelope keys signed, in the order they are signed (SNS developer guide,
-    /// *Verifying the signatures of Amazon SNS messages*). `Subject` is signed only when
-    /// the notification has one.
-    fn signed_keys(self) -> &'static [&'static str] {
-        match self {
-            MessageType::Notification => &[
-                "Message",
-                "MessageId",
-                "Subject",
-                "Timestamp",
-                "TopicArn",
-                "Type",
-            ],
-            MessageType::SubscriptionConfirmation | MessageType::UnsubscribeConfirmation => &[
-                "Message",
-                "MessageId",
-                "SubscribeURL",
-                "Timestamp",
-                "Token",
-                "TopicArn",
-                "Type",
-            ],
-        }
-    }
-}
-
 /// Why an SNS delivery was not taken.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SnsError {
@@ -156,6 +117,23 @@ pub(crate) enum SnsError {
     /// The memory budget could not hold the parsed message (413 or 503, as for any body).
     #[error("memory budget")]
     Budget(Refusal),
+}
+
+impl From<EnvelopeError> for SnsError {
+    fn from(e: EnvelopeError) -> Self {
+        match e {
+            EnvelopeError::Json {
+                line,
+                column,
+                message,
+            } => SnsError::Json {
+                line,
+                column,
+                message,
+            },
+            EnvelopeError::NotAMessage(m) => SnsError::NotAMessage(m),
+        }
+    }
 }
 
 impl SnsError {
@@ -279,20 +257,8 @@ impl Sns {
         if raw {
             return self.take_raw(headers, body, header_type, named_tag, default_tag);
         }
-        let envelope: Value = serde_json::from_slice(body).map_err(|e| SnsError::Json {
-            line: e.line(),
-            column: e.column(),
-            message: e.to_string(),
-        })?;
-        let Value::Object(envelope) = envelope else {
-            return Err(SnsError::NotAMessage(format!(
-                "expected a JSON object, found {}",
-                kind(&envelope)
-            )));
-        };
-        let ty = required(&envelope, "Type")?;
-        let ty_parsed = MessageType::parse(ty)
-            .ok_or_else(|| SnsError::NotAMessage(format!("unknown Type {ty:?}")))?;
+        let (envelope, ty_parsed) = parse_envelope(body)?;
+        let ty = ty_parsed.name();
         if let Some(h) = header_type
             && h != ty
         {
@@ -315,16 +281,8 @@ impl Sns {
                         .saturating_add(parse_cost(message.as_bytes()));
                     hold(budget, reservation, total).map_err(SnsError::Budget)?;
                 }
-                let mut sns = Fields::new();
-                for key in ["Subject", "MessageId", "TopicArn", "Timestamp"] {
-                    if let Some(v @ Value::String(_)) = envelope.get(key) {
-                        sns.insert(key.to_string(), v.clone());
-                    }
-                }
-                let timestamp = envelope
-                    .get("Timestamp")
-                    .and_then(Value::as_str)
-                    .and_then(rfc3339_ns);
+                let sns = notification_metadata(&envelope);
+                let timestamp = timestamp_ns(&envelope);
                 let record = message_record(message, Some(sns), timestamp, named_tag, default_tag);
                 Ok(Delivery::Records {
                     records: vec![record],
@@ -634,7 +592,7 @@ pub(crate) fn string_to_sign(ty: MessageType, envelope: &Fields) -> Result<Strin
                 Some(other) => {
                     return Err(SnsError::NotAMessage(format!(
                         "Subject must be a string, found {}",
-                        kind(other)
+                        json_kind(other)
                     )));
                 }
             }
@@ -647,93 +605,6 @@ pub(crate) fn string_to_sign(ty: MessageType, envelope: &Fields) -> Result<Strin
         s.push('\n');
     }
     Ok(s)
-}
-
-/// `envelope[key]` as a string; a missing or non-string field is not an SNS message.
-fn required<'a>(envelope: &'a Fields, key: &str) -> Result<&'a str, SnsError> {
-    match envelope.get(key) {
-        Some(Value::String(s)) => Ok(s),
-        None => Err(SnsError::NotAMessage(format!("no {key:?}"))),
-        Some(other) => Err(SnsError::NotAMessage(format!(
-            "{key:?} must be a string, found {}",
-            kind(other)
-        ))),
-    }
-}
-
-/// The record of a message: its JSON object, or `{"message": text}` for anything else;
-/// `sns` added under the key `sns` when given. An EventBridge event (an object whose
-/// `detail-type` and `source` are strings) is tagged with its `detail-type` and timed by
-/// its `time`; other messages by `timestamp` (the envelope's) or now.
-fn message_record(
-    text: &str,
-    sns: Option<Fields>,
-    timestamp: Option<i64>,
-    named_tag: Option<&Arc<str>>,
-    default_tag: &Arc<str>,
-) -> Record {
-    // Only an object becomes the record: anything else is not parsed at all.
-    let parsed = if looks_like_object(text) {
-        serde_json::from_str::<Value>(text).ok()
-    } else {
-        None
-    };
-    let (mut fields, event) = match parsed {
-        Some(Value::Object(fields)) => {
-            let event = match (fields.get("detail-type"), fields.get("source")) {
-                (Some(Value::String(dt)), Some(Value::String(_))) => Some((
-                    Arc::<str>::from(dt.as_str()),
-                    fields
-                        .get("time")
-                        .and_then(Value::as_str)
-                        .and_then(rfc3339_ns),
-                )),
-                _ => None,
-            };
-            (fields, event)
-        }
-        _ => {
-            let mut f = Fields::new();
-            f.insert("message".into(), Value::String(text.to_string()));
-            (f, None)
-        }
-    };
-    if let Some(sns) = sns {
-        fields.insert("sns".into(), Value::Object(sns));
-    }
-    let (event_tag, event_time) = match event {
-        Some((tag, time)) => (Some(tag), time),
-        None => (None, None),
-    };
-    let tag = named_tag
-        .cloned()
-        .or(event_tag)
-        .unwrap_or_else(|| default_tag.clone());
-    let time = event_time.or(timestamp).unwrap_or_else(now_ns);
-    Record::new(tag, time, fields)
-}
-
-/// Whether `text` may be a JSON object (its first non-blank character is `{`).
-fn looks_like_object(text: &str) -> bool {
-    text.trim_start().starts_with('{')
-}
-
-/// Nanoseconds since the epoch of an RFC 3339 timestamp (SNS: `2012-04-26T20:45:04.751Z`).
-fn rfc3339_ns(s: &str) -> Option<i64> {
-    chrono::DateTime::parse_from_rfc3339(s)
-        .ok()?
-        .timestamp_nanos_opt()
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// An error and its causes, `a: b: c` (reqwest's own message hides the cause).
@@ -957,42 +828,5 @@ mod tests {
         }
         let c = sns.certs.lock();
         assert!(c.cells.is_empty() && c.order.is_empty());
-    }
-
-    #[test]
-    fn message_records() {
-        let tag: Arc<str> = Arc::from("in");
-        let mut sns = Fields::new();
-        sns.insert("MessageId".into(), Value::from("m"));
-        let event = r#"{"version":"0","id":"e","detail-type":"ECS Task State Change","source":"aws.ecs","time":"2020-01-23T17:57:58Z","detail":{}}"#;
-        let r = message_record(event, Some(sns.clone()), Some(5), None, &tag);
-        assert_eq!(&*r.tag, "ECS Task State Change");
-        assert_eq!(r.time_ns, 1_579_802_278_000_000_000);
-        assert_eq!(
-            r.keys(),
-            [
-                "version",
-                "id",
-                "detail-type",
-                "source",
-                "time",
-                "detail",
-                "sns"
-            ]
-        );
-        let named: Arc<str> = Arc::from("named");
-        assert_eq!(
-            &*message_record(event, None, None, Some(&named), &tag).tag,
-            "named"
-        );
-        for text in ["hello", "[1,2]", "42", "{broken"] {
-            let r = message_record(text, Some(sns.clone()), Some(5), None, &tag);
-            assert_eq!(&*r.tag, "in");
-            assert_eq!(r.time_ns, 5);
-            assert_eq!(r.get("message").and_then(|v| v.as_str()), Some(text));
-        }
-        // An object that is not an event: kept, input's tag, the SNS Timestamp.
-        let r = message_record(r#"{"a":1}"#, None, Some(7), None, &tag);
-        assert_eq!((&*r.tag, r.time_ns, r.keys()), ("in", 7, vec!["a"]));
     }
 }

@@ -1,5 +1,5 @@
 //! `type = "sqs"`: `queue_url`, `region`, `endpoint_url`, `pollers`, `wait_time`,
-//! `visibility_timeout`, `format`.
+//! `visibility_timeout`, `format`, `dedupe`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +36,7 @@ impl InputType for Sqs {
             "wait_time",
             "visibility_timeout",
             "format",
+            "dedupe",
         ]
     }
 
@@ -136,6 +137,7 @@ impl InputType for Sqs {
                 ),
             }
         }
+        cfg.dedupe = crate::input::dedupe::read(t, d);
         Box::new(cfg)
     }
 }
@@ -151,8 +153,12 @@ impl InputConfig for SqsConfig {
             Some(v) => format!("visibility {}s", v.as_secs()),
             None => "the queue's visibility timeout".to_owned(),
         };
+        let dedupe = match &self.dedupe {
+            Some(d) => format!(", dedupe {}s / {} keys", d.window.as_secs(), d.max_keys),
+            None => String::new(),
+        };
         format!(
-            "{} (format {}, {} pollers, wait {}s, {vt})",
+            "{} (format {}, {} pollers, wait {}s, {vt}{dedupe})",
             self.queue_url,
             self.format.name(),
             self.pollers,
@@ -223,6 +229,19 @@ format = "sns""#,
         assert_eq!(c.wait_time, Duration::from_secs(1));
         assert_eq!(c.visibility_timeout, Some(Duration::from_secs(120)));
         assert_eq!(c.format, SqsFormat::Sns);
+        assert_eq!(c.dedupe, None, "off unless set");
+        let c = read(
+            "queue_url = \"https://sqs.eu-west-1.amazonaws.com/1/q\"\nformat = \"text\"\ndedupe = { window = \"30s\", max_keys = 7 }",
+        )
+        .unwrap();
+        assert_eq!(
+            c.dedupe,
+            Some(crate::input::dedupe::DedupeConfig {
+                window: Duration::from_secs(30),
+                max_keys: 7
+            }),
+            "every format has a key (the SQS MessageId at least)"
+        );
     }
 
     #[test]
@@ -252,6 +271,9 @@ format = "sns""#,
             ("visibility_timeout = \"13h\"", "visibility_timeout"),
             ("format = \"xml\"", "format: expected"),
             ("endpoint_url = \"localhost:4566\"", "endpoint_url"),
+            ("dedupe = { window = \"0s\" }", "dedupe.window"),
+            ("dedupe = { max_keys = 0 }", "dedupe.max_keys"),
+            ("dedupe = { windows = \"1m\" }", "windows"),
         ];
         for (line, want) in cases {
             let text = if line.starts_with("queue_url") || line.is_empty() {

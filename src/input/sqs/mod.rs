@@ -22,6 +22,15 @@
 //!   the queue (`ChangeMessageVisibilityBatch` with 0) for another replica. The drain window
 //!   ends early once no batch is in flight.
 //!
+//! - `dedupe = { window, max_keys }` ([`crate::input::dedupe`]): a message whose key was
+//!   taken within the window is deleted without a record (it is stored already) and counted
+//!   in `firelane_input_duplicates_total{input}`. The key is the event `id` (`format =
+//!   "eventbridge"`), the SNS `MessageId` (`format = "sns"`), else the SQS `MessageId` (also
+//!   for an `eventbridge` body without a string `id`). A key is remembered only once its
+//!   record is buffered; a repeat within one receive waits for its first copy and shares its
+//!   fate (deleted when it is buffered, left or returned otherwise). The window is per
+//!   process: replicas sharing a queue do not share it.
+//!
 //! Delivery is at least once (SQS standard queues are): a replica that dies between buffering
 //! and deleting leaves the message to be received again.
 
@@ -34,6 +43,11 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::event::{Fields, Record};
+use crate::input::dedupe::DedupeConfig;
+use crate::input::sns_envelope::{
+    EnvelopeError, MessageType, json_kind, message_record, notification_metadata, parse_envelope,
+    required, rfc3339_ns, timestamp_ns,
+};
 use crate::output::aws::AwsSettings;
 
 pub(crate) use poll::spawn;
@@ -99,6 +113,8 @@ pub(crate) struct SqsConfig {
     pub visibility_timeout: Option<Duration>,
     /// How bodies become records. Default [`SqsFormat::EventBridge`].
     pub format: SqsFormat,
+    /// `dedupe`: drop repeats of a key ([`dedupe_key`]) within a window. Default off.
+    pub dedupe: Option<DedupeConfig>,
 }
 
 impl SqsConfig {
@@ -121,8 +137,28 @@ impl SqsConfig {
             wait_time: Self::DEFAULT_WAIT_TIME,
             visibility_timeout: None,
             format: SqsFormat::EventBridge,
+            dedupe: None,
         }
     }
+}
+
+/// The de-duplication key of a record parsed with `format` from the message
+/// `sqs_message_id`: the event `id` for `eventbridge` (EventBridge keeps it across its
+/// retries, which arrive as new SQS messages), the SNS `MessageId` for `sns` (SNS keeps it
+/// across its retries), else the SQS `MessageId` (SQS keeps it when it delivers one message
+/// twice).
+pub fn dedupe_key(format: SqsFormat, record: &Record, sqs_message_id: &str) -> Option<String> {
+    let key = match format {
+        SqsFormat::EventBridge => record.get("id").and_then(|v| v.as_str().map(str::to_owned)),
+        SqsFormat::Sns => record.get("sns").and_then(|s| {
+            s.to_value()
+                .get("MessageId")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        }),
+        SqsFormat::Json | SqsFormat::Text => None,
+    };
+    key.or_else(|| (!sqs_message_id.is_empty()).then(|| sqs_message_id.to_owned()))
 }
 
 /// The region in an SQS queue URL: `https://sqs.<region>.amazonaws.com[.cn]/...` or the
@@ -200,59 +236,40 @@ pub(crate) fn parse_message(
         }
         SqsFormat::EventBridge => {
             let fields = object(body)?;
-            let time = rfc3339_ns(fields.get("time")).unwrap_or_else(fallback_ns);
+            let time = fields
+                .get("time")
+                .and_then(Value::as_str)
+                .and_then(rfc3339_ns)
+                .unwrap_or_else(fallback_ns);
             let tag = eventbridge_tag(&fields).unwrap_or_else(|| tag.clone());
             Ok(Record::new(tag, time, fields))
         }
         SqsFormat::Sns => {
-            let env = object(body).map_err(|e| BadMessage::NotSnsEnvelope(e.to_string()))?;
-            let text = |k: &str| -> Result<&str, BadMessage> {
-                match env.get(k) {
-                    Some(Value::String(s)) => Ok(s),
-                    Some(_) => Err(BadMessage::NotSnsEnvelope(format!("`{k}` is not a string"))),
-                    None => Err(BadMessage::NotSnsEnvelope(format!("no `{k}`"))),
-                }
-            };
-            let ty = text("Type")?;
-            if ty == "SubscriptionConfirmation" || ty == "UnsubscribeConfirmation" {
+            let not_envelope = |e: EnvelopeError| BadMessage::NotSnsEnvelope(e.to_string());
+            let (env, ty) = parse_envelope(body.as_bytes()).map_err(not_envelope)?;
+            if ty != MessageType::Notification {
                 let field = |k: &str| env.get(k).and_then(Value::as_str).unwrap_or("?").to_owned();
                 return Err(BadMessage::SnsControl {
-                    kind: ty.to_owned(),
+                    kind: ty.name().to_owned(),
                     topic: field("TopicArn"),
                     url: field("SubscribeURL"),
                 });
             }
-            if ty != "Notification" {
-                return Err(BadMessage::NotSnsEnvelope(format!(
-                    "`Type` is {ty:?}, expected \"Notification\""
-                )));
-            }
-            let message = text("Message")?;
-            let mut sns = Fields::new();
-            if let Some(Value::String(s)) = env.get("Subject") {
-                sns.insert("Subject".into(), Value::String(s.clone()));
-            }
+            let message = required(&env, "Message").map_err(not_envelope)?;
+            // Every notification has them; one without is not what SNS sent.
             for k in ["MessageId", "TopicArn", "Timestamp"] {
-                sns.insert(k.into(), Value::String(text(k)?.to_owned()));
+                required(&env, k).map_err(not_envelope)?;
             }
-            // An EventBridge event (or any JSON object) published to the topic arrives as
-            // its serialized text; anything else is kept as text.
-            let mut fields = match serde_json::from_str::<Value>(message) {
-                Ok(Value::Object(o)) => o,
-                _ => {
-                    let mut f = Fields::new();
-                    f.insert("message".into(), Value::String(message.to_owned()));
-                    f
-                }
-            };
-            let time = rfc3339_ns(fields.get("time"))
-                .or_else(|| rfc3339_ns(sns.get("Timestamp")))
-                .unwrap_or_else(fallback_ns);
-            let tag = eventbridge_tag(&fields).unwrap_or_else(|| tag.clone());
-            // The envelope's metadata wins over an `sns` field of the message itself: it is
-            // what tells where the record came from.
-            fields.insert("sns".into(), Value::Object(sns));
-            Ok(Record::new(tag, time, fields))
+            // The same record as the HTTP input's: the message (parsed when it is an
+            // object), the envelope's metadata under `sns`.
+            let timestamp = timestamp_ns(&env).or(sent_ns);
+            Ok(message_record(
+                message,
+                Some(notification_metadata(&env)),
+                timestamp,
+                None,
+                tag,
+            ))
         }
     }
 }
@@ -275,27 +292,6 @@ fn eventbridge_tag(fields: &Fields) -> Option<Arc<str>> {
     ) {
         (Some(Value::String(_)), Some(Value::String(dt)), Some(_)) => Some(Arc::from(dt.as_str())),
         _ => None,
-    }
-}
-
-/// Nanoseconds since the epoch of an RFC 3339 string (`2020-01-23T17:57:58Z`), if it is one.
-fn rfc3339_ns(v: Option<&Value>) -> Option<i64> {
-    let Some(Value::String(s)) = v else {
-        return None;
-    };
-    chrono::DateTime::parse_from_rfc3339(s)
-        .ok()?
-        .timestamp_nanos_opt()
-}
-
-fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
@@ -408,12 +404,38 @@ mod tests {
             let mut env: Value = serde_json::from_str(&sns_envelope("x", None)).unwrap();
             env.as_object_mut().unwrap().remove(missing);
             let e = parse_message(&env.to_string(), SqsFormat::Sns, &tag(), None).unwrap_err();
-            assert_eq!(e, BadMessage::NotSnsEnvelope(format!("no `{missing}`")));
+            assert_eq!(
+                e,
+                BadMessage::NotSnsEnvelope(format!("not an SNS message: no {missing:?}"))
+            );
         }
         assert!(matches!(
             parse_message("nope", SqsFormat::Sns, &tag(), None),
             Err(BadMessage::NotSnsEnvelope(_))
         ));
+    }
+
+    #[test]
+    fn dedupe_key_is_the_event_id_the_sns_message_id_or_the_sqs_message_id() {
+        let key = |body: &str, f| {
+            let r = parse_message(body, f, &tag(), None).unwrap();
+            dedupe_key(f, &r, "sqs-1")
+        };
+        let id = Some("3317b2af-7005-47ee-b3b4-1d1c2f7b5b36".to_owned());
+        assert_eq!(key(TASK_EVENT, SqsFormat::EventBridge), id);
+        // An input transformer's object without a string `id`: SQS's own MessageId.
+        for body in [r#"{"cluster":"c"}"#, r#"{"id":7}"#] {
+            assert_eq!(key(body, SqsFormat::EventBridge).as_deref(), Some("sqs-1"));
+        }
+        // SNS: the envelope's MessageId, not the event id inside.
+        assert_eq!(
+            key(&sns_envelope(TASK_EVENT, None), SqsFormat::Sns).as_deref(),
+            Some("95df01b4-ee98-5cb9-9903-4c221d41eb5e")
+        );
+        assert_eq!(key(TASK_EVENT, SqsFormat::Json).as_deref(), Some("sqs-1"));
+        assert_eq!(key("line", SqsFormat::Text).as_deref(), Some("sqs-1"));
+        let r = parse_message("line", SqsFormat::Text, &tag(), None).unwrap();
+        assert_eq!(dedupe_key(SqsFormat::Text, &r, ""), None);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! `DeleteMessageBatch`, and `ChangeMessageVisibilityBatch` to extend slow batches or return
 //! unfinished ones at shutdown. See the module docs of [`super`] for the guarantees.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,10 +17,11 @@ use rand::Rng;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::{SqsConfig, parse_message, region_of_queue_url};
+use super::{SqsConfig, dedupe_key, parse_message, region_of_queue_url};
 use crate::buffer::budget::MemoryBudget;
 use crate::event::Record;
 use crate::input::ack::ack_pair;
+use crate::input::dedupe::Dedupe;
 use crate::input::drain::InputShutdown;
 use crate::input::{Ingest, IngestError};
 use crate::output::aws::sdk_config;
@@ -51,6 +53,8 @@ struct Shared {
     bytes: Counter,
     /// The visibility timeout in force, once known (config, else `GetQueueAttributes`).
     visibility: tokio::sync::OnceCell<Duration>,
+    /// Keys taken recently (`dedupe`), shared by the pollers.
+    dedupe: Option<Dedupe>,
 }
 
 impl Shared {
@@ -153,6 +157,10 @@ pub(crate) async fn spawn(
         "polling SQS queue"
     );
     let name = cfg.name.clone();
+    let dedupe = cfg
+        .dedupe
+        .clone()
+        .map(|d| Dedupe::new(d, &name, Some(budget.clone())));
     let shared = Arc::new(Shared {
         tag: Arc::from(cfg.name.as_str()),
         records: metrics::counter!("firelane_input_records_total", "input" => name.clone()),
@@ -162,6 +170,7 @@ pub(crate) async fn spawn(
         ingest,
         budget,
         visibility: tokio::sync::OnceCell::new(),
+        dedupe,
     });
     Ok((0..shared.cfg.pollers)
         .map(|_| tokio::spawn(poller(shared.clone(), shutdown.clone())))
@@ -256,22 +265,40 @@ fn secs_i32(d: Duration) -> i32 {
     i32::try_from(d.as_secs()).unwrap_or(i32::MAX)
 }
 
-/// A received message whose record is on its way to the buffers.
-struct InFlight {
+/// A received message, as far as deleting it or changing its visibility goes.
+struct Receipt {
     /// Id within one batch request (SQS wants them unique per request).
     entry_id: String,
     message_id: String,
     receipt: String,
 }
 
-/// Parses, ingests and settles one `ReceiveMessage` result: deletes what was buffered,
-/// leaves the rest for the visibility timeout (or returns it at shutdown).
+/// A received message whose record is on its way to the buffers.
+struct InFlight {
+    message: Receipt,
+    /// Its de-duplication key, remembered once the record is buffered (with `dedupe`).
+    key: Option<Arc<str>>,
+    /// Repeats of it in the same receive (same key): no record of their own; deleted when
+    /// this one's record is buffered, left or returned with it otherwise.
+    repeats: Vec<Receipt>,
+}
+
+impl InFlight {
+    /// This message and its repeats.
+    fn receipts(&self) -> impl Iterator<Item = &Receipt> {
+        std::iter::once(&self.message).chain(&self.repeats)
+    }
+}
+
+/// Parses, ingests and settles one `ReceiveMessage` result: deletes what was buffered (and
+/// repeats of what was taken before), leaves the rest for the visibility timeout (or
+/// returns it at shutdown).
 async fn handle_batch(s: &Shared, messages: Vec<Message>, vt: Duration, shutdown: &InputShutdown) {
     // Holds the drain window open while this batch is in flight.
     let _client = shutdown.client();
-    let mut pending = Vec::with_capacity(messages.len());
-    let mut records = Vec::with_capacity(messages.len());
-    let mut held_bytes = 0usize;
+    // Parsed messages: the receipt, the record, its body size and its key.
+    let mut parsed: Vec<(Receipt, Record, usize, Option<String>)> =
+        Vec::with_capacity(messages.len());
     for (i, m) in messages.into_iter().enumerate() {
         let message_id = m.message_id.clone().unwrap_or_default();
         let Some(receipt) = m.receipt_handle.clone() else {
@@ -288,13 +315,16 @@ async fn handle_batch(s: &Shared, messages: Vec<Message>, vt: Duration, shutdown
             .and_then(|v| v.parse::<i64>().ok());
         match parse_message(body, s.cfg.format, &s.tag, sent_ms) {
             Ok(r) => {
-                held_bytes += body.len();
-                records.push(r);
-                pending.push(InFlight {
+                let key = s
+                    .dedupe
+                    .as_ref()
+                    .and_then(|_| dedupe_key(s.cfg.format, &r, &message_id));
+                let receipt = Receipt {
                     entry_id: i.to_string(),
                     message_id,
                     receipt,
-                });
+                };
+                parsed.push((receipt, r, body.len(), key));
             }
             Err(e) => {
                 // Left alone: visible again after the visibility timeout, moved to the
@@ -309,6 +339,30 @@ async fn handle_batch(s: &Shared, messages: Vec<Message>, vt: Duration, shutdown
             }
         }
     }
+    let (pending, records, held_bytes) = match &s.dedupe {
+        Some(d) => {
+            let (pending, records, held_bytes, taken_before) = split_repeats(d, parsed);
+            // Stored already (taken within the window): deleted now, without a record.
+            let taken_before: Vec<&Receipt> = taken_before.iter().collect();
+            delete(s, &taken_before).await;
+            (pending, records, held_bytes)
+        }
+        None => {
+            let mut pending = Vec::with_capacity(parsed.len());
+            let mut records = Vec::with_capacity(parsed.len());
+            let mut held_bytes = 0usize;
+            for (message, r, len, _) in parsed {
+                held_bytes += len;
+                records.push(r);
+                pending.push(InFlight {
+                    message,
+                    key: None,
+                    repeats: Vec::new(),
+                });
+            }
+            (pending, records, held_bytes)
+        }
+    };
     if pending.is_empty() {
         return;
     }
@@ -327,7 +381,7 @@ async fn handle_batch(s: &Shared, messages: Vec<Message>, vt: Duration, shutdown
             _ = extend.tick() => {
                 // The batch waits (full buffers, a slow disk): keep its messages hidden from
                 // other replicas for another visibility timeout.
-                let all: Vec<&InFlight> = pending.iter().collect();
+                let all: Vec<&Receipt> = pending.iter().flat_map(InFlight::receipts).collect();
                 change_visibility(s, &all, vt).await;
             }
         }
@@ -335,24 +389,84 @@ async fn handle_batch(s: &Shared, messages: Vec<Message>, vt: Duration, shutdown
     let Some(outcomes) = outcomes else {
         // The drain window is over: what is not settled goes back to the queue now, for
         // another replica, instead of after its visibility timeout.
-        let all: Vec<&InFlight> = pending.iter().collect();
+        let all: Vec<&Receipt> = pending.iter().flat_map(InFlight::receipts).collect();
         change_visibility(s, &all, Duration::ZERO).await;
         return;
     };
     let mut done = Vec::new();
     let mut give_back = Vec::new();
+    let mut taken_keys = Vec::new();
     for (m, outcome) in pending.iter().zip(outcomes) {
         match outcome {
-            Ok(()) => done.push(m),
+            Ok(()) => {
+                done.extend(m.receipts());
+                taken_keys.extend(m.key.clone());
+            }
             // Stopping: another replica (or this one after its restart) takes it.
-            Err(IngestError::ShuttingDown) => give_back.push(m),
+            Err(IngestError::ShuttingDown) => give_back.extend(m.receipts()),
             // Too large for every output, a disk that is full or failing: left to come back
             // after the visibility timeout, and to the redrive policy if it never fits.
             Err(_) => {}
         }
     }
+    // Remembered once buffered, before the delete: a delete that fails leaves the message
+    // to come back, and then it is a repeat.
+    if let Some(d) = &s.dedupe {
+        d.remember(taken_keys);
+    }
     delete(s, &done).await;
     change_visibility(s, &give_back, Duration::ZERO).await;
+}
+
+/// What [`split_repeats`] makes of a receive: the messages to ingest, their records and
+/// body bytes, and the messages whose key was taken within the window.
+type Split = (Vec<InFlight>, Vec<Record>, usize, Vec<Receipt>);
+
+/// Sorts parsed messages by their key: fresh ones (to ingest), repeats of a fresh one of
+/// the same receive (attached to it), and repeats of a key taken before (counted by
+/// `dedupe` as duplicates; to delete).
+fn split_repeats(d: &Dedupe, parsed: Vec<(Receipt, Record, usize, Option<String>)>) -> Split {
+    let mut messages = Vec::with_capacity(parsed.len());
+    let mut keyed = Vec::with_capacity(parsed.len());
+    for (i, (receipt, r, len, key)) in parsed.into_iter().enumerate() {
+        messages.push(Some((receipt, r, len)));
+        keyed.push((i, key));
+    }
+    let f = d.filter(keyed.clone(), |(_, k)| k.as_deref());
+    let mut pending: Vec<InFlight> = Vec::with_capacity(f.fresh.len());
+    let mut records = Vec::with_capacity(f.fresh.len());
+    let mut held_bytes = 0usize;
+    // `f.keys` holds the keys of the fresh items that have one, in their order.
+    let mut keys = f.keys.into_iter();
+    // Key -> index in `pending` of the message of this receive that carries it.
+    let mut first: HashMap<String, usize> = HashMap::new();
+    for (i, key) in f.fresh {
+        let Some((message, r, len)) = messages[i].take() else {
+            continue;
+        };
+        let key = key.and_then(|k| {
+            first.insert(k, pending.len());
+            keys.next()
+        });
+        held_bytes += len;
+        records.push(r);
+        pending.push(InFlight {
+            message,
+            key,
+            repeats: Vec::new(),
+        });
+    }
+    let mut taken_before = Vec::new();
+    for (i, key) in keyed {
+        let Some((message, _, _)) = messages[i].take() else {
+            continue;
+        };
+        match key.as_ref().and_then(|k| first.get(k)) {
+            Some(&j) => pending[j].repeats.push(message),
+            None => taken_before.push(message),
+        }
+    }
+    (pending, records, held_bytes, taken_before)
 }
 
 /// Routes each message's record with its own ack token and waits until each is buffered
@@ -399,7 +513,7 @@ async fn ingest_all(
 
 /// Deletes buffered messages, retrying the call on errors (a failed delete means a
 /// duplicate later, never a loss).
-async fn delete(s: &Shared, messages: &[&InFlight]) {
+async fn delete(s: &Shared, messages: &[&Receipt]) {
     if messages.is_empty() {
         return;
     }
@@ -467,7 +581,7 @@ async fn delete(s: &Shared, messages: &[&InFlight]) {
 /// Sets the visibility timeout of `messages` to `to` from now: extends a slow batch, or
 /// returns messages to the queue with 0. One attempt: a failed extension is retried at the
 /// next tick, a failed return only delays the message until its timeout.
-async fn change_visibility(s: &Shared, messages: &[&InFlight], to: Duration) {
+async fn change_visibility(s: &Shared, messages: &[&Receipt], to: Duration) {
     if messages.is_empty() {
         return;
     }
@@ -514,6 +628,55 @@ async fn change_visibility(s: &Shared, messages: &[&InFlight], to: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::Fields;
+    use crate::input::dedupe::DedupeConfig;
+
+    fn message(i: usize, key: Option<&str>) -> (Receipt, Record, usize, Option<String>) {
+        let receipt = Receipt {
+            entry_id: i.to_string(),
+            message_id: format!("m{i}"),
+            receipt: format!("r{i}"),
+        };
+        let r = Record::new(Arc::from("t"), 0, Fields::new());
+        (receipt, r, 10 + i, key.map(str::to_owned))
+    }
+
+    fn ids<'a>(r: impl IntoIterator<Item = &'a Receipt>) -> Vec<&'a str> {
+        r.into_iter().map(|r| r.message_id.as_str()).collect()
+    }
+
+    #[test]
+    fn repeats_are_deleted_if_taken_before_and_follow_their_first_copy_otherwise() {
+        let d = Dedupe::new(DedupeConfig::default(), "q", None);
+        d.remember(vec![Arc::from("a")]);
+        let batch = vec![
+            message(0, Some("a")),
+            message(1, Some("b")),
+            message(2, Some("b")),
+            message(3, None),
+            message(4, Some("c")),
+            message(5, Some("a")),
+        ];
+        let (pending, records, held, taken_before) = split_repeats(&d, batch);
+        assert_eq!(ids(&taken_before), ["m0", "m5"], "stored already: deleted");
+        assert_eq!(ids(pending.iter().map(|p| &p.message)), ["m1", "m3", "m4"]);
+        assert_eq!(records.len(), 3);
+        assert_eq!(held, 11 + 13 + 14, "only the records ingested are held");
+        assert_eq!(
+            ids(&pending[0].repeats),
+            ["m2"],
+            "rides with its first copy"
+        );
+        assert_eq!(ids(pending[0].receipts()), ["m1", "m2"]);
+        assert!(pending[1].repeats.is_empty() && pending[2].repeats.is_empty());
+        let keys: Vec<Option<&str>> = pending.iter().map(|p| p.key.as_deref()).collect();
+        assert_eq!(keys, [Some("b"), None, Some("c")]);
+        // Nothing was remembered by splitting: a refused batch is taken when it comes back.
+        assert_eq!(d.len(), 1);
+        let (pending, _, _, taken_before) =
+            split_repeats(&d, vec![message(0, Some("b")), message(1, Some("c"))]);
+        assert_eq!((pending.len(), taken_before.len()), (2, 0));
+    }
 
     #[test]
     fn backoff_doubles_with_jitter_up_to_the_cap_and_resets() {
