@@ -134,8 +134,29 @@ impl InputType for Http {
         cfg.dedupe = crate::input::dedupe::read(t, d);
         if cfg.format == BodyFormat::Sns {
             let mut sns = SnsConfig::default();
+            let errors_before = d.errors.len();
             if let Some(mut a) = t.opt_table(d, "sns") {
                 sns = read_sns(&mut a, d);
+            }
+            // A signed delivery is genuine for its own topic only: anyone can create a topic in
+            // their own account, subscribe nothing, and replay its signed messages here. Only
+            // topic_arns ties the endpoint to the user's topics. (A topic_arns that failed to
+            // read is an error already, not an empty list.)
+            if sns.topic_arns.is_empty() && d.errors.len() == errors_before {
+                let span = if t.contains("sns") {
+                    t.value_span("sns")
+                } else {
+                    t.value_span("format")
+                };
+                d.warn(
+                    span,
+                    format!(
+                        "{}: format = \"sns\" without sns.topic_arns accepts messages of any \
+                         topic, any AWS account's (a genuine signed message can be replayed \
+                         here); list your topics in sns.topic_arns",
+                        t.path()
+                    ),
+                );
             }
             cfg.sns = Some(sns);
         } else if t.contains("sns") {
@@ -363,6 +384,40 @@ fn read_auth(a: &mut Table<'_, '_>, d: &mut Diagnostics) -> HttpAuth {
 mod tests {
     use super::*;
     use crate::input::dedupe::DedupeConfig;
+
+    /// The warnings of a config whose http input `e` has `keys`.
+    fn warnings(keys: &str) -> Vec<String> {
+        let text = format!(
+            "[inputs.e]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\n{keys}\n[routes.r]\nto = [\"o\"]\n[outputs.o]\ntype = \"null\"\n"
+        );
+        match crate::config::parse(&text, "t.toml", &|_| None) {
+            Ok(l) => l.warnings,
+            Err(e) => panic!("{keys}: {:?}", e.errors),
+        }
+    }
+
+    #[test]
+    fn sns_without_topic_arns_is_warned() {
+        let topics = |w: &[String]| w.iter().filter(|w| w.contains("sns.topic_arns")).count();
+        for keys in [
+            "format = \"sns\"",
+            "format = \"sns\"\nsns = { cert_hosts = [\"localhost\"] }",
+            "format = \"sns\"\nsns = { topic_arns = [] }",
+        ] {
+            let w = warnings(keys);
+            assert_eq!(topics(&w), 1, "{keys}: {w:?}");
+            assert!(w.iter().any(|w| w.contains("any AWS account")), "{w:?}");
+        }
+        // With auto_confirm the confirmation warning comes as well.
+        let w = warnings("format = \"sns\"\nsns = { auto_confirm = true }");
+        assert_eq!(topics(&w), 1, "{w:?}");
+        assert!(w.iter().any(|w| w.contains("auto_confirm")), "{w:?}");
+        let w = warnings(
+            "format = \"sns\"\nsns = { topic_arns = [\"arn:aws:sns:us-west-2:111122223333:ecs\"] }",
+        );
+        assert_eq!(topics(&w), 0, "{w:?}");
+        assert!(warnings("format = \"json\"").is_empty());
+    }
 
     fn read(keys: &str) -> Result<HttpInputConfig, Vec<String>> {
         let text = format!(
