@@ -4,7 +4,8 @@
 //! signs messages with the test key (SignatureVersion 2 with ring; version 1 from a fixture
 //! made with openssl, tests/data/sns/README.md). Signed v1 and v2 notifications are taken
 //! and unwrapped; a tampered `Message`, a wrong key, a certificate on a host not allowed, a
-//! plain-HTTP certificate URL are refused 403 and counted (`kind="sns_signature"`);
+//! plain-HTTP certificate URL are refused 403 and counted (`kind="sns_signature"`); a
+//! certificate URL with a query, user info or a fragment is refused without a fetch;
 //! subscriptions are confirmed, or not, per `auto_confirm` and `topic_arns`; the same
 //! `MessageId` twice gives one record; bad bodies are answered 400/413 and counted, and
 //! other requests flow on; a full buffer answers 503; a JSON message is parsed within the
@@ -544,6 +545,60 @@ fn messages_whose_origin_is_not_proven_are_refused_403_and_counted() {
     assert_eq!(all.len(), 1, "{all:?}");
     assert_eq!(lines[0]["sns"]["MessageId"], "t-9");
     assert_eq!(lines[0]["ok"], true);
+}
+
+#[test]
+fn forged_certificate_urls_make_no_fetches() {
+    // An adversary's messages: each names the real certificate's URL with a new query, as
+    // if to make the router fetch (and cache) once per message. Refused before any fetch.
+    let pki = Pki::get();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (r, url) = start(&tmp, &format!("topic_arns = [\"{TOPIC}\"]"), "");
+    let cert = pki.cert_url("forged");
+    for i in 0..40 {
+        let m = notification(
+            &format!("q-{i}"),
+            "{}",
+            None,
+            TOPIC,
+            &format!("{cert}?n={i}"),
+        );
+        let (s, b) = post_as_sns(&url, &m.to_string());
+        assert_eq!(s, 403, "query {i}: {b}");
+        assert!(
+            b["error"].as_str().is_some_and(|e| e.contains("query")),
+            "{b}"
+        );
+    }
+    assert_eq!(errors(&r, "sns_signature"), 40.0);
+    let fetched: usize = (0..40)
+        .map(|i| pki.hits(&format!("/forged/signing.pem?n={i}")))
+        .sum();
+    assert_eq!(fetched, 0, "no fetch for a certificate URL with a query");
+    assert_eq!(pki.hits("/forged/signing.pem"), 0);
+
+    // User info and a fragment: refused, never fetched.
+    let bare = pki.cert_url("forged-parts");
+    let (scheme, rest) = bare.split_at("https://".len());
+    for (n, u) in [format!("{scheme}user:pw@{rest}"), format!("{bare}#frag")]
+        .iter()
+        .enumerate()
+    {
+        let m = notification(&format!("p-{n}"), "{}", None, TOPIC, u);
+        let (s, b) = post_as_sns(&url, &m.to_string());
+        assert_eq!(s, 403, "{u}: {b}");
+    }
+    assert_eq!(pki.hits("/forged-parts/signing.pem"), 0);
+
+    // Forgeries on the plain URL (wrong key): the certificate is fetched once and cached.
+    for i in 0..40 {
+        let mut m = notification(&format!("k-{i}"), "{}", None, TOPIC, &cert);
+        sign_v2(&mut m, OTHER_KEY);
+        let (s, b) = post_as_sns(&url, &m.to_string());
+        assert_eq!(s, 403, "wrong key {i}: {b}");
+    }
+    assert_eq!(pki.hits("/forged/signing.pem"), 1);
+    assert_eq!(errors(&r, "sns_signature"), 82.0);
 }
 
 #[test]

@@ -25,7 +25,9 @@
 //! certificate is fetched only over HTTPS, only from an allowed host (default: an SNS
 //! endpoint, `sns.<region>.amazonaws.com` or `sns.<region>.amazonaws.com.cn`; `cert_hosts`
 //! replaces the list), only from a path ending in `.pem`, without following redirects,
-//! within [`FETCH_TIMEOUT`], and cached by URL ([`CERT_CACHE`] of them). TLS trusts the
+//! without a query, user info or fragment (a `SubscribeURL` has its query, never user info
+//! or a fragment), within [`FETCH_TIMEOUT`], and cached by host and path ([`CERT_CACHE`] of
+//! them). TLS trusts the
 //! web roots compiled in (plus `ca_file`). The certificate's own chain and dates are not
 //! checked: as in AWS's SDK validators, the HTTPS fetch from an SNS host is what vouches for
 //! it.
@@ -190,10 +192,10 @@ pub(crate) struct Sns {
 
 #[derive(Default)]
 struct CertCache {
-    /// URL -> the certificate, fetched once by whichever request asks first (a failed
+    /// [`cert_key`] of the URL -> the certificate, fetched once by whichever request asks first (a failed
     /// fetch leaves the cell empty for the next request to try again).
     cells: HashMap<String, Arc<OnceCell<Arc<CertificateDer<'static>>>>>,
-    /// The same URLs, oldest first, to forget the oldest beyond [`CERT_CACHE`].
+    /// The same keys, oldest first, to forget the oldest beyond [`CERT_CACHE`].
     order: VecDeque<String>,
 }
 
@@ -390,12 +392,26 @@ impl Sns {
             })
     }
 
-    /// `url` parsed, when it may be fetched: HTTPS, an allowed host, and for a certificate
-    /// a path ending in `.pem`. `Err` says why not.
+    /// `url` parsed, when it may be fetched: HTTPS, no user info or fragment, an allowed
+    /// host, and for a certificate a path ending in `.pem` and no query. `Err` says why not.
+    ///
+    /// SNS's `SigningCertURL` is a bare `https://sns.REGION.amazonaws.com/...pem`; a query
+    /// there only serves a forger (each new query would be a new fetch and a new cache
+    /// place). A `SubscribeURL` has its query (`?Action=ConfirmSubscription&TopicArn=...&
+    /// Token=...`). Neither ever has user info (credentials sent to the host) or a fragment.
     fn allowed_url(&self, url: &str, cert: bool) -> Result<reqwest::Url, String> {
         let u = reqwest::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
         if u.scheme() != "https" {
             return Err(format!("not HTTPS ({}:)", u.scheme()));
+        }
+        if !u.username().is_empty() || u.password().is_some() {
+            return Err("has user info (user@ or user:password@)".into());
+        }
+        if u.fragment().is_some() {
+            return Err("has a fragment (#...)".into());
+        }
+        if cert && u.query().is_some() {
+            return Err("has a query (?...): an SNS certificate URL has none".into());
         }
         let host = u.host_str().unwrap_or("");
         let allowed = match &self.cfg.cert_hosts {
@@ -415,11 +431,13 @@ impl Sns {
     }
 
     /// The certificate at `url`, from the cache or fetched (once, however many requests
-    /// ask at the same time).
+    /// ask at the same time). Cached by host (with port) and path: the only parts of an
+    /// allowed certificate URL that can name another certificate.
     async fn cert(&self, url: &reqwest::Url) -> Result<Arc<CertificateDer<'static>>, SnsError> {
+        let key = cert_key(url);
         let cell = {
             let mut c = self.certs.lock();
-            match c.cells.get(url.as_str()) {
+            match c.cells.get(&key) {
                 Some(cell) => cell.clone(),
                 None => {
                     if c.order.len() >= CERT_CACHE
@@ -428,8 +446,8 @@ impl Sns {
                         c.cells.remove(&old);
                     }
                     let cell = Arc::new(OnceCell::new());
-                    c.cells.insert(url.to_string(), cell.clone());
-                    c.order.push_back(url.to_string());
+                    c.cells.insert(key.clone(), cell.clone());
+                    c.order.push_back(key.clone());
                     cell
                 }
             }
@@ -443,11 +461,11 @@ impl Sns {
             // serve nothing must not push the real certificate out.
             let mut c = self.certs.lock();
             if c.cells
-                .get(url.as_str())
+                .get(&key)
                 .is_some_and(|x| Arc::ptr_eq(x, &cell) && x.get().is_none())
             {
-                c.cells.remove(url.as_str());
-                c.order.retain(|u| u != url.as_str());
+                c.cells.remove(&key);
+                c.order.retain(|u| *u != key);
             }
         }
         cert
@@ -556,6 +574,16 @@ impl Sns {
     fn count(&self, kind: &'static str) {
         metrics::counter!("firelane_input_errors_total", "input" => self.input.clone(), "kind" => kind)
             .increment(1);
+    }
+}
+
+/// The certificate cache key of `url`: `host[:port]/path` (scheme, query and fragment
+/// left out; [`Sns::allowed_url`] refuses the last two for a certificate anyway).
+fn cert_key(url: &reqwest::Url) -> String {
+    let host = url.host_str().unwrap_or("").to_ascii_lowercase();
+    match url.port() {
+        Some(port) => format!("{host}:{port}{}", url.path()),
+        None => format!("{host}{}", url.path()),
     }
 }
 
@@ -785,6 +813,42 @@ mod tests {
             )
             .is_ok()
         );
+        // A query names no other certificate: refused on a SigningCertURL (even an empty
+        // one), which SNS never sends with one.
+        for q in [format!("{pem}?n=1"), format!("{pem}?")] {
+            let e = sns.allowed_url(&q, true).unwrap_err();
+            assert!(e.contains("query"), "{q}: {e}");
+        }
+        // User info and fragments, on both kinds of URL.
+        let subscribe = "https://sns.us-west-2.amazonaws.com/?Action=ConfirmSubscription&TopicArn=arn:aws:sns:us-west-2:111122223333:t&Token=tok";
+        for cert in [true, false] {
+            let url = if cert { pem } else { subscribe };
+            let (scheme, rest) = url.split_at("https://".len());
+            for bad in [
+                format!("{scheme}user@{rest}"),
+                format!("{scheme}user:pw@{rest}"),
+                format!("{scheme}:pw@{rest}"),
+            ] {
+                let e = sns.allowed_url(&bad, cert).unwrap_err();
+                assert!(e.contains("user info"), "{bad}: {e}");
+            }
+            for bad in [format!("{url}#x"), format!("{url}#")] {
+                let e = sns.allowed_url(&bad, cert).unwrap_err();
+                assert!(e.contains("fragment"), "{bad}: {e}");
+            }
+        }
+        assert!(sns.allowed_url(subscribe, false).is_ok());
+        // The cache key: host (port) and path only.
+        let key = |u: &str| cert_key(&reqwest::Url::parse(u).unwrap());
+        assert_eq!(
+            key(pem),
+            "sns.us-west-2.amazonaws.com/SimpleNotificationService-abc.pem"
+        );
+        assert_eq!(
+            key("https://SNS.us-west-2.amazonaws.com/a.pem?x#y"),
+            "sns.us-west-2.amazonaws.com/a.pem"
+        );
+        assert_eq!(key("https://127.0.0.1:8443/a.pem"), "127.0.0.1:8443/a.pem");
         let local = Sns::new(
             SnsConfig {
                 cert_hosts: Some(vec!["localhost".into()]),
