@@ -588,23 +588,42 @@ fn cert_key(url: &reqwest::Url) -> String {
 }
 
 /// Whether `host` has the shape of an SNS endpoint: `sns.<region>.amazonaws.com` or, in
-/// the China partition, `sns.<region>.amazonaws.com.cn` (the shape AWS's SDK message
-/// validators accept: `^sns\.[a-zA-Z0-9\-]{3,}\.amazonaws\.com(\.cn)?$`).
+/// the China partition, `sns.<region>.amazonaws.com.cn` (region `cn-*`, and only there).
+///
+/// The region must have a region's shape ([`is_region`]): AWS's SDK validators accept any
+/// `[a-zA-Z0-9-]{3,}` label, which also matches S3's legacy virtual-host names such as
+/// `sns.s3-external-1.amazonaws.com` (a bucket named `sns` serves whatever its owner puts
+/// there, so anyone could host a "signing certificate" on it).
 pub(crate) fn is_sns_host(host: &str) -> bool {
     let host = host.to_ascii_lowercase();
     let Some(rest) = host.strip_prefix("sns.") else {
         return false;
     };
-    let Some(region) = rest
-        .strip_suffix(".amazonaws.com")
-        .or_else(|| rest.strip_suffix(".amazonaws.com.cn"))
-    else {
-        return false;
+    if let Some(region) = rest.strip_suffix(".amazonaws.com.cn") {
+        return region.starts_with("cn-") && is_region(region);
+    }
+    rest.strip_suffix(".amazonaws.com")
+        .is_some_and(|region| !region.starts_with("cn-") && is_region(region))
+}
+
+/// Whether `s` has the shape of an AWS region name:
+/// `^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-[0-9]+$` (`us-east-1`, `us-gov-west-1`,
+/// `cn-north-1`, `us-isob-east-1`).
+fn is_region(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    let letters = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase());
+    let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    let country = |p: &str| p.len() == 2 && letters(p);
+    let partition = |p: &str| {
+        p == "gov"
+            || p.strip_prefix("iso")
+                .is_some_and(|r| r.bytes().all(|b| b.is_ascii_lowercase()))
     };
-    region.len() >= 3
-        && region
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    match parts.as_slice() {
+        [c, area, n] => country(c) && letters(area) && digits(n),
+        [c, part, area, n] => country(c) && partition(part) && letters(area) && digits(n),
+        _ => false,
+    }
 }
 
 /// The string SNS signs for a message of type `ty`: for each signed key present, in order,
@@ -772,10 +791,29 @@ mod tests {
             "sns.us-gov-west-1.amazonaws.com",
             "SNS.EU-WEST-3.AMAZONAWS.COM",
             "sns.cn-north-1.amazonaws.com.cn",
+            "sns.cn-northwest-1.amazonaws.com.cn",
+            "sns.ap-southeast-5.amazonaws.com",
+            "sns.us-iso-east-1.amazonaws.com",
+            "sns.us-isob-east-1.amazonaws.com",
         ] {
             assert!(is_sns_host(ok), "{ok}");
         }
         for bad in [
+            // S3 legacy virtual-host names: a bucket called "sns".
+            "sns.s3-external-1.amazonaws.com",
+            "sns.s3-us-west-2.amazonaws.com",
+            "sns.s3.amazonaws.com",
+            "sns.s3-website-us-east-1.amazonaws.com",
+            "sns.s3.us-east-1.amazonaws.com",
+            // Region shapes in the wrong partition, or not regions.
+            "sns.cn-north-1.amazonaws.com",
+            "sns.us-east-1.amazonaws.com.cn",
+            "sns.us-east.amazonaws.com",
+            "sns.us-east-1a.amazonaws.com",
+            "sns.usa-east-1.amazonaws.com",
+            "sns.us-gov-west.amazonaws.com",
+            "sns.us-foo-west-1.amazonaws.com",
+            "sns.us--east-1.amazonaws.com",
             "sns.amazonaws.com",
             "sns.x.amazonaws.com",
             "sns.evil.com.amazonaws.com",
