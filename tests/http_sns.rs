@@ -548,6 +548,40 @@ fn messages_whose_origin_is_not_proven_are_refused_403_and_counted() {
 }
 
 #[test]
+fn a_message_with_its_own_sns_field_keeps_it() {
+    let pki = Pki::get();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (r, url) = start(&tmp, &format!("topic_arns = [\"{TOPIC}\"]"), "");
+    let cert = pki.cert_url("own-sns");
+    for i in 0..2 {
+        let m = notification(
+            &format!("own-{i}"),
+            &format!("{{\"sns\":{{\"app\":\"mine\",\"n\":{i}}},\"ok\":true}}"),
+            None,
+            TOPIC,
+            &cert,
+        );
+        let (s, b) = post_as_sns(&url, &m.to_string());
+        assert_eq!((s, &b), (200, &json!({"accepted": 1})), "{}", r.logs());
+    }
+    // A message without one still gets the envelope's metadata.
+    let plain = notification("own-plain", "{\"ok\":true}", None, TOPIC, &cert);
+    let (s, _) = post_as_sns(&url, &plain.to_string());
+    assert_eq!(s, 200);
+    let lines = wait_lines(&r.path("out.jsonl"), 3, Duration::from_secs(20));
+    assert_eq!(lines[0]["sns"], json!({"app": "mine", "n": 0}));
+    assert_eq!(lines[1]["sns"], json!({"app": "mine", "n": 1}));
+    assert_eq!(lines[2]["sns"]["MessageId"], "own-plain");
+    let logs = r.logs();
+    assert_eq!(
+        logs.matches("SNS messages already have a field").count(),
+        1,
+        "warned once: {logs}"
+    );
+    assert!(logs.contains("key=\"sns\""), "names the key: {logs}");
+}
+
+#[test]
 fn forged_certificate_urls_make_no_fetches() {
     // An adversary's messages: each names the real certificate's URL with a new query, as
     // if to make the router fetch (and cache) once per message. Refused before any fetch.

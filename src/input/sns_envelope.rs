@@ -143,8 +143,10 @@ pub fn timestamp_ns(envelope: &Fields) -> Option<i64> {
 }
 
 /// The record of a message: its JSON object, or `{"message": text}` for anything else;
-/// `sns` added under the key `sns` when given (replacing a field of that name in the
-/// message: the envelope tells where the record came from). An EventBridge event (an
+/// `sns` added under the key `sns` when given and the message has no `sns` field of its
+/// own. A message's own `sns` is kept as it is and the envelope's metadata left out (the
+/// rule of outputs' `tag_key` / `time_key`: a record's own data is never overwritten),
+/// with a warning once per process. An EventBridge event (an
 /// object whose `detail-type` and `source` are strings) is tagged with its `detail-type`
 /// and timed by its `time`; other messages by `timestamp` (the envelope's) or now.
 /// `named_tag` (the request's or the input's `tag`) wins over the event's `detail-type`;
@@ -183,7 +185,11 @@ pub fn message_record(
         }
     };
     if let Some(sns) = sns {
-        fields.insert("sns".into(), Value::Object(sns));
+        if fields.contains_key(SNS_KEY) {
+            warn_kept_once();
+        } else {
+            fields.insert(SNS_KEY.into(), Value::Object(sns));
+        }
     }
     let (event_tag, event_time) = match event {
         Some((tag, time)) => (Some(tag), time),
@@ -195,6 +201,23 @@ pub fn message_record(
         .unwrap_or_else(|| default_tag.clone());
     let time = event_time.or(timestamp).unwrap_or_else(now_ns);
     Record::new(tag, time, fields)
+}
+
+/// The key a notification's record has its [`notification_metadata`] under.
+pub const SNS_KEY: &str = "sns";
+
+/// Warns once per process that messages carry their own `sns` field, kept in place of the
+/// envelope's metadata.
+fn warn_kept_once() {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            key = SNS_KEY,
+            "SNS messages already have a field \"sns\": it is kept as it is and the envelope's \
+             metadata (MessageId, TopicArn, Timestamp, Subject) is not added to them; routes on \
+             sns.TopicArn do not see these messages' topic"
+        );
+    }
 }
 
 /// Whether `text` may be a JSON object (its first non-blank character is `{`).
@@ -294,6 +317,14 @@ mod tests {
             assert_eq!(r.time_ns, 5);
             assert_eq!(r.get("message").and_then(|v| v.as_str()), Some(text));
         }
+        // A message with its own `sns` field keeps it; the envelope's metadata is not added.
+        let own = r#"{"sns":{"mine":true},"a":1}"#;
+        let r = message_record(own, Some(sns.clone()), Some(5), None, &tag);
+        assert_eq!(r.keys(), ["sns", "a"]);
+        assert_eq!(r.fields()["sns"], serde_json::json!({"mine": true}));
+        let own = r#"{"sns":"text"}"#;
+        let r = message_record(own, Some(sns.clone()), Some(5), None, &tag);
+        assert_eq!(r.get("sns").and_then(|v| v.as_str()), Some("text"));
         // An object that is not an event: kept, input's tag, the SNS Timestamp.
         let r = message_record(r#"{"a":1}"#, None, Some(7), None, &tag);
         assert_eq!((&*r.tag, r.time_ns, r.keys()), ("in", 7, vec!["a"]));
