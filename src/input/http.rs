@@ -14,6 +14,7 @@ pub(crate) mod config;
 pub(crate) mod eventbridge;
 pub(crate) mod sns;
 
+use crate::input::json::json_kind;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -864,7 +865,7 @@ pub(crate) fn parse_body(
                     return Err(format!(
                         "line {}: expected a JSON object, found {}",
                         i + 1,
-                        kind(&v)
+                        json_kind(&v)
                     ));
                 }
                 docs.push(v);
@@ -892,7 +893,7 @@ pub(crate) fn parse_body(
                     return Err(format!(
                         "document {}: expected a JSON object, found {}",
                         docs.len() + 1,
-                        kind(&v)
+                        json_kind(&v)
                     ));
                 }
                 if docs.first().is_some_and(Value::is_array) {
@@ -908,7 +909,7 @@ pub(crate) fn parse_body(
                     if !v.is_object() {
                         return Err(format!(
                             "array element {i}: expected a JSON object, found {}",
-                            kind(v)
+                            json_kind(v)
                         ));
                     }
                 }
@@ -919,7 +920,7 @@ pub(crate) fn parse_body(
                         return Err(format!(
                             "document {}: expected a JSON object, found {}",
                             i + 1,
-                            kind(v)
+                            json_kind(v)
                         ));
                     }
                 }
@@ -952,17 +953,6 @@ fn eventbridge_tag(fields: &Fields) -> Option<Arc<str>> {
     ) {
         (Some(Value::String(_)), Some(Value::String(dt)), Some(_)) => Some(Arc::from(dt.as_str())),
         _ => None,
-    }
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

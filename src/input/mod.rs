@@ -7,6 +7,7 @@ pub(crate) mod dedupe;
 pub(crate) mod drain;
 pub mod forward;
 pub(crate) mod http;
+pub(crate) mod json;
 pub(crate) mod registry;
 pub(crate) mod sns_envelope;
 pub(crate) mod sqs;

@@ -10,6 +10,7 @@
 //! event routed through SNS), else `{"message": <text>}`, with [`notification_metadata`]
 //! under an `sns` key.
 
+pub(crate) use super::json::{json_kind, rfc3339_ns};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -223,25 +224,6 @@ fn warn_kept_once() {
 /// Whether `text` may be a JSON object (its first non-blank character is `{`).
 pub fn looks_like_object(text: &str) -> bool {
     text.trim_start().starts_with('{')
-}
-
-/// Nanoseconds since the epoch of an RFC 3339 timestamp (SNS: `2012-04-26T20:45:04.751Z`).
-pub fn rfc3339_ns(s: &str) -> Option<i64> {
-    chrono::DateTime::parse_from_rfc3339(s)
-        .ok()?
-        .timestamp_nanos_opt()
-}
-
-/// "a string", "an array", ...: what a JSON value is, for error messages.
-pub fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@
 //! sent and not checked: "ECS may add other event types, sources, and details in the
 //! future" (ECS docs, *Amazon ECS events*).
 
+use crate::input::json::{json_kind, rfc3339_ns};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -74,7 +75,7 @@ pub(crate) fn parse(data: &[u8], tag: Option<&Arc<str>>) -> Result<Vec<Record>, 
         other => {
             return Err(EventsError::NotAnEvent(format!(
                 "expected an event object or an array of events, found {}",
-                kind(&other)
+                json_kind(&other)
             )));
         }
     };
@@ -91,7 +92,7 @@ pub(crate) fn parse(data: &[u8], tag: Option<&Arc<str>>) -> Result<Vec<Record>, 
             return Err(EventsError::NotAnEvent(format!(
                 "{}: expected an event object, found {}",
                 at(),
-                kind(&v)
+                json_kind(&v)
             )));
         };
         let detail_type = match fields.get("detail-type") {
@@ -100,7 +101,7 @@ pub(crate) fn parse(data: &[u8], tag: Option<&Arc<str>>) -> Result<Vec<Record>, 
                 return Err(EventsError::NotAnEvent(format!(
                     "{}: \"detail-type\" must be a string, found {}",
                     at(),
-                    kind(other)
+                    json_kind(other)
                 )));
             }
             None => {
@@ -116,7 +117,7 @@ pub(crate) fn parse(data: &[u8], tag: Option<&Arc<str>>) -> Result<Vec<Record>, 
                 return Err(EventsError::NotAnEvent(format!(
                     "{}: \"source\" must be a string, found {}",
                     at(),
-                    kind(other)
+                    json_kind(other)
                 )));
             }
             None => {
@@ -138,25 +139,6 @@ pub(crate) fn parse(data: &[u8], tag: Option<&Arc<str>>) -> Result<Vec<Record>, 
         ));
     }
     Ok(records)
-}
-
-/// Nanoseconds since the epoch of an RFC 3339 timestamp, `None` when it is not one or
-/// lies outside what an `i64` of nanoseconds holds (years 1677 to 2262).
-fn rfc3339_ns(s: &str) -> Option<i64> {
-    chrono::DateTime::parse_from_rfc3339(s)
-        .ok()?
-        .timestamp_nanos_opt()
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 #[cfg(test)]
