@@ -116,6 +116,13 @@ fn wait_empty(c: &aws_sdk_sqs::Client, url: &str, timeout: Duration) -> (u64, u6
 }
 
 /// An ECS task state change event as EventBridge sends it to an SQS target.
+/// Message bodies of task events `evt-<n>` for each `n` in `range`.
+fn task_events(range: std::ops::Range<usize>) -> Vec<String> {
+    range
+        .map(|n| task_event(&format!("evt-{n}"), n).to_string())
+        .collect()
+}
+
 fn task_event(id: &str, n: usize) -> Value {
     json!({
         "version": "0",
@@ -266,9 +273,7 @@ fn two_replicas_sharing_queues_deliver_every_event_once() {
     let b = Router::start(&config);
 
     // 700 events straight from an EventBridge rule, 300 through SNS.
-    let direct: Vec<String> = (0..700)
-        .map(|n| task_event(&format!("evt-{n}"), n).to_string())
-        .collect();
+    let direct = task_events(0..700);
     let via_sns: Vec<String> = (700..1000)
         .map(|n| sns_envelope(&task_event(&format!("evt-{n}"), n), &format!("sns-{n}")).to_string())
         .collect();
@@ -352,9 +357,7 @@ fn with_the_output_down_only_buffered_messages_are_deleted_and_all_arrive_after(
     );
     let r = Router::start(&config);
     let total = 200;
-    let bodies: Vec<String> = (0..total)
-        .map(|n| task_event(&format!("evt-{n}"), n).to_string())
-        .collect();
+    let bodies = task_events(0..total);
     send(&c, &q, &bodies);
 
     // The buffer fills, then ingest blocks: the pollers hold their batches.
@@ -497,9 +500,7 @@ fn at_shutdown_unfinished_messages_go_back_to_the_queue_at_once() {
     );
     let mut r = Router::start(&config);
     let total = 100u64;
-    let bodies: Vec<String> = (0..total as usize)
-        .map(|n| task_event(&format!("evt-{n}"), n).to_string())
-        .collect();
+    let bodies = task_events(0..total as usize);
     send(&c, &q, &bodies);
     r.wait_metric(
         "firelane_input_records_total",
