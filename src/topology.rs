@@ -147,7 +147,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         readiness: readiness.clone(),
         prometheus,
         outputs: health,
+        auth: Arc::new(config.admin.auth.clone()),
     });
+    admin::ecs_state::model().set_limits(config.admin.ecs.clone());
     let admin_task = admin::spawn(
         config.admin.listen,
         config.admin.limits.clone(),

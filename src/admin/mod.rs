@@ -17,6 +17,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::serve::{OnEvent, ServerLimits};
 
+pub(crate) mod auth;
+pub(crate) mod ecs_state;
+
 /// Readiness: ready once every registered component has checked in, until shutdown starts.
 #[derive(Default)]
 pub(crate) struct Readiness {
@@ -59,6 +62,8 @@ pub(crate) struct AdminState {
     pub readiness: Arc<Readiness>,
     pub prometheus: PrometheusHandle,
     pub outputs: Vec<Arc<dyn HealthReport>>,
+    /// `[admin] auth` (see `auth.rs`: health checks stay open).
+    pub auth: Arc<crate::input::http::HttpAuth>,
 }
 
 /// Installs the global metrics recorder (once per process) and returns its handle.
@@ -73,6 +78,7 @@ pub(crate) fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         )?
         .install_recorder()?;
     crate::telemetry::describe_metrics();
+    ecs_state::describe_metrics();
     metrics::gauge!("firelane_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     Ok(handle)
 }
@@ -101,6 +107,12 @@ pub(crate) async fn spawn(
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics_text))
+        // Issue #12: cluster state from ECS events (ecs_state.rs).
+        .route("/api/ecs/state", get(ecs_state::serve))
+        .layer(axum::middleware::from_fn_with_state(
+            state.auth.clone(),
+            auth::require,
+        ))
         .with_state(state);
     tracing::info!(%listen, "admin listening (/health /ready /metrics)");
     // Not counted as input errors (the admin port is no input); the cap logs when it bites.
