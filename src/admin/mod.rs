@@ -19,6 +19,7 @@ use crate::serve::{OnEvent, ServerLimits};
 
 pub(crate) mod auth;
 pub(crate) mod ecs_state;
+pub(crate) mod page;
 
 /// Readiness: ready once every registered component has checked in, until shutdown starts.
 #[derive(Default)]
@@ -64,6 +65,8 @@ pub(crate) struct AdminState {
     pub outputs: Vec<Arc<dyn HealthReport>>,
     /// `[admin] auth` (see `auth.rs`: health checks stay open).
     pub auth: Arc<crate::input::http::HttpAuth>,
+    /// What the status page lists (`page.rs`).
+    pub pipeline: page::PipelineView,
 }
 
 /// Installs the global metrics recorder (once per process) and returns its handle.
@@ -109,12 +112,13 @@ pub(crate) async fn spawn(
         .route("/metrics", get(metrics_text))
         // Issue #12: cluster state from ECS events (ecs_state.rs).
         .route("/api/ecs/state", get(ecs_state::serve))
+        .route("/", get(page::serve))
         .layer(axum::middleware::from_fn_with_state(
             state.auth.clone(),
             auth::require,
         ))
         .with_state(state);
-    tracing::info!(%listen, "admin listening (/health /ready /metrics)");
+    tracing::info!(%listen, "admin listening (/ /health /ready /metrics /api/ecs/state)");
     // Not counted as input errors (the admin port is no input); the cap logs when it bites.
     let on_event: OnEvent = Arc::new(|_| {});
     Ok(tokio::spawn(async move {
