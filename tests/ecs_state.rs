@@ -3,7 +3,7 @@
 //! `/api/ecs/state` on the admin port. Out-of-order and duplicate task events (versions
 //! 3, 1, 2, 3) change nothing after the newest; repeated deployment / service-action events
 //! count once; refused requests do not count; `[admin.ecs] max_tasks` holds; `[admin] auth`
-//! guards everything but the health checks.
+//! guards everything but the health checks; the sqs input (on moto) feeds it too.
 
 mod common;
 
@@ -408,4 +408,75 @@ type = "null"
     ] {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
+}
+
+/// The sqs input feeds the model too: task events as an EventBridge rule's SQS target sends
+/// them (the event JSON as the message body), versions 3, 1, 2, 3.
+#[test]
+fn sqs_input_events_update_the_state() {
+    let Some(ep) = common::moto::endpoint() else {
+        return;
+    };
+    let (client, url) = common::moto::rt().block_on(async {
+        let conf = firelane::output::aws::sdk_config(&firelane::output::aws::AwsSettings {
+            region: Some("us-east-1".into()),
+            endpoint_url: Some(ep.clone()),
+            role_arn: None,
+        })
+        .await;
+        let c = aws_sdk_sqs::Client::from_conf(
+            aws_sdk_sqs::config::Builder::from(&conf)
+                .endpoint_url(&ep)
+                .build(),
+        );
+        let url = c
+            .create_queue()
+            .queue_name(common::moto::unique("ecs-state"))
+            .send()
+            .await
+            .expect("CreateQueue")
+            .queue_url()
+            .expect("queue URL")
+            .to_owned();
+        (c, url)
+    });
+    common::moto::rt().block_on(async {
+        for (v, st) in [
+            (3, "STOPPED"),
+            (1, "PENDING"),
+            (2, "RUNNING"),
+            (3, "STOPPED"),
+        ] {
+            client
+                .send_message()
+                .queue_url(&url)
+                .message_body(task_event("qqqq", v, st).to_string())
+                .send()
+                .await
+                .expect("SendMessage");
+        }
+    });
+    let config = format!(
+        r#"
+[inputs.queue]
+type = "sqs"
+queue_url = "{url}"
+endpoint_url = "{ep}"
+region = "us-east-1"
+wait_time = "1s"
+
+[routes.all]
+to = ["sink"]
+
+[outputs.sink]
+type = "null"
+"#
+    );
+    let r = Router::start(&config);
+    let s = wait_events(&r, 4);
+    assert_eq!(s["events"]["applied"], 1, "{s:#}");
+    assert_eq!(s["events"]["stale"], 3, "{s:#}");
+    assert_eq!(s["tasks"][0]["last_status"], "STOPPED", "{s:#}");
+    assert_eq!(r.metric(TASKS, &["last_status=\"STOPPED\""]), 1.0);
+    assert_eq!(r.metric("firelane_ecs_task_stops_total", &[]), 1.0);
 }
