@@ -380,6 +380,11 @@ timeout = "1s"
         ),
         1.0
     );
+    let metrics = r.metrics();
+    assert!(
+        metrics.contains("# HELP firelane_processor_records_total "),
+        "{metrics}"
+    );
 }
 
 const JAVA: &str = "ERROR request failed

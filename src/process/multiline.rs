@@ -288,6 +288,10 @@ impl ProcessorConfig for MultilineConfig {
         )
     }
 
+    fn holds_for(&self) -> Option<Duration> {
+        Some(self.flush_timeout)
+    }
+
     fn build(&self, ctx: &BuildContext) -> Box<dyn Processor> {
         Box::new(MultilineProcessor {
             config: self.clone(),

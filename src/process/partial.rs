@@ -109,6 +109,10 @@ impl ProcessorConfig for PartialConfig {
         )
     }
 
+    fn holds_for(&self) -> Option<Duration> {
+        Some(self.timeout)
+    }
+
     fn build(&self, ctx: &BuildContext) -> Box<dyn Processor> {
         Box::new(PartialProcessor {
             config: self.clone(),
