@@ -1,0 +1,3 @@
+//! Processors: per-input stages between an input and the routes.
+
+pub(crate) mod ecs_metadata;
