@@ -398,4 +398,4 @@ async fn refresher(inner: Weak<Inner>, client: Tmds, mut wake: mpsc::Receiver<()
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

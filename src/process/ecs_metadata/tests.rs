@@ -9,25 +9,26 @@ use serde_json::json;
 use super::tmds::{NetworkMode, parse_network_mode, parse_task};
 use super::*;
 
-const EC2_TASK: &str = include_str!("../../../tests/data/tmds/ec2-task.json");
+pub(crate) const EC2_TASK: &str = include_str!("../../../tests/data/tmds/ec2-task.json");
 const EC2_BEFORE_APP: &str = include_str!("../../../tests/data/tmds/ec2-task-before-app.json");
-const EC2_CONTAINER: &str = include_str!("../../../tests/data/tmds/ec2-container.json");
-const FARGATE_TASK: &str = include_str!("../../../tests/data/tmds/fargate-task.json");
-const FARGATE_CONTAINER: &str = include_str!("../../../tests/data/tmds/fargate-container.json");
+pub(crate) const EC2_CONTAINER: &str = include_str!("../../../tests/data/tmds/ec2-container.json");
+pub(crate) const FARGATE_TASK: &str = include_str!("../../../tests/data/tmds/fargate-task.json");
+pub(crate) const FARGATE_CONTAINER: &str =
+    include_str!("../../../tests/data/tmds/fargate-container.json");
 
 const WEB_ID: &str = "8f1c2b6a9d0e4f3a7b5c6d7e8f9012345678901234567890abcdef0123456789";
 const EC2_TASK_ID: &str = "3de392df6bf34bd0b2e2b4a1c3e9c7d1";
 
 /// A loopback endpoint: serves `task` at `/v4/x/task` and `container` at `/v4/x` with
 /// `status`, counting `/task` requests.
-struct Endpoint {
+pub(crate) struct Endpoint {
     task: Mutex<&'static str>,
     container: &'static str,
-    status: AtomicU16,
+    pub(crate) status: AtomicU16,
     task_hits: AtomicUsize,
 }
 
-async fn serve(task: &'static str, container: &'static str) -> (Arc<Endpoint>, String) {
+pub(crate) async fn serve(task: &'static str, container: &'static str) -> (Arc<Endpoint>, String) {
     use axum::extract::State;
     use axum::http::StatusCode;
     let ep = Arc::new(Endpoint {
