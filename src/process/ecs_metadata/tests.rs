@@ -2,6 +2,8 @@
 //! (`tests/data/tmds/`).
 
 use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 
 use serde_json::json;
@@ -84,13 +86,31 @@ fn field(r: &Record, k: &str) -> Option<String> {
     r.get(k).and_then(|v| v.as_str()).map(str::to_owned)
 }
 
-fn start(url: &str) -> EcsMetadata {
-    EcsMetadata::start(
+fn start(url: &str) -> EcsMetadataProcessor {
+    EcsMetadataProcessor::new(Some(EcsMetadata::start(
         "meta",
-        &EcsMetadataConfig {
-            endpoint: Some(url.to_owned()),
-        },
-    )
+        Some(url),
+        &CancellationToken::new(),
+    )))
+}
+
+/// Runs `records` through `p` as one request and lets its timer run until every record
+/// came out (or 10 s); returns them with whether the request's acknowledgement was released.
+async fn run(p: &mut EcsMetadataProcessor, records: Vec<Record>) -> (Vec<Record>, bool) {
+    let n = records.len();
+    let (token, mut wait) = crate::input::ack::ack_pair();
+    let mut out = p.process(Batch::new(records, token)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while out.records.len() < n && Instant::now() < deadline {
+        tokio::time::sleep(TICK).await;
+        out.append(p.flush_due(Instant::now()));
+    }
+    let Batch { records, acks } = out;
+    for a in acks {
+        a.release();
+    }
+    let acked = matches!(wait.try_outcome(), Some(Ok(())));
+    (records, acked)
 }
 
 #[test]
@@ -159,7 +179,7 @@ fn odd_answers_are_errors_or_fallbacks_not_panics() {
 #[tokio::test]
 async fn every_record_gets_the_fields() {
     let (_ep, url) = serve(EC2_TASK, EC2_CONTAINER).await;
-    let meta = start(&url);
+    let mut meta = start(&url);
     let mut records = vec![
         record("web-firelens-x", Some(WEB_ID)),
         record("web-firelens-x", Some(WEB_ID)),
@@ -167,7 +187,8 @@ async fn every_record_gets_the_fields() {
     records[1]
         .fields_mut()
         .insert("ecs_cluster".into(), json!("upstream"));
-    meta.process(&mut records).await;
+    let (records, acked) = run(&mut meta, records).await;
+    assert!(acked);
     for (i, r) in records.iter().enumerate() {
         let cluster = if i == 1 { "upstream" } else { "prod-east" };
         assert_eq!(field(r, "ecs_cluster").as_deref(), Some(cluster));
@@ -187,12 +208,12 @@ async fn every_record_gets_the_fields() {
     }
 
     let (_ep, url) = serve(FARGATE_TASK, FARGATE_CONTAINER).await;
-    let meta = start(&url);
-    let mut records = vec![record(
+    let mut meta = start(&url);
+    let records = vec![record(
         "api-firelens-febee046097849aba589d4435207c04a",
         Some("febee046097849aba589d4435207c04a-1940473510"),
     )];
-    meta.process(&mut records).await;
+    let (records, _) = run(&mut meta, records).await;
     let r = &records[0];
     assert_eq!(field(r, "ecs_cluster").as_deref(), Some("payments"));
     assert_eq!(
@@ -212,26 +233,26 @@ async fn every_record_gets_the_fields() {
 async fn endpoint_down_at_start_then_up() {
     let (ep, url) = serve(EC2_TASK, EC2_CONTAINER).await;
     ep.status.store(503, Ordering::SeqCst);
-    let meta = start(&url);
-    let mut records = vec![record("t", Some(WEB_ID))];
+    let mut meta = start(&url);
     let t0 = tokio::time::Instant::now();
-    meta.process(&mut records).await;
+    let (records, acked) = run(&mut meta, vec![record("t", Some(WEB_ID))]).await;
+    assert!(acked);
     assert!(t0.elapsed() < STARTUP_WAIT + Duration::from_secs(1));
     assert_eq!(field(&records[0], "ecs_cluster"), None);
     assert_eq!(records[0].fields().len(), 4, "unchanged");
-    assert!(meta.task().is_none());
+    let shared = meta.meta.clone().unwrap();
+    assert!(shared.task().is_none());
 
     ep.status.store(200, Ordering::SeqCst);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while meta.task().is_none() {
+    while shared.task().is_none() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "never read the task"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut records = vec![record("t", Some(WEB_ID))];
-    meta.process(&mut records).await;
+    let (records, _) = run(&mut meta, vec![record("t", Some(WEB_ID))]).await;
     assert_eq!(
         field(&records[0], "ecs_cluster").as_deref(),
         Some("prod-east")
@@ -249,9 +270,8 @@ async fn endpoint_down_at_start_then_up() {
 #[tokio::test]
 async fn unknown_container_triggers_exactly_one_refresh() {
     let (ep, url) = serve(EC2_BEFORE_APP, EC2_CONTAINER).await;
-    let meta = start(&url);
-    let mut first = vec![record("t", None)];
-    meta.process(&mut first).await;
+    let mut meta = start(&url);
+    let (first, _) = run(&mut meta, vec![record("t", None)]).await;
     assert_eq!(
         field(&first[0], "ecs_cluster").as_deref(),
         Some("prod-east")
@@ -259,13 +279,15 @@ async fn unknown_container_triggers_exactly_one_refresh() {
     assert_eq!(ep.task_hits.load(Ordering::SeqCst), 1);
 
     *ep.task.lock() = EC2_TASK;
-    let mut batch: Vec<Record> = (0..3).map(|_| record("t", Some(WEB_ID))).collect();
-    meta.process(&mut batch).await;
+    let batch: Vec<Record> = (0..3).map(|_| record("t", Some(WEB_ID))).collect();
+    let (batch, acked) = run(&mut meta, batch).await;
+    assert!(acked, "released once the held records came out");
     for r in &batch {
         assert_eq!(field(r, "ecs_container_name").as_deref(), Some("web"));
     }
-    let mut later: Vec<Record> = (0..3).map(|_| record("t", Some(WEB_ID))).collect();
-    meta.process(&mut later).await;
+    let later: Vec<Record> = (0..3).map(|_| record("t", Some(WEB_ID))).collect();
+    let (later, _) = run(&mut meta, later).await;
+    assert_eq!(later.len(), 3);
     assert_eq!(
         ep.task_hits.load(Ordering::SeqCst),
         2,
@@ -275,8 +297,7 @@ async fn unknown_container_triggers_exactly_one_refresh() {
     // Not a container of this task: one refresh, then it passes without a name (the tag is
     // not this task's FireLens tag), and asking again costs nothing.
     for _ in 0..3 {
-        let mut stranger = vec![record("other", Some("0123456789abcdef"))];
-        meta.process(&mut stranger).await;
+        let (stranger, _) = run(&mut meta, vec![record("other", Some("0123456789abcdef"))]).await;
         assert_eq!(field(&stranger[0], "ecs_container_name"), None);
         assert_eq!(
             field(&stranger[0], "ecs_cluster").as_deref(),
@@ -292,12 +313,12 @@ async fn unknown_container_triggers_exactly_one_refresh() {
 #[tokio::test]
 async fn firelens_tag_names_the_container_when_the_id_does_not() {
     let (_ep, url) = serve(EC2_TASK, EC2_CONTAINER).await;
-    let meta = start(&url);
-    let mut records = vec![
+    let mut meta = start(&url);
+    let records = vec![
         record(&format!("worker-firelens-{EC2_TASK_ID}"), None),
         record("worker-firelens-someothertask", None),
     ];
-    meta.process(&mut records).await;
+    let (records, _) = run(&mut meta, records).await;
     assert_eq!(
         field(&records[0], "ecs_container_name").as_deref(),
         Some("worker")
@@ -308,10 +329,16 @@ async fn firelens_tag_names_the_container_when_the_id_does_not() {
 /// Outside ECS: records pass unchanged and nothing is requested.
 #[tokio::test]
 async fn outside_ecs_records_pass_unchanged() {
-    let meta = EcsMetadata::start("meta", &EcsMetadataConfig { endpoint: None });
-    let mut records = vec![record("t", Some(WEB_ID))];
+    let mut meta = EcsMetadataProcessor::new(Some(EcsMetadata::start(
+        "meta",
+        None,
+        &CancellationToken::new(),
+    )));
+    assert!(meta.tick().is_none());
+    let records = vec![record("t", Some(WEB_ID))];
     let before = records.clone();
-    meta.process(&mut records).await;
+    let (records, acked) = run(&mut meta, records).await;
+    assert!(acked);
     assert_eq!(records, before);
     assert!(records[0].packed().is_none());
 }
