@@ -24,8 +24,11 @@ use crate::config::reader::{Diagnostics, Table};
 use crate::input::Ingest;
 use crate::input::drain::InputShutdown;
 use crate::input::registry::{InputConfig, InputType};
+use crate::process::ProcessorSpec;
 use crate::process::ecs_metadata::tmds::{NetworkMode, Tmds};
 use crate::process::ecs_metadata::{self, REQUEST_TIMEOUT};
+use crate::process::registry as processor_registry;
+use toml::de::DeTable;
 
 /// The `forward` input type.
 pub(crate) struct Forward;
@@ -126,9 +129,12 @@ impl InputType for Forward {
                     ListenAddr::Tcp(format!("127.0.0.1:{FIRELENS_PORT}")),
                 ];
             }
+            let endpoint = ecs_metadata::from_env(t.env());
+            let implied = firelens_processors(name, t, d, endpoint.clone());
             cfg.firelens = Some(FireLens {
-                endpoint: ecs_metadata::from_env(t.env()),
+                endpoint,
                 auto_listen,
+                implied,
             });
         }
         Box::new(cfg)
@@ -143,7 +149,7 @@ pub(crate) const FIRELENS_PORT: u16 = 24224;
 pub(crate) const MODE_WAIT: Duration = Duration::from_secs(3);
 
 /// `firelens = true` on a forward input.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) struct FireLens {
     /// The Task Metadata Endpoint v4 (`ECS_CONTAINER_METADATA_URI_V4` as read with the
     /// config); `None` outside ECS.
@@ -151,6 +157,51 @@ pub(crate) struct FireLens {
     /// `listen` was not given: the FireLens socket and TCP 24224 on the address the network
     /// mode calls for.
     pub auto_listen: bool,
+    /// `ecs_metadata` then `partial` with their defaults, named `INPUT.firelens.TYPE`.
+    pub implied: Vec<ProcessorSpec>,
+}
+
+impl PartialEq for FireLens {
+    fn eq(&self, other: &Self) -> bool {
+        let names = |f: &FireLens| f.implied.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
+        self.endpoint == other.endpoint
+            && self.auto_listen == other.auto_listen
+            && names(self) == names(other)
+    }
+}
+
+impl Eq for FireLens {}
+
+/// The processors `firelens = true` implies for input `input`: `ecs_metadata` reading
+/// `endpoint`, then `partial` (Docker's 16 KiB pieces), each with its type's defaults (read
+/// from an empty table through the processor registry, so they are exactly the defaults a
+/// `[processors.NAME]` table of that type has).
+fn firelens_processors(
+    input: &str,
+    t: &Table<'_, '_>,
+    d: &mut Diagnostics,
+    endpoint: Option<String>,
+) -> Vec<ProcessorSpec> {
+    let mut out = vec![ProcessorSpec {
+        name: format!("{input}.firelens.ecs_metadata"),
+        kind: Arc::new(ecs_metadata::EcsMetadataConfig::new(endpoint)),
+    }];
+    // `partial` is its own module in src/process; registered there.
+    if let Some(partial) = processor_registry::find("partial")
+        && let Ok(empty) = DeTable::parse("")
+    {
+        let mut pt = Table::new(
+            empty.get_ref(),
+            t.value_span("firelens"),
+            format!("{}.firelens", t.path()),
+            t.env(),
+        );
+        out.push(ProcessorSpec {
+            name: format!("{input}.firelens.partial"),
+            kind: partial.read(&mut pt, d).into(),
+        });
+    }
+    out
 }
 
 /// The host TCP 24224 binds for FireLens, from the task's network mode (see the module
@@ -298,6 +349,13 @@ impl InputConfig for ForwardConfig {
         super::spawn(cfg, ingest, budget, shutdown).await
     }
 
+    fn implied_processors(&self) -> Vec<ProcessorSpec> {
+        self.firelens
+            .as_ref()
+            .map(|f| f.implied.clone())
+            .unwrap_or_default()
+    }
+
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
@@ -339,13 +397,9 @@ mod tests {
                 ListenAddr::Tcp("127.0.0.1:24224".into())
             ]
         );
-        assert_eq!(
-            f.firelens,
-            Some(FireLens {
-                endpoint: Some("http://169.254.170.2/v4/abc".into()),
-                auto_listen: true
-            })
-        );
+        let fl = f.firelens.as_ref().expect("firelens");
+        assert_eq!(fl.endpoint.as_deref(), Some("http://169.254.170.2/v4/abc"));
+        assert!(fl.auto_listen);
         // Clashes are checked against the widest address it may bind.
         assert!(
             f.listens()
@@ -359,19 +413,48 @@ mod tests {
             &|_| None,
         );
         assert_eq!(f.listen, vec![ListenAddr::Tcp("127.0.0.1:7000".into())]);
-        assert_eq!(
-            f.firelens,
-            Some(FireLens {
-                endpoint: None,
-                auto_listen: false
-            })
-        );
+        let fl = f.firelens.as_ref().expect("firelens");
+        assert_eq!(fl.endpoint, None);
+        assert!(!fl.auto_listen);
         let f = forward(
             "[inputs.app]\ntype = \"forward\"\nfirelens = false",
             &in_ecs,
         );
         assert_eq!(f.firelens, None);
         assert_eq!(f.listen, ForwardConfig::default().listen);
+    }
+
+    /// `firelens = true` puts `ecs_metadata` and then `partial` (once registered) before the
+    /// input's own processors, with their defaults.
+    #[test]
+    fn firelens_implies_ecs_metadata_then_partial_before_the_listed_processors() {
+        let text = "[inputs.app]\ntype = \"forward\"\nfirelens = true\nprocessors = [\"shape\"]\n\
+                    [processors.shape]\ntype = \"fields\"\nadd = { x = \"1\" }\n\
+                    [outputs.o]\ntype = \"null\"\n[routes.r]\nto = [\"o\"]\n";
+        let loaded = match crate::config::parse(text, "t.toml", &in_ecs) {
+            Ok(l) => l,
+            Err(e) => panic!("{:?}", e.errors),
+        };
+        let c = &loaded.config;
+        let chain: Vec<(&str, &str)> = c
+            .processors_of(&c.inputs[0])
+            .iter()
+            .map(|p| (p.name.as_str(), p.kind.type_name()))
+            .collect();
+        let mut want = vec![("app.firelens.ecs_metadata", "ecs_metadata")];
+        if processor_registry::find("partial").is_some() {
+            want.push(("app.firelens.partial", "partial"));
+        }
+        want.push(("shape", "fields"));
+        assert_eq!(chain, want);
+        assert!(
+            c.processors_of(&c.inputs[0])[0]
+                .kind
+                .describe()
+                .contains("http://169.254.170.2/v4/abc/task")
+        );
+        // No "processor not used" warning for the implied ones.
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
     }
 
     /// TCP 24224 binds as the network mode says: 0.0.0.0 in bridge mode, 127.0.0.1 in awsvpc
