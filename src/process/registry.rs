@@ -14,6 +14,11 @@ use crate::config::reader::{Diagnostics, Table};
 /// docs test all go through it.
 pub(crate) static PROCESSORS: &[&dyn ProcessorType] = &[
     &super::fields::Fields,
+    &super::grep::Grep,
+    &super::multiline::Multiline,
+    &super::parse_json::ParseJson,
+    &super::partial::Partial,
+    &super::rewrite_tag::RewriteTag,
     &super::ecs_metadata::EcsMetadataType,
 ];
 
