@@ -4,7 +4,7 @@
 //! Docker's fluentd driver does for FireLens (Message mode, EventTime, no ack; fields
 //! `container_id`, `container_name`, `source`, `log`), and CloudWatch Logs on moto: each
 //! container's lines land in `/ecs/<cluster>/<task-definition container name>`, stream = the
-//! task id.
+//! task id, and a line Docker split into 16 KiB pieces arrives whole.
 //!
 //! Run with `scripts/test.sh --test firelens` (it starts moto and exports
 //! FIRELANE_TEST_AWS_ENDPOINT); without it the test returns at once with a loud message.
@@ -75,6 +75,36 @@ fn send_like_docker(sock: &Path, tag: &str, container_id: &str, lines: &[String]
     c.finish().expect("close");
 }
 
+/// Sends `line` split into Docker's 16 KiB pieces (`partial_message`, `partial_id`,
+/// `partial_ordinal`, `partial_last`, all strings; one time for every piece).
+fn send_split_like_docker(sock: &Path, tag: &str, container_id: &str, line: &str) {
+    let addr = ListenAddr::Unix(sock.to_path_buf());
+    let mut c = ForwardClient::connect(&addr, Duration::from_secs(30)).expect("connect");
+    let pieces: Vec<&str> = line
+        .as_bytes()
+        .chunks(16 * 1024)
+        .map(|p| std::str::from_utf8(p).expect("ascii line"))
+        .collect();
+    let time = EventTime::now();
+    let id = unique("partial").replace('-', "");
+    for (i, piece) in pieces.iter().enumerate() {
+        let rec = common::msgpack_record(&json!({
+            "container_id": container_id,
+            "container_name": format!("/ecs-task-1-app-{}", &container_id[..12]),
+            "source": "stdout",
+            "log": piece,
+            "partial_message": "true",
+            "partial_id": id,
+            "partial_ordinal": (i + 1).to_string(),
+            "partial_last": if i + 1 == pieces.len() { "true" } else { "false" },
+        }));
+        let mut frame = Vec::new();
+        client::encode_message(&mut frame, tag, time, &rec, None);
+        c.send(&frame).expect("send");
+    }
+    c.finish().expect("close");
+}
+
 #[test]
 fn firelens_toml_lands_per_cluster_and_container_with_the_task_id_as_stream() {
     let Some(ep) = endpoint() else { return };
@@ -121,7 +151,15 @@ fn firelens_toml_lands_per_cluster_and_container_with_the_task_id_as_stream() {
         let lines: Vec<String> = (0..40)
             .map(|i| format!("{run} worker {i} handled job"))
             .collect();
-        send_like_docker(&sock, &format!("{name}-firelens-{task_id}"), id, &lines);
+        let tag = format!("{name}-firelens-{task_id}");
+        send_like_docker(&sock, &tag, id, &lines[..20]);
+        // A 40 KiB line: three pieces from Docker, one event in CloudWatch Logs (the
+        // `partial` processor `firelens = true` implies).
+        let long = format!("{run} long {}", "x".repeat(40 * 1024));
+        send_split_like_docker(&sock, &tag, id, &long);
+        send_like_docker(&sock, &tag, id, &lines[20..]);
+        let mut lines = lines;
+        lines.insert(20, long);
 
         let group = format!("/ecs/{cluster}/{name}");
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -135,12 +173,18 @@ fn firelens_toml_lands_per_cluster_and_container_with_the_task_id_as_stream() {
             }
             std::thread::sleep(Duration::from_millis(300));
         };
+        // stdout and stderr are separate streams (and stderr lines also take the `errors`
+        // route): order is kept per stream, not across them, so compare as sets.
+        let (mut got, mut want) = (got, lines);
+        got.sort();
+        want.sort();
         assert_eq!(
-            got,
-            lines,
-            "{group} / {task_id}: the lines, in order (log_key = \"log\")\n{}",
+            got.iter().map(String::len).collect::<Vec<_>>(),
+            want.iter().map(String::len).collect::<Vec<_>>(),
+            "{group} / {task_id}: every line once, the long one whole\n{}",
             r.logs()
         );
+        assert_eq!(got, want, "{group} / {task_id} (log_key = \"log\")");
     }
 }
 
