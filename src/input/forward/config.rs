@@ -307,9 +307,6 @@ impl InputConfig for ForwardConfig {
                 _ => l.to_string(),
             })
             .collect();
-        if self.firelens.is_some() {
-            addrs.push("FireLens defaults".to_owned());
-        }
         addrs.join(", ")
     }
 

@@ -342,3 +342,76 @@ async fn outside_ecs_records_pass_unchanged() {
     assert_eq!(records, before);
     assert!(records[0].packed().is_none());
 }
+
+/// While a new container's records wait for the refresh, other streams flow on at once, the
+/// held records keep their order, and the request is acknowledged only once they came out.
+#[tokio::test]
+async fn a_held_container_does_not_hold_other_streams() {
+    const ROUTER_ID: &str = "e54cccfac2b87417f71877907f67879068420042828067ae0867e60a63529d35";
+    let (ep, url) = serve(EC2_BEFORE_APP, EC2_CONTAINER).await;
+    let mut meta = start(&url);
+    let _ = run(&mut meta, vec![record("t", None)]).await;
+    *ep.task.lock() = EC2_TASK;
+    let mut web: Vec<Record> = (0..3).map(|_| record("t", Some(WEB_ID))).collect();
+    for (i, r) in web.iter_mut().enumerate() {
+        r.fields_mut().insert("i".into(), json!(i));
+    }
+    let mut batch = web;
+    batch.insert(1, record("t", Some(ROUTER_ID)));
+    let (token, mut wait) = crate::input::ack::ack_pair();
+    let out = meta.process(Batch::new(batch, token)).await;
+    assert_eq!(
+        out.records.len(),
+        1,
+        "only the known container's record passes at once"
+    );
+    assert_eq!(
+        field(&out.records[0], "ecs_container_name").as_deref(),
+        Some("log_router")
+    );
+    for a in out.acks {
+        a.release();
+    }
+    assert!(
+        wait.try_outcome().is_none(),
+        "not acked while records are held"
+    );
+    let mut released = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while released.len() < 3 && Instant::now() < deadline {
+        tokio::time::sleep(TICK).await;
+        let b = meta.flush_due(Instant::now());
+        released.extend(b.records);
+        for a in b.acks {
+            a.release();
+        }
+    }
+    let order: Vec<i64> = released
+        .iter()
+        .map(|r| r.get("i").and_then(|v| v.to_value().as_i64()).unwrap_or(-1))
+        .collect();
+    assert_eq!(order, [0, 1, 2]);
+    for r in &released {
+        assert_eq!(field(r, "ecs_container_name").as_deref(), Some("web"));
+    }
+    assert!(matches!(wait.try_outcome(), Some(Ok(()))));
+}
+
+/// SIGTERM while records are held: `flush_all` hands them on (with what is known).
+#[tokio::test]
+async fn flush_all_hands_on_held_records() {
+    let (ep, url) = serve(EC2_BEFORE_APP, EC2_CONTAINER).await;
+    let mut meta = start(&url);
+    let _ = run(&mut meta, vec![record("t", None)]).await;
+    *ep.task.lock() = EC2_TASK;
+    let out = meta
+        .process(Batch::of(vec![record("t", Some(WEB_ID))]))
+        .await;
+    assert!(out.records.is_empty());
+    let all = meta.flush_all();
+    assert_eq!(all.records.len(), 1);
+    assert_eq!(
+        field(&all.records[0], "ecs_cluster").as_deref(),
+        Some("prod-east")
+    );
+}
