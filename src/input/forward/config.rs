@@ -297,8 +297,7 @@ impl InputConfig for ForwardConfig {
     }
 
     fn describe(&self) -> String {
-        let mut addrs: Vec<String> = self
-            .listen
+        self.listen
             .iter()
             .map(|l| match (l, &self.firelens) {
                 (ListenAddr::Tcp(_), Some(f)) if f.auto_listen => format!(
@@ -306,8 +305,8 @@ impl InputConfig for ForwardConfig {
                 ),
                 _ => l.to_string(),
             })
-            .collect();
-        addrs.join(", ")
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     fn listens(&self) -> Vec<Listen> {
