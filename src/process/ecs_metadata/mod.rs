@@ -164,6 +164,13 @@ impl ProcessorConfig for EcsMetadataConfig {
         }
     }
 
+    fn holds_for(&self) -> Option<Duration> {
+        // Outside ECS nothing is held.
+        self.endpoint
+            .as_ref()
+            .map(|_| STARTUP_WAIT.max(REFRESH_WAIT) + TICK)
+    }
+
     fn build(&self, ctx: &BuildContext) -> Box<dyn Processor> {
         if ctx.dry_run {
             return Box::new(EcsMetadataProcessor::new(None));
