@@ -367,7 +367,10 @@ fn read_config(top: &mut Table<'_, '_>, d: &mut Diagnostics) -> Config {
     // Inputs and outputs that exist but failed to read: their own errors are reported, so
     // routes naming them must not add "unknown input/output" noise on top.
     let mut broken: Vec<String> = Vec::new();
-    let (processors, processor_spans, broken_processors) = read_processors(top, d);
+    let (mut processors, processor_spans, broken_processors) = read_processors(top, d);
+    // Processors inputs imply (forward's `firelens = true`), added after the checks of the
+    // user's `processors` references.
+    let mut implied_processors: Vec<ProcessorSpec> = Vec::new();
     // Each input's `processors` entries with their spans, for the cross-table checks.
     let mut processor_refs: Vec<Vec<Spanned<String>>> = Vec::new();
     let mut inputs = Vec::new();
@@ -382,10 +385,17 @@ fn read_config(top: &mut Table<'_, '_>, d: &mut Diagnostics) -> Config {
                     for addr in kind.listens() {
                         listens.push((name.get_ref().clone(), addr, span.clone()));
                     }
+                    let implied = kind.implied_processors();
+                    let names = implied
+                        .iter()
+                        .map(|p| p.name.clone())
+                        .chain(procs.iter().map(|p| p.get_ref().clone()))
+                        .collect();
+                    implied_processors.extend(implied);
                     inputs.push(InputSpec {
                         name: name.get_ref().clone(),
                         kind,
-                        processors: procs.iter().map(|p| p.get_ref().clone()).collect(),
+                        processors: names,
                     });
                     processor_refs.push(procs);
                 }
@@ -454,6 +464,7 @@ fn read_config(top: &mut Table<'_, '_>, d: &mut Diagnostics) -> Config {
         &processor_refs,
     );
     check_http_holds(d, &inputs, &processors, &processor_refs);
+    processors.extend(implied_processors);
     cross_check(
         d,
         top,
