@@ -30,6 +30,7 @@ pub(crate) static OUTPUTS: &[&dyn OutputType] = &[
     &super::null::config::Null,
     &super::file::config::File,
     &super::http::config::Http,
+    &super::slack::config::Slack,
     &super::aws::s3::config::S3,
     &super::aws::firehose::config::Firehose,
     &super::aws::cloudwatch_logs::config::CloudWatchLogs,

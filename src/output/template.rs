@@ -666,6 +666,17 @@ fn apply_filter<'a>(value: &'a str, f: &Filter) -> Option<&'a str> {
     .filter(|s| !s.is_empty())
 }
 
+/// The `i`-th `/` segment (negative from the end) of the resource part of `arn`, as the
+/// `|arn[N]` filter takes it; `None` when `arn` is no ARN or has no such segment.
+pub(crate) fn arn_segment(arn: &str, i: i64) -> Option<&str> {
+    apply_filter(arn, &Filter::ArnSegment(i))
+}
+
+/// The region field of `arn` (`|arn_region`).
+pub(crate) fn arn_region(arn: &str) -> Option<&str> {
+    apply_filter(arn, &Filter::ArnRegion)
+}
+
 /// The text of one alternative for `record`, `None` when it has no value.
 fn alternative_text<'a>(
     record: &'a Record,
