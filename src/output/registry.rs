@@ -34,6 +34,7 @@ pub(crate) static OUTPUTS: &[&dyn OutputType] = &[
     &super::aws::s3::config::S3,
     &super::aws::firehose::config::Firehose,
     &super::aws::cloudwatch_logs::config::CloudWatchLogs,
+    &super::aws::sns::config::Sns,
 ];
 
 /// The registered type named `name` (the `type = "..."` value).
