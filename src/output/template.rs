@@ -205,10 +205,12 @@ enum Step {
 
 #[derive(Clone, Debug, PartialEq)]
 enum Filter {
-    /// `/`-segment of the ARN's resource part; negative counts from the end.
-    ArnSegment(i64),
-    ArnRegion,
-    ArnAccount,
+    /// `|arn[N]`: `/`-segment of the ARN's resource part; negative counts from the end.
+    Segment(i64),
+    /// `|arn_region`.
+    Region,
+    /// `|arn_account`.
+    Account,
 }
 
 /// Per-render values that are not derived from the record.
@@ -585,13 +587,13 @@ fn parse_path(path: &str) -> Result<Vec<Step>, String> {
 
 fn parse_filter(f: &str) -> Result<Filter, String> {
     match f {
-        "arn_region" => Ok(Filter::ArnRegion),
-        "arn_account" => Ok(Filter::ArnAccount),
+        "arn_region" => Ok(Filter::Region),
+        "arn_account" => Ok(Filter::Account),
         _ => f
             .strip_prefix("arn[")
             .and_then(|r| r.strip_suffix(']'))
             .and_then(|n| n.trim().parse::<i64>().ok())
-            .map(Filter::ArnSegment)
+            .map(Filter::Segment)
             .ok_or_else(|| {
                 format!("unknown filter `|{f}` (known: |arn[N], |arn_region, |arn_account)")
             }),
@@ -656,9 +658,9 @@ fn apply_filter<'a>(value: &'a str, f: &Filter) -> Option<&'a str> {
     let (_partition, _service) = (fields.next()?, fields.next()?);
     let (region, account, resource) = (fields.next()?, fields.next()?, fields.next()?);
     match f {
-        Filter::ArnRegion => Some(region),
-        Filter::ArnAccount => Some(account),
-        Filter::ArnSegment(i) => {
+        Filter::Region => Some(region),
+        Filter::Account => Some(account),
+        Filter::Segment(i) => {
             let segs: Vec<&str> = resource.split('/').collect();
             segs.get(pick(segs.len(), *i)?).copied()
         }
@@ -669,12 +671,12 @@ fn apply_filter<'a>(value: &'a str, f: &Filter) -> Option<&'a str> {
 /// The `i`-th `/` segment (negative from the end) of the resource part of `arn`, as the
 /// `|arn[N]` filter takes it; `None` when `arn` is no ARN or has no such segment.
 pub(crate) fn arn_segment(arn: &str, i: i64) -> Option<&str> {
-    apply_filter(arn, &Filter::ArnSegment(i))
+    apply_filter(arn, &Filter::Segment(i))
 }
 
 /// The region field of `arn` (`|arn_region`).
 pub(crate) fn arn_region(arn: &str) -> Option<&str> {
-    apply_filter(arn, &Filter::ArnRegion)
+    apply_filter(arn, &Filter::Region)
 }
 
 /// The text of one alternative for `record`, `None` when it has no value.

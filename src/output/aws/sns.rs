@@ -304,10 +304,10 @@ async fn publisher(
             Ok(out) => {
                 let mut results: Vec<Option<Result<(), Failure>>> = vec![None; batch.len()];
                 for ok in out.successful() {
-                    if let Some(slot) = ok.id().and_then(|i| i.parse::<usize>().ok()) {
-                        if let Some(r) = results.get_mut(slot) {
-                            *r = Some(Ok(()));
-                        }
+                    if let Some(slot) = ok.id().and_then(|i| i.parse::<usize>().ok())
+                        && let Some(r) = results.get_mut(slot)
+                    {
+                        *r = Some(Ok(()));
                     }
                 }
                 for failed in out.failed() {
