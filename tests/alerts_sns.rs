@@ -149,6 +149,10 @@ impl Peers {
 }
 
 fn start(ep: &str, topic: &str, extra: &str) -> (Router, String) {
+    start_env(ep, topic, extra, &[])
+}
+
+fn start_env(ep: &str, topic: &str, extra: &str, env: &[(&str, &str)]) -> (Router, String) {
     let port = free_port();
     let config = format!(
         r#"
@@ -170,7 +174,13 @@ retry = {{ initial_backoff = "100ms", max_backoff = "1s" }}
 {extra}
 "#
     );
-    (Router::start(&config), format!("http://127.0.0.1:{port}/"))
+    let router = Router::start_with(
+        tempfile::tempdir().expect("tempdir"),
+        &config,
+        free_port(),
+        env,
+    );
+    (router, format!("http://127.0.0.1:{port}/"))
 }
 
 fn post(url: &str, body: &Value) {
@@ -274,5 +284,36 @@ fn json_format_and_subject_template() {
     assert_eq!(
         follow.1["samples"][1]["detail"]["taskArn"],
         events[2]["detail"]["taskArn"]
+    );
+}
+
+/// Leads of several groups ready at once (six services failing together) share
+/// PublishBatch calls, and every one of them arrives with its own subject.
+#[test]
+fn leads_ready_together_share_publish_batch() {
+    let Some(ep) = endpoint() else { return };
+    let peers = Peers::new(&ep);
+    let (topic, queue) = peers.topic_with_queue();
+    let (router, url) = start_env(
+        &ep,
+        &topic,
+        "",
+        &[("RUST_LOG", "info,firelane::output::aws::sns=debug")],
+    );
+    let services = ["a1", "b2", "c3", "d4", "e5", "f6"];
+    let events: Vec<Value> = services.iter().map(|s| stopped_task(s, 0)).collect();
+    post(&url, &Value::Array(events));
+    let got = peers.notifications(&queue, services.len(), Duration::from_secs(30));
+    let mut subjects: Vec<String> = got.into_iter().map(|(s, _)| s).collect();
+    subjects.sort();
+    let want: Vec<String> = services
+        .iter()
+        .map(|s| format!("ECS task stopped in prod: {s}"))
+        .collect();
+    assert_eq!(subjects, want, "{}", router.logs());
+    let logs = router.logs();
+    assert!(
+        logs.contains("PublishBatch of messages ready together"),
+        "no PublishBatch call:\n{logs}"
     );
 }

@@ -276,6 +276,7 @@ async fn publisher(
         if batch.is_empty() {
             continue;
         }
+        tracing::debug!(topic = %topic_arn, entries = batch.len(), "PublishBatch of messages ready together");
         let entries: Vec<PublishBatchRequestEntry> = batch
             .iter()
             .enumerate()
