@@ -317,3 +317,183 @@ fn leads_ready_together_share_publish_batch() {
         "no PublishBatch call:\n{logs}"
     );
 }
+
+/// What the SNS stand-in of [`a_failed_batch_entry_is_retried_alone`] was asked: per
+/// request, its `Action` and the `Message` of each entry.
+type Calls = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<String>)>>>;
+
+/// A loopback stand-in for the SNS query API: Publish succeeds; the first PublishBatch
+/// fails its entry `1` (InternalError, not the sender's fault), every later one succeeds.
+fn fake_sns() -> (String, Calls) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let calls: Calls = Default::default();
+    let seen = calls.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let Ok(mut w) = conn.try_clone() else { return };
+                let mut r = BufReader::new(conn);
+                loop {
+                    let mut len = 0usize;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let l = line.trim_end();
+                        if l.is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = l.split_once(':')
+                            && k.eq_ignore_ascii_case("content-length")
+                        {
+                            len = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    if r.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let form = reqwest::Url::parse(&format!(
+                        "http://x/?{}",
+                        String::from_utf8_lossy(&body)
+                    ))
+                    .expect("form");
+                    let pairs: Vec<(String, String)> = form.query_pairs().into_owned().collect();
+                    let action = pairs
+                        .iter()
+                        .find(|(k, _)| k == "Action")
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default();
+                    let mut entries: Vec<(String, String)> = Vec::new();
+                    for (k, v) in &pairs {
+                        if k == "Message" {
+                            entries.push((String::new(), v.clone()));
+                        } else if let Some(rest) =
+                            k.strip_prefix("PublishBatchRequestEntries.member.")
+                        {
+                            let (n, field) = rest.split_once('.').unwrap_or((rest, ""));
+                            let n: usize = n.parse().unwrap_or(0);
+                            if entries.len() < n {
+                                entries.resize(n, Default::default());
+                            }
+                            match field {
+                                "Id" => entries[n - 1].0 = v.clone(),
+                                "Message" => entries[n - 1].1 = v.clone(),
+                                _ => {}
+                            }
+                        }
+                    }
+                    let first_batch = {
+                        let mut calls = seen.lock().unwrap_or_else(|e| e.into_inner());
+                        let first = action == "PublishBatch"
+                            && !calls.iter().any(|(a, _)| a == "PublishBatch");
+                        calls.push((
+                            action.clone(),
+                            entries.iter().map(|e| e.1.clone()).collect(),
+                        ));
+                        first
+                    };
+                    let ns = "http://sns.amazonaws.com/doc/2010-03-31/";
+                    let xml = if action == "PublishBatch" {
+                        let (mut ok, mut failed) = (String::new(), String::new());
+                        for (id, _) in &entries {
+                            if first_batch && id == "1" {
+                                failed.push_str(&format!("<member><Id>{id}</Id><Code>InternalError</Code><Message>injected</Message><SenderFault>false</SenderFault></member>"));
+                            } else {
+                                ok.push_str(&format!(
+                                    "<member><Id>{id}</Id><MessageId>m-{id}</MessageId></member>"
+                                ));
+                            }
+                        }
+                        format!(
+                            "<PublishBatchResponse xmlns=\"{ns}\"><PublishBatchResult><Successful>{ok}</Successful><Failed>{failed}</Failed></PublishBatchResult><ResponseMetadata><RequestId>r</RequestId></ResponseMetadata></PublishBatchResponse>"
+                        )
+                    } else {
+                        format!(
+                            "<PublishResponse xmlns=\"{ns}\"><PublishResult><MessageId>m</MessageId></PublishResult><ResponseMetadata><RequestId>r</RequestId></ResponseMetadata></PublishResponse>"
+                        )
+                    };
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/xml\r\ncontent-length: {}\r\n\r\n{xml}",
+                        xml.len()
+                    );
+                    if w.write_all(resp.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, calls)
+}
+
+/// A PublishBatch entry that failed is retried alone: the other messages of its call
+/// are not sent again, and every alert arrives exactly once.
+#[test]
+fn a_failed_batch_entry_is_retried_alone() {
+    let (ep, calls) = fake_sns();
+    let (router, url) = start_env(
+        &ep,
+        "arn:aws:sns:us-east-1:111122223333:alerts",
+        "",
+        &[
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ],
+    );
+    let services = ["a1", "b2", "c3", "d4"];
+    let events: Vec<Value> = services.iter().map(|s| stopped_task(s, 0)).collect();
+    post(&url, &Value::Array(events));
+    let sent = router.wait_metric(
+        "firelane_output_records_total",
+        &["output=\"alerts\"", "result=\"sent\""],
+        4.0,
+        Duration::from_secs(30),
+    );
+    assert_eq!(sent, 4.0, "{}", router.logs());
+    let calls = calls.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let first = calls
+        .iter()
+        .position(|(a, m)| a == "PublishBatch" && m.len() >= 2)
+        .unwrap_or_else(|| panic!("no PublishBatch with two entries: {calls:#?}"));
+    let failed = calls[first].1[1].clone();
+    // Delivered: every entry of every call, except the one entry that failed.
+    let mut delivered: Vec<&String> = calls
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (_, m))| {
+            m.iter()
+                .enumerate()
+                .filter(move |(j, _)| !(i == first && *j == 1))
+        })
+        .map(|(_, m)| m)
+        .collect();
+    delivered.sort();
+    for s in services {
+        let n = delivered
+            .iter()
+            .filter(|m| m.starts_with(&format!("ECS task stopped in prod: {s}\n")))
+            .count();
+        assert_eq!(n, 1, "{s}: {calls:#?}");
+    }
+    // The failed one went again, alone.
+    let again = &calls[first + 1..];
+    assert!(
+        again.iter().any(|(_, m)| m.len() == 1 && m[0] == failed),
+        "{calls:#?}"
+    );
+    assert_eq!(
+        router.metric(
+            "firelane_output_records_total",
+            &["output=\"alerts\"", "result=\"retried\""]
+        ),
+        1.0
+    );
+}
