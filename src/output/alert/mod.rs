@@ -421,6 +421,28 @@ mod tests {
         assert_eq!(&*g.group_of(&other), "tag|app-firelens-1");
     }
 
+    #[test]
+    fn group_by_template_decides_the_group() {
+        let g = Grouping::new(&AlertSettings {
+            group_by: Some("{detail.clusterArn|arn[-1] ?? resources[0]|arn[-2]}".into()),
+            ..AlertSettings::default()
+        })
+        .unwrap();
+        // Every service of one cluster is one group.
+        assert_eq!(&*g.group_of(&stopped("service:web", "a")), "prod");
+        assert_eq!(
+            g.group_of(&stopped("service:web", "a")),
+            g.group_of(&stopped("service:api", "b"))
+        );
+        assert!(
+            Grouping::new(&AlertSettings {
+                group_by: Some("{a|nope}".into()),
+                ..AlertSettings::default()
+            })
+            .is_err()
+        );
+    }
+
     /// The first record goes alone and at once; the rest of the window folds into one
     /// follow-up that knows the total; a group that cooled down leads again.
     #[tokio::test(start_paused = true)]
