@@ -240,6 +240,21 @@ fn seed_events(now: DateTime<Utc>) -> BTreeMap<&'static str, Value> {
     m
 }
 
+/// `n` more tasks of service `web` exiting with code 1 right after `exit_1`: a crash loop.
+fn crash_loop(now: DateTime<Utc>, n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            let mut e = seed_events(now)["exit_1"].clone();
+            let task_id = format!("0b69d5c0d0d74b4b9f2e9a0e0e0b{i:04}");
+            let task = arn(&format!("task/{CLUSTER}/{task_id}"));
+            e["id"] = json!(format!("e0000000-0000-4000-8000-0000000a{i:04}"));
+            e["resources"] = json!([task]);
+            e["detail"]["taskArn"] = json!(task);
+            e
+        })
+        .collect()
+}
+
 fn post(url: &str, body: &Value) {
     let resp = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(20))
@@ -427,6 +442,12 @@ fn shipped_file_delivers_what_the_seeds_lambdas_did() {
     }
     // EventBridge delivers at least once: a repeat alerts and archives nothing more.
     post(&url, &events["exit_1"]);
+    // The service keeps crashing: folded into one follow-up per output, sent when the
+    // 60 s window ends (here: at shutdown, which sends pending follow-ups at once).
+    let crashes = crash_loop(now, 5);
+    for e in &crashes {
+        post(&url, e);
+    }
 
     // 1a. Slack (seed 001): one message per failed task; the replaced and the running task
     // send none.
@@ -512,8 +533,9 @@ fn shipped_file_delivers_what_the_seeds_lambdas_did() {
     );
     assert_eq!(aws.retention(&group), Some(30));
 
-    // No alert for the running, replaced, earlier or lifecycle events, and none twice for
-    // the repeat: give a wrong extra message time to arrive.
+    // No alert for the running, replaced, earlier or lifecycle events, none twice for the
+    // repeat, and none yet for the crash loop (its window is open): give a wrong extra
+    // message time to arrive.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(slack_texts(&slack).len(), 2, "{:#?}", slack_texts(&slack));
     assert!(queue.notifications(1, Duration::from_secs(2)).is_empty());
@@ -521,6 +543,31 @@ fn shipped_file_delivers_what_the_seeds_lambdas_did() {
     // 2. S3: the archive batch (5 minutes) is flushed on SIGTERM, as when ECS stops the task.
     let status = router.terminate(Duration::from_secs(60));
     assert!(status.success(), "{status:?}\n{}", router.logs());
+    // The crash loop's follow-ups: one Slack message and one SNS message counting the five
+    // further failures (six in all); the repeat of the first is not among them.
+    let texts = slack_texts(&slack);
+    assert_eq!(texts.len(), 3, "{texts:#?}\n{}", router.logs());
+    let follow_up = &texts[2];
+    assert!(
+        follow_up.contains("5 more tasks stopped like this") && follow_up.contains("(6 in all"),
+        "{follow_up}"
+    );
+    let notes = queue.notifications(1, Duration::from_secs(20));
+    assert_eq!(notes.len(), 1, "{notes:#?}\n{}", router.logs());
+    let doc: Value = serde_json::from_str(&notes[0].1).expect("a follow-up is JSON");
+    assert_eq!(
+        (doc["count"].as_u64(), doc["total"].as_u64()),
+        (Some(5), Some(6)),
+        "{doc}"
+    );
+    assert!(
+        notes[0]
+            .0
+            .starts_with(&format!("ECS task failed in {CLUSTER}: service:web")),
+        "{}",
+        notes[0].0
+    );
+
     let objects = aws.objects(&bucket, "");
     assert!(!objects.is_empty(), "nothing archived\n{}", router.logs());
     let mut archived: Vec<String> = Vec::new();
@@ -551,9 +598,9 @@ fn shipped_file_delivers_what_the_seeds_lambdas_did() {
         }
     }
     archived.sort();
-    let all: Vec<String> = ids_of(&events.values().collect::<Vec<_>>())
-        .into_iter()
-        .collect();
+    let mut everything: Vec<&Value> = events.values().collect();
+    everything.extend(crashes.iter());
+    let all: Vec<String> = ids_of(&everything).into_iter().collect();
     assert_eq!(archived, all, "every event once, the repeat not again");
     let hours: BTreeSet<&str> = objects
         .iter()
