@@ -449,11 +449,11 @@ fn shipped_file_delivers_what_the_seeds_lambdas_did() {
         post(&url, e);
     }
 
-    // 1a. Slack (seed 001): one message per failed task; the replaced and the running task
-    // send none.
+    // 1a. Slack (seed 001): one message per failed task, the failed deployment and the
+    // ERROR and WARN service actions; the replaced and the running task send none.
     let texts = wait_for(Duration::from_secs(30), || {
         let t = slack_texts(&slack);
-        (t.len() >= 2).then_some(t)
+        (t.len() >= 5).then_some(t)
     })
     .unwrap_or_else(|| panic!("{:#?}\n{}", slack_texts(&slack), router.logs()));
     let exited = texts
@@ -484,6 +484,20 @@ fn shipped_file_delivers_what_the_seeds_lambdas_did() {
         assert!(
             not_started.contains(want),
             "{want:?} not in:\n{not_started}"
+        );
+    }
+
+    for (name, want) in [
+        (
+            "deployment",
+            "ECS deployment failed: web in cluster-to-monitor-a",
+        ),
+        ("placement", "SERVICE_TASK_PLACEMENT_FAILURE"),
+        ("daemon", "SERVICE_DAEMON_PLACEMENT_CONSTRAINT_VIOLATED"),
+    ] {
+        assert!(
+            texts.iter().any(|t| t.contains(want)),
+            "no {name} message ({want:?}): {texts:#?}"
         );
     }
 
@@ -537,7 +551,7 @@ fn shipped_file_delivers_what_the_seeds_lambdas_did() {
     // repeat, and none yet for the crash loop (its window is open): give a wrong extra
     // message time to arrive.
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(slack_texts(&slack).len(), 2, "{:#?}", slack_texts(&slack));
+    assert_eq!(slack_texts(&slack).len(), 5, "{:#?}", slack_texts(&slack));
     assert!(queue.notifications(1, Duration::from_secs(2)).is_empty());
 
     // 2. S3: the archive batch (5 minutes) is flushed on SIGTERM, as when ECS stops the task.
@@ -546,8 +560,8 @@ fn shipped_file_delivers_what_the_seeds_lambdas_did() {
     // The crash loop's follow-ups: one Slack message and one SNS message counting the five
     // further failures (six in all); the repeat of the first is not among them.
     let texts = slack_texts(&slack);
-    assert_eq!(texts.len(), 3, "{texts:#?}\n{}", router.logs());
-    let follow_up = &texts[2];
+    assert_eq!(texts.len(), 6, "{texts:#?}\n{}", router.logs());
+    let follow_up = &texts[5];
     assert!(
         follow_up.contains("5 more tasks stopped like this") && follow_up.contains("(6 in all"),
         "{follow_up}"
