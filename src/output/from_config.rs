@@ -247,8 +247,15 @@ mod tests {
 
     #[test]
     fn shipped_configs_have_batches_that_fill() {
-        // A value every variable may take (an S3 bucket name too).
-        let env = |_: &str| Some("x-value".to_owned());
+        // A value every variable may take (an S3 bucket name too); a URL for `*_URL`
+        // variables (a Slack webhook must be one).
+        let env = |k: &str| {
+            Some(if k.ends_with("_URL") {
+                "https://hooks.example.com/x-value".to_owned()
+            } else {
+                "x-value".to_owned()
+            })
+        };
         for (name, text) in [
             (
                 "reference.toml",

@@ -1,5 +1,6 @@
 //! Outputs: the shared delivery core ([`core::run`]) and the sinks it drives.
 
+pub(crate) mod alert;
 pub mod aws;
 pub(crate) mod core;
 mod deliver;
@@ -12,6 +13,7 @@ pub(crate) mod null;
 pub(crate) mod registry;
 pub(crate) mod retry;
 pub mod sink;
+pub(crate) mod slack;
 pub(crate) mod stdout;
 pub(crate) mod template;
 

@@ -30,9 +30,11 @@ pub(crate) static OUTPUTS: &[&dyn OutputType] = &[
     &super::null::config::Null,
     &super::file::config::File,
     &super::http::config::Http,
+    &super::slack::config::Slack,
     &super::aws::s3::config::S3,
     &super::aws::firehose::config::Firehose,
     &super::aws::cloudwatch_logs::config::CloudWatchLogs,
+    &super::aws::sns::config::Sns,
 ];
 
 /// The registered type named `name` (the `type = "..."` value).

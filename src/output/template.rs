@@ -1,4 +1,5 @@
-//! Templates for S3 keys and CloudWatch Logs group/stream names, parsed once at config load.
+//! Templates for S3 keys, CloudWatch Logs group/stream names and alert groups/subjects,
+//! parsed once at config load.
 //!
 //! Syntax (one language for every output):
 //! - `{tag}`: the record's tag; `{tag[N]}`: the N-th part (0-based) of the tag split on `.` and
@@ -9,16 +10,34 @@
 //!   omitted when the caller supplies none (that is how partitions are rendered).
 //! - `{hostname}`: the host name, read once at parse time.
 //! - `{ecs_task_id}`: the field `ecs_task_id`, else the last `/` part of `ecs_task_arn`.
-//! - `{FIELD}`: any other top-level record field. Strings render as they are, numbers and
+//! - `{FIELD}`: any other record field. Strings render as they are, numbers and
 //!   booleans as their JSON text. A missing, `null`, empty, object or array field renders as
 //!   `-`, so a record without ECS metadata still lands (under a visible `-`) instead of being
 //!   dropped. A value that is literally `-` is escaped by every encoding except
 //!   [`ValueEncoding::Verbatim`] (`%2D`, or `#2D` in log groups), so `-` always means "no value".
+//! - Paths into nested fields (events): `{detail.group}` (object keys joined by `.`),
+//!   `{resources[0]}` and `{detail.containers[0].exitCode}` (array elements, 0-based;
+//!   `[-1]` is the last). A top-level field whose name is the whole text (`{log.level}` as
+//!   one flat key) wins over the path, so flat dotted keys keep working.
+//! - Filters after `|`, applied left to right to a string value:
+//!   `|arn[N]` is the N-th `/`-separated segment of an ARN's resource part (the text after
+//!   the fifth `:`; ARN format in the AWS IAM User Guide, "IAM ARNs"), negative from the end:
+//!   `{detail.clusterArn|arn[-1]}` is the cluster name (`cluster/NAME`),
+//!   `{detail.taskArn|arn[-1]}` the task id (`task/CLUSTER/ID`) and
+//!   `{resources[0]|arn[-2]}` the cluster of a service ARN (`service/CLUSTER/SERVICE`).
+//!   `|arn_region` and `|arn_account` are the ARN's fourth and fifth fields. A value that is
+//!   not an ARN, or a segment that does not exist, is missing.
+//! - Alternatives with `??`: `{detail.clusterArn|arn[-1] ?? resources[0]|arn[-2]}` renders
+//!   the first alternative that has a value (ECS Deployment State Change events carry no
+//!   `clusterArn`, only the service ARN). The last alternative may be a quoted literal,
+//!   `{detail.group ?? "none"}`, encoded like a value (it stands in for one, so it cannot
+//!   add path segments either).
+//!   `{tag}`, `{tag[N]}` and `{ecs_task_id}` may be alternatives too.
 //! - `%Y %m %d %H %M %S` from the record's time in UTC, `%%` for a literal `%`.
 //! - `${VAR}` / `${VAR:-default}`: the environment, read once at parse time.
 //! - `{{` and `}}` for literal braces.
 //!
-//! Values from record data (`{tag}`, `{tag[N]}`, `{ecs_task_id}`, `{FIELD}`) are written
+//! Values from record data (`{tag}`, `{tag[N]}`, `{ecs_task_id}`, `{FIELD}`, paths) are written
 //! through the destination's [`ValueEncoding`]; text from the config (literals, `${VAR}`,
 //! `{hostname}`) is written as it is, so a `/` the user wrote stays a path separator while a
 //! `/` inside a field value cannot create one. Every encoding is injective: two different
@@ -26,7 +45,7 @@
 
 use std::fmt::Write as _;
 
-use crate::event::{FieldRef, Record};
+use crate::event::Record;
 
 /// What a missing, empty or non-scalar value renders as.
 pub(crate) const MISSING: &str = "-";
@@ -151,8 +170,47 @@ enum Segment {
     Uuid,
     Index,
     EcsTaskId,
-    Field(String),
+    /// A record value: one or more alternatives (`a ?? b`), the first with a value wins.
+    Value(Vec<Alternative>),
     Time(TimeField),
+}
+
+/// One alternative of a `{...}` value: where the value comes from and its filters.
+#[derive(Clone, Debug, PartialEq)]
+enum Alternative {
+    /// A quoted literal (`"none"`): encoded like the value it stands in for.
+    Literal(String),
+    Source(Source, Vec<Filter>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Source {
+    Tag,
+    TagPart(usize),
+    EcsTaskId,
+    /// A field path; `raw` is the placeholder text, tried first as one top-level key.
+    Path {
+        raw: String,
+        steps: Vec<Step>,
+    },
+}
+
+/// One step of a field path.
+#[derive(Clone, Debug, PartialEq)]
+enum Step {
+    Key(String),
+    /// Array element; negative counts from the end.
+    Index(i64),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Filter {
+    /// `|arn[N]`: `/`-segment of the ARN's resource part; negative counts from the end.
+    Segment(i64),
+    /// `|arn_region`.
+    Region,
+    /// `|arn_account`.
+    Account,
 }
 
 /// Per-render values that are not derived from the record.
@@ -401,7 +459,7 @@ impl Template {
                     }
                 }
                 Segment::EcsTaskId => render_task_id(record, enc, out),
-                Segment::Field(name) => render_value(record.get(name.as_str()), enc, out),
+                Segment::Value(alts) => render_alternatives(record, alts, enc, out),
                 Segment::Time(f) => render_time(record.time_ns, *f, out),
             }
         }
@@ -430,35 +488,263 @@ fn parse_placeholder(name: &str) -> Result<Option<Segment>, String> {
         "index" => Segment::Index,
         "hostname" => return Ok(None),
         "ecs_task_id" => Segment::EcsTaskId,
+        _ if name.starts_with("tag[") && !name.contains(['|', '?']) => {
+            Segment::TagPart(parse_tag_part(name)?)
+        }
         _ => {
-            if let Some(rest) = name.strip_prefix("tag[") {
-                let n = rest
-                    .strip_suffix(']')
-                    .and_then(|d| d.parse::<usize>().ok())
-                    .ok_or_else(|| format!("`{{{name}}}`: expected {{tag[N]}} with N a number"))?;
-                Segment::TagPart(n)
-            } else if name.contains(['{', '%', '$']) {
+            if name.contains(['{', '%', '$']) {
                 return Err(format!("`{{{name}}}`: invalid field name"));
-            } else {
-                Segment::Field(name.to_string())
             }
+            let alts: Vec<&str> = name.split("??").map(str::trim).collect();
+            let mut parsed = Vec::with_capacity(alts.len());
+            for (i, alt) in alts.iter().enumerate() {
+                let last = i + 1 == alts.len();
+                parsed.push(parse_alternative(alt, last, name)?);
+            }
+            Segment::Value(parsed)
         }
     };
     Ok(Some(seg))
 }
 
-fn render_value(v: Option<FieldRef<'_>>, enc: ValueEncoding, out: &mut String) {
+fn parse_tag_part(name: &str) -> Result<usize, String> {
+    name.strip_prefix("tag[")
+        .and_then(|r| r.strip_suffix(']'))
+        .and_then(|d| d.parse::<usize>().ok())
+        .ok_or_else(|| format!("`{{{name}}}`: expected {{tag[N]}} with N a number"))
+}
+
+fn parse_alternative(alt: &str, last: bool, whole: &str) -> Result<Alternative, String> {
+    if alt.is_empty() {
+        return Err(format!("`{{{whole}}}`: empty alternative around `??`"));
+    }
+    if let Some(q) = alt.strip_prefix('"') {
+        let text = q
+            .strip_suffix('"')
+            .filter(|t| !t.contains('"'))
+            .ok_or_else(|| format!("`{{{whole}}}`: unterminated quoted literal {alt}"))?;
+        if !last {
+            return Err(format!(
+                "`{{{whole}}}`: a quoted literal can only be the last alternative"
+            ));
+        }
+        return Ok(Alternative::Literal(text.to_string()));
+    }
+    // Filters follow the first `|`; a field name itself cannot contain one.
+    let mut parts = alt.split('|').map(str::trim);
+    let source = parts.next().unwrap_or("");
+    let source = match source {
+        "tag" => Source::Tag,
+        "ecs_task_id" => Source::EcsTaskId,
+        s if s.starts_with("tag[") => Source::TagPart(parse_tag_part(s)?),
+        s => Source::Path {
+            raw: s.to_string(),
+            steps: parse_path(s).map_err(|m| format!("`{{{whole}}}`: {m}"))?,
+        },
+    };
+    let filters = parts
+        .map(|f| parse_filter(f).map_err(|m| format!("`{{{whole}}}`: {m}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Alternative::Source(source, filters))
+}
+
+/// `a.b[0].c[-1]` into steps.
+fn parse_path(path: &str) -> Result<Vec<Step>, String> {
+    if path.is_empty() {
+        return Err("empty field name".into());
+    }
+    let mut steps = Vec::new();
+    for part in path.split('.') {
+        let (key, mut rest) = match part.find('[') {
+            Some(i) => (&part[..i], &part[i..]),
+            None => (part, ""),
+        };
+        if key.is_empty() && (steps.is_empty() || rest.is_empty()) {
+            return Err(format!("empty key in path `{path}`"));
+        }
+        if !key.is_empty() {
+            if key.contains(']') {
+                return Err(format!("unmatched `]` in path `{path}`"));
+            }
+            steps.push(Step::Key(key.to_string()));
+        }
+        while !rest.is_empty() {
+            let idx = rest
+                .strip_prefix('[')
+                .and_then(|r| r.split_once(']'))
+                .and_then(|(n, tail)| n.trim().parse::<i64>().ok().map(|n| (n, tail)));
+            let Some((n, tail)) = idx else {
+                return Err(format!(
+                    "path `{path}`: expected `[N]` with N a whole number (negative counts from the end)"
+                ));
+            };
+            steps.push(Step::Index(n));
+            rest = tail;
+        }
+    }
+    Ok(steps)
+}
+
+fn parse_filter(f: &str) -> Result<Filter, String> {
+    match f {
+        "arn_region" => Ok(Filter::Region),
+        "arn_account" => Ok(Filter::Account),
+        _ => f
+            .strip_prefix("arn[")
+            .and_then(|r| r.strip_suffix(']'))
+            .and_then(|n| n.trim().parse::<i64>().ok())
+            .map(Filter::Segment)
+            .ok_or_else(|| {
+                format!("unknown filter `|{f}` (known: |arn[N], |arn_region, |arn_account)")
+            }),
+    }
+}
+
+/// The element `i` of a list of `len`, negative counting from the end.
+fn pick(len: usize, i: i64) -> Option<usize> {
+    let len = i64::try_from(len).ok()?;
+    let i = if i < 0 { len + i } else { i };
+    (0..len).contains(&i).then_some(i as usize)
+}
+
+/// The scalar text of `v` (strings as they are, numbers and booleans as JSON); `None` for
+/// null, objects and arrays.
+fn scalar_text(v: &serde_json::Value) -> Option<std::borrow::Cow<'_, str>> {
     use serde_json::Value;
-    // Strings (the usual key parts) are read in place; other values are decoded.
-    if let Some(s) = v.and_then(|v| v.as_str()) {
-        return enc.push(s, out);
+    match v {
+        Value::String(s) => Some(std::borrow::Cow::Borrowed(s.as_str())),
+        Value::Number(n) => Some(std::borrow::Cow::Owned(n.to_string())),
+        Value::Bool(b) => Some(std::borrow::Cow::Borrowed(if *b {
+            "true"
+        } else {
+            "false"
+        })),
+        _ => None,
     }
-    match v.map(|v| v.to_value()).as_deref() {
-        Some(Value::String(s)) => enc.push(s, out),
-        Some(Value::Number(n)) => enc.push(&n.to_string(), out),
-        Some(Value::Bool(b)) => enc.push(if *b { "true" } else { "false" }, out),
-        _ => out.push_str(MISSING),
+}
+
+/// Walks `steps` from the record's top level. Allocates only when the top-level field is
+/// packed msgpack (that field is decoded).
+fn lookup<'a>(
+    record: &'a Record,
+    steps: &[Step],
+) -> Option<std::borrow::Cow<'a, serde_json::Value>> {
+    use std::borrow::Cow;
+    fn walk<'v>(mut v: &'v serde_json::Value, steps: &[Step]) -> Option<&'v serde_json::Value> {
+        for s in steps {
+            v = match (s, v) {
+                (Step::Key(k), serde_json::Value::Object(m)) => m.get(k)?,
+                (Step::Index(i), serde_json::Value::Array(a)) => a.get(pick(a.len(), *i)?)?,
+                _ => return None,
+            };
+        }
+        Some(v)
     }
+    let (Step::Key(first), rest) = steps.split_first()? else {
+        return None;
+    };
+    match record.get(first)?.to_value() {
+        Cow::Borrowed(v) => walk(v, rest).map(Cow::Borrowed),
+        Cow::Owned(v) => walk(&v, rest).cloned().map(Cow::Owned),
+    }
+}
+
+fn apply_filter<'a>(value: &'a str, f: &Filter) -> Option<&'a str> {
+    // arn:partition:service:region:account-id:resource
+    let mut fields = value.splitn(6, ':');
+    if fields.next() != Some("arn") {
+        return None;
+    }
+    let (_partition, _service) = (fields.next()?, fields.next()?);
+    let (region, account, resource) = (fields.next()?, fields.next()?, fields.next()?);
+    match f {
+        Filter::Region => Some(region),
+        Filter::Account => Some(account),
+        Filter::Segment(i) => {
+            let segs: Vec<&str> = resource.split('/').collect();
+            segs.get(pick(segs.len(), *i)?).copied()
+        }
+    }
+    .filter(|s| !s.is_empty())
+}
+
+/// The `i`-th `/` segment (negative from the end) of the resource part of `arn`, as the
+/// `|arn[N]` filter takes it; `None` when `arn` is no ARN or has no such segment.
+pub(crate) fn arn_segment(arn: &str, i: i64) -> Option<&str> {
+    apply_filter(arn, &Filter::Segment(i))
+}
+
+/// The region field of `arn` (`|arn_region`).
+pub(crate) fn arn_region(arn: &str) -> Option<&str> {
+    apply_filter(arn, &Filter::Region)
+}
+
+/// The text of one alternative for `record`, `None` when it has no value.
+fn alternative_text<'a>(
+    record: &'a Record,
+    source: &Source,
+    filters: &[Filter],
+) -> Option<std::borrow::Cow<'a, str>> {
+    use std::borrow::Cow;
+    let text: Cow<'a, str> = match source {
+        Source::Tag => Cow::Borrowed(&*record.tag),
+        Source::TagPart(n) => Cow::Borrowed(record.tag.split(['.', '-']).nth(*n)?),
+        Source::EcsTaskId => match record.get("ecs_task_id").and_then(|v| v.as_str()) {
+            Some(s) => Cow::Borrowed(s),
+            None => Cow::Borrowed(
+                record
+                    .get("ecs_task_arn")?
+                    .as_str()?
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or(""),
+            ),
+        },
+        Source::Path { raw, steps } => {
+            // The whole text as one top-level key first (flat dotted keys), read in place
+            // when it is a string.
+            if let Some(v) = record.get(raw) {
+                match v.as_str() {
+                    Some(s) => Cow::Borrowed(s),
+                    None => Cow::Owned(scalar_text(&v.to_value())?.into_owned()),
+                }
+            } else if steps.len() > 1 {
+                match lookup(record, steps)? {
+                    Cow::Borrowed(v) => scalar_text(v)?,
+                    Cow::Owned(v) => Cow::Owned(scalar_text(&v)?.into_owned()),
+                }
+            } else {
+                return None;
+            }
+        }
+    };
+    let mut text = text;
+    for f in filters {
+        text = match text {
+            Cow::Borrowed(s) => Cow::Borrowed(apply_filter(s, f)?),
+            Cow::Owned(s) => Cow::Owned(apply_filter(&s, f)?.to_string()),
+        };
+    }
+    (!text.is_empty()).then_some(text)
+}
+
+fn render_alternatives(
+    record: &Record,
+    alts: &[Alternative],
+    enc: ValueEncoding,
+    out: &mut String,
+) {
+    for alt in alts {
+        match alt {
+            Alternative::Literal(l) => return enc.push(l, out),
+            Alternative::Source(source, filters) => {
+                if let Some(t) = alternative_text(record, source, filters) {
+                    return enc.push(&t, out);
+                }
+            }
+        }
+    }
+    out.push_str(MISSING);
 }
 
 fn render_task_id(record: &Record, enc: ValueEncoding, out: &mut String) {
@@ -766,5 +1052,167 @@ mod tests {
         let h = parse("{hostname}").unwrap();
         assert!(h.is_static());
         assert!(!h.render_to_string(&r, Dynamic::default()).is_empty());
+    }
+
+    /// The four ECS event types of EventBridge (shapes from the Amazon ECS Developer Guide,
+    /// "Amazon ECS events"), trimmed to the fields the templates read.
+    fn ecs_events() -> Vec<(&'static str, serde_json::Value)> {
+        vec![
+            (
+                "ECS Task State Change",
+                json!({"detail-type": "ECS Task State Change", "source": "aws.ecs",
+                  "region": "us-west-2",
+                  "resources": ["arn:aws:ecs:us-west-2:111122223333:task/prod/6f9a1e"],
+                  "detail": {"clusterArn": "arn:aws:ecs:us-west-2:111122223333:cluster/prod",
+                    "taskArn": "arn:aws:ecs:us-west-2:111122223333:task/prod/6f9a1e",
+                    "group": "service:web", "lastStatus": "STOPPED",
+                    "containers": [{"name": "app", "exitCode": 1}, {"name": "log_router", "exitCode": 0}]}}),
+            ),
+            (
+                "ECS Container Instance State Change",
+                json!({"detail-type": "ECS Container Instance State Change", "source": "aws.ecs",
+                  "resources": ["arn:aws:ecs:us-west-2:111122223333:container-instance/prod/c0ffee"],
+                  "detail": {"clusterArn": "arn:aws:ecs:us-west-2:111122223333:cluster/prod",
+                    "status": "ACTIVE"}}),
+            ),
+            (
+                "ECS Deployment State Change",
+                json!({"detail-type": "ECS Deployment State Change", "source": "aws.ecs",
+                  "resources": ["arn:aws:ecs:us-west-2:111122223333:service/prod/web"],
+                  "detail": {"eventType": "ERROR", "eventName": "SERVICE_DEPLOYMENT_FAILED",
+                    "deploymentId": "ecs-svc/123"}}),
+            ),
+            (
+                "ECS Service Action",
+                json!({"detail-type": "ECS Service Action", "source": "aws.ecs",
+                  "resources": ["arn:aws:ecs:us-west-2:111122223333:service/prod/web"],
+                  "detail": {"eventType": "WARN", "eventName": "SERVICE_TASK_PLACEMENT_FAILURE",
+                    "clusterArn": "arn:aws:ecs:us-west-2:111122223333:cluster/prod"}}),
+            ),
+        ]
+    }
+
+    /// Seed 002 sends every ECS event type to `/aws/events/ecs/containerinsights/<cluster>/
+    /// performance`; Deployment State Change events carry no `clusterArn`, so its cluster
+    /// comes from the service ARN in `resources`.
+    #[test]
+    fn seed_002_log_group_for_all_four_ecs_event_types() {
+        let t = parse(
+            "/aws/events/ecs/containerinsights/{detail.clusterArn|arn[-1] ?? resources[0]|arn[-2]}/performance",
+        )
+        .unwrap()
+        .with_encoding(ValueEncoding::LogGroup);
+        for (kind, event) in ecs_events() {
+            assert_eq!(
+                t.render_to_string(&rec("eventbridge", event), Dynamic::default()),
+                "/aws/events/ecs/containerinsights/prod/performance",
+                "{kind}"
+            );
+        }
+        // Without the fallback the deployment event has no cluster: a visible `-`.
+        let only = parse("{detail.clusterArn|arn[-1]}").unwrap();
+        let (_, deployment) = ecs_events().swap_remove(2);
+        assert_eq!(
+            only.render_to_string(&rec("t", deployment), Dynamic::default()),
+            "-"
+        );
+    }
+
+    #[test]
+    fn paths_array_elements_and_arn_segments() {
+        let (_, task) = ecs_events().swap_remove(0);
+        let r = rec("t", task);
+        let render = |t: &str| parse(t).unwrap().render_to_string(&r, Dynamic::default());
+        assert_eq!(render("{detail.group}"), "service:web");
+        assert_eq!(
+            render("{resources[0]}"),
+            "arn:aws:ecs:us-west-2:111122223333:task/prod/6f9a1e"
+        );
+        assert_eq!(render("{detail.containers[0].exitCode}"), "1");
+        assert_eq!(render("{detail.containers[-1].name}"), "log_router");
+        assert_eq!(render("{detail.containers[2].name}"), "-");
+        assert_eq!(render("{detail.containers[-3].name}"), "-");
+        assert_eq!(render("{detail.containers}"), "-", "arrays are not scalars");
+        assert_eq!(render("{detail.nope.deeper}"), "-");
+        assert_eq!(render("{detail.group[0]}"), "-", "a string is no array");
+        assert_eq!(render("{detail.clusterArn|arn[-1]}"), "prod");
+        assert_eq!(render("{detail.taskArn|arn[-1]}"), "6f9a1e");
+        assert_eq!(render("{detail.taskArn|arn[1]}"), "prod");
+        assert_eq!(render("{detail.taskArn|arn[0]}"), "task");
+        assert_eq!(render("{detail.taskArn|arn[5]}"), "-");
+        assert_eq!(
+            render("{detail.taskArn|arn_region}/{detail.taskArn|arn_account}"),
+            "us-west-2/111122223333"
+        );
+        // A value that is no ARN has no segments; a filter on a number neither.
+        assert_eq!(render("{detail.group|arn[-1]}"), "-");
+        assert_eq!(render("{detail.containers[0].exitCode|arn[0]}"), "-");
+        // Alternatives: the first with a value; tag and literals as alternatives.
+        assert_eq!(render("{detail.stopCode ?? detail.lastStatus}"), "STOPPED");
+        assert_eq!(render("{detail.stopCode ?? \"none\"}"), "none");
+        assert_eq!(render("{detail.stopCode??tag}"), "t");
+        assert_eq!(render("{nope ?? ecs_task_id}"), "-");
+        assert_eq!(render("{detail-type}"), "ECS Task State Change");
+    }
+
+    #[test]
+    fn flat_dotted_keys_win_over_paths_and_values_stay_encoded() {
+        let r = rec(
+            "t",
+            json!({"log.level": "warn", "log": {"level": "info"}, "a": {"b": "x/y"},
+                   "arn": "arn:aws:ecs:r:1:service/c%1/s"}),
+        );
+        let render = |t: &str, e| {
+            parse(t)
+                .unwrap()
+                .with_encoding(e)
+                .render_to_string(&r, Dynamic::default())
+        };
+        assert_eq!(render("{log.level}", ValueEncoding::Verbatim), "warn");
+        assert_eq!(render("k/{a.b}/x", ValueEncoding::S3Key), "k/x%2Fy/x");
+        assert_eq!(render("/g/{a.b}", ValueEncoding::LogGroup), "/g/x#2Fy");
+        assert_eq!(render("{arn|arn[-2]}", ValueEncoding::S3Key), "c%251");
+        // A quoted literal stands in for a value: encoded like one.
+        assert_eq!(
+            render("k/{nope ?? \"a/b\"}", ValueEncoding::S3Key),
+            "k/a%2Fb"
+        );
+    }
+
+    #[test]
+    fn paths_reach_into_packed_records() {
+        let mut b = Vec::new();
+        crate::input::forward::client::encode_json_record(
+            &mut b,
+            json!({"detail": {"containers": [{"exitCode": 137}]}, "log": "x"})
+                .as_object()
+                .unwrap(),
+        );
+        let r = Record::from_packed("t", 0, bytes::Bytes::from(b)).unwrap();
+        assert!(r.packed().is_some());
+        let t = parse("{detail.containers[0].exitCode}/{log}").unwrap();
+        assert_eq!(t.render_to_string(&r, Dynamic::default()), "137/x");
+    }
+
+    #[test]
+    fn bad_paths_filters_and_alternatives_are_refused() {
+        for bad in [
+            "{a..b}",
+            "{a[x]}",
+            "{a[1}",
+            "{a]}",
+            "{.a}",
+            "{a|arn}",
+            "{a|upper}",
+            "{a ?? }",
+            "{?? a}",
+            "{\"x\" ?? a}",
+            "{a ?? \"x}",
+        ] {
+            let e = parse(bad).err().unwrap_or_else(|| panic!("{bad} parsed"));
+            assert_eq!(e.column, 1, "{bad}: {e}");
+        }
+        assert!(parse("{a|arn[-2]|arn_region}").is_ok());
+        assert!(parse("{[0]}").is_err());
     }
 }

@@ -14,6 +14,7 @@ pub mod cloudwatch_logs;
 pub(crate) mod config;
 pub mod firehose;
 pub mod s3;
+pub mod sns;
 
 use std::time::Duration;
 
@@ -243,6 +244,7 @@ pub(crate) mod offline {
     offline_client!(s3, aws_sdk_s3);
     offline_client!(firehose, aws_sdk_firehose);
     offline_client!(cloudwatch_logs, aws_sdk_cloudwatchlogs);
+    offline_client!(sns, aws_sdk_sns);
 }
 
 /// Ends a record cut to fit a per-record limit, so readers see it was cut.

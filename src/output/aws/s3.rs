@@ -338,6 +338,9 @@ fn key_hash(text: &str) -> String {
 /// Inserts `-{uuid}` before the extension of the key's last path part (or at its end).
 fn with_uuid(key: &str) -> String {
     let base_start = key.rfind('/').map_or(0, |i| i + 1);
+    // The extension starts after the last placeholder: a `.` inside one (`{detail.group}`)
+    // is part of a field path.
+    let base_start = base_start + key[base_start..].rfind('}').map_or(0, |i| i + 1);
     let base = &key[base_start..];
     match base.find('.') {
         Some(dot) if !base[dot..].contains(['{', '%', '$']) => {
@@ -1412,6 +1415,9 @@ mod tests {
         );
         assert_eq!(with_uuid("a/b"), "a/b-{uuid}");
         assert_eq!(with_uuid("a.d/%H.{tag}"), "a.d/%H.{tag}-{uuid}");
+        // A path placeholder's dot is no extension: the uuid goes after it, not into it.
+        assert_eq!(with_uuid("e/{detail.group}"), "e/{detail.group}-{uuid}");
+        assert_eq!(with_uuid("e/{a.b}.json"), "e/{a.b}-{uuid}.json");
 
         let s = sink(cfg("z/{uuid}", Compression::Zstd, 1 << 20));
         let mut b = s.new_batch(&String::new());
