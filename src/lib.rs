@@ -15,6 +15,7 @@ pub mod loadgen;
 pub mod output;
 pub(crate) mod pipeline;
 pub mod plan;
+pub(crate) mod process;
 pub mod route;
 pub(crate) mod serve;
 pub mod telemetry;

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use crate::config::{BufferKind, Config, OutputSpec};
 use crate::event::Record;
+use crate::process::Chain;
 use crate::route::Decision;
 use crate::topology::build_router;
 
@@ -14,13 +15,30 @@ pub fn plan(config: &Config) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "inputs:");
     for i in &config.inputs {
+        let procs = if i.processors.is_empty() {
+            String::new()
+        } else {
+            format!(" → processors {}", i.processors.join(" → "))
+        };
         let _ = writeln!(
             s,
-            "  {} ({}): {}",
+            "  {} ({}): {}{procs}",
             i.name,
             i.kind.type_name(),
             i.kind.describe()
         );
+    }
+    if !config.processors.is_empty() {
+        let _ = writeln!(s, "processors (applied in each input's order, per stream):");
+        for p in &config.processors {
+            let _ = writeln!(
+                s,
+                "  {} ({}): {}",
+                p.name,
+                p.kind.type_name(),
+                p.kind.describe()
+            );
+        }
     }
     let _ = writeln!(
         s,
@@ -142,32 +160,73 @@ pub fn dry_run(
     let mut d = Decision::default();
     let _ = writeln!(out, "tag: {tag:?}");
     for (i, name) in inputs {
-        router.decide(i, &record, &mut d);
-        if d.routes.is_empty() {
+        let spec = &config.inputs[i];
+        let records = processed(config, i, &record);
+        if !spec.processors.is_empty() {
+            if records.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "from input {name}: after processors {}: no record left (dropped by a processor)",
+                    spec.processors.join(" → ")
+                );
+                continue;
+            }
+            for r in &records {
+                let _ = writeln!(
+                    out,
+                    "from input {name}: after processors {}: {}",
+                    spec.processors.join(" → "),
+                    show(r)
+                );
+            }
+        }
+        for record in &records {
+            router.decide(i, record, &mut d);
+            if d.routes.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "from input {name}: no route matches (record would be counted as unrouted and dropped)"
+                );
+                continue;
+            }
+            let routes: Vec<&str> = d
+                .routes
+                .iter()
+                .map(|&r| router.routes()[r].name.as_str())
+                .collect();
+            let outputs: Vec<&str> = d
+                .outputs
+                .iter()
+                .map(|&o| config.outputs[o].name.as_str())
+                .collect();
             let _ = writeln!(
                 out,
-                "from input {name}: no route matches (record would be counted as unrouted and dropped)"
+                "from input {name}: routes {} → outputs {}",
+                routes.join(", "),
+                outputs.join(", ")
             );
-            continue;
         }
-        let routes: Vec<&str> = d
-            .routes
-            .iter()
-            .map(|&r| router.routes()[r].name.as_str())
-            .collect();
-        let outputs: Vec<&str> = d
-            .outputs
-            .iter()
-            .map(|&o| config.outputs[o].name.as_str())
-            .collect();
-        let _ = writeln!(
-            out,
-            "from input {name}: routes {} → outputs {}",
-            routes.join(", "),
-            outputs.join(", ")
-        );
     }
     Ok(out)
+}
+
+/// `record` after input `input`'s processors (itself when it has none): processed and
+/// flushed, as if it were the last record before a stop.
+fn processed(config: &Config, input: usize, record: &Record) -> Vec<Record> {
+    let specs = config.processors_of(&config.inputs[input]);
+    if specs.is_empty() {
+        return vec![record.clone()];
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut chain = Chain::build(&specs, &config.inputs[input].name, true, &stop);
+    // Processors in a dry run neither spawn nor wait on the network: no runtime needed.
+    futures::executor::block_on(crate::process::dry_run(&mut chain, vec![record.clone()]))
+}
+
+/// A record as `route` shows it after processing: tag and JSON body.
+fn show(r: &Record) -> String {
+    let body = serde_json::Value::Object(r.fields().into_owned());
+    format!("tag {:?} {body}", &*r.tag)
 }
 
 /// `route`, second part: for each output the record reaches (from the inputs considered),
@@ -185,15 +244,18 @@ pub fn destinations(
     };
     let router = build_router(config);
     let mut decision = Decision::default();
-    let mut reached: Vec<usize> = Vec::new();
+    // Each output with the first record (after processing) that reaches it.
+    let mut reached: Vec<(usize, Record)> = Vec::new();
     for (i, spec) in config.inputs.iter().enumerate() {
         if input.is_some_and(|name| name != spec.name) {
             continue;
         }
-        router.decide(i, &record, &mut decision);
-        for &o in &decision.outputs {
-            if !reached.contains(&o) {
-                reached.push(o);
+        for r in processed(config, i, &record) {
+            router.decide(i, &r, &mut decision);
+            for &o in &decision.outputs {
+                if !reached.iter().any(|(x, _)| *x == o) {
+                    reached.push((o, r.clone()));
+                }
             }
         }
     }
@@ -203,7 +265,7 @@ pub fn destinations(
     let time = chrono::DateTime::from_timestamp_nanos(record.time_ns)
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let mut out = format!("destinations (record time {time}):\n");
-    for o in reached {
+    for (o, record) in reached {
         let spec = &config.outputs[o];
         let dest = spec.kind.destination(spec, &record);
         let _ = writeln!(out, "  {} ({}): {dest}", spec.name, spec.kind.type_name());

@@ -5,6 +5,7 @@
 //! 1. not ready; inputs keep reading open connections and accepting new ones for
 //!    `runtime.drain_inputs` (default half the grace), ending early once every client has
 //!    closed; then they close their connections after the last complete request;
+//!    processors hand on every record they hold (src/process);
 //! 2. buffers are closed and every output flushes its open batches at once (no waiting for
 //!    `max_age`), delivering with retries; dead-letter targets close after their sources;
 //! 3. at the deadline outputs give up: disk buffers keep the rest for the next start,
@@ -26,6 +27,7 @@ use crate::config::{Config, OutputSpec};
 use crate::output;
 use crate::output::core::{OutputShutdown, OutputSummary};
 use crate::pipeline::{OutputPort, Pipeline};
+use crate::process::{Chain, ProcessedInput};
 use crate::route::{Route, Router};
 
 /// Builds the router for `config` (index-resolved names).
@@ -131,8 +133,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let inputs_stop = crate::input::drain::InputShutdown::new();
     let mut input_tasks: Vec<JoinHandle<()>> = Vec::new();
+    // Inputs with processors: the chain sits between the input and the router.
+    let processors_stop = CancellationToken::new();
+    let mut processed: Vec<Arc<ProcessedInput>> = Vec::new();
+    let mut processor_timers: Vec<JoinHandle<()>> = Vec::new();
     for (i, spec) in config.inputs.iter().enumerate() {
-        let ingest = pipeline.port(i, &spec.name);
+        let mut ingest = pipeline.port(i, &spec.name);
+        let specs = config.processors_of(spec);
+        if !specs.is_empty() {
+            let chain = Chain::build(&specs, &spec.name, false, &processors_stop);
+            let p = ProcessedInput::new(&spec.name, chain, ingest);
+            processor_timers.extend(p.spawn_timer(processors_stop.clone()));
+            processed.push(p.clone());
+            ingest = p;
+        }
         let tasks = spec
             .kind
             .spawn(ingest, budget.clone(), inputs_stop.clone())
@@ -195,8 +209,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     );
     inputs_stop.stop();
+    // Processors hand on what they hold (a stack trace cut by the stop, an unfinished
+    // Docker line) before the outputs flush; batches of requests the inputs still finish
+    // are flushed as soon as they are processed.
+    for p in &processed {
+        p.drain().await;
+    }
     let input_budget = (grace.saturating_sub(started.elapsed()) / 4).min(Duration::from_secs(5));
     let _ = tokio::time::timeout(input_budget, futures::future::join_all(input_tasks)).await;
+    processors_stop.cancel();
+    for p in &processed {
+        p.drain().await;
+    }
+    let _ = futures::future::join_all(processor_timers).await;
 
     // 2. Outputs: flush now; close buffers so readers end once drained; dead-letter
     //    targets last, after every output that may still dead-letter into them.

@@ -27,6 +27,8 @@ use toml::de::{DeTable, DeValue};
 
 use crate::input::registry::{self as input_registry, InputConfig};
 use crate::output::registry::{self, OutputConfig};
+use crate::process::ProcessorSpec;
+use crate::process::registry as processor_registry;
 use crate::route::pattern::Pattern;
 use crate::route::tag::TagGlob;
 use crate::serve::ServerLimits;
@@ -48,8 +50,22 @@ pub struct Config {
     /// `[runtime]`: shutdown timing, data directory, memory budget, logging.
     pub runtime: RuntimeSettings,
     pub(crate) inputs: Vec<InputSpec>,
+    /// `[processors.NAME]`, in file order (inputs refer to them by name).
+    pub(crate) processors: Vec<ProcessorSpec>,
     pub(crate) routes: Vec<RouteSpec>,
     pub(crate) outputs: Vec<OutputSpec>,
+}
+
+impl Config {
+    /// The processors input `input` applies, in order (names that resolve; validation has
+    /// refused the others).
+    pub(crate) fn processors_of(&self, input: &InputSpec) -> Vec<&ProcessorSpec> {
+        input
+            .processors
+            .iter()
+            .filter_map(|n| self.processors.iter().find(|p| &p.name == n))
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -110,6 +126,9 @@ pub struct InputSpec {
     pub(crate) name: String,
     /// The keys of its type, read by that type ([`crate::input::registry`]).
     pub kind: Arc<dyn InputConfig>,
+    /// `processors = ["a", "b"]`: names of `[processors.NAME]` tables, applied in this
+    /// order to every record of this input before routing.
+    pub(crate) processors: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -276,7 +295,17 @@ pub fn parse(
     };
     let mut top = Table::new(root.get_ref(), root.span(), "", &recording);
     let config = read_config(&mut top, &mut d);
-    top.finish_expecting(&mut d, &["admin", "runtime", "inputs", "routes", "outputs"]);
+    top.finish_expecting(
+        &mut d,
+        &[
+            "admin",
+            "runtime",
+            "inputs",
+            "processors",
+            "routes",
+            "outputs",
+        ],
+    );
     let mut secrets = from_env.take();
     secrets.sort();
     secrets.dedup();
@@ -337,6 +366,9 @@ fn read_config(top: &mut Table<'_, '_>, d: &mut Diagnostics) -> Config {
     // Inputs and outputs that exist but failed to read: their own errors are reported, so
     // routes naming them must not add "unknown input/output" noise on top.
     let mut broken: Vec<String> = Vec::new();
+    let (processors, processor_spans, broken_processors) = read_processors(top, d);
+    // Each input's `processors` entries with their spans, for the cross-table checks.
+    let mut processor_refs: Vec<Vec<Spanned<String>>> = Vec::new();
     let mut inputs = Vec::new();
     // Every socket the inputs listen on, with the input's name and the `listen` span.
     let mut listens: Vec<(String, Listen, std::ops::Range<usize>)> = Vec::new();
@@ -344,7 +376,7 @@ fn read_config(top: &mut Table<'_, '_>, d: &mut Diagnostics) -> Config {
         for (name, mut it) in t.subtables(d) {
             check_name(d, &name, "input");
             match read_input(&name, &mut it, d) {
-                Some(kind) => {
+                Some((kind, procs)) => {
                     let span = it.value_span("listen");
                     for addr in kind.listens() {
                         listens.push((name.get_ref().clone(), addr, span.clone()));
@@ -352,7 +384,9 @@ fn read_config(top: &mut Table<'_, '_>, d: &mut Diagnostics) -> Config {
                     inputs.push(InputSpec {
                         name: name.get_ref().clone(),
                         kind,
+                        processors: procs.iter().map(|p| p.get_ref().clone()).collect(),
                     });
+                    processor_refs.push(procs);
                 }
                 None => broken.push(name.get_ref().clone()),
             }
@@ -411,6 +445,13 @@ fn read_config(top: &mut Table<'_, '_>, d: &mut Diagnostics) -> Config {
         }
     }
     check_listen_clashes(d, &admin, &listens);
+    check_processor_refs(
+        d,
+        &processors,
+        &processor_spans,
+        &broken_processors,
+        &processor_refs,
+    );
     cross_check(
         d,
         top,
@@ -425,8 +466,106 @@ fn read_config(top: &mut Table<'_, '_>, d: &mut Diagnostics) -> Config {
         admin,
         runtime,
         inputs,
+        processors,
         routes,
         outputs,
+    }
+}
+
+/// Reads `[processors.NAME]` tables through their types ([`crate::process::registry`]).
+/// Returns the processors, their name spans, and the names of those that failed to read
+/// (their own errors are reported; inputs listing them get no second error).
+fn read_processors(
+    top: &mut Table<'_, '_>,
+    d: &mut Diagnostics,
+) -> (Vec<ProcessorSpec>, Vec<std::ops::Range<usize>>, Vec<String>) {
+    let mut specs = Vec::new();
+    let mut spans = Vec::new();
+    let mut broken = Vec::new();
+    let Some(mut t) = top.opt_table(d, "processors") else {
+        return (specs, spans, broken);
+    };
+    for (name, mut pt) in t.subtables(d) {
+        check_name(d, &name, "processor");
+        let Some(ty) = pt.string(d, "type") else {
+            broken.push(name.get_ref().clone());
+            continue;
+        };
+        let Some(processor_type) = processor_registry::find(&ty) else {
+            let known = processor_registry::names();
+            let hint = reader::closest(&ty, &known)
+                .map(|c| format!(" (did you mean {c:?}?)"))
+                .unwrap_or_default();
+            d.error(
+                pt.value_span("type"),
+                format!(
+                    "{}.type: unknown processor type {ty:?}{hint}; expected one of {known:?}",
+                    pt.path()
+                ),
+            );
+            broken.push(name.get_ref().clone());
+            continue;
+        };
+        let kind: Arc<dyn crate::process::ProcessorConfig> = processor_type.read(&mut pt, d).into();
+        let accepted: Vec<&str> = std::iter::once("type")
+            .chain(processor_type.keys().iter().copied())
+            .collect();
+        pt.finish_expecting(d, &accepted);
+        specs.push(ProcessorSpec {
+            name: name.get_ref().clone(),
+            kind,
+        });
+        spans.push(name.span());
+    }
+    t.finish(d);
+    (specs, spans, broken)
+}
+
+/// Every name in an input's `processors` must be a `[processors.NAME]` table; a processor
+/// no input lists is a warning (it would never run).
+fn check_processor_refs(
+    d: &mut Diagnostics,
+    processors: &[ProcessorSpec],
+    spans: &[std::ops::Range<usize>],
+    broken: &[String],
+    refs: &[Vec<Spanned<String>>],
+) {
+    let names: Vec<&str> = processors.iter().map(|p| p.name.as_str()).collect();
+    let mut used = vec![false; processors.len()];
+    for list in refs {
+        for (i, r) in list.iter().enumerate() {
+            let name = r.get_ref();
+            if list[..i].iter().any(|x| x.get_ref() == name) {
+                d.error(
+                    r.span(),
+                    format!("processor {name:?} is listed twice for the same input"),
+                );
+            }
+            match names.iter().position(|n| n == name) {
+                Some(j) => used[j] = true,
+                None if broken.contains(name) => {}
+                None => {
+                    let hint = reader::closest(name, &names)
+                        .map(|c| format!(" (did you mean {c:?}?)"))
+                        .unwrap_or_default();
+                    d.error(
+                        r.span(),
+                        format!("input refers to unknown processor {name:?}{hint}"),
+                    );
+                }
+            }
+        }
+    }
+    for (j, p) in processors.iter().enumerate() {
+        if !used[j] {
+            d.warn(
+                spans[j].clone(),
+                format!(
+                    "processor {:?} is not used: no input lists it in `processors`",
+                    p.name
+                ),
+            );
+        }
     }
 }
 
@@ -603,12 +742,17 @@ fn read_runtime(top: &mut Table<'_, '_>, d: &mut Diagnostics) -> RuntimeSettings
     rt
 }
 
+/// An input's type keys and its `processors` entries (with spans).
+type InputRead = (Arc<dyn InputConfig>, Vec<Spanned<String>>);
+
 /// Reads `[inputs.NAME]` through its type's [`InputType::read`](crate::input::registry::InputType::read).
 fn read_input(
     name: &Spanned<String>,
     t: &mut Table<'_, '_>,
     d: &mut Diagnostics,
-) -> Option<Arc<dyn InputConfig>> {
+) -> Option<InputRead> {
+    // Every input type takes `processors` (src/process), read here.
+    let processors = t.opt_string_list(d, "processors").unwrap_or_default();
     let ty = t.string(d, "type")?;
     let Some(input_type) = input_registry::find(&ty) else {
         let path = t.path();
@@ -625,11 +769,12 @@ fn read_input(
         return None;
     };
     let kind: Arc<dyn InputConfig> = input_type.read(name.get_ref(), t, d).into();
-    let accepted: Vec<&str> = std::iter::once("type")
+    let accepted: Vec<&str> = ["type", "processors"]
+        .into_iter()
         .chain(input_type.keys().iter().copied())
         .collect();
     t.finish_expecting(d, &accepted);
-    Some(kind)
+    Some((kind, processors))
 }
 
 /// Output names a route refers to, with spans, for the cross-table checks.
@@ -653,46 +798,7 @@ fn read_route(
             Err(e) => d.error(g.span(), format!("{}.tag: {e}", t.path())),
         }
     }
-    let mut pattern = None;
-    if let Some(v) = t.get("pattern") {
-        let json = match v.get_ref() {
-            DeValue::String(s) => {
-                // JSON text as pasted from EventBridge or Terraform `jsonencode`.
-                Some(PatternText::Text(s.to_string()))
-            }
-            DeValue::Table(_) => match reader::to_json(v.get_ref()) {
-                Ok(j) => Some(PatternText::Value(j)),
-                Err(e) => {
-                    d.error(v.span(), format!("{}.pattern: {e}", t.path()));
-                    None
-                }
-            },
-            other => {
-                d.error(
-                    v.span(),
-                    format!(
-                        "{}.pattern: expected a table or JSON text, found {}",
-                        t.path(),
-                        reader::type_name(other)
-                    ),
-                );
-                None
-            }
-        };
-        // "Any string may use ${VAR}" holds for patterns too (a cluster ARN, an account id):
-        // string values are expanded after parsing, so a value cannot break the JSON and
-        // keys such as `$or` are left alone.
-        let json = json.and_then(|p| match interpolate_pattern(p, t.env()) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                d.error(v.span(), format!("{}.pattern: {e}", t.path()));
-                None
-            }
-        });
-        if let Some(p) = json {
-            pattern = compile_pattern(p, v.span(), t.path(), d);
-        }
-    }
+    let mut pattern = read_pattern(t, d, "pattern");
     if let Some(file) = t.opt_string(d, "pattern_file") {
         let span = t.value_span("pattern_file");
         if pattern.is_some() {
@@ -703,7 +809,14 @@ fn read_route(
         }
         let path = resolve_path(&file);
         match std::fs::read_to_string(&path) {
-            Ok(text) => pattern = compile_pattern(PatternText::Text(text), span, t.path(), d),
+            Ok(text) => {
+                pattern = compile_pattern(
+                    PatternText::Text(text),
+                    span,
+                    &format!("{}.pattern", t.path()),
+                    d,
+                )
+            }
             Err(e) => d.error(
                 span,
                 format!(
@@ -756,6 +869,56 @@ fn read_route(
             catch_all,
         },
     ))
+}
+
+/// Reads `key` as an EventBridge event pattern: a TOML table, or the JSON text people have
+/// from EventBridge or Terraform; `${VAR}` expanded in its string values. Errors (located)
+/// go to `d`. Returns the compiled pattern and its compact JSON (for `check` and `route`).
+pub(crate) fn read_pattern(
+    t: &mut Table<'_, '_>,
+    d: &mut Diagnostics,
+    key: &str,
+) -> Option<(Pattern, String)> {
+    if let Some(v) = t.get(key) {
+        let json = match v.get_ref() {
+            DeValue::String(s) => {
+                // JSON text as pasted from EventBridge or Terraform `jsonencode`.
+                Some(PatternText::Text(s.to_string()))
+            }
+            DeValue::Table(_) => match reader::to_json(v.get_ref()) {
+                Ok(j) => Some(PatternText::Value(j)),
+                Err(e) => {
+                    d.error(v.span(), format!("{}.{key}: {e}", t.path()));
+                    None
+                }
+            },
+            other => {
+                d.error(
+                    v.span(),
+                    format!(
+                        "{}.{key}: expected a table or JSON text, found {}",
+                        t.path(),
+                        reader::type_name(other)
+                    ),
+                );
+                None
+            }
+        };
+        // "Any string may use ${VAR}" holds for patterns too (a cluster ARN, an account id):
+        // string values are expanded after parsing, so a value cannot break the JSON and
+        // keys such as `$or` are left alone.
+        let json = json.and_then(|p| match interpolate_pattern(p, t.env()) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                d.error(v.span(), format!("{}.{key}: {e}", t.path()));
+                None
+            }
+        });
+        if let Some(p) = json {
+            return compile_pattern(p, v.span(), &format!("{}.{key}", t.path()), d);
+        }
+    }
+    None
 }
 
 enum PatternText {
@@ -821,12 +984,12 @@ fn compile_pattern(
     match compiled {
         Ok(p) => {
             for w in crate::route::pattern::lint(&p) {
-                d.warn(span.clone(), format!("{path}.pattern: {w}"));
+                d.warn(span.clone(), format!("{path}: {w}"));
             }
             Some((p, json))
         }
         Err(e) => {
-            d.error(span, format!("{path}.pattern: invalid event pattern: {e}"));
+            d.error(span, format!("{path}: invalid event pattern: {e}"));
             None
         }
     }

@@ -5,6 +5,7 @@
 use super::parse;
 use crate::input::registry::{self as inputs, INPUTS};
 use crate::output::registry::{self as outputs, OUTPUTS};
+use crate::process::registry::{self as processors, PROCESSORS};
 
 const REFERENCE: &str = include_str!("../../config/reference.toml");
 
@@ -65,6 +66,10 @@ fn type_names_are_unique() {
     i.sort();
     i.dedup();
     assert_eq!(i.len(), INPUTS.len());
+    let mut p = processors::names();
+    p.sort();
+    p.dedup();
+    assert_eq!(p.len(), PROCESSORS.len());
 }
 
 #[test]
@@ -85,6 +90,16 @@ fn every_registered_type_is_documented_with_each_of_its_keys() {
             assert!(
                 mentions(&body, key),
                 "config/reference.toml: the {} input's table does not document `{key}`",
+                t.name()
+            );
+        }
+    }
+    for t in PROCESSORS {
+        let body = section_of("processors", t.name());
+        for key in t.keys() {
+            assert!(
+                mentions(&body, key),
+                "config/reference.toml: the {} processor's table does not document `{key}`",
                 t.name()
             );
         }
@@ -115,11 +130,25 @@ fn every_registered_type_checks_on_its_own_from_the_reference() {
     for t in INPUTS {
         let text = format!(
             "[inputs.i]\n{}\n[routes.r]\nto = [\"o\"]\n[outputs.o]\ntype = \"null\"\n",
+            // The processors it lists are tables of their own, checked below.
             section_of("inputs", t.name())
+                .lines()
+                .filter(|l| !l.starts_with("processors ="))
+                .collect::<Vec<_>>()
+                .join("\n")
         );
         let l = parse(&text, "t.toml", &env)
             .unwrap_or_else(|e| panic!("{} input from the reference: {e}", t.name()));
         assert_eq!(l.config.inputs[0].kind.type_name(), t.name());
+    }
+    for t in PROCESSORS {
+        let text = format!(
+            "[inputs.i]\ntype = \"forward\"\nprocessors = [\"p\"]\n[routes.r]\nto = [\"o\"]\n[outputs.o]\ntype = \"null\"\n[processors.p]\n{}",
+            section_of("processors", t.name())
+        );
+        let l = parse(&text, "t.toml", &env)
+            .unwrap_or_else(|e| panic!("{} processor from the reference: {e}", t.name()));
+        assert_eq!(l.config.processors[0].kind.type_name(), t.name());
     }
 }
 
