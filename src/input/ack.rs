@@ -85,7 +85,6 @@ impl AckToken {
     /// Another token of the same request, for records that go separate ways. The request
     /// is acknowledged only once both are released. Processors that hold records keep a
     /// share with them (src/process).
-    #[allow(dead_code)] // holding processors (partial, multiline: next commits)
     pub(crate) fn share(&self) -> AckToken {
         AckToken {
             group: self.group.clone(),

@@ -41,9 +41,12 @@
 //! [`registry::PROCESSORS`].
 
 pub(crate) mod fields;
+pub(crate) mod grep;
+pub(crate) mod multiline;
+pub(crate) mod parse_json;
+pub(crate) mod partial;
 pub(crate) mod registry;
-// Read by grep and rewrite_tag (next commits).
-#[allow(dead_code)]
+pub(crate) mod rewrite_tag;
 pub(crate) mod rule;
 
 use std::sync::Arc;
@@ -168,7 +171,6 @@ impl BuildContext {
 /// (tag + `container_id` + `source`, as Docker's fluentd log driver sends them; records
 /// without those fields share the stream of their tag).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-#[allow(dead_code)] // holding processors (partial, multiline: next commits)
 pub(crate) struct StreamKey {
     tag: Arc<str>,
     container_id: Option<Box<str>>,
@@ -177,7 +179,6 @@ pub(crate) struct StreamKey {
 
 impl StreamKey {
     /// The stream `record` belongs to.
-    #[allow(dead_code)] // holding processors (partial, multiline: next commits)
     pub(crate) fn of(record: &Record) -> StreamKey {
         let field = |k: &str| record.get(k).and_then(|v| v.as_str().map(Box::from));
         StreamKey {
@@ -395,4 +396,4 @@ pub(crate) async fn dry_run(chain: &mut Chain, records: Vec<Record>) -> Vec<Reco
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -12,7 +12,14 @@ use crate::config::reader::{Diagnostics, Table};
 
 /// Every processor type. The only list: config reading, "unknown type" messages and the
 /// docs test all go through it.
-pub(crate) static PROCESSORS: &[&dyn ProcessorType] = &[&super::fields::Fields];
+pub(crate) static PROCESSORS: &[&dyn ProcessorType] = &[
+    &super::fields::Fields,
+    &super::grep::Grep,
+    &super::multiline::Multiline,
+    &super::parse_json::ParseJson,
+    &super::partial::Partial,
+    &super::rewrite_tag::RewriteTag,
+];
 
 /// The registered type named `name` (the `type = "..."` value).
 pub(crate) fn find(name: &str) -> Option<&'static dyn ProcessorType> {

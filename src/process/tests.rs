@@ -311,7 +311,7 @@ type = "null"
             "t.toml:3:24: input refers to unknown processor \"shpe\" (did you mean \"shape\"?)",
             "t.toml:3:32: processor \"shape\" is listed twice for the same input",
             format!(
-                "t.toml:8:8: processors.other.type: unknown processor type \"multilne\"; expected one of {:?}",
+                "t.toml:8:8: processors.other.type: unknown processor type \"multilne\" (did you mean \"multiline\"?); expected one of {:?}",
                 registry::names()
             )
             .as_str(),
@@ -354,4 +354,44 @@ type = "null"
         .map(|p| p.name.as_str())
         .collect();
     assert_eq!(names, ["b", "a"]);
+}
+
+/// `[processors.p]` with `body`, listed by an input: the spec, or the config's errors.
+pub(crate) fn spec(body: &str) -> Result<ProcessorSpec, Vec<String>> {
+    let text = format!(
+        "[inputs.i]\ntype = \"forward\"\nprocessors = [\"p\"]\n[routes.r]\nto = [\"o\"]\n[outputs.o]\ntype = \"null\"\n[processors.p]\n{body}"
+    );
+    match crate::config::parse(&text, "t.toml", &env) {
+        Ok(l) => Ok(l
+            .config
+            .processors
+            .into_iter()
+            .next()
+            .expect("one processor")),
+        Err(e) => Err(e.errors),
+    }
+}
+
+/// A processor instance of `body` (see [`spec`]), for a test.
+pub(crate) fn build(body: &str) -> Box<dyn Processor> {
+    let spec = spec(body).unwrap_or_else(|e| panic!("{e:?}"));
+    spec.kind.build(&BuildContext {
+        name: "p".into(),
+        input: "i".into(),
+        dry_run: false,
+        shutdown: CancellationToken::new(),
+    })
+}
+
+/// A record tagged `tag` with the JSON object `body`.
+pub(crate) fn record(tag: &str, body: serde_json::Value) -> Record {
+    let serde_json::Value::Object(m) = body else {
+        panic!("a record body is an object")
+    };
+    Record::new(tag, 0, m)
+}
+
+/// A record's body as JSON.
+pub(crate) fn body(r: &Record) -> serde_json::Value {
+    serde_json::Value::Object(r.fields().into_owned())
 }
