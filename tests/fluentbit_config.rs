@@ -342,6 +342,29 @@ fn health_input_takes_the_legacy_check_and_logs_have_no_colour() {
     r.wait_metric("firelane_input_records_total", &["input=\"tcp\""], 1.0);
     // The metadata filter applies to it too (Match *), and it goes to null.
     r.wait_metric("firelane_output_records_total", &["output=\"null\""], 1.0);
+    // Fluent Bit's monitoring API on the same port (HTTP_Port).
+    let get = |path: &str| http_get(&format!("http://127.0.0.1:{admin}{path}")).expect("GET");
+    let (code, body) = get("/api/v1/uptime");
+    assert_eq!(code, 200);
+    let v: Value = serde_json::from_str(&body).expect("uptime JSON");
+    assert!(v["uptime_sec"].as_u64().is_some(), "{body}");
+    assert!(
+        v["uptime_hr"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("Fluent Bit has been running:")),
+        "{body}"
+    );
+    assert_eq!(get("/api/v1/health"), (200, "ok\n".to_string()));
+    let (code, prom) = get("/api/v1/metrics/prometheus");
+    assert_eq!(code, 200);
+    assert!(
+        prom.contains("fluentbit_input_records_total{name=\"tcp\"} 1"),
+        "{prom}"
+    );
+    assert!(
+        prom.contains("fluentbit_output_proc_records_total{name=\"null\"} 1"),
+        "{prom}"
+    );
     let logs = r.stop();
     assert!(!logs.is_empty());
     assert!(

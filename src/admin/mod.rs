@@ -17,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::serve::{OnEvent, ServerLimits};
 
+mod fluentbit;
+
 /// Readiness: ready once every registered component has checked in, until shutdown starts.
 #[derive(Default)]
 pub(crate) struct Readiness {
@@ -101,8 +103,13 @@ pub(crate) async fn spawn(
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics_text))
+        // What FireLens health checks and dashboards made for Fluent Bit call.
+        .route("/api/v1/uptime", get(fluentbit::uptime))
+        .route("/api/v1/health", get(fluentbit::health))
+        .route("/api/v1/metrics/prometheus", get(fluentbit::prometheus))
         .with_state(state);
-    tracing::info!(%listen, "admin listening (/health /ready /metrics)");
+    fluentbit::start_clock();
+    tracing::info!(%listen, "admin listening (/health /ready /metrics /api/v1/...)");
     // Not counted as input errors (the admin port is no input); the cap logs when it bites.
     let on_event: OnEvent = Arc::new(|_| {});
     Ok(tokio::spawn(async move {
