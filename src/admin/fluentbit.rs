@@ -70,8 +70,11 @@ pub(crate) async fn prometheus(State(s): State<Arc<AdminState>>) -> impl IntoRes
     )
 }
 
+/// A label a series must carry to be counted.
+type Need = Option<(&'static str, &'static str)>;
+
 /// (Fluent Bit name, firelane name, label holding the plugin name, required label).
-const MAP: &[(&str, &str, &str, Option<(&str, &str)>)] = &[
+const MAP: &[(&str, &str, &str, Need)] = &[
     (
         "fluentbit_input_records_total",
         "firelane_input_records_total",

@@ -257,7 +257,7 @@ fn dur_text(d: Duration) -> String {
 /// A size as firelane writes it: binary units when exact.
 fn size_text(n: u64) -> String {
     for (unit, m) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-        if n >= m && n % m == 0 {
+        if n >= m && n.is_multiple_of(m) {
             return format!("{}{unit}", n / m);
         }
     }
@@ -1498,13 +1498,20 @@ fn record_modifier(
     vec![t]
 }
 
+/// One `modify` rule: (stage in the fields processor's order, its key there, the
+/// record key, the value or new name, where it was written).
+type ModifyOp = (usize, &'static str, String, Option<String>, Origin);
+
+/// `key = value` pairs of one fields operation and the line of the last.
+type PairsAt = (Vec<(String, String)>, Origin);
+
 /// `modify` rules in order. The fields processor applies copy, rename, add,
 /// add_if_missing, remove in that fixed order, so consecutive rules share a processor
 /// only while they follow that order; otherwise a new one starts.
 fn modify(name: &str, sec: &mut Sec<'_>, env: &super::Env<'_>, p: &mut Problems) -> Vec<TomlTable> {
     let at = sec.s.origin.clone();
     // (stage, op key, key, value, origin)
-    let mut ops: Vec<(usize, &str, String, Option<String>, Origin)> = Vec::new();
+    let mut ops: Vec<ModifyOp> = Vec::new();
     for (i, e) in sec.s.entries.iter().enumerate() {
         let (stage, op, two) = match e.lower.as_str() {
             "copy" | "hard_copy" => (0, "copy", true),
@@ -1529,9 +1536,8 @@ fn modify(name: &str, sec: &mut Sec<'_>, env: &super::Env<'_>, p: &mut Problems)
                 None => p.error(&e.origin, format!("{} expects KEY VALUE", e.key)),
             }
         } else {
-            match env.value(e, p) {
-                Some(v) => ops.push((stage, op, v.trim().to_string(), None, e.origin.clone())),
-                None => {}
+            if let Some(v) = env.value(e, p) {
+                ops.push((stage, op, v.trim().to_string(), None, e.origin.clone()));
             }
         }
     }
@@ -1547,7 +1553,7 @@ fn modify(name: &str, sec: &mut Sec<'_>, env: &super::Env<'_>, p: &mut Problems)
         }
     }
     let mut out = Vec::new();
-    let mut groups: Vec<Vec<(usize, &str, String, Option<String>, Origin)>> = Vec::new();
+    let mut groups: Vec<Vec<ModifyOp>> = Vec::new();
     for op in ops {
         match groups.last_mut() {
             Some(g) if g.last().is_some_and(|l| l.0 <= op.0) => g.push(op),
@@ -1563,7 +1569,7 @@ fn modify(name: &str, sec: &mut Sec<'_>, env: &super::Env<'_>, p: &mut Problems)
         let mut t = TomlTable::new(format!("processors.{pname}"), &at);
         t.comment = Some(format!("{at} [FILTER] modify"));
         t.set("type", q("fields"), &at);
-        let mut maps: BTreeMap<&str, (Vec<(String, String)>, Origin)> = BTreeMap::new();
+        let mut maps: BTreeMap<&str, PairsAt> = BTreeMap::new();
         let mut remove = Vec::new();
         let mut remove_at = at.clone();
         for (_, op, key, value, origin) in g {
