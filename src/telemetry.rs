@@ -132,6 +132,16 @@ const METRICS: &[(&str, MetricKind, &str)] = &[
         "Records no route took; they are dropped.",
     ),
     (
+        "firelane_processor_records_total",
+        MetricKind::Counter,
+        "Records a processor handled, per processor and result (grep: kept, dropped; parse_json: parsed, not_json, missing; rewrite_tag: rewritten, unchanged; partial and multiline: passed, piece, joined, merged, and the reasons an incomplete line or event was emitted: timeout, max_size, max_lines, interrupted, shutdown; fields: processed).",
+    ),
+    (
+        "firelane_processor_unbuffered_records_total",
+        MetricKind::Counter,
+        "Records an input's processors emitted that no output buffer took (refused as too large, or buffers closed); their clients get no acknowledgement. Per input.",
+    ),
+    (
         "firelane_output_received_records_total",
         MetricKind::Counter,
         "Records routed to an output and accepted into its buffer, per output.",

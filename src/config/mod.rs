@@ -452,6 +452,7 @@ fn read_config(top: &mut Table<'_, '_>, d: &mut Diagnostics) -> Config {
         &broken_processors,
         &processor_refs,
     );
+    check_http_holds(d, &inputs, &processors, &processor_refs);
     cross_check(
         d,
         top,
@@ -519,6 +520,43 @@ fn read_processors(
     }
     t.finish(d);
     (specs, spans, broken)
+}
+
+/// An HTTP request is answered 2xx only once its records are buffered, so a processor
+/// holding records (multiline, partial) makes it wait up to that processor's timeout; at or
+/// beyond the input's `accept_timeout` the client gets 503 and retries records that are
+/// then delivered twice.
+fn check_http_holds(
+    d: &mut Diagnostics,
+    inputs: &[InputSpec],
+    processors: &[ProcessorSpec],
+    refs: &[Vec<Spanned<String>>],
+) {
+    for (input, list) in inputs.iter().zip(refs) {
+        let Some(http) = input
+            .kind
+            .as_any()
+            .downcast_ref::<crate::input::http::HttpInputConfig>()
+        else {
+            continue;
+        };
+        for r in list {
+            let Some(p) = processors.iter().find(|p| &p.name == r.get_ref()) else {
+                continue;
+            };
+            if let Some(hold) = p.kind.holds_for()
+                && hold >= http.accept_timeout
+            {
+                d.warn(
+                    r.span(),
+                    format!(
+                        "processor {:?} may hold a record for {hold:?}, not less than input {:?}'s accept_timeout ({:?}): requests would get 503 and their retries be delivered twice; lower its timeout or raise accept_timeout",
+                        p.name, input.name, http.accept_timeout
+                    ),
+                );
+            }
+        }
+    }
 }
 
 /// Every name in an input's `processors` must be a `[processors.NAME]` table; a processor

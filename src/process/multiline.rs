@@ -288,9 +288,14 @@ impl ProcessorConfig for MultilineConfig {
         )
     }
 
+    fn holds_for(&self) -> Option<Duration> {
+        Some(self.flush_timeout)
+    }
+
     fn build(&self, ctx: &BuildContext) -> Box<dyn Processor> {
         Box::new(MultilineProcessor {
             config: self.clone(),
+            batches: 0,
             open: HashMap::new(),
             passed: ctx.counter("passed"),
             joined: ctx.counter("joined"),
@@ -315,10 +320,14 @@ struct Event {
     state: State,
     touched: Instant,
     acks: Vec<AckToken>,
+    /// The batch (`MultilineProcessor::batches`) whose tokens `acks` last took shares of.
+    shared_in: u64,
 }
 
 struct MultilineProcessor {
     config: MultilineConfig,
+    /// Batches processed: tells whether an open event has shares of the current one.
+    batches: u64,
     open: HashMap<StreamKey, Event>,
     passed: Counter,
     joined: Counter,
@@ -365,7 +374,8 @@ impl Processor for MultilineProcessor {
         };
         let now = Instant::now();
         let mode = self.config.mode.clone();
-        let mut touched: Vec<StreamKey> = Vec::new();
+        self.batches += 1;
+        let batch_no = self.batches;
         for r in records {
             let key = StreamKey::of(&r);
             let line = r.get(&self.config.key).and_then(|v| v.as_str());
@@ -383,9 +393,9 @@ impl Processor for MultilineProcessor {
                 e.more.push(line.to_string());
                 e.state = state;
                 e.touched = now;
-                if !touched.contains(&key) {
+                if e.shared_in != batch_no {
                     e.acks.extend(out.acks.iter().map(AckToken::share));
-                    touched.push(key.clone());
+                    e.shared_in = batch_no;
                 }
                 if e.more.len() + 1 >= self.config.max_lines
                     && let Some(e) = self.open.remove(&key)
@@ -400,13 +410,8 @@ impl Processor for MultilineProcessor {
             }
             match mode.start(line) {
                 Some(state) => {
-                    // A share of this batch's tokens only once per stream and batch.
-                    let acks = if touched.contains(&key) {
-                        Vec::new()
-                    } else {
-                        touched.push(key.clone());
-                        out.acks.iter().map(AckToken::share).collect()
-                    };
+                    // Every held event has a share of the batch its lines came in.
+                    let acks = out.acks.iter().map(AckToken::share).collect();
                     self.open.insert(
                         key,
                         Event {
@@ -415,6 +420,7 @@ impl Processor for MultilineProcessor {
                             state,
                             touched: now,
                             acks,
+                            shared_in: batch_no,
                         },
                     );
                 }
@@ -631,6 +637,29 @@ exit status 2
             out.records[0].get("log").and_then(|v| v.as_str()),
             Some("S2\nx")
         );
+    }
+
+    /// The tester's case: in one request, an event ends and the next one starts; the new
+    /// event, still held, must keep the request unacknowledged (it took no share before).
+    #[tokio::test]
+    async fn an_event_started_after_one_ended_in_the_same_batch_holds_the_ack() {
+        let mut p = build("type = \"multiline\"\nmode = \"regex\"\nstart = '^S'\n");
+        let (token, mut wait) = crate::input::ack::ack_pair();
+        let out = p
+            .process(Batch::new(
+                vec![line("c", "S1"), line("c", "a"), line("c", "S2")],
+                token,
+            ))
+            .await;
+        assert_eq!(out.records.len(), 1);
+        for a in out.acks {
+            a.release();
+        }
+        assert_eq!(wait.try_outcome(), None, "S2 is held: no ack");
+        for a in p.flush_all().acks {
+            a.release();
+        }
+        assert_eq!(wait.try_outcome(), Some(Ok(())));
     }
 
     #[test]

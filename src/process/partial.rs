@@ -109,9 +109,14 @@ impl ProcessorConfig for PartialConfig {
         )
     }
 
+    fn holds_for(&self) -> Option<Duration> {
+        Some(self.timeout)
+    }
+
     fn build(&self, ctx: &BuildContext) -> Box<dyn Processor> {
         Box::new(PartialProcessor {
             config: self.clone(),
+            batches: 0,
             open: HashMap::new(),
             counters: Counters {
                 passed: ctx.counter("passed"),
@@ -176,12 +181,16 @@ struct Line {
     split: bool,
     /// When the latest piece came.
     touched: Instant,
-    /// Shares of the tokens of every batch that brought a piece.
+    /// Shares of the tokens of every batch that brought a piece still held.
     acks: Vec<AckToken>,
+    /// The batch (`PartialProcessor::batches`) whose tokens `acks` last took shares of.
+    shared_in: u64,
 }
 
 struct PartialProcessor {
     config: PartialConfig,
+    /// Batches processed: tells whether a held line has shares of the current one.
+    batches: u64,
     open: HashMap<StreamKey, Line>,
     counters: Counters,
 }
@@ -236,6 +245,8 @@ impl Line {
     fn emit(&mut self, reason: Option<Reason>, out: &mut Batch) {
         let pieces = std::mem::take(&mut self.pieces);
         self.bytes = 0;
+        // The shares leave with the record: pieces that follow take new ones.
+        self.shared_in = 0;
         if let Some(&highest) = pieces.keys().next_back() {
             self.next = highest + 1;
         }
@@ -296,8 +307,8 @@ impl Processor for PartialProcessor {
             acks,
         };
         let now = Instant::now();
-        // Shares of this batch's tokens, made once per line that takes a piece of it.
-        let mut touched: Vec<StreamKey> = Vec::new();
+        self.batches += 1;
+        let batch_no = self.batches;
         let mut passed = 0u64;
         let mut pieces = 0u64;
         for r in records {
@@ -336,10 +347,13 @@ impl Processor for PartialProcessor {
                 split: false,
                 touched: now,
                 acks: Vec::new(),
+                shared_in: 0,
             });
-            if !touched.contains(&key) {
+            // One share of this batch's tokens per held line (again after the line's
+            // earlier pieces left with their shares).
+            if line.shared_in != batch_no {
                 line.acks.extend(out.acks.iter().map(AckToken::share));
-                touched.push(key.clone());
+                line.shared_in = batch_no;
             }
             line.touched = now;
             line.bytes += text.len();
@@ -497,6 +511,31 @@ mod tests {
                 .iter()
                 .all(|r| r.get(FLUSH_MARK).and_then(|v| v.as_str()) == Some("max_size"))
         );
+    }
+
+    /// Pieces held after a `max_size` part left within the same request keep the request
+    /// unacknowledged (their share left with the part).
+    #[tokio::test]
+    async fn pieces_held_after_a_max_size_part_hold_the_ack() {
+        let mut p = build("type = \"partial\"\nmax_size = \"1KiB\"\n");
+        let chunk = "x".repeat(400);
+        let (token, mut wait) = ack_pair();
+        let batch = (1..=4)
+            .map(|n| piece("c1", "x", n, false, &chunk))
+            .collect();
+        let out = p.process(Batch::new(batch, token)).await;
+        assert_eq!(
+            logs(&out).iter().map(String::len).collect::<Vec<_>>(),
+            [1200]
+        );
+        for a in out.acks {
+            a.release();
+        }
+        assert_eq!(wait.try_outcome(), None, "piece 4 is held: no ack");
+        for a in p.flush_all().acks {
+            a.release();
+        }
+        assert_eq!(wait.try_outcome(), Some(Ok(())));
     }
 
     #[tokio::test]

@@ -56,6 +56,12 @@ pub(crate) trait ProcessorConfig: std::fmt::Debug + Send + Sync + 'static {
     /// What it does, in a few words, for `firelane check`'s plan.
     fn describe(&self) -> String;
 
+    /// How long it may hold a record (its `timeout` / `flush_timeout`); `None` for a
+    /// processor that never holds one. An HTTP request waits that long for its 2xx.
+    fn holds_for(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// A processor for one input. Called inside the tokio runtime (except for
     /// `ctx.dry_run`, where no task may be spawned): background tasks are spawned here and
     /// end with `ctx.shutdown`.

@@ -395,3 +395,35 @@ pub(crate) fn record(tag: &str, body: serde_json::Value) -> Record {
 pub(crate) fn body(r: &Record) -> serde_json::Value {
     serde_json::Value::Object(r.fields().into_owned())
 }
+
+/// A holding processor on an HTTP input whose timeout reaches `accept_timeout` is warned
+/// about at the list entry: requests would time out and be retried.
+#[test]
+fn http_inputs_warn_about_holds_past_accept_timeout() {
+    let text = |timeout: &str| {
+        format!(
+            r#"[inputs.web]
+type = "http"
+listen = "127.0.0.1:0"
+processors = ["trace"]
+[processors.trace]
+type = "multiline"
+mode = "java"
+flush_timeout = "{timeout}"
+[routes.r]
+to = ["o"]
+[outputs.o]
+type = "null"
+"#
+        )
+    };
+    let (e, w) = errors(&text("2s"));
+    assert!(e.is_empty(), "{e:?}");
+    assert!(
+        w.iter().any(|w| w.starts_with("t.toml:4:15: processor \"trace\" may hold a record for 2s, not less than input \"web\"'s accept_timeout (2s)")),
+        "{w:?}"
+    );
+    let (e, w) = errors(&text("1s"));
+    assert!(e.is_empty(), "{e:?}");
+    assert!(!w.iter().any(|w| w.contains("may hold")), "{w:?}");
+}
