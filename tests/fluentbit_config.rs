@@ -246,7 +246,9 @@ fn check_lists_every_unsupported_line_and_run_refuses() {
         format!("{f}:4: [FILTER] nest is not supported"),
         format!("{f}:8: [OUTPUT] kinesis_streams: firelane has no Kinesis Data Streams output"),
         format!("{f}:12: [OUTPUT] kinesis_firehose: delivery_stream is required"),
-        format!("{f}:15: [OUTPUT] kinesis_firehose: option deliver_stream_name is not supported"),
+        format!(
+            "{f}:15: [OUTPUT] kinesis_firehose: option deliver_stream_name (did you mean delivery_stream?) is not supported"
+        ),
     ] {
         assert!(err.contains(&needle), "no {needle:?} in:\n{err}");
     }

@@ -338,7 +338,10 @@ fn unsupported_plugins_and_options_are_listed_with_their_lines() {
             "[OUTPUT] kinesis_streams: firelane has no Kinesis Data Streams output",
         ),
         (18, "delivery_stream is required"),
-        (21, "option deliver_stream_name is not supported"),
+        (
+            21,
+            "option deliver_stream_name (did you mean delivery_stream?) is not supported",
+        ),
         (27, "s3_key_format"),
         (28, "static_file_path is not supported"),
     ] {
@@ -613,5 +616,37 @@ fn loader_errors_point_at_the_conf_line() {
             .any(|e| e.starts_with(&want) && e.contains("bucket")),
         "{:#?}",
         err.errors
+    );
+}
+
+#[test]
+fn environment_variables_survive_in_templates() {
+    let t = toml_of(
+        "[INPUT]
+    Name forward
+[FILTER]
+    Name record_modifier
+    Match *
+    Record cluster ${ECS_CLUSTER}
+    Record literal {braces}
+[OUTPUT]
+    Name cloudwatch_logs
+    Match *
+    log_group_name /ecs/${ECS_CLUSTER}
+    log_stream_name static
+    region us-east-1
+",
+    );
+    assert_eq!(
+        s(&t, "processors.record_modifier.add.cluster"),
+        "${ECS_CLUSTER}"
+    );
+    assert_eq!(
+        s(&t, "processors.record_modifier.add.literal"),
+        "{{braces}}"
+    );
+    assert_eq!(
+        s(&t, "outputs.cloudwatch_logs.log_group"),
+        "/ecs/${ECS_CLUSTER}"
     );
 }

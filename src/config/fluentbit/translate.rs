@@ -104,6 +104,8 @@ struct Sec<'a> {
     s: &'a Section,
     used: Vec<bool>,
     plugin: String,
+    /// Every key the translation asked for, for "did you mean" hints.
+    asked: Vec<&'static str>,
 }
 
 impl<'a> Sec<'a> {
@@ -116,13 +118,15 @@ impl<'a> Sec<'a> {
             s,
             used: vec![false; s.entries.len()],
             plugin,
+            asked: Vec::new(),
         };
         sec.take("name");
         sec
     }
 
     /// The first entry of `key`, marked as read (every repetition too).
-    fn take(&mut self, key: &str) -> Option<&'a Entry> {
+    fn take(&mut self, key: &'static str) -> Option<&'a Entry> {
+        self.asked.push(key);
         let mut first = None;
         for (i, e) in self.s.entries.iter().enumerate() {
             if e.lower == key {
@@ -136,7 +140,8 @@ impl<'a> Sec<'a> {
     }
 
     /// Every entry of `key`, marked as read.
-    fn take_all(&mut self, key: &str) -> Vec<&'a Entry> {
+    fn take_all(&mut self, key: &'static str) -> Vec<&'a Entry> {
+        self.asked.push(key);
         let mut out = Vec::new();
         for (i, e) in self.s.entries.iter().enumerate() {
             if e.lower == key {
@@ -149,7 +154,7 @@ impl<'a> Sec<'a> {
 
     /// Marks keys as read that firelane accepts and that need no translation (each with
     /// the reason documented in README "Coming from aws-for-fluent-bit").
-    fn accept(&mut self, keys: &[&str]) {
+    fn accept(&mut self, keys: &[&'static str]) {
         for key in keys {
             self.take(key);
         }
@@ -168,16 +173,39 @@ impl<'a> Sec<'a> {
     fn finish(&self, what: &str, p: &mut Problems) {
         for (i, e) in self.s.entries.iter().enumerate() {
             if !self.used[i] {
+                let hint = crate::config::reader::closest(&e.lower, &self.asked)
+                    .or_else(|| similar_prefix(&e.lower, &self.asked))
+                    .map(|c| format!(" (did you mean {c}?)"))
+                    .unwrap_or_default();
                 p.error(
                     &e.origin,
                     format!(
-                        "{what}: option {} is not supported by firelane; remove it, or see README \"Coming from aws-for-fluent-bit\" for what firelane offers instead",
+                        "{what}: option {}{hint} is not supported by firelane; remove it, or see README \"Coming from aws-for-fluent-bit\" for what firelane offers instead",
                         e.key
                     ),
                 );
             }
         }
     }
+}
+
+/// The asked key sharing the longest prefix (6 characters at least) with `key`: catches
+/// `deliver_stream_name` for `delivery_stream`, beyond an edit distance of 2.
+fn similar_prefix(key: &str, asked: &[&'static str]) -> Option<&'static str> {
+    asked
+        .iter()
+        .map(|a| {
+            (
+                a.chars()
+                    .zip(key.chars())
+                    .take_while(|(x, y)| x == y)
+                    .count(),
+                *a,
+            )
+        })
+        .filter(|(n, _)| *n >= 6)
+        .max_by_key(|(n, _)| *n)
+        .map(|(_, a)| a)
 }
 
 /// Fluent Bit booleans: on/off, true/false, yes/no, 1/0 (any case).
@@ -279,9 +307,26 @@ fn ident(s: &str) -> String {
     if out.is_empty() { "x".into() } else { out }
 }
 
-/// Escapes a literal for a firelane template: braces doubled.
+/// Escapes a literal for a firelane template: braces doubled, except those of `${VAR}`
+/// (expanded from the environment by the loader, in templates too).
 fn template_literal(s: &str) -> String {
-    s.replace('{', "{{").replace('}', "}}")
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("${") {
+        out.push_str(&rest[..i].replace('{', "{{").replace('}', "}}"));
+        match rest[i..].find('}') {
+            Some(end) => {
+                out.push_str(&rest[i..i + end + 1]);
+                rest = &rest[i + end + 1..];
+            }
+            None => {
+                out.push_str(&rest[i..].replace('{', "{{"));
+                rest = "";
+            }
+        }
+    }
+    out.push_str(&rest.replace('{', "{{").replace('}', "}}"));
+    out
 }
 
 /// A value passed on as a TOML string for the TOML loader, which expands `${VAR}` itself
