@@ -396,6 +396,7 @@ fn generated_configs_deliver_under_fluent_bit_names() {
     aws.create_bucket(&fh_bucket);
     let stream = aws.create_delivery_stream(&fh_bucket, "fh/");
     let group = format!("/ecs/{}", unique("fb"));
+    let app_group = unique("app");
     let dir = tempfile::tempdir().expect("tempdir");
     let (fwd, health, admin) = (free_port(), free_port(), free_port());
     let outputs = format!(
@@ -409,6 +410,16 @@ fn generated_configs_deliver_under_fluent_bit_names() {
     log_stream_prefix from-fluent-bit-
     region us-east-1
     retry_limit 2
+
+[OUTPUT]
+    Name cloudwatch
+    Match job-firelens*
+    auto_create_group true
+    endpoint {ep}
+    log_group_name /aws/ecs/containerinsights/$(ecs_cluster)/{app_group}
+    log_stream_name $(ecs_task_id)
+    log_key log
+    region us-east-1
 
 [OUTPUT]
     Name kinesis_firehose
@@ -436,10 +447,10 @@ fn generated_configs_deliver_under_fluent_bit_names() {
     let r = FbRouter::start(&conf, admin, &[("ECS_CLUSTER_NAME", "mycluster")]);
     let task = "3de392df6bfa470b97ed";
     let lines = ["INFO one", "DEBUG dropped by the user's grep", "ERROR two"];
-    for app in ["web", "api", "worker"] {
+    for app in ["web", "api", "worker", "job"] {
         send(fwd, &format!("{app}-firelens-{task}"), &lines);
     }
-    r.wait_metric("firelane_output_records_total", &["output=\"file\""], 6.0);
+    r.wait_metric("firelane_output_records_total", &["output=\"file\""], 8.0);
     let logs = r.stop();
 
     // CloudWatch Logs: the group as written, the stream prefix + tag (C plugin).
@@ -455,6 +466,16 @@ fn generated_configs_deliver_under_fluent_bit_names() {
     assert_eq!(msgs[0]["ecs_cluster"], "mycluster");
     assert_eq!(msgs[0]["ecs_task_definition"], "demo:7");
     assert!(msgs[0].get("_fluentbit_tag").is_none(), "{:?}", msgs[0]);
+
+    // CloudWatch Logs, Go plugin templates: $(ecs_cluster) and $(ecs_task_id) from the
+    // agent's metadata; log_key sends the line alone.
+    let events = aws.log_events(
+        &format!("/aws/ecs/containerinsights/mycluster/{app_group}"),
+        task,
+    );
+    let mut lines: Vec<&str> = events.iter().map(|(_, m)| m.as_str()).collect();
+    lines.sort();
+    assert_eq!(lines, ["ERROR two", "INFO one"], "{logs}");
 
     // S3: /<cluster>/$TAG[0]/%Y/%m/%d/$UUID.log without the leading "/".
     let objects = aws.objects(&bucket, "mycluster/worker/");
@@ -496,7 +517,7 @@ fn generated_configs_deliver_under_fluent_bit_names() {
     assert_eq!(all.matches("\"log\":\"ERROR two\"").count(), 1, "{all}");
     assert!(!all.contains("DEBUG"), "{all}");
 
-    // The user's second output got the six kept lines of all three containers.
+    // The user's second output got the eight kept lines of all four containers.
     let file = std::fs::read_to_string(dir.path().join("errors.jsonl")).expect("file output");
-    assert_eq!(file.lines().count(), 6, "{file}");
+    assert_eq!(file.lines().count(), 8, "{file}");
 }
