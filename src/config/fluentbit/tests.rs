@@ -423,6 +423,10 @@ fn cloudwatch_go_plugin_templates_and_service_keys() {
 [INPUT]
     Name forward
     storage.type filesystem
+[INPUT]
+    Name tcp
+    Port 5170
+    Buffer_Size 64
 [OUTPUT]
     Name cloudwatch
     Match *
@@ -452,6 +456,10 @@ fn cloudwatch_go_plugin_templates_and_service_keys() {
     assert_eq!(s(&t, "runtime.log_level"), "warn");
     assert_eq!(s(&t, "runtime.data_dir"), "/var/lib/buffers");
     assert_eq!(s(&t, "admin.listen"), "0.0.0.0:2021");
+    // Fluent Bit's tcp input: Buffer_Size in KB; tag "tcp.0" by default.
+    assert_eq!(s(&t, "inputs.tcp.max_line"), "64KiB");
+    assert_eq!(s(&t, "inputs.tcp.tag"), "tcp.0");
+    assert_eq!(s(&t, "inputs.tcp.listen"), "0.0.0.0:5170");
 }
 
 #[test]

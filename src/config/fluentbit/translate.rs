@@ -811,8 +811,16 @@ pub(crate) fn translate(sections: &[Section], env: &super::Env<'_>, p: &mut Prob
                         "[INPUT] tcp: Separator is not supported; lines end at \\n",
                     );
                 }
-                // Read sizes: firelane's tcp input takes lines up to its own max_line.
-                sec.accept(&["chunk_size", "buffer_size"]);
+                // Buffer_Size (else Chunk_Size), in KB: the longest message.
+                let chunk = sec.take("chunk_size");
+                if let Some(e) = sec.take("buffer_size").or(chunk)
+                    && let Some(v) = env.value(e, p)
+                {
+                    match v.trim().parse::<u64>() {
+                        Ok(kb) if kb > 0 => t.set("max_line", q(&size_text(kb * 1024)), &e.origin),
+                        _ => p.error(&e.origin, format!("{}: expected a size in KB", e.key)),
+                    }
+                }
             }
             other => {
                 p.error(

@@ -31,7 +31,7 @@ impl InputType for Tcp {
             listen: SocketAddr::from(([127, 0, 0, 1], 5170)),
             tag: name.to_owned(),
             format: TcpFormat::Json,
-            max_line: 1024 * 1024,
+            max_line: 32 * 1024,
             max_connections: 64,
         };
         if let Some(l) = t.opt_string(d, "listen") {
@@ -105,8 +105,9 @@ impl InputConfig for TcpConfig {
         budget: MemoryBudget,
         shutdown: InputShutdown,
     ) -> anyhow::Result<Vec<JoinHandle<()>>> {
-        let _ = budget;
-        Ok(vec![super::spawn(self.clone(), ingest, shutdown).await?])
+        Ok(vec![
+            super::spawn(self.clone(), ingest, budget, shutdown).await?,
+        ])
     }
 
     fn as_any(&self) -> &dyn std::any::Any {

@@ -6,8 +6,11 @@
 //!
 //! A line that is not a JSON object (or array of objects) is counted
 //! (`firelane_input_errors_total{kind="bad_json"}`) and skipped; a line longer than
-//! `max_line` is counted (`kind="too_large"`) and the connection closed. Nothing is
-//! acknowledged on this protocol, so a record is taken when the router's buffers take it.
+//! `max_line` (default 32 KiB, Fluent Bit's `Chunk_Size`) is counted (`kind="too_large"`)
+//! and the connection closed. Each line's bytes are reserved from the process memory
+//! budget until the buffers took its records (waiting for it is the back-pressure).
+//! Nothing is acknowledged on this protocol, so a record is taken when the router's
+//! buffers take it.
 
 pub(crate) mod config;
 
@@ -18,6 +21,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
+use crate::buffer::budget::MemoryBudget;
 use crate::event::{Fields, Record, now_ns};
 use crate::input::Ingest;
 use crate::input::drain::InputShutdown;
@@ -47,6 +51,7 @@ pub(crate) struct TcpConfig {
 async fn spawn(
     cfg: TcpConfig,
     ingest: Arc<dyn Ingest>,
+    budget: MemoryBudget,
     shutdown: InputShutdown,
 ) -> anyhow::Result<JoinHandle<()>> {
     let listener = TcpListener::bind(cfg.listen)
@@ -75,11 +80,12 @@ async fn spawn(
                 continue;
             };
             let (cfg, ingest, shutdown) = (cfg.clone(), ingest.clone(), shutdown.clone());
+            let budget = budget.clone();
             tokio::spawn(async move {
                 let _permit = permit;
                 let _client = shutdown.client();
                 tokio::select! {
-                    () = connection(&cfg, stream, &*ingest) => {}
+                    () = connection(&cfg, stream, &*ingest, &budget) => {}
                     () = shutdown.stopped() => {}
                 }
                 tracing::debug!(input = %cfg.name, %peer, "tcp connection closed");
@@ -93,7 +99,12 @@ fn error(input: &str, kind: &'static str) {
         .increment(1);
 }
 
-async fn connection(cfg: &TcpConfig, stream: TcpStream, ingest: &dyn Ingest) {
+async fn connection(
+    cfg: &TcpConfig,
+    stream: TcpStream,
+    ingest: &dyn Ingest,
+    budget: &MemoryBudget,
+) {
     let mut reader = BufReader::new(stream);
     let mut line = Vec::new();
     loop {
@@ -124,6 +135,11 @@ async fn connection(cfg: &TcpConfig, stream: TcpStream, ingest: &dyn Ingest) {
         };
         let n = records.len() as u64;
         let bytes = line.len() as u64;
+        // Records decoded from the line cost about twice its bytes until buffered.
+        let Ok(_held) = budget.acquire(line.len() * 2).await else {
+            error(&cfg.name, "too_large");
+            return;
+        };
         if let Err(e) = ingest.ingest(records).await {
             tracing::warn!(input = %cfg.name, "records refused: {e}");
             error(&cfg.name, "refused");
