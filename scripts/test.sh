@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs the system packages the build and the
 # test peers need when they are missing (Debian/Ubuntu: a C compiler for ring and zstd-sys,
-# python3-venv for the virtualenv), installs the test peers into .venv (moto, the local AWS
+# python3-venv for the virtualenv, chromium for the status page test), installs the test peers into .venv (moto, the local AWS
 # API server, and fluent-logger, a third-party forward client), starts moto on a free loopback
 # port, runs every cargo test against it (all test binaries, even after a failure), and stops
 # moto again.
@@ -27,9 +27,14 @@ if ! venv_ready; then
   fi
   rm -rf "$probe"
 fi
+# tests/status_page.rs renders the admin status page in a real headless browser: Debian's
+# `chromium` (or FIRELANE_TEST_CHROMIUM pointing at one).
+if [ -z "${FIRELANE_TEST_CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1; then
+  missing+=(chromium)
+fi
 if [ "${#missing[@]}" -gt 0 ]; then
   if ! command -v apt-get >/dev/null 2>&1; then
-    echo "error: missing ${missing[*]} (a C compiler / Python 3 with venv and ensurepip); install them with your package manager and rerun" >&2
+    echo "error: missing ${missing[*]} (a C compiler / Python 3 with venv and ensurepip / chromium); install them with your package manager and rerun" >&2
     exit 1
   fi
   if [ "$(id -u)" -ne 0 ]; then

@@ -161,7 +161,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         readiness: readiness.clone(),
         prometheus,
         outputs: health,
+        auth: Arc::new(config.admin.auth.clone()),
+        pipeline: admin::page::PipelineView::of(&config, |o| buffer_settings(&config, o).max_size),
     });
+    admin::ecs_state::model().set_limits(config.admin.ecs.clone());
     let admin_task = admin::spawn(
         config.admin.listen,
         config.admin.limits.clone(),

@@ -17,7 +17,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::serve::{OnEvent, ServerLimits};
 
+pub(crate) mod auth;
+pub(crate) mod ecs_state;
 mod fluentbit;
+pub(crate) mod page;
 
 /// Readiness: ready once every registered component has checked in, until shutdown starts.
 #[derive(Default)]
@@ -61,6 +64,10 @@ pub(crate) struct AdminState {
     pub readiness: Arc<Readiness>,
     pub prometheus: PrometheusHandle,
     pub outputs: Vec<Arc<dyn HealthReport>>,
+    /// `[admin] auth` (see `auth.rs`: health checks stay open).
+    pub auth: Arc<crate::input::http::HttpAuth>,
+    /// What the status page lists (`page.rs`).
+    pub pipeline: page::PipelineView,
 }
 
 /// Installs the global metrics recorder (once per process) and returns its handle.
@@ -75,6 +82,7 @@ pub(crate) fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         )?
         .install_recorder()?;
     crate::telemetry::describe_metrics();
+    ecs_state::describe_metrics();
     metrics::gauge!("firelane_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     Ok(handle)
 }
@@ -103,13 +111,20 @@ pub(crate) async fn spawn(
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics_text))
+        // Issue #12: cluster state from ECS events (ecs_state.rs).
+        .route("/api/ecs/state", get(ecs_state::serve))
+        .route("/", get(page::serve))
         // What FireLens health checks and dashboards made for Fluent Bit call.
         .route("/api/v1/uptime", get(fluentbit::uptime))
         .route("/api/v1/health", get(fluentbit::health))
         .route("/api/v1/metrics/prometheus", get(fluentbit::prometheus))
+        .layer(axum::middleware::from_fn_with_state(
+            state.auth.clone(),
+            auth::require,
+        ))
         .with_state(state);
     fluentbit::start_clock();
-    tracing::info!(%listen, "admin listening (/health /ready /metrics /api/v1/...)");
+    tracing::info!(%listen, "admin listening (/ /health /ready /metrics /api/ecs/state /api/v1/...)");
     // Not counted as input errors (the admin port is no input); the cap logs when it bites.
     let on_event: OnEvent = Arc::new(|_| {});
     Ok(tokio::spawn(async move {

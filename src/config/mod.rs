@@ -72,6 +72,11 @@ impl Config {
 /// `[admin]`: the health and metrics server.
 pub struct AdminSettings {
     pub(crate) listen: SocketAddr,
+    /// `auth`: credentials the admin port asks for (the HTTP input's shapes); `/health` and
+    /// `/ready` stay open for container health checks.
+    pub(crate) auth: crate::input::http::HttpAuth,
+    /// `[admin.ecs]`: caps of the cluster state built from ECS events.
+    pub(crate) ecs: crate::admin::ecs_state::EcsLimits,
     /// Connection cap and timeouts of the admin port, apart from the inputs' so a flood on
     /// an input never takes `/health` down.
     pub limits: ServerLimits,
@@ -366,7 +371,10 @@ fn read_config(top: &mut Table<'_, '_>, d: &mut Diagnostics) -> Config {
     // Inputs and outputs that exist but failed to read: their own errors are reported, so
     // routes naming them must not add "unknown input/output" noise on top.
     let mut broken: Vec<String> = Vec::new();
-    let (processors, processor_spans, broken_processors) = read_processors(top, d);
+    let (mut processors, processor_spans, broken_processors) = read_processors(top, d);
+    // Processors inputs imply (forward's `firelens = true`), added after the checks of the
+    // user's `processors` references.
+    let mut implied_processors: Vec<ProcessorSpec> = Vec::new();
     // Each input's `processors` entries with their spans, for the cross-table checks.
     let mut processor_refs: Vec<Vec<Spanned<String>>> = Vec::new();
     let mut inputs = Vec::new();
@@ -381,10 +389,17 @@ fn read_config(top: &mut Table<'_, '_>, d: &mut Diagnostics) -> Config {
                     for addr in kind.listens() {
                         listens.push((name.get_ref().clone(), addr, span.clone()));
                     }
+                    let implied = kind.implied_processors();
+                    let names = implied
+                        .iter()
+                        .map(|p| p.name.clone())
+                        .chain(procs.iter().map(|p| p.get_ref().clone()))
+                        .collect();
+                    implied_processors.extend(implied);
                     inputs.push(InputSpec {
                         name: name.get_ref().clone(),
                         kind,
-                        processors: procs.iter().map(|p| p.get_ref().clone()).collect(),
+                        processors: names,
                     });
                     processor_refs.push(procs);
                 }
@@ -453,6 +468,7 @@ fn read_config(top: &mut Table<'_, '_>, d: &mut Diagnostics) -> Config {
         &processor_refs,
     );
     check_http_holds(d, &inputs, &processors, &processor_refs);
+    processors.extend(implied_processors);
     cross_check(
         d,
         top,
@@ -631,6 +647,8 @@ fn read_admin(top: &mut Table<'_, '_>, d: &mut Diagnostics) -> AdminSettings {
         return AdminSettings {
             listen: default,
             limits,
+            auth: crate::input::http::HttpAuth::None,
+            ecs: crate::admin::ecs_state::EcsLimits::default(),
         };
     };
     let listen = t
@@ -647,6 +665,14 @@ fn read_admin(top: &mut Table<'_, '_>, d: &mut Diagnostics) -> AdminSettings {
         })
         .unwrap_or(default);
     read_server_limits(&mut t, d, &mut limits);
+    let auth = t
+        .opt_table(d, "auth")
+        .map(|mut a| crate::input::http::config::read_auth(&mut a, d))
+        .unwrap_or(crate::input::http::HttpAuth::None);
+    let ecs = t
+        .opt_table(d, "ecs")
+        .map(|mut e| read_ecs_limits(&mut e, d))
+        .unwrap_or_default();
     t.finish_expecting(
         d,
         &[
@@ -654,9 +680,49 @@ fn read_admin(top: &mut Table<'_, '_>, d: &mut Diagnostics) -> AdminSettings {
             "max_connections",
             "header_timeout",
             "idle_timeout",
+            "auth",
+            "ecs",
         ],
     );
-    AdminSettings { listen, limits }
+    AdminSettings {
+        listen,
+        limits,
+        auth,
+        ecs,
+    }
+}
+
+/// `[admin.ecs]`: `max_tasks`, `history`, `max_services` (each at least 1),
+/// `stopped_retention` (a duration).
+fn read_ecs_limits(
+    t: &mut Table<'_, '_>,
+    d: &mut Diagnostics,
+) -> crate::admin::ecs_state::EcsLimits {
+    let mut l = crate::admin::ecs_state::EcsLimits::default();
+    for (key, slot) in [
+        ("max_tasks", &mut l.max_tasks),
+        ("history", &mut l.history),
+        ("max_services", &mut l.max_services),
+    ] {
+        if let Some(n) = t.opt_u64(d, key) {
+            if n == 0 {
+                d.error(
+                    t.value_span(key),
+                    format!("{}.{key}: must be at least 1", t.path()),
+                );
+            } else {
+                *slot = usize::try_from(n).unwrap_or(usize::MAX);
+            }
+        }
+    }
+    if let Some(r) = t.opt_duration(d, "stopped_retention") {
+        l.stopped_retention = r;
+    }
+    t.finish_expecting(
+        d,
+        &["max_tasks", "history", "max_services", "stopped_retention"],
+    );
+    l
 }
 
 /// `max_connections`, `header_timeout` and `idle_timeout` of an HTTP listener.

@@ -720,8 +720,14 @@ async fn handle(
     if n == 0 {
         return accepted(0);
     }
+    // ECS events update the cluster state once taken (a refused request comes again).
+    let ecs = crate::admin::ecs_state::Observed::of(
+        matches!(s.cfg.format, BodyFormat::EventBridge | BodyFormat::Sns),
+        &records,
+    );
     let err = match tokio::time::timeout(s.cfg.accept_timeout, s.ingest.ingest(records)).await {
         Ok(Ok(())) => {
+            ecs.apply(|_| true);
             s.records.increment(n as u64);
             if let Some(d) = &s.dedupe {
                 d.remember(keys);
@@ -743,7 +749,8 @@ async fn handle(
     ingest_rejection(&err)
 }
 
-fn authorized(auth: &HttpAuth, headers: &HeaderMap) -> bool {
+/// Whether `headers` carry the credentials `auth` asks for (constant-time comparison).
+pub(crate) fn authorized(auth: &HttpAuth, headers: &HeaderMap) -> bool {
     let authz = || {
         headers
             .get(header::AUTHORIZATION)

@@ -73,6 +73,12 @@ pub trait InputConfig: std::fmt::Debug + Send + Sync + 'static {
         shutdown: InputShutdown,
     ) -> anyhow::Result<Vec<JoinHandle<()>>>;
 
+    /// Processors this input applies before those its `processors` key lists (forward's
+    /// `firelens = true`: `ecs_metadata`, then `partial`). Default: none.
+    fn implied_processors(&self) -> Vec<crate::process::ProcessorSpec> {
+        Vec::new()
+    }
+
     /// For tests and tools that look at one type's settings.
     fn as_any(&self) -> &dyn std::any::Any;
 }

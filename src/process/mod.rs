@@ -40,6 +40,7 @@
 //! Adding a processor type: a module with a [`registry::ProcessorType`] and one line in
 //! [`registry::PROCESSORS`].
 
+pub(crate) mod ecs_metadata;
 pub(crate) mod fields;
 pub(crate) mod grep;
 pub(crate) mod multiline;

@@ -19,6 +19,7 @@ pub(crate) static PROCESSORS: &[&dyn ProcessorType] = &[
     &super::parse_json::ParseJson,
     &super::partial::Partial,
     &super::rewrite_tag::RewriteTag,
+    &super::ecs_metadata::EcsMetadataType,
 ];
 
 /// The registered type named `name` (the `type = "..."` value).

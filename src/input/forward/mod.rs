@@ -73,6 +73,8 @@ pub(crate) struct ForwardConfig {
     /// are closed right after accept (`kind = "too_many_connections"`), so a flood cannot
     /// take the file descriptors `/health` and the outputs need. Default: 1024.
     pub max_connections: usize,
+    /// `firelens = true`: the FireLens defaults (see `config::FireLens`). Default: off.
+    pub firelens: Option<config::FireLens>,
 }
 
 impl Default for ForwardConfig {
@@ -87,6 +89,7 @@ impl Default for ForwardConfig {
             read_timeout: Some(Duration::from_secs(30)),
             idle_timeout: None,
             max_connections: 1024,
+            firelens: None,
         }
     }
 }

@@ -318,7 +318,8 @@ fn read_sns(a: &mut Table<'_, '_>, d: &mut Diagnostics) -> SnsConfig {
     cfg
 }
 
-fn read_auth(a: &mut Table<'_, '_>, d: &mut Diagnostics) -> HttpAuth {
+/// An `auth = { type = ... }` table: the HTTP input's, and `[admin] auth`.
+pub(crate) fn read_auth(a: &mut Table<'_, '_>, d: &mut Diagnostics) -> HttpAuth {
     // Errors reported before this table must not hide an empty secret here (every error
     // at once); only a secret that failed to read (and was reported) is not empty-checked.
     let errors_before = d.errors.len();

@@ -482,6 +482,10 @@ async fn ingest_all(
     let held = s.budget.acquire(held_bytes.saturating_mul(3)).await;
     let mut outcomes: Vec<Result<(), IngestError>> = vec![Ok(()); records.len()];
     let mut waits = Vec::with_capacity(records.len());
+    // ECS events update the cluster state once buffered (a refused message comes again).
+    // The sqs input is an event input whatever its format (a `json` queue may carry raw
+    // events too).
+    let ecs = crate::admin::ecs_state::Observed::of(true, &records);
     for (i, r) in records.into_iter().enumerate() {
         let (token, wait) = ack_pair();
         match s.ingest.ingest_acked(vec![r], token).await {
@@ -493,6 +497,7 @@ async fn ingest_all(
     for (i, wait) in waits {
         outcomes[i] = wait.await;
     }
+    ecs.apply(|i| outcomes[i].is_ok());
     for outcome in &outcomes {
         match outcome {
             Ok(()) => s.records.increment(1),
