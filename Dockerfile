@@ -16,8 +16,12 @@ COPY --from=build /src/target/release/firelane /usr/local/bin/firelane
 COPY config/firelens.toml /etc/firelane/firelane.toml
 # distroless has no shell to mkdir/chown: bring the data directory over owned by nonroot.
 COPY --from=build --chown=65532:65532 /out/var/lib/firelane /var/lib/firelane
-# Forward (TCP), HTTP events, admin (/health /ready /metrics).
-EXPOSE 24224 8080 2020
+# Forward (TCP) and the admin port (/health /ready /metrics /api/v1/...), as in
+# /etc/firelane/firelane.toml (config/firelens.toml). The FireLens unix socket needs no port.
+# A Fluent Bit config the ECS agent writes for firelensConfiguration type "fluentbit" is
+# bind-mounted at /fluent-bit/etc/fluent-bit.conf; `run` without -c reads it when present,
+# else /etc/firelane/firelane.toml.
+EXPOSE 24224 2020
 # Disk buffers. Mount a volume here (ECS: a bind mount or EFS) for durability across tasks.
 VOLUME ["/var/lib/firelane"]
 # The FireLens socket directory /var/run is bind-mounted by the ECS agent and chowned to

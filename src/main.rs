@@ -42,8 +42,14 @@ enum Command {
     },
     /// Validate a config and print the plan: inputs → routes → outputs.
     Check {
+        /// Config file: firelane TOML, or a Fluent Bit classic config (`*.conf`, or a file
+        /// starting with [SERVICE] / [INPUT] / @INCLUDE).
         #[arg(short, long)]
         config: Option<PathBuf>,
+        /// Print the firelane TOML equivalent to a Fluent Bit config (to migrate for good)
+        /// instead of the plan; the config is validated first.
+        #[arg(long)]
+        print_toml: bool,
     },
     /// Test an EventBridge event pattern against an event (like `aws events test-event-pattern`).
     TestPattern {
@@ -133,7 +139,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => run(config),
-        Command::Check { config } => check(config),
+        Command::Check { config, print_toml } => {
+            if print_toml {
+                print_toml_of(config)
+            } else {
+                check(config)
+            }
+        }
         Command::TestPattern {
             pattern,
             event,
@@ -178,6 +190,12 @@ fn load(explicit: Option<PathBuf>) -> Result<(String, Loaded), config::ConfigErr
             std::env::var_os("FIRELANE_CONFIG")
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from)
+        })
+        // The file the ECS agent writes for a FireLens router of type "fluentbit": it holds
+        // the app containers' outputs, so it wins over a config baked into the image.
+        .or_else(|| {
+            let p = PathBuf::from(config::fluentbit::FIRELENS_PATH);
+            p.exists().then_some(p)
         })
         .or_else(|| {
             let p = PathBuf::from(config::SYSTEM_PATH);
@@ -319,6 +337,52 @@ fn check(config: Option<PathBuf>) -> ExitCode {
                 for w in &loaded.warnings {
                     outln!("{}", redact(w));
                 }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            print_errors(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `check --print-toml`: the TOML translation of a Fluent Bit config, printed only when
+/// the config is valid (the TOML is then accepted by `check` as it stands).
+fn print_toml_of(config: Option<PathBuf>) -> ExitCode {
+    let Some(path) = config.or_else(|| {
+        let p = PathBuf::from(config::fluentbit::FIRELENS_PATH);
+        p.exists().then_some(p)
+    }) else {
+        eprintln!("check --print-toml: give the Fluent Bit config with -c");
+        return ExitCode::from(2);
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{}: cannot read config: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    if !config::fluentbit::is_classic(&path, &text) {
+        eprintln!(
+            "check --print-toml: {} is not a Fluent Bit classic config (it is firelane TOML already)",
+            path.display()
+        );
+        return ExitCode::from(2);
+    }
+    // Validate through the same path as `run` first: a TOML that `check` would refuse is
+    // never printed.
+    if let Err(e) = config::load_file(&path) {
+        print_errors(&e);
+        return ExitCode::FAILURE;
+    }
+    let env = |k: &str| std::env::var(k).ok();
+    match config::fluentbit::to_toml(&path, &text, &env) {
+        Ok((toml, warnings)) => {
+            out!("{toml}");
+            for w in warnings {
+                eprintln!("{w}");
             }
             ExitCode::SUCCESS
         }

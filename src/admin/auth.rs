@@ -17,8 +17,9 @@ use axum::response::{IntoResponse, Response};
 
 use crate::input::http::HttpAuth;
 
-/// Paths answered without credentials (health checks).
-pub(crate) const OPEN_PATHS: [&str; 3] = ["/health", "/ready", "/api/v1/health"];
+/// Paths answered without credentials (health checks; `/api/v1/uptime` is the FireLens
+/// examples' recommended one).
+pub(crate) const OPEN_PATHS: [&str; 4] = ["/health", "/ready", "/api/v1/health", "/api/v1/uptime"];
 
 /// Middleware: passes requests with valid credentials (or to an open path), answers 401
 /// to the others and counts them in `firelane_admin_unauthorized_total`.

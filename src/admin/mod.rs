@@ -19,6 +19,7 @@ use crate::serve::{OnEvent, ServerLimits};
 
 pub(crate) mod auth;
 pub(crate) mod ecs_state;
+mod fluentbit;
 pub(crate) mod page;
 
 /// Readiness: ready once every registered component has checked in, until shutdown starts.
@@ -113,12 +114,17 @@ pub(crate) async fn spawn(
         // Issue #12: cluster state from ECS events (ecs_state.rs).
         .route("/api/ecs/state", get(ecs_state::serve))
         .route("/", get(page::serve))
+        // What FireLens health checks and dashboards made for Fluent Bit call.
+        .route("/api/v1/uptime", get(fluentbit::uptime))
+        .route("/api/v1/health", get(fluentbit::health))
+        .route("/api/v1/metrics/prometheus", get(fluentbit::prometheus))
         .layer(axum::middleware::from_fn_with_state(
             state.auth.clone(),
             auth::require,
         ))
         .with_state(state);
-    tracing::info!(%listen, "admin listening (/ /health /ready /metrics /api/ecs/state)");
+    fluentbit::start_clock();
+    tracing::info!(%listen, "admin listening (/ /health /ready /metrics /api/ecs/state /api/v1/...)");
     // Not counted as input errors (the admin port is no input); the cap logs when it bites.
     let on_event: OnEvent = Arc::new(|_| {});
     Ok(tokio::spawn(async move {

@@ -11,6 +11,7 @@
 //! `check` refuses what `run` would.
 
 mod compression;
+pub mod fluentbit;
 pub(crate) mod reader;
 pub(crate) mod units;
 
@@ -336,6 +337,9 @@ pub fn load_file(path: &std::path::Path) -> Result<Loaded, ConfigErrors> {
     })?;
     let env = |k: &str| std::env::var(k).ok();
     let base = path.parent().map(PathBuf::from);
+    if fluentbit::is_classic(path, &text) {
+        return with_base_dir(base, || fluentbit::load(path, &text, &env));
+    }
     with_base_dir(base, || parse(&text, &path.display().to_string(), &env))
 }
 

@@ -11,6 +11,7 @@ pub(crate) mod json;
 pub(crate) mod registry;
 pub(crate) mod sns_envelope;
 pub(crate) mod sqs;
+pub(crate) mod tcp;
 
 /// Where an input hands its records. Bound to one input name; the router behind it
 /// fans records out to every matching output buffer.

@@ -22,6 +22,7 @@ pub(crate) static INPUTS: &[&dyn InputType] = &[
     &super::forward::config::Forward,
     &super::http::config::Http,
     &super::sqs::config::Sqs,
+    &super::tcp::config::Tcp,
 ];
 
 /// The registered type named `name` (the `type = "..."` value).
