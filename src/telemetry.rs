@@ -246,6 +246,21 @@ const METRICS: &[(&str, MetricKind, &str)] = &[
         MetricKind::Gauge,
         "ECS tasks known from events, per cluster, group and last status.",
     ),
+    (
+        "firelane_ecs_metadata_requests_total",
+        MetricKind::Counter,
+        "Task Metadata Endpoint /task requests of an ecs_metadata processor, by result (ok, error).",
+    ),
+    (
+        "firelane_ecs_metadata_missing_total",
+        MetricKind::Counter,
+        "Records an ecs_metadata processor passed on without task metadata (what=task) or without a container name (what=container).",
+    ),
+    (
+        "firelane_admin_unauthorized_total",
+        MetricKind::Counter,
+        "Admin port requests refused for missing or wrong credentials ([admin] auth).",
+    ),
 ];
 
 #[derive(Clone, Copy)]
