@@ -948,11 +948,15 @@ type = "null"
         "peak RSS {} MiB, {refused} answers 503 (retried)",
         peak >> 20
     );
-    // The margin as in the forward input's test: the idle debug binary takes about
-    // 22 MiB, hyper's read buffers (64 KiB per connection, outside the budget) up to
-    // 8 MiB here. Measured: 285 MiB before the fix, 81-86 MiB after.
+    // The idle debug binary takes about 25 MiB, hyper's read buffers (64 KiB per
+    // connection, outside the budget) up to 8 MiB here, and the allocator's arenas vary
+    // with how the threads are scheduled. Measured: 285 MiB before the fix, 81-86 MiB
+    // after on an idle machine, 93-99 MiB on the same 2-core machine under a parallel
+    // build (the same for the commit before the processors landed), so the bound is
+    // limit + 80 MiB: it still catches an uncounted request copy. The tighter target
+    // (limit + 24 MiB, release build) is measured by scripts/bench_vs_fluentbit.sh.
     assert!(
-        peak < (32 + 64) << 20,
+        peak < (32 + 80) << 20,
         "peak RSS {} MiB under memory_limit 32MiB",
         peak >> 20
     );
