@@ -147,6 +147,34 @@ impl Record {
         }
     }
 
+    /// Adds the string fields of `adds` that the record does not have yet (a key it has
+    /// keeps its value; of keys repeated within `adds` the first wins), at the end, in
+    /// order. A packed body stays packed: its msgpack is copied once with the entries
+    /// appended instead of being decoded to a tree, which is what FireLens metadata on
+    /// every record would otherwise cost. Returns how many fields were added.
+    pub(crate) fn append_str_fields(&mut self, adds: &[(&str, &str)]) -> usize {
+        let mut new: Vec<(&str, &str)> = Vec::with_capacity(adds.len());
+        for &(k, v) in adds {
+            if !self.contains_key(k) && !new.iter().any(|(n, _)| *n == k) {
+                new.push((k, v));
+            }
+        }
+        if new.is_empty() {
+            return 0;
+        }
+        if let Body::Packed(b) = &self.body
+            && let Some(map) = packed::append_str_entries(b, &new)
+        {
+            self.body = Body::Packed(Bytes::from(map));
+            return new.len();
+        }
+        let fields = self.fields_mut();
+        for (k, v) in &new {
+            fields.insert((*k).to_owned(), Value::String((*v).to_owned()));
+        }
+        new.len()
+    }
+
     /// The body for changing it in place: a packed body is decoded to a tree once; a tree
     /// shared with clones of this record is copied first (copy on write), so a change never
     /// shows in another output's copy.
@@ -309,6 +337,41 @@ mod tests {
         assert_eq!(b.keys(), ["log", "n", "added"]);
         assert_eq!(c.keys(), ["n", "added"]);
         assert_eq!(a.get("log").and_then(|v| v.as_str()), Some("line"));
+    }
+
+    /// Appending string fields keeps a packed body packed and plain, and gives the record
+    /// the tree path gives (same fields in the same order): also across the fixmap → map16
+    /// header boundary, with a key the record has (kept) and a key repeated in the adds
+    /// (first wins), and on a tree body.
+    #[test]
+    fn append_str_fields_keeps_packed_bodies_packed() {
+        for keys in [2usize, 14, 15, 16, 70_000] {
+            let mut m = serde_json::Map::new();
+            for i in 0..keys {
+                m.insert(format!("k{i}"), json!(i));
+            }
+            m.insert("log".into(), json!("line"));
+            let mut b = Vec::new();
+            crate::input::forward::client::encode_json_record(&mut b, &m);
+            let mut p = Record::from_packed("t", 5, Bytes::from(b)).expect("plain");
+            let mut t = Record::new("t", 5, m.clone());
+            let adds = [
+                ("ecs_cluster", "prod"),
+                ("log", "not this"),
+                ("ecs_task_id", "abc"),
+                ("ecs_cluster", "nor this"),
+            ];
+            assert_eq!(p.append_str_fields(&adds), 2, "{keys} keys");
+            assert_eq!(t.append_str_fields(&adds), 2);
+            let map = p.packed().expect("still packed").clone();
+            assert_eq!(packed::scan_map(&map, 0), Some(map.len()), "plain");
+            assert_eq!(p, t, "{keys} keys");
+            let order = |r: &Record| r.fields().keys().cloned().collect::<Vec<_>>();
+            assert_eq!(order(&p), order(&t));
+            assert_eq!(p.get("log").and_then(|v| v.as_str()), Some("line"));
+            assert_eq!(p.get("ecs_cluster").and_then(|v| v.as_str()), Some("prod"));
+            assert_eq!(p.append_str_fields(&adds), 0, "nothing left to add");
+        }
     }
 
     #[test]

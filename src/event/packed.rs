@@ -243,6 +243,34 @@ impl<'a> Iterator for Entries<'a> {
     }
 }
 
+/// The plain map `map` with the str entries `adds` appended: the header's count grows,
+/// the existing entries are copied as they are, the new ones follow in order. `None` when
+/// `map` does not start with a map header, or the count would pass msgpack's `u32`.
+///
+/// The result is plain only if no key of `adds` is already in `map` and the keys of `adds`
+/// are distinct: the caller ([`crate::event::Record::append_str_fields`]) makes sure. Its
+/// tree is the old tree with the entries inserted at the end, as `Map::insert` does with
+/// `preserve_order`, so JSON lines stay byte-identical to the tree path's.
+pub(crate) fn append_str_entries(map: &[u8], adds: &[(&str, &str)]) -> Option<Vec<u8>> {
+    let mut rd = Rd::new(map, 0);
+    let Some(Tok::Map(n)) = rd.next() else {
+        return None;
+    };
+    let count = u32::try_from(adds.len())
+        .ok()
+        .and_then(|a| n.checked_add(a))?;
+    let extra: usize = adds.iter().map(|(k, v)| k.len() + v.len() + 10).sum();
+    let mut out = Vec::with_capacity(map.len() + extra + 4);
+    // Writing into a Vec cannot fail.
+    rmp::encode::write_map_len(&mut out, count).ok()?;
+    out.extend_from_slice(&map[rd.pos..]);
+    for (k, v) in adds {
+        rmp::encode::write_str(&mut out, k).ok()?;
+        rmp::encode::write_str(&mut out, v).ok()?;
+    }
+    Some(out)
+}
+
 /// Number of top-level entries of a plain map.
 #[cfg(test)]
 pub(crate) fn len(map: &[u8]) -> usize {

@@ -44,7 +44,6 @@ use std::time::{Duration, Instant};
 
 use metrics::Counter;
 use parking_lot::RwLock;
-use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -359,19 +358,14 @@ fn enrich(task: &TaskInfo, record: &mut Record) -> bool {
         Some(task.task_definition.as_str()),
         name.as_deref(),
     ];
-    // A packed body is decoded to a tree only if something is added.
+    // Fields the record has keep their value; a packed body stays packed (the entries are
+    // appended to its msgpack, not decoded into a tree).
     let adds: Vec<(&str, &str)> = FIELDS
         .iter()
         .zip(values)
         .filter_map(|(k, v)| v.map(|v| (*k, v)))
-        .filter(|(k, _)| !record.contains_key(k))
         .collect();
-    if !adds.is_empty() {
-        let fields = record.fields_mut();
-        for (k, v) in adds {
-            fields.insert(k.to_owned(), Value::String(v.to_owned()));
-        }
-    }
+    record.append_str_fields(&adds);
     named
 }
 
