@@ -181,7 +181,12 @@ impl ProcessorType for Multiline {
         let path = t.path().to_string();
         let start = t.opt_string(d, "start");
         let cont = t.opt_string(d, "continue");
-        let mode = match t.opt_string(d, "mode").as_deref() {
+        let mode_name = t.opt_string(d, "mode");
+        // Judged on the mode the user wrote, not on the Mode built: a `regex` mode whose
+        // `start` is missing or invalid falls back to Java only to go on collecting errors,
+        // and must not also be told its `start`/`continue` are "only for mode = regex".
+        let regex_mode = mode_name.as_deref() == Some("regex");
+        let mode = match mode_name.as_deref() {
             Some("java") => Mode::Java,
             Some("python") => Mode::Python,
             Some("go") => Mode::Go,
@@ -215,7 +220,7 @@ impl ProcessorType for Multiline {
                 Mode::Java
             }
         };
-        if !matches!(mode, Mode::Regex { .. }) {
+        if !regex_mode {
             for k in ["start", "continue"] {
                 if t.contains(k) && t.contains("mode") {
                     d.error(
@@ -666,6 +671,11 @@ exit status 2
     fn config_errors() {
         let e = spec("type = \"multiline\"\nmode = \"regex\"\n").expect_err("no start");
         assert!(e[0].contains("missing required key `start`"), "{e:?}");
+        // An invalid `start` in regex mode is one error, not also "only for mode = regex".
+        let e = spec("type = \"multiline\"\nmode = \"regex\"\nstart = \"((\"\ncontinue = \"x\"\n")
+            .expect_err("bad start");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].contains("processors.p.start: invalid regex"), "{e:?}");
         let e = spec("type = \"multiline\"\nmode = \"java\"\nstart = \"x\"\n")
             .expect_err("start without regex");
         assert!(
