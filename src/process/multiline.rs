@@ -113,7 +113,12 @@ impl Mode {
     /// passes at once).
     fn start(&self, line: &str) -> Option<State> {
         match self {
-            Mode::Java | Mode::Python => Some(State::Line),
+            Mode::Java => Some(State::Line),
+            // A `Traceback` header that itself starts the event (the stream's first line,
+            // the line after a finished traceback, after an interruption) is already inside
+            // the traceback: its frames follow. From State::Line they would end it.
+            Mode::Python if rules().py_traceback.is_match(line) => Some(State::PyFrames),
+            Mode::Python => Some(State::Line),
             Mode::Go => rules().go_start.is_match(line).then_some(State::GoPanic),
             Mode::Regex { start, .. } => start.is_match(line).then_some(State::Open),
         }
@@ -581,6 +586,22 @@ exit status 2
             assert_eq!(got[1], want, "{mode}");
             assert_eq!(got[2], ["a", "b"], "{mode}");
         }
+    }
+
+    #[tokio::test]
+    async fn python_traceback_that_starts_the_event_keeps_its_frames() {
+        // The stream's first line is the header, and a second traceback follows the
+        // first one's exception line directly (a retry loop logging with traceback.print_exc).
+        let text = "Traceback (most recent call last):
+  File \"x.py\", line 1, in <module>
+    f()
+ValueError: x
+Traceback (most recent call last):
+  File \"y.py\", line 2, in g
+KeyError: 1
+INFO:root:after";
+        let got = run("type = \"multiline\"\nmode = \"python\"\n", &[text]).await;
+        assert_eq!(got[0], expect(text, &[0..4, 4..7, 7..8]));
     }
 
     #[tokio::test]
