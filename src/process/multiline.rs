@@ -113,7 +113,12 @@ impl Mode {
     /// passes at once).
     fn start(&self, line: &str) -> Option<State> {
         match self {
-            Mode::Java | Mode::Python => Some(State::Line),
+            Mode::Java => Some(State::Line),
+            // A `Traceback` header that itself starts the event (the stream's first line,
+            // the line after a finished traceback, after an interruption) is already inside
+            // the traceback: its frames follow. From State::Line they would end it.
+            Mode::Python if rules().py_traceback.is_match(line) => Some(State::PyFrames),
+            Mode::Python => Some(State::Line),
             Mode::Go => rules().go_start.is_match(line).then_some(State::GoPanic),
             Mode::Regex { start, .. } => start.is_match(line).then_some(State::Open),
         }
@@ -181,7 +186,12 @@ impl ProcessorType for Multiline {
         let path = t.path().to_string();
         let start = t.opt_string(d, "start");
         let cont = t.opt_string(d, "continue");
-        let mode = match t.opt_string(d, "mode").as_deref() {
+        let mode_name = t.opt_string(d, "mode");
+        // Judged on the mode the user wrote, not on the Mode built: a `regex` mode whose
+        // `start` is missing or invalid falls back to Java only to go on collecting errors,
+        // and must not also be told its `start`/`continue` are "only for mode = regex".
+        let regex_mode = mode_name.as_deref() == Some("regex");
+        let mode = match mode_name.as_deref() {
             Some("java") => Mode::Java,
             Some("python") => Mode::Python,
             Some("go") => Mode::Go,
@@ -215,7 +225,7 @@ impl ProcessorType for Multiline {
                 Mode::Java
             }
         };
-        if !matches!(mode, Mode::Regex { .. }) {
+        if !regex_mode {
             for k in ["start", "continue"] {
                 if t.contains(k) && t.contains("mode") {
                     d.error(
@@ -579,6 +589,22 @@ exit status 2
     }
 
     #[tokio::test]
+    async fn python_traceback_that_starts_the_event_keeps_its_frames() {
+        // The stream's first line is the header, and a second traceback follows the
+        // first one's exception line directly (a retry loop logging with traceback.print_exc).
+        let text = "Traceback (most recent call last):
+  File \"x.py\", line 1, in <module>
+    f()
+ValueError: x
+Traceback (most recent call last):
+  File \"y.py\", line 2, in g
+KeyError: 1
+INFO:root:after";
+        let got = run("type = \"multiline\"\nmode = \"python\"\n", &[text]).await;
+        assert_eq!(got[0], expect(text, &[0..4, 4..7, 7..8]));
+    }
+
+    #[tokio::test]
     async fn regex_mode_with_and_without_continue() {
         let text = "[1] start\n cont a\n cont b\nstray\n[2] start\n cont";
         let got = run(
@@ -666,6 +692,11 @@ exit status 2
     fn config_errors() {
         let e = spec("type = \"multiline\"\nmode = \"regex\"\n").expect_err("no start");
         assert!(e[0].contains("missing required key `start`"), "{e:?}");
+        // An invalid `start` in regex mode is one error, not also "only for mode = regex".
+        let e = spec("type = \"multiline\"\nmode = \"regex\"\nstart = \"((\"\ncontinue = \"x\"\n")
+            .expect_err("bad start");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].contains("processors.p.start: invalid regex"), "{e:?}");
         let e = spec("type = \"multiline\"\nmode = \"java\"\nstart = \"x\"\n")
             .expect_err("start without regex");
         assert!(

@@ -214,6 +214,10 @@ fn piece_of(r: &Record) -> Option<Piece> {
     if !truthy(r, MESSAGE) {
         return None;
     }
+    // Docker's pieces always carry their text as a string `log`. A record flagged as a
+    // piece without one (a sender's bug: a number, an object, no `log`) cannot be joined
+    // as text; it goes on whole, as it came, rather than contributing "" and losing its value.
+    r.get(LOG).and_then(|v| v.as_str().map(|_| ()))?;
     let id = r.get(ID).and_then(|v| match v.as_str() {
         Some(s) => Some(s.to_string()),
         None => {
@@ -446,6 +450,32 @@ mod tests {
                     .unwrap_or_default()
             })
             .collect()
+    }
+
+    #[tokio::test]
+    async fn a_piece_without_a_string_log_goes_on_whole() {
+        let mut p = build("type = \"partial\"\n");
+        let odd = |log: serde_json::Value, n: u64, last: bool| {
+            record(
+                "app-firelens-1",
+                json!({"container_id": "c", "source": "stdout", "log": log,
+                       "partial_message": "true", "partial_id": "e",
+                       "partial_ordinal": n.to_string(), "partial_last": last.to_string()}),
+            )
+        };
+        let out = p
+            .process(Batch::of(vec![
+                odd(json!(123), 1, false),
+                odd(json!({"n": 1}), 2, true),
+            ]))
+            .await;
+        let logs: Vec<_> = out
+            .records
+            .iter()
+            .map(|r| r.get("log").map(|v| v.to_value().into_owned()))
+            .collect();
+        assert_eq!(logs, vec![Some(json!(123)), Some(json!({"n": 1}))]);
+        assert!(p.flush_all().records.is_empty(), "nothing held");
     }
 
     #[tokio::test]

@@ -38,6 +38,15 @@ impl ProcessorType for RewriteTag {
             }
         };
         let tag = match t.string(d, "tag") {
+            // An empty tag would route records under "" (no tag glob a user writes takes
+            // them, and `{tag}` in a key renders as "-"): a typo, not a choice.
+            Some(text) if text.is_empty() => {
+                d.error(
+                    t.value_span("tag"),
+                    format!("{}.tag: must not be empty", t.path()),
+                );
+                None
+            }
             Some(text) => match Template::parse(&text) {
                 Ok(tpl) => Some((tpl, text)),
                 Err(e) => {
@@ -219,5 +228,13 @@ mod tests {
         )
         .expect_err("bad template");
         assert!(e[0].starts_with("t.toml:11:7: processors.p.tag:"), "{e:?}");
+        let e =
+            spec("type = \"rewrite_tag\"\nmatch = { key = \"log\", regex = \"x\" }\ntag = \"\"\n")
+                .expect_err("empty tag");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("t.toml:11:7: processors.p.tag: must not be empty"),
+            "{e:?}"
+        );
     }
 }
