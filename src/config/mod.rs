@@ -704,15 +704,8 @@ fn read_ecs_limits(
         ("history", &mut l.history),
         ("max_services", &mut l.max_services),
     ] {
-        if let Some(n) = t.opt_u64(d, key) {
-            if n == 0 {
-                d.error(
-                    t.value_span(key),
-                    format!("{}.{key}: must be at least 1", t.path()),
-                );
-            } else {
-                *slot = usize::try_from(n).unwrap_or(usize::MAX);
-            }
+        if let Some(n) = t.opt_count(d, key) {
+            *slot = n;
         }
     }
     if let Some(r) = t.opt_duration(d, "stopped_retention") {
@@ -731,15 +724,8 @@ pub(crate) fn read_server_limits(
     d: &mut Diagnostics,
     limits: &mut ServerLimits,
 ) {
-    if let Some(n) = t.opt_u64(d, "max_connections") {
-        if n == 0 {
-            d.error(
-                t.value_span("max_connections"),
-                format!("{}.max_connections: must be at least 1", t.path()),
-            );
-        } else {
-            limits.max_connections = usize::try_from(n).unwrap_or(usize::MAX);
-        }
+    if let Some(n) = t.opt_count(d, "max_connections") {
+        limits.max_connections = n;
     }
     for (key, slot) in [
         ("header_timeout", &mut limits.header_timeout),

@@ -329,6 +329,20 @@ impl<'a, 'i> Table<'a, 'i> {
         }
     }
 
+    /// A count that must be at least 1 (`max_connections`, `max_tasks`...): `None` when
+    /// absent or invalid (0 is an error naming the key).
+    pub(crate) fn opt_count(&mut self, d: &mut Diagnostics, key: &str) -> Option<usize> {
+        let n = self.opt_u64(d, key)?;
+        if n == 0 {
+            d.error(
+                self.value_span(key),
+                format!("{}.{key}: must be at least 1", self.path()),
+            );
+            return None;
+        }
+        Some(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
     pub(crate) fn opt_u64(&mut self, d: &mut Diagnostics, key: &str) -> Option<u64> {
         let v = self.get(key)?;
         match v.get_ref() {

@@ -218,33 +218,20 @@ async fn classify_response(mut response: reqwest::Response) -> SendResult {
     if status.is_success() {
         return SendResult::Delivered;
     }
-    let retry_after = response
-        .headers()
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_retry_after);
+    let retry_after = retry_after_of(&response);
     let location = response
         .headers()
         .get(LOCATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let mut snippet = Vec::new();
-    while snippet.len() < ERROR_BODY_LIMIT {
-        match response.chunk().await {
-            Ok(Some(chunk)) => snippet
-                .extend_from_slice(&chunk[..chunk.len().min(ERROR_BODY_LIMIT - snippet.len())]),
-            _ => break,
-        }
-    }
+    let text = body_snippet(&mut response, ERROR_BODY_LIMIT).await;
     let mut message = format!("HTTP {status}");
     if let Some(loc) = location {
         message.push_str(&format!(" (location: {loc})"));
     }
-    let text = String::from_utf8_lossy(&snippet);
-    let text = text.trim();
     if !text.is_empty() {
         message.push_str(": ");
-        message.push_str(text);
+        message.push_str(&text);
     }
     let (retryable, reason) = match status {
         StatusCode::TOO_MANY_REQUESTS => (true, "throttled"),
@@ -264,6 +251,30 @@ async fn classify_response(mut response: reqwest::Response) -> SendResult {
     };
     failure.retry_after = retry_after;
     SendResult::Failed(failure)
+}
+
+/// The `Retry-After` of an error answer (RFC 9110 §10.2.3), when it parses.
+pub(crate) fn retry_after_of(response: &reqwest::Response) -> Option<Duration> {
+    response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after)
+}
+
+/// The first `limit` bytes of an error answer's body as trimmed text, for the failure
+/// message: enough to show the server's reason without reading a large body.
+pub(crate) async fn body_snippet(response: &mut reqwest::Response, limit: usize) -> String {
+    let mut snippet = Vec::new();
+    while snippet.len() < limit {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                snippet.extend_from_slice(&chunk[..chunk.len().min(limit - snippet.len())])
+            }
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&snippet).trim().to_string()
 }
 
 fn classify_error(e: &reqwest::Error) -> Failure {

@@ -50,6 +50,7 @@ pub(crate) mod registry;
 pub(crate) mod rewrite_tag;
 pub(crate) mod rule;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -188,6 +189,23 @@ impl StreamKey {
             source: field("source"),
         }
     }
+}
+
+/// Removes and returns the values of the streams idle for `timeout` or longer at `now`
+/// (`touched`: when the stream last saw a record): what a holding processor's
+/// `flush_due` releases. In no particular order (streams are independent).
+pub(crate) fn take_idle<V>(
+    open: &mut HashMap<StreamKey, V>,
+    now: Instant,
+    timeout: Duration,
+    touched: impl Fn(&V) -> Instant,
+) -> Vec<V> {
+    let due: Vec<StreamKey> = open
+        .iter()
+        .filter(|(_, v)| now.saturating_duration_since(touched(v)) >= timeout)
+        .map(|(k, _)| k.clone())
+        .collect();
+    due.iter().filter_map(|k| open.remove(k)).collect()
 }
 
 /// The processors of one input, in order.

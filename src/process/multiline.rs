@@ -39,7 +39,7 @@ use regex::Regex;
 
 use super::registry::{ProcessorConfig, ProcessorType};
 use super::rule::compile_regex;
-use super::{Batch, BuildContext, Processor, StreamKey};
+use super::{Batch, BuildContext, Processor, StreamKey, take_idle};
 use crate::config::reader::{Diagnostics, Table};
 use crate::event::Record;
 use crate::input::ack::AckToken;
@@ -445,19 +445,13 @@ impl Processor for MultilineProcessor {
 
     fn flush_due(&mut self, now: Instant) -> Batch {
         let mut out = Batch::default();
-        let due: Vec<StreamKey> = self
-            .open
-            .iter()
-            .filter(|(_, e)| now.saturating_duration_since(e.touched) >= self.config.flush_timeout)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in due {
-            if let Some(e) = self.open.remove(&k) {
-                if !e.more.is_empty() {
-                    self.timeout.increment(1);
-                }
-                self.emit(e, &mut out);
+        for e in take_idle(&mut self.open, now, self.config.flush_timeout, |e| {
+            e.touched
+        }) {
+            if !e.more.is_empty() {
+                self.timeout.increment(1);
             }
+            self.emit(e, &mut out);
         }
         out
     }

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use metrics::Counter;
 
 use super::registry::{ProcessorConfig, ProcessorType};
-use super::{Batch, BuildContext, Processor, StreamKey};
+use super::{Batch, BuildContext, Processor, StreamKey, take_idle};
 use crate::config::reader::{Diagnostics, Table};
 use crate::event::Record;
 use crate::input::ack::AckToken;
@@ -387,16 +387,8 @@ impl Processor for PartialProcessor {
 
     fn flush_due(&mut self, now: Instant) -> Batch {
         let mut out = Batch::default();
-        let due: Vec<StreamKey> = self
-            .open
-            .iter()
-            .filter(|(_, l)| now.saturating_duration_since(l.touched) >= self.config.timeout)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in due {
-            if let Some(line) = self.open.remove(&k) {
-                self.flush_line(line, Reason::Timeout, &mut out);
-            }
+        for line in take_idle(&mut self.open, now, self.config.timeout, |l| l.touched) {
+            self.flush_line(line, Reason::Timeout, &mut out);
         }
         out
     }

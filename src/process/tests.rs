@@ -56,18 +56,10 @@ impl Processor for HoldLast {
     }
 
     fn flush_due(&mut self, now: Instant) -> Batch {
-        let due: Vec<StreamKey> = self
-            .held
-            .iter()
-            .filter(|(_, (_, at, _))| now.duration_since(*at) >= self.hold)
-            .map(|(k, _)| k.clone())
-            .collect();
         let mut out = Batch::default();
-        for k in due {
-            if let Some((r, _, acks)) = self.held.remove(&k) {
-                out.records.push(r);
-                out.acks.extend(acks);
-            }
+        for (r, _, acks) in take_idle(&mut self.held, now, self.hold, |(_, at, _)| *at) {
+            out.records.push(r);
+            out.acks.extend(acks);
         }
         out
     }

@@ -160,6 +160,12 @@ impl<'a> Sec<'a> {
         }
     }
 
+    /// Marks every key as read: for a section rejected as a whole, whose keys need no
+    /// error each.
+    fn accept_all(&mut self) {
+        self.used.iter_mut().for_each(|u| *u = true);
+    }
+
     /// Marks every key starting with `prefix` as read.
     fn accept_prefix(&mut self, prefix: &str) {
         for (i, e) in self.s.entries.iter().enumerate() {
@@ -290,6 +296,23 @@ fn size_text(n: u64) -> String {
         }
     }
     n.to_string()
+}
+
+/// The base of a section's firelane name: its `Alias`, else its plugin name.
+fn base_name(sec: &mut Sec<'_>, env: &super::Env<'_>, p: &mut Problems) -> String {
+    match sec.take("alias").and_then(|e| env.value(e, p)) {
+        Some(alias) => ident(&alias),
+        None => ident(&sec.plugin),
+    }
+}
+
+/// A listen address `host:port`; an IPv6 host gets its brackets (`[::1]:24224`).
+fn host_port(host: &str, port: &str) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{}", port.trim())
+    } else {
+        format!("{host}:{}", port.trim())
+    }
 }
 
 /// A firelane name (letters, digits, `_`, `-`) from a plugin name or `Alias`.
@@ -664,12 +687,7 @@ pub(crate) fn translate(sections: &[Section], env: &super::Env<'_>, p: &mut Prob
     for s in sections.iter().filter(|s| s.kind == "INPUT") {
         let mut sec = Sec::new(s);
         let plugin = sec.plugin.clone();
-        let alias = sec.take("alias").and_then(|e| env.value(e, p));
-        let base = alias
-            .as_deref()
-            .map(ident)
-            .unwrap_or_else(|| ident(&plugin));
-        let name = name_for(&base);
+        let name = name_for(&base_name(&mut sec, env, p));
         let mut t = TomlTable::new(format!("inputs.{name}"), &s.origin);
         t.comment = Some(format!("{} [INPUT] {plugin}", s.origin));
         let mut static_tag = None;
@@ -717,12 +735,7 @@ pub(crate) fn translate(sections: &[Section], env: &super::Env<'_>, p: &mut Prob
                     let pt = port
                         .and_then(|e| env.value(e, p))
                         .unwrap_or_else(|| "24224".into());
-                    let h = if h.contains(':') && !h.starts_with('[') {
-                        format!("[{h}]")
-                    } else {
-                        h
-                    };
-                    listen.push(format!("tcp://{h}:{}", pt.trim()));
+                    listen.push(format!("tcp://{}", host_port(&h, &pt)));
                     if let Some(e) = port.or(host) {
                         listen_at = e.origin.clone();
                     }
@@ -769,12 +782,7 @@ pub(crate) fn translate(sections: &[Section], env: &super::Env<'_>, p: &mut Prob
                 let at = port
                     .map(|e| e.origin.clone())
                     .unwrap_or_else(|| s.origin.clone());
-                let h = if h.contains(':') && !h.starts_with('[') {
-                    format!("[{h}]")
-                } else {
-                    h
-                };
-                t.set("listen", q(&format!("{h}:{}", pt.trim())), &at);
+                t.set("listen", q(&host_port(&h, &pt)), &at);
                 // Fluent Bit's tcp input tags records with the input's name ("tcp.0")
                 // when no Tag is set.
                 let tag = match sec.take("tag") {
@@ -827,7 +835,7 @@ pub(crate) fn translate(sections: &[Section], env: &super::Env<'_>, p: &mut Prob
                     &s.origin,
                     format!("[INPUT] {other}: firelane has no such input (forward, tcp; and firelane's own http and sqs inputs in a TOML config)"),
                 );
-                sec.used.iter_mut().for_each(|u| *u = true);
+                sec.accept_all();
             }
         }
         sec.finish(&format!("[INPUT] {plugin}"), p);
@@ -847,15 +855,10 @@ pub(crate) fn translate(sections: &[Section], env: &super::Env<'_>, p: &mut Prob
         let plugin = sec.plugin.clone();
         let what = format!("[FILTER] {plugin}");
         let Some(m) = read_match(&mut sec, &what, p, env) else {
-            sec.used.iter_mut().for_each(|u| *u = true);
+            sec.accept_all();
             continue;
         };
-        let alias = sec.take("alias").and_then(|e| env.value(e, p));
-        let base = alias
-            .as_deref()
-            .map(ident)
-            .unwrap_or_else(|| ident(&plugin));
-        let name = name_for(&base);
+        let name = name_for(&base_name(&mut sec, env, p));
         sec.accept(&["log_level"]);
         // Which inputs it applies to, and whether it must be scoped by tag there.
         let mut unscoped_on = Vec::new();
@@ -898,7 +901,7 @@ pub(crate) fn translate(sections: &[Section], env: &super::Env<'_>, p: &mut Prob
                     "rewrite_tag" => rewrite_tag(&name, &mut sec, env, p),
                     "nest" => {
                         p.error(&s.origin, "[FILTER] nest is not supported (firelane has no nest/lift processor); flatten with parse_json or move keys with a fields processor (rename)");
-                        sec.used.iter_mut().for_each(|u| *u = true);
+                        sec.accept_all();
                         Vec::new()
                     }
                     _ => {
@@ -906,7 +909,7 @@ pub(crate) fn translate(sections: &[Section], env: &super::Env<'_>, p: &mut Prob
                             &s.origin,
                             format!("[FILTER] {other}: firelane has no such filter (supported: grep, record_modifier, modify, parser with a JSON parser, multiline, rewrite_tag)"),
                         );
-                        sec.used.iter_mut().for_each(|u| *u = true);
+                        sec.accept_all();
                         Vec::new()
                     }
                 };
@@ -991,12 +994,7 @@ pub(crate) fn translate(sections: &[Section], env: &super::Env<'_>, p: &mut Prob
         let plugin = sec.plugin.clone();
         let what = format!("[OUTPUT] {plugin}");
         let m = read_match(&mut sec, &what, p, env);
-        let alias = sec.take("alias").and_then(|e| env.value(e, p));
-        let base = alias
-            .as_deref()
-            .map(ident)
-            .unwrap_or_else(|| ident(&plugin));
-        let name = name_for(&base);
+        let name = name_for(&base_name(&mut sec, env, p));
         let mut t = TomlTable::new(format!("outputs.{name}"), &s.origin);
         t.comment = Some(format!("{} [OUTPUT] {plugin}", s.origin));
         let ok = output(&plugin, &mut sec, &mut t, env, p, &service);
@@ -1180,12 +1178,7 @@ fn read_service(
             .unwrap_or_else(|| s.origin.clone());
         let mut a = TomlTable::new("admin", &s.origin);
         a.comment = Some(format!("{} [SERVICE] HTTP_Server", s.origin));
-        let h = if h.contains(':') && !h.starts_with('[') {
-            format!("[{h}]")
-        } else {
-            h
-        };
-        a.set("listen", q(&format!("{h}:{}", pt.trim())), &at);
+        a.set("listen", q(&host_port(&h, &pt)), &at);
         out.admin = Some(a);
     }
     if let Some(e) = sec.take("storage.path") {
@@ -2407,13 +2400,13 @@ fn output(
         }
         "kinesis_streams" | "kinesis" => {
             p.error(&at, format!("{what}: firelane has no Kinesis Data Streams output; send to a Firehose delivery stream (kinesis_firehose), or keep this output in Fluent Bit"));
-            sec.used.iter_mut().for_each(|u| *u = true);
+            sec.accept_all();
             return false;
         }
         other => {
             p.error(&at, format!("{what}: firelane has no such output (cloudwatch_logs, kinesis_firehose, s3, http, file, stdout, null)"));
             let _ = other;
-            sec.used.iter_mut().for_each(|u| *u = true);
+            sec.accept_all();
             return false;
         }
     }

@@ -111,15 +111,8 @@ impl InputType for Forward {
         if let Some(v) = t.opt_duration(d, "idle_timeout") {
             cfg.idle_timeout = (!v.is_zero()).then_some(v);
         }
-        if let Some(n) = t.opt_u64(d, "max_connections") {
-            if n == 0 {
-                d.error(
-                    t.value_span("max_connections"),
-                    format!("{}.max_connections: must be at least 1", t.path()),
-                );
-            } else {
-                cfg.max_connections = size(n);
-            }
+        if let Some(n) = t.opt_count(d, "max_connections") {
+            cfg.max_connections = n;
         }
         if t.opt_bool(d, "firelens") == Some(true) {
             let auto_listen = !t.contains("listen");

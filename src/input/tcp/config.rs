@@ -67,15 +67,8 @@ impl InputType for Tcp {
                 cfg.max_line = usize::try_from(n).unwrap_or(usize::MAX);
             }
         }
-        if let Some(n) = t.opt_u64(d, "max_connections") {
-            if n == 0 {
-                d.error(
-                    t.value_span("max_connections"),
-                    format!("{}.max_connections: must be at least 1", t.path()),
-                );
-            } else {
-                cfg.max_connections = usize::try_from(n).unwrap_or(usize::MAX);
-            }
+        if let Some(n) = t.opt_count(d, "max_connections") {
+            cfg.max_connections = n;
         }
         Box::new(cfg)
     }

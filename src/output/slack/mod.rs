@@ -14,12 +14,12 @@ pub(crate) mod config;
 use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::CONTENT_TYPE;
 use reqwest::{StatusCode, Url};
 
 use super::alert::layout::{Flavor, render};
 use super::alert::{AlertBatch, AlertBuilder, AlertSettings, Grouping};
-use super::http::parse_retry_after;
+use super::http::{body_snippet, retry_after_of};
 use super::sink::{Failure, SendResult, Sink};
 use super::template::TemplateError;
 use crate::event::Record;
@@ -115,19 +115,8 @@ async fn classify(mut response: reqwest::Response) -> SendResult {
     if status.is_success() {
         return SendResult::Delivered;
     }
-    let retry_after = response
-        .headers()
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_retry_after);
-    let mut said = Vec::new();
-    while said.len() < ERROR_BODY_LIMIT {
-        match response.chunk().await {
-            Ok(Some(c)) => said.extend_from_slice(&c[..c.len().min(ERROR_BODY_LIMIT - said.len())]),
-            _ => break,
-        }
-    }
-    let said = String::from_utf8_lossy(&said).trim().to_string();
+    let retry_after = retry_after_of(&response);
+    let said = body_snippet(&mut response, ERROR_BODY_LIMIT).await;
     let mut failure = match status {
         StatusCode::TOO_MANY_REQUESTS => Failure::retryable(
             "throttled",
