@@ -226,7 +226,7 @@ fn check_lists_every_unsupported_line_and_run_refuses() {
 [FILTER]
     Name nest
     Match *
-    Operation lift
+    Operation nest
 [OUTPUT]
     Name kinesis_streams
     Match *
@@ -243,7 +243,7 @@ fn check_lists_every_unsupported_line_and_run_refuses() {
     assert!(!ok, "check accepted it: {err}");
     let f = conf.display().to_string();
     for needle in [
-        format!("{f}:4: [FILTER] nest is not supported"),
+        format!("{f}:4: [FILTER] nest: Operation nest is not supported"),
         format!("{f}:8: [OUTPUT] kinesis_streams: firelane has no Kinesis Data Streams output"),
         format!("{f}:12: [OUTPUT] kinesis_firehose: delivery_stream is required"),
         format!(

@@ -1,6 +1,10 @@
-//! `type = "fields"`: adds, removes, renames and copies top-level fields.
+//! `type = "fields"`: lifts, adds, removes, renames and copies top-level fields.
 //!
-//! Applied in this order, each in file order: `copy = { from = "to" }` (the value of `from`
+//! Applied in this order, each in file order: `lift = { nested = "prefix" }` (the entries
+//! of the object field `nested` become top-level fields, each name prefixed with `prefix`
+//! (`""` for none), overwriting, and `nested` is removed; a `nested` that is missing or not
+//! an object does nothing: Fluent Bit's `nest` filter with `Operation lift`),
+//! `copy = { from = "to" }` (the value of `from`
 //! also under `to`, overwriting), `rename = { old = "new" }` (moved, overwriting `new`; the
 //! field keeps no position guarantee), `add = { key = "template" }` (sets, overwriting),
 //! `add_if_missing = { key = "template" }` (only when the record has no `key`),
@@ -25,7 +29,7 @@ impl ProcessorType for Fields {
     }
 
     fn keys(&self) -> &'static [&'static str] {
-        &["copy", "rename", "add", "add_if_missing", "remove"]
+        &["lift", "copy", "rename", "add", "add_if_missing", "remove"]
     }
 
     fn read(&self, t: &mut Table<'_, '_>, d: &mut Diagnostics) -> Box<dyn ProcessorConfig> {
@@ -33,6 +37,7 @@ impl ProcessorType for Fields {
         let pairs = |t: &mut Table<'_, '_>, d: &mut Diagnostics, key: &str| {
             t.opt_string_map(d, key).unwrap_or_default()
         };
+        let lift = pairs(t, d, "lift");
         let copy = pairs(t, d, "copy");
         let rename = pairs(t, d, "rename");
         let templates = |t: &mut Table<'_, '_>, d: &mut Diagnostics, key: &str| {
@@ -56,7 +61,8 @@ impl ProcessorType for Fields {
             .into_iter()
             .map(|s| s.into_inner())
             .collect::<Vec<_>>();
-        if copy.is_empty()
+        if lift.is_empty()
+            && copy.is_empty()
             && rename.is_empty()
             && add.is_empty()
             && add_if_missing.is_empty()
@@ -65,11 +71,12 @@ impl ProcessorType for Fields {
             d.warn(
                 t.span(),
                 format!(
-                    "{path}: no copy, rename, add, add_if_missing or remove: records pass unchanged"
+                    "{path}: no lift, copy, rename, add, add_if_missing or remove: records pass unchanged"
                 ),
             );
         }
         Box::new(FieldsConfig {
+            lift,
             copy,
             rename,
             add,
@@ -82,6 +89,8 @@ impl ProcessorType for Fields {
 /// What `[processors.NAME] type = "fields"` says.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct FieldsConfig {
+    /// (object field, prefix for its entries' names)
+    lift: Vec<(String, String)>,
     copy: Vec<(String, String)>,
     rename: Vec<(String, String)>,
     add: Vec<(String, Template)>,
@@ -97,6 +106,21 @@ impl ProcessorConfig for FieldsConfig {
     fn describe(&self) -> String {
         let mut parts = Vec::new();
         let list = |v: Vec<String>| v.join(", ");
+        if !self.lift.is_empty() {
+            parts.push(format!(
+                "lift {}",
+                list(
+                    self.lift
+                        .iter()
+                        .map(|(a, p)| if p.is_empty() {
+                            a.clone()
+                        } else {
+                            format!("{a} (prefix {p})")
+                        })
+                        .collect()
+                )
+            ));
+        }
         if !self.copy.is_empty() {
             parts.push(format!(
                 "copy {}",
@@ -165,7 +189,11 @@ impl FieldsConfig {
                 .map(|(k, t)| (k.clone(), t.render_to_string(r, Dynamic::default())))
                 .collect::<Vec<(String, String)>>()
         };
-        let needs_change = !self.copy.is_empty()
+        let needs_change = self
+            .lift
+            .iter()
+            .any(|(k, _)| record.get(k).is_some_and(|v| v.to_value().is_object()))
+            || !self.copy.is_empty()
             || self.rename.iter().any(|(a, _)| record.contains_key(a))
             || !self.add.is_empty()
             || self
@@ -178,6 +206,16 @@ impl FieldsConfig {
         }
         {
             let f = record.fields_mut();
+            for (nested, prefix) in &self.lift {
+                if !f.get(nested).is_some_and(serde_json::Value::is_object) {
+                    continue;
+                }
+                if let Some(serde_json::Value::Object(inner)) = f.shift_remove(nested) {
+                    for (k, v) in inner {
+                        f.insert(format!("{prefix}{k}"), v);
+                    }
+                }
+            }
             for (from, to) in &self.copy {
                 if let Some(v) = f.get(from).cloned() {
                     f.insert(to.clone(), v);
@@ -272,6 +310,36 @@ remove = ["source", "nope"]
             serde_json::Value::Object(r.fields().into_owned()),
             json!({"log": "hi", "level": "warn", "message": "hi", "container": "/ecs-x",
                    "service": "web", "origin": "web:/ecs-x", "env": "prod"})
+        );
+    }
+
+    /// `lift` (Fluent Bit's `nest` with `Operation lift`): an object's entries move to the
+    /// top level, prefixed, before the other operations see the record; a field that is not
+    /// an object, or missing, is left as it is.
+    #[test]
+    fn lift_moves_an_objects_entries_up_before_the_other_operations() {
+        let c = config(
+            r#"lift = { kubernetes = "k8s_", plain = "" }
+copy = { k8s_pod = "pod" }
+"#,
+        )
+        .expect("config");
+        let mut r = rec(
+            json!({"log": "hi", "kubernetes": {"pod": "p-1", "ns": "default"},
+                               "plain": "not an object"}),
+        );
+        c.apply(&mut r);
+        assert_eq!(
+            serde_json::Value::Object(r.fields().into_owned()),
+            json!({"log": "hi", "plain": "not an object", "k8s_pod": "p-1", "k8s_ns": "default",
+                   "pod": "p-1"})
+        );
+        let mut nested = rec(json!({"log": "x", "plain": {"a": 1, "log": "inner"}}));
+        c.apply(&mut nested);
+        assert_eq!(
+            serde_json::Value::Object(nested.fields().into_owned()),
+            json!({"log": "inner", "a": 1}),
+            "an entry overwrites a top-level field of its name"
         );
     }
 

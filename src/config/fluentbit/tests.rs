@@ -306,7 +306,7 @@ fn unsupported_plugins_and_options_are_listed_with_their_lines() {
 [FILTER]
     Name nest
     Match *
-    Operation lift
+    Operation nest
 [FILTER]
     Name lua
     Match *
@@ -331,7 +331,7 @@ fn unsupported_plugins_and_options_are_listed_with_their_lines() {
     for (line, needle) in [
         (3, "option Bogus_Key is not supported"),
         (4, "[INPUT] tail: firelane has no such input"),
-        (7, "[FILTER] nest is not supported"),
+        (7, "[FILTER] nest: Operation nest is not supported"),
         (11, "[FILTER] lua: firelane has no such filter"),
         (
             14,
@@ -656,5 +656,49 @@ fn environment_variables_survive_in_templates() {
     assert_eq!(
         s(&t, "outputs.cloudwatch_logs.log_group"),
         "/ecs/${ECS_CLUSTER}"
+    );
+}
+
+/// `nest` with `Operation lift` becomes a fields processor's `lift`, which the loader
+/// accepts; `Wildcard` (nest only) is refused at its line.
+#[test]
+fn nest_lift_becomes_a_fields_lift() {
+    let t = toml_of(
+        "[INPUT]
+    Name forward
+    Port 24224
+[FILTER]
+    Name nest
+    Match *
+    Operation lift
+    Nested_under kubernetes
+    Add_prefix k8s_
+[OUTPUT]
+    Name stdout
+    Match *
+",
+    );
+    assert_eq!(s(&t, "processors.nest.type"), "fields");
+    assert_eq!(s(&t, "processors.nest.lift.kubernetes"), "k8s_");
+    let errs = errors(
+        "[INPUT]
+    Name forward
+[FILTER]
+    Name nest
+    Match *
+    Operation lift
+    Nested_under k
+    Wildcard k*
+[OUTPUT]
+    Name null
+    Match *
+",
+    );
+    let lines = errors_lines(&errs);
+    assert!(
+        lines
+            .iter()
+            .any(|(l, m)| *l == 8 && m.contains("Wildcard is not supported")),
+        "{lines:?}"
     );
 }

@@ -899,11 +899,7 @@ pub(crate) fn translate(sections: &[Section], env: &super::Env<'_>, p: &mut Prob
                     "parser" => parser(&name, &mut sec, env, p, &parsers),
                     "multiline" => multiline(&name, &mut sec, env, p),
                     "rewrite_tag" => rewrite_tag(&name, &mut sec, env, p),
-                    "nest" => {
-                        p.error(&s.origin, "[FILTER] nest is not supported (firelane has no nest/lift processor); flatten with parse_json or move keys with a fields processor (rename)");
-                        sec.accept_all();
-                        Vec::new()
-                    }
+                    "nest" => nest(&name, &mut sec, env, p),
                     _ => {
                         p.error(
                             &s.origin,
@@ -1649,6 +1645,48 @@ fn modify(name: &str, sec: &mut Sec<'_>, env: &super::Env<'_>, p: &mut Problems)
         out.push(t);
     }
     out
+}
+
+/// `nest` with `Operation lift` → a fields processor's `lift = { Nested_under = Add_prefix }`.
+/// `Operation nest` (gathering keys under a new map) has no firelane counterpart.
+fn nest(name: &str, sec: &mut Sec<'_>, env: &super::Env<'_>, p: &mut Problems) -> Vec<TomlTable> {
+    let at = sec.s.origin.clone();
+    let op = sec.take("operation").and_then(|e| env.value(e, p));
+    let under = sec.take("nested_under").and_then(|e| env.value(e, p));
+    let prefix = sec.take("add_prefix").and_then(|e| env.value(e, p));
+    for key in ["wildcard", "nest_under", "remove_prefix"] {
+        for e in sec.take_all(key) {
+            p.error(&e.origin, format!("[FILTER] nest: {} is not supported; firelane's fields processor lifts one map (Operation lift, Nested_under, Add_prefix)", e.key));
+        }
+    }
+    match op.as_deref().map(|o| o.trim().to_ascii_lowercase()) {
+        Some(o) if o == "lift" => {}
+        Some(o) => {
+            p.error(&at, format!("[FILTER] nest: Operation {o} is not supported; only Operation lift (firelane's fields processor `lift`)"));
+            return Vec::new();
+        }
+        None => {
+            p.error(&at, "[FILTER] nest: Operation is required (lift)");
+            return Vec::new();
+        }
+    }
+    let Some(under) = under else {
+        p.error(
+            &at,
+            "[FILTER] nest: Nested_under is required with Operation lift",
+        );
+        return Vec::new();
+    };
+    let mut t = TomlTable::new(format!("processors.{name}"), &at);
+    t.comment = Some(format!("{at} [FILTER] nest (lift)"));
+    t.set("type", q("fields"), &at);
+    let prefix = prefix.map(|v| v.trim().to_string()).unwrap_or_default();
+    t.set(
+        "lift",
+        inline(&[(under.trim().to_string(), pass(&prefix))]),
+        &at,
+    );
+    vec![t]
 }
 
 /// `parser` with a JSON parser → parse_json merged into the record.
