@@ -152,11 +152,26 @@ fn firelens_toml_lands_per_cluster_and_container_with_the_task_id_as_stream() {
             .map(|i| format!("{run} worker {i} handled job"))
             .collect();
         let tag = format!("{name}-firelens-{task_id}");
+        // Docker writes one container's stream over one connection, in order; each send
+        // here is its own connection (FireLens sends no acks), so the next one waits until
+        // the router has taken what came before. Otherwise the next lines could overtake the
+        // pieces and end the partial line early, as a real interleaving would.
+        let taken = |n: f64| {
+            let got = r.wait_metric(
+                "firelane_input_records_total",
+                &["input=\"app\""],
+                n,
+                Duration::from_secs(30),
+            );
+            assert!(got >= n, "the router took {got} of {n} records");
+        };
         send_like_docker(&sock, &tag, id, &lines[..20]);
+        taken(20.0);
         // A 40 KiB line: three pieces from Docker, one event in CloudWatch Logs (the
         // `partial` processor `firelens = true` implies).
         let long = format!("{run} long {}", "x".repeat(40 * 1024));
         send_split_like_docker(&sock, &tag, id, &long);
+        taken(23.0);
         send_like_docker(&sock, &tag, id, &lines[20..]);
         let mut lines = lines;
         lines.insert(20, long);
