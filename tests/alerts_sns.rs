@@ -5,11 +5,11 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::moto::{endpoint, rt, unique};
+use common::moto::{Aws, endpoint, unique};
+use common::sns_queue::{notifications, topic_with_queue};
 use common::{Router, free_port};
-use firelane::output::aws::{AwsSettings, sdk_config};
 use serde_json::{Value, json};
 
 /// A `Task State Change` to STOPPED in cluster `prod`, service `service`, task `n`,
@@ -31,121 +31,6 @@ fn stopped_task(service: &str, n: usize) -> Value {
             "containers": [{"name": "app", "exitCode": 1, "lastStatus": "STOPPED"}]
         }
     })
-}
-
-struct Peers {
-    sns: aws_sdk_sns::Client,
-    sqs: aws_sdk_sqs::Client,
-}
-
-impl Peers {
-    fn new(ep: &str) -> Peers {
-        rt().block_on(async {
-            let conf = sdk_config(&AwsSettings {
-                region: Some("us-east-1".into()),
-                endpoint_url: Some(ep.into()),
-                role_arn: None,
-            })
-            .await;
-            Peers {
-                sns: aws_sdk_sns::Client::from_conf(
-                    aws_sdk_sns::config::Builder::from(&conf)
-                        .endpoint_url(ep)
-                        .build(),
-                ),
-                sqs: aws_sdk_sqs::Client::from_conf(
-                    aws_sdk_sqs::config::Builder::from(&conf)
-                        .endpoint_url(ep)
-                        .build(),
-                ),
-            }
-        })
-    }
-
-    /// A new topic with a new queue subscribed to it: (topic ARN, queue URL).
-    fn topic_with_queue(&self) -> (String, String) {
-        rt().block_on(async {
-            let topic = self
-                .sns
-                .create_topic()
-                .name(unique("alerts"))
-                .send()
-                .await
-                .expect("create topic")
-                .topic_arn()
-                .expect("topic arn")
-                .to_string();
-            let queue = self
-                .sqs
-                .create_queue()
-                .queue_name(unique("alerts-q"))
-                .send()
-                .await
-                .expect("create queue")
-                .queue_url()
-                .expect("queue url")
-                .to_string();
-            let attrs = self
-                .sqs
-                .get_queue_attributes()
-                .queue_url(&queue)
-                .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-                .send()
-                .await
-                .expect("queue attributes");
-            let queue_arn = attrs
-                .attributes()
-                .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn))
-                .expect("queue arn")
-                .clone();
-            self.sns
-                .subscribe()
-                .topic_arn(&topic)
-                .protocol("sqs")
-                .endpoint(queue_arn)
-                .send()
-                .await
-                .expect("subscribe");
-            (topic, queue)
-        })
-    }
-
-    /// Receives SNS notifications from `queue` until `n` arrived or `timeout`:
-    /// (Subject, Message) of each.
-    fn notifications(&self, queue: &str, n: usize, timeout: Duration) -> Vec<(String, String)> {
-        let deadline = Instant::now() + timeout;
-        let mut got = Vec::new();
-        while got.len() < n && Instant::now() < deadline {
-            let out = rt()
-                .block_on(
-                    self.sqs
-                        .receive_message()
-                        .queue_url(queue)
-                        .max_number_of_messages(10)
-                        .wait_time_seconds(1)
-                        .send(),
-                )
-                .expect("receive");
-            for m in out.messages() {
-                let envelope: Value =
-                    serde_json::from_str(m.body().unwrap_or("")).expect("an SNS envelope");
-                got.push((
-                    envelope["Subject"].as_str().unwrap_or("").to_string(),
-                    envelope["Message"].as_str().unwrap_or("").to_string(),
-                ));
-                if let Some(h) = m.receipt_handle() {
-                    let _ = rt().block_on(
-                        self.sqs
-                            .delete_message()
-                            .queue_url(queue)
-                            .receipt_handle(h)
-                            .send(),
-                    );
-                }
-            }
-        }
-        got
-    }
 }
 
 fn start(ep: &str, topic: &str, extra: &str) -> (Router, String) {
@@ -201,15 +86,15 @@ fn post(url: &str, body: &Value) {
 #[test]
 fn grouped_alerts_reach_an_sqs_subscription() {
     let Some(ep) = endpoint() else { return };
-    let peers = Peers::new(&ep);
-    let (topic, queue) = peers.topic_with_queue();
+    let aws = Aws::new(&ep);
+    let (topic, queue) = topic_with_queue(&aws, &unique("alerts"), "alerts-q");
     let (router, url) = start(&ep, &topic, "window = \"3s\"");
     let web: Vec<Value> = (0..50).map(|n| stopped_task("web", n)).collect();
     for chunk in web.chunks(10) {
         post(&url, &Value::Array(chunk.to_vec()));
     }
     post(&url, &stopped_task("api", 0));
-    let got = peers.notifications(&queue, 3, Duration::from_secs(40));
+    let got = notifications(&aws, &queue, 3, Duration::from_secs(40));
     assert_eq!(got.len(), 3, "{got:#?}\n{}", router.logs());
     let find = |needle: &str| {
         got.iter()
@@ -239,11 +124,7 @@ fn grouped_alerts_reach_an_sqs_subscription() {
     );
     assert_eq!(sent, 51.0);
     // Nothing more: the loop stopped.
-    assert!(
-        peers
-            .notifications(&queue, 1, Duration::from_secs(5))
-            .is_empty()
-    );
+    assert!(notifications(&aws, &queue, 1, Duration::from_secs(5)).is_empty());
 }
 
 /// `format = "json"`: the lead is the event as received, the follow-up a JSON summary with
@@ -251,8 +132,8 @@ fn grouped_alerts_reach_an_sqs_subscription() {
 #[test]
 fn json_format_and_subject_template() {
     let Some(ep) = endpoint() else { return };
-    let peers = Peers::new(&ep);
-    let (topic, queue) = peers.topic_with_queue();
+    let aws = Aws::new(&ep);
+    let (topic, queue) = topic_with_queue(&aws, &unique("alerts"), "alerts-q");
     let (_router, url) = start(
         &ep,
         &topic,
@@ -260,7 +141,7 @@ fn json_format_and_subject_template() {
     );
     let events: Vec<Value> = (0..3).map(|n| stopped_task("web", n)).collect();
     post(&url, &Value::Array(events.clone()));
-    let got = peers.notifications(&queue, 2, Duration::from_secs(30));
+    let got = notifications(&aws, &queue, 2, Duration::from_secs(30));
     assert_eq!(got.len(), 2, "{got:#?}");
     let docs: Vec<(String, Value)> = got
         .iter()
@@ -292,8 +173,8 @@ fn json_format_and_subject_template() {
 #[test]
 fn leads_ready_together_share_publish_batch() {
     let Some(ep) = endpoint() else { return };
-    let peers = Peers::new(&ep);
-    let (topic, queue) = peers.topic_with_queue();
+    let aws = Aws::new(&ep);
+    let (topic, queue) = topic_with_queue(&aws, &unique("alerts"), "alerts-q");
     let (router, url) = start_env(
         &ep,
         &topic,
@@ -303,7 +184,7 @@ fn leads_ready_together_share_publish_batch() {
     let services = ["a1", "b2", "c3", "d4", "e5", "f6"];
     let events: Vec<Value> = services.iter().map(|s| stopped_task(s, 0)).collect();
     post(&url, &Value::Array(events));
-    let got = peers.notifications(&queue, services.len(), Duration::from_secs(30));
+    let got = notifications(&aws, &queue, services.len(), Duration::from_secs(30));
     let mut subjects: Vec<String> = got.into_iter().map(|(s, _)| s).collect();
     subjects.sort();
     let want: Vec<String> = services

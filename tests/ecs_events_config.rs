@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, SecondsFormat, Utc};
 use common::fake_http::FakeHttp;
 use common::moto::{Aws, endpoint, rt, unique};
+use common::sns_queue::{notifications, topic_with_queue};
 use common::{Router, free_port};
-use firelane::output::aws::{AwsSettings, sdk_config};
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_firelane");
@@ -269,112 +269,6 @@ fn post(url: &str, body: &Value) {
     assert_eq!(resp.status().as_u16(), 200, "{:?}", resp.text());
 }
 
-/// SNS and SQS clients on moto, for the alert topic and the queue subscribed to it.
-struct Queue {
-    sqs: aws_sdk_sqs::Client,
-    url: String,
-}
-
-/// Creates topic `topic` with a new SQS queue subscribed to it (raw delivery off, so each
-/// message is an SNS notification envelope).
-fn topic_with_queue(ep: &str, topic: &str) -> Queue {
-    rt().block_on(async {
-        let conf = sdk_config(&AwsSettings {
-            region: Some(REGION.into()),
-            endpoint_url: Some(ep.into()),
-            role_arn: None,
-        })
-        .await;
-        let sns = aws_sdk_sns::Client::from_conf(
-            aws_sdk_sns::config::Builder::from(&conf)
-                .endpoint_url(ep)
-                .build(),
-        );
-        let sqs = aws_sdk_sqs::Client::from_conf(
-            aws_sdk_sqs::config::Builder::from(&conf)
-                .endpoint_url(ep)
-                .build(),
-        );
-        let topic_arn = sns
-            .create_topic()
-            .name(topic)
-            .send()
-            .await
-            .expect("create topic")
-            .topic_arn()
-            .expect("topic arn")
-            .to_string();
-        assert_eq!(topic_arn, format!("arn:aws:sns:{REGION}:{ACCOUNT}:{topic}"));
-        let url = sqs
-            .create_queue()
-            .queue_name(unique("ecs-alerts-q"))
-            .send()
-            .await
-            .expect("create queue")
-            .queue_url()
-            .expect("queue url")
-            .to_string();
-        let attrs = sqs
-            .get_queue_attributes()
-            .queue_url(&url)
-            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-            .send()
-            .await
-            .expect("queue attributes");
-        let queue_arn = attrs
-            .attributes()
-            .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn))
-            .expect("queue arn")
-            .clone();
-        sns.subscribe()
-            .topic_arn(&topic_arn)
-            .protocol("sqs")
-            .endpoint(queue_arn)
-            .send()
-            .await
-            .expect("subscribe");
-        Queue { sqs, url }
-    })
-}
-
-impl Queue {
-    /// SNS notifications received until `n` arrived or `timeout`: (Subject, Message).
-    fn notifications(&self, n: usize, timeout: Duration) -> Vec<(String, String)> {
-        let deadline = Instant::now() + timeout;
-        let mut got = Vec::new();
-        while got.len() < n && Instant::now() < deadline {
-            let out = rt()
-                .block_on(
-                    self.sqs
-                        .receive_message()
-                        .queue_url(&self.url)
-                        .max_number_of_messages(10)
-                        .wait_time_seconds(1)
-                        .send(),
-                )
-                .expect("receive");
-            for m in out.messages() {
-                let envelope: Value =
-                    serde_json::from_str(m.body().unwrap_or("")).expect("an SNS envelope");
-                got.push((
-                    envelope["Subject"].as_str().unwrap_or("").to_string(),
-                    envelope["Message"].as_str().unwrap_or("").to_string(),
-                ));
-                if let Some(h) = m.receipt_handle() {
-                    let _ = rt().block_on(
-                        self.sqs
-                            .delete_message()
-                            .queue_url(&self.url)
-                            .receipt_handle(h)
-                            .send(),
-                    );
-                }
-            }
-        }
-        got
-    }
-}
-
 /// Slack message texts answered 200 so far.
 fn slack_texts(slack: &FakeHttp) -> Vec<String> {
     slack
@@ -414,7 +308,8 @@ fn shipped_file_delivers_what_the_seeds_lambdas_did() {
     let bucket = unique("ecs-events");
     aws.create_bucket(&bucket);
     let topic = unique("ecs-alerts");
-    let queue = topic_with_queue(&ep, &topic);
+    let (topic_arn, queue) = topic_with_queue(&aws, &topic, "ecs-alerts-q");
+    assert_eq!(topic_arn, format!("arn:aws:sns:{REGION}:{ACCOUNT}:{topic}"));
     let slack = FakeHttp::start();
 
     let port = free_port();
@@ -502,7 +397,7 @@ fn shipped_file_delivers_what_the_seeds_lambdas_did() {
     }
 
     // 1b. SNS (seeds 000/003): the event JSON of each failed task lands in the queue.
-    let notes = queue.notifications(2, Duration::from_secs(30));
+    let notes = notifications(&aws, &queue, 2, Duration::from_secs(30));
     assert_eq!(notes.len(), 2, "{notes:#?}\n{}", router.logs());
     let published: BTreeSet<String> = notes
         .iter()
@@ -552,7 +447,7 @@ fn shipped_file_delivers_what_the_seeds_lambdas_did() {
     // message time to arrive.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(slack_texts(&slack).len(), 5, "{:#?}", slack_texts(&slack));
-    assert!(queue.notifications(1, Duration::from_secs(2)).is_empty());
+    assert!(notifications(&aws, &queue, 1, Duration::from_secs(2)).is_empty());
 
     // 2. S3: the archive batch (5 minutes) is flushed on SIGTERM, as when ECS stops the task.
     let status = router.terminate(Duration::from_secs(60));
@@ -566,7 +461,7 @@ fn shipped_file_delivers_what_the_seeds_lambdas_did() {
         follow_up.contains("5 more tasks stopped like this") && follow_up.contains("(6 in all"),
         "{follow_up}"
     );
-    let notes = queue.notifications(1, Duration::from_secs(20));
+    let notes = notifications(&aws, &queue, 1, Duration::from_secs(20));
     assert_eq!(notes.len(), 1, "{notes:#?}\n{}", router.logs());
     let doc: Value = serde_json::from_str(&notes[0].1).expect("a follow-up is JSON");
     assert_eq!(

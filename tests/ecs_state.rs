@@ -417,19 +417,9 @@ fn sqs_input_events_update_the_state() {
     let Some(ep) = common::moto::endpoint() else {
         return;
     };
-    let (client, url) = common::moto::rt().block_on(async {
-        let conf = firelane::output::aws::sdk_config(&firelane::output::aws::AwsSettings {
-            region: Some("us-east-1".into()),
-            endpoint_url: Some(ep.clone()),
-            role_arn: None,
-        })
-        .await;
-        let c = aws_sdk_sqs::Client::from_conf(
-            aws_sdk_sqs::config::Builder::from(&conf)
-                .endpoint_url(&ep)
-                .build(),
-        );
-        let url = c
+    let client = common::moto::Aws::new(&ep).sqs;
+    let url = common::moto::rt().block_on(async {
+        client
             .create_queue()
             .queue_name(common::moto::unique("ecs-state"))
             .send()
@@ -437,8 +427,7 @@ fn sqs_input_events_update_the_state() {
             .expect("CreateQueue")
             .queue_url()
             .expect("queue URL")
-            .to_owned();
-        (c, url)
+            .to_owned()
     });
     common::moto::rt().block_on(async {
         for (v, st) in [

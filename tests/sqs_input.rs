@@ -15,27 +15,9 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
 use common::fake_http::FakeHttp;
-use common::moto::{endpoint, rt, unique};
+use common::moto::{Aws, endpoint, rt, unique};
 use common::{Router, free_port, read_jsonl};
-use firelane::output::aws::{AwsSettings, sdk_config};
 use serde_json::{Value, json};
-
-/// An SQS client talking straight to moto.
-fn sqs(ep: &str) -> aws_sdk_sqs::Client {
-    rt().block_on(async {
-        let conf = sdk_config(&AwsSettings {
-            region: Some("us-east-1".into()),
-            endpoint_url: Some(ep.into()),
-            role_arn: None,
-        })
-        .await;
-        aws_sdk_sqs::Client::from_conf(
-            aws_sdk_sqs::config::Builder::from(&conf)
-                .endpoint_url(ep)
-                .build(),
-        )
-    })
-}
 
 /// Creates a fresh queue; returns its URL.
 fn create_queue(c: &aws_sdk_sqs::Client, prefix: &str) -> String {
@@ -248,7 +230,7 @@ fn sqs_input(name: &str, url: &str, ep: &str, extra: &str) -> String {
 #[test]
 fn two_replicas_sharing_queues_deliver_every_event_once() {
     let Some(ep) = endpoint() else { return };
-    let c = sqs(&ep);
+    let c = Aws::new(&ep).sqs;
     let events_q = create_queue(&c, "events");
     let sns_q = create_queue(&c, "sns");
     // The replicas reach moto through the proxy (see there); wait_time 0 so that no empty
@@ -344,7 +326,7 @@ fn two_replicas_sharing_queues_deliver_every_event_once() {
 #[test]
 fn with_the_output_down_only_buffered_messages_are_deleted_and_all_arrive_after() {
     let Some(ep) = endpoint() else { return };
-    let c = sqs(&ep);
+    let c = Aws::new(&ep).sqs;
     let q = create_queue(&c, "down");
     // Nothing listens on the output's port until the destination "recovers".
     let port = free_port();
@@ -414,7 +396,7 @@ fn with_the_output_down_only_buffered_messages_are_deleted_and_all_arrive_after(
 #[test]
 fn an_unparseable_message_is_counted_and_left_for_the_redrive_policy() {
     let Some(ep) = endpoint() else { return };
-    let c = sqs(&ep);
+    let c = Aws::new(&ep).sqs;
     let q = create_queue(&c, "bad");
     let config = format!(
         "{}[routes.all]\nto = [\"file\"]\n\n[outputs.file]\ntype = \"file\"\npath = \"{{dir}}/out.jsonl\"\nbatch = {{ max_age = \"100ms\" }}\n",
@@ -486,7 +468,7 @@ fn an_unparseable_message_is_counted_and_left_for_the_redrive_policy() {
 #[test]
 fn at_shutdown_unfinished_messages_go_back_to_the_queue_at_once() {
     let Some(ep) = endpoint() else { return };
-    let c = sqs(&ep);
+    let c = Aws::new(&ep).sqs;
     let q = create_queue(&c, "stop");
     // The output never answers, so the pollers' batches wait for buffer space when SIGTERM
     // comes; a 60 s visibility timeout would hide them for a minute if not returned.
@@ -551,7 +533,7 @@ fn envelopes_from_a_real_sns_subscription_are_unwrapped() {
         common::peer_missing("FIRELANE_TEST_PYTHON is not set; SNS publishing was NOT tested");
         return;
     };
-    let c = sqs(&ep);
+    let c = Aws::new(&ep).sqs;
     let q = create_queue(&c, "from-sns");
     let arn = rt().block_on(async {
         c.get_queue_attributes()
@@ -612,7 +594,7 @@ fn envelopes_from_a_real_sns_subscription_are_unwrapped() {
 #[test]
 fn a_replica_started_while_sqs_is_unreachable_recovers_by_itself() {
     let Some(ep) = endpoint() else { return };
-    let c = sqs(&ep);
+    let c = Aws::new(&ep).sqs;
     let q = create_queue(&c, "outage");
     // SQS is reached through a port nothing listens on yet.
     let port = free_port();
@@ -645,7 +627,7 @@ fn a_replica_started_while_sqs_is_unreachable_recovers_by_itself() {
 #[test]
 fn dedupe_deletes_a_repeated_event_without_a_second_record() {
     let Some(ep) = endpoint() else { return };
-    let c = sqs(&ep);
+    let c = Aws::new(&ep).sqs;
     let q = create_queue(&c, "dedupe");
     let config = format!(
         "{}[routes.all]\nto = [\"file\"]\n\n[outputs.file]\ntype = \"file\"\npath = \"{{dir}}/out.jsonl\"\nbatch = {{ max_age = \"100ms\" }}\n",

@@ -4,6 +4,7 @@
 
 pub mod fake_http;
 pub mod moto;
+pub mod sns_queue;
 pub mod tmpfs;
 
 use std::io::{BufRead, Read};

@@ -51,10 +51,12 @@ pub struct Aws {
     pub s3: aws_sdk_s3::Client,
     pub firehose: aws_sdk_firehose::Client,
     pub logs: aws_sdk_cloudwatchlogs::Client,
+    pub sns: aws_sdk_sns::Client,
+    pub sqs: aws_sdk_sqs::Client,
 }
 
 impl Aws {
-    /// Clients for S3 (path-style), Firehose and CloudWatch Logs on moto at `ep`.
+    /// Clients for S3 (path-style), Firehose, CloudWatch Logs, SNS and SQS on moto at `ep`.
     pub fn new(ep: &str) -> Aws {
         rt().block_on(async {
             let conf = sdk_config(&AwsSettings {
@@ -77,6 +79,16 @@ impl Aws {
                 ),
                 logs: aws_sdk_cloudwatchlogs::Client::from_conf(
                     aws_sdk_cloudwatchlogs::config::Builder::from(&conf)
+                        .endpoint_url(ep)
+                        .build(),
+                ),
+                sns: aws_sdk_sns::Client::from_conf(
+                    aws_sdk_sns::config::Builder::from(&conf)
+                        .endpoint_url(ep)
+                        .build(),
+                ),
+                sqs: aws_sdk_sqs::Client::from_conf(
+                    aws_sdk_sqs::config::Builder::from(&conf)
                         .endpoint_url(ep)
                         .build(),
                 ),
