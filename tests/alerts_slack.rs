@@ -8,6 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::ecs_events::{Origin, Task};
 use common::fake_http::{FakeHttp, Reply};
 use common::{Router, free_port};
 use serde_json::{Value, json};
@@ -15,17 +16,23 @@ use serde_json::{Value, json};
 /// A `Task State Change` to STOPPED of service `web` in cluster `prod` (the shape of the
 /// Amazon ECS developer guide's example), task `n`, essential container exit code 1.
 fn stopped_task(n: usize) -> Value {
-    let task = format!("arn:aws:ecs:us-west-2:111122223333:task/prod/{n:032x}");
-    json!({
-        "version": "0", "id": format!("00000000-0000-0000-0000-{n:012}"),
-        "detail-type": "ECS Task State Change", "source": "aws.ecs",
-        "account": "111122223333", "time": "2026-11-30T10:00:00Z", "region": "us-west-2",
-        "resources": [task],
-        "detail": {
-            "clusterArn": "arn:aws:ecs:us-west-2:111122223333:cluster/prod",
-            "taskArn": task,
-            "taskDefinitionArn": "arn:aws:ecs:us-west-2:111122223333:task-definition/web:42",
-            "group": "service:web", "lastStatus": "STOPPED", "desiredStatus": "STOPPED",
+    let origin = Origin {
+        account: "111122223333",
+        region: "us-west-2",
+    };
+    let id = format!("{n:032x}");
+    let task = origin.arn(&format!("task/prod/{id}"));
+    origin.task_event(
+        &format!("00000000-0000-0000-0000-{n:012}"),
+        "2026-11-30T10:00:00Z",
+        &Task {
+            cluster: "prod",
+            id: &id,
+            definition: "web:42",
+            group: "service:web",
+        },
+        json!({
+            "lastStatus": "STOPPED", "desiredStatus": "STOPPED",
             "stopCode": "EssentialContainerExited",
             "stoppedReason": "Essential container in task exited",
             "stoppedAt": "2026-11-30T10:00:01Z", "version": 4,
@@ -33,8 +40,8 @@ fn stopped_task(n: usize) -> Value {
                 {"name": "app", "exitCode": 1, "lastStatus": "STOPPED", "taskArn": task},
                 {"name": "log_router", "exitCode": 0, "lastStatus": "STOPPED", "taskArn": task}
             ]
-        }
-    })
+        }),
+    )
 }
 
 /// An eventbridge input on a free port, the failed-task route of PRODUCT.md, and a slack

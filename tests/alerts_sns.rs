@@ -7,6 +7,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::ecs_events::{Origin, Task};
 use common::moto::{Aws, endpoint, unique};
 use common::sns_queue::{notifications, topic_with_queue};
 use common::{Router, free_port};
@@ -15,22 +16,26 @@ use serde_json::{Value, json};
 /// A `Task State Change` to STOPPED in cluster `prod`, service `service`, task `n`,
 /// essential container exit code 1.
 fn stopped_task(service: &str, n: usize) -> Value {
-    let task = format!("arn:aws:ecs:us-east-1:111122223333:task/prod/{service}{n:028x}");
-    json!({
-        "version": "0", "id": format!("{service}-{n}"),
-        "detail-type": "ECS Task State Change", "source": "aws.ecs",
-        "account": "111122223333", "time": "2026-11-30T10:00:00Z", "region": "us-east-1",
-        "resources": [task],
-        "detail": {
-            "clusterArn": "arn:aws:ecs:us-east-1:111122223333:cluster/prod",
-            "taskArn": task,
-            "taskDefinitionArn": format!("arn:aws:ecs:us-east-1:111122223333:task-definition/{service}:7"),
-            "group": format!("service:{service}"), "lastStatus": "STOPPED",
+    let origin = Origin {
+        account: "111122223333",
+        region: "us-east-1",
+    };
+    origin.task_event(
+        &format!("{service}-{n}"),
+        "2026-11-30T10:00:00Z",
+        &Task {
+            cluster: "prod",
+            id: &format!("{service}{n:028x}"),
+            definition: &format!("{service}:7"),
+            group: &format!("service:{service}"),
+        },
+        json!({
+            "lastStatus": "STOPPED",
             "stopCode": "EssentialContainerExited",
             "stoppedReason": "Essential container in task exited",
             "containers": [{"name": "app", "exitCode": 1, "lastStatus": "STOPPED"}]
-        }
-    })
+        }),
+    )
 }
 
 fn start(ep: &str, topic: &str, extra: &str) -> (Router, String) {

@@ -17,6 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use common::ecs_events::{Origin, Task};
 use common::fake_http::FakeHttp;
 use common::moto::{Aws, endpoint, rt, unique};
 use common::sns_queue::{notifications, topic_with_queue};
@@ -27,6 +28,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_firelane");
 /// moto's default account: the topic the file names must be the one the test created.
 const ACCOUNT: &str = "123456789012";
 const REGION: &str = "us-east-1";
+const ORIGIN: Origin = Origin {
+    account: ACCOUNT,
+    region: REGION,
+};
 const CLUSTER: &str = "cluster-to-monitor-a";
 const KEY: &str = "test-events-key";
 
@@ -61,7 +66,7 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 }
 
 fn arn(resource: &str) -> String {
-    format!("arn:aws:ecs:{REGION}:{ACCOUNT}:{resource}")
+    ORIGIN.arn(resource)
 }
 
 fn event(
@@ -71,11 +76,7 @@ fn event(
     resources: Value,
     detail: Value,
 ) -> Value {
-    json!({
-        "version": "0", "id": id, "detail-type": detail_type, "source": "aws.ecs",
-        "account": ACCOUNT, "time": rfc3339(time), "region": REGION,
-        "resources": resources, "detail": detail
-    })
+    ORIGIN.event(id, detail_type, &rfc3339(time), resources, detail)
 }
 
 /// An `ECS Task State Change` of task `task_id` in the seeds' cluster.
@@ -87,20 +88,25 @@ fn task_event(
     task_def: &str,
     status: Value,
 ) -> Value {
-    let task = arn(&format!("task/{CLUSTER}/{task_id}"));
-    let mut detail = json!({
-        "clusterArn": arn(&format!("cluster/{CLUSTER}")),
-        "taskArn": task,
-        "taskDefinitionArn": arn(&format!("task-definition/{task_def}")),
-        "group": group, "launchType": "FARGATE", "version": 5,
-        "createdAt": rfc3339(time), "updatedAt": rfc3339(time)
-    });
-    if let (Some(d), Some(s)) = (detail.as_object_mut(), status.as_object()) {
-        for (k, v) in s {
-            d.insert(k.clone(), v.clone());
-        }
+    let task = Task {
+        cluster: CLUSTER,
+        id: task_id,
+        definition: task_def,
+        group,
+    };
+    let mut e = ORIGIN.task_event(
+        id,
+        &rfc3339(time),
+        &task,
+        json!({
+            "launchType": "FARGATE", "version": 5,
+            "createdAt": rfc3339(time), "updatedAt": rfc3339(time)
+        }),
+    );
+    if let (Some(d), Value::Object(s)) = (e["detail"].as_object_mut(), status) {
+        d.extend(s);
     }
-    event(id, "ECS Task State Change", time, json!([task]), detail)
+    e
 }
 
 /// The seeds' sample events, keyed by what each one is.

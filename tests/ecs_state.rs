@@ -9,6 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::ecs_events::{Origin, Task};
 use common::{Router, free_port, metric_sum};
 use reqwest::blocking::Client;
 use serde_json::{Value, json};
@@ -52,13 +53,9 @@ type = "null"
 /// An `ECS Task State Change` of task `task` (service `web` of cluster `prod`) at `version`.
 fn task_event(task: &str, version: u64, status: &str) -> Value {
     let stopped = status == "STOPPED";
-    let mut detail = json!({
-        "clusterArn": "arn:aws:ecs:eu-west-1:111122223333:cluster/prod",
-        "taskArn": format!("arn:aws:ecs:eu-west-1:111122223333:task/prod/{task}"),
-        "group": "service:web",
+    let mut fields = json!({
         "lastStatus": status,
         "desiredStatus": if stopped { "STOPPED" } else { "RUNNING" },
-        "taskDefinitionArn": "arn:aws:ecs:eu-west-1:111122223333:task-definition/web:42",
         "updatedAt": format!("2026-11-30T10:00:0{version}.000Z"),
         "containers": [
             {"name": "app", "lastStatus": status},
@@ -67,25 +64,29 @@ fn task_event(task: &str, version: u64, status: &str) -> Value {
         "version": version,
     });
     if stopped {
-        detail["stopCode"] = json!("EssentialContainerExited");
-        detail["stoppedReason"] = json!("Essential container in task exited");
-        detail["stoppedAt"] = json!("2026-11-30T10:00:03.000Z");
-        detail["containers"] = json!([
+        fields["stopCode"] = json!("EssentialContainerExited");
+        fields["stoppedReason"] = json!("Essential container in task exited");
+        fields["stoppedAt"] = json!("2026-11-30T10:00:03.000Z");
+        fields["containers"] = json!([
             {"name": "app", "lastStatus": "STOPPED", "exitCode": 1, "reason": "OutOfMemoryError: Container killed due to memory usage"},
             {"name": "log_router", "lastStatus": "STOPPED", "exitCode": 0}
         ]);
     }
-    json!({
-        "version": "0",
-        "id": format!("{task}-v{version}-{}", rand_suffix()),
-        "detail-type": "ECS Task State Change",
-        "source": "aws.ecs",
-        "account": "111122223333",
-        "time": format!("2026-11-30T10:00:0{version}Z"),
-        "region": "eu-west-1",
-        "resources": [format!("arn:aws:ecs:eu-west-1:111122223333:task/prod/{task}")],
-        "detail": detail,
-    })
+    let origin = Origin {
+        account: "111122223333",
+        region: "eu-west-1",
+    };
+    origin.task_event(
+        &format!("{task}-v{version}-{}", rand_suffix()),
+        &format!("2026-11-30T10:00:0{version}Z"),
+        &Task {
+            cluster: "prod",
+            id: task,
+            definition: "web:42",
+            group: "service:web",
+        },
+        fields,
+    )
 }
 
 /// A distinct event id per delivery: EventBridge gives a redelivery the same id, but ECS

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
+use common::ecs_events::Origin;
 use common::fake_http::FakeHttp;
 use common::moto::{Aws, endpoint, rt, unique};
 use common::{Router, free_port, read_jsonl};
@@ -106,18 +107,18 @@ fn task_events(range: std::ops::Range<usize>) -> Vec<String> {
 }
 
 fn task_event(id: &str, n: usize) -> Value {
-    json!({
-        "version": "0",
-        "id": id,
-        "detail-type": "ECS Task State Change",
-        "source": "aws.ecs",
-        "account": "111122223333",
-        "time": "2026-01-23T17:57:58Z",
-        "region": "us-east-1",
-        "resources": [format!("arn:aws:ecs:us-east-1:111122223333:task/c/{n:032x}")],
-        "detail": {"clusterArn": "arn:aws:ecs:us-east-1:111122223333:cluster/c",
-                   "lastStatus": "STOPPED", "n": n, "pad": "x".repeat(n % 7 * 50)}
-    })
+    let origin = Origin {
+        account: "111122223333",
+        region: "us-east-1",
+    };
+    origin.event(
+        id,
+        "ECS Task State Change",
+        "2026-01-23T17:57:58Z",
+        json!([origin.arn(&format!("task/c/{n:032x}"))]),
+        json!({"clusterArn": origin.arn("cluster/c"),
+               "lastStatus": "STOPPED", "n": n, "pad": "x".repeat(n % 7 * 50)}),
+    )
 }
 
 /// The same event delivered through an SNS topic subscribed by the queue (no raw delivery).

@@ -2,6 +2,7 @@
 //! with a config written to a temp dir, waits for `/ready`, and stops it when dropped.
 #![allow(dead_code)]
 
+pub mod ecs_events;
 pub mod fake_http;
 pub mod moto;
 pub mod sns_queue;
