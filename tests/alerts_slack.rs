@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::ecs_events::{Origin, Task};
+use common::ecs_events::{Origin, Task, post};
 use common::fake_http::{FakeHttp, Reply};
 use common::{Router, free_port};
 use serde_json::{Value, json};
@@ -71,20 +71,6 @@ retry = {{ initial_backoff = "100ms", max_backoff = "1s" }}
     (Router::start(&config), format!("http://127.0.0.1:{port}/"))
 }
 
-fn post(url: &str, body: &Value) {
-    let client = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .expect("client");
-    let resp = client
-        .post(url)
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .unwrap_or_else(|e| panic!("POST {url}: {e}"));
-    assert_eq!(resp.status().as_u16(), 200, "{:?}", resp.text());
-}
-
 /// Waits until the webhook has answered 200 to `n` messages (or `timeout`); their texts.
 fn wait_messages(slack: &FakeHttp, n: usize, timeout: Duration) -> Vec<String> {
     let deadline = Instant::now() + timeout;
@@ -113,11 +99,11 @@ fn crash_loop_of_200_stopped_tasks_is_two_messages() {
     let (router, url) = start(&slack.url(), "window = \"4s\"");
     // One event per request as an API destination sends them, and a few arrays.
     for n in 0..100 {
-        post(&url, &stopped_task(n));
+        post(&url, &stopped_task(n), None);
     }
     let rest: Vec<Value> = (100..200).map(stopped_task).collect();
     for chunk in rest.chunks(25) {
-        post(&url, &Value::Array(chunk.to_vec()));
+        post(&url, &Value::Array(chunk.to_vec()), None);
     }
     let texts = wait_messages(&slack, 2, Duration::from_secs(30));
     assert_eq!(texts.len(), 2, "{texts:#?}\n{}", router.logs());
@@ -169,7 +155,7 @@ fn shutdown_sends_the_pending_follow_up() {
     let slack = FakeHttp::start();
     let (mut router, url) = start(&slack.url(), "window = \"10m\"");
     for n in 0..5 {
-        post(&url, &stopped_task(n));
+        post(&url, &stopped_task(n), None);
     }
     assert_eq!(wait_messages(&slack, 1, Duration::from_secs(20)).len(), 1);
     std::thread::sleep(Duration::from_millis(500));
@@ -196,7 +182,7 @@ fn slack_429_retry_after_is_honoured() {
     let slack = FakeHttp::start();
     slack.script(&[Reply::Status(429, Some("2"))]);
     let (router, url) = start(&slack.url(), "");
-    post(&url, &stopped_task(1));
+    post(&url, &stopped_task(1), None);
     let texts = wait_messages(&slack, 1, Duration::from_secs(30));
     assert_eq!(texts.len(), 1, "{}", router.logs());
     let st = slack.state();
@@ -223,7 +209,7 @@ fn slack_429_retry_after_is_honoured() {
 fn slack_400_is_permanent_and_logged() {
     let slack = FakeHttp::start_replying(Reply::Status(400, None));
     let (router, url) = start(&slack.url(), "");
-    post(&url, &stopped_task(1));
+    post(&url, &stopped_task(1), None);
     let failed = router.wait_metric(
         "firelane_output_records_total",
         &["output=\"slack\"", "result=\"failed\""],

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::ecs_events::{Origin, Task};
+use common::ecs_events::{Origin, Task, post};
 use common::moto::{Aws, endpoint, unique};
 use common::sns_queue::{notifications, topic_with_queue};
 use common::{Router, free_port};
@@ -73,19 +73,6 @@ retry = {{ initial_backoff = "100ms", max_backoff = "1s" }}
     (router, format!("http://127.0.0.1:{port}/"))
 }
 
-fn post(url: &str, body: &Value) {
-    let resp = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .expect("client")
-        .post(url)
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .unwrap_or_else(|e| panic!("POST {url}: {e}"));
-    assert_eq!(resp.status().as_u16(), 200);
-}
-
 /// A crash loop of 50 tasks of `web` and one failed task of `api`: three notifications
 /// (two leads, one follow-up for `web` counting all 50), readable text, valid subjects.
 #[test]
@@ -96,9 +83,9 @@ fn grouped_alerts_reach_an_sqs_subscription() {
     let (router, url) = start(&ep, &topic, "window = \"3s\"");
     let web: Vec<Value> = (0..50).map(|n| stopped_task("web", n)).collect();
     for chunk in web.chunks(10) {
-        post(&url, &Value::Array(chunk.to_vec()));
+        post(&url, &Value::Array(chunk.to_vec()), None);
     }
-    post(&url, &stopped_task("api", 0));
+    post(&url, &stopped_task("api", 0), None);
     let got = notifications(&aws, &queue, 3, Duration::from_secs(40));
     assert_eq!(got.len(), 3, "{got:#?}\n{}", router.logs());
     let find = |needle: &str| {
@@ -145,7 +132,7 @@ fn json_format_and_subject_template() {
         "window = \"2s\"\nformat = \"json\"\nsubject = \"{detail.group} in {detail.clusterArn|arn[-1]}: {detail.stopCode}\"",
     );
     let events: Vec<Value> = (0..3).map(|n| stopped_task("web", n)).collect();
-    post(&url, &Value::Array(events.clone()));
+    post(&url, &Value::Array(events.clone()), None);
     let got = notifications(&aws, &queue, 2, Duration::from_secs(30));
     assert_eq!(got.len(), 2, "{got:#?}");
     let docs: Vec<(String, Value)> = got
@@ -188,7 +175,7 @@ fn leads_ready_together_share_publish_batch() {
     );
     let services = ["a1", "b2", "c3", "d4", "e5", "f6"];
     let events: Vec<Value> = services.iter().map(|s| stopped_task(s, 0)).collect();
-    post(&url, &Value::Array(events));
+    post(&url, &Value::Array(events), None);
     let got = notifications(&aws, &queue, services.len(), Duration::from_secs(30));
     let mut subjects: Vec<String> = got.into_iter().map(|(s, _)| s).collect();
     subjects.sort();
@@ -336,7 +323,7 @@ fn a_failed_batch_entry_is_retried_alone() {
     );
     let services = ["a1", "b2", "c3", "d4"];
     let events: Vec<Value> = services.iter().map(|s| stopped_task(s, 0)).collect();
-    post(&url, &Value::Array(events));
+    post(&url, &Value::Array(events), None);
     let sent = router.wait_metric(
         "firelane_output_records_total",
         &["output=\"alerts\"", "result=\"sent\""],

@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use common::ecs_events::{Origin, Task};
+use common::ecs_events::{Origin, Task, post};
 use common::fake_http::FakeHttp;
 use common::moto::{Aws, endpoint, rt, unique};
 use common::sns_queue::{notifications, topic_with_queue};
@@ -261,20 +261,6 @@ fn crash_loop(now: DateTime<Utc>, n: usize) -> Vec<Value> {
         .collect()
 }
 
-fn post(url: &str, body: &Value) {
-    let resp = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .expect("client")
-        .post(url)
-        .header("content-type", "application/json")
-        .header("x-api-key", KEY)
-        .body(body.to_string())
-        .send()
-        .unwrap_or_else(|e| panic!("POST {url}: {e}"));
-    assert_eq!(resp.status().as_u16(), 200, "{:?}", resp.text());
-}
-
 /// Slack message texts answered 200 so far.
 fn slack_texts(slack: &FakeHttp) -> Vec<String> {
     slack
@@ -339,15 +325,15 @@ fn shipped_file_delivers_what_the_seeds_lambdas_did() {
     let now = Utc::now();
     let events = seed_events(now);
     for e in events.values() {
-        post(&url, e);
+        post(&url, e, Some(KEY));
     }
     // EventBridge delivers at least once: a repeat alerts and archives nothing more.
-    post(&url, &events["exit_1"]);
+    post(&url, &events["exit_1"], Some(KEY));
     // The service keeps crashing: folded into one follow-up per output, sent when the
     // 60 s window ends (here: at shutdown, which sends pending follow-ups at once).
     let crashes = crash_loop(now, 5);
     for e in &crashes {
-        post(&url, e);
+        post(&url, e, Some(KEY));
     }
 
     // 1a. Slack (seed 001): one message per failed task, the failed deployment and the

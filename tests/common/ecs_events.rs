@@ -3,6 +3,8 @@
 //! from the Amazon ECS developer guide ("Amazon ECS events"); fields keep EventBridge's
 //! order (serde_json preserves it here).
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
 
 /// The account and Region an event comes from (the envelope's `account` and `region`, and
@@ -67,4 +69,24 @@ impl Origin<'_> {
         }
         self.event(id, "ECS Task State Change", time, json!([task_arn]), detail)
     }
+}
+
+/// POSTs `body` (one event or an array of them) as JSON to an `http` input with
+/// `format = "eventbridge"` at `url`, with header `x-api-key: <api_key>` when given, and
+/// asserts the input answered 200.
+pub fn post(url: &str, body: &Value, api_key: Option<&str>) {
+    let mut req = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client")
+        .post(url)
+        .header("content-type", "application/json");
+    if let Some(key) = api_key {
+        req = req.header("x-api-key", key);
+    }
+    let resp = req
+        .body(body.to_string())
+        .send()
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    assert_eq!(resp.status().as_u16(), 200, "{:?}", resp.text());
 }
