@@ -64,19 +64,27 @@ fn message(
     client::encode_message(b, tag, time, &rec, chunk);
 }
 
+/// One Docker log line of container `container` in Message mode: Docker's four fields, then
+/// `extra`.
+fn docker_record(
+    b: &mut Vec<u8>,
+    container: &str,
+    time: EventTime,
+    log: &str,
+    extra: &[(&str, &str)],
+) {
+    let mut fields = vec![
+        ("container_id", container),
+        ("container_name", "/ecs-app"),
+        ("source", "stdout"),
+        ("log", log),
+    ];
+    fields.extend_from_slice(extra);
+    message(b, "app-firelens-t1", time, &fields, None);
+}
+
 fn docker_line(b: &mut Vec<u8>, container: &str, time: EventTime, log: &str) {
-    message(
-        b,
-        "app-firelens-t1",
-        time,
-        &[
-            ("container_id", container),
-            ("container_name", "/ecs-app"),
-            ("source", "stdout"),
-            ("log", log),
-        ],
-        None,
-    );
+    docker_record(b, container, time, log, &[]);
 }
 
 fn docker_piece(
@@ -89,21 +97,17 @@ fn docker_piece(
     log: &str,
 ) {
     let ordinal = n.to_string();
-    message(
+    docker_record(
         b,
-        "app-firelens-t1",
+        container,
         time,
+        log,
         &[
-            ("container_id", container),
-            ("container_name", "/ecs-app"),
-            ("source", "stdout"),
-            ("log", log),
             ("partial_message", "true"),
             ("partial_id", id),
             ("partial_ordinal", &ordinal),
             ("partial_last", if last { "true" } else { "false" }),
         ],
-        None,
     );
 }
 
@@ -126,6 +130,18 @@ fn text(n: usize, seed: u8) -> String {
     (0..n)
         .map(|i| (b'a' + ((i % 7919 + seed as usize) % 26) as u8) as char)
         .collect()
+}
+
+/// Runs the binary with `args`, asserts it succeeded; its stdout.
+fn firelane(args: &[&str]) -> String {
+    let o = Command::new(BIN).args(args).output().expect("run firelane");
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
 }
 
 /// `firelane check` lists each input's processors and what they do; `firelane route` shows
@@ -168,16 +184,7 @@ type = "null"
 "#;
     std::fs::write(&path, text).expect("write");
     let p = path.display().to_string();
-    let o = Command::new(BIN)
-        .args(["check", "-c", &p])
-        .output()
-        .expect("check");
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{out}{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let out = firelane(&["check", "-c", &p]);
     assert!(out.contains("→ processors json → retag → shape"), "{out}");
     assert!(
         out.contains("json (parse_json): log as JSON into the top level"),
@@ -195,16 +202,7 @@ type = "null"
     );
 
     let event = r#"{"log": "{\"level\":\"error\",\"secret\":\"x\",\"msg\":\"boom\"}"}"#;
-    let o = Command::new(BIN)
-        .args(["route", "-c", &p, "--tag", "web.1", "--event", event])
-        .output()
-        .expect("route");
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{out}{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let out = firelane(&["route", "-c", &p, "--tag", "web.1", "--event", event]);
     assert!(
         out.contains(r#"from input fwd: after processors json → retag → shape: tag "errors.web" {"level":"error","msg":"boom","origin":"errors.web"}"#),
         "{out}"
@@ -213,19 +211,15 @@ type = "null"
         out.contains("from input fwd: routes errors → outputs err"),
         "{out}"
     );
-    let o = Command::new(BIN)
-        .args([
-            "route",
-            "-c",
-            &p,
-            "--tag",
-            "web.1",
-            "--event",
-            r#"{"log": "plain"}"#,
-        ])
-        .output()
-        .expect("route");
-    let out = String::from_utf8_lossy(&o.stdout);
+    let out = firelane(&[
+        "route",
+        "-c",
+        &p,
+        "--tag",
+        "web.1",
+        "--event",
+        r#"{"log": "plain"}"#,
+    ]);
     assert!(out.contains("routes rest → outputs out"), "{out}");
 }
 
