@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::ecs_events::{Origin, Task, post};
 use common::moto::{Aws, endpoint, unique};
-use common::sns_queue::{notifications, topic_with_queue};
+use common::sns_sqs::{notifications, topic_with_queue};
 use common::{Router, free_port};
 use serde_json::{Value, json};
 

@@ -20,7 +20,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use common::ecs_events::{Origin, Task, post};
 use common::fake_http::FakeHttp;
 use common::moto::{Aws, endpoint, rt, unique};
-use common::sns_queue::{notifications, topic_with_queue};
+use common::sns_sqs::{notifications, topic_with_queue};
 use common::{Router, free_port};
 use serde_json::{Value, json};
 

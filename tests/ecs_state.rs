@@ -419,17 +419,7 @@ fn sqs_input_events_update_the_state() {
         return;
     };
     let client = common::moto::Aws::new(&ep).sqs;
-    let url = common::moto::rt().block_on(async {
-        client
-            .create_queue()
-            .queue_name(common::moto::unique("ecs-state"))
-            .send()
-            .await
-            .expect("CreateQueue")
-            .queue_url()
-            .expect("queue URL")
-            .to_owned()
-    });
+    let url = common::sns_sqs::create_queue(&client, "ecs-state");
     common::moto::rt().block_on(async {
         for (v, st) in [
             (3, "STOPPED"),

@@ -16,24 +16,10 @@ use std::time::{Duration, Instant};
 use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
 use common::ecs_events::Origin;
 use common::fake_http::FakeHttp;
-use common::moto::{Aws, endpoint, rt, unique};
+use common::moto::{Aws, endpoint, rt};
+use common::sns_sqs::create_queue;
 use common::{Router, free_port, read_jsonl};
 use serde_json::{Value, json};
-
-/// Creates a fresh queue; returns its URL.
-fn create_queue(c: &aws_sdk_sqs::Client, prefix: &str) -> String {
-    let name = unique(prefix);
-    rt().block_on(async {
-        c.create_queue()
-            .queue_name(&name)
-            .send()
-            .await
-            .expect("CreateQueue")
-            .queue_url()
-            .expect("queue URL")
-            .to_owned()
-    })
-}
 
 /// Sends every body, 10 per SendMessageBatch.
 fn send(c: &aws_sdk_sqs::Client, url: &str, bodies: &[String]) {

@@ -5,7 +5,7 @@
 pub mod ecs_events;
 pub mod fake_http;
 pub mod moto;
-pub mod sns_queue;
+pub mod sns_sqs;
 pub mod tmpfs;
 
 use std::io::{BufRead, Read};

@@ -1,5 +1,6 @@
-//! An SNS topic on moto with an SQS queue subscribed to it, for tests of the `sns` output:
-//! what firelane publishes is read back from the queue as SNS notification envelopes.
+//! SQS queues and SNS topics on moto: a fresh queue for tests of the `sqs` input, and a
+//! topic with a queue subscribed to it for tests of the `sns` output (what firelane
+//! publishes is read back from the queue as SNS notification envelopes).
 
 use std::time::{Duration, Instant};
 
@@ -8,10 +9,26 @@ use serde_json::Value;
 
 use super::moto::{Aws, rt, unique};
 
+/// Creates a queue named after `prefix` (see [`unique`]); returns its URL.
+pub fn create_queue(sqs: &aws_sdk_sqs::Client, prefix: &str) -> String {
+    let name = unique(prefix);
+    rt().block_on(async {
+        sqs.create_queue()
+            .queue_name(&name)
+            .send()
+            .await
+            .expect("CreateQueue")
+            .queue_url()
+            .expect("queue URL")
+            .to_owned()
+    })
+}
+
 /// Creates topic `topic` and a new queue named after `queue_prefix`, subscribed to the
 /// topic with raw delivery off (so each message is an SNS notification envelope).
 /// Returns (topic ARN, queue URL); panics on any error.
 pub fn topic_with_queue(aws: &Aws, topic: &str, queue_prefix: &str) -> (String, String) {
+    let queue = create_queue(&aws.sqs, queue_prefix);
     rt().block_on(async {
         let topic_arn = aws
             .sns
@@ -22,16 +39,6 @@ pub fn topic_with_queue(aws: &Aws, topic: &str, queue_prefix: &str) -> (String, 
             .expect("create topic")
             .topic_arn()
             .expect("topic arn")
-            .to_string();
-        let queue = aws
-            .sqs
-            .create_queue()
-            .queue_name(unique(queue_prefix))
-            .send()
-            .await
-            .expect("create queue")
-            .queue_url()
-            .expect("queue url")
             .to_string();
         let attrs = aws
             .sqs
