@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake_http;
+pub mod kinesis;
 pub mod moto;
 pub mod tmpfs;
 

@@ -51,6 +51,7 @@ pub struct Aws {
     pub s3: aws_sdk_s3::Client,
     pub firehose: aws_sdk_firehose::Client,
     pub logs: aws_sdk_cloudwatchlogs::Client,
+    pub kinesis: aws_sdk_kinesis::Client,
 }
 
 impl Aws {
@@ -77,6 +78,11 @@ impl Aws {
                 ),
                 logs: aws_sdk_cloudwatchlogs::Client::from_conf(
                     aws_sdk_cloudwatchlogs::config::Builder::from(&conf)
+                        .endpoint_url(ep)
+                        .build(),
+                ),
+                kinesis: aws_sdk_kinesis::Client::from_conf(
+                    aws_sdk_kinesis::config::Builder::from(&conf)
                         .endpoint_url(ep)
                         .build(),
                 ),
