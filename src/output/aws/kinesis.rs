@@ -6,21 +6,24 @@
 //! (the JSON record, or the `log_key` field), as the `firehose` output writes them.
 //!
 //! Partition key: `partition_key` is a template (`{ecs_task_id}`, `{container_name}`…);
-//! records with the same key go to the same shard, in order. Unset, every record gets a
-//! random key (32 hex characters), spreading records evenly over the shards, as Fluent
-//! Bit's `kinesis_streams` does. A key that renders as nothing but `-` (every value it
-//! names is missing: `{container_id}` on a record without it) is replaced by a random key
-//! too, as the Go `kinesis` plugin does for a missing `partition_key` field, so records
-//! without the field do not all pile onto one shard.
-//! Keys longer than 256 Unicode characters (the API limit) are cut to 256, counted in
+//! records with the same key go to the same shard (in the order sent with `concurrency = 1`;
+//! with more requests in flight, or when a throttled record is resent, later records can
+//! land before it). Unset, every record gets a random key (32 hex characters), spreading
+//! records evenly over the shards, as Fluent Bit's `kinesis_streams` does. A key that
+//! renders as nothing but `-` (every value it names is missing: `{container_id}` on a
+//! record without it) is replaced by a random key too, as the Go `kinesis` plugin does for
+//! a missing `partition_key` field, so records without the field do not all pile onto one
+//! shard. Keys longer than 256 Unicode characters (the API limit) are cut to 256, counted in
 //! `firelane_output_oversize_records_total{output, action="partition_key_truncated"}`.
 //!
 //! A record whose data and key exceed 1 MiB follows `oversize` (see
 //! [`super::records::Oversize`]): `split` (default) sends it as consecutive records of
-//! ≤ 1 MiB with the same partition key, hence to the same shard and in order (only the last
-//! ends with `\n`; a consumer that concatenates, such as Firehose reading the stream into
-//! S3, gets the line whole); records above what one call carries (5 pieces) are truncated
-//! first. `truncate` cuts the data with a marker; `drop` drops it, counted.
+//! ≤ 1 MiB with the same partition key in one call, hence consecutive in one shard (only the
+//! last ends with `\n`; a consumer that concatenates, such as Firehose reading the stream
+//! into S3, gets the line whole); records above what one call carries (5 pieces) are
+//! truncated first. Caveat, as for Firehose: when only some pieces are rejected, the whole
+//! record is resent, so a consumer can see a duplicated fragment. `truncate` cuts the data
+//! with a marker; `drop` drops it, counted.
 //!
 //! Partial failures (`FailedRecordCount > 0`) become [`SendResult::Partial`] listing only
 //! the rejected records (`ProvisionedThroughputExceededException`, `InternalFailure`,
