@@ -595,6 +595,54 @@ fn assert_firehose_limits(seen: &[Seen]) -> usize {
     calls
 }
 
+/// For a router with outputs `{prefix}_dl` (dead letters to the file output `dlq` at
+/// `{dir}/dlq.jsonl`) and `{prefix}_plain` (none), both to a destination that does not
+/// exist: sends 20 records and checks that each is dead-lettered once at the first attempt
+/// with `reason` and the service's error `code` in its message, counted `failed` on the
+/// plain output, and never sent or retried. Returns the records sent.
+fn assert_permanent_failure(
+    r: &Router,
+    fwd: u16,
+    prefix: &str,
+    reason: &str,
+    code: &str,
+) -> Vec<(i64, Value)> {
+    let (dl, plain) = (format!("{prefix}_dl"), format!("{prefix}_plain"));
+    let recs: Vec<(i64, Value)> = (0..20u64)
+        .map(|i| (now_ns(), json!({"seq": i, "log": "x"})))
+        .collect();
+    send_forward(fwd, "nb", &recs);
+    let lines = common::wait_lines(&r.path("dlq.jsonl"), 20, Duration::from_secs(30));
+    assert_eq!(lines.len(), 20, "{}", r.logs());
+    let mut seqs = Vec::new();
+    for l in &lines {
+        let e = &l["firelane_error"];
+        assert_eq!(e["output"], dl.as_str(), "{l}");
+        assert_eq!(e["reason"], reason, "{l}");
+        assert!(e["message"].as_str().unwrap_or("").contains(code), "{l}");
+        assert_eq!(e["attempts"], 1, "a permanent error is not retried: {l}");
+        seqs.push(l["seq"].as_u64().expect("seq"));
+    }
+    assert_exactly_once("dead letters", seqs, 20);
+    let failed = r.wait_metric(
+        "firelane_output_records_total",
+        &[&format!("output=\"{plain}\""), "result=\"failed\""],
+        20.0,
+        Duration::from_secs(30),
+    );
+    assert_eq!(failed, 20.0);
+    let m = |o: &str, res: &str| {
+        r.metric(
+            "firelane_output_records_total",
+            &[&format!("output=\"{o}\""), &format!("result=\"{res}\"")],
+        )
+    };
+    assert_eq!(m(&dl, "dead_lettered"), 20.0);
+    assert_eq!((m(&dl, "sent"), m(&plain, "sent")), (0.0, 0.0));
+    assert_eq!((m(&dl, "retried"), m(&plain, "retried")), (0.0, 0.0));
+    recs
+}
+
 // ---------------------------------------------------------------------------------------
 // S3
 
@@ -1060,44 +1108,7 @@ path = "{{dir}}/dlq.jsonl"
 "#
     );
     let r = Router::start(&router_config(fwd, &outputs));
-    let recs: Vec<(i64, Value)> = (0..20u64)
-        .map(|i| (now_ns(), json!({"seq": i, "log": "x"})))
-        .collect();
-    send_forward(fwd, "nb", &recs);
-    let lines = common::wait_lines(&r.path("dlq.jsonl"), 20, Duration::from_secs(30));
-    assert_eq!(lines.len(), 20, "{}", r.logs());
-    let mut seqs = Vec::new();
-    for l in &lines {
-        let e = &l["firelane_error"];
-        assert_eq!(e["output"], "s3_dl", "{l}");
-        assert_eq!(e["reason"], "no_such_bucket", "{l}");
-        assert!(
-            e["message"].as_str().unwrap_or("").contains("NoSuchBucket"),
-            "{l}"
-        );
-        assert_eq!(e["attempts"], 1, "a permanent error is not retried: {l}");
-        seqs.push(l["seq"].as_u64().expect("seq"));
-    }
-    assert_exactly_once("dead letters", seqs, 20);
-    let failed = r.wait_metric(
-        "firelane_output_records_total",
-        &["output=\"s3_plain\"", "result=\"failed\""],
-        20.0,
-        Duration::from_secs(30),
-    );
-    assert_eq!(failed, 20.0);
-    let m = |o: &str, res: &str| {
-        r.metric(
-            "firelane_output_records_total",
-            &[&format!("output=\"{o}\""), &format!("result=\"{res}\"")],
-        )
-    };
-    assert_eq!(m("s3_dl", "dead_lettered"), 20.0);
-    assert_eq!((m("s3_dl", "sent"), m("s3_plain", "sent")), (0.0, 0.0));
-    assert_eq!(
-        (m("s3_dl", "retried"), m("s3_plain", "retried")),
-        (0.0, 0.0)
-    );
+    let recs = assert_permanent_failure(&r, fwd, "s3", "no_such_bucket", "NoSuchBucket");
     let logs = r.logs();
     assert!(
         logs.lines()
@@ -1445,42 +1456,19 @@ path = "{{dir}}/dlq.jsonl"
 "#
     );
     let r = Router::start(&router_config(fwd, &outputs));
-    let recs: Vec<(i64, Value)> = (0..20u64)
-        .map(|i| (now_ns(), json!({"seq": i, "log": "x"})))
-        .collect();
-    send_forward(fwd, "nk", &recs);
-    let lines = common::wait_lines(&r.path("dlq.jsonl"), 20, Duration::from_secs(30));
-    assert_eq!(lines.len(), 20, "{}", r.logs());
-    let mut seqs = Vec::new();
-    for l in &lines {
-        let e = &l["firelane_error"];
-        assert_eq!(e["output"], "kds_dl", "{l}");
-        assert_eq!(e["reason"], "resource_not_found", "{l}");
-        let msg = e["message"].as_str().unwrap_or("");
-        assert!(msg.contains("ResourceNotFoundException"), "{l}");
-        assert!(msg.contains(&missing), "{l}");
-        assert_eq!(e["attempts"], 1, "a permanent error is not retried: {l}");
-        seqs.push(l["seq"].as_u64().expect("seq"));
-    }
-    assert_exactly_once("dead letters", seqs, 20);
-    let failed = r.wait_metric(
-        "firelane_output_records_total",
-        &["output=\"kds_plain\"", "result=\"failed\""],
-        20.0,
-        Duration::from_secs(30),
+    assert_permanent_failure(
+        &r,
+        fwd,
+        "kds",
+        "resource_not_found",
+        "ResourceNotFoundException",
     );
-    assert_eq!(failed, 20.0);
-    let m = |o: &str, res: &str| {
-        r.metric(
-            "firelane_output_records_total",
-            &[&format!("output=\"{o}\""), &format!("result=\"{res}\"")],
-        )
-    };
-    assert_eq!(m("kds_dl", "dead_lettered"), 20.0);
-    assert_eq!((m("kds_dl", "sent"), m("kds_plain", "sent")), (0.0, 0.0));
-    assert_eq!(
-        (m("kds_dl", "retried"), m("kds_plain", "retried")),
-        (0.0, 0.0)
+    assert!(
+        r.logs()
+            .lines()
+            .any(|l| l.contains("kds_plain") && l.contains(&missing)),
+        "a log line names the output and the stream:\n{}",
+        r.logs()
     );
 }
 

@@ -1957,6 +1957,21 @@ fn common_output_keys(
     sec.accept(&["log_level", "auto_retry_requests", "storage.type"]);
 }
 
+/// `log_key`, `time_key` and `time_key_format` of the Firehose and Kinesis plugins (C and
+/// Go), which write one record per log record alike.
+fn record_keys(sec: &mut Sec<'_>, t: &mut TomlTable, p: &mut Problems, what: &str) {
+    if let Some(e) = sec.take("log_key") {
+        t.set("log_key", pass(e.value.trim()), &e.origin);
+    }
+    if let Some(e) = sec.take("time_key") {
+        t.set("time_key", pass(e.value.trim()), &e.origin);
+        p.warn(&e.origin, "time_key: firelane writes the time as RFC 3339 with nanoseconds (2026-01-02T03:04:05.123456789Z), not time_key_format");
+    }
+    if let Some(e) = sec.take("time_key_format") {
+        p.error(&e.origin, format!("{what}: time_key_format is not supported (firelane writes RFC 3339 UTC with nanoseconds); remove it"));
+    }
+}
+
 /// The plugin's own options. Returns false when the plugin is not supported (reported).
 fn output(
     plugin: &str,
@@ -2138,16 +2153,7 @@ fn output(
                 Some(e) => t.set("delivery_stream", pass(e.value.trim()), &e.origin),
                 None => p.error(&at, format!("{what}: delivery_stream is required")),
             }
-            if let Some(e) = sec.take("log_key") {
-                t.set("log_key", pass(e.value.trim()), &e.origin);
-            }
-            if let Some(e) = sec.take("time_key") {
-                t.set("time_key", pass(e.value.trim()), &e.origin);
-                p.warn(&e.origin, "time_key: firelane writes the time as RFC 3339 with nanoseconds (2026-01-02T03:04:05.123456789Z), not time_key_format");
-            }
-            if let Some(e) = sec.take("time_key_format") {
-                p.error(&e.origin, format!("{what}: time_key_format is not supported (firelane writes RFC 3339 UTC with nanoseconds); remove it"));
-            }
+            record_keys(sec, t, p, &what);
             if let Some(e) = sec.take("compression")
                 && let Some(v) = env.value(e, p)
                 && !v.trim().eq_ignore_ascii_case("none")
@@ -2447,16 +2453,7 @@ fn output(
                 Some(e) => t.set("stream", pass(e.value.trim()), &e.origin),
                 None => p.error(&at, format!("{what}: stream is required")),
             }
-            if let Some(e) = sec.take("log_key") {
-                t.set("log_key", pass(e.value.trim()), &e.origin);
-            }
-            if let Some(e) = sec.take("time_key") {
-                t.set("time_key", pass(e.value.trim()), &e.origin);
-                p.warn(&e.origin, "time_key: firelane writes the time as RFC 3339 with nanoseconds (2026-01-02T03:04:05.123456789Z), not time_key_format");
-            }
-            if let Some(e) = sec.take("time_key_format") {
-                p.error(&e.origin, format!("{what}: time_key_format is not supported (firelane writes RFC 3339 UTC with nanoseconds); remove it"));
-            }
+            record_keys(sec, t, p, &what);
             // The C plugin always uses a random key (firelane's default); the Go plugin's
             // `partition_key` names a field (`a->b` for a nested one) and falls back to a
             // random key when a record lacks it, which firelane does for a key that renders

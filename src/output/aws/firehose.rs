@@ -31,8 +31,8 @@ use std::time::Duration;
 use aws_sdk_firehose::primitives::Blob;
 
 pub use super::records::Oversize;
-use super::records::{Api, fit};
-use super::{AwsSettings, BuildError, RecordFormat, classify, require_region, sdk_config};
+use super::records::{self, Api, fit};
+use super::{AwsSettings, BuildError, RecordFormat, require_region, sdk_config};
 use crate::event::Record;
 use crate::output::deliver::oversize_counter;
 use crate::output::sink::{BatchBuilder, BatchSettings, Failure, Push, SendResult, Sink};
@@ -262,20 +262,14 @@ fn entry_failure(code: &str, message: &str) -> Failure {
     }
 }
 
-/// Maps a `PutRecordBatch` answer to per-item outcomes. `entries[i]` is the
-/// `(ErrorCode, ErrorMessage)` of Firehose record `i`.
-pub(crate) fn outcome(
-    owners: &[Range<usize>],
-    failed_put_count: i32,
-    entries: &[(Option<&str>, Option<&str>)],
-) -> SendResult {
-    const API: Api = Api {
-        operation: "PutRecordBatch",
-        failed_count: "FailedPutCount",
-        entry_failure,
-    };
-    super::records::outcome(&API, owners, failed_put_count, entries)
-}
+/// How the shared record-batch code names and reads this API.
+const API: Api = Api {
+    service: "Firehose",
+    warn_key: "firehose_partial",
+    operation: "PutRecordBatch",
+    failed_count: "FailedPutCount",
+    entry_failure,
+};
 
 impl Sink for FirehoseSink {
     type Builder = FirehoseBuilder;
@@ -329,25 +323,16 @@ impl Sink for FirehoseSink {
                     .iter()
                     .map(|e| (e.error_code(), e.error_message()))
                     .collect();
-                let r = outcome(&batch.owners, out.failed_put_count(), &entries);
-                if let SendResult::Partial(failed) = &r {
-                    crate::warn_limited!(
-                        "firehose_partial",
-                        "output {}: Firehose {} rejected {} of {} records ({}); only those are retried",
-                        self.name,
-                        self.stream,
-                        out.failed_put_count(),
-                        batch.records.len(),
-                        failed.first().map_or("", |(_, f)| f.message.as_str())
-                    );
-                }
-                r
+                records::answered(
+                    &API,
+                    &self.name,
+                    &self.stream,
+                    &batch.owners,
+                    out.failed_put_count(),
+                    &entries,
+                )
             }
-            Err(e) => {
-                let mut f = classify(&e);
-                f.message = format!("PutRecordBatch {}: {}", self.stream, f.message);
-                SendResult::Failed(f)
-            }
+            Err(e) => records::call_failed(&API, &self.stream, &e),
         }
     }
 }
@@ -355,6 +340,15 @@ impl Sink for FirehoseSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`records::outcome`] of this API.
+    fn outcome(
+        owners: &[Range<usize>],
+        failed_count: i32,
+        entries: &[(Option<&str>, Option<&str>)],
+    ) -> SendResult {
+        records::outcome(&API, owners, failed_count, entries)
+    }
     use serde_json::json;
 
     fn sink(aggregate: bool, oversize: Oversize) -> FirehoseSink {

@@ -40,8 +40,8 @@ use std::time::Duration;
 
 use aws_sdk_kinesis::primitives::Blob;
 
-use super::records::{Api, Fitted, Oversize, fit};
-use super::{AwsSettings, BuildError, RecordFormat, classify, require_region, sdk_config};
+use super::records::{self, Api, Fitted, Oversize, fit};
+use super::{AwsSettings, BuildError, RecordFormat, require_region, sdk_config};
 use crate::event::Record;
 use crate::output::deliver::oversize_counter;
 use crate::output::sink::{BatchBuilder, BatchSettings, Failure, Push, SendResult, Sink};
@@ -415,20 +415,14 @@ fn entry_failure(code: &str, message: &str) -> Failure {
     }
 }
 
-/// Maps a `PutRecords` answer to per-item outcomes. `entries[i]` is the
-/// `(ErrorCode, ErrorMessage)` of request record `i`.
-pub(crate) fn outcome(
-    owners: &[Range<usize>],
-    failed_record_count: i32,
-    entries: &[(Option<&str>, Option<&str>)],
-) -> SendResult {
-    const API: Api = Api {
-        operation: "PutRecords",
-        failed_count: "FailedRecordCount",
-        entry_failure,
-    };
-    super::records::outcome(&API, owners, failed_record_count, entries)
-}
+/// How the shared record-batch code names and reads this API.
+const API: Api = Api {
+    service: "Kinesis stream",
+    warn_key: "kinesis_partial",
+    operation: "PutRecords",
+    failed_count: "FailedRecordCount",
+    entry_failure,
+};
 
 impl Sink for KinesisSink {
     type Builder = KinesisBuilder;
@@ -476,31 +470,21 @@ impl Sink for KinesisSink {
         };
         match req.send().await {
             Ok(out) => {
-                let failed_count = out.failed_record_count().unwrap_or(0);
                 let entries: Vec<(Option<&str>, Option<&str>)> = out
                     .records()
                     .iter()
                     .map(|e| (e.error_code(), e.error_message()))
                     .collect();
-                let r = outcome(&batch.owners, failed_count, &entries);
-                if let SendResult::Partial(failed) = &r {
-                    crate::warn_limited!(
-                        "kinesis_partial",
-                        "output {}: Kinesis stream {} rejected {} of {} records ({}); only those are retried",
-                        self.name,
-                        self.stream,
-                        failed_count,
-                        batch.entries.len(),
-                        failed.first().map_or("", |(_, f)| f.message.as_str())
-                    );
-                }
-                r
+                records::answered(
+                    &API,
+                    &self.name,
+                    &self.stream,
+                    &batch.owners,
+                    out.failed_record_count().unwrap_or(0),
+                    &entries,
+                )
             }
-            Err(e) => {
-                let mut f = classify(&e);
-                f.message = format!("PutRecords {}: {}", self.stream, f.message);
-                SendResult::Failed(f)
-            }
+            Err(e) => records::call_failed(&API, &self.stream, &e),
         }
     }
 }
@@ -508,6 +492,15 @@ impl Sink for KinesisSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`records::outcome`] of this API.
+    fn outcome(
+        owners: &[Range<usize>],
+        failed_count: i32,
+        entries: &[(Option<&str>, Option<&str>)],
+    ) -> SendResult {
+        records::outcome(&API, owners, failed_count, entries)
+    }
     use serde_json::json;
 
     fn cfg(partition_key: Option<&str>, oversize: Oversize) -> KinesisConfig {

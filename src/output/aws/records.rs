@@ -11,7 +11,10 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 
-use super::TRUNCATION_MARKER;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+
+use super::{TRUNCATION_MARKER, classify};
 use crate::output::sink::{Failure, SendResult};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -91,8 +94,12 @@ pub(crate) fn truncate_line(line: &mut Vec<u8>, max: usize) {
     line.push(b'\n');
 }
 
-/// Names of one API's answer, for messages: `PutRecordBatch` / `FailedPutCount`.
+/// One record-batch API, for mapping its answers and naming it in messages.
 pub(crate) struct Api {
+    /// What the target is, in log lines (`Firehose`, `Kinesis stream`).
+    pub service: &'static str,
+    /// The rate-limiting key of its partial-failure warning.
+    pub warn_key: &'static str,
     /// The operation (`PutRecordBatch`, `PutRecords`).
     pub operation: &'static str,
     /// Its failed-record count field (`FailedPutCount`, `FailedRecordCount`).
@@ -144,6 +151,44 @@ pub(crate) fn outcome(
         ));
     }
     SendResult::Partial(failed.into_iter().collect())
+}
+
+/// What an answered call means for its items ([`outcome`]), with one rate-limited warning
+/// naming output, target and the first failure when some records were rejected.
+pub(crate) fn answered(
+    api: &Api,
+    output: &str,
+    target: &dyn std::fmt::Display,
+    owners: &[Range<usize>],
+    failed_count: i32,
+    entries: &[(Option<&str>, Option<&str>)],
+) -> SendResult {
+    let r = outcome(api, owners, failed_count, entries);
+    if let SendResult::Partial(failed) = &r {
+        crate::warn_limited!(
+            api.warn_key,
+            "output {output}: {} {target} rejected {failed_count} of {} records ({}); only those are retried",
+            api.service,
+            owners.len(),
+            failed.first().map_or("", |(_, f)| f.message.as_str())
+        );
+    }
+    r
+}
+
+/// A call refused or lost as a whole: the SDK error classified ([`classify`]), its message
+/// starting with the operation and the target.
+pub(crate) fn call_failed<E>(
+    api: &Api,
+    target: &dyn std::fmt::Display,
+    err: &SdkError<E, HttpResponse>,
+) -> SendResult
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let mut f = classify(err);
+    f.message = format!("{} {target}: {}", api.operation, f.message);
+    SendResult::Failed(f)
 }
 
 #[cfg(test)]
