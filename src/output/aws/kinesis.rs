@@ -685,6 +685,22 @@ mod tests {
     }
 
     #[test]
+    fn destination_names_stream_and_key() {
+        let serde_json::Value::Object(m) = json!({"ecs_task_id": "abc"}) else {
+            unreachable!()
+        };
+        let r = Record::new("t", 0, m);
+        assert_eq!(
+            sink(Some("{ecs_task_id}"), Oversize::Split).destination(&r),
+            "stream s, partition key \"abc\""
+        );
+        assert_eq!(
+            sink(None, Oversize::Split).destination(&r),
+            "stream s, partition key random"
+        );
+    }
+
+    #[test]
     fn settings_aws_would_refuse_are_refused() {
         let err = |mut c: KinesisConfig| {
             build_with_client(c.clone(), offline()).err().map(|e| {
