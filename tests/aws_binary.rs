@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use common::kinesis::{StoredRecord, create_stream, read_all};
 use common::moto::{Aws, endpoint, unique};
 use common::{Router, free_port, noise};
 use firelane::event::now_ns;
@@ -594,6 +595,54 @@ fn assert_firehose_limits(seen: &[Seen]) -> usize {
     calls
 }
 
+/// For a router with outputs `{prefix}_dl` (dead letters to the file output `dlq` at
+/// `{dir}/dlq.jsonl`) and `{prefix}_plain` (none), both to a destination that does not
+/// exist: sends 20 records and checks that each is dead-lettered once at the first attempt
+/// with `reason` and the service's error `code` in its message, counted `failed` on the
+/// plain output, and never sent or retried. Returns the records sent.
+fn assert_permanent_failure(
+    r: &Router,
+    fwd: u16,
+    prefix: &str,
+    reason: &str,
+    code: &str,
+) -> Vec<(i64, Value)> {
+    let (dl, plain) = (format!("{prefix}_dl"), format!("{prefix}_plain"));
+    let recs: Vec<(i64, Value)> = (0..20u64)
+        .map(|i| (now_ns(), json!({"seq": i, "log": "x"})))
+        .collect();
+    send_forward(fwd, "nb", &recs);
+    let lines = common::wait_lines(&r.path("dlq.jsonl"), 20, Duration::from_secs(30));
+    assert_eq!(lines.len(), 20, "{}", r.logs());
+    let mut seqs = Vec::new();
+    for l in &lines {
+        let e = &l["firelane_error"];
+        assert_eq!(e["output"], dl.as_str(), "{l}");
+        assert_eq!(e["reason"], reason, "{l}");
+        assert!(e["message"].as_str().unwrap_or("").contains(code), "{l}");
+        assert_eq!(e["attempts"], 1, "a permanent error is not retried: {l}");
+        seqs.push(l["seq"].as_u64().expect("seq"));
+    }
+    assert_exactly_once("dead letters", seqs, 20);
+    let failed = r.wait_metric(
+        "firelane_output_records_total",
+        &[&format!("output=\"{plain}\""), "result=\"failed\""],
+        20.0,
+        Duration::from_secs(30),
+    );
+    assert_eq!(failed, 20.0);
+    let m = |o: &str, res: &str| {
+        r.metric(
+            "firelane_output_records_total",
+            &[&format!("output=\"{o}\""), &format!("result=\"{res}\"")],
+        )
+    };
+    assert_eq!(m(&dl, "dead_lettered"), 20.0);
+    assert_eq!((m(&dl, "sent"), m(&plain, "sent")), (0.0, 0.0));
+    assert_eq!((m(&dl, "retried"), m(&plain, "retried")), (0.0, 0.0));
+    recs
+}
+
 // ---------------------------------------------------------------------------------------
 // S3
 
@@ -1059,44 +1108,7 @@ path = "{{dir}}/dlq.jsonl"
 "#
     );
     let r = Router::start(&router_config(fwd, &outputs));
-    let recs: Vec<(i64, Value)> = (0..20u64)
-        .map(|i| (now_ns(), json!({"seq": i, "log": "x"})))
-        .collect();
-    send_forward(fwd, "nb", &recs);
-    let lines = common::wait_lines(&r.path("dlq.jsonl"), 20, Duration::from_secs(30));
-    assert_eq!(lines.len(), 20, "{}", r.logs());
-    let mut seqs = Vec::new();
-    for l in &lines {
-        let e = &l["firelane_error"];
-        assert_eq!(e["output"], "s3_dl", "{l}");
-        assert_eq!(e["reason"], "no_such_bucket", "{l}");
-        assert!(
-            e["message"].as_str().unwrap_or("").contains("NoSuchBucket"),
-            "{l}"
-        );
-        assert_eq!(e["attempts"], 1, "a permanent error is not retried: {l}");
-        seqs.push(l["seq"].as_u64().expect("seq"));
-    }
-    assert_exactly_once("dead letters", seqs, 20);
-    let failed = r.wait_metric(
-        "firelane_output_records_total",
-        &["output=\"s3_plain\"", "result=\"failed\""],
-        20.0,
-        Duration::from_secs(30),
-    );
-    assert_eq!(failed, 20.0);
-    let m = |o: &str, res: &str| {
-        r.metric(
-            "firelane_output_records_total",
-            &[&format!("output=\"{o}\""), &format!("result=\"{res}\"")],
-        )
-    };
-    assert_eq!(m("s3_dl", "dead_lettered"), 20.0);
-    assert_eq!((m("s3_dl", "sent"), m("s3_plain", "sent")), (0.0, 0.0));
-    assert_eq!(
-        (m("s3_dl", "retried"), m("s3_plain", "retried")),
-        (0.0, 0.0)
-    );
+    let recs = assert_permanent_failure(&r, fwd, "s3", "no_such_bucket", "NoSuchBucket");
     let logs = r.logs();
     assert!(
         logs.lines()
@@ -1240,6 +1252,224 @@ batch = {{ max_age = "1s" }}
     };
     assert_eq!(oversize("fh_plain", "split"), 1.0, "{}", r.metrics());
     assert_eq!(oversize("fh_agg", "truncated"), 1.0, "{}", r.metrics());
+}
+
+// ---------------------------------------------------------------------------------------
+// Kinesis Data Streams
+//
+// moto checks PutRecords against AWS's limits itself (≤ 500 records, ≤ 5 MiB and ≤ 1 MiB
+// per record counting partition keys) and refuses the whole call otherwise, so a batch
+// over a limit would show up here as failed records.
+
+/// A stream's records joined back into lines: per shard and partition key, consecutive
+/// records up to one that ends in `\n` (the pieces of a split record). Returns
+/// (shard, partition key, line without its `\n`, pieces).
+fn kinesis_lines(records: &[StoredRecord]) -> Vec<(String, String, String, usize)> {
+    let mut open: BTreeMap<(String, String), (Vec<u8>, usize)> = BTreeMap::new();
+    let mut out = Vec::new();
+    for r in records {
+        let k = (r.shard.clone(), r.partition_key.clone());
+        let (buf, pieces) = open.entry(k.clone()).or_default();
+        buf.extend_from_slice(&r.data);
+        *pieces += 1;
+        if buf.ends_with(b"\n") {
+            let (mut line, pieces) = open.remove(&k).unwrap_or_default();
+            line.pop();
+            let text = String::from_utf8(line).expect("utf-8 record");
+            out.push((k.0, k.1, text, pieces));
+        }
+    }
+    assert!(
+        open.is_empty(),
+        "records without their last piece: {open:?}"
+    );
+    out
+}
+
+/// 2,000 records of 11 KB (500 of them are more than 5 MiB, so calls are cut by bytes),
+/// every 97th of 400 KB, one of 1.5 MB, one 3 bytes under 1 MiB (over it with its
+/// partition key), one with a 300-character partition key, into two 4-shard streams:
+/// random keys (JSON lines; both big records split) and `partition_key = "{task}"` (named
+/// by ARN; `log_key`; both big records truncated to 1 MiB with their key). Every record is
+/// read back from every shard exactly once; one task's records share one shard.
+#[test]
+fn kinesis_delivers_every_record_once_across_shards() {
+    let Some(ep) = endpoint() else { return };
+    let aws = Aws::new(&ep);
+    let random = create_stream(&aws, 4);
+    let by_task = create_stream(&aws, 4);
+    let fwd = free_port();
+    let outputs = format!(
+        r#"[routes.all]
+to = ["kds_random", "kds_task"]
+
+[outputs.kds_random]
+type = "kinesis"
+stream = "{random}"
+region = "us-east-1"
+endpoint_url = "{ep}"
+batch = {{ max_age = "1s" }}
+
+[outputs.kds_task]
+type = "kinesis"
+stream_arn = "arn:aws:kinesis:us-east-1:123456789012:stream/{by_task}"
+partition_key = "{{task}}"
+log_key = "log"
+oversize = "truncate"
+region = "us-east-1"
+endpoint_url = "{ep}"
+batch = {{ max_age = "1s" }}
+"#
+    );
+    let r = Router::start(&router_config(fwd, &outputs));
+    let n = 2_000u64;
+    let (big, edge, long_key) = (1_234u64, 1_500u64, 777u64);
+    let log_of = |i: u64| match i {
+        i if i == big => format!("seq={i} {}", "B".repeat(1_500_000)),
+        // With its `\n`, 1 MiB - 3 bytes: fits alone, not with the key "task-0".
+        i if i == edge => format!("seq={i} {}", "E".repeat(1_048_576 - 3 - 1 - 9)),
+        i if i % 97 == 0 => format!("seq={i} {}", noise(i, 400_000)),
+        i => format!("seq={i} {}", noise(i, 11_000)),
+    };
+    let task_of = |i: u64| {
+        if i == long_key {
+            "k".repeat(300)
+        } else {
+            format!("task-{}", i % 3)
+        }
+    };
+    let recs: Vec<(i64, Value)> = (0..n)
+        .map(|i| {
+            (
+                now_ns(),
+                json!({"seq": i, "task": task_of(i), "log": log_of(i)}),
+            )
+        })
+        .collect();
+    send_forward(fwd, "kds", &recs);
+    wait_sent(&r, "kds_random", n as usize, Duration::from_secs(120));
+    wait_sent(&r, "kds_task", n as usize, Duration::from_secs(120));
+
+    // Random keys: every shard gets records; the split record comes back whole.
+    let stored = read_all(&aws, &random);
+    assert_eq!(stored.len(), n as usize + 2, "two records split in two");
+    let shards: HashSet<&str> = stored.iter().map(|s| s.shard.as_str()).collect();
+    assert_eq!(shards.len(), 4, "random keys spread over every shard");
+    let mut seqs = Vec::new();
+    for (_, key, line, pieces) in kinesis_lines(&stored) {
+        assert_eq!(key.len(), 32, "random key {key:?}");
+        let v: Value = serde_json::from_str(&line).expect("JSON line");
+        let seq = v["seq"].as_u64().expect("seq");
+        assert_eq!(v["log"].as_str(), Some(log_of(seq).as_str()), "seq {seq}");
+        let split = seq == big || seq == edge;
+        assert_eq!(pieces, if split { 2 } else { 1 }, "seq {seq}");
+        seqs.push(seq);
+    }
+    assert_exactly_once("kds_random", seqs, n);
+
+    // Keys from the template: one task, one key, one shard; the long key cut to 256.
+    let stored = read_all(&aws, &by_task);
+    assert_eq!(stored.len(), n as usize);
+    let mut shard_of: BTreeMap<String, String> = BTreeMap::new();
+    let mut seqs = Vec::new();
+    for (shard, key, line, _) in kinesis_lines(&stored) {
+        let seq: u64 = line
+            .strip_prefix("seq=")
+            .and_then(|l| l.split(' ').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad line {:?}", &line[..line.len().min(80)]));
+        if seq == long_key {
+            assert_eq!(key, "k".repeat(256));
+        } else {
+            assert_eq!(key, task_of(seq), "seq {seq}");
+        }
+        if seq == big || seq == edge {
+            assert!(line.ends_with("…[truncated by firelane]"), "marker");
+            assert!(line.len() + 1 + key.len() <= 1024 * 1024, "{}", line.len());
+            assert!(
+                line.len() + 1 + key.len() > 1024 * 1024 - 8,
+                "{}",
+                line.len()
+            );
+        } else {
+            assert_eq!(line, log_of(seq), "seq {seq}");
+        }
+        let first = shard_of.entry(key.clone()).or_insert_with(|| shard.clone());
+        assert_eq!(*first, shard, "key {key} on two shards");
+        seqs.push(seq);
+    }
+    assert_exactly_once("kds_task", seqs, n);
+
+    let oversize = |o: &str, action: &str| {
+        r.metric(
+            "firelane_output_oversize_records_total",
+            &[&format!("output=\"{o}\""), &format!("action=\"{action}\"")],
+        )
+    };
+    assert_eq!(oversize("kds_random", "split"), 2.0, "{}", r.metrics());
+    assert_eq!(oversize("kds_task", "truncated"), 2.0, "{}", r.metrics());
+    assert_eq!(
+        oversize("kds_task", "partition_key_truncated"),
+        1.0,
+        "{}",
+        r.metrics()
+    );
+    assert_eq!(oversize("kds_random", "partition_key_truncated"), 0.0);
+    let failed = |o: &str| {
+        r.metric(
+            "firelane_output_records_total",
+            &[&format!("output=\"{o}\""), "result=\"failed\""],
+        )
+    };
+    assert_eq!((failed("kds_random"), failed("kds_task")), (0.0, 0.0));
+}
+
+/// A stream that does not exist: ResourceNotFoundException is permanent, so every record
+/// goes to the dead letter output at the first attempt (or is counted failed without one).
+#[test]
+fn kinesis_missing_stream_is_permanent_and_dead_lettered() {
+    let Some(ep) = endpoint() else { return };
+    let fwd = free_port();
+    let missing = unique("fl-kds-none");
+    let outputs = format!(
+        r#"[routes.all]
+to = ["kds_dl", "kds_plain"]
+
+[outputs.kds_dl]
+type = "kinesis"
+stream = "{missing}"
+region = "us-east-1"
+endpoint_url = "{ep}"
+dead_letter = "dlq"
+batch = {{ max_age = "300ms" }}
+
+[outputs.kds_plain]
+type = "kinesis"
+stream = "{missing}"
+region = "us-east-1"
+endpoint_url = "{ep}"
+batch = {{ max_age = "300ms" }}
+
+[outputs.dlq]
+type = "file"
+path = "{{dir}}/dlq.jsonl"
+"#
+    );
+    let r = Router::start(&router_config(fwd, &outputs));
+    assert_permanent_failure(
+        &r,
+        fwd,
+        "kds",
+        "resource_not_found",
+        "ResourceNotFoundException",
+    );
+    assert!(
+        r.logs()
+            .lines()
+            .any(|l| l.contains("kds_plain") && l.contains(&missing)),
+        "a log line names the output and the stream:\n{}",
+        r.logs()
+    );
 }
 
 // ---------------------------------------------------------------------------------------

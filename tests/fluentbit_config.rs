@@ -2,7 +2,8 @@
 //! the real binary, `check` listing every unsupported line, `check --print-toml` giving a
 //! TOML that `check` accepts and that routes records to the same outputs, the FireLens
 //! health input on TCP, and (with moto, `scripts/test.sh --test fluentbit_config`) delivery
-//! to CloudWatch Logs, Firehose and S3 under the names Fluent Bit would use.
+//! to CloudWatch Logs, Firehose, Kinesis Data Streams and S3 under the names Fluent Bit
+//! would use.
 
 mod common;
 
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::kinesis::{create_stream, read_all};
 use common::moto::{Aws, endpoint, unique};
 use common::{free_port, http_get, metric_sum};
 use firelane::event::now_ns;
@@ -230,7 +232,7 @@ fn check_lists_every_unsupported_line_and_run_refuses() {
 [OUTPUT]
     Name kinesis_streams
     Match *
-    stream s
+    stream_name s
 [OUTPUT]
     Name kinesis_firehose
     Match *
@@ -244,7 +246,10 @@ fn check_lists_every_unsupported_line_and_run_refuses() {
     let f = conf.display().to_string();
     for needle in [
         format!("{f}:4: [FILTER] nest: Operation nest is not supported"),
-        format!("{f}:8: [OUTPUT] kinesis_streams: firelane has no Kinesis Data Streams output"),
+        format!("{f}:8: [OUTPUT] kinesis_streams: stream is required"),
+        format!(
+            "{f}:11: [OUTPUT] kinesis_streams: option stream_name (did you mean stream?) is not supported"
+        ),
         format!("{f}:12: [OUTPUT] kinesis_firehose: delivery_stream is required"),
         format!(
             "{f}:15: [OUTPUT] kinesis_firehose: option deliver_stream_name (did you mean delivery_stream?) is not supported"
@@ -520,4 +525,102 @@ fn generated_configs_deliver_under_fluent_bit_names() {
     // The user's second output got the eight kept lines of all four containers.
     let file = std::fs::read_to_string(dir.path().join("errors.jsonl")).expect("file output");
     assert_eq!(file.lines().count(), 8, "{file}");
+}
+
+/// `kinesis_streams` (C plugin: random partition keys) and the Go `kinesis` plugin
+/// (`partition_key container_id`, `log_key log`) from an agent-generated config, against
+/// moto: each kept line lands once, as a newline-terminated record.
+#[test]
+fn kinesis_streams_conf_delivers() {
+    let Some(ep) = endpoint() else { return };
+    let aws = Aws::new(&ep);
+    let c_stream = create_stream(&aws, 2);
+    let go_stream = create_stream(&aws, 2);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (fwd, health, admin) = (free_port(), free_port(), free_port());
+    let outputs = format!(
+        "
+[OUTPUT]
+    Name kinesis_streams
+    Match web-firelens*
+    endpoint {ep}
+    region us-east-1
+    stream {c_stream}
+    time_key time
+
+[OUTPUT]
+    Name kinesis
+    Match api-firelens*
+    append_newline true
+    endpoint {ep}
+    log_key log
+    partition_key container_id
+    region us-east-1
+    stream {go_stream}
+"
+    );
+    let conf = dir.path().join("fluent-bit.conf");
+    std::fs::write(&conf, agent_conf(dir.path(), fwd, health, admin, &outputs)).expect("write");
+    std::fs::write(dir.path().join("external.conf"), external_conf(dir.path())).expect("write");
+    let (ok, _, err) = check(&conf);
+    assert!(ok, "check refused it: {err}");
+    let r = FbRouter::start(&conf, admin, &[]);
+    let task = "3de392df6bfa470b97ed";
+    let lines = ["INFO one", "DEBUG dropped by the user's grep", "ERROR two"];
+    for app in ["web", "api"] {
+        send(fwd, &format!("{app}-firelens-{task}"), &lines);
+    }
+    r.wait_metric(
+        "firelane_output_records_total",
+        &["output=\"kinesis_streams\"", "result=\"sent\""],
+        2.0,
+    );
+    r.wait_metric(
+        "firelane_output_records_total",
+        &["output=\"kinesis\"", "result=\"sent\""],
+        2.0,
+    );
+    let logs = r.stop();
+
+    // C plugin: the JSON record with the agent's metadata and time_key; random keys.
+    let stored = read_all(&aws, &c_stream);
+    let mut recs: Vec<Value> = stored
+        .iter()
+        .map(|s| {
+            assert!(s.data.ends_with(b"\n"), "{s:?}");
+            assert_eq!(s.partition_key.len(), 32, "random key: {s:?}");
+            serde_json::from_slice(&s.data).expect("JSON record")
+        })
+        .collect();
+    recs.sort_by_key(|m| m["log"].as_str().map(String::from));
+    assert_eq!(recs.len(), 2, "{recs:?}\n{logs}");
+    assert_eq!(recs[0]["log"], "ERROR two");
+    assert_eq!(recs[1]["log"], "INFO one");
+    assert_eq!(recs[0]["ecs_cluster"], "mycluster");
+    assert!(
+        recs[0]["time"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{:?}",
+        recs[0]
+    );
+
+    // Go plugin: the log line alone, keyed by the record's container_id.
+    let stored = read_all(&aws, &go_stream);
+    let mut got: Vec<(String, String)> = stored
+        .iter()
+        .map(|s| {
+            (
+                String::from_utf8(s.data.clone()).expect("utf-8"),
+                s.partition_key.clone(),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("ERROR two\n".to_string(), "abc".to_string()),
+            ("INFO one\n".to_string(), "abc".to_string())
+        ],
+        "{logs}"
+    );
 }

@@ -36,7 +36,7 @@ fn reference_is_valid() {
     let text = include_str!("../../config/reference.toml");
     let l = parse(text, "reference.toml", &env).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(l.config.routes.len(), 4);
-    assert_eq!(l.config.outputs.len(), 9);
+    assert_eq!(l.config.outputs.len(), 10);
 }
 
 #[test]

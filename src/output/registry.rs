@@ -33,6 +33,7 @@ pub(crate) static OUTPUTS: &[&dyn OutputType] = &[
     &super::slack::config::Slack,
     &super::aws::s3::config::S3,
     &super::aws::firehose::config::Firehose,
+    &super::aws::kinesis::config::Kinesis,
     &super::aws::cloudwatch_logs::config::CloudWatchLogs,
     &super::aws::sns::config::Sns,
 ];

@@ -425,7 +425,6 @@ impl Template {
     }
 
     /// True when every record renders the same text (no tag, field or time parts).
-    #[cfg(test)]
     pub(crate) fn is_static(&self) -> bool {
         self.segments
             .iter()

@@ -4,6 +4,7 @@
 
 pub mod ecs_events;
 pub mod fake_http;
+pub mod kinesis;
 pub mod moto;
 pub mod sns_sqs;
 pub mod tmpfs;

@@ -53,10 +53,12 @@ pub struct Aws {
     pub logs: aws_sdk_cloudwatchlogs::Client,
     pub sns: aws_sdk_sns::Client,
     pub sqs: aws_sdk_sqs::Client,
+    pub kinesis: aws_sdk_kinesis::Client,
 }
 
 impl Aws {
-    /// Clients for S3 (path-style), Firehose, CloudWatch Logs, SNS and SQS on moto at `ep`.
+    /// Clients for S3 (path-style), Firehose, CloudWatch Logs, SNS, SQS and Kinesis on moto
+    /// at `ep`.
     pub fn new(ep: &str) -> Aws {
         rt().block_on(async {
             let conf = sdk_config(&AwsSettings {
@@ -89,6 +91,11 @@ impl Aws {
                 ),
                 sqs: aws_sdk_sqs::Client::from_conf(
                     aws_sdk_sqs::config::Builder::from(&conf)
+                        .endpoint_url(ep)
+                        .build(),
+                ),
+                kinesis: aws_sdk_kinesis::Client::from_conf(
+                    aws_sdk_kinesis::config::Builder::from(&conf)
                         .endpoint_url(ep)
                         .build(),
                 ),

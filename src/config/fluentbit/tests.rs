@@ -313,7 +313,7 @@ fn unsupported_plugins_and_options_are_listed_with_their_lines() {
 [OUTPUT]
     Name kinesis_streams
     Match *
-    stream my-stream
+    stream_name my-stream
 [OUTPUT]
     Name kinesis_firehose
     Match *
@@ -333,9 +333,10 @@ fn unsupported_plugins_and_options_are_listed_with_their_lines() {
         (4, "[INPUT] tail: firelane has no such input"),
         (7, "[FILTER] nest: Operation nest is not supported"),
         (11, "[FILTER] lua: firelane has no such filter"),
+        (14, "[OUTPUT] kinesis_streams: stream is required"),
         (
-            14,
-            "[OUTPUT] kinesis_streams: firelane has no Kinesis Data Streams output",
+            17,
+            "option stream_name (did you mean stream?) is not supported",
         ),
         (18, "delivery_stream is required"),
         (
@@ -701,4 +702,105 @@ fn nest_lift_becomes_a_fields_lift() {
             .any(|(l, m)| *l == 8 && m.contains("Wildcard is not supported")),
         "{lines:?}"
     );
+}
+
+#[test]
+fn kinesis_streams_and_the_go_kinesis_plugin_translate() {
+    let (text, warnings) = translate(
+        "[SERVICE]
+    Flush 3
+[INPUT]
+    Name forward
+[OUTPUT]
+    Name kinesis_streams
+    Match *
+    region ${REGION}
+    stream my-stream
+    log_key log
+    time_key time
+    endpoint kinesis.example.com
+    role_arn arn:aws:iam::123456789012:role/writer
+    auto_retry_requests true
+    port 443
+    simple_aggregation false
+    workers 2
+[OUTPUT]
+    Name kinesis
+    Match *
+    region us-west-2
+    stream other
+    partition_key kubernetes->pod_name
+    append_newline true
+    aggregation false
+",
+    )
+    .unwrap_or_else(|e| panic!("translation failed: {e}"));
+    let t: toml::Table = text.parse().unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(s(&t, "outputs.kinesis_streams.type"), "kinesis");
+    assert_eq!(s(&t, "outputs.kinesis_streams.stream"), "my-stream");
+    // `${VAR}` is passed on for the TOML loader to expand.
+    assert_eq!(s(&t, "outputs.kinesis_streams.region"), "${REGION}");
+    assert_eq!(s(&t, "outputs.kinesis_streams.log_key"), "log");
+    assert_eq!(s(&t, "outputs.kinesis_streams.time_key"), "time");
+    assert_eq!(
+        s(&t, "outputs.kinesis_streams.endpoint_url"),
+        "https://kinesis.example.com"
+    );
+    assert_eq!(
+        s(&t, "outputs.kinesis_streams.role_arn"),
+        "arn:aws:iam::123456789012:role/writer"
+    );
+    assert_eq!(s(&t, "outputs.kinesis_streams.batch.max_age"), "3s");
+    assert_eq!(
+        at(&t, "outputs.kinesis_streams.concurrency").as_integer(),
+        Some(2)
+    );
+    // The C plugin has no partition key option: random keys, firelane's default.
+    assert!(
+        at(&t, "outputs.kinesis_streams")
+            .get("partition_key")
+            .is_none()
+    );
+    assert_eq!(s(&t, "outputs.kinesis.type"), "kinesis");
+    assert_eq!(s(&t, "outputs.kinesis.stream"), "other");
+    assert_eq!(
+        s(&t, "outputs.kinesis.partition_key"),
+        "{kubernetes.pod_name}"
+    );
+    assert!(
+        warnings.iter().any(|w| w.contains("time_key")),
+        "{warnings:?}"
+    );
+
+    let errs = errors_lines(&errors(
+        "[OUTPUT]
+    Name kinesis
+    Match *
+    partition_key $(ecs_task_id)
+    port 4567
+    aggregation true
+    compression zlib
+    data_keys log
+    time_key_format %s
+    sts_endpoint https://sts.example.com
+",
+    ));
+    for (line, needle) in [
+        (1, "[OUTPUT] kinesis: stream is required"),
+        (4, "partition_key \"$(ecs_task_id)\": expected a field name"),
+        (5, "port 4567: put the port in endpoint"),
+        (6, "aggregation is not supported"),
+        (
+            7,
+            "compression zlib of each Kinesis record is not supported",
+        ),
+        (8, "data_keys is not supported"),
+        (9, "time_key_format is not supported"),
+        (10, "sts_endpoint is not supported"),
+    ] {
+        assert!(
+            errs.iter().any(|(l, e)| *l == line && e.contains(needle)),
+            "line {line}: {needle}\n{errs:#?}"
+        );
+    }
 }

@@ -1957,6 +1957,21 @@ fn common_output_keys(
     sec.accept(&["log_level", "auto_retry_requests", "storage.type"]);
 }
 
+/// `log_key`, `time_key` and `time_key_format` of the Firehose and Kinesis plugins (C and
+/// Go), which write one record per log record alike.
+fn record_keys(sec: &mut Sec<'_>, t: &mut TomlTable, p: &mut Problems, what: &str) {
+    if let Some(e) = sec.take("log_key") {
+        t.set("log_key", pass(e.value.trim()), &e.origin);
+    }
+    if let Some(e) = sec.take("time_key") {
+        t.set("time_key", pass(e.value.trim()), &e.origin);
+        p.warn(&e.origin, "time_key: firelane writes the time as RFC 3339 with nanoseconds (2026-01-02T03:04:05.123456789Z), not time_key_format");
+    }
+    if let Some(e) = sec.take("time_key_format") {
+        p.error(&e.origin, format!("{what}: time_key_format is not supported (firelane writes RFC 3339 UTC with nanoseconds); remove it"));
+    }
+}
+
 /// The plugin's own options. Returns false when the plugin is not supported (reported).
 fn output(
     plugin: &str,
@@ -2138,16 +2153,7 @@ fn output(
                 Some(e) => t.set("delivery_stream", pass(e.value.trim()), &e.origin),
                 None => p.error(&at, format!("{what}: delivery_stream is required")),
             }
-            if let Some(e) = sec.take("log_key") {
-                t.set("log_key", pass(e.value.trim()), &e.origin);
-            }
-            if let Some(e) = sec.take("time_key") {
-                t.set("time_key", pass(e.value.trim()), &e.origin);
-                p.warn(&e.origin, "time_key: firelane writes the time as RFC 3339 with nanoseconds (2026-01-02T03:04:05.123456789Z), not time_key_format");
-            }
-            if let Some(e) = sec.take("time_key_format") {
-                p.error(&e.origin, format!("{what}: time_key_format is not supported (firelane writes RFC 3339 UTC with nanoseconds); remove it"));
-            }
+            record_keys(sec, t, p, &what);
             if let Some(e) = sec.take("compression")
                 && let Some(v) = env.value(e, p)
                 && !v.trim().eq_ignore_ascii_case("none")
@@ -2436,13 +2442,94 @@ fn output(
             }
             flush_age(t);
         }
+        // The C plugin (`kinesis_streams`) and the Go plugin (`kinesis`,
+        // amazon-kinesis-streams-for-fluent-bit) both write one newline-terminated JSON
+        // record (or the `log_key` value) per Kinesis record, as firelane does.
         "kinesis_streams" | "kinesis" => {
-            p.error(&at, format!("{what}: firelane has no Kinesis Data Streams output; send to a Firehose delivery stream (kinesis_firehose), or keep this output in Fluent Bit"));
-            sec.accept_all();
-            return false;
+            let go = plugin == "kinesis";
+            t.set("type", q("kinesis"), &at);
+            aws(sec, t, p, false);
+            match sec.take("stream") {
+                Some(e) => t.set("stream", pass(e.value.trim()), &e.origin),
+                None => p.error(&at, format!("{what}: stream is required")),
+            }
+            record_keys(sec, t, p, &what);
+            // The C plugin always uses a random key (firelane's default); the Go plugin's
+            // `partition_key` names a field (`a->b` for a nested one) and falls back to a
+            // random key when a record lacks it, which firelane does for a key that renders
+            // only `-`.
+            if go && let Some(e) = sec.take("partition_key") {
+                let parts: Vec<&str> = e.value.trim().split("->").map(str::trim).collect();
+                if parts
+                    .iter()
+                    .any(|k| k.is_empty() || k.contains(['{', '}', '[', ']', '|', '?', '$']))
+                {
+                    p.error(
+                        &e.origin,
+                        format!(
+                            "{what}: partition_key {:?}: expected a field name, or fields joined by -> for a nested one",
+                            e.value.trim()
+                        ),
+                    );
+                } else {
+                    t.set(
+                        "partition_key",
+                        q(&format!("{{{}}}", parts.join("."))),
+                        &e.origin,
+                    );
+                }
+            }
+            if let Some(e) = sec.take("port")
+                && let Some(v) = env.value(e, p)
+                && v.trim() != "443"
+            {
+                p.error(
+                    &e.origin,
+                    format!(
+                        "{what}: port {}: put the port in endpoint (https://HOST:PORT) instead",
+                        v.trim()
+                    ),
+                );
+            }
+            if go
+                && let Some(e) = sec.take("append_newline")
+                && let Some(v) = env.value(e, p)
+                && boolean(e, &v, p) == Some(false)
+            {
+                p.warn(
+                    &e.origin,
+                    "append_newline false: firelane ends every Kinesis record with a newline",
+                );
+            }
+            for key in ["simple_aggregation", "aggregation"] {
+                if let Some(e) = sec.take(key)
+                    && let Some(v) = env.value(e, p)
+                    && boolean(e, &v, p) == Some(true)
+                {
+                    p.error(&e.origin, format!("{what}: {} is not supported: firelane sends one Kinesis record per log record", e.key));
+                }
+            }
+            if let Some(e) = sec.take("compression")
+                && let Some(v) = env.value(e, p)
+                && !v.trim().eq_ignore_ascii_case("none")
+            {
+                p.error(
+                    &e.origin,
+                    format!(
+                        "{what}: compression {} of each Kinesis record is not supported",
+                        v.trim()
+                    ),
+                );
+            }
+            for key in ["data_keys", "replace_dots"] {
+                if let Some(e) = sec.take(key) {
+                    p.error(&e.origin, format!("{what}: {} is not supported", e.key));
+                }
+            }
+            flush_age(t);
         }
         other => {
-            p.error(&at, format!("{what}: firelane has no such output (cloudwatch_logs, kinesis_firehose, s3, http, file, stdout, null)"));
+            p.error(&at, format!("{what}: firelane has no such output (cloudwatch_logs, kinesis_firehose, kinesis_streams, s3, http, file, stdout, null)"));
             let _ = other;
             sec.accept_all();
             return false;

@@ -5,6 +5,7 @@ use crate::config::OutputSpec;
 use crate::config::reader::{Diagnostics, Table};
 use crate::output::registry::OutputConfigError;
 
+use super::records::Oversize;
 use super::{AwsSettings, BuildError, RecordFormat};
 
 /// The connection keys of every AWS output.
@@ -28,6 +29,23 @@ pub(crate) fn read_aws(t: &mut Table<'_, '_>, d: &mut Diagnostics) -> AwsSetting
         region: t.opt_string(d, "region"),
         endpoint_url,
         role_arn: t.opt_string(d, "role_arn"),
+    }
+}
+
+/// Reads `oversize` (`split`, the default, `truncate` or `drop`) of the record-batch
+/// outputs (`firehose`, `kinesis`).
+pub(crate) fn read_oversize(t: &mut Table<'_, '_>, d: &mut Diagnostics) -> Oversize {
+    match t.opt_string(d, "oversize").as_deref() {
+        None | Some("split") => Oversize::Split,
+        Some("truncate") => Oversize::Truncate,
+        Some("drop") => Oversize::Drop,
+        Some(_) => {
+            d.error(
+                t.value_span("oversize"),
+                format!("{}.oversize: expected split, truncate or drop", t.path()),
+            );
+            Oversize::Split
+        }
     }
 }
 

@@ -24,16 +24,15 @@
 
 pub(crate) mod config;
 
-use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_firehose::primitives::Blob;
 
-use super::{
-    AwsSettings, BuildError, RecordFormat, TRUNCATION_MARKER, classify, require_region, sdk_config,
-};
+pub use super::records::Oversize;
+use super::records::{self, Api, fit};
+use super::{AwsSettings, BuildError, RecordFormat, require_region, sdk_config};
 use crate::event::Record;
 use crate::output::deliver::oversize_counter;
 use crate::output::sink::{BatchBuilder, BatchSettings, Failure, Push, SendResult, Sink};
@@ -41,18 +40,6 @@ use crate::output::sink::{BatchBuilder, BatchSettings, Failure, Push, SendResult
 pub(crate) const MAX_RECORDS_PER_CALL: usize = 500;
 pub(crate) const MAX_BYTES_PER_CALL: usize = 4 * 1024 * 1024;
 pub(crate) const MAX_RECORD_BYTES: usize = 1_024_000;
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-/// `oversize`: what happens to a record above Firehose's 1,000 KiB per record.
-pub enum Oversize {
-    /// The config's default (`oversize` unset).
-    #[default]
-    Split,
-    /// Cut to 1,000 KiB with a marker; counted as `action="truncated"`.
-    Truncate,
-    /// Dropped by the user's choice; counted as `dropped`.
-    Drop,
-}
 
 #[derive(Clone, Debug, PartialEq)]
 /// An `[outputs.NAME]` of `type = "firehose"`, validated (PutRecordBatch).
@@ -174,19 +161,6 @@ pub struct FirehoseBatch {
     pub(crate) owners: Vec<Range<usize>>,
 }
 
-/// Cuts `line` (which ends in `\n`) to at most `max` bytes, keeping UTF-8 valid, and marks it.
-fn truncate_line(line: &mut Vec<u8>, max: usize) {
-    let keep = max - TRUNCATION_MARKER.len() - 1;
-    let mut cut = keep.min(line.len());
-    // Step back over UTF-8 continuation bytes so the kept prefix stays valid text.
-    while cut > 0 && cut < line.len() && (line[cut] & 0xC0) == 0x80 {
-        cut -= 1;
-    }
-    line.truncate(cut);
-    line.extend_from_slice(TRUNCATION_MARKER.as_bytes());
-    line.push(b'\n');
-}
-
 impl BatchBuilder for FirehoseBuilder {
     type Batch = FirehoseBatch;
 
@@ -196,24 +170,15 @@ impl BatchBuilder for FirehoseBuilder {
         }
         self.line.clear();
         self.format.write_line(record, &mut self.line);
-        let mut truncated = false;
-        let mut split = false;
-        if self.line.len() > MAX_RECORD_BYTES {
-            match self.limits.oversize {
-                Oversize::Drop => return Push::Dropped("record_too_large"),
-                Oversize::Truncate => {
-                    truncate_line(&mut self.line, MAX_RECORD_BYTES);
-                    truncated = true;
-                }
-                Oversize::Split => {
-                    if self.line.len() > MAX_BYTES_PER_CALL {
-                        truncate_line(&mut self.line, MAX_BYTES_PER_CALL);
-                        truncated = true;
-                    }
-                    split = true;
-                }
-            }
-        }
+        let (truncated, split) = match fit(
+            self.limits.oversize,
+            &mut self.line,
+            MAX_RECORD_BYTES,
+            MAX_BYTES_PER_CALL,
+        ) {
+            Ok(f) => (f.truncated, f.pieces > 1),
+            Err(reason) => return Push::Dropped(reason),
+        };
         let len = self.line.len();
         let empty = self.items == 0;
         let fits_bytes = self.bytes + len <= self.limits.max_bytes;
@@ -297,44 +262,14 @@ fn entry_failure(code: &str, message: &str) -> Failure {
     }
 }
 
-/// Maps a `PutRecordBatch` answer to per-item outcomes. `entries[i]` is the
-/// `(ErrorCode, ErrorMessage)` of Firehose record `i`.
-pub(crate) fn outcome(
-    owners: &[Range<usize>],
-    failed_put_count: i32,
-    entries: &[(Option<&str>, Option<&str>)],
-) -> SendResult {
-    if failed_put_count <= 0 {
-        return SendResult::Delivered;
-    }
-    if entries.len() != owners.len() {
-        return SendResult::Failed(Failure::retryable(
-            "bad_response",
-            format!(
-                "PutRecordBatch: FailedPutCount {failed_put_count} but {} responses for {} records",
-                entries.len(),
-                owners.len()
-            ),
-        ));
-    }
-    let mut failed: BTreeMap<usize, Failure> = BTreeMap::new();
-    for (range, (code, message)) in owners.iter().zip(entries) {
-        let Some(code) = code else { continue };
-        let f = entry_failure(code, message.unwrap_or(""));
-        for item in range.clone() {
-            failed.entry(item).or_insert_with(|| f.clone());
-        }
-    }
-    if failed.is_empty() {
-        return SendResult::Failed(Failure::retryable(
-            "bad_response",
-            format!(
-                "PutRecordBatch: FailedPutCount {failed_put_count} but no entry has an error code"
-            ),
-        ));
-    }
-    SendResult::Partial(failed.into_iter().collect())
-}
+/// How the shared record-batch code names and reads this API.
+const API: Api = Api {
+    service: "Firehose",
+    warn_key: "firehose_partial",
+    operation: "PutRecordBatch",
+    failed_count: "FailedPutCount",
+    entry_failure,
+};
 
 impl Sink for FirehoseSink {
     type Builder = FirehoseBuilder;
@@ -388,25 +323,16 @@ impl Sink for FirehoseSink {
                     .iter()
                     .map(|e| (e.error_code(), e.error_message()))
                     .collect();
-                let r = outcome(&batch.owners, out.failed_put_count(), &entries);
-                if let SendResult::Partial(failed) = &r {
-                    crate::warn_limited!(
-                        "firehose_partial",
-                        "output {}: Firehose {} rejected {} of {} records ({}); only those are retried",
-                        self.name,
-                        self.stream,
-                        out.failed_put_count(),
-                        batch.records.len(),
-                        failed.first().map_or("", |(_, f)| f.message.as_str())
-                    );
-                }
-                r
+                records::answered(
+                    &API,
+                    &self.name,
+                    &self.stream,
+                    &batch.owners,
+                    out.failed_put_count(),
+                    &entries,
+                )
             }
-            Err(e) => {
-                let mut f = classify(&e);
-                f.message = format!("PutRecordBatch {}: {}", self.stream, f.message);
-                SendResult::Failed(f)
-            }
+            Err(e) => records::call_failed(&API, &self.stream, &e),
         }
     }
 }
@@ -414,6 +340,15 @@ impl Sink for FirehoseSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`records::outcome`] of this API.
+    fn outcome(
+        owners: &[Range<usize>],
+        failed_count: i32,
+        entries: &[(Option<&str>, Option<&str>)],
+    ) -> SendResult {
+        records::outcome(&API, owners, failed_count, entries)
+    }
     use serde_json::json;
 
     fn sink(aggregate: bool, oversize: Oversize) -> FirehoseSink {

@@ -1,5 +1,6 @@
-//! Shared plumbing of the AWS sinks (S3, Firehose, CloudWatch Logs): SDK configuration
-//! (credentials, region, endpoint, assumed role) and mapping SDK errors to [`Failure`].
+//! Shared plumbing of the AWS sinks (S3, Firehose, Kinesis Data Streams, CloudWatch Logs,
+//! SNS): SDK configuration (credentials, region, endpoint, assumed role) and mapping SDK
+//! errors to [`Failure`].
 //!
 //! Start-up never waits on instance metadata for long: the region is taken from the output's
 //! config, then `AWS_REGION`/`AWS_DEFAULT_REGION`, then the profile, and only then from IMDS
@@ -13,6 +14,8 @@
 pub mod cloudwatch_logs;
 pub(crate) mod config;
 pub mod firehose;
+pub mod kinesis;
+pub mod records;
 pub mod s3;
 pub mod sns;
 
@@ -245,6 +248,7 @@ pub(crate) mod offline {
     offline_client!(firehose, aws_sdk_firehose);
     offline_client!(cloudwatch_logs, aws_sdk_cloudwatchlogs);
     offline_client!(sns, aws_sdk_sns);
+    offline_client!(kinesis, aws_sdk_kinesis);
 }
 
 /// Ends a record cut to fit a per-record limit, so readers see it was cut.

@@ -4,7 +4,7 @@
 use crate::config::OutputSpec;
 use crate::config::reader::{Diagnostics, Table};
 use crate::event::Record;
-use crate::output::aws::config::{AWS_KEYS, config_error, format_for, read_aws};
+use crate::output::aws::config::{AWS_KEYS, config_error, format_for, read_aws, read_oversize};
 use crate::output::aws::{AwsSettings, offline};
 use crate::output::core::OutputContext;
 use crate::output::from_config::batch_settings;
@@ -46,18 +46,7 @@ impl OutputType for Firehose {
     fn read(&self, t: &mut Table<'_, '_>, d: &mut Diagnostics) -> Box<dyn OutputConfig> {
         let delivery_stream = t.string(d, "delivery_stream").unwrap_or_default();
         let aggregate = t.opt_bool(d, "aggregate").unwrap_or(false);
-        let oversize = match t.opt_string(d, "oversize").as_deref() {
-            None | Some("split") => Oversize::Split,
-            Some("truncate") => Oversize::Truncate,
-            Some("drop") => Oversize::Drop,
-            Some(_) => {
-                d.error(
-                    t.value_span("oversize"),
-                    format!("{}.oversize: expected split, truncate or drop", t.path()),
-                );
-                Oversize::Split
-            }
-        };
+        let oversize = read_oversize(t, d);
         let log_key = t.opt_string(d, "log_key");
         let aws = read_aws(t, d);
         Box::new(FirehoseOutput {
