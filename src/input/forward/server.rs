@@ -880,13 +880,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
     /// large is retried request by request, so only the request holding the oversized
     /// record goes unacked (counted `too_large`); the connection stays open.
     async fn commit(&mut self, batch: Batch) -> Result<(), DecodeError> {
-        // The buffers reserve budget for these records themselves while `ingest` waits.
-        // Holding the decoding reservation across that wait would count the batch twice,
-        // and a batch needing more than half of `memory_limit` would wait forever for
-        // budget that only it holds. The connection reads nothing more until ingest
-        // returns, so at most this one batch per connection (and, for a batch of several
-        // requests, their wire frames) is in memory uncounted.
-        self.held = Reservation::empty();
+        // The decoding reservation goes along with the records: their memory buffers draw
+        // from it, so the batch stays counted (once) while `ingest` waits out
+        // back-pressure, where it used to be memory the budget did not see (8 connections
+        // × a batch of up to 8 MiB). A push it cannot cover gives it all back before
+        // waiting for budget, so no connection waits while holding budget
+        // (`buffer::budget::Credit`); what is left over (the wire frames' share) is given
+        // back once `ingest` returns. The connection reads nothing more until then.
+        let held = std::mem::replace(&mut self.held, Reservation::empty());
         self.sh.metrics.bytes(batch.wire_bytes);
         let Batch {
             records,
@@ -899,7 +900,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         if frames.len() < 2 {
             frames.clear();
         }
-        let Some(too_large) = self.take(records, acks, ack_requests).await? else {
+        let Some(too_large) = self.take(records, acks, ack_requests, held).await? else {
             return Ok(());
         };
         if frames.is_empty() {
@@ -919,7 +920,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 ack_reply(&mut acks, &decoded.frame[range]);
             }
             let ack_requests = usize::from(request.chunk.is_some());
-            if let Some(e) = self.take(decoded.records, acks, ack_requests).await? {
+            if let Some(e) = self
+                .take(decoded.records, acks, ack_requests, Reservation::empty())
+                .await?
+            {
                 self.refused_too_large(1, &e);
             }
         }
@@ -934,13 +938,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         records: Vec<Record>,
         acks: Vec<u8>,
         ack_requests: usize,
+        held: Reservation,
     ) -> Result<Option<IngestError>, DecodeError> {
         let (token, wait) = ack_pair();
         if records.is_empty() {
             token.release();
         } else {
             let n = records.len() as u64;
-            match self.ingest(records, token).await? {
+            match self.ingest(records, token, held).await? {
                 Ok(()) => self.sh.metrics.records(n),
                 Err(e @ IngestError::TooLarge { .. }) => return Ok(Some(e)),
                 Err(e) => {
@@ -961,15 +966,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         Ok(None)
     }
 
-    /// `Ingest::ingest_acked`, sending the acks of earlier requests as they are settled
-    /// while this one waits out back-pressure.
+    /// `Ingest::ingest_reserved` (with `held`, the records' decoding reservation), sending
+    /// the acks of earlier requests as they are settled while this one waits out
+    /// back-pressure.
     async fn ingest(
         &mut self,
         records: Vec<Record>,
         token: AckToken,
+        held: Reservation,
     ) -> Result<Result<(), IngestError>, DecodeError> {
         let ingest = self.sh.ingest.clone();
-        let mut taking = std::pin::pin!(async move { ingest.ingest_acked(records, token).await });
+        let mut taking =
+            std::pin::pin!(async move { ingest.ingest_reserved(records, token, held).await });
         loop {
             let (p, outcome) = tokio::select! {
                 r = &mut taking => return Ok(r),
