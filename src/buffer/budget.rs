@@ -89,6 +89,8 @@ impl Reservation {
 /// reservations: nobody waits for budget while holding part of it. A push the credit
 /// cannot cover, even topped up without waiting, gives the whole credit back before it
 /// waits ([`Credit::take`]). Shared by the concurrent pushes of one ingest (one per output).
+/// Buffers that shed load (`drop_newest`) do not draw from it: a stalled output would keep
+/// it for good, past the quarter of the budget shedding leaves to the others.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Credit(Arc<Mutex<Option<Reservation>>>);
 
@@ -118,18 +120,6 @@ impl Credit {
         }
         *slot = None;
         None
-    }
-
-    /// A reservation of `bytes` drawn from the credit alone, when it covers them; the
-    /// credit is left as it was otherwise. For pushes that never wait (`drop_newest`).
-    pub(crate) fn take_covered(&self, bytes: usize) -> Option<Reservation> {
-        let mut slot = self.0.lock();
-        let held = slot.as_mut()?;
-        if held.units() >= bytes.div_ceil(UNIT).max(1) {
-            held.split_off(bytes)
-        } else {
-            None
-        }
     }
 }
 
@@ -294,8 +284,7 @@ mod tests {
         let first = credit.take(&b, 2 * UNIT + 1).expect("covered");
         assert_eq!(first.bytes(), 2 * UNIT + 1);
         assert_eq!(b.used(), 6 * UNIT, "drawn from the credit, nothing new taken");
-        let second = credit.take_covered(2 * UNIT).expect("covered");
-        assert!(credit.take_covered(2 * UNIT).is_none(), "one unit left");
+        let second = credit.take(&b, 2 * UNIT).expect("covered");
         assert_eq!(b.used(), 6 * UNIT);
         drop(credit);
         assert_eq!(b.used(), 5 * UNIT, "the unit left over went back");
@@ -326,7 +315,7 @@ mod tests {
         let credit = Credit::new(b.acquire(3 * UNIT).await.unwrap());
         assert!(credit.take(&b, 6 * UNIT).is_none(), "3 held + 1 free < 6");
         assert_eq!(b.used(), 4 * UNIT, "the credit went back to the budget");
-        assert!(credit.take_covered(UNIT).is_none(), "and stays empty");
+        assert!(credit.take(&b, UNIT).is_none(), "and stays empty");
         let waited = tokio::time::timeout(std::time::Duration::from_secs(5), b.acquire(4 * UNIT))
             .await
             .expect("the budget the credit held is free for whoever waits");

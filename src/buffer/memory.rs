@@ -213,10 +213,9 @@ impl Writer {
                         let bytes: u64 = sizes.iter().take(n).sum();
                         // Never the budget's last quarter: a stalled output that drops
                         // when full must not starve the outputs that wait for memory.
-                        if let Some(r) = credit
-                            .take_covered(bytes as usize)
-                            .or_else(|| sh.budget.try_acquire_shedding(bytes as usize))
-                        {
+                        // Not from the credit: records a stalled output keeps would
+                        // take it out of circulation, past the quarter kept free.
+                        if let Some(r) = sh.budget.try_acquire_shedding(bytes as usize) {
                             reservation = Some(r);
                             break;
                         }
