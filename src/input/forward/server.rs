@@ -34,6 +34,14 @@ const BLOCKING_DECODE: usize = 256 * 1024;
 /// per-connection overhead, bounded by `max_connections`). Beyond it, the bytes received
 /// are reserved, never the size a frame header merely announces.
 const FREE_READ_BUFFER: usize = 2 * READ_CHUNK;
+/// How long a connection that receives a steady stream of small writes waits before its
+/// next read, so that one wake-up, one read and one buffer push take many records.
+/// Docker's fluentd driver (and so FireLens) writes one `[tag, time, record]` per log
+/// line: read as they come, a busy container costs the router a wake-up, a read and a
+/// push per line, and the kernel's context switches were most of its CPU. Only
+/// connections whose last read was small and came within twice this of the one before
+/// wait; a client waiting for acks (`chunk`) never does, nor one sending seldom.
+const READ_LINGER: Duration = Duration::from_millis(2);
 /// Several small requests already in the read buffer are ingested together, up to this.
 const MAX_BATCH_RECORDS: usize = 4096;
 const MAX_BATCH_BYTES: usize = 8 << 20;
@@ -372,6 +380,26 @@ impl Batch {
     }
 }
 
+/// What [`READ_LINGER`] decides on: whether the connection receives a steady stream of
+/// small writes.
+#[derive(Default)]
+struct ReadPacing {
+    last: Option<tokio::time::Instant>,
+    steady: bool,
+}
+
+impl ReadPacing {
+    /// Notes a read of `n` bytes.
+    fn filled(&mut self, n: usize) {
+        let now = tokio::time::Instant::now();
+        self.steady = n < READ_CHUNK / 2
+            && self
+                .last
+                .is_some_and(|t| now.saturating_duration_since(t) < 2 * READ_LINGER);
+        self.last = Some(now);
+    }
+}
+
 struct Conn<S> {
     stream: S,
     peer: String,
@@ -488,6 +516,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
 
     async fn serve(&mut self) -> Result<(), DecodeError> {
         let mut splitter = Splitter::new(self.sh.cfg.max_frame_bytes);
+        let mut pacing = ReadPacing::default();
         loop {
             let mut batch = Batch::default();
             let mut fatal = None;
@@ -526,6 +555,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 }
             }
             let more_buffered = batch.is_full() && fatal.is_none();
+            let acked = batch.ack_requests > 0;
             // Give back what one big request needed before its records are handed on (they
             // are not counted until the buffers reserve them), not after.
             self.shed_read_buffer();
@@ -564,7 +594,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 let (p, outcome) = self.pending.next().await;
                 self.answer(p, outcome).await?;
             }
-            if !self.fill().await? {
+            if pacing.steady && !acked && self.pending.is_empty() && splitter.at_start() {
+                tokio::time::sleep(READ_LINGER).await;
+            }
+            let before = self.buf.len();
+            let open = self.fill().await?;
+            pacing.filled(self.buf.len().saturating_sub(before));
+            if !open {
                 if self.buf.is_empty() {
                     return Ok(());
                 }
@@ -1151,6 +1187,30 @@ fn io_error(e: std::io::Error) -> DecodeError {
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
+
+    /// Reads are paced only for a steady stream of small writes: two small reads within
+    /// twice [`READ_LINGER`]; a large read or a pause ends it.
+    #[tokio::test(start_paused = true)]
+    async fn only_a_steady_stream_of_small_writes_is_read_in_batches() {
+        let mut p = ReadPacing::default();
+        p.filled(600);
+        assert!(!p.steady, "a first read");
+        tokio::time::advance(Duration::from_micros(40)).await;
+        p.filled(600);
+        assert!(p.steady, "one line every 40 µs");
+        tokio::time::advance(READ_LINGER).await;
+        p.filled(20 * 600);
+        assert!(p.steady, "what arrived while it waited");
+        tokio::time::advance(Duration::from_micros(10)).await;
+        p.filled(READ_CHUNK);
+        assert!(!p.steady, "full reads need no waiting");
+        tokio::time::advance(Duration::from_micros(10)).await;
+        p.filled(600);
+        assert!(p.steady);
+        tokio::time::advance(Duration::from_millis(100)).await;
+        p.filled(600);
+        assert!(!p.steady, "a line now and then is read at once");
+    }
 
     use tokio::net::UnixStream;
 
