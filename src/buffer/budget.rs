@@ -283,7 +283,11 @@ mod tests {
         let credit = Credit::new(b.acquire(6 * UNIT).await.unwrap());
         let first = credit.take(&b, 2 * UNIT + 1).expect("covered");
         assert_eq!(first.bytes(), 2 * UNIT + 1);
-        assert_eq!(b.used(), 6 * UNIT, "drawn from the credit, nothing new taken");
+        assert_eq!(
+            b.used(),
+            6 * UNIT,
+            "drawn from the credit, nothing new taken"
+        );
         let second = credit.take(&b, 2 * UNIT).expect("covered");
         assert_eq!(b.used(), 6 * UNIT);
         drop(credit);
@@ -296,7 +300,9 @@ mod tests {
     async fn a_credit_is_topped_up_only_without_waiting() {
         let b = MemoryBudget::new(16 * UNIT);
         let credit = Credit::new(b.acquire(2 * UNIT).await.unwrap());
-        let r = credit.take(&b, 5 * UNIT).expect("2 from the credit, 3 from the budget");
+        let r = credit
+            .take(&b, 5 * UNIT)
+            .expect("2 from the credit, 3 from the budget");
         assert_eq!(b.used(), 5 * UNIT);
         assert!(
             credit.take(&b, UNIT).is_none(),

@@ -38,7 +38,8 @@ const FREE_READ_BUFFER: usize = 2 * READ_CHUNK;
 /// next read, so that one wake-up, one read and one buffer push take many records.
 /// Docker's fluentd driver (and so FireLens) writes one `[tag, time, record]` per log
 /// line: read as they come, a busy container costs the router a wake-up, a read and a
-/// push per line, and the kernel's context switches were most of its CPU. Only
+/// push per line, and the kernel's context switches were most of its CPU. It waits out
+/// of the reactor ([`Socket::rest`]), or each write would still wake a thread. Only
 /// connections whose last read was small and came within twice this of the one before
 /// wait; a client waiting for acks (`chunk`) never does, nor one sending seldom.
 const READ_LINGER: Duration = Duration::from_millis(2);
@@ -380,6 +381,42 @@ impl Batch {
     }
 }
 
+/// A connection's socket: TCP or unix stream.
+trait Socket: AsyncRead + AsyncWrite + Unpin + Send + Sized + 'static {
+    /// Takes the socket out of the runtime's reactor for `d`, then puts it back.
+    ///
+    /// Merely not reading for a while is not enough: the reactor registers sockets
+    /// edge-triggered, and every write the peer makes is an edge that wakes a worker
+    /// thread out of `epoll_wait`, whether any task reads or not. Out of the epoll set,
+    /// arriving writes only queue in the kernel. Errors (the registration failed) close
+    /// the connection; it never holds unacknowledged requests while resting.
+    fn rest(self, d: Duration) -> impl Future<Output = std::io::Result<Self>> + Send;
+}
+
+impl Socket for tokio::net::TcpStream {
+    async fn rest(self, d: Duration) -> std::io::Result<Self> {
+        let std = self.into_std()?;
+        tokio::time::sleep(d).await;
+        tokio::net::TcpStream::from_std(std)
+    }
+}
+
+impl Socket for tokio::net::UnixStream {
+    async fn rest(self, d: Duration) -> std::io::Result<Self> {
+        let std = self.into_std()?;
+        tokio::time::sleep(d).await;
+        tokio::net::UnixStream::from_std(std)
+    }
+}
+
+/// Reads into `buf`; an error when the socket was lost resting.
+async fn read_buf<S: Socket>(stream: &mut Option<S>, buf: &mut BytesMut) -> std::io::Result<usize> {
+    match stream {
+        Some(s) => s.read_buf(buf).await,
+        None => Err(std::io::Error::other("connection lost while resting")),
+    }
+}
+
 /// What [`READ_LINGER`] decides on: whether the connection receives a steady stream of
 /// small writes.
 #[derive(Default)]
@@ -401,7 +438,8 @@ impl ReadPacing {
 }
 
 struct Conn<S> {
-    stream: S,
+    /// `None` only while resting ([`Socket::rest`]) or after a rest failed.
+    stream: Option<S>,
     peer: String,
     sh: Arc<Shared>,
     shutdown: InputShutdown,
@@ -428,10 +466,10 @@ enum Woke {
     TimedOut,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
+impl<S: Socket> Conn<S> {
     fn new(stream: S, peer: String, sh: Arc<Shared>, shutdown: InputShutdown) -> Self {
         Conn {
-            stream,
+            stream: Some(stream),
             peer,
             sh,
             shutdown,
@@ -475,7 +513,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 e
             );
         }
-        let _ = self.stream.shutdown().await;
+        if let Some(stream) = self.stream.as_mut() {
+            let _ = stream.shutdown().await;
+        }
         tracing::debug!(peer = %self.peer, "forward connection closed");
     }
 
@@ -595,7 +635,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 self.answer(p, outcome).await?;
             }
             if pacing.steady && !acked && self.pending.is_empty() && splitter.at_start() {
-                tokio::time::sleep(READ_LINGER).await;
+                self.rest(READ_LINGER).await?;
             }
             let before = self.buf.len();
             let open = self.fill().await?;
@@ -613,6 +653,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 ));
             }
         }
+    }
+
+    /// Waits `d` with the socket out of the reactor ([`Socket::rest`]).
+    async fn rest(&mut self, d: Duration) -> Result<(), DecodeError> {
+        let Some(stream) = self.stream.take() else {
+            return Err(err(ErrorKind::Io, "connection lost while resting"));
+        };
+        self.stream = Some(stream.rest(d).await.map_err(io_error)?);
+        Ok(())
     }
 
     /// Budget this connection may hold while waiting for more: `Some` only with a
@@ -698,7 +747,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             // During the drain window (after SIGTERM) reading goes on as before: apps
             // flush their last lines while the task stops. Only the window's end stops it.
             let woke = tokio::select! {
-                r = self.stream.read_buf(&mut self.buf) => Woke::Read(r),
+                r = read_buf(&mut self.stream, &mut self.buf) => Woke::Read(r),
                 (p, outcome) = self.pending.next() => Woke::Settled(p, outcome),
                 _ = self.shutdown.stopped() => Woke::Stopped,
                 _ = &mut timed_out => Woke::TimedOut,
@@ -1063,7 +1112,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
     }
 
     async fn write(&mut self, bytes: &[u8]) -> Result<(), DecodeError> {
-        match tokio::time::timeout(WRITE_TIMEOUT, self.stream.write_all(bytes)).await {
+        let Some(stream) = self.stream.as_mut() else {
+            return Err(err(ErrorKind::Io, "connection lost while resting"));
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(bytes)).await {
             Ok(r) => r.map_err(io_error),
             Err(_) => Err(err(ErrorKind::Io, "client does not read its acks")),
         }
