@@ -6,7 +6,9 @@ use std::sync::Arc;
 use metrics::Counter;
 
 use crate::buffer::BufferWriter;
+use crate::buffer::budget::{Credit, Reservation};
 use crate::event::Record;
+use crate::input::ack::AckToken;
 use crate::input::{Ingest, IngestError};
 use crate::route::{Decision, Router};
 
@@ -123,7 +125,14 @@ impl Pipeline {
         (shares, unrouted)
     }
 
-    async fn submit(&self, input: usize, records: Vec<Record>) -> Result<(), IngestError> {
+    /// Routes `records` and pushes each output its share; the memory buffers draw from
+    /// `credit` first (see [`Credit`]), what is left of it is given back on return.
+    async fn submit(
+        &self,
+        input: usize,
+        records: Vec<Record>,
+        credit: Credit,
+    ) -> Result<(), IngestError> {
         // Counted only once the request is taken (not refused as too large below).
         let mut route_hits = vec![0u64; self.route_counters.len()];
         let (shares, unrouted) = self.split(input, records, &mut route_hits);
@@ -162,7 +171,8 @@ impl Pipeline {
             .filter(|(_, s)| !s.is_empty())
             .map(|(o, share)| {
                 let port = &self.outputs[o];
-                async move { (port, port.writer.push_counted(share).await) }
+                let credit = &credit;
+                async move { (port, port.writer.push_counted(share, credit).await) }
             });
         let mut result = Ok(());
         for (port, (report, outcome)) in futures::future::join_all(pushes).await {
@@ -230,7 +240,23 @@ struct InputPort {
 #[async_trait::async_trait]
 impl Ingest for InputPort {
     async fn ingest(&self, records: Vec<Record>) -> Result<(), IngestError> {
-        self.pipeline.submit(self.input, records).await
+        self.pipeline
+            .submit(self.input, records, Credit::default())
+            .await
+    }
+
+    async fn ingest_reserved(
+        &self,
+        records: Vec<Record>,
+        ack: AckToken,
+        held: Reservation,
+    ) -> Result<(), IngestError> {
+        let result = self
+            .pipeline
+            .submit(self.input, records, Credit::new(held))
+            .await;
+        ack.settle(&result);
+        result
     }
 }
 
@@ -294,6 +320,61 @@ mod tests {
             2
         );
     }
+    /// A forward connection's decoded batch used to be memory the budget did not count
+    /// while `ingest` waited out back-pressure (its reservation was dropped first). Handed
+    /// along, it stays counted while the push waits, pays for the first buffer's share,
+    /// and what is left over goes back when the push is done.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_decoding_reservation_stays_counted_until_the_buffers_hold_the_records() {
+        use crate::buffer::budget::UNIT;
+        let size = rec(0).approx_size();
+        let budget = MemoryBudget::new(1 << 20);
+        let settings = BufferSettings::memory(2 * size as u64, WhenFull::Block);
+        let (writer, mut reader, _) =
+            crate::buffer::open("out", &settings, budget.clone()).expect("buffer");
+        let route = Route {
+            name: "all".into(),
+            from: None,
+            tags: Vec::new(),
+            pattern: None,
+            to: vec![0],
+            is_final: false,
+        };
+        let pipeline = Pipeline::new(
+            Router::new(vec![route]),
+            vec![OutputPort::new("out", writer.clone())],
+        );
+        // The buffer is full: the next push waits for space.
+        writer.push(vec![rec(0), rec(1)]).await.expect("prefill");
+        let prefill = budget.used();
+        let held = budget.acquire(64 * UNIT).await.expect("held");
+        let ingest = pipeline.port(0, "in");
+        let (token, _wait) = crate::input::ack::ack_pair();
+        let push = tokio::spawn(async move {
+            ingest
+                .ingest_reserved(vec![rec(2), rec(3)], token, held)
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!push.is_finished(), "waits for buffer space");
+        assert_eq!(
+            budget.used(),
+            prefill + 64 * UNIT,
+            "the waiting batch is counted"
+        );
+        let entries = reader.recv(2).await.expect("entries");
+        reader
+            .acker()
+            .ack(&entries.iter().map(|e| e.seq).collect::<Vec<_>>());
+        push.await.expect("task").expect("ingested");
+        assert_eq!(writer.stats().records, 2);
+        assert_eq!(
+            budget.used(),
+            prefill,
+            "the two new records cost what the two delivered did; the rest of the credit went back"
+        );
+    }
+
     fn tagged(tag: &str, i: u64) -> Record {
         let serde_json::Value::Object(m) = serde_json::json!({ "i": i }) else {
             unreachable!()

@@ -11,6 +11,7 @@
 
 use std::sync::Arc;
 
+use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Granularity of reservations: permits are counted in KiB so a `u32` permit count covers
@@ -33,7 +34,7 @@ pub struct MemoryBudget {
 
 /// Bytes held against the budget; returned when dropped.
 #[derive(Debug)]
-pub(crate) struct Reservation {
+pub struct Reservation {
     _permit: Option<OwnedSemaphorePermit>,
     bytes: usize,
 }
@@ -49,6 +50,23 @@ impl Reservation {
             bytes: 0,
         }
     }
+    /// Moves `bytes` (rounded up to whole [`UNIT`]s) out of this reservation into a new
+    /// one; `None`, with nothing moved, when this one holds fewer units.
+    pub(crate) fn split_off(&mut self, bytes: usize) -> Option<Reservation> {
+        let units = bytes.div_ceil(UNIT).max(1);
+        let permit = self._permit.as_mut()?.split(units)?;
+        self.bytes = self.bytes.saturating_sub(units * UNIT);
+        Some(Reservation {
+            _permit: Some(permit),
+            bytes,
+        })
+    }
+
+    /// Whole units held.
+    fn units(&self) -> usize {
+        self._permit.as_ref().map_or(0, |p| p.num_permits())
+    }
+
     /// Folds another reservation into this one.
     pub(crate) fn merge(&mut self, other: Reservation) {
         self.bytes += other.bytes;
@@ -57,6 +75,51 @@ impl Reservation {
             (slot @ None, Some(b)) => *slot = Some(b),
             _ => {}
         }
+    }
+}
+
+/// Budget an input already holds for records it hands on: a forward connection reserves
+/// memory for a request while decoding it, and its records then wait in `ingest` until
+/// their buffers reserve memory for them. Handed along as a credit, the buffer pushes of
+/// those records draw from it before the shared budget, so the records stay counted,
+/// once, from decoding until their buffer holds them (without it the decoded batches of
+/// every connection waiting out back-pressure were memory the budget did not see).
+///
+/// The rule that keeps this free of deadlock is the one of the forward input's own
+/// reservations: nobody waits for budget while holding part of it. A push the credit
+/// cannot cover, even topped up without waiting, gives the whole credit back before it
+/// waits ([`Credit::take`]). Shared by the concurrent pushes of one ingest (one per output).
+/// Buffers that shed load (`drop_newest`) do not draw from it: a stalled output would keep
+/// it for good, past the quarter of the budget shedding leaves to the others.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Credit(Arc<Mutex<Option<Reservation>>>);
+
+impl Credit {
+    /// A credit of what `held` holds.
+    pub(crate) fn new(held: Reservation) -> Self {
+        Credit(Arc::new(Mutex::new(Some(held))))
+    }
+
+    /// A reservation of `bytes` drawn from the credit, topped up from `budget` if that
+    /// needs no wait. `None` when even that falls short: then the whole credit has gone
+    /// back to the budget (the caller is about to wait for budget, and must hold none of
+    /// it meanwhile), and later calls find it empty.
+    pub(crate) fn take(&self, budget: &MemoryBudget, bytes: usize) -> Option<Reservation> {
+        let mut slot = self.0.lock();
+        let held = slot.as_mut()?;
+        let units = bytes.div_ceil(UNIT).max(1);
+        let have = held.units();
+        if have >= units {
+            return held.split_off(bytes);
+        }
+        if let Some(top_up) = budget.try_acquire((units - have) * UNIT) {
+            let mut all = slot.take()?;
+            all.merge(top_up);
+            all.bytes = bytes;
+            return Some(all);
+        }
+        *slot = None;
+        None
     }
 }
 
@@ -212,6 +275,58 @@ mod tests {
         );
         drop(r);
         assert!(b.try_acquire_shedding(7 * UNIT).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_credit_pays_for_what_it_covers_and_gives_back_the_rest() {
+        let b = MemoryBudget::new(16 * UNIT);
+        let credit = Credit::new(b.acquire(6 * UNIT).await.unwrap());
+        let first = credit.take(&b, 2 * UNIT + 1).expect("covered");
+        assert_eq!(first.bytes(), 2 * UNIT + 1);
+        assert_eq!(
+            b.used(),
+            6 * UNIT,
+            "drawn from the credit, nothing new taken"
+        );
+        let second = credit.take(&b, 2 * UNIT).expect("covered");
+        assert_eq!(b.used(), 6 * UNIT);
+        drop(credit);
+        assert_eq!(b.used(), 5 * UNIT, "the unit left over went back");
+        drop((first, second));
+        assert_eq!(b.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_credit_is_topped_up_only_without_waiting() {
+        let b = MemoryBudget::new(16 * UNIT);
+        let credit = Credit::new(b.acquire(2 * UNIT).await.unwrap());
+        let r = credit
+            .take(&b, 5 * UNIT)
+            .expect("2 from the credit, 3 from the budget");
+        assert_eq!(b.used(), 5 * UNIT);
+        assert!(
+            credit.take(&b, UNIT).is_none(),
+            "the credit is spent: the caller acquires on its own"
+        );
+        drop(r);
+        assert_eq!(b.used(), 0);
+    }
+
+    /// The deadlock rule: a push the credit cannot cover, even topped up, gives the
+    /// whole credit back before its caller waits for budget.
+    #[tokio::test]
+    async fn a_credit_that_falls_short_is_given_back_whole() {
+        let b = MemoryBudget::new(8 * UNIT);
+        let other = b.acquire(4 * UNIT).await.unwrap();
+        let credit = Credit::new(b.acquire(3 * UNIT).await.unwrap());
+        assert!(credit.take(&b, 6 * UNIT).is_none(), "3 held + 1 free < 6");
+        assert_eq!(b.used(), 4 * UNIT, "the credit went back to the budget");
+        assert!(credit.take(&b, UNIT).is_none(), "and stays empty");
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(5), b.acquire(4 * UNIT))
+            .await
+            .expect("the budget the credit held is free for whoever waits");
+        drop((waited, other));
+        assert_eq!(b.used(), 0);
     }
 
     #[tokio::test]

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use super::budget::{MemoryBudget, Reservation};
+use super::budget::{Credit, MemoryBudget, Reservation};
 use super::{BufferError, BufferSettings, BufferStats, Entry, Gauges, PushReport, WhenFull};
 use crate::event::Record;
 
@@ -156,15 +156,19 @@ pub(crate) struct Writer {
 impl Writer {
     pub(crate) async fn push(&self, records: Vec<Record>) -> Result<PushReport, BufferError> {
         let mut report = PushReport::default();
-        self.push_into(records, &mut report).await.map(|()| report)
+        self.push_into(records, &mut report, &Credit::default())
+            .await
+            .map(|()| report)
     }
 
     /// [`push`](Self::push), adding what was accepted or dropped to `report` as it goes:
     /// on an error (closed, write failed) after some chunks went in, those stay counted.
+    /// Memory for the records is drawn from `credit` first (see [`Credit`]).
     pub(crate) async fn push_into(
         &self,
         records: Vec<Record>,
         report: &mut PushReport,
+        credit: &Credit,
     ) -> Result<(), BufferError> {
         let sh = &*self.shared;
         let mut sizes: VecDeque<u64> = records.iter().map(|r| r.approx_size() as u64).collect();
@@ -209,6 +213,8 @@ impl Writer {
                         let bytes: u64 = sizes.iter().take(n).sum();
                         // Never the budget's last quarter: a stalled output that drops
                         // when full must not starve the outputs that wait for memory.
+                        // Not from the credit: records a stalled output keeps would
+                        // take it out of circulation, past the quarter kept free.
                         if let Some(r) = sh.budget.try_acquire_shedding(bytes as usize) {
                             reservation = Some(r);
                             break;
@@ -243,12 +249,15 @@ impl Writer {
                         notified.await;
                     };
                     pending.bytes = bytes;
-                    let reservation = sh.budget.acquire(bytes as usize).await.map_err(|over| {
-                        BufferError::TooLarge {
-                            bytes: over.bytes,
-                            limit: over.limit,
-                        }
-                    })?;
+                    let reservation = match credit.take(&sh.budget, bytes as usize) {
+                        Some(r) => r,
+                        None => sh.budget.acquire(bytes as usize).await.map_err(|over| {
+                            BufferError::TooLarge {
+                                bytes: over.bytes,
+                                limit: over.limit,
+                            }
+                        })?,
+                    };
                     (n, reservation)
                 }
             };

@@ -227,13 +227,16 @@ impl BufferWriter {
     /// chunks as space allows, so the buffer may close (shutdown) or a disk write fail
     /// after some records were accepted. Those stay buffered and will be delivered; the
     /// report counts them (accepted) and the records dropped so far, for accounting.
+    /// A memory buffer draws the records' memory from `credit` first (see
+    /// [`budget::Credit`]); a disk buffer holds none and leaves it.
     pub(crate) async fn push_counted(
         &self,
         records: Vec<Record>,
+        credit: &budget::Credit,
     ) -> (PushReport, Result<(), BufferError>) {
         let mut report = PushReport::default();
         let result = match &self.0 {
-            WriterImpl::Memory(w) => w.push_into(records, &mut report).await,
+            WriterImpl::Memory(w) => w.push_into(records, &mut report, credit).await,
             WriterImpl::Disk(w) => w.push_into(records, &mut report).await,
         };
         (report, result)

@@ -41,6 +41,23 @@ pub trait Ingest: Send + Sync + 'static {
         ack.settle(&result);
         result
     }
+
+    /// Like [`Ingest::ingest_acked`], with memory the caller reserved for these records
+    /// (a forward connection's decoding reservation): the router's memory buffers draw
+    /// from it before the shared budget, so the records stay counted while they wait for
+    /// their buffers ([`crate::buffer::budget::Credit`]). Whatever is left of it is given
+    /// back when this resolves.
+    ///
+    /// Default: `held` is given back first and the records go through `ingest_acked`.
+    async fn ingest_reserved(
+        &self,
+        records: Vec<Record>,
+        ack: ack::AckToken,
+        held: crate::buffer::budget::Reservation,
+    ) -> Result<(), IngestError> {
+        drop(held);
+        self.ingest_acked(records, ack).await
+    }
 }
 
 /// Why records could not be taken. Inputs map each kind to their protocol's answer (HTTP:

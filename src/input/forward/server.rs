@@ -34,6 +34,15 @@ const BLOCKING_DECODE: usize = 256 * 1024;
 /// per-connection overhead, bounded by `max_connections`). Beyond it, the bytes received
 /// are reserved, never the size a frame header merely announces.
 const FREE_READ_BUFFER: usize = 2 * READ_CHUNK;
+/// How long a connection that receives a steady stream of small writes waits before its
+/// next read, so that one wake-up, one read and one buffer push take many records.
+/// Docker's fluentd driver (and so FireLens) writes one `[tag, time, record]` per log
+/// line: read as they come, a busy container costs the router a wake-up, a read and a
+/// push per line, and the kernel's context switches were most of its CPU. It waits out
+/// of the reactor ([`Socket::rest`]), or each write would still wake a thread. Only
+/// connections whose last read was small and came within twice this of the one before
+/// wait; a client waiting for acks (`chunk`) never does, nor one sending seldom.
+const READ_LINGER: Duration = Duration::from_millis(2);
 /// Several small requests already in the read buffer are ingested together, up to this.
 const MAX_BATCH_RECORDS: usize = 4096;
 const MAX_BATCH_BYTES: usize = 8 << 20;
@@ -372,8 +381,65 @@ impl Batch {
     }
 }
 
+/// A connection's socket: TCP or unix stream.
+trait Socket: AsyncRead + AsyncWrite + Unpin + Send + Sized + 'static {
+    /// Takes the socket out of the runtime's reactor for `d`, then puts it back.
+    ///
+    /// Merely not reading for a while is not enough: the reactor registers sockets
+    /// edge-triggered, and every write the peer makes is an edge that wakes a worker
+    /// thread out of `epoll_wait`, whether any task reads or not. Out of the epoll set,
+    /// arriving writes only queue in the kernel. Errors (the registration failed) close
+    /// the connection; it never holds unacknowledged requests while resting.
+    fn rest(self, d: Duration) -> impl Future<Output = std::io::Result<Self>> + Send;
+}
+
+impl Socket for tokio::net::TcpStream {
+    async fn rest(self, d: Duration) -> std::io::Result<Self> {
+        let std = self.into_std()?;
+        tokio::time::sleep(d).await;
+        tokio::net::TcpStream::from_std(std)
+    }
+}
+
+impl Socket for tokio::net::UnixStream {
+    async fn rest(self, d: Duration) -> std::io::Result<Self> {
+        let std = self.into_std()?;
+        tokio::time::sleep(d).await;
+        tokio::net::UnixStream::from_std(std)
+    }
+}
+
+/// Reads into `buf`; an error when the socket was lost resting.
+async fn read_buf<S: Socket>(stream: &mut Option<S>, buf: &mut BytesMut) -> std::io::Result<usize> {
+    match stream {
+        Some(s) => s.read_buf(buf).await,
+        None => Err(std::io::Error::other("connection lost while resting")),
+    }
+}
+
+/// What [`READ_LINGER`] decides on: whether the connection receives a steady stream of
+/// small writes.
+#[derive(Default)]
+struct ReadPacing {
+    last: Option<tokio::time::Instant>,
+    steady: bool,
+}
+
+impl ReadPacing {
+    /// Notes a read of `n` bytes.
+    fn filled(&mut self, n: usize) {
+        let now = tokio::time::Instant::now();
+        self.steady = n < READ_CHUNK / 2
+            && self
+                .last
+                .is_some_and(|t| now.saturating_duration_since(t) < 2 * READ_LINGER);
+        self.last = Some(now);
+    }
+}
+
 struct Conn<S> {
-    stream: S,
+    /// `None` only while resting ([`Socket::rest`]) or after a rest failed.
+    stream: Option<S>,
     peer: String,
     sh: Arc<Shared>,
     shutdown: InputShutdown,
@@ -400,10 +466,10 @@ enum Woke {
     TimedOut,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
+impl<S: Socket> Conn<S> {
     fn new(stream: S, peer: String, sh: Arc<Shared>, shutdown: InputShutdown) -> Self {
         Conn {
-            stream,
+            stream: Some(stream),
             peer,
             sh,
             shutdown,
@@ -447,7 +513,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 e
             );
         }
-        let _ = self.stream.shutdown().await;
+        if let Some(stream) = self.stream.as_mut() {
+            let _ = stream.shutdown().await;
+        }
         tracing::debug!(peer = %self.peer, "forward connection closed");
     }
 
@@ -488,6 +556,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
 
     async fn serve(&mut self) -> Result<(), DecodeError> {
         let mut splitter = Splitter::new(self.sh.cfg.max_frame_bytes);
+        let mut pacing = ReadPacing::default();
         loop {
             let mut batch = Batch::default();
             let mut fatal = None;
@@ -526,6 +595,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 }
             }
             let more_buffered = batch.is_full() && fatal.is_none();
+            let acked = batch.ack_requests > 0;
             // Give back what one big request needed before its records are handed on (they
             // are not counted until the buffers reserve them), not after.
             self.shed_read_buffer();
@@ -564,7 +634,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 let (p, outcome) = self.pending.next().await;
                 self.answer(p, outcome).await?;
             }
-            if !self.fill().await? {
+            if pacing.steady && !acked && self.pending.is_empty() && splitter.at_start() {
+                self.rest(READ_LINGER).await?;
+            }
+            let before = self.buf.len();
+            let open = self.fill().await?;
+            pacing.filled(self.buf.len().saturating_sub(before));
+            if !open {
                 if self.buf.is_empty() {
                     return Ok(());
                 }
@@ -577,6 +653,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 ));
             }
         }
+    }
+
+    /// Waits `d` with the socket out of the reactor ([`Socket::rest`]).
+    async fn rest(&mut self, d: Duration) -> Result<(), DecodeError> {
+        let Some(stream) = self.stream.take() else {
+            return Err(err(ErrorKind::Io, "connection lost while resting"));
+        };
+        self.stream = Some(stream.rest(d).await.map_err(io_error)?);
+        Ok(())
     }
 
     /// Budget this connection may hold while waiting for more: `Some` only with a
@@ -662,7 +747,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             // During the drain window (after SIGTERM) reading goes on as before: apps
             // flush their last lines while the task stops. Only the window's end stops it.
             let woke = tokio::select! {
-                r = self.stream.read_buf(&mut self.buf) => Woke::Read(r),
+                r = read_buf(&mut self.stream, &mut self.buf) => Woke::Read(r),
                 (p, outcome) = self.pending.next() => Woke::Settled(p, outcome),
                 _ = self.shutdown.stopped() => Woke::Stopped,
                 _ = &mut timed_out => Woke::TimedOut,
@@ -880,13 +965,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
     /// large is retried request by request, so only the request holding the oversized
     /// record goes unacked (counted `too_large`); the connection stays open.
     async fn commit(&mut self, batch: Batch) -> Result<(), DecodeError> {
-        // The buffers reserve budget for these records themselves while `ingest` waits.
-        // Holding the decoding reservation across that wait would count the batch twice,
-        // and a batch needing more than half of `memory_limit` would wait forever for
-        // budget that only it holds. The connection reads nothing more until ingest
-        // returns, so at most this one batch per connection (and, for a batch of several
-        // requests, their wire frames) is in memory uncounted.
-        self.held = Reservation::empty();
+        // The decoding reservation goes along with the records: their memory buffers draw
+        // from it, so the batch stays counted (once) while `ingest` waits out
+        // back-pressure, where it used to be memory the budget did not see (8 connections
+        // × a batch of up to 8 MiB). A push it cannot cover gives it all back before
+        // waiting for budget, so no connection waits while holding budget
+        // (`buffer::budget::Credit`); what is left over (the wire frames' share) is given
+        // back once `ingest` returns. The connection reads nothing more until then.
+        let held = std::mem::replace(&mut self.held, Reservation::empty());
         self.sh.metrics.bytes(batch.wire_bytes);
         let Batch {
             records,
@@ -899,7 +985,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         if frames.len() < 2 {
             frames.clear();
         }
-        let Some(too_large) = self.take(records, acks, ack_requests).await? else {
+        let Some(too_large) = self.take(records, acks, ack_requests, held).await? else {
             return Ok(());
         };
         if frames.is_empty() {
@@ -919,7 +1005,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 ack_reply(&mut acks, &decoded.frame[range]);
             }
             let ack_requests = usize::from(request.chunk.is_some());
-            if let Some(e) = self.take(decoded.records, acks, ack_requests).await? {
+            if let Some(e) = self
+                .take(decoded.records, acks, ack_requests, Reservation::empty())
+                .await?
+            {
                 self.refused_too_large(1, &e);
             }
         }
@@ -934,13 +1023,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         records: Vec<Record>,
         acks: Vec<u8>,
         ack_requests: usize,
+        held: Reservation,
     ) -> Result<Option<IngestError>, DecodeError> {
         let (token, wait) = ack_pair();
         if records.is_empty() {
             token.release();
         } else {
             let n = records.len() as u64;
-            match self.ingest(records, token).await? {
+            match self.ingest(records, token, held).await? {
                 Ok(()) => self.sh.metrics.records(n),
                 Err(e @ IngestError::TooLarge { .. }) => return Ok(Some(e)),
                 Err(e) => {
@@ -961,15 +1051,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         Ok(None)
     }
 
-    /// `Ingest::ingest_acked`, sending the acks of earlier requests as they are settled
-    /// while this one waits out back-pressure.
+    /// `Ingest::ingest_reserved` (with `held`, the records' decoding reservation), sending
+    /// the acks of earlier requests as they are settled while this one waits out
+    /// back-pressure.
     async fn ingest(
         &mut self,
         records: Vec<Record>,
         token: AckToken,
+        held: Reservation,
     ) -> Result<Result<(), IngestError>, DecodeError> {
         let ingest = self.sh.ingest.clone();
-        let mut taking = std::pin::pin!(async move { ingest.ingest_acked(records, token).await });
+        let mut taking =
+            std::pin::pin!(async move { ingest.ingest_reserved(records, token, held).await });
         loop {
             let (p, outcome) = tokio::select! {
                 r = &mut taking => return Ok(r),
@@ -1019,7 +1112,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
     }
 
     async fn write(&mut self, bytes: &[u8]) -> Result<(), DecodeError> {
-        match tokio::time::timeout(WRITE_TIMEOUT, self.stream.write_all(bytes)).await {
+        let Some(stream) = self.stream.as_mut() else {
+            return Err(err(ErrorKind::Io, "connection lost while resting"));
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(bytes)).await {
             Ok(r) => r.map_err(io_error),
             Err(_) => Err(err(ErrorKind::Io, "client does not read its acks")),
         }
@@ -1143,6 +1239,30 @@ fn io_error(e: std::io::Error) -> DecodeError {
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
+
+    /// Reads are paced only for a steady stream of small writes: two small reads within
+    /// twice [`READ_LINGER`]; a large read or a pause ends it.
+    #[tokio::test(start_paused = true)]
+    async fn only_a_steady_stream_of_small_writes_is_read_in_batches() {
+        let mut p = ReadPacing::default();
+        p.filled(600);
+        assert!(!p.steady, "a first read");
+        tokio::time::advance(Duration::from_micros(40)).await;
+        p.filled(600);
+        assert!(p.steady, "one line every 40 µs");
+        tokio::time::advance(READ_LINGER).await;
+        p.filled(20 * 600);
+        assert!(p.steady, "what arrived while it waited");
+        tokio::time::advance(Duration::from_micros(10)).await;
+        p.filled(READ_CHUNK);
+        assert!(!p.steady, "full reads need no waiting");
+        tokio::time::advance(Duration::from_micros(10)).await;
+        p.filled(600);
+        assert!(p.steady);
+        tokio::time::advance(Duration::from_millis(100)).await;
+        p.filled(600);
+        assert!(!p.steady, "a line now and then is read at once");
+    }
 
     use tokio::net::UnixStream;
 
