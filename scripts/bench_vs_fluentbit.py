@@ -79,6 +79,8 @@ SCENARIOS = {
     "Message mode (1 event per write) → null": (MESSAGE, "null"),
     "PackedForward ×1000 → file (JSON lines)": (PACKED, "file"),
     "paced 25k records/s (Message mode) → null": (MESSAGE + ["--rate", "25000"], "null"),
+    "paced 25k records/s (Message mode) → file": (MESSAGE + ["--rate", "25000"], "file"),
+    "paced 25k records/s (Message mode) → gzip → S3 (moto)": (MESSAGE + ["--rate", "25000"], "s3"),
     "PackedForward ×1000 → gzip → S3 (moto)": (PACKED, "s3"),
     "PackedForward ×1000 → CloudWatch Logs (moto)": (PACKED, "cwl"),
 }
