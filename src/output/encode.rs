@@ -32,6 +32,18 @@ pub(crate) fn encode_json_line(
     out: &mut Vec<u8>,
 ) -> Result<(), EncodeError> {
     let start = out.len();
+    // The common case, a forward record without added keys, skips serde: the same bytes,
+    // written several times faster (see `packed::write_json`).
+    if tag_key.is_none()
+        && time_key.is_none()
+        && let Some(body) = record.packed()
+    {
+        if crate::event::packed::write_json(body, out).is_some() {
+            out.push(b'\n');
+            return Ok(());
+        }
+        out.truncate(start);
+    }
     let view = LineView {
         record,
         tag_key,
