@@ -819,4 +819,22 @@ mod tests {
         assert!(f.retryable, "{f:?}");
         assert_eq!(f.reason, "throttled");
     }
+
+    /// PutRecords refuses a whole call with `KMSThrottlingException` (HTTP 400) when the
+    /// stream's KMS key is throttled: a throttle, retried like the same code per record,
+    /// never a permanent failure that sends the batch to the dead letter (or drops it).
+    #[tokio::test]
+    async fn whole_call_kms_throttling_is_retried() {
+        let s = canned_sink(&crate::output::aws::canned::serve(
+            400,
+            r#"{"__type":"KMSThrottlingException","message":"Rate exceeded for KMS key"}"#,
+        ));
+        let mut b = s.new_batch(&());
+        b.push(&rec(10));
+        let SendResult::Failed(f) = s.send(&(), &b.finish()).await else {
+            panic!("expected a failure")
+        };
+        assert!(f.retryable, "{f:?}");
+        assert_eq!(f.reason, "throttled");
+    }
 }
