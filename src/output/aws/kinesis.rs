@@ -114,6 +114,13 @@ struct Limits {
     max_bytes: usize,
 }
 
+/// Whether a rendered partition key is empty or only `-`: every value the template names is
+/// missing (`-` is what a missing value renders as), so the key carries no information and
+/// a random one replaces it.
+fn carries_nothing(key: &str) -> bool {
+    key.bytes().all(|b| b == MISSING.as_bytes()[0])
+}
+
 impl Limits {
     /// The partition key of `record` into `out`; whether it had to be cut to 256 characters.
     fn partition_key(&self, record: &Record, out: &mut String) -> bool {
@@ -121,9 +128,7 @@ impl Limits {
         if let Some(t) = &self.partition_key {
             t.render(record, Dynamic::default(), out);
         }
-        // Only `-`: every value the template names is missing (`-` is what a missing value
-        // renders as), so the key carries no information.
-        if out.bytes().all(|b| b == MISSING.as_bytes()[0]) {
+        if carries_nothing(out) {
             out.clear();
             out.push_str(&uuid::Uuid::new_v4().simple().to_string());
             return false;
@@ -271,10 +276,17 @@ impl KinesisSink {
     pub(crate) fn destination(&self, record: &Record) -> String {
         let key = match &self.limits.partition_key {
             None => "random".to_string(),
-            Some(_) => {
+            Some(t) => {
                 let mut k = String::new();
-                self.limits.partition_key(record, &mut k);
-                format!("{k:?}")
+                t.render(record, Dynamic::default(), &mut k);
+                if carries_nothing(&k) {
+                    // Not the random key drawn for this dry run, which the user would take
+                    // for the record's key.
+                    format!("random (the template renders {k:?}: the fields it names are missing)")
+                } else {
+                    self.limits.partition_key(record, &mut k);
+                    format!("{k:?}")
+                }
             }
         };
         format!("stream {}, partition key {key}", self.stream)
@@ -697,6 +709,11 @@ mod tests {
         assert_eq!(
             sink(None, Oversize::Split).destination(&r),
             "stream s, partition key random"
+        );
+        // The field is missing: say the key is random rather than show one random draw.
+        assert_eq!(
+            sink(Some("{container_id}"), Oversize::Split).destination(&r),
+            "stream s, partition key random (the template renders \"-\": the fields it names are missing)"
         );
     }
 
