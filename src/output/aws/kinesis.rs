@@ -152,6 +152,12 @@ pub struct KinesisSink {
     limits: Arc<Limits>,
 }
 
+/// The region of a Kinesis stream ARN (`arn:PARTITION:kinesis:REGION:ACCOUNT:stream/NAME`),
+/// when it has one.
+pub(crate) fn arn_region(arn: &str) -> Option<&str> {
+    arn.split(':').nth(3).filter(|r| !r.is_empty())
+}
+
 fn invalid(output: &str, key: &'static str, value: &str, reason: &str) -> BuildError {
     BuildError::Invalid {
         output: output.to_string(),
@@ -215,6 +221,20 @@ pub(crate) fn build_with_client(
                     "stream_arn",
                     a,
                     "expected arn:aws:kinesis:REGION:ACCOUNT:stream/NAME",
+                ));
+            }
+            // PutRecords goes to `region`'s endpoint; a stream of another region is not
+            // found there, and every record would fail for good.
+            if let (Some(stream_region), Some(region)) = (arn_region(a), &cfg.aws.region)
+                && stream_region != region
+            {
+                return Err(invalid(
+                    &cfg.name,
+                    "stream_arn",
+                    a,
+                    &format!(
+                        "the stream is in {stream_region} but region is {region}; set region = \"{stream_region}\" or leave it unset (it defaults to the ARN's)"
+                    ),
                 ));
             }
         }
@@ -734,6 +754,16 @@ mod tests {
         assert!(err(c.clone()).unwrap().contains("stream_arn"));
         c.stream = StreamId::Arn("arn:aws:kinesis:us-east-1:123456789012:stream/x".into());
         assert!(err(c.clone()).is_none());
+        // A stream in another region than the calls go to.
+        c.aws.region = Some("eu-west-1".into());
+        let got = err(c.clone()).unwrap();
+        assert!(
+            got.contains("in us-east-1 but region is eu-west-1"),
+            "{got}"
+        );
+        c.aws.region = Some("us-east-1".into());
+        assert!(err(c.clone()).is_none());
+        c.aws.region = None;
         for (key, why) in [
             ("", "must not be empty"),
             ("{uuid}", "per S3 object"),
