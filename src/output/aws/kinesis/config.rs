@@ -59,8 +59,15 @@ impl OutputType for Kinesis {
                 StreamId::Name(n)
             }
             (None, None) => {
-                // `string` reports the missing key the way every required key is reported.
-                StreamId::Name(t.string(d, "stream").unwrap_or_default())
+                // Either key will do, so the message names both.
+                d.error(
+                    t.span(),
+                    format!(
+                        "{}: missing required key `stream` (the stream's name) or `stream_arn`",
+                        t.path()
+                    ),
+                );
+                StreamId::Name(String::new())
             }
         };
         let partition_key = t.opt_string(d, "partition_key");
@@ -179,5 +186,22 @@ mod tests {
             Some("eu-west-1".into())
         );
         assert_eq!(region_of("stream = \"s\""), None);
+    }
+
+    /// Neither `stream` nor `stream_arn`: the error names both.
+    #[test]
+    fn missing_stream_names_both_keys() {
+        let text = "[inputs.app]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\n\
+                    [routes.all]\nto = [\"k\"]\n[outputs.k]\ntype = \"kinesis\"\n";
+        let Err(e) = crate::config::parse(text, "t.toml", &|_| None) else {
+            panic!("a kinesis output without a stream was accepted")
+        };
+        assert_eq!(e.errors.len(), 1, "{:?}", e.errors);
+        assert!(
+            e.errors[0]
+                .contains("missing required key `stream` (the stream's name) or `stream_arn`"),
+            "{:?}",
+            e.errors
+        );
     }
 }
