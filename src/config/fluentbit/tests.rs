@@ -804,3 +804,42 @@ fn kinesis_streams_and_the_go_kinesis_plugin_translate() {
         );
     }
 }
+
+/// The Go `kinesis` plugin sends one PutRecords at a time (unless `experimental_concurrency`
+/// says otherwise), so one `partition_key`'s records land in order in their shard; the
+/// translation keeps that (`concurrency = 1`) rather than firelane's default of 4, maps
+/// `experimental_concurrency N` onto `concurrency`, lets `Workers` decide when given, and
+/// accepts `experimental_concurrency_retries` (firelane's retry policy applies).
+#[test]
+fn go_kinesis_plugin_keeps_one_call_at_a_time() {
+    let (text, _) = translate(
+        "[INPUT]
+    Name forward
+[OUTPUT]
+    Name kinesis
+    Match a
+    region us-west-2
+    stream s
+    partition_key container_id
+[OUTPUT]
+    Name kinesis
+    Match b
+    region us-west-2
+    stream s
+    experimental_concurrency 8
+    experimental_concurrency_retries 4
+[OUTPUT]
+    Name kinesis
+    Match c
+    region us-west-2
+    stream s
+    workers 3
+",
+    )
+    .unwrap_or_else(|e| panic!("translation failed: {e}"));
+    let t: toml::Table = text.parse().unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let concurrency = |o: &str| at(&t, &format!("outputs.{o}.concurrency")).as_integer();
+    assert_eq!(concurrency("kinesis"), Some(1), "{text}");
+    assert_eq!(concurrency("kinesis_1"), Some(8), "{text}");
+    assert_eq!(concurrency("kinesis_2"), Some(3), "{text}");
+}

@@ -2479,6 +2479,31 @@ fn output(
                     );
                 }
             }
+            if go {
+                // The Go plugin sends one PutRecords at a time unless
+                // `experimental_concurrency` is set, so one partition key's records land in
+                // order; firelane's default concurrency (4) would not keep that. `Workers`,
+                // read after this, still decides when given.
+                let mut n = 1;
+                let mut origin = at.clone();
+                if let Some(e) = sec.take("experimental_concurrency")
+                    && let Some(v) = env.value(e, p)
+                {
+                    match v.trim().parse::<u64>() {
+                        Ok(c) => {
+                            n = c.max(1);
+                            origin = e.origin.clone();
+                        }
+                        Err(_) => p.error(
+                            &e.origin,
+                            format!("{what}: experimental_concurrency: expected a number"),
+                        ),
+                    }
+                }
+                t.set("concurrency", n.to_string(), &origin);
+                // Its goroutines' retries: firelane's retry policy (Retry_Limit) applies.
+                sec.accept(&["experimental_concurrency_retries"]);
+            }
             if let Some(e) = sec.take("port")
                 && let Some(v) = env.value(e, p)
                 && v.trim() != "443"

@@ -114,6 +114,13 @@ struct Limits {
     max_bytes: usize,
 }
 
+/// Whether a rendered partition key is empty or only `-`: every value the template names is
+/// missing (`-` is what a missing value renders as), so the key carries no information and
+/// a random one replaces it.
+fn carries_nothing(key: &str) -> bool {
+    key.bytes().all(|b| b == MISSING.as_bytes()[0])
+}
+
 impl Limits {
     /// The partition key of `record` into `out`; whether it had to be cut to 256 characters.
     fn partition_key(&self, record: &Record, out: &mut String) -> bool {
@@ -121,9 +128,7 @@ impl Limits {
         if let Some(t) = &self.partition_key {
             t.render(record, Dynamic::default(), out);
         }
-        // Only `-`: every value the template names is missing (`-` is what a missing value
-        // renders as), so the key carries no information.
-        if out.bytes().all(|b| b == MISSING.as_bytes()[0]) {
+        if carries_nothing(out) {
             out.clear();
             out.push_str(&uuid::Uuid::new_v4().simple().to_string());
             return false;
@@ -145,6 +150,12 @@ pub struct KinesisSink {
     stream: StreamId,
     format: Arc<RecordFormat>,
     limits: Arc<Limits>,
+}
+
+/// The region of a Kinesis stream ARN (`arn:PARTITION:kinesis:REGION:ACCOUNT:stream/NAME`),
+/// when it has one.
+pub(crate) fn arn_region(arn: &str) -> Option<&str> {
+    arn.split(':').nth(3).filter(|r| !r.is_empty())
 }
 
 fn invalid(output: &str, key: &'static str, value: &str, reason: &str) -> BuildError {
@@ -212,6 +223,20 @@ pub(crate) fn build_with_client(
                     "expected arn:aws:kinesis:REGION:ACCOUNT:stream/NAME",
                 ));
             }
+            // PutRecords goes to `region`'s endpoint; a stream of another region is not
+            // found there, and every record would fail for good.
+            if let (Some(stream_region), Some(region)) = (arn_region(a), &cfg.aws.region)
+                && stream_region != region
+            {
+                return Err(invalid(
+                    &cfg.name,
+                    "stream_arn",
+                    a,
+                    &format!(
+                        "the stream is in {stream_region} but region is {region}; set region = \"{stream_region}\" or leave it unset (it defaults to the ARN's)"
+                    ),
+                ));
+            }
         }
     }
     let partition_key = match &cfg.partition_key {
@@ -271,10 +296,17 @@ impl KinesisSink {
     pub(crate) fn destination(&self, record: &Record) -> String {
         let key = match &self.limits.partition_key {
             None => "random".to_string(),
-            Some(_) => {
+            Some(t) => {
                 let mut k = String::new();
-                self.limits.partition_key(record, &mut k);
-                format!("{k:?}")
+                t.render(record, Dynamic::default(), &mut k);
+                if carries_nothing(&k) {
+                    // Not the random key drawn for this dry run, which the user would take
+                    // for the record's key.
+                    format!("random (the template renders {k:?}: the fields it names are missing)")
+                } else {
+                    self.limits.partition_key(record, &mut k);
+                    format!("{k:?}")
+                }
             }
         };
         format!("stream {}, partition key {key}", self.stream)
@@ -698,6 +730,11 @@ mod tests {
             sink(None, Oversize::Split).destination(&r),
             "stream s, partition key random"
         );
+        // The field is missing: say the key is random rather than show one random draw.
+        assert_eq!(
+            sink(Some("{container_id}"), Oversize::Split).destination(&r),
+            "stream s, partition key random (the template renders \"-\": the fields it names are missing)"
+        );
     }
 
     #[test]
@@ -717,6 +754,16 @@ mod tests {
         assert!(err(c.clone()).unwrap().contains("stream_arn"));
         c.stream = StreamId::Arn("arn:aws:kinesis:us-east-1:123456789012:stream/x".into());
         assert!(err(c.clone()).is_none());
+        // A stream in another region than the calls go to.
+        c.aws.region = Some("eu-west-1".into());
+        let got = err(c.clone()).unwrap();
+        assert!(
+            got.contains("in us-east-1 but region is eu-west-1"),
+            "{got}"
+        );
+        c.aws.region = Some("us-east-1".into());
+        assert!(err(c.clone()).is_none());
+        c.aws.region = None;
         for (key, why) in [
             ("", "must not be empty"),
             ("{uuid}", "per S3 object"),
@@ -810,6 +857,24 @@ mod tests {
         let s = canned_sink(&crate::output::aws::canned::serve(
             400,
             r#"{"__type":"ProvisionedThroughputExceededException","message":"slow down"}"#,
+        ));
+        let mut b = s.new_batch(&());
+        b.push(&rec(10));
+        let SendResult::Failed(f) = s.send(&(), &b.finish()).await else {
+            panic!("expected a failure")
+        };
+        assert!(f.retryable, "{f:?}");
+        assert_eq!(f.reason, "throttled");
+    }
+
+    /// PutRecords refuses a whole call with `KMSThrottlingException` (HTTP 400) when the
+    /// stream's KMS key is throttled: a throttle, retried like the same code per record,
+    /// never a permanent failure that sends the batch to the dead letter (or drops it).
+    #[tokio::test]
+    async fn whole_call_kms_throttling_is_retried() {
+        let s = canned_sink(&crate::output::aws::canned::serve(
+            400,
+            r#"{"__type":"KMSThrottlingException","message":"Rate exceeded for KMS key"}"#,
         ));
         let mut b = s.new_batch(&());
         b.push(&rec(10));

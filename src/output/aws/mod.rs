@@ -317,6 +317,8 @@ const THROTTLING_CODES: &[&str] = &[
     "RequestThrottledException",
     "TooManyRequestsException",
     "ProvisionedThroughputExceededException",
+    // Kinesis Data Streams (PutRecords / PutRecord): the stream's KMS key is throttled.
+    "KMSThrottlingException",
     "LimitExceededException",
     "BandwidthLimitExceeded",
     "EC2ThrottledException",

@@ -59,14 +59,29 @@ impl OutputType for Kinesis {
                 StreamId::Name(n)
             }
             (None, None) => {
-                // `string` reports the missing key the way every required key is reported.
-                StreamId::Name(t.string(d, "stream").unwrap_or_default())
+                // Either key will do, so the message names both.
+                d.error(
+                    t.span(),
+                    format!(
+                        "{}: missing required key `stream` (the stream's name) or `stream_arn`",
+                        t.path()
+                    ),
+                );
+                StreamId::Name(String::new())
             }
         };
         let partition_key = t.opt_string(d, "partition_key");
         let oversize = read_oversize(t, d);
         let log_key = t.opt_string(d, "log_key");
-        let aws = read_aws(t, d);
+        let mut aws = read_aws(t, d);
+        // The ARN says where the stream is: PutRecords must go to that region's endpoint,
+        // whatever AWS_REGION the task runs in (a region that differs is refused at build).
+        if aws.region.is_none()
+            && let StreamId::Arn(a) = &stream
+            && let Some(r) = super::arn_region(a)
+        {
+            aws.region = Some(r.to_string());
+        }
         Box::new(KinesisOutput {
             stream,
             partition_key,
@@ -135,5 +150,58 @@ impl OutputConfig for KinesisOutput {
 
     fn as_any(&self) -> &dyn std::any::Any {
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn region_of(keys: &str) -> Option<String> {
+        let text = format!(
+            "[inputs.app]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\n\
+             [routes.all]\nto = [\"k\"]\n\
+             [outputs.k]\ntype = \"kinesis\"\n{keys}\n"
+        );
+        let l = crate::config::parse(&text, "t.toml", &|_| None).unwrap_or_else(|e| panic!("{e}"));
+        let k = l.config.outputs[0]
+            .kind
+            .as_any()
+            .downcast_ref::<KinesisOutput>();
+        k.expect("a kinesis output").aws.region.clone()
+    }
+
+    /// `stream_arn` without `region`: the calls go to the stream's region (from the ARN),
+    /// not to the task's AWS_REGION, where the stream would not be found.
+    #[test]
+    fn stream_arn_sets_the_default_region() {
+        assert_eq!(
+            region_of("stream_arn = \"arn:aws:kinesis:eu-west-1:123456789012:stream/s\""),
+            Some("eu-west-1".into())
+        );
+        assert_eq!(
+            region_of(
+                "stream_arn = \"arn:aws:kinesis:eu-west-1:123456789012:stream/s\"\nregion = \"eu-west-1\""
+            ),
+            Some("eu-west-1".into())
+        );
+        assert_eq!(region_of("stream = \"s\""), None);
+    }
+
+    /// Neither `stream` nor `stream_arn`: the error names both.
+    #[test]
+    fn missing_stream_names_both_keys() {
+        let text = "[inputs.app]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\n\
+                    [routes.all]\nto = [\"k\"]\n[outputs.k]\ntype = \"kinesis\"\n";
+        let Err(e) = crate::config::parse(text, "t.toml", &|_| None) else {
+            panic!("a kinesis output without a stream was accepted")
+        };
+        assert_eq!(e.errors.len(), 1, "{:?}", e.errors);
+        assert!(
+            e.errors[0]
+                .contains("missing required key `stream` (the stream's name) or `stream_arn`"),
+            "{:?}",
+            e.errors
+        );
     }
 }
