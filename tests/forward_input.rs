@@ -1491,6 +1491,81 @@ type = "null"
     );
 }
 
+/// Docker's fluentd driver writes one Message per log line. A connection receiving such a
+/// steady stream is read every few milliseconds with its socket out of the event loop
+/// meanwhile (`Socket::rest`); over TCP and the unix socket at once, every line of every
+/// connection arrives, each once, and a line sent after the stream, alone, still arrives.
+#[test]
+fn a_paced_stream_of_single_messages_arrives_whole() {
+    let port = free_port();
+    let out = r#"
+[outputs.out]
+type = "file"
+path = "{dir}/out.jsonl"
+tag_key = "_tag"
+"#;
+    let r = Router::start(&config(port, "", out));
+    let tcp = format!("tcp://127.0.0.1:{port}");
+    let unix = format!("unix://{}", r.path("run/sub/fluent.sock").display());
+    const N: usize = 6_000;
+    let senders: Vec<_> = [("tcp", tcp.clone()), ("unix", unix)]
+        .into_iter()
+        .map(|(tag, addr)| {
+            std::thread::spawn(move || {
+                loadgen(&[
+                    "--addr",
+                    &addr,
+                    "--tag",
+                    tag,
+                    "--mode",
+                    "message",
+                    "--batch",
+                    "1",
+                    "--rate",
+                    "3000",
+                    "--records",
+                    &N.to_string(),
+                ])
+            })
+        })
+        .collect();
+    for s in senders {
+        let report = s.join().expect("loadgen thread");
+        assert!(report.contains(&format!("records sent: {N} ")), "{report}");
+    }
+    let lines = wait_lines(&r.path("out.jsonl"), 2 * N, TIMEOUT);
+    assert_eq!(lines.len(), 2 * N, "every line, none twice");
+    let mut per_transport: std::collections::HashMap<String, usize> = Default::default();
+    for l in &lines {
+        let tag = l["_tag"].as_str().expect("_tag").to_string();
+        *per_transport.entry(tag).or_default() += 1;
+        assert!(l["log"].as_str().is_some_and(|s| !s.is_empty()), "{l}");
+    }
+    assert_eq!(per_transport.len(), 2, "{per_transport:?}");
+    assert!(per_transport.values().all(|&n| n == N), "{per_transport:?}");
+    // The streams are over; one more line, alone, is read at once.
+    loadgen(&[
+        "--addr",
+        &tcp,
+        "--mode",
+        "message",
+        "--batch",
+        "1",
+        "--records",
+        "1",
+    ]);
+    assert_eq!(
+        wait_lines(&r.path("out.jsonl"), 2 * N + 1, TIMEOUT).len(),
+        2 * N + 1
+    );
+    assert_eq!(
+        r.metric("firelane_input_errors_total", &[INPUT]),
+        0.0,
+        "{}",
+        r.metrics()
+    );
+}
+
 #[test]
 fn loadgen_with_shared_key() {
     let port = free_port();
