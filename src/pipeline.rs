@@ -276,6 +276,22 @@ mod tests {
         Record::new("app", 0, m)
     }
 
+    /// A pipeline with one output, `out`, and one route taking every record there.
+    fn every_record_to(writer: &BufferWriter) -> Arc<Pipeline> {
+        let route = Route {
+            name: "all".into(),
+            from: None,
+            tags: Vec::new(),
+            pattern: None,
+            to: vec![0],
+            is_final: false,
+        };
+        Pipeline::new(
+            Router::new(vec![route]),
+            vec![OutputPort::new("out", writer.clone())],
+        )
+    }
+
     /// The tester's case: `received` was incremented before the push, so a push the
     /// buffer refused part-way (closed at shutdown, a failed disk write) counted records
     /// no buffer took, and received = sent + dropped + dead_lettered + failed + buffered
@@ -288,20 +304,7 @@ mod tests {
         let settings = BufferSettings::memory(2 * size, WhenFull::Block);
         let (writer, _reader, _) =
             crate::buffer::open("out", &settings, MemoryBudget::new(1 << 30)).expect("buffer");
-        let route = Route {
-            name: "all".into(),
-            from: None,
-            tags: Vec::new(),
-            pattern: None,
-            to: vec![0],
-            is_final: false,
-        };
-        let pipeline = metrics::with_local_recorder(&recorder, || {
-            Pipeline::new(
-                Router::new(vec![route]),
-                vec![OutputPort::new("out", writer.clone())],
-            )
-        });
+        let pipeline = metrics::with_local_recorder(&recorder, || every_record_to(&writer));
         let ingest = pipeline.port(0, "in");
         let push = tokio::spawn(async move { ingest.ingest((0..5).map(rec).collect()).await });
         let t = std::time::Instant::now();
@@ -320,6 +323,7 @@ mod tests {
             2
         );
     }
+
     /// A forward connection's decoded batch used to be memory the budget did not count
     /// while `ingest` waited out back-pressure (its reservation was dropped first). Handed
     /// along, it stays counted while the push waits, pays for the first buffer's share,
@@ -332,18 +336,7 @@ mod tests {
         let settings = BufferSettings::memory(2 * size as u64, WhenFull::Block);
         let (writer, mut reader, _) =
             crate::buffer::open("out", &settings, budget.clone()).expect("buffer");
-        let route = Route {
-            name: "all".into(),
-            from: None,
-            tags: Vec::new(),
-            pattern: None,
-            to: vec![0],
-            is_final: false,
-        };
-        let pipeline = Pipeline::new(
-            Router::new(vec![route]),
-            vec![OutputPort::new("out", writer.clone())],
-        );
+        let pipeline = every_record_to(&writer);
         // The buffer is full: the next push waits for space.
         writer.push(vec![rec(0), rec(1)]).await.expect("prefill");
         let prefill = budget.used();
