@@ -88,16 +88,17 @@ impl Reservation {
 /// The rule that keeps this free of deadlock is the one of the forward input's own
 /// reservations: nobody waits for budget while holding part of it. A push the credit
 /// cannot cover, even topped up without waiting, gives the whole credit back before it
-/// waits ([`Credit::take`]). Shared by the concurrent pushes of one ingest (one per output).
+/// waits ([`Credit::take`]). Shared, by reference, by the concurrent pushes of one ingest (one
+/// per output).
 /// Buffers that shed load (`drop_newest`) do not draw from it: a stalled output would keep
 /// it for good, past the quarter of the budget shedding leaves to the others.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Credit(Arc<Mutex<Option<Reservation>>>);
+#[derive(Debug, Default)]
+pub(crate) struct Credit(Mutex<Option<Reservation>>);
 
 impl Credit {
     /// A credit of what `held` holds.
     pub(crate) fn new(held: Reservation) -> Self {
-        Credit(Arc::new(Mutex::new(Some(held))))
+        Credit(Mutex::new(Some(held)))
     }
 
     /// A reservation of `bytes` drawn from the credit, topped up from `budget` if that
