@@ -120,7 +120,8 @@ macro_rules! outln {
     ($($arg:tt)*) => { out(format_args!("{}\n", format_args!($($arg)*))) };
 }
 
-/// Fixes glibc's mmap threshold at its 128 KiB default. Left dynamic, glibc raises it (up
+/// Tunes glibc malloc before any thread starts. Fixes its mmap threshold at its 128 KiB
+/// default. Left dynamic, glibc raises it (up
 /// to 32 MiB) after the first large buffer is freed, so later multi-MiB request buffers and
 /// batches come from the heap arenas and their pages stay resident after they are freed:
 /// the process kept ~2x `memory_limit` resident after bursts of large forward requests
@@ -130,10 +131,10 @@ macro_rules! outln {
 /// Also caps glibc's malloc arenas at [`MALLOC_ARENAS`] unless `MALLOC_ARENA_MAX` says
 /// otherwise. glibc gives threads their own arenas (up to 8 per core), and records are
 /// decoded on one thread (a worker, the blocking pool) and freed on another: each arena
-/// kept its own freed-but-resident pages, and a 2,000,000-record burst under a 32 MiB
-/// budget peaked at 90 MiB RSS with the default, 74 with 2 arenas, 70 with 1 (one run
-/// each, `scripts/bench_vs_fluentbit.py --only memory`).
-fn pin_mmap_threshold() {
+/// kept its own freed-but-resident pages: a 2,000,000-record burst under a 32 MiB budget
+/// peaked at 88 MiB RSS with `MALLOC_ARENA_MAX=16` (the default on 2 cores) and at 70
+/// with 1 (medians of 3, `scripts/bench_vs_fluentbit.py --only memory`), at the same CPU.
+fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         let arenas = std::env::var_os("MALLOC_ARENA_MAX").is_none();
@@ -148,12 +149,12 @@ fn pin_mmap_threshold() {
     }
 }
 
-/// glibc malloc arenas (see [`pin_mmap_threshold`]).
+/// glibc malloc arenas (see [`tune_malloc`]).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const MALLOC_ARENAS: libc::c_int = 1;
 
 fn main() -> ExitCode {
-    pin_mmap_threshold();
+    tune_malloc();
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => run(config),
