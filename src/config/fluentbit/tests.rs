@@ -327,27 +327,36 @@ fn unsupported_plugins_and_options_are_listed_with_their_lines() {
     static_file_path On
 ",
     );
-    let joined = errors_lines(&errs);
-    for (line, needle) in [
-        (3, "option Bogus_Key is not supported"),
-        (4, "[INPUT] tail: firelane has no such input"),
-        (7, "[FILTER] nest: Operation nest is not supported"),
-        (11, "[FILTER] lua: firelane has no such filter"),
-        (14, "[OUTPUT] kinesis_streams: stream is required"),
-        (
-            17,
-            "option stream_name (did you mean stream?) is not supported",
-        ),
-        (18, "delivery_stream is required"),
-        (
-            21,
-            "option deliver_stream_name (did you mean delivery_stream?) is not supported",
-        ),
-        (27, "s3_key_format"),
-        (28, "static_file_path is not supported"),
-    ] {
+    assert_errors_at(
+        &errs,
+        &[
+            (3, "option Bogus_Key is not supported"),
+            (4, "[INPUT] tail: firelane has no such input"),
+            (7, "[FILTER] nest: Operation nest is not supported"),
+            (11, "[FILTER] lua: firelane has no such filter"),
+            (14, "[OUTPUT] kinesis_streams: stream is required"),
+            (
+                17,
+                "option stream_name (did you mean stream?) is not supported",
+            ),
+            (18, "delivery_stream is required"),
+            (
+                21,
+                "option deliver_stream_name (did you mean delivery_stream?) is not supported",
+            ),
+            (27, "s3_key_format"),
+            (28, "static_file_path is not supported"),
+        ],
+    );
+}
+
+/// Asserts that for each `(line, needle)` some error of `errs` is at that `.conf` line and
+/// contains the needle.
+fn assert_errors_at(errs: &[String], expected: &[(usize, &str)]) {
+    let lines = errors_lines(errs);
+    for &(line, needle) in expected {
         assert!(
-            joined.iter().any(|(l, m)| *l == line && m.contains(needle)),
+            lines.iter().any(|(l, m)| *l == line && m.contains(needle)),
             "no error {needle:?} at line {line} in {errs:#?}"
         );
     }
@@ -585,17 +594,14 @@ fn filters_map_onto_processors() {
         (),
     );
     let errs = res.err().map(|e| e.errors).unwrap_or_default();
-    let lines = errors_lines(&errs);
-    for (line, needle) in [
-        (9, "Format regex"),
-        (11, "Reserve_Data On"),
-        (18, "Match app-* selects only some records"),
-    ] {
-        assert!(
-            lines.iter().any(|(l, m)| *l == line && m.contains(needle)),
-            "no {needle:?} at {line}: {errs:#?}"
-        );
-    }
+    assert_errors_at(
+        &errs,
+        &[
+            (9, "Format regex"),
+            (11, "Reserve_Data On"),
+            (18, "Match app-* selects only some records"),
+        ],
+    );
 }
 
 #[test]
@@ -772,7 +778,7 @@ fn kinesis_streams_and_the_go_kinesis_plugin_translate() {
         "{warnings:?}"
     );
 
-    let errs = errors_lines(&errors(
+    let errs = errors(
         "[OUTPUT]
     Name kinesis
     Match *
@@ -784,25 +790,23 @@ fn kinesis_streams_and_the_go_kinesis_plugin_translate() {
     time_key_format %s
     sts_endpoint https://sts.example.com
 ",
-    ));
-    for (line, needle) in [
-        (1, "[OUTPUT] kinesis: stream is required"),
-        (4, "partition_key \"$(ecs_task_id)\": expected a field name"),
-        (5, "port 4567: put the port in endpoint"),
-        (6, "aggregation is not supported"),
-        (
-            7,
-            "compression zlib of each Kinesis record is not supported",
-        ),
-        (8, "data_keys is not supported"),
-        (9, "time_key_format is not supported"),
-        (10, "sts_endpoint is not supported"),
-    ] {
-        assert!(
-            errs.iter().any(|(l, e)| *l == line && e.contains(needle)),
-            "line {line}: {needle}\n{errs:#?}"
-        );
-    }
+    );
+    assert_errors_at(
+        &errs,
+        &[
+            (1, "[OUTPUT] kinesis: stream is required"),
+            (4, "partition_key \"$(ecs_task_id)\": expected a field name"),
+            (5, "port 4567: put the port in endpoint"),
+            (6, "aggregation is not supported"),
+            (
+                7,
+                "compression zlib of each Kinesis record is not supported",
+            ),
+            (8, "data_keys is not supported"),
+            (9, "time_key_format is not supported"),
+            (10, "sts_endpoint is not supported"),
+        ],
+    );
 }
 
 /// The Go `kinesis` plugin sends one PutRecords at a time (unless `experimental_concurrency`
