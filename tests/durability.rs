@@ -1770,7 +1770,16 @@ fn s3_quiet_partition_does_not_block_or_replay_the_busy_one() {
         "only {} busy records in S3",
         delivered.len()
     );
-    assert!(in_s3("quiet").is_empty(), "the quiet batch closed early");
+    assert!(
+        in_s3("quiet").is_empty(),
+        "the quiet batch closed early; sealed early: {:?}",
+        router
+            .metrics()
+            .lines()
+            .filter(|l| l.starts_with("firelane_output_sealed_batches_total")
+                || l.starts_with("firelane_buffer_disk"))
+            .collect::<Vec<_>>()
+    );
     let deadline = Instant::now() + SECS(10);
     while router.metric("firelane_buffer_records", &[r#"output="s3""#])
         > (N + 1 - delivered.len() as u64) as f64
