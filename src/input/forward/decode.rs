@@ -218,9 +218,9 @@ fn decode_into(
     let tag: Arc<str> = match cur.next()? {
         // One allocation for a valid tag (straight into the `Arc`), not a `String` copied
         // into an `Arc`: in Message mode this runs once per record.
-        Item::Str(b) => match std::str::from_utf8(b) {
-            Ok(s) => Arc::from(s),
-            Err(_) => {
+        Item::Str(b) => match packed::utf8_str(b) {
+            Some(s) => Arc::from(s),
+            None => {
                 stats.invalid_utf8 += 1;
                 Arc::from(String::from_utf8_lossy(b))
             }
@@ -823,9 +823,9 @@ fn read_value(
 /// Docker writes log lines as msgpack str whatever their encoding; keep the line, replace
 /// invalid sequences with U+FFFD and count it.
 fn lossy(bytes: &[u8], utf8_errors: &mut u64) -> String {
-    match std::str::from_utf8(bytes) {
-        Ok(s) => s.to_owned(),
-        Err(_) => {
+    match packed::utf8_str(bytes) {
+        Some(s) => s.to_owned(),
+        None => {
             *utf8_errors += 1;
             String::from_utf8_lossy(bytes).into_owned()
         }
