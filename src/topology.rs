@@ -163,6 +163,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         outputs: health,
         auth: Arc::new(config.admin.auth.clone()),
         pipeline: admin::page::PipelineView::of(&config, |o| buffer_settings(&config, o).max_size),
+        budget: budget.clone(),
     });
     admin::ecs_state::model().set_limits(config.admin.ecs.clone());
     let admin_task = admin::spawn(

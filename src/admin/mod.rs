@@ -68,6 +68,8 @@ pub(crate) struct AdminState {
     pub auth: Arc<crate::input::http::HttpAuth>,
     /// What the status page lists (`page.rs`).
     pub pipeline: page::PipelineView,
+    /// The process's memory budget (`runtime.memory_limit`), read at each scrape.
+    pub budget: crate::buffer::budget::MemoryBudget,
 }
 
 /// Installs the global metrics recorder (once per process) and returns its handle.
@@ -198,6 +200,10 @@ async fn ready(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
 }
 
 async fn metrics_text(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
+    // Read at the scrape rather than on every reservation (the hot path takes several per
+    // request).
+    metrics::gauge!("firelane_memory_budget_used_bytes").set(s.budget.used() as f64);
+    metrics::gauge!("firelane_memory_budget_limit_bytes").set(s.budget.limit() as f64);
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
