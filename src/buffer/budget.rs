@@ -8,8 +8,16 @@
 //! A single reservation larger than the whole budget is refused up front ([`OverBudget`]):
 //! granting it would let one request hold more memory than `memory_limit`, and waiting
 //! would never help. Callers refuse the request for good (HTTP 413, forward `too_large`).
+//!
+//! One holder cannot wait: the outputs' delivery cores, whose sealed batches (request
+//! bodies: JSON lines, compressed S3 objects) are memory beside the records they were
+//! built from. A core waiting for memory only it can free would stall, so it takes what
+//! it needs at once with [`MemoryBudget::take_now`], overdrawing the budget if it must.
+//! The overdraft is a debt: memory released elsewhere pays it before anyone waiting
+//! gets it, so the inputs stay held back until the process is within the limit again.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -29,14 +37,96 @@ pub(crate) struct OverBudget {
 #[derive(Clone, Debug)]
 pub struct MemoryBudget {
     sem: Arc<Semaphore>,
+    debt: Arc<Debt>,
     limit_units: u32,
+}
+
+/// Units [`MemoryBudget::take_now`] granted beyond what was free. Invariant: `owed +
+/// covered` is the sum of the live overdrafts, and the semaphore holds `covered` fewer
+/// permits than the limit (they were forgotten to pay the debt, and come back when the
+/// overdrawn reservation is dropped).
+#[derive(Debug)]
+struct Debt {
+    sem: Arc<Semaphore>,
+    /// Mirror of `state.owed`, read without the lock on every release.
+    owed_hint: AtomicUsize,
+    /// Units held by [`MemoryBudget::take_body`] reservations (overdrafts included).
+    bodies: AtomicUsize,
+    state: Mutex<DebtState>,
+}
+
+#[derive(Debug, Default)]
+struct DebtState {
+    /// Overdrawn units nobody has paid yet.
+    owed: usize,
+    /// Overdrawn units paid with released permits (forgotten from the semaphore).
+    covered: usize,
+}
+
+impl Debt {
+    /// A reservation going away: its own overdraft is cancelled (or, if released memory
+    /// already paid it, those permits come back), then its permits pay what others owe,
+    /// and only the rest returns to the budget.
+    fn release(&self, permit: Option<OwnedSemaphorePermit>, overdraft: usize) {
+        if overdraft == 0 && self.owed_hint.load(Ordering::Acquire) == 0 {
+            return; // the permit drops: back to the budget
+        }
+        let mut st = self.state.lock();
+        if overdraft > 0 {
+            let cancelled = overdraft.min(st.owed);
+            st.owed -= cancelled;
+            let paid = overdraft - cancelled;
+            st.covered = st.covered.saturating_sub(paid);
+            if paid > 0 {
+                self.sem.add_permits(paid);
+            }
+        }
+        if st.owed > 0
+            && let Some(mut p) = permit
+        {
+            let pay = st.owed.min(p.num_permits());
+            if let Some(forgotten) = p.split(pay) {
+                forgotten.forget();
+                st.owed -= pay;
+                st.covered += pay;
+            }
+        }
+        self.owed_hint.store(st.owed, Ordering::Release);
+    }
+
+    fn owe(&self, units: usize) {
+        let mut st = self.state.lock();
+        st.owed += units;
+        self.owed_hint.store(st.owed, Ordering::Release);
+    }
+
+    fn owed(&self) -> usize {
+        self.state.lock().owed
+    }
 }
 
 /// Bytes held against the budget; returned when dropped.
 #[derive(Debug)]
 pub struct Reservation {
-    _permit: Option<OwnedSemaphorePermit>,
+    permit: Option<OwnedSemaphorePermit>,
     bytes: usize,
+    /// Units granted beyond the budget ([`MemoryBudget::take_now`]).
+    overdraft: usize,
+    /// Units counted in `Debt::bodies` ([`MemoryBudget::take_body`]).
+    body: usize,
+    /// The budget's debt; `None` for a reservation that holds nothing.
+    debt: Option<Arc<Debt>>,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(debt) = self.debt.take() {
+            if self.body > 0 {
+                debt.bodies.fetch_sub(self.body, Ordering::AcqRel);
+            }
+            debt.release(self.permit.take(), self.overdraft);
+        }
+    }
 }
 
 impl Reservation {
@@ -46,31 +136,43 @@ impl Reservation {
     /// A reservation that holds nothing (for paths that do not count against the budget).
     pub(crate) fn empty() -> Self {
         Reservation {
-            _permit: None,
+            permit: None,
             bytes: 0,
+            overdraft: 0,
+            body: 0,
+            debt: None,
         }
     }
     /// Moves `bytes` (rounded up to whole [`UNIT`]s) out of this reservation into a new
-    /// one; `None`, with nothing moved, when this one holds fewer units.
+    /// one; `None`, with nothing moved, when this one holds fewer units (an overdraft is
+    /// never moved).
     pub(crate) fn split_off(&mut self, bytes: usize) -> Option<Reservation> {
         let units = bytes.div_ceil(UNIT).max(1);
-        let permit = self._permit.as_mut()?.split(units)?;
+        let permit = self.permit.as_mut()?.split(units)?;
         self.bytes = self.bytes.saturating_sub(units * UNIT);
         Some(Reservation {
-            _permit: Some(permit),
+            permit: Some(permit),
             bytes,
+            overdraft: 0,
+            body: 0,
+            debt: self.debt.clone(),
         })
     }
 
-    /// Whole units held.
+    /// Whole units held (not counting an overdraft).
     fn units(&self) -> usize {
-        self._permit.as_ref().map_or(0, |p| p.num_permits())
+        self.permit.as_ref().map_or(0, |p| p.num_permits())
     }
 
     /// Folds another reservation into this one.
-    pub(crate) fn merge(&mut self, other: Reservation) {
+    pub(crate) fn merge(&mut self, mut other: Reservation) {
         self.bytes += other.bytes;
-        match (&mut self._permit, other._permit) {
+        self.overdraft += std::mem::take(&mut other.overdraft);
+        self.body += std::mem::take(&mut other.body);
+        if self.debt.is_none() {
+            self.debt = other.debt.clone();
+        }
+        match (&mut self.permit, other.permit.take()) {
             (Some(a), Some(b)) => a.merge(b),
             (slot @ None, Some(b)) => *slot = Some(b),
             _ => {}
@@ -127,10 +229,80 @@ impl Credit {
 impl MemoryBudget {
     pub(crate) fn new(limit_bytes: usize) -> Self {
         let limit_units = (limit_bytes / UNIT).clamp(1, u32::MAX as usize >> 3) as u32;
+        let sem = Arc::new(Semaphore::new(limit_units as usize));
         MemoryBudget {
-            sem: Arc::new(Semaphore::new(limit_units as usize)),
+            debt: Arc::new(Debt {
+                sem: sem.clone(),
+                owed_hint: AtomicUsize::new(0),
+                bodies: AtomicUsize::new(0),
+                state: Mutex::new(DebtState::default()),
+            }),
+            sem,
             limit_units,
         }
+    }
+
+    fn reservation(&self, permit: OwnedSemaphorePermit, bytes: usize) -> Reservation {
+        Reservation {
+            permit: Some(permit),
+            bytes,
+            overdraft: 0,
+            body: 0,
+            debt: Some(self.debt.clone()),
+        }
+    }
+
+    /// `bytes` taken at once, whatever is free: what is not free is overdrawn, and memory
+    /// released later pays the overdraft before anyone waiting gets it. For holders that
+    /// must never wait (a delivery core's sealed batches: waiting for memory only the
+    /// core itself can free would stall it). Never refused, even for more than the whole
+    /// budget.
+    pub(crate) fn take_now(&self, bytes: usize) -> Reservation {
+        let units = bytes.div_ceil(UNIT).max(1);
+        loop {
+            let free = self.sem.available_permits().min(units);
+            let permit = match free {
+                0 => None,
+                n => match self.sem.clone().try_acquire_many_owned(n as u32) {
+                    Ok(p) => Some(p),
+                    // Taken by someone else meanwhile: look again.
+                    Err(_) => continue,
+                },
+            };
+            let overdraft = units - free;
+            if overdraft > 0 {
+                self.debt.owe(overdraft);
+            }
+            return Reservation {
+                permit,
+                bytes,
+                overdraft,
+                body: 0,
+                debt: Some(self.debt.clone()),
+            };
+        }
+    }
+
+    /// [`take_now`](Self::take_now) for a delivery core's sealed batch, while all such
+    /// reservations together hold at most half the budget; beyond that, an empty
+    /// reservation (the body goes uncounted). Bodies of a stalled destination are held
+    /// for as long as it is stalled: the cap leaves the inputs and the other outputs at
+    /// least half the budget whatever it does.
+    pub(crate) fn take_body(&self, bytes: usize) -> Reservation {
+        let units = bytes.div_ceil(UNIT).max(1);
+        let cap = self.limit_units as usize / 2;
+        let claimed = self
+            .debt
+            .bodies
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                (held + units <= cap).then_some(held + units)
+            });
+        if claimed.is_err() {
+            return Reservation::empty();
+        }
+        let mut r = self.take_now(bytes);
+        r.body = units;
+        r
     }
 
     pub(crate) fn limit(&self) -> usize {
@@ -141,8 +313,9 @@ impl MemoryBudget {
         self.sem.available_permits() * UNIT
     }
 
+    /// Bytes held, overdrafts included (so it may exceed [`limit`](Self::limit)).
     pub(crate) fn used(&self) -> usize {
-        self.limit().saturating_sub(self.available())
+        self.limit().saturating_sub(self.available()) + self.debt.owed() * UNIT
     }
 
     /// Whole units for `bytes` (at least one), or [`OverBudget`] when they exceed the
@@ -169,10 +342,7 @@ impl MemoryBudget {
     pub(crate) async fn acquire(&self, bytes: usize) -> Result<Reservation, OverBudget> {
         let units = self.units(bytes)?;
         Ok(match self.sem.clone().acquire_many_owned(units).await {
-            Ok(p) => Reservation {
-                _permit: Some(p),
-                bytes,
-            },
+            Ok(p) => self.reservation(p, bytes),
             // The semaphore is never closed; an empty reservation is the safe answer.
             Err(_) => Reservation::empty(),
         })
@@ -209,10 +379,7 @@ impl MemoryBudget {
             .clone()
             .try_acquire_many_owned(units)
             .ok()
-            .map(|p| Reservation {
-                _permit: Some(p),
-                bytes,
-            })
+            .map(|p| self.reservation(p, bytes))
     }
 }
 
@@ -328,6 +495,97 @@ mod tests {
             .expect("the budget the credit held is free for whoever waits");
         drop((waited, other));
         assert_eq!(b.used(), 0);
+    }
+
+    /// An overdraft holds back whoever waits until released memory has paid it, and
+    /// every unit comes back once everything is dropped, in either order.
+    #[tokio::test]
+    async fn an_overdraft_is_paid_before_waiters_get_memory() {
+        use std::time::Duration;
+        for overdrawn_first in [true, false] {
+            let b = MemoryBudget::new(8 * UNIT);
+            let held = b.acquire(6 * UNIT).await.unwrap();
+            let batch = b.take_now(5 * UNIT);
+            assert_eq!(b.available(), 0, "the 2 free units were taken");
+            assert_eq!(b.used(), 11 * UNIT, "3 units overdrawn, counted as used");
+            let waiter = {
+                let b = b.clone();
+                tokio::spawn(async move { b.acquire(4 * UNIT).await.unwrap() })
+            };
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert!(!waiter.is_finished());
+            if overdrawn_first {
+                drop(batch);
+                // The overdraft was never paid: cancelled; the 2 units it held go to the
+                // waiter, which needs 4.
+                assert_eq!(b.debt.owed(), 0);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                assert!(!waiter.is_finished());
+                drop(held);
+            } else {
+                drop(held);
+                // 3 of the 6 released units paid the overdraft: 3 left for the waiter,
+                // which needs 4.
+                assert_eq!(b.debt.owed(), 0);
+                assert_eq!(b.debt.state.lock().covered, 3);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                assert!(!waiter.is_finished(), "the debt came first");
+                drop(batch);
+            }
+            let got = tokio::time::timeout(Duration::from_secs(5), waiter)
+                .await
+                .expect("the waiter gets its memory once the overdraft is gone")
+                .unwrap();
+            drop(got);
+            assert_eq!(b.used(), 0);
+            assert_eq!(b.available(), 8 * UNIT, "no unit lost or made up");
+        }
+    }
+
+    /// `take_now` never waits and never refuses, even past the whole budget; a free
+    /// budget is simply drawn from.
+    #[tokio::test]
+    async fn take_now_draws_what_is_free_and_never_refuses() {
+        let b = MemoryBudget::new(4 * UNIT);
+        let small = b.take_now(UNIT + 1);
+        assert_eq!(b.used(), 2 * UNIT);
+        let huge = b.take_now(100 * UNIT);
+        assert_eq!(
+            b.used(),
+            101 * UNIT + UNIT,
+            "2 + 100 units, 98 of them overdrawn"
+        );
+        assert!(b.try_acquire(UNIT).is_none());
+        drop(small);
+        assert_eq!(b.available(), 0, "released units pay the overdraft");
+        let mut merged = b.take_now(UNIT);
+        merged.merge(huge);
+        drop(merged);
+        assert_eq!(b.used(), 0);
+        assert_eq!(b.available(), 4 * UNIT);
+    }
+
+    /// Bodies never hold more than half the budget, so a stalled destination keeping its
+    /// batches cannot take the memory everyone else needs.
+    #[tokio::test]
+    async fn bodies_hold_at_most_half_the_budget() {
+        let b = MemoryBudget::new(8 * UNIT);
+        let first = b.take_body(3 * UNIT);
+        assert_eq!(first.bytes(), 3 * UNIT);
+        let over = b.take_body(2 * UNIT);
+        assert_eq!(over.bytes(), 0, "3 + 2 > 4: uncounted");
+        assert_eq!(b.used(), 3 * UNIT);
+        let fits = b.take_body(UNIT);
+        assert_eq!(fits.bytes(), UNIT);
+        drop(first);
+        assert_eq!(
+            b.take_body(3 * UNIT).bytes(),
+            3 * UNIT,
+            "room again once freed"
+        );
+        drop(fits);
+        assert_eq!(b.used(), 0);
+        assert_eq!(b.debt.bodies.load(Ordering::Acquire), 0);
     }
 
     #[tokio::test]

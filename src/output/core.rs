@@ -41,7 +41,7 @@ use super::deliver::{AckProbe, Acks, Job, JobOf, OutputMetrics, Refusal, Shared,
 use super::retry::RetryPolicy;
 use super::sink::{BatchBuilder, BatchSettings, Sink};
 use crate::buffer::budget::{MemoryBudget, Reservation};
-use crate::buffer::{BufferKind, BufferReader, BufferSettings, BufferWriter, Entry};
+use crate::buffer::{BufferKind, BufferReader, BufferSettings, BufferWriter, Entry, WhenFull};
 
 /// Upper bound on records taken from the buffer in one read.
 const MAX_READ_CHUNK: usize = 4096;
@@ -64,6 +64,9 @@ pub struct Pressure {
     /// no buffer charged them to the budget: count them as budget use here. (A memory
     /// buffer charged them when they were pushed.)
     open_outside_budget: bool,
+    /// The buffer drops newest when full: its batches' bodies, like its records, never
+    /// take the quarter of the budget shedding leaves to the others.
+    sheds: bool,
 }
 
 impl Pressure {
@@ -77,6 +80,7 @@ impl Pressure {
             buffer: Some((writer, settings.max_size.max(1))),
             budget: Some(budget),
             open_outside_budget: settings.kind == BufferKind::Disk,
+            sheds: settings.when_full == WhenFull::DropNewest,
         }
     }
 
@@ -495,6 +499,7 @@ pub(crate) async fn run_inner<S: Sink>(
     recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
+        charge_sealed(&mut ready, &pressure);
         while jobs.len() < concurrency
             && let Some(job) = ready.pop_front()
         {
@@ -577,7 +582,7 @@ pub(crate) async fn run_inner<S: Sink>(
                     let size = entry.record.approx_size();
                     let o = offer(&*shared.sink, &partition, &mut slot.builder, &mut slot.entries, entry);
                     if let Some((batch, entries, bytes)) = o.sealed {
-                        ready.push_back(Job { partition: partition.clone(), batch, entries, bytes, attempts: 0 });
+                        ready.push_back(Job { partition: partition.clone(), batch, entries, bytes, attempts: 0, memory: Reservation::empty() });
                         slot.due = Instant::now() + max_age;
                         open.held -= slot.held;
                         slot.held = 0;
@@ -617,6 +622,35 @@ pub(crate) async fn run_inner<S: Sink>(
     // The reader task has ended (it closed the channel); nothing is left in it.
     let _ = reader_task.await;
     tally
+}
+
+/// Charges the memory budget for the bodies of batches sealed since the last call, held
+/// until the batch is done. A body (JSON lines, a compressed S3 object, an SDK request's
+/// entries) is memory beside the records it was built from, which their buffer counts;
+/// uncounted, a 32 MiB budget let the process hold ~5 MiB more at a burst (issue #10).
+///
+/// The core cannot wait for memory (only its deliveries free it), so this never waits:
+/// it overdraws the budget if it must ([`MemoryBudget::take_body`]), which holds the
+/// inputs back until deliveries pay it off. A stalled destination keeps its bodies, so
+/// two limits keep the rest of the router alive: all bodies together take at most half
+/// the budget (beyond it they go uncounted), and an output that sheds load
+/// (`drop_newest`) charges only what leaves a quarter free, never overdrawing.
+fn charge_sealed<P, B>(ready: &mut VecDeque<Job<P, B>>, pressure: &Pressure) {
+    let Some(budget) = &pressure.budget else {
+        return;
+    };
+    for job in ready.iter_mut() {
+        if job.bytes == 0 || job.memory.bytes() > 0 {
+            continue;
+        }
+        job.memory = if pressure.sheds {
+            budget
+                .try_acquire_shedding(job.bytes)
+                .unwrap_or_else(Reservation::empty)
+        } else {
+            budget.take_body(job.bytes)
+        };
+    }
 }
 
 /// A fresh open batch for `partition`. Makes room first: at `max_partitions` open
@@ -678,6 +712,7 @@ fn push_sealed<P, B: BatchBuilder>(
         entries: o.entries,
         bytes,
         attempts: 0,
+        memory: Reservation::empty(),
     });
 }
 

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::core::{DeadLetter, OutputHealth, OutputSummary};
 use super::retry::RetryPolicy;
 use super::sink::{BatchBuilder, Failure, Push, SendResult, Sink};
+use crate::buffer::budget::Reservation;
 use crate::buffer::{Acker, Entry};
 
 pub(crate) type BatchOf<S> = <<S as Sink>::Builder as BatchBuilder>::Batch;
@@ -32,6 +33,9 @@ pub(crate) struct Job<P, B> {
     pub bytes: usize,
     /// Send attempts these records have already been through.
     pub attempts: u32,
+    /// The memory budget held for the batch's body (`bytes`), beside its records' own
+    /// (see `core::charge_sealed`); empty until the core charges it.
+    pub memory: Reservation,
 }
 
 /// Why records are given up on. Only `Dropped` is a policy the user chose; the others
@@ -570,9 +574,14 @@ pub(crate) async fn deliver<S: Sink>(shared: Arc<Shared<S>>, job: JobOf<S>) -> O
                             queue.iter().map(|j| j.entries.len() as u64).sum::<u64>();
                         return tally;
                     }
-                    let (rebuilt, refused) =
+                    let (mut rebuilt, refused) =
                         rebuild(&*shared.sink, &job.partition, entries, job.attempts);
                     tally += shared.refuse(refused, job.attempts).await;
+                    // The retried records' batches are smaller than the one they came
+                    // from: its charge covers them until they are done.
+                    if let Some(first) = rebuilt.first_mut() {
+                        first.memory = std::mem::replace(&mut job.memory, Reservation::empty());
+                    }
                     for j in rebuilt.into_iter().rev() {
                         queue.push_front(j);
                     }
@@ -607,6 +616,7 @@ fn rebuild<S: Sink>(
                 entries,
                 bytes,
                 attempts,
+                memory: Reservation::empty(),
             });
         }
         if let Some(refusal) = o.refused {
@@ -621,6 +631,7 @@ fn rebuild<S: Sink>(
             entries: current,
             bytes,
             attempts,
+            memory: Reservation::empty(),
         });
     }
     (jobs, refused)
