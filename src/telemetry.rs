@@ -192,6 +192,16 @@ const METRICS: &[(&str, MetricKind, &str)] = &[
         "Records refused before the acknowledgement because an output can never take them, per output and reason.",
     ),
     (
+        "firelane_memory_budget_used_bytes",
+        MetricKind::Gauge,
+        "Bytes runtime.memory_limit's budget holds at the scrape: buffered records, requests being decoded, sealed batch bodies (may pass the limit while outputs overdraw it).",
+    ),
+    (
+        "firelane_memory_budget_limit_bytes",
+        MetricKind::Gauge,
+        "runtime.memory_limit in bytes (whole KiB).",
+    ),
+    (
         "firelane_buffer_bytes",
         MetricKind::Gauge,
         "Bytes held in an output's buffer, waiting for delivery, per output (disk buffers: the undelivered bytes that max_size bounds).",

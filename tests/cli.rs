@@ -1446,6 +1446,7 @@ fn every_metric_family_has_help() {
         r#"
 [runtime]
 data_dir = "{{dir}}/data"
+memory_limit = "48MiB"
 
 [inputs.web]
 type = "http"
@@ -1514,6 +1515,8 @@ buffer = {{ type = "disk" }}
         "firelane_output_request_seconds",
         "firelane_buffer_bytes",
         "firelane_buffer_records",
+        "firelane_memory_budget_used_bytes",
+        "firelane_memory_budget_limit_bytes",
     ] {
         assert!(
             families.iter().any(|f| f == want),
@@ -1528,6 +1531,22 @@ buffer = {{ type = "disk" }}
     for f in &families {
         assert!(text.contains(&format!("# TYPE {f} ")), "no # TYPE for {f}");
     }
+    // The budget gauges are read at the scrape: the limit is the config's, and an idle
+    // router (its records delivered) holds next to nothing of it.
+    let limit = r.wait_metric(
+        "firelane_memory_budget_limit_bytes",
+        &[],
+        48.0 * 1024.0 * 1024.0,
+        Duration::from_secs(10),
+    );
+    assert_eq!(limit, 48.0 * 1024.0 * 1024.0);
+    let used = r.wait_metric(
+        "firelane_memory_budget_used_bytes",
+        &[],
+        0.0,
+        Duration::from_secs(10),
+    );
+    assert!(used < 1024.0 * 1024.0, "idle budget use {used}\n{text}");
 }
 
 /// Runs `firelane run -c path` and waits at most 30 s for it to exit by itself; a router
