@@ -26,6 +26,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// budgets up to 4 TiB. Every reservation is rounded up to whole units.
 pub(crate) const UNIT: usize = 1024;
 
+/// Whole units for `bytes`: rounded up, and at least one (every reservation holds one).
+fn units_of(bytes: usize) -> usize {
+    bytes.div_ceil(UNIT).max(1)
+}
+
 /// A reservation no wait can satisfy: more bytes than the whole budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{bytes} bytes is more than the whole memory budget ({limit} bytes, runtime.memory_limit)")]
@@ -100,6 +105,7 @@ impl Debt {
         self.owed_hint.store(st.owed, Ordering::Release);
     }
 
+    #[cfg(test)]
     fn owed(&self) -> usize {
         self.state.lock().owed
     }
@@ -147,7 +153,7 @@ impl Reservation {
     /// one; `None`, with nothing moved, when this one holds fewer units (an overdraft is
     /// never moved).
     pub(crate) fn split_off(&mut self, bytes: usize) -> Option<Reservation> {
-        let units = bytes.div_ceil(UNIT).max(1);
+        let units = units_of(bytes);
         let permit = self.permit.as_mut()?.split(units)?;
         self.bytes = self.bytes.saturating_sub(units * UNIT);
         Some(Reservation {
@@ -210,7 +216,7 @@ impl Credit {
     pub(crate) fn take(&self, budget: &MemoryBudget, bytes: usize) -> Option<Reservation> {
         let mut slot = self.0.lock();
         let held = slot.as_mut()?;
-        let units = bytes.div_ceil(UNIT).max(1);
+        let units = units_of(bytes);
         let have = held.units();
         if have >= units {
             return held.split_off(bytes);
@@ -258,7 +264,7 @@ impl MemoryBudget {
     /// core itself can free would stall it). Never refused, even for more than the whole
     /// budget.
     pub(crate) fn take_now(&self, bytes: usize) -> Reservation {
-        let units = bytes.div_ceil(UNIT).max(1);
+        let units = units_of(bytes);
         loop {
             let free = self.sem.available_permits().min(units);
             let permit = match free {
@@ -289,7 +295,7 @@ impl MemoryBudget {
     /// for as long as it is stalled: the cap leaves the inputs and the other outputs at
     /// least half the budget whatever it does.
     pub(crate) fn take_body(&self, bytes: usize) -> Reservation {
-        let units = bytes.div_ceil(UNIT).max(1);
+        let units = units_of(bytes);
         let cap = self.limit_units as usize / 2;
         let claimed = self
             .debt
@@ -315,13 +321,15 @@ impl MemoryBudget {
 
     /// Bytes held, overdrafts included (so it may exceed [`limit`](Self::limit)).
     pub(crate) fn used(&self) -> usize {
-        self.limit().saturating_sub(self.available()) + self.debt.owed() * UNIT
+        // The hint, not the lock: the delivery cores read this on every chunk of records.
+        let owed = self.debt.owed_hint.load(Ordering::Acquire);
+        self.limit().saturating_sub(self.available()) + owed * UNIT
     }
 
     /// Whole units for `bytes` (at least one), or [`OverBudget`] when they exceed the
     /// whole budget.
     fn units(&self, bytes: usize) -> Result<u32, OverBudget> {
-        let units = bytes.div_ceil(UNIT).max(1);
+        let units = units_of(bytes);
         if units > self.limit_units as usize {
             return Err(OverBudget {
                 bytes,
