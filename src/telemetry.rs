@@ -202,6 +202,11 @@ const METRICS: &[(&str, MetricKind, &str)] = &[
         "runtime.memory_limit in bytes (whole KiB).",
     ),
     (
+        "firelane_memory_budget_unattributed_bytes",
+        MetricKind::Gauge,
+        "Part of the budget held for resident memory no reservation counts: anonymous memory beyond what is reserved, the idle overhead and 2 MiB (allocator overhead, fragmentation, queue capacity), at most half the limit, read every 50 ms.",
+    ),
+    (
         "firelane_buffer_bytes",
         MetricKind::Gauge,
         "Bytes held in an output's buffer, waiting for delivery, per output (disk buffers: the undelivered bytes that max_size bounds).",

@@ -156,6 +156,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         readiness.component_ready();
     }
 
+    // Started once everything is built, so its first reading is the idle overhead.
+    let governor = crate::buffer::resident::spawn(budget.clone());
+
     let admin_stop = CancellationToken::new();
     let state = Arc::new(AdminState {
         readiness: readiness.clone(),
@@ -253,6 +256,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     admin_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_millis(200), admin_task).await;
+    if let Some(g) = governor {
+        g.abort();
+    }
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "firelane stopped"

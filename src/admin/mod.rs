@@ -204,6 +204,8 @@ async fn metrics_text(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
     // request).
     metrics::gauge!("firelane_memory_budget_used_bytes").set(s.budget.used() as f64);
     metrics::gauge!("firelane_memory_budget_limit_bytes").set(s.budget.limit() as f64);
+    metrics::gauge!("firelane_memory_budget_unattributed_bytes")
+        .set(s.budget.unattributed() as f64);
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

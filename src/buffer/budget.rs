@@ -57,7 +57,38 @@ struct Debt {
     owed_hint: AtomicUsize,
     /// Units held by [`MemoryBudget::take_body`] reservations (overdrafts included).
     bodies: AtomicUsize,
+    /// Bytes the resident-memory governor holds ([`super::resident`]), for the gauge.
+    unattributed: AtomicUsize,
+    /// Units wanted by each [`MemoryBudget::acquire`] waiting now (size → how many wait
+    /// for it), so the governor never holds what one of them needs to fit at all.
+    waits: Mutex<std::collections::BTreeMap<usize, usize>>,
     state: Mutex<DebtState>,
+}
+
+/// One waiting [`MemoryBudget::acquire`] in `Debt::waits`, removed when it ends (granted
+/// or cancelled).
+struct Waiting<'a> {
+    debt: &'a Debt,
+    units: usize,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(debt: &'a Debt, units: usize) -> Self {
+        *debt.waits.lock().entry(units).or_default() += 1;
+        Waiting { debt, units }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut waits = self.debt.waits.lock();
+        if let Some(n) = waits.get_mut(&self.units) {
+            *n -= 1;
+            if *n == 0 {
+                waits.remove(&self.units);
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -170,6 +201,32 @@ impl Reservation {
         self.permit.as_ref().map_or(0, |p| p.num_permits())
     }
 
+    /// Units held, the overdraft included.
+    pub(crate) fn held_units(&self) -> usize {
+        self.units() + self.overdraft
+    }
+
+    /// Gives `units` of this reservation back (at most what it holds): its overdraft
+    /// first (cancelling a debt nobody has paid yet, or returning what released memory
+    /// paid for it), then permits, which pay what others owe before the budget gets them.
+    pub(crate) fn give_back(&mut self, units: usize) {
+        let Some(debt) = self.debt.clone() else {
+            return;
+        };
+        let from_overdraft = units.min(self.overdraft);
+        if from_overdraft > 0 {
+            self.overdraft -= from_overdraft;
+            debt.release(None, from_overdraft);
+        }
+        let from_permit = (units - from_overdraft).min(self.units());
+        if from_permit > 0
+            && let Some(part) = self.permit.as_mut().and_then(|p| p.split(from_permit))
+        {
+            debt.release(Some(part), 0);
+        }
+        self.bytes = self.held_units() * UNIT;
+    }
+
     /// Folds another reservation into this one.
     pub(crate) fn merge(&mut self, mut other: Reservation) {
         self.bytes += other.bytes;
@@ -241,6 +298,8 @@ impl MemoryBudget {
                 sem: sem.clone(),
                 owed_hint: AtomicUsize::new(0),
                 bodies: AtomicUsize::new(0),
+                unattributed: AtomicUsize::new(0),
+                waits: Mutex::default(),
                 state: Mutex::new(DebtState::default()),
             }),
             sem,
@@ -315,6 +374,25 @@ impl MemoryBudget {
         self.limit_units as usize * UNIT
     }
 
+    /// Bytes held for resident memory no reservation counts ([`super::resident`]); part of
+    /// [`used`](Self::used).
+    pub(crate) fn unattributed(&self) -> usize {
+        self.debt.unattributed.load(Ordering::Relaxed)
+    }
+
+    /// Bytes the largest [`acquire`](Self::acquire) waiting now wants (0: none waits).
+    pub(crate) fn largest_wait(&self) -> usize {
+        self.debt
+            .waits
+            .lock()
+            .last_key_value()
+            .map_or(0, |(units, _)| units * UNIT)
+    }
+
+    pub(crate) fn set_unattributed(&self, bytes: usize) {
+        self.debt.unattributed.store(bytes, Ordering::Relaxed);
+    }
+
     pub(crate) fn available(&self) -> usize {
         self.sem.available_permits() * UNIT
     }
@@ -346,9 +424,14 @@ impl MemoryBudget {
     }
 
     /// Waits until `bytes` are available. Refused at once, without waiting, when `bytes`
-    /// is more than the whole budget.
+    /// is more than the whole budget. While it waits, the resident-memory governor holds
+    /// none of what it needs ([`largest_wait`](Self::largest_wait)).
     pub(crate) async fn acquire(&self, bytes: usize) -> Result<Reservation, OverBudget> {
         let units = self.units(bytes)?;
+        if let Ok(p) = self.sem.clone().try_acquire_many_owned(units) {
+            return Ok(self.reservation(p, bytes));
+        }
+        let _waiting = Waiting::new(&self.debt, units as usize);
         Ok(match self.sem.clone().acquire_many_owned(units).await {
             Ok(p) => self.reservation(p, bytes),
             // The semaphore is never closed; an empty reservation is the safe answer.

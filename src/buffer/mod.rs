@@ -14,6 +14,7 @@
 pub(crate) mod budget;
 pub(crate) mod disk;
 pub(crate) mod memory;
+pub(crate) mod resident;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
