@@ -26,8 +26,16 @@ pub(crate) type Fields = serde_json::Map<String, serde_json::Value>;
 
 /// Fixed bytes a packed record holds besides its body and tag: the `Record` itself where it
 /// is stored (a buffer's queue, a batch), the allocator's rounding of the body allocation and
-/// the shared header `Bytes` allocates on the first clone.
-const PACKED_OVERHEAD: usize = 112;
+/// the shared header `Bytes` allocates on the first clone, plus [`HOLDING_OVERHEAD`].
+const PACKED_OVERHEAD: usize = 112 + HOLDING_OVERHEAD;
+
+/// What holding one record costs a memory buffer and a delivery core beside the `Record`
+/// itself (56 bytes): its queue slot's sequence, size and group (`Queued` is 80 bytes), the
+/// queue's and the batches' spare capacity (a `VecDeque` or `Vec` grows by doubling, so
+/// up to as much again), and its entry in the in-flight map once read (24 bytes plus
+/// control byte, at most 7/8 full). Left out, these were ~9 MiB of a 32 MiB budget's
+/// burst that the budget did not see (glibc's `mallinfo2`, issue #10).
+const HOLDING_OVERHEAD: usize = 64;
 
 /// One log record or event.
 ///
@@ -229,7 +237,8 @@ impl Record {
         match &self.body {
             Body::Packed(b) => PACKED_OVERHEAD + self.tag.len() + b.len(),
             Body::Tree(t) => {
-                64 + self.tag.len()
+                64 + HOLDING_OVERHEAD
+                    + self.tag.len()
                     + t.iter()
                         .map(|(k, v)| k.len() + 16 + value_size(v))
                         .sum::<usize>()

@@ -40,6 +40,11 @@ pub(crate) const TRIM_EVERY: Duration = Duration::from_millis(500);
 /// Changes of the hold smaller than this many units are not made, so the allocator's
 /// small ups and downs do not churn the budget.
 const STEP_UNITS: usize = 256;
+/// How long the excess must stay below the hold before the hold is given back. A trim
+/// drops resident memory at once, and a burst that is still going fills it again within
+/// ~100 ms; given back at once, the hold let the inputs refill the heap after every
+/// trim, and resident memory swung with it (issue #10's burst: 46 → 28 → 39 MiB anon).
+pub(crate) const GIVE_BACK_AFTER: Duration = Duration::from_secs(1);
 
 /// The governor's state; [`step`](Governor::step) is one tick.
 pub(crate) struct Governor {
@@ -49,6 +54,8 @@ pub(crate) struct Governor {
     /// reserved (units): the process's idle overhead. `None` until first seen.
     base: Option<usize>,
     last_trim: Option<Instant>,
+    /// Since when the excess has stayed below the hold.
+    lower_since: Option<Instant>,
 }
 
 impl Governor {
@@ -58,6 +65,7 @@ impl Governor {
             held: Reservation::empty(),
             base: None,
             last_trim: None,
+            lower_since: None,
         }
     }
 
@@ -66,9 +74,11 @@ impl Governor {
         self.held.held_units() * UNIT
     }
 
-    /// One tick, `anon` being the bytes of anonymous memory resident now. Adjusts the hold
-    /// and returns whether the excess is above the slack (the caller then trims the heap).
-    pub(crate) fn step(&mut self, anon: usize) -> bool {
+    /// One tick at `now`, `anon` being the bytes of anonymous memory resident now. Adjusts
+    /// the hold: up at once, down once the excess has stayed lower for
+    /// [`GIVE_BACK_AFTER`] (or at once, to let a waiting request fit). Returns whether the
+    /// excess is above the slack (the caller then trims the heap).
+    pub(crate) fn step(&mut self, anon: usize, now: Instant) -> bool {
         let held = self.held.held_units();
         // What everyone else has reserved: the excess is measured against that, or the
         // hold would count itself.
@@ -86,11 +96,20 @@ impl Governor {
         let limit = self.budget.limit() / UNIT;
         let cap = (limit / 2).min(limit.saturating_sub(self.budget.largest_wait() / UNIT));
         let target = over.min(cap);
-        if target >= held + STEP_UNITS {
-            let more = self.budget.take_now((target - held) * UNIT);
-            self.held.merge(more);
-        } else if target + STEP_UNITS <= held || (target < held && target == cap) {
-            self.held.give_back(held - target);
+        if target >= held {
+            self.lower_since = None;
+            if target >= held + STEP_UNITS {
+                let more = self.budget.take_now((target - held) * UNIT);
+                self.held.merge(more);
+            }
+        } else if held > cap {
+            self.held.give_back(held - cap);
+        } else {
+            let since = *self.lower_since.get_or_insert(now);
+            if now.duration_since(since) >= GIVE_BACK_AFTER && target + STEP_UNITS <= held {
+                self.held.give_back(held - target);
+                self.lower_since = None;
+            }
         }
         self.budget.set_unattributed(self.held());
         over > 0
@@ -98,7 +117,7 @@ impl Governor {
 
     /// [`step`](Self::step) plus the trim it may call for.
     fn tick(&mut self, anon: usize) {
-        if self.step(anon) && self.last_trim.is_none_or(|t| t.elapsed() >= TRIM_EVERY) {
+        if self.step(anon, Instant::now()) && self.last_trim.is_none_or(|t| t.elapsed() >= TRIM_EVERY) {
             trim_heap();
             self.last_trim = Some(Instant::now());
         }
@@ -161,26 +180,39 @@ mod tests {
 
     const MIB: usize = 1 << 20;
 
+    /// `ms` milliseconds after `t0`.
+    fn at(t0: Instant, ms: u64) -> Instant {
+        t0 + Duration::from_millis(ms)
+    }
+
     #[tokio::test]
     async fn the_excess_beyond_idle_overhead_and_slack_is_held_and_given_back() {
         let budget = MemoryBudget::new(32 * MIB);
         let mut g = Governor::new(budget.clone());
+        let t0 = Instant::now();
         // Idle: 3 MiB resident, nothing reserved. That is the base.
-        assert!(!g.step(3 * MIB));
+        assert!(!g.step(3 * MIB, t0));
         assert_eq!(g.held(), 0);
         // 10 MiB of records reserved, 21 MiB resident: 8 MiB beyond what they explain
         // and the idle 3 MiB, 6 MiB beyond the slack.
         let records = budget.acquire(10 * MIB).await.unwrap();
-        assert!(g.step(21 * MIB));
+        assert!(g.step(21 * MIB, at(t0, 50)));
         assert_eq!(g.held(), 6 * MIB);
         assert_eq!(budget.used(), 16 * MIB);
         assert_eq!(budget.unattributed(), 6 * MIB);
         // Held budget is budget nobody else gets.
         assert!(budget.try_acquire(17 * MIB).is_none());
         assert!(budget.try_acquire(16 * MIB).is_some());
-        // The records go and so does most of what came with them.
+        // The records go and so does most of what came with them. The hold stays until
+        // the excess has been lower for a second (a trim's dip is not the end of a burst).
         drop(records);
-        assert!(!g.step(4 * MIB));
+        assert!(!g.step(4 * MIB, at(t0, 100)));
+        assert_eq!(g.held(), 6 * MIB);
+        assert!(g.step(11 * MIB, at(t0, 600)), "back up to the hold: the wait starts again");
+        assert!(!g.step(4 * MIB, at(t0, 700)));
+        assert!(!g.step(4 * MIB, at(t0, 1600)));
+        assert_eq!(g.held(), 6 * MIB);
+        assert!(!g.step(4 * MIB, at(t0, 1700)));
         assert_eq!(g.held(), 0);
         assert_eq!(budget.used(), 0);
         assert_eq!(budget.available(), budget.limit());
@@ -190,18 +222,20 @@ mod tests {
     async fn the_hold_is_at_most_half_the_budget_and_overdraws_rather_than_wait() {
         let budget = MemoryBudget::new(32 * MIB);
         let mut g = Governor::new(budget.clone());
-        g.step(2 * MIB);
+        let t0 = Instant::now();
+        g.step(2 * MIB, t0);
         let records = budget.acquire(30 * MIB).await.unwrap();
-        assert!(g.step(100 * MIB));
+        assert!(g.step(100 * MIB, at(t0, 50)));
         assert_eq!(g.held(), 16 * MIB, "capped at half the budget");
         // Only 2 MiB were free: the rest is a debt the records' release pays first.
         assert_eq!(budget.used(), 46 * MIB);
         drop(records);
         assert_eq!(budget.available(), 16 * MIB);
         // Still over: the hold stays; once resident memory falls, it goes.
-        g.step(100 * MIB);
+        g.step(100 * MIB, at(t0, 100));
         assert_eq!(g.held(), 16 * MIB);
-        g.step(2 * MIB);
+        g.step(2 * MIB, at(t0, 150));
+        g.step(2 * MIB, at(t0, 1150));
         assert_eq!(g.held(), 0);
         assert_eq!(budget.available(), budget.limit());
     }
@@ -210,9 +244,10 @@ mod tests {
     async fn a_waiting_request_is_never_starved_by_the_hold() {
         let budget = MemoryBudget::new(32 * MIB);
         let mut g = Governor::new(budget.clone());
-        g.step(2 * MIB);
+        let t0 = Instant::now();
+        g.step(2 * MIB, t0);
         let small = budget.acquire(4 * MIB).await.unwrap();
-        g.step(60 * MIB);
+        g.step(60 * MIB, at(t0, 50));
         assert_eq!(g.held(), 16 * MIB);
         // A request for 24 MiB fits the budget but not beside the hold and `small`.
         let b2 = budget.clone();
@@ -222,8 +257,8 @@ mod tests {
         }
         assert_eq!(budget.largest_wait(), 24 * MIB);
         // Resident memory stays high, yet the governor keeps only what leaves the
-        // request room: 32 - 24 = 8 MiB.
-        g.step(60 * MIB);
+        // request room: 32 - 24 = 8 MiB, at once.
+        g.step(60 * MIB, at(t0, 100));
         assert_eq!(g.held(), 8 * MIB);
         drop(small);
         let got = tokio::time::timeout(Duration::from_secs(5), big)
@@ -240,7 +275,7 @@ mod tests {
         let budget = MemoryBudget::new(32 * MIB);
         let _records = budget.try_acquire(8 * MIB).unwrap();
         let mut g = Governor::new(budget.clone());
-        assert!(!g.step(200 * MIB));
+        assert!(!g.step(200 * MIB, Instant::now()));
         assert_eq!(g.held(), 0);
     }
 
