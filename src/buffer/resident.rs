@@ -117,7 +117,9 @@ impl Governor {
 
     /// [`step`](Self::step) plus the trim it may call for.
     fn tick(&mut self, anon: usize) {
-        if self.step(anon, Instant::now()) && self.last_trim.is_none_or(|t| t.elapsed() >= TRIM_EVERY) {
+        if self.step(anon, Instant::now())
+            && self.last_trim.is_none_or(|t| t.elapsed() >= TRIM_EVERY)
+        {
             trim_heap();
             self.last_trim = Some(Instant::now());
         }
@@ -208,7 +210,10 @@ mod tests {
         drop(records);
         assert!(!g.step(4 * MIB, at(t0, 100)));
         assert_eq!(g.held(), 6 * MIB);
-        assert!(g.step(11 * MIB, at(t0, 600)), "back up to the hold: the wait starts again");
+        assert!(
+            g.step(11 * MIB, at(t0, 600)),
+            "back up to the hold: the wait starts again"
+        );
         assert!(!g.step(4 * MIB, at(t0, 700)));
         assert!(!g.step(4 * MIB, at(t0, 1600)));
         assert_eq!(g.held(), 6 * MIB);
