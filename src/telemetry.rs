@@ -204,7 +204,7 @@ const METRICS: &[(&str, MetricKind, &str)] = &[
     (
         "firelane_memory_budget_unattributed_bytes",
         MetricKind::Gauge,
-        "Part of the budget held for resident memory no reservation counts: anonymous memory beyond what is reserved, the idle overhead and 2 MiB (allocator overhead, fragmentation, queue capacity), at most half the limit, read every 50 ms.",
+        "Part of the budget held for resident memory no reservation counts: anonymous memory beyond what is reserved, the idle overhead and 2 MiB (allocator overhead, fragmentation, queue capacity), at most a quarter of the limit, read every 50 ms.",
     ),
     (
         "firelane_buffer_bytes",

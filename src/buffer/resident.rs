@@ -21,7 +21,9 @@
 //! the hold, fall after a burst.
 //!
 //! Two bounds keep the router moving whatever the measurement says: the hold is at most
-//! half the budget, and never what the largest reservation waiting in
+//! a quarter of the budget (at half, 120 HTTP clients retrying 900 KB requests on 503 under
+//! a 32 MiB budget did not all get in within 4 minutes: `http_input`'s
+//! `concurrent_large_posts_stay_within_the_memory_limit`), and never what the largest reservation waiting in
 //! [`MemoryBudget::acquire`] needs to fit (so a request the budget can hold is never
 //! starved by the governor).
 
@@ -94,7 +96,7 @@ impl Governor {
         };
         let over = excess.saturating_sub(base + SLACK / UNIT);
         let limit = self.budget.limit() / UNIT;
-        let cap = (limit / 2).min(limit.saturating_sub(self.budget.largest_wait() / UNIT));
+        let cap = (limit / 4).min(limit.saturating_sub(self.budget.largest_wait() / UNIT));
         let target = over.min(cap);
         if target >= held {
             self.lower_since = None;
@@ -224,21 +226,21 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_hold_is_at_most_half_the_budget_and_overdraws_rather_than_wait() {
+    async fn the_hold_is_at_most_a_quarter_of_the_budget_and_overdraws_rather_than_wait() {
         let budget = MemoryBudget::new(32 * MIB);
         let mut g = Governor::new(budget.clone());
         let t0 = Instant::now();
         g.step(2 * MIB, t0);
         let records = budget.acquire(30 * MIB).await.unwrap();
         assert!(g.step(100 * MIB, at(t0, 50)));
-        assert_eq!(g.held(), 16 * MIB, "capped at half the budget");
+        assert_eq!(g.held(), 8 * MIB, "capped at a quarter of the budget");
         // Only 2 MiB were free: the rest is a debt the records' release pays first.
-        assert_eq!(budget.used(), 46 * MIB);
+        assert_eq!(budget.used(), 38 * MIB);
         drop(records);
-        assert_eq!(budget.available(), 16 * MIB);
+        assert_eq!(budget.available(), 24 * MIB);
         // Still over: the hold stays; once resident memory falls, it goes.
         g.step(100 * MIB, at(t0, 100));
-        assert_eq!(g.held(), 16 * MIB);
+        assert_eq!(g.held(), 8 * MIB);
         g.step(2 * MIB, at(t0, 150));
         g.step(2 * MIB, at(t0, 1150));
         assert_eq!(g.held(), 0);
@@ -253,25 +255,25 @@ mod tests {
         g.step(2 * MIB, t0);
         let small = budget.acquire(4 * MIB).await.unwrap();
         g.step(60 * MIB, at(t0, 50));
-        assert_eq!(g.held(), 16 * MIB);
-        // A request for 24 MiB fits the budget but not beside the hold and `small`.
+        assert_eq!(g.held(), 8 * MIB);
+        // A request for 28 MiB fits the budget but not beside the hold and `small`.
         let b2 = budget.clone();
-        let big = tokio::spawn(async move { b2.acquire(24 * MIB).await.map(|r| r.bytes()) });
+        let big = tokio::spawn(async move { b2.acquire(28 * MIB).await.map(|r| r.bytes()) });
         while budget.largest_wait() == 0 {
             tokio::task::yield_now().await;
         }
-        assert_eq!(budget.largest_wait(), 24 * MIB);
+        assert_eq!(budget.largest_wait(), 28 * MIB);
         // Resident memory stays high, yet the governor keeps only what leaves the
-        // request room: 32 - 24 = 8 MiB, at once.
+        // request room: 32 - 28 = 4 MiB, at once.
         g.step(60 * MIB, at(t0, 100));
-        assert_eq!(g.held(), 8 * MIB);
+        assert_eq!(g.held(), 4 * MIB);
         drop(small);
         let got = tokio::time::timeout(Duration::from_secs(5), big)
             .await
             .expect("the request is granted once `small` goes")
             .unwrap()
             .unwrap();
-        assert_eq!(got, 24 * MIB);
+        assert_eq!(got, 28 * MIB);
         assert_eq!(budget.largest_wait(), 0);
     }
 
