@@ -427,6 +427,7 @@ mod tests {
                 max_decoded_bytes: usize::MAX,
             },
             0,
+            &mut Default::default(),
             &mut out,
             &mut stats,
         )

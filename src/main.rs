@@ -138,10 +138,13 @@ fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         let arenas = std::env::var_os("MALLOC_ARENA_MAX").is_none();
+        let mmap_threshold = std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none();
         // SAFETY: mallopt only changes allocator tuning; called before any other thread
         // exists.
         unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+            if mmap_threshold {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+            }
             if arenas {
                 libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS);
             }

@@ -158,6 +158,38 @@ fn over_cost(cap: usize) -> DecodeError {
     )
 }
 
+/// The tag of a connection's previous request, shared with the next one when its bytes are
+/// the same. In Message mode every record is a request of its own and clients send one tag
+/// over and over (Docker's fluentd driver, FireLens), so this saves an allocation, a free
+/// and a UTF-8 check per record. An invalid UTF-8 tag is never cached: each request that
+/// has one is counted (`invalid_utf8`).
+#[derive(Default)]
+pub(crate) struct TagCache(Option<Arc<str>>);
+
+impl TagCache {
+    /// The tag for the string bytes `b`: the cached one if equal, else a new one (its
+    /// invalid UTF-8 replaced with U+FFFD and counted in `stats`).
+    fn tag(&mut self, b: &[u8], stats: &mut Stats) -> Arc<str> {
+        if let Some(t) = &self.0
+            && t.as_bytes() == b
+        {
+            return t.clone();
+        }
+        match packed::utf8_str(b) {
+            // One allocation, straight into the `Arc`, not a `String` copied into one.
+            Some(s) => {
+                let t: Arc<str> = Arc::from(s);
+                self.0 = Some(t.clone());
+                t
+            }
+            None => {
+                stats.invalid_utf8 += 1;
+                Arc::from(String::from_utf8_lossy(b))
+            }
+        }
+    }
+}
+
 /// Decodes one request, appending its records to `out`.
 ///
 /// An entry that is well-formed msgpack but cannot be used (bad time, a record that is not
@@ -173,12 +205,13 @@ pub(crate) fn decode_request(
     frame: &[u8],
     limits: &Limits,
     now_ns: i64,
+    tags: &mut TagCache,
     out: &mut Vec<Record>,
     stats: &mut Stats,
 ) -> Result<Request, DecodeError> {
     let start_len = out.len();
     let stats_before = stats.clone();
-    let result = decode_into(frame, limits, now_ns, out, stats);
+    let result = decode_into(frame, limits, now_ns, tags, out, stats);
     if result.is_err() {
         out.truncate(start_len);
         *stats = stats_before;
@@ -190,6 +223,7 @@ fn decode_into(
     frame: &[u8],
     limits: &Limits,
     now_ns: i64,
+    tags: &mut TagCache,
     out: &mut Vec<Record>,
     stats: &mut Stats,
 ) -> Result<Request, DecodeError> {
@@ -216,15 +250,7 @@ fn decode_into(
         )));
     }
     let tag: Arc<str> = match cur.next()? {
-        // One allocation for a valid tag (straight into the `Arc`), not a `String` copied
-        // into an `Arc`: in Message mode this runs once per record.
-        Item::Str(b) => match packed::utf8_str(b) {
-            Some(s) => Arc::from(s),
-            None => {
-                stats.invalid_utf8 += 1;
-                Arc::from(String::from_utf8_lossy(b))
-            }
-        },
+        Item::Str(b) => tags.tag(b, stats),
         other => {
             return Err(bad_request(format!(
                 "tag is {}, not a string",
@@ -1088,7 +1114,14 @@ mod tests {
     fn decode(frame: &[u8]) -> (Vec<Record>, Stats, Result<Request, DecodeError>) {
         let mut out = Vec::new();
         let mut stats = Stats::default();
-        let r = decode_request(frame, &LIMITS, NOW, &mut out, &mut stats);
+        let r = decode_request(
+            frame,
+            &LIMITS,
+            NOW,
+            &mut TagCache::default(),
+            &mut out,
+            &mut stats,
+        );
         (out, stats, r)
     }
 
@@ -1640,7 +1673,15 @@ mod tests {
                 invalid_utf8: 3,
                 ..Stats::default()
             };
-            let e = decode_request(&frame, &LIMITS, NOW, &mut out, &mut stats).unwrap_err();
+            let e = decode_request(
+                &frame,
+                &LIMITS,
+                NOW,
+                &mut TagCache::default(),
+                &mut out,
+                &mut stats,
+            )
+            .unwrap_err();
             assert_eq!(e.kind, want, "{name}: {e}");
             assert_eq!(out.len(), 1, "{name}: records of the refused request kept");
             assert_eq!(&*out[0].tag, "earlier");
@@ -2041,6 +2082,43 @@ mod tests {
         assert_eq!(stats.invalid_utf8, 1, "counted once per record");
     }
 
+    /// A connection's requests share their tag while it stays the same: the second request's
+    /// records hold the first one's `Arc`; another tag gets its own, and an invalid UTF-8
+    /// tag is repaired and counted on every request, never cached.
+    #[test]
+    fn consecutive_requests_share_an_equal_tag() {
+        fn message(tag: &[u8]) -> Vec<u8> {
+            let mut b = Vec::new();
+            enc::write_array_len(&mut b, 3).unwrap();
+            enc::write_str_len(&mut b, tag.len() as u32).unwrap();
+            b.extend(tag);
+            enc::write_uint(&mut b, 1_700_000_000).unwrap();
+            b.extend(record("x"));
+            b
+        }
+        let mut tags = TagCache::default();
+        let mut out = Vec::new();
+        let mut stats = Stats::default();
+        for tag in [&b"app"[..], b"app", b"other", b"o\xffk", b"o\xffk", b"app"] {
+            decode_request(&message(tag), &LIMITS, NOW, &mut tags, &mut out, &mut stats)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let tags: Vec<&str> = out.iter().map(|r| &*r.tag).collect();
+        assert_eq!(
+            tags,
+            ["app", "app", "other", "o\u{fffd}k", "o\u{fffd}k", "app"]
+        );
+        assert!(
+            Arc::ptr_eq(&out[0].tag, &out[1].tag),
+            "equal tags share one Arc"
+        );
+        assert!(
+            !Arc::ptr_eq(&out[0].tag, &out[5].tag),
+            "a changed tag is not kept"
+        );
+        assert_eq!(stats.invalid_utf8, 2, "each invalid tag counted");
+    }
+
     /// A nil (or boolean, float, container) map key no longer drops the record: the key is
     /// written as its JSON text, as Fluent Bit does, and the record counted once.
     #[test]
@@ -2265,8 +2343,15 @@ mod tests {
                 max_decompressed_bytes: 1 << 20,
                 max_decoded_bytes: usize::MAX,
             };
-            let e =
-                decode_request(&frame, &small, NOW, &mut out, &mut Stats::default()).unwrap_err();
+            let e = decode_request(
+                &frame,
+                &small,
+                NOW,
+                &mut TagCache::default(),
+                &mut out,
+                &mut Stats::default(),
+            )
+            .unwrap_err();
             assert_eq!(e.kind, ErrorKind::DecompressedTooLarge);
         }
     }
@@ -2291,7 +2376,14 @@ mod tests {
                 max_decompressed_bytes: 64 << 20,
                 max_decoded_bytes: cap,
             };
-            let r = decode_request(frame, &limits, NOW, &mut out, &mut stats);
+            let r = decode_request(
+                frame,
+                &limits,
+                NOW,
+                &mut TagCache::default(),
+                &mut out,
+                &mut stats,
+            );
             (out, r)
         };
         for c in [Compression::None, Compression::Gzip, Compression::Zstd] {
@@ -2643,7 +2735,15 @@ mod packed_vs_tree {
             max_decompressed_bytes: 1 << 20,
             max_decoded_bytes: usize::MAX,
         };
-        decode_request(&b, &limits, 0, &mut out, &mut stats).expect("decodes");
+        decode_request(
+            &b,
+            &limits,
+            0,
+            &mut TagCache::default(),
+            &mut out,
+            &mut stats,
+        )
+        .expect("decodes");
         assert_eq!(out.len(), 3);
         assert!(out[0].packed().is_some());
         assert!(out[1].packed().is_none());

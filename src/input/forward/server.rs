@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
-use super::decode::{self, DecodeError, Limits, Stats};
+use super::decode::{self, DecodeError, Limits, Stats, TagCache};
 use super::frame::{FrameError, Split, Splitter};
 use super::handshake;
 use super::metrics::{ErrorKind, InputMetrics};
@@ -45,6 +45,9 @@ const FREE_READ_BUFFER: usize = 2 * READ_CHUNK;
 const READ_LINGER: Duration = Duration::from_millis(2);
 /// Several small requests already in the read buffer are ingested together, up to this.
 const MAX_BATCH_RECORDS: usize = 4096;
+/// Longest record vector a connection keeps for its next request (`Conn::spare`): 28 KiB,
+/// a fixed per-connection cost like its read buffer.
+const SPARE_RECORDS: usize = 512;
 const MAX_BATCH_BYTES: usize = 8 << 20;
 /// A client that stops reading acks (or never answers HELO) is cut off after this.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -456,6 +459,12 @@ struct Conn<S> {
     /// (`read_timeout` after the slot was taken or the last request completed), so a
     /// client trickling a large request cannot keep the slot from others.
     large_deadline: Option<tokio::time::Instant>,
+    /// The previous request's tag, for the next one to share (see [`TagCache`]).
+    tags: TagCache,
+    /// An emptied record vector kept from the last request decoded here, so that each
+    /// Message-mode request (one record) does not allocate one of its own. At most
+    /// [`SPARE_RECORDS`] long.
+    spare: Vec<Record>,
 }
 
 /// What woke a connection waiting for bytes.
@@ -478,6 +487,8 @@ impl<S: Socket> Conn<S> {
             pending: PendingAcks::default(),
             large: None,
             large_deadline: None,
+            tags: TagCache::default(),
+            spare: Vec::new(),
         }
     }
 
@@ -816,7 +827,7 @@ impl<S: Socket> Conn<S> {
             wire * 2
         }
         .min(most);
-        let decoded = loop {
+        let mut decoded = loop {
             let cap = self.slot_cap();
             ensure(
                 &mut self.held,
@@ -913,7 +924,10 @@ impl<S: Socket> Conn<S> {
                 .iter()
                 .map(Record::approx_size)
                 .sum::<usize>();
-        batch.records.extend(decoded.records);
+        batch.records.append(&mut decoded.records);
+        if decoded.records.capacity() <= SPARE_RECORDS {
+            self.spare = std::mem::take(&mut decoded.records);
+        }
         let cap = self.slot_cap();
         ensure(&mut self.held, &self.sh.budget, batch.mem_bytes, cap).await;
 
@@ -942,7 +956,7 @@ impl<S: Socket> Conn<S> {
     /// ([`Limits::max_decoded_bytes`]), on the blocking pool when it is big or compressed
     /// (inflating may take up to `max_decompressed` bytes of work).
     async fn decode(
-        &self,
+        &mut self,
         frame: Bytes,
         compressed: bool,
         max_decoded_bytes: usize,
@@ -952,11 +966,14 @@ impl<S: Socket> Conn<S> {
             ..self.sh.limits
         };
         if compressed || frame.len() >= BLOCKING_DECODE {
-            tokio::task::spawn_blocking(move || decode_frame(frame, limits))
-                .await
-                .map_err(|e| err(ErrorKind::Io, format!("decoder task failed: {e}")))
+            tokio::task::spawn_blocking(move || {
+                decode_frame(frame, limits, &mut TagCache::default(), Vec::new())
+            })
+            .await
+            .map_err(|e| err(ErrorKind::Io, format!("decoder task failed: {e}")))
         } else {
-            Ok(decode_frame(frame, limits))
+            let records = std::mem::take(&mut self.spare);
+            Ok(decode_frame(frame, limits, &mut self.tags, records))
         }
     }
 
@@ -1130,13 +1147,20 @@ struct Decoded {
     frame: Bytes,
 }
 
-fn decode_frame(frame: Bytes, limits: Limits) -> Decoded {
-    let mut records = Vec::new();
+/// Decodes `frame` into `records` (empty; its capacity is reused).
+fn decode_frame(
+    frame: Bytes,
+    limits: Limits,
+    tags: &mut TagCache,
+    mut records: Vec<Record>,
+) -> Decoded {
+    debug_assert!(records.is_empty());
     let mut stats = Stats::default();
     let result = decode::decode_request(
         &frame,
         &limits,
         crate::event::now_ns(),
+        tags,
         &mut records,
         &mut stats,
     );
