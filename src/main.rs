@@ -134,23 +134,48 @@ macro_rules! outln {
 /// kept its own freed-but-resident pages: a 2,000,000-record burst under a 32 MiB budget
 /// peaked at 88 MiB RSS with `MALLOC_ARENA_MAX=16` (the default on 2 cores) and at 70
 /// with 1 (medians of 3, `scripts/bench_vs_fluentbit.py --only memory`), at the same CPU.
+///
+/// And raises the trim threshold to [`MALLOC_TRIM_THRESHOLD`] with [`MALLOC_TOP_PAD`]. At
+/// glibc's 128 KiB, every wave of freed records shrank the heap and the next wave faulted
+/// the same pages in again (`clear_page_erms` was 11% of PackedForward → null's CPU in
+/// `perf`). What the heap now keeps free at its top is bounded by these, and the
+/// resident-memory governor (`buffer::resident`) trims it when resident memory passes
+/// what the budget holds. Release build, `scripts/bench.py` alternating runs, medians of
+/// 5 (2026-12-01): PackedForward → null 0.67 → 0.60 CPU-s per 1M, → file 2.00 → 1.70;
+/// the 32 MiB burst's peak RSS 54 → 56 MiB (medians of 3, within the target).
+///
+/// Each setting is left to glibc's own environment variable when that is set
+/// (`MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_`,
+/// `MALLOC_TOP_PAD_`), so they can be measured without a rebuild.
 fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        let arenas = std::env::var_os("MALLOC_ARENA_MAX").is_none();
-        let mmap_threshold = std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none();
-        // SAFETY: mallopt only changes allocator tuning; called before any other thread
-        // exists.
-        unsafe {
-            if mmap_threshold {
-                libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
-            }
-            if arenas {
-                libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS);
+        let unset = |name: &str| std::env::var_os(name).is_none();
+        let settings = [
+            ("MALLOC_MMAP_THRESHOLD_", libc::M_MMAP_THRESHOLD, 128 * 1024),
+            ("MALLOC_ARENA_MAX", libc::M_ARENA_MAX, MALLOC_ARENAS),
+            ("MALLOC_TRIM_THRESHOLD_", libc::M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD),
+            ("MALLOC_TOP_PAD_", libc::M_TOP_PAD, MALLOC_TOP_PAD),
+        ];
+        for (env, param, value) in settings {
+            if unset(env) {
+                // SAFETY: mallopt only changes allocator tuning; called before any other
+                // thread exists.
+                unsafe {
+                    libc::mallopt(param, value);
+                }
             }
         }
     }
 }
+
+/// Free bytes at the heap's top before `free` gives them back (see [`tune_malloc`]).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MALLOC_TRIM_THRESHOLD: libc::c_int = 4 << 20;
+
+/// Extra bytes the heap grows by, and keeps when trimmed (see [`tune_malloc`]).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MALLOC_TOP_PAD: libc::c_int = 512 << 10;
 
 /// glibc malloc arenas (see [`tune_malloc`]).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
