@@ -154,7 +154,11 @@ fn tune_malloc() {
         let settings = [
             ("MALLOC_MMAP_THRESHOLD_", libc::M_MMAP_THRESHOLD, 128 * 1024),
             ("MALLOC_ARENA_MAX", libc::M_ARENA_MAX, MALLOC_ARENAS),
-            ("MALLOC_TRIM_THRESHOLD_", libc::M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD),
+            (
+                "MALLOC_TRIM_THRESHOLD_",
+                libc::M_TRIM_THRESHOLD,
+                MALLOC_TRIM_THRESHOLD,
+            ),
             ("MALLOC_TOP_PAD_", libc::M_TOP_PAD, MALLOC_TOP_PAD),
         ];
         for (env, param, value) in settings {
