@@ -1112,11 +1112,19 @@ mod tests {
     };
 
     fn decode(frame: &[u8]) -> (Vec<Record>, Stats, Result<Request, DecodeError>) {
+        decode_with(frame, &LIMITS)
+    }
+
+    /// One request decoded alone (fresh output, stats and tag cache) within `limits`.
+    fn decode_with(
+        frame: &[u8],
+        limits: &Limits,
+    ) -> (Vec<Record>, Stats, Result<Request, DecodeError>) {
         let mut out = Vec::new();
         let mut stats = Stats::default();
         let r = decode_request(
             frame,
-            &LIMITS,
+            limits,
             NOW,
             &mut TagCache::default(),
             &mut out,
@@ -2370,20 +2378,11 @@ mod tests {
             b
         };
         let run = |frame: &[u8], cap: usize| {
-            let mut out = Vec::new();
-            let mut stats = Stats::default();
             let limits = Limits {
                 max_decompressed_bytes: 64 << 20,
                 max_decoded_bytes: cap,
             };
-            let r = decode_request(
-                frame,
-                &limits,
-                NOW,
-                &mut TagCache::default(),
-                &mut out,
-                &mut stats,
-            );
+            let (out, _, r) = decode_with(frame, &limits);
             (out, r)
         };
         for c in [Compression::None, Compression::Gzip, Compression::Zstd] {

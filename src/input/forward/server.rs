@@ -45,10 +45,10 @@ const FREE_READ_BUFFER: usize = 2 * READ_CHUNK;
 const READ_LINGER: Duration = Duration::from_millis(2);
 /// Several small requests already in the read buffer are ingested together, up to this.
 const MAX_BATCH_RECORDS: usize = 4096;
+const MAX_BATCH_BYTES: usize = 8 << 20;
 /// Longest record vector a connection keeps for its next request (`Conn::spare`): 28 KiB,
 /// a fixed per-connection cost like its read buffer.
 const SPARE_RECORDS: usize = 512;
-const MAX_BATCH_BYTES: usize = 8 << 20;
 /// A client that stops reading acks (or never answers HELO) is cut off after this.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
