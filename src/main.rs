@@ -291,8 +291,10 @@ fn run(config: Option<PathBuf>) -> ExitCode {
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
-    tracing::info!(config = %source, version = env!("CARGO_PKG_VERSION"), "starting firelane");
+    // Set explicitly, so TOKIO_WORKER_THREADS in the environment does not silently
+    // override the config.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(loaded.config.runtime.worker_threads)
         .enable_all()
         .thread_name("firelane")
         .build()
@@ -303,6 +305,12 @@ fn run(config: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    tracing::info!(
+        config = %source,
+        version = env!("CARGO_PKG_VERSION"),
+        worker_threads = runtime.metrics().num_workers(),
+        "starting firelane"
+    );
     match runtime.block_on(async {
         tokio::spawn(ignore_stray_signals());
         firelane::topology::run(loaded.config).await

@@ -822,6 +822,53 @@ fn run_reads_firelane_config_from_the_environment() {
     assert_eq!(status.and_then(|s| s.code()), Some(0));
 }
 
+/// `runtime.worker_threads` sizes the async runtime (default 1), and the config wins over
+/// tokio's own `TOKIO_WORKER_THREADS`: the start-up line reports the runtime's real
+/// worker count.
+#[test]
+fn worker_threads_sizes_the_runtime_and_the_environment_does_not_override_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (runtime, want) in [("", 1), ("[runtime]\nworker_threads = 3\n", 3)] {
+        let admin = free_port();
+        let cfg = format!(
+            "{runtime}[admin]\nlisten = \"127.0.0.1:{admin}\"\n[inputs.web]\ntype = \"http\"\nlisten = \"127.0.0.1:0\"\n[routes.all]\nto = [\"n\"]\n[outputs.n]\ntype = \"null\"\n"
+        );
+        let path = write(dir.path(), &format!("workers-{want}.toml"), &cfg);
+        let mut child = Command::new(BIN)
+            .args(["run", "-c", &path])
+            .env_remove("FIRELANE_CONFIG")
+            .env("TOKIO_WORKER_THREADS", "7")
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let guard = KillOnDrop(Some(child.id()));
+        let ready = poll(Duration::from_secs(30), || {
+            http_get(&format!("http://127.0.0.1:{admin}/ready"))
+                .ok()
+                .filter(|r| r.0 == 200)
+        });
+        unsafe_kill(child.id(), 15);
+        let status = poll(Duration::from_secs(30), || child.try_wait().ok().flatten());
+        drop(guard);
+        let out = child.wait_with_output().expect("wait");
+        let err = text(&out.stderr);
+        assert!(ready.is_some(), "{want}: never ready:\n{err}");
+        assert_eq!(status.and_then(|s| s.code()), Some(0), "{err}");
+        let line = err
+            .lines()
+            .find(|l| l.contains("starting firelane"))
+            .unwrap_or_else(|| panic!("no start-up line:\n{err}"));
+        assert!(
+            line.contains(&format!("worker_threads={want}")),
+            "{want} workers expected: {line}"
+        );
+    }
+}
+
 struct KillOnDrop(Option<u32>);
 
 impl Drop for KillOnDrop {

@@ -512,3 +512,27 @@ fn shutdown_grace_below_a_second_and_a_drain_leaving_nothing_are_refused_clearly
         .is_empty()
     );
 }
+
+#[test]
+fn worker_threads_defaults_to_one_and_refuses_zero_and_absurd_counts() {
+    let base =
+        "[inputs.i]\ntype = \"http\"\n[routes.r]\nto = [\"o\"]\n[outputs.o]\ntype = \"null\"\n";
+    let threads = |runtime: &str| {
+        parse(&format!("{runtime}{base}"), "t.toml", &env)
+            .map(|l| l.config.runtime.worker_threads)
+            .map_err(|e| e.errors)
+    };
+    assert_eq!(threads(""), Ok(1));
+    assert_eq!(threads("[runtime]\nworker_threads = 4\n"), Ok(4));
+    for (value, says) in [
+        ("0", "at least 1"),
+        ("65", "more than 64"),
+        ("\"two\"", "worker_threads"),
+    ] {
+        let e = threads(&format!("[runtime]\nworker_threads = {value}\n")).expect_err(value);
+        assert!(
+            e.len() == 1 && e[0].contains("runtime.worker_threads") && e[0].contains(says),
+            "{value}: {e:?}"
+        );
+    }
+}
