@@ -491,73 +491,80 @@ const ONES: u64 = u64::from_ne_bytes([1; 8]);
 /// `0x80` in every byte of a word.
 const HIGHS: u64 = ONES * 0x80;
 
-/// Whether some byte of `w` is below `n` (`n` ≤ 0x80): the "hasless" bit trick. Exact as
-/// a yes/no answer, which is all it is used for.
-fn has_less(w: u64, n: u8) -> bool {
-    w.wrapping_sub(ONES * u64::from(n)) & !w & HIGHS != 0
+/// The bytes of `w` (read little-endian) below `n` (`n` ≤ 0x80), as `0x80` in their place:
+/// the "hasless" bit trick. A borrow only runs upward, so a byte can be flagged wrongly
+/// only above one flagged rightly: the lowest flag is exact, and so is "none".
+fn less_mask(w: u64, n: u8) -> u64 {
+    w.wrapping_sub(ONES * u64::from(n)) & !w & HIGHS
 }
 
-/// Whether some byte of `w` is `b`.
-fn has_byte(w: u64, b: u8) -> bool {
-    has_less(w ^ (ONES * u64::from(b)), 1)
+/// The bytes of `w` that a JSON string must escape: `"`, `\\` and controls below 0x20
+/// (RFC 8259 section 7). Exact in its lowest flag, as [`less_mask`].
+fn escape_mask(w: u64) -> u64 {
+    less_mask(w, 0x20)
+        | less_mask(w ^ (ONES * u64::from(b'"')), 1)
+        | less_mask(w ^ (ONES * u64::from(b'\\')), 1)
 }
 
-/// Writes `s` as a JSON string, escaped as serde_json escapes: `\"`, `\\`, `\b` `\t` `\n`
+/// Writes `s` as a JSON string, escaped as serde_json escapes: `\"`, `\\` , `\b` `\t` `\n`
 /// `\f` `\r`, other control characters as `\u00xx` (RFC 8259 section 7), all else as is.
-/// Words of 8 bytes without a quote, a backslash or a control byte are copied whole.
+/// Reads 8 bytes at a time and goes straight to the next byte to escape (the lowest flag
+/// of [`escape_mask`]), copying the run before it whole.
 /// `None` for bytes that are not UTF-8 (never in a plain map; checked only for strings
 /// with bytes above 0x7f, ASCII being UTF-8).
 fn write_json_str(s: &[u8], out: &mut Vec<u8>) -> Option<()> {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.reserve(s.len() + 2);
     out.push(b'"');
-    let mut ascii = true;
+    let mut high = 0u64;
     let mut start = 0;
     let mut i = 0;
     while i < s.len() {
-        if let Some(word) = s.get(i..i + 8) {
-            let mut bytes = [0u8; 8];
-            bytes.copy_from_slice(word);
-            let w = u64::from_ne_bytes(bytes);
-            ascii &= w & HIGHS == 0;
-            if !(has_less(w, 0x20) || has_byte(w, b'"') || has_byte(w, b'\\')) {
-                i += 8;
-                continue;
+        // The last word is padded with spaces, which need no escape.
+        let mut bytes = [b' '; 8];
+        let n = match s.get(i..i + 8) {
+            Some(word) => {
+                bytes.copy_from_slice(word);
+                8
             }
-        }
-        let end = (i + 8).min(s.len());
-        while i < end {
-            let b = s[i];
-            ascii &= b < 0x80;
-            let short = match b {
-                b'"' => Some(b'"'),
-                b'\\' => Some(b'\\'),
-                0x08 => Some(b'b'),
-                0x09 => Some(b't'),
-                0x0a => Some(b'n'),
-                0x0c => Some(b'f'),
-                0x0d => Some(b'r'),
-                _ => None,
-            };
-            if short.is_some() || b < 0x20 {
-                out.extend_from_slice(&s[start..i]);
-                match short {
-                    Some(c) => out.extend_from_slice(&[b'\\', c]),
-                    None => out.extend_from_slice(&[
-                        b'\\',
-                        b'u',
-                        b'0',
-                        b'0',
-                        HEX[usize::from(b >> 4)],
-                        HEX[usize::from(b & 0xf)],
-                    ]),
-                }
-                start = i + 1;
+            None => {
+                let rest = &s[i..];
+                bytes[..rest.len()].copy_from_slice(rest);
+                rest.len()
             }
-            i += 1;
+        };
+        let w = u64::from_le_bytes(bytes);
+        high |= w;
+        let m = escape_mask(w);
+        if m == 0 {
+            i += n;
+            continue;
         }
+        // Flags are 0x80 at the flagged byte, so the lowest is at bit 8j + 7.
+        i += (m.trailing_zeros() / 8) as usize;
+        let b = s[i];
+        out.extend_from_slice(&s[start..i]);
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x09 => out.extend_from_slice(b"\\t"),
+            0x0a => out.extend_from_slice(b"\\n"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            0x0d => out.extend_from_slice(b"\\r"),
+            _ => out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 0xf)],
+            ]),
+        }
+        i += 1;
+        start = i;
     }
-    if !ascii {
+    if high & HIGHS != 0 {
         utf8_str(s)?;
     }
     out.extend_from_slice(&s[start..]);
@@ -653,6 +660,32 @@ mod tests {
                 let mut fast = Vec::new();
                 assert!(write_json(&b, &mut fast).is_some());
                 assert_eq!(fast, serde_json::to_vec(&v).expect("serde"), "{len} {at}");
+            }
+        }
+        // Two escapes anywhere in a word, each kind against each, so that a borrow's
+        // false flag above a control byte (0x1f then a space) can never be taken for one.
+        for len in 2..20 {
+            for a in 0..len {
+                for b in a + 1..len {
+                    for (x, y) in [
+                        ("\u{1f}", " "),
+                        ("\"", "\\"),
+                        ("\u{0}", "\u{1f}"),
+                        ("\t", "é"),
+                    ] {
+                        let mut s: Vec<String> = vec!["!".to_string(); len];
+                        s[a] = x.to_string();
+                        s[b] = y.to_string();
+                        let v = serde_json::json!({ "log": s.concat() });
+                        let mut fast = Vec::new();
+                        assert!(write_json(&mp(&v), &mut fast).is_some());
+                        assert_eq!(
+                            fast,
+                            serde_json::to_vec(&v).expect("serde"),
+                            "{len} {a} {b}"
+                        );
+                    }
+                }
             }
         }
         // Not plain: a bin value, invalid UTF-8, a non-string key.
