@@ -465,6 +465,10 @@ struct Conn<S> {
     /// Message-mode request (one record) does not allocate one of its own. At most
     /// [`SPARE_RECORDS`] long.
     spare: Vec<Record>,
+    /// Wall-clock time (ns since the epoch) of the batch being read: the time of records
+    /// sent without one. Read once per batch, not per request: in Message mode a clock
+    /// read per request was 3% of the CPU.
+    now_ns: i64,
 }
 
 /// What woke a connection waiting for bytes.
@@ -489,6 +493,7 @@ impl<S: Socket> Conn<S> {
             large_deadline: None,
             tags: TagCache::default(),
             spare: Vec::new(),
+            now_ns: 0,
         }
     }
 
@@ -570,6 +575,7 @@ impl<S: Socket> Conn<S> {
         let mut pacing = ReadPacing::default();
         loop {
             let mut batch = Batch::default();
+            self.now_ns = crate::event::now_ns();
             let mut fatal = None;
             loop {
                 if splitter.at_start()
@@ -965,15 +971,16 @@ impl<S: Socket> Conn<S> {
             max_decoded_bytes,
             ..self.sh.limits
         };
+        let now_ns = self.now_ns;
         if compressed || frame.len() >= BLOCKING_DECODE {
             tokio::task::spawn_blocking(move || {
-                decode_frame(frame, limits, &mut TagCache::default(), Vec::new())
+                decode_frame(frame, limits, now_ns, &mut TagCache::default(), Vec::new())
             })
             .await
             .map_err(|e| err(ErrorKind::Io, format!("decoder task failed: {e}")))
         } else {
             let records = std::mem::take(&mut self.spare);
-            Ok(decode_frame(frame, limits, &mut self.tags, records))
+            Ok(decode_frame(frame, limits, now_ns, &mut self.tags, records))
         }
     }
 
@@ -1147,23 +1154,18 @@ struct Decoded {
     frame: Bytes,
 }
 
-/// Decodes `frame` into `records` (empty; its capacity is reused).
+/// Decodes `frame` into `records` (empty; its capacity is reused); records without a time
+/// get `now_ns`.
 fn decode_frame(
     frame: Bytes,
     limits: Limits,
+    now_ns: i64,
     tags: &mut TagCache,
     mut records: Vec<Record>,
 ) -> Decoded {
     debug_assert!(records.is_empty());
     let mut stats = Stats::default();
-    let result = decode::decode_request(
-        &frame,
-        &limits,
-        crate::event::now_ns(),
-        tags,
-        &mut records,
-        &mut stats,
-    );
+    let result = decode::decode_request(&frame, &limits, now_ns, tags, &mut records, &mut stats);
     Decoded {
         records,
         stats,
