@@ -13,6 +13,7 @@
 mod compression;
 pub mod fluentbit;
 pub(crate) mod reader;
+pub(crate) mod redact;
 pub(crate) mod units;
 
 pub use compression::Compression;

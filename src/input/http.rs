@@ -37,8 +37,8 @@ use crate::buffer::budget::{MemoryBudget, Reservation};
 use crate::event::{Fields, Record, now_ns};
 use crate::serve::{OnEvent, ServerLimits};
 
-/// Who may post.
-#[derive(Clone, Debug, PartialEq)]
+/// Who may post. `Debug` shows the header and user names, never the secrets.
+#[derive(Clone, PartialEq)]
 pub(crate) enum HttpAuth {
     None,
     /// A header that must carry this exact value (EventBridge connections' `API_KEY`).
@@ -55,6 +55,26 @@ pub(crate) enum HttpAuth {
         username: String,
         password: String,
     },
+}
+
+impl std::fmt::Debug for HttpAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const HIDDEN: &str = "<redacted>";
+        match self {
+            HttpAuth::None => f.write_str("None"),
+            HttpAuth::ApiKey { header, .. } => f
+                .debug_struct("ApiKey")
+                .field("header", header)
+                .field("value", &HIDDEN)
+                .finish(),
+            HttpAuth::Bearer { .. } => f.debug_struct("Bearer").field("token", &HIDDEN).finish(),
+            HttpAuth::Basic { username, .. } => f
+                .debug_struct("Basic")
+                .field("username", username)
+                .field("password", &HIDDEN)
+                .finish(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -969,6 +989,29 @@ mod tests {
 
     fn tag() -> Arc<str> {
         Arc::from("t")
+    }
+
+    #[test]
+    fn auth_debug_never_shows_a_secret() {
+        let shown = format!(
+            "{:?} {:?} {:?} {:?}",
+            HttpAuth::None,
+            HttpAuth::ApiKey {
+                header: "x-api-key".into(),
+                value: "s3cr3t-key".into()
+            },
+            HttpAuth::Bearer {
+                token: "s3cr3t-token".into()
+            },
+            HttpAuth::Basic {
+                username: "ops".into(),
+                password: "s3cr3t-pass".into()
+            },
+        );
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        for named in ["x-api-key", "ops", "Bearer", "<redacted>"] {
+            assert!(shown.contains(named), "{named} missing: {shown}");
+        }
     }
 
     #[test]

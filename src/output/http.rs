@@ -31,7 +31,8 @@ const ERROR_BODY_LIMIT: usize = 1024;
 /// `compression`: one definition for every component; HTTP outputs send `none` or `gzip`.
 pub(crate) use crate::config::Compression as HttpCompression;
 
-#[derive(Clone, Debug, PartialEq)]
+/// `Debug` hides header values and all of the URL but its origin.
+#[derive(Clone, PartialEq)]
 pub(crate) struct HttpConfig {
     pub url: String,
     /// Default `POST`.
@@ -41,6 +42,19 @@ pub(crate) struct HttpConfig {
     pub compression: HttpCompression,
     /// Whole request, connect to last body byte. Default 30 s.
     pub timeout: Duration,
+}
+
+impl std::fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::config::redact::{HeaderNames, UrlOrigin};
+        f.debug_struct("HttpConfig")
+            .field("url", &UrlOrigin(&self.url))
+            .field("method", &self.method)
+            .field("headers", &HeaderNames(&self.headers))
+            .field("compression", &self.compression)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 impl Default for HttpConfig {

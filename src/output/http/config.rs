@@ -15,8 +15,9 @@ use super::{HttpConfig, HttpConfigError, HttpSink};
 /// The `http` output type.
 pub(crate) struct Http;
 
-/// An `http` output's keys.
-#[derive(Debug, Clone, PartialEq)]
+/// An `http` output's keys. `Debug` hides header values and all of the URL but its
+/// origin.
+#[derive(Clone, PartialEq)]
 pub(crate) struct HttpOutput {
     pub url: String,
     /// Upper-case; POST, PUT or PATCH.
@@ -26,6 +27,19 @@ pub(crate) struct HttpOutput {
     pub compression: Compression,
     /// Whole request, connect to last body byte.
     pub timeout: Duration,
+}
+
+impl std::fmt::Debug for HttpOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::config::redact::{HeaderNames, UrlOrigin};
+        f.debug_struct("HttpOutput")
+            .field("url", &UrlOrigin(&self.url))
+            .field("method", &self.method)
+            .field("headers", &HeaderNames(&self.headers))
+            .field("compression", &self.compression)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 impl OutputType for Http {

@@ -15,14 +15,27 @@ use super::{SlackError, SlackSink};
 /// The `slack` output type.
 pub(crate) struct Slack;
 
-/// A `slack` output's keys.
-#[derive(Debug, Clone, PartialEq)]
+/// A `slack` output's keys. `Debug` hides the webhook's path, which is its secret.
+#[derive(Clone, PartialEq)]
 pub(crate) struct SlackOutput {
     /// The incoming webhook (`https://hooks.slack.com/services/...`); usually `${ENV}`.
     pub webhook_url: String,
     pub alerts: AlertSettings,
     /// One request, connect to last byte. Default 10 s.
     pub timeout: Duration,
+}
+
+impl std::fmt::Debug for SlackOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlackOutput")
+            .field(
+                "webhook_url",
+                &crate::config::redact::UrlOrigin(&self.webhook_url),
+            )
+            .field("alerts", &self.alerts)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 impl OutputType for Slack {
