@@ -343,21 +343,26 @@ impl<'a, 'i> Table<'a, 'i> {
         Some(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
+    /// A non-negative integer, or a string of one (`"${WORKERS:-2}"`: environment
+    /// variables are interpolated in strings only, and ECS task definitions configure
+    /// sidecars through the environment).
     pub(crate) fn opt_u64(&mut self, d: &mut Diagnostics, key: &str) -> Option<u64> {
         let v = self.get(key)?;
-        match v.get_ref() {
-            DeValue::Integer(i) => match u64::from_str_radix(i.as_str(), i.radix()) {
-                Ok(n) => Some(n),
-                Err(_) => {
-                    d.error(
-                        v.span(),
-                        format!("{}: expected a non-negative integer", self.child(key)),
-                    );
-                    None
-                }
+        let parsed = match v.get_ref() {
+            DeValue::Integer(i) => parse_u64(i.as_str(), i.radix()),
+            DeValue::String(s) => match self.interpolate(key, s) {
+                Ok(s) => parse_u64(&s, 10),
+                Err(e) => Err(e.to_string()),
             },
             _ => {
                 self.wrong_type(d, key, v, "an integer");
+                return None;
+            }
+        };
+        match parsed {
+            Ok(n) => Some(n),
+            Err(why) => {
+                d.error(v.span(), format!("{}: {why}", self.child(key)));
                 None
             }
         }
@@ -618,6 +623,23 @@ pub(crate) fn to_json(v: &DeValue<'_>) -> Result<serde_json::Value, String> {
             }
             serde_json::Value::Object(m)
         }
+    })
+}
+
+/// `text` (digits in `radix`, an optional sign) as a `u64`; `-0` is 0.
+fn parse_u64(text: &str, radix: u32) -> Result<u64, String> {
+    let t = text.trim();
+    let t = t.strip_prefix('+').unwrap_or(t);
+    if let Some(digits) = t.strip_prefix('-') {
+        return if !digits.is_empty() && digits.bytes().all(|b| b == b'0') {
+            Ok(0)
+        } else {
+            Err(format!("expected a non-negative integer, found {text}"))
+        };
+    }
+    u64::from_str_radix(&t.replace('_', ""), radix).map_err(|e| match e.kind() {
+        std::num::IntErrorKind::PosOverflow => format!("{text} is too large"),
+        _ => format!("expected a non-negative integer, found {text:?}"),
     })
 }
 

@@ -514,7 +514,7 @@ fn shutdown_grace_below_a_second_and_a_drain_leaving_nothing_are_refused_clearly
 }
 
 #[test]
-fn worker_threads_defaults_to_one_and_refuses_zero_and_absurd_counts() {
+fn worker_threads_defaults_to_one_reads_the_environment_and_refuses_bad_counts() {
     let base =
         "[inputs.i]\ntype = \"http\"\n[routes.r]\nto = [\"o\"]\n[outputs.o]\ntype = \"null\"\n";
     let threads = |runtime: &str| {
@@ -524,10 +524,17 @@ fn worker_threads_defaults_to_one_and_refuses_zero_and_absurd_counts() {
     };
     assert_eq!(threads(""), Ok(1));
     assert_eq!(threads("[runtime]\nworker_threads = 4\n"), Ok(4));
+    // From the environment: interpolation happens in strings, so a string of digits is
+    // a number.
+    assert_eq!(threads("[runtime]\nworker_threads = \"${WT:-2}\"\n"), Ok(2));
     for (value, says) in [
         ("0", "at least 1"),
+        ("-0", "at least 1"),
         ("65", "more than 64"),
-        ("\"two\"", "worker_threads"),
+        ("99999999999999999999", "too large"),
+        ("-3", "non-negative"),
+        ("\"two\"", "non-negative integer, found \"two\""),
+        ("1.5", "an integer"),
     ] {
         let e = threads(&format!("[runtime]\nworker_threads = {value}\n")).expect_err(value);
         assert!(
