@@ -59,14 +59,15 @@ SCENARIOS = {
 }
 
 
-def config(d, fwd, admin, output, buffer):
+def config(d, fwd, admin, output, buffer, workers=None):
     out = output.replace("{dir}", d)
     buf = f"buffer = {buffer}\n" if buffer else ""
+    threads = f"worker_threads = {workers}\n" if workers else ""
     return f"""
 [admin]
 listen = "127.0.0.1:{admin}"
 [runtime]
-data_dir = "{d}/data"
+{threads}data_dir = "{d}/data"
 memory_limit = "256MiB"
 log_level = "warn"
 [inputs.fwd]
@@ -132,14 +133,14 @@ def check_file_output(d, records):
         raise RuntimeError(f"file output has {n} lines, expected {records}")
 
 
-def run_once(binary, name, records, record_size):
+def run_once(binary, name, records, record_size, workers=None):
     output, buffer, lg_args = SCENARIOS[name]
     d = tempfile.mkdtemp(prefix="firelane-bench-")
     try:
         fwd, admin = free_port(), free_port()
         path = os.path.join(d, "bench.toml")
         with open(path, "w") as f:
-            f.write(config(d, fwd, admin, output, buffer))
+            f.write(config(d, fwd, admin, output, buffer, workers))
         router = subprocess.Popen([binary, "run", "-c", path], stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "router.log"), "w"))
         try:
             wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=1).status == 200, 20, "ready")
@@ -186,7 +187,13 @@ def main():
         help="another build (e.g. main's) to compare with: its runs alternate with --binary's "
         "so both see the same machine noise; prints before / after per scenario",
     )
+    ap.add_argument("--worker-threads", type=int, default=None,
+                    help="runtime.worker_threads of --binary's runs (default: the router's own, 1)")
+    ap.add_argument("--baseline-worker-threads", type=int, default=None,
+                    help="runtime.worker_threads of --baseline's runs (default: --worker-threads); "
+                    "with --baseline set to the same binary, compares worker counts")
     a = ap.parse_args()
+    base_workers = a.baseline_worker_threads or a.worker_threads
     names = [n for n in SCENARIOS if not a.only or any(o.strip() and o.strip() in n for o in a.only.split(","))]
     print(f"{a.records} records of ~{a.record_size} B, median of {a.runs} runs, {os.cpu_count()} CPUs")
     if a.baseline:
@@ -200,8 +207,8 @@ def main():
         if a.baseline:
             before, after = [], []
             for _ in range(a.runs):
-                before.append(run_once(a.baseline, name, a.records, a.record_size))
-                after.append(run_once(a.binary, name, a.records, a.record_size))
+                before.append(run_once(a.baseline, name, a.records, a.record_size, base_workers))
+                after.append(run_once(a.binary, name, a.records, a.record_size, a.worker_threads))
             b = {k: statistics.median(r[k] for r in before) for k in before[0]}
             f = {k: statistics.median(r[k] for r in after) for k in after[0]}
             print(
@@ -210,7 +217,7 @@ def main():
                 flush=True,
             )
             continue
-        runs = [run_once(a.binary, name, a.records, a.record_size) for _ in range(a.runs)]
+        runs = [run_once(a.binary, name, a.records, a.record_size, a.worker_threads) for _ in range(a.runs)]
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         print(f"| {name} | {med['rps']:,.0f} | {med['mbps']:.1f} | {med['cpu_per_m']:.2f} | {med['rss']:.0f} |", flush=True)
 

@@ -72,7 +72,7 @@ PACKED = ["--mode", "packed", "--batch", "1000"]
 # One `[tag, time, record]` per socket write: what Docker's fluentd driver (and so FireLens) sends.
 MESSAGE = ["--mode", "message", "--batch", "1"]
 
-# name: (loadgen args, sink kind, records override factor or None)
+# name: (loadgen args, sink kind)
 SCENARIOS = {
     "PackedForward ×1000 → null": (PACKED, "null"),
     "PackedForward ×1000 + chunk acks → null": (PACKED + ["--ack"], "null"),
