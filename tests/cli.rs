@@ -786,8 +786,7 @@ fn run_without_any_config_uses_the_embedded_default() {
     assert_eq!(v["hello"], "default");
     assert_eq!(v["tag"], "from.test");
     assert!(v["time"].is_string(), "{v}");
-    unsafe_kill(child.id(), 15);
-    let status = poll(Duration::from_secs(30), || child.try_wait().ok().flatten());
+    let status = sigterm_and_wait(&mut child);
     drop(guard);
     let status = status.expect("exit after SIGTERM");
     assert_eq!(status.code(), Some(0));
@@ -810,16 +809,26 @@ fn run_reads_firelane_config_from_the_environment() {
         .spawn()
         .expect("spawn");
     let guard = KillOnDrop(Some(child.id()));
-    let ready = poll(Duration::from_secs(30), || {
+    assert!(becomes_ready(admin), "$FIRELANE_CONFIG not used");
+    let status = sigterm_and_wait(&mut child);
+    drop(guard);
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+}
+
+/// Whether the admin endpoint on `admin` answers `/ready` with 200 within 30 s.
+fn becomes_ready(admin: u16) -> bool {
+    poll(Duration::from_secs(30), || {
         http_get(&format!("http://127.0.0.1:{admin}/ready"))
             .ok()
             .filter(|r| r.0 == 200)
-    });
-    assert!(ready.is_some(), "$FIRELANE_CONFIG not used");
+    })
+    .is_some()
+}
+
+/// Sends SIGTERM and waits up to 30 s for the exit.
+fn sigterm_and_wait(child: &mut std::process::Child) -> Option<std::process::ExitStatus> {
     unsafe_kill(child.id(), 15);
-    let status = poll(Duration::from_secs(30), || child.try_wait().ok().flatten());
-    drop(guard);
-    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    poll(Duration::from_secs(30), || child.try_wait().ok().flatten())
 }
 
 /// `runtime.worker_threads` sizes the async runtime (default 1), and the config wins over
@@ -846,17 +855,12 @@ fn worker_threads_sizes_the_runtime_and_the_environment_does_not_override_it() {
             .spawn()
             .expect("spawn");
         let guard = KillOnDrop(Some(child.id()));
-        let ready = poll(Duration::from_secs(30), || {
-            http_get(&format!("http://127.0.0.1:{admin}/ready"))
-                .ok()
-                .filter(|r| r.0 == 200)
-        });
-        unsafe_kill(child.id(), 15);
-        let status = poll(Duration::from_secs(30), || child.try_wait().ok().flatten());
+        let ready = becomes_ready(admin);
+        let status = sigterm_and_wait(&mut child);
         drop(guard);
         let out = child.wait_with_output().expect("wait");
         let err = text(&out.stderr);
-        assert!(ready.is_some(), "{want}: never ready:\n{err}");
+        assert!(ready, "{want}: never ready:\n{err}");
         assert_eq!(status.and_then(|s| s.code()), Some(0), "{err}");
         let line = err
             .lines()

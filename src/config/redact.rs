@@ -4,7 +4,8 @@
 
 use std::fmt;
 
-const HIDDEN: &str = "<redacted>";
+/// What a hidden value is shown as.
+pub(crate) const HIDDEN: &str = "<redacted>";
 
 /// A URL shown as its scheme, host and port only: a Slack webhook's path is its secret,
 /// and any URL may carry `user:password@` or a key in its query.

@@ -59,7 +59,7 @@ pub(crate) enum HttpAuth {
 
 impl std::fmt::Debug for HttpAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        const HIDDEN: &str = "<redacted>";
+        use crate::config::redact::HIDDEN;
         match self {
             HttpAuth::None => f.write_str("None"),
             HttpAuth::ApiKey { header, .. } => f

@@ -15,32 +15,10 @@ use super::{HttpConfig, HttpConfigError, HttpSink};
 /// The `http` output type.
 pub(crate) struct Http;
 
-/// An `http` output's keys. `Debug` hides header values and all of the URL but its
-/// origin.
-#[derive(Clone, PartialEq)]
-pub(crate) struct HttpOutput {
-    pub url: String,
-    /// Upper-case; POST, PUT or PATCH.
-    pub method: String,
-    pub headers: Vec<(String, String)>,
-    /// `none` or `gzip`.
-    pub compression: Compression,
-    /// Whole request, connect to last body byte.
-    pub timeout: Duration,
-}
-
-impl std::fmt::Debug for HttpOutput {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use crate::config::redact::{HeaderNames, UrlOrigin};
-        f.debug_struct("HttpOutput")
-            .field("url", &UrlOrigin(&self.url))
-            .field("method", &self.method)
-            .field("headers", &HeaderNames(&self.headers))
-            .field("compression", &self.compression)
-            .field("timeout", &self.timeout)
-            .finish()
-    }
-}
+/// An `http` output's keys: the sink's settings as read (`Debug` hides header values and
+/// all of the URL but its origin, see [`HttpConfig`]).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct HttpOutput(HttpConfig);
 
 impl OutputType for Http {
     fn name(&self) -> &'static str {
@@ -75,31 +53,20 @@ impl OutputType for Http {
         let timeout = t
             .opt_duration(d, "timeout")
             .unwrap_or(Duration::from_secs(30));
-        Box::new(HttpOutput {
+        Box::new(HttpOutput(HttpConfig {
             url,
             method,
             headers,
             compression,
             timeout,
-        })
+        }))
     }
 }
 
 impl HttpOutput {
-    /// The sink's settings.
-    fn sink_config(&self) -> HttpConfig {
-        HttpConfig {
-            url: self.url.clone(),
-            method: self.method.clone(),
-            headers: self.headers.clone(),
-            compression: self.compression,
-            timeout: self.timeout,
-        }
-    }
-
     /// The sink, built as `start` builds it (no connection is made).
     fn sink(&self, o: &OutputSpec, batch: &BatchSettings) -> Result<HttpSink, OutputConfigError> {
-        HttpSink::new(&self.sink_config(), encoding_for(o), batch).map_err(config_error)
+        HttpSink::new(&self.0, encoding_for(o), batch).map_err(config_error)
     }
 }
 
@@ -127,7 +94,7 @@ impl OutputConfig for HttpOutput {
     }
 
     fn describe(&self) -> String {
-        self.url.clone()
+        self.0.url.clone()
     }
 
     fn default_batch(&self) -> BatchSettings {
@@ -139,7 +106,7 @@ impl OutputConfig for HttpOutput {
     }
 
     fn compressed(&self) -> bool {
-        self.compression != Compression::None
+        self.0.compression != Compression::None
     }
 
     fn validate(&self, o: &OutputSpec) -> Result<(), OutputConfigError> {
@@ -147,7 +114,7 @@ impl OutputConfig for HttpOutput {
     }
 
     fn destination(&self, _o: &OutputSpec, _record: &Record) -> String {
-        format!("{} {}", self.method, redact_url(&self.url))
+        format!("{} {}", self.0.method, redact_url(&self.0.url))
     }
 
     async fn start(
