@@ -56,6 +56,8 @@ SCENARIOS = {
         ["--mode", "packed", "--batch", "500", "--ack", "--connections", "4"],
     ),
     "forward-packed+ack→null memory": ('type = "null"', None, ["--mode", "packed", "--batch", "500", "--ack", "--connections", "4"]),
+    # The side-by-side's acks row: one client, ~0.5 MB requests, each sent after the last is acked.
+    "forward-packed×1000+ack→null": ('type = "null"', None, ["--mode", "packed", "--batch", "1000", "--ack"]),
 }
 
 

@@ -43,6 +43,14 @@ const FREE_READ_BUFFER: usize = 2 * READ_CHUNK;
 /// connections whose last read was small and came within twice this of the one before
 /// wait; a client waiting for acks (`chunk`) never does, nor one sending seldom.
 const READ_LINGER: Duration = Duration::from_millis(2);
+/// How long a connection keeps the large read buffer of an acknowledged request, and its
+/// large-request slot, while it waits for the client's next request
+/// ([`Conn::keep_read_buffer`]). A client that sends a chunk, waits for its ack and sends
+/// the next (`require_ack_response`) has its next request in well under this; growing a
+/// fresh buffer for each ~0.5 MB request (copies and page faults as it doubles, a slot
+/// taken and given back) was a quarter of the CPU of an acked stream. A client that goes
+/// quiet gives the memory and the slot back after this.
+const KEEP_LINGER: Duration = Duration::from_millis(20);
 /// Several small requests already in the read buffer are ingested together, up to this.
 const MAX_BATCH_RECORDS: usize = 4096;
 const MAX_BATCH_BYTES: usize = 8 << 20;
@@ -134,6 +142,7 @@ pub(crate) async fn spawn_with_metrics(
         connections: Arc::new(tokio::sync::Semaphore::new(cfg.max_connections)),
         large_frames: Arc::new(tokio::sync::Semaphore::new(slots)),
         large_cap: budget.limit() / slots / BUDGET_UNIT * BUDGET_UNIT,
+        large_waiting: std::sync::atomic::AtomicUsize::new(0),
         limits: Limits {
             max_decompressed_bytes: cfg.max_decompressed_bytes,
             // Set per request from what is reserved for it (`Conn::decode_into`).
@@ -198,7 +207,8 @@ struct Shared {
     /// One permit per open connection (`max_connections`).
     connections: Arc<tokio::sync::Semaphore>,
     /// One permit per request that is being read, decoded or ingested with more than
-    /// `FREE_READ_BUFFER` of read buffer: `memory_limit / (3 × max_frame_bytes)`, at least
+    /// `FREE_READ_BUFFER` of read buffer (or whose buffer is kept, counted, for the
+    /// client's next request: [`Conn::keep_read_buffer`]): `memory_limit / (3 × max_frame_bytes)`, at least
     /// one. Only a holder may wait for budget while holding budget (each at most
     /// `large_cap`, and all holders together at most `memory_limit`, so they never wait for
     /// each other forever); everyone else gives its reservation back before waiting. This
@@ -208,6 +218,9 @@ struct Shared {
     large_frames: Arc<tokio::sync::Semaphore>,
     /// Budget one slot holder may hold (`memory_limit / slots`, whole KiB).
     large_cap: usize,
+    /// Connections waiting for a slot: while any do, no connection keeps its slot past the
+    /// request it took it for ([`Conn::keep_read_buffer`]).
+    large_waiting: std::sync::atomic::AtomicUsize,
     cfg: ForwardConfig,
     ingest: Arc<dyn Ingest>,
     budget: MemoryBudget,
@@ -453,7 +466,8 @@ struct Conn<S> {
     pending: PendingAcks,
     /// This connection's large-request slot ([`Shared::large_frames`]), held from the
     /// moment its read buffer must grow beyond `FREE_READ_BUFFER` until the request's
-    /// records were taken by the router and the buffer is small again.
+    /// records were taken by the router and the buffer is small again, or, for a buffer
+    /// kept for a client waiting for acks, until it goes quiet ([`KEEP_LINGER`]).
     large: Option<tokio::sync::OwnedSemaphorePermit>,
     /// While a slot is held, the request in progress must be complete by then
     /// (`read_timeout` after the slot was taken or the last request completed), so a
@@ -477,6 +491,8 @@ enum Woke {
     Settled(PendingAck, Result<(), IngestError>),
     Stopped,
     TimedOut,
+    /// [`KEEP_LINGER`] passed with a kept read buffer and nothing read.
+    Quiet,
 }
 
 impl<S: Socket> Conn<S> {
@@ -576,6 +592,7 @@ impl<S: Socket> Conn<S> {
         loop {
             let mut batch = Batch::default();
             self.now_ns = crate::event::now_ns();
+            let size_at_start = self.buf.capacity();
             let mut fatal = None;
             loop {
                 if splitter.at_start()
@@ -613,10 +630,18 @@ impl<S: Socket> Conn<S> {
             }
             let more_buffered = batch.is_full() && fatal.is_none();
             let acked = batch.ack_requests > 0;
-            // Give back what one big request needed before its records are handed on (they
-            // are not counted until the buffers reserve them), not after.
-            self.shed_read_buffer();
+            // A client waiting for its acks sends nothing more until this batch is settled,
+            // so the buffer it filled is empty now: keep it for its next request.
+            let keep = acked && fatal.is_none() && batch.wire_bytes > FREE_READ_BUFFER as u64;
+            if !keep {
+                // Give back what one big request needed before its records are handed on
+                // (they are not counted until the buffers reserve them), not after.
+                self.shed_read_buffer();
+            }
             self.commit(batch).await?;
+            if keep {
+                self.keep_read_buffer(size_at_start);
+            }
             if let Some(e) = fatal {
                 return Err(e);
             }
@@ -692,6 +717,8 @@ impl<S: Socket> Conn<S> {
     /// `FREE_READ_BUFFER`, a fixed per-connection cost).
     async fn take_large_slot(&mut self) -> Result<(), DecodeError> {
         let slots = self.sh.large_frames.clone();
+        let sh = self.sh.clone();
+        let _waiting = WaitingForSlot::new(&sh.large_waiting);
         let mut slot = std::pin::pin!(slots.acquire_owned());
         loop {
             let woke = tokio::select! {
@@ -734,6 +761,45 @@ impl<S: Socket> Conn<S> {
         }
     }
 
+    /// After an acknowledged batch, makes the whole allocation of the read buffer its
+    /// capacity again (the batch's frames, cut from it, are gone) and counts it, keeping
+    /// the large-request slot; `size` is the buffer's capacity when the batch began. Sheds
+    /// it instead when another connection waits for a slot, when something else still
+    /// points into it, or when the budget has no room for it right now: an empty buffer is
+    /// not worth waiting for memory. A client that then goes quiet gives both back after
+    /// [`KEEP_LINGER`] (see [`Conn::fill`]).
+    fn keep_read_buffer(&mut self, size: usize) {
+        let waiting = self
+            .sh
+            .large_waiting
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if self.large.is_some()
+            && waiting == 0
+            && self.buf.len() <= READ_CHUNK / 2
+            && self.buf.try_reclaim(size)
+        {
+            let bytes = self
+                .buf
+                .capacity()
+                .min(self.sh.large_cap)
+                .next_multiple_of(BUDGET_UNIT);
+            debug_assert!(self.held.bytes() == 0, "commit hands the reservation on");
+            if let Some(r) = self.sh.budget.try_acquire(bytes) {
+                self.held.merge(r);
+                return;
+            }
+        }
+        self.shed_read_buffer();
+    }
+
+    /// Gives back a kept read buffer, its reservation and its large-request slot.
+    fn release_kept_buffer(&mut self) {
+        self.shed_read_buffer();
+        self.held = Reservation::empty();
+        self.large = None;
+        self.large_deadline = None;
+    }
+
     /// Reads more bytes, sending acks as their requests are settled meanwhile. `Ok(false)`
     /// on EOF, at the end of the drain window, or after `idle_timeout`, with nothing in
     /// progress. A request in progress that receives nothing for `read_timeout`, or is cut
@@ -760,6 +826,11 @@ impl<S: Socket> Conn<S> {
             }
         };
         tokio::pin!(timed_out);
+        // A buffer kept after an acknowledged request (`keep_read_buffer`), with nothing of
+        // the next request yet.
+        let mut kept = !in_progress && self.large.is_some();
+        let kept_until = tokio::time::sleep(if kept { KEEP_LINGER } else { Duration::ZERO });
+        tokio::pin!(kept_until);
         loop {
             // During the drain window (after SIGTERM) reading goes on as before: apps
             // flush their last lines while the task stops. Only the window's end stops it.
@@ -768,9 +839,14 @@ impl<S: Socket> Conn<S> {
                 (p, outcome) = self.pending.next() => Woke::Settled(p, outcome),
                 _ = self.shutdown.stopped() => Woke::Stopped,
                 _ = &mut timed_out => Woke::TimedOut,
+                _ = &mut kept_until, if kept => Woke::Quiet,
             };
             match woke {
                 Woke::Read(r) => return r.map(|n| n > 0).map_err(io_error),
+                Woke::Quiet => {
+                    kept = false;
+                    self.release_kept_buffer();
+                }
                 Woke::Settled(p, outcome) => self.answer(p, outcome).await?,
                 Woke::Stopped if in_progress => {
                     return Err(err(
@@ -1146,6 +1222,22 @@ impl<S: Socket> Conn<S> {
     }
 }
 
+/// Counts a connection in [`Shared::large_waiting`] while it lives.
+struct WaitingForSlot<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> WaitingForSlot<'a> {
+    fn new(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        WaitingForSlot(count)
+    }
+}
+
+impl Drop for WaitingForSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Output of decoding one request; `frame` is kept for echoing the chunk.
 struct Decoded {
     records: Vec<Record>,
@@ -1408,25 +1500,36 @@ mod tests {
         metrics_exporter_prometheus::PrometheusHandle,
         InputShutdown,
     ) {
+        start_with(dir, ingest, MemoryBudget::new(64 << 20), None).await
+    }
+
+    /// [`start`] with this budget and, if given, `max_frame_bytes`.
+    async fn start_with(
+        dir: &Path,
+        ingest: Arc<dyn Ingest>,
+        budget: MemoryBudget,
+        max_frame_bytes: Option<usize>,
+    ) -> (
+        PathBuf,
+        metrics_exporter_prometheus::PrometheusHandle,
+        InputShutdown,
+    ) {
         let sock = dir.join("fwd.sock");
-        let cfg = ForwardConfig {
+        let mut cfg = ForwardConfig {
             name: "fwd".into(),
             listen: vec![ListenAddr::Unix(sock.clone())],
             ..ForwardConfig::default()
         };
+        if let Some(n) = max_frame_bytes {
+            cfg.max_frame_bytes = n;
+        }
         let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
         let metrics = metrics::with_local_recorder(&recorder, || InputMetrics::new("fwd"));
         let shutdown = InputShutdown::new();
-        spawn_with_metrics(
-            cfg,
-            ingest,
-            MemoryBudget::new(64 << 20),
-            shutdown.clone(),
-            metrics,
-        )
-        .await
-        .unwrap();
+        spawn_with_metrics(cfg, ingest, budget, shutdown.clone(), metrics)
+            .await
+            .unwrap();
         (sock, handle, shutdown)
     }
 
@@ -1520,6 +1623,124 @@ mod tests {
             })
             .unwrap_or_else(|| panic!("no too_large counter in\n{text}"));
         assert!(line.ends_with(" 1"), "{line}");
+        shutdown.stop();
+    }
+
+    /// A router stage that settles every request at once and counts its records.
+    #[derive(Default)]
+    struct Passing(std::sync::atomic::AtomicUsize);
+
+    #[async_trait::async_trait]
+    impl Ingest for Passing {
+        async fn ingest(&self, _: Vec<Record>) -> Result<(), IngestError> {
+            unreachable!("the forward input passes its ack tokens")
+        }
+
+        async fn ingest_acked(
+            &self,
+            records: Vec<Record>,
+            ack: AckToken,
+        ) -> Result<(), IngestError> {
+            self.0
+                .fetch_add(records.len(), std::sync::atomic::Ordering::Relaxed);
+            ack.release();
+            Ok(())
+        }
+    }
+
+    /// A request of `n` records of ~1 KiB each, with a chunk: well beyond
+    /// `FREE_READ_BUFFER` at 200, so reading it takes a large-request slot.
+    fn large_request(n: usize, chunk: &str) -> Vec<u8> {
+        let mut rec = Vec::new();
+        client::encode_record(&mut rec, &[("log", &"x".repeat(1000))]);
+        let entries: Vec<client::Entry<'_>> = (0..n)
+            .map(|_| client::Entry {
+                time: EventTime::now(),
+                record: &rec,
+            })
+            .collect();
+        let mut b = Vec::new();
+        client::encode_forward(&mut b, "t", &entries, Some(chunk));
+        b
+    }
+
+    /// Sends a large request and waits for its ack.
+    async fn send_acked(s: &mut UnixStream, inbox: &mut Vec<u8>, chunk: &str) {
+        s.write_all(&large_request(200, chunk)).await.unwrap();
+        assert_eq!(
+            read_acks(s, inbox, 1).await,
+            vec![client::expected_ack(chunk)],
+            "no ack for {chunk}"
+        );
+    }
+
+    /// The read buffer kept after an acknowledged request (with its large-request slot, the
+    /// only one here) is given back when the client goes quiet: the budget is whole again,
+    /// and another connection gets the slot. The quiet one's next request is still read.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_buffer_kept_for_acks_is_given_back_when_the_client_goes_quiet() {
+        let dir = tempfile::tempdir().unwrap();
+        let passing = Arc::new(Passing::default());
+        let budget = MemoryBudget::new(8 << 20);
+        // 8 MiB / (3 × 4 MiB) rounds to no slot, so there is exactly one.
+        let (sock, _, shutdown) =
+            start_with(dir.path(), passing.clone(), budget.clone(), Some(4 << 20)).await;
+        let mut a = UnixStream::connect(&sock).await.unwrap();
+        let mut a_inbox = Vec::new();
+        for i in 0..3 {
+            send_acked(&mut a, &mut a_inbox, &format!("a{i}")).await;
+        }
+        wait_until("the quiet client's buffer given back", || {
+            budget.used() == 0
+        })
+        .await;
+
+        let mut b = UnixStream::connect(&sock).await.unwrap();
+        let mut b_inbox = Vec::new();
+        send_acked(&mut b, &mut b_inbox, "b0").await;
+        send_acked(&mut a, &mut a_inbox, "a3").await;
+        assert_eq!(
+            passing.0.load(std::sync::atomic::Ordering::Relaxed),
+            5 * 200
+        );
+        wait_until("every buffer given back", || budget.used() == 0).await;
+        shutdown.stop();
+    }
+
+    /// A client sending its next request as soon as the last is acked keeps its read
+    /// buffer and slot only while no other connection waits for one: another client's
+    /// large request is read while the first goes on sending.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_busy_acked_client_does_not_keep_the_slot_from_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let passing = Arc::new(Passing::default());
+        let budget = MemoryBudget::new(8 << 20);
+        let (sock, _, shutdown) =
+            start_with(dir.path(), passing.clone(), budget.clone(), Some(4 << 20)).await;
+        let b_acked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut a = UnixStream::connect(&sock).await.unwrap();
+        let mut a_inbox = Vec::new();
+        send_acked(&mut a, &mut a_inbox, "a-first").await;
+        let b_task = {
+            let sock = sock.clone();
+            let b_acked = b_acked.clone();
+            tokio::spawn(async move {
+                let mut b = UnixStream::connect(&sock).await.unwrap();
+                let mut b_inbox = Vec::new();
+                send_acked(&mut b, &mut b_inbox, "b0").await;
+                b_acked.store(true, std::sync::atomic::Ordering::SeqCst);
+            })
+        };
+        // Each round trip is far shorter than `KEEP_LINGER`: without the waiting count the
+        // first client would keep the slot for all of them.
+        let mut sent = 0;
+        while !b_acked.load(std::sync::atomic::Ordering::SeqCst) {
+            assert!(sent < 2000, "the other client never got the slot");
+            send_acked(&mut a, &mut a_inbox, &format!("a{sent}")).await;
+            sent += 1;
+        }
+        b_task.await.unwrap();
+        wait_until("every buffer given back", || budget.used() == 0).await;
         shutdown.stop();
     }
 }
