@@ -31,9 +31,9 @@ struct Group {
     _reservation: Reservation,
 }
 
-/// Hasher of the sequence and group numbers keying this buffer's maps. They are counters
-/// the buffer hands out, never chosen by a client, so SipHash's flooding resistance buys
-/// nothing, and every record is hashed twice (on `recv` and on `ack`). One multiply by an
+/// Hasher of the group numbers keying this buffer's map of pushes. They are counters the
+/// buffer hands out, never chosen by a client, so SipHash's flooding resistance buys
+/// nothing, and every push is looked up on its acks. One multiply by an
 /// odd constant keeps consecutive numbers in distinct buckets (low bits) and spreads them
 /// over the high bits the table's probe tags use.
 #[derive(Default, Clone, Copy)]
@@ -60,8 +60,8 @@ type SeqMap<V> = HashMap<u64, V, BuildHasherDefault<SeqHasher>>;
 #[derive(Default)]
 struct State {
     queue: VecDeque<Queued>,
-    /// seq -> (size, group) of records handed to the reader and not yet acked.
-    in_flight: SeqMap<(u64, u64)>,
+    /// Size and group of the records handed to the reader and not yet acked.
+    in_flight: InFlight,
     groups: SeqMap<Group>,
     next_seq: u64,
     next_group: u64,
@@ -129,6 +129,93 @@ fn fitting(sizes: &[u64], used: u64, max: u64) -> (usize, u64) {
         n += 1;
     }
     (n, total)
+}
+
+/// Records handed to the reader and not yet acked, one [`Span`] per `recv`. `recv` hands
+/// out the queue's records in order, and sequence numbers are given in that order without
+/// gaps, so a span is a contiguous range and a record is found by a binary search over the
+/// spans plus an index: no per-record hashing, insert or removal (a hash map keyed by
+/// sequence cost 8% of a PackedForward → null stream).
+#[derive(Default)]
+struct InFlight {
+    /// In order of `Span::first`, not overlapping.
+    spans: VecDeque<Span>,
+    /// Spans with records still unacked.
+    live: usize,
+}
+
+/// The records of one `recv`: sequence numbers `first ..first + records.len()`.
+struct Span {
+    first: u64,
+    /// Size and group of each record; `ACKED` as its size once acked.
+    records: Vec<(u64, u64)>,
+    remaining: usize,
+}
+
+/// Size of a record already acked (a real size is far below it).
+const ACKED: u64 = u64::MAX;
+
+impl Span {
+    fn new(first: u64, capacity: usize) -> Self {
+        Span {
+            first,
+            records: Vec::with_capacity(capacity),
+            remaining: 0,
+        }
+    }
+
+    fn push(&mut self, size: u64, group: u64) {
+        debug_assert!(size != ACKED);
+        self.records.push((size, group));
+        self.remaining += 1;
+    }
+}
+
+impl InFlight {
+    fn push(&mut self, span: Span) {
+        debug_assert!(
+            self.spans
+                .back()
+                .is_none_or(|s| s.first + s.records.len() as u64 <= span.first),
+            "spans are handed out in sequence order"
+        );
+        if span.remaining > 0 {
+            self.spans.push_back(span);
+            self.live += 1;
+        }
+    }
+
+    /// Size and group of record `seq`, if it is in flight; it no longer is afterwards. A
+    /// sequence number acked before (or never handed out) gives `None`.
+    fn take(&mut self, seq: u64) -> Option<(u64, u64)> {
+        let i = self
+            .spans
+            .partition_point(|s| s.first <= seq)
+            .checked_sub(1)?;
+        let span = &mut self.spans[i];
+        let slot = span
+            .records
+            .get_mut(usize::try_from(seq - span.first).ok()?)?;
+        if slot.0 == ACKED {
+            return None;
+        }
+        let taken = std::mem::replace(slot, (ACKED, 0));
+        span.remaining -= 1;
+        if span.remaining == 0 {
+            span.records = Vec::new();
+            self.live -= 1;
+            while self.spans.front().is_some_and(|s| s.remaining == 0) {
+                self.spans.pop_front();
+            }
+            // A batch retrying for a long time keeps the spans after it in the deque,
+            // acked or not: dropping the acked ones now and then keeps that to the live
+            // ones, whatever the length of the wait.
+            if self.spans.len() > 2 * self.live + 16 {
+                self.spans.retain(|s| s.remaining > 0);
+            }
+        }
+        Some(taken)
+    }
 }
 
 /// Local bytes reserved by a push in progress; returned if the push is cancelled.
@@ -341,19 +428,16 @@ impl Reader {
                 if !st.queue.is_empty() {
                     let n = max_records.min(st.queue.len());
                     let st = &mut *st;
-                    st.in_flight.reserve(n);
-                    let in_flight = &mut st.in_flight;
-                    let out = st
-                        .queue
-                        .drain(..n)
-                        .map(|q| {
-                            in_flight.insert(q.seq, (q.size, q.group));
-                            Entry {
-                                seq: q.seq,
-                                record: q.record,
-                            }
-                        })
-                        .collect();
+                    let mut out = Vec::with_capacity(n);
+                    let mut span = Span::new(st.queue[0].seq, n);
+                    for q in st.queue.drain(..n) {
+                        span.push(q.size, q.group);
+                        out.push(Entry {
+                            seq: q.seq,
+                            record: q.record,
+                        });
+                    }
+                    st.in_flight.push(span);
                     return Some(out);
                 }
                 if st.closed {
@@ -396,7 +480,7 @@ impl Acker {
             }
         };
         for seq in seqs {
-            let Some((size, group)) = st.in_flight.remove(seq) else {
+            let Some((size, group)) = st.in_flight.take(*seq) else {
                 continue;
             };
             st.bytes -= size;
@@ -426,6 +510,61 @@ impl Acker {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    fn span(first: u64, n: u64) -> Span {
+        let mut s = Span::new(first, n as usize);
+        for i in 0..n {
+            s.push(100 + first + i, first);
+        }
+        s
+    }
+
+    /// Each record is taken once, in any order; sequence numbers acked before, never handed
+    /// out, or between spans give nothing.
+    #[test]
+    fn in_flight_takes_each_record_once_in_any_order() {
+        let mut f = InFlight::default();
+        f.push(span(10, 3));
+        f.push(Span::new(13, 4));
+        f.push(span(20, 2));
+        assert_eq!(f.take(21), Some((121, 20)));
+        assert_eq!(f.take(21), None, "acked twice");
+        assert_eq!(f.take(11), Some((111, 10)));
+        for none in [0, 9, 13, 15, 22, u64::MAX] {
+            assert_eq!(f.take(none), None, "seq {none}");
+        }
+        assert_eq!(f.take(10), Some((110, 10)));
+        assert_eq!(f.take(12), Some((112, 10)));
+        assert_eq!(f.take(12), None);
+        assert_eq!(
+            (f.spans.len(), f.live),
+            (1, 1),
+            "the acked front span is gone"
+        );
+        assert_eq!(f.take(20), Some((120, 20)));
+        assert_eq!((f.spans.len(), f.live), (0, 0));
+    }
+
+    /// One record left unacked at the front (a batch retrying for a long time) does not make
+    /// the spans delivered after it pile up.
+    #[test]
+    fn in_flight_spans_after_a_stuck_one_are_dropped_once_acked() {
+        let mut f = InFlight::default();
+        f.push(span(0, 2));
+        assert_eq!(f.take(1), Some((101, 0)));
+        for k in 1..10_000u64 {
+            f.push(span(k * 2, 2));
+            assert_eq!(f.take(k * 2), Some((100 + k * 2, k * 2)));
+            assert_eq!(f.take(k * 2 + 1), Some((101 + k * 2, k * 2)));
+            assert!(f.spans.len() <= 2 * f.live + 17, "{} spans", f.spans.len());
+        }
+        assert_eq!(f.live, 1);
+        assert_eq!(f.take(0), Some((100, 0)));
+        assert_eq!((f.spans.len(), f.live), (0, 0));
+        for k in 0..20_000 {
+            assert_eq!(f.take(k), None);
+        }
+    }
 
     fn rec(i: usize) -> Record {
         let mut f = crate::event::Fields::new();
