@@ -105,6 +105,18 @@ pub(crate) async fn spawn_with_metrics(
     shutdown: InputShutdown,
     metrics: InputMetrics,
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
+    spawn_lingering(cfg, ingest, budget, shutdown, metrics, KEEP_LINGER).await
+}
+
+/// [`spawn_with_metrics`] with `keep_linger` in place of [`KEEP_LINGER`] (tests).
+async fn spawn_lingering(
+    cfg: ForwardConfig,
+    ingest: Arc<dyn Ingest>,
+    budget: MemoryBudget,
+    shutdown: InputShutdown,
+    metrics: InputMetrics,
+    keep_linger: Duration,
+) -> anyhow::Result<Vec<JoinHandle<()>>> {
     let mut listeners = Vec::with_capacity(cfg.listen.len());
     for addr in &cfg.listen {
         let bound = match addr {
@@ -143,6 +155,7 @@ pub(crate) async fn spawn_with_metrics(
         large_frames: Arc::new(tokio::sync::Semaphore::new(slots)),
         large_cap: budget.limit() / slots / BUDGET_UNIT * BUDGET_UNIT,
         large_waiting: std::sync::atomic::AtomicUsize::new(0),
+        keep_linger,
         limits: Limits {
             max_decompressed_bytes: cfg.max_decompressed_bytes,
             // Set per request from what is reserved for it (`Conn::decode_into`).
@@ -221,6 +234,8 @@ struct Shared {
     /// Connections waiting for a slot: while any do, no connection keeps its slot past the
     /// request it took it for ([`Conn::keep_read_buffer`]).
     large_waiting: std::sync::atomic::AtomicUsize,
+    /// [`KEEP_LINGER`].
+    keep_linger: Duration,
     cfg: ForwardConfig,
     ingest: Arc<dyn Ingest>,
     budget: MemoryBudget,
@@ -630,17 +645,25 @@ impl<S: Socket> Conn<S> {
             }
             let more_buffered = batch.is_full() && fatal.is_none();
             let acked = batch.ack_requests > 0;
-            // A client waiting for its acks sends nothing more until this batch is settled,
-            // so the buffer it filled is empty now: keep it for its next request.
-            let keep = acked && fatal.is_none() && batch.wire_bytes > FREE_READ_BUFFER as u64;
-            if !keep {
-                // Give back what one big request needed before its records are handed on
-                // (they are not counted until the buffers reserve them), not after.
-                self.shed_read_buffer();
-            }
-            self.commit(batch).await?;
-            if keep {
-                self.keep_read_buffer(size_at_start);
+            if batch.requests == 0 && fatal.is_none() {
+                // Nothing was cut from the buffer (a request still arriving, or the pass
+                // after a full batch): a buffer kept for this client stays.
+            } else {
+                // A client waiting for its acks sends nothing more until this batch is
+                // settled, so the buffer it filled is empty now: keep it, counted, for its
+                // next request.
+                let kept = (acked && fatal.is_none() && batch.wire_bytes > FREE_READ_BUFFER as u64)
+                    .then(|| self.reserve_kept_buffer(size_at_start))
+                    .flatten();
+                if kept.is_none() {
+                    // Give back what one big request needed before its records are handed
+                    // on (they are not counted until the buffers reserve them), not after.
+                    self.shed_read_buffer();
+                }
+                self.commit(batch).await?;
+                if let Some(r) = kept {
+                    self.keep_read_buffer(size_at_start, r);
+                }
             }
             if let Some(e) = fatal {
                 return Err(e);
@@ -761,34 +784,47 @@ impl<S: Socket> Conn<S> {
         }
     }
 
-    /// After an acknowledged batch, makes the whole allocation of the read buffer its
-    /// capacity again (the batch's frames, cut from it, are gone) and counts it, keeping
-    /// the large-request slot; `size` is the buffer's capacity when the batch began. Sheds
-    /// it instead when another connection waits for a slot, when something else still
-    /// points into it, or when the budget has no room for it right now: an empty buffer is
-    /// not worth waiting for memory. A client that then goes quiet gives both back after
-    /// [`KEEP_LINGER`] (see [`Conn::fill`]).
-    fn keep_read_buffer(&mut self, size: usize) {
+    /// Before an acknowledged batch is committed: the budget for keeping its read buffer
+    /// (`size` bytes, its capacity when the batch began) for the client's next request,
+    /// or `None` to shed it as usual. The buffer stays allocated while `commit` waits out
+    /// back-pressure, so it is counted from now on, beside what the batch holds. Only
+    /// taken without waiting (an empty buffer is not worth waiting for memory), while no
+    /// other connection waits for a large-request slot (the slot is kept with the buffer),
+    /// and when the buffer and the batch together stay within one slot's share
+    /// ([`Shared::large_cap`]): then this connection holds at most that while `commit`
+    /// waits, as the slots' rule in [`ensure`] requires.
+    fn reserve_kept_buffer(&self, size: usize) -> Option<Reservation> {
         let waiting = self
             .sh
             .large_waiting
             .load(std::sync::atomic::Ordering::Relaxed);
+        let bytes = size.next_multiple_of(BUDGET_UNIT);
+        if self.large.is_none()
+            || waiting > 0
+            || self.buf.len() > READ_CHUNK / 2
+            || bytes + self.held.bytes() > self.sh.large_cap
+        {
+            return None;
+        }
+        self.sh.budget.try_acquire(bytes)
+    }
+
+    /// After the batch was committed: makes the whole allocation of the read buffer its
+    /// capacity again (the batch's frames, cut from it, are gone) and keeps it, with the
+    /// large-request slot, counted by `reserved` ([`Conn::reserve_kept_buffer`]). Sheds it
+    /// instead (giving `reserved` back) when something still points into it. A client that
+    /// then goes quiet gives both back after [`KEEP_LINGER`] (see [`Conn::fill`]).
+    fn keep_read_buffer(&mut self, size: usize, reserved: Reservation) {
+        debug_assert!(self.held.bytes() == 0, "commit hands the reservation on");
         if self.large.is_some()
-            && waiting == 0
             && self.buf.len() <= READ_CHUNK / 2
             && self.buf.try_reclaim(size)
+            && self.buf.capacity().min(self.sh.large_cap) <= reserved.bytes()
         {
-            let bytes = self
-                .buf
-                .capacity()
-                .min(self.sh.large_cap)
-                .next_multiple_of(BUDGET_UNIT);
-            debug_assert!(self.held.bytes() == 0, "commit hands the reservation on");
-            if let Some(r) = self.sh.budget.try_acquire(bytes) {
-                self.held.merge(r);
-                return;
-            }
+            self.held = reserved;
+            return;
         }
+        drop(reserved);
         self.shed_read_buffer();
     }
 
@@ -829,7 +865,11 @@ impl<S: Socket> Conn<S> {
         // A buffer kept after an acknowledged request (`keep_read_buffer`), with nothing of
         // the next request yet.
         let mut kept = !in_progress && self.large.is_some();
-        let kept_until = tokio::time::sleep(if kept { KEEP_LINGER } else { Duration::ZERO });
+        let kept_until = tokio::time::sleep(if kept {
+            self.sh.keep_linger
+        } else {
+            Duration::ZERO
+        });
         tokio::pin!(kept_until);
         loop {
             // During the drain window (after SIGTERM) reading goes on as before: apps
@@ -1500,15 +1540,17 @@ mod tests {
         metrics_exporter_prometheus::PrometheusHandle,
         InputShutdown,
     ) {
-        start_with(dir, ingest, MemoryBudget::new(64 << 20), None).await
+        start_with(dir, ingest, MemoryBudget::new(64 << 20), None, KEEP_LINGER).await
     }
 
-    /// [`start`] with this budget and, if given, `max_frame_bytes`.
+    /// [`start`] with this budget, `max_frame_bytes` if given, and `keep_linger` for
+    /// [`KEEP_LINGER`].
     async fn start_with(
         dir: &Path,
         ingest: Arc<dyn Ingest>,
         budget: MemoryBudget,
         max_frame_bytes: Option<usize>,
+        keep_linger: Duration,
     ) -> (
         PathBuf,
         metrics_exporter_prometheus::PrometheusHandle,
@@ -1527,7 +1569,7 @@ mod tests {
         let handle = recorder.handle();
         let metrics = metrics::with_local_recorder(&recorder, || InputMetrics::new("fwd"));
         let shutdown = InputShutdown::new();
-        spawn_with_metrics(cfg, ingest, budget, shutdown.clone(), metrics)
+        spawn_lingering(cfg, ingest, budget, shutdown.clone(), metrics, keep_linger)
             .await
             .unwrap();
         (sock, handle, shutdown)
@@ -1683,8 +1725,14 @@ mod tests {
         let passing = Arc::new(Passing::default());
         let budget = MemoryBudget::new(8 << 20);
         // 8 MiB / (3 × 4 MiB) rounds to no slot, so there is exactly one.
-        let (sock, _, shutdown) =
-            start_with(dir.path(), passing.clone(), budget.clone(), Some(4 << 20)).await;
+        let (sock, _, shutdown) = start_with(
+            dir.path(),
+            passing.clone(),
+            budget.clone(),
+            Some(4 << 20),
+            KEEP_LINGER,
+        )
+        .await;
         let mut a = UnixStream::connect(&sock).await.unwrap();
         let mut a_inbox = Vec::new();
         for i in 0..3 {
@@ -1708,19 +1756,33 @@ mod tests {
     }
 
     /// A client sending its next request as soon as the last is acked keeps its read
-    /// buffer and slot only while no other connection waits for one: another client's
-    /// large request is read while the first goes on sending.
+    /// buffer (counted) and slot, but only while no other connection waits for one: another
+    /// client's large request is read while the first goes on sending. The linger is an
+    /// hour here, so only the waiting count can give the slot up.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_busy_acked_client_does_not_keep_the_slot_from_others() {
         let dir = tempfile::tempdir().unwrap();
         let passing = Arc::new(Passing::default());
         let budget = MemoryBudget::new(8 << 20);
-        let (sock, _, shutdown) =
-            start_with(dir.path(), passing.clone(), budget.clone(), Some(4 << 20)).await;
+        let (sock, _, shutdown) = start_with(
+            dir.path(),
+            passing.clone(),
+            budget.clone(),
+            Some(4 << 20),
+            Duration::from_secs(3600),
+        )
+        .await;
         let b_acked = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut a = UnixStream::connect(&sock).await.unwrap();
         let mut a_inbox = Vec::new();
         send_acked(&mut a, &mut a_inbox, "a-first").await;
+        // Kept, and counted: the request's ~200 KB buffer, no less.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            budget.used() >= 200 * 1000,
+            "kept buffer not counted: {} bytes used",
+            budget.used()
+        );
         let b_task = {
             let sock = sock.clone();
             let b_acked = b_acked.clone();
@@ -1731,8 +1793,6 @@ mod tests {
                 b_acked.store(true, std::sync::atomic::Ordering::SeqCst);
             })
         };
-        // Each round trip is far shorter than `KEEP_LINGER`: without the waiting count the
-        // first client would keep the slot for all of them.
         let mut sent = 0;
         while !b_acked.load(std::sync::atomic::Ordering::SeqCst) {
             assert!(sent < 2000, "the other client never got the slot");
@@ -1740,6 +1800,8 @@ mod tests {
             sent += 1;
         }
         b_task.await.unwrap();
+        // The first client's buffer is kept until it closes.
+        drop(a);
         wait_until("every buffer given back", || budget.used() == 0).await;
         shutdown.stop();
     }
