@@ -645,16 +645,18 @@ impl<S: Socket> Conn<S> {
             }
             let more_buffered = batch.is_full() && fatal.is_none();
             let acked = batch.ack_requests > 0;
-            if batch.requests == 0 && fatal.is_none() {
-                // Nothing was cut from the buffer (a request still arriving, or the pass
-                // after a full batch): a buffer kept for this client stays.
-            } else {
+            // A pass that cut nothing from the buffer (a request still arriving, or the pass
+            // after a full batch) leaves it, and a buffer kept for this client, as they are.
+            if batch.requests > 0 || fatal.is_some() {
                 // A client waiting for its acks sends nothing more until this batch is
                 // settled, so the buffer it filled is empty now: keep it, counted, for its
                 // next request.
-                let kept = (acked && fatal.is_none() && batch.wire_bytes > FREE_READ_BUFFER as u64)
-                    .then(|| self.reserve_kept_buffer(size_at_start))
-                    .flatten();
+                let kept = if acked && fatal.is_none() && batch.wire_bytes > FREE_READ_BUFFER as u64
+                {
+                    self.reserve_kept_buffer(size_at_start)
+                } else {
+                    None
+                };
                 if kept.is_none() {
                     // Give back what one big request needed before its records are handed
                     // on (they are not counted until the buffers reserve them), not after.
@@ -669,8 +671,7 @@ impl<S: Socket> Conn<S> {
                 return Err(e);
             }
             if self.large.is_some() && self.buf.capacity() <= FREE_READ_BUFFER {
-                self.large = None;
-                self.large_deadline = None;
+                self.release_slot();
             }
             if more_buffered {
                 continue;
@@ -832,6 +833,11 @@ impl<S: Socket> Conn<S> {
     fn release_kept_buffer(&mut self) {
         self.shed_read_buffer();
         self.held = Reservation::empty();
+        self.release_slot();
+    }
+
+    /// Gives the large-request slot back, and with it the deadline it set.
+    fn release_slot(&mut self) {
         self.large = None;
         self.large_deadline = None;
     }
@@ -1716,23 +1722,32 @@ mod tests {
         );
     }
 
+    /// A forward input with exactly one large-request slot (8 MiB / (3 × 4 MiB) rounds to
+    /// none, so one), passing every request on at once, and `keep_linger`.
+    async fn one_slot(
+        dir: &Path,
+        keep_linger: Duration,
+    ) -> (PathBuf, Arc<Passing>, MemoryBudget, InputShutdown) {
+        let passing = Arc::new(Passing::default());
+        let budget = MemoryBudget::new(8 << 20);
+        let (sock, _, shutdown) = start_with(
+            dir,
+            passing.clone(),
+            budget.clone(),
+            Some(4 << 20),
+            keep_linger,
+        )
+        .await;
+        (sock, passing, budget, shutdown)
+    }
+
     /// The read buffer kept after an acknowledged request (with its large-request slot, the
     /// only one here) is given back when the client goes quiet: the budget is whole again,
     /// and another connection gets the slot. The quiet one's next request is still read.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_read_buffer_kept_for_acks_is_given_back_when_the_client_goes_quiet() {
         let dir = tempfile::tempdir().unwrap();
-        let passing = Arc::new(Passing::default());
-        let budget = MemoryBudget::new(8 << 20);
-        // 8 MiB / (3 × 4 MiB) rounds to no slot, so there is exactly one.
-        let (sock, _, shutdown) = start_with(
-            dir.path(),
-            passing.clone(),
-            budget.clone(),
-            Some(4 << 20),
-            KEEP_LINGER,
-        )
-        .await;
+        let (sock, passing, budget, shutdown) = one_slot(dir.path(), KEEP_LINGER).await;
         let mut a = UnixStream::connect(&sock).await.unwrap();
         let mut a_inbox = Vec::new();
         for i in 0..3 {
@@ -1762,16 +1777,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_busy_acked_client_does_not_keep_the_slot_from_others() {
         let dir = tempfile::tempdir().unwrap();
-        let passing = Arc::new(Passing::default());
-        let budget = MemoryBudget::new(8 << 20);
-        let (sock, _, shutdown) = start_with(
-            dir.path(),
-            passing.clone(),
-            budget.clone(),
-            Some(4 << 20),
-            Duration::from_secs(3600),
-        )
-        .await;
+        let (sock, _, budget, shutdown) = one_slot(dir.path(), Duration::from_secs(3600)).await;
         let b_acked = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut a = UnixStream::connect(&sock).await.unwrap();
         let mut a_inbox = Vec::new();
