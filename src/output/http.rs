@@ -8,19 +8,17 @@
 
 pub(crate) mod config;
 
-use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use flate2::Compression;
-use flate2::write::GzEncoder;
 use reqwest::header::{
     CONNECTION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderMap, HeaderName,
     HeaderValue, LOCATION, RETRY_AFTER, TE, TRANSFER_ENCODING, UPGRADE,
 };
 use reqwest::{Method, StatusCode, Url};
 
+use super::compress::compress;
 use super::encode::Encoding;
 use super::lines::{LinesBatch, LinesBatchBuilder};
 use super::sink::{BatchSettings, Failure, SendResult, Sink};
@@ -179,14 +177,7 @@ impl HttpSink {
     fn body(&self, batch: &LinesBatch) -> std::io::Result<Bytes> {
         match self.compression {
             HttpCompression::None => Ok(batch.body.clone()),
-            HttpCompression::Gzip => {
-                let mut gz = GzEncoder::new(
-                    Vec::with_capacity(batch.body.len() / 4),
-                    Compression::default(),
-                );
-                gz.write_all(&batch.body)?;
-                Ok(Bytes::from(gz.finish()?))
-            }
+            HttpCompression::Gzip => Ok(Bytes::from(compress(HttpCompression::Gzip, &batch.body)?)),
             // Refused by `new`.
             c @ HttpCompression::Zstd => Err(std::io::Error::other(format!(
                 "compression {c} is not supported by http outputs"

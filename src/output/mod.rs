@@ -2,6 +2,7 @@
 
 pub(crate) mod alert;
 pub mod aws;
+pub(crate) mod compress;
 pub(crate) mod core;
 mod deliver;
 pub(crate) mod encode;

@@ -44,7 +44,6 @@
 
 pub(crate) mod config;
 
-use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -58,6 +57,7 @@ use futures::StreamExt;
 
 use super::{AwsSettings, BuildError, RecordFormat, classify, require_region, sdk_config};
 use crate::event::Record;
+use crate::output::compress::compress;
 use crate::output::deliver::oversize_counter;
 use crate::output::sink::{BatchBuilder, BatchSettings, Failure, Push, SendResult, Sink};
 use crate::output::template::{Dynamic, Template, ValueEncoding};
@@ -384,41 +384,6 @@ fn blocks_in_flight_cap() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
 }
 
-/// Compresses `raw` as one complete gzip member (RFC 1952) or zstd frame (RFC 8878).
-/// Members and frames concatenate into a valid file (RFC 1952 2.2, RFC 8878 3.1), so an
-/// object is the concatenation of its blocks' outputs.
-fn compress_block(c: Compression, raw: &[u8]) -> std::io::Result<Vec<u8>> {
-    match c {
-        Compression::None => Ok(raw.to_vec()),
-        Compression::Gzip => {
-            let mut e = flate2::write::GzEncoder::new(
-                Vec::with_capacity(raw.len() / 4 + 64),
-                flate2::Compression::default(),
-            );
-            e.write_all(raw)?;
-            e.finish()
-        }
-        Compression::Zstd => {
-            // One context per blocking-pool thread: a level 3 context is about 1 MiB,
-            // too much to allocate and zero for every 256 KiB block.
-            thread_local! {
-                static ZSTD: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
-                    const { std::cell::RefCell::new(None) };
-            }
-            ZSTD.with(|cell| {
-                let mut cell = cell.borrow_mut();
-                if cell.is_none() {
-                    *cell = Some(zstd::bulk::Compressor::new(3)?);
-                }
-                match cell.as_mut() {
-                    Some(c) => c.compress(raw),
-                    None => Err(std::io::Error::other("no zstd context")),
-                }
-            })
-        }
-    }
-}
-
 /// The result of a block compressed on the blocking pool, waited for by the loop
 /// (blocking, only at the end of an object) or by the send (async).
 #[derive(Default)]
@@ -655,7 +620,7 @@ impl S3Builder {
                 let in_flight = InFlight(Arc::clone(s));
                 let len = raw.len();
                 rt.spawn_blocking(move || {
-                    let r = compress_block(c, &raw).map(Bytes::from);
+                    let r = compress(c, &raw).map(Bytes::from);
                     if let Ok(out) = &r {
                         in_flight.0.note_ratio(out.len(), raw.len());
                     }
@@ -670,7 +635,7 @@ impl S3Builder {
                 if slot_free {
                     s.blocks_in_flight.fetch_sub(1, Ordering::AcqRel);
                 }
-                match compress_block(c, &raw) {
+                match compress(c, &raw) {
                     Ok(out) => {
                         s.note_ratio(out.len(), raw.len());
                         self.done_bytes += out.len();
