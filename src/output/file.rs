@@ -14,7 +14,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::encode::Encoding;
-use super::lines::{LinesBatch, LinesBatchBuilder};
+use super::lines::{BufferPool, LinesBatch, LinesBatchBuilder};
 use super::sink::{BatchSettings, Failure, SendResult, Sink};
 use super::stdout::io_failure;
 
@@ -28,6 +28,8 @@ pub(crate) struct FileSink {
     file: Arc<Mutex<Option<File>>>,
     batch: BatchSettings,
     encoding: Arc<Encoding>,
+    /// Batch buffers, reused from one batch to the next.
+    pool: BufferPool,
 }
 
 impl FileSink {
@@ -39,6 +41,7 @@ impl FileSink {
             file: Arc::new(Mutex::new(None)),
             batch: batch.clone(),
             encoding: Arc::new(encoding),
+            pool: BufferPool::default(),
         }
     }
 }
@@ -53,7 +56,7 @@ impl Sink for FileSink {
     }
 
     fn new_batch(&self, _partition: &()) -> LinesBatchBuilder {
-        LinesBatchBuilder::new(&self.batch, self.encoding.clone())
+        LinesBatchBuilder::new(&self.batch, self.encoding.clone(), &self.pool)
     }
 
     async fn send(&self, _partition: &(), batch: &LinesBatch) -> SendResult {

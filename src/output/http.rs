@@ -20,7 +20,7 @@ use reqwest::{Method, StatusCode, Url};
 
 use super::compress::compress;
 use super::encode::Encoding;
-use super::lines::{LinesBatch, LinesBatchBuilder};
+use super::lines::{BufferPool, LinesBatch, LinesBatchBuilder};
 use super::sink::{BatchSettings, Failure, SendResult, Sink};
 
 /// How much of an error response body goes into the log line / dead letter.
@@ -91,6 +91,8 @@ pub(crate) struct HttpSink {
     compression: HttpCompression,
     batch: BatchSettings,
     encoding: Arc<Encoding>,
+    /// Batch buffers, reused from one batch to the next.
+    pool: BufferPool,
 }
 
 impl HttpSink {
@@ -171,6 +173,7 @@ impl HttpSink {
             compression: config.compression,
             batch: batch.clone(),
             encoding: Arc::new(encoding),
+            pool: BufferPool::default(),
         })
     }
 
@@ -196,7 +199,7 @@ impl Sink for HttpSink {
     }
 
     fn new_batch(&self, _partition: &()) -> LinesBatchBuilder {
-        LinesBatchBuilder::new(&self.batch, self.encoding.clone())
+        LinesBatchBuilder::new(&self.batch, self.encoding.clone(), &self.pool)
     }
 
     async fn send(&self, _partition: &(), batch: &LinesBatch) -> SendResult {

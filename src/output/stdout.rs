@@ -10,7 +10,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Mutex;
 
 use super::encode::Encoding;
-use super::lines::{LinesBatch, LinesBatchBuilder};
+use super::lines::{BufferPool, LinesBatch, LinesBatchBuilder};
 use super::sink::{BatchSettings, Failure, SendResult, Sink};
 
 /// `[outputs.x] type = "stdout"` has no keys of its own.
@@ -24,6 +24,8 @@ pub(crate) struct StdoutSink {
     out: Mutex<Writer>,
     batch: BatchSettings,
     encoding: Arc<Encoding>,
+    /// Batch buffers, reused from one batch to the next.
+    pool: BufferPool,
 }
 
 impl StdoutSink {
@@ -37,6 +39,7 @@ impl StdoutSink {
             out: Mutex::new(out),
             batch: batch.clone(),
             encoding: Arc::new(encoding),
+            pool: BufferPool::default(),
         }
     }
 }
@@ -51,7 +54,7 @@ impl Sink for StdoutSink {
     }
 
     fn new_batch(&self, _partition: &()) -> LinesBatchBuilder {
-        LinesBatchBuilder::new(&self.batch, self.encoding.clone())
+        LinesBatchBuilder::new(&self.batch, self.encoding.clone(), &self.pool)
     }
 
     async fn send(&self, _partition: &(), batch: &LinesBatch) -> SendResult {
