@@ -30,27 +30,37 @@ pub(crate) fn compress(c: Compression, raw: &[u8]) -> std::io::Result<Vec<u8>> {
     }
 }
 
+/// Largest output a thread keeps a scratch buffer for: an S3 block's worst case (256 KiB
+/// of lines) and then some. Larger payloads (an HTTP body) get a buffer of their own.
+const GZIP_SCRATCH_MAX: usize = 1024 * 1024;
+
 fn gzip(raw: &[u8]) -> std::io::Result<Vec<u8>> {
     // One compressor per thread (blocking-pool threads, output tasks): a level 6
     // compressor is a few hundred KiB of match-finder state, too much to allocate for
-    // every block.
+    // every block. With it, a scratch buffer of the worst-case size, so that only the
+    // compressed bytes (a third of the worst case for lines) are allocated per call.
     thread_local! {
-        static GZIP: RefCell<Option<libdeflater::Compressor>> = const { RefCell::new(None) };
+        static GZIP: RefCell<Option<(libdeflater::Compressor, Vec<u8>)>> =
+            const { RefCell::new(None) };
     }
     GZIP.with(|cell| {
         let mut cell = cell.borrow_mut();
-        let c = cell.get_or_insert_with(|| {
-            libdeflater::Compressor::new(
-                libdeflater::CompressionLvl::new(GZIP_LEVEL).unwrap_or_default(),
-            )
+        let (c, scratch) = cell.get_or_insert_with(|| {
+            let level = libdeflater::CompressionLvl::new(GZIP_LEVEL).unwrap_or_default();
+            (libdeflater::Compressor::new(level), Vec::new())
         });
-        let mut out = vec![0u8; c.gzip_compress_bound(raw.len())];
-        let n = c
-            .gzip_compress(raw, &mut out)
-            .map_err(|e| std::io::Error::other(format!("gzip: {e:?}")))?;
+        let bound = c.gzip_compress_bound(raw.len());
+        let failed = |e| std::io::Error::other(format!("gzip: {e:?}"));
+        if bound <= GZIP_SCRATCH_MAX {
+            if scratch.len() < bound {
+                scratch.resize(bound, 0);
+            }
+            let n = c.gzip_compress(raw, scratch).map_err(failed)?;
+            return Ok(scratch[..n].to_vec());
+        }
+        let mut out = vec![0u8; bound];
+        let n = c.gzip_compress(raw, &mut out).map_err(failed)?;
         out.truncate(n);
-        // The bound is the incompressible case; what lines compress to is a third of it,
-        // and a block is held until its object is sent.
         out.shrink_to_fit();
         Ok(out)
     })

@@ -14,7 +14,8 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::encode::Encoding;
-use super::lines::{BufferPool, LinesBatch, LinesBatchBuilder};
+use super::lines::{LinesBatch, LinesBatchBuilder, batch_pool};
+use super::pool::BufferPool;
 use super::sink::{BatchSettings, Failure, SendResult, Sink};
 use super::stdout::io_failure;
 
@@ -41,7 +42,7 @@ impl FileSink {
             file: Arc::new(Mutex::new(None)),
             batch: batch.clone(),
             encoding: Arc::new(encoding),
-            pool: BufferPool::default(),
+            pool: batch_pool(),
         }
     }
 }

@@ -20,7 +20,8 @@ use reqwest::{Method, StatusCode, Url};
 
 use super::compress::compress;
 use super::encode::Encoding;
-use super::lines::{BufferPool, LinesBatch, LinesBatchBuilder};
+use super::lines::{LinesBatch, LinesBatchBuilder, batch_pool};
+use super::pool::BufferPool;
 use super::sink::{BatchSettings, Failure, SendResult, Sink};
 
 /// How much of an error response body goes into the log line / dead letter.
@@ -173,7 +174,7 @@ impl HttpSink {
             compression: config.compression,
             batch: batch.clone(),
             encoding: Arc::new(encoding),
-            pool: BufferPool::default(),
+            pool: batch_pool(),
         })
     }
 

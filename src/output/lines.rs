@@ -2,15 +2,15 @@
 //! stdout, file and http sinks.
 //!
 //! A batch's buffer is sized for a full batch from the start and, once the batch is sent
-//! and dropped, goes back to its sink's [`BufferPool`] for the next one. Growing a fresh
-//! buffer by doubling copied each batch twice over, and the allocator handed every 1 MiB
-//! buffer back to the kernel, so each page of every batch was faulted in again (a page
-//! fault per 4 KiB written, about 15% of PackedForward -> file's CPU).
+//! and dropped, goes back to its sink's [`BufferPool`] for the next one: growing a fresh
+//! buffer by doubling copied each batch twice over, and faulted in every page of it
+//! (see [`super::pool`]).
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use bytes::Bytes;
-use parking_lot::Mutex;
+
+use super::pool::BufferPool;
 
 use super::encode::{Encoding, encode_with};
 use super::sink::{BatchBuilder, BatchSettings, Push};
@@ -30,59 +30,12 @@ const LINE_SLACK: usize = 64 * 1024;
 /// the memory budget, so it stays small (at most [`POOLED`] of these per sink).
 const POOLED_MAX_BYTES: usize = 4 * 1024 * 1024 + LINE_SLACK;
 
-/// Spare buffers a pool keeps: one for the batch being filled while another is sent.
+/// Spare buffers a sink keeps: one for the batch being filled while another is sent.
 const POOLED: usize = 2;
 
-/// Spare batch buffers of one sink; cheap to clone (one shared list).
-#[derive(Clone, Default)]
-pub(crate) struct BufferPool(Arc<Mutex<Vec<Vec<u8>>>>);
-
-impl BufferPool {
-    /// An empty buffer with room for `capacity` bytes: a spare one when it has the room.
-    fn take(&self, capacity: usize) -> Vec<u8> {
-        let spare = self.0.lock().pop();
-        match spare {
-            Some(buf) if buf.capacity() >= capacity => buf,
-            _ => Vec::with_capacity(capacity),
-        }
-    }
-
-    /// Keeps `buf` for a later batch, if it is not too large and the pool not full.
-    fn give(&self, mut buf: Vec<u8>) {
-        if buf.capacity() > POOLED_MAX_BYTES {
-            return;
-        }
-        let mut spare = self.0.lock();
-        if spare.len() < POOLED {
-            buf.clear();
-            spare.push(buf);
-        }
-    }
-
-    #[cfg(test)]
-    fn spare(&self) -> usize {
-        self.0.lock().len()
-    }
-}
-
-/// A finished batch's bytes, given back to their pool when the last `Bytes` of them drops.
-struct Pooled {
-    buf: Vec<u8>,
-    pool: Weak<Mutex<Vec<Vec<u8>>>>,
-}
-
-impl AsRef<[u8]> for Pooled {
-    fn as_ref(&self) -> &[u8] {
-        &self.buf
-    }
-}
-
-impl Drop for Pooled {
-    fn drop(&mut self) {
-        if let Some(pool) = self.pool.upgrade() {
-            BufferPool(pool).give(std::mem::take(&mut self.buf));
-        }
-    }
+/// The pool of batch buffers a lines sink keeps.
+pub(crate) fn batch_pool() -> BufferPool {
+    BufferPool::new(POOLED, POOLED_MAX_BYTES)
 }
 
 pub(crate) struct LinesBatchBuilder {
@@ -91,7 +44,7 @@ pub(crate) struct LinesBatchBuilder {
     max_records: usize,
     max_bytes: usize,
     encoding: Arc<Encoding>,
-    pool: Weak<Mutex<Vec<Vec<u8>>>>,
+    pool: BufferPool,
 }
 
 impl LinesBatchBuilder {
@@ -111,7 +64,7 @@ impl LinesBatchBuilder {
             max_records: settings.max_records.max(1),
             max_bytes,
             encoding,
-            pool: Arc::downgrade(&pool.0),
+            pool: pool.clone(),
         }
     }
 }
@@ -147,10 +100,7 @@ impl BatchBuilder for LinesBatchBuilder {
 
     fn finish(self) -> LinesBatch {
         LinesBatch {
-            body: Bytes::from_owner(Pooled {
-                buf: self.buf,
-                pool: self.pool,
-            }),
+            body: self.pool.bytes(self.buf),
         }
     }
 }
@@ -177,11 +127,7 @@ mod tests {
 
     #[test]
     fn full_on_record_count() {
-        let mut b = LinesBatchBuilder::new(
-            &settings(2, 1 << 20),
-            Arc::default(),
-            &BufferPool::default(),
-        );
+        let mut b = LinesBatchBuilder::new(&settings(2, 1 << 20), Arc::default(), &batch_pool());
         assert_eq!(b.push(&rec("a")), Push::Added);
         assert_eq!(b.push(&rec("b")), Push::Added);
         assert_eq!(b.push(&rec("c")), Push::Full);
@@ -193,8 +139,7 @@ mod tests {
     #[test]
     fn full_on_encoded_bytes_and_state_unchanged() {
         // Each line is 12 bytes: {"log":"a"}\n
-        let mut b =
-            LinesBatchBuilder::new(&settings(100, 30), Arc::default(), &BufferPool::default());
+        let mut b = LinesBatchBuilder::new(&settings(100, 30), Arc::default(), &batch_pool());
         assert_eq!(b.push(&rec("a")), Push::Added);
         assert_eq!(b.push(&rec("b")), Push::Added);
         assert_eq!(b.bytes(), 24);
@@ -202,8 +147,7 @@ mod tests {
         assert_eq!(b.bytes(), 24);
         assert_eq!(b.len(), 2);
         // Exactly at the limit still fits.
-        let mut b =
-            LinesBatchBuilder::new(&settings(100, 24), Arc::default(), &BufferPool::default());
+        let mut b = LinesBatchBuilder::new(&settings(100, 24), Arc::default(), &batch_pool());
         assert_eq!(b.push(&rec("a")), Push::Added);
         assert_eq!(b.push(&rec("b")), Push::Added);
     }
@@ -212,13 +156,11 @@ mod tests {
     // `too_large`. It now fills a batch of its own.
     #[test]
     fn oversized_record_goes_alone_in_a_fresh_builder() {
-        let mut b =
-            LinesBatchBuilder::new(&settings(100, 16), Arc::default(), &BufferPool::default());
+        let mut b = LinesBatchBuilder::new(&settings(100, 16), Arc::default(), &batch_pool());
         assert_eq!(b.push(&rec("ok")), Push::Added);
         assert_eq!(b.push(&rec("this line is far too long")), Push::Full);
         assert_eq!(b.len(), 1, "a full builder is unchanged");
-        let mut b =
-            LinesBatchBuilder::new(&settings(100, 16), Arc::default(), &BufferPool::default());
+        let mut b = LinesBatchBuilder::new(&settings(100, 16), Arc::default(), &batch_pool());
         assert_eq!(b.push(&rec("this line is far too long")), Push::Added);
         assert_eq!(b.push(&rec("ok")), Push::Full, "nothing joins it");
         let batch = b.finish();
@@ -234,14 +176,14 @@ mod tests {
             tag_key: Some("tag".into()),
             time_key: None,
         });
-        let mut b = LinesBatchBuilder::new(&settings(100, 1000), enc, &BufferPool::default());
+        let mut b = LinesBatchBuilder::new(&settings(100, 1000), enc, &batch_pool());
         assert_eq!(b.push(&rec("a")), Push::Added);
         assert_eq!(b.bytes(), "{\"tag\":\"t\",\"log\":\"a\"}\n".len());
     }
 
     #[test]
     fn a_sent_batch_buffer_is_reused_by_the_next_batch() {
-        let pool = BufferPool::default();
+        let pool = batch_pool();
         let mut b = LinesBatchBuilder::new(&settings(100, 1 << 20), Arc::default(), &pool);
         assert!(
             b.buf.capacity() >= (1 << 20) + LINE_SLACK,
@@ -267,7 +209,7 @@ mod tests {
 
     #[test]
     fn the_pool_keeps_few_and_small_buffers_and_outlives_nothing() {
-        let pool = BufferPool::default();
+        let pool = batch_pool();
         let batches: Vec<LinesBatch> = (0..4)
             .map(|_| {
                 let mut b = LinesBatchBuilder::new(&settings(100, 1 << 10), Arc::default(), &pool);
@@ -278,14 +220,14 @@ mod tests {
         drop(batches);
         assert_eq!(pool.spare(), POOLED, "at most {POOLED} spare");
         // A limit past what the pool keeps: the buffer grows as needed and is let go.
-        let big = BufferPool::default();
+        let big = batch_pool();
         let mut b = LinesBatchBuilder::new(&settings(100, 64 << 20), Arc::default(), &big);
         let long = "y".repeat(POOLED_MAX_BYTES);
         assert_eq!(b.push(&rec(&long)), Push::Added);
         drop(b.finish());
         assert_eq!(big.spare(), 0, "too large to keep");
         // Batches outliving their sink's pool just free their bytes.
-        let gone = BufferPool::default();
+        let gone = batch_pool();
         let mut b = LinesBatchBuilder::new(&settings(100, 1 << 10), Arc::default(), &gone);
         b.push(&rec("z"));
         let batch = b.finish();

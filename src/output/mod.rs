@@ -11,6 +11,7 @@ pub(crate) mod from_config;
 pub(crate) mod http;
 pub(crate) mod lines;
 pub(crate) mod null;
+pub(crate) mod pool;
 pub(crate) mod registry;
 pub(crate) mod retry;
 pub mod sink;

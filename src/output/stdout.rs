@@ -10,7 +10,8 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Mutex;
 
 use super::encode::Encoding;
-use super::lines::{BufferPool, LinesBatch, LinesBatchBuilder};
+use super::lines::{LinesBatch, LinesBatchBuilder, batch_pool};
+use super::pool::BufferPool;
 use super::sink::{BatchSettings, Failure, SendResult, Sink};
 
 /// `[outputs.x] type = "stdout"` has no keys of its own.
@@ -39,7 +40,7 @@ impl StdoutSink {
             out: Mutex::new(out),
             batch: batch.clone(),
             encoding: Arc::new(encoding),
-            pool: BufferPool::default(),
+            pool: batch_pool(),
         }
     }
 }

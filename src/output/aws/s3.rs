@@ -59,6 +59,7 @@ use super::{AwsSettings, BuildError, RecordFormat, classify, require_region, sdk
 use crate::event::Record;
 use crate::output::compress::compress;
 use crate::output::deliver::oversize_counter;
+use crate::output::pool::BufferPool;
 use crate::output::sink::{BatchBuilder, BatchSettings, Failure, Push, SendResult, Sink};
 use crate::output::template::{Dynamic, Template, ValueEncoding};
 
@@ -139,6 +140,8 @@ struct Shared {
     /// ([`blocks_in_flight_cap`]).
     blocks_in_flight: AtomicUsize,
     blocks_in_flight_cap: usize,
+    /// Raw block buffers, reused once their block is compressed (compressed objects only).
+    raw_blocks: BufferPool,
     /// Compressed / raw size of the last block compressed, in millionths: the estimate
     /// for lines not yet compressed in an object with no block done yet.
     ratio_ppm: AtomicU32,
@@ -244,6 +247,7 @@ pub(crate) fn build_with_client(
         }
         .to_string()
     });
+    let max_bytes = cfg.batch.max_bytes.clamp(1, MAX_OBJECT_BYTES);
     let shared = Shared {
         renamed: oversize_counter(&cfg.name, "renamed"),
         file_extension: file_extension(&key),
@@ -258,11 +262,17 @@ pub(crate) fn build_with_client(
         acl,
         format: cfg.format,
         align_ns,
-        max_bytes: cfg.batch.max_bytes.clamp(1, MAX_OBJECT_BYTES),
+        max_bytes,
         max_records: cfg.batch.max_records.max(1),
         next_index: AtomicU64::new(0),
         blocks_in_flight: AtomicUsize::new(0),
         blocks_in_flight_cap: blocks_in_flight_cap(),
+        // Enough for the blocks on the pool plus the one being filled; a block that grew
+        // past twice its size for a long line is freed.
+        raw_blocks: BufferPool::new(
+            blocks_in_flight_cap() + 2,
+            2 * block_size(cfg.compression, max_bytes),
+        ),
         ratio_ppm: AtomicU32::new(1_000_000),
     };
     Ok(S3Sink {
@@ -604,7 +614,7 @@ impl S3Builder {
         let s = &self.shared;
         let rest = self.raw.split_off(upto);
         let capacity = self.block_size.max(rest.len());
-        let raw = std::mem::replace(&mut self.raw, Vec::with_capacity(capacity));
+        let raw = std::mem::replace(&mut self.raw, s.raw_blocks.take(capacity));
         self.raw.extend_from_slice(&rest);
         let c = s.compression;
         let runtime = tokio::runtime::Handle::try_current().ok();
@@ -624,6 +634,7 @@ impl S3Builder {
                     if let Ok(out) = &r {
                         in_flight.0.note_ratio(out.len(), raw.len());
                     }
+                    in_flight.0.raw_blocks.give(raw);
                     drop(in_flight);
                     fill.0.set(r.map_err(|e| e.to_string()));
                 });
@@ -644,6 +655,7 @@ impl S3Builder {
                     }
                     Err(e) => self.error = Some(e.to_string()),
                 }
+                s.raw_blocks.give(raw);
             }
         }
     }
@@ -706,6 +718,15 @@ impl S3Builder {
             let now_ns = now.as_nanos().min(i64::MAX as u128) as i64;
             let end = (now_ns.div_euclid(align) + 1).saturating_mul(align);
             self.flush_at = Some(UNIX_EPOCH + Duration::from_nanos(end.max(0) as u64));
+        }
+    }
+}
+
+impl Drop for S3Builder {
+    /// The raw block being filled goes back to the output's pool (empty once finished).
+    fn drop(&mut self) {
+        if self.shared.compression != Compression::None {
+            self.shared.raw_blocks.give(std::mem::take(&mut self.raw));
         }
     }
 }
@@ -852,9 +873,14 @@ impl Sink for S3Sink {
     fn new_batch(&self, _partition: &String) -> S3Builder {
         let s = Arc::clone(&self.shared);
         let block_size = block_size(s.compression, s.max_bytes);
+        let raw = match s.compression {
+            // Uncompressed, the object is one buffer that becomes the body.
+            Compression::None => Vec::new(),
+            _ => s.raw_blocks.take(block_size),
+        };
         S3Builder {
             records: 0,
-            raw: Vec::new(),
+            raw,
             blocks: Vec::new(),
             done_bytes: 0,
             done_raw: 0,
@@ -1243,39 +1269,46 @@ mod tests {
             // 2 MiB objects: 64 KiB (gzip) / 256 KiB (zstd) blocks; about 2.3 MB of lines
             // is 36 / 9 blocks.
             let sink = sink(cfg("logs/{uuid}", c, 2 << 20));
-            let mut b = sink.new_batch(&String::new());
-            let total = 30_000u64;
-            for i in 0..total {
-                assert_eq!(b.push(&rec(i)), Push::Added);
-            }
-            assert!(b.bytes() > 0 && b.bytes() < 2 << 20, "{}", b.bytes());
-            let batch = b.finish();
-            let body = body(&batch);
-            assert_eq!(
-                futures::executor::block_on(batch.body()).unwrap(),
-                body,
-                "asked twice"
-            );
-            let n = members(c, &body);
-            assert!(n >= 8, "{c:?}: {n} members");
-            let text = decompress(c, &body);
-            let got: Vec<u64> = text
-                .lines()
-                .map(|l| {
-                    serde_json::from_str::<serde_json::Value>(l).unwrap()["n"]
-                        .as_u64()
-                        .unwrap()
-                })
-                .collect();
-            assert_eq!(got, (0..total).collect::<Vec<_>>(), "{c:?}");
-            // The first member alone is a strict prefix of the lines: proof the object is
-            // several members (a single-member reader would lose records).
-            if c == Compression::Gzip {
-                let mut first = String::new();
-                flate2::read::GzDecoder::new(&body[..])
-                    .read_to_string(&mut first)
-                    .unwrap();
-                assert!(first.len() < text.len() && text.starts_with(&first));
+            // The second round fills blocks reused from the first (src/output/pool.rs).
+            for round in 0..2 {
+                let mut b = sink.new_batch(&String::new());
+                let total = 30_000u64;
+                for i in 0..total {
+                    assert_eq!(b.push(&rec(i)), Push::Added);
+                }
+                assert!(b.bytes() > 0 && b.bytes() < 2 << 20, "{}", b.bytes());
+                let batch = b.finish();
+                let body = body(&batch);
+                assert_eq!(
+                    futures::executor::block_on(batch.body()).unwrap(),
+                    body,
+                    "asked twice"
+                );
+                let n = members(c, &body);
+                assert!(n >= 8, "{c:?}: {n} members");
+                let text = decompress(c, &body);
+                let got: Vec<u64> = text
+                    .lines()
+                    .map(|l| {
+                        serde_json::from_str::<serde_json::Value>(l).unwrap()["n"]
+                            .as_u64()
+                            .unwrap()
+                    })
+                    .collect();
+                assert_eq!(got, (0..total).collect::<Vec<_>>(), "{c:?}");
+                // The first member alone is a strict prefix of the lines: proof the object is
+                // several members (a single-member reader would lose records).
+                if c == Compression::Gzip {
+                    let mut first = String::new();
+                    flate2::read::GzDecoder::new(&body[..])
+                        .read_to_string(&mut first)
+                        .unwrap();
+                    assert!(first.len() < text.len() && text.starts_with(&first));
+                }
+                assert!(
+                    sink.shared.raw_blocks.spare() > 0,
+                    "{c:?} round {round}: compressed blocks' buffers are given back"
+                );
             }
         }
     }
