@@ -30,9 +30,12 @@ pub(crate) fn compress(c: Compression, raw: &[u8]) -> std::io::Result<Vec<u8>> {
     }
 }
 
-/// Largest output a thread keeps a scratch buffer for: an S3 block's worst case (256 KiB
-/// of lines) and then some. Larger payloads (an HTTP body) get a buffer of their own.
-const GZIP_SCRATCH_MAX: usize = 1024 * 1024;
+/// Largest output a thread keeps a scratch buffer for: a zstd block (1 MiB of lines) or
+/// a default-sized HTTP batch (1 MiB and a line) at their worst case. Larger payloads get
+/// a buffer of their own, shrunk to what they hold. A thread's scratch is only as large as
+/// the largest payload it compressed; compressing threads are the blocking pool's (at most
+/// one per core per S3 output at a time, idle ones end after 10 s) and the async worker.
+const SCRATCH_MAX: usize = 2 * 1024 * 1024;
 
 fn gzip(raw: &[u8]) -> std::io::Result<Vec<u8>> {
     // One compressor per thread (blocking-pool threads, output tasks): a level 6
@@ -51,7 +54,7 @@ fn gzip(raw: &[u8]) -> std::io::Result<Vec<u8>> {
         });
         let bound = c.gzip_compress_bound(raw.len());
         let failed = |e| std::io::Error::other(format!("gzip: {e:?}"));
-        if bound <= GZIP_SCRATCH_MAX {
+        if bound <= SCRATCH_MAX {
             if scratch.len() < bound {
                 scratch.resize(bound, 0);
             }
@@ -68,19 +71,30 @@ fn gzip(raw: &[u8]) -> std::io::Result<Vec<u8>> {
 
 fn zstd(raw: &[u8]) -> std::io::Result<Vec<u8>> {
     // One context per thread: a level 3 context is about 1 MiB, too much to allocate and
-    // zero for every block.
+    // zero for every block. With it a scratch buffer, as for gzip: `Compressor::compress`
+    // returns a Vec of the worst-case capacity, which a block would then hold.
     thread_local! {
-        static ZSTD: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+        static ZSTD: RefCell<Option<(zstd::bulk::Compressor<'static>, Vec<u8>)>> =
+            const { RefCell::new(None) };
     }
     ZSTD.with(|cell| {
         let mut cell = cell.borrow_mut();
         if cell.is_none() {
-            *cell = Some(zstd::bulk::Compressor::new(ZSTD_LEVEL)?);
+            *cell = Some((zstd::bulk::Compressor::new(ZSTD_LEVEL)?, Vec::new()));
         }
-        match cell.as_mut() {
-            Some(c) => c.compress(raw),
-            None => Err(std::io::Error::other("no zstd context")),
+        let Some((c, scratch)) = cell.as_mut() else {
+            return Err(std::io::Error::other("no zstd context"));
+        };
+        let bound = zstd::zstd_safe::compress_bound(raw.len());
+        if bound <= SCRATCH_MAX {
+            scratch.clear();
+            scratch.reserve(bound);
+            c.compress_to_buffer(raw, scratch)?;
+            return Ok(scratch.to_vec());
         }
+        let mut out = c.compress(raw)?;
+        out.shrink_to_fit();
+        Ok(out)
     })
 }
 
@@ -155,6 +169,23 @@ mod tests {
         let mut want = a.clone();
         want.extend(b"tail\n");
         assert_eq!(got, want);
+        // A frame holds what it compressed to, not the worst case; past the scratch size
+        // too.
+        let one = compress(Compression::Zstd, &a).expect("zstd");
+        assert!(
+            one.capacity() <= one.len() + 64,
+            "exact: {}",
+            one.capacity()
+        );
+        let big = lines(120_000);
+        assert!(big.len() > SCRATCH_MAX);
+        let out = compress(Compression::Zstd, &big).expect("zstd");
+        assert!(
+            out.capacity() <= out.len() + 64,
+            "shrunk: {}",
+            out.capacity()
+        );
+        assert_eq!(zstd::stream::decode_all(&out[..]).expect("zstd big"), big);
         assert_eq!(compress(Compression::None, &a).expect("copy"), a);
     }
 }

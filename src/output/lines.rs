@@ -100,7 +100,15 @@ impl BatchBuilder for LinesBatchBuilder {
 
     fn finish(self) -> LinesBatch {
         LinesBatch {
-            body: self.pool.bytes(self.buf),
+            body: if self.buf.len() < self.buf.capacity() / 4 {
+                // A batch sealed early (by `max_age`, or to relieve memory) keeps only
+                // what it holds: the budget counts its length, not the full-size buffer.
+                let body = Bytes::copy_from_slice(&self.buf);
+                self.pool.give(self.buf);
+                body
+            } else {
+                self.pool.bytes(self.buf)
+            },
         }
     }
 }
@@ -189,35 +197,64 @@ mod tests {
             b.buf.capacity() >= (1 << 20) + LINE_SLACK,
             "sized for a full batch"
         );
-        b.push(&rec("a"));
+        // Over a quarter of the buffer: the batch's bytes are the buffer itself.
+        let long = "a".repeat(300_000);
+        b.push(&rec(&long));
         let first = b.finish();
         let ptr = first.body.as_ptr();
         let retry = first.clone();
         drop(first);
         assert_eq!(pool.spare(), 0, "a clone still holds the bytes");
-        assert_eq!(&retry.body[..], b"{\"log\":\"a\"}\n");
+        assert_eq!(retry.body.len(), long.len() + 11);
         drop(retry);
         assert_eq!(pool.spare(), 1);
         let mut b = LinesBatchBuilder::new(&settings(100, 1 << 20), Arc::default(), &pool);
         assert_eq!(pool.spare(), 0);
         assert_eq!(b.bytes(), 0, "a reused buffer starts empty");
-        b.push(&rec("b"));
+        let other = "b".repeat(300_000);
+        b.push(&rec(&other));
         let second = b.finish();
         assert_eq!(second.body.as_ptr(), ptr, "the same allocation");
-        assert_eq!(&second.body[..], b"{\"log\":\"b\"}\n");
+        assert_eq!(
+            &second.body[..],
+            format!("{{\"log\":\"{other}\"}}\n").as_bytes()
+        );
+    }
+
+    /// A batch sealed with little in it (by `max_age`) must not hold a full-size buffer
+    /// that the memory budget, counting its length, does not see.
+    #[test]
+    fn a_small_batch_keeps_only_its_bytes_and_frees_the_buffer_at_once() {
+        let pool = batch_pool();
+        let mut b = LinesBatchBuilder::new(&settings(100, 1 << 20), Arc::default(), &pool);
+        b.push(&rec("a"));
+        let batch = b.finish();
+        assert_eq!(&batch.body[..], b"{\"log\":\"a\"}\n");
+        assert_eq!(
+            pool.spare(),
+            1,
+            "the buffer went back while the batch is alive"
+        );
+        let b = LinesBatchBuilder::new(&settings(100, 1 << 20), Arc::default(), &pool);
+        assert_ne!(b.buf.as_ptr(), batch.body.as_ptr());
+        assert_eq!(
+            &batch.body[..],
+            b"{\"log\":\"a\"}\n",
+            "untouched by the next batch"
+        );
     }
 
     #[test]
     fn the_pool_keeps_few_and_small_buffers_and_outlives_nothing() {
         let pool = batch_pool();
-        let batches: Vec<LinesBatch> = (0..4)
-            .map(|_| {
-                let mut b = LinesBatchBuilder::new(&settings(100, 1 << 10), Arc::default(), &pool);
-                b.push(&rec("x"));
-                b.finish()
-            })
+        // Four builders at once, each with a buffer of its own.
+        let builders: Vec<LinesBatchBuilder> = (0..4)
+            .map(|_| LinesBatchBuilder::new(&settings(100, 1 << 10), Arc::default(), &pool))
             .collect();
-        drop(batches);
+        for mut b in builders {
+            b.push(&rec("x"));
+            drop(b.finish());
+        }
         assert_eq!(pool.spare(), POOLED, "at most {POOLED} spare");
         // A limit past what the pool keeps: the buffer grows as needed and is let go.
         let big = batch_pool();

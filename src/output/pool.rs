@@ -43,7 +43,7 @@ impl BufferPool {
     /// Keeps `buf` for a later [`take`](Self::take), if it is not too large and the pool
     /// not full; else frees it.
     pub(crate) fn give(&self, mut buf: Vec<u8>) {
-        if buf.capacity() > self.max_capacity {
+        if buf.capacity() == 0 || buf.capacity() > self.max_capacity {
             return;
         }
         let mut spare = self.spare.lock();
@@ -127,7 +127,8 @@ mod tests {
         assert_eq!(pool.spare(), 2);
         let pool = BufferPool::new(2, 4096);
         pool.give(Vec::with_capacity(8192));
-        assert_eq!(pool.spare(), 0);
+        pool.give(Vec::new());
+        assert_eq!(pool.spare(), 0, "neither too large nor empty ones are kept");
     }
 
     #[test]
