@@ -9,7 +9,7 @@ pub mod moto;
 pub mod sns_sqs;
 pub mod tmpfs;
 
-use std::io::{BufRead, Read};
+use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -314,16 +314,21 @@ pub fn msgpack_record(v: &serde_json::Value) -> Vec<u8> {
     b
 }
 
-/// Reads a JSON-lines file (missing file = no lines).
+/// Reads a JSON-lines file (missing file = no lines). Only complete lines count: a file
+/// read while the router appends to it may end in part of a line (a `write` of a batch is
+/// not atomic against a concurrent read), which the next read sees whole.
 pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
-    let Ok(f) = std::fs::File::open(path) else {
+    let Ok(bytes) = std::fs::read(path) else {
         return vec![];
     };
-    std::io::BufReader::new(f)
+    let complete = match bytes.iter().rposition(|&b| b == b'\n') {
+        Some(end) => &bytes[..=end],
+        None => &[][..],
+    };
+    String::from_utf8_lossy(complete)
         .lines()
-        .map_while(Result::ok)
         .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
         .collect()
 }
 
