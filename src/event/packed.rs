@@ -16,7 +16,6 @@
 
 use std::cell::Cell;
 
-use rmp::Marker;
 use serde::ser::{Error as _, Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::{Map, Number, Value};
 
@@ -78,49 +77,87 @@ impl<'a> Rd<'a> {
         Some(s)
     }
 
-    fn be(&mut self, n: usize) -> Option<u64> {
-        Some(
-            self.take(n)?
-                .iter()
-                .fold(0u64, |acc, b| (acc << 8) | u64::from(*b)),
-        )
+    /// The `N`-byte big-endian unsigned integer at the reader (a length, a count or a
+    /// number's payload). `N` is a constant at every call, so this is one load and a byte
+    /// swap, not a loop.
+    #[inline(always)]
+    fn be<const N: usize>(&mut self) -> Option<u64> {
+        let bytes: [u8; N] = self.take(N)?.try_into().ok()?;
+        Some(bytes.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
     }
 
-    fn str(&mut self, len_bytes: usize) -> Option<Tok<'a>> {
-        let n = usize::try_from(self.be(len_bytes)?).ok()?;
-        Some(Tok::Str(self.take(n)?))
+    /// The `N`-byte big-endian length at the reader, as a `usize`.
+    #[inline(always)]
+    fn len<const N: usize>(&mut self) -> Option<usize> {
+        usize::try_from(self.be::<N>()?).ok()
     }
 
-    fn next(&mut self) -> Option<Tok<'a>> {
-        let byte = *self.buf.get(self.pos)?;
+    #[inline(always)]
+    fn byte(&mut self) -> Option<u8> {
+        let b = *self.buf.get(self.pos)?;
         self.pos += 1;
-        Some(match Marker::from_u8(byte) {
-            Marker::FixPos(n) => Tok::UInt(u64::from(n)),
-            Marker::FixNeg(n) => Tok::Int(i64::from(n)),
-            Marker::Null => Tok::Nil,
-            Marker::True => Tok::Bool(true),
-            Marker::False => Tok::Bool(false),
-            Marker::U8 => Tok::UInt(self.be(1)?),
-            Marker::U16 => Tok::UInt(self.be(2)?),
-            Marker::U32 => Tok::UInt(self.be(4)?),
-            Marker::U64 => Tok::UInt(self.be(8)?),
-            Marker::I8 => Tok::Int(i64::from(self.be(1)? as u8 as i8)),
-            Marker::I16 => Tok::Int(i64::from(self.be(2)? as u16 as i16)),
-            Marker::I32 => Tok::Int(i64::from(self.be(4)? as u32 as i32)),
-            Marker::I64 => Tok::Int(self.be(8)? as i64),
+        Some(b)
+    }
+
+    #[inline(always)]
+    fn skip_bytes(&mut self, n: usize) -> Option<()> {
+        self.take(n).map(|_| ())
+    }
+
+    /// The bytes of the str at the reader (fixstr, str8/16/32); `None` for any other
+    /// token, or when the bytes end early.
+    #[inline(always)]
+    fn str_bytes(&mut self) -> Option<&'a [u8]> {
+        let n = match self.byte()? {
+            b @ 0xa0..=0xbf => usize::from(b & 0x1f),
+            0xd9 => self.len::<1>()?,
+            0xda => self.len::<2>()?,
+            0xdb => self.len::<4>()?,
+            _ => return None,
+        };
+        self.take(n)
+    }
+
+    /// The bytes of a str whose `N`-byte length is at the reader (str8/16/32 after their
+    /// marker).
+    #[inline(always)]
+    fn str_n<const N: usize>(&mut self) -> Option<&'a [u8]> {
+        let n = self.len::<N>()?;
+        self.take(n)
+    }
+
+    /// The next token. Dispatches on the marker byte itself (msgpack spec, "Formats"),
+    /// one jump where `rmp::Marker::from_u8` and a match on its result took two.
+    fn next(&mut self) -> Option<Tok<'a>> {
+        let b = self.byte()?;
+        Some(match b {
+            0x00..=0x7f => Tok::UInt(u64::from(b)),
+            0x80..=0x8f => Tok::Map(u32::from(b & 0x0f)),
+            0x90..=0x9f => Tok::Array(u32::from(b & 0x0f)),
+            0xa0..=0xbf => Tok::Str(self.take(usize::from(b & 0x1f))?),
+            0xc0 => Tok::Nil,
+            0xc2 => Tok::Bool(false),
+            0xc3 => Tok::Bool(true),
+            0xcc => Tok::UInt(self.be::<1>()?),
+            0xcd => Tok::UInt(self.be::<2>()?),
+            0xce => Tok::UInt(self.be::<4>()?),
+            0xcf => Tok::UInt(self.be::<8>()?),
+            0xd0 => Tok::Int(i64::from(self.be::<1>()? as u8 as i8)),
+            0xd1 => Tok::Int(i64::from(self.be::<2>()? as u16 as i16)),
+            0xd2 => Tok::Int(i64::from(self.be::<4>()? as u32 as i32)),
+            0xd3 => Tok::Int(self.be::<8>()? as i64),
             // As the forward decoder does: an f32 becomes the f64 of the same value.
-            Marker::F32 => Tok::Float(f64::from(f32::from_bits(self.be(4)? as u32))),
-            Marker::F64 => Tok::Float(f64::from_bits(self.be(8)?)),
-            Marker::FixStr(n) => Tok::Str(self.take(usize::from(n))?),
-            Marker::Str8 => self.str(1)?,
-            Marker::Str16 => self.str(2)?,
-            Marker::Str32 => self.str(4)?,
-            Marker::FixArray(n) => Tok::Array(u32::from(n)),
-            Marker::Array16 => Tok::Array(self.be(2)? as u32),
-            Marker::Array32 => Tok::Array(self.be(4)? as u32),
-            Marker::FixMap(n) => Tok::Map(u32::from(n)),
-            Marker::Map16 => Tok::Map(self.be(2)? as u32),
-            Marker::Map32 => Tok::Map(self.be(4)? as u32),
+            0xca => Tok::Float(f64::from(f32::from_bits(self.be::<4>()? as u32))),
+            0xcb => Tok::Float(f64::from_bits(self.be::<8>()?)),
+            0xd9 => Tok::Str(self.str_n::<1>()?),
+            0xda => Tok::Str(self.str_n::<2>()?),
+            0xdb => Tok::Str(self.str_n::<4>()?),
+            0xdc => Tok::Array(self.be::<2>()? as u32),
+            0xdd => Tok::Array(self.be::<4>()? as u32),
+            0xde => Tok::Map(self.be::<2>()? as u32),
+            0xdf => Tok::Map(self.be::<4>()? as u32),
+            0xe0..=0xff => Tok::Int(i64::from(b as i8)),
+            // 0xc1 (never used), bin (0xc4-0xc6), ext (0xc7-0xc9, 0xd4-0xd8).
             _ => Tok::Other,
         })
     }
@@ -155,73 +192,126 @@ impl<'a> Rd<'a> {
 /// refuses what is not plain, and counts it).
 pub(crate) fn scan_map(buf: &[u8], start: usize) -> Option<usize> {
     let mut rd = Rd::new(buf, start);
-    let Tok::Map(n) = rd.next()? else {
-        return None;
+    let n = match rd.byte()? {
+        b @ 0x80..=0x8f => u32::from(b & 0x0f),
+        0xde => rd.be::<2>()? as u32,
+        0xdf => rd.be::<4>()? as u32,
+        _ => return None,
     };
     scan_entries(&mut rd, n, 1)?;
     Some(rd.pos)
 }
 
+// The scan below reads marker bytes directly rather than through `Rd::next`: it runs on
+// every byte of every forward record, and building and matching a `Tok` per value was
+// about a third of the forward input's instructions (callgrind, issue #10).
+
 /// `n` key/value pairs of a map whose values sit at nesting `depth` (the forward decoder's
 /// `read_map` depth: the record map's values are at 1).
 fn scan_entries(rd: &mut Rd<'_>, n: u32, depth: usize) -> Option<()> {
-    let mut small: [&[u8]; PAIRWISE_KEYS] = [&[]; PAIRWISE_KEYS];
-    let mut large: Vec<&[u8]> = Vec::new();
-    let is_large = n as usize > PAIRWISE_KEYS;
-    if is_large {
-        // Each pair takes at least two bytes: a hostile count cannot over-allocate.
-        large.reserve((n as usize).min(rd.buf.len().saturating_sub(rd.pos) / 2));
+    let n = n as usize;
+    if n > PAIRWISE_KEYS {
+        return scan_large_entries(rd, n, depth);
     }
-    for i in 0..n as usize {
-        let Tok::Str(k) = rd.next()? else {
-            return None;
-        };
-        if !is_utf8(k) {
+    let mut keys: [&[u8]; PAIRWISE_KEYS] = [&[]; PAIRWISE_KEYS];
+    for i in 0..n {
+        let k = rd.str_bytes()?;
+        // Maps this small are the common case: comparing with the earlier keys costs a
+        // few nanoseconds and no allocation.
+        if !is_utf8(k) || keys[..i].contains(&k) {
             return None;
         }
-        if is_large {
-            large.push(k);
-        } else {
-            // Maps this small are the common case: comparing with the earlier keys costs
-            // a few nanoseconds and no allocation.
-            if small[..i].contains(&k) {
-                return None;
-            }
-            small[i] = k;
-        }
+        keys[i] = k;
         scan_value(rd, depth)?;
-    }
-    if is_large {
-        large.sort_unstable();
-        if large.windows(2).any(|w| w[0] == w[1]) {
-            return None;
-        }
     }
     Some(())
 }
 
-fn scan_value(rd: &mut Rd<'_>, depth: usize) -> Option<()> {
-    match rd.next()? {
-        Tok::Nil | Tok::Bool(_) | Tok::UInt(_) | Tok::Int(_) => Some(()),
-        Tok::Float(f) => f.is_finite().then_some(()),
-        Tok::Str(b) => is_utf8(b).then_some(()),
-        Tok::Array(n) => {
-            if depth >= MAX_DEPTH {
-                return None;
-            }
-            for _ in 0..n {
-                scan_value(rd, depth + 1)?;
-            }
-            Some(())
+/// [`scan_entries`] for maps of more than [`PAIRWISE_KEYS`] keys: duplicates are found
+/// through a sorted list of the keys.
+#[cold]
+fn scan_large_entries(rd: &mut Rd<'_>, n: usize, depth: usize) -> Option<()> {
+    // Each pair takes at least two bytes: a hostile count cannot over-allocate.
+    let mut keys: Vec<&[u8]> = Vec::with_capacity(n.min(rd.buf.len().saturating_sub(rd.pos) / 2));
+    for _ in 0..n {
+        let k = rd.str_bytes()?;
+        if !is_utf8(k) {
+            return None;
         }
-        Tok::Map(n) => {
-            if depth >= MAX_DEPTH {
-                return None;
-            }
-            scan_entries(rd, n, depth + 1)
-        }
-        Tok::Other => None,
+        keys.push(k);
+        scan_value(rd, depth)?;
     }
+    keys.sort_unstable();
+    if keys.windows(2).any(|w| w[0] == w[1]) {
+        return None;
+    }
+    Some(())
+}
+
+/// One value at nesting `depth`; `None` if it is not plain (module docs) or the bytes end
+/// early. Marker bytes as in the msgpack spec's "Formats" table.
+fn scan_value(rd: &mut Rd<'_>, depth: usize) -> Option<()> {
+    let b = rd.byte()?;
+    match b {
+        // positive and negative fixint, nil, false, true
+        0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => Some(()),
+        0xa0..=0xbf => plain_str(rd.take(usize::from(b & 0x1f))?),
+        0xd9 => plain_str(rd.str_n::<1>()?),
+        0xda => plain_str(rd.str_n::<2>()?),
+        0xdb => plain_str(rd.str_n::<4>()?),
+        // uint 8/16/32/64, int 8/16/32/64
+        0xcc | 0xd0 => rd.skip_bytes(1),
+        0xcd | 0xd1 => rd.skip_bytes(2),
+        0xce | 0xd2 => rd.skip_bytes(4),
+        0xcf | 0xd3 => rd.skip_bytes(8),
+        // The tree turns NaN and infinities into null: not plain.
+        0xca => f32::from_bits(rd.be::<4>()? as u32)
+            .is_finite()
+            .then_some(()),
+        0xcb => f64::from_bits(rd.be::<8>()?).is_finite().then_some(()),
+        0x90..=0x9f => scan_array(rd, u32::from(b & 0x0f), depth),
+        0xdc => {
+            let n = rd.be::<2>()? as u32;
+            scan_array(rd, n, depth)
+        }
+        0xdd => {
+            let n = rd.be::<4>()? as u32;
+            scan_array(rd, n, depth)
+        }
+        0x80..=0x8f => scan_nested_map(rd, u32::from(b & 0x0f), depth),
+        0xde => {
+            let n = rd.be::<2>()? as u32;
+            scan_nested_map(rd, n, depth)
+        }
+        0xdf => {
+            let n = rd.be::<4>()? as u32;
+            scan_nested_map(rd, n, depth)
+        }
+        // 0xc1 (never used), bin (0xc4-0xc6), ext (0xc7-0xc9, 0xd4-0xd8).
+        _ => None,
+    }
+}
+
+#[inline(always)]
+fn plain_str(b: &[u8]) -> Option<()> {
+    is_utf8(b).then_some(())
+}
+
+fn scan_array(rd: &mut Rd<'_>, n: u32, depth: usize) -> Option<()> {
+    if depth >= MAX_DEPTH {
+        return None;
+    }
+    for _ in 0..n {
+        scan_value(rd, depth + 1)?;
+    }
+    Some(())
+}
+
+fn scan_nested_map(rd: &mut Rd<'_>, n: u32, depth: usize) -> Option<()> {
+    if depth >= MAX_DEPTH {
+        return None;
+    }
+    scan_entries(rd, n, depth + 1)
 }
 
 /// Top-level entries of a plain map: `(key, the value's msgpack bytes)`, in order.
@@ -721,6 +811,108 @@ mod tests {
         assert_eq!(scan_map(&[0x82, 0xa1, b'a', 1, 0xd9, 1, b'a', 2], 0), None);
         // Truncated.
         assert_eq!(scan_map(&[0x82, 0xa1, b'a', 1], 0), None);
+    }
+
+    /// The scan as it was written over `Rd::next` tokens before the byte-dispatch rewrite:
+    /// the reference the fast scan must agree with.
+    fn reference_scan(buf: &[u8]) -> Option<usize> {
+        fn entries(rd: &mut Rd<'_>, n: u32, depth: usize) -> Option<()> {
+            let mut keys: Vec<&[u8]> = Vec::new();
+            for _ in 0..n {
+                let Tok::Str(k) = rd.next()? else {
+                    return None;
+                };
+                if !is_utf8(k) || keys.contains(&k) {
+                    return None;
+                }
+                keys.push(k);
+                value(rd, depth)?;
+            }
+            Some(())
+        }
+        fn value(rd: &mut Rd<'_>, depth: usize) -> Option<()> {
+            match rd.next()? {
+                Tok::Nil | Tok::Bool(_) | Tok::UInt(_) | Tok::Int(_) => Some(()),
+                Tok::Float(f) => f.is_finite().then_some(()),
+                Tok::Str(b) => is_utf8(b).then_some(()),
+                Tok::Array(n) if depth < MAX_DEPTH => (0..n).try_for_each(|_| value(rd, depth + 1)),
+                Tok::Map(n) if depth < MAX_DEPTH => entries(rd, n, depth + 1),
+                _ => None,
+            }
+        }
+        let mut rd = Rd::new(buf, 0);
+        let Tok::Map(n) = rd.next()? else {
+            return None;
+        };
+        entries(&mut rd, n, 1)?;
+        Some(rd.pos)
+    }
+
+    #[test]
+    fn the_scan_agrees_with_the_token_reference_on_any_token_stream() {
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, TestRunner};
+
+        // One msgpack token in every encoding the spec has, including the ones a plain map
+        // never holds, with lengths that may run past the end.
+        let key = prop::sample::select(vec![&b"a"[..], b"b", b"log", b"\xff"]);
+        let token = prop_oneof![
+            (0u8..4).prop_map(|n| vec![0x80 | n]),
+            (0u16..20).prop_map(|n| [vec![0xde], n.to_be_bytes().to_vec()].concat()),
+            (0u32..3).prop_map(|n| [vec![0xdf], n.to_be_bytes().to_vec()].concat()),
+            (0u8..3).prop_map(|n| vec![0x90 | n]),
+            (0u16..3).prop_map(|n| [vec![0xdc], n.to_be_bytes().to_vec()].concat()),
+            (0u32..3).prop_map(|n| [vec![0xdd], n.to_be_bytes().to_vec()].concat()),
+            key.clone()
+                .prop_map(|k| [vec![0xa0 | k.len() as u8], k.to_vec()].concat()),
+            key.clone()
+                .prop_map(|k| [vec![0xd9, k.len() as u8], k.to_vec()].concat()),
+            key.clone()
+                .prop_map(|k| [vec![0xda, 0, k.len() as u8], k.to_vec()].concat()),
+            key.prop_map(|k| [vec![0xdb, 0, 0, 0, k.len() as u8], k.to_vec()].concat()),
+            any::<u8>().prop_map(|b| vec![b]),
+            (
+                prop::sample::select(vec![0xcc_u8, 0xcd, 0xce, 0xcf, 0xd0, 0xd1, 0xd2, 0xd3]),
+                any::<u64>()
+            )
+                .prop_map(|(m, v)| {
+                    let w = [1, 2, 4, 8][usize::from(m & 3)];
+                    [vec![m], v.to_be_bytes()[8 - w..].to_vec()].concat()
+                }),
+            prop::sample::select(vec![0.5_f64, f64::NAN, f64::INFINITY, -0.0]).prop_map(|f| [
+                vec![0xcb],
+                f.to_be_bytes().to_vec()
+            ]
+            .concat()),
+            prop::sample::select(vec![1.5_f32, f32::NAN, f32::NEG_INFINITY]).prop_map(|f| [
+                vec![0xca],
+                f.to_be_bytes().to_vec()
+            ]
+            .concat()),
+            Just(vec![0xc4, 1, b'x']),
+            Just(vec![0xd4, 1, 2]),
+            Just(vec![0xc7, 1, 5, 0]),
+        ];
+        let stream = (
+            (0u8..4).prop_map(|n| vec![0x80 | n]),
+            proptest::collection::vec(token, 0..24),
+            any::<usize>(),
+        )
+            .prop_map(|(head, toks, cut)| {
+                let mut b = head;
+                b.extend(toks.concat());
+                // Sometimes truncated anywhere.
+                if cut % 4 == 0 {
+                    b.truncate(cut % (b.len() + 1));
+                }
+                b
+            });
+        TestRunner::new(Config::with_cases(20_000))
+            .run(&stream, |b| {
+                prop_assert_eq!(scan_map(&b, 0), reference_scan(&b), "{:02x?}", b);
+                Ok(())
+            })
+            .unwrap();
     }
 
     #[test]
