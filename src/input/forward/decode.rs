@@ -610,6 +610,20 @@ fn timestamp_ext(b: &[u8], now_ns: i64) -> Result<Time, DecodeError> {
     secs_to_ns(secs, u64::from(nanos), now_ns)
 }
 
+/// An EventTime's payload (forward spec, "EventTime Ext Format": ext type 0 of 8 bytes,
+/// big-endian u32 seconds then nanoseconds); the group markers are Fluent Bit's.
+fn event_time(secs: [u8; 4], nanos: [u8; 4], now_ns: i64) -> Result<Time, DecodeError> {
+    let secs = u32::from_be_bytes(secs);
+    if GROUP_MARKERS.contains(&secs) {
+        return Ok(Time::Marker);
+    }
+    secs_to_ns(
+        u64::from(secs),
+        u64::from(u32::from_be_bytes(nanos)),
+        now_ns,
+    )
+}
+
 fn read_time(cur: &mut Cursor<'_>, now_ns: i64) -> Result<Time, DecodeError> {
     match cur.next()? {
         Item::UInt(s) => secs_to_ns(s, 0, now_ns),
@@ -628,13 +642,8 @@ fn read_time(cur: &mut Cursor<'_>, now_ns: i64) -> Result<Time, DecodeError> {
             let nanos = ((f - secs) * 1e9).round().min(999_999_999.0);
             secs_to_ns(secs as u64, nanos as u64, now_ns)
         }
-        Item::Ext(0, b) if b.len() == 8 => {
-            let secs = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
-            let nanos = u32::from_be_bytes([b[4], b[5], b[6], b[7]]);
-            if GROUP_MARKERS.contains(&secs) {
-                return Ok(Time::Marker);
-            }
-            secs_to_ns(u64::from(secs), u64::from(nanos), now_ns)
+        Item::Ext(0, &[s0, s1, s2, s3, n0, n1, n2, n3]) => {
+            event_time([s0, s1, s2, s3], [n0, n1, n2, n3], now_ns)
         }
         Item::Ext(-1, b) => timestamp_ext(b, now_ns),
         Item::Int(s) => Err(bad_time(format!("negative time {s}"))),
@@ -689,6 +698,16 @@ impl Sink<'_> {
 
     /// `[time, record]` or Fluent Bit's `[[time, metadata], record]`.
     fn try_array_entry(&mut self, cur: &mut Cursor<'_>) -> Result<(), DecodeError> {
+        // What Fluent Bit, fluent-logger and Docker send: fixarray 2, then an EventTime
+        // (fixext 8 of type 0: 0xd7 0x00 and 8 bytes). Read here in one step; the general
+        // path below gives the same answer for these bytes, a token at a time.
+        if let Some(&[0x92, 0xd7, 0x00, s0, s1, s2, s3, n0, n1, n2, n3]) =
+            cur.buf.get(cur.pos..cur.pos.saturating_add(11))
+        {
+            cur.pos += 11;
+            let time = event_time([s0, s1, s2, s3], [n0, n1, n2, n3], self.now_ns)?;
+            return self.entry(time, cur);
+        }
         match cur.next()? {
             Item::Array(2) => {}
             other => {
