@@ -1052,7 +1052,13 @@ impl<S: Socket> Conn<S> {
                 .iter()
                 .map(Record::approx_size)
                 .sum::<usize>();
-        batch.records.append(&mut decoded.records);
+        if batch.records.is_empty() && decoded.records.capacity() > SPARE_RECORDS {
+            // A big request, first of its batch: the batch takes its vector as it is
+            // rather than a copy of every record (a small one's is kept as `spare`).
+            std::mem::swap(&mut batch.records, &mut decoded.records);
+        } else {
+            batch.records.append(&mut decoded.records);
+        }
         if decoded.records.capacity() <= SPARE_RECORDS {
             self.spare = std::mem::take(&mut decoded.records);
         }
@@ -1095,8 +1101,11 @@ impl<S: Socket> Conn<S> {
         };
         let now_ns = self.now_ns;
         if compressed || frame.len() >= BLOCKING_DECODE {
+            // Sized for records of ~400 bytes, what FireLens sends, so that a big request
+            // does not grow its vector by doubling (at most 4096 entries, 224 KiB, here).
+            let records = Vec::with_capacity((frame.len() / 400).min(MAX_BATCH_RECORDS));
             tokio::task::spawn_blocking(move || {
-                decode_frame(frame, limits, now_ns, &mut TagCache::default(), Vec::new())
+                decode_frame(frame, limits, now_ns, &mut TagCache::default(), records)
             })
             .await
             .map_err(|e| err(ErrorKind::Io, format!("decoder task failed: {e}")))
