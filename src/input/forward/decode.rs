@@ -1724,6 +1724,59 @@ mod tests {
     }
 
     #[test]
+    fn event_time_entries_read_in_one_step_keep_every_rule() {
+        // Forward and PackedForward entries `[EventTime, record]` as fixext 8 take the
+        // one-step path; as ext 8 (same value) the general one. Both must agree: a plain
+        // time, zero (= now), a group marker, and a record that is not a map.
+        for ext8 in [false, true] {
+            let mut entries = Vec::new();
+            for (secs, nanos, body) in [
+                (1_700_000_000, 5, record("a")),
+                (0, 0, record("b")),
+                (0xFFFF_FFFF, 0, record("marker")),
+                (12, 0, vec![0xa1, b'x']),
+                (1_700_000_001, 999_999_999, record("c")),
+            ] {
+                enc::write_array_len(&mut entries, 2).unwrap();
+                ext_time(&mut entries, secs, nanos, ext8);
+                entries.extend(body);
+            }
+            let mut forward = Vec::new();
+            enc::write_array_len(&mut forward, 2).unwrap();
+            enc::write_str(&mut forward, "t").unwrap();
+            enc::write_array_len(&mut forward, 5).unwrap();
+            forward.extend(&entries);
+            let mut packed = Vec::new();
+            enc::write_array_len(&mut packed, 2).unwrap();
+            enc::write_str(&mut packed, "t").unwrap();
+            enc::write_bin(&mut packed, &entries).unwrap();
+            for frame in [forward, packed] {
+                let (out, stats, _) = ok(&frame);
+                let got: Vec<(i64, String)> = out
+                    .iter()
+                    .map(|r| {
+                        (
+                            r.time_ns,
+                            r.fields()["log"].as_str().unwrap_or("").to_owned(),
+                        )
+                    })
+                    .collect();
+                assert_eq!(
+                    got,
+                    [
+                        (1_700_000_000_000_000_005, "a".to_owned()),
+                        (NOW, "b".to_owned()),
+                        (1_700_000_001_999_999_999, "c".to_owned()),
+                    ],
+                    "ext8 {ext8}"
+                );
+                assert_eq!(stats.markers, 1, "ext8 {ext8}");
+                assert_eq!(stats.skips(ErrorKind::BadRecord).0, 1, "ext8 {ext8}");
+            }
+        }
+    }
+
+    #[test]
     fn group_markers_are_skipped() {
         for secs in [0xFFFF_FFFF, 0xFFFF_FFFE] {
             let (out, stats, req) = ok(&message_with_time(|b| ext_time(b, secs, 0, false)));
