@@ -1052,15 +1052,21 @@ impl<S: Socket> Conn<S> {
                 .iter()
                 .map(Record::approx_size)
                 .sum::<usize>();
-        if batch.records.is_empty() && decoded.records.capacity() > SPARE_RECORDS {
+        let records = &mut decoded.records;
+        if batch.records.is_empty()
+            && records.capacity() > SPARE_RECORDS
+            && records.len() * 2 >= records.capacity()
+        {
             // A big request, first of its batch: the batch takes its vector as it is
-            // rather than a copy of every record (a small one's is kept as `spare`).
-            std::mem::swap(&mut batch.records, &mut decoded.records);
+            // rather than a copy of every record. Only when it is at least half full: the
+            // slack of a vector sized by guess (`decode`) is not counted by the budget,
+            // and would travel on with the records.
+            std::mem::swap(&mut batch.records, records);
         } else {
-            batch.records.append(&mut decoded.records);
-        }
-        if decoded.records.capacity() <= SPARE_RECORDS {
-            self.spare = std::mem::take(&mut decoded.records);
+            batch.records.append(records);
+            if records.capacity() <= SPARE_RECORDS {
+                self.spare = std::mem::take(records);
+            }
         }
         let cap = self.slot_cap();
         ensure(&mut self.held, &self.sh.budget, batch.mem_bytes, cap).await;
