@@ -893,14 +893,32 @@ mod tests {
             Just(vec![0xd4, 1, 2]),
             Just(vec![0xc7, 1, 5, 0]),
         ];
-        let stream = (
+        let tokens = (
             (0u8..4).prop_map(|n| vec![0x80 | n]),
-            proptest::collection::vec(token, 0..24),
-            any::<usize>(),
+            proptest::collection::vec(token, 0..64),
         )
-            .prop_map(|(head, toks, cut)| {
-                let mut b = head;
-                b.extend(toks.concat());
+            .prop_map(|(head, toks)| [head, toks.concat()].concat());
+        // Maps of more than PAIRWISE_KEYS keys (the sorted duplicate check), str keys
+        // that sometimes repeat, as map16 at the top or nested one level down.
+        let large = (proptest::collection::vec(0u16..60, 17..24), any::<bool>()).prop_map(
+            |(keys, nested)| {
+                let mut m = vec![0xde];
+                m.extend((keys.len() as u16).to_be_bytes());
+                for k in keys {
+                    let k = format!("k{k}");
+                    m.push(0xa0 | k.len() as u8);
+                    m.extend(k.bytes());
+                    m.push(0x01);
+                }
+                if nested {
+                    [vec![0x81, 0xa1, b'n'], m].concat()
+                } else {
+                    m
+                }
+            },
+        );
+        let stream =
+            (prop_oneof![3 => tokens, 1 => large], any::<usize>()).prop_map(|(mut b, cut)| {
                 // Sometimes truncated anywhere.
                 if cut % 4 == 0 {
                     b.truncate(cut % (b.len() + 1));
@@ -926,5 +944,80 @@ mod tests {
         };
         assert!(scan_map(&nest(MAX_DEPTH - 1), 0).is_some());
         assert!(scan_map(&nest(MAX_DEPTH), 0).is_none());
+        // The same with maps: `{"a": {"a": … null}}`.
+        let nest_maps = |levels: usize| {
+            let mut b = vec![0x81, 0xa1, b'a'];
+            for _ in 0..levels {
+                b.extend([0x81, 0xa1, b'a']);
+            }
+            b.push(0xc0);
+            b
+        };
+        assert!(scan_map(&nest_maps(MAX_DEPTH - 1), 0).is_some());
+        assert!(scan_map(&nest_maps(MAX_DEPTH), 0).is_none());
+        for levels in [MAX_DEPTH - 1, MAX_DEPTH] {
+            let b = nest_maps(levels);
+            assert_eq!(scan_map(&b, 0), reference_scan(&b));
+        }
+    }
+
+    #[test]
+    fn tokens_follow_the_msgpack_marker_table() {
+        // Every marker byte against rmp's table: the kind of token, and how many bytes
+        // it takes (the payload is zeros, so lengths and counts are 0).
+        use rmp::Marker as M;
+        let mut bytes = [0u8; 40];
+        for b in 0..=255u8 {
+            bytes[0] = b;
+            let mut rd = Rd::new(&bytes, 0);
+            let tok = rd.next();
+            let (ok, width) = match (M::from_u8(b), tok) {
+                (M::FixPos(n), Some(Tok::UInt(v))) => (v == u64::from(n), 1),
+                (M::FixNeg(n), Some(Tok::Int(v))) => (v == i64::from(n), 1),
+                (M::Null, Some(Tok::Nil)) => (true, 1),
+                (M::True, Some(Tok::Bool(v))) => (v, 1),
+                (M::False, Some(Tok::Bool(v))) => (!v, 1),
+                (M::U8, Some(Tok::UInt(0))) => (true, 2),
+                (M::U16, Some(Tok::UInt(0))) => (true, 3),
+                (M::U32, Some(Tok::UInt(0))) => (true, 5),
+                (M::U64, Some(Tok::UInt(0))) => (true, 9),
+                (M::I8, Some(Tok::Int(0))) => (true, 2),
+                (M::I16, Some(Tok::Int(0))) => (true, 3),
+                (M::I32, Some(Tok::Int(0))) => (true, 5),
+                (M::I64, Some(Tok::Int(0))) => (true, 9),
+                (M::F32, Some(Tok::Float(f))) => (f == 0.0, 5),
+                (M::F64, Some(Tok::Float(f))) => (f == 0.0, 9),
+                (M::FixStr(n), Some(Tok::Str(s))) => {
+                    (s.len() == usize::from(n), 1 + usize::from(n))
+                }
+                (M::Str8, Some(Tok::Str(s))) => (s.is_empty(), 2),
+                (M::Str16, Some(Tok::Str(s))) => (s.is_empty(), 3),
+                (M::Str32, Some(Tok::Str(s))) => (s.is_empty(), 5),
+                (M::FixArray(n), Some(Tok::Array(v))) => (v == u32::from(n), 1),
+                (M::Array16, Some(Tok::Array(0))) => (true, 3),
+                (M::Array32, Some(Tok::Array(0))) => (true, 5),
+                (M::FixMap(n), Some(Tok::Map(v))) => (v == u32::from(n), 1),
+                (M::Map16, Some(Tok::Map(0))) => (true, 3),
+                (M::Map32, Some(Tok::Map(0))) => (true, 5),
+                (
+                    M::Reserved
+                    | M::Bin8
+                    | M::Bin16
+                    | M::Bin32
+                    | M::Ext8
+                    | M::Ext16
+                    | M::Ext32
+                    | M::FixExt1
+                    | M::FixExt2
+                    | M::FixExt4
+                    | M::FixExt8
+                    | M::FixExt16,
+                    Some(Tok::Other),
+                ) => (true, 1),
+                _ => (false, 0),
+            };
+            assert!(ok, "marker {b:#04x}: {tok:?}");
+            assert_eq!(rd.pos, width, "marker {b:#04x}: bytes taken");
+        }
     }
 }
