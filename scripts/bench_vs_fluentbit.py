@@ -20,9 +20,9 @@ distinct lines of a connection's pool arrives as many times as it was sent. A ru
 output misses, duplicates or garbles records is FAILED, whatever its speed.
 
 Prints, per scenario, the medians of --runs runs: records/s (first record sent to last one
-in the output), CPU-s per 1M records, share of one core (the router's CPU over the seconds the
-load generator was sending), peak RSS, and firelane's records per CPU-second relative to
-Fluent Bit.
+in the output), CPU-s per 1M records, share of one core (the router's CPU over the whole run;
+at a paced rate, over the seconds the load generator was sending), peak RSS, and firelane's
+records per CPU-second relative to Fluent Bit.
 
 The memory scenario (firelane only) sends a burst over 8 connections into three outputs
 (file, gzip S3 on moto, an HTTP destination that accepts connections and never answers, with
@@ -502,10 +502,11 @@ def run_once(router, loadgen_bin, lg_args, records, record_size, keep_failed):
         )
         if lg.returncode != 0:
             raise RunFailed(f"loadgen failed: {lg.stderr.strip()[-500:]}")
-        # The share of a core is taken over the time the load was being sent, the same
-        # seconds for both routers at a paced rate: a router that then waits to upload its
-        # last object (Fluent Bit's S3 `upload_timeout`) would otherwise divide its CPU by
-        # idle seconds and look cheaper per second than it is per record.
+        # At a paced rate the share of a core is taken over the seconds the load was being
+        # sent, the same for both routers: a router that then waits to upload its last
+        # object (Fluent Bit's S3 `upload_timeout`) would otherwise divide its CPU by idle
+        # seconds and look cheaper per second than it is per record. Unpaced, the router
+        # sets the pace, and the share is over the whole run.
         load_elapsed = time.monotonic() - t0
         timeout = max(120, records / 2000)
         try:
@@ -518,7 +519,7 @@ def run_once(router, loadgen_bin, lg_args, records, record_size, keep_failed):
         # A router still busy after delivery (duplicates on their way) shows up in the check.
         time.sleep(0.5)
         router.verify(records, loadgen_connections(lg_args), record_size)
-        return {"rps": records / elapsed, "cpu_per_m": cpu / records * 1e6, "core": cpu / load_elapsed, "rss": hwm}
+        return {"rps": records / elapsed, "cpu_per_m": cpu / records * 1e6, "core": cpu / (load_elapsed if "--rate" in lg_args else elapsed), "rss": hwm}
     except Exception as e:  # noqa: BLE001 - any failure is this run's result, not the harness's end
         if keep_failed:
             print(f"    kept {router.d} for inspection", file=sys.stderr)
@@ -696,7 +697,7 @@ def main():
         if names:
             print(f"{a.records:,} records per run (log field {a.record_size} B, FireLens-shaped), median of {a.runs} runs; "
                   "CPU = the router's own utime+stime; records/s from the first record sent to the last one in the output; "
-                  "share of one core = CPU over the seconds the load was being sent\n")
+                  "share of one core at a paced rate = CPU over the seconds the load was being sent\n")
             print("| scenario | records/s FB / firelane | CPU-s per 1M FB / firelane | firelane records per CPU-s vs FB "
                   "| share of one core FB / firelane | peak RSS MiB FB / firelane | output check |")
             print("|---|---:|---:|---:|---:|---:|---|")
