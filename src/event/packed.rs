@@ -108,14 +108,25 @@ impl<'a> Rd<'a> {
     /// token, or when the bytes end early.
     #[inline(always)]
     fn str_bytes(&mut self) -> Option<&'a [u8]> {
-        let n = match self.byte()? {
-            b @ 0xa0..=0xbf => usize::from(b & 0x1f),
-            0xd9 => self.len::<1>()?,
-            0xda => self.len::<2>()?,
-            0xdb => self.len::<4>()?,
-            _ => return None,
-        };
-        self.take(n)
+        match self.byte()? {
+            b @ 0xa0..=0xbf => self.take(usize::from(b & 0x1f)),
+            0xd9 => self.str_n::<1>(),
+            0xda => self.str_n::<2>(),
+            0xdb => self.str_n::<4>(),
+            _ => None,
+        }
+    }
+
+    /// The element count of the array or map whose marker `b` was just read: in the
+    /// marker (fixarray, fixmap), or the 2- or 4-byte count after it (array16 / map16,
+    /// array32 / map32).
+    #[inline(always)]
+    fn container_len(&mut self, b: u8) -> Option<u32> {
+        match b {
+            0xdc | 0xde => self.be::<2>().map(|n| n as u32),
+            0xdd | 0xdf => self.be::<4>().map(|n| n as u32),
+            _ => Some(u32::from(b & 0x0f)),
+        }
     }
 
     /// The bytes of a str whose `N`-byte length is at the reader (str8/16/32 after their
@@ -193,9 +204,7 @@ impl<'a> Rd<'a> {
 pub(crate) fn scan_map(buf: &[u8], start: usize) -> Option<usize> {
     let mut rd = Rd::new(buf, start);
     let n = match rd.byte()? {
-        b @ 0x80..=0x8f => u32::from(b & 0x0f),
-        0xde => rd.be::<2>()? as u32,
-        0xdf => rd.be::<4>()? as u32,
+        b @ (0x80..=0x8f | 0xde | 0xdf) => rd.container_len(b)?,
         _ => return None,
     };
     scan_entries(&mut rd, n, 1)?;
@@ -269,22 +278,12 @@ fn scan_value(rd: &mut Rd<'_>, depth: usize) -> Option<()> {
             .is_finite()
             .then_some(()),
         0xcb => f64::from_bits(rd.be::<8>()?).is_finite().then_some(()),
-        0x90..=0x9f => scan_array(rd, u32::from(b & 0x0f), depth),
-        0xdc => {
-            let n = rd.be::<2>()? as u32;
+        0x90..=0x9f | 0xdc | 0xdd => {
+            let n = rd.container_len(b)?;
             scan_array(rd, n, depth)
         }
-        0xdd => {
-            let n = rd.be::<4>()? as u32;
-            scan_array(rd, n, depth)
-        }
-        0x80..=0x8f => scan_nested_map(rd, u32::from(b & 0x0f), depth),
-        0xde => {
-            let n = rd.be::<2>()? as u32;
-            scan_nested_map(rd, n, depth)
-        }
-        0xdf => {
-            let n = rd.be::<4>()? as u32;
+        0x80..=0x8f | 0xde | 0xdf => {
+            let n = rd.container_len(b)?;
             scan_nested_map(rd, n, depth)
         }
         // 0xc1 (never used), bin (0xc4-0xc6), ext (0xc7-0xc9, 0xd4-0xd8).
