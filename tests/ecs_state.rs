@@ -412,7 +412,8 @@ type = "null"
 }
 
 /// The sqs input feeds the model too: task events as an EventBridge rule's SQS target sends
-/// them (the event JSON as the message body), versions 3, 1, 2, 3.
+/// them (the event JSON as the message body), versions 3, 1, 2, 3 sent in that order (a
+/// standard queue may hand them out in any order).
 #[test]
 fn sqs_input_events_update_the_state() {
     let Some(ep) = common::moto::endpoint() else {
@@ -454,8 +455,18 @@ type = "null"
     );
     let r = Router::start(&config);
     let s = wait_events(&r, 4);
-    assert_eq!(s["events"]["applied"], 1, "{s:#}");
-    assert_eq!(s["events"]["stale"], 3, "{s:#}");
+    // A standard queue does not keep order, and two pollers race for the messages, so the
+    // model may see them in any order. Whatever the order, every event is counted once, at
+    // least one is applied, the newest version wins and the task stops once.
+    let e = &s["events"];
+    let count = |k: &str| e[k].as_u64().unwrap_or(u64::MAX);
+    assert_eq!(
+        count("applied") + count("stale") + count("repeated"),
+        4,
+        "{s:#}"
+    );
+    assert!((1..=3).contains(&count("applied")), "{s:#}");
+    assert_eq!(s["tasks"][0]["version"], 3, "{s:#}");
     assert_eq!(s["tasks"][0]["last_status"], "STOPPED", "{s:#}");
     assert_eq!(r.metric(TASKS, &["last_status=\"STOPPED\""]), 1.0);
     assert_eq!(r.metric("firelane_ecs_task_stops_total", &[]), 1.0);
