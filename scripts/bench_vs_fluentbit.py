@@ -676,7 +676,15 @@ def main():
     picks = [o.strip() for o in a.only.split(",") if o.strip()]
     names = [n for n in SCENARIOS if not picks or any(p in n for p in picks)]
     memory = not a.skip_memory and (not picks or "memory" in picks)
+    if not (os.path.isfile(a.binary) and os.access(a.binary, os.X_OK)):
+        print(f"error: --binary {a.binary} is not an executable file (cargo build --release --locked builds it)",
+              file=sys.stderr)
+        return 2
     fb = a.fluent_bit
+    # A path the user named and that is not there is a mistake, not a reason to run alone.
+    if fb and not (os.path.isfile(fb) and os.access(fb, os.X_OK)):
+        print(f"error: --fluent-bit {fb} is not an executable file", file=sys.stderr)
+        return 2
     if not fb:
         print("fluent-bit is not on PATH: skipping the Fluent Bit runs (firelane runs alone). Build the peer "
               "(Fluent Bit v5.1.1 with aws-for-fluent-bit's release flags) with build-fluent-bit.sh from a clone of "

@@ -114,5 +114,31 @@ class CountLines(unittest.TestCase):
             self.assertEqual(count_lines(p, state), 3)
 
 
+class CommandLine(unittest.TestCase):
+    """A path the user names and that is not there ends the run with exit 2 and one line
+    naming it, before moto or any router starts (not a Python traceback, not a quiet skip)."""
+
+    def run_harness(self, *args):
+        import subprocess
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_vs_fluentbit.py")
+        return subprocess.run([sys.executable, script, "--only", "null", *args],
+                              capture_output=True, text=True, timeout=60)
+
+    def test_a_missing_fluent_bit_is_an_error(self):
+        with tempfile.TemporaryDirectory() as d:
+            r = self.run_harness("--binary", sys.executable, "--fluent-bit", os.path.join(d, "fluent-bit"))
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("--fluent-bit", r.stderr)
+        self.assertIn("is not an executable file", r.stderr)
+        self.assertNotIn("Traceback", r.stderr)
+
+    def test_a_missing_binary_is_an_error(self):
+        with tempfile.TemporaryDirectory() as d:
+            r = self.run_harness("--binary", os.path.join(d, "firelane"))
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("--binary", r.stderr)
+        self.assertNotIn("Traceback", r.stderr)
+
+
 if __name__ == "__main__":
     unittest.main()
