@@ -490,6 +490,21 @@ mod tests {
         }
     }
 
+    /// Every exported metric is documented in the README, the reference users read.
+    #[test]
+    fn every_described_metric_is_in_the_readme() {
+        let readme = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"),
+        )
+        .expect("read README.md");
+        let missing: Vec<&str> = super::METRICS
+            .iter()
+            .map(|(n, _, _)| *n)
+            .filter(|n| !readme.contains(&format!("`{n}")))
+            .collect();
+        assert!(missing.is_empty(), "README.md does not name {missing:?}");
+    }
+
     #[test]
     fn secrets_are_redacted_in_every_form_and_short_values_are_not() {
         super::add_secrets(["tok\"en/1234".to_string(), "abc".to_string()]);
