@@ -96,7 +96,9 @@ fn wait_messages(slack: &FakeHttp, n: usize, timeout: Duration) -> Vec<String> {
 #[test]
 fn crash_loop_of_200_stopped_tasks_is_two_messages() {
     let slack = FakeHttp::start();
-    let (router, url) = start(&slack.url(), "window = \"4s\"");
+    // The window is long enough for the 104 requests on a loaded CI machine: all 200 are
+    // in the one follow-up only if they arrive before it goes out.
+    let (router, url) = start(&slack.url(), "window = \"10s\"");
     // One event per request as an API destination sends them, and a few arrays.
     for n in 0..100 {
         post(&url, &stopped_task(n), None);
@@ -158,12 +160,24 @@ fn shutdown_sends_the_pending_follow_up() {
         post(&url, &stopped_task(n), None);
     }
     assert_eq!(wait_messages(&slack, 1, Duration::from_secs(20)).len(), 1);
-    std::thread::sleep(Duration::from_millis(500));
-    let sent = router.metric(
+    // The webhook has the lead; the router counts it once it reads the 200. The window is
+    // 10 minutes, so a count above 1 here is a follow-up sent too early.
+    let sent = router.wait_metric(
         "firelane_output_records_total",
         &["output=\"slack\"", "result=\"sent\""],
+        1.0,
+        Duration::from_secs(10),
     );
+    std::thread::sleep(Duration::from_millis(300));
     assert_eq!(sent, 1.0, "only the lead is sent while the window is open");
+    assert_eq!(
+        router.metric(
+            "firelane_output_records_total",
+            &["output=\"slack\"", "result=\"sent\""],
+        ),
+        1.0,
+        "only the lead is sent while the window is open"
+    );
     let status = router.terminate(Duration::from_secs(30));
     assert!(status.success(), "{status:?}\n{}", router.logs());
     let texts = wait_messages(&slack, 2, Duration::from_secs(5));

@@ -103,6 +103,30 @@ fn pid(r: &Router) -> u32 {
     r.child.as_ref().expect("running").id()
 }
 
+/// Waits until a disk buffer's persisted ack state (`<dir>/acks`) has stopped changing: the
+/// same bytes in three reads 300 ms apart (it is written within ~100 ms of an ack; a busy
+/// machine's fdatasync can take longer, which a fixed sleep would miss). Panics after 15 s.
+fn wait_acks_settled(dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut last = None;
+    let mut same = 0;
+    while same < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "{}/acks kept changing for 15 s",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let now = std::fs::read(dir.join("acks")).ok();
+        same = if now.is_some() && now == last {
+            same + 1
+        } else {
+            0
+        };
+        last = now;
+    }
+}
+
 fn segments(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|rd| {
@@ -1170,9 +1194,10 @@ path = "{{dir}}/local.jsonl"
 #[test]
 fn kill9_during_steady_delivery_loses_nothing() {
     let fwd = free_port();
-    // 4 requests of 200 records per 100 ms: ~8,000 records/s, slower than the client, so
-    // a backlog is on disk when the kill comes.
-    let dest = FakeHttp::start_replying(Reply::Slow(100));
+    // 4 requests of 200 records per 400 ms: ~2,000 records/s, far slower than the client
+    // even when each ack waits for a slow fdatasync, so a backlog is on disk when the kill
+    // comes (at 8,000 records/s a slow disk let delivery keep up now and then).
+    let dest = FakeHttp::start_replying(Reply::Slow(400));
     let cfg = http_config(
         fwd,
         &dest.url(),
@@ -1645,8 +1670,8 @@ concurrency = 4"#,
         held.len() as f64
     );
     assert!(router.metric("firelane_buffer_bytes", &[r#"output="web""#]) < 100_000.0);
-    // The persisted ack state catches up within 100 ms; the segments behind the held batch go.
-    std::thread::sleep(Duration::from_millis(500));
+    // The persisted ack state catches up; the segments behind the held batch go.
+    wait_acks_settled(&router.path("data/buffers/web"));
     let on_disk: u64 = segments(&router.path("data/buffers/web"))
         .iter()
         .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
@@ -1796,7 +1821,7 @@ fn s3_quiet_partition_does_not_block_or_replay_the_busy_one() {
     {
         std::thread::sleep(Duration::from_millis(50));
     }
-    std::thread::sleep(Duration::from_millis(500)); // the ack state reaches the disk
+    wait_acks_settled(&router.path("data/buffers/s3")); // the ack state reaches the disk
     let open_batches = router.metric("firelane_buffer_records", &[r#"output="s3""#]) as u64;
     assert!(open_batches >= 1, "the quiet record is undelivered");
 

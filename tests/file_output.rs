@@ -80,9 +80,12 @@ buffer = {{ max_size = "128MiB" }}
     let deadline = Instant::now() + Duration::from_secs(60);
     let seen = loop {
         let text = std::fs::read_to_string(&out).unwrap_or_default();
+        // A read can overlap a write in progress: the text after the last newline may be a
+        // line still being appended, so it is judged only once the router is done.
+        let (whole, tail) = text.split_at(text.rfind('\n').map_or(0, |i| i + 1));
         let mut seen: BTreeMap<u64, usize> = BTreeMap::new();
         let mut torn = Vec::new();
-        for (n, line) in text.lines().enumerate() {
+        for (n, line) in whole.lines().enumerate() {
             match serde_json::from_str::<serde_json::Value>(line) {
                 Ok(v) => match v["i"].as_u64() {
                     Some(i) => *seen.entry(i).or_default() += 1,
@@ -98,6 +101,11 @@ buffer = {{ max_size = "128MiB" }}
             text.lines().count()
         );
         if seen.len() as u64 == TOTAL || Instant::now() > deadline {
+            assert!(
+                tail.is_empty() || seen.len() as u64 != TOTAL,
+                "the file ends in a torn line after every record arrived: {:?}",
+                &tail[..tail.len().min(80)]
+            );
             break seen;
         }
         std::thread::sleep(Duration::from_millis(200));

@@ -30,7 +30,8 @@ pub fn free_port() -> u16 {
     for _ in 0..SPAN {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let port = (FIRST + (start + n) % SPAN) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        // 24224 is the embedded default config's forward port, which tests/cli.rs binds.
+        if port != 24224 && TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
