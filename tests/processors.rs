@@ -9,7 +9,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Router, free_port, read_jsonl, wait_lines};
+use common::{Router, free_port, metric_sum, read_jsonl, wait_lines};
 use firelane::input::forward::ListenAddr;
 use firelane::input::forward::client::{self, Entry, EventTime, ForwardClient};
 use serde_json::Value;
@@ -651,4 +651,55 @@ type = "null"
         ),
         total / 2.0
     );
+}
+
+/// A line Docker split into pieces is memory while the processor waits for its last
+/// piece: `firelane_memory_budget_used_bytes` shows it while it is held, and it goes when
+/// the line leaves (by timeout here).
+#[test]
+fn held_pieces_are_counted_in_the_memory_budget() {
+    let port = free_port();
+    let r = Router::start(&format!(
+        "[runtime]\nmemory_limit = \"64MiB\"\n{}",
+        config(
+            port,
+            &["partials"],
+            "[processors.partials]\ntype = \"partial\"\ntimeout = \"10s\"\nmax_size = \"16MiB\"\n",
+        )
+    ));
+    // What reservations hold: the budget's use without the resident-memory governor's
+    // hold for memory nobody counts (which would grow with uncounted pieces too).
+    let used = || {
+        let m = r.metrics();
+        metric_sum(&m, "firelane_memory_budget_used_bytes", &[])
+            - metric_sum(&m, "firelane_memory_budget_unattributed_bytes", &[])
+    };
+    let idle = used();
+    let mut c = connect(port);
+    let big = text(4 << 20, 1);
+    let mut b = Vec::new();
+    for (i, p) in big.as_bytes().chunks(16 * 1024).enumerate() {
+        let p = std::str::from_utf8(p).expect("ascii");
+        docker_piece(&mut b, "c1", at(1_700_000_000), "id1", i + 1, false, p);
+    }
+    c.send(&b).expect("send");
+    // 256 pieces of 16 KiB (4 MiB of text) are held: each is counted with its record.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let mut held = used();
+    while held < idle + 8e6 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        held = used();
+    }
+    assert!(
+        held >= idle + 8e6,
+        "4 MiB of pieces held, counted {held} (idle {idle})"
+    );
+    // The timeout emits the unfinished line; once written, nothing is held.
+    let lines = wait_lines(&r.path("out.jsonl"), 1, TIMEOUT);
+    assert_eq!(log_of(&lines[0]).len(), big.len());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while used() > idle + 1e6 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(used() <= idle + 1e6, "{} still counted", used());
 }

@@ -59,6 +59,7 @@ use metrics::Counter;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
+use crate::buffer::budget::{MemoryBudget, Reservation, UNIT};
 use crate::event::Record;
 use crate::input::ack::{AckToken, ack_pair};
 use crate::input::{Ingest, IngestError};
@@ -140,6 +141,13 @@ pub(crate) trait Processor: Send + 'static {
     fn tick(&self) -> Option<Duration> {
         None
     }
+
+    /// Bytes of the records (and text) this processor holds now, as
+    /// [`Record::approx_size`] counts them: the chain counts them in
+    /// `runtime.memory_limit`. 0 for a processor that never holds records.
+    fn held_bytes(&self) -> usize {
+        0
+    }
 }
 
 /// What a processor is built with.
@@ -211,6 +219,11 @@ pub(crate) fn take_idle<V>(
 /// The processors of one input, in order.
 pub(crate) struct Chain {
     stages: Vec<Box<dyn Processor>>,
+    /// The memory budget the held records are counted in (`None`: `firelane route`, tests).
+    budget: Option<MemoryBudget>,
+    /// What the stages hold, reserved in `budget` after every call (see
+    /// [`Chain::count_held`]).
+    held: Reservation,
 }
 
 impl Chain {
@@ -232,13 +245,44 @@ impl Chain {
                 })
             })
             .collect();
-        Chain { stages }
+        Chain::of(stages)
     }
 
-    /// A chain of ready processors (tests).
-    #[cfg(test)]
+    /// A chain of ready processors, counted in no budget.
     pub(crate) fn of(stages: Vec<Box<dyn Processor>>) -> Chain {
-        Chain { stages }
+        Chain {
+            stages,
+            budget: None,
+            held: Reservation::empty(),
+        }
+    }
+
+    /// Counts what the stages hold in `budget` from now on.
+    pub(crate) fn counted_in(mut self, budget: MemoryBudget) -> Chain {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Sets the held reservation to what the stages hold now. It grows without waiting
+    /// ([`MemoryBudget::take_now`], an overdraft if the budget is spent): the chain runs
+    /// under a lock every connection of the input needs, and the records it would wait
+    /// for can only come through that lock, so it must never wait. The overdraft holds the
+    /// inputs back instead, as for any holder past the limit, until the held records leave
+    /// by their processor's timeout. It shrinks before the emitted records are handed on,
+    /// so their buffers can take what they leave.
+    fn count_held(&mut self) {
+        let Some(budget) = &self.budget else {
+            return;
+        };
+        let want = self.stages.iter().map(|s| s.held_bytes()).sum::<usize>();
+        let have = self.held.held_units() * UNIT;
+        if want > have {
+            self.held.merge(budget.take_now(want - have));
+        } else if want == 0 {
+            self.held = Reservation::empty();
+        } else if have - want >= UNIT {
+            self.held.give_back((have - want) / UNIT);
+        }
     }
 
     /// The shortest tick any stage asks for.
@@ -251,6 +295,7 @@ impl Chain {
         for s in &mut self.stages {
             batch = s.process(batch).await;
         }
+        self.count_held();
         batch
     }
 
@@ -265,6 +310,7 @@ impl Chain {
             }
             carry = out;
         }
+        self.count_held();
         carry
     }
 
@@ -280,6 +326,7 @@ impl Chain {
             out.append(s.flush_all());
             carry = out;
         }
+        self.count_held();
         carry
     }
 }

@@ -313,6 +313,7 @@ impl ProcessorConfig for MultilineConfig {
             timeout: ctx.counter("timeout"),
             max_lines: ctx.counter("max_lines"),
             shutdown: ctx.counter("shutdown"),
+            held: 0,
         })
     }
 
@@ -332,6 +333,9 @@ struct Event {
     acks: Vec<AckToken>,
     /// The batch (`MultilineProcessor::batches`) whose tokens `acks` last took shares of.
     shared_in: u64,
+    /// Memory the event takes: the first record's [`Record::approx_size`] and each further
+    /// line with its `String`.
+    cost: usize,
 }
 
 struct MultilineProcessor {
@@ -345,11 +349,14 @@ struct MultilineProcessor {
     timeout: Counter,
     max_lines: Counter,
     shutdown: Counter,
+    /// The sum of the open events' `cost` ([`Processor::held_bytes`]).
+    held: usize,
 }
 
 impl MultilineProcessor {
     /// Emits `event`: the first record itself when it is one line, else the joined record.
-    fn emit(&self, mut event: Event, out: &mut Batch) {
+    fn emit(&mut self, mut event: Event, out: &mut Batch) {
+        self.held -= event.cost;
         out.acks.append(&mut event.acks);
         if event.more.is_empty() {
             self.passed.increment(1);
@@ -400,7 +407,10 @@ impl Processor for MultilineProcessor {
             if let Some(e) = self.open.get_mut(&key)
                 && let Some(state) = mode.next(e.state, line)
             {
+                let cost = line.len() + std::mem::size_of::<String>();
                 e.more.push(line.to_string());
+                e.cost += cost;
+                self.held += cost;
                 e.state = state;
                 e.touched = now;
                 if e.shared_in != batch_no {
@@ -422,6 +432,8 @@ impl Processor for MultilineProcessor {
                 Some(state) => {
                     // Every held event has a share of the batch its lines came in.
                     let acks = out.acks.iter().map(AckToken::share).collect();
+                    let cost = r.approx_size();
+                    self.held += cost;
                     self.open.insert(
                         key,
                         Event {
@@ -431,6 +443,7 @@ impl Processor for MultilineProcessor {
                             touched: now,
                             acks,
                             shared_in: batch_no,
+                            cost,
                         },
                     );
                 }
@@ -470,6 +483,10 @@ impl Processor for MultilineProcessor {
 
     fn tick(&self) -> Option<Duration> {
         Some(self.config.flush_timeout / 4)
+    }
+
+    fn held_bytes(&self) -> usize {
+        self.held
     }
 }
 

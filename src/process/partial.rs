@@ -127,6 +127,7 @@ impl ProcessorConfig for PartialConfig {
                 interrupted: ctx.counter("interrupted"),
                 shutdown: ctx.counter("shutdown"),
             },
+            held: 0,
         })
     }
 
@@ -177,6 +178,8 @@ struct Line {
     next: u64,
     /// Bytes of text held.
     bytes: usize,
+    /// Memory the held pieces take ([`Record::approx_size`] of each piece plus its text).
+    cost: usize,
     /// A `max_size` flush already emitted part of this line: what follows is marked too.
     split: bool,
     /// When the latest piece came.
@@ -193,6 +196,8 @@ struct PartialProcessor {
     batches: u64,
     open: HashMap<StreamKey, Line>,
     counters: Counters,
+    /// The sum of the open lines' `cost` ([`Processor::held_bytes`]).
+    held: usize,
 }
 
 /// A piece's partial fields, when the record is one.
@@ -245,10 +250,12 @@ impl Line {
         })
     }
 
-    /// The joined record; `reason` marks an incomplete one.
-    fn emit(&mut self, reason: Option<Reason>, out: &mut Batch) {
+    /// The joined record; `reason` marks an incomplete one. Returns the `cost` the line
+    /// no longer holds.
+    fn emit(&mut self, reason: Option<Reason>, out: &mut Batch) -> usize {
         let pieces = std::mem::take(&mut self.pieces);
         self.bytes = 0;
+        let freed = std::mem::take(&mut self.cost);
         // The shares leave with the record: pieces that follow take new ones.
         self.shared_in = 0;
         if let Some(&highest) = pieces.keys().next_back() {
@@ -257,7 +264,7 @@ impl Line {
         let mut it = pieces.into_values();
         let Some((mut first, text)) = it.next() else {
             out.acks.append(&mut self.acks);
-            return;
+            return freed;
         };
         let mut log = text;
         for (_, t) in it {
@@ -277,6 +284,7 @@ impl Line {
         }
         out.records.push(first);
         out.acks.append(&mut self.acks);
+        freed
     }
 }
 
@@ -291,14 +299,14 @@ impl PartialProcessor {
         }
     }
 
-    fn flush_line(&self, mut line: Line, reason: Reason, out: &mut Batch) {
+    fn flush_line(&mut self, mut line: Line, reason: Reason, out: &mut Batch) {
         let reason = if line.split && reason != Reason::Shutdown {
             Reason::MaxSize
         } else {
             reason
         };
         self.count(Some(reason));
-        line.emit(Some(reason), out);
+        self.held -= line.emit(Some(reason), out);
     }
 }
 
@@ -348,6 +356,7 @@ impl Processor for PartialProcessor {
                 last: None,
                 next: 1,
                 bytes: 0,
+                cost: 0,
                 split: false,
                 touched: now,
                 acks: Vec::new(),
@@ -361,23 +370,29 @@ impl Processor for PartialProcessor {
             }
             line.touched = now;
             line.bytes += text.len();
+            let cost = r.approx_size() + text.len();
+            line.cost += cost;
+            self.held += cost;
             if piece.last {
                 line.last = Some(piece.ordinal);
             }
             // A repeated ordinal (a resend) replaces the earlier piece.
-            if let Some((_, old)) = line.pieces.insert(piece.ordinal, (r, text)) {
+            if let Some((old_r, old)) = line.pieces.insert(piece.ordinal, (r, text)) {
                 line.bytes -= old.len();
+                let old_cost = old_r.approx_size() + old.len();
+                line.cost -= old_cost;
+                self.held -= old_cost;
             }
             if line.complete() {
                 let reason = line.split.then_some(Reason::MaxSize);
                 if let Some(mut line) = self.open.remove(&key) {
                     self.count(reason);
-                    line.emit(reason, &mut out);
+                    self.held -= line.emit(reason, &mut out);
                 }
             } else if line.bytes >= self.config.max_size {
                 line.split = true;
                 self.counters.max_size.increment(1);
-                line.emit(Some(Reason::MaxSize), &mut out);
+                self.held -= line.emit(Some(Reason::MaxSize), &mut out);
             }
         }
         self.counters.passed.increment(passed);
@@ -404,6 +419,10 @@ impl Processor for PartialProcessor {
 
     fn tick(&self) -> Option<Duration> {
         Some(self.config.timeout / 4)
+    }
+
+    fn held_bytes(&self) -> usize {
+        self.held
     }
 }
 

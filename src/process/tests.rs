@@ -419,3 +419,129 @@ type = "null"
     assert!(e.is_empty(), "{e:?}");
     assert!(!w.iter().any(|w| w.contains("may hold")), "{w:?}");
 }
+
+/// Records a holding processor keeps are counted in `runtime.memory_limit` while held (as
+/// much as their pieces and lines take), and given back once emitted: by completion, by a
+/// flush at `max_size` / `max_lines`, by timeout or at shutdown.
+#[tokio::test]
+async fn held_records_are_counted_in_the_memory_budget() {
+    let budget = MemoryBudget::new(64 << 20);
+    let mut chain = Chain::of(vec![
+        build("type = \"partial\"\ntimeout = \"1s\"\nmax_size = \"1MiB\"\n"),
+        build("type = \"multiline\"\nmode = \"java\"\nflush_timeout = \"1s\"\n"),
+    ])
+    .counted_in(budget.clone());
+    let piece = |n: u64, last: bool, text: &str| {
+        record(
+            "app",
+            json!({"container_id": "c1", "source": "stdout", "log": text,
+                   "partial_message": "true", "partial_id": "p1",
+                   "partial_ordinal": n.to_string(),
+                   "partial_last": if last { "true" } else { "false" }}),
+        )
+    };
+    let text = "x".repeat(100_000);
+    // Three pieces of 100 kB held: each counted as its record and its text.
+    let out = chain
+        .process(Batch::of((1..=3).map(|n| piece(n, false, &text)).collect()))
+        .await;
+    assert!(out.records.is_empty());
+    let held = budget.used();
+    assert!(
+        (600_000..700_000).contains(&held),
+        "3 pieces of 100 kB held: {held} bytes counted"
+    );
+    // The last piece completes the line: the joined record leaves, and so does its count.
+    // It starts a java event (not a continuation), which multiline now holds.
+    let out = chain
+        .process(Batch::of(vec![piece(
+            4,
+            true,
+            "Exception in thread \"main\" boom",
+        )]))
+        .await;
+    assert!(out.records.is_empty(), "{:?}", out.records.len());
+    let joined = budget.used();
+    assert!(
+        (300_000..400_000).contains(&joined),
+        "the joined line of 300 kB held by multiline: {joined} bytes counted"
+    );
+    // A continuation line grows it; a new line of the stream ends the event.
+    let line = |log: &str| {
+        record(
+            "app",
+            json!({"container_id": "c1", "source": "stdout", "log": log}),
+        )
+    };
+    chain
+        .process(Batch::of(vec![line(&format!(
+            "\tat {}",
+            "y".repeat(50_000)
+        ))]))
+        .await;
+    assert!(
+        budget.used() >= joined + 50_000,
+        "{} after a 50 kB line",
+        budget.used()
+    );
+    let out = chain.process(Batch::of(vec![line("a plain line")])).await;
+    assert_eq!(out.records.len(), 1, "the joined event");
+    let single = budget.used();
+    assert!(
+        single < 4096,
+        "only the plain line is held: {single} bytes counted"
+    );
+    // The timeout emits it; nothing is held, nothing counted.
+    let out = chain
+        .flush_due(Instant::now() + Duration::from_secs(5))
+        .await;
+    assert_eq!(out.records.len(), 1);
+    assert_eq!(budget.used(), 0);
+    // Shutdown: what is held is emitted and no longer counted.
+    chain.process(Batch::of(vec![piece(1, false, &text)])).await;
+    assert!(budget.used() >= 200_000);
+    let out = chain.flush_all().await;
+    assert_eq!(out.records.len(), 1);
+    assert_eq!(budget.used(), 0);
+}
+
+/// A holder past the limit takes what it needs at once (the chain must not wait: the
+/// records that would free it come through the same lock) and the budget shows the
+/// overdraft, which holds the inputs back; it is paid back when the records leave.
+#[tokio::test]
+async fn held_records_past_the_limit_overdraw_without_waiting() {
+    let budget = MemoryBudget::new(256 << 10);
+    let mut chain = Chain::of(vec![build(
+        "type = \"partial\"\ntimeout = \"1s\"\nmax_size = \"4MiB\"\n",
+    )])
+    .counted_in(budget.clone());
+    let pieces: Vec<Record> = (1..=5)
+        .map(|n| {
+            record(
+                "app",
+                json!({"container_id": "c1", "source": "stdout", "log": "z".repeat(100_000),
+                       "partial_message": "true", "partial_id": "p1",
+                       "partial_ordinal": n.to_string(), "partial_last": "false"}),
+            )
+        })
+        .collect();
+    let out = tokio::time::timeout(Duration::from_secs(5), chain.process(Batch::of(pieces)))
+        .await
+        .expect("the chain never waits for memory");
+    assert!(out.records.is_empty());
+    assert!(
+        budget.used() > budget.limit(),
+        "{} of {}",
+        budget.used(),
+        budget.limit()
+    );
+    assert!(
+        budget.try_acquire(1).is_none(),
+        "the overdraft holds others back"
+    );
+    chain
+        .flush_due(Instant::now() + Duration::from_secs(5))
+        .await;
+    assert_eq!(budget.used(), 0);
+    assert!(budget.try_acquire(1).is_some());
+}

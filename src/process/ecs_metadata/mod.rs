@@ -463,6 +463,8 @@ struct Held {
     want: u64,
     /// Released by then whatever the endpoint did.
     until: Instant,
+    /// `record`'s [`Record::approx_size`] when it was held.
+    cost: usize,
 }
 
 /// One input's `ecs_metadata` stage.
@@ -472,6 +474,8 @@ pub(crate) struct EcsMetadataProcessor {
     held: VecDeque<Held>,
     /// Held records per stream.
     held_streams: HashMap<StreamKey, usize>,
+    /// The sum of the held records' `cost` ([`Processor::held_bytes`]).
+    held_bytes: usize,
 }
 
 impl EcsMetadataProcessor {
@@ -480,6 +484,7 @@ impl EcsMetadataProcessor {
             meta: meta.filter(|m| m.inner.enabled),
             held: VecDeque::new(),
             held_streams: HashMap::new(),
+            held_bytes: 0,
         }
     }
 
@@ -531,6 +536,7 @@ impl EcsMetadataProcessor {
                     self.held_streams.remove(&h.stream);
                 }
             }
+            self.held_bytes -= h.cost;
             Self::finish(meta, task.as_deref(), &mut h.record);
             out.records.push(h.record);
             out.acks.extend(h.acks);
@@ -588,7 +594,10 @@ impl Processor for EcsMetadataProcessor {
                     let shares =
                         shares.get_or_insert_with(|| acks.iter().map(AckToken::share).collect());
                     *self.held_streams.entry(stream.clone()).or_insert(0) += 1;
+                    let cost = r.approx_size();
+                    self.held_bytes += cost;
                     self.held.push_back(Held {
+                        cost,
                         record: r,
                         acks: shares.iter().map(AckToken::share).collect(),
                         stream,
@@ -614,6 +623,10 @@ impl Processor for EcsMetadataProcessor {
 
     fn flush_due(&mut self, now: Instant) -> Batch {
         self.release(now, false)
+    }
+
+    fn held_bytes(&self) -> usize {
+        self.held_bytes
     }
 
     fn flush_all(&mut self) -> Batch {
