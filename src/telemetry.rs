@@ -272,6 +272,11 @@ const METRICS: &[(&str, MetricKind, &str)] = &[
         "Records an ecs_metadata processor passed on without task metadata (what=task) or without a container name (what=container).",
     ),
     (
+        "firelane_processor_held_bytes",
+        MetricKind::Gauge,
+        "Bytes of the records an input's processors hold (partial lines, multiline events, records waiting for ECS metadata).",
+    ),
+    (
         "firelane_admin_unauthorized_total",
         MetricKind::Counter,
         "Admin port requests refused for missing or wrong credentials ([admin] auth).",

@@ -141,8 +141,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let mut ingest = pipeline.port(i, &spec.name);
         let specs = config.processors_of(spec);
         if !specs.is_empty() {
-            let chain = Chain::build(&specs, &spec.name, false, &processors_stop)
-                .counted_in(budget.clone());
+            let chain =
+                Chain::build(&specs, &spec.name, false, &processors_stop).reported_for(&spec.name);
             let p = ProcessedInput::new(&spec.name, chain, ingest);
             processor_timers.extend(p.spawn_timer(processors_stop.clone()));
             processed.push(p.clone());

@@ -55,11 +55,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use metrics::Counter;
+use metrics::{Counter, Gauge};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::buffer::budget::{MemoryBudget, Reservation, UNIT};
 use crate::event::Record;
 use crate::input::ack::{AckToken, ack_pair};
 use crate::input::{Ingest, IngestError};
@@ -143,8 +142,8 @@ pub(crate) trait Processor: Send + 'static {
     }
 
     /// Bytes of the records (and text) this processor holds now, as
-    /// [`Record::approx_size`] counts them: the chain counts them in
-    /// `runtime.memory_limit`. 0 for a processor that never holds records.
+    /// [`Record::approx_size`] counts them (`firelane_processor_held_bytes`). 0 for a
+    /// processor that never holds records.
     fn held_bytes(&self) -> usize {
         0
     }
@@ -219,11 +218,10 @@ pub(crate) fn take_idle<V>(
 /// The processors of one input, in order.
 pub(crate) struct Chain {
     stages: Vec<Box<dyn Processor>>,
-    /// The memory budget the held records are counted in (`None`: `firelane route`, tests).
-    budget: Option<MemoryBudget>,
-    /// What the stages hold, reserved in `budget` after every call (see
-    /// [`Chain::count_held`]).
-    held: Reservation,
+    /// `firelane_processor_held_bytes{input}` (`None`: `firelane route`, tests).
+    gauge: Option<Gauge>,
+    /// What the stages held after the last call ([`Processor::held_bytes`]).
+    held: usize,
 }
 
 impl Chain {
@@ -248,40 +246,42 @@ impl Chain {
         Chain::of(stages)
     }
 
-    /// A chain of ready processors, counted in no budget.
+    /// A chain of ready processors, reported in no gauge.
     pub(crate) fn of(stages: Vec<Box<dyn Processor>>) -> Chain {
         Chain {
             stages,
-            budget: None,
-            held: Reservation::empty(),
+            gauge: None,
+            held: 0,
         }
     }
 
-    /// Counts what the stages hold in `budget` from now on.
-    pub(crate) fn counted_in(mut self, budget: MemoryBudget) -> Chain {
-        self.budget = Some(budget);
+    /// Reports what the stages hold in `firelane_processor_held_bytes{input}` from now on.
+    ///
+    /// Held records are not reserved in the memory budget, by design: the chain runs under
+    /// a lock the input's next records and its timer need, and a batch waits for its turn
+    /// to be buffered while holding that lock, so budget the chain held could only be freed
+    /// by a timer stuck behind a batch waiting for that very budget. The resident-memory
+    /// governor (`crate::buffer::resident`) sees them instead, as memory no reservation
+    /// counts, and holds the inputs back for it within its bounds (at most a quarter of the
+    /// budget, never what a waiting reservation needs), which cannot stall the chain.
+    pub(crate) fn reported_for(mut self, input: &str) -> Chain {
+        let gauge = metrics::gauge!("firelane_processor_held_bytes", "input" => input.to_string());
+        gauge.set(0.0);
+        self.gauge = Some(gauge);
         self
     }
 
-    /// Sets the held reservation to what the stages hold now. It grows without waiting
-    /// ([`MemoryBudget::take_now`], an overdraft if the budget is spent): the chain runs
-    /// under a lock every connection of the input needs, and the records it would wait
-    /// for can only come through that lock, so it must never wait. The overdraft holds the
-    /// inputs back instead, as for any holder past the limit, until the held records leave
-    /// by their processor's timeout. It shrinks before the emitted records are handed on,
-    /// so their buffers can take what they leave.
-    fn count_held(&mut self) {
-        let Some(budget) = &self.budget else {
-            return;
-        };
-        let want = self.stages.iter().map(|s| s.held_bytes()).sum::<usize>();
-        let have = self.held.held_units() * UNIT;
-        if want > have {
-            self.held.merge(budget.take_now(want - have));
-        } else if want == 0 {
-            self.held = Reservation::empty();
-        } else if have - want >= UNIT {
-            self.held.give_back((have - want) / UNIT);
+    /// Bytes the stages held after the last call.
+    #[cfg(test)]
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.held
+    }
+
+    /// Takes the stages' held bytes after a call, for the gauge.
+    fn note_held(&mut self) {
+        self.held = self.stages.iter().map(|s| s.held_bytes()).sum();
+        if let Some(g) = &self.gauge {
+            g.set(self.held as f64);
         }
     }
 
@@ -295,7 +295,7 @@ impl Chain {
         for s in &mut self.stages {
             batch = s.process(batch).await;
         }
-        self.count_held();
+        self.note_held();
         batch
     }
 
@@ -310,7 +310,7 @@ impl Chain {
             }
             carry = out;
         }
-        self.count_held();
+        self.note_held();
         carry
     }
 
@@ -326,7 +326,7 @@ impl Chain {
             out.append(s.flush_all());
             carry = out;
         }
-        self.count_held();
+        self.note_held();
         carry
     }
 }

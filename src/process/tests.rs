@@ -420,128 +420,140 @@ type = "null"
     assert!(!w.iter().any(|w| w.contains("may hold")), "{w:?}");
 }
 
-/// Records a holding processor keeps are counted in `runtime.memory_limit` while held (as
-/// much as their pieces and lines take), and given back once emitted: by completion, by a
-/// flush at `max_size` / `max_lines`, by timeout or at shutdown.
+/// A Docker piece of line `id`, ordinal `n`, of container c1.
+fn piece(id: &str, n: u64, last: bool, text: &str) -> Record {
+    crate::process::tests::record(
+        "app",
+        json!({"container_id": "c1", "source": "stdout", "log": text,
+               "partial_message": "true", "partial_id": id,
+               "partial_ordinal": n.to_string(),
+               "partial_last": if last { "true" } else { "false" }}),
+    )
+}
+
+fn line_of(log: &str) -> Record {
+    record(
+        "app",
+        json!({"container_id": "c1", "source": "stdout", "log": log}),
+    )
+}
+
+/// What the chain reports held (`firelane_processor_held_bytes`) follows the records its
+/// processors keep (as much as their pieces and lines take) and falls to 0 once they are
+/// emitted: by completion, by timeout, at shutdown.
 #[tokio::test]
-async fn held_records_are_counted_in_the_memory_budget() {
-    let budget = MemoryBudget::new(64 << 20);
+async fn held_bytes_follow_what_the_processors_keep() {
     let mut chain = Chain::of(vec![
         build("type = \"partial\"\ntimeout = \"1s\"\nmax_size = \"1MiB\"\n"),
         build("type = \"multiline\"\nmode = \"java\"\nflush_timeout = \"1s\"\n"),
-    ])
-    .counted_in(budget.clone());
-    let piece = |n: u64, last: bool, text: &str| {
-        record(
-            "app",
-            json!({"container_id": "c1", "source": "stdout", "log": text,
-                   "partial_message": "true", "partial_id": "p1",
-                   "partial_ordinal": n.to_string(),
-                   "partial_last": if last { "true" } else { "false" }}),
-        )
-    };
+    ]);
     let text = "x".repeat(100_000);
     // Three pieces of 100 kB held: each counted as its record and its text.
     let out = chain
-        .process(Batch::of((1..=3).map(|n| piece(n, false, &text)).collect()))
+        .process(Batch::of(
+            (1..=3).map(|n| piece("p1", n, false, &text)).collect(),
+        ))
         .await;
     assert!(out.records.is_empty());
-    let held = budget.used();
+    let held = chain.held_bytes();
     assert!(
         (600_000..700_000).contains(&held),
         "3 pieces of 100 kB held: {held} bytes counted"
     );
-    // The last piece completes the line: the joined record leaves, and so does its count.
-    // It starts a java event (not a continuation), which multiline now holds.
+    // The last piece completes the line: the joined record leaves partial, and it starts
+    // a java event (not a continuation), which multiline now holds.
     let out = chain
         .process(Batch::of(vec![piece(
+            "p1",
             4,
             true,
             "Exception in thread \"main\" boom",
         )]))
         .await;
     assert!(out.records.is_empty(), "{:?}", out.records.len());
-    let joined = budget.used();
+    let joined = chain.held_bytes();
     assert!(
         (300_000..400_000).contains(&joined),
         "the joined line of 300 kB held by multiline: {joined} bytes counted"
     );
     // A continuation line grows it; a new line of the stream ends the event.
-    let line = |log: &str| {
-        record(
-            "app",
-            json!({"container_id": "c1", "source": "stdout", "log": log}),
-        )
-    };
     chain
-        .process(Batch::of(vec![line(&format!(
+        .process(Batch::of(vec![line_of(&format!(
             "\tat {}",
             "y".repeat(50_000)
         ))]))
         .await;
-    assert!(
-        budget.used() >= joined + 50_000,
-        "{} after a 50 kB line",
-        budget.used()
-    );
-    let out = chain.process(Batch::of(vec![line("a plain line")])).await;
+    assert!(chain.held_bytes() >= joined + 50_000);
+    let out = chain
+        .process(Batch::of(vec![line_of("a plain line")]))
+        .await;
     assert_eq!(out.records.len(), 1, "the joined event");
-    let single = budget.used();
-    assert!(
-        single < 4096,
-        "only the plain line is held: {single} bytes counted"
-    );
-    // The timeout emits it; nothing is held, nothing counted.
+    let single = chain.held_bytes();
+    assert!(single < 2048, "only the plain line is held: {single} bytes");
+    // The timeout emits it; nothing is held.
     let out = chain
         .flush_due(Instant::now() + Duration::from_secs(5))
         .await;
     assert_eq!(out.records.len(), 1);
-    assert_eq!(budget.used(), 0);
-    // Shutdown: what is held is emitted and no longer counted.
-    chain.process(Batch::of(vec![piece(1, false, &text)])).await;
-    assert!(budget.used() >= 200_000);
+    assert_eq!(chain.held_bytes(), 0);
+    // Shutdown: what is held is emitted.
+    chain
+        .process(Batch::of(vec![piece("p2", 1, false, &text)]))
+        .await;
+    assert!(chain.held_bytes() >= 200_000);
     let out = chain.flush_all().await;
     assert_eq!(out.records.len(), 1);
-    assert_eq!(budget.used(), 0);
+    assert_eq!(chain.held_bytes(), 0);
 }
 
-/// A holder past the limit takes what it needs at once (the chain must not wait: the
-/// records that would free it come through the same lock) and the budget shows the
-/// overdraft, which holds the inputs back; it is paid back when the records leave.
+/// The other ways a held line or event leaves or changes: a resent piece replaces the
+/// earlier one (counted once), a `max_size` flush empties a line that stays open, a line
+/// interrupted by a whole line of its stream, a `max_lines` flush.
 #[tokio::test]
-async fn held_records_past_the_limit_overdraw_without_waiting() {
-    let budget = MemoryBudget::new(256 << 10);
-    let mut chain = Chain::of(vec![build(
-        "type = \"partial\"\ntimeout = \"1s\"\nmax_size = \"4MiB\"\n",
-    )])
-    .counted_in(budget.clone());
-    let pieces: Vec<Record> = (1..=5)
-        .map(|n| {
-            record(
-                "app",
-                json!({"container_id": "c1", "source": "stdout", "log": "z".repeat(100_000),
-                       "partial_message": "true", "partial_id": "p1",
-                       "partial_ordinal": n.to_string(), "partial_last": "false"}),
-            )
-        })
-        .collect();
-    let out = tokio::time::timeout(Duration::from_secs(5), chain.process(Batch::of(pieces)))
-        .await
-        .expect("the chain never waits for memory");
-    assert!(out.records.is_empty());
-    assert!(
-        budget.used() > budget.limit(),
-        "{} of {}",
-        budget.used(),
-        budget.limit()
-    );
-    assert!(
-        budget.try_acquire(1).is_none(),
-        "the overdraft holds others back"
-    );
-    chain
-        .flush_due(Instant::now() + Duration::from_secs(5))
+async fn held_bytes_after_resends_splits_interruptions_and_max_lines() {
+    let mut partial = Chain::of(vec![build(
+        "type = \"partial\"\ntimeout = \"1s\"\nmax_size = \"250KB\"\n",
+    )]);
+    let text = "x".repeat(100_000);
+    partial
+        .process(Batch::of(vec![piece("p1", 1, false, &text)]))
         .await;
-    assert_eq!(budget.used(), 0);
-    assert!(budget.try_acquire(1).is_some());
+    let one = partial.held_bytes();
+    partial
+        .process(Batch::of(vec![piece("p1", 1, false, &text)]))
+        .await;
+    assert_eq!(partial.held_bytes(), one, "a resend is counted once");
+    // 3 × 100 kB passes max_size: the line is flushed and stays open, holding nothing.
+    let out = partial
+        .process(Batch::of(vec![
+            piece("p1", 2, false, &text),
+            piece("p1", 3, false, &text),
+        ]))
+        .await;
+    assert_eq!(out.records.len(), 1, "flushed at max_size");
+    assert_eq!(partial.held_bytes(), 0);
+    partial
+        .process(Batch::of(vec![piece("p1", 4, false, &text)]))
+        .await;
+    assert!(partial.held_bytes() >= 200_000);
+    let out = partial.process(Batch::of(vec![line_of("whole")])).await;
+    assert_eq!(
+        out.records.len(),
+        2,
+        "the interrupted line, then the whole one"
+    );
+    assert_eq!(partial.held_bytes(), 0);
+
+    let mut multiline = Chain::of(vec![build(
+        "type = \"multiline\"\nmode = \"java\"\nflush_timeout = \"1s\"\nmax_lines = 3\n",
+    )]);
+    let out = multiline
+        .process(Batch::of(vec![
+            line_of("Exception in thread \"main\" boom"),
+            line_of("\tat a"),
+            line_of("\tat b"),
+        ]))
+        .await;
+    assert_eq!(out.records.len(), 1, "flushed at max_lines");
+    assert_eq!(multiline.held_bytes(), 0);
 }

@@ -408,7 +408,7 @@ async fn flush_all_hands_on_held_records() {
         .process(Batch::of(vec![record("t", Some(WEB_ID))]))
         .await;
     assert!(out.records.is_empty());
-    // The held record is counted in the memory budget (through the chain) until it leaves.
+    // The held record is reported (firelane_processor_held_bytes) until it leaves.
     let held = meta.held_bytes();
     assert!(
         (100..2000).contains(&held),
