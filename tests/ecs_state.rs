@@ -457,8 +457,9 @@ type = "null"
     );
     let r = Router::start(&config);
     let s = wait_events(&r, 4);
-    // A standard queue does not promise order, so the model may see them in any order. Whatever the order, every event is counted once, at
-    // least one is applied, the newest version wins and the task stops once.
+    // A standard queue does not promise order, so the model may see them in any order.
+    // Whatever the order, every event is counted once, at least one is applied, the newest
+    // version wins and the task stops once.
     let e = &s["events"];
     let count = |k: &str| e[k].as_u64().unwrap_or(u64::MAX);
     assert_eq!(
