@@ -104,13 +104,14 @@ fn pid(r: &Router) -> u32 {
 }
 
 /// Waits until a disk buffer's persisted ack state (`<dir>/acks`) has stopped changing: the
-/// same bytes in three reads 300 ms apart (it is written within ~100 ms of an ack; a busy
-/// machine's fdatasync can take longer, which a fixed sleep would miss). Panics after 15 s.
+/// same bytes in five reads 300 ms apart, 1.2 s without a change (it is rewritten within
+/// ~100 ms of an ack, after the previous write's fdatasync; a busy machine's fdatasync can
+/// hold the next write back, which a fixed sleep would miss). Panics after 15 s.
 fn wait_acks_settled(dir: &Path) {
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut last = None;
     let mut same = 0;
-    while same < 2 {
+    while same < 4 {
         assert!(
             Instant::now() < deadline,
             "{}/acks kept changing for 15 s",
@@ -1670,8 +1671,11 @@ concurrency = 4"#,
         held.len() as f64
     );
     assert!(router.metric("firelane_buffer_bytes", &[r#"output="web""#]) < 100_000.0);
-    // The persisted ack state catches up (written, then fdatasync'ed); only then do the
-    // segments behind the held batch go. Polled: a busy machine's fdatasync can be slow.
+    // The persisted ack state catches up: the acks file holds its final bytes (what a
+    // restart after kill -9 reads), then, once it is fdatasync'ed, the segments behind the
+    // held batch go. Both polled: a busy machine's fdatasync can be slow, and the segments
+    // may be under the bound before the last acks are written.
+    wait_acks_settled(&router.path("data/buffers/web"));
     let on_disk = || -> u64 {
         segments(&router.path("data/buffers/web"))
             .iter()
